@@ -1,0 +1,5 @@
+"""`python -m vncaudit` runs the command line."""
+
+from vncaudit.cli import main
+
+main()

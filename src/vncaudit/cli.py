@@ -1,0 +1,341 @@
+"""Command line: `vncaudit scan …` and friends. Thin: parse, call the library, render.
+
+Owns: typer commands, rich progress and tables, exit codes (DESIGN.md §5: 0 ok, 1 findings at
+or above --fail-on, 2 usage/input error, 3 runtime failure) and turning every error into one
+line on stderr. Must not: hold scanning, grading or formatting logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from vncaudit import __version__, report
+from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
+from vncaudit.engine import Progress as EngineProgress
+from vncaudit.exceptions import UsageError, VncAuditError
+from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.probe import ProbeOptions
+
+app = typer.Typer(
+    name="vncaudit",
+    help="Find exposed VNC services, read what each offers through the RFB handshake without "
+    "logging in, grade the risk and show the fix. Scans only the targets you name.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err = Console(stderr=True, highlight=False)
+log = logging.getLogger("vncaudit")
+
+
+def _error_line(message: str) -> None:
+    # Plain write: rich would wrap a long message onto two lines.
+    sys.stderr.write("vncaudit: error: " + " ".join(message.split()) + "\n")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    _error_line(message)
+    return typer.Exit(code)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _security_summary(result: ServiceResult) -> str:
+    facts = result.rfb
+    if facts is None:
+        return ""
+    parts = [f"{t.id} {t.name}" for t in facts.security_types]
+    text = ", ".join(parts)
+    if facts.vencrypt:
+        text += " [VeNCrypt: " + ", ".join(s.name for s in facts.vencrypt.subtypes) + "]"
+    if facts.tight:
+        text += " [Tight auth: " + (
+            ", ".join(c.signature for c in facts.tight.auth) or "none") + "]"
+    if facts.tls_inner_types is not None:
+        text += " [inside TLS: " + ", ".join(t.name for t in facts.tls_inner_types) + "]"
+    return text
+
+
+_SEVERITY_STYLE = {
+    Severity.CRITICAL: "bold white on red",
+    Severity.HIGH: "bold red",
+    Severity.MEDIUM: "yellow",
+    Severity.LOW: "cyan",
+    Severity.INFO: "dim",
+}
+
+
+def results_table(results: list[ServiceResult]) -> Table:
+    """The human summary printed at the end of a scan."""
+    table = Table(title=None, show_lines=False, expand=False)
+    for col in ("host", "port", "state", "version", "security", "auth", "desktop", "risk"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        facts = r.rfb
+        auth = ""
+        if facts is not None:
+            auth = {True: "required", False: "NONE", None: "?"}[facts.auth_required]
+        desktop = ""
+        if facts is not None and facts.desktop_name is not None:
+            desktop = facts.desktop_name
+            if facts.framebuffer:
+                desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
+        worst = r.worst_severity
+        risk = f"[{_SEVERITY_STYLE[worst]}]{worst.value}[/]" if worst else ""
+        state = r.state.value
+        if r.error and r.state is not State.VNC:
+            state += f"\n[dim]{r.error}[/]"
+        elif r.rfb and r.rfb.failure_reason:
+            state += f"\n[dim]{r.rfb.failure_reason}[/]"
+        table.add_row(
+            r.host if not r.hostname else f"{r.host}\n[dim]{r.hostname}[/]",
+            str(r.port),
+            state,
+            facts.server_version or "" if facts else "",
+            _security_summary(r),
+            auth,
+            desktop,
+            risk,
+        )
+    return table
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.0f}/s"),
+        TextColumn("vnc: {task.fields[vnc]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+OUTPUTS = ("table", *report.FORMATS)
+
+
+@app.command()
+def scan(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
+                       "(10.0.0.1-10.0.0.50), hostnames. Nothing is scanned without targets."),
+    ] = None,
+    ports: Annotated[
+        str | None,
+        typer.Option("-p", "--ports", help="Ports: 5900-5910,5800; display numbers :0-:9; "
+                     "'-' for all 65535. Default: 5800,5900-5910."),
+    ] = None,
+    input_list: Annotated[
+        list[Path] | None,
+        typer.Option("-iL", "--input-list", help="File of target expressions, one per line."),
+    ] = None,
+    nmap_xml: Annotated[
+        list[Path] | None,
+        typer.Option("--nmap-xml", help="Hosts (and open ports) from an nmap -oX file."),
+    ] = None,
+    masscan: Annotated[
+        list[Path] | None,
+        typer.Option("--masscan", help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Targets to leave out (repeatable).")
+    ] = None,
+    exclude_file: Annotated[
+        list[Path] | None, typer.Option("--exclude-file", help="File of targets to leave out.")
+    ] = None,
+    allow_special: Annotated[
+        bool, typer.Option("--allow-special", help="Allow multicast/reserved/broadcast ranges.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="One deadline per probe, in seconds.")
+    ] = 5.0,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Probes in flight at once.")
+    ] = DEFAULT_CONCURRENCY,
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0.1, help="Max new connections per second.")
+    ] = None,
+    no_init: Annotated[
+        bool,
+        typer.Option("--no-init", help="Do not select an offered no-auth type (skips "
+                     "SecurityResult and desktop name)."),
+    ] = False,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
+    ] = "table",
+    output_file: Annotated[
+        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+    ] = None,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Also list closed and filtered ports.")
+    ] = False,
+    fail_on: Annotated[
+        str | None,
+        typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
+                     "(critical, high, medium, low, info)."),
+    ] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+) -> None:
+    """Scan targets for VNC: one connection per port, no password ever sent."""
+    _setup_logging(verbose)
+    from vncaudit import targets as targets_mod
+
+    if output not in OUTPUTS:
+        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    threshold: Severity | None = None
+    if fail_on is not None:
+        try:
+            threshold = Severity(fail_on.lower())
+        except ValueError:
+            raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+    expressions = list(targets or [])
+    try:
+        port_list = targets_mod.parse_ports(ports or targets_mod.DEFAULT_PORTS)
+        space = targets_mod.build_target_space(
+            expressions,
+            port_list,
+            input_files=list(input_list or []),
+            nmap_xml=list(nmap_xml or []),
+            masscan=list(masscan or []),
+            excludes=list(exclude or []),
+            exclude_files=list(exclude_file or []),
+            allow_special=allow_special,
+        )
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+
+    options = ScanOptions(
+        concurrency=concurrency,
+        rate=rate,
+        probe=ProbeOptions(timeout=timeout, read_server_init=not no_init),
+    )
+    meta_started = _now()
+    scan_id = "s-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    total = len(space)
+    progress_state = EngineProgress(total=total)
+    show_progress = err.is_terminal
+
+    try:
+        results = _run_with_progress(space, options, progress_state, show_progress)
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    except VncAuditError as exc:
+        raise _fail(str(exc), 3) from None
+
+    results.sort(key=lambda r: (_host_key(r.host), r.port))
+    meta = report.ScanMeta(
+        id=scan_id,
+        started=meta_started,
+        finished=_now(),
+        targets=space.describe(),
+        ports=ports or targets_mod.DEFAULT_PORTS,
+        tool=f"vncaudit {__version__}",
+    )
+    shown = report.visible(results, include_all)
+    if output == "table":
+        out = Console(file=output_file.open("w") if output_file else None, highlight=False)
+        if shown:
+            out.print(results_table(shown))
+        vnc_count = sum(1 for r in results if r.state in (State.VNC, State.BLACKLISTED))
+        err.print(f"{len(results)} ports probed, {vnc_count} VNC, "
+                  f"{len(shown)} shown", style="dim", markup=False)
+    else:
+        text = report.render(output, meta, results, include_all)
+        if output_file:
+            output_file.write_text(text)
+        else:
+            sys.stdout.write(text)
+    if threshold is not None and any(
+        f.severity.rank >= threshold.rank for r in results for f in r.findings
+    ):
+        raise typer.Exit(1)
+
+
+def _host_key(host: str) -> tuple[int, bytes]:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return (2, host.encode())
+    return (ip.version, ip.packed)
+
+
+def _run_with_progress(
+    space: object,
+    options: ScanOptions,
+    state: EngineProgress,
+    show: bool,
+) -> list[ServiceResult]:
+    iter_targets = space.iter_targets  # type: ignore[attr-defined]
+
+    if not show:
+        return asyncio.run(scan_async(iter_targets(), options, progress=state))
+
+    bar = _progress_bar(err)
+
+    async def run() -> list[ServiceResult]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0)
+
+        def update(_: ServiceResult) -> None:
+            elapsed = max(loop.time() - started, 1e-6)
+            bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
+
+        return await scan_async(iter_targets(), options, on_result=update, progress=state)
+
+    with bar:
+        return asyncio.run(run())
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"vncaudit {__version__}")
+
+
+def main() -> None:
+    """Console-script entry point: map any escaping error to one line and exit code 3."""
+    try:
+        app()
+    except VncAuditError as exc:
+        _error_line(str(exc))
+        sys.exit(3)
+    except Exception as exc:  # a bug: one line for the user, the traceback for -vv
+        log.debug("unexpected error", exc_info=True)
+        _error_line(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)")
+        sys.exit(3)

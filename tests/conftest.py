@@ -1,0 +1,138 @@
+"""Shared pytest fixtures.
+
+Real VNC servers (``tests/servers.py``) on loopback:
+
+* session-scoped, one per kind, for READ-ONLY tests (do not exhaust TigerVNC's
+  blacklist: every connection that ends before authentication counts, and 5 from
+  one address block it — use ``vnc_server_factory`` for anything that probes a
+  TigerVNC server more than a couple of times):
+  ``tigervnc_none``, ``tigervnc_vncauth``, ``tigervnc_vencrypt``,
+  ``tigervnc_default``, ``x11vnc_none``, ``x11vnc_password``, ``xtightvnc``,
+  ``xtightvnc_none``;
+* ``vnc_server_factory``: function-scoped; ``vnc_server_factory("tigervnc-none",
+  desktop="x", geometry=(640, 480), extra_args=[...])`` starts a fresh server that
+  is stopped at the end of the test.
+
+When a binary is missing the test is skipped, except under CI (env var ``CI``
+set), where it FAILS: real-server tests must never silently skip in CI.
+Mark real-server tests ``@pytest.mark.realserver``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import servers
+
+VncServerFactory = Callable[..., servers.VncServer]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_binaries(kind: str) -> None:
+    """Skip (or fail under CI) when the binaries for *kind* are missing."""
+    missing = servers.missing_binaries(kind)
+    if missing:
+        _unavailable(servers.ServerUnavailable(kind, missing))
+
+
+def _unavailable(exc: servers.ServerUnavailable) -> None:
+    msg = f"real VNC server not available: {exc}"
+    if in_ci():
+        pytest.fail(msg + " [CI is set: real-server tests must not skip]", pytrace=False)
+    pytest.skip(msg)
+
+
+def _start(kind: str, workdir: Path, **options: Any) -> servers.VncServer:
+    require_binaries(kind)
+    try:
+        return servers.start(kind, workdir=workdir, **options)
+    except servers.ServerUnavailable as exc:
+        _unavailable(exc)
+        raise  # unreachable; keeps type checkers happy
+
+
+@pytest.fixture(scope="session")
+def vnc_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-session directory for password files and server logs."""
+    return tmp_path_factory.mktemp("vncservers")
+
+
+def _session_server(kind: str, **options: Any) -> Any:
+    @pytest.fixture(scope="session")
+    def fixture(vnc_workdir: Path) -> Iterator[servers.VncServer]:
+        srv = _start(kind, vnc_workdir, **options)
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+    fixture.__doc__ = f"A session-wide {kind} server (read-only use)."
+    return fixture
+
+
+tigervnc_none = _session_server("tigervnc-none", desktop="tiger-none", geometry=(640, 480))
+tigervnc_vncauth = _session_server("tigervnc-vncauth", desktop="tiger-vncauth")
+tigervnc_vencrypt = _session_server("tigervnc-vencrypt", desktop="tiger-vencrypt")
+tigervnc_default = _session_server("tigervnc-default", desktop="tiger-default")
+x11vnc_none = _session_server("x11vnc-none", desktop="x11vnc-none", geometry=(640, 480))
+x11vnc_password = _session_server("x11vnc-password", desktop="x11vnc-password")
+xtightvnc = _session_server("xtightvnc", desktop="tight-vncauth")
+xtightvnc_none = _session_server("xtightvnc-none", desktop="tight-none", geometry=(640, 480))
+
+
+@pytest.fixture
+def vnc_server_factory(vnc_workdir: Path) -> Iterator[VncServerFactory]:
+    """Start fresh servers of any kind; all are stopped when the test ends."""
+    started: list[servers.VncServer] = []
+
+    def factory(kind: str, **options: Any) -> servers.VncServer:
+        srv = _start(kind, vnc_workdir, **options)
+        started.append(srv)
+        return srv
+
+    try:
+        yield factory
+    finally:
+        for srv in reversed(started):
+            srv.stop()
+
+
+@pytest.fixture
+def paint_root() -> Callable[[servers.VncServer, str], None]:
+    """``paint_root(server, "red")``: fill the server's X root window (xsetroot)."""
+    if shutil.which("xsetroot") is None:
+        _unavailable(servers.ServerUnavailable("xsetroot", ["xsetroot"]))
+    return servers.paint_root
+
+
+_PROBE_CACHE: dict[tuple[str, int], Any] = {}
+
+
+@pytest.fixture(scope="session")
+def probe_once() -> Callable[[servers.VncServer], Any]:
+    """``probe_once(server)``: the probe's result for a session server, probed only once.
+
+    TigerVNC blacklists an address after 5 connections that end before authentication, so the
+    session-wide password-protected servers must not be probed by every test that reads them.
+    """
+    import asyncio
+
+    from vncaudit.models import Target
+    from vncaudit.probe import probe
+
+    def run(server: servers.VncServer) -> Any:
+        key = (server.host, server.port)
+        if key not in _PROBE_CACHE:
+            _PROBE_CACHE[key] = asyncio.run(probe(Target(server.host, server.port)))
+        return _PROBE_CACHE[key]
+
+    return run

@@ -1,0 +1,74 @@
+"""In-memory drivers for the sans-IO RFB client: build server byte streams, run the client.
+
+The driver uses the probe's own decision logic (`probe._Session`) so tests exercise exactly the
+choices a real probe makes, without sockets. TLS is modelled as the identity transform: after
+`StartTls` the following bytes are taken to be the decrypted stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from vncaudit import rfb
+from vncaudit.models import Target
+from vncaudit.probe import ProbeOptions, _Session
+
+
+def banner(major: int = 3, minor: int = 8) -> bytes:
+    return b"RFB %03d.%03d\n" % (major, minor)
+
+
+def type_list(*types: int) -> bytes:
+    return bytes([len(types), *types])
+
+
+def reason(text: bytes) -> bytes:
+    return struct.pack(">I", len(text)) + text
+
+
+def u32(*values: int) -> bytes:
+    return struct.pack(f">{len(values)}I", *values)
+
+
+def cap(code: int, vendor: bytes, signature: bytes) -> bytes:
+    return struct.pack(">I4s8s", code, vendor, signature)
+
+
+def server_init(width: int = 1024, height: int = 768, name: bytes = b"desk") -> bytes:
+    pf = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+    return struct.pack(">HH", width, height) + pf + struct.pack(">I", len(name)) + name
+
+
+def new_session(options: ProbeOptions | None = None) -> _Session:
+    return _Session(Target("127.0.0.1", 5900), options or ProbeOptions())
+
+
+def drive_events(
+    chunks: Iterable[bytes], options: ProbeOptions | None = None, session: _Session | None = None
+) -> tuple[list[object], bytes, _Session]:
+    """Feed chunks one by one as a probe would; return (events, client bytes sent, session)."""
+    session = session or new_session(options)
+    client = session.client
+    events: list[object] = []
+    sent = bytearray()
+    stopped = False
+    for chunk in [*chunks, b""]:
+        if stopped or not client.their_turn:
+            break
+        client.receive_data(chunk)
+        while True:
+            event = client.next_event()
+            if event is rfb.NEED_DATA:
+                break
+            events.append(event)
+            if isinstance(event, rfb.StartTls):
+                client.tls_established()
+                continue
+            if not session.on_event(event):  # type: ignore[arg-type]
+                client.close()
+                stopped = True
+                break
+        sent += client.data_to_send()
+    sent += client.data_to_send()
+    return events, bytes(sent), session

@@ -1,0 +1,780 @@
+"""Start REAL VNC servers (Debian packages) on loopback for tests.
+
+Pytest-independent: ``tests/conftest.py`` wraps these in fixtures and
+``tests/record_transcripts.py`` uses them directly.
+
+Every server gets a free TCP port (bind port 0 on 127.0.0.1) and a free X
+display number (from 40 upwards; a display is free when neither
+``/tmp/.X11-unix/X<N>`` nor ``/tmp/.X<N>-lock`` nor an abstract X socket exists,
+and no other process using this module has reserved it).  Each process runs in
+its own session/process group, and ``stop()`` kills the group by PID.
+
+Readiness NEVER connects to the RFB port: TigerVNC Xvnc counts every connection
+that ends before authentication towards its blacklist (5 per address, then
+"Too many security failures").  Instead we wait until ``/proc/net/tcp`` shows a
+LISTEN socket on the port whose inode belongs to one of our processes, and (for
+X servers) until ``/proc/net/unix`` shows the listening X socket.
+
+Server kinds (see ``KINDS``):
+
+* ``tigervnc-none``      Xvnc -SecurityTypes None
+* ``tigervnc-vncauth``   Xvnc -SecurityTypes VncAuth -PasswordFile F
+* ``tigervnc-vencrypt``  Xvnc -SecurityTypes VeNCrypt,TLSVnc,VncAuth,TLSNone -PasswordFile F
+* ``tigervnc-default``   Xvnc -PasswordFile F (TigerVNC default SecurityTypes TLSVnc,VncAuth)
+* ``tigervnc``           Xvnc with any ``security_types`` / ``password`` / ``extra_args``
+* ``x11vnc-none``        Xvfb + x11vnc -nopw
+* ``x11vnc-password``    Xvfb + x11vnc -rfbauth F
+* ``xtightvnc``          Xtightvnc -rfbauth F (TightVNC 1.3.10)
+* ``xtightvnc-none``     Xtightvnc without a password file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+HOST = "127.0.0.1"
+DEFAULT_PASSWORD = "secret12"
+DEFAULT_GEOMETRY = (800, 600)
+FIRST_DISPLAY = 40
+LAST_DISPLAY = 400
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+START_ATTEMPTS = 4
+_RESERVATION_DIR = Path(tempfile.gettempdir()) / "vncaudit-test-displays"
+
+
+class ServerUnavailable(RuntimeError):
+    """A binary needed for this server kind is not installed."""
+
+    def __init__(self, kind: str, missing: Sequence[str]) -> None:
+        self.kind = kind
+        self.missing = list(missing)
+        pkgs = sorted({PACKAGE_OF.get(b, b) for b in missing})
+        super().__init__(
+            f"{kind}: missing {', '.join(missing)} (apt-get install -y {' '.join(pkgs)})"
+        )
+
+
+class ServerStartError(RuntimeError):
+    """The server did not come up (log tail included in the message)."""
+
+
+# binary -> Debian package
+PACKAGE_OF = {
+    "Xvnc": "tigervnc-standalone-server",
+    "vncpasswd": "tigervnc-tools",
+    "Xvfb": "xvfb",
+    "x11vnc": "x11vnc",
+    "Xtightvnc": "tightvncserver",
+    "tightvncpasswd": "tightvncpasswd",
+    "xsetroot": "x11-xserver-utils",
+}
+
+
+# --------------------------------------------------------------------------- #
+# Free ports and displays
+# --------------------------------------------------------------------------- #
+
+_handed_ports: set[int] = set()
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free right now on *host* (bind port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_ports and not tcp_listen_inodes(port):
+            _handed_ports.add(port)
+            return port
+    raise RuntimeError("could not find a free TCP port")
+
+
+def _abstract_x_sockets() -> set[int]:
+    used: set[int] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 8 and "/.X11-unix/X" in parts[7]:
+                with contextlib.suppress(ValueError):
+                    used.add(int(parts[7].rsplit("X", 1)[1]))
+    return used
+
+
+def _display_in_use(n: int, abstract: set[int]) -> bool:
+    return (
+        n in abstract or Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists()
+    )
+
+
+class DisplayReservation:
+    """An flock on a per-display file, held while our server uses display N.
+
+    Protects parallel test runs (several pytest processes, xdist, other
+    engineers' sessions) from picking the same display before the X server has
+    created its lock file.
+    """
+
+    def __init__(self, display: int, fh: IO[str]) -> None:
+        self.display = display
+        self._fh: IO[str] | None = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def reserve_display(start: int = FIRST_DISPLAY) -> DisplayReservation:
+    """Reserve the first free X display number >= *start*."""
+    _RESERVATION_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    abstract = _abstract_x_sockets()
+    for n in range(start, LAST_DISPLAY):
+        if _display_in_use(n, abstract):
+            continue
+        fh = open(_RESERVATION_DIR / f"{n}.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        if _display_in_use(n, _abstract_x_sockets()):  # raced with an X server
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+            continue
+        return DisplayReservation(n, fh)
+    raise RuntimeError(f"no free X display in {start}..{LAST_DISPLAY}")
+
+
+# --------------------------------------------------------------------------- #
+# Readiness without connecting
+# --------------------------------------------------------------------------- #
+
+
+def tcp_listen_inodes(port: int) -> set[int]:
+    """Inodes of LISTEN sockets on *port* (any address, IPv4 and IPv6)."""
+    inodes: set[int] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10 or parts[3] != "0A":  # 0A = TCP_LISTEN
+                continue
+            if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(parts[9]))
+    return inodes
+
+
+def tcp_listen_addresses(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every LISTEN TCP socket owned by *pid* (for tests)."""
+    owned = _socket_inodes(pid)
+    out: list[tuple[str, int]] = []
+    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        with contextlib.suppress(OSError):
+            for line in Path(name).read_text().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) < 10 or parts[3] != "0A" or int(parts[9]) not in owned:
+                    continue
+                addr_hex, port_hex = parts[1].rsplit(":", 1)
+                out.append((_decode_proc_addr(addr_hex, v6), int(port_hex, 16)))
+    return out
+
+
+def _decode_proc_addr(addr_hex: str, v6: bool) -> str:
+    raw = bytes.fromhex(addr_hex)
+    # /proc/net/tcp* prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, raw)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def is_listening(port: int, pids: Sequence[int] | None = None) -> bool:
+    """True when a LISTEN socket exists on *port* (owned by one of *pids* if given)."""
+    inodes = tcp_listen_inodes(port)
+    if not inodes:
+        return False
+    if pids is None:
+        return True
+    return any(inodes & _socket_inodes(p) for p in pids)
+
+
+def x_display_listening(display: int) -> bool:
+    """True when /proc/net/unix has a listening socket for X display *display*."""
+    names = {f"/tmp/.X11-unix/X{display}", f"@/tmp/.X11-unix/X{display}"}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            parts = line.split()
+            # Flags 00010000 = __SO_ACCEPTCON (listening); St 01 = unconnected.
+            if len(parts) >= 8 and parts[7] in names and parts[3] == "00010000":
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- #
+# Running server object
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class VncServer:
+    """A running real VNC server. Stop it with ``stop()`` (idempotent)."""
+
+    kind: str
+    host: str
+    port: int
+    display: int
+    password: str | None
+    command: list[str]
+    desktop: str | None = None
+    geometry: tuple[int, int] | None = None
+    workdir: Path | None = None
+    log_path: Path | None = None
+    start_seconds: float = 0.0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)
+    _reservation: DisplayReservation | None = None
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """PID of the process that serves RFB (Xvnc, x11vnc, Xtightvnc)."""
+        return self.procs[-1].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for X clients (xsetroot, xdotool) on this display."""
+        return {**os.environ, "DISPLAY": f":{self.display}"}
+
+    def alive(self) -> bool:
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def listening(self) -> bool:
+        return is_listening(self.port, self.pids)
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        # Stop in reverse start order: the VNC front end before its X server.
+        for proc in reversed(self.procs):
+            _kill_group(proc)
+        for fh in self._logs:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self._logs.clear()
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+
+    def __enter__(self) -> VncServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"VncServer(kind={self.kind!r}, host={self.host!r}, port={self.port}, "
+            f"display={self.display}, pids={self.pids})"
+        )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    # Each process was started with start_new_session=True, so pgid == pid.
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+
+
+def require(kind: str, binaries: Sequence[str]) -> None:
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        raise ServerUnavailable(kind, missing)
+
+
+def make_password_file(path: Path, password: str = DEFAULT_PASSWORD) -> Path:
+    """Write a VNC DES-obfuscated password file (``vncpasswd -f`` format).
+
+    TigerVNC ``vncpasswd -f``, ``tightvncpasswd -f`` and x11vnc ``-rfbauth``
+    all use the same 8-byte format (verified: identical bytes for "secret12").
+    """
+    tool = shutil.which("vncpasswd") or shutil.which("tightvncpasswd")
+    if tool is None:
+        raise ServerUnavailable("password-file", ["vncpasswd"])
+    out = subprocess.run(
+        [tool, "-f"], input=(password + "\n").encode(), capture_output=True, check=True
+    ).stdout
+    if len(out) != 8:
+        raise ServerStartError(f"{tool} -f produced {len(out)} bytes, expected 8")
+    path.write_bytes(out)
+    path.chmod(0o600)
+    return path
+
+
+def _workdir(workdir: Path | None) -> Path:
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="vncaudit-servers-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def _log_tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _popen(cmd: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # own process group: stop() kills the group
+    )
+
+
+def _wait(
+    what: str,
+    ready: Callable[[], bool],
+    procs: Sequence[subprocess.Popen[bytes]],
+    log_path: Path,
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                raise ServerStartError(
+                    f"{what}: {p.args!r} exited with {p.returncode}\n{_log_tail(log_path)}"
+                )
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"{what}: not ready after {timeout}s\n{_log_tail(log_path)}")
+        time.sleep(0.02)
+
+
+def _base_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HOME"] = str(workdir)  # no ~/.vnc, ~/.x11vncrc of the user
+    env.pop("DISPLAY", None)
+    env.pop("XAUTHORITY", None)
+    return env
+
+
+def _launch(
+    kind: str,
+    build: Callable[[int, int, Path], list[list[str]]],
+    *,
+    password: str | None,
+    desktop: str | None,
+    geometry: tuple[int, int] | None,
+    workdir: Path | None,
+    timeout: float,
+    x_ready_first: bool,
+) -> VncServer:
+    """Start the commands produced by ``build(display, port, log_dir)``.
+
+    With one command it is the VNC X server (Xvnc, Xtightvnc).  With two the
+    first is an X server (Xvfb) and the second the VNC front end (x11vnc).
+    Retries with a new display/port when the start fails (a race with another
+    process picking the same display or port).
+    """
+    wd = _workdir(workdir)
+    last_error: Exception | None = None
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return _launch_once(
+                kind,
+                build,
+                attempt=attempt,
+                password=password,
+                desktop=desktop,
+                geometry=geometry,
+                workdir=wd,
+                timeout=timeout,
+                x_ready_first=x_ready_first,
+            )
+        except ServerStartError as exc:
+            last_error = exc
+    raise ServerStartError(f"{kind}: gave up after {START_ATTEMPTS} attempts: {last_error}")
+
+
+def _launch_once(
+    kind: str,
+    build: Callable[[int, int, Path], list[list[str]]],
+    *,
+    attempt: int,
+    password: str | None,
+    desktop: str | None,
+    geometry: tuple[int, int] | None,
+    workdir: Path,
+    timeout: float,
+    x_ready_first: bool,
+) -> VncServer:
+    reservation = reserve_display()
+    display = reservation.display
+    port = free_port()
+    log_path = workdir / f"{kind}-{display}-{port}-{attempt}.log"
+    log = open(log_path, "wb")
+    server = VncServer(
+        kind=kind,
+        host=HOST,
+        port=port,
+        display=display,
+        password=password,
+        command=[],
+        desktop=desktop,
+        geometry=geometry,
+        workdir=workdir,
+        log_path=log_path,
+        _reservation=reservation,
+        _logs=[log],
+    )
+    t0 = time.monotonic()
+    try:
+        commands = build(display, port, workdir)
+        server.commands = commands
+        server.command = commands[-1]
+        env = _base_env(workdir)
+
+        def x_ready() -> None:
+            _wait(
+                f"{kind} X server :{display}",
+                lambda: x_display_listening(display),
+                server.procs,
+                log_path,
+                timeout,
+            )
+
+        for i, cmd in enumerate(commands):
+            server.procs.append(_popen(cmd, log, env))
+            if i == 0 and (len(commands) > 1 or x_ready_first):
+                x_ready()
+        _wait(
+            f"{kind} RFB port {port}",
+            lambda: is_listening(port, server.pids),
+            server.procs,
+            log_path,
+            timeout,
+        )
+        if not x_ready_first:
+            x_ready()
+    except BaseException:
+        server.stop()
+        raise
+    server.start_seconds = time.monotonic() - t0
+    return server
+
+
+def _geom(geometry: tuple[int, int] | None) -> tuple[int, int]:
+    return geometry or DEFAULT_GEOMETRY
+
+
+# --------------------------------------------------------------------------- #
+# TigerVNC Xvnc
+# --------------------------------------------------------------------------- #
+
+
+def start_tigervnc(
+    *,
+    security_types: str | None = None,
+    password: str | None = None,
+    desktop: str | None = "vncaudit-tiger",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str = "tigervnc",
+) -> VncServer:
+    """TigerVNC ``Xvnc`` on 127.0.0.1.
+
+    *security_types* None means: do not pass ``-SecurityTypes`` (TigerVNC's
+    default, TLSVnc,VncAuth).  With a *password* a ``-PasswordFile`` is made.
+    """
+    require(kind, ["Xvnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        cmd = ["Xvnc", f":{display}", "-rfbport", str(port), "-interface", HOST]
+        cmd += ["-nolisten", "tcp"]
+        if security_types is not None:
+            cmd += ["-SecurityTypes", security_types]
+        if password is not None:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            cmd += ["-PasswordFile", str(pw)]
+        if desktop is not None:
+            cmd += ["-desktop", desktop]
+        if geometry is not None:
+            cmd += ["-geometry", f"{geometry[0]}x{geometry[1]}"]
+        cmd += list(extra_args)
+        return [cmd]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=_geom(geometry) if geometry else (1024, 768),  # Xvnc default 1024x768
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=False,
+    )
+
+
+def start_tigervnc_none(**kw: Any) -> VncServer:
+    return start_tigervnc(security_types="None", kind="tigervnc-none", **kw)
+
+
+def start_tigervnc_vncauth(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    return start_tigervnc(
+        security_types="VncAuth", password=password, kind="tigervnc-vncauth", **kw
+    )
+
+
+def start_tigervnc_vencrypt(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    return start_tigervnc(
+        security_types="VeNCrypt,TLSVnc,VncAuth,TLSNone",
+        password=password,
+        kind="tigervnc-vencrypt",
+        **kw,
+    )
+
+
+def start_tigervnc_default(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    """TigerVNC as shipped: no -SecurityTypes (TLSVnc,VncAuth), a password file."""
+    return start_tigervnc(security_types=None, password=password, kind="tigervnc-default", **kw)
+
+
+# --------------------------------------------------------------------------- #
+# Xvfb + x11vnc (LibVNCServer)
+# --------------------------------------------------------------------------- #
+
+
+def start_x11vnc(
+    *,
+    password: str | None = None,
+    desktop: str | None = None,
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str | None = None,
+) -> VncServer:
+    """``Xvfb :N`` + ``x11vnc -display :N -rfbport P -listen 127.0.0.1 ...``.
+
+    x11vnc 0.9.16 opens an IPv6 wildcard listener on [::]:5900 EVEN WITH
+    ``-noipv6``; ``-rfbportv6 -1`` is what turns it off (so that parallel
+    servers do not fight over port 5900 and nothing listens beyond loopback).
+    Without *desktop* x11vnc names the desktop "<hostname>:<display>".
+    """
+    kind = kind or ("x11vnc-password" if password is not None else "x11vnc-none")
+    require(kind, ["Xvfb", "x11vnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+    w, h = _geom(geometry)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        xvfb = ["Xvfb", f":{display}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"]
+        vnc = ["x11vnc", "-display", f":{display}", "-rfbport", str(port)]
+        vnc += ["-listen", HOST, "-noipv6", "-rfbportv6", "-1"]
+        vnc += ["-forever", "-shared", "-norc"]
+        if password is None:
+            vnc += ["-nopw"]
+        else:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            vnc += ["-rfbauth", str(pw)]
+        if desktop is not None:
+            vnc += ["-desktop", desktop]
+        vnc += list(extra_args)
+        return [xvfb, vnc]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=(w, h),
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=True,
+    )
+
+
+def start_x11vnc_none(**kw: Any) -> VncServer:
+    return start_x11vnc(password=None, **kw)
+
+
+def start_x11vnc_password(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    return start_x11vnc(password=password, **kw)
+
+
+# --------------------------------------------------------------------------- #
+# TightVNC 1.3.10 Xtightvnc
+# --------------------------------------------------------------------------- #
+
+
+def start_xtightvnc(
+    *,
+    password: str | None = DEFAULT_PASSWORD,
+    desktop: str | None = "vncaudit-tight",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str | None = None,
+) -> VncServer:
+    """``Xtightvnc :N -rfbport P -localhost -nolisten tcp [-rfbauth F]``.
+
+    Without ``-rfbauth`` it offers None (+Tight).  ``-nolisten tcp`` keeps it
+    from opening X11 on 0.0.0.0:600N.
+    """
+    kind = kind or ("xtightvnc" if password is not None else "xtightvnc-none")
+    require(kind, ["Xtightvnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        cmd = ["Xtightvnc", f":{display}", "-rfbport", str(port), "-localhost"]
+        cmd += ["-nolisten", "tcp"]
+        if password is not None:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            cmd += ["-rfbauth", str(pw)]
+        if desktop is not None:
+            cmd += ["-desktop", desktop]
+        if geometry is not None:
+            cmd += ["-geometry", f"{geometry[0]}x{geometry[1]}"]
+        cmd += list(extra_args)
+        return [cmd]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=_geom(geometry) if geometry else (1024, 768),
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=False,
+    )
+
+
+def start_xtightvnc_none(**kw: Any) -> VncServer:
+    return start_xtightvnc(password=None, **kw)
+
+
+# --------------------------------------------------------------------------- #
+# Registry and X helpers
+# --------------------------------------------------------------------------- #
+
+KINDS: dict[str, Callable[..., VncServer]] = {
+    "tigervnc": start_tigervnc,
+    "tigervnc-none": start_tigervnc_none,
+    "tigervnc-vncauth": start_tigervnc_vncauth,
+    "tigervnc-vencrypt": start_tigervnc_vencrypt,
+    "tigervnc-default": start_tigervnc_default,
+    "x11vnc-none": start_x11vnc_none,
+    "x11vnc-password": start_x11vnc_password,
+    "xtightvnc": start_xtightvnc,
+    "xtightvnc-none": start_xtightvnc_none,
+}
+
+# Binaries each kind needs (password kinds also need vncpasswd).
+BINARIES: dict[str, list[str]] = {
+    "tigervnc": ["Xvnc"],
+    "tigervnc-none": ["Xvnc"],
+    "tigervnc-vncauth": ["Xvnc", "vncpasswd"],
+    "tigervnc-vencrypt": ["Xvnc", "vncpasswd"],
+    "tigervnc-default": ["Xvnc", "vncpasswd"],
+    "x11vnc-none": ["Xvfb", "x11vnc"],
+    "x11vnc-password": ["Xvfb", "x11vnc", "vncpasswd"],
+    "xtightvnc": ["Xtightvnc", "vncpasswd"],
+    "xtightvnc-none": ["Xtightvnc"],
+}
+
+
+def start(kind: str, **options: Any) -> VncServer:
+    """Start a server of *kind* (a key of ``KINDS``) with keyword *options*."""
+    try:
+        fn = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown server kind {kind!r}; known: {sorted(KINDS)}") from None
+    return fn(**options)
+
+
+def missing_binaries(kind: str) -> list[str]:
+    return [b for b in BINARIES[kind] if shutil.which(b) is None]
+
+
+def paint_root(server: VncServer, color: str = "red", timeout: float = 10.0) -> None:
+    """Fill the root window of *server*'s X display with *color* (``xsetroot -solid``)."""
+    require("xsetroot", ["xsetroot"])
+    subprocess.run(
+        ["xsetroot", "-solid", color],
+        env=server.env,
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def running(kind: str, **options: Any) -> Iterator[VncServer]:
+    """``with running("tigervnc-none") as srv: ...`` — stopped on exit."""
+    srv = start(kind, **options)
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,91 @@
+"""The command line as a user runs it: exit codes, one-line errors, table and JSON output."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from vncaudit.cli import results_table
+from vncaudit.models import NamedType, RfbFacts, ServiceResult, State
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vncaudit", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_no_target_is_usage_error_and_scans_nothing() -> None:
+    out = run("scan")
+    assert out.returncode == 2
+    assert "no targets" in out.stderr.lower()
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["scan", "127.0.0.1", "-p", "70000"], "70000"),
+        (["scan", "not a target!!"], "not a target"),
+        (["scan", "127.0.0.1", "-o", "yaml"], "yaml"),
+        (["scan", "127.0.0.1", "--fail-on", "severe"], "severe"),
+        (["scan", "224.0.0.1"], "224.0.0.1"),
+        (["scan", "-iL", "/nonexistent/list.txt"], "/nonexistent/list.txt"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_help_explains() -> None:
+    out = run("scan", "--help")
+    assert out.returncode == 0
+    for word in ("--ports", "--timeout", "--concurrency", "--output", "--fail-on"):
+        assert word in out.stdout
+
+
+def test_json_of_closed_port_with_all(unused_port: int) -> None:
+    out = run("scan", "127.0.0.1", "-p", str(unused_port), "-o", "json", "--all",
+              "--timeout", "2")
+    assert out.returncode == 0, out.stderr
+    doc: dict[str, Any] = json.loads(out.stdout)
+    assert doc["schema_version"] == 1
+    assert doc["scan"]["targets"] and doc["scan"]["ports"] == str(unused_port)
+    (svc,) = doc["services"]
+    assert (svc["host"], svc["port"], svc["state"]) == ("127.0.0.1", unused_port, "closed")
+    # Without --all a closed port is not listed.
+    out = run("scan", "127.0.0.1", "-p", str(unused_port), "-o", "json", "--timeout", "2")
+    assert json.loads(out.stdout)["services"] == []
+
+
+def test_table_renders_facts() -> None:
+    result = ServiceResult(
+        "127.0.0.1", 5901, State.VNC,
+        RfbFacts("RFB 003.008\n", "3.8", "3.8", (NamedType(1, "None"),), auth_required=False,
+                 security_result="ok", desktop_name="lab"),
+    )
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=True, width=120).print(results_table([result]))
+    text = buf.getvalue()
+    assert "5901" in text and "1 None" in text and "NONE" in text and "lab" in text
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

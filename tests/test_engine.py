@@ -1,0 +1,98 @@
+"""The engine: every target yields exactly one result, concurrency is bounded, input is lazy."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+from vncaudit.engine import Progress, ScanOptions, iter_results, scan_async
+from vncaudit.models import State, Target
+from vncaudit.probe import ProbeOptions
+
+
+async def _rfb_server(types: bytes, active: list[int], peak: list[int]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            writer.write(b"RFB 003.008\n")
+            await reader.readexactly(12)
+            await asyncio.sleep(0.05)  # hold the slot so overlapping probes are visible
+            writer.write(types)
+            await writer.drain()
+            await reader.read(1)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            active[0] -= 1
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_each_target_one_result_and_concurrency_bounded() -> None:
+    async def run() -> tuple[list[object], int, Progress]:
+        active, peak = [0], [0]
+        server = await _rfb_server(b"\x01\x02", active, peak)
+        port = server.sockets[0].getsockname()[1]
+        closed = _closed_port()
+        targets = [Target("127.0.0.1", port) for _ in range(40)] + [Target("127.0.0.1", closed)]
+        progress = Progress(total=len(targets))
+        async with server:
+            results = await scan_async(
+                targets, ScanOptions(concurrency=8, probe=ProbeOptions(timeout=3)),
+                progress=progress, assess_results=False,
+            )
+        return list(results), peak[0], progress
+
+    results, peak, progress = asyncio.run(run())
+    assert len(results) == 41
+    states = [r.state for r in results]  # type: ignore[attr-defined]
+    assert states.count(State.VNC) == 40 and states.count(State.CLOSED) == 1
+    assert 1 < peak <= 8
+    assert (progress.done, progress.vnc, progress.open) == (41, 40, 40)
+
+
+def test_targets_are_pulled_lazily() -> None:
+    pulled = [0]
+    closed = _closed_port()
+
+    def endless() -> Iterator[Target]:
+        while True:
+            pulled[0] += 1
+            yield Target("127.0.0.1", closed)
+
+    async def run() -> int:
+        seen = 0
+        async for _ in iter_results(endless(), ScanOptions(concurrency=4)):
+            seen += 1
+            if seen == 10:
+                break
+        return seen
+
+    assert asyncio.run(run()) == 10
+    # Only what the workers had in hand was taken from the iterator, not the whole stream.
+    assert pulled[0] < 30
+
+
+def test_rate_limit_spaces_connections() -> None:
+    closed = _closed_port()
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        targets = [Target("127.0.0.1", closed) for _ in range(11)]
+        async for _ in iter_results(targets, ScanOptions(concurrency=50, rate=50)):
+            pass
+        return loop.time() - start
+
+    elapsed = asyncio.run(run())
+    assert elapsed >= 0.18  # 11 starts at 50/s need at least 10 intervals of 20 ms
