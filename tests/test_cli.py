@@ -89,3 +89,34 @@ def unused_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+LAB_ZONE = """
+@ NS ns1
+ns1 A 127.0.0.2
+vnc A 127.0.0.1
+www A 0.0.0.0
+"""
+
+
+@pytest.mark.realserver
+def test_scan_domain_finds_host_and_scans_it(x11vnc_none: Any) -> None:
+    from dns_server import DnsServer, make_zone
+
+    with DnsServer([make_zone("lab.test", LAB_ZONE)]) as dns:
+        out = run("scan", "--domain", "lab.test", "--resolver", dns.resolver,
+                  "-p", str(x11vnc_none.port), "-o", "json", "--timeout", "3")
+        listing = run("subdomains", "lab.test", "--resolver", dns.resolver, "--json",
+                      "--axfr-port", str(dns.port))
+    assert out.returncode == 0, out.stderr
+    assert "www.lab.test resolves to 0.0.0.0; not scanned" in out.stderr
+    (svc,) = json.loads(out.stdout)["services"]
+    assert svc["hostname"] == "vnc.lab.test" and svc["state"] == "vnc"
+    assert svc["rfb"]["auth_required"] is False
+    found = json.loads(listing.stdout)
+    assert {h["name"] for h in found["hosts"]} >= {"vnc.lab.test", "ns1.lab.test"}
+
+
+def test_subdomains_bad_domain_is_one_line() -> None:
+    out = run("subdomains", "http://x")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1

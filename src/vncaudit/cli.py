@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +32,7 @@ from rich.table import Table
 from vncaudit import __version__, report
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
 from vncaudit.engine import Progress as EngineProgress
-from vncaudit.exceptions import UsageError, VncAuditError
+from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.probe import ProbeOptions
 
@@ -170,6 +171,14 @@ def scan(
         list[Path] | None,
         typer.Option("--masscan", help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
     ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", help="Find this domain's hosts by DNS (zone transfer, "
+                     "wordlist) and scan them (repeatable)."),
+    ] = None,
+    resolver: Annotated[
+        str | None, typer.Option("--resolver", help="DNS server for --domain, IP[:PORT].")
+    ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Targets to leave out (repeatable).")
     ] = None,
@@ -222,11 +231,16 @@ def scan(
         except ValueError:
             raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
     expressions = list(targets or [])
+    resolve = None
     try:
+        if domain:
+            extra_expressions, resolve = _domain_targets(domain, resolver)
+            expressions += extra_expressions
         port_list = targets_mod.parse_ports(ports or targets_mod.DEFAULT_PORTS)
         space = targets_mod.build_target_space(
             expressions,
             port_list,
+            resolve=resolve,
             input_files=list(input_list or []),
             nmap_xml=list(nmap_xml or []),
             masscan=list(masscan or []),
@@ -236,6 +250,8 @@ def scan(
         )
     except UsageError as exc:
         raise _fail(str(exc)) from None
+    except NetworkError as exc:
+        raise _fail(str(exc), 3) from None
 
     options = ScanOptions(
         concurrency=concurrency,
@@ -320,6 +336,110 @@ def _run_with_progress(
 
     with bar:
         return asyncio.run(run())
+
+
+def _domain_targets(
+    domains: list[str], resolver: str | None
+) -> tuple[list[str], Callable[[str], list[str]]]:
+    """Discover each domain's hosts; return their names and a resolver that reuses the answers.
+
+    Names that resolve to special addresses (black-holed to 0.0.0.0, multicast, reserved) are
+    dropped with a warning instead of aborting the whole scan.
+    """
+    import ipaddress
+
+    from vncaudit import subdomains, targets
+
+    names: list[str] = []
+    known: dict[str, list[str]] = {}
+    for name in domains:
+        found = subdomains.discover_sync(name, resolver=resolver)
+        for host in found.hosts:
+            if not host.addresses or subdomains.is_external(host, found.domain):
+                continue
+            usable = []
+            for address in host.addresses:
+                ip = ipaddress.ip_address(address)
+                if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+                    err.print(f"warning: {host.name} resolves to {address}; not scanned",
+                              style="yellow", markup=False)
+                    continue
+                usable.append(address)
+            if usable:
+                names.append(host.name)
+                known[host.name] = usable
+        err.print(f"{found.domain}: {len(known)} hosts found "
+                  f"({found.queries} DNS queries)", style="dim", markup=False)
+
+    def resolve(hostname: str) -> list[str]:
+        return known.get(hostname) or targets.default_resolver(hostname)
+
+    return names, resolve
+
+
+@app.command()
+def subdomains(
+    domain: Annotated[str, typer.Argument(help="The domain whose hosts to find.")],
+    resolver: Annotated[
+        str | None, typer.Option("--resolver", help="DNS server to ask, IP[:PORT].")
+    ] = None,
+    wordlist: Annotated[
+        list[Path] | None, typer.Option("--wordlist", help="Extra host labels, one per line.")
+    ] = None,
+    no_builtin: Annotated[
+        bool, typer.Option("--no-builtin-wordlist", help="Use only --wordlist labels.")
+    ] = False,
+    no_axfr: Annotated[bool, typer.Option("--no-axfr", help="Do not try zone transfers.")] = False,
+    concurrency: Annotated[
+        int, typer.Option("--dns-concurrency", min=1, help="DNS queries in flight.")
+    ] = 50,
+    rate: Annotated[
+        float | None, typer.Option("--dns-rate", min=0.1, help="Max DNS queries per second.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--dns-timeout", min=0.1, help="Seconds per DNS query.")
+    ] = 3.0,
+    axfr_port: Annotated[int, typer.Option("--axfr-port", hidden=True)] = 53,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Find a domain's hosts by DNS: zone transfer, a wordlist of common labels, wildcard aware."""
+    import json
+
+    from vncaudit import subdomains as sub
+
+    try:
+        words: list[str] = []
+        for path in wordlist or []:
+            words += sub.read_wordlist(path)
+        found = sub.discover_sync(
+            domain, resolver=resolver, wordlist=words or None, builtin=not no_builtin,
+            concurrency=concurrency, rate=rate, timeout=timeout, axfr=not no_axfr,
+            axfr_port=axfr_port,
+        )
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    except NetworkError as exc:
+        raise _fail(str(exc), 3) from None
+    if as_json:
+        sys.stdout.write(json.dumps(found.to_dict(), indent=2) + "\n")
+        return
+    out = Console(highlight=False)
+    table = Table()
+    for col in ("name", "addresses", "cname chain", "found by"):
+        table.add_column(col, overflow="fold")
+    for host in found.hosts:
+        table.add_row(host.name, "\n".join(host.addresses) or "[dim](none)[/]",
+                      " -> ".join(host.cnames), ", ".join(host.sources))
+    out.print(table)
+    if found.wildcard is not None:
+        out.print(f"wildcard DNS: random names resolve to {', '.join(found.wildcard)}; "
+                  f"{found.wildcard_dropped} wordlist names dropped as wildcard answers")
+    for server, status in found.axfr.items():
+        style = "bold red" if status == "ok" else "dim"
+        note = " (zone transfer open to anyone)" if status == "ok" else ""
+        out.print(f"[{style}]zone transfer from {server}: {status}{note}[/]")
+    for line in found.errors:
+        err.print(line, style="dim", markup=False)
 
 
 @app.command()
