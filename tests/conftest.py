@@ -136,3 +136,10 @@ def probe_once() -> Callable[[servers.VncServer], Any]:
         return _PROBE_CACHE[key]
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _private_store(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every `vncaudit` it runs) writes to its own store, never the user's."""
+    monkeypatch.setenv("VNCAUDIT_DB", str(tmp_path_factory.mktemp("store") / "vncaudit.db"))

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,8 +32,9 @@ from vncaudit import __version__, report
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.models import ServiceResult, Severity, State, Target
 from vncaudit.probe import ProbeOptions
+from vncaudit.store import ScanRecord, Store, StoreError, UnknownScanError
 
 app = typer.Typer(
     name="vncaudit",
@@ -216,12 +216,23 @@ def scan(
         typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
                      "(critical, high, medium, low, info)."),
     ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
+                     "~/.local/share/vncaudit/vncaudit.db)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue an interrupted scan by its id: nothing lost, "
+                     "nothing probed twice."),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
-    """Scan targets for VNC: one connection per port, no password ever sent."""
-    _setup_logging(verbose)
-    from vncaudit import targets as targets_mod
+    """Scan targets for VNC: one connection per port, no password ever sent.
 
+    Every result is recorded in the store as it arrives; a killed scan continues with --resume.
+    """
+    _setup_logging(verbose)
     if output not in OUTPUTS:
         raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
     threshold: Severity | None = None
@@ -230,74 +241,147 @@ def scan(
             threshold = Severity(fail_on.lower())
         except ValueError:
             raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
-    expressions = list(targets or [])
-    resolve = None
+    if resume is not None:
+        if targets or domain or input_list or nmap_xml or masscan:
+            raise _fail("--resume takes no targets: it continues the stored scan as it was")
+    else:
+        spec: dict[str, Any] = {
+            "expressions": list(targets or []),
+            "ports": ports or DEFAULT_PORTS_SPEC,
+            "input_files": [str(p) for p in input_list or []],
+            "nmap_xml": [str(p) for p in nmap_xml or []],
+            "masscan": [str(p) for p in masscan or []],
+            "excludes": list(exclude or []),
+            "exclude_files": [str(p) for p in exclude_file or []],
+            "allow_special": allow_special,
+            "resolved": {},
+            "timeout": timeout,
+            "concurrency": concurrency,
+            "rate": rate,
+            "no_init": no_init,
+        }
     try:
-        if domain:
-            extra_expressions, resolve = _domain_targets(domain, resolver)
-            expressions += extra_expressions
-        port_list = targets_mod.parse_ports(ports or targets_mod.DEFAULT_PORTS)
-        space = targets_mod.build_target_space(
-            expressions,
-            port_list,
-            resolve=resolve,
-            input_files=list(input_list or []),
-            nmap_xml=list(nmap_xml or []),
-            masscan=list(masscan or []),
-            excludes=list(exclude or []),
-            exclude_files=list(exclude_file or []),
-            allow_special=allow_special,
+        store = Store.open(db)
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+    with store:
+        try:
+            if resume is not None:
+                record = store.require_scan(resume)
+                if record.status == "finished":
+                    raise _fail(f"scan {resume} is already finished; nothing to resume")
+                spec = dict(record.options)
+                space = _space_from_spec(spec)
+                scan_id = record.id
+                store.reopen_scan(scan_id)
+            else:
+                if domain:
+                    names, resolved = _domain_targets(domain, resolver)
+                    spec["expressions"] = [*spec["expressions"], *names]
+                    spec["resolved"] = resolved
+                space = _space_from_spec(spec)
+                spec["seed"] = space.seed
+                scan_id = store.create_scan(space.describe(), spec["ports"], spec,
+                                            tool=f"vncaudit {__version__}")
+            done = store.done_pairs(scan_id)
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
+        except (NetworkError, StoreError) as exc:
+            raise _fail(str(exc), 3) from None
+
+        options = ScanOptions(
+            concurrency=int(spec["concurrency"]),
+            rate=spec["rate"],
+            probe=ProbeOptions(timeout=float(spec["timeout"]),
+                               read_server_init=not spec["no_init"]),
         )
-    except UsageError as exc:
-        raise _fail(str(exc)) from None
-    except NetworkError as exc:
-        raise _fail(str(exc), 3) from None
+        pending = (t for t in space.iter_targets() if (t.host, t.port) not in done)
+        progress_state = EngineProgress(total=len(space) - len(done))
 
-    options = ScanOptions(
-        concurrency=concurrency,
-        rate=rate,
-        probe=ProbeOptions(timeout=timeout, read_server_init=not no_init),
+        def save(result: ServiceResult) -> None:
+            if result.state in report.HIDDEN_BY_DEFAULT:
+                store.mark_done(scan_id, result.host, result.port, result.state)
+            else:
+                store.add_result(scan_id, result)
+
+        try:
+            _run_with_progress(pending, options, progress_state, err.is_terminal, save)
+        except KeyboardInterrupt:
+            store.finish_scan(scan_id, "interrupted")
+            raise _fail(f"interrupted; {progress_state.done} ports recorded. Resume with: "
+                        f"vncaudit scan --resume {scan_id}", 130) from None
+        except VncAuditError as exc:
+            store.finish_scan(scan_id, "interrupted")
+            raise _fail(str(exc), 3) from None
+        record = store.finish_scan(scan_id)
+        results = store.results(scan_id, include_closed=include_all)
+
+    _emit(record, results, output, output_file, include_all)
+    if threshold is not None and any(
+        f.severity.rank >= threshold.rank for r in results for f in r.findings
+    ):
+        raise typer.Exit(1)
+
+
+DEFAULT_PORTS_SPEC = "5800,5900-5910"
+
+
+def _space_from_spec(spec: dict[str, Any]) -> Any:
+    """The target space a stored or new scan describes (same seed → same order on resume)."""
+    from vncaudit import targets as targets_mod
+
+    resolved: dict[str, list[str]] = spec.get("resolved") or {}
+
+    def resolve(name: str) -> list[str]:
+        # Names found by --domain keep the addresses discovery saw: resolved once, even on resume.
+        return resolved.get(name) or targets_mod.default_resolver(name)
+
+    space = targets_mod.build_target_space(
+        spec["expressions"],
+        targets_mod.parse_ports(spec["ports"]),
+        resolve=resolve,
+        input_files=spec["input_files"],
+        nmap_xml=spec["nmap_xml"],
+        masscan=spec["masscan"],
+        excludes=spec["excludes"],
+        exclude_files=spec["exclude_files"],
+        allow_special=spec["allow_special"],
     )
-    meta_started = _now()
-    scan_id = "s-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    total = len(space)
-    progress_state = EngineProgress(total=total)
-    show_progress = err.is_terminal
+    if spec.get("seed") is not None:
+        space.seed = int(spec["seed"])
+    return space
 
-    try:
-        results = _run_with_progress(space, options, progress_state, show_progress)
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
-    except VncAuditError as exc:
-        raise _fail(str(exc), 3) from None
 
-    results.sort(key=lambda r: (_host_key(r.host), r.port))
+def _emit(
+    record: ScanRecord,
+    results: list[ServiceResult],
+    output: str,
+    output_file: Path | None,
+    include_all: bool,
+) -> None:
     meta = report.ScanMeta(
-        id=scan_id,
-        started=meta_started,
-        finished=_now(),
-        targets=space.describe(),
-        ports=ports or targets_mod.DEFAULT_PORTS,
-        tool=f"vncaudit {__version__}",
+        id=record.id,
+        started=record.started,
+        finished=record.finished,
+        targets=list(record.targets),
+        ports=record.ports,
+        tool=record.tool,
     )
+    results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
     if output == "table":
         out = Console(file=output_file.open("w") if output_file else None, highlight=False)
         if shown:
             out.print(results_table(shown))
-        vnc_count = sum(1 for r in results if r.state in (State.VNC, State.BLACKLISTED))
-        err.print(f"{len(results)} ports probed, {vnc_count} VNC, "
-                  f"{len(shown)} shown", style="dim", markup=False)
+        counts = record.counts
+        err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
+                  f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
+        return
+    text = report.render(output, meta, results, include_all)
+    if output_file:
+        output_file.write_text(text)
     else:
-        text = report.render(output, meta, results, include_all)
-        if output_file:
-            output_file.write_text(text)
-        else:
-            sys.stdout.write(text)
-    if threshold is not None and any(
-        f.severity.rank >= threshold.rank for r in results for f in r.findings
-    ):
-        raise typer.Exit(1)
+        sys.stdout.write(text)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:
@@ -311,44 +395,46 @@ def _host_key(host: str) -> tuple[int, bytes]:
 
 
 def _run_with_progress(
-    space: object,
+    pending: Iterable[Target],
     options: ScanOptions,
     state: EngineProgress,
     show: bool,
-) -> list[ServiceResult]:
-    iter_targets = space.iter_targets  # type: ignore[attr-defined]
+    on_result: Callable[[ServiceResult], None],
+) -> None:
+    bar = _progress_bar(err) if show else None
 
-    if not show:
-        return asyncio.run(scan_async(iter_targets(), options, progress=state))
-
-    bar = _progress_bar(err)
-
-    async def run() -> list[ServiceResult]:
+    async def run() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0)
+        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
 
-        def update(_: ServiceResult) -> None:
-            elapsed = max(loop.time() - started, 1e-6)
-            bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
+        def update(result: ServiceResult) -> None:
+            on_result(result)
+            if bar is not None and task_id is not None:
+                elapsed = max(loop.time() - started, 1e-6)
+                bar.update(task_id, completed=state.done, rate=state.done / elapsed,
+                           vnc=state.vnc)
 
-        return await scan_async(iter_targets(), options, on_result=update, progress=state)
+        await scan_async(pending, options, on_result=update, progress=state)
 
+    if bar is None:
+        asyncio.run(run())
+        return
     with bar:
-        return asyncio.run(run())
+        asyncio.run(run())
 
 
 def _domain_targets(
     domains: list[str], resolver: str | None
-) -> tuple[list[str], Callable[[str], list[str]]]:
-    """Discover each domain's hosts; return their names and a resolver that reuses the answers.
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Discover each domain's hosts; return their names and the addresses each resolved to.
 
     Names that resolve to special addresses (black-holed to 0.0.0.0, multicast, reserved) are
     dropped with a warning instead of aborting the whole scan.
     """
     import ipaddress
 
-    from vncaudit import subdomains, targets
+    from vncaudit import subdomains
 
     names: list[str] = []
     known: dict[str, list[str]] = {}
@@ -371,10 +457,7 @@ def _domain_targets(
         err.print(f"{found.domain}: {len(known)} hosts found "
                   f"({found.queries} DNS queries)", style="dim", markup=False)
 
-    def resolve(hostname: str) -> list[str]:
-        return known.get(hostname) or targets.default_resolver(hostname)
-
-    return names, resolve
+    return names, known
 
 
 @app.command()
@@ -440,6 +523,86 @@ def subdomains(
         out.print(f"[{style}]zone transfer from {server}: {status}{note}[/]")
     for line in found.errors:
         err.print(line, style="dim", markup=False)
+
+
+@app.command()
+def results(
+    scan_id: Annotated[
+        str | None, typer.Argument(help="A scan id to show; without it, list recent scans.")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
+    ] = "table",
+    output_file: Annotated[
+        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+    ] = None,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Also list closed and filtered ports.")
+    ] = False,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Only scans of this target.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many scans to list.")] = 50,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite store to read.")] = None,
+) -> None:
+    """List past scans, or show / export one of them in any output format."""
+    if output not in OUTPUTS:
+        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    try:
+        with Store.open(db) as store:
+            if scan_id is None:
+                records = store.list_scans(limit=limit, target=target)
+                stored: list[ServiceResult] = []
+            else:
+                record = store.require_scan(scan_id)
+                stored = store.results(scan_id, include_closed=include_all)
+    except StoreError as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+    if scan_id is not None:
+        _emit(record, stored, output, output_file, include_all)
+        return
+    if output != "table":
+        import json
+
+        sys.stdout.write(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        return
+    table = Table()
+    for col in ("scan", "status", "started", "targets", "ports", "probed", "vnc", "no auth",
+                "worst"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        c = r.counts
+        worst = next((sev.value for sev in Severity if c.get(sev.value)), "")
+        table.add_row(r.id, r.status, r.started, " ".join(r.targets)[:60], r.ports,
+                      str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
+                      worst)
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def diff(
+    scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
+    scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite store to read.")] = None,
+) -> None:
+    """What changed between two scans: services that appeared, disappeared or changed."""
+    try:
+        with Store.open(db) as store:
+            changes = store.diff(scan_a, scan_b)
+    except StoreError as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(changes.to_dict(), indent=2) + "\n")
+        return
+    lines = changes.lines()
+    out = Console(highlight=False)
+    if not lines:
+        out.print(f"no changes between {scan_a} and {scan_b}", markup=False)
+    for line in lines:
+        out.print(line, markup=False)
 
 
 @app.command()

@@ -1,0 +1,1103 @@
+"""The scan database: SQLite (WAL) holding scans, results, findings and which targets are done.
+
+Owns: the schema and its migrations, every write of a scan's results as they arrive, the queries
+behind `vncaudit results` / `--resume` / `vncaudit diff`, and the diff between two scans. It is
+the single source of truth for a scan (DESIGN.md §2): a scan killed at any moment (even
+``kill -9``) reopens uncorrupted, loses at most the last uncommitted batch, and a resume that
+skips `done_pairs()` neither loses nor repeats a (host, port).
+
+Must not: probe, grade, render or print anything; import any module of the package except
+`models` and `exceptions`; or use anything but the standard library (``sqlite3``).
+
+Where the database lives (`default_db_path`): ``$VNCAUDIT_DB`` if set, else
+``$XDG_DATA_HOME/vncaudit/vncaudit.db`` (``~/.local/share/vncaudit/vncaudit.db`` when
+``XDG_DATA_HOME`` is unset); parent directories are created on open.
+
+Schema (``PRAGMA user_version`` = `DB_VERSION`; `MIGRATIONS[n]` takes version n to n+1):
+
+- ``scans``: one row per scan. ``id`` is short and random (``s-20261124-ab12cd``); ``status`` is
+  running / finished / interrupted; ``targets`` (JSON list of expressions), ``ports`` (the spec),
+  ``options`` (JSON: everything the engine needs to resume), ``tool``, ``schema_version`` (of the
+  result JSON, DESIGN.md §7), ``position`` (optional engine checkpoint, see below),
+  ``updated`` (time of the last committed write: a "running" scan whose ``updated`` is old was
+  killed) and ``counts`` (JSON snapshot taken by `Store.finish_scan`).
+- ``done``: (scan_id, host, port, state) for EVERY (host, port) whose verdict is recorded,
+  stored or not. This is the resume record; closed/filtered pairs live only here unless the
+  engine stores them as full results (``--all``).
+- ``results``: (scan_id, host, port) UNIQUE, state, worst severity, auth_required, product,
+  ``diff_key`` (the compared facts as one string, so a diff decodes only what differs),
+  observed_at and the `ServiceResult.to_dict()` JSON. A results row is always written in the same
+  transaction as its ``done`` row, so ``results`` ⊆ ``done`` holds after any crash.
+- ``findings``: (scan_id, host, port, finding_id, severity, title), for querying across scans.
+
+Write rule: `Store.add_result` keeps the FIRST result written for a (scan, host, port) and
+ignores later ones (returns False) — that is what makes a resume idempotent. Only the explicit
+`Store.update_result` (an ``assess`` re-run) replaces a stored result and its findings.
+
+Resume design: the engine iterates targets in a deterministic seeded order; on resume it asks
+`Store.done_pairs` (or `Store.is_done`) and skips those pairs. Writes are batched: they go into
+one open transaction that is committed every `batch_size` writes or once `batch_interval`
+seconds have passed since the batch began (checked on each write: when writes pause, the batch
+waits for the next write, so the engine calls `flush` when idle), and on `flush` / `close` /
+any scan-level call. A ``kill -9`` rolls back the open batch only (the WAL ignores uncommitted
+frames); those pairs are not in ``done``, so the resume probes them again — never twice stored.
+The engine may also record an ordinal checkpoint with `Store.set_position` ("every target before
+this index in the seeded order was handed to the store"): it is written in the same transaction
+as the batch, so it never runs ahead of the committed ``done`` rows. ``done`` stays authoritative.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``: a process crash never loses a
+committed batch; a power loss may lose the last few commits but never corrupts the file.
+
+Concurrency: one `Store` holds one connection; every call takes an internal lock, so one
+instance may be shared by threads (e.g. ``asyncio.to_thread``), calls being serialised. Many
+readers (other `Store` instances or processes, e.g. the web UI) may read while one writer writes:
+they see committed batches only. A second writer waits up to `BUSY_TIMEOUT` seconds for the
+batch to be committed. Use one writer per scan.
+
+Async use: the engine is asyncio, and this API is synchronous on purpose. Writes inside a batch
+cost microseconds and a commit in WAL mode does not fsync, so calling `add_result` straight from
+the event loop is fine; only a WAL checkpoint (every ~1000 pages) does an fsync of a few ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from vncaudit.exceptions import VncAuditError
+from vncaudit.models import SCHEMA_VERSION, ServiceResult, Severity, State
+
+log = logging.getLogger(__name__)
+
+DB_ENV_VAR = "VNCAUDIT_DB"
+"""Environment variable naming the database file; wins over the XDG default."""
+
+DB_FILENAME = "vncaudit.db"
+BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's batch
+DEFAULT_BATCH_SIZE = 500  # writes per commit
+DEFAULT_BATCH_INTERVAL = 0.5  # seconds; a batch older than this is committed on the next write
+
+ScanStatus = Literal["running", "finished", "interrupted"]
+SCAN_STATUSES: tuple[str, ...] = ("running", "finished", "interrupted")
+
+# States that are not "services" (DESIGN.md §7): left out of results() and diff by default.
+NOT_SERVICES = frozenset({State.CLOSED, State.FILTERED})
+
+
+class StoreError(VncAuditError):
+    """The scan database cannot be opened, read or written; the message is one line."""
+
+
+class UnknownScanError(StoreError):
+    """No scan has the given id."""
+
+    def __init__(self, scan_id: str) -> None:
+        super().__init__(f"unknown scan id: {scan_id!r} (see `vncaudit results`)")
+        self.scan_id = scan_id
+
+
+def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the database lives when no path is given (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(DB_ENV_VAR, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = env.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says relative values are invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "vncaudit" / DB_FILENAME
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and migrations
+
+_SCHEMA_V1: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE scans (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted')),
+        started TEXT NOT NULL,
+        finished TEXT,
+        updated TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        ports TEXT NOT NULL,
+        options TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        position INTEGER,
+        counts TEXT
+    )""",
+    "CREATE INDEX scans_started ON scans (started)",
+    """CREATE TABLE done (
+        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (scan_id, host, port)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        auth_required INTEGER,
+        product TEXT,
+        severity TEXT,
+        severity_rank INTEGER,
+        diff_key TEXT NOT NULL,
+        observed_at TEXT NOT NULL,
+        result TEXT NOT NULL,
+        UNIQUE (scan_id, host, port)
+    )""",
+    "CREATE INDEX results_host ON results (host, port)",
+    """CREATE TABLE findings (
+        scan_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        finding_id TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        title TEXT NOT NULL,
+        FOREIGN KEY (scan_id, host, port) REFERENCES results (scan_id, host, port)
+            ON DELETE CASCADE
+    )""",
+    "CREATE INDEX findings_result ON findings (scan_id, host, port)",
+    "CREATE INDEX findings_id ON findings (finding_id, severity)",
+)
+
+Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+"""`MIGRATIONS[n]` takes a database from ``user_version`` n to n + 1. Append; never edit."""
+
+DB_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to `DB_VERSION` in one transaction; returns the version found.
+
+    Safe when several processes open a fresh file at once: the version is re-read under the
+    write lock. A database newer than this code raises `StoreError`.
+    """
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == DB_VERSION:
+        return found
+    if found > DB_VERSION:
+        raise StoreError(
+            f"database schema version {found} is newer than this vncaudit supports "
+            f"({DB_VERSION}); upgrade vncaudit"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for version in range(found, DB_VERSION):
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step:
+                    conn.execute(statement)
+            log.debug("store: migrated schema %d -> %d", version, version + 1)
+        conn.execute(f"PRAGMA user_version = {DB_VERSION:d}")
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_version', ?)", (str(DB_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One scan as stored. `updated` is the time of its last committed write. `counts` keys:
+    done, results, services, vnc, no_auth, findings, plus one per severity counting services
+    by their worst finding (critical, high, …); live unless the scan is finished."""
+
+    id: str
+    status: str
+    started: str
+    finished: str | None
+    targets: tuple[str, ...]
+    ports: str
+    options: dict[str, Any]
+    tool: str
+    schema_version: int
+    position: int | None = None
+    updated: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``scan`` object of the result schema v1 (DESIGN.md §7), plus status and counts."""
+        return {
+            "id": self.id,
+            "started": self.started,
+            "finished": self.finished,
+            "targets": list(self.targets),
+            "ports": self.ports,
+            "tool": self.tool,
+            "status": self.status,
+            "counts": dict(self.counts),
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference for one service: `kind` is a stable id, `text` a human phrase."""
+
+    kind: str  # appeared, disappeared, state, security_type_added, newly_no_auth, …
+    field: str  # the result field it concerns ("state", "rfb.security_types", …)
+    before: Any
+    after: Any
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class ServiceDiff:
+    """How one (host, port) differs between two scans."""
+
+    host: str
+    port: int
+    status: Literal["appeared", "disappeared", "changed"]
+    before: ServiceResult | None
+    after: ServiceResult | None
+    changes: tuple[Change, ...]
+
+    @property
+    def address(self) -> str:
+        return _address(self.host, self.port)
+
+    def lines(self) -> list[str]:
+        """Human lines: ``+`` appeared, ``-`` disappeared, ``~`` changed."""
+        mark = {"appeared": "+", "disappeared": "-", "changed": "~"}[self.status]
+        return [f"{mark} {self.address} {c.text}" for c in self.changes]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "status": self.status,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+@dataclass(frozen=True)
+class ScanDiff:
+    """Services that appeared, disappeared or changed from scan `scan_a` to scan `scan_b`.
+
+    `not_rescanned` lists services of A whose (host, port) B never probed (B was interrupted
+    or had other targets): they are not called "disappeared".
+    """
+
+    scan_a: str
+    scan_b: str
+    appeared: tuple[ServiceDiff, ...] = ()
+    disappeared: tuple[ServiceDiff, ...] = ()
+    changed: tuple[ServiceDiff, ...] = ()
+    not_rescanned: tuple[tuple[str, int], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.appeared or self.disappeared or self.changed)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for group in (self.appeared, self.disappeared, self.changed):
+            for item in group:
+                out.extend(item.lines())
+        if self.not_rescanned:
+            out.append(
+                f"? {len(self.not_rescanned)} service(s) of {self.scan_a} "
+                f"not probed by {self.scan_b}"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scan_a": self.scan_a,
+            "scan_b": self.scan_b,
+            "appeared": [d.to_dict() for d in self.appeared],
+            "disappeared": [d.to_dict() for d in self.disappeared],
+            "changed": [d.to_dict() for d in self.changed],
+            "not_rescanned": [{"host": h, "port": p} for h, p in self.not_rescanned],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _tool_version() -> str:
+    try:
+        return f"vncaudit {metadata.version('vncaudit')}"
+    except metadata.PackageNotFoundError:
+        return "vncaudit (unknown version)"
+
+
+def _new_scan_id() -> str:
+    return f"s-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def _canonical_host(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _host_key(host: str, port: int) -> tuple[int, int, str, int]:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return (99, 0, host, port)
+    return (ip.version, int(ip), "", port)
+
+
+def _dumps(obj: Any) -> str:
+    # ensure_ascii keeps lone surrogates (surrogateescape'd server strings) encodable as UTF-8.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Translate sqlite3 errors into StoreError at this one boundary."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+class Store:
+    """The scan database. Open with `Store.open`; use as a context manager (closes + commits).
+
+    Not for constructing directly from outside; `open` sets the pragmas and runs migrations.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path | None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_interval: float = DEFAULT_BATCH_INTERVAL,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.batch_size = max(1, batch_size)
+        self.batch_interval = batch_interval
+        self._lock = threading.RLock()
+        self._pending = 0  # writes in the open transaction
+        self._batch_started = 0.0
+        self._known_scans: set[str] = set()
+        self._positions: dict[str, int] = {}  # checkpoints to write with the next commit
+        self._touched: set[str] = set()  # scans written in the open batch
+        self._closed = False
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_interval: float = DEFAULT_BATCH_INTERVAL,
+    ) -> Store:
+        """Open (creating if needed) the database at `path` or `default_db_path()`.
+
+        ``":memory:"`` gives a private in-memory database (no WAL; for tests).
+        """
+        memory = path is not None and str(path) == ":memory:"
+        where: Path | None = None
+        if not memory:
+            where = Path(path).expanduser() if path is not None else default_db_path()
+            try:
+                where.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {where.parent}: {exc.strerror or exc}") from exc
+        target = ":memory:" if memory else str(where)
+        with _mapped(f"cannot open database {target}"):
+            conn = sqlite3.connect(
+                target,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by Store._lock
+            )
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+                if mode != "wal" and not memory:
+                    log.warning("store: %s is in journal mode %r, not WAL", target, mode)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        log.debug("store: opened %s", target)
+        return cls(conn, where, batch_size=batch_size, batch_interval=batch_interval)
+
+    def close(self) -> None:
+        """Commit the open batch and close the connection. Idempotent."""
+        with self._lock, _mapped("cannot commit on close"):
+            if self._closed:
+                return
+            try:
+                self._commit()
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA optimize")
+            finally:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def journal_mode(self) -> str:
+        with self._lock, _mapped("cannot read journal mode"):
+            return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not self._conn.in_transaction:
+            # IMMEDIATE takes the write lock now, so a batch never fails half-way on BUSY.
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._batch_started = time.monotonic()
+            self._pending = 0
+
+    def _maybe_commit(self) -> None:
+        if (
+            self._pending >= self.batch_size
+            or time.monotonic() - self._batch_started >= self.batch_interval
+        ):
+            self._commit()
+
+    def _commit(self) -> None:
+        if self._closed:
+            return
+        if self._positions:
+            self._begin()
+            self._conn.executemany(
+                "UPDATE scans SET position = ? WHERE id = ?",
+                [(pos, sid) for sid, pos in self._positions.items()],
+            )
+            self._positions.clear()
+        if self._touched:
+            # `updated` = last committed write: tells a killed scan ("running", but silent)
+            # from a live one.
+            now = _now()
+            self._conn.executemany(
+                "UPDATE scans SET updated = ? WHERE id = ?", [(now, sid) for sid in self._touched]
+            )
+            self._touched.clear()
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+            log.debug("store: committed %d writes", self._pending)
+        self._pending = 0
+
+    def flush(self) -> None:
+        """Commit the open batch now (the engine calls this on Ctrl-C and at the end)."""
+        with self._lock, _mapped("cannot commit"):
+            self._commit()
+
+    @contextlib.contextmanager
+    def _write(self, what: str, scan_id: str) -> Iterator[None]:
+        """One write call inside the open batch. A savepoint makes the call all-or-nothing
+        without throwing away the earlier writes of the batch."""
+        with self._lock, _mapped(what):
+            self._require_scan(scan_id)
+            self._begin()
+            self._conn.execute("SAVEPOINT store_write")
+            try:
+                yield
+            except BaseException:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK TO store_write")
+                        self._conn.execute("RELEASE store_write")
+                if not self._conn.in_transaction:
+                    # SQLite rolled the whole batch back (e.g. disk full): a checkpoint queued
+                    # for it would now run ahead of `done`, so drop it.
+                    self._positions.clear()
+                    self._touched.clear()
+                    self._pending = 0
+                raise
+            self._conn.execute("RELEASE store_write")
+            self._touched.add(scan_id)
+            self._maybe_commit()
+
+    def _require_scan(self, scan_id: str) -> None:
+        if scan_id in self._known_scans:
+            return
+        row = self._conn.execute("SELECT 1 FROM scans WHERE id = ?", (scan_id,)).fetchone()
+        if row is None:
+            raise UnknownScanError(scan_id)
+        self._known_scans.add(scan_id)
+
+    # -- scans --------------------------------------------------------------------------------
+
+    def create_scan(
+        self,
+        targets: Sequence[str],
+        ports: str,
+        options: Mapping[str, Any],
+        *,
+        tool: str | None = None,
+    ) -> str:
+        """Record a new running scan and return its id (``s-YYYYMMDD-xxxxxx``).
+
+        `options` must be JSON-serialisable and hold everything a resume needs (targets, ports,
+        seed, excludes, timeout, concurrency, …); it is returned verbatim by `get_scan`.
+        """
+        try:
+            options_json = _dumps(dict(options))
+            targets_json = _dumps([str(t) for t in targets])
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"scan options are not JSON-serialisable: {exc}") from exc
+        now = _now()
+        with self._lock, _mapped("cannot create scan"):
+            self._commit()
+            for _attempt in range(8):
+                scan_id = _new_scan_id()
+                try:
+                    self._conn.execute(
+                        "INSERT INTO scans (id, status, started, updated, targets, ports, "
+                        "options, tool, schema_version) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                        (scan_id, now, now, targets_json, ports, options_json,
+                         tool or _tool_version(), SCHEMA_VERSION),
+                    )
+                except sqlite3.IntegrityError:
+                    continue  # id collision: draw again
+                self._known_scans.add(scan_id)
+                log.info("store: created scan %s", scan_id)
+                return scan_id
+        raise StoreError("cannot create scan: no free scan id after 8 attempts")
+
+    def finish_scan(self, scan_id: str, status: ScanStatus = "finished") -> ScanRecord:
+        """Commit pending writes, set the status (finished / interrupted) and snapshot counts."""
+        if status not in SCAN_STATUSES:
+            raise StoreError(f"bad scan status {status!r}; expected one of {SCAN_STATUSES}")
+        with self._lock, _mapped("cannot finish scan"):
+            self._commit()
+            self._require_scan(scan_id)
+            counts = self._live_counts(scan_id)
+            now = _now()
+            finished = now if status != "running" else None
+            self._conn.execute(
+                "UPDATE scans SET status = ?, finished = ?, updated = ?, counts = ? WHERE id = ?",
+                (status, finished, now, _dumps(counts), scan_id),
+            )
+            log.info("store: scan %s %s (%d done)", scan_id, status, counts["done"])
+            record = self._get_scan(scan_id)
+        assert record is not None
+        return record
+
+    def reopen_scan(self, scan_id: str) -> ScanRecord:
+        """Mark a killed or interrupted scan running again, for ``--resume``; returns it."""
+        return self.finish_scan(scan_id, "running")
+
+    def delete_scan(self, scan_id: str) -> None:
+        """Delete a scan and everything stored for it."""
+        with self._lock, _mapped("cannot delete scan"):
+            self._commit()
+            self._require_scan(scan_id)
+            self._conn.execute("DELETE FROM scans WHERE id = ?", (scan_id,))
+            self._known_scans.discard(scan_id)
+            self._positions.pop(scan_id, None)
+            self._touched.discard(scan_id)
+
+    def set_position(self, scan_id: str, position: int) -> None:
+        """Record the engine's ordinal checkpoint; written atomically with the next commit."""
+        with self._lock:
+            self._positions[scan_id] = int(position)
+
+    def get_scan(self, scan_id: str) -> ScanRecord | None:
+        """The scan with this id, or None. Counts are live while it runs."""
+        with self._lock, _mapped("cannot read scan"):
+            return self._get_scan(scan_id)
+
+    def require_scan(self, scan_id: str) -> ScanRecord:
+        """Like `get_scan` but raises `UnknownScanError` (for the CLI: one line, exit 2)."""
+        record = self.get_scan(scan_id)
+        if record is None:
+            raise UnknownScanError(scan_id)
+        return record
+
+    _SCAN_COLUMNS = (
+        "id, status, started, finished, updated, targets, ports, options, tool, "
+        "schema_version, position, counts"
+    )
+
+    def _get_scan(self, scan_id: str) -> ScanRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._SCAN_COLUMNS} FROM scans WHERE id = ?", (scan_id,)
+        ).fetchone()
+        return self._record(row) if row is not None else None
+
+    def _record(self, row: Sequence[Any]) -> ScanRecord:
+        (sid, status, started, finished, updated, targets, ports, options, tool, schema,
+         position, counts) = row
+        if status == "finished" and counts:
+            count_map = {str(k): int(v) for k, v in json.loads(counts).items()}
+        else:
+            count_map = self._live_counts(sid)
+        return ScanRecord(
+            id=sid,
+            status=status,
+            started=started,
+            finished=finished,
+            targets=tuple(json.loads(targets)),
+            ports=ports,
+            options=json.loads(options),
+            tool=tool,
+            schema_version=int(schema),
+            position=position,
+            updated=updated,
+            counts=count_map,
+        )
+
+    def _live_counts(self, scan_id: str) -> dict[str, int]:
+        (done,) = self._conn.execute(
+            "SELECT count(*) FROM done WHERE scan_id = ?", (scan_id,)
+        ).fetchone()
+        counts: dict[str, int] = {"done": int(done), "results": 0, "services": 0, "vnc": 0,
+                                  "no_auth": 0, "findings": 0}
+        counts.update({s.value: 0 for s in Severity})
+        rows = self._conn.execute(
+            "SELECT state, severity, auth_required, count(*) FROM results WHERE scan_id = ? "
+            "GROUP BY state, severity, auth_required",
+            (scan_id,),
+        ).fetchall()
+        for state, severity, auth_required, n in rows:
+            counts["results"] += n
+            if state in NOT_SERVICES:
+                continue
+            counts["services"] += n
+            if state in (State.VNC, State.BLACKLISTED):
+                counts["vnc"] += n
+            if auth_required == 0:
+                counts["no_auth"] += n
+            if severity:
+                counts[severity] = counts.get(severity, 0) + n
+        (findings,) = self._conn.execute(
+            "SELECT count(*) FROM findings WHERE scan_id = ?", (scan_id,)
+        ).fetchone()
+        counts["findings"] = int(findings)
+        return counts
+
+    def list_scans(
+        self, limit: int = 50, target: str | None = None, status: ScanStatus | None = None
+    ) -> list[ScanRecord]:
+        """Most recent scans first. `target` keeps scans that listed that exact target
+        expression or probed that host; `status` filters on status."""
+        where: list[str] = []
+        params: list[Any] = []
+        if target is not None:
+            where.append(self._TARGET_FILTER)
+            params += [target, _canonical_host(target)]
+        if status is not None:
+            where.append("s.status = ?")
+            params.append(status)
+        sql = f"SELECT {self._SCAN_COLUMNS} FROM scans s"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.started DESC, s.rowid DESC LIMIT ?"
+        params.append(int(limit))
+        with self._lock, _mapped("cannot list scans"):
+            rows = self._conn.execute(sql, params).fetchall()
+            return [self._record(r) for r in rows]
+
+    _TARGET_FILTER = (
+        "(EXISTS (SELECT 1 FROM json_each(s.targets) WHERE value = ?)"
+        " OR EXISTS (SELECT 1 FROM done d WHERE d.scan_id = s.id AND d.host = ?))"
+    )
+
+    def latest_scan_for(self, target: str) -> ScanRecord | None:
+        """The most recent scan that listed `target` as an expression or probed it as a host."""
+        found = self.list_scans(limit=1, target=target)
+        return found[0] if found else None
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _result_row(scan_id: str, result: ServiceResult, now: str) -> tuple[Any, ...]:
+        worst = result.worst_severity
+        auth = result.rfb.auth_required if result.rfb is not None else None
+        return (
+            scan_id,
+            result.host,
+            result.port,
+            result.state.value,
+            None if auth is None else int(auth),
+            result.product.name if result.product is not None else None,
+            worst.value if worst is not None else None,
+            worst.rank if worst is not None else None,
+            _diff_key(result),
+            now,
+            _dumps(result.to_dict()),
+        )
+
+    _INSERT_RESULT = (
+        "INSERT INTO results (scan_id, host, port, state, auth_required, product, severity, "
+        "severity_rank, diff_key, observed_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def _insert_findings(self, scan_id: str, result: ServiceResult) -> None:
+        if result.findings:
+            self._conn.executemany(
+                "INSERT INTO findings (scan_id, host, port, finding_id, severity, title) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(scan_id, result.host, result.port, f.id, f.severity.value, f.title)
+                 for f in result.findings],
+            )
+
+    def _add_one(self, scan_id: str, result: ServiceResult, now: str) -> bool:
+        cur = self._conn.execute(
+            self._INSERT_RESULT.replace("INSERT", "INSERT OR IGNORE", 1),
+            self._result_row(scan_id, result, now),
+        )
+        if cur.rowcount != 1:
+            return False  # first write wins (resume idempotency)
+        self._insert_findings(scan_id, result)
+        # The done row is replaced: an earlier mark_done(closed) for this pair yields to the
+        # full result, so `done` always agrees with `results`.
+        self._conn.execute(
+            "INSERT OR REPLACE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)",
+            (scan_id, result.host, result.port, result.state.value),
+        )
+        return True
+
+    def add_result(self, scan_id: str, result: ServiceResult) -> bool:
+        """Store one result and mark its pair done; False (and nothing written) if this
+        (scan, host, port) already has a result. Committed with the current batch."""
+        with self._write("cannot store result", scan_id):
+            added = self._add_one(scan_id, result, _now())
+            self._pending += 1
+        return added
+
+    def add_results(self, scan_id: str, results: Iterable[ServiceResult]) -> int:
+        """Store many results (same rule as `add_result`); returns how many were new."""
+        added = 0
+        with self._write("cannot store results", scan_id):
+            now = _now()
+            for result in results:
+                added += self._add_one(scan_id, result, now)
+                self._pending += 1
+        return added
+
+    def update_result(self, scan_id: str, result: ServiceResult) -> bool:
+        """Replace the stored result and findings of this pair (``assess`` re-run), or insert
+        it; returns True if a result was replaced."""
+        key = (scan_id, result.host, result.port)
+        where = "WHERE scan_id = ? AND host = ? AND port = ?"
+        with self._write("cannot update result", scan_id):
+            row = self._result_row(scan_id, result, _now())
+            existed = (
+                self._conn.execute(f"SELECT 1 FROM results {where}", key).fetchone() is not None
+            )
+            if existed:
+                self._conn.execute(f"DELETE FROM findings {where}", key)
+                self._conn.execute(
+                    "UPDATE results SET state = ?, auth_required = ?, product = ?, severity = ?, "
+                    f"severity_rank = ?, diff_key = ?, observed_at = ?, result = ? {where}",
+                    (*row[3:], *key),
+                )
+                self._insert_findings(scan_id, result)
+                self._conn.execute(
+                    f"UPDATE done SET state = ? {where}", (result.state.value, *key)
+                )
+            else:
+                self._add_one(scan_id, result, row[9])
+            self._pending += 1
+        return existed
+
+    def mark_done(self, scan_id: str, host: str, port: int, state: State | str) -> bool:
+        """Record a pair as done without storing a full result (closed / filtered). False if
+        it was already done. Other states belong in `add_result`, or their facts are lost."""
+        return self.mark_done_many(scan_id, [(host, port, state)]) == 1
+
+    def mark_done_many(
+        self, scan_id: str, pairs: Iterable[tuple[str, int, State | str]]
+    ) -> int:
+        """`mark_done` for many pairs in one statement; returns how many were new."""
+        rows = [(scan_id, h, int(p), State(s).value) for h, p, s in pairs]
+        if not rows:
+            return 0
+        with self._write("cannot mark targets done", scan_id):
+            cur = self._conn.executemany(
+                "INSERT OR IGNORE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            self._pending += len(rows)
+        return max(cur.rowcount, 0)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def is_done(self, scan_id: str, host: str, port: int) -> bool:
+        """Whether this pair's verdict is recorded (committed or in this store's open batch)."""
+        with self._lock, _mapped("cannot read done targets"):
+            row = self._conn.execute(
+                "SELECT 1 FROM done WHERE scan_id = ? AND host = ? AND port = ?",
+                (scan_id, host, port),
+            ).fetchone()
+        return row is not None
+
+    def done_pairs(self, scan_id: str) -> set[tuple[str, int]]:
+        """Every (host, port) whose verdict is recorded: what a resume must skip."""
+        with self._lock, _mapped("cannot read done targets"):
+            self._require_scan(scan_id)
+            rows = self._conn.execute(
+                "SELECT host, port FROM done WHERE scan_id = ?", (scan_id,)
+            ).fetchall()
+        return {(str(h), int(p)) for h, p in rows}
+
+    def results(self, scan_id: str, include_closed: bool = False) -> list[ServiceResult]:
+        """The scan's results sorted by address. By default only services (not closed or
+        filtered); with `include_closed`, pairs only marked done come back as bare results."""
+        with self._lock, _mapped("cannot read results"):
+            self._require_scan(scan_id)
+            sql = "SELECT result FROM results WHERE scan_id = ?"
+            if not include_closed:
+                sql += " AND state NOT IN ('closed', 'filtered')"
+            out = [ServiceResult.from_dict(json.loads(r)) for (r,) in
+                   self._conn.execute(sql, (scan_id,))]
+            if include_closed:
+                bare = self._conn.execute(
+                    "SELECT d.host, d.port, d.state FROM done d WHERE d.scan_id = ? AND NOT "
+                    "EXISTS (SELECT 1 FROM results r WHERE r.scan_id = d.scan_id "
+                    "AND r.host = d.host AND r.port = d.port)",
+                    (scan_id,),
+                )
+                out += [ServiceResult(host=h, port=int(p), state=State(s)) for h, p, s in bare]
+        out.sort(key=lambda r: _host_key(r.host, r.port))
+        return out
+
+    def _service_keys(self, scan_id: str) -> dict[tuple[str, int], tuple[str, int]]:
+        """(host, port) → (diff_key, row id) of the scan's services: no JSON decoded."""
+        with self._lock, _mapped("cannot read results"):
+            self._require_scan(scan_id)
+            rows = self._conn.execute(
+                "SELECT host, port, diff_key, id FROM results WHERE scan_id = ? "
+                "AND state NOT IN ('closed', 'filtered')",
+                (scan_id,),
+            ).fetchall()
+        return {(str(h), int(p)): (str(k), int(i)) for h, p, k, i in rows}
+
+    def _load(self, row_id: int) -> ServiceResult:
+        with self._lock, _mapped("cannot read results"):
+            (text,) = self._conn.execute(
+                "SELECT result FROM results WHERE id = ?", (row_id,)
+            ).fetchone()
+        return ServiceResult.from_dict(json.loads(text))
+
+    def _done_states(self, scan_id: str) -> dict[tuple[str, int], str]:
+        with self._lock, _mapped("cannot read done targets"):
+            rows = self._conn.execute(
+                "SELECT host, port, state FROM done WHERE scan_id = ?", (scan_id,)
+            ).fetchall()
+        return {(str(h), int(p)): str(s) for h, p, s in rows}
+
+    def diff(self, scan_a: str, scan_b: str) -> ScanDiff:
+        """What changed from scan A (older) to scan B (newer); see `ScanDiff`.
+
+        Only services whose stored `diff_key` differs are decoded, so diffing two large,
+        mostly equal scans costs little more than reading two columns.
+        """
+        before = self._service_keys(scan_a)
+        after = self._service_keys(scan_b)
+        done_a = self._done_states(scan_a)
+        done_b = self._done_states(scan_b)
+        appeared: list[ServiceDiff] = []
+        disappeared: list[ServiceDiff] = []
+        changed: list[ServiceDiff] = []
+        not_rescanned: list[tuple[str, int]] = []
+        differ = {k for k in before.keys() | after.keys()
+                  if before.get(k, ("", 0))[0] != after.get(k, ("", 0))[0]}
+        for key in sorted(differ, key=lambda k: _host_key(*k)):
+            ka, kb = before.get(key), after.get(key)
+            if ka is None and kb is not None:
+                b = self._load(kb[1])
+                note = "" if key in done_a else f" (not probed by {scan_a})"
+                change = Change("appeared", "service", done_a.get(key), b.state.value,
+                                f"appeared: {_summary(b)}{note}")
+                appeared.append(ServiceDiff(*key, "appeared", None, b, (change,)))
+            elif kb is None and ka is not None:
+                now_state = done_b.get(key)
+                if now_state is None:
+                    not_rescanned.append(key)
+                    continue
+                a = self._load(ka[1])
+                change = Change("disappeared", "service", a.state.value, now_state,
+                                f"disappeared (now {now_state}; was {_summary(a)})")
+                disappeared.append(ServiceDiff(*key, "disappeared", a, None, (change,)))
+            elif ka is not None and kb is not None:
+                a, b = self._load(ka[1]), self._load(kb[1])
+                changes = compare_results(a, b)
+                if changes:
+                    changed.append(ServiceDiff(*key, "changed", a, b, changes))
+        return ScanDiff(scan_a, scan_b, tuple(appeared), tuple(disappeared), tuple(changed),
+                        tuple(not_rescanned))
+
+
+def _diff_key(r: ServiceResult) -> str:
+    """The facts `compare_results` looks at, as one string stored with each result: equal keys
+    mean "no change", so `Store.diff` decodes only the services that differ."""
+    rfb = r.rfb
+    return _dumps([
+        r.state.value,
+        sorted(t.id for t in rfb.security_types) if rfb else [],
+        sorted(t.id for t in rfb.vencrypt.subtypes) if rfb and rfb.vencrypt else [],
+        rfb.auth_required if rfb else None,
+        _product_text(r),
+        sorted(f"{f.id} {f.severity.value}" for f in r.findings),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing two results of the same (host, port)
+
+
+def _types_text(types: dict[int, str]) -> str:
+    return ", ".join(f"{i} ({n})" for i, n in sorted(types.items())) or "none"
+
+
+def _summary(r: ServiceResult) -> str:
+    parts = [r.state.value]
+    if r.rfb is not None:
+        if r.rfb.auth_required is False:
+            parts.append("no auth")
+        if r.rfb.security_types:
+            parts.append("types " + ",".join(str(t.id) for t in r.rfb.security_types))
+    if r.product is not None and r.product.name != "unknown":
+        parts.append(_product_text(r))
+    worst = r.worst_severity
+    if worst is not None:
+        parts.append(f"worst {worst.value}")
+    return ", ".join(parts)
+
+
+def _product_text(r: ServiceResult) -> str:
+    if r.product is None:
+        return "unknown"
+    return f"{r.product.name} {r.product.version}" if r.product.version else r.product.name
+
+
+def _set_changes(
+    kind: str, field_name: str, label: str, a: dict[int, str], b: dict[int, str]
+) -> list[Change]:
+    out: list[Change] = []
+    added = {i: b[i] for i in b.keys() - a.keys()}
+    removed = {i: a[i] for i in a.keys() - b.keys()}
+    if added:
+        word = label if len(added) == 1 else label + "s"
+        out.append(Change(f"{kind}_added", field_name, sorted(a), sorted(b),
+                          f"new {word} {_types_text(added)}"))
+    if removed:
+        word = label if len(removed) == 1 else label + "s"
+        out.append(Change(f"{kind}_removed", field_name, sorted(a), sorted(b),
+                          f"{word} no longer offered: {_types_text(removed)}"))
+    return out
+
+
+def compare_results(a: ServiceResult, b: ServiceResult) -> tuple[Change, ...]:
+    """The differences that matter between two results of one service, older `a` first:
+    state, security types, VeNCrypt sub-types, auth_required, product, worst severity and
+    findings."""
+    out: list[Change] = []
+    if a.state != b.state:
+        out.append(Change("state", "state", a.state.value, b.state.value,
+                          f"state {a.state.value} → {b.state.value}"))
+    ra, rb = a.rfb, b.rfb
+    types_a = {t.id: t.name for t in ra.security_types} if ra else {}
+    types_b = {t.id: t.name for t in rb.security_types} if rb else {}
+    out += _set_changes("security_type", "rfb.security_types", "security type", types_a, types_b)
+    ven_a = {t.id: t.name for t in ra.vencrypt.subtypes} if ra and ra.vencrypt else {}
+    ven_b = {t.id: t.name for t in rb.vencrypt.subtypes} if rb and rb.vencrypt else {}
+    out += _set_changes("vencrypt_subtype", "rfb.vencrypt.subtypes", "VeNCrypt sub-type",
+                        ven_a, ven_b)
+    auth_a = ra.auth_required if ra else None
+    auth_b = rb.auth_required if rb else None
+    if auth_a != auth_b:
+        if auth_b is False:
+            kind, text = "newly_no_auth", "newly no-auth: a connection needs no password"
+        elif auth_b is True and auth_a is False:
+            kind, text = "auth_now_required", "now requires authentication (was no-auth)"
+        else:
+            kind = "auth_required"
+            text = f"auth_required {_tri(auth_a)} → {_tri(auth_b)}"
+        out.append(Change(kind, "rfb.auth_required", auth_a, auth_b, text))
+    prod_a, prod_b = _product_text(a), _product_text(b)
+    if prod_a != prod_b:
+        out.append(Change("product", "product", prod_a, prod_b, f"product {prod_a} → {prod_b}"))
+    worst_a, worst_b = a.worst_severity, b.worst_severity
+    if worst_a != worst_b:
+        rank_a = worst_a.rank if worst_a else -1
+        rank_b = worst_b.rank if worst_b else -1
+        direction = "worse" if rank_b > rank_a else "better"
+        va = worst_a.value if worst_a else None
+        vb = worst_b.value if worst_b else None
+        out.append(Change(f"severity_{direction}", "findings", va, vb,
+                          f"worst severity {va or 'none'} → {vb or 'none'} ({direction})"))
+    ids_a = {f.id: f for f in a.findings}
+    ids_b = {f.id: f for f in b.findings}
+    for fid in sorted(ids_b.keys() - ids_a.keys()):
+        f = ids_b[fid]
+        out.append(Change("finding_added", "findings", None, fid,
+                          f"new finding {fid} ({f.severity.value}): {f.title}"))
+    for fid in sorted(ids_a.keys() - ids_b.keys()):
+        f = ids_a[fid]
+        out.append(Change("finding_removed", "findings", fid, None,
+                          f"finding {fid} ({f.severity.value}) gone: {f.title}"))
+    return tuple(out)
+
+
+def _tri(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
