@@ -120,3 +120,30 @@ def test_scan_domain_finds_host_and_scans_it(x11vnc_none: Any) -> None:
 def test_subdomains_bad_domain_is_one_line() -> None:
     out = run("subdomains", "http://x")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.realserver
+def test_scan_screenshot_and_password_audit_flags(
+    vnc_server_factory: Any, tmp_path: Any
+) -> None:
+    """The active flags reach the checks: a PNG next to the report, a masked found password."""
+    none = vnc_server_factory("x11vnc-none", geometry=(320, 200))
+    locked = vnc_server_factory("tigervnc-vncauth", password="123456")
+    report_file = tmp_path / "r.json"
+    out = run("scan", "127.0.0.1", "-p", f"{none.port},{locked.port}", "-o", "json",
+              "--output-file", str(report_file), "--screenshot", "--check-passwords",
+              "--timeout", "5", timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(report_file.read_text())
+    by_port = {s["port"]: s for s in doc["services"]}
+    shot = by_port[none.port]["extra"]["active"]["screenshot"]
+    assert shot["status"] == "ok" and (shot["width"], shot["height"]) == (320, 200)
+    assert (tmp_path / "screenshots").is_dir()
+    audit = by_port[locked.port]["extra"]["active"]["password_audit"]
+    assert audit["status"] == "found" and audit["password"] == "********"
+    assert "123456" not in report_file.read_text()
+
+
+def test_missing_wordlist_is_usage_error() -> None:
+    out = run("scan", "127.0.0.1", "--check-passwords", "--wordlist", "/nonexistent/w.txt")
+    assert out.returncode == 2 and "/nonexistent/w.txt" in out.stderr

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -216,6 +216,41 @@ def scan(
         typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
                      "(critical, high, medium, low, info)."),
     ] = None,
+    screenshot: Annotated[
+        bool,
+        typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
+                     "is needed (or with --password); tells login screen from live desktop."),
+    ] = False,
+    password: Annotated[
+        str | None,
+        typer.Option("--password", help="Active: authenticate with this known password to read "
+                     "the desktop name (and --screenshot) on protected servers."),
+    ] = None,
+    check_passwords: Annotated[
+        bool,
+        typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
+                     "--max-attempts per server, stopping before the server's lockout."),
+    ] = False,
+    wordlist: Annotated[
+        Path | None, typer.Option("--wordlist", help="Passwords for --check-passwords.")
+    ] = None,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=1, max=4, help="Password tries per server.")
+    ] = 3,
+    show_passwords: Annotated[
+        bool, typer.Option("--show-passwords", help="Print found passwords (masked otherwise).")
+    ] = False,
+    active_checks: Annotated[
+        bool,
+        typer.Option("--active-checks", help="Active: extra connections for auth-bypass "
+                     "(CVE-2006-2369: un-offered None) and honeypot checks."),
+    ] = False,
+    web: Annotated[
+        bool,
+        typer.Option("--web/--no-web", help="Look for noVNC/websockify and Java-viewer web "
+                     "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
+                     "that did not answer RFB."),
+    ] = True,
     db: Annotated[
         Path | None,
         typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
@@ -289,11 +324,19 @@ def scan(
         except (NetworkError, StoreError) as exc:
             raise _fail(str(exc), 3) from None
 
+        probe_options = ProbeOptions(timeout=float(spec["timeout"]),
+                                     read_server_init=not spec["no_init"],
+                                     active_checks=active_checks)
+        try:
+            active = _active_options(screenshot, password, check_passwords, wordlist,
+                                     max_attempts, show_passwords, active_checks, output_file)
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
             rate=spec["rate"],
-            probe=ProbeOptions(timeout=float(spec["timeout"]),
-                               read_server_init=not spec["no_init"]),
+            probe=probe_options,
+            post_probe=_post_probe(active, probe_options, web),
         )
         pending = (t for t in space.iter_targets() if (t.host, t.port) not in done)
         progress_state = EngineProgress(total=len(space) - len(done))
@@ -324,6 +367,71 @@ def scan(
 
 
 DEFAULT_PORTS_SPEC = "5800,5900-5910"
+
+
+def _active_options(
+    screenshot: bool,
+    password: str | None,
+    check_passwords: bool,
+    wordlist: Path | None,
+    max_attempts: int,
+    show_passwords: bool,
+    active_checks: bool,
+    output_file: Path | None,
+) -> Any:
+    from vncaudit import active
+
+    try:
+        words = active.load_wordlist(wordlist) if wordlist else None
+    except OSError as exc:
+        raise UsageError(f"cannot read {wordlist}: {exc.strerror}") from None
+    shots = (output_file.parent if output_file else Path.cwd()) / "screenshots"
+    return active.ActiveOptions(
+        screenshot=screenshot,
+        screenshot_dir=shots if screenshot else None,
+        password=password,
+        check_passwords=check_passwords,
+        wordlist=words,
+        wordlist_source="wordlist" if words else "builtin",
+        max_attempts=max_attempts,
+        show_passwords=show_passwords,
+        active_checks=active_checks,
+    )
+
+
+def _post_probe(
+    active_options: Any, probe_options: ProbeOptions, web: bool
+) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
+    """What runs after each probe: web front-end detection, then the opt-in active checks."""
+    from dataclasses import replace
+
+    from vncaudit import active, websocket
+
+    if not web and not active_options.enabled:
+        return None
+
+    async def post(result: ServiceResult) -> ServiceResult:
+        if (web and result.port in websocket.WEB_PORTS
+                and result.state in (State.TARPIT, State.OPEN_NOT_VNC)):
+            target = Target(result.host, result.port, result.hostname)
+            found = await websocket.probe_web(target, probe_options)
+            if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+                result = found
+        if active_options.enabled and result.state is State.VNC:
+            connector = None
+            ws = (result.extra.get("web") or {}).get("websocket") or {}
+            if ws.get("path"):
+                connector = websocket.connector(ws["path"])
+            try:
+                checks = await active.run_active(result, active_options, connector)
+            except Exception as exc:  # an active check must never cost the probe's result
+                log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
+                checks = {"error": f"{type(exc).__name__}: {exc}"}
+            if checks:
+                result = replace(result, extra={**result.extra, "active": checks})
+        return result
+
+    return post
 
 
 def _space_from_spec(spec: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import logging
 import resource
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from vncaudit.models import ServiceResult, State, Target
@@ -29,6 +29,8 @@ class ScanOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None  # new connections per second; None = as fast as concurrency allows
     probe: ProbeOptions = field(default_factory=ProbeOptions)
+    # Runs after each probe (opt-in active checks, VNC-over-web); must never raise.
+    post_probe: Callable[[ServiceResult], Awaitable[ServiceResult]] | None = None
 
 
 @dataclass
@@ -93,7 +95,10 @@ async def iter_results(
     async def worker() -> None:
         for target in source:  # a shared iterator: each target goes to one worker
             await limiter.wait()
-            await queue.put(await probe(target, options.probe))
+            result = await probe(target, options.probe)
+            if options.post_probe is not None:
+                result = await options.post_probe(result)
+            await queue.put(result)
 
     async def all_workers() -> None:
         try:

@@ -1,0 +1,277 @@
+"""Login screen or live desktop? A classifier over one screenshot (issue 8, item 5).
+
+Owns: `classify_desktop()`, which tells a display-manager greeter or lock dialog ("login-screen")
+from a logged-in session ("desktop"), a uniform screen ("blank") or a picture it cannot read
+("unknown"), from features of the image plus the desktop name and geometry, and returns its
+evidence. It decides whether "no authentication" means "full control of a user's session".
+
+Must not: do I/O, decode RFB, or match product or host names: the decision rests on layout,
+which holds across greeters, themes and geometries:
+  * the screen is segmented into 16x16 cells; cells whose exact content matches the frequent
+    cells on the screen border are background (a solid colour or a tiled root pattern);
+  * the remaining cells form connected components, i.e. windows, panels and dialogs; tiny ones
+    (a pointer drawn into the framebuffer) are ignored;
+  * a greeter shows ONE panel, centred horizontally, away from the edges, with no title bar;
+  * a desktop shows windows placed anywhere, with title bars (a full-width band at the top of
+    a window in a colour of its own), several windows, or panels along a screen edge.
+The desktop name only adds evidence (words like "login"/"greeter"), never decides alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+CELL: Final = 16
+MIN_COMPONENT_PX: Final = 48  # smaller bounding boxes are pointers, icons, noise
+CENTRE_TOLERANCE: Final = 0.03  # |panel centre - screen centre| / width for "centred"
+_NAME_HINTS: Final = re.compile(r"\b(login|logon|greeter|lock(ed)?|sign[ -]?in)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A connected region of non-background cells, in pixels."""
+
+    x0: int
+    y0: int
+    x1: int  # exclusive
+    y1: int
+    cells: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"x": self.x0, "y": self.y0, "width": self.width, "height": self.height}
+
+
+@dataclass(frozen=True)
+class DesktopKind:
+    """The verdict: kind is "login-screen" | "desktop" | "blank" | "unknown"."""
+
+    kind: str
+    confidence: float = 0.0
+    evidence: tuple[str, ...] = ()
+    features: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "confidence": round(self.confidence, 2),
+            "evidence": list(self.evidence),
+            "features": dict(self.features),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Image helpers over packed RGB (3 bytes per pixel, row-major)
+
+
+class _Image:
+    def __init__(self, rgb: bytes, width: int, height: int) -> None:
+        self.rgb = rgb
+        self.width = width
+        self.height = height
+        self.cols = (width + CELL - 1) // CELL
+        self.rows = (height + CELL - 1) // CELL
+
+    def cell_signature(self, cx: int, cy: int) -> bytes:
+        w = self.width
+        x0, y0 = cx * CELL, cy * CELL
+        x1, y1 = min(x0 + CELL, w), min(y0 + CELL, self.height)
+        raw = b"".join(self.rgb[(y * w + x0) * 3 : (y * w + x1) * 3] for y in range(y0, y1))
+        # A uniform cell is keyed by its colour alone, so the clipped cells of the last row and
+        # column match the full ones.
+        return raw[:3] if raw == raw[:3] * (len(raw) // 3) else raw
+
+    def colours(self, x0: int, y0: int, x1: int, y1: int, step: int = 2) -> Counter[bytes]:
+        """Colour histogram of a rectangle, sampling every `step`-th pixel and row."""
+        counts: Counter[bytes] = Counter()
+        w = self.width
+        for y in range(max(y0, 0), min(y1, self.height), step):
+            row = self.rgb[(y * w + x0) * 3 : (y * w + x1) * 3]
+            counts.update(row[i : i + 3] for i in range(0, len(row) - 2, 3 * step))
+        return counts
+
+
+def _dominant(counts: Counter[bytes]) -> tuple[bytes | None, float]:
+    total = sum(counts.values())
+    if not total:
+        return None, 0.0
+    colour, n = counts.most_common(1)[0]
+    return colour, n / total
+
+
+def _background_mask(img: _Image) -> tuple[list[list[bool]], float, bytes | None]:
+    """Per cell: True when foreground; the share of border cells the background explains; the
+    background's most common pixel colour."""
+    sigs = [[img.cell_signature(cx, cy) for cx in range(img.cols)] for cy in range(img.rows)]
+    border = [sigs[0][c] for c in range(img.cols)] + [sigs[-1][c] for c in range(img.cols)]
+    border += [sigs[r][0] for r in range(img.rows)] + [sigs[r][-1] for r in range(img.rows)]
+    counts = Counter(border)
+    # The background is the most common border cell: one signature for a solid colour, and
+    # also one for a tiled root pattern whose period divides the cell size. Taking only the
+    # mode keeps a panel that reaches the edges (a greeter wider than the screen) foreground.
+    mode, covered = counts.most_common(1)[0]
+    background = {mode}
+    mask = [[sig not in background for sig in row] for row in sigs]
+    colour = Counter(mode[i : i + 3] for i in range(0, len(mode) - 2, 3)).most_common(1)[0][0]
+    return mask, covered / max(len(border), 1), colour
+
+
+def _components(mask: list[list[bool]], img: _Image) -> list[Component]:
+    rows, cols = len(mask), len(mask[0]) if mask else 0
+    seen = [[False] * cols for _ in range(rows)]
+    found: list[Component] = []
+    for r in range(rows):
+        for c in range(cols):
+            if not mask[r][c] or seen[r][c]:
+                continue
+            stack = [(r, c)]
+            seen[r][c] = True
+            r0 = r1 = r
+            c0 = c1 = c
+            n = 0
+            while stack:
+                y, x = stack.pop()
+                n += 1
+                r0, r1, c0, c1 = min(r0, y), max(r1, y), min(c0, x), max(c1, x)
+                for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                    if 0 <= ny < rows and 0 <= nx < cols and mask[ny][nx] and not seen[ny][nx]:
+                        seen[ny][nx] = True
+                        stack.append((ny, nx))
+            found.append(
+                Component(
+                    c0 * CELL,
+                    r0 * CELL,
+                    min((c1 + 1) * CELL, img.width),
+                    min((r1 + 1) * CELL, img.height),
+                    n,
+                )
+            )
+    return found
+
+
+def _title_bar(img: _Image, comp: Component, background: bytes | None) -> bool:
+    """A band of >= 8 rows at the top of a window, each row in one colour the body lacks.
+
+    Window managers draw title bars as flat or vertically graded rows across the whole frame;
+    a greeter's panel starts with a thin bevel (a few rows) and then its body colour.
+    """
+    if comp.height < 80 or comp.width < 80:
+        return False
+    x0, x1 = comp.x0 + CELL, comp.x1 - CELL  # cells overshoot the real edge; stay inside
+    body = img.colours(x0, comp.y0 + comp.height // 3, x1, comp.y1 - CELL, step=3)
+    body_colour, _ = _dominant(body)
+    body_total = sum(body.values()) or 1
+    run = best = 0
+    for y in range(comp.y0, min(comp.y0 + 3 * CELL, comp.y1)):
+        colour, share = _dominant(img.colours(x0, y, x1, y + 1, step=2))
+        foreign = (
+            colour is not None
+            and share >= 0.5
+            and colour != body_colour
+            and colour != background
+            and body[colour] / body_total < 0.05
+        )
+        run = run + 1 if foreign else 0
+        best = max(best, run)
+    return best >= 8
+
+
+def _docked(comp: Component, width: int, height: int) -> bool:
+    """A thin bar along one screen edge: a taskbar, dock or menu bar."""
+    horizontal = comp.width >= 0.5 * width and comp.height <= 0.12 * height
+    vertical = comp.height >= 0.5 * height and comp.width <= 0.12 * width
+    at_top_or_bottom = comp.y0 == 0 or comp.y1 >= height
+    at_side = comp.x0 == 0 or comp.x1 >= width
+    return (horizontal and at_top_or_bottom) or (vertical and at_side)
+
+
+def classify_desktop(
+    rgb: bytes, width: int, height: int, desktop_name: str | None = None
+) -> DesktopKind:
+    """Classify a screenshot given as packed RGB (3 bytes per pixel)."""
+    if width < CELL * 4 or height < CELL * 4 or len(rgb) < width * height * 3:
+        return DesktopKind("unknown", 0.0, ("screenshot too small or incomplete",))
+    img = _Image(rgb, width, height)
+    evidence: list[str] = [f"geometry {width}x{height}"]
+    name_hint = bool(desktop_name and _NAME_HINTS.search(desktop_name))
+    if name_hint:
+        evidence.append(f"desktop name {desktop_name!r} mentions a login")
+    mask, border_share, background = _background_mask(img)
+    total_cells = img.rows * img.cols
+    fg_cells = sum(sum(row) for row in mask)
+    comps = [
+        c
+        for c in _components(mask, img)
+        if c.width >= MIN_COMPONENT_PX and c.height >= MIN_COMPONENT_PX
+    ]
+    comps.sort(key=lambda c: c.cells, reverse=True)
+    features: dict[str, Any] = {
+        "background_share_of_border": round(border_share, 3),
+        "foreground_share": round(fg_cells / total_cells, 3),
+        "components": [c.to_dict() for c in comps[:8]],
+    }
+    if border_share < 0.5:
+        # No recognisable background (a photo wallpaper, video): layout cannot be read.
+        evidence.append("no uniform or tiled background on the screen border")
+        kind = "login-screen" if name_hint else "unknown"
+        return DesktopKind(kind, 0.3 if name_hint else 0.0, tuple(evidence), features)
+    if not comps:
+        evidence.append("uniform screen: no window, panel or dialog")
+        return DesktopKind("blank", 0.6, tuple(evidence), features)
+
+    main = comps[0]
+    cx = (main.x0 + main.x1) / 2
+    offset = abs(cx - width / 2) / width
+    docked = [c for c in comps if _docked(c, width, height)]
+    windows = [c for c in comps if c not in docked]
+    bars = [c for c in windows if _title_bar(img, c, background)]
+    features.update(
+        {
+            "main_centre_offset": round(offset, 3),
+            "main_area_share": round(main.width * main.height / (width * height), 3),
+            "title_bars": len(bars),
+            "docked_bars": len(docked),
+        }
+    )
+    login = 0.0
+    desk = 0.0
+    if offset <= CENTRE_TOLERANCE:
+        login += 2.0
+        evidence.append(f"main panel centred horizontally (offset {offset:.1%} of the width)")
+    else:
+        desk += 1.5
+        evidence.append(f"main window off-centre (offset {offset:.1%} of the width)")
+    if len(comps) == 1:
+        login += 1.0
+        evidence.append("a single panel on the background")
+    else:
+        desk += 1.0 + 0.25 * min(len(comps) - 2, 4)
+        evidence.append(f"{len(comps)} separate windows or panels")
+    if bars:
+        desk += 4.0  # window-manager decoration: greeters have none; decisive on its own
+        evidence.append(f"{len(bars)} window(s) with a title bar")
+    else:
+        login += 1.0
+        evidence.append("no title bar")
+    if docked:
+        desk += 1.0
+        evidence.append(f"{len(docked)} bar(s) docked along a screen edge")
+    if name_hint:
+        login += 1.0
+    score = login - desk
+    features["score"] = round(score, 2)
+    if score > 0.5:
+        return DesktopKind("login-screen", min(1.0, score / 4), tuple(evidence), features)
+    if score < -0.5:
+        return DesktopKind("desktop", min(1.0, -score / 4), tuple(evidence), features)
+    return DesktopKind("unknown", 0.0, tuple(evidence), features)

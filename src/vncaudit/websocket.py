@@ -1,0 +1,725 @@
+"""VNC over the web: noVNC/websockify endpoints, RFB through a WebSocket, Java-viewer pages.
+
+Owns: a minimal HTTP/1.1 GET (status, headers, a capped body, the HTML title); identification
+of what answers (websockify, noVNC, the classic Java-viewer HTTP server on 5800+N, a Proxmox
+gateway); the client side of the WebSocket opening handshake (RFC 6455 §4.1, with the
+Sec-WebSocket-Accept check of §4.2.2) and of its framing (§5: client frames masked, server
+frames not; ping answered, close ends the stream); `WebSocketStream`, a byte-stream adapter
+shaped like asyncio's StreamReader/StreamWriter, so the SAME `rfb` client and probe logic runs
+through it (rfb.md §8.4: RFB messages may be split across or merged within frames), including
+RFB's own TLS (types 18/19) layered inside the WebSocket on memory BIOs; and
+`probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra["web"]`.
+
+Must not: parse RFB itself (that is `rfb`, driven by `probe`), send anything but GET and the
+upgrade, or open more connections than needed. Each WebSocket that is accepted makes the
+gateway open one connection to the VNC server behind it, which counts towards TigerVNC's
+blacklist, so the RFB probe runs inside the first accepted WebSocket — never a separate
+"is it RFB?" connection first. Refused upgrades (404/405) never reach the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import html
+import logging
+import os
+import re
+import ssl
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from vncaudit.exceptions import NotRfbError, RemoteProtocolError
+from vncaudit.models import ServiceResult, State, Target
+
+log = logging.getLogger(__name__)
+
+WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Paths tried for the WebSocket, in order: noVNC's default, then the root (websockify without
+# --web, QEMU, LibVNCServer accept any path).
+WEBSOCKET_PATHS: Final = ("/websockify", "/")
+# Ports where web front ends for VNC are commonly found (rfb.md §8.1).
+WEB_PORTS: Final = (6080, 6901, 5800, 5801, 5802, 5803, 80, 443, 8080, 8443)
+
+MAX_HEADER_BYTES: Final = 16384
+MAX_BODY_BYTES: Final = 65536
+MAX_FRAME_BYTES: Final = 16 << 20  # one server frame; a screenshot frame fits easily
+READ_CHUNK: Final = 65536
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+
+class WebSocketError(RemoteProtocolError):
+    """The server broke the WebSocket protocol (bad upgrade answer, bad frame)."""
+
+
+class UpgradeRefused(WebSocketError):
+    """The server answered the upgrade request with something other than 101."""
+
+    def __init__(self, message: str, response: HttpResponse) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]  # lower-cased names, in order
+    body: bytes = b""  # at most MAX_BODY_BYTES
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        return next((v for k, v in self.headers if k == low), None)
+
+    @property
+    def title(self) -> str | None:
+        match = re.search(rb"<title[^>]*>(.*?)</title>", self.body, re.I | re.S)
+        if match is None:
+            return None
+        text = match.group(1).decode("utf-8", errors="replace")
+        return " ".join(html.unescape(text).split())[:200] or None
+
+
+def _parse_head(raw: bytes) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: (.*))?", lines[0])
+    if match is None:
+        raise WebSocketError(f"not an HTTP response: {lines[0][:60]!r}")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.append((name.strip().lower(), value.strip()))
+    return int(match.group(1)), match.group(2) or "", tuple(headers)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The response head (up to the blank line) and any bytes read after it."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEADER_BYTES:
+            raise WebSocketError(f"HTTP response head longer than {MAX_HEADER_BYTES} bytes")
+        chunk = await reader.read(4096)
+        if not chunk:
+            if not buf:
+                raise WebSocketError("connection closed without an HTTP response")
+            raise WebSocketError("connection closed inside the HTTP response head")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _host_header(target: Target) -> str:
+    host = target.hostname or target.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{target.port}"
+
+
+async def _open(target: Target, tls: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    ctx: ssl.SSLContext | None = None
+    if tls:
+        # Facts, not trust: the certificate is not verified (self-signed gateways are common).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return await asyncio.open_connection(
+        target.host,
+        target.port,
+        ssl=ctx,
+        server_hostname=(target.hostname or None) if tls else None,
+    )
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        async with asyncio.timeout(0.5):
+            await writer.wait_closed()
+    except (TimeoutError, OSError, ssl.SSLError):
+        with contextlib.suppress(Exception):
+            writer.transport.abort()
+
+
+async def http_get(
+    target: Target, path: str = "/", *, timeout: float = 5.0, tls: bool = False
+) -> HttpResponse:
+    """GET `path` with `Connection: close`; the body is capped at MAX_BODY_BYTES."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await _open(target, tls)
+        try:
+            writer.write(
+                (
+                    f"GET {path} HTTP/1.1\r\nHost: {_host_header(target)}\r\n"
+                    "User-Agent: vncaudit\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+            )
+            await writer.drain()
+            head, body = await _read_head(reader)
+            status, reason, headers = _parse_head(head)
+            length = next((v for k, v in headers if k == "content-length"), None)
+            want = MAX_BODY_BYTES
+            if length is not None and length.isdigit():
+                want = min(want, int(length))
+            while len(body) < want:
+                chunk = await reader.read(READ_CHUNK)
+                if not chunk:
+                    break
+                body += chunk
+            return HttpResponse(status, reason, headers, body[:MAX_BODY_BYTES])
+        finally:
+            await _close(writer)
+
+
+@dataclass(frozen=True)
+class WebFacts:
+    """What the HTTP side says about a web front end."""
+
+    kind: str  # "websockify" | "novnc" | "java-viewer" | "proxmox" | "http" | "none"
+    server: str | None = None
+    title: str | None = None
+    status: int | None = None
+    applet_port: int | None = None  # the RFB port the Java applet is told to use
+    evidence: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "server": self.server,
+            "title": self.title,
+            "status": self.status,
+            "applet_port": self.applet_port,
+            "evidence": list(self.evidence),
+        }
+
+
+_APPLET_PORT = re.compile(rb"<param\s+name\s*=\s*\"?port\"?\s+value\s*=\s*\"?(\d{1,5})", re.I)
+
+
+def identify_http(response: HttpResponse) -> WebFacts:
+    """Classify a GET answer (rfb.md §8.1, §8.4 step 6; nmap `vnc-http` signatures)."""
+    server = response.header("server")
+    title = response.title
+    body = response.body
+    evidence: list[str] = [f"HTTP {response.status}"]
+    if server:
+        evidence.append(f"Server: {server}")
+    if title:
+        evidence.append(f"title {title!r}")
+    low_server = (server or "").lower()
+    applet = re.search(rb"<applet[^>]*vncviewer", body, re.I)
+    if applet is not None or b"VncViewer.class" in body or b"VncViewer.jar" in body:
+        match = _APPLET_PORT.search(body)
+        port = int(match.group(1)) if match else None
+        evidence.append("Java VNC viewer applet" + (f" for RFB port {port}" if port else ""))
+        return WebFacts("java-viewer", server, title, response.status, port, tuple(evidence))
+    if "pve-api-daemon" in low_server:
+        return WebFacts("proxmox", server, title, response.status, None, tuple(evidence))
+    if b"novnc" in body.lower() or (title or "").lower().startswith("novnc"):
+        return WebFacts("novnc", server, title, response.status, None, tuple(evidence))
+    if "websockify" in low_server:
+        return WebFacts("websockify", server, title, response.status, None, tuple(evidence))
+    if any(v in low_server for v in ("realvnc", "tigervnc", "vnc server")):
+        return WebFacts("java-viewer", server, title, response.status, None, tuple(evidence))
+    return WebFacts("http", server, title, response.status, None, tuple(evidence))
+
+
+# --------------------------------------------------------------------------------------------
+# WebSocket
+
+
+def accept_for(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2 step 5.4)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + WS_GUID).digest()).decode()
+
+
+def encode_frame(payload: bytes, opcode: int = OP_BINARY, mask: bytes | None = None) -> bytes:
+    """One FIN frame; client frames MUST be masked (RFC 6455 §5.3), so a mask is always used."""
+    key = mask if mask is not None else os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + key + _mask(payload, key)
+
+
+def _mask(data: bytes, key: bytes) -> bytes:
+    if not data:
+        return b""
+    # XOR with the 4-byte key repeated, done as one big integer operation rather than per byte.
+    repeated = (key * (len(data) // 4 + 1))[: len(data)]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        len(data), "big"
+    )
+
+
+@dataclass(frozen=True)
+class Frame:
+    fin: bool
+    opcode: int
+    payload: bytes
+
+
+class FrameParser:
+    """Sans-IO parser for server frames (tolerates a masked server frame; RFC says unmasked)."""
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        buf = self._buf
+        if len(buf) < 2:
+            return None
+        b0, b1 = buf[0], buf[1]
+        if b0 & 0x70:
+            raise WebSocketError("WebSocket frame with reserved bits set (no extension agreed)")
+        masked, n, offset = bool(b1 & 0x80), b1 & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            (n,) = struct.unpack_from(">H", buf, 2)
+            offset = 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            (n,) = struct.unpack_from(">Q", buf, 2)
+            offset = 10
+        if n > self.max_frame:
+            raise WebSocketError(f"WebSocket frame of {n} bytes exceeds the cap {self.max_frame}")
+        key = b""
+        if masked:
+            if len(buf) < offset + 4:
+                return None
+            key = bytes(buf[offset : offset + 4])
+            offset += 4
+        if len(buf) < offset + n:
+            return None
+        payload = bytes(buf[offset : offset + n])
+        del buf[: offset + n]
+        if masked:
+            payload = _mask(payload, key)
+        return Frame(bool(b0 & 0x80), b0 & 0x0F, payload)
+
+
+class WebSocketStream:
+    """A byte stream over WebSocket binary messages, shaped like asyncio's reader and writer.
+
+    `read()` returns payload bytes regardless of frame boundaries; `write()` sends one masked
+    binary frame. Ping is answered with pong; a close frame (or EOF) ends the stream (b"").
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        subprotocol: str | None,
+        response: HttpResponse,
+        url: str,
+        initial: bytes = b"",
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.subprotocol = subprotocol
+        self.response = response
+        self.url = url
+        self._frames = FrameParser()
+        self._frames.receive_data(initial)
+        self._data = bytearray()
+        self._eof = False
+        self._closing = False
+        self._plain = bytearray()  # stream bytes ready for read() (after TLS, if any)
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in = ssl.MemoryBIO()
+        self._tls_out = ssl.MemoryBIO()
+        self.frames_received = 0
+        self.close_code: int | None = None
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._writer.transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._tls if self._tls is not None else default
+        return self._writer.get_extra_info(name, default)
+
+    # -- reader side -----------------------------------------------------------------------
+
+    async def _read_payload(self) -> bytes:
+        """The next payload bytes of the WebSocket itself (b"" at the end of the stream)."""
+        while not self._data and not self._eof:
+            frame = self._frames.next_frame()
+            if frame is None:
+                chunk = await self._reader.read(READ_CHUNK)
+                if not chunk:
+                    self._eof = True
+                    break
+                self._frames.receive_data(chunk)
+                continue
+            await self._on_frame(frame)
+        out = bytes(self._data)
+        self._data.clear()
+        return out
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._plain:
+            if self._tls is None:
+                self._plain += await self._read_payload()
+            else:
+                await self._read_tls()
+        if n < 0 or n >= len(self._plain):
+            out = bytes(self._plain)
+            self._plain.clear()
+        else:
+            out = bytes(self._plain[:n])
+            del self._plain[:n]
+        return out
+
+    async def _read_tls(self) -> None:
+        assert self._tls is not None
+        while not self._plain:
+            try:
+                self._plain += self._tls.read(READ_CHUNK)
+                if not self._plain:
+                    return  # TLS close_notify
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                payload = await self._read_payload()
+                if not payload:
+                    return
+                self._tls_in.write(payload)
+            except ssl.SSLZeroReturnError:
+                return
+
+    async def _on_frame(self, frame: Frame) -> None:
+        self.frames_received += 1
+        if frame.opcode in (OP_BINARY, OP_CONTINUATION):
+            self._data += frame.payload
+        elif frame.opcode == OP_TEXT:
+            if self.subprotocol == "base64":  # old websockify/LibVNCServer clients
+                try:
+                    self._data += base64.b64decode(frame.payload, validate=False)
+                except ValueError as exc:
+                    raise WebSocketError(f"bad base64 text frame: {exc}") from exc
+            else:
+                raise WebSocketError("text frame on a binary RFB WebSocket")
+        elif frame.opcode == OP_PING:
+            self._writer.write(encode_frame(frame.payload[:125], OP_PONG))
+        elif frame.opcode == OP_CLOSE:
+            if len(frame.payload) >= 2:
+                (self.close_code,) = struct.unpack(">H", frame.payload[:2])
+            self._eof = True
+        elif frame.opcode != OP_PONG:
+            raise WebSocketError(f"unknown WebSocket opcode {frame.opcode}")
+
+    # -- writer side -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not data or self._closing:
+            return
+        if self._tls is not None:
+            self._tls.write(bytes(data))
+            self._flush_tls()
+        else:
+            self._send_payload(bytes(data))
+
+    def _send_payload(self, data: bytes) -> None:
+        if self.subprotocol == "base64":
+            self._writer.write(encode_frame(base64.b64encode(data), OP_TEXT))
+        else:
+            self._writer.write(encode_frame(data))
+
+    def _flush_tls(self) -> None:
+        out = self._tls_out.read()
+        if out:
+            self._send_payload(out)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def start_tls(self, sslcontext: ssl.SSLContext, **_: Any) -> None:
+        """TLS inside the WebSocket (RFB types 18/19 through a gateway), on memory BIOs."""
+        if self._tls is not None:
+            raise OSError("TLS already started on this WebSocket")
+        tls = sslcontext.wrap_bio(self._tls_in, self._tls_out, server_side=False)
+        if self._plain:  # bytes already read belong to the TLS stream
+            self._tls_in.write(bytes(self._plain))
+            self._plain.clear()
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_payload(self._tls_out.read())
+                await self._writer.drain()
+                payload = await self._read_payload()
+                if not payload:
+                    raise ConnectionResetError(
+                        "WebSocket closed during the TLS handshake"
+                    ) from None
+                self._tls_in.write(payload)
+        self._flush_tls()
+        await self._writer.drain()
+        self._tls = tls
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            with contextlib.suppress(Exception):
+                self._writer.write(encode_frame(struct.pack(">H", 1000), OP_CLOSE))
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
+
+
+async def open_websocket(
+    target: Target,
+    path: str = "/websockify",
+    *,
+    tls: bool = False,
+    subprotocols: Sequence[str] = ("binary",),
+    origin: bool = True,
+) -> WebSocketStream:
+    """Open a WebSocket to `path` and check the server's answer (RFC 6455 §4.1-§4.2).
+
+    No deadline of its own: call it inside the caller's `asyncio.timeout`. Raises
+    `UpgradeRefused` (with the HTTP response) when the server answers anything but 101.
+    """
+    reader, writer = await _open(target, tls)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        host = _host_header(target)
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {host}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            "User-Agent: vncaudit",
+        ]
+        if subprotocols:
+            lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))
+        if origin:  # some deployments check it; websockify only logs it
+            lines.append(f"Origin: {'https' if tls else 'http'}://{host}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        head, rest = await _read_head(reader)
+        status, reason, headers = _parse_head(head)
+        response = HttpResponse(status, reason, headers, b"")
+        if status != 101:
+            body = rest
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.5):
+                    while len(body) < 4096:
+                        chunk = await reader.read(4096)
+                        if not chunk:
+                            break
+                        body += chunk
+            response = HttpResponse(status, reason, headers, body[:MAX_BODY_BYTES])
+            raise UpgradeRefused(f"upgrade refused: HTTP {status} {reason}".strip(), response)
+        if (response.header("upgrade") or "").lower() != "websocket":
+            raise WebSocketError("101 answer without 'Upgrade: websocket'")
+        accept = response.header("sec-websocket-accept")
+        if accept != accept_for(key):
+            raise WebSocketError(f"Sec-WebSocket-Accept {accept!r} does not match our key")
+        chosen = response.header("sec-websocket-protocol")
+        if chosen is not None and chosen not in subprotocols:
+            raise WebSocketError(f"server chose a subprotocol we did not offer: {chosen!r}")
+        scheme = "wss" if tls else "ws"
+        url = f"{scheme}://{host}{path}"
+        return WebSocketStream(
+            reader, writer, subprotocol=chosen, response=response, url=url, initial=rest
+        )
+    except BaseException:
+        await _close(writer)
+        raise
+
+
+def connector(
+    path: str = "/websockify", *, tls: bool = False
+) -> Callable[[Target], Awaitable[tuple[WebSocketStream, WebSocketStream]]]:
+    """A connection factory for `active` checks (screenshot etc.) through a WebSocket."""
+
+    async def connect(target: Target) -> tuple[WebSocketStream, WebSocketStream]:
+        stream = await open_websocket(target, path, tls=tls)
+        return stream, stream
+
+    return connect
+
+
+# --------------------------------------------------------------------------------------------
+# Probe through the WebSocket
+
+
+async def _rfb_through(
+    target: Target, stream: WebSocketStream, options: Any, deadline: float
+) -> ServiceResult:
+    """Run the probe's own session logic over the stream (the same decisions, the same facts).
+
+    Uses `probe._Session`/`_converse` until probe grows a public transport hook.
+    """
+    from vncaudit import probe as probe_mod
+
+    session = probe_mod._Session(target, options)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout_at(deadline):
+            await probe_mod._converse(session, stream, stream)  # type: ignore[arg-type]
+    except TimeoutError:
+        if not session.banner_done:
+            session.state = State.TARPIT
+            session.error = "WebSocket open, no complete RFB banner before the deadline"
+        else:
+            session.error = f"deadline reached while {session.client.state.value}"
+    except NotRfbError as exc:
+        session.state = State.OPEN_NOT_VNC
+        session.error = f"WebSocket carries no RFB ({exc.first_bytes[:32]!r})"
+    except RemoteProtocolError as exc:
+        session.state = State.MALFORMED
+        session.error = str(exc)
+    except (ConnectionError, OSError) as exc:
+        session.state = State.MALFORMED if session.banner_done else State.OPEN_NOT_VNC
+        session.error = f"WebSocket broken: {exc}"
+    finally:
+        await _close_stream(stream)
+    if not session.banner_done and session.state is None:
+        session.state = State.OPEN_NOT_VNC
+        session.error = session.error or "WebSocket closed before any RFB banner"
+    return session.result(loop.time() - started)
+
+
+async def _close_stream(stream: WebSocketStream) -> None:
+    stream.close()
+    try:
+        async with asyncio.timeout(0.5):
+            await stream.wait_closed()
+    except (TimeoutError, OSError, ssl.SSLError):
+        with contextlib.suppress(Exception):
+            stream.transport.abort()
+
+
+async def probe_web(
+    target: Target,
+    options: Any = None,
+    *,
+    paths: Sequence[str] = WEBSOCKET_PATHS,
+    tls: bool = False,
+    fetch_page: bool = True,
+) -> ServiceResult:
+    """Probe a web front end: GET / (identify), then RFB through the first accepted WebSocket.
+
+    `options` is a `probe.ProbeOptions` (its `timeout` is the one deadline for everything).
+    Returns the RFB facts exactly as a direct probe would report them, plus
+    `extra["web"]` (see module docs / report). Never raises.
+    """
+    from vncaudit.probe import ProbeOptions
+
+    options = options or ProbeOptions()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + options.timeout
+    web: dict[str, Any] = {"transport": None, "http": None, "websocket": None, "attempts": []}
+    http_facts: WebFacts | None = None
+    if fetch_page:
+        try:
+            async with asyncio.timeout_at(deadline):
+                page = await http_get(target, "/", timeout=options.timeout, tls=tls)
+            http_facts = identify_http(page)
+            web["http"] = http_facts.to_dict()
+        except TimeoutError:
+            web["http"] = {"kind": "none", "error": "no HTTP answer before the deadline"}
+        except ConnectionRefusedError:
+            return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
+        except (OSError, WebSocketError) as exc:
+            web["http"] = {"kind": "none", "error": str(exc)}
+    if http_facts is not None and http_facts.kind == "java-viewer":
+        # The classic viewer page only points at the RFB port; there is no WebSocket to open.
+        web["transport"] = "http-java-viewer"
+        return ServiceResult(
+            target.host,
+            target.port,
+            State.OPEN_NOT_VNC,
+            error="HTTP server handing out a Java VNC viewer"
+            + (f" for RFB port {http_facts.applet_port}" if http_facts.applet_port else ""),
+            hostname=target.hostname,
+            elapsed=loop.time() - started,
+            extra={"web": web},
+        )
+    for path in paths:
+        attempt: dict[str, Any] = {"path": path}
+        web["attempts"].append(attempt)
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await open_websocket(target, path, tls=tls)
+        except UpgradeRefused as exc:
+            attempt.update(status=exc.response.status, error=str(exc))
+            server = exc.response.header("server")
+            if server:
+                attempt["server"] = server
+            if exc.response.status in (401, 403):
+                attempt["auth_required"] = True  # token/ticket gateways (rfb.md §8.4 step 5)
+            continue
+        except TimeoutError:
+            attempt["error"] = "no answer to the upgrade before the deadline"
+            break
+        except (OSError, WebSocketError) as exc:
+            attempt["error"] = str(exc)
+            continue
+        attempt["status"] = 101
+        web["transport"] = "websocket"
+        web["websocket"] = {
+            "url": stream.url,
+            "path": path,
+            "subprotocol": stream.subprotocol,
+            "server": stream.response.header("server"),
+        }
+        result = await _rfb_through(target, stream, options, deadline)
+        web["websocket"]["frames_received"] = stream.frames_received
+        extra = dict(result.extra)
+        extra["web"] = web
+        return _with(result, extra, loop.time() - started)
+    state = State.OPEN_NOT_VNC
+    error = "no WebSocket accepted on " + ", ".join(paths)
+    if http_facts is None and web["http"] and "error" in web["http"]:
+        error = f"{error}; HTTP: {web['http']['error']}"
+    return ServiceResult(
+        target.host,
+        target.port,
+        state,
+        error=error,
+        hostname=target.hostname,
+        elapsed=loop.time() - started,
+        extra={"web": web},
+    )
+
+
+def _with(result: ServiceResult, extra: dict[str, Any], elapsed: float) -> ServiceResult:
+    return replace(result, extra=extra, elapsed=elapsed)
