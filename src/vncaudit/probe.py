@@ -48,6 +48,9 @@ class ProbeOptions:
     read_server_init: bool = True  # select an offered no-auth type, read SecurityResult+ServerInit
     tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
     client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
+    # Extra connections to the same port (un-offered None = CVE-2006-2369, an unassigned type,
+    # two VNC challenges compared). Off by default: DESIGN.md "Probing etiquette".
+    active_checks: bool = False
 
 
 # First bytes of protocols that speak first and are commonly found on VNC ports or scanned by
