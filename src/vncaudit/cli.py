@@ -147,6 +147,20 @@ def _progress_bar(console: Console) -> Progress:
 OUTPUTS = ("table", *report.FORMATS)
 
 
+OutputOpt = Annotated[
+    str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
+]
+OutputFileOpt = Annotated[
+    Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Also list closed and filtered ports.")]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
+                 "~/.local/share/vncaudit/vncaudit.db)."),
+]
+
+
 @app.command()
 def scan(
     targets: Annotated[
@@ -202,15 +216,9 @@ def scan(
         typer.Option("--no-init", help="Do not select an offered no-auth type (skips "
                      "SecurityResult and desktop name)."),
     ] = False,
-    output: Annotated[
-        str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
-    ] = "table",
-    output_file: Annotated[
-        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
-    ] = None,
-    include_all: Annotated[
-        bool, typer.Option("--all", help="Also list closed and filtered ports.")
-    ] = False,
+    output: OutputOpt = "table",
+    output_file: OutputFileOpt = None,
+    include_all: AllOpt = False,
     fail_on: Annotated[
         str | None,
         typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
@@ -251,11 +259,7 @@ def scan(
                      "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
                      "that did not answer RFB."),
     ] = True,
-    db: Annotated[
-        Path | None,
-        typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
-                     "~/.local/share/vncaudit/vncaudit.db)."),
-    ] = None,
+    db: DbOpt = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", help="Continue an interrupted scan by its id: nothing lost, "
@@ -638,20 +642,14 @@ def results(
     scan_id: Annotated[
         str | None, typer.Argument(help="A scan id to show; without it, list recent scans.")
     ] = None,
-    output: Annotated[
-        str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
-    ] = "table",
-    output_file: Annotated[
-        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
-    ] = None,
-    include_all: Annotated[
-        bool, typer.Option("--all", help="Also list closed and filtered ports.")
-    ] = False,
+    output: OutputOpt = "table",
+    output_file: OutputFileOpt = None,
+    include_all: AllOpt = False,
     target: Annotated[
         str | None, typer.Option("--target", help="Only scans of this target.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many scans to list.")] = 50,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite store to read.")] = None,
+    db: DbOpt = None,
 ) -> None:
     """List past scans, or show / export one of them in any output format."""
     if output not in OUTPUTS:
@@ -692,7 +690,7 @@ def diff(
     scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
     scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite store to read.")] = None,
+    db: DbOpt = None,
 ) -> None:
     """What changed between two scans: services that appeared, disappeared or changed."""
     try:
