@@ -110,8 +110,14 @@ def test_scan_domain_finds_host_and_scans_it(x11vnc_none: Any) -> None:
                       "--axfr-port", str(dns.port))
     assert out.returncode == 0, out.stderr
     assert "www.lab.test resolves to 0.0.0.0; not scanned" in out.stderr
-    (svc,) = json.loads(out.stdout)["services"]
+    doc = json.loads(out.stdout)
+    (svc,) = doc["services"]
     assert svc["hostname"] == "vnc.lab.test" and svc["state"] == "vnc"
+    # How each name was found is kept with the scan (store) and shown in the report.
+    (discovery,) = doc["scan"]["discovery"]
+    hosts = {h["name"]: h for h in discovery["hosts"]}
+    assert hosts["vnc.lab.test"]["sources"] == ["wordlist"]
+    assert hosts["vnc.lab.test"]["addresses"] == ["127.0.0.1"]
     assert svc["rfb"]["auth_required"] is False
     found = json.loads(listing.stdout)
     assert {h["name"] for h in found["hosts"]} >= {"vnc.lab.test", "ns1.lab.test"}

@@ -315,9 +315,10 @@ def scan(
                 store.reopen_scan(scan_id)
             else:
                 if domain:
-                    names, resolved = _domain_targets(domain, resolver)
+                    names, resolved, discovery = _domain_targets(domain, resolver)
                     spec["expressions"] = [*spec["expressions"], *names]
                     spec["resolved"] = resolved
+                    spec["discovery"] = discovery
                 space = _space_from_spec(spec)
                 spec["seed"] = space.seed
                 scan_id = store.create_scan(space.describe(), spec["ports"], spec,
@@ -478,6 +479,8 @@ def _emit(
         targets=list(record.targets),
         ports=record.ports,
         tool=record.tool,
+        extra={"discovery": record.options["discovery"]} if record.options.get("discovery")
+        else {},
     )
     results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
@@ -538,8 +541,9 @@ def _run_with_progress(
 
 def _domain_targets(
     domains: list[str], resolver: str | None
-) -> tuple[list[str], dict[str, list[str]]]:
-    """Discover each domain's hosts; return their names and the addresses each resolved to.
+) -> tuple[list[str], dict[str, list[str]], list[dict[str, Any]]]:
+    """Discover each domain's hosts: their names, the addresses each resolved to, and the
+    discovery records (how every name was found) to keep with the scan.
 
     Names that resolve to special addresses (black-holed to 0.0.0.0, multicast, reserved) are
     dropped with a warning instead of aborting the whole scan.
@@ -550,8 +554,10 @@ def _domain_targets(
 
     names: list[str] = []
     known: dict[str, list[str]] = {}
+    records: list[dict[str, Any]] = []
     for name in domains:
         found = subdomains.discover_sync(name, resolver=resolver)
+        records.append(found.to_dict())
         for host in found.hosts:
             if not host.addresses or subdomains.is_external(host, found.domain):
                 continue
@@ -569,7 +575,7 @@ def _domain_targets(
         err.print(f"{found.domain}: {len(known)} hosts found "
                   f"({found.queries} DNS queries)", style="dim", markup=False)
 
-    return names, known
+    return names, known, records
 
 
 @app.command()
