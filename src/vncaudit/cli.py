@@ -488,6 +488,8 @@ def _emit(
         out = Console(file=output_file.open("w") if output_file else None, highlight=False)
         if shown:
             out.print(results_table(shown))
+        elif results:
+            out.print("nothing answered on the probed ports (--all lists closed and filtered)")
         counts = record.counts
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
                   f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
