@@ -488,7 +488,7 @@ def _emit(
         out = Console(file=output_file.open("w") if output_file else None, highlight=False)
         if shown:
             out.print(results_table(shown))
-        elif results:
+        elif record.counts.get("done"):
             out.print("nothing answered on the probed ports (--all lists closed and filtered)")
         counts = record.counts
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
