@@ -23,12 +23,12 @@ test-deps:
 
 # pytest exit 5 means "no tests collected": that is a failure here, never a pass.
 test: test-deps
-	$(PYTHON) -m ruff check src tests
+	$(PYTHON) -m ruff check src tests fuzz
 	$(PYTHON) -m mypy
 	@rc=0; $(PYTHON) -m pytest -q || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 lint:
-	$(PYTHON) -m ruff check src tests
+	$(PYTHON) -m ruff check src tests fuzz
 	$(PYTHON) -m mypy

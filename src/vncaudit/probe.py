@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vncaudit import rfb
-from vncaudit.exceptions import NotRfbError, RemoteProtocolError
+from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
 from vncaudit.models import (
     Framebuffer,
     NamedType,
@@ -48,8 +51,8 @@ class ProbeOptions:
     read_server_init: bool = True  # select an offered no-auth type, read SecurityResult+ServerInit
     tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
     client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
-    # Extra connections to the same port (un-offered None = CVE-2006-2369, an unassigned type,
-    # two VNC challenges compared). Off by default: DESIGN.md "Probing etiquette".
+    # Honeypot checks on extra connections to the same port (an unassigned type selected; if
+    # accepted, two VNC challenges compared). Off by default: DESIGN.md "Probing etiquette".
     active_checks: bool = False
 
 
@@ -82,6 +85,64 @@ def guess_protocol(first_bytes: bytes) -> str:
     return "unknown"
 
 
+# The most distinct types a real product lists (macOS: 6, RealVNC 5: 5, TurboVNC: 3; rfb.md §6.2).
+_MAX_REAL_TYPES = 12
+_MAX_REAL_SUBTYPES = 16  # the registry has 12 VeNCrypt sub-types, plus legacy 1/2 in the list
+# Types that only one product line uses (rfb.md §2, §6.2); shared ones (1, 2, 5, 6, 129, 130)
+# are left out. Real servers mix at most two lines (TurboVNC: VeNCrypt + Tight).
+_FAMILY: dict[int, str] = {
+    **{t: "Apple" for t in range(30, 37)},
+    **{t: "UltraVNC" for t in (17, *range(104, 119), 0xFFFFFFFA)},
+    **{t: "RealVNC" for t in (*range(3, 16), *range(128, 256)) if t not in (5, 6, 129, 130)},
+    16: "Tight", 18: "TLS (Vino)", 19: "VeNCrypt", 20: "SASL (QEMU)",
+}
+_UNTERMINATED_BANNER = re.compile(rb"RFB \d{3}\.\d{3}")
+
+
+def _unregistered(numbers: set[int], name: Any) -> list[int]:
+    return sorted(n for n in numbers if str(name(n)).startswith("Unknown"))
+
+
+def honeypot_signals(
+    security_types: Sequence[int], vencrypt_subtypes: Sequence[int] | None = None
+) -> list[str]:
+    """Reasons to suspect a honeypot from ONE connection's lists (raw, as sent); [] if none.
+
+    Real products send short, vendor-consistent lists (rfb.md §6.2) and repeat only 19 once
+    (TigerVNC). Emulators that offer "everything" give themselves away by what no product sends.
+    """
+    reasons: list[str] = []
+    counts = Counter(security_types)
+    distinct = set(counts)
+    repeated = sorted(t for t, n in counts.items() if n > 1 and not (t == 19 and n == 2))
+    if repeated:
+        reasons.append(f"security types listed more than once: {repeated}")
+    if len(distinct) > _MAX_REAL_TYPES:
+        reasons.append(f"{len(distinct)} security types offered (real servers offer at most 8)")
+    run = 0
+    while run + 1 in distinct:
+        run += 1
+    if run >= 5:
+        reasons.append(f"every security type from 1 to {run} offered")
+    families = sorted({_FAMILY[t] for t in distinct if t in _FAMILY})
+    if len(families) >= 3:
+        reasons.append(f"types of products never seen together: {', '.join(families)}")
+    unknown = _unregistered(distinct, rfb.security_type_name)
+    if len(unknown) >= 3:
+        reasons.append(f"{len(unknown)} unassigned security type numbers offered")
+    if vencrypt_subtypes:
+        sub_counts = Counter(vencrypt_subtypes)
+        sub_repeated = sorted(t for t, n in sub_counts.items() if n > 1)
+        if sub_repeated:
+            reasons.append(f"VeNCrypt sub-types listed more than once: {sub_repeated}")
+        if len(sub_counts) > _MAX_REAL_SUBTYPES:
+            reasons.append(f"{len(sub_counts)} VeNCrypt sub-types offered (the registry has 12)")
+        sub_unknown = _unregistered(set(sub_counts), rfb.vencrypt_subtype_name)
+        if len(sub_unknown) >= 3:
+            reasons.append(f"{len(sub_unknown)} unassigned VeNCrypt sub-type numbers offered")
+    return reasons
+
+
 def _tls_context(anonymous: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -110,6 +171,11 @@ class _Session:
         self.state: State | None = None
         self.error: str | None = None
         self.tls_info: dict[str, Any] = {}
+        self.raw_types: tuple[int, ...] = ()  # the main list as sent (duplicates kept)
+        self.raw_subtypes: tuple[int, ...] | None = None
+        self.honeypot: list[str] = []  # reasons found by active checks
+        self.active: dict[str, Any] = {}  # their outcomes: extra["honeypot_checks"]
+        self.protocol_guess: str | None = None  # open-not-vnc: what the first bytes look like
 
     def record(self, data: bytes) -> None:
         self.received += len(data)
@@ -144,10 +210,12 @@ class _Session:
             if event.inside_tls:
                 self.facts["tls_inner_types"] = named
             else:
+                self.raw_types = event.types if not event.server_chosen else ()
                 self.facts["security_types"] = named
                 self.facts["security_types_server_chosen"] = event.server_chosen
             return self._choose_type(event)
         if isinstance(event, rfb.VeNCryptSubtypes):
+            self.raw_subtypes = event.subtypes
             self.facts["vencrypt"] = VeNCryptInfo(
                 f"{event.version[0]}.{event.version[1]}",
                 tuple(NamedType(s, rfb.vencrypt_subtype_name(s)) for s in event.subtypes),
@@ -261,6 +329,13 @@ class _Session:
         extra: dict[str, Any] = {}
         if self.tls_info:
             extra["tls"] = self.tls_info
+        if self.active:
+            extra["honeypot_checks"] = self.active
+        if self.protocol_guess:
+            extra["protocol_guess"] = self.protocol_guess
+        reasons = [*honeypot_signals(self.raw_types, self.raw_subtypes), *self.honeypot]
+        if reasons:
+            extra["suspected_honeypot"] = {"reasons": reasons}
         return ServiceResult(
             host=self.target.host,
             port=self.target.port,
@@ -298,10 +373,25 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
             session.state = State.FILTERED
             session.error = "no answer to the connection attempt"
         elif not session.banner_done:
-            session.state = State.TARPIT
+            if _UNTERMINATED_BANNER.fullmatch(session.transcript):
+                # All of "RFB xxx.yyy" but the "\n", then nothing: broken, not slow.
+                session.state = State.MALFORMED
+                session.error = (
+                    f"RFB banner {bytes(session.transcript)!r} not terminated by a newline "
+                    f"within {options.timeout:g} s"
+                )
+            else:
+                session.state = State.TARPIT
+                session.error = (
+                    f"connected, no complete banner within {options.timeout:g} s "
+                    f"({session.received} bytes received)"
+                )
+        elif session.client.buffered:
+            # The server announced a message (a reason length, a list count) and stalled in it.
+            session.state = State.MALFORMED
             session.error = (
-                f"connected, no complete banner within {options.timeout:g} s "
-                f"({session.received} bytes received)"
+                f"incomplete message at the deadline of {options.timeout:g} s: "
+                f"{session.client.buffered} bytes while {session.client.state.value}"
             )
         else:
             session.error = (
@@ -311,7 +401,8 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
     except NotRfbError as exc:
         session.state = State.OPEN_NOT_VNC
         first = exc.first_bytes
-        session.error = f"not RFB: looks like {guess_protocol(first)} ({first[:32]!r})"
+        session.protocol_guess = guess_protocol(first)
+        session.error = f"not RFB: looks like {session.protocol_guess} ({first[:32]!r})"
     except RemoteProtocolError as exc:
         session.state = State.MALFORMED
         session.error = str(exc)
@@ -325,6 +416,11 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
     finally:
         if writer is not None:
             await _close(writer)
+    if options.active_checks and session.state is None and session.error is None:
+        # Only after a clean first conversation; each extra connection has a deadline of its
+        # own, so an active probe takes at most three times `timeout`.
+        with contextlib.suppress(Exception):
+            await _active_checks(session)
     return session.result(loop.time() - started)
 
 
@@ -339,6 +435,13 @@ async def _converse(
             if event is rfb.NEED_DATA:
                 break
             assert not isinstance(event, rfb._NeedData)
+            if client.out_of_turn:
+                # Bytes read before we replied: the server did not wait for us (a flood, or a
+                # fake replaying a canned handshake). Whatever they are, they do not answer us.
+                raise RemoteProtocolError(
+                    f"server sent {client.out_of_turn} bytes out of turn while "
+                    f"{client.state.value}"
+                )
             if isinstance(event, rfb.StartTls):
                 outgoing = client.data_to_send()
                 if outgoing:
@@ -398,3 +501,105 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         # A peer that never reads keeps our send buffer full; do not wait for it.
         with contextlib.suppress(Exception):
             writer.transport.abort()
+
+
+# -- active checks (extra connections; only with ProbeOptions.active_checks) --------------------
+
+UNASSIGNED_TYPE = 77  # IANA 36-127 is unassigned; no product answers 77 with success
+
+
+def _not_random(challenge: bytes) -> bool:
+    """A VNC challenge no random source gives: 16 printable ASCII bytes (p < 2e-7, vnclowpot
+    sends "AAAAAAAAAAAAAAAA") or at most 4 distinct byte values."""
+    return all(32 <= b < 127 for b in challenge) or len(set(challenge)) <= 4
+
+
+async def _active_checks(session: _Session) -> None:
+    """Honeypot checks on fresh connections; lockout-aware (TigerVNC blocks at the 5th).
+
+    1. Select an unassigned type (77): real servers close or fail it; a server that says "ok"
+       accepts anything. 2. If VNC Authentication is offered, read one challenge (never
+       answered): a canned one is not random. These two run side by side, so an honest server
+       costs two connections (one when 2 is not offered). 3. Only if either looked fake, one
+       more challenge: the same one twice is a replayed handshake.
+    (Un-offered None, CVE-2006-2369/2450, is `active.check_unoffered_none`'s job, not repeated.)
+    """
+    offered = set(session.raw_types)
+    if not offered:
+        return  # 3.3 (the server chooses), or no list read: nothing to select against
+    target, options = session.target, session.options
+    tries = [_try_type(target, options, UNASSIGNED_TYPE)]
+    if 2 in offered:
+        tries.append(_try_type(target, options, 2))
+    outcomes = await asyncio.gather(*tries)
+    checks: dict[str, Any] = {f"unassigned_type_{UNASSIGNED_TYPE}": outcomes[0][0]}
+    accepted = outcomes[0][0] == "accepted"
+    if accepted:
+        session.honeypot.append(f"accepted unassigned security type {UNASSIGNED_TYPE}")
+    first = outcomes[1][1] if len(outcomes) > 1 else None
+    if first is not None:
+        checks["challenge_random"] = not _not_random(first)
+        if _not_random(first):
+            session.honeypot.append(f"VNC authentication challenge is not random ({first!r})")
+        if accepted or _not_random(first):
+            _, second = await _try_type(target, options, 2)
+            if second is not None:
+                checks["challenge_repeated"] = first == second
+                if first == second:
+                    session.honeypot.append(
+                        f"the same VNC authentication challenge on two connections "
+                        f"({first.hex()})"
+                    )
+    checks["connections"] = len(outcomes) + ("challenge_repeated" in checks)
+    session.active = checks
+
+
+async def _try_type(
+    target: Target, options: ProbeOptions, number: int
+) -> tuple[str, bytes | None]:
+    """One connection selecting `number`: ('accepted'|'refused'|..., VNC challenge or None)."""
+    client = rfb.RfbClient(options.limits, options.client_version)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(options.timeout):
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+            while True:
+                event = client.next_event()
+                if isinstance(event, rfb._NeedData):
+                    if client.state is rfb.State.CLIENT_INIT:
+                        client.send_client_init(shared=True)  # 3.3/3.7 None: no result
+                    outgoing = client.data_to_send()
+                    if outgoing:
+                        writer.write(outgoing)
+                        await writer.drain()
+                    if not client.their_turn:
+                        return "unsupported", None
+                    client.receive_data(await reader.read(READ_CHUNK))
+                elif isinstance(event, rfb.ServerVersion):
+                    if event.client_version is None:
+                        return "not answered", None
+                elif isinstance(event, rfb.SecurityTypes):
+                    if event.server_chosen:
+                        return "server chose the type", None
+                    client.select_security_type(number)
+                elif isinstance(event, rfb.VncAuthChallenge):
+                    return "challenge", event.challenge
+                elif isinstance(event, rfb.SecurityResult):
+                    return ("accepted" if event.ok else "refused"), None
+                elif isinstance(event, rfb.ServerInit):
+                    return "accepted", None
+                elif isinstance(event, rfb.Failure):
+                    return "refused", None
+                elif isinstance(event, rfb.ConnectionClosed):
+                    return "closed", None
+                else:
+                    return "unsupported", None
+    except TimeoutError:
+        return "no answer", None
+    except RemoteProtocolError as exc:
+        return ("closed" if "closed" in str(exc) else f"error: {exc}"), None
+    except (OSError, LocalProtocolError) as exc:
+        return f"error: {exc}", None
+    finally:
+        if writer is not None:
+            await _close(writer)

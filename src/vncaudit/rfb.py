@@ -317,6 +317,18 @@ SERVER_TURN: Final = frozenset(
     }
 )
 
+# States in which the server must wait for the client: anything it sends meanwhile is out of turn.
+CLIENT_TURN: Final = frozenset(
+    {
+        State.CHOOSE_TYPE,
+        State.VNCAUTH_RESPONSE,
+        State.VENCRYPT_CHOOSE,
+        State.TIGHT_CHOOSE,
+        State.TLS_START,
+        State.CLIENT_INIT,
+    }
+)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -404,6 +416,15 @@ class RfbClient:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def out_of_turn(self) -> int:
+        """Unparsed bytes held while the server should be waiting for the client.
+
+        Only the caller knows whether they arrived before its reply (a server that did not wait;
+        the probe treats that as malformed) or were fed together in a test.
+        """
+        return len(self._buf) if self.state in CLIENT_TURN else 0
 
     # -- events --------------------------------------------------------------------------
 
@@ -525,6 +546,9 @@ class RfbClient:
             return self._reason_at(1, "security")
         if not self._need(1 + count):
             return NEED_DATA
+        if 0 in self._buf[1 : 1 + count]:
+            # rfbproto §7.1.2: 0 means Invalid and is only sent alone, as count 0.
+            raise RemoteProtocolError(f"security type 0 (Invalid) in a list of {count} types")
         self._take(1)
         types = tuple(self._take(count))
         self._tls_pending_list = False
