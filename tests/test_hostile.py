@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from vncaudit.models import ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, _close, honeypot_signals, probe
+from vncaudit.probe import ProbeOptions, close_writer, honeypot_signals, probe
 
 from hostile import BEHAVIOURS, Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 
@@ -182,7 +182,7 @@ def test_closing_on_a_peer_that_never_reads_is_bounded(hostile_farm: Farm) -> No
         writer.write(b"x" * (8 << 20))  # far beyond its 1 KiB window and our send buffer
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await _close(writer)
+        await close_writer(writer)
         return loop.time() - started, writer.transport.is_closing()
 
     elapsed, closing = asyncio.run(run())

@@ -44,6 +44,7 @@ from vncaudit import rfb
 from vncaudit.desktop import DesktopKind, classify_desktop
 from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
 from vncaudit.models import RfbFacts, ServiceResult, State, Target
+from vncaudit.probe import tls_context
 from vncaudit.vncauth import password_bytes, vnc_auth_response
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,6 @@ async def tcp_connector(target: Target) -> tuple[ByteReader, ByteWriter]:
     """The default transport: a plain TCP connection to (host, port)."""
     reader, writer = await asyncio.open_connection(target.host, target.port)
     return reader, writer
-
-
-def _tls_context(anonymous: bool) -> ssl.SSLContext:
-    # Same policy as the probe: facts, not trust. Anonymous DH needs TLS <= 1.2, SECLEVEL 0.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if anonymous:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_ciphers("aNULL:@SECLEVEL=0")
-    else:
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
 
 
 async def _close(writer: ByteWriter) -> None:
@@ -206,7 +194,7 @@ class _Connection:
         return bytes(self.client._buf)
 
     async def start_tls(self, anonymous: bool) -> None:
-        await self.writer.start_tls(_tls_context(anonymous))
+        await self.writer.start_tls(tls_context(anonymous))
         self.client.tls_established()
 
 

@@ -143,7 +143,8 @@ def honeypot_signals(
     return reasons
 
 
-def _tls_context(anonymous: bool) -> ssl.SSLContext:
+def tls_context(anonymous: bool) -> ssl.SSLContext:
+    """TLS for fact-finding, not trust: no verification; anonymous DH where the type uses it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -415,7 +416,7 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
             session.error = f"connection broken before any banner: {exc}"
     finally:
         if writer is not None:
-            await _close(writer)
+            await close_writer(writer)
     if options.active_checks and session.state is None and session.error is None:
         # Only after a clean first conversation; each extra connection has a deadline of its
         # own, so an active probe takes at most three times `timeout`.
@@ -474,7 +475,7 @@ async def _converse(
 
 async def _start_tls(session: _Session, writer: asyncio.StreamWriter, anonymous: bool) -> bool:
     try:
-        await writer.start_tls(_tls_context(anonymous))
+        await writer.start_tls(tls_context(anonymous))
     except (ssl.SSLError, OSError) as exc:
         session.notes.append(f"TLS handshake failed: {exc}")
         session.client.close()
@@ -492,7 +493,8 @@ async def _start_tls(session: _Session, writer: asyncio.StreamWriter, anonymous:
     return True
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close politely, but never wait more than 0.5 s for a peer that does not read."""
     writer.close()
     try:
         async with asyncio.timeout(0.5):
@@ -602,4 +604,4 @@ async def _try_type(
         return f"error: {exc}", None
     finally:
         if writer is not None:
-            await _close(writer)
+            await close_writer(writer)

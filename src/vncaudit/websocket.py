@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from vncaudit.exceptions import NotRfbError, RemoteProtocolError
 from vncaudit.models import ServiceResult, State, Target
+from vncaudit.probe import close_writer
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +148,6 @@ async def _open(target: Target, tls: bool) -> tuple[asyncio.StreamReader, asynci
     )
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        async with asyncio.timeout(0.5):
-            await writer.wait_closed()
-    except (TimeoutError, OSError, ssl.SSLError):
-        with contextlib.suppress(Exception):
-            writer.transport.abort()
-
-
 async def http_get(
     target: Target, path: str = "/", *, timeout: float = 5.0, tls: bool = False
 ) -> HttpResponse:
@@ -184,7 +175,7 @@ async def http_get(
                 body += chunk
             return HttpResponse(status, reason, headers, body[:MAX_BODY_BYTES])
         finally:
-            await _close(writer)
+            await close_writer(writer)
 
 
 @dataclass(frozen=True)
@@ -558,7 +549,7 @@ async def open_websocket(
             reader, writer, subprotocol=chosen, response=response, url=url, initial=rest
         )
     except BaseException:
-        await _close(writer)
+        await close_writer(writer)
         raise
 
 
