@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,10 @@ from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 from vncaudit.probe import ProbeOptions
 from vncaudit.store import ScanRecord, Store, StoreError, UnknownScanError
+
+if TYPE_CHECKING:
+    from vncaudit.cluster import ClusterSpec
+    from vncaudit.targets import TargetSpace
 
 app = typer.Typer(
     name="vncaudit",
@@ -265,6 +269,16 @@ def scan(
         typer.Option("--resume", help="Continue an interrupted scan by its id: nothing lost, "
                      "nothing probed twice."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Split the scan into shards and run them on a "
+                     "Dask LocalCluster of N worker processes on this machine."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option("--cluster", help="Run the shards on an existing Dask cluster, e.g. "
+                     "tcp://scheduler:8786 (workers need the same vncaudit version)."),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Scan targets for VNC: one connection per port, no password ever sent.
@@ -280,6 +294,15 @@ def scan(
             threshold = Severity(fail_on.lower())
         except ValueError:
             raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+    cluster_spec = None
+    if workers is not None or cluster is not None:
+        from vncaudit.cluster import ClusterSpec
+
+        try:
+            dask_level = logging.WARNING if verbose else logging.CRITICAL
+            cluster_spec = ClusterSpec(workers=workers, address=cluster, silence_logs=dask_level)
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
     if resume is not None:
         if targets or domain or input_list or nmap_xml or masscan:
             raise _fail("--resume takes no targets: it continues the stored scan as it was")
@@ -353,7 +376,11 @@ def scan(
                 store.add_result(scan_id, result)
 
         try:
-            _run_with_progress(pending, options, progress_state, err.is_terminal, save)
+            if cluster_spec is not None:
+                _run_sharded(space, options, store, scan_id, cluster_spec, progress_state,
+                             err.is_terminal)
+            else:
+                _run_with_progress(pending, options, progress_state, err.is_terminal, save)
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
             raise _fail(f"interrupted; {progress_state.done} ports recorded. Resume with: "
@@ -539,6 +566,45 @@ def _run_with_progress(
         return
     with bar:
         asyncio.run(run())
+
+
+def _run_sharded(
+    space: TargetSpace,
+    options: ScanOptions,
+    store: Store,
+    scan_id: str,
+    spec: ClusterSpec,
+    state: EngineProgress,
+    show: bool,
+) -> None:
+    """--workers / --cluster: the same scan, sharded over Dask (vncaudit.cluster), which
+    stores the results itself; raises VncAuditError when shards are left unfinished."""
+    import contextlib
+    import time
+
+    from vncaudit import cluster
+
+    bar = _progress_bar(err) if show else None
+    started = time.monotonic()
+    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+
+    def update(result: ServiceResult) -> None:
+        if bar is not None and task_id is not None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
+
+    with bar if bar is not None else contextlib.nullcontext():
+        run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
+                                   progress=state)
+    err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
+              f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
+              f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
+              soft_wrap=True)
+    if run.failed:
+        index, why = sorted(run.failed.items())[0]
+        raise cluster.ClusterError(f"{len(run.failed)} of {run.shards} shards did not finish "
+                                   f"(shard {index}: {why}); resume with: vncaudit scan "
+                                   f"--resume {scan_id} --workers N")
 
 
 def _domain_targets(

@@ -986,6 +986,36 @@ class Store:
         return ScanDiff(scan_a, scan_b, tuple(appeared), tuple(disappeared), tuple(changed),
                         tuple(not_rescanned))
 
+    # -- scan options (added for vncaudit.cluster) ----------------------------------------------
+
+    def update_options(
+        self, scan_id: str, changes: Mapping[str, Any], *, commit: bool = True
+    ) -> dict[str, Any]:
+        """Merge `changes` into the scan's stored options (top-level keys replaced) and return
+        the new options.
+
+        The update joins the open batch, so it commits together with the results written
+        before it: `vncaudit.cluster` records a finished shard this way, and a crash can never
+        leave a shard marked done whose results were rolled back. With `commit` (the default)
+        the batch is committed now.
+        """
+        try:
+            _dumps(dict(changes))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"scan options are not JSON-serialisable: {exc}") from exc
+        with self._write("cannot update scan options", scan_id):
+            (text,) = self._conn.execute(
+                "SELECT options FROM scans WHERE id = ?", (scan_id,)
+            ).fetchone()
+            options: dict[str, Any] = {**json.loads(text), **changes}
+            self._conn.execute(
+                "UPDATE scans SET options = ? WHERE id = ?", (_dumps(options), scan_id)
+            )
+            self._pending += 1
+        if commit:
+            self.flush()
+        return options
+
 
 def _diff_key(r: ServiceResult) -> str:
     """The facts `compare_results` looks at, as one string stored with each result: equal keys
