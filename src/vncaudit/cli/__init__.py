@@ -791,6 +791,10 @@ def version() -> None:
     typer.echo(f"vncaudit {__version__}")
 
 
+# Commands that live in their own modules register themselves on `app` when imported.
+# (Each module imports `app` and the shared helpers above from this package.)
+
+
 def main() -> None:
     """Console-script entry point: map any escaping error to one line and exit code 3."""
     try:
