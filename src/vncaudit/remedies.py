@@ -1,0 +1,264 @@
+"""The fix guide: what to type to fix each finding, filled with the real host and port.
+
+Owns: reading `data/remedies.toml` (one entry per remediation id that `assess` puts in
+`Finding.remediation`), choosing the steps that fit a product, filling their placeholders, and
+refusing any host or trusted-network value that is not a plain IP address, network or host name
+(the commands are meant to be pasted into a root shell, so nothing else may reach them).
+Must not: do I/O beyond reading its data file once, run any command (that is `harden`), or
+import anything of the package but `models` and `exceptions`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from vncaudit.exceptions import UsageError
+from vncaudit.models import ServiceResult
+
+log = logging.getLogger(__name__)
+
+TRUSTED_PLACEHOLDER = "<trusted-cidr>"
+DISPLAY_PLACEHOLDER = "<display>"
+HOST_PLACEHOLDER = "<host>"
+# Fill-in markers a reader must replace before running a command (harden --apply refuses them).
+PLACEHOLDERS = (TRUSTED_PLACEHOLDER, DISPLAY_PLACEHOLDER, HOST_PLACEHOLDER, "<vm-name>")
+
+_FIELDS = frozenset({"host", "port", "trusted", "display", "ip_family", "iptables"})
+_FIELD_RE = re.compile(r"\{([A-Za-z_]+)\}")
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# An IPv6 zone id (fe80::1%eth0) is an interface name: keep it to characters a shell ignores.
+_ZONE_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+class UnsafeValueError(UsageError, ValueError):
+    """A host, trusted network or port that cannot go into a shell command as it is."""
+
+
+@dataclass(frozen=True)
+class FixStep:
+    """One thing to do: where it applies, what it does, and the exact commands."""
+
+    platform: str  # "ufw" | "iptables" | "nftables" | "windows" | "macos" | "tigervnc" | ...
+    text: str  # one sentence: what this step does
+    commands: tuple[str, ...] = ()  # exact commands/config lines, filled with real host/port
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"platform": self.platform, "text": self.text, "commands": list(self.commands)}
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A remediation id with its title and the steps that fit the service."""
+
+    id: str
+    title: str
+    steps: tuple[FixStep, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "steps": [s.to_dict() for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class _Template:
+    platform: str
+    text: str
+    commands: tuple[str, ...]
+    products: frozenset[str]  # casefolded product families; empty = any product
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class _Entry:
+    title: str
+    steps: tuple[_Template, ...]
+
+
+@cache
+def _guide() -> dict[str, _Entry]:
+    text = resources.files("vncaudit").joinpath("data/remedies.toml").read_text("utf-8")
+    return _parse(tomllib.loads(text))
+
+
+def _parse(doc: dict[str, Any]) -> dict[str, _Entry]:
+    """Check the data file's shape once, so a typo fails on load, not in a user's report."""
+    guide: dict[str, _Entry] = {}
+    for rid, entry in doc.items():
+        steps = []
+        for raw in entry["steps"]:
+            template = _Template(
+                platform=str(raw["platform"]),
+                text=str(raw["text"]),
+                commands=tuple(str(c) for c in raw.get("commands", ())),
+                products=frozenset(str(p).casefold() for p in raw.get("products", ())),
+                fallback=bool(raw.get("fallback", False)),
+            )
+            for piece in (template.text, *template.commands):
+                unknown = set(_FIELD_RE.findall(piece)) - _FIELDS
+                if unknown:
+                    raise ValueError(f"remedies.toml [{rid}]: unknown placeholder "
+                                     f"{sorted(unknown)} in {piece!r}")
+            steps.append(template)
+        guide[rid] = _Entry(str(entry["title"]), tuple(steps))
+    return guide
+
+
+REMEDY_IDS: tuple[str, ...] = tuple(_guide())
+
+
+def check_host(host: str) -> str:
+    """`host` if it is a plain IP address or host name; UnsafeValueError otherwise."""
+    if not isinstance(host, str) or not host:
+        raise UnsafeValueError(f"not a host: {host!r}")
+    if _is_ip(host) or _is_hostname(host):
+        return host
+    raise UnsafeValueError(f"not a plain IP address or host name: {host!r}")
+
+
+def check_trusted(trusted: str) -> str:
+    """`trusted` if it is an IP address, a network (CIDR) or a host name."""
+    if not isinstance(trusted, str) or not trusted:
+        raise UnsafeValueError(f"not a trusted network: {trusted!r}")
+    if "/" in trusted:
+        address, _, prefix = trusted.partition("/")
+        if prefix.isdigit() and prefix.isascii() and "%" not in address:
+            try:
+                ipaddress.ip_network(trusted, strict=False)
+            except ValueError:
+                pass
+            else:
+                return trusted
+        raise UnsafeValueError(f"not a network in CIDR notation: {trusted!r}")
+    if _is_ip(trusted) or _is_hostname(trusted):
+        return trusted
+    raise UnsafeValueError(f"not a plain IP address, CIDR network or host name: {trusted!r}")
+
+
+def _is_ip(text: str) -> bool:
+    address, sep, zone = text.partition("%")
+    if sep and not _ZONE_RE.fullmatch(zone):
+        return False
+    if not re.fullmatch(r"[0-9A-Fa-f.:]+", address):
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not sep or ip.version == 6
+
+
+def _is_hostname(text: str) -> bool:
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    # All-numeric names are malformed addresses (999.1.1.1), not host names.
+    if all(label.isdigit() for label in labels):
+        return False
+    return all(_LABEL_RE.fullmatch(label) for label in labels)
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise UnsafeValueError(f"not a TCP port: {port!r}")
+    return port
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_network(value.partition("%")[0], strict=False).version == 6
+    except ValueError:
+        return False
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return _FIELD_RE.sub(lambda m: values[m.group(1)], template)
+
+
+def remedy(
+    remedy_id: str,
+    *,
+    host: str,
+    port: int,
+    product: str | None = None,
+    trusted: str | None = None,
+) -> Remedy:
+    """The fix `remedy_id` for `host`:`port`, its commands filled in.
+
+    With a known `product` (a fingerprint family such as "TigerVNC") only that product's
+    steps are kept, plus the steps for any product; with None or "unknown", every product's
+    steps are. `trusted` is the network allowed to keep access (firewall-allowlist); without
+    it the commands carry the placeholder `<trusted-cidr>`. Raises KeyError for an unknown id
+    and UnsafeValueError for a host, trusted value or port that is not plain.
+    """
+    entry = _guide()[remedy_id]
+    values = {
+        "host": check_host(host),
+        "port": str(_check_port(port)),
+        "trusted": check_trusted(trusted) if trusted is not None else TRUSTED_PLACEHOLDER,
+        "display": str(port - 5900) if port >= 5900 else DISPLAY_PLACEHOLDER,
+    }
+    v6 = trusted is not None and _is_ipv6(trusted)
+    values["ip_family"] = "ip6" if v6 else "ip"
+    values["iptables"] = "ip6tables" if v6 else "iptables"
+    chosen = _select(entry.steps, product)
+    steps = tuple(
+        FixStep(t.platform, _fill(t.text, values), tuple(_fill(c, values) for c in t.commands))
+        for t in chosen
+    )
+    return Remedy(remedy_id, entry.title, steps)
+
+
+def _select(templates: tuple[_Template, ...], product: str | None) -> list[_Template]:
+    wanted = (product or "").strip().casefold()
+    if not wanted or wanted == "unknown":
+        return list(templates)
+    specific = [t for t in templates if wanted in t.products]
+    keep = [t for t in templates
+            if (not t.products and not t.fallback) or wanted in t.products
+            or (t.fallback and not specific)]
+    return keep
+
+
+def remedies_for(result: ServiceResult, *, trusted: str | None = None) -> list[Remedy]:
+    """Every remediation of the result's findings, worst finding first, each id once, filled
+    with the result's host, port and product."""
+    ids: list[str] = []
+    for finding in sorted(result.findings, key=lambda f: -f.severity.rank):
+        for rid in finding.remediation:
+            if rid not in ids:
+                ids.append(rid)
+    product = result.product.name if result.product is not None else None
+    try:
+        host = check_host(result.host)
+    except UnsafeValueError:
+        log.warning("remedies for %r: host is not plain, commands keep %s",
+                    result.host, HOST_PLACEHOLDER)
+        host = None
+    out: list[Remedy] = []
+    for rid in ids:
+        if rid not in _guide():
+            log.warning("finding on %s:%s names remediation %r, which the fix guide lacks",
+                        result.host, result.port, rid)
+            continue
+        fixed = remedy(rid, host=host or "placeholder.invalid", port=result.port,
+                       product=product, trusted=trusted)
+        if host is None:
+            fixed = _replace_host(fixed, "placeholder.invalid")
+        out.append(fixed)
+    return out
+
+
+def _replace_host(fixed: Remedy, stand_in: str) -> Remedy:
+    def swap(text: str) -> str:
+        return text.replace(stand_in, HOST_PLACEHOLDER)
+
+    steps = tuple(FixStep(s.platform, swap(s.text), tuple(swap(c) for c in s.commands))
+                  for s in fixed.steps)
+    return Remedy(fixed.id, fixed.title, steps)

@@ -1,0 +1,460 @@
+"""The fix guide: every remediation renders with real values, product filtering, refusal of
+shell metacharacters, and (netns, root) the rendered iptables/nftables commands run as printed
+and really block the port from outside while loopback keeps working."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vncaudit import remedies
+from vncaudit.exceptions import UsageError
+from vncaudit.models import Finding, Product, ServiceResult, Severity, State
+from vncaudit.remedies import (
+    REMEDY_IDS,
+    TRUSTED_PLACEHOLDER,
+    FixStep,
+    Remedy,
+    UnsafeValueError,
+    remedies_for,
+    remedy,
+)
+
+BRIEF_IDS = {
+    "firewall-block", "firewall-allowlist", "ssh-tunnel", "vpn-only", "bind-localhost",
+    "set-password", "enable-encryption", "disable-unused", "update-product",
+    "disable-ipv6-listener",
+}
+PRODUCT_PLATFORMS = {"tigervnc", "x11vnc", "tightvnc", "realvnc", "ultravnc", "qemu",
+                     "turbovnc", "virtualbox", "websockify"}
+
+
+def commands(fix: Remedy) -> list[str]:
+    return [c for step in fix.steps for c in step.commands]
+
+
+# ---------------------------------------------------------------------------------------------
+# Content
+
+
+def test_every_id_of_the_interface_has_an_entry() -> None:
+    assert set(REMEDY_IDS) == BRIEF_IDS
+    assert len(REMEDY_IDS) == len(set(REMEDY_IDS))
+
+
+@pytest.mark.parametrize("rid", sorted(BRIEF_IDS))
+def test_every_entry_renders_with_the_real_host_and_port(rid: str) -> None:
+    fix = remedy(rid, host="198.18.7.9", port=5917, trusted="198.18.0.0/24")
+    assert isinstance(fix, Remedy) and fix.id == rid and fix.title
+    assert fix.steps and all(isinstance(s, FixStep) and s.platform and s.text for s in fix.steps)
+    everything = [fix.title, *(s.text for s in fix.steps), *commands(fix)]
+    for text in everything:
+        assert not re.search(r"\{[a-z_]+\}", text), f"unfilled placeholder in {text!r}"
+    assert any("5917" in c for c in commands(fix)), f"{rid}: no command names the port"
+    assert any("5917" in c and "<" not in c for c in commands(fix)), \
+        f"{rid}: no command is complete without hand editing"
+
+
+def test_host_and_display_are_filled() -> None:
+    tunnel = remedy("ssh-tunnel", host="vnc.lab.example", port=5903)
+    assert "ssh -N -L 5901:localhost:5903 user@vnc.lab.example" in commands(tunnel)
+    tiger = remedy("bind-localhost", host="127.0.0.1", port=5903, product="TigerVNC")
+    assert "vncserver -localhost yes :3" in commands(tiger)
+    qemu = remedy("bind-localhost", host="127.0.0.1", port=5903, product="QEMU")
+    assert commands(qemu) == ["-vnc 127.0.0.1:3"]
+    # Below 5900 the port is no display number: the reader must choose one.
+    odd = remedy("bind-localhost", host="127.0.0.1", port=5800, product="TigerVNC")
+    assert "vncserver -localhost yes :<display>" in commands(odd)
+    assert "Xvnc :<display> -rfbport 5800 -localhost" in commands(odd)
+
+
+def test_trusted_network_and_its_family() -> None:
+    blank = remedy("firewall-allowlist", host="127.0.0.1", port=5900)
+    assert f"ufw allow from {TRUSTED_PLACEHOLDER} to any port 5900 proto tcp" in commands(blank)
+    v4 = remedy("firewall-allowlist", host="127.0.0.1", port=5900, trusted="198.18.1.0/24")
+    assert "iptables -I INPUT -p tcp -s 198.18.1.0/24 --dport 5900 -j ACCEPT" in commands(v4)
+    assert any("ip saddr 198.18.1.0/24 tcp dport 5900 accept" in c for c in commands(v4))
+    assert any("remoteip=198.18.1.0/24" in c for c in commands(v4))
+    v6 = remedy("firewall-allowlist", host="::1", port=5900, trusted="2001:2::/48")
+    assert "ip6tables -I INPUT -p tcp -s 2001:2::/48 --dport 5900 -j ACCEPT" in commands(v6)
+    assert any("ip6 saddr 2001:2::/48" in c for c in commands(v6))
+    # The allow comes before the deny in ufw (first match wins).
+    ufw = [c for c in commands(v4) if c.startswith("ufw ")]
+    assert ufw.index("ufw allow from 198.18.1.0/24 to any port 5900 proto tcp") < \
+        ufw.index("ufw deny 5900/tcp")
+
+
+def test_firewall_commands_keep_loopback() -> None:
+    fix = remedy("firewall-block", host="127.0.0.1", port=5900)
+    by_platform: dict[str, list[str]] = {}
+    for step in fix.steps:
+        by_platform.setdefault(step.platform, []).extend(step.commands)
+    assert "iptables -I INPUT -p tcp --dport 5900 ! -i lo -j DROP" in by_platform["iptables"]
+    assert "ip6tables -I INPUT -p tcp --dport 5900 ! -i lo -j DROP" in by_platform["iptables"]
+    assert any('iifname != "lo" tcp dport 5900 drop' in c for c in by_platform["nftables"])
+    assert "ufw deny 5900/tcp" in by_platform["ufw"]
+    assert any("loopback" in s.text for s in fix.steps if s.platform == "ufw")
+    assert ('netsh advfirewall firewall add rule name="Block VNC 5900" dir=in action=block '
+            'protocol=TCP localport=5900') in by_platform["windows"]
+    assert any("on ! lo0" in c for c in by_platform["macos"])
+
+
+def test_unknown_id_is_a_key_error() -> None:
+    with pytest.raises(KeyError):
+        remedy("reboot-the-internet", host="127.0.0.1", port=5900)
+
+
+# ---------------------------------------------------------------------------------------------
+# Product filtering
+
+
+def platforms(fix: Remedy) -> set[str]:
+    return {s.platform for s in fix.steps}
+
+
+def test_known_product_keeps_its_own_steps_and_generic_ones() -> None:
+    fix = remedy("bind-localhost", host="127.0.0.1", port=5900, product="x11vnc")
+    assert platforms(fix) == {"x11vnc"}
+    assert commands(fix) == ["x11vnc -localhost -noipv6 -rfbport 5900 -rfbauth ~/.vnc/passwd"]
+    tiger = remedy("bind-localhost", host="127.0.0.1", port=5900, product="tigervnc")
+    assert platforms(tiger) == {"tigervnc"}  # names compare case-insensitively
+    # Steps for any product stay, whatever the product.
+    disable = remedy("disable-unused", host="127.0.0.1", port=5900, product="QEMU")
+    assert platforms(disable) == {"any", "qemu"}
+    # Firewalls do not depend on the product.
+    every = remedy("firewall-block", host="127.0.0.1", port=5900)
+    assert remedy("firewall-block", host="127.0.0.1", port=5900, product="RealVNC") == every
+
+
+@pytest.mark.parametrize("product", [None, "unknown", ""])
+def test_unknown_product_shows_every_product(product: str | None) -> None:
+    fix = remedy("bind-localhost", host="127.0.0.1", port=5900, product=product)
+    assert {"tigervnc", "x11vnc", "tightvnc", "realvnc", "ultravnc", "qemu",
+            "macos"} <= platforms(fix)
+    assert "any" in platforms(fix)  # the generic fallback too
+
+
+def test_product_without_own_steps_gets_the_fallback() -> None:
+    fix = remedy("bind-localhost", host="127.0.0.1", port=5999, product="LibVNCServer")
+    assert platforms(fix) == {"any"}
+    assert "ss -ltnp 'sport = :5999'" in commands(fix)
+    # ...and not when the product has its own steps.
+    own = remedy("set-password", host="127.0.0.1", port=5999, product="TigerVNC")
+    assert "any" not in platforms(own)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusing what must not reach a root shell
+
+HOSTILE = [
+    "127.0.0.1; rm -rf /", "$(id)", "`id`", "host|nc", "a b", "a\nb", "198.18.0.1\n",
+    "-oProxyCommand=sh", "--help", "x>y", "x<y", "h&", "'q'", '"q"', "a\\b", "fe80::1%$(id)",
+    "fe80::1%eth0;id", "*", "?", "~root", "#", "999.1.1.1", "1.2.3", "ho_st", "-x.example",
+    "example-.org", "a..b", "", " ", "é.example", "\x00", "x" * 254, "{host}", "1.2.3.4/33",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_shell_injection_in_host_is_refused(value: str) -> None:
+    with pytest.raises(UnsafeValueError):
+        remedy("ssh-tunnel", host=value, port=5900)
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "198.18.0.0/24;id", "198.18.0.0/x", "/24",
+                                   "198.18.0.0/24/1", "fe80::1%eth0/64"])
+def test_shell_injection_in_trusted_is_refused(value: str) -> None:
+    with pytest.raises(UnsafeValueError) as info:
+        remedy("firewall-allowlist", host="127.0.0.1", port=5900, trusted=value)
+    assert isinstance(info.value, UsageError)  # the CLI turns it into exit 2
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True, "5900", 5900.0])
+def test_bad_port_is_refused(port: object) -> None:
+    with pytest.raises(UnsafeValueError):
+        remedy("firewall-block", host="127.0.0.1", port=port)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["198.18.0.1", "::1", "2001:2::5", "fe80::1%eth0",
+                                   "vnc.example.org", "localhost", "host-1.example.",
+                                   "0.0.0.0", "::"])
+def test_plain_hosts_are_accepted(value: str) -> None:
+    fix = remedy("ssh-tunnel", host=value, port=5900)
+    assert f"user@{value}" in commands(fix)[0]
+
+
+@pytest.mark.parametrize("value", ["198.18.0.0/15", "198.18.0.1", "2001:2::/48",
+                                   "10.1.2.3/8", "office.example.org"])
+def test_plain_trusted_values_are_accepted(value: str) -> None:
+    fix = remedy("firewall-allowlist", host="127.0.0.1", port=5900, trusted=value)
+    assert any(f"from {value} to any port 5900" in c for c in commands(fix))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_whatever_passes_the_check_is_inert_in_a_shell(text: str) -> None:
+    for check in (remedies.check_host, remedies.check_trusted):
+        try:
+            value = check(text)
+        except UnsafeValueError:
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:%_/-]*", value), value
+
+
+def test_data_file_placeholders_are_checked() -> None:
+    bad = {"x": {"title": "t", "steps": [{"platform": "any", "text": "t",
+                                          "commands": ["echo {hots}"]}]}}
+    with pytest.raises(ValueError, match="hots"):
+        remedies._parse(bad)
+
+
+def test_unix_commands_are_valid_shell() -> None:
+    """bash -n parses every non-Windows command as printed (catches quoting mistakes)."""
+    fix_steps = [s for rid in REMEDY_IDS
+                 for s in remedy(rid, host="198.18.0.9", port=5901, trusted="198.18.0.0/24").steps
+                 if s.platform not in ("windows",) and "reg add" not in " ".join(s.commands)]
+    lines = [c for s in fix_steps for c in s.commands if not c.startswith("-")]
+    assert len(lines) > 40
+    for line in lines:
+        out = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True,
+                             check=False)
+        assert out.returncode == 0, (line, out.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# remedies_for
+
+
+def test_remedies_for_dedupes_orders_and_filters_by_product() -> None:
+    result = ServiceResult(
+        "198.18.3.4", 5902, State.VNC, product=Product("TigerVNC", "1.12", 0.9),
+        findings=(
+            Finding("nonstandard-port", Severity.INFO, "port", remediation=("firewall-block",)),
+            Finding("no-auth", Severity.CRITICAL, "no auth",
+                    remediation=("set-password", "bind-localhost", "firewall-block")),
+            Finding("vncauth-plaintext", Severity.MEDIUM, "plain",
+                    remediation=("enable-encryption", "set-password", "not-in-the-guide")),
+        ),
+    )
+    fixes = remedies_for(result)
+    assert [f.id for f in fixes] == ["set-password", "bind-localhost", "firewall-block",
+                                     "enable-encryption"]
+    bind = fixes[1]
+    assert platforms(bind) == {"tigervnc"}
+    assert "vncserver -localhost yes :2" in commands(bind)
+    assert any("--dport 5902" in c for c in commands(fixes[2]))
+    assert remedies_for(ServiceResult("198.18.3.4", 5902, State.VNC)) == []
+
+
+def test_remedies_for_unknown_product_and_odd_host() -> None:
+    result = ServiceResult("not a host", 5900, State.VNC,
+                           product=Product("unknown"),
+                           findings=(Finding("exposed-public", Severity.HIGH, "x",
+                                             remediation=("ssh-tunnel",)),))
+    (fix,) = remedies_for(result)
+    assert "ssh -N -L 5901:localhost:5900 user@<host>" in commands(fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# netns: the rendered firewall commands run as printed and do what they say
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_netns(*binaries: str) -> None:
+    problem = None
+    if os.geteuid() != 0:
+        problem = "network-namespace tests need root"
+    elif missing := [b for b in ("ip", *binaries) if shutil.which(b) is None]:
+        problem = f"missing {', '.join(missing)}"
+    elif subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
+        problem = "`ip netns` does not work here"
+    if problem:
+        if in_ci():
+            pytest.fail(problem + " [CI is set: netns tests must not skip]", pytrace=False)
+        pytest.skip(problem)
+
+
+@dataclass(frozen=True)
+class Pair:
+    tgt: str  # the VNC host: a listener on PORT, the firewall commands run here
+    scn: str  # the outside: two source addresses per family, one of them "trusted"
+
+
+PORT = 5917
+TGT4, SCN4, OTHER4 = "198.19.254.2", "198.19.254.1", "198.19.254.3"
+TGT6, SCN6, OTHER6 = "2001:2:0:fe::2", "2001:2:0:fe::1", "2001:2:0:fe::3"
+
+LISTENER = textwrap.dedent("""
+    import socket, sys, threading
+    def serve(family, addr):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, int(sys.argv[1]))); s.listen(16)
+        while True:
+            c, _ = s.accept(); c.sendall(b"RFB 003.008\\n"); c.close()
+    for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        threading.Thread(target=serve, args=(fam, addr), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+""")
+
+CONNECTOR = textwrap.dedent("""
+    import json, socket, sys
+    out = []
+    for src, dst, port in json.loads(sys.argv[1]):
+        fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(0.6)
+        try:
+            if src:
+                s.bind((src, 0))
+            s.connect((dst, port)); out.append("open" if s.recv(12) else "empty")
+        except TimeoutError:
+            out.append("timeout")
+        except OSError as e:
+            out.append(type(e).__name__)
+        finally:
+            s.close()
+    print(json.dumps(out))
+""")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                          check=check, timeout=30)
+
+
+@contextlib.contextmanager
+def netns_pair() -> Iterator[Pair]:
+    tag = secrets.token_hex(4)
+    pair = Pair(tgt=f"vncaudit-rem-{tag}-t", scn=f"vncaudit-rem-{tag}-s")
+    veth_t, veth_s = f"vrt{tag}", f"vrs{tag}"
+    listener = None
+    try:
+        _ip("netns", "add", pair.tgt)
+        _ip("netns", "add", pair.scn)
+        _ip("link", "add", veth_t, "type", "veth", "peer", "name", veth_s)
+        _ip("link", "set", veth_t, "netns", pair.tgt)
+        _ip("link", "set", veth_s, "netns", pair.scn)
+        _ip("-n", pair.tgt, "addr", "add", f"{TGT4}/24", "dev", veth_t)
+        _ip("-n", pair.tgt, "addr", "add", f"{TGT6}/64", "dev", veth_t, "nodad")
+        for src4, src6 in ((SCN4, SCN6), (OTHER4, OTHER6)):
+            _ip("-n", pair.scn, "addr", "add", f"{src4}/24", "dev", veth_s)
+            _ip("-n", pair.scn, "addr", "add", f"{src6}/64", "dev", veth_s, "nodad")
+        for ns, dev in ((pair.tgt, veth_t), (pair.scn, veth_s)):
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", pair.tgt, sys.executable, "-c", LISTENER, str(PORT)],
+            stdout=subprocess.PIPE, text=True)
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        yield pair
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait(10)
+        for ns in (pair.tgt, pair.scn):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
+                           timeout=30)
+
+
+def reach(pair: Pair) -> dict[str, str]:
+    """Who can connect to the listener: from outside (trusted and other source address, both
+    families) and from the host itself over loopback."""
+    outside = [(SCN4, TGT4, PORT), (OTHER4, TGT4, PORT), (SCN6, TGT6, PORT),
+               (OTHER6, TGT6, PORT)]
+    inside = [(None, "127.0.0.1", PORT), (None, "::1", PORT)]
+    out = json.loads(in_ns(pair.scn, sys.executable, "-c", CONNECTOR,
+                           json.dumps(outside)).stdout)
+    ins = json.loads(in_ns(pair.tgt, sys.executable, "-c", CONNECTOR,
+                           json.dumps(inside)).stdout)
+    return dict(zip(["v4", "v4-other", "v6", "v6-other", "lo4", "lo6"], out + ins, strict=True))
+
+
+def run_printed(pair: Pair, fix: Remedy, platform: str) -> list[str]:
+    """Run the printed commands of one platform in the target namespace, as a root shell
+    would (bash -c); persistence commands that write the host's /etc are left out."""
+    ran = []
+    for step in fix.steps:
+        if step.platform != platform:
+            continue
+        for command in step.commands:
+            if ">" in command.replace("!=", "") or "save" in command or "systemctl" in command:
+                continue
+            out = in_ns(pair.tgt, "bash", "-c", command, check=False)
+            assert out.returncode == 0, (command, out.stderr)
+            ran.append(command)
+    assert ran
+    return ran
+
+
+ALL_OPEN = {"v4": "open", "v4-other": "open", "v6": "open", "v6-other": "open",
+            "lo4": "open", "lo6": "open"}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("platform", ["iptables", "nftables"])
+def test_firewall_block_runs_and_blocks_outside_only(platform: str) -> None:
+    require_netns("iptables", "ip6tables", "nft")
+    fix = remedy("firewall-block", host=TGT4, port=PORT)
+    with netns_pair() as pair:
+        assert reach(pair) == ALL_OPEN
+        run_printed(pair, fix, platform)
+        if platform == "iptables":
+            rules = in_ns(pair.tgt, "iptables", "-S", "INPUT").stdout
+            assert f"-A INPUT ! -i lo -p tcp -m tcp --dport {PORT} -j DROP" in rules
+            rules6 = in_ns(pair.tgt, "ip6tables", "-S", "INPUT").stdout
+            assert f"-A INPUT ! -i lo -p tcp -m tcp --dport {PORT} -j DROP" in rules6
+        else:
+            table = in_ns(pair.tgt, "nft", "list", "table", "inet", "vncaudit").stdout
+            assert f'iifname != "lo" tcp dport {PORT} drop' in table
+        assert reach(pair) == {"v4": "timeout", "v4-other": "timeout", "v6": "timeout",
+                               "v6-other": "timeout", "lo4": "open", "lo6": "open"}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("platform", ["iptables", "nftables"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_firewall_allowlist_lets_only_the_trusted_network_in(platform: str, family: int) -> None:
+    require_netns("iptables", "ip6tables", "nft")
+    trusted = f"{SCN4}/32" if family == 4 else f"{SCN6}/128"
+    fix = remedy("firewall-allowlist", host=TGT4, port=PORT, trusted=trusted)
+    with netns_pair() as pair:
+        run_printed(pair, fix, platform)
+        got = reach(pair)
+        assert (got["lo4"], got["lo6"]) == ("open", "open")
+        v, other = ("v4", "v6") if family == 4 else ("v6", "v4")
+        assert got[v] == "open", got
+        assert got[f"{v}-other"] == "timeout", got
+        # The other family has no trusted network: closed to everyone outside.
+        assert (got[other], got[f"{other}-other"]) == ("timeout", "timeout"), got
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("platform", ["ip6tables", "nftables"])
+def test_disable_ipv6_listener_closes_only_ipv6(platform: str) -> None:
+    require_netns("ip6tables", "nft")
+    fix = remedy("disable-ipv6-listener", host=TGT6, port=PORT)
+    with netns_pair() as pair:
+        run_printed(pair, fix, platform)
+        assert reach(pair) == {**ALL_OPEN, "v6": "timeout", "v6-other": "timeout"}
