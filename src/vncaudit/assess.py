@@ -1,0 +1,843 @@
+"""Grade one probe result: the product, and findings with severity, evidence, reasons and fixes.
+
+Owns: `assess()` (called by the engine for every result), the `Exposure` of an address and how
+it moves severities, the table of rules (`RULES`, one small function per finding), the
+classification of what each offered security path protects, and the CVE knowledge base with its
+version-range matcher (`parse_range`, `match_versions`). What findings SAY and how security
+types are classified lives in `data/findings.toml`; the CVEs in `data/cves.toml`.
+
+Must not: do I/O (the two data files are read once), probe or contact anything, render text
+for a terminal, or import package modules other than data types (`models`, `rfb` constants)
+and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
+(`vncaudit.remedies`) turns ids into commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import json
+import logging
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Final
+
+from vncaudit import rfb
+from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RULES",
+    "Cve",
+    "Exposure",
+    "VersionRange",
+    "assess",
+    "cves",
+    "evaluate",
+    "exposure_of",
+    "match_versions",
+    "parse_range",
+    "parse_version",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Exposure: where a service can be reached from
+
+
+class Exposure(StrEnum):
+    LOOPBACK = "loopback"
+    PRIVATE = "private"
+    PUBLIC = "public"
+    ALL_INTERFACES = "all-interfaces"  # a local listener bound to 0.0.0.0 / ::
+    UNKNOWN = "unknown"
+
+
+def exposure_of(host: str) -> Exposure:
+    """Classify an address; a host name (no address) is UNKNOWN."""
+    text = host.strip().strip("[]").split("%", 1)[0]  # IPv6 zone ids carry no reach
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return Exposure.UNKNOWN
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return Exposure.ALL_INTERFACES
+    if ip.is_loopback:
+        return Exposure.LOOPBACK
+    if ip.is_global:
+        return Exposure.PUBLIC
+    return Exposure.PRIVATE
+
+
+# Steps an exposure-sensitive finding moves: reachable from the internet is worse than the
+# base (a network), reachable only from this host is better.
+_EXPOSURE_STEP: Final[dict[Exposure, int]] = {
+    Exposure.LOOPBACK: -1,
+    Exposure.PRIVATE: 0,
+    Exposure.ALL_INTERFACES: 0,
+    Exposure.UNKNOWN: 0,
+    Exposure.PUBLIC: 1,
+}
+
+_BY_RANK: Final = sorted(Severity, key=lambda s: s.rank)
+
+
+def shift(severity: Severity, steps: int) -> Severity:
+    """`severity` moved `steps` up (positive) or down, clamped to info..critical."""
+    rank = min(max(severity.rank + steps, 0), len(_BY_RANK) - 1)
+    return _BY_RANK[rank]
+
+
+# --------------------------------------------------------------------------------------------
+# Versions and ranges
+
+
+Version = tuple[int, ...]
+_VERSION_RE: Final = re.compile(r"[vVrRpPeE]?(\d+(?:\.\d+)*)(?:\.[xX*])?")
+_COMPARE_RE: Final = re.compile(r"(>=|<=|==|=|>|<)?\s*(\S+)")
+_SPAN_RE: Final = re.compile(r"(\S+)\s*(?:\s-\s|–|\.\.|\bto\b)\s*(\S+)")
+
+
+def parse_version(text: str) -> Version:
+    """'4.1.1' → (4, 1, 1); 'v1.12', '5.x', 'E4.4.2' are accepted; ValueError otherwise."""
+    m = _VERSION_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a version: {text!r}")
+    return tuple(int(p) for p in m.group(1).split("."))
+
+
+def _norm(v: Version) -> Version:
+    # 1.7 and 1.7.0 are the same version; comparing normalised tuples makes them equal.
+    while len(v) > 1 and v[-1] == 0:
+        v = v[:-1]
+    return v
+
+
+def _after_prefix(v: Version) -> Version:
+    """The first version that no longer starts with `v`: (1, 7) → (1, 8)."""
+    return (*v[:-1], v[-1] + 1)
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """Half-open [lo, hi) over normalised versions; None is unbounded."""
+
+    lo: Version | None = None
+    hi: Version | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lo", _norm(self.lo) if self.lo is not None else None)
+        object.__setattr__(self, "hi", _norm(self.hi) if self.hi is not None else None)
+
+    @property
+    def empty(self) -> bool:
+        return self.lo is not None and self.hi is not None and self.lo >= self.hi
+
+    def intersect(self, other: VersionRange) -> VersionRange:
+        lo = max((v for v in (self.lo, other.lo) if v is not None), default=None)
+        hi = min((v for v in (self.hi, other.hi) if v is not None), default=None)
+        return VersionRange(lo, hi)
+
+    def overlaps(self, other: VersionRange) -> bool:
+        return not self.intersect(other).empty
+
+    def contains(self, other: VersionRange) -> bool:
+        lo_ok = self.lo is None or (other.lo is not None and other.lo >= self.lo)
+        hi_ok = self.hi is None or (other.hi is not None and other.hi <= self.hi)
+        return lo_ok and hi_ok and not other.empty
+
+
+EVERY_VERSION: Final = VersionRange()
+
+
+def _term(text: str) -> VersionRange:
+    text = text.strip()
+    if text in ("*", "any", ""):
+        return EVERY_VERSION
+    if text.endswith("+"):  # "5.3+"
+        return VersionRange(parse_version(text[:-1]), None)
+    span = _SPAN_RE.fullmatch(text)
+    if span is not None:
+        return VersionRange(parse_version(span.group(1)),
+                            _after_prefix(parse_version(span.group(2))))
+    m = _COMPARE_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a version range: {text!r}")
+    op, v = m.group(1) or "==", parse_version(m.group(2))
+    if op == ">=":
+        return VersionRange(v, None)
+    if op == ">":
+        return VersionRange(_after_prefix(v), None)
+    if op == "<=":
+        return VersionRange(None, _after_prefix(v))
+    if op == "<":
+        return VersionRange(None, v)
+    return VersionRange(v, _after_prefix(v))  # "==" / "=" / bare: the version and its prefix
+
+
+def parse_range(text: str) -> VersionRange:
+    """One range: a comma-separated conjunction of terms (syntax in data/cves.toml)."""
+    out = EVERY_VERSION
+    for term in text.split(","):
+        out = out.intersect(_term(term))
+    return out
+
+
+def match_versions(version: str | None, affected: Sequence[str]) -> str | None:
+    """Compare a product version (or range) with affected ranges.
+
+    Returns "affected" when every version the product may be lies in an affected range,
+    "possible" when some may, None when none may or `affected` is empty (range unknown).
+    An unknown or unreadable product version can be anything, so it is at most "possible"
+    (unless every version is affected).
+    """
+    if not affected:
+        return None
+    product = EVERY_VERSION
+    if version:
+        try:
+            product = parse_range(version)
+        except ValueError:
+            product = EVERY_VERSION
+    ranges = [parse_range(a) for a in affected]
+    if any(r.contains(product) for r in ranges):
+        return "affected"
+    if any(r.overlaps(product) for r in ranges):
+        return "possible"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Knowledge (data files, read once)
+
+
+@dataclass(frozen=True)
+class FindingSpec:
+    id: str
+    severity: Severity
+    title: str
+    why: str
+    remediation: tuple[str, ...]
+    exposure_sensitive: bool
+    texts: dict[str, str] = field(default_factory=dict)  # variants: title_desktop, why_login …
+
+
+@dataclass(frozen=True)
+class Cve:
+    id: str
+    title: str
+    products: tuple[str, ...]  # lower-case
+    also_in: tuple[str, ...]
+    affected: tuple[str, ...]
+    fixed: str
+    severity: Severity
+    side: str
+    pre_auth: bool
+    detectable: str
+    check: str
+    references: tuple[str, ...]
+    note: str = ""
+
+
+_SIDES: Final = ("server", "viewer", "local")
+_CHECKS: Final = ("", "unoffered-none")
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    specs: dict[str, FindingSpec]
+    classes: dict[int, str]  # security type / VeNCrypt sub-type → class
+    tight_classes: dict[int, str]  # Tight auth capability code → class
+    standard_ports: tuple[tuple[int, int], ...]
+    exposure_text: dict[str, str]
+    cves: tuple[Cve, ...]
+    possible_severity: Severity
+    min_confidence: float
+
+
+def _read(name: str) -> dict[str, Any]:
+    text = resources.files("vncaudit").joinpath(f"data/{name}").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def _parse_cve(d: dict[str, Any]) -> Cve:
+    cve = Cve(
+        id=str(d["id"]),
+        title=str(d["title"]),
+        products=tuple(str(p).lower() for p in d.get("products", ())),
+        also_in=tuple(str(p).lower() for p in d.get("also_in", ())),
+        affected=tuple(str(a) for a in d.get("affected", ())),
+        fixed=str(d.get("fixed", "")),
+        severity=Severity(d["severity"]),
+        side=str(d["side"]),
+        pre_auth=bool(d["pre_auth"]),
+        detectable=str(d["detectable"]),
+        check=str(d.get("check", "")),
+        references=tuple(str(r) for r in d.get("references", ())),
+        note=str(d.get("note", "")),
+    )
+    if not re.fullmatch(r"CVE-\d{4}-\d{4,}", cve.id):
+        raise ValueError(f"bad CVE id {cve.id!r}")
+    if cve.side not in _SIDES:
+        raise ValueError(f"{cve.id}: side must be one of {_SIDES}, not {cve.side!r}")
+    if cve.check not in _CHECKS:
+        raise ValueError(f"{cve.id}: unknown check {cve.check!r}")
+    if not cve.products:
+        raise ValueError(f"{cve.id}: no product")
+    for a in cve.affected:
+        try:
+            parse_range(a)
+        except ValueError as exc:
+            raise ValueError(f"{cve.id}: {exc}") from None
+    return cve
+
+
+def parse_cves(doc: dict[str, Any]) -> tuple[tuple[Cve, ...], Severity, float]:
+    """The CVE entries and policy of a parsed cves.toml; ValueError names a bad entry."""
+    entries = tuple(_parse_cve(d) for d in doc.get("cve", ()))
+    ids = [c.id for c in entries]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate CVE entries: {dupes}")
+    policy = doc.get("policy", {})
+    return (entries, Severity(policy.get("possible_severity", "info")),
+            float(policy.get("min_confidence", 0.6)))
+
+
+@lru_cache(maxsize=1)
+def knowledge() -> Knowledge:
+    doc = _read("findings.toml")
+    specs: dict[str, FindingSpec] = {}
+    for fid, d in doc["finding"].items():
+        texts = {k: str(v) for k, v in d.items() if k.startswith(("title_", "why_"))}
+        specs[fid] = FindingSpec(fid, Severity(d["severity"]), str(d["title"]), str(d["why"]),
+                                 tuple(d.get("remediation", ())),
+                                 bool(d.get("exposure_sensitive", False)), texts)
+    classes_doc = dict(doc["classes"])
+    tight_doc = classes_doc.pop("tight")
+    classes = {n: cls for cls, numbers in classes_doc.items() for n in numbers}
+    tight = {n: cls for cls, numbers in tight_doc.items() for n in numbers}
+    ports = tuple((int(a), int(b)) for a, b in doc["exposure"]["standard_ports"])
+    texts = {k: str(v) for k, v in doc["exposure"].items() if isinstance(v, str)}
+    entries, possible, min_conf = parse_cves(_read("cves.toml"))
+    return Knowledge(specs, classes, tight, ports, texts, entries, possible, min_conf)
+
+
+def cves() -> tuple[Cve, ...]:
+    """Every entry of the CVE knowledge base."""
+    return knowledge().cves
+
+
+# --------------------------------------------------------------------------------------------
+# What the server offers: every authentication path, classified
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One way into the server, e.g. VeNCrypt → TLSVnc; `cls` from data/findings.toml."""
+
+    cls: str  # a class of [classes], or "unread" / "tls-unread" / "other"
+    label: str  # how the evidence names it
+    selected: bool = False  # the probe took this path (SecurityResult/ServerInit are its)
+    vncauth_inside: bool = False  # VNC password inside TLS
+
+
+NO_AUTH: Final = frozenset({"none"})
+TLS_NO_AUTH: Final = frozenset({"tls-none", "x509-none"})
+ENCRYPTED_WITH_AUTH: Final = frozenset({"strong", "tls-auth", "x509-auth", "sasl-tls"})
+WEAK: Final = frozenset({"none", "vncauth", "plaintext", "weak", "unencrypted-session"})
+ANONYMOUS_TLS: Final = frozenset({"tls-auth", "tls-unread"})
+UNREAD: Final = frozenset({"unread", "tls-unread"})
+_VNCAUTH_IN_TLS: Final = frozenset({258, 261})
+
+
+def _q(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
+    """Every authentication path the facts show, with what it protects."""
+    kb = kb or knowledge()
+    out: list[Offer] = []
+    sel = facts.selected_type
+    chosen = " (chosen by the server, RFB 3.3)" if facts.security_types_server_chosen else ""
+    for t in facts.security_types:
+        if t.id == 16:
+            out += _tight_offers(facts, kb, selected=sel == 16)
+        elif t.id == 19:
+            if facts.vencrypt is None:
+                out.append(Offer("unread", "type 19 \"VeNCrypt\": sub-type list not read"))
+                continue
+            for s in facts.vencrypt.subtypes:
+                out.append(Offer(kb.classes.get(s.id, "other"),
+                                 "VeNCrypt sub-type " + f"{s.id} {_q(s.name)}",
+                                 selected=sel == s.id, vncauth_inside=s.id in _VNCAUTH_IN_TLS))
+        elif t.id == 18:
+            if facts.tls_inner_types is None:
+                out.append(Offer("tls-unread", "type 18 \"TLS\" (anonymous TLS): inner list "
+                                 "not read"))
+                continue
+            for inner in facts.tls_inner_types:
+                cls = kb.classes.get(inner.id, "other")
+                tls_cls = {"none": "tls-none", "strong": "strong"}.get(cls, "tls-auth")
+                out.append(Offer(tls_cls, f"type 18 \"TLS\" (anonymous TLS) → inner type "
+                                 f"{inner.id} {_q(inner.name)}", selected=sel == 18,
+                                 vncauth_inside=inner.id == 2))
+        elif t.id == 17:
+            out.append(Offer("unread", "type 17 \"Ultra\": UltraVNC's second list not read"))
+        else:
+            out.append(Offer(kb.classes.get(t.id, "other"), f"type {t.id} {_q(t.name)}{chosen}",
+                             selected=sel == t.id or bool(chosen)))
+    return out
+
+
+def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]:
+    if facts.tight is None:
+        return [Offer("unread", "type 16 \"Tight\": capability list not read")]
+    if not facts.tight.auth:
+        # Zero auth capabilities: the protocol goes on as None (rfb.md §4.2).
+        return [Offer("none", "type 16 \"Tight\" with zero authentication capabilities",
+                      selected=selected)]
+    return [
+        Offer(kb.tight_classes.get(c.code, "other"),
+              f"type 16 \"Tight\" auth capability {c.code} {_q(c.vendor + ' ' + c.signature)}",
+              selected=selected and c.code == 1)
+        for c in facts.tight.auth
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The context every rule reads
+
+
+_SERVICE_STATES: Final = frozenset({State.VNC, State.BLACKLISTED})
+
+
+@dataclass(frozen=True)
+class Context:
+    result: ServiceResult
+    product: Product
+    exposure: Exposure
+    kb: Knowledge
+    offers: tuple[Offer, ...]
+    active: dict[str, Any]
+
+    @property
+    def facts(self) -> RfbFacts | None:
+        return self.result.rfb
+
+    @property
+    def is_vnc(self) -> bool:
+        """Auth rules apply: an RFB server whose security handshake was read."""
+        return self.result.state is State.VNC and self.result.rfb is not None
+
+    def of(self, classes: Iterable[str]) -> list[Offer]:
+        wanted = frozenset(classes)
+        return [o for o in self.offers if o.cls in wanted]
+
+    def finding(
+        self,
+        fid: str,
+        evidence: Sequence[str],
+        *,
+        spec_id: str | None = None,
+        title: str | None = None,
+        why: str | None = None,
+        severity: Severity | None = None,
+        remediation: Sequence[str] | None = None,
+    ) -> Finding:
+        """Build a finding from its spec; exposure-sensitive ones are moved and say why."""
+        spec = self.kb.specs[spec_id or fid]
+        sev = severity or spec.severity
+        ev = list(evidence)
+        if spec.exposure_sensitive:
+            step = _EXPOSURE_STEP[self.exposure]
+            moved = shift(sev, step)
+            reason = self.kb.exposure_text[self.exposure.value.replace("-", "_")]
+            line = f"exposure: {self.exposure.value} ({self.result.host}): {reason}"
+            if moved is not sev:
+                verb = "raised" if step > 0 else "lowered"
+                line += f"; severity {verb} from {sev.value} to {moved.value}"
+            ev.append(line)
+            sev = moved
+        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why,
+                       tuple(remediation if remediation is not None else spec.remediation))
+
+
+Rule = Callable[[Context], list[Finding]]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: authentication
+
+
+def _offered_line(offers: Sequence[Offer]) -> str:
+    return "offered: " + "; ".join(o.label for o in offers)
+
+
+def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
+    """What reading past the security handshake showed (the proof that no auth is needed)."""
+    lines = []
+    if facts.security_result == "ok" and confirmed_by_result:
+        lines.append("SecurityResult \"ok\" after selecting it: confirmed by SecurityResult ok")
+    elif facts.security_result == "failed" and confirmed_by_result:
+        reason = f": {_q(facts.failure_reason)}" if facts.failure_reason else ""
+        lines.append(f"SecurityResult \"failed\"{reason}: offered, but refused this time")
+    if facts.framebuffer is not None and confirmed_by_result:
+        fb = facts.framebuffer
+        name = _q(facts.desktop_name) if facts.desktop_name is not None else "(none)"
+        if facts.security_result is None:
+            lines.append("ServerInit received without any credential (no SecurityResult is "
+                         "sent for None before RFB 3.8): confirmed")
+        lines.append(f"ServerInit read: desktop name {name}, framebuffer "
+                     f"{fb.width}x{fb.height}, depth {fb.depth}")
+    return lines
+
+
+def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
+    """Evidence from the opt-in screenshot/desktop checks and the desktop kind, if any."""
+    lines: list[str] = []
+    shot = ctx.active.get("screenshot") or {}
+    if shot.get("status") == "ok":
+        where = f", saved to {shot['path']}" if shot.get("path") else ""
+        lines.append(f"screenshot taken without a password: {shot.get('width')}x"
+                     f"{shot.get('height')}{where}")
+    kind = ctx.active.get("desktop_kind") or {}
+    verdict = kind.get("kind")
+    if verdict:
+        why = "; ".join(str(e) for e in kind.get("evidence", [])[:3])
+        lines.append(f"screen classified as {_q(str(verdict))} (confidence "
+                     f"{kind.get('confidence', 0)}){': ' + why if why else ''}")
+    return lines, verdict if verdict in ("desktop", "login-screen") else None
+
+
+def rule_no_auth(ctx: Context) -> list[Finding]:
+    """None, or Tight without/with NOAUTH: no credential at all."""
+    if not ctx.is_vnc or ctx.facts is None:
+        return []
+    found = ctx.of(NO_AUTH)
+    if not found:
+        return []
+    ev = [_offered_line(found)]
+    ev += _session_facts(ctx.facts, any(o.selected for o in found))
+    proof, verdict = _active_proof(ctx)
+    ev += proof
+    spec = ctx.kb.specs["no-auth"]
+    suffix = {"desktop": "_desktop", "login-screen": "_login"}.get(verdict or "", "")
+    return [ctx.finding("no-auth", ev, title=spec.texts.get("title" + suffix),
+                        why=spec.texts.get("why" + suffix))]
+
+
+def rule_tls_no_auth(ctx: Context) -> list[Finding]:
+    """VeNCrypt TLSNone/X509None or TLS(18) → None: encrypted, but no credential."""
+    if not ctx.is_vnc or ctx.facts is None:
+        return []
+    found = ctx.of(TLS_NO_AUTH)
+    if not found:
+        return []
+    ev = [_offered_line(found)]
+    ev += _session_facts(ctx.facts, any(o.selected for o in found))
+    tls = ctx.result.extra.get("tls") or {}
+    if isinstance(tls, dict) and tls:
+        detail = ", ".join(f"{k} {tls[k]}" for k in ("version", "cipher") if tls.get(k))
+        if detail:
+            ev.append(f"TLS negotiated: {detail}")
+    return [ctx.finding("tls-no-auth", ev)]
+
+
+def _offer_rule(fid: str, classes: frozenset[str]) -> Rule:
+    """A finding for every offered path of the given classes, with those paths as evidence."""
+
+    def rule(ctx: Context) -> list[Finding]:
+        if not ctx.is_vnc:
+            return []
+        found = ctx.of(classes)
+        return [ctx.finding(fid, [_offered_line(found)])] if found else []
+
+    rule.__name__ = f"rule_{fid.replace('-', '_')}"
+    rule.__doc__ = f"{fid}: any offered path of class {', '.join(sorted(classes))}."
+    return rule
+
+
+rule_vncauth_plaintext = _offer_rule("vncauth-plaintext", frozenset({"vncauth"}))
+rule_plaintext_password = _offer_rule("plaintext-password", frozenset({"plaintext"}))
+rule_weak_auth = _offer_rule("weak-auth", frozenset({"weak"}))
+rule_unencrypted_session = _offer_rule("unencrypted-session", frozenset({"unencrypted-session"}))
+rule_anonymous_tls = _offer_rule("anonymous-tls", ANONYMOUS_TLS)
+
+
+def rule_vncauth_in_tls(ctx: Context) -> list[Finding]:
+    """The VNC password is only used inside TLS (else vncauth-plaintext says more)."""
+    if not ctx.is_vnc or ctx.of({"vncauth"}):
+        return []
+    inside = [o for o in ctx.offers if o.vncauth_inside]
+    return [ctx.finding("vncauth-in-tls", [_offered_line(inside)])] if inside else []
+
+
+def rule_downgrade(ctx: Context) -> list[Finding]:
+    """Encrypted, authenticated paths exist, and so do weak ones a client may pick instead."""
+    if not ctx.is_vnc:
+        return []
+    strong, weak = ctx.of(ENCRYPTED_WITH_AUTH), ctx.of(WEAK)
+    if not strong or not weak:
+        return []
+    return [ctx.finding("downgrade", [
+        "encrypted: " + "; ".join(o.label for o in strong),
+        "also accepted, weaker: " + "; ".join(o.label for o in weak),
+    ])]
+
+
+def rule_auth_unknown(ctx: Context) -> list[Finding]:
+    """A sub-list the probe could not read: the grade for that path is open."""
+    if not ctx.is_vnc or ctx.facts is None:
+        return []
+    found = ctx.of(UNREAD)
+    if not found or ctx.of(NO_AUTH | TLS_NO_AUTH):
+        return []  # nothing to learn: a path without any credential is already known
+    ev = [_offered_line(found)]
+    ev += [f"probe note: {n}" for n in ctx.facts.notes]
+    return [ctx.finding("auth-unknown", ev)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: results of active checks (extra["active"], only present on explicit flags)
+
+
+def rule_weak_password_found(ctx: Context) -> list[Finding]:
+    audit = ctx.active.get("password_audit") or {}
+    if not (audit.get("found") or audit.get("status") == "found"):
+        return []
+    ev = [f"password audit: attempt {audit.get('attempts')} of at most {audit.get('budget')} "
+          f"accepted a password from the {audit.get('source', 'builtin')} list "
+          f"(password {_q(str(audit.get('password')))})"]
+    if audit.get("security_path"):
+        ev.append("authenticated via " + " → ".join(map(str, audit["security_path"])))
+    init = audit.get("server_init") or {}
+    if init.get("desktop_name") is not None:
+        ev.append(f"ServerInit read: desktop name {_q(str(init['desktop_name']))}")
+    return [ctx.finding("weak-password-found", ev)]
+
+
+def rule_auth_bypass(ctx: Context) -> list[Finding]:
+    check = ctx.active.get("unoffered_none") or {}
+    if check.get("status") != "vulnerable":
+        return []
+    ev = [f"active check (un-offered None): {check.get('evidence')}"]
+    if check.get("offered_types") is not None:
+        ev.append(f"offered security types: {check['offered_types']}")
+    ev.append("matches " + ", ".join(check.get("cves") or ("CVE-2006-2369", "CVE-2006-2450")))
+    return [ctx.finding("auth-bypass", ev)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: known vulnerabilities
+
+
+def _product_line(p: Product) -> str:
+    version = p.version or "version not visible"
+    return f"product: {p.name} ({version}), identification confidence {p.confidence:.2f}"
+
+
+def rule_known_cves(ctx: Context) -> list[Finding]:
+    """Known CVEs of the identified product; "possibly" when only the family is known."""
+    p = ctx.product
+    if ctx.result.state not in _SERVICE_STATES or p.name == "unknown":
+        return []
+    name = p.name.lower()
+    bypass = (ctx.active.get("unoffered_none") or {}).get("status")
+    out: list[Finding] = []
+    for cve in ctx.kb.cves:
+        if cve.side != "server":
+            continue  # viewer-side and local flaws are not visible from a server scan
+        if name in cve.products:
+            verdict = match_versions(p.version, cve.affected)
+        elif name in cve.also_in:
+            # The embedded component's version is not the product's: never more than possible.
+            verdict = "possible" if cve.affected else None
+        else:
+            continue
+        if verdict is None:
+            continue
+        confirmed = False
+        if cve.check == "unoffered-none" and bypass == "not-vulnerable":
+            continue  # the active check ruled it out
+        if cve.check == "unoffered-none" and bypass == "vulnerable":
+            verdict, confirmed = "affected", True
+        if verdict == "affected" and not confirmed and p.confidence < ctx.kb.min_confidence:
+            verdict = "possible"
+        out.append(_cve_finding(ctx, cve, verdict, confirmed))
+    return out
+
+
+def _cve_finding(ctx: Context, cve: Cve, verdict: str, confirmed: bool) -> Finding:
+    p = ctx.product
+    ranges = ", ".join(cve.affected)
+    ev = [_product_line(p), f"affected versions: {ranges}"
+          + (f"; fixed in {cve.fixed}" if cve.fixed else "")]
+    ev += [f"identified by: {e}" for e in p.evidence[:3]]
+    why = cve.title + ". " + cve.detectable
+    if cve.note:
+        why += f" Note: {cve.note}"
+    if cve.references:
+        why += " See " + " ".join(cve.references)
+    if verdict == "affected":
+        if confirmed:
+            ev.append("confirmed by the active un-offered-None check")
+        elif p.name.lower() in cve.products:
+            ev.append(f"version {p.version} lies in an affected range")
+        return ctx.finding(f"known-cve:{cve.id}", ev, spec_id="known-cve",
+                           title=f"{cve.id}: {cve.title}", why=why, severity=cve.severity)
+    if p.name.lower() in cve.also_in:
+        ev.append(f"{p.name} embeds the affected component; its version is not visible")
+    elif not p.version:
+        ev.append("the product version is not visible, so this is NOT established: check the "
+                  "installed version")
+    elif p.confidence < ctx.kb.min_confidence:
+        ev.append(f"identification confidence {p.confidence:.2f} is below "
+                  f"{ctx.kb.min_confidence:.2f}: not established")
+    else:
+        ev.append(f"version {p.version} overlaps an affected range: not established")
+    return ctx.finding(f"possible-cve:{cve.id}", ev, spec_id="known-cve",
+                       title=f"Possibly affected by {cve.id} (not established): {cve.title}",
+                       why=why, severity=ctx.kb.possible_severity)
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: where and how the service is reachable, and odd servers
+
+
+def rule_exposed_public(ctx: Context) -> list[Finding]:
+    if ctx.result.state not in _SERVICE_STATES or ctx.exposure is not Exposure.PUBLIC:
+        return []
+    return [ctx.finding("exposed-public", [
+        f"VNC answered on {ctx.result.host} port {ctx.result.port}: "
+        + ctx.kb.exposure_text["public"]])]
+
+
+def _lockout(text: str | None) -> bool:
+    low = (text or "").lower()
+    return any(r in low for r in rfb.BLACKLIST_REASONS)
+
+
+def rule_blacklisting_active(ctx: Context) -> list[Finding]:
+    facts = ctx.facts
+    reason = facts.failure_reason if facts else None
+    if ctx.result.state is not State.BLACKLISTED and not _lockout(reason):
+        return []
+    ev = [f"state {ctx.result.state.value}"]
+    if reason:
+        ev.append(f"server's reason: {_q(reason)}")
+    return [ctx.finding("blacklisting-active", ev)]
+
+
+def rule_nonstandard_port(ctx: Context) -> list[Finding]:
+    port = ctx.result.port
+    if ctx.result.state not in _SERVICE_STATES:
+        return []
+    if any(lo <= port <= hi for lo, hi in ctx.kb.standard_ports):
+        return []
+    usual = ", ".join(f"{lo}-{hi}" for lo, hi in ctx.kb.standard_ports)
+    return [ctx.finding("nonstandard-port", [f"RFB answered on port {port} (usual: {usual})"])]
+
+
+def rule_suspected_honeypot(ctx: Context) -> list[Finding]:
+    suspect = ctx.result.extra.get("suspected_honeypot") or {}
+    reasons = suspect.get("reasons") if isinstance(suspect, dict) else None
+    if not reasons:
+        return []
+    return [ctx.finding("suspected-honeypot", [str(r) for r in reasons])]
+
+
+def rule_malformed_handshake(ctx: Context) -> list[Finding]:
+    if ctx.result.state is not State.MALFORMED:
+        return []
+    ev = [f"error: {ctx.result.error}"] if ctx.result.error else []
+    if ctx.facts is not None and ctx.facts.banner:
+        ev.insert(0, f"banner {_q(ctx.facts.banner)}")
+    return [ctx.finding("malformed-handshake", ev)]
+
+
+# One row per finding family; order only matters for readability (findings are sorted).
+RULES: Final[tuple[tuple[str, Rule], ...]] = (
+    ("no-auth", rule_no_auth),
+    ("tls-no-auth", rule_tls_no_auth),
+    ("vncauth-plaintext", rule_vncauth_plaintext),
+    ("plaintext-password", rule_plaintext_password),
+    ("weak-auth", rule_weak_auth),
+    ("unencrypted-session", rule_unencrypted_session),
+    ("anonymous-tls", rule_anonymous_tls),
+    ("vncauth-in-tls", rule_vncauth_in_tls),
+    ("downgrade", rule_downgrade),
+    ("auth-unknown", rule_auth_unknown),
+    ("weak-password-found", rule_weak_password_found),
+    ("auth-bypass", rule_auth_bypass),
+    ("known-cve", rule_known_cves),
+    ("exposed-public", rule_exposed_public),
+    ("blacklisting-active", rule_blacklisting_active),
+    ("nonstandard-port", rule_nonstandard_port),
+    ("suspected-honeypot", rule_suspected_honeypot),
+    ("malformed-handshake", rule_malformed_handshake),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _unknown(reason: str) -> Product:
+    return Product("unknown", None, 0.0, (reason,))
+
+
+def identify_product(result: ServiceResult) -> Product:
+    """`vncaudit.fingerprint.identify`, or "unknown" when it is absent or fails."""
+    try:
+        module = importlib.import_module("vncaudit.fingerprint")
+    except ImportError:
+        return _unknown("product identification not available")
+    identify: Callable[[ServiceResult], Product] = module.identify
+    try:
+        return identify(result)
+    except Exception:  # a grading bug must not cost the scan its result
+        log.exception("fingerprint failed on %s:%d", result.host, result.port)
+        return _unknown("product identification failed")
+
+
+def evaluate(
+    result: ServiceResult, product: Product, exposure: Exposure | None = None
+) -> tuple[Finding, ...]:
+    """The findings for `result` given its product: every rule of `RULES`, worst first."""
+    kb = knowledge()
+    ctx = Context(
+        result=result,
+        product=product,
+        exposure=exposure if exposure is not None else exposure_of(result.host),
+        kb=kb,
+        offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
+        active=result.extra.get("active") or {},
+    )
+    findings: list[Finding] = []
+    for name, rule in RULES:
+        try:
+            findings += rule(ctx)
+        except Exception:  # one broken rule must not cost the scan its result
+            log.exception("rule %s failed on %s:%d", name, result.host, result.port)
+    findings.sort(key=lambda f: (-f.severity.rank, f.id))
+    return tuple(findings)
+
+
+def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceResult:
+    """A copy of `result` with `product` and `findings` filled (worst first).
+
+    `exposure` says where the service can be reached from; by default it follows from the
+    address (`exposure_of(result.host)`). Pure: no I/O beyond reading the data files once.
+    """
+    product = identify_product(result)
+    return replace(result, product=product, findings=evaluate(result, product, exposure))

@@ -1,0 +1,566 @@
+"""Unit tests of vncaudit.assess: every rule (positive and negative), exposure, the CVE matcher.
+
+Facts come from REAL recorded handshakes (`tests/transcripts/*.json`, replayed through the
+probe's own decision logic as in `test_rfb_fuzz.py`) wherever a server of that kind was
+recorded, and from `RfbFacts` built by hand for security types no test server offers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vncaudit import assess as A
+from vncaudit.exceptions import RemoteProtocolError
+from vncaudit.models import (
+    Capability,
+    Finding,
+    Framebuffer,
+    NamedType,
+    Product,
+    RfbFacts,
+    ServiceResult,
+    Severity,
+    State,
+    TightInfo,
+    VeNCryptInfo,
+)
+from vncaudit.probe import ProbeOptions
+from vncaudit.rfb import security_type_name, vencrypt_subtype_name
+
+from rfb_helpers import drive_events, new_session
+
+TRANSCRIPTS = Path(__file__).parent / "transcripts"
+PRIVATE = "192.168.7.20"  # graded at base severity (a network address); never contacted
+PUBLIC = "8.8.8.8"  # only a string here: assess does no I/O
+BRIEF_REMEDY_IDS = {
+    "firewall-block", "firewall-allowlist", "ssh-tunnel", "vpn-only", "bind-localhost",
+    "set-password", "enable-encryption", "disable-unused", "update-product",
+    "disable-ipv6-listener",
+}
+
+
+# -- building results -------------------------------------------------------------------------
+
+
+def replay(name: str, host: str = PRIVATE, port: int = 5901, **extra: Any) -> ServiceResult:
+    """The probe's result for a recorded real-server transcript, as seen on `host`."""
+    doc = json.loads((TRANSCRIPTS / f"{name}.json").read_text())
+    chunks = [bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c"]
+    cv = doc["client_version"]
+    session = new_session(ProbeOptions(client_version=(int(cv[:3]), int(cv[4:])) if cv else None))
+    try:
+        drive_events(chunks, session=session)
+    except RemoteProtocolError:
+        pass  # the recording stopped where the probe would have gone on (e.g. into TLS)
+    result = session.result(0.0)
+    return replace(result, host=host, port=port, extra={**result.extra, **extra})
+
+
+def facts(*types: int, vencrypt: tuple[int, ...] | None = None,
+          tight: tuple[int, ...] | None = None, inner: tuple[int, ...] | None = None,
+          **kw: Any) -> RfbFacts:
+    return RfbFacts(
+        banner="RFB 003.008\n", server_version="3.8", client_version="3.8",
+        security_types=tuple(NamedType(t, security_type_name(t)) for t in types),
+        vencrypt=(VeNCryptInfo("0.2", tuple(NamedType(s, vencrypt_subtype_name(s))
+                                             for s in vencrypt))
+                  if vencrypt is not None else None),
+        tight=(TightInfo((), tuple(Capability(c, "STDV", "X") for c in tight))
+               if tight is not None else None),
+        tls_inner_types=(tuple(NamedType(t, security_type_name(t)) for t in inner)
+                         if inner is not None else None),
+        **kw,
+    )
+
+
+def service(f: RfbFacts | None, host: str = PRIVATE, port: int = 5900,
+            state: State = State.VNC, **extra: Any) -> ServiceResult:
+    return ServiceResult(host=host, port=port, state=state, rfb=f, extra=dict(extra))
+
+
+def grade(result: ServiceResult, exposure: A.Exposure | None = None,
+          product: Product | None = None) -> tuple[Finding, ...]:
+    return A.evaluate(result, product or Product("unknown"), exposure)
+
+
+def ids(findings: tuple[Finding, ...]) -> set[str]:
+    return {f.id for f in findings}
+
+
+def one(findings: tuple[Finding, ...], fid: str) -> Finding:
+    found = [f for f in findings if f.id == fid]
+    assert len(found) == 1, (fid, [f.id for f in findings])
+    return found[0]
+
+
+def text(f: Finding) -> str:
+    return "\n".join(f.evidence)
+
+
+AUTH_IDS = {"no-auth", "tls-no-auth", "vncauth-plaintext", "plaintext-password", "weak-auth",
+            "unencrypted-session", "anonymous-tls", "vncauth-in-tls", "downgrade",
+            "auth-unknown"}
+
+
+# -- no authentication ------------------------------------------------------------------------
+
+
+def test_no_auth_confirmed_by_security_result_on_real_tigervnc() -> None:
+    f = one(grade(replay("tigervnc-none-38")), "no-auth")
+    assert f.severity is Severity.CRITICAL
+    ev = text(f)
+    assert 'type 1 "None"' in ev
+    assert "confirmed by SecurityResult ok" in ev
+    assert 'desktop name "tiger-none"' in ev and "640x480" in ev
+    assert f.why and "set-password" in f.remediation
+
+
+def test_no_auth_rfb33_confirmed_by_server_init_without_security_result() -> None:
+    f = one(grade(replay("x11vnc-none-33")), "no-auth")
+    assert f.severity is Severity.CRITICAL
+    assert "chosen by the server" in text(f)
+    assert "ServerInit received without any credential" in text(f)
+    assert "confirmed by SecurityResult ok" not in text(f)  # 3.3 sends none
+
+
+def test_no_auth_offered_but_not_read_is_not_called_confirmed() -> None:
+    f = one(grade(service(facts(1, 2))), "no-auth")
+    assert f.severity is Severity.CRITICAL
+    assert "confirmed" not in text(f)
+
+
+def test_no_auth_refused_security_result_is_reported_as_such() -> None:
+    r = service(facts(1, selected_type=1, security_result="failed", failure_reason="busy"))
+    ev = text(one(grade(r), "no-auth"))
+    assert 'SecurityResult "failed": "busy"' in ev and "confirmed" not in ev
+
+
+def test_tight_noauth_and_zero_capabilities_are_no_auth() -> None:
+    assert "no-auth" in ids(grade(service(facts(16, tight=(1,)))))
+    zero = one(grade(service(facts(16, tight=()))), "no-auth")
+    assert "zero authentication capabilities" in text(zero)
+
+
+def test_no_auth_absent_where_a_password_is_required() -> None:
+    for name in ("tigervnc-vncauth-38", "x11vnc-password-38", "xtightvnc-38",
+                 "tigervnc-default-38"):
+        assert not ids(grade(replay(name))) & {"no-auth", "tls-no-auth"}, name
+
+
+def test_no_auth_text_follows_the_desktop_kind() -> None:
+    live = replay("x11vnc-none-38", active={"desktop_kind": {
+        "kind": "desktop", "confidence": 0.9, "evidence": ["3 windows with title bars"]},
+        "screenshot": {"status": "ok", "width": 640, "height": 480, "path": "/tmp/x.png"}})
+    f = one(grade(live), "no-auth")
+    assert "full control of a logged-in desktop" in f.title
+    assert 'screen classified as "desktop"' in text(f) and "3 windows" in text(f)
+    assert "screenshot taken without a password: 640x480, saved to /tmp/x.png" in text(f)
+    login = replay("x11vnc-none-38", active={"desktop_kind": {"kind": "login-screen",
+                                                              "confidence": 0.8}})
+    f = one(grade(login), "no-auth")
+    assert "login screen" in f.title and "password guessing" in f.why
+    plain = one(grade(replay("x11vnc-none-38")), "no-auth")
+    assert "logged-in" not in plain.title and "login screen" not in plain.title
+
+
+# -- encrypted without authentication ---------------------------------------------------------
+
+
+def test_vencrypt_tlsnone_on_real_tigervnc_is_critical() -> None:
+    f = one(grade(replay("tigervnc-vencrypt-38")), "tls-no-auth")
+    assert f.severity is Severity.CRITICAL
+    assert 'VeNCrypt sub-type 257 "TLSNone"' in text(f)
+
+
+def test_tls_no_auth_confirmed_when_the_probe_completed_it() -> None:
+    r = service(facts(19, vencrypt=(257, 258), selected_type=257, security_result="ok",
+                      desktop_name="d", framebuffer=Framebuffer(800, 600, 24)),
+                tls={"version": "TLSv1.2", "cipher": "ADH-AES256-GCM-SHA384"})
+    ev = text(one(grade(r), "tls-no-auth"))
+    assert "confirmed by SecurityResult ok" in ev and "TLSv1.2" in ev and "800x600" in ev
+
+
+def test_x509none_and_anonymous_tls_inner_none_are_tls_no_auth() -> None:
+    assert "tls-no-auth" in ids(grade(service(facts(19, vencrypt=(260,)))))
+    found = grade(service(facts(18, inner=(1,))))
+    assert "tls-no-auth" in ids(found) and "no-auth" not in ids(found)
+
+
+def test_tls_no_auth_absent_for_tls_with_a_password() -> None:
+    assert "tls-no-auth" not in ids(grade(service(facts(19, vencrypt=(258, 261)))))
+
+
+# -- weak and plaintext authentication ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tigervnc-vncauth-38", "tigervnc-vncauth-33",
+                                  "x11vnc-password-38", "xtightvnc-38", "xtightvnc-33"])
+def test_vncauth_without_encryption_is_high(name: str) -> None:
+    f = one(grade(replay(name)), "vncauth-plaintext")
+    assert f.severity is Severity.HIGH
+    assert "VNC Authentication" in text(f)
+    assert "DES" in f.why and "8 characters" in f.why and "offline" in f.why
+
+
+def test_vncauth_through_tight_and_vencrypt_subtype_2() -> None:
+    assert "Tight\" auth capability 2" in text(one(grade(replay("xtightvnc-38")),
+                                                   "vncauth-plaintext"))
+    f = one(grade(service(facts(19, vencrypt=(2,)))), "vncauth-plaintext")
+    assert 'VeNCrypt sub-type 2 "VNC Authentication"' in text(f)
+
+
+def test_vncauth_inside_tls_only_is_not_plaintext() -> None:
+    found = grade(service(facts(19, vencrypt=(258,))))
+    assert "vncauth-plaintext" not in ids(found)
+    assert one(found, "vncauth-in-tls").severity is Severity.LOW
+    assert one(found, "anonymous-tls").severity is Severity.MEDIUM
+    x509 = grade(service(facts(19, vencrypt=(261,))))
+    assert ids(x509) == {"vncauth-in-tls"}  # X.509: authenticated server, nothing else to say
+
+
+def test_plaintext_password_only_for_vencrypt_plain() -> None:
+    f = one(grade(service(facts(19, vencrypt=(256,)))), "plaintext-password")
+    assert f.severity is Severity.HIGH and "Plain" in text(f)
+    assert "plaintext-password" not in ids(grade(service(facts(19, vencrypt=(262,)))))
+    assert "plaintext-password" not in ids(grade(service(facts(19, vencrypt=(259,)))))
+
+
+@pytest.mark.parametrize("number", [30, 113])
+def test_weak_schemes(number: int) -> None:
+    assert one(grade(service(facts(number))), "weak-auth").severity is Severity.HIGH
+
+
+def test_ra2ne_is_unencrypted_session_and_ra2_is_clean() -> None:
+    assert one(grade(service(facts(6))), "unencrypted-session").severity is Severity.MEDIUM
+    assert grade(service(facts(5, 13))) == ()  # RSA-AES only: nothing to report
+    assert not ids(grade(service(facts(30)))) & {"unencrypted-session", "no-auth"}
+
+
+# -- downgrade ----------------------------------------------------------------------------------
+
+
+def test_downgrade_on_real_tigervnc_default() -> None:
+    found = grade(replay("tigervnc-default-38"))
+    f = one(found, "downgrade")
+    assert f.severity is Severity.MEDIUM
+    assert "TLSVnc" in f.evidence[0] and "VNC Authentication" in f.evidence[1]
+    assert "vncauth-plaintext" in ids(found)  # the weak path is graded on its own too
+
+
+def test_downgrade_from_ra2_and_none_but_not_without_an_encrypted_path() -> None:
+    assert "downgrade" in ids(grade(service(facts(5, 2))))
+    assert "downgrade" in ids(grade(service(facts(13, 1))))
+    assert "downgrade" not in ids(grade(service(facts(19, vencrypt=(258, 261)))))
+    assert "downgrade" not in ids(grade(replay("tigervnc-vncauth-38")))
+    # TLSNone is encrypted but has no credential to protect: not a downgrade target
+    assert "downgrade" not in ids(grade(service(facts(19, vencrypt=(257, 2)))))
+
+
+# -- unread sub-negotiations ---------------------------------------------------------------------
+
+
+def test_auth_unknown_when_a_sub_list_was_not_read() -> None:
+    f = one(grade(service(facts(19, 2, notes=("anonymous TLS failed",)))), "auth-unknown")
+    assert f.severity is Severity.INFO
+    assert "sub-type list not read" in text(f) and "anonymous TLS failed" in text(f)
+    assert "auth-unknown" in ids(grade(service(facts(17))))
+    # anonymous TLS (18) whose inner list was not read: both facts are reported
+    assert {"auth-unknown", "anonymous-tls"} <= ids(grade(service(facts(18))))
+
+
+def test_auth_unknown_absent_when_no_auth_is_already_known_or_all_was_read() -> None:
+    assert "auth-unknown" not in ids(grade(replay("xtightvnc-none-38")))
+    assert "auth-unknown" not in ids(grade(replay("tigervnc-default-38")))
+
+
+# -- exposure ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1", A.Exposure.LOOPBACK), ("127.9.9.9", A.Exposure.LOOPBACK),
+    ("::1", A.Exposure.LOOPBACK), ("[::1]", A.Exposure.LOOPBACK),
+    ("::ffff:127.0.0.1", A.Exposure.LOOPBACK),
+    ("0.0.0.0", A.Exposure.ALL_INTERFACES), ("::", A.Exposure.ALL_INTERFACES),
+    ("10.1.2.3", A.Exposure.PRIVATE), ("172.16.0.5", A.Exposure.PRIVATE),
+    ("192.168.1.1", A.Exposure.PRIVATE), ("fd00::5", A.Exposure.PRIVATE),
+    ("fe80::1%eth0", A.Exposure.PRIVATE), ("198.18.0.7", A.Exposure.PRIVATE),
+    ("8.8.8.8", A.Exposure.PUBLIC), ("2001:4860:4860::8888", A.Exposure.PUBLIC),
+    ("::ffff:8.8.8.8", A.Exposure.PUBLIC),
+    ("vnc.example.com", A.Exposure.UNKNOWN), ("", A.Exposure.UNKNOWN),
+])
+def test_exposure_of(host: str, expected: A.Exposure) -> None:
+    assert A.exposure_of(host) is expected
+
+
+def test_loopback_lowers_no_auth_one_step_and_says_why() -> None:
+    f = one(grade(replay("tigervnc-none-38", host="127.0.0.1")), "no-auth")
+    assert f.severity is Severity.HIGH
+    assert "reachable only from this host" in text(f)
+    assert "lowered from critical to high" in text(f)
+
+
+def test_public_raises_auth_findings_and_adds_exposed_public() -> None:
+    found = grade(replay("tigervnc-vncauth-38", host=PUBLIC))
+    f = one(found, "vncauth-plaintext")
+    assert f.severity is Severity.CRITICAL and "raised from high to critical" in text(f)
+    exposed = one(found, "exposed-public")
+    assert exposed.severity is Severity.MEDIUM and PUBLIC in text(exposed)
+    assert "firewall-allowlist" in exposed.remediation
+    critical = one(grade(replay("tigervnc-none-38", host=PUBLIC)), "no-auth")
+    assert critical.severity is Severity.CRITICAL  # already the top; stays there
+
+
+def test_all_interfaces_counts_as_exposed_and_explicit_exposure_wins() -> None:
+    r = replay("x11vnc-none-38", host="127.0.0.1")
+    f = one(grade(r, A.Exposure.ALL_INTERFACES), "no-auth")
+    assert f.severity is Severity.CRITICAL and "bound to all interfaces" in text(f)
+    assert one(grade(r, A.Exposure.PRIVATE), "no-auth").severity is Severity.CRITICAL
+    assert one(grade(r), "no-auth").severity is Severity.HIGH
+    public = grade(replay("tigervnc-vncauth-38", host="127.0.0.1"), A.Exposure.PUBLIC)
+    assert one(public, "vncauth-plaintext").severity is Severity.CRITICAL
+    assert "exposed-public" in ids(public)
+
+
+def test_exposure_does_not_move_findings_that_are_not_about_reach() -> None:
+    for host in ("127.0.0.1", PRIVATE, PUBLIC):
+        found = grade(replay("tigervnc-default-38", host=host))
+        assert one(found, "downgrade").severity is Severity.MEDIUM
+        assert one(found, "anonymous-tls").severity is Severity.MEDIUM
+
+
+def test_exposed_public_absent_on_private_and_for_non_vnc() -> None:
+    assert "exposed-public" not in ids(grade(replay("tigervnc-none-38")))
+    assert grade(service(None, host=PUBLIC, state=State.CLOSED)) == ()
+    assert "exposed-public" in ids(grade(replay("tigervnc-blacklisted", host=PUBLIC)))
+
+
+# -- blacklisting, port, odd servers -------------------------------------------------------------
+
+
+def test_blacklisting_on_real_tigervnc_lockout() -> None:
+    found = grade(replay("tigervnc-blacklisted"))
+    f = one(found, "blacklisting-active")
+    assert f.severity is Severity.INFO
+    assert '"Too many security failures"' in text(f)
+    assert not ids(found) & AUTH_IDS  # no list was read: nothing to grade
+
+
+def test_blacklisting_from_a_failure_reason_and_not_from_other_reasons() -> None:
+    locked = service(facts(failure_reason="Too many authentication failures"))
+    assert "blacklisting-active" in ids(grade(locked))
+    other = service(facts(failure_reason="Your licence has expired"))
+    assert "blacklisting-active" not in ids(grade(other))
+
+
+def test_nonstandard_port() -> None:
+    f = one(grade(replay("tigervnc-vncauth-38", port=15952)), "nonstandard-port")
+    assert f.severity is Severity.INFO and "port 15952" in text(f)
+    for port in (5800, 5810, 5900, 5901, 5999):
+        assert "nonstandard-port" not in ids(grade(replay("tigervnc-vncauth-38", port=port)))
+    assert grade(service(None, port=15952, state=State.OPEN_NOT_VNC)) == ()
+
+
+@pytest.mark.parametrize("state", [State.CLOSED, State.FILTERED, State.TARPIT,
+                                   State.OPEN_NOT_VNC])
+def test_non_vnc_states_get_no_findings(state: State) -> None:
+    assert grade(service(None, port=12345, state=state)) == ()
+
+
+def test_malformed_gets_only_an_info_finding_even_after_a_list() -> None:
+    r = replace(service(facts(1, 2), state=State.MALFORMED),
+                error="incomplete message at the deadline")
+    found = grade(r)
+    assert ids(found) == {"malformed-handshake"}
+    f = found[0]
+    assert f.severity is Severity.INFO and "incomplete message" in text(f)
+    assert "RFB 003.008" in text(f)
+
+
+def test_suspected_honeypot_is_info_and_needs_reasons() -> None:
+    reasons = ["every security type from 1 to 30 offered"]
+    r = service(facts(*range(1, 31)), suspected_honeypot={"reasons": reasons})
+    f = one(grade(r), "suspected-honeypot")
+    assert f.severity is Severity.INFO and reasons[0] in text(f)
+    assert "suspected-honeypot" not in ids(grade(replay("tigervnc-none-38")))
+
+
+# -- active checks (extra["active"], shapes from vncaudit.active) -------------------------------
+
+
+def test_weak_password_found() -> None:
+    audit = {"status": "found", "found": True, "password": "********", "source": "builtin",
+             "attempts": 2, "budget": 3, "security_path": ["VNC Authentication"],
+             "server_init": {"desktop_name": "tiger-vncauth"}}
+    f = one(grade(replay("tigervnc-vncauth-38", active={"password_audit": audit})),
+            "weak-password-found")
+    assert f.severity is Severity.CRITICAL
+    assert "attempt 2 of at most 3" in text(f) and '"********"' in text(f)
+    assert 'desktop name "tiger-vncauth"' in text(f)
+    for status in ("not-found", "skipped", "stopped"):
+        miss = {**audit, "status": status, "found": False}
+        r = replay("tigervnc-vncauth-38", active={"password_audit": miss})
+        assert "weak-password-found" not in ids(grade(r))
+
+
+def test_auth_bypass_from_the_unoffered_none_check() -> None:
+    check = {"status": "vulnerable", "cves": ["CVE-2006-2369", "CVE-2006-2450"],
+             "offered_types": [2], "evidence": "offered [2], selected 1 (None): ServerInit"}
+    f = one(grade(replay("tigervnc-vncauth-38", active={"unoffered_none": check})),
+            "auth-bypass")
+    assert f.severity is Severity.CRITICAL
+    assert "selected 1 (None)" in text(f) and "CVE-2006-2369" in text(f)
+    safe = {**check, "status": "not-vulnerable"}
+    assert "auth-bypass" not in ids(grade(replay("tigervnc-vncauth-38",
+                                                 active={"unoffered_none": safe})))
+
+
+# -- known CVEs (the product is given; identification is vncaudit.fingerprint's job) -----------
+
+
+REALVNC_411 = Product("RealVNC", "4.1.1", 0.9, ("banner RFB 003.008",))
+
+
+def test_known_cve_when_product_and_version_match() -> None:
+    f = one(grade(replay("tigervnc-vncauth-38"), product=REALVNC_411), "known-cve:CVE-2006-2369")
+    assert f.severity is Severity.CRITICAL
+    assert "RealVNC (4.1.1)" in text(f) and "4.1.0 - 4.1.1" in text(f)
+    assert "update-product" in f.remediation and "https://" in f.why
+
+
+def test_no_cve_for_a_fixed_version_or_another_product() -> None:
+    fixed = Product("RealVNC", "4.1.2", 0.9)
+    assert not any(i.endswith("CVE-2006-2369") for i in ids(
+        grade(replay("tigervnc-vncauth-38"), product=fixed)))
+    assert not any("cve" in i for i in ids(grade(replay("tigervnc-vncauth-38"))))
+    assert not any("cve" in i for i in ids(grade(service(None, state=State.CLOSED),
+                                                 product=REALVNC_411)))
+
+
+def test_family_only_is_possible_not_known() -> None:
+    family = Product("RealVNC", None, 0.7)
+    f = one(grade(replay("tigervnc-vncauth-38"), product=family), "possible-cve:CVE-2006-2369")
+    assert f.severity is Severity.INFO
+    assert "NOT established" in text(f) and f.title.startswith("Possibly affected")
+    unsure = Product("RealVNC", "4.1.1", 0.3)
+    f = one(grade(replay("tigervnc-vncauth-38"), product=unsure), "possible-cve:CVE-2006-2369")
+    assert "below" in text(f)
+    embedded = Product("x11vnc", "0.9.16", 0.9)
+    f = one(grade(replay("x11vnc-password-38"), product=embedded), "possible-cve:CVE-2006-2450")
+    assert "embeds the affected component" in text(f)
+
+
+def test_active_check_confirms_or_rules_out_the_bypass_cves() -> None:
+    family = Product("RealVNC", None, 0.7)
+    ruled_out = replay("tigervnc-vncauth-38", active={"unoffered_none": {
+        "status": "not-vulnerable", "evidence": "closed"}})
+    assert not any("CVE-2006-2369" in i for i in ids(grade(ruled_out, product=family)))
+    proven = replay("tigervnc-vncauth-38", active={"unoffered_none": {
+        "status": "vulnerable", "evidence": "ServerInit received"}})
+    f = one(grade(proven, product=family), "known-cve:CVE-2006-2369")
+    assert f.severity is Severity.CRITICAL and "confirmed by the active" in text(f)
+
+
+# -- version ranges ----------------------------------------------------------------------------
+
+
+def test_parse_version() -> None:
+    assert A.parse_version("4.1.1") == (4, 1, 1)
+    assert A.parse_version("v1.12") == (1, 12)
+    assert A.parse_version("5.x") == (5,)
+    assert A.parse_version("E4.4.2") == (4, 4, 2)
+    for bad in ("", "abc", "1..2", "4.1-beta"):
+        with pytest.raises(ValueError):
+            A.parse_version(bad)
+
+
+@pytest.mark.parametrize(("spec", "inside", "outside"), [
+    ("4.1.0 - 4.1.1", ["4.1.0", "4.1.1", "4.1.1.9"], ["4.0.9", "4.1.2", "5"]),
+    ("<= 1.7", ["0.0.90", "1.7", "1.7.1"], ["1.8", "1.10.1"]),
+    ("< 0.9.13", ["0.9.12", "0.9.0", "0.7.1"], ["0.9.13", "0.9.14", "1.0"]),
+    (">= 2.0, < 2.8.84", ["2.0", "2.8.83", "2.8.8"], ["1.3.10", "2.8.84", "2.9"]),
+    ("> 1.3", ["1.4", "2"], ["1.3", "1.3.10"]),
+    ("== 0.7.1", ["0.7.1", "0.7.1.2"], ["0.7.0", "0.7.2", "0.6"]),
+    ("0.7.1", ["0.7.1"], ["0.7.0"]),
+    ("*", ["0.1", "99"], []),
+])
+def test_parse_range(spec: str, inside: list[str], outside: list[str]) -> None:
+    r = A.parse_range(spec)
+    for v in inside:
+        assert r.contains(A.parse_range(v)), (spec, v)
+    for v in outside:
+        assert not r.overlaps(A.parse_range(v)), (spec, v)
+
+
+def test_parse_range_rejects_garbage() -> None:
+    for bad in ("latest", ">= x", "1.2 -", "~1.2"):
+        with pytest.raises(ValueError):
+            A.parse_range(bad)
+
+
+def test_match_versions() -> None:
+    affected = ["4.1.0 - 4.1.1"]
+    assert A.match_versions("4.1.1", affected) == "affected"
+    assert A.match_versions("4.1.2", affected) is None
+    assert A.match_versions("4.1", affected) == "possible"  # 4.1.x: some are, some are not
+    assert A.match_versions(None, affected) == "possible"
+    assert A.match_versions("build 1234", affected) == "possible"  # unreadable: anything
+    assert A.match_versions("4.0-4.6", affected) == "possible"  # a range from the banner
+    assert A.match_versions("5.3+", affected) is None
+    assert A.match_versions("5.0 - 5.3", ["< 6"]) == "affected"
+    assert A.match_versions(None, ["*"]) == "affected"  # every version is affected
+    assert A.match_versions("1.0", []) is None  # range unknown: say nothing
+    assert A.match_versions("0.9.12", ["< 0.9.13", ">= 1.0, < 1.1"]) == "affected"
+
+
+def test_severity_shift_is_clamped() -> None:
+    assert A.shift(Severity.CRITICAL, 1) is Severity.CRITICAL
+    assert A.shift(Severity.INFO, -1) is Severity.INFO
+    assert A.shift(Severity.HIGH, 1) is Severity.CRITICAL
+    assert A.shift(Severity.CRITICAL, -1) is Severity.HIGH
+
+
+# -- the whole: assess() ------------------------------------------------------------------------
+
+
+def test_assess_fills_product_and_sorted_findings_and_keeps_the_rest() -> None:
+    r = replay("tigervnc-default-38", port=15953)
+    out = A.assess(r)
+    assert out.product is not None and out.product.name
+    ranks = [f.severity.rank for f in out.findings]
+    assert ranks == sorted(ranks, reverse=True)
+    assert replace(out, product=None, findings=()) == r
+    assert ServiceResult.from_dict(json.loads(json.dumps(out.to_dict()))) == out
+
+
+def test_every_finding_carries_evidence_why_and_known_remediation_ids() -> None:
+    try:
+        from vncaudit.remedies import REMEDY_IDS
+        known = set(REMEDY_IDS)
+    except ImportError:
+        known = BRIEF_REMEDY_IDS
+    for spec in A.knowledge().specs.values():
+        assert set(spec.remediation) <= known, spec.id
+    active = {"password_audit": {"status": "found", "found": True},
+              "unoffered_none": {"status": "vulnerable", "evidence": "x"}}
+    for path in sorted(TRANSCRIPTS.glob("*.json")):
+        for host in ("127.0.0.1", PRIVATE, PUBLIC):
+            r = replay(path.stem, host=host, port=15900, active=active)
+            for f in A.evaluate(r, REALVNC_411):
+                assert f.evidence and all(f.evidence), (path.stem, f.id)
+                assert f.why and f.title, (path.stem, f.id)
+                assert set(f.remediation) <= known, (path.stem, f.id)
+
+
+def test_a_failing_rule_costs_only_its_own_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ctx: A.Context) -> list[Finding]:
+        raise RuntimeError("bug")
+
+    rules = tuple((n, broken if n == "downgrade" else r) for n, r in A.RULES)
+    monkeypatch.setattr(A, "RULES", rules)
+    found = grade(replay("tigervnc-default-38"))
+    assert "downgrade" not in ids(found) and "vncauth-plaintext" in ids(found)
