@@ -1,0 +1,118 @@
+"""The web service's FastAPI application: `create_app(settings)`.
+
+Owns: wiring — the lifespan that opens this instance's store and starts its scan workers, the
+routers, static files and templates, the security-header middleware and the error handlers.
+Must not: contain route logic, policy or scanning (see `routes/`, `policy`, `jobs`).
+
+No external resources: the interactive docs pages (which load scripts from a CDN) are
+disabled; the OpenAPI document is served at /openapi.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vncaudit import __version__
+from vncaudit.exceptions import VncAuditError
+from vncaudit.web.deps import AppContext, open_store
+from vncaudit.web.jobs import JobManager
+from vncaudit.web.metrics import Metrics
+from vncaudit.web.routes import api, health, pages
+from vncaudit.web.security import CSP, SECURITY_HEADERS, Csrf, RateLimiter
+from vncaudit.web.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+
+
+class SecurityHeaders:
+    """Adds the security headers (and no-store caching) to every HTTP response; a route that
+    set its own Content-Security-Policy keeps it. Also counts responses by status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.fixed = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.fixed if k not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", CSP.encode()))
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control",
+                                    b"public, max-age=300" if static else b"no-store"))
+                message["headers"] = headers
+                self.metrics.requests.labels(str(message.get("status", 0))).inc()
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"),
+                      autoescape=select_autoescape(["html", "xml"]), trim_blocks=True,
+                      lstrip_blocks=True)
+    return env
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app with its own store (settings.db_path), workers, limiter and metrics."""
+    cfg = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(cfg)
+        jobs = JobManager(cfg, store, metrics)
+        app.state.ctx = AppContext(
+            settings=cfg, store=store, policy=cfg.policy(), jobs=jobs, metrics=metrics,
+            limiter=RateLimiter(cfg.rate_per_minute, cfg.rate_burst),
+            csrf=Csrf(cfg.secret_key), templates=templates())
+        await jobs.start()
+        log.info("web: serving with store %s, %d workers", store.path or ":memory:",
+                 cfg.workers)
+        try:
+            yield
+        finally:
+            await jobs.stop()
+            store.close()
+
+    app = FastAPI(
+        title="vncaudit",
+        version=__version__,
+        description="Check whether VNC is reachable on your address and how bad it is. "
+        "Targets are checked by a server-side policy before any packet is sent.",
+        docs_url=None, redoc_url=None, lifespan=lifespan,
+    )
+    app.include_router(api.router)
+    app.include_router(health.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.exception_handler(VncAuditError)
+    async def library_error(request: Request, exc: VncAuditError) -> JSONResponse:
+        # A store or engine failure is ours, but it is reported as one line, not a traceback.
+        log.error("web: %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc), "code": "internal"}, status_code=503)
+
+    app.add_middleware(SecurityHeaders, metrics=metrics)
+    return app

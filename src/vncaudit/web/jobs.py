@@ -1,0 +1,197 @@
+"""In-process scan workers of the web service, on top of `vncaudit.engine` and the store.
+
+Owns: the bounded queue of accepted scans, a fixed number of worker tasks that run them on the
+app's event loop, live progress per scan, grading each result with the exposure the operator
+configured, and writing every result to the app's `Store` as it arrives.
+
+Must not: decide whether a target may be scanned — a `Job` is only ever built from a policy
+`Decision`, and the engine is handed exactly the decision's literal addresses (never a host
+name to resolve again); talk HTTP; or import FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vncaudit import __version__
+from vncaudit.engine import ScanOptions, iter_results
+from vncaudit.exceptions import VncAuditError
+from vncaudit.models import ServiceResult, State, Target
+from vncaudit.probe import ProbeOptions
+from vncaudit.store import Store
+from vncaudit.web.metrics import Metrics
+from vncaudit.web.policy import Decision
+from vncaudit.web.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HIDDEN = frozenset({State.CLOSED, State.FILTERED})
+KEEP_FINISHED = 2000  # finished jobs kept in memory for fast polling; the store has them all
+
+
+class QueueFullError(VncAuditError):
+    """Too many scans are waiting; the client should retry later."""
+
+
+@dataclass
+class Job:
+    scan_id: str
+    decision: Decision
+    client: str
+    total: int
+    status: str = "queued"  # queued → running → finished | failed | interrupted
+    done: int = 0
+    error: str | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Grader = Callable[[ServiceResult], ServiceResult]
+
+
+def make_grader(exposure: str | None) -> Grader:
+    """`vncaudit.assess.assess` with the configured exposure (or its own default), or the
+    identity while the assessment module is not installed."""
+    try:
+        module: Any = importlib.import_module("vncaudit.assess")
+    except ImportError:
+        log.warning("vncaudit.assess is not available: results are not graded")
+        return lambda r: r
+    if exposure is None:
+        grade: Grader = module.assess
+        return grade
+    chosen = module.Exposure(exposure)
+
+    def with_exposure(result: ServiceResult) -> ServiceResult:
+        graded: ServiceResult = module.assess(result, exposure=chosen)
+        return graded
+
+    return with_exposure
+
+
+class JobManager:
+    """Accepts decisions, runs them with `settings.workers` workers, tracks progress."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._queue: asyncio.Queue[Job] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grade = make_grader(settings.assume_exposure)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
+        self._tasks = [asyncio.create_task(self._worker(), name=f"scan-worker-{i}")
+                       for i in range(self.settings.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for job in self._jobs.values():
+            if job.status in ("queued", "running"):
+                job.status = "interrupted"
+                self.store.finish_scan(job.scan_id, "interrupted")
+                job.ended.set()
+        self.store.flush()
+
+    def submit(self, decision: Decision, client: str) -> Job:
+        """Record the scan in the store and queue it; `QueueFullError` when the queue is full."""
+        if self._queue is None:
+            raise VncAuditError("the scan workers are not running")
+        if self._queue.full():
+            raise QueueFullError("too many scans are waiting; try again in a minute")
+        options = {
+            "source": "web",
+            "client": client,
+            "target": decision.target,
+            "hostname": decision.hostname,
+            "addresses": list(decision.addresses),
+            "ports": decision.ports_spec,
+            "timeout": self.settings.probe_timeout,
+            "exposure": self.settings.assume_exposure,
+        }
+        scan_id = self.store.create_scan([decision.target], decision.ports_spec, options,
+                                         tool=f"vncaudit {__version__}")
+        job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports))
+        self._jobs[scan_id] = job
+        self._queue.put_nowait(job)
+        self.metrics.submitted.inc()
+        self.metrics.queued.inc()
+        self._trim()
+        return job
+
+    def get(self, scan_id: str) -> Job | None:
+        return self._jobs.get(scan_id)
+
+    def load(self) -> tuple[int, int]:
+        """(queued, running) scans right now."""
+        queued = self._queue.qsize() if self._queue is not None else 0
+        running = sum(1 for j in self._jobs.values() if j.status == "running")
+        return queued, running
+
+    def _trim(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.ended.is_set()]
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._jobs[key]
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = await self._queue.get()
+            self.metrics.queued.dec()
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one broken scan must not stop the worker
+                log.exception("scan %s failed", job.scan_id)
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(Exception):
+                    self.store.finish_scan(job.scan_id, "interrupted")
+                self.metrics.finished.labels("failed").inc()
+            finally:
+                job.ended.set()
+                self._queue.task_done()
+
+    def _targets(self, job: Job) -> Iterator[Target]:
+        for address in job.decision.addresses:
+            for port in job.decision.ports:
+                yield Target(address, port, job.decision.hostname)
+
+    async def _run(self, job: Job) -> None:
+        job.status = "running"
+        self.metrics.running.inc()
+        started = time.monotonic()
+        try:
+            options = ScanOptions(
+                concurrency=max(1, min(self.settings.scan_concurrency, job.total)),
+                probe=ProbeOptions(timeout=self.settings.probe_timeout),
+            )
+            async for result in iter_results(self._targets(job), options):
+                graded = self._grade(result)
+                if graded.state in HIDDEN:
+                    self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
+                else:
+                    self.store.add_result(job.scan_id, graded)
+                job.done += 1
+                self.metrics.probes.labels(graded.state.value).inc()
+            self.store.finish_scan(job.scan_id)
+            job.status = "finished"
+            self.metrics.finished.labels("finished").inc()
+        finally:
+            self.metrics.running.dec()
+            self.metrics.scan_seconds.observe(time.monotonic() - started)

@@ -1,0 +1,204 @@
+"""The JSON scans API: submit a scan, poll it, fetch its report.
+
+Owns: `POST /api/scans`, `GET /api/scans`, `GET /api/scans/{id}`,
+`GET /api/scans/{id}/report.{json,html,xml}` and their public models. Every submission goes
+rate limit → target policy → job queue, in that order, so nothing reaches the engine that the
+policy did not turn into literal addresses. Must not: probe, resolve names itself, or render
+HTML pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from vncaudit import report
+from vncaudit.web.deps import (
+    AppContext,
+    ClientDep,
+    CtxDep,
+    TokenDep,
+    can_view,
+    viewable_scan,
+)
+from vncaudit.web.jobs import QueueFullError
+from vncaudit.web.policy import Decision, PolicyError, parse_address
+from vncaudit.web.security import REPORT_CSP
+from vncaudit.web.views import scan_public, scan_status
+
+router = APIRouter(prefix="/api", tags=["scans"])
+
+ScanId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9-]+$",
+                             description="Scan id as returned by POST /api/scans")]
+
+
+class ScanCreate(BaseModel):
+    """What to check. The server decides whether you may (see the README's safety rules)."""
+
+    target: str = Field(min_length=1, max_length=255, examples=["203.0.113.7"],
+                        description="An IP address (any spelling) or a host name")
+    ports: str = Field(default="5900", min_length=1, max_length=200,
+                       examples=["5900", "5900-5910", "all"],
+                       description="Ports: 5900, 5900-5910, :0-:9, all")
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class VerdictPublic(BaseModel):
+    state: Literal["open", "closed", "filtered", "pending"]
+    severity: str | None
+    text: str
+
+
+class ScanPublic(BaseModel):
+    id: str
+    status: Literal["queued", "running", "finished", "failed", "interrupted"]
+    target: str
+    hostname: str | None
+    addresses: list[str]
+    ports: str
+    started: str
+    finished: str | None
+    progress: Progress
+    verdict: VerdictPublic
+    error: str | None
+    services: list[dict[str, Any]] = Field(
+        description="Result schema v1 services (README), each with `fix`: the fix guide")
+    reports: dict[str, str]
+
+
+class ScanSummary(BaseModel):
+    id: str
+    status: str
+    target: str
+    ports: str
+    started: str
+    finished: str | None
+    counts: dict[str, int]
+
+
+class ErrorPublic(BaseModel):
+    detail: str
+    code: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorPublic, "description": "Not an address, host name or port list"},
+    401: {"model": ErrorPublic, "description": "API token missing or wrong"},
+    403: {"model": ErrorPublic, "description": "Refused by the target policy"},
+    429: {"model": ErrorPublic, "description": "Too many submissions from your address"},
+    503: {"model": ErrorPublic, "description": "Too many scans waiting"},
+}
+
+
+def error(status: int, detail: str, code: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+async def decide(ctx: AppContext, target: str, ports: str, client: str) -> Decision:
+    """The policy decision; a host name is resolved in a thread (getaddrinfo blocks)."""
+    try:
+        literal = parse_address(target) is not None
+    except PolicyError:
+        literal = True  # decide() raises the same error without resolving
+    if literal:
+        return ctx.policy.decide(target, ports, client)
+    return await asyncio.to_thread(ctx.policy.decide, target, ports, client)
+
+
+async def submit(ctx: AppContext, target: str, ports: str, client: str) -> str:
+    """Rate limit, policy, queue; returns the scan id or raises `SubmitRefused`."""
+    wait = ctx.limiter.take(client)
+    if wait > 0:
+        ctx.metrics.refused.labels("rate-limit").inc()
+        raise SubmitRefused(429, "too many scans from your address; try again in "
+                            f"{math.ceil(wait)} s", "rate-limit",
+                            {"Retry-After": str(math.ceil(wait))})
+    try:
+        decision = await decide(ctx, target, ports, client)
+    except PolicyError as exc:
+        ctx.metrics.refused.labels(exc.code).inc()
+        raise SubmitRefused(exc.status, str(exc), exc.code) from None
+    try:
+        job = ctx.jobs.submit(decision, client)
+    except QueueFullError as exc:
+        ctx.metrics.refused.labels("queue-full").inc()
+        raise SubmitRefused(503, str(exc), "queue-full", {"Retry-After": "60"}) from None
+    return job.scan_id
+
+
+class SubmitRefused(Exception):
+    def __init__(self, status: int, detail: str, code: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.code, self.headers = status, detail, code, headers
+
+
+@router.post("/scans", status_code=201, response_model=ScanPublic, responses=_ERRORS)
+async def create_scan(body: ScanCreate, response: Response, ctx: CtxDep, client: ClientDep,
+                      token: TokenDep) -> Any:
+    """Check a target's ports. Returns at once; poll the scan until `status` is final."""
+    try:
+        scan_id = await submit(ctx, body.target, body.ports, client)
+    except SubmitRefused as exc:
+        return error(exc.status, exc.detail, exc.code, exc.headers)
+    record = ctx.store.require_scan(scan_id)
+    response.headers["Location"] = f"/api/scans/{scan_id}"
+    return scan_public(ctx.store, record, ctx.jobs.get(scan_id))
+
+
+@router.get("/scans", response_model=list[ScanSummary], responses={401: _ERRORS[401]})
+def list_scans(ctx: CtxDep, client: ClientDep, token: TokenDep,
+               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
+    """Your most recent scans (all scans with an API token or public history)."""
+    out = []
+    for record in ctx.store.list_scans(limit=ctx.settings.history_limit):
+        if record.options.get("source") != "web" or not can_view(ctx, record, client, token):
+            continue
+        out.append(ScanSummary(id=record.id,
+                               status=scan_status(record, ctx.jobs.get(record.id)),
+                               target=str(record.options.get("target", "")),
+                               ports=record.ports, started=record.started,
+                               finished=record.finished, counts=record.counts))
+        if len(out) >= limit:
+            break
+    return out
+
+
+@router.get("/scans/{scan_id}", response_model=ScanPublic,
+            responses={401: _ERRORS[401], 404: {"model": ErrorPublic}})
+def get_scan(scan_id: ScanId, ctx: CtxDep, client: ClientDep, token: TokenDep) -> Any:
+    """A scan's status, progress, verdict, services, findings and fix guide."""
+    record = viewable_scan(ctx, scan_id, client, token)
+    return scan_public(ctx.store, record, ctx.jobs.get(scan_id))
+
+
+_MEDIA = {"json": "application/json", "html": "text/html; charset=utf-8",
+          "xml": "application/xml"}
+
+
+@router.get("/scans/{scan_id}/report.{fmt}", response_class=Response,
+            responses={200: {"content": {"application/json": {}, "text/html": {},
+                                         "application/xml": {}},
+                             "description": "The report in the asked format"},
+                       401: _ERRORS[401], 404: {"model": ErrorPublic}})
+def get_report(scan_id: ScanId, fmt: Literal["json", "html", "xml"], ctx: CtxDep,
+               client: ClientDep, token: TokenDep) -> Response:
+    """The scan's report: JSON (result schema v1), HTML or XML (nmap-compatible)."""
+    record = viewable_scan(ctx, scan_id, client, token)
+    if fmt not in report.FORMATS:
+        raise HTTPException(404, f"the {fmt} report format is not available in this version")
+    meta = report.ScanMeta(id=record.id, started=record.started, finished=record.finished,
+                           targets=list(record.targets), ports=record.ports, tool=record.tool)
+    text = report.render(fmt, meta, ctx.store.results(record.id))
+    headers = {"Content-Security-Policy": REPORT_CSP} if fmt == "html" else {}
+    return Response(text, media_type=_MEDIA[fmt], headers=headers)

@@ -1,0 +1,104 @@
+"""Configuration of the web service (`vncaudit serve`): one frozen `Settings` per app instance.
+
+Owns: every operator knob with its safe default, and reading them from a TOML file
+(`Settings.from_toml`). Must not: import FastAPI or open anything; the app reads these values.
+
+Exposure decision (README, "Web service"): the service reports what the world sees of the
+checked address. By default (`assume_exposure = None`) `vncaudit.assess` grades each result by
+the address itself (`exposure_of`), which for the requester's own public address is "public".
+An operator who allow-lists an address that stands in for a public host (tests allow-list
+127.0.0.1) sets `assume_exposure = "public"` so findings are graded as for the internet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from vncaudit.web.policy import DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_PORTS, Policy, Resolver
+
+EXPOSURES = ("loopback", "private", "public", "all-interfaces", "unknown")
+
+
+def hash_token(token: str) -> str:
+    """The at-rest form of an API token: ``sha256:<hex>`` (tokens are high-entropy, so a
+    plain digest is enough; nobody can brute-force 256 random bits)."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh API token (256 random bits, URL-safe)."""
+    return "vnca_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `create_app` needs. Defaults are the safe public port-check setup."""
+
+    db_path: str = ""  # "" = vncaudit.store.default_db_path()
+    allow: tuple[str, ...] = ()  # CIDRs / domains the operator allows (beats special ranges)
+    allow_own_address: bool = True  # the requester may check the address it connects from
+    allowed_ports: str | None = None  # e.g. "5900-5910": only these may be scanned
+    max_ports: int = DEFAULT_MAX_PORTS
+    max_addresses: int = DEFAULT_MAX_ADDRESSES
+    token_hashes: tuple[str, ...] = ()  # "sha256:<hex>"; when set, /api/* (and /metrics) need one
+    rate_per_minute: float = 10.0  # scan submissions per client address
+    rate_burst: int = 5
+    workers: int = 4  # scans running at once
+    queue_size: int = 1000  # scans waiting; a full queue answers 503
+    scan_concurrency: int = 256  # connections at once within one scan
+    probe_timeout: float = 5.0
+    assume_exposure: str | None = None  # see the module docstring
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    history_limit: int = 100
+    public_history: bool = False  # False: each client sees only the scans it asked for
+    resolver: Resolver | None = field(default=None, compare=False, repr=False)  # tests inject
+
+    def __post_init__(self) -> None:
+        if self.assume_exposure is not None and self.assume_exposure not in EXPOSURES:
+            raise ValueError(f"assume_exposure must be one of {', '.join(EXPOSURES)}")
+        for h in self.token_hashes:
+            if not (h.startswith("sha256:") and len(h) == 71):
+                raise ValueError("token hashes look like sha256:<64 hex digits>")
+        if self.workers < 1 or self.queue_size < 1 or self.scan_concurrency < 1:
+            raise ValueError("workers, queue_size and scan_concurrency must be >= 1")
+        if not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1:
+            raise ValueError("probe_timeout and rate_per_minute must be > 0, rate_burst >= 1")
+        self.policy()  # validates the allow-list now, not at the first request
+
+    def policy(self) -> Policy:
+        return Policy.build(self.allow, allow_own_address=self.allow_own_address,
+                            max_ports=self.max_ports, max_addresses=self.max_addresses,
+                            allowed_ports=self.allowed_ports, resolve=self.resolver)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
+        """Read a TOML file of the same keys (a ``[serve]`` table or top level). Unknown keys
+        are an error, so a typo never silently weakens the policy."""
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        table = data.get("serve", data)
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [serve] must be a table")
+        known = {f.name for f in fields(cls)} - {"resolver"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            values[key] = tuple(value) if isinstance(value, list) else value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def tokens_from(lines: Sequence[str]) -> tuple[str, ...]:
+    """Token hashes from lines of a file (blank lines and # comments skipped)."""
+    return tuple(s for line in lines if (s := line.split("#", 1)[0].strip()))

@@ -1,0 +1,199 @@
+"""What the pages and the API show about a scan: verdict, service facts, fix guide, history.
+
+Owns: the read side shared by the JSON API and the HTML pages — a scan's public dict, its
+verdict (open / closed / filtered with the worst severity), the observed facts of each service
+as label/value pairs, the fix guide for a result, and the previous scan of the same target
+with the diff to it. Must not: write to the store, run scans, or import FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.store import ScanDiff, ScanRecord, Store
+from vncaudit.web.jobs import Job
+
+log = logging.getLogger(__name__)
+
+_NOT_OPEN = (State.CLOSED, State.FILTERED)
+SMALL_SCAN = 256
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # open | closed | filtered | pending
+    severity: str | None  # worst finding severity, None without findings
+    text: str
+
+    @property
+    def css(self) -> str:
+        """The banner's colour class: the severity when open with findings, else the state."""
+        if self.state == "open" and self.severity:
+            return f"sev-{self.severity}"
+        return f"state-{self.state}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "severity": self.severity, "text": self.text}
+
+
+def verdict(results: list[ServiceResult], finished: bool) -> Verdict:
+    """The one-line answer to "is VNC reachable here, and how bad is it?"."""
+    open_ = [r for r in results if r.state not in _NOT_OPEN]
+    findings = [f for r in results for f in r.findings]
+    worst = max(findings, key=lambda f: f.severity.rank) if findings else None
+    severity = worst.severity.value if worst else None
+    if open_:
+        vnc = [r for r in open_ if r.state in (State.VNC, State.BLACKLISTED)]
+        what = (f"{len(vnc)} VNC service(s) reachable" if vnc
+                else f"{len(open_)} port(s) open, no VNC service")
+        text = f"Open: {what}"
+        if worst is not None:
+            text += f" — {worst.severity.value}: {worst.title}"
+        return Verdict("open", severity, text)
+    if not finished:
+        return Verdict("pending", None, "Scanning…")
+    if any(r.state is State.CLOSED for r in results):
+        return Verdict("closed", None, "Closed: the port(s) refused the connection")
+    if results:
+        return Verdict("filtered", None, "Filtered: no answer (a firewall drops the traffic)")
+    return Verdict("filtered", None, "Nothing was probed")
+
+
+def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
+    """The observed facts of one service, as (label, value) rows for its card."""
+    rows: list[tuple[str, str]] = [("State", r.state.value)]
+    if r.hostname:
+        rows.append(("Host name", r.hostname))
+    if r.product is not None and r.product.name != "unknown":
+        text = r.product.name + (f" {r.product.version}" if r.product.version else "")
+        rows.append(("Product", f"{text} (confidence {r.product.confidence:.0%})"))
+    facts = r.rfb
+    if facts is not None:
+        if facts.server_version:
+            rows.append(("RFB version", facts.server_version))
+        if facts.security_types:
+            rows.append(("Security types",
+                         ", ".join(f"{t.name} ({t.id})" for t in facts.security_types)))
+        if facts.vencrypt is not None:
+            rows.append(("VeNCrypt", ", ".join(s.name for s in facts.vencrypt.subtypes)
+                         or "no sub-types"))
+        if facts.tls_inner_types is not None:
+            rows.append(("Inside TLS", ", ".join(t.name for t in facts.tls_inner_types)))
+        auth = {True: "required", False: "NONE — anyone can connect", None: "unknown"}
+        rows.append(("Authentication", auth[facts.auth_required]))
+        if facts.security_result:
+            rows.append(("Security result", facts.security_result))
+        if facts.desktop_name is not None:
+            rows.append(("Desktop name", facts.desktop_name))
+        if facts.framebuffer is not None:
+            fb = facts.framebuffer
+            rows.append(("Screen", f"{fb.width}×{fb.height}, depth {fb.depth}"))
+        if facts.failure_reason:
+            rows.append(("Server said", facts.failure_reason))
+    tls = r.extra.get("tls") if isinstance(r.extra, dict) else None
+    if isinstance(tls, dict) and tls.get("version"):
+        rows.append(("TLS", f"{tls.get('version')} {tls.get('cipher') or ''}".strip()))
+    if r.error:
+        rows.append(("Note", r.error))
+    return rows
+
+
+def fix_guide(r: ServiceResult) -> list[Any]:
+    """The fix guide's remedies for this result (`vncaudit.remedies.remedies_for`), or an
+    empty list while that module is not installed."""
+    if not r.findings:
+        return []
+    try:
+        module: Any = importlib.import_module("vncaudit.remedies")
+    except ImportError:
+        return []
+    remedies: list[Any] = list(module.remedies_for(r))
+    return remedies
+
+
+def remedy_dict(remedy: Any) -> dict[str, Any]:
+    return {
+        "id": remedy.id,
+        "title": remedy.title,
+        "steps": [{"platform": s.platform, "text": s.text, "commands": list(s.commands)}
+                  for s in remedy.steps],
+    }
+
+
+def scan_status(record: ScanRecord, job: Job | None) -> str:
+    """queued / running / finished / failed / interrupted. A store record still "running"
+    with no live job was left by a killed server: it is reported as interrupted."""
+    if job is not None:
+        return job.status
+    return "interrupted" if record.status == "running" else record.status
+
+
+def previous_scan(store: Store, record: ScanRecord) -> ScanRecord | None:
+    """The newest scan of the same target that started before *record*."""
+    target = str(record.options.get("target") or (record.targets[0] if record.targets else ""))
+    if not target:
+        return None
+    earlier = False
+    for other in store.list_scans(limit=200, target=target):
+        if other.id == record.id:
+            earlier = True
+            continue
+        if earlier and other.options.get("source") == "web" and other.status == "finished":
+            return other
+    return None
+
+
+def diff_to_previous(store: Store, record: ScanRecord) -> tuple[ScanRecord | None,
+                                                                 ScanDiff | None]:
+    prev = previous_scan(store, record)
+    if prev is None:
+        return None, None
+    return prev, store.diff(prev.id, record.id)
+
+
+def scan_public(store: Store, record: ScanRecord, job: Job | None,
+                include_closed: bool = True) -> dict[str, Any]:
+    """The API's view of a scan (`ScanPublic`)."""
+    status = scan_status(record, job)
+    done = job.done if job is not None else int(record.counts.get("done", 0))
+    total = job.total if job is not None else _total(record)
+    # Closed/filtered ports come back as bare results only for small scans: an "all 65535"
+    # scan would otherwise list every closed port.
+    results = store.results(record.id, include_closed=include_closed and total <= SMALL_SCAN)
+    finished = status not in ("queued", "running")
+    services = [dict(r.to_dict(), fix=[remedy_dict(x) for x in fix_guide(r)])
+                for r in results]
+    return {
+        "id": record.id,
+        "status": status,
+        "target": str(record.options.get("target", "")),
+        "hostname": record.options.get("hostname"),
+        "addresses": list(record.options.get("addresses") or []),
+        "ports": record.ports,
+        "started": record.started,
+        "finished": record.finished,
+        "progress": {"done": done, "total": total},
+        "verdict": verdict(results, finished).to_dict(),
+        "error": job.error if job is not None else None,
+        "services": services,
+        "reports": {fmt: f"/api/scans/{record.id}/report.{fmt}" for fmt in ("json", "html",
+                                                                              "xml")},
+    }
+
+
+def _total(record: ScanRecord) -> int:
+    addresses = record.options.get("addresses") or []
+    from vncaudit.targets import parse_ports
+
+    try:
+        return len(addresses) * len(parse_ports(record.ports))
+    except Exception:  # an old or foreign record: progress is then just "done"
+        return int(record.counts.get("done", 0))
+
+
+def severity_rank(name: str | None) -> int:
+    return Severity(name).rank if name else -1
