@@ -1,0 +1,107 @@
+"""`vncaudit serve`: run the web service (online VNC port checker + JSON API) with uvicorn.
+
+Owns: the command's options, reading the TOML config and token-hash file into
+`vncaudit.web.Settings`, minting a new API token (`--new-token`), and starting uvicorn on the
+embedded default (the SQLite store, in-process workers). Must not: hold web logic (that is
+`vncaudit.web`) or print anything but what the command is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vncaudit.cli import DbOpt, _fail, _setup_logging, app
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8080,
+    db: DbOpt = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML file with the service settings ([serve] table; "
+                     "see README)."),
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Allow-list a CIDR or domain (repeatable). Without it, "
+                     "each client may check only its own public address."),
+    ] = None,
+    only_allow_list: Annotated[
+        bool,
+        typer.Option("--only-allow-list", help="Refuse the client's own address unless it is "
+                     "allow-listed too."),
+    ] = False,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File of API token hashes (sha256:<hex>, one a "
+                     "line); when given, /api/* needs 'Authorization: Bearer <token>'."),
+    ] = None,
+    new_token: Annotated[
+        bool,
+        typer.Option("--new-token", help="Print a new API token and the hash line for "
+                     "--token-file, then exit."),
+    ] = False,
+    assume_exposure: Annotated[
+        str | None,
+        typer.Option("--assume-exposure", help="Grade findings as for this exposure (public, "
+                     "private, loopback); default: by each checked address."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Scans at once (4).")] = None,
+    max_ports: Annotated[
+        int | None, typer.Option("--max-ports", help="Ports per scan at most (65535).")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", help="Scan submissions per minute per client address (10)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Probe deadline in seconds (5).")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+) -> None:
+    """Run the web service: a check form, live progress, results with fix commands, history,
+    and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics)."""
+    _setup_logging(verbose)
+    from vncaudit.web.settings import Settings, hash_token, tokens_from
+    from vncaudit.web.settings import new_token as make_token
+
+    if new_token:
+        token = make_token()
+        typer.echo(f"token: {token}")
+        typer.echo(f"hash:  {hash_token(token)}   # put this line in the --token-file")
+        return
+    if not 1 <= port <= 65535:
+        raise _fail(f"invalid --port {port}: must be 1-65535")
+    overrides: dict[str, object] = {}
+    if db is not None:
+        overrides["db_path"] = str(db)
+    if allow:
+        overrides["allow"] = tuple(allow)
+    if only_allow_list:
+        overrides["allow_own_address"] = False
+    for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
+                       ("max_ports", max_ports), ("rate_per_minute", rate),
+                       ("probe_timeout", timeout)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        if token_file is not None:
+            overrides["token_hashes"] = tokens_from(
+                token_file.read_text(encoding="utf-8").splitlines())
+        settings = (Settings.from_toml(config, **overrides) if config is not None
+                    else Settings(**overrides))  # type: ignore[arg-type]
+    except OSError as exc:
+        raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"bad settings: {exc}") from None
+
+    import uvicorn
+
+    from vncaudit.web import create_app
+
+    typer.echo(f"vncaudit web service on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                proxy_headers=False, server_header=False)
