@@ -564,3 +564,90 @@ def test_a_failing_rule_costs_only_its_own_finding(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(A, "RULES", rules)
     found = grade(replay("tigervnc-default-38"))
     assert "downgrade" not in ids(found) and "vncauth-plaintext" in ids(found)
+
+
+# -- the CVE knowledge base (data/cves.toml) ----------------------------------------------------
+
+
+FAMILIES = {"tigervnc", "tightvnc", "realvnc", "ultravnc", "x11vnc", "libvncserver", "turbovnc",
+            "macos screen sharing", "qemu", "virtualbox", "novnc/websockify"}
+KB = {c.id: c for c in A.cves()}
+
+
+def test_every_cve_entry_parses_and_is_complete() -> None:
+    assert len(KB) == len(A.cves()) >= 30
+    for cve in A.cves():
+        assert set(cve.products) | set(cve.also_in) <= FAMILIES, cve.id
+        assert cve.title and cve.detectable and cve.note, cve.id
+        assert cve.references and all(r.startswith("https://") for r in cve.references), cve.id
+        for spec in cve.affected:
+            A.parse_range(spec)
+    required = {"CVE-2006-2369", "CVE-2006-2450", "CVE-2018-20019", "CVE-2018-20020",
+                "CVE-2018-20748", "CVE-2019-15681", "CVE-2019-15678", "CVE-2019-15679",
+                "CVE-2019-15680", "CVE-2019-8287", "CVE-2018-15361", "CVE-2019-8280",
+                "CVE-2019-15691", "CVE-2019-15695", "CVE-2023-6377", "CVE-2020-29074",
+                "CVE-2017-13872"}
+    assert required <= set(KB)
+
+
+@pytest.mark.parametrize(("cve_id", "product", "inside", "outside"), [
+    ("CVE-2006-2369", "RealVNC", ["4.1.0", "4.1.1"], ["4.0", "4.1.2", "5.3"]),
+    ("CVE-2006-2450", "LibVNCServer", ["0.7.1"], ["0.7.0", "0.8", "0.9.14"]),
+    ("CVE-2014-6054", "LibVNCServer", ["0.9.9", "0.9.1"], ["0.9.10", "0.9.14"]),
+    ("CVE-2018-7225", "LibVNCServer", ["0.9.11"], ["0.9.12", "0.9.14"]),
+    ("CVE-2018-6307", "LibVNCServer", ["0.9.11"], ["0.9.12"]),
+    ("CVE-2018-15127", "LibVNCServer", ["0.9.12"], ["0.9.13"]),
+    ("CVE-2018-20749", "LibVNCServer", ["0.9.12"], ["0.9.13"]),
+    ("CVE-2018-20750", "LibVNCServer", ["0.9.12"], ["0.9.13"]),
+    ("CVE-2019-15681", "LibVNCServer", ["0.9.12", "0.9.11"], ["0.9.13", "0.9.14"]),
+    ("CVE-2016-10207", "TigerVNC", ["1.7", "1.7.1", "1.3.1"], ["1.8.0", "1.12.0"]),
+    ("CVE-2019-15694", "TigerVNC", ["1.10.0", "1.9"], ["1.10.1", "1.12.0"]),
+    ("CVE-2019-15695", "TigerVNC", ["1.10.0"], ["1.10.1"]),
+    ("CVE-2019-15683", "TurboVNC", ["2.2.2", "2.1"], ["2.2.3", "3.0"]),
+    ("CVE-2024-42049", "TightVNC", ["2.8.83", "2.0.4"], ["2.8.84", "1.3.10"]),
+    ("CVE-2018-15361", "UltraVNC", ["1.2.2.4"], ["1.2.3.0", "1.4"]),
+    ("CVE-2019-8280", "UltraVNC", ["1.2.1"], ["1.2.3.0"]),
+    ("CVE-2017-13872", "macOS Screen Sharing", ["10.13.0", "10.13.1"], ["10.12.6", "10.14"]),
+])
+def test_graded_cve_ranges(cve_id: str, product: str, inside: list[str],
+                           outside: list[str]) -> None:
+    r = replay("tigervnc-vncauth-38")
+    for version in inside:
+        found = grade(r, product=Product(product, version, 0.9))
+        f = one(found, f"known-cve:{cve_id}")
+        assert f.severity is KB[cve_id].severity and version in text(f)
+    for version in outside:
+        found = grade(r, product=Product(product, version, 0.9))
+        assert not {f"known-cve:{cve_id}", f"possible-cve:{cve_id}"} & ids(found), version
+
+
+@pytest.mark.parametrize("cve", [c for c in A.cves() if c.side != "server" or not c.affected],
+                         ids=lambda c: c.id)
+def test_viewer_local_and_rangeless_entries_never_become_findings(cve: A.Cve) -> None:
+    r = replay("tigervnc-vncauth-38")
+    for name in cve.products:
+        for version in (None, *[s.split(" ")[-1] for s in cve.affected]):
+            product = Product(next(f for f in FAMILIES if f == name), version, 0.9)
+            assert not any(cve.id in i for i in ids(grade(r, product=product)))
+
+
+@pytest.mark.parametrize("cve", [c for c in A.cves() if c.side == "server" and c.affected],
+                         ids=lambda c: c.id)
+def test_graded_entries_are_possible_for_the_family_without_a_version(cve: A.Cve) -> None:
+    r = replay("tigervnc-vncauth-38")
+    for name in (*cve.products, *cve.also_in):
+        f = one(grade(r, product=Product(name, None, 0.9)), f"possible-cve:{cve.id}")
+        assert f.severity is Severity.INFO
+        assert ("unverified" in f.why or "not verified" in text(f)) or cve.verified
+
+
+def test_parse_cves_rejects_bad_entries() -> None:
+    good = {"id": "CVE-2000-0001", "title": "t", "products": ["RealVNC"], "affected": ["< 1"],
+            "severity": "high", "side": "server", "pre_auth": False, "detectable": "no"}
+    assert A.parse_cves({"cve": [good]})[0][0].id == "CVE-2000-0001"
+    for bad in ({"id": "CVE-1"}, {"side": "client"}, {"affected": ["soon"]},
+                {"severity": "severe"}, {"products": []}, {"check": "guess"}):
+        with pytest.raises((ValueError, KeyError)):
+            A.parse_cves({"cve": [{**good, **bad}]})
+    with pytest.raises(ValueError, match="duplicate"):
+        A.parse_cves({"cve": [good, good]})

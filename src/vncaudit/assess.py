@@ -244,6 +244,7 @@ class Cve:
     detectable: str
     check: str
     references: tuple[str, ...]
+    verified: bool = False  # the affected range is backed by a source
     note: str = ""
 
 
@@ -282,6 +283,7 @@ def _parse_cve(d: dict[str, Any]) -> Cve:
         detectable=str(d["detectable"]),
         check=str(d.get("check", "")),
         references=tuple(str(r) for r in d.get("references", ())),
+        verified=bool(d.get("verified", False)),
         note=str(d.get("note", "")),
     )
     if not re.fullmatch(r"CVE-\d{4}-\d{4,}", cve.id):
@@ -682,6 +684,8 @@ def _cve_finding(ctx: Context, cve: Cve, verdict: str, confirmed: bool) -> Findi
     ranges = ", ".join(cve.affected)
     ev = [_product_line(p), f"affected versions: {ranges}"
           + (f"; fixed in {cve.fixed}" if cve.fixed else "")]
+    if not cve.verified:
+        ev.append("the affected range is not verified by a source (see the note)")
     ev += [f"identified by: {e}" for e in p.evidence[:3]]
     why = cve.title + ". " + cve.detectable
     if cve.note:
