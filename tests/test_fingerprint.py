@@ -1,0 +1,479 @@
+"""Unit tests of the product fingerprint: every signature of data/products.toml has a fixture.
+
+Fixtures come from three places, each turned into a `ServiceResult` by the probe's own fact
+recording (`probe._Session`), never by hand-written facts:
+* REAL transcripts (`tests/transcripts/*.json`, recorded from TigerVNC 1.12, x11vnc 0.9.16 and
+  Xtightvnc 1.3.10), replayed with the recorded client's choices;
+* the fuzz corpus (`fuzz/corpus/`) and bytes measured here (QEMU 7.2);
+* byte streams built from the handshakes documented in shared/reference/rfb.md, for products
+  that cannot run here (RealVNC, UltraVNC, macOS, VirtualBox, TurboVNC); each cites its source.
+`test_every_signature_has_a_fixture` fails when a signature is added without a fixture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vncaudit import fingerprint, rfb
+from vncaudit.models import Product, ServiceResult, State
+from vncaudit.probe import ProbeOptions
+from vncaudit.websocket import HttpResponse, identify_http
+
+from rfb_helpers import banner, cap, drive_events, new_session, reason, server_init, type_list, u32
+
+ROOT = Path(__file__).resolve().parent.parent
+TRANSCRIPTS = ROOT / "tests" / "transcripts"
+CORPUS = ROOT / "fuzz" / "corpus"
+
+
+# -- building results -------------------------------------------------------------------------
+
+
+class _Choices:
+    """Stands in for the session's client while a transcript is replayed: the session records
+    facts as in a probe, while the real client makes the recorded client's choices."""
+
+    def __init__(self, real: rfb.RfbClient) -> None:
+        self.real = real
+
+    @property
+    def state(self) -> rfb.State:
+        return self.real.state
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *a, **k: None  # select_*, send_client_init: the replay decides
+
+
+def replay(name: str) -> ServiceResult:
+    """A recorded transcript as the probe would record it, with the recorded choices."""
+    doc = json.loads((TRANSCRIPTS / f"{name}.json").read_text())
+    server = b"".join(bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c")
+    recorded = b"".join(bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "c2s")
+    cv = doc["client_version"]
+    client = rfb.RfbClient(client_version=(int(cv[:3]), int(cv[4:])) if cv else None)
+    session = new_session()
+    session.client = _Choices(client)  # type: ignore[assignment]
+    sent = bytearray()
+
+    def more(n: int) -> bytes | None:
+        want = recorded[len(sent) : len(sent) + n]
+        return want if len(want) == n else None
+
+    client.receive_data(server)
+    client.receive_data(b"")
+    while client.their_turn:
+        event = client.next_event()
+        if event is rfb.NEED_DATA:
+            break
+        session.on_event(event)  # type: ignore[arg-type]
+        if isinstance(event, rfb.StartTls):
+            client.tls_established()
+        elif isinstance(event, rfb.SecurityTypes) and not event.server_chosen:
+            if (pick := more(1)) is None:
+                break
+            client.select_security_type(pick[0])
+            session.facts["selected_type"] = pick[0]
+        elif isinstance(event, rfb.VeNCryptSubtypes):
+            if (pick := more(4)) is None:
+                break
+            client.select_vencrypt_subtype(int.from_bytes(pick, "big"))
+        elif isinstance(event, rfb.TightCapabilities) and client.state is rfb.State.TIGHT_CHOOSE:
+            if (pick := more(4)) is None:
+                break
+            client.select_tight_auth(int.from_bytes(pick, "big"))
+        elif not isinstance(event, rfb.ServerVersion | rfb.SecurityTypes | rfb.TightCapabilities
+                            | rfb.SecurityResult):
+            break
+        sent += client.data_to_send()
+        if client.state is rfb.State.CLIENT_INIT and (init := more(1)) is not None:
+            client.send_client_init(shared=init == b"\x01")
+            sent += client.data_to_send()
+    sent += client.data_to_send()
+    if cv is not None:  # None: the server refused before the recording client answered
+        assert bytes(sent) == recorded[: len(sent)], "replay diverged from the recording"
+    return session.result(0.0)
+
+
+def stream(*chunks: bytes, options: ProbeOptions | None = None) -> ServiceResult:
+    """What the probe records when a server sends *chunks* (the probe's own decisions)."""
+    _, _, session = drive_events(list(chunks), options)
+    return session.result(0.0)
+
+
+def corpus(name: str) -> ServiceResult:
+    # fuzz/harness.py format: a flags byte, a fragmentation-seed byte, then the server stream.
+    return stream((CORPUS / name).read_bytes()[2:])
+
+
+def with_web(result: ServiceResult, *, status: int, headers: dict[str, str], body: bytes = b"",
+             websocket: bool = True) -> ServiceResult:
+    """Add the extra["web"] that websocket.probe_web records for this HTTP answer."""
+    page = HttpResponse(status, "", tuple((k.lower(), v) for k, v in headers.items()), body)
+    web: dict[str, Any] = {"transport": "websocket" if websocket else None,
+                           "http": identify_http(page).to_dict(), "websocket": None,
+                           "attempts": []}
+    if websocket:
+        web["websocket"] = {"url": "ws://127.0.0.1:6080/websockify", "path": "/websockify",
+                            "subprotocol": None, "server": headers.get("Server")}
+    return replace(result, extra={**result.extra, "web": web})
+
+
+def none_server(name: bytes, version: tuple[int, int] = (3, 8)) -> ServiceResult:
+    """A server offering only None, as TigerVNC/LibVNCServer/QEMU do (rfb.md §1.5 trace)."""
+    return stream(banner(*version) + type_list(1), u32(0) + server_init(name=name))
+
+
+def failure(text: bytes, version: tuple[int, int] = (3, 8)) -> ServiceResult:
+    """A count-0 list with a reason (RFB 3.7+), or the 3.3 word 0 with a reason."""
+    zero = b"\x00\x00\x00\x00" if version == (3, 3) else b"\x00"
+    return stream(banner(*version) + zero + reason(text))
+
+
+def vencrypt(types: tuple[int, ...], subtypes: tuple[int, ...]) -> ServiceResult:
+    """The probe picks 19, answers 0.2, reads ack 0 and the sub-type list (rfb.md §3.1)."""
+    sub = bytes([len(subtypes)]) + u32(*subtypes)
+    return stream(banner() + type_list(*types), b"\x00\x02", b"\x00" + sub)
+
+
+def tight(types: tuple[int, ...], caps: list[bytes], version: tuple[int, int] = (3, 8)) -> (
+        ServiceResult):
+    """The probe picks 16; no tunnels, then the auth capabilities (rfb.md §4.2)."""
+    return stream(banner(*version) + type_list(*types), u32(0) + u32(len(caps)) + b"".join(caps))
+
+
+VNCAUTH = cap(2, b"STDV", b"VNCAUTH_")
+# QEMU 7.2 (Debian 12) measured here: `qemu-system-x86_64 -nodefaults -display none
+# -vnc 127.0.0.1:311 -S -machine accel=tcg -m 16 -name vncaudit-qemu`, one probe.
+QEMU_72 = bytes.fromhex(
+    "524642203030332e3030380a010100000000028001e02018000100ff00ff00ff1008000000000000001451454d"
+    "552028766e6361756469742d71656d7529"
+)
+
+
+# -- the fixture table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Callable[[], ServiceResult]
+    name: str  # expected product ("unknown" included)
+    version: str | None = None
+    sigs: tuple[str, ...] = ()  # signatures that must match (rfb and web layers)
+    evidence: tuple[str, ...] = ()  # substrings that must appear in the evidence
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    # ---- real transcripts (TigerVNC 1.12.0, x11vnc 0.9.16, Xtightvnc 1.3.10; Debian 12)
+    Case("tigervnc-default-38", lambda: replay("tigervnc-default-38"), "TigerVNC", None,
+         ("tigervnc-default", "tigervnc-vencrypt-classic-subtypes"),
+         ("security types [19, 2] in this order", "VeNCrypt sub-types [258, 2] in this order")),
+    Case("tigervnc-vencrypt-38", lambda: replay("tigervnc-vencrypt-38"), "TigerVNC", None,
+         ("tigervnc-vencrypt-explicit", "tigervnc-vencrypt-classic-subtypes"),
+         ("duplicate security types: 19,19,2",)),
+    Case("tigervnc-blacklisted", lambda: replay("tigervnc-blacklisted"), "unknown", None,
+         ("tigervnc-blacklisted", "realvnc-4-blacklisted"),
+         ("failure text 'Too many security failures'", "TigerVNC", "RealVNC")),
+    Case("tigervnc-none-38", lambda: replay("tigervnc-none-38"), "unknown", None,
+         ("tigervnc-none", "libvncserver-none", "qemu-none"), ("candidates",)),
+    Case("tigervnc-vncauth-38", lambda: replay("tigervnc-vncauth-38"), "unknown", None,
+         ("tigervnc-vncauth", "libvncserver-vncauth", "qemu-vncauth", "realvnc-4-free"),
+         ("weak evidence", "TigerVNC", "LibVNCServer", "QEMU", "RealVNC")),
+    Case("x11vnc-none-38", lambda: replay("x11vnc-none-38"), "x11vnc", None,
+         ("x11vnc-desktop", "libvncserver-none"), ("desktop name 'vm:40'",)),
+    Case("x11vnc-password-38", lambda: replay("x11vnc-password-38"), "unknown", None,
+         ("libvncserver-vncauth",)),
+    Case("xtightvnc-38", lambda: replay("xtightvnc-38"), "TightVNC", None,
+         ("tightvnc-2-vncauth", "tightvnc-1.3-debian-vncauth", "tightvnc-tight-vncauth-only",
+          "turbovnc-vnc-only"),
+         ("Tight auth capability STDV VNCAUTH_", "version not decided: 1.3 or 2",
+          "next candidate: TurboVNC")),
+    Case("xtightvnc-37", lambda: replay("xtightvnc-37"), "TightVNC", None,
+         ("tightvnc-tight-vncauth-only",)),
+    Case("xtightvnc-none-38", lambda: replay("xtightvnc-none-38"), "TightVNC", "1.3",
+         ("tightvnc-1.3-desktop", "tightvnc-1.3-debian-none", "tightvnc-2-none"),
+         ("desktop name \"root's tight-none desktop (vm:40)\"",)),
+    Case("xtightvnc-none-list-38", lambda: replay("xtightvnc-none-list-38"), "TightVNC", "1.3",
+         ("tightvnc-1.3-desktop",)),
+    # ---- measured here / fuzz corpus
+    Case("qemu-7.2-none", lambda: stream(QEMU_72), "QEMU", None, ("qemu-desktop", "qemu-none"),
+         ("desktop name 'QEMU (vncaudit-qemu)'",)),
+    Case("tigervnc-xvnc-default-name", lambda: none_server(b"root@vm"), "TigerVNC", None,
+         ("tigervnc-xvnc-desktop", "tigervnc-none"), ("desktop name 'root@vm'",)),
+    Case("macos-corpus", lambda: corpus("apple"), "macOS Screen Sharing", None,
+         ("macos-banner", "macos-ard-types"), ("banner RFB 003.889",)),
+    Case("ultravnc-3.14-mslogon", lambda: corpus("ultra-3.14"), "UltraVNC", None,
+         ("ultravnc-singleclick-banner", "ultravnc-mslogon-legacy-33"),
+         ("banner RFB 003.014",)),
+    # ---- documented handshakes (shared/reference/rfb.md)
+    # rfb.md §6.2 TigerVNC: vncserver's "-desktop host:N (user)"
+    Case("tigervnc-vncserver-name", lambda: none_server(b"vm:1 (root)"), "TigerVNC", None,
+         ("tigervnc-xvnc-desktop",)),
+    # rfb.md §6.2 TigerVNC: RA2 types (5, 6, 129, 130) with nettle, on RFB 3.8
+    Case("tigervnc-ra2", lambda: stream(banner() + type_list(5, 6, 129, 130, 2)), "TigerVNC",
+         None, ("tigervnc-ra2",)),
+    # rfb.md §6.2 TigerVNC "-SecurityTypes X509Vnc" vs QEMU tls-creds: [19] + one sub-type
+    Case("vencrypt-single", lambda: vencrypt((19,), (261,)), "unknown", None,
+         ("tigervnc-vencrypt-single", "qemu-vencrypt-single"), ("TigerVNC", "QEMU")),
+    # rfb.md §6.2 RealVNC 5+: Raspberry Pi list (vncdotool #248, libvncserver #135)
+    Case("realvnc-pi", lambda: stream(banner(5, 0) + type_list(13, 5, 6, 130, 192)), "RealVNC",
+         ">= 5.3", ("realvnc-5-banner", "realvnc-5-types", "realvnc-proprietary-types"),
+         ("banner RFB 005.000",)),
+    # rfb.md §6.2 RealVNC 6.9.1 on Windows (noVNC #1651)
+    Case("realvnc-windows", lambda: stream(banner(5, 0) + type_list(13, 133, 5, 129, 192)),
+         "RealVNC", ">= 5.3", ("realvnc-5-types",)),
+    # rfb.md §2: 13/133/192 are RealVNC's own, whatever the banner says
+    Case("realvnc-types-only", lambda: stream(banner() + type_list(13, 5)), "RealVNC", ">= 5",
+         ("realvnc-proprietary-types",)),
+    # rfb.md §6.1: RFB 004.000 / 004.001 (nmap probes; noVNC)
+    Case("realvnc-4.0", lambda: stream(banner(4, 0) + type_list(2)), "RealVNC", "4",
+         ("realvnc-4-personal",), ("Intel AMT",)),
+    Case("realvnc-4.1", lambda: stream(banner(4, 1) + type_list(2)), "RealVNC", "4",
+         ("realvnc-4-enterprise",)),
+    # rfb.md §6.2 RealVNC 4.x licence failure (nmap probes)
+    Case("realvnc-licence", lambda: failure(
+        b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid "
+        b"license key is applied.", (3, 3)), "RealVNC", None, ("realvnc-licence",)),
+    # rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
+    Case("realvnc-http", lambda: with_web(
+        ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
+        headers={"Server": "RealVNC/4.1.3"}, websocket=False,
+        body=b"<APPLET CODE=vncviewer/VNCViewer.class ARCHIVE=VncViewer.jar>"
+             b"<PARAM NAME=PORT VALUE=5900></APPLET>"),
+        "RealVNC", "4.1.3", ("realvnc-http",), ("HTTP Server header 'RealVNC/4.1.3'",)),
+    Case("tigervnc-http", lambda: with_web(
+        ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
+        headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
+        ("tigervnc-http",)),
+    # rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
+    Case("tightvnc-2-loopback", lambda: failure(b"Sorry, loopback connections are not enabled"),
+         "TightVNC", "2", ("tightvnc-2-rejected",)),
+    # fuzz corpus tight-auth / rfb.md §6.2 [TIGHT13]: RFB 3.7 with Tight
+    Case("tightvnc-1.3-rfb37", lambda: tight((16,), [VNCAUTH], (3, 7)), "TightVNC", "1.3",
+         ("tightvnc-1.3-rfb37",)),
+    # rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
+    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259)), "TurboVNC", None,
+         ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    # rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
+    Case("turbovnc-tight", lambda: tight((2, 16), [VNCAUTH, cap(129, b"TGHT", b"ULGNAUTH")]),
+         "TurboVNC", None, ("turbovnc-tight-caps", "turbovnc-vnc-only"),
+         ("Tight auth capability TGHT ULGNAUTH",)),
+    # rfb.md §6.2 TurboVNC lockout (two spaces)
+    Case("turbovnc-blocked", lambda: failure(
+        b"Too many authentication failures.  Client temporarily blocked"), "TurboVNC", None,
+        ("turbovnc-blocked",)),
+    # rfb.md §6.2 LibVNCServer default name and failure strings
+    Case("libvncserver-name", lambda: none_server(b"LibVNCServer"), "LibVNCServer", None,
+         ("libvncserver-desktop",)),
+    Case("libvncserver-no-auth-mode", lambda: failure(b"No authentication mode is registered!"),
+         "LibVNCServer", None, ("libvncserver-failure",)),
+    # rfb.md §6.2 VirtualBox VNC extension pack (VBoxVNC.cpp)
+    Case("virtualbox", lambda: none_server(b"VBoxVNC"), "VirtualBox", None,
+         ("virtualbox-desktop",), ("desktop name 'VBoxVNC'",)),
+    # rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
+    Case("qemu-sasl", lambda: stream(banner() + type_list(20)), "QEMU", None, ("qemu-sasl",)),
+    Case("qemu-plain-name", lambda: none_server(b"QEMU"), "QEMU", None, ("qemu-desktop",)),
+    # rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
+    Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
+         ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),
+    Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
+         "< 1.4.0.1", ("ultravnc-old",)),
+    Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),
+         "UltraVNC", ">= 1.4.0.1", ("ultravnc-mslogon", "ultravnc-current"),
+         ("113 (MS-Logon II)",)),
+    # rfb.md §6.1 legacy UltraVNC banners: 3.4 (MS-Logon), 3.6; the probe answers 3.3
+    Case("ultravnc-3.4", lambda: stream(banner(3, 4) + u32(2) + bytes(16)), "UltraVNC",
+         "< 1.0.9", ("ultravnc-legacy-banner",)),
+    Case("ultravnc-3.6", lambda: stream(banner(3, 6) + u32(2) + bytes(16)), "UltraVNC",
+         "< 1.0.9", ("ultravnc-legacy-banner",)),
+    Case("ultravnc-3.18", lambda: stream(banner(3, 18) + type_list(17, 117, 104)), "UltraVNC",
+         ">= 1.4.0.1", ("ultravnc-scprompt-banner", "ultravnc-current")),
+    Case("ultravnc-repeater", lambda: stream(b"RFB 000.000\n"), "UltraVNC", None,
+         ("ultravnc-repeater",), ("Repeater",)),
+    Case("ultravnc-no-password", lambda: failure(
+        b"This server does not have a valid password enabled.Until a password is set, incoming "
+        b"connections cannot be accepted."), "UltraVNC", None, ("ultravnc-failure",)),
+    # rfb.md §6.2 Apple: [30, 33, 36] (vm0-ai #35867) and [30, 35] (nmap vnc-info example)
+    Case("macos-26", lambda: stream(banner(3, 889) + type_list(30, 33, 36)),
+         "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
+    Case("macos-old", lambda: stream(banner(3, 889) + type_list(30, 35)),
+         "macOS Screen Sharing", None, ("macos-ard-types",)),
+    # rfb.md §8.2/§8.4: noVNC page served by websockify --web, TigerVNC behind it
+    Case("novnc-tigervnc", lambda: with_web(
+        replay("tigervnc-default-38"), status=200,
+        headers={"Server": "WebSockify Python/3.11.2"},
+        body=b"<html><head><title>noVNC</title></head></html>"),
+        "noVNC/websockify", None, ("novnc-page", "websockify-server", "tigervnc-default"),
+        ("web front end: novnc", "backend TigerVNC")),
+    # rfb.md §8.2: websockify without --web answers GET / with 405
+    Case("websockify-bare", lambda: with_web(
+        replay("x11vnc-password-38"), status=405, headers={"Server": "WebSockify Python/3.11.2"}),
+        "noVNC/websockify", None, ("websockify-kind", "websockify-server"),
+        ("backend not identified",)),
+    # ---- negative: nothing or nothing decisive
+    Case("xvp-only", lambda: stream(banner() + type_list(22)), "unknown", None, (),
+         ("no signature matched",)),
+    Case("closed", lambda: ServiceResult("127.0.0.1", 5900, State.CLOSED), "unknown"),
+    Case("server-chosen-33", lambda: replay("x11vnc-password-33"), "unknown", None, (),
+         ("server chose type [2]",)),
+    Case("tigervnc-33-list", lambda: replay("tigervnc-none-33"), "unknown"),
+    Case("custom-name-none", lambda: none_server(b"office"), "unknown", None,
+         ("tigervnc-none", "libvncserver-none", "qemu-none")),
+]
+
+
+def matched_ids(result: ServiceResult) -> set[str]:
+    return {m.signature.id for layer in fingerprint.LAYERS
+            for m in fingerprint.explain(result, layer)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_case(case: Case) -> None:
+    result = case.build()
+    product = fingerprint.identify(result)
+    assert (product.name, product.version) == (case.name, case.version), product
+    assert set(case.sigs) <= matched_ids(result)
+    text = " | ".join(product.evidence)
+    for want in case.evidence:
+        assert want in text, (want, product.evidence)
+    if product.name == "unknown":
+        assert product.confidence == 0.0 and product.version is None
+    else:
+        assert 0.0 < product.confidence <= 0.98
+
+
+def test_every_signature_has_a_fixture() -> None:
+    ids = {s.id for s in fingerprint.shipped().signatures}
+    covered = {sid for case in CASES for sid in case.sigs}
+    assert covered <= ids, f"fixtures name signatures that do not exist: {covered - ids}"
+    assert ids <= covered, f"signatures without a fixture: {sorted(ids - covered)}"
+
+
+def test_every_signature_cites_a_source() -> None:
+    for sig in fingerprint.shipped().signatures:
+        assert sig.source, sig.id
+
+
+# -- the matcher itself -----------------------------------------------------------------------
+
+TINY = """
+[scoring]
+scale = 1.0
+min_score = 1.0
+min_margin = 0.5
+max_confidence = 0.98
+common_banners = ["3.8"]
+[weights]
+banner = 1.5
+banner_common = 0.25
+types = 0.5
+desktop = 1.0
+"""
+
+
+def tiny(*sigs: str) -> fingerprint.Signatures:
+    return fingerprint.load(TINY + "".join(sigs))
+
+
+SIG_A = """
+[[signature]]
+id = "a"
+product = "A"
+source = "test"
+match.banner = ["3.889"]
+"""
+
+
+def test_equal_evidence_for_two_products_is_unknown() -> None:
+    result = stream(banner(3, 889) + type_list(30))
+    alone = fingerprint.identify(result, tiny(SIG_A))
+    assert alone.name == "A" and alone.confidence == pytest.approx(0.78, abs=0.01)
+    both = fingerprint.identify(result, tiny(SIG_A, SIG_A.replace('"a"', '"b"')
+                                             .replace('"A"', '"B"')))
+    assert both.name == "unknown"
+    assert "candidates: A (score 1.50), B (score 1.50)" in both.evidence[-1]
+
+
+def test_more_specific_match_wins_and_confidence_grows_with_the_margin() -> None:
+    extra = """
+[[signature]]
+id = "b"
+product = "B"
+source = "test"
+match.banner = ["3.889"]
+match.types = [30]
+"""
+    result = stream(banner(3, 889) + type_list(30))
+    product = fingerprint.identify(result, tiny(SIG_A, extra))
+    assert product.name == "B"
+    # B: 1.5 + 0.5, A: 1.5 -> margin 0.5
+    assert product.confidence == pytest.approx(1 - 2.718281828 ** -0.5, abs=0.01)
+    assert "next candidate: A (score 1.50 vs 2.00)" in product.evidence
+
+
+def test_weak_evidence_is_unknown() -> None:
+    weak = """
+[[signature]]
+id = "w"
+product = "W"
+source = "test"
+match.banner = ["3.8"]
+"""
+    product = fingerprint.identify(stream(banner() + type_list(2)), tiny(weak))
+    assert product.name == "unknown" and "weak evidence" in product.evidence[-1]
+
+
+def test_three_three_choice_is_not_a_list() -> None:
+    sig = """
+[[signature]]
+id = "list"
+product = "L"
+source = "test"
+match.types = [2]
+weights.types = 3.0
+"""
+    listed = stream(banner() + type_list(2))
+    chosen = stream(banner(3, 3) + u32(2) + bytes(16))
+    assert fingerprint.identify(listed, tiny(sig)).name == "L"
+    assert fingerprint.identify(chosen, tiny(sig)).name == "unknown"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '[[signature]]\nid = "x"\nproduct = "X"\nmatch.colour = ["red"]\n',
+        '[[signature]]\nid = "x"\nproduct = "X"\n',
+        '[[signature]]\nid = "x"\nproduct = "X"\nmatch.desktop = "("\n',
+        '[[signature]]\nid = "x"\nproduct = "X"\nlayer = "tcp"\nmatch.banner = ["3.8"]\n',
+        '[[signature]]\nid = "x"\nproduct = "X"\nmatch.vencrypt = [258]\n',
+        SIG_A + SIG_A,
+    ],
+    ids=["unknown-clause", "no-clauses", "bad-regex", "bad-layer", "no-weight", "duplicate-id"],
+)
+def test_malformed_signature_files_are_rejected(bad: str) -> None:
+    with pytest.raises(fingerprint.SignatureError):
+        fingerprint.load(TINY + bad)
+
+
+def test_shipped_file_loads_once_and_result_is_a_product() -> None:
+    assert fingerprint.shipped() is fingerprint.shipped()
+    product = fingerprint.identify(replay("tigervnc-default-38"))
+    assert isinstance(product, Product)
+    assert Product.from_dict(product.to_dict()) == product
+
+
+def test_active_check_desktop_name_is_used() -> None:
+    # A ServerInit read by an active check after authenticating (extra["active"]["auth"]).
+    result = replay("tigervnc-vncauth-38")
+    assert fingerprint.identify(result).name == "unknown"
+    authed = replace(result, extra={"active": {"auth": {"outcome": "ok",
+                                                         "desktop_name": "QEMU (vm1)"}}})
+    product = fingerprint.identify(authed)
+    assert product.name == "QEMU" and "desktop name 'QEMU (vm1)'" in product.evidence
