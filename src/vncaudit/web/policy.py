@@ -57,7 +57,7 @@ class PolicyError(UsageError):
 class InvalidTarget(PolicyError):
     """The input is not an address, a host name or a port list we understand."""
 
-    status = 422
+    status = 400
 
 
 class TargetRefused(PolicyError):

@@ -1,0 +1,324 @@
+"""The web service through its HTTP interface (Starlette TestClient on the ASGI app).
+
+Scans go to the hostile farm's fake servers on 127.0.0.1, which the test settings allow-list
+explicitly (the default policy refuses loopback). The exposure is set to "public", so 127.0.0.1
+stands in for a public host and findings are graded as the world would see them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+with warnings.catch_warnings():  # starlette nags about httpx; the pinned client is httpx
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from vncaudit.web import Settings, create_app
+from vncaudit.web.security import RateLimiter, token_matches
+from vncaudit.web.settings import hash_token, new_token
+
+from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+ME = ("127.0.0.1", 40001)
+
+
+def settings(tmp_path: Path, **changes: Any) -> Settings:
+    base: dict[str, Any] = dict(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                                assume_exposure="public", probe_timeout=2.0, rate_burst=50,
+                                rate_per_minute=600)
+    base.update(changes)
+    return Settings(**base)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(tmp_path)), client=ME) as c:
+        yield c
+
+
+def wait_final(client: TestClient, scan_id: str, timeout: float = 20.0,
+               **kw: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/api/scans/{scan_id}", **kw)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        assert time.monotonic() < deadline, f"scan {scan_id} did not finish: {body}"
+        time.sleep(0.05)
+
+
+def submit(client: TestClient, target: str, ports: str | int, **kw: Any) -> dict[str, Any]:
+    response = client.post("/api/scans", json={"target": target, "ports": str(ports)}, **kw)
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == f"/api/scans/{response.json()['id']}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_health_openapi_and_security_headers(client: TestClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    h = response.headers
+    assert "default-src 'self'" in h["content-security-policy"]
+    assert "frame-ancestors 'none'" in h["content-security-policy"]
+    assert h["x-content-type-options"] == "nosniff"
+    assert h["x-frame-options"] == "DENY"
+    assert h["referrer-policy"] == "no-referrer"
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/scans", "/api/scans/{scan_id}", "/api/scans/{scan_id}/report.{fmt}",
+                 "/api/health"):
+        assert path in spec["paths"], path
+    assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "<script>" not in page.text and "http://" not in page.text.split("<body>")[0]
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # nothing external
+
+
+def test_scan_no_auth_server_end_to_end(client: TestClient, hostile_farm: Farm) -> None:  # noqa: F811
+    port = hostile_farm.ports["vnc-none"]
+    created = submit(client, "127.0.0.1", port)
+    assert created["status"] in ("queued", "running", "finished")
+    assert created["addresses"] == ["127.0.0.1"]
+    body = wait_final(client, created["id"])
+    assert body["status"] == "finished"
+    assert body["progress"] == {"done": 1, "total": 1}
+    assert body["verdict"]["state"] == "open"
+    assert body["verdict"]["severity"] == "critical"
+    (service,) = body["services"]
+    assert service["state"] == "vnc" and service["port"] == port
+    assert service["rfb"]["auth_required"] is False
+    assert service["rfb"]["desktop_name"] == "farm-none"
+    ids = {f["id"]: f["severity"] for f in service["findings"]}
+    assert ids.get("no-auth") == "critical"
+    fixes = {fix["id"]: fix for fix in service["fix"]}
+    assert "set-password" in fixes
+    commands = [c for fix in fixes.values() for s in fix["steps"] for c in s["commands"]]
+    assert any(str(port) in c for c in commands), commands  # filled with the real port
+
+    # Reports in every format, served from the store.
+    js = client.get(f"/api/scans/{body['id']}/report.json")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("application/json")
+    assert js.json()["services"][0]["port"] == port
+    html = client.get(f"/api/scans/{body['id']}/report.html")
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert "sandbox" in html.headers["content-security-policy"]
+    xml = client.get(f"/api/scans/{body['id']}/report.xml")
+    assert xml.status_code == 200 and "<nmaprun" in xml.text
+    assert client.get(f"/api/scans/{body['id']}/report.pdf").status_code in (404, 422)
+
+    metrics = client.get("/metrics").text
+    assert "vncaudit_web_scans_submitted_total 1.0" in metrics
+    assert 'vncaudit_web_probes_total{state="vnc"} 1.0' in metrics
+
+
+def test_closed_and_tarpit_verdicts(client: TestClient, hostile_farm: Farm) -> None:  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    closed = wait_final(client, submit(client, "127.0.0.1", free)["id"])
+    assert closed["verdict"]["state"] == "closed"
+    assert [s["state"] for s in closed["services"]] == ["closed"]
+    assert wait_final(client, submit(client, "127.0.0.1", hostile_farm.ports["ssh"])["id"]
+                      )["services"][0]["state"] == "open-not-vnc"
+
+
+def test_hostname_target_is_scanned_by_its_checked_address(tmp_path: Path,
+                                                          hostile_farm: Farm) -> None:  # noqa: F811
+    calls: list[str] = []
+
+    def resolver(name: str) -> list[str]:
+        calls.append(name)
+        return ["127.0.0.1"] if name == "vnc.example.test" else []
+
+    app = create_app(settings(tmp_path, resolver=resolver))
+    with TestClient(app, client=ME) as c:
+        body = wait_final(c, submit(c, "VNC.example.test.", hostile_farm.ports["vnc-auth"])["id"])
+        assert body["target"] == "vnc.example.test" and body["hostname"] == "vnc.example.test"
+        (service,) = body["services"]
+        assert service["host"] == "127.0.0.1" and service["hostname"] == "vnc.example.test"
+        assert service["rfb"]["auth_required"] is True
+        refused = c.post("/api/scans", json={"target": "nothing.example.test", "ports": "5900"})
+        assert refused.status_code == 400 and refused.json()["code"] == "unresolvable"
+    assert calls == ["vnc.example.test", "nothing.example.test"]
+
+
+def test_input_errors(client: TestClient) -> None:
+    for body, status, code in [
+        ({"target": "999999999999", "ports": "5900"}, 400, "bad-target"),
+        ({"target": "127.0.0.1", "ports": "5900-"}, 201, None),
+        ({"target": "127.0.0.1", "ports": "99999"}, 400, "bad-ports"),
+        ({"target": "10.0.0.1", "ports": "5900"}, 403, "address-refused"),
+        ({"target": "http://127.0.0.1/"}, 400, "bad-target"),
+    ]:
+        response = client.post("/api/scans", json=body)
+        assert response.status_code == status, (body, response.text)
+        if code:
+            assert response.json()["code"] == code
+    assert client.post("/api/scans", json={"ports": "5900"}).status_code == 422
+    assert client.post("/api/scans", content=b"not json").status_code == 422
+    assert client.get("/api/scans/s-20990101-000000").status_code == 404
+
+
+def test_scans_are_private_to_their_requester(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
+    app = create_app(settings(tmp_path))
+    with TestClient(app, client=ME) as mine:
+        scan_id = submit(mine, "127.0.0.1", hostile_farm.ports["vnc-auth"])["id"]
+        wait_final(mine, scan_id)
+        assert [s["id"] for s in mine.get("/api/scans").json()] == [scan_id]
+        other = TestClient(app, client=("127.0.0.2", 40002))
+        assert other.get(f"/api/scans/{scan_id}").status_code == 404
+        assert other.get(f"/api/scans/{scan_id}/report.json").status_code == 404
+        assert other.get(f"/scans/{scan_id}").status_code == 404
+        assert other.get("/api/scans").json() == []
+        assert scan_id not in other.get("/history").text
+
+
+def test_api_tokens_hashed_at_rest(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
+    token = new_token()
+    stored = hash_token(token)
+    assert token not in stored and token_matches(token, [stored])
+    assert not token_matches(token + "x", [stored])
+    app = create_app(settings(tmp_path, token_hashes=(hash_token(new_token()), stored)))
+    body = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["vnc-auth"])}
+    with TestClient(app, client=ME) as c:
+        assert c.get("/api/health").status_code == 200  # liveness stays open
+        missing = c.post("/api/scans", json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = c.post("/api/scans", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert c.get("/metrics").status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        scan_id = submit(c, body["target"], body["ports"], headers=auth)["id"]
+        assert c.get(f"/api/scans/{scan_id}").status_code == 401
+        assert wait_final(c, scan_id, headers=auth)["status"] == "finished"
+        assert c.get("/metrics", headers=auth).status_code == 200
+        # A token holder sees scans of any requester.
+        other = TestClient(app, client=("127.0.0.3", 40003))
+        assert other.get(f"/api/scans/{scan_id}", headers=auth).status_code == 200
+
+
+def test_rate_limit_per_client(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
+    app = create_app(settings(tmp_path, rate_burst=2, rate_per_minute=1))
+    body = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["vnc-auth"])}
+    with TestClient(app, client=ME) as c:
+        assert [c.post("/api/scans", json=body).status_code for _ in range(3)] == [201, 201, 429]
+        limited = c.post("/api/scans", json=body)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+        # Another address has its own bucket (refused by the policy, not the limiter).
+        other = TestClient(app, client=("127.0.0.9", 40009))
+        assert other.post("/api/scans", json={**body, "target": "10.0.0.1"}).status_code == 403
+
+
+def test_token_bucket_refills() -> None:
+    limiter = RateLimiter(per_minute=60, burst=2)
+    assert [limiter.take("a", now=0.0) for _ in range(2)] == [0.0, 0.0]
+    assert limiter.take("a", now=0.0) == pytest.approx(1.0)
+    assert limiter.take("a", now=1.0) == 0.0
+    bounded = RateLimiter(per_minute=60, burst=1, max_clients=3)
+    for i in range(10):
+        bounded.take(f"c{i}", now=0.0)
+    assert len(bounded._buckets) == 3
+
+
+def test_queue_full_answers_503(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
+    app = create_app(settings(tmp_path, workers=1, queue_size=1, probe_timeout=1.5))
+    silent = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])}
+    with TestClient(app, client=ME) as c:
+        first = submit(c, silent["target"], silent["ports"])["id"]
+        deadline = time.monotonic() + 5
+        while c.get(f"/api/scans/{first}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert c.post("/api/scans", json=silent).status_code == 201  # waits in the queue
+        full = c.post("/api/scans", json=silent)
+        assert full.status_code == 503 and full.json()["code"] == "queue-full"
+        body = wait_final(c, first)
+        assert body["services"][0]["state"] == "tarpit"
+
+
+def _csrf(page_text: str) -> str:
+    match = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page_text)
+    assert match
+    return match.group(1)
+
+
+def test_form_csrf_and_result_page(client: TestClient, hostile_farm: Farm) -> None:  # noqa: F811
+    port = hostile_farm.ports["vnc-none"]
+    data = {"target": "127.0.0.1", "preset": "custom", "ports": str(port)}
+    assert client.post("/scans", data=data, follow_redirects=False).status_code == 403
+    page = client.get("/")
+    assert 'value="5900" checked' in page.text  # 5900 preselected
+    assert "VNC 5900-5910" in page.text and "All 65535 ports" in page.text
+    assert "127.0.0.1" in page.text  # the requester's address, shown and prefilled
+    cookie = client.cookies.get("vncaudit_csrf")
+    assert cookie
+    forged = client.post("/scans", data={**data, "csrf_token": "0" * 64},
+                         follow_redirects=False)
+    assert forged.status_code == 403
+    ok = client.post("/scans", data={**data, "csrf_token": _csrf(page.text)},
+                     follow_redirects=False)
+    assert ok.status_code == 303
+    scan_id = ok.headers["location"].rsplit("/", 1)[1]
+    wait_final(client, scan_id)
+    result = client.get(f"/scans/{scan_id}")
+    assert result.status_code == 200
+    text = result.text
+    assert 'data-state="open"' in text and 'data-severity="critical"' in text
+    assert "farm-none" in text  # the observed desktop name on the service card
+    assert 'data-finding="no-auth"' in text
+    assert 'class="fix-commands"' in text and f"{port}" in text
+    assert "This is the first scan of 127.0.0.1" in text
+    assert "<script>" not in text  # only /static/app.js, no inline script
+
+
+def test_history_diff_to_previous_scan(client: TestClient) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # first scan: nothing listens there
+    first = wait_final(client, submit(client, "127.0.0.1", port)["id"])
+    assert first["verdict"]["state"] == "closed"
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(4)  # second scan: it accepts and never speaks (a tarpit)
+    try:
+        second = wait_final(client, submit(client, "127.0.0.1", port)["id"])
+    finally:
+        listener.close()
+    assert second["services"][0]["state"] == "tarpit"
+    history = client.get("/history").text
+    assert first["id"] in history and second["id"] in history
+    assert f"+ 127.0.0.1:{port} appeared" in history
+    page = client.get(f"/scans/{second['id']}").text
+    assert f'href="/scans/{first["id"]}"' in page and "appeared" in page
+
+
+def test_settings_reject_unsafe_configuration(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Settings(allow=("no such network",))
+    with pytest.raises(ValueError):
+        Settings(token_hashes=("plaintext-token",))
+    with pytest.raises(ValueError):
+        Settings(assume_exposure="everywhere")
+    config = tmp_path / "serve.toml"
+    config.write_text('[serve]\nallow = ["127.0.0.1/32"]\nalow = ["0.0.0.0/0"]\n')
+    with pytest.raises(ValueError, match="alow"):
+        Settings.from_toml(config)
+    config.write_text('[serve]\nallow = ["127.0.0.1/32"]\nmax_ports = 11\n')
+    loaded = Settings.from_toml(config)
+    assert loaded.allow == ("127.0.0.1/32",) and loaded.max_ports == 11
