@@ -1,0 +1,161 @@
+"""vncaudit.assess against REAL VNC servers on loopback (Debian packages, tests/servers.py).
+
+The servers listen on 127.0.0.1 only, so the default grade is the loopback one (one step
+lower, "reachable only from this host"); the exposed grade is asked for explicitly with
+`Exposure.ALL_INTERFACES` / `Exposure.PUBLIC`, as the local audit does for a listener bound to
+0.0.0.0. Session servers are probed once each (`probe_once`): TigerVNC blacklists an address
+after 5 unauthenticated connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vncaudit.assess import Exposure, assess
+from vncaudit.models import Finding, ServiceResult, Severity, State
+
+import servers
+
+pytestmark = pytest.mark.realserver
+
+Probe = Callable[[servers.VncServer], ServiceResult]
+EXPOSED = (Exposure.ALL_INTERFACES, Exposure.PUBLIC)
+
+
+def one(result: ServiceResult, fid: str) -> Finding:
+    found = [f for f in result.findings if f.id == fid]
+    assert len(found) == 1, (fid, [f.id for f in result.findings])
+    return found[0]
+
+
+def evidence(f: Finding) -> str:
+    return "\n".join(f.evidence)
+
+
+def assert_evidence_everywhere(result: ServiceResult) -> None:
+    assert result.findings
+    for f in result.findings:
+        assert f.evidence and f.why and f.title, f.id
+
+
+@pytest.mark.parametrize("kind", ["x11vnc_none", "tigervnc_none", "xtightvnc_none"])
+def test_no_auth_is_critical_when_exposed_and_lowered_on_loopback(
+    kind: str, request: pytest.FixtureRequest, probe_once: Probe
+) -> None:
+    server: servers.VncServer = request.getfixturevalue(kind)
+    probed = probe_once(server)
+    assert probed.state is State.VNC
+    for exposure in EXPOSED:
+        graded = assess(probed, exposure)
+        f = one(graded, "no-auth")
+        assert f.severity is Severity.CRITICAL, exposure
+        assert "confirmed by SecurityResult ok" in evidence(f)
+        assert_evidence_everywhere(graded)
+    assert "exposed-public" in {f.id for f in assess(probed, Exposure.PUBLIC).findings}
+    local = assess(probed)  # 127.0.0.1
+    f = one(local, "no-auth")
+    assert f.severity is Severity.HIGH
+    assert "reachable only from this host" in evidence(f)
+    assert local.product is not None
+
+
+def test_no_auth_evidence_names_the_desktop(x11vnc_none: servers.VncServer,
+                                            probe_once: Probe) -> None:
+    f = one(assess(probe_once(x11vnc_none), Exposure.ALL_INTERFACES), "no-auth")
+    assert 'desktop name "x11vnc-none"' in evidence(f) and "640x480" in evidence(f)
+
+
+@pytest.mark.parametrize("kind", ["tigervnc_vncauth", "xtightvnc", "x11vnc_password"])
+def test_vncauth_servers_are_high(kind: str, request: pytest.FixtureRequest,
+                                  probe_once: Probe) -> None:
+    probed = probe_once(request.getfixturevalue(kind))
+    graded = assess(probed, Exposure.ALL_INTERFACES)
+    f = one(graded, "vncauth-plaintext")
+    assert f.severity is Severity.HIGH
+    assert graded.worst_severity is Severity.HIGH  # nothing claims more than it is
+    assert "no-auth" not in {x.id for x in graded.findings}
+    assert_evidence_everywhere(graded)
+    assert one(assess(probed), "vncauth-plaintext").severity is Severity.MEDIUM
+    assert one(assess(probed, Exposure.PUBLIC), "vncauth-plaintext").severity is (
+        Severity.CRITICAL)
+
+
+def test_vencrypt_with_tlsnone_is_critical(tigervnc_vencrypt: servers.VncServer,
+                                           probe_once: Probe) -> None:
+    graded = assess(probe_once(tigervnc_vencrypt), Exposure.ALL_INTERFACES)
+    f = one(graded, "tls-no-auth")
+    assert f.severity is Severity.CRITICAL
+    assert "TLSNone" in evidence(f)
+    assert "confirmed by SecurityResult ok" in evidence(f)  # the probe went through TLS
+    assert {"vncauth-plaintext", "downgrade"} <= {x.id for x in graded.findings}
+    assert_evidence_everywhere(graded)
+
+
+def test_tigervnc_default_is_high_with_a_downgrade(tigervnc_default: servers.VncServer,
+                                                   probe_once: Probe) -> None:
+    graded = assess(probe_once(tigervnc_default), Exposure.ALL_INTERFACES)
+    assert graded.worst_severity is Severity.HIGH
+    assert one(graded, "downgrade").severity is Severity.MEDIUM
+    assert_evidence_everywhere(graded)
+
+
+def test_tls_vnc_only_is_lower_than_high(vnc_server_factory: Any) -> None:
+    import asyncio
+
+    from vncaudit.models import Target
+    from vncaudit.probe import probe
+
+    srv = vnc_server_factory("tigervnc", security_types="VeNCrypt,TLSVnc", password="secret12",
+                             desktop="tiger-tlsvnc")
+    probed = asyncio.run(probe(Target(srv.host, srv.port)))
+    assert probed.rfb is not None and probed.rfb.vencrypt is not None
+    assert [s.id for s in probed.rfb.vencrypt.subtypes] == [258]
+    for exposure in (*EXPOSED, None):
+        graded = assess(probed, exposure)
+        assert graded.worst_severity is not None
+        assert graded.worst_severity.rank < Severity.HIGH.rank, exposure
+        ids = {f.id for f in graded.findings}
+        assert {"anonymous-tls", "vncauth-in-tls"} <= ids
+        assert not ids & {"no-auth", "tls-no-auth", "vncauth-plaintext", "downgrade"}
+
+
+# -- the CLI grades on both paths, and --fail-on uses the grades --------------------------------
+
+
+def _scan(server: servers.VncServer, tmp_path: Path,
+          *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VNCAUDIT_DB": str(tmp_path / "scan.db")}
+    return subprocess.run(
+        [sys.executable, "-m", "vncaudit", "scan", server.host, "-p", str(server.port),
+         "-o", "json", *args],
+        capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+@pytest.mark.parametrize("path", [[], ["--workers", "1"]], ids=["engine", "dask-shard"])
+def test_cli_scan_shows_product_and_findings(path: list[str], x11vnc_none: servers.VncServer,
+                                             tmp_path: Path) -> None:
+    proc = _scan(x11vnc_none, tmp_path, *path)
+    assert proc.returncode == 0, proc.stderr
+    [service] = json.loads(proc.stdout)["services"]
+    assert service["product"] is not None and service["product"]["name"]
+    findings = {f["id"]: f for f in service["findings"]}
+    assert findings["no-auth"]["severity"] == "high"  # loopback: one step below critical
+    assert any("reachable only from this host" in e for e in findings["no-auth"]["evidence"])
+    assert "set-password" in findings["no-auth"]["remediation"]
+    assert "nonstandard-port" in findings  # the fixture's port is outside 5900-5999
+
+
+def test_cli_fail_on(x11vnc_none: servers.VncServer, tmp_path: Path) -> None:
+    high = _scan(x11vnc_none, tmp_path, "--fail-on", "high")
+    assert high.returncode == 1, high.stderr
+    assert json.loads(high.stdout)["services"][0]["findings"]
+    critical = _scan(x11vnc_none, tmp_path, "--fail-on", "critical")
+    assert critical.returncode == 0, critical.stderr  # loopback lowered it to high
