@@ -26,6 +26,8 @@ Server kinds (see ``KINDS``):
 * ``x11vnc-password``    Xvfb + x11vnc -rfbauth F
 * ``xtightvnc``          Xtightvnc -rfbauth F (TightVNC 1.3.10)
 * ``xtightvnc-none``     Xtightvnc without a password file
+* ``qemu``               qemu-system-x86_64 -vnc 127.0.0.1:N (no password, no guest: -S)
+* ``qemu-password``      the same with ``password=on`` and no password set (every login fails)
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ PACKAGE_OF = {
     "Xtightvnc": "tightvncserver",
     "tightvncpasswd": "tightvncpasswd",
     "xsetroot": "x11-xserver-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
 }
 
 
@@ -716,6 +719,71 @@ def start_xtightvnc_none(**kw: Any) -> VncServer:
 
 
 # --------------------------------------------------------------------------- #
+# QEMU's built-in VNC server
+# --------------------------------------------------------------------------- #
+
+QEMU_BASE_PORT = 5900  # QEMU listens on 5900 + display number
+
+
+def start_qemu(
+    *,
+    password: bool = False,
+    name: str | None = "vncaudit-qemu",
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str | None = None,
+) -> VncServer:
+    """``qemu-system-x86_64 -nodefaults -display none -vnc 127.0.0.1:N -S`` on loopback.
+
+    No guest runs (``-S``: the CPU never starts, TCG so no KVM is needed). QEMU takes a
+    display number, so the port is 5900 + N with N from a free port. ``password=on`` without
+    a password set (no monitor) offers VNC authentication that always fails. With *name*
+    the desktop is "QEMU (<name>)", as libvirt and Proxmox show it.
+    """
+    kind = kind or ("qemu-password" if password else "qemu")
+    require(kind, ["qemu-system-x86_64"])
+    wd = _workdir(workdir)
+    last_error: Exception | None = None
+    for attempt in range(START_ATTEMPTS):
+        port = free_port()
+        while port <= QEMU_BASE_PORT:
+            port = free_port()
+        display = port - QEMU_BASE_PORT
+        vnc = f"{HOST}:{display}" + (",password=on" if password else "")
+        cmd = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-vnc", vnc, "-S",
+               "-machine", "accel=tcg", "-m", "16", "-monitor", "none", "-serial", "none"]
+        if name is not None:
+            cmd += ["-name", name]
+        cmd += list(extra_args)
+        log_path = wd / f"{kind}-{display}-{port}-{attempt}.log"
+        log = open(log_path, "wb")
+        server = VncServer(kind=kind, host=HOST, port=port, display=display,
+                           password=None, command=cmd, desktop=name, workdir=wd,
+                           log_path=log_path, commands=[cmd], _logs=[log])
+        t0 = time.monotonic()
+        try:
+            server.procs.append(_popen(cmd, log, _base_env(wd)))
+            pids = server.pids
+            _wait(f"{kind} RFB port {port}", lambda p=port, q=pids: is_listening(p, q),
+                  server.procs, log_path, timeout)
+        except ServerStartError as exc:
+            server.stop()
+            last_error = exc
+            continue
+        except BaseException:
+            server.stop()
+            raise
+        server.start_seconds = time.monotonic() - t0
+        return server
+    raise ServerStartError(f"{kind}: gave up after {START_ATTEMPTS} attempts: {last_error}")
+
+
+def start_qemu_password(**kw: Any) -> VncServer:
+    return start_qemu(password=True, **kw)
+
+
+# --------------------------------------------------------------------------- #
 # Registry and X helpers
 # --------------------------------------------------------------------------- #
 
@@ -729,6 +797,8 @@ KINDS: dict[str, Callable[..., VncServer]] = {
     "x11vnc-password": start_x11vnc_password,
     "xtightvnc": start_xtightvnc,
     "xtightvnc-none": start_xtightvnc_none,
+    "qemu": start_qemu,
+    "qemu-password": start_qemu_password,
 }
 
 # Binaries each kind needs (password kinds also need vncpasswd).
@@ -742,6 +812,8 @@ BINARIES: dict[str, list[str]] = {
     "x11vnc-password": ["Xvfb", "x11vnc", "vncpasswd"],
     "xtightvnc": ["Xtightvnc", "vncpasswd"],
     "xtightvnc-none": ["Xtightvnc"],
+    "qemu": ["qemu-system-x86_64"],
+    "qemu-password": ["qemu-system-x86_64"],
 }
 
 

@@ -1,0 +1,127 @@
+"""The product fingerprint against REAL servers (Debian packages) started on loopback.
+
+Each server is probed ONCE with `vncaudit.probe.probe` (session servers through `probe_once`),
+and `fingerprint.identify` must name it — or, where a single unauthenticated connection cannot
+tell the products apart (RFB 3.8 with only [2], or only [1] and a custom desktop name), say
+"unknown" and list the real product among the candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vncaudit import websocket as ws
+from vncaudit.fingerprint import identify
+from vncaudit.models import Product, ServiceResult, State, Target
+from vncaudit.probe import ProbeOptions, probe
+
+import servers
+
+pytestmark = pytest.mark.realserver
+
+
+def probe_fresh(server: servers.VncServer) -> ServiceResult:
+    result = asyncio.run(probe(Target(server.host, server.port)))
+    assert result.state is State.VNC, result.error
+    return result
+
+
+def evidence(product: Product) -> str:
+    return " | ".join(product.evidence)
+
+
+def assert_unknown_among(product: Product, *candidates: str) -> None:
+    assert product.name == "unknown" and product.confidence == 0.0, product
+    for name in candidates:
+        assert name in evidence(product), (name, product.evidence)
+
+
+def test_tigervnc_default(tigervnc_default: servers.VncServer, probe_once: Any) -> None:
+    product = identify(probe_once(tigervnc_default))
+    assert product.name == "TigerVNC" and product.confidence >= 0.9, product
+    assert "security types [19, 2] in this order" in product.evidence
+    assert "VeNCrypt sub-types [258, 2] in this order" in product.evidence
+
+
+def test_tigervnc_vencrypt(tigervnc_vencrypt: servers.VncServer, probe_once: Any) -> None:
+    result = probe_once(tigervnc_vencrypt)
+    product = identify(result)
+    assert product.name == "TigerVNC" and product.confidence >= 0.9, product
+    assert "duplicate security types: 19,19,2" in evidence(product)
+
+
+def test_tigervnc_none_default_desktop_name(vnc_server_factory: Any) -> None:
+    result = probe_fresh(vnc_server_factory("tigervnc-none", desktop=None))
+    product = identify(result)
+    assert product.name == "TigerVNC", product
+    assert f"desktop name {result.rfb.desktop_name!r}" in product.evidence
+    assert "@" in result.rfb.desktop_name  # Xvnc's own default: user@host
+
+
+def test_tigervnc_none_custom_name_is_not_guessed(
+    tigervnc_none: servers.VncServer, probe_once: Any
+) -> None:
+    assert_unknown_among(identify(probe_once(tigervnc_none)), "TigerVNC", "LibVNCServer", "QEMU")
+
+
+def test_tigervnc_vncauth_is_not_guessed(
+    tigervnc_vncauth: servers.VncServer, probe_once: Any
+) -> None:
+    assert_unknown_among(identify(probe_once(tigervnc_vncauth)), "TigerVNC", "LibVNCServer")
+
+
+def test_x11vnc_default_desktop_name(vnc_server_factory: Any) -> None:
+    result = probe_fresh(vnc_server_factory("x11vnc-none", desktop=None))
+    product = identify(result)
+    assert product.name == "x11vnc", (product, result.rfb.desktop_name)
+
+
+def test_x11vnc_password_is_not_guessed(
+    x11vnc_password: servers.VncServer, probe_once: Any
+) -> None:
+    assert_unknown_among(identify(probe_once(x11vnc_password)), "LibVNCServer", "TigerVNC")
+
+
+def test_xtightvnc_password(xtightvnc: servers.VncServer, probe_once: Any) -> None:
+    product = identify(probe_once(xtightvnc))
+    assert (product.name, product.version) == ("TightVNC", None), product
+    assert "Tight auth capability STDV VNCAUTH_" in product.evidence
+    assert "version not decided: 1.3 or 2" in product.evidence
+
+
+def test_xtightvnc_none(xtightvnc_none: servers.VncServer, probe_once: Any) -> None:
+    product = identify(probe_once(xtightvnc_none))
+    assert (product.name, product.version) == ("TightVNC", "1.3"), product
+
+
+def test_qemu(vnc_server_factory: Any) -> None:
+    result = probe_fresh(vnc_server_factory("qemu", name="vncaudit-vm"))
+    product = identify(result)
+    assert product.name == "QEMU" and product.confidence >= 0.8, product
+    assert "desktop name 'QEMU (vncaudit-vm)'" in product.evidence
+
+
+def test_qemu_password_is_not_guessed(vnc_server_factory: Any) -> None:
+    result = probe_fresh(vnc_server_factory("qemu-password"))
+    assert [t.id for t in result.rfb.security_types] == [2]
+    assert_unknown_among(identify(result), "QEMU", "TigerVNC", "LibVNCServer")
+
+
+def test_novnc_in_front_of_tigervnc(vnc_server_factory: Any, tmp_path: Path) -> None:
+    from test_websocket import NOVNC, websockify
+
+    if not Path(NOVNC, "vnc.html").exists():
+        from conftest import _unavailable
+
+        _unavailable(servers.ServerUnavailable("novnc", ["novnc"]))
+    backend = vnc_server_factory("tigervnc-default", password=servers.DEFAULT_PASSWORD)
+    with websockify(backend, NOVNC, tmp_path / "websockify.log") as front:
+        result = asyncio.run(ws.probe_web(front, ProbeOptions(timeout=10)))
+    assert result.state is State.VNC, result.error
+    product = identify(result)
+    assert product.name == "noVNC/websockify", product
+    assert "backend TigerVNC" in evidence(product)
