@@ -191,6 +191,14 @@ def test_x509none_and_anonymous_tls_inner_none_are_tls_no_auth() -> None:
     assert "tls-no-auth" in ids(found) and "no-auth" not in ids(found)
 
 
+def test_anonymous_tls_inner_none_confirmed_through_the_inner_selection() -> None:
+    r = service(facts(18, inner=(1, 2), selected_type=1, security_result="ok"))
+    found = grade(r)
+    assert "confirmed by SecurityResult ok" in text(one(found, "tls-no-auth"))
+    assert "inner type 2" in text(one(found, "anonymous-tls"))
+    assert "no-auth" not in ids(found)
+
+
 def test_tls_no_auth_absent_for_tls_with_a_password() -> None:
     assert "tls-no-auth" not in ids(grade(service(facts(19, vencrypt=(258, 261)))))
 

@@ -387,11 +387,14 @@ def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
                 out.append(Offer("tls-unread", "type 18 \"TLS\" (anonymous TLS): inner list "
                                  "not read"))
                 continue
+            main = {m.id for m in facts.security_types}
             for inner in facts.tls_inner_types:
                 cls = kb.classes.get(inner.id, "other")
                 tls_cls = {"none": "tls-none", "strong": "strong"}.get(cls, "tls-auth")
+                # Inside TLS the probe records the inner type it chose as selected_type.
+                picked = sel == 18 or (sel == inner.id and sel not in main)
                 out.append(Offer(tls_cls, f"type 18 \"TLS\" (anonymous TLS) → inner type "
-                                 f"{inner.id} {_q(inner.name)}", selected=sel == 18,
+                                 f"{inner.id} {_q(inner.name)}", selected=picked,
                                  vncauth_inside=inner.id == 2))
         elif t.id == 17:
             out.append(Offer("unread", "type 17 \"Ultra\": UltraVNC's second list not read"))
