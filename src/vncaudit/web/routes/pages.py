@@ -107,6 +107,8 @@ def scan_page(scan_id: ScanId, request: Request, ctx: CtxDep,
     running = status in ("queued", "running")
     results = ctx.store.results(scan_id)
     public = scan_public(ctx.store, record, job, include_closed=False)
+    # Worst first: the card that explains the verdict banner comes right under it.
+    results.sort(key=lambda r: -(r.worst_severity.rank if r.worst_severity else -1))
     cards = [{"result": r, "facts": service_facts(r),
               "findings": sorted(r.findings, key=lambda f: -f.severity.rank),
               "fixes": fix_guide(r)} for r in results]

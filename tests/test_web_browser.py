@@ -1,0 +1,137 @@
+"""The check page in a real headless Chromium (Debian's /usr/bin/chromium via Playwright).
+
+Opens the form, submits 127.0.0.1 with the port of a real x11vnc server (no password) plus a
+silent hostile-farm port that holds the scan for the probe deadline, watches the live progress
+go from 1 of 2 to done, and checks the critical verdict and the fix commands. The service runs
+under uvicorn on a free loopback port with 127.0.0.1 allow-listed and assume_exposure="public"
+(127.0.0.1 stands in for a public host). A screenshot lands in test-artifacts/web/.
+Never downloads a browser: without Debian's chromium the test skips (fails under CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from conftest import VncServerFactory, in_ci
+
+from vncaudit.web import Settings, create_app
+
+import servers
+from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("VNCAUDIT_ARTIFACTS", Path(__file__).resolve().parent.parent
+                                / "test-artifacts")) / "web"
+
+
+class LiveServer:
+    """uvicorn serving an app on a free loopback port, in a thread; stopped on exit."""
+
+    def __init__(self, app: object) -> None:
+        self.port = servers.free_port("127.0.0.1")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on", server_header=False)  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def chromium() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        message = f"Debian's chromium is not installed at {CHROMIUM}"
+        if in_ci():
+            pytest.fail(message + " [CI is set: the browser test must not skip]", pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.mark.realserver
+def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFactory,
+                                hostile_farm: Farm, chromium: object) -> None:  # noqa: F811
+    from playwright.sync_api import Browser, expect
+
+    assert isinstance(chromium, Browser)
+    vnc = vnc_server_factory("x11vnc-none", desktop="browser-test", geometry=(640, 480))
+    silent = hostile_farm.ports["silent"]
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        assume_exposure="public", probe_timeout=3.0)
+    with LiveServer(create_app(settings)) as live:
+        context = chromium.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+
+        page.goto(live.url + "/")
+        expect(page.locator("#client-address")).to_have_text("127.0.0.1")
+        expect(page.locator('input[name="preset"][value="5900"]')).to_be_checked()
+        page.fill("#target", "127.0.0.1")
+        page.fill("#ports", f"{vnc.port},{silent}")  # focusing it selects "Custom" (app.js)
+        expect(page.locator('input[name="preset"][value="custom"]')).to_be_checked()
+        page.click("#submit")
+
+        # Live progress: the x11vnc port answers at once, the silent one holds the scan for
+        # the 3 s probe deadline, so the page shows 1 of 2 before it is done.
+        page.wait_for_url("**/scans/s-*")
+        expect(page.locator("#progress")).to_be_visible()
+        expect(page.locator("#progress-total")).to_have_text("2")
+        expect(page.locator("#progress-done")).to_have_text("1", timeout=10000)
+        assert page.locator("#progress-bar").get_attribute("max") == "2"
+
+        # Done: the script reloads the page into the result.
+        verdict = page.locator("#verdict")
+        expect(verdict).to_have_attribute("data-state", "open", timeout=15000)
+        expect(page.locator("#progress")).to_have_count(0)
+        expect(verdict).to_have_attribute("data-severity", "critical")
+        expect(verdict).to_contain_text("critical: No authentication")
+        card = page.locator("article.card", has_text=f"127.0.0.1:{vnc.port}")
+        expect(card).to_contain_text("browser-test")  # the desktop name x11vnc reported
+        expect(card.locator('[data-finding="no-auth"]')).to_be_visible()
+        commands = card.locator("pre.fix-commands").first
+        expect(commands).to_be_visible()
+        expect(commands).to_contain_text(str(vnc.port))
+        copy = card.locator("button.copy").first
+        expect(copy).to_be_visible()  # unhidden by app.js
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == commands.inner_text()
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "check-result.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10000
+
+        page.goto(live.url + "/history")
+        expect(page.locator("table.history tbody tr")).to_have_count(1)
+        context.close()
+        # Every request the page made went to the service itself: no CDN, no external file.
+        assert requested and all(u.startswith(live.url + "/") for u in requested), requested
