@@ -460,7 +460,7 @@ def _decide(matches: list[Match], facts: Facts, cfg: Config) -> Product:
         near = [f"{name} (score {score:.2f})" for score, name in scored
                 if score >= best_score - cfg.min_margin]
         why = ("weak evidence" if best_score < cfg.min_score
-               else "ambiguous: the facts fit several products equally")
+               else "ambiguous: the facts fit several products about equally")
         return Product(UNKNOWN, None, 0.0, tuple(
             [*_observed(facts), f"{why}; candidates: {', '.join(near)}"]))
     version, version_note = _version(by_product[best], cfg)
