@@ -8,19 +8,17 @@ target namespace, every other address of 198.18.0.0/16 silent) and run `vncaudit
 2` inside the scanning namespace, so the Dask workers live there too. They need root: skipped
 without it, failed under CI.
 
-This file is also a tiny program: `python tests/test_cluster.py serve PORT SPEC_JSON` runs the
-fake servers (used inside the target namespace, and on loopback).
+The fake servers and the namespace bed live in tests/netns.py (shared with test_discovery and
+the benchmarks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
-import random
 import re
 import signal
 import sqlite3
@@ -29,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,139 +39,27 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-if __name__ != "__main__":  # the fake-server program below needs no Dask
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        if in_ci():
-            raise  # CI installs the test dependencies: a missing Dask is a failure there
-        pytest.skip("dask[distributed] is not installed", allow_module_level=True)
+try:
+    import distributed  # noqa: F401
+except ImportError:
+    if in_ci():
+        raise  # CI installs the test dependencies: a missing Dask is a failure there
+    pytest.skip("dask[distributed] is not installed", allow_module_level=True)
 
-# Security-type lists that need no sub-negotiation, so a fake server can stop after sending one.
-TYPE_LISTS = (b"\x01\x02", b"\x03\x0d\x05\x06", b"\x02\x1e\x21", b"\x02\x02\x05", b"\x01\x05")
+# The fake servers and the namespace bed are shared with test_discovery and bench/ (netns.py).
+from netns import (  # noqa: E402  (after the Dask check above)
+    TARGET_NET,
+    TYPE_LISTS,
+    Bed,
+    fake_servers,
+    live_hosts,
+    netns_bed,
+    require_netns,
+    types_for,
+)
 
-
-def types_for(host: str) -> bytes:
-    digest = hashlib.blake2b(host.encode(), digest_size=2).digest()
-    return TYPE_LISTS[digest[0] % len(TYPE_LISTS)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Fake RFB servers (a subprocess: on loopback here, inside the target namespace for netns)
-
-
-async def _serve(port: int, hosts: list[str]) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host = writer.get_extra_info("sockname")[0]
-        try:
-            writer.write(b"RFB 003.008\n")
-            await asyncio.wait_for(reader.readexactly(12), 5)
-            writer.write(types_for(host))
-            await writer.drain()
-            await asyncio.wait_for(reader.read(1), 5)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    servers = [await asyncio.start_server(handle, host, port, backlog=64) for host in hosts]
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    try:
-        await asyncio.Event().wait()  # until killed
-    finally:
-        for server in servers:
-            server.close()
-
-
-@contextlib.contextmanager
-def fake_servers(port: int, hosts: list[str], netns: str | None = None) -> Iterator[None]:
-    cmd = [sys.executable, str(HERE), "serve", str(port), json.dumps(hosts)]
-    if netns is not None:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            proc.kill()
-            raise RuntimeError(f"fake servers did not start: {proc.communicate()[1][-2000:]}")
-        yield
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-# ---------------------------------------------------------------------------------------------
-# The namespace test bed (DESIGN.md §4), minimal: two namespaces, one veth, tgt owns a /16.
-
-
-def require_netns() -> None:
-    """Skip without root (fail under CI, where netns tests must run)."""
-    problem = None
-    if os.geteuid() != 0:
-        problem = "network-namespace tests need root"
-    elif subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
-        problem = "`ip netns` does not work here"
-    if problem:
-        if in_ci():
-            pytest.fail(problem + " [CI is set: netns tests must not skip]", pytrace=False)
-        pytest.skip(problem)
-
-
-@dataclass(frozen=True)
-class Bed:
-    scn: str  # the scanning namespace: run the scanner (and its Dask workers) here
-    tgt: str  # the target namespace: owns TARGET_NET, fake servers live here
-
-
-TARGET_NET = "198.18.0.0/16"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def netns_bed() -> Iterator[Bed]:
-    """Namespaces scn and tgt joined by one veth; tgt owns 198.18.0.0/16 and answers nothing
-    but its listening sockets (outgoing RSTs dropped): every other address is silent, as on the
-    internet. Names are unique per process; everything is deleted on exit."""
-    tag = f"{os.getpid() % 1_000_000}"
-    bed = Bed(scn=f"vcs{tag}", tgt=f"vct{tag}")
-    veth_s, veth_t = f"vcs{tag}", f"vct{tag}"  # interface names: at most 15 characters
-    try:
-        _ip("netns", "add", bed.scn)
-        _ip("netns", "add", bed.tgt)
-        _ip("link", "add", veth_s, "type", "veth", "peer", "name", veth_t)
-        _ip("link", "set", veth_s, "netns", bed.scn)
-        _ip("link", "set", veth_t, "netns", bed.tgt)
-        _ip("-n", bed.scn, "addr", "add", "198.19.255.1/24", "dev", veth_s)
-        _ip("-n", bed.tgt, "addr", "add", "198.19.255.2/24", "dev", veth_t)
-        for ns, dev in ((bed.scn, veth_s), (bed.tgt, veth_t)):
-            _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        # One gateway for the whole range: no ARP per target.
-        _ip("-n", bed.scn, "route", "add", "198.18.0.0/15", "via", "198.19.255.2")
-        _ip("-n", bed.tgt, "route", "add", "local", TARGET_NET, "dev", "lo")
-        for cmd in (["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"],
-                    ["iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST",
-                     "-j", "DROP"]):
-            subprocess.run(["ip", "netns", "exec", bed.tgt, *cmd], check=True,
-                           capture_output=True, timeout=30)
-        yield bed
-    finally:
-        for ns in (bed.scn, bed.tgt):  # deleting a namespace deletes its end of the veth
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
-                           timeout=30)
-
-
-def live_hosts(network: str, n: int, seed: int) -> list[str]:
-    net = ipaddress.ip_network(network)
-    rng = random.Random(seed)
-    picks = rng.sample(range(1, net.num_addresses - 1), n)
-    return sorted((str(net.network_address + i) for i in picks),
-                  key=lambda h: ipaddress.ip_address(h))
+__all__ = ["TARGET_NET", "TYPE_LISTS", "Bed", "fake_servers", "live_hosts", "netns_bed",
+           "require_netns", "types_for"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,6 +567,3 @@ def test_netns_worker_killed_mid_run(
     no_duplicates(db, doc["scan"]["id"])
     assert doc["scan"]["finished"]
 
-
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
-    asyncio.run(_serve(int(sys.argv[2]), json.loads(sys.argv[3])))

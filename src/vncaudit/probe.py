@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Sequence
@@ -350,8 +351,14 @@ class _Session:
         )
 
 
-async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceResult:
-    """Probe one (host, port) with one connection and one deadline; never raises."""
+async def probe(
+    target: Target, options: ProbeOptions | None = None, *, sock: socket.socket | None = None
+) -> ServiceResult:
+    """Probe one (host, port) with one connection and one deadline; never raises.
+
+    `sock`: a connection to the target that is already established (the engine's discovery
+    made it); the probe takes it over, and its deadline starts now, not at the connect.
+    """
     options = options or ProbeOptions()
     session = _Session(target, options)
     loop = asyncio.get_running_loop()
@@ -360,7 +367,10 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
     try:
         async with asyncio.timeout_at(started + options.timeout):
             try:
-                reader, writer = await asyncio.open_connection(target.host, target.port)
+                if sock is not None:
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                else:
+                    reader, writer = await asyncio.open_connection(target.host, target.port)
             except ConnectionRefusedError:
                 session.state = State.CLOSED
                 return session.result(loop.time() - started)
@@ -417,6 +427,8 @@ async def probe(target: Target, options: ProbeOptions | None = None) -> ServiceR
     finally:
         if writer is not None:
             await close_writer(writer)
+        elif sock is not None:
+            sock.close()  # handed over but never wrapped in a stream: still ours to close
     if options.active_checks and session.state is None and session.error is None:
         # Only after a clean first conversation; each extra connection has a deadline of its
         # own, so an active probe takes at most three times `timeout`.
