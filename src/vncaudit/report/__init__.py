@@ -1,7 +1,12 @@
 """Render a scan (its metadata and service results) into the output formats.
 
-Owns: turning `ScanMeta` + `ServiceResult`s into text (json, jsonl, and the formats added by the
-assess work). Must not: probe, grade, or touch the store; it only formats what it is given.
+Owns: turning `ScanMeta` + `ServiceResult`s into text: json and jsonl (schema v1, DESIGN.md
+§7) here, csv (`csv_report`), nmap-compatible XML (`nmap_xml`) and a self-contained HTML page
+(`html`, with the fix guide and embedded screenshots) in their own modules, plus the small
+helpers they share. Must not: probe, grade, or touch the store; it only formats what it is
+given. Every string a server sent (desktop names, reasons, banners) is hostile input: each
+format neutralises it in its own way (CSV formula prefixes, XML-illegal characters, HTML
+autoescaping).
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vncaudit.models import SCHEMA_VERSION, ServiceResult, State
+from vncaudit.models import SCHEMA_VERSION, Finding, ServiceResult, Severity, State
 
-FORMATS = ("json", "jsonl")
+FORMATS = ("json", "jsonl", "csv", "xml", "html")
 
 HIDDEN_BY_DEFAULT = frozenset({State.CLOSED, State.FILTERED})
 
@@ -68,4 +73,47 @@ def render(
             json.dumps(r.to_dict(), separators=(",", ":")) + "\n"
             for r in visible(results, include_all)
         )
+    if fmt == "csv":
+        from vncaudit.report import csv_report
+
+        return csv_report.render_csv(visible(results, include_all))
+    if fmt == "xml":
+        from vncaudit.report import nmap_xml
+
+        return nmap_xml.render_xml(meta, visible(results, include_all))
+    if fmt == "html":
+        from vncaudit.report import html
+
+        return html.render_html(meta, visible(results, include_all))
     raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# -- helpers shared by the formats ---------------------------------------------------------------
+
+
+def security_types_text(result: ServiceResult) -> str:
+    """'19 VeNCrypt; 2 VNC Authentication' — numbers first, so a spreadsheet sorts them."""
+    facts = result.rfb
+    if facts is None:
+        return ""
+    return "; ".join(f"{t.id} {t.name}" for t in facts.security_types)
+
+
+def geometry_text(result: ServiceResult) -> str:
+    """'640x480x24' (width x height x depth) when ServerInit was read, else ''."""
+    fb = result.rfb.framebuffer if result.rfb else None
+    return f"{fb.width}x{fb.height}x{fb.depth}" if fb else ""
+
+
+def sorted_findings(result: ServiceResult) -> list[Finding]:
+    """The service's findings, worst first (stable for equal severities)."""
+    return sorted(result.findings, key=lambda f: -f.severity.rank)
+
+
+def severity_counts(results: Iterable[ServiceResult]) -> dict[Severity, int]:
+    """Findings per severity over all services, every severity present, worst first."""
+    counts = dict.fromkeys(sorted(Severity, key=lambda s: -s.rank), 0)
+    for r in results:
+        for f in r.findings:
+            counts[f.severity] += 1
+    return counts
