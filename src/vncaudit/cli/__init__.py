@@ -32,6 +32,7 @@ from rich.text import Text
 from vncaudit import __version__, report
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
 from vncaudit.engine import Progress as EngineProgress
+from vncaudit.engine import run as run_loop
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 from vncaudit.probe import ProbeOptions
@@ -287,7 +288,16 @@ def scan(
         int, typer.Option("--concurrency", min=1, help="Probes in flight at once.")
     ] = DEFAULT_CONCURRENCY,
     rate: Annotated[
-        float | None, typer.Option("--rate", min=0.1, help="Max new connections per second.")
+        float | None, typer.Option("--rate", min=0.1, help="Max new connections per second "
+                                   "(--discovery syn: SYN packets per second, default 50000).")
+    ] = None,
+    discovery_mode: Annotated[
+        str, typer.Option("--discovery", help="How to find answering ports: connect (no root) "
+                          "or syn (root: raw SYN scan; IPv6 falls back to connect).")
+    ] = "connect",
+    retries: Annotated[
+        int | None, typer.Option("--retries", min=0, help="Extra attempts for ports that did "
+                                 "not answer (default: connect 0, syn 1).")
     ] = None,
     no_init: Annotated[
         bool,
@@ -378,6 +388,8 @@ def scan(
             cluster_spec = ClusterSpec(workers=workers, address=cluster, silence_logs=dask_level)
         except UsageError as exc:
             raise _fail(str(exc)) from None
+    if resume is None:
+        _check_discovery(discovery_mode)
     if resume is not None:
         if targets or domain or input_list or nmap_xml or masscan:
             raise _fail("--resume takes no targets: it continues the stored scan as it was")
@@ -395,6 +407,8 @@ def scan(
             "timeout": timeout,
             "concurrency": concurrency,
             "rate": rate,
+            "discovery_mode": discovery_mode,
+            "retries": retries,
             "no_init": no_init,
         }
     try:
@@ -435,9 +449,12 @@ def scan(
                                      max_attempts, show_passwords, active_checks, output_file)
         except UsageError as exc:
             raise _fail(str(exc)) from None
+        _check_discovery(spec.get("discovery_mode", "connect"))
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
             rate=spec["rate"],
+            discovery=spec.get("discovery_mode", "connect"),
+            retries=spec.get("retries"),
             probe=probe_options,
             post_probe=_post_probe(active, probe_options, web),
         )
@@ -474,6 +491,19 @@ def scan(
 
 
 DEFAULT_PORTS_SPEC = "5800,5900-5910"
+
+
+def _check_discovery(mode: str) -> None:
+    """--discovery: a known mode, and raw-socket rights for syn (exit 2 before any packet)."""
+    from vncaudit import discovery
+
+    if mode not in tuple(discovery.Mode):
+        raise _fail(f"unknown --discovery {mode!r}; use connect or syn")
+    if mode == discovery.Mode.SYN:
+        try:
+            discovery.check_syn_allowed()
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
 
 
 def _active_options(
@@ -646,10 +676,10 @@ def _run_with_progress(
         await scan_async(pending, options, on_result=update, progress=state)
 
     if bar is None:
-        asyncio.run(run())
+        run_loop(run())
         return
     with bar:
-        asyncio.run(run())
+        run_loop(run())
 
 
 def _run_sharded(
