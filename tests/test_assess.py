@@ -451,26 +451,42 @@ def test_no_cve_for_a_fixed_version_or_another_product() -> None:
 
 def test_family_only_is_possible_not_known() -> None:
     family = Product("RealVNC", None, 0.7)
-    f = one(grade(replay("tigervnc-vncauth-38"), product=family), "possible-cve:CVE-2006-2369")
+    found = grade(replay("tigervnc-vncauth-38"), product=family)
+    assert not any(i.startswith("known-cve") for i in ids(found))
+    f = one(found, "possible-cves")
     assert f.severity is Severity.INFO
-    assert "NOT established" in text(f) and f.title.startswith("Possibly affected")
+    assert "NOT established: the product version is not visible" in text(f)
+    assert f.title.startswith("Possibly affected by 1 known vulnerability of RealVNC")
+    assert "CVE-2006-2369 (critical, pre-auth)" in text(f)
     unsure = Product("RealVNC", "4.1.1", 0.3)
-    f = one(grade(replay("tigervnc-vncauth-38"), product=unsure), "possible-cve:CVE-2006-2369")
-    assert "below" in text(f)
-    embedded = Product("x11vnc", "0.9.16", 0.9)
-    f = one(grade(replay("x11vnc-password-38"), product=embedded), "possible-cve:CVE-2006-2450")
-    assert "embeds the affected component" in text(f)
+    f = one(grade(replay("tigervnc-vncauth-38"), product=unsure), "possible-cves")
+    assert "confidence 0.30 is below" in text(f)
+    partial = Product("RealVNC", "4.1", 0.9)  # 4.1.x: 4.1.0/4.1.1 are affected, 4.1.2 is not
+    f = one(grade(replay("tigervnc-vncauth-38"), product=partial), "possible-cves")
+    assert "only partly overlaps" in text(f)
+
+
+def test_embedded_component_is_possible_and_gathered_in_one_finding() -> None:
+    found = grade(replay("x11vnc-password-38"), product=Product("x11vnc", "0.9.16", 0.9))
+    f = one(found, "possible-cves")
+    lines = [e for e in f.evidence if e.startswith("CVE-")]
+    assert len(lines) >= 5 and any(e.startswith("CVE-2006-2450") for e in lines)
+    assert all("embeds the affected component" in e for e in lines)
+    assert "range not verified" in text(f)  # unverified entries say so
+    assert "https://" in f.why
 
 
 def test_active_check_confirms_or_rules_out_the_bypass_cves() -> None:
     family = Product("RealVNC", None, 0.7)
     ruled_out = replay("tigervnc-vncauth-38", active={"unoffered_none": {
         "status": "not-vulnerable", "evidence": "closed"}})
-    assert not any("CVE-2006-2369" in i for i in ids(grade(ruled_out, product=family)))
+    assert not any("cve" in i for i in ids(grade(ruled_out, product=family)))
     proven = replay("tigervnc-vncauth-38", active={"unoffered_none": {
         "status": "vulnerable", "evidence": "ServerInit received"}})
-    f = one(grade(proven, product=family), "known-cve:CVE-2006-2369")
+    found = grade(proven, product=family)
+    f = one(found, "known-cve:CVE-2006-2369")
     assert f.severity is Severity.CRITICAL and "confirmed by the active" in text(f)
+    assert "possible-cves" not in ids(found)
 
 
 # -- version ranges ----------------------------------------------------------------------------
@@ -626,7 +642,9 @@ def test_graded_cve_ranges(cve_id: str, product: str, inside: list[str],
         assert f.severity is KB[cve_id].severity and version in text(f)
     for version in outside:
         found = grade(r, product=Product(product, version, 0.9))
-        assert not {f"known-cve:{cve_id}", f"possible-cve:{cve_id}"} & ids(found), version
+        assert f"known-cve:{cve_id}" not in ids(found), version
+        possible = [f for f in found if f.id == "possible-cves"]
+        assert not any(cve_id in text(f) for f in possible), version
 
 
 @pytest.mark.parametrize("cve", [c for c in A.cves() if c.side != "server" or not c.affected],
@@ -644,9 +662,11 @@ def test_viewer_local_and_rangeless_entries_never_become_findings(cve: A.Cve) ->
 def test_graded_entries_are_possible_for_the_family_without_a_version(cve: A.Cve) -> None:
     r = replay("tigervnc-vncauth-38")
     for name in (*cve.products, *cve.also_in):
-        f = one(grade(r, product=Product(name, None, 0.9)), f"possible-cve:{cve.id}")
+        f = one(grade(r, product=Product(name, None, 0.9)), "possible-cves")
         assert f.severity is Severity.INFO
-        assert ("unverified" in f.why or "not verified" in text(f)) or cve.verified
+        [line] = [e for e in f.evidence if e.startswith(cve.id + " ")]
+        assert ("range not verified" in line) is not cve.verified
+        assert cve.id in f.why
 
 
 def test_parse_cves_rejects_bad_entries() -> None:

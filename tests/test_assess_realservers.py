@@ -44,6 +44,9 @@ def assert_evidence_everywhere(result: ServiceResult) -> None:
     assert result.findings
     for f in result.findings:
         assert f.evidence and f.why and f.title, f.id
+    # None of these servers shows its version before authentication: a CVE may be "possible",
+    # never established.
+    assert not [f.id for f in result.findings if f.id.startswith("known-cve:")]
 
 
 @pytest.mark.parametrize("kind", ["x11vnc_none", "tigervnc_none", "xtightvnc_none"])

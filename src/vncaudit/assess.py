@@ -14,7 +14,6 @@ and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import json
 import logging
@@ -28,6 +27,7 @@ from importlib import resources
 from typing import Any, Final
 
 from vncaudit import rfb
+from vncaudit.fingerprint import identify
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
 
 log = logging.getLogger(__name__)
@@ -652,13 +652,15 @@ def _product_line(p: Product) -> str:
 
 
 def rule_known_cves(ctx: Context) -> list[Finding]:
-    """Known CVEs of the identified product; "possibly" when only the family is known."""
+    """Known CVEs of the identified product, one finding each when established; the CVEs
+    that only MAY apply (family known, version not) are gathered in one `possible-cves`."""
     p = ctx.product
     if ctx.result.state not in _SERVICE_STATES or p.name == "unknown":
         return []
     name = p.name.lower()
     bypass = (ctx.active.get("unoffered_none") or {}).get("status")
     out: list[Finding] = []
+    possible: list[Cve] = []
     for cve in ctx.kb.cves:
         if cve.side != "server":
             continue  # viewer-side and local flaws are not visible from a server scan
@@ -678,42 +680,63 @@ def rule_known_cves(ctx: Context) -> list[Finding]:
             verdict, confirmed = "affected", True
         if verdict == "affected" and not confirmed and p.confidence < ctx.kb.min_confidence:
             verdict = "possible"
-        out.append(_cve_finding(ctx, cve, verdict, confirmed))
+        if verdict == "affected":
+            out.append(_known_cve(ctx, cve, confirmed))
+        else:
+            possible.append(cve)
+    if possible:
+        out.append(_possible_cves(ctx, possible))
     return out
 
 
-def _cve_finding(ctx: Context, cve: Cve, verdict: str, confirmed: bool) -> Finding:
-    p = ctx.product
-    ranges = ", ".join(cve.affected)
-    ev = [_product_line(p), f"affected versions: {ranges}"
-          + (f"; fixed in {cve.fixed}" if cve.fixed else "")]
-    if not cve.verified:
-        ev.append("the affected range is not verified by a source (see the note)")
-    ev += [f"identified by: {e}" for e in p.evidence[:3]]
-    why = cve.title + ". " + cve.detectable
+def _why(cve: Cve) -> str:
+    why = f"{cve.title}. {cve.detectable}"
     if cve.note:
         why += f" Note: {cve.note}"
     if cve.references:
         why += " See " + " ".join(cve.references)
-    if verdict == "affected":
-        if confirmed:
-            ev.append("confirmed by the active un-offered-None check")
-        elif p.name.lower() in cve.products:
-            ev.append(f"version {p.version} lies in an affected range")
-        return ctx.finding(f"known-cve:{cve.id}", ev, spec_id="known-cve",
-                           title=f"{cve.id}: {cve.title}", why=why, severity=cve.severity)
-    if p.name.lower() in cve.also_in:
-        ev.append(f"{p.name} embeds the affected component; its version is not visible")
-    elif not p.version:
-        ev.append("the product version is not visible, so this is NOT established: check the "
-                  "installed version")
-    elif p.confidence < ctx.kb.min_confidence:
-        ev.append(f"identification confidence {p.confidence:.2f} is below "
-                  f"{ctx.kb.min_confidence:.2f}: not established")
+    return why
+
+
+def _range_text(cve: Cve) -> str:
+    text = ", ".join(cve.affected) + (f"; fixed in {cve.fixed}" if cve.fixed else "")
+    return text + ("" if cve.verified else " (range not verified by a source)")
+
+
+def _known_cve(ctx: Context, cve: Cve, confirmed: bool) -> Finding:
+    p = ctx.product
+    ev = [_product_line(p), f"affected versions: {_range_text(cve)}"]
+    if confirmed:
+        ev.append("confirmed by the active un-offered-None check")
     else:
-        ev.append(f"version {p.version} overlaps an affected range: not established")
-    return ctx.finding(f"possible-cve:{cve.id}", ev, spec_id="known-cve",
-                       title=f"Possibly affected by {cve.id} (not established): {cve.title}",
+        ev.append(f"version {p.version} lies in an affected range")
+    ev += [f"identified by: {e}" for e in p.evidence[:3]]
+    return ctx.finding(f"known-cve:{cve.id}", ev, spec_id="known-cve",
+                       title=f"{cve.id}: {cve.title}", why=_why(cve), severity=cve.severity)
+
+
+def _possible_cves(ctx: Context, found: Sequence[Cve]) -> Finding:
+    p = ctx.product
+    if not p.version:
+        reason = "the product version is not visible"
+    elif p.confidence < ctx.kb.min_confidence:
+        reason = (f"the identification confidence {p.confidence:.2f} is below "
+                  f"{ctx.kb.min_confidence:.2f}")
+    else:
+        reason = f"version {p.version} only partly overlaps the affected ranges"
+    ev = [_product_line(p), f"NOT established: {reason}; check the installed version"]
+    for cve in found:
+        whose = (f"{p.name} embeds the affected component, whose version is not visible; "
+                 if p.name.lower() in cve.also_in else "")
+        ev.append(f"{cve.id} ({cve.severity.value}{', pre-auth' if cve.pre_auth else ''}): "
+                  f"{cve.title}; {whose}affected {_range_text(cve)}")
+    ev += [f"identified by: {e}" for e in p.evidence[:3]]
+    count = f"{len(found)} known vulnerabilit{'y' if len(found) == 1 else 'ies'}"
+    why = ("Some versions of this product have these published vulnerabilities; which version "
+           "runs here is not established, so none is claimed. Details: "
+           + " | ".join(f"{c.id}: {_why(c)}" for c in found))
+    return ctx.finding("possible-cves", ev, spec_id="known-cve",
+                       title=f"Possibly affected by {count} of {p.name} (version not established)",
                        why=why, severity=ctx.kb.possible_severity)
 
 
@@ -804,12 +827,7 @@ def _unknown(reason: str) -> Product:
 
 
 def identify_product(result: ServiceResult) -> Product:
-    """`vncaudit.fingerprint.identify`, or "unknown" when it is absent or fails."""
-    try:
-        module = importlib.import_module("vncaudit.fingerprint")
-    except ImportError:
-        return _unknown("product identification not available")
-    identify: Callable[[ServiceResult], Product] = module.identify
+    """`vncaudit.fingerprint.identify`, or "unknown" should it fail."""
     try:
         return identify(result)
     except Exception:  # a grading bug must not cost the scan its result
