@@ -921,4 +921,5 @@ def main() -> None:
         log.debug("unexpected error", exc_info=True)
         _error_line(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)")
         sys.exit(3)
+from vncaudit.cli import local as _local  # noqa: E402,F401
 from vncaudit.cli import serve as _serve  # noqa: E402,F401

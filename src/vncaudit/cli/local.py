@@ -1,0 +1,385 @@
+"""Commands `vncaudit local`, `vncaudit harden` and `vncaudit check`: the host's own view.
+
+Owns: their options, tables, prompts and exit codes. Must not: hold audit, firewall or fix
+logic (that is `vncaudit.local`, `vncaudit.firewall`, `vncaudit.harden`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vncaudit import firewall, harden
+from vncaudit import local as local_mod
+from vncaudit.cli import _SEVERITY_STYLE, _fail, _security_summary, _setup_logging, app, err
+from vncaudit.exceptions import UsageError, VncAuditError
+from vncaudit.models import ServiceResult, Severity, State, Target
+
+PortsOpt = Annotated[
+    str, typer.Option("-p", "--ports", help="Ports that count as VNC whatever listens on them.")
+]
+OnlyPortOpt = Annotated[
+    list[int] | None,
+    typer.Option("--only-port", help="Look at this port only (repeatable); others are not "
+                 "listed, sniffed or probed."),
+]
+VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True)]
+DEFAULT_LOCAL_PORTS = "5800-5999"
+
+
+def _ports(spec: str) -> tuple[int, ...]:
+    from vncaudit.targets import parse_ports
+
+    try:
+        return parse_ports(spec)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool,
+               timeout: float) -> local_mod.LocalAudit:
+    try:
+        return local_mod.audit(_ports(ports), only_ports=only_port, sniff=sniff,
+                               probe_listeners=probe, timeout=timeout)
+    except VncAuditError as exc:
+        raise _fail(str(exc), 3) from None
+
+
+def _verdict_text(x: local_mod.Listener) -> str:
+    if x.scope == "loopback":
+        return "n/a (loopback)"
+    parts = []
+    for fam, v in x.firewall.items():
+        style = "green" if v.blocked else "yellow" if v.action in (
+            firewall.Action.RESTRICTED, firewall.Action.UNKNOWN) else "red"
+        parts.append(f"{fam}: [{style}]{v}[/]")
+    return "\n".join(parts) or "[dim]not read[/]"
+
+
+def local_table(audit: local_mod.LocalAudit) -> Table:
+    table = Table(show_lines=True)
+    for col in ("bind", "port", "process", "user", "product", "security", "auth",
+                "firewall", "risk"):
+        table.add_column(col, overflow="fold")
+    for x in audit.listeners:
+        r = x.result
+        bind = f"[{x.address}]" if ":" in x.address else x.address
+        scope = {"all-interfaces": "[bold red]all interfaces[/]", "loopback": "loopback only",
+                 "address": "one address"}[x.scope]
+        if x.family == firewall.IPV6 and x.scope == "all-interfaces":
+            scope += "\n[bold]IPv6 wildcard[/]"
+        proc = "[dim]not visible[/]"
+        if x.process is not None:
+            proc = f"{x.process.pid} {x.process.name or '?'}"
+        auth = ""
+        if r is not None and r.rfb is not None:
+            auth = {True: "required", False: "[bold red]NONE[/]", None: "?"}[r.rfb.auth_required]
+        elif r is not None:
+            auth = f"[dim]{r.state.value}[/]"
+        worst = x.severity
+        risk = f"[{_SEVERITY_STYLE[worst]}]{worst.value}[/]" if worst else ""
+        table.add_row(f"{bind}\n{scope}", str(x.port), proc,
+                      x.process.user or "" if x.process else "", x.product or "",
+                      _security_summary(r) if r is not None else "", auth,
+                      _verdict_text(x), risk)
+    return table
+
+
+def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
+    if audit.listeners:
+        out.print(local_table(audit))
+    else:
+        out.print("no VNC listener found on this machine", markup=False)
+    for x in audit.listeners:
+        lines = []
+        if x.process is not None and x.process.cmdline:
+            lines.append(f"  command line: {local_mod.command_line(x.process)}")
+        if x.process is not None and x.process.unit:
+            lines.append(f"  systemd unit: {x.process.unit}")
+        lines += [f"  {c.source}: {c.setting} {c.value} — {c.meaning}".replace("  —", " —")
+                  for c in x.config]
+        lines.append(f"  counted as VNC because: {'; '.join(x.reasons)}")
+        if x.result is not None:
+            for f in x.result.findings:
+                if f.severity.rank >= Severity.LOW.rank:
+                    lines.append(f"  [{f.severity.value}] {f.title}")
+        out.print(f"{x.address}:{x.port}", markup=False, style="bold")
+        for line in lines:
+            out.print(line, markup=False, soft_wrap=True)
+    if audit.firewall is not None:
+        err.print("firewall: " + "; ".join(audit.firewall.describe()), style="dim",
+                  markup=False, soft_wrap=True)
+    for b in audit.blind_spots:
+        err.print(f"could not see: {b}", style="yellow", markup=False, soft_wrap=True)
+    err.print(f"{audit.sockets_seen} listening TCP sockets seen, {len(audit.listeners)} VNC"
+              + ("" if audit.root else " (not root: other users' processes are hidden)"),
+              style="dim", markup=False)
+
+
+@app.command("local")
+def local_cmd(
+    ports: PortsOpt = DEFAULT_LOCAL_PORTS,
+    only_port: OnlyPortOpt = None,
+    no_sniff: Annotated[
+        bool, typer.Option("--no-sniff", help="Do not read a banner from other listeners to "
+                           "find VNC on unusual ports.")
+    ] = False,
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="Do not probe the VNC listeners on loopback.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 5.0,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
+    output_file: Annotated[Path | None, typer.Option("--output-file")] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Exit 1 at or above this severity.")
+    ] = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Audit THIS machine: VNC listeners, bind addresses, processes, configs, firewall."""
+    _setup_logging(verbose)
+    if output not in ("table", "json"):
+        raise _fail(f"unknown output format {output!r}; choose table or json")
+    threshold = _threshold(fail_on)
+    audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout)
+    if output == "json":
+        text = json.dumps(audit.to_dict(), indent=2) + "\n"
+        if output_file:
+            output_file.write_text(text)
+        else:
+            sys.stdout.write(text)
+    else:
+        out = Console(file=output_file.open("w") if output_file else None, highlight=False)
+        _print_local(audit, out)
+    if threshold is not None and audit.worst is not None and audit.worst.rank >= threshold.rank:
+        raise typer.Exit(1)
+
+
+def _threshold(fail_on: str | None) -> Severity | None:
+    if fail_on is None:
+        return None
+    try:
+        return Severity(fail_on.lower())
+    except ValueError:
+        raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+
+
+@app.command("harden")
+def harden_cmd(
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Keep access from this network (CIDR, repeatable): "
+                     "allow-list instead of a block."),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Run the firewall commands (root; asks first).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --apply.")] = False,
+    do_rollback: Annotated[
+        bool, typer.Option("--rollback", help="Restore the rules saved by the last --apply.")
+    ] = False,
+    backup: Annotated[
+        str | None, typer.Option("--backup", help="With --rollback: which backup (its name).")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto (ufw if active, else nftables, else "
+                          "iptables), ufw, nftables or iptables.")
+    ] = "auto",
+    backup_dir: Annotated[
+        Path, typer.Option("--backup-dir", help="Where --apply keeps its backups.")
+    ] = harden.DEFAULT_BACKUP_DIR,
+    ports: PortsOpt = DEFAULT_LOCAL_PORTS,
+    only_port: OnlyPortOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Print the exact fix commands for this host; --apply runs the firewall part."""
+    _setup_logging(verbose)
+    if backend not in harden.BACKENDS:
+        raise _fail(f"unknown backend {backend!r}; choose {', '.join(harden.BACKENDS)}")
+    if do_rollback:
+        _rollback(backup_dir, backup, yes)
+        return
+    if apply:
+        try:
+            harden.require_root("harden --apply")
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
+        if not yes and not sys.stdin.isatty():
+            raise _fail("--apply asks before changing the firewall; pass --yes when there is "
+                        "no terminal")
+    audit = _run_audit(ports, only_port, True, True, timeout)
+    try:
+        plan = harden.build_plan(audit, allow=allow or (), backend=backend)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(plan.render())
+    if not apply:
+        return
+    if not plan.can_apply:
+        reason = ("nothing to apply" if not plan.firewall_commands
+                  else f"--apply does not change {plan.backend}; run the commands above "
+                       "yourself or pass --backend nftables|iptables")
+        raise _fail(reason)
+    if not yes and not typer.confirm(f"Run the {len(plan.firewall_commands)} firewall "
+                                     "commands above now?", default=False, err=True):
+        raise _fail("nothing changed")
+    try:
+        report = harden.apply(plan, backup_dir=backup_dir)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    except VncAuditError as exc:
+        raise _fail(str(exc), 3) from None
+    err.print(f"applied {len(report.ran)} commands; backup: {report.backup.path}",
+              markup=False, soft_wrap=True)
+    for key, v in report.verdicts.items():
+        err.print(f"  now {key}: {v}", markup=False)
+    for port, ok in report.loopback.items():
+        err.print(f"  loopback port {port}: {'answers RFB' if ok else 'NO RFB ANSWER'}",
+                  markup=False)
+    err.print(f"undo with: vncaudit harden --rollback --backup {report.backup.path.name}"
+              + (f" --backup-dir {backup_dir}" if backup_dir != harden.DEFAULT_BACKUP_DIR
+                 else ""), markup=False, soft_wrap=True)
+
+
+def _rollback(backup_dir: Path, backup_id: str | None, yes: bool) -> None:
+    try:
+        harden.require_root("harden --rollback")
+        b = harden.load_backup(backup_dir, backup_id)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    sys.stdout.write(f"Restoring {b.backend} rules from {b.path}:\n")
+    for cmd in harden.rollback_commands(b):
+        sys.stdout.write(f"     {cmd}\n")
+    if not yes and (not sys.stdin.isatty() or not typer.confirm("Restore now?", default=False,
+                                                                err=True)):
+        raise _fail("nothing changed (pass --yes to restore without asking)")
+    try:
+        diff = harden.rollback(b)
+    except VncAuditError as exc:
+        raise _fail(str(exc), 3) from None
+    if diff:
+        raise _fail(f"restored, but {len(diff)} rule lines differ from the backup: "
+                    + "; ".join(diff[:3]), 3)
+    err.print("restored: the rules are exactly as before --apply", markup=False)
+
+
+# --------------------------------------------------------------------------- #
+# check: inside vs outside
+# --------------------------------------------------------------------------- #
+
+
+def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[dict[str, Any]]:
+    """Per port: what the host sees (listener, firewall) next to what the scan saw."""
+    by_port: dict[int, ServiceResult] = {}
+    for r in outside:
+        if r.port not in by_port or r.state is State.VNC:
+            by_port[r.port] = r
+    rows: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for x in inside:
+        port = int(x["port"])
+        if port in seen:
+            continue
+        seen.add(port)
+        same_port = [y for y in inside if int(y["port"]) == port]
+        scopes = sorted({y["scope"] for y in same_port})
+        fw = "; ".join(f"{f}: {v['text']}" for y in same_port
+                       for f, v in (y.get("firewall") or {}).items())
+        seen_out: ServiceResult | None = by_port.get(port)
+        outside_state = seen_out.state.value if seen_out is not None else "not scanned"
+        local_only = scopes == ["loopback"]
+        open_out = seen_out is not None and seen_out.state not in (State.CLOSED, State.FILTERED)
+        if seen_out is None:
+            verdict = "not scanned from outside"
+        elif open_out and local_only:
+            verdict = "open outside but bound to loopback here: another host or a port forward"
+        elif open_out:
+            verdict = "EXPOSED: reachable from outside"
+        elif local_only:
+            verdict = "loopback only: not reachable (as expected)"
+        else:
+            verdict = f"open inside, {outside_state} outside: the firewall (or the path) works"
+        rows.append({"port": port, "inside": ", ".join(f"{y['address']}" for y in same_port),
+                     "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
+                     "verdict": verdict})
+    for port, r in sorted(by_port.items()):
+        if port in seen or r.state in (State.CLOSED, State.FILTERED):
+            continue
+        rows.append({"port": port, "inside": "", "scope": "", "firewall": "",
+                     "outside": r.state.value,
+                     "verdict": "open outside, no listener seen inside: NAT/port forward, "
+                                "another host, or a process hidden from this audit"})
+    return sorted(rows, key=lambda d: d["port"])
+
+
+@app.command("check")
+def check_cmd(
+    host: Annotated[str, typer.Argument(help="The host's address as seen from here.")],
+    inside: Annotated[
+        Path | None,
+        typer.Option("--inside", help="The host's own view: a `vncaudit local -o json` file. "
+                     "Without it, the local audit runs here (when HOST is this machine)."),
+    ] = None,
+    ports: Annotated[
+        str | None, typer.Option("-p", "--ports", help="Ports to scan (default: the inside "
+                                 "listeners' ports plus 5800,5900-5910).")
+    ] = None,
+    only_port: OnlyPortOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Inside vs outside: compare the host's own audit with a scan of HOST from here."""
+    _setup_logging(verbose)
+    if inside is not None:
+        try:
+            listeners = local_mod.from_dict(json.loads(inside.read_text()))
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--inside {inside}: {exc}") from None
+    else:
+        listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout).to_dict()[
+            "listeners"]
+    if only_port:
+        listeners = [x for x in listeners if int(x["port"]) in only_port]
+    from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
+
+    scan_ports: set[int] = set(only_port or ())
+    if ports:
+        scan_ports |= set(_ports(ports))
+    if not scan_ports:
+        scan_ports = {int(x["port"]) for x in listeners} | set(parse_ports(DEFAULT_PORTS))
+    try:
+        space = build_target_space([host], tuple(sorted(scan_ports)))
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    from vncaudit.engine import ScanOptions, scan_async
+    from vncaudit.probe import ProbeOptions
+
+    targets: list[Target] = list(space.iter_targets())
+    results = asyncio.run(scan_async(targets, ScanOptions(probe=ProbeOptions(timeout=timeout))))
+    rows = compare(listeners, results)
+    if as_json:
+        sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
+    else:
+        table = Table()
+        for col in ("port", "inside (bind)", "firewall here", "outside", "verdict"):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            style = "bold red" if row["verdict"].startswith("EXPOSED") else ""
+            table.add_row(str(row["port"]), f"{row['inside']}\n{row['scope']}".strip(),
+                          row["firewall"], row["outside"],
+                          f"[{style}]{row['verdict']}[/]" if style else row["verdict"])
+        Console(highlight=False).print(table)
+    if any(row["verdict"].startswith("EXPOSED") for row in rows):
+        raise typer.Exit(1)
