@@ -235,6 +235,7 @@ class _Session:
                 return True  # zero auth caps: the protocol goes on as None
             if self.options.read_server_init and any(c.code == 1 for c in event.auth):
                 client.select_tight_auth(1)
+                self._client_init_if_due()
                 return True
             return False
         if isinstance(event, rfb.SecurityResult):
@@ -292,7 +293,14 @@ class _Session:
             return False
         client.select_security_type(choice)
         self.facts["selected_type"] = choice
+        self._client_init_if_due()
         return True
+
+    def _client_init_if_due(self) -> None:
+        # RFB 3.7 sends no SecurityResult after a no-auth type (rfbproto §7.2.1): ClientInit
+        # follows the selection at once, or the server waits and we never see ServerInit.
+        if self.client.state is rfb.State.CLIENT_INIT:
+            self.client.send_client_init(shared=True)
 
     # -- outcome -------------------------------------------------------------------------
 
