@@ -408,6 +408,7 @@ def test_weak_password_found() -> None:
             "weak-password-found")
     assert f.severity is Severity.CRITICAL
     assert "attempt 2 of at most 3" in text(f) and '"********"' in text(f)
+    assert "from the built-in list" in text(f)
     assert 'desktop name "tiger-vncauth"' in text(f)
     for status in ("not-found", "skipped", "stopped"):
         miss = {**audit, "status": status, "found": False}

@@ -162,3 +162,23 @@ def test_cli_fail_on(x11vnc_none: servers.VncServer, tmp_path: Path) -> None:
     assert json.loads(high.stdout)["services"][0]["findings"]
     critical = _scan(x11vnc_none, tmp_path, "--fail-on", "critical")
     assert critical.returncode == 0, critical.stderr  # loopback lowered it to high
+
+
+def test_cli_active_checks_become_findings(x11vnc_password: servers.VncServer,
+                                           tmp_path: Path) -> None:
+    words = tmp_path / "words.txt"
+    words.write_text(f"wrongpw1\n{servers.DEFAULT_PASSWORD}\n")
+    proc = _scan(x11vnc_password, tmp_path, "--check-passwords", "--wordlist", str(words),
+                 "--active-checks", "--fail-on", "critical")
+    assert proc.returncode == 0, proc.stderr  # loopback: weak-password-found is high here
+    [service] = json.loads(proc.stdout)["services"]
+    assert service["extra"]["active"]["password_audit"]["status"] == "found"
+    findings = {f["id"]: f for f in service["findings"]}
+    weak = findings["weak-password-found"]
+    assert weak["severity"] == "high"
+    assert any("from the given wordlist" in e and '"********"' in e for e in weak["evidence"])
+    assert servers.DEFAULT_PASSWORD not in proc.stdout  # masked everywhere
+    # x11vnc (LibVNCServer 0.9.14) refuses an un-offered None: no bypass, no bypass CVE
+    assert service["extra"]["active"]["unoffered_none"]["status"] == "not-vulnerable"
+    assert "auth-bypass" not in findings
+    assert not any("CVE-2006-2450" in e for f in service["findings"] for e in f["evidence"])

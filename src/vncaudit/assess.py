@@ -620,9 +620,10 @@ def rule_weak_password_found(ctx: Context) -> list[Finding]:
     audit = ctx.active.get("password_audit") or {}
     if not (audit.get("found") or audit.get("status") == "found"):
         return []
+    source = {"builtin": "the built-in list", "wordlist": "the given wordlist"}.get(
+        str(audit.get("source", "builtin")), str(audit.get("source")))
     ev = [f"password audit: attempt {audit.get('attempts')} of at most {audit.get('budget')} "
-          f"accepted a password from the {audit.get('source', 'builtin')} list "
-          f"(password {_q(str(audit.get('password')))})"]
+          f"accepted a password from {source} (password {_q(str(audit.get('password')))})"]
     if audit.get("security_path"):
         ev.append("authenticated via " + " → ".join(map(str, audit["security_path"])))
     init = audit.get("server_init") or {}
