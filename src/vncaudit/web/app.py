@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -74,6 +75,27 @@ def templates() -> Environment:
     return env
 
 
+def _document_without_tokens(app: FastAPI) -> None:
+    """Without configured tokens the API takes none: the OpenAPI document must not claim a
+    bearer scheme (clients and fuzzers would take the token as required)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()
+            for path in doc.get("paths", {}).values():
+                for operation in path.values():
+                    if isinstance(operation, dict):
+                        operation.pop("security", None)
+                        responses = operation.get("responses", {})
+                        responses.pop("401", None)
+            doc.get("components", {}).pop("securitySchemes", None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own store (settings.db_path), workers, limiter and metrics."""
     cfg = settings or Settings()
@@ -103,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Targets are checked by a server-side policy before any packet is sent.",
         docs_url=None, redoc_url=None, lifespan=lifespan,
     )
+    if not cfg.token_hashes:
+        _document_without_tokens(app)
     app.include_router(api.router)
     app.include_router(health.router)
     app.include_router(pages.router)
