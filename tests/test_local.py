@@ -1,0 +1,194 @@
+"""`vncaudit local` on this machine: real servers on loopback, root and non-root views.
+
+Every audit here is limited to the test server's own port (`only_ports`), so no other
+developer's server on this machine is listed, sniffed or probed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vncaudit import firewall
+from vncaudit import local as local_mod
+from vncaudit.models import Severity, State
+
+pytestmark = pytest.mark.realserver
+
+
+def test_tigervnc_on_loopback_is_listed_with_process_config_and_lower_severity(
+        vnc_server_factory) -> None:
+    srv = vnc_server_factory("tigervnc-none", desktop="local-audit")
+    audit = local_mod.audit(only_ports=[srv.port])
+    assert audit.root
+    [x] = audit.listeners
+    assert (x.address, x.port, x.family, x.scope) == ("127.0.0.1", srv.port, "ipv4", "loopback")
+    assert x.process is not None and x.process.pid in srv.pids
+    assert x.process.name == "Xvnc" and x.process.user == "root"
+    assert "-interface" in x.process.cmdline
+    assert x.product == "TigerVNC"
+    assert any("TigerVNC server" in r for r in x.reasons)
+    facts = {(c.setting, c.value) for c in x.config}
+    assert ("-interface", "127.0.0.1") in facts and ("-securitytypes", "None") in facts
+    # Loopback: no firewall family matters, and nobody else can reach it.
+    assert x.served_families == () and x.reachable_from_outside is False
+    assert x.result is not None and x.result.state is State.VNC
+    assert x.result.rfb is not None and x.result.rfb.desktop_name == "local-audit"
+    ids = {f.id for f in x.result.findings}
+    assert "no-auth" in ids
+    no_auth = next(f for f in x.result.findings if f.id == "no-auth")
+    # "loopback only" lowers the severity that "all interfaces" would raise.
+    assert no_auth.severity.rank < Severity.CRITICAL.rank
+    assert any("loopback" in e for e in no_auth.evidence)
+    doc = audit.to_dict()
+    assert doc["kind"] == "local-audit" and doc["listeners"][0]["process"]["pid"] in srv.pids
+    assert audit.firewall is not None  # iptables/nft are readable as root
+
+
+def test_unknown_port_found_by_its_rfb_banner_and_not_without_sniffing(
+        vnc_server_factory) -> None:
+    srv = vnc_server_factory("x11vnc-none")  # a random port, outside 5800-5999
+    assert not 5800 <= srv.port <= 5999
+    seen = local_mod.audit(ports=(), only_ports=[srv.port], probe_listeners=False,
+                           read_firewall=False)
+    # x11vnc is a known server process, so it counts without the banner:
+    assert [x.reasons for x in seen.listeners] == [("process x11vnc is a x11vnc server",)]
+    facts = {c.setting for c in seen.listeners[0].config}
+    assert {"-nopw", "-listen", "-rfbportv6"} <= facts
+
+
+_NOBODY = r"""
+import json, os, sys
+# Import everything the audit needs first: after dropping root this interpreter may no longer
+# read its own install directory.
+import asyncio, ipaddress, subprocess, tomllib, psutil
+import vncaudit.local, vncaudit.assess, vncaudit.fingerprint, vncaudit.probe, vncaudit.firewall
+import encodings.idna, ssl, concurrent.futures.thread, selectors
+vncaudit.local.known_servers()
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+port = int(sys.argv[1])
+audit = vncaudit.local.audit(ports=(port,), only_ports=[port], sniff=True)
+sys.stdout.write(json.dumps(audit.to_dict()))
+"""
+
+
+def test_without_root_it_still_lists_and_probes_and_says_what_it_could_not_see(
+        vnc_server_factory, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user")
+    srv = vnc_server_factory("tigervnc-none", desktop="seen-by-nobody")
+    script = tmp_path / "nobody.py"
+    script.write_text(_NOBODY)
+    script.chmod(0o644)
+    tmp_path.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(Path(local_mod.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, str(script), str(srv.port)], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["host"]["root"] is False
+    [x] = doc["listeners"]
+    assert x["address"] == "127.0.0.1" and x["port"] == srv.port
+    # The socket is root's: no PID, process or command line for an unprivileged user …
+    assert x["process"] is None
+    # … but the probe still works, and the banner says what it is.
+    assert x["service"]["state"] == "vnc"
+    assert x["service"]["rfb"]["desktop_name"] == "seen-by-nobody"
+    blind = " ".join(doc["blind_spots"])
+    assert "other users" in blind and "root" in blind
+    # iptables/nft refuse an unprivileged user: said so, never "protected".
+    assert "permission denied" in blind
+    assert doc["firewall"]["read"] == [] or all(
+        r["tool"] not in ("iptables", "nftables") for r in doc["firewall"]["read"])
+
+
+def test_firewall_verdict_without_permission_is_unknown() -> None:
+    def denied(argv):
+        return 4, "", "Permission denied (you must be root)"
+
+    st = firewall.read_state(denied)
+    v = st.verdict(firewall.IPV4, 5900)
+    assert v.action is firewall.Action.UNKNOWN and "permission denied" in v.reason
+    lst = local_mod.Listener("0.0.0.0", 5900, firewall.IPV4, None, ("port",),
+                             firewall={firewall.IPV4: v})
+    assert lst.reachable_from_outside is None  # unknown, not "protected"
+
+
+def test_tigervnc_config_files_both_formats(tmp_path: Path) -> None:
+    new_style = tmp_path / "config"
+    new_style.write_text("# TigerVNC 1.11+\nlocalhost\nsecuritytypes=vncauth\n")
+    debian = tmp_path / "vncserver-config-mandatory"
+    debian.write_text('$localhost = "no";\n$SecurityTypes = "None";\n')
+    got = local_mod._tigervnc_file(new_style) + local_mod._tigervnc_file(debian)
+    assert [(c.setting, c.value, c.meaning) for c in got] == [
+        ("localhost", "(set)", "loopback only"),
+        ("securitytypes", "vncauth", "security types offered"),
+        ("localhost", "no", "every interface"),
+        ("securitytypes", "None", "security types offered"),
+    ]
+    assert local_mod._tigervnc_file(tmp_path / "absent") == []
+
+
+def test_xvnc_parameters_and_x11vnc_flags() -> None:
+    params = local_mod._xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
+                                     "-SecurityTypes=None", "desktop=x", "-AlwaysShared"])
+    assert params == {"localhost": "0", "rfbport": "5901", "securitytypes": "None",
+                      "desktop": "x", "alwaysshared": "1"}
+    proc = local_mod.ProcessInfo(1, "x11vnc", None, ("x11vnc", "-display", ":0", "-noipv6",
+                                                     "-passwd", "hunter2", "-rfbport", "5900"))
+    facts = {c.setting: c for c in local_mod.x11vnc_config(proc)}
+    assert facts["-passwd"].value == "***"  # never repeat a password from a command line
+    assert "keeps [::]" in facts["-noipv6"].meaning
+    assert "IPv6 wildcard" in facts["-rfbportv6"].meaning
+
+
+def test_served_families_of_wildcards() -> None:
+    v6 = local_mod.Listener("::", 5900, firewall.IPV6, None, ("port",), dual_stack=True)
+    assert v6.served_families == (firewall.IPV6, firewall.IPV4)
+    v6only = local_mod.Listener("::", 5900, firewall.IPV6, None, ("port",))
+    assert v6only.served_families == (firewall.IPV6,)
+    assert local_mod.Listener("::1", 5900, firewall.IPV6, None, ()).scope == "loopback"
+    assert local_mod.Listener("198.18.0.9", 5900, firewall.IPV4, None, ()).scope == "address"
+
+
+def test_cli_local_json_and_fail_on(vnc_server_factory, tmp_path: Path) -> None:
+    srv = vnc_server_factory("tigervnc-none")
+    out = tmp_path / "local.json"
+    cmd = [sys.executable, "-m", "vncaudit", "local", "--only-port", str(srv.port), "-o", "json",
+           "--output-file", str(out), "--fail-on", "low"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr  # no-auth is at least low even on loopback
+    doc = json.loads(out.read_text())
+    assert [x["port"] for x in doc["listeners"]] == [srv.port]
+    bad = subprocess.run([sys.executable, "-m", "vncaudit", "local", "-o", "xml"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_harden_apply_refuses_without_root_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs the CLI as an unprivileged user, which needs root to set up")
+    script = tmp_path / "h.py"
+    script.write_text(
+        "import os, sys\n"
+        "import vncaudit.cli, vncaudit.cli.local, vncaudit.harden, vncaudit.local\n"
+        "import contextlib, io, psutil, encodings.idna\n"
+        "# Let typer load its lazy modules while the install directory is still readable.\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    vncaudit.cli.app(['harden', '--help'])\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "sys.argv = ['vncaudit', 'harden', '--apply', '--yes']\n"
+        "vncaudit.cli.main()\n")
+    tmp_path.chmod(0o755)
+    script.chmod(0o644)
+    env = {**os.environ, "PYTHONPATH": str(Path(local_mod.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
+    assert proc.stdout == ""  # refused before looking at anything
