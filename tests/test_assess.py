@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vncaudit import assess as A
 from vncaudit.exceptions import RemoteProtocolError
@@ -680,3 +682,68 @@ def test_parse_cves_rejects_bad_entries() -> None:
             A.parse_cves({"cve": [{**good, **bad}]})
     with pytest.raises(ValueError, match="duplicate"):
         A.parse_cves({"cve": [good, good]})
+
+
+# -- robustness: no rule raises on any facts or extra[] shape -----------------------------------
+
+
+_TYPES = [0, 1, 2, 5, 6, 13, 16, 17, 18, 19, 21, 22, 30, 113, 129, 130, 192, 255]
+_SUBS = [1, 2, 256, 257, 258, 259, 260, 261, 262, 263, 264, 265, 266, 267, 300]
+_JUNK = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers()),
+                  st.dictionaries(st.sampled_from(["status", "found", "kind", "evidence",
+                                                   "password", "security_path", "cves",
+                                                   "reasons", "server_init"]),
+                                  st.one_of(st.none(), st.text(max_size=5), st.booleans(),
+                                            st.lists(st.text(max_size=3))), max_size=4))
+
+
+@st.composite
+def _results(draw: st.DrawFn) -> tuple[ServiceResult, Product]:
+    types = draw(st.lists(st.one_of(st.sampled_from(_TYPES), st.integers(0, 255)),
+                          max_size=6, unique=True))
+    f = facts(
+        *types,
+        vencrypt=draw(st.none() | st.tuples(*[st.sampled_from(_SUBS)] * draw(
+            st.integers(0, 4)))),
+        tight=draw(st.none() | st.lists(st.sampled_from([1, 2, 19, 20, 129, 130]),
+                                        max_size=3).map(tuple)),
+        inner=draw(st.none() | st.lists(st.sampled_from(_TYPES), max_size=3).map(tuple)),
+        selected_type=draw(st.none() | st.sampled_from(_TYPES + _SUBS)),
+        security_result=draw(st.sampled_from([None, "ok", "failed"])),
+        failure_reason=draw(st.none() | st.sampled_from(["Too many security failures", "x"])),
+        desktop_name=draw(st.none() | st.text(max_size=8)),
+        framebuffer=draw(st.none() | st.just(Framebuffer(640, 480, 24))),
+        security_types_server_chosen=draw(st.booleans()) and len(types) == 1,
+        notes=tuple(draw(st.lists(st.text(max_size=5), max_size=2))),
+    )
+    extra = {"active": draw(st.dictionaries(st.sampled_from(
+        ["password_audit", "unoffered_none", "screenshot", "desktop_kind", "auth"]), _JUNK)),
+        "suspected_honeypot": draw(_JUNK), "tls": draw(_JUNK)}
+    r = ServiceResult(host=draw(st.sampled_from(["127.0.0.1", PRIVATE, PUBLIC, "::", "h.example"])),
+                      port=draw(st.integers(1, 65535)), state=draw(st.sampled_from(list(State))),
+                      rfb=draw(st.none() | st.just(f)), extra=extra)
+    product = Product(draw(st.sampled_from(["unknown", "RealVNC", "LibVNCServer", "x11vnc",
+                                            "TigerVNC", "TightVNC", "UltraVNC"])),
+                      draw(st.none() | st.sampled_from(["4.1.1", "0.9.12", "1.3", ">= 5.3",
+                                                        "2", "junk", ""])),
+                      draw(st.floats(0, 1)))
+    return r, product
+
+
+@settings(max_examples=300, deadline=None)
+@given(_results())
+def test_no_rule_raises_and_findings_keep_their_promises(case: tuple[ServiceResult, Product],
+                                                         ) -> None:
+    result, product = case
+    for exposure in (None, A.Exposure.LOOPBACK, A.Exposure.PUBLIC):
+        ctx = A.Context(result, product, exposure or A.exposure_of(result.host), A.knowledge(),
+                        tuple(A.offers(result.rfb)) if result.rfb else (),
+                        A._mapping(result.extra.get("active")))
+        found: list[Finding] = []
+        for _name, rule in A.RULES:
+            found += rule(ctx)  # raises straight into the test: no guard here
+        for f in found:
+            assert f.evidence and all(isinstance(e, str) and e for e in f.evidence), f.id
+            assert isinstance(f.severity, Severity) and f.title and f.why
+        if result.state is not State.VNC:
+            assert not ids(tuple(found)) & AUTH_IDS

@@ -426,6 +426,11 @@ def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]
 _SERVICE_STATES: Final = frozenset({State.VNC, State.BLACKLISTED})
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    # extra[] comes from other layers and from stored JSON: read it defensively.
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True)
 class Context:
     result: ServiceResult
@@ -443,6 +448,10 @@ class Context:
     def is_vnc(self) -> bool:
         """Auth rules apply: an RFB server whose security handshake was read."""
         return self.result.state is State.VNC and self.result.rfb is not None
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One check's outcome in extra["active"] (shapes: vncaudit.active), or {}."""
+        return _mapping(self.active.get(name))
 
     def of(self, classes: Iterable[str]) -> list[Offer]:
         wanted = frozenset(classes)
@@ -510,15 +519,16 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     """Evidence from the opt-in screenshot/desktop checks and the desktop kind, if any."""
     lines: list[str] = []
-    shot = ctx.active.get("screenshot") or {}
+    shot = ctx.section("screenshot")
     if shot.get("status") == "ok":
         where = f", saved to {shot['path']}" if shot.get("path") else ""
         lines.append(f"screenshot taken without a password: {shot.get('width')}x"
                      f"{shot.get('height')}{where}")
-    kind = ctx.active.get("desktop_kind") or {}
+    kind = ctx.section("desktop_kind")
     verdict = kind.get("kind")
     if verdict:
-        why = "; ".join(str(e) for e in kind.get("evidence", [])[:3])
+        notes = kind.get("evidence")
+        why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
         lines.append(f"screen classified as {_q(str(verdict))} (confidence "
                      f"{kind.get('confidence', 0)}){': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
@@ -550,8 +560,8 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
-    tls = ctx.result.extra.get("tls") or {}
-    if isinstance(tls, dict) and tls:
+    tls = _mapping(ctx.result.extra.get("tls"))
+    if tls:
         detail = ", ".join(f"{k} {tls[k]}" for k in ("version", "cipher") if tls.get(k))
         if detail:
             ev.append(f"TLS negotiated: {detail}")
@@ -617,7 +627,7 @@ def rule_auth_unknown(ctx: Context) -> list[Finding]:
 
 
 def rule_weak_password_found(ctx: Context) -> list[Finding]:
-    audit = ctx.active.get("password_audit") or {}
+    audit = ctx.section("password_audit")
     if not (audit.get("found") or audit.get("status") == "found"):
         return []
     source = {"builtin": "the built-in list", "wordlist": "the given wordlist"}.get(
@@ -625,21 +635,26 @@ def rule_weak_password_found(ctx: Context) -> list[Finding]:
     ev = [f"password audit: attempt {audit.get('attempts')} of at most {audit.get('budget')} "
           f"accepted a password from {source} (password {_q(str(audit.get('password')))})"]
     if audit.get("security_path"):
-        ev.append("authenticated via " + " → ".join(map(str, audit["security_path"])))
-    init = audit.get("server_init") or {}
+        path = audit["security_path"]
+        ev.append("authenticated via " + (" → ".join(map(str, path)) if isinstance(
+            path, list) else str(path)))
+    init = _mapping(audit.get("server_init"))
     if init.get("desktop_name") is not None:
         ev.append(f"ServerInit read: desktop name {_q(str(init['desktop_name']))}")
     return [ctx.finding("weak-password-found", ev)]
 
 
 def rule_auth_bypass(ctx: Context) -> list[Finding]:
-    check = ctx.active.get("unoffered_none") or {}
+    check = ctx.section("unoffered_none")
     if check.get("status") != "vulnerable":
         return []
     ev = [f"active check (un-offered None): {check.get('evidence')}"]
     if check.get("offered_types") is not None:
         ev.append(f"offered security types: {check['offered_types']}")
-    ev.append("matches " + ", ".join(check.get("cves") or ("CVE-2006-2369", "CVE-2006-2450")))
+    cves_named = check.get("cves")
+    if not isinstance(cves_named, list) or not cves_named:
+        cves_named = ["CVE-2006-2369", "CVE-2006-2450"]
+    ev.append("matches " + ", ".join(map(str, cves_named)))
     return [ctx.finding("auth-bypass", ev)]
 
 
@@ -659,7 +674,7 @@ def rule_known_cves(ctx: Context) -> list[Finding]:
     if ctx.result.state not in _SERVICE_STATES or p.name == "unknown":
         return []
     name = p.name.lower()
-    bypass = (ctx.active.get("unoffered_none") or {}).get("status")
+    bypass = ctx.section("unoffered_none").get("status")
     out: list[Finding] = []
     possible: list[Cve] = []
     for cve in ctx.kb.cves:
@@ -780,17 +795,16 @@ def rule_nonstandard_port(ctx: Context) -> list[Finding]:
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:
-    suspect = ctx.result.extra.get("suspected_honeypot") or {}
-    reasons = suspect.get("reasons") if isinstance(suspect, dict) else None
-    if not reasons:
+    reasons = _mapping(ctx.result.extra.get("suspected_honeypot")).get("reasons")
+    if not isinstance(reasons, list) or not reasons:
         return []
-    return [ctx.finding("suspected-honeypot", [str(r) for r in reasons])]
+    return [ctx.finding("suspected-honeypot", [f"honeypot signal: {r}" for r in reasons])]
 
 
 def rule_malformed_handshake(ctx: Context) -> list[Finding]:
     if ctx.result.state is not State.MALFORMED:
         return []
-    ev = [f"error: {ctx.result.error}"] if ctx.result.error else []
+    ev = [f"state malformed: {ctx.result.error or 'no detail recorded'}"]
     if ctx.facts is not None and ctx.facts.banner:
         ev.insert(0, f"banner {_q(ctx.facts.banner)}")
     return [ctx.finding("malformed-handshake", ev)]
@@ -847,7 +861,7 @@ def evaluate(
         exposure=exposure if exposure is not None else exposure_of(result.host),
         kb=kb,
         offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
-        active=result.extra.get("active") or {},
+        active=_mapping(result.extra.get("active")),
     )
     findings: list[Finding] = []
     for name, rule in RULES:
