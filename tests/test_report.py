@@ -297,6 +297,18 @@ def test_xml_vnc_info_matches_nmap_for_the_same_server(xtightvnc: Any, tmp_path:
     assert ours["output"] == theirs["output"]
 
 
+def test_every_format_of_an_empty_scan_and_an_ipv6_host(services: list[ServiceResult]) -> None:
+    assert read_csv(report.render("csv", META, [])) == []
+    empty = NmapParser.parse_fromstring(report.render("xml", META, []))
+    assert (empty.hosts_total, empty.hosts) == (0, [])
+    assert "Nothing exposed" in report.render("html", META, [])
+    v6 = replace(services[1], host="::1")
+    (host,) = NmapParser.parse_fromstring(report.render("xml", META, [v6])).hosts
+    assert (host.address, host.ipv6) == ("::1", "::1")
+    page = report.render("html", META, [v6])
+    assert 'id="svc-1-5901"' in page and "[::1]:5901" in page
+
+
 # -- html -------------------------------------------------------------------------------------
 
 
@@ -532,3 +544,15 @@ def test_cli_fail_on_works_with_every_format(x11vnc_none: Any, tmp_path: Path, f
         NmapParser.parse_fromstring(text)
     elif fmt == "csv":
         assert read_csv(text)[0]["worst_severity"]
+
+
+def test_cli_unwritable_output_file_is_one_line_and_keeps_the_results(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "r.csv"
+    out = run_cli("scan", "127.0.0.1", "-p", str(_closed_port()), "-o", "csv",
+                  "--output-file", str(target), "--timeout", "2")
+    assert out.returncode == 3
+    (line,) = out.stderr.strip().splitlines()
+    assert f"cannot write {target}" in line and "vncaudit results s-" in line
+    scan_id = line.rsplit("vncaudit results ", 1)[1].split()[0]
+    again = run_cli("results", scan_id, "-o", "csv", "--all")
+    assert again.returncode == 0 and read_csv(again.stdout)[0]["state"] == "closed"

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -461,18 +462,34 @@ def scan(
         pending = (t for t in space.iter_targets() if (t.host, t.port) not in done)
         progress_state = EngineProgress(total=len(space) - len(done))
 
+        marks: list[tuple[str, int, State]] = []
+        marked_at = [time.monotonic()]
+
+        def flush_marks() -> None:
+            if marks:
+                store.mark_done_many(scan_id, marks)
+                marks.clear()
+            marked_at[0] = time.monotonic()
+
         def save(result: ServiceResult) -> None:
             if result.state in report.HIDDEN_BY_DEFAULT:
-                store.mark_done(scan_id, result.host, result.port, result.state)
+                # Tens of thousands per second on a big silent range: one statement per
+                # batch, not per pair (a mark not yet written is simply probed again on resume).
+                marks.append((result.host, result.port, result.state))
+                if len(marks) >= 1024 or time.monotonic() - marked_at[0] > 0.5:
+                    flush_marks()
             else:
                 store.add_result(scan_id, result)
 
         try:
-            if cluster_spec is not None:
-                _run_sharded(space, options, store, scan_id, cluster_spec, progress_state,
-                             err.is_terminal)
-            else:
-                _run_with_progress(pending, options, progress_state, err.is_terminal, save)
+            try:
+                if cluster_spec is not None:
+                    _run_sharded(space, options, store, scan_id, cluster_spec, progress_state,
+                                 err.is_terminal)
+                else:
+                    _run_with_progress(pending, options, progress_state, err.is_terminal, save)
+            finally:
+                flush_marks()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
             raise _fail(f"interrupted; {progress_state.done} ports recorded. Resume with: "
@@ -637,7 +654,12 @@ def _emit(
         return
     text = report.render(output, meta, results, include_all)
     if output_file:
-        output_file.write_text(text)
+        try:
+            # UTF-8 whatever the locale: the HTML page declares it, and server strings vary.
+            output_file.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
+                        f"kept: vncaudit results {record.id} -o {output}", 3) from None
     else:
         sys.stdout.write(text)
 

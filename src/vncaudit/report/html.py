@@ -118,6 +118,7 @@ class Check:
 class Service:
     result: ServiceResult
     anchor: str
+    endpoint: str  # "host:port", "[v6]:port"
     worst: Severity | None
     facts: list[Fact]
     findings: list[Any]
@@ -126,6 +127,11 @@ class Service:
     shot: Shot | None
     checks: list[Check]
     transcript: str
+
+
+def _endpoint(result: ServiceResult) -> str:
+    host = f"[{result.host}]" if ":" in result.host else result.host
+    return f"{host}:{result.port}"
 
 
 def _anchor(result: ServiceResult) -> str:
@@ -291,6 +297,7 @@ def _service(result: ServiceResult) -> Service:
     return Service(
         result=result,
         anchor=_anchor(result),
+        endpoint=_endpoint(result),
         worst=result.worst_severity,
         facts=_facts(result),
         findings=findings,
