@@ -148,7 +148,11 @@ def test_unknown_product_shows_every_product(product: str | None) -> None:
 
 
 def test_product_without_own_steps_gets_the_fallback() -> None:
-    fix = remedy("bind-localhost", host="127.0.0.1", port=5999, product="LibVNCServer")
+    fix = remedy("bind-localhost", host="127.0.0.1", port=5999, product="TurboVNC")
+    assert platforms(fix) == {"turbovnc"}
+    fix = remedy("enable-encryption", host="127.0.0.1", port=5999, product="VirtualBox")
+    assert platforms(fix) == {"ssh"}  # the generic fallback: tunnel it
+    fix = remedy("bind-localhost", host="127.0.0.1", port=5999, product="Some New VNC")
     assert platforms(fix) == {"any"}
     assert "ss -ltnp 'sport = :5999'" in commands(fix)
     # ...and not when the product has its own steps.
@@ -548,3 +552,323 @@ def test_cli_table_shows_findings_and_fix_commands_for_a_real_server(x11vnc_none
     bare = _cli("results", scan_id.group(1), "--output", "table", "--no-fix")
     assert bare.returncode == 0 and "[no-auth]" in bare.stdout
     assert not any(c in bare.stdout for fix in fixes for c in commands(fix) if str(port) in c)
+
+
+# ---------------------------------------------------------------------------------------------
+# realserver: the product commands, run as printed, do what the guide says
+
+
+def _loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1")
+
+
+@dataclass
+class Lab:
+    """A display number N and its port 5900+N, both free, and a HOME with ~/.vnc/passwd."""
+
+    display: int
+    port: int
+    home: str
+    env: dict[str, str]
+
+
+@pytest.fixture
+def lab(tmp_path: object) -> Iterator[Lab]:
+    from pathlib import Path
+
+    import servers
+
+    home = Path(str(tmp_path)) / "home"
+    (home / ".vnc").mkdir(parents=True, mode=0o700)  # tightvncserver insists on 0700
+    (home / ".vnc").chmod(0o700)
+    servers.make_password_file(home / ".vnc" / "passwd")
+    reservations = []
+    try:
+        start = servers.FIRST_DISPLAY
+        while True:
+            res = servers.reserve_display(start)
+            reservations.append(res)
+            port = 5900 + res.display
+            if not servers.tcp_listen_inodes(port) and not servers.tcp_listen_inodes(
+                    6000 + res.display):
+                break
+            start = res.display + 1
+        env = {**os.environ, "HOME": str(home), "USER": "root"}
+        yield Lab(res.display, port, str(home), env)
+    finally:
+        for r in reservations:
+            r.release()
+
+
+@contextlib.contextmanager
+def printed(command: str, env: dict[str, str], port: int) -> Iterator[int]:
+    """Run one printed command (bash -c, as pasted) and wait until it listens on `port`."""
+    import time
+
+    import servers
+
+    proc = subprocess.Popen(["bash", "-c", "exec " + command], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not servers.is_listening(port, [proc.pid]):
+            if proc.poll() is not None:
+                raise AssertionError(f"{command!r} exited: {proc.stderr.read()[-800:]!r}")
+            assert time.monotonic() < deadline, f"{command!r} never listened on {port}"
+            time.sleep(0.1)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def probe_facts(port: int) -> ServiceResult:
+    import asyncio
+
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions, probe
+
+    return asyncio.run(probe(Target("127.0.0.1", port), ProbeOptions(timeout=5)))
+
+
+def step_commands(fix: Remedy, platform: str, startswith: str) -> str:
+    (command,) = [c for s in fix.steps if s.platform == platform for c in s.commands
+                  if c.startswith(startswith)]
+    return command
+
+
+@contextlib.contextmanager
+def xvfb(lab: Lab) -> Iterator[dict[str, str]]:
+    import servers
+
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb missing") if in_ci() else pytest.skip("Xvfb missing")
+    proc = subprocess.Popen(["Xvfb", f":{lab.display}", "-screen", "0", "320x200x24",
+                             "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 15
+        while not servers.x_display_listening(lab.display):
+            assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.05)
+        yield {**lab.env, "DISPLAY": f":{lab.display}"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def need(*binaries: str) -> None:
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        msg = f"missing {', '.join(missing)}"
+        pytest.fail(msg + " [CI]") if in_ci() else pytest.skip(msg)
+
+
+@pytest.mark.realserver
+def test_x11vnc_printed_commands_bind_loopback_and_require_a_password(lab: Lab) -> None:
+    need("x11vnc", "Xvfb")
+    bind = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="x11vnc")
+    (command,) = commands(bind)
+    with xvfb(lab) as env, printed(command, env, lab.port) as pid:
+        import servers
+
+        listening = servers.tcp_listen_addresses(pid)
+        assert listening and all(_loopback(a) for a, p in listening if p == lab.port), listening
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and facts.auth_required is True
+        assert [t.id for t in facts.security_types] == [2]  # VNC authentication, not None
+
+
+@pytest.mark.realserver
+def test_x11vnc_printed_commands_close_ipv6_and_encrypt(lab: Lab) -> None:
+    need("x11vnc", "Xvfb", "openssl")
+    import servers
+
+    v6 = remedy("disable-ipv6-listener", host="127.0.0.1", port=lab.port, product="x11vnc")
+    tls = remedy("enable-encryption", host="127.0.0.1", port=lab.port, product="x11vnc")
+    with xvfb(lab) as env:
+        with printed(step_commands(v6, "x11vnc", "x11vnc"), env, lab.port) as pid:
+            assert [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port] \
+                == ["127.0.0.1"]
+        with printed(step_commands(tls, "x11vnc", "x11vnc"), env, lab.port):
+            result = probe_facts(lab.port)
+            # x11vnc -ssl: the listener speaks TLS first (or offers VeNCrypt/anon TLS), never
+            # plain RFB with a DES challenge in the clear.
+            if result.rfb is not None and result.state is State.VNC:
+                assert {t.id for t in result.rfb.security_types} <= {18, 19}, result.rfb
+            else:
+                assert result.state is not State.VNC
+
+
+@pytest.mark.realserver
+def test_tigervnc_printed_commands(lab: Lab) -> None:
+    need("Xvnc", "openssl")
+    import servers
+
+    bind = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    v6 = remedy("disable-ipv6-listener", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    pw = remedy("set-password", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    tls = remedy("enable-encryption", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    with printed(step_commands(bind, "tigervnc", "Xvnc"), lab.env, lab.port) as pid:
+        addresses = [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port]
+        assert addresses and all(_loopback(a) for a in addresses), addresses
+    with printed(step_commands(v6, "tigervnc", "Xvnc"), lab.env, lab.port) as pid:
+        addresses = [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port]
+        assert addresses and all(":" not in a for a in addresses), addresses
+    with printed(step_commands(pw, "tigervnc", "Xvnc"), lab.env, lab.port):
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and facts.auth_required is True
+        assert {t.name for t in facts.security_types} >= {"VeNCrypt", "VNC Authentication"}
+        assert facts.vencrypt is not None
+        assert [s.id for s in facts.vencrypt.subtypes] == [258, 2]  # TLSVnc, VncAuth
+    openssl = step_commands(tls, "tigervnc", "openssl")
+    made = subprocess.run(["bash", "-c", openssl], env=lab.env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    with printed(step_commands(tls, "tigervnc", "Xvnc"), lab.env, lab.port):
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and [t.id for t in facts.security_types] == [19]
+        assert facts.vencrypt is not None
+        assert [s.id for s in facts.vencrypt.subtypes] == [261, 262]  # X509Vnc, X509Plain
+
+
+def write_session(lab: Lab) -> None:
+    """A stand-in desktop session for the vncserver wrappers; it records its PID so the test
+    stops it (the wrappers' -kill stops the X server, not the session)."""
+    xstartup = os.path.join(lab.home, ".vnc", "xstartup")
+    with open(xstartup, "w") as fh:
+        fh.write(f"#!/bin/sh\necho $$ > {lab.home}/session.pid\nexec sleep 600\n")
+    os.chmod(xstartup, 0o755)
+
+
+def stop_session(lab: Lab) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(lab.home, "session.pid")) as fh:
+            os.kill(int(fh.read()), 15)
+
+
+@pytest.mark.realserver
+def test_tightvnc_printed_commands_start_on_loopback_and_stop(lab: Lab) -> None:
+    need("tightvncserver", "Xtightvnc")
+    import time
+
+    import servers
+
+    fix = remedy("set-password", host="127.0.0.1", port=lab.port, product="TightVNC")
+    start = step_commands(fix, "tightvnc", f"tightvncserver :{lab.display} -localhost")
+    stop = step_commands(fix, "tightvnc", "tightvncserver -kill")
+    write_session(lab)
+    run = subprocess.run(["bash", "-c", start], env=lab.env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    try:
+        assert run.returncode == 0, run.stderr
+        deadline = time.monotonic() + 15
+        while not servers.is_listening(lab.port):
+            assert time.monotonic() < deadline, "tightvncserver never listened"
+            time.sleep(0.1)
+        # The server runs on the display the command names (its pid file says so) ...
+        import socket
+
+        pid_file = os.path.join(lab.home, ".vnc", f"{socket.gethostname()}:{lab.display}.pid")
+        with open(pid_file) as fh:
+            pid = int(fh.read())
+        addresses = [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port]
+        # ... bound to loopback only (-localhost), without X11 on 6000+N (-nolisten tcp).
+        assert addresses and all(_loopback(a) for a in addresses), addresses
+        assert not servers.tcp_listen_inodes(6000 + lab.display)
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and facts.auth_required is True
+    finally:
+        killed = subprocess.run(["bash", "-c", stop], env=lab.env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        stop_session(lab)
+    assert killed.returncode == 0, killed.stderr
+    deadline = time.monotonic() + 10
+    while servers.is_listening(lab.port):
+        assert time.monotonic() < deadline, "tightvncserver -kill left it running"
+        time.sleep(0.1)
+
+
+@pytest.mark.realserver
+def test_tigervnc_vncserver_wrapper_starts_on_loopback_and_kill_stops_it(lab: Lab) -> None:
+    need("vncserver", "Xtigervnc")
+    import socket
+    import time
+
+    import servers
+
+    if "tigervnc" not in os.path.realpath(shutil.which("vncserver") or ""):
+        pytest.skip("vncserver is not TigerVNC's here")
+    bind = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    off = remedy("disable-unused", host="127.0.0.1", port=lab.port, product="TigerVNC")
+    start = step_commands(bind, "tigervnc", "vncserver -localhost")
+    stop = step_commands(off, "tigervnc", "vncserver -kill")
+    write_session(lab)
+    run = subprocess.run(["bash", "-c", start], env=lab.env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    pid_file = os.path.join(lab.home, ".vnc", f"{socket.gethostname()}:{lab.display}.pid")
+    try:
+        assert run.returncode == 0, run.stderr
+        with open(pid_file) as fh:
+            pid = int(fh.read())
+        deadline = time.monotonic() + 15
+        while not servers.is_listening(lab.port, [pid]):
+            assert time.monotonic() < deadline, "vncserver never listened"
+            time.sleep(0.1)
+        addresses = [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port]
+        assert addresses and all(_loopback(a) for a in addresses), addresses
+    finally:
+        killed = subprocess.run(["bash", "-c", stop], env=lab.env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        stop_session(lab)
+    assert killed.returncode == 0, killed.stderr
+    deadline = time.monotonic() + 10
+    while servers.is_listening(lab.port):
+        assert time.monotonic() < deadline, "vncserver -kill left it running"
+        time.sleep(0.1)
+
+
+@pytest.mark.realserver
+def test_qemu_printed_options_bind_loopback_and_take_a_password(lab: Lab) -> None:
+    need("qemu-system-x86_64")
+    import servers
+
+    bind = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="QEMU")
+    pw = remedy("set-password", host="127.0.0.1", port=lab.port, product="QEMU")
+    base = "qemu-system-x86_64 -machine none -nodefaults -monitor none "
+    (option,) = commands(bind)
+    with printed(base + option, lab.env, lab.port) as pid:
+        addresses = [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port]
+        assert addresses == ["127.0.0.1"], addresses
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and facts.auth_required is False  # before the fix
+    option, monitor = commands(pw)
+    assert monitor == "change vnc password"
+    qemu = subprocess.Popen(
+        ["bash", "-c", "exec " + base.replace("-monitor none", "-monitor stdio") + option],
+        env=lab.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    try:
+        assert qemu.stdin is not None
+        qemu.stdin.write(f"{monitor}\nsecret12\ninfo vnc\n")
+        qemu.stdin.flush()
+        import time
+
+        deadline = time.monotonic() + 20
+        while not servers.is_listening(lab.port, [qemu.pid]):
+            assert qemu.poll() is None and time.monotonic() < deadline, "qemu did not listen"
+            time.sleep(0.1)
+        facts = probe_facts(lab.port).rfb
+        assert facts is not None and facts.auth_required is True
+        assert [t.id for t in facts.security_types] == [2]
+    finally:
+        os.killpg(qemu.pid, 15)
+        qemu.wait(10)
