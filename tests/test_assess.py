@@ -331,6 +331,8 @@ def test_all_interfaces_counts_as_exposed_and_explicit_exposure_wins() -> None:
     assert f.severity is Severity.CRITICAL and "bound to all interfaces" in text(f)
     assert one(grade(r, A.Exposure.PRIVATE), "no-auth").severity is Severity.CRITICAL
     assert one(grade(r), "no-auth").severity is Severity.HIGH
+    as_text = one(grade(r, "all-interfaces"), "no-auth")  # type: ignore[arg-type]
+    assert as_text.severity is Severity.CRITICAL
     public = grade(replay("tigervnc-vncauth-38", host="127.0.0.1"), A.Exposure.PUBLIC)
     assert one(public, "vncauth-plaintext").severity is Severity.CRITICAL
     assert "exposed-public" in ids(public)

@@ -858,7 +858,7 @@ def evaluate(
     ctx = Context(
         result=result,
         product=product,
-        exposure=exposure if exposure is not None else exposure_of(result.host),
+        exposure=Exposure(exposure) if exposure is not None else exposure_of(result.host),
         kb=kb,
         offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
         active=_mapping(result.extra.get("active")),
