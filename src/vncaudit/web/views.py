@@ -163,7 +163,8 @@ def scan_public(store: Store, record: ScanRecord, job: Job | None,
     total = job.total if job is not None else _total(record)
     # Closed/filtered ports come back as bare results only for small scans: an "all 65535"
     # scan would otherwise list every closed port.
-    results = store.results(record.id, include_closed=include_closed and total <= SMALL_SCAN)
+    results = ([] if job is not None and job.done == 0 else
+               store.results(record.id, include_closed=include_closed and total <= SMALL_SCAN))
     finished = status not in ("queued", "running")
     services = [dict(r.to_dict(), fix=[remedy_dict(x) for x in fix_guide(r)])
                 for r in results]
