@@ -266,6 +266,30 @@ def test_xml_survives_hostile_server_strings(services: list[ServiceResult]) -> N
     assert nmap_xml.clean("\x00ok\x08") == "ok"
 
 
+def test_xml_is_valid_against_nmaps_dtd_but_for_the_scanner_name(
+    services: list[ServiceResult], tmp_path: Path
+) -> None:
+    """nmap.dtd allows only scanner="nmap"; we say who wrote the file (as masscan does), and
+    that is the one difference: with it swapped, xmllint finds the document valid."""
+    import shutil
+
+    dtd = Path("/usr/share/nmap/nmap.dtd")
+    if shutil.which("xmllint") is None or not dtd.exists():
+        pytest.skip("xmllint (libxml2-utils) or nmap's DTD is not installed")
+    text = report.render("xml", META, services, include_all=True)
+    assert text.count('scanner="vncaudit"') == 1
+    doc = tmp_path / "scan.xml"
+    doc.write_text(text.replace('scanner="vncaudit"', 'scanner="nmap"'), encoding="utf-8")
+    check = subprocess.run(["xmllint", "--noout", "--dtdvalid", str(dtd), str(doc)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
+    doc.write_text(text, encoding="utf-8")
+    check = subprocess.run(["xmllint", "--noout", "--dtdvalid", str(dtd), str(doc)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    errors = [line for line in check.stderr.splitlines() if "validity error" in line]
+    assert len(errors) == 1 and "scanner" in errors[0], check.stderr
+
+
 @pytest.mark.realserver
 def test_xml_vnc_info_matches_nmap_for_the_same_server(xtightvnc: Any, tmp_path: Path) -> None:
     """nmap 7.9x's own vnc-info against a real TightVNC server and ours: same keys, same values

@@ -12,9 +12,10 @@ and `<table>` children:
   * `vnc-title`  — "name", "geometry", "color_depth" when ServerInit was read;
   * `vncaudit-findings` — our product identification and findings (id, severity, title,
                    evidence, why, remediation ids).
-and `<runstats>`. Tools that read nmap XML (python-libnmap, Metasploit db_import, ivre, …)
-therefore import our results. Closed/filtered ports appear only with `--all`, each as its own
-`<port>` (we do not summarise them into `<extraports>`).
+and `<runstats>`. The document is valid against nmap's DTD except for `scanner="vncaudit"`
+(the DTD allows only "nmap"; like masscan, we say who wrote the file), so tools that read nmap
+XML (python-libnmap is tested) import our results. Closed/filtered ports appear only with
+`--all`, each as its own `<port>` (we do not summarise them into `<extraports>`).
 
 Must not: grade or probe. Strings a server sent are hostile: ElementTree escapes markup, and
 characters that XML 1.0 forbids (NUL and other C0 controls, lone surrogates, U+FFFE/FFFF)
