@@ -740,7 +740,7 @@ def test_no_rule_raises_and_findings_keep_their_promises(case: tuple[ServiceResu
     for exposure in (None, A.Exposure.LOOPBACK, A.Exposure.PUBLIC):
         ctx = A.Context(result, product, exposure or A.exposure_of(result.host), A.knowledge(),
                         tuple(A.offers(result.rfb)) if result.rfb else (),
-                        A._mapping(result.extra.get("active")))
+                        A.as_mapping(result.extra.get("active")))
         found: list[Finding] = []
         for _name, rule in A.RULES:
             found += rule(ctx)  # raises straight into the test: no guard here

@@ -1,342 +1,23 @@
-"""Grade one probe result: the product, and findings with severity, evidence, reasons and fixes.
+"""The rules: one small function per finding family, and the table `RULES` that lists them.
 
-Owns: `assess()` (called by the engine for every result), the `Exposure` of an address and how
-it moves severities, the table of rules (`RULES`, one small function per finding), the
-classification of what each offered security path protects, and the CVE knowledge base with its
-version-range matcher (`parse_range`, `match_versions`). What findings SAY and how security
-types are classified lives in `data/findings.toml`; the CVEs in `data/cves.toml`.
-
-Must not: do I/O (the two data files are read once), probe or contact anything, render text
-for a terminal, or import package modules other than data types (`models`, `rfb` constants)
-and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
-(`vncaudit.remedies`) turns ids into commands.
+Owns: classifying every offered authentication path (`offers`), the `Context` a rule reads
+(result, product, exposure, knowledge, active-check outcomes), building a finding from its spec
+(moved by exposure where the spec says so), and the rules themselves. Must not: do I/O or
+mutate the result; texts and severities come from the knowledge files.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
-import re
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from functools import lru_cache
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any, Final
 
 from vncaudit import rfb
-from vncaudit.fingerprint import identify
+from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
+from vncaudit.assess.knowledge import Cve, Knowledge, knowledge
+from vncaudit.assess.versions import match_versions
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "RULES",
-    "Cve",
-    "Exposure",
-    "VersionRange",
-    "assess",
-    "cves",
-    "evaluate",
-    "exposure_of",
-    "match_versions",
-    "parse_range",
-    "parse_version",
-]
-
-
-# --------------------------------------------------------------------------------------------
-# Exposure: where a service can be reached from
-
-
-class Exposure(StrEnum):
-    LOOPBACK = "loopback"
-    PRIVATE = "private"
-    PUBLIC = "public"
-    ALL_INTERFACES = "all-interfaces"  # a local listener bound to 0.0.0.0 / ::
-    UNKNOWN = "unknown"
-
-
-def exposure_of(host: str) -> Exposure:
-    """Classify an address; a host name (no address) is UNKNOWN."""
-    text = host.strip().strip("[]").split("%", 1)[0]  # IPv6 zone ids carry no reach
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return Exposure.UNKNOWN
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified:
-        return Exposure.ALL_INTERFACES
-    if ip.is_loopback:
-        return Exposure.LOOPBACK
-    if ip.is_global:
-        return Exposure.PUBLIC
-    return Exposure.PRIVATE
-
-
-# Steps an exposure-sensitive finding moves: reachable from the internet is worse than the
-# base (a network), reachable only from this host is better.
-_EXPOSURE_STEP: Final[dict[Exposure, int]] = {
-    Exposure.LOOPBACK: -1,
-    Exposure.PRIVATE: 0,
-    Exposure.ALL_INTERFACES: 0,
-    Exposure.UNKNOWN: 0,
-    Exposure.PUBLIC: 1,
-}
-
-_BY_RANK: Final = sorted(Severity, key=lambda s: s.rank)
-
-
-def shift(severity: Severity, steps: int) -> Severity:
-    """`severity` moved `steps` up (positive) or down, clamped to info..critical."""
-    rank = min(max(severity.rank + steps, 0), len(_BY_RANK) - 1)
-    return _BY_RANK[rank]
-
-
-# --------------------------------------------------------------------------------------------
-# Versions and ranges
-
-
-Version = tuple[int, ...]
-_VERSION_RE: Final = re.compile(r"[vVrRpPeE]?(\d+(?:\.\d+)*)(?:\.[xX*])?")
-_COMPARE_RE: Final = re.compile(r"(>=|<=|==|=|>|<)?\s*(\S+)")
-_SPAN_RE: Final = re.compile(r"(\S+)\s*(?:\s-\s|–|\.\.|\bto\b)\s*(\S+)")
-
-
-def parse_version(text: str) -> Version:
-    """'4.1.1' → (4, 1, 1); 'v1.12', '5.x', 'E4.4.2' are accepted; ValueError otherwise."""
-    m = _VERSION_RE.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not a version: {text!r}")
-    return tuple(int(p) for p in m.group(1).split("."))
-
-
-def _norm(v: Version) -> Version:
-    # 1.7 and 1.7.0 are the same version; comparing normalised tuples makes them equal.
-    while len(v) > 1 and v[-1] == 0:
-        v = v[:-1]
-    return v
-
-
-def _after_prefix(v: Version) -> Version:
-    """The first version that no longer starts with `v`: (1, 7) → (1, 8)."""
-    return (*v[:-1], v[-1] + 1)
-
-
-@dataclass(frozen=True)
-class VersionRange:
-    """Half-open [lo, hi) over normalised versions; None is unbounded."""
-
-    lo: Version | None = None
-    hi: Version | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lo", _norm(self.lo) if self.lo is not None else None)
-        object.__setattr__(self, "hi", _norm(self.hi) if self.hi is not None else None)
-
-    @property
-    def empty(self) -> bool:
-        return self.lo is not None and self.hi is not None and self.lo >= self.hi
-
-    def intersect(self, other: VersionRange) -> VersionRange:
-        lo = max((v for v in (self.lo, other.lo) if v is not None), default=None)
-        hi = min((v for v in (self.hi, other.hi) if v is not None), default=None)
-        return VersionRange(lo, hi)
-
-    def overlaps(self, other: VersionRange) -> bool:
-        return not self.intersect(other).empty
-
-    def contains(self, other: VersionRange) -> bool:
-        lo_ok = self.lo is None or (other.lo is not None and other.lo >= self.lo)
-        hi_ok = self.hi is None or (other.hi is not None and other.hi <= self.hi)
-        return lo_ok and hi_ok and not other.empty
-
-
-EVERY_VERSION: Final = VersionRange()
-
-
-def _term(text: str) -> VersionRange:
-    text = text.strip()
-    if text in ("*", "any", ""):
-        return EVERY_VERSION
-    if text.endswith("+"):  # "5.3+"
-        return VersionRange(parse_version(text[:-1]), None)
-    span = _SPAN_RE.fullmatch(text)
-    if span is not None:
-        return VersionRange(parse_version(span.group(1)),
-                            _after_prefix(parse_version(span.group(2))))
-    m = _COMPARE_RE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"not a version range: {text!r}")
-    op, v = m.group(1) or "==", parse_version(m.group(2))
-    if op == ">=":
-        return VersionRange(v, None)
-    if op == ">":
-        return VersionRange(_after_prefix(v), None)
-    if op == "<=":
-        return VersionRange(None, _after_prefix(v))
-    if op == "<":
-        return VersionRange(None, v)
-    return VersionRange(v, _after_prefix(v))  # "==" / "=" / bare: the version and its prefix
-
-
-def parse_range(text: str) -> VersionRange:
-    """One range: a comma-separated conjunction of terms (syntax in data/cves.toml)."""
-    out = EVERY_VERSION
-    for term in text.split(","):
-        out = out.intersect(_term(term))
-    return out
-
-
-def match_versions(version: str | None, affected: Sequence[str]) -> str | None:
-    """Compare a product version (or range) with affected ranges.
-
-    Returns "affected" when every version the product may be lies in an affected range,
-    "possible" when some may, None when none may or `affected` is empty (range unknown).
-    An unknown or unreadable product version can be anything, so it is at most "possible"
-    (unless every version is affected).
-    """
-    if not affected:
-        return None
-    product = EVERY_VERSION
-    if version:
-        try:
-            product = parse_range(version)
-        except ValueError:
-            product = EVERY_VERSION
-    ranges = [parse_range(a) for a in affected]
-    if any(r.contains(product) for r in ranges):
-        return "affected"
-    if any(r.overlaps(product) for r in ranges):
-        return "possible"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Knowledge (data files, read once)
-
-
-@dataclass(frozen=True)
-class FindingSpec:
-    id: str
-    severity: Severity
-    title: str
-    why: str
-    remediation: tuple[str, ...]
-    exposure_sensitive: bool
-    texts: dict[str, str] = field(default_factory=dict)  # variants: title_desktop, why_login …
-
-
-@dataclass(frozen=True)
-class Cve:
-    id: str
-    title: str
-    products: tuple[str, ...]  # lower-case
-    also_in: tuple[str, ...]
-    affected: tuple[str, ...]
-    fixed: str
-    severity: Severity
-    side: str
-    pre_auth: bool
-    detectable: str
-    check: str
-    references: tuple[str, ...]
-    verified: bool = False  # the affected range is backed by a source
-    note: str = ""
-
-
-_SIDES: Final = ("server", "viewer", "local")
-_CHECKS: Final = ("", "unoffered-none")
-
-
-@dataclass(frozen=True)
-class Knowledge:
-    specs: dict[str, FindingSpec]
-    classes: dict[int, str]  # security type / VeNCrypt sub-type → class
-    tight_classes: dict[int, str]  # Tight auth capability code → class
-    standard_ports: tuple[tuple[int, int], ...]
-    exposure_text: dict[str, str]
-    cves: tuple[Cve, ...]
-    possible_severity: Severity
-    min_confidence: float
-
-
-def _read(name: str) -> dict[str, Any]:
-    text = resources.files("vncaudit").joinpath(f"data/{name}").read_text("utf-8")
-    return tomllib.loads(text)
-
-
-def _parse_cve(d: dict[str, Any]) -> Cve:
-    cve = Cve(
-        id=str(d["id"]),
-        title=str(d["title"]),
-        products=tuple(str(p).lower() for p in d.get("products", ())),
-        also_in=tuple(str(p).lower() for p in d.get("also_in", ())),
-        affected=tuple(str(a) for a in d.get("affected", ())),
-        fixed=str(d.get("fixed", "")),
-        severity=Severity(d["severity"]),
-        side=str(d["side"]),
-        pre_auth=bool(d["pre_auth"]),
-        detectable=str(d["detectable"]),
-        check=str(d.get("check", "")),
-        references=tuple(str(r) for r in d.get("references", ())),
-        verified=bool(d.get("verified", False)),
-        note=str(d.get("note", "")),
-    )
-    if not re.fullmatch(r"CVE-\d{4}-\d{4,}", cve.id):
-        raise ValueError(f"bad CVE id {cve.id!r}")
-    if cve.side not in _SIDES:
-        raise ValueError(f"{cve.id}: side must be one of {_SIDES}, not {cve.side!r}")
-    if cve.check not in _CHECKS:
-        raise ValueError(f"{cve.id}: unknown check {cve.check!r}")
-    if not cve.products:
-        raise ValueError(f"{cve.id}: no product")
-    for a in cve.affected:
-        try:
-            parse_range(a)
-        except ValueError as exc:
-            raise ValueError(f"{cve.id}: {exc}") from None
-    return cve
-
-
-def parse_cves(doc: dict[str, Any]) -> tuple[tuple[Cve, ...], Severity, float]:
-    """The CVE entries and policy of a parsed cves.toml; ValueError names a bad entry."""
-    entries = tuple(_parse_cve(d) for d in doc.get("cve", ()))
-    ids = [c.id for c in entries]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"duplicate CVE entries: {dupes}")
-    policy = doc.get("policy", {})
-    return (entries, Severity(policy.get("possible_severity", "info")),
-            float(policy.get("min_confidence", 0.6)))
-
-
-@lru_cache(maxsize=1)
-def knowledge() -> Knowledge:
-    doc = _read("findings.toml")
-    specs: dict[str, FindingSpec] = {}
-    for fid, d in doc["finding"].items():
-        texts = {k: str(v) for k, v in d.items() if k.startswith(("title_", "why_"))}
-        specs[fid] = FindingSpec(fid, Severity(d["severity"]), str(d["title"]), str(d["why"]),
-                                 tuple(d.get("remediation", ())),
-                                 bool(d.get("exposure_sensitive", False)), texts)
-    classes_doc = dict(doc["classes"])
-    tight_doc = classes_doc.pop("tight")
-    classes = {n: cls for cls, numbers in classes_doc.items() for n in numbers}
-    tight = {n: cls for cls, numbers in tight_doc.items() for n in numbers}
-    ports = tuple((int(a), int(b)) for a, b in doc["exposure"]["standard_ports"])
-    texts = {k: str(v) for k, v in doc["exposure"].items() if isinstance(v, str)}
-    entries, possible, min_conf = parse_cves(_read("cves.toml"))
-    return Knowledge(specs, classes, tight, ports, texts, entries, possible, min_conf)
-
-
-def cves() -> tuple[Cve, ...]:
-    """Every entry of the CVE knowledge base."""
-    return knowledge().cves
-
 
 # --------------------------------------------------------------------------------------------
 # What the server offers: every authentication path, classified
@@ -426,7 +107,7 @@ def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]
 _SERVICE_STATES: Final = frozenset({State.VNC, State.BLACKLISTED})
 
 
-def _mapping(value: Any) -> dict[str, Any]:
+def as_mapping(value: Any) -> dict[str, Any]:
     # extra[] comes from other layers and from stored JSON: read it defensively.
     return value if isinstance(value, dict) else {}
 
@@ -451,7 +132,7 @@ class Context:
 
     def section(self, name: str) -> dict[str, Any]:
         """One check's outcome in extra["active"] (shapes: vncaudit.active), or {}."""
-        return _mapping(self.active.get(name))
+        return as_mapping(self.active.get(name))
 
     def of(self, classes: Iterable[str]) -> list[Offer]:
         wanted = frozenset(classes)
@@ -473,7 +154,7 @@ class Context:
         sev = severity or spec.severity
         ev = list(evidence)
         if spec.exposure_sensitive:
-            step = _EXPOSURE_STEP[self.exposure]
+            step = EXPOSURE_STEP[self.exposure]
             moved = shift(sev, step)
             reason = self.kb.exposure_text[self.exposure.value.replace("-", "_")]
             line = f"exposure: {self.exposure.value} ({self.result.host}): {reason}"
@@ -560,7 +241,7 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
-    tls = _mapping(ctx.result.extra.get("tls"))
+    tls = as_mapping(ctx.result.extra.get("tls"))
     if tls:
         detail = ", ".join(f"{k} {tls[k]}" for k in ("version", "cipher") if tls.get(k))
         if detail:
@@ -638,7 +319,7 @@ def rule_weak_password_found(ctx: Context) -> list[Finding]:
         path = audit["security_path"]
         ev.append("authenticated via " + (" → ".join(map(str, path)) if isinstance(
             path, list) else str(path)))
-    init = _mapping(audit.get("server_init"))
+    init = as_mapping(audit.get("server_init"))
     if init.get("desktop_name") is not None:
         ev.append(f"ServerInit read: desktop name {_q(str(init['desktop_name']))}")
     return [ctx.finding("weak-password-found", ev)]
@@ -795,7 +476,7 @@ def rule_nonstandard_port(ctx: Context) -> list[Finding]:
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:
-    reasons = _mapping(ctx.result.extra.get("suspected_honeypot")).get("reasons")
+    reasons = as_mapping(ctx.result.extra.get("suspected_honeypot")).get("reasons")
     if not isinstance(reasons, list) or not reasons:
         return []
     return [ctx.finding("suspected-honeypot", [f"honeypot signal: {r}" for r in reasons])]
@@ -831,53 +512,3 @@ RULES: Final[tuple[tuple[str, Rule], ...]] = (
     ("suspected-honeypot", rule_suspected_honeypot),
     ("malformed-handshake", rule_malformed_handshake),
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Entry point
-
-
-def _unknown(reason: str) -> Product:
-    return Product("unknown", None, 0.0, (reason,))
-
-
-def identify_product(result: ServiceResult) -> Product:
-    """`vncaudit.fingerprint.identify`, or "unknown" should it fail."""
-    try:
-        return identify(result)
-    except Exception:  # a grading bug must not cost the scan its result
-        log.exception("fingerprint failed on %s:%d", result.host, result.port)
-        return _unknown("product identification failed")
-
-
-def evaluate(
-    result: ServiceResult, product: Product, exposure: Exposure | None = None
-) -> tuple[Finding, ...]:
-    """The findings for `result` given its product: every rule of `RULES`, worst first."""
-    kb = knowledge()
-    ctx = Context(
-        result=result,
-        product=product,
-        exposure=Exposure(exposure) if exposure is not None else exposure_of(result.host),
-        kb=kb,
-        offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
-        active=_mapping(result.extra.get("active")),
-    )
-    findings: list[Finding] = []
-    for name, rule in RULES:
-        try:
-            findings += rule(ctx)
-        except Exception:  # one broken rule must not cost the scan its result
-            log.exception("rule %s failed on %s:%d", name, result.host, result.port)
-    findings.sort(key=lambda f: (-f.severity.rank, f.id))
-    return tuple(findings)
-
-
-def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceResult:
-    """A copy of `result` with `product` and `findings` filled (worst first).
-
-    `exposure` says where the service can be reached from; by default it follows from the
-    address (`exposure_of(result.host)`). Pure: no I/O beyond reading the data files once.
-    """
-    product = identify_product(result)
-    return replace(result, product=product, findings=evaluate(result, product, exposure))

@@ -1,0 +1,101 @@
+"""Grade one probe result: the product, and findings with severity, evidence, reasons and fixes.
+
+Owns: `assess()` (called by the engine for every result) and `evaluate()`. The pieces:
+  * `exposure`  — `Exposure` of an address and how it moves a severity;
+  * `versions`  — the version-range matcher used for CVEs;
+  * `knowledge` — `data/findings.toml` (what findings say, how security types are classified)
+                  and `data/cves.toml` (the CVE knowledge base), read once and validated;
+  * `rules`     — the table of rules (`RULES`, one small function per finding family).
+
+Must not: do I/O (the two data files are read once), probe or contact anything, render text
+for a terminal, or import package modules other than data types (`models`, `rfb` constants)
+and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
+(`vncaudit.remedies`) turns ids into commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from vncaudit.assess.exposure import Exposure, exposure_of, shift
+from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
+from vncaudit.assess.rules import RULES, Context, Offer, Rule, as_mapping, offers
+from vncaudit.assess.versions import VersionRange, match_versions, parse_range, parse_version
+from vncaudit.fingerprint import identify
+from vncaudit.models import Finding, Product, ServiceResult
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RULES",
+    "Context",
+    "Cve",
+    "Exposure",
+    "FindingSpec",
+    "Knowledge",
+    "Offer",
+    "Rule",
+    "VersionRange",
+    "assess",
+    "cves",
+    "evaluate",
+    "exposure_of",
+    "knowledge",
+    "match_versions",
+    "offers",
+    "parse_cves",
+    "parse_range",
+    "parse_version",
+    "shift",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _unknown(reason: str) -> Product:
+    return Product("unknown", None, 0.0, (reason,))
+
+
+def identify_product(result: ServiceResult) -> Product:
+    """`vncaudit.fingerprint.identify`, or "unknown" should it fail."""
+    try:
+        return identify(result)
+    except Exception:  # a grading bug must not cost the scan its result
+        log.exception("fingerprint failed on %s:%d", result.host, result.port)
+        return _unknown("product identification failed")
+
+
+def evaluate(
+    result: ServiceResult, product: Product, exposure: Exposure | None = None
+) -> tuple[Finding, ...]:
+    """The findings for `result` given its product: every rule of `RULES`, worst first."""
+    kb = knowledge()
+    ctx = Context(
+        result=result,
+        product=product,
+        exposure=Exposure(exposure) if exposure is not None else exposure_of(result.host),
+        kb=kb,
+        offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
+        active=as_mapping(result.extra.get("active")),
+    )
+    findings: list[Finding] = []
+    for name, rule in RULES:
+        try:
+            findings += rule(ctx)
+        except Exception:  # one broken rule must not cost the scan its result
+            log.exception("rule %s failed on %s:%d", name, result.host, result.port)
+    findings.sort(key=lambda f: (-f.severity.rank, f.id))
+    return tuple(findings)
+
+
+def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceResult:
+    """A copy of `result` with `product` and `findings` filled (worst first).
+
+    `exposure` says where the service can be reached from; by default it follows from the
+    address (`exposure_of(result.host)`). Pure: no I/O beyond reading the data files once.
+    """
+    product = identify_product(result)
+    return replace(result, product=product, findings=evaluate(result, product, exposure))
