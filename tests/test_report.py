@@ -393,6 +393,22 @@ def test_html_summary_counts_worst_first_and_cards(services: list[ServiceResult]
     assert "Closed and filtered ports" in report.render("html", META, services, include_all=True)
 
 
+def test_html_lists_hosts_found_by_dns(services: list[ServiceResult]) -> None:
+    discovery = [{"domain": "lab.test", "resolver": "127.0.0.1:5353", "queries": 41,
+                  "hosts": [{"name": "vnc.lab.test", "addresses": ["127.0.0.1"], "cnames": [],
+                             "sources": ["axfr", "wordlist"]},
+                            {"name": "<i>x</i>.lab.test", "addresses": [], "cnames": [],
+                             "sources": ["axfr"]}],
+                  "axfr": {"ns1.lab.test@127.0.0.2": "ok"}, "wildcard": None}]
+    meta = replace(META, extra={"discovery": discovery})
+    page = report.render("html", meta, services)
+    assert "Hosts found by DNS: lab.test" in page and "41 DNS queries" in page
+    assert "Zone transfer open to anyone on ns1.lab.test@127.0.0.2" in page
+    assert "vnc.lab.test" in page and "axfr, wordlist" in page
+    assert "<i>x</i>" not in page and "&lt;i&gt;x&lt;/i&gt;.lab.test" in page
+    assert "Hosts found by DNS" not in report.render("html", META, services)
+
+
 def test_html_fix_commands_come_from_the_fix_guide(services: list[ServiceResult]) -> None:
     from vncaudit import remedies
 

@@ -309,6 +309,26 @@ def _service(result: ServiceResult) -> Service:
     )
 
 
+def _discovery(meta: ScanMeta) -> list[dict[str, Any]]:
+    """`scan --domain` records (how each name was found), as plain dicts for the template."""
+    found = meta.extra.get("discovery")
+    out: list[dict[str, Any]] = []
+    for d in found if isinstance(found, list) else []:
+        if not isinstance(d, dict):
+            continue
+        out.append({
+            "domain": str(d.get("domain", "")),
+            "hosts": [{"name": str(h.get("name", "")),
+                       "addresses": [str(a) for a in h.get("addresses") or []],
+                       "sources": [str(x) for x in h.get("sources") or []]}
+                      for h in d.get("hosts") or [] if isinstance(h, dict)],
+            "open_axfr": sorted(str(k) for k, v in (d.get("axfr") or {}).items() if v == "ok"),
+            "wildcard": d.get("wildcard"),
+            "queries": int(d.get("queries") or 0),
+        })
+    return out
+
+
 def _order(services: Sequence[Service]) -> list[Service]:
     """Worst first; services without findings after, VNC before the rest; stable otherwise."""
     def key(s: Service) -> tuple[int, int]:
@@ -368,5 +388,6 @@ def render_html(meta: ScanMeta, results: Iterable[ServiceResult]) -> str:
         "script": script,
         "script_hash": _script_hash(script),
         "guide_missing": guide_missing,
+        "discovery": _discovery(meta),
     }
     return _environment().get_template("report.html.j2").render(context)
