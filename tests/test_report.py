@@ -523,9 +523,10 @@ def test_formats_render_what_assess_found() -> None:
 # -- the CLI, against real servers ------------------------------------------------------------
 
 
-def run_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 90,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vncaudit", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, cwd=cwd)
 
 
 def _closed_port() -> int:
@@ -596,3 +597,26 @@ def test_cli_unwritable_output_file_is_one_line_and_keeps_the_results(tmp_path: 
     scan_id = line.rsplit("vncaudit results ", 1)[1].split()[0]
     again = run_cli("results", scan_id, "-o", "csv", "--all")
     assert again.returncode == 0 and read_csv(again.stdout)[0]["state"] == "closed"
+
+
+@pytest.mark.realserver
+def test_cli_html_from_the_store_later_still_embeds_the_screenshot(
+    x11vnc_none: Any, tmp_path: Path
+) -> None:
+    """A relative --output-file, then `results -o html` from another directory: the PNG saved
+    next to the first report is still found (the store keeps an absolute path)."""
+    scan_dir, elsewhere = tmp_path / "scan", tmp_path / "elsewhere"
+    scan_dir.mkdir()
+    elsewhere.mkdir()
+    db = str(tmp_path / "store.db")
+    out = run_cli("scan", "127.0.0.1", "-p", str(x11vnc_none.port), "--screenshot", "-o", "json",
+                  "--output-file", "r.json", "--db", db, "--timeout", "5", cwd=scan_dir)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((scan_dir / "r.json").read_text())
+    shot = doc["services"][0]["extra"]["active"]["screenshot"]
+    path = Path(shot["path"])
+    assert path.is_absolute() and path.parent == scan_dir / "screenshots"
+    later = run_cli("results", doc["scan"]["id"], "-o", "html", "--db", db, cwd=elsewhere)
+    assert later.returncode == 0, later.stderr
+    (uri,) = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', later.stdout)
+    assert base64.b64decode(uri) == path.read_bytes()
