@@ -333,6 +333,30 @@ def test_every_format_of_an_empty_scan_and_an_ipv6_host(services: list[ServiceRe
     assert 'id="svc-1-5901"' in page and "[::1]:5901" in page
 
 
+def test_other_states_and_web_transport_in_every_format(services: list[ServiceResult]) -> None:
+    x11 = services[1]
+    odd = [
+        ServiceResult("127.0.0.1", 5910, State.TARPIT, error="no banner within 5 s"),
+        ServiceResult("127.0.0.1", 5911, State.OPEN_NOT_VNC, error="speaks HTTP"),
+        ServiceResult("127.0.0.1", 5912, State.MALFORMED, error="bad banner b'RFB 0x'"),
+        replace(x11, port=6080, extra={"web": {"transport": "websocket", "websocket": {
+            "url": "ws://127.0.0.1:6080/websockify", "path": "/websockify"}}}),
+    ]
+    port_el = _xml_services(report.render("xml", META, odd))
+    services_xml = {p: el.find("service") for (_, p), el in port_el.items()}
+    got = {p: (el.get("name"), el.get("extrainfo")) for p, el in services_xml.items()
+           if el is not None}
+    assert got[5910] == ("unknown", "tarpit: no banner before the deadline; no banner within 5 s")
+    assert got[5911] == ("unknown", "speaks HTTP")
+    assert got[5912] == ("vnc", "malformed RFB; bad banner b'RFB 0x'")
+    assert got[6080] == ("vnc", "protocol 3.8; over WebSocket")
+    rows = {int(r["port"]): r for r in read_csv(report.render("csv", META, odd))}
+    assert rows[5911]["error"] == "speaks HTTP" and rows[5910]["state"] == "tarpit"
+    page = report.render("html", META, odd)
+    assert "RFB over WebSocket (ws://127.0.0.1:6080/websockify)" in page
+    assert "speaks HTTP" in page and "bad banner b&#39;RFB 0x&#39;" in page
+
+
 # -- html -------------------------------------------------------------------------------------
 
 
