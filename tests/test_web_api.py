@@ -322,3 +322,54 @@ def test_settings_reject_unsafe_configuration(tmp_path: Path) -> None:
     config.write_text('[serve]\nallow = ["127.0.0.1/32"]\nmax_ports = 11\n')
     loaded = Settings.from_toml(config)
     assert loaded.allow == ("127.0.0.1/32",) and loaded.max_ports == 11
+
+
+ZONE = """
+@ NS ns1
+ns1 A 127.0.0.1
+vnc A 127.0.0.1
+db A 10.0.0.5
+"""
+
+
+def test_domain_with_subdomain_discovery(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
+    from dns_server import DnsServer, make_zone
+
+    port = hostile_farm.ports["vnc-none"]
+    with DnsServer([make_zone("corp.test", ZONE)], hosts=("127.0.0.1",),
+                   axfr={"corp.test": {"127.0.0.1": "allow"}}) as dns:
+        app = create_app(settings(tmp_path, allow=("corp.test", "127.0.0.1/32"),
+                                  dns_resolver=dns.resolver, dns_axfr_port=dns.port,
+                                  dns_timeout=1.0))
+        with TestClient(app, client=ME) as c:
+            page = c.get("/")
+            assert 'name="subdomains"' in page.text  # offered: a domain is allow-listed
+            created = c.post("/api/scans", json={"target": "corp.test", "ports": str(port),
+                                                 "subdomains": True})
+            assert created.status_code == 201, created.text
+            assert created.json()["addresses"] == []  # nothing decided before discovery
+            body = wait_final(c, created.json()["id"])
+            assert body["status"] == "finished", body
+            assert body["addresses"] == ["127.0.0.1"]
+            (service,) = body["services"]
+            assert service["host"] == "127.0.0.1" and service["state"] == "vnc"
+            assert service["hostname"] in ("ns1.corp.test", "vnc.corp.test")
+            refused = {r["name"]: r for r in body["refused"]}
+            assert refused["db.corp.test"]["address"] == "10.0.0.5"
+            assert "private" in refused["db.corp.test"]["reason"]
+            html = c.get(f"/scans/{body['id']}").text
+            assert "db.corp.test" in html and "not checked (policy)" in html
+
+            other = c.post("/api/scans", json={"target": "other.test", "ports": str(port),
+                                               "subdomains": True})
+            assert other.status_code == 403 and other.json()["code"] == "discovery-refused"
+            ip = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port),
+                                            "subdomains": True})
+            assert ip.status_code == 400
+
+
+def test_discovery_refused_by_default_policy(client: TestClient) -> None:
+    response = client.post("/api/scans", json={"target": "example.org", "ports": "5900",
+                                               "subdomains": True})
+    assert response.status_code == 403 and response.json()["code"] == "discovery-refused"
+    assert 'name="subdomains"' not in client.get("/").text

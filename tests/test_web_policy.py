@@ -344,3 +344,26 @@ def test_second_resolution_never_reaches_the_engine(tmp_path: Path) -> None:
     finally:
         good.close()
         evil.close()
+
+
+def test_discovery_only_for_allow_listed_domains_and_checked_per_address() -> None:
+    policy = Policy.build(["corp.example", "127.0.0.1/32"], max_addresses=2)
+    with pytest.raises(TargetRefused, match="discovered"):
+        Policy.build().decide_discovery("example.org", "5900", PUBLIC)
+    with pytest.raises(InvalidTarget):
+        policy.decide_discovery("127.0.0.1", "5900", PUBLIC)
+    pending = policy.decide_discovery("Corp.Example.", "5900", PUBLIC)
+    assert pending.discover and pending.addresses == () and pending.target == "corp.example"
+    hosts = [("a.corp.example", ["1.0.0.1", "::ffff:1.0.0.1"]),
+             ("b.corp.example", ["10.0.0.1", "127.0.0.1"]),
+             ("c.corp.example", ["1.0.0.3"]),
+             ("evil.example", ["1.0.0.4"])]
+    decision, refused = policy.decide_discovered(pending, hosts, PUBLIC)
+    assert decision.addresses == ("1.0.0.1", "127.0.0.1")
+    assert decision.names == ("a.corp.example", "b.corp.example")
+    reasons = {r["address"]: r["reason"] for r in refused}
+    assert "private" in reasons["10.0.0.1"]
+    assert "cap" in reasons["1.0.0.3"]
+    assert "allow-list" in reasons["1.0.0.4"] or "own address" in reasons["1.0.0.4"]
+    with pytest.raises(TargetRefused, match="nothing under corp.example"):
+        policy.decide_discovered(pending, [("x.corp.example", ["192.168.1.1"])], PUBLIC)

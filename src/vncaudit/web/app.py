@@ -104,9 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(cfg)
-        jobs = JobManager(cfg, store, metrics)
+        policy = cfg.policy()
+        jobs = JobManager(cfg, store, metrics, policy)
         app.state.ctx = AppContext(
-            settings=cfg, store=store, policy=cfg.policy(), jobs=jobs, metrics=metrics,
+            settings=cfg, store=store, policy=policy, jobs=jobs, metrics=metrics,
             limiter=RateLimiter(cfg.rate_per_minute, cfg.rate_burst),
             csrf=Csrf(cfg.secret_key), templates=templates())
         await jobs.start()

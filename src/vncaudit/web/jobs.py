@@ -4,9 +4,13 @@ Owns: the bounded queue of accepted scans, a fixed number of worker tasks that r
 app's event loop, live progress per scan, grading each result with the exposure the operator
 configured, and writing every result to the app's `Store` as it arrives.
 
-Must not: decide whether a target may be scanned — a `Job` is only ever built from a policy
-`Decision`, and the engine is handed exactly the decision's literal addresses (never a host
-name to resolve again); talk HTTP; or import FastAPI.
+Subdomain discovery (a decision with `discover` set, only ever made for an allow-listed
+domain) runs here too, before any probe: the domain's hosts are found through DNS, and
+`Policy.decide_discovered` checks each address; the refused ones are kept with the scan.
+
+Must not: decide by itself whether a target may be scanned — a `Job` is only ever built from a
+policy `Decision`, and the engine is handed exactly the decision's literal addresses (never a
+host name to resolve again); talk HTTP; or import FastAPI.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions
 from vncaudit.store import Store
 from vncaudit.web.metrics import Metrics
-from vncaudit.web.policy import Decision
+from vncaudit.web.policy import Decision, Policy, PolicyError
 from vncaudit.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class Job:
     client: str
     total: int
     status: str = "queued"  # queued → running → finished | failed | interrupted
+    phase: str = "scanning"  # or "discovering" (subdomain discovery before the scan)
     done: int = 0
     error: str | None = None
     submitted: float = field(default_factory=time.monotonic)
@@ -80,8 +85,10 @@ def make_grader(exposure: str | None) -> Grader:
 class JobManager:
     """Accepts decisions, runs them with `settings.workers` workers, tracks progress."""
 
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics,
+                 policy: Policy | None = None) -> None:
         self.settings = settings
+        self.policy = policy or settings.policy()
         self.store = store
         self.metrics = metrics
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -123,6 +130,7 @@ class JobManager:
             "ports": decision.ports_spec,
             "timeout": self.settings.probe_timeout,
             "exposure": self.settings.assume_exposure,
+            "subdomains": decision.discover,
         }
         scan_id = self.store.create_scan([decision.target], decision.ports_spec, options,
                                          tool=f"vncaudit {__version__}")
@@ -168,15 +176,54 @@ class JobManager:
                 self._queue.task_done()
 
     def _targets(self, job: Job) -> Iterator[Target]:
-        for address in job.decision.addresses:
+        for i, address in enumerate(job.decision.addresses):
             for port in job.decision.ports:
-                yield Target(address, port, job.decision.hostname)
+                yield Target(address, port, job.decision.name_of(i))
+
+    async def _discover(self, job: Job) -> bool:
+        """Find the domain's hosts, let the policy check each address; False when nothing
+        may be scanned (the job has then failed with the reason)."""
+        from vncaudit.subdomains import discover
+
+        job.phase = "discovering"
+        try:
+            found = await discover(job.decision.target, resolver=self.settings.dns_resolver,
+                                   axfr_port=self.settings.dns_axfr_port,
+                                   timeout=self.settings.dns_timeout, concurrency=20)
+        except VncAuditError as exc:
+            job.status, job.error = "failed", f"subdomain discovery failed: {exc}"
+            self.store.finish_scan(job.scan_id, "interrupted")
+            self.metrics.finished.labels("failed").inc()
+            return False
+        hosts = [(h.name, h.addresses) for h in found.hosts]
+        refused: list[dict[str, str]] = []
+        try:
+            job.decision, refused = self.policy.decide_discovered(job.decision, hosts,
+                                                                  job.client)
+        except PolicyError as exc:
+            job.error = str(exc)
+        self.store.update_options(job.scan_id, {
+            "addresses": list(job.decision.addresses),
+            "names": list(job.decision.names),
+            "refused": refused,
+            "discovery": found.to_dict(),
+        })
+        if job.error is not None:
+            job.status = "failed"
+            self.store.finish_scan(job.scan_id, "interrupted")
+            self.metrics.finished.labels("failed").inc()
+            return False
+        job.total = len(job.decision.addresses) * len(job.decision.ports)
+        job.phase = "scanning"
+        return True
 
     async def _run(self, job: Job) -> None:
         job.status = "running"
         self.metrics.running.inc()
         started = time.monotonic()
         try:
+            if job.decision.discover and not await self._discover(job):
+                return
             options = ScanOptions(
                 concurrency=max(1, min(self.settings.scan_concurrency, job.total)),
                 probe=ProbeOptions(timeout=self.settings.probe_timeout),

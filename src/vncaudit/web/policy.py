@@ -267,12 +267,22 @@ def default_resolver(name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the scan may touch: exactly these literal addresses and ports."""
+    """What the scan may touch: exactly these literal addresses and ports.
+
+    With `discover` set (subdomain discovery of an allow-listed domain) `addresses` is empty
+    until the scan job has found the domain's hosts and `Policy.decide_discovered` has checked
+    each of their addresses; only then is anything connected to.
+    """
 
     target: str  # the canonical form of what was asked ("127.0.0.1", "host.example.org")
     hostname: str | None  # the name when a name was asked
     addresses: tuple[str, ...]  # checked literals; the engine connects to these only
     ports: tuple[int, ...]
+    discover: bool = False
+    names: tuple[str | None, ...] = ()  # per address: the discovered name it belongs to
+
+    def name_of(self, index: int) -> str | None:
+        return self.names[index] if index < len(self.names) else self.hostname
 
     @property
     def ports_spec(self) -> str:
@@ -401,6 +411,61 @@ class Policy:
             if refusal:
                 raise TargetRefused("address-refused", f"{name} resolves to {refusal}")
         return Decision(name, name, tuple(str(a) for a in addresses), port_list)
+
+    def decide_discovery(self, target: str, ports: str, requester: str | None) -> Decision:
+        """May *target*'s subdomains be discovered (DNS) and scanned? Only under a domain the
+        operator allow-listed: discovery sends hundreds of DNS queries and zone-transfer
+        attempts to the domain's name servers, which nobody may point at a stranger's zone.
+        Addresses are checked later, one by one (`decide_discovered`)."""
+        port_list = self.check_ports(ports)
+        if not target.strip() or len(target) > MAX_TARGET_LENGTH:
+            raise InvalidTarget("bad-target", "give the domain whose subdomains to check")
+        if parse_address(target) is not None:
+            raise InvalidTarget("bad-target", "subdomain discovery takes a domain, not an "
+                                "address")
+        name = normalise_hostname(target)
+        if "." not in name:
+            raise InvalidTarget("bad-target", f"{name} is a top-level domain")
+        if not self._domain_allowed(name):
+            raise TargetRefused("discovery-refused", f"subdomains of {name} may not be "
+                                "discovered here: only domains the operator allow-lists")
+        return Decision(name, name, (), port_list, discover=True)
+
+    def decide_discovered(
+        self, decision: Decision, hosts: Iterable[tuple[str, Sequence[str]]],
+        requester: str | None,
+    ) -> tuple[Decision, list[dict[str, str]]]:
+        """Check every address of every discovered (name, addresses); returns the decision
+        with the allowed literals (at most `max_addresses`, first found first) and the refused
+        ones with their reasons. `TargetRefused` when none may be scanned."""
+        who = _requester(requester)
+        addresses: list[str] = []
+        names: list[str | None] = []
+        refused: list[dict[str, str]] = []
+        for name, found in hosts:
+            for text in found:
+                try:
+                    ip = unwrap(ipaddress.ip_address(str(text).split("%")[0]))
+                except ValueError:
+                    refused.append({"name": name, "address": str(text),
+                                    "reason": "not an IP address"})
+                    continue
+                if str(ip) in addresses:
+                    continue
+                why = self.address_refusal(ip, who, name)
+                if why is None and len(addresses) >= self.max_addresses:
+                    why = f"over the cap of {self.max_addresses} addresses per scan"
+                if why is not None:
+                    refused.append({"name": name, "address": str(ip), "reason": why})
+                    continue
+                addresses.append(str(ip))
+                names.append(name)
+        if not addresses:
+            first = refused[0]["reason"] if refused else "no host with an address was found"
+            raise TargetRefused("address-refused", f"nothing under {decision.target} may be "
+                                f"scanned ({first})")
+        return Decision(decision.target, decision.hostname, tuple(addresses), decision.ports,
+                        discover=True, names=tuple(names)), refused
 
     def _resolve_once(self, name: str) -> list[IPAddress]:
         try:

@@ -58,6 +58,11 @@ class Settings:
     history_limit: int = 100
     public_history: bool = False  # False: each client sees only the scans it asked for
     resolver: Resolver | None = field(default=None, compare=False, repr=False)  # tests inject
+    # Subdomain discovery (only for allow-listed domains): DNS server "IP[:PORT]" (None: the
+    # system's), the port zone transfers go to, the per-query timeout.
+    dns_resolver: str | None = None
+    dns_axfr_port: int = 53
+    dns_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if self.assume_exposure is not None and self.assume_exposure not in EXPOSURES:

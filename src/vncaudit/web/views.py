@@ -173,7 +173,8 @@ def scan_public(store: Store, record: ScanRecord, job: Job | None,
         "status": status,
         "target": str(record.options.get("target", "")),
         "hostname": record.options.get("hostname"),
-        "addresses": list(record.options.get("addresses") or []),
+        "addresses": (list(job.decision.addresses) if job is not None
+                      else list(record.options.get("addresses") or [])),
         "ports": record.ports,
         "started": record.started,
         "finished": record.finished,
@@ -183,6 +184,8 @@ def scan_public(store: Store, record: ScanRecord, job: Job | None,
         "services": services,
         "reports": {fmt: f"/api/scans/{record.id}/report.{fmt}" for fmt in ("json", "html",
                                                                               "xml")},
+        "phase": job.phase if job is not None else "scanning",
+        "refused": [dict(r) for r in record.options.get("refused") or []],
     }
 
 

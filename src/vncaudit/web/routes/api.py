@@ -45,6 +45,9 @@ class ScanCreate(BaseModel):
     ports: str = Field(default="5900", min_length=1, max_length=200,
                        examples=["5900", "5900-5910", "all"],
                        description="Ports: 5900, 5900-5910, :0-:9, all")
+    subdomains: bool = Field(default=False, description="Also find the domain's hosts through "
+                             "DNS (zone transfer, common names) and check each address; only "
+                             "for domains the operator allow-lists")
 
 
 class Progress(BaseModel):
@@ -61,6 +64,7 @@ class VerdictPublic(BaseModel):
 class ScanPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "finished", "failed", "interrupted"]
+    phase: Literal["scanning", "discovering"]
     target: str
     hostname: str | None
     addresses: list[str]
@@ -73,6 +77,8 @@ class ScanPublic(BaseModel):
     services: list[dict[str, Any]] = Field(
         description="Result schema v1 services (README), each with `fix`: the fix guide")
     reports: dict[str, str]
+    refused: list[dict[str, str]] = Field(
+        description="Discovered addresses the policy refused, with the reason")
 
 
 class ScanSummary(BaseModel):
@@ -104,8 +110,11 @@ def error(status: int, detail: str, code: str | None = None,
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 
-async def decide(ctx: AppContext, target: str, ports: str, client: str) -> Decision:
+async def decide(ctx: AppContext, target: str, ports: str, client: str,
+                 subdomains: bool = False) -> Decision:
     """The policy decision; a host name is resolved in a thread (getaddrinfo blocks)."""
+    if subdomains:
+        return ctx.policy.decide_discovery(target, ports, client)
     try:
         literal = parse_address(target) is not None
     except PolicyError:
@@ -115,7 +124,8 @@ async def decide(ctx: AppContext, target: str, ports: str, client: str) -> Decis
     return await asyncio.to_thread(ctx.policy.decide, target, ports, client)
 
 
-async def submit(ctx: AppContext, target: str, ports: str, client: str) -> str:
+async def submit(ctx: AppContext, target: str, ports: str, client: str,
+                 subdomains: bool = False) -> str:
     """Rate limit, policy, queue; returns the scan id or raises `SubmitRefused`."""
     wait = ctx.limiter.take(client)
     if wait > 0:
@@ -124,7 +134,7 @@ async def submit(ctx: AppContext, target: str, ports: str, client: str) -> str:
                             f"{math.ceil(wait)} s", "rate-limit",
                             {"Retry-After": str(math.ceil(wait))})
     try:
-        decision = await decide(ctx, target, ports, client)
+        decision = await decide(ctx, target, ports, client, subdomains)
     except PolicyError as exc:
         ctx.metrics.refused.labels(exc.code).inc()
         raise SubmitRefused(exc.status, str(exc), exc.code) from None
@@ -148,7 +158,7 @@ async def create_scan(body: ScanCreate, response: Response, ctx: CtxDep, client:
                       token: TokenDep) -> Any:
     """Check a target's ports. Returns at once; poll the scan until `status` is final."""
     try:
-        scan_id = await submit(ctx, body.target, body.ports, client)
+        scan_id = await submit(ctx, body.target, body.ports, client, body.subdomains)
     except SubmitRefused as exc:
         return error(exc.status, exc.detail, exc.code, exc.headers)
     record = ctx.store.require_scan(scan_id)

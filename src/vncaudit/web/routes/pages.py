@@ -61,7 +61,7 @@ def _form_page(ctx: AppContext, request: Request, client: str, status: int = 200
     return _page(ctx, request, "index.html", status, client=client, error=error,
                  target=client if target is None else target, preset=preset, ports=ports,
                  presets=PRESETS, own_only=ctx.settings.allow_own_address and not
-                 ctx.settings.allow)
+                 ctx.settings.allow, discovery=bool(ctx.policy.domains))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -76,6 +76,7 @@ async def submit_form(
     preset: Annotated[str, Form(max_length=20)] = "5900",
     ports: Annotated[str, Form(max_length=300)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
+    subdomains: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
     if not ctx.csrf.valid(request.cookies.get(CSRF_COOKIE), csrf_token):
         ctx.metrics.refused.labels("csrf").inc()
@@ -85,7 +86,7 @@ async def submit_form(
     if preset not in {p for p, _ in PRESETS}:
         spec = "5900"
     try:
-        scan_id = await submit(ctx, target.strip(), spec or "5900", client)
+        scan_id = await submit(ctx, target.strip(), spec or "5900", client, bool(subdomains))
     except SubmitRefused as exc:
         return _form_page(ctx, request, client, exc.status, exc.detail, target, preset, ports)
     return RedirectResponse(f"/scans/{scan_id}", status_code=303)
@@ -133,6 +134,7 @@ def scan_status_json(scan_id: ScanId, ctx: CtxDep, client: ClientDep) -> JSONRes
     done = job.done if job is not None else int(record.counts.get("done", 0))
     total = job.total if job is not None else done
     return JSONResponse({"status": status, "done": done, "total": total,
+                         "phase": job.phase if job is not None else "scanning",
                          "open": int(record.counts.get("services", 0))})
 
 

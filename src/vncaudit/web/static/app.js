@@ -17,7 +17,7 @@ function startProgress(box) {
         bar.value = s.done;
         done.textContent = String(s.done);
         total.textContent = String(s.total);
-        status.textContent = s.status;
+        status.textContent = s.phase === "discovering" ? "discovering subdomains" : s.status;
         box.dataset.done = String(s.done);
         if (s.status !== "queued" && s.status !== "running") {
           window.location.reload();
