@@ -152,6 +152,10 @@ def results_table(results: list[ServiceResult]) -> Table:
     return table
 
 
+_EVIDENCE_SHOWN = 4  # the terminal list stays short; the reports keep every line
+_WHY_SHOWN = 400
+
+
 def print_findings(
     out: Console, results: list[ServiceResult], show_fix: bool = True, *,
     trusted: str | None = None,
@@ -162,12 +166,12 @@ def print_findings(
     Prose wraps with its indent kept; commands are printed unwrapped (soft wrap) so that a copy
     from the terminal stays one line. Nothing is read as markup.
     """
-    from rich.padding import Padding
-
     from vncaudit.remedies import remedies_for
 
     def prose(text: Text, indent: int) -> None:
-        out.print(Padding(text, (0, 0, 0, indent), expand=False))
+        for line in text.wrap(out, max(out.width - indent, 30)):
+            line.rstrip()
+            out.print(Text(" " * indent) + line, soft_wrap=True)
 
     for r in results:
         if not r.findings:
@@ -185,10 +189,16 @@ def print_findings(
             line.append(_plain(f.title), style="bold")
             line.append(_plain(f"  [{f.id}]"), style="dim")
             prose(line, 2)
-            for item in f.evidence:
+            for item in f.evidence[:_EVIDENCE_SHOWN]:
                 prose(Text("evidence: " + _plain(item), style="dim"), 11)
+            if len(f.evidence) > _EVIDENCE_SHOWN:
+                more = len(f.evidence) - _EVIDENCE_SHOWN
+                prose(Text(f"(+{more} more evidence lines in -o json / -o html)", style="dim"),
+                      11)
             if f.why:
-                prose(Text("why: " + _plain(f.why)), 11)
+                why = f.why if len(f.why) <= _WHY_SHOWN else (
+                    f.why[:_WHY_SHOWN].rsplit(" ", 1)[0] + " ... (all of it in -o json / -o html)")
+                prose(Text("why: " + _plain(why)), 11)
         if not show_fix:
             continue
         fixes = remedies_for(r, trusted=trusted)
