@@ -431,7 +431,8 @@ def rollback_commands(b: Backup) -> list[str]:
     """What rollback runs, shown before it runs (`<` is fed from the file, not by a shell)."""
     if b.backend == "iptables":
         return [f"iptables-restore < {b.path / b.files['iptables-save']}",
-                f"ip6tables-restore < {b.path / b.files['ip6tables-save']}"]
+                f"ip6tables-restore < {b.path / b.files['ip6tables-save']}",
+                "(and any iptables table created since the backup is removed again)"]
     cmds = [f"nft delete table {' '.join(NFT_TABLE)}"]
     if "table" in b.files:
         cmds.append(f"nft -f {b.path / b.files['table']}")
@@ -451,6 +452,29 @@ def normalize_rules(text: str) -> list[str]:
     return out
 
 
+def _tables(save_text: str) -> set[str]:
+    return {line[1:].strip() for line in save_text.splitlines() if line.startswith("*")}
+
+
+def _drop_new_tables(b: Backup, runner: Run) -> None:
+    """Tables that did not exist at backup time (iptables-nft creates them on first use):
+    iptables-restore leaves them alone, so remove them (nf_tables) or empty them (legacy)."""
+    rc, version, _ = runner(["iptables", "-V"], None)
+    nf_tables = rc == 0 and "nf_tables" in version
+    for save, restore, family in (("iptables-save", "iptables-restore", "ip"),
+                                  ("ip6tables-save", "ip6tables-restore", "ip6")):
+        saved = _tables((b.path / b.files[save]).read_text())
+        now = _tables(runner([save], None)[1])
+        for table in sorted(now - saved):
+            if nf_tables:
+                rc, _, err = runner(["nft", "delete", "table", family, table], None)
+            else:
+                rc, _, err = runner([restore], f"*{table}\nCOMMIT\n")
+            if rc != 0:
+                raise HardenError(f"rollback: could not remove {family} table {table} created "
+                                  f"after the backup: {err.strip()}")
+
+
 def current_rules(backend: str, runner: Run = run) -> str:
     if backend == "iptables":
         return "".join(runner([t], None)[1] for t in ("iptables-save", "ip6tables-save"))
@@ -466,6 +490,7 @@ def rollback(b: Backup, runner: Run = run) -> list[str]:
             if rc != 0:
                 raise HardenError(f"rollback: {tool} failed: {err.strip() or rc}; "
                                   f"the backup is in {b.path}")
+        _drop_new_tables(b, runner)
         before = "".join((b.path / b.files[k]).read_text()
                          for k in ("iptables-save", "ip6tables-save"))
     else:
