@@ -373,3 +373,20 @@ def test_discovery_refused_by_default_policy(client: TestClient) -> None:
                                                "subdomains": True})
     assert response.status_code == 403 and response.json()["code"] == "discovery-refused"
     assert 'name="subdomains"' not in client.get("/").text
+
+
+def test_forwarded_for_only_from_trusted_proxies(tmp_path: Path) -> None:
+    forged = {"X-Forwarded-For": "9.9.9.9, 1.1.1.1"}
+    shown = re.compile(r'id="client-address">([^<]+)<')
+    with TestClient(create_app(settings(tmp_path)), client=ME) as c:
+        match = shown.search(c.get("/", headers=forged).text)
+        assert match and match.group(1) == "127.0.0.1"  # no proxy trusted: header ignored
+    app = create_app(settings(tmp_path, trusted_proxies=("127.0.0.0/8",)))
+    with TestClient(app, client=ME) as c:
+        match = shown.search(c.get("/", headers=forged).text)
+        assert match and match.group(1) == "1.1.1.1"  # right-most hop the proxy wrote
+        refused = c.post("/api/scans", json={"target": "9.9.9.9", "ports": "5900"},
+                         headers=forged)
+        assert refused.status_code == 403 and "(1.1.1.1)" in refused.json()["detail"]
+        match = shown.search(c.get("/", headers={"X-Forwarded-For": "1.1.1.1, 127.0.0.5"}).text)
+        assert match and match.group(1) == "1.1.1.1"  # trusted hops are skipped

@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ctx = AppContext(
             settings=cfg, store=store, policy=policy, jobs=jobs, metrics=metrics,
             limiter=RateLimiter(cfg.rate_per_minute, cfg.rate_burst),
-            csrf=Csrf(cfg.secret_key), templates=templates())
+            csrf=Csrf(cfg.secret_key), templates=templates(), proxies=cfg.proxy_networks())
         await jobs.start()
         log.info("web: serving with store %s, %d workers", store.path or ":memory:",
                  cfg.workers)

@@ -7,6 +7,7 @@ CSRF signer, templates), the dependency aliases routes use (`CtxDep`, `ClientDep
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from jinja2 import Environment
 from vncaudit.store import ScanRecord, Store
 from vncaudit.web.jobs import JobManager
 from vncaudit.web.metrics import Metrics
-from vncaudit.web.policy import Policy
+from vncaudit.web.policy import IPNetwork, Policy
 from vncaudit.web.security import Csrf, RateLimiter, token_matches
 from vncaudit.web.settings import Settings
 
@@ -32,6 +33,7 @@ class AppContext:
     limiter: RateLimiter
     csrf: Csrf
     templates: Environment
+    proxies: tuple[IPNetwork, ...] = ()
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -40,8 +42,29 @@ def get_ctx(request: Request) -> AppContext:
 
 
 def client_address(request: Request) -> str:
-    """The requester's address as the TCP peer of this server (proxies are not trusted)."""
-    return request.client.host if request.client is not None else ""
+    """The requester's address: the TCP peer, or — when the peer is a trusted reverse proxy —
+    the right-most X-Forwarded-For entry that is not itself a trusted proxy (entries left of
+    it were written by the client and prove nothing)."""
+    peer = request.client.host if request.client is not None else ""
+    proxies = get_ctx(request).proxies
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage from the proxy chain: fall back to the proxy itself
+    return peer
+
+
+def _within(text: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
 
 
 _bearer = HTTPBearer(auto_error=False, description="API token (only when the operator "

@@ -13,6 +13,7 @@ An operator who allow-lists an address that stands in for a public host (tests a
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import tomllib
 from collections.abc import Sequence
@@ -55,6 +56,9 @@ class Settings:
     probe_timeout: float = 5.0
     assume_exposure: str | None = None  # see the module docstring
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    # Reverse proxies whose X-Forwarded-For is believed (CIDRs). Empty: the TCP peer is the
+    # client, and the header is ignored (anyone could forge it).
+    trusted_proxies: tuple[str, ...] = ()
     history_limit: int = 100
     public_history: bool = False  # False: each client sees only the scans it asked for
     resolver: Resolver | None = field(default=None, compare=False, repr=False)  # tests inject
@@ -75,6 +79,13 @@ class Settings:
         if not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1:
             raise ValueError("probe_timeout and rate_per_minute must be > 0, rate_burst >= 1")
         self.policy()  # validates the allow-list now, not at the first request
+        self.proxy_networks()
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        try:
+            return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
 
     def policy(self) -> Policy:
         return Policy.build(self.allow, allow_own_address=self.allow_own_address,
