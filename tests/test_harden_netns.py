@@ -246,3 +246,50 @@ def test_x11vnc_ipv6_wildcard_is_reported_separately(tmp_path: Path) -> None:
                 assert json.loads(plan.stdout)["ports"] == [port6]  # loopback 5905 needs none
     finally:
         reservation.release()
+
+
+def test_allowlist_keeps_the_trusted_scanner_and_rollback(tiger_bed: netns.Bed,
+                                                           tmp_path: Path) -> None:
+    bed = tiger_bed
+    before = _rules(bed)
+    backups = tmp_path / "backups"
+    applied = _vncaudit(bed.tgt, "harden", "--apply", "--yes", "--backend", "nftables",
+                        "--allow", f"{netns.SCN_ADDR}/32", "--only-port", str(VNC_PORT),
+                        "--backup-dir", str(backups))
+    assert applied.returncode == 0, applied.stderr
+    assert f"ip saddr {netns.SCN_ADDR}/32 tcp dport {VNC_PORT} accept" in applied.stdout
+    assert _scan(bed)[VNC_PORT] == "vnc"  # scn is the trusted network
+    doc = _inside(bed, tmp_path / "inside.json")
+    v4 = doc["listeners"][0]["firewall"]["ipv4"]
+    assert (v4["action"], v4["sources"]) == ("restricted", [netns.SCN_ADDR])
+    rolled = _vncaudit(bed.tgt, "harden", "--rollback", "--yes", "--backup-dir", str(backups))
+    assert rolled.returncode == 0, rolled.stderr
+    assert _rules(bed) == before
+
+
+_FAILING_APPLY = r"""
+import sys
+from pathlib import Path
+from vncaudit import harden, local
+audit = local.audit(only_ports=[int(sys.argv[1])])
+plan = harden.build_plan(audit, backend="iptables")
+# A command that fails half-way: everything before it must be undone.
+plan.firewall_commands = (*plan.firewall_commands, "iptables -A NO-SUCH-CHAIN -j DROP")
+try:
+    harden.apply(plan, backup_dir=Path(sys.argv[2]))
+except harden.HardenError as exc:
+    print(exc)
+else:
+    print("applied?!")
+"""
+
+
+def test_a_failing_command_rolls_everything_back(tiger_bed: netns.Bed, tmp_path: Path) -> None:
+    bed = tiger_bed
+    before = _rules(bed)
+    out = bed.run(bed.tgt, sys.executable, "-c", _FAILING_APPLY, str(VNC_PORT),
+                  str(tmp_path / "b")).stdout
+    assert "NO-SUCH-CHAIN" in out and "previous rules restored" in out
+    after = _rules(bed)
+    assert after["iptables"] == before["iptables"] and after["ip6tables"] == before["ip6tables"]
+    assert _scan(bed)[VNC_PORT] == "vnc"

@@ -192,3 +192,113 @@ def test_harden_apply_refuses_without_root_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
     assert proc.stdout == ""  # refused before looking at anything
+
+
+# --------------------------------------------------------------------------- #
+# The harden plan built from local findings (pure: no command is run)
+# --------------------------------------------------------------------------- #
+
+FIXTURES = Path(__file__).parent / "data" / "firewall"
+
+
+def _audit_with(state: firewall.FirewallState, *listeners: local_mod.Listener,
+                system: str = "Linux") -> local_mod.LocalAudit:
+    return local_mod.LocalAudit("vnchost.example", system, True, list(listeners), [], state)
+
+
+def _listener(address: str, port: int, state: firewall.FirewallState,
+              product: str = "TigerVNC") -> local_mod.Listener:
+    fam = firewall.IPV6 if ":" in address else firewall.IPV4
+    x = local_mod.Listener(address, port, fam, None, ("port",), product)
+    return local_mod.Listener(address, port, fam, None, ("port",), product,
+                              firewall={f: state.verdict(f, port) for f in x.served_families})
+
+
+def _state(name: str, ufw: str | None = None) -> firewall.FirewallState:
+    st = firewall.FirewallState()
+    st.rulesets = [
+        firewall.parse_iptables((FIXTURES / f"{name}.iptables").read_text(), firewall.IPV4),
+        firewall.parse_iptables((FIXTURES / f"{name}.ip6tables").read_text(), firewall.IPV6),
+    ]
+    if ufw is not None:
+        st.ufw = firewall.parse_ufw((FIXTURES / ufw).read_text())
+    return st
+
+
+def test_plan_nftables_block_commands_come_from_the_fix_guide() -> None:
+    from vncaudit import harden, remedies
+
+    st = _state("empty")
+    audit = _audit_with(st, _listener("0.0.0.0", 5901, st), _listener("127.0.0.1", 5902, st),
+                        _listener("0.0.0.0", 22, st))
+    plan = harden.build_plan(audit)
+    assert plan.backend == "nftables" and plan.can_apply
+    assert plan.ports == (5901,)  # loopback needs nothing; 22 is SSH and never touched
+    guide = remedies.remedy("firewall-block", host="0.0.0.0", port=5901, product="TigerVNC")
+    nft = [c for s in guide.steps if s.platform == "nftables" for c in s.commands]
+    assert list(plan.firewall_commands) == [c for c in nft if harden.applicable(c)]
+    assert all("iifname != \"lo\"" in c for c in plan.firewall_commands if "dport" in c)
+    text = plan.render()
+    for cmd in plan.firewall_commands:
+        assert f"     {cmd}\n" in text
+    assert "nft list table inet vncaudit >> /etc/nftables.conf" in text  # persistence, shown
+    assert "nft list" not in " ".join(plan.firewall_commands)  # … but never run
+    assert "ssh -N -L" in text and "vnchost.example" in text
+    assert any("SSH" in n and "22" in n for n in plan.notes)
+
+
+def test_plan_allowlist_orders_allow_before_block_for_each_backend() -> None:
+    from vncaudit import harden
+
+    st = _state("empty")
+    audit = _audit_with(st, _listener("0.0.0.0", 5901, st), _listener("::", 5900, st))
+    nft = harden.build_plan(audit, allow=["198.18.0.0/15", "fd00::/8"], backend="nftables")
+    rules = [c for c in nft.firewall_commands if "add rule" in c]
+    kinds = ["accept" if "accept" in c else "drop" for c in rules]
+    assert kinds == sorted(kinds)  # every accept (appended) ahead of every drop
+    assert any("ip6 saddr fd00::/8" in c for c in rules)
+    ipt = harden.build_plan(audit, allow=["198.18.0.0/15"], backend="iptables")
+    inserted = [c for c in ipt.firewall_commands if " -I " in c]
+    # -I puts each at the top: drops are inserted first, then the ACCEPTs above them.
+    assert [("ACCEPT" in c) for c in inserted] == sorted("ACCEPT" in c for c in inserted)
+    with pytest.raises(Exception, match="trusted|network|CIDR|plain"):
+        harden.build_plan(audit, allow=["10.0.0.0/8; rm -rf /"])
+
+
+def test_plan_with_ufw_active_is_print_only_and_already_restricted_is_kept() -> None:
+    from vncaudit import harden
+
+    st = _state("policy-drop-v4only", ufw="ufw-active.status")
+    open_v6 = _listener("::", 5904, st)  # ip6tables open
+    limited = _listener("0.0.0.0", 5900, st)  # restricted(10.0.0.0/8) over IPv4
+    plan = harden.build_plan(_audit_with(st, open_v6, limited))
+    assert plan.backend == "ufw" and not plan.can_apply
+    assert "ufw deny 5904/tcp" in plan.firewall_commands
+    assert plan.ports == (5904,)
+    assert any("already limited to 10.0.0.0/8" in n for n in plan.notes)
+    assert any("--apply changes iptables/nftables only" in n for n in plan.notes)
+
+
+def test_plan_on_windows_and_macos_is_guidance_only() -> None:
+    from vncaudit import harden
+
+    st = _state("empty")
+    for system, word in (("Windows", "netsh advfirewall"), ("Darwin", "pfctl")):
+        audit = _audit_with(st, _listener("0.0.0.0", 5900, st, "RealVNC"), system=system)
+        plan = harden.build_plan(audit, system=system)
+        assert plan.backend in ("windows", "macos") and not plan.can_apply
+        assert plan.firewall_commands == ()
+        assert word in plan.render()
+
+
+def test_command_filter_for_apply() -> None:
+    from vncaudit import harden
+
+    assert harden.applicable("iptables -I INPUT -p tcp --dport 5901 ! -i lo -j DROP")
+    assert harden.applicable("nft 'add rule inet vncaudit input iifname != \"lo\" tcp dport "
+                             "5901 drop'")
+    assert not harden.applicable("iptables-save > /etc/iptables/rules.v4")
+    assert not harden.applicable("nft list table inet vncaudit >> /etc/nftables.conf")
+    assert not harden.applicable("ufw status numbered")
+    assert not harden.applicable("iptables -I INPUT -s <trusted-cidr> -j ACCEPT")
+    assert not harden.applicable("systemctl enable nftables.service")
