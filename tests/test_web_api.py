@@ -390,3 +390,56 @@ def test_forwarded_for_only_from_trusted_proxies(tmp_path: Path) -> None:
         assert refused.status_code == 403 and "(1.1.1.1)" in refused.json()["detail"]
         match = shown.search(c.get("/", headers={"X-Forwarded-For": "1.1.1.1, 127.0.0.5"}).text)
         assert match and match.group(1) == "1.1.1.1"  # trusted hops are skipped
+
+
+def test_vncaudit_serve_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    import servers
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[serve]\nalow = ["0.0.0.0/0"]\n')
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "serve", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"vncaudit: error: bad settings: {bad}: unknown setting(s): alow"]
+    minted = subprocess.run([sys.executable, "-m", "vncaudit", "serve", "--new-token"],
+                            capture_output=True, text=True, timeout=60)
+    token = minted.stdout.split("token: ")[1].split()[0]
+    hashed = minted.stdout.split("hash:  ")[1].split()[0]
+    assert hash_token(token) == hashed
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# ops team\n{hashed}\n")
+
+    port = servers.free_port("127.0.0.1")
+    db = tmp_path / "serve.db"
+    proc = subprocess.Popen([sys.executable, "-m", "vncaudit", "serve", "--port", str(port),
+                             "--db", str(db), "--allow", "127.0.0.1/32",
+                             "--token-file", str(tokens)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        http = httpx.Client(trust_env=False, timeout=5)  # loopback: never via a proxy
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = http.get(url + "/api/health")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert health.json()["status"] == "ok"
+        assert http.get(url + "/api/scans").status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert http.get(url + "/api/scans", headers=auth).json() == []
+        assert "vncaudit_web_scans_submitted_total" in http.get(url + "/metrics",
+                                                                headers=auth).text
+    finally:
+        proc.terminate()  # our own child, by its handle
+        proc.wait(timeout=15)
+    assert db.exists()  # the embedded default: a SQLite store at --db

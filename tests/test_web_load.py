@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 
 from vncaudit.store import Store
@@ -70,7 +69,8 @@ def percentile(values: list[float], p: float) -> float:
 async def _load(url: str, ports: list[int]) -> tuple[list[float], list[dict[str, Any]],
                                                      float]:
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=REQUESTS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0,
+                                 trust_env=False) as client:
         start = asyncio.Event()
 
         async def one(i: int) -> tuple[float, httpx.Response]:
@@ -116,8 +116,9 @@ def test_200_concurrent_submits(tmp_path: Path, hostile_farm: Farm) -> None:  # 
         t0 = time.perf_counter()
         latencies, finals, submit_wall = asyncio.run(_load(live.url, ports))
         total = time.perf_counter() - t0
-        health = httpx.get(live.url + "/api/health").json()
-        metrics = httpx.get(live.url + "/metrics").text
+        with httpx.Client(trust_env=False) as http:
+            health = http.get(live.url + "/api/health").json()
+            metrics = http.get(live.url + "/metrics").text
 
     assert [f["status"] for f in finals] == ["finished"] * REQUESTS
     for final, port in zip(finals, ports, strict=True):
@@ -153,11 +154,3 @@ def test_200_concurrent_submits(tmp_path: Path, hostile_farm: Farm) -> None:  # 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "load.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(f"\nweb load: {json.dumps(stats)}")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # httpx honours proxy variables; loopback traffic must go straight to the service.
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
