@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SYN_RATE = 50_000.0  # packets/s when --rate is not given (zmap's default is ~15,000)
 SYN_BATCH = 256  # packets sent between two turns of the event loop
+TURN_BATCH = 256  # connects started (or given up) between two turns of the event loop
 SYN_ERROR = "--discovery syn needs root (CAP_NET_RAW); use --discovery connect"
 NO_ANSWER = "no answer to the connection attempt"
 
@@ -233,16 +234,22 @@ class ConnectSweep(_Sweep):
         try:
             while True:
                 now = loop.time()
-                self._expire(now)
+                expired_all = self._expire(now)
                 room = min(self.sink.room() - len(self.inflight), pacer.allowed(now))
-                while room > 0:
+                batch = min(room, TURN_BATCH)
+                while batch > 0:
                     item = self.next_target()
                     if item is None:
                         break
                     pacer.used += 1
-                    room -= self._start(loop, *item)
+                    batch -= self._start(loop, *item)
                 if self.exhausted and not self.retry and not self.inflight:
                     return self.stats
+                if not expired_all or (room > TURN_BATCH and (self.retry or not self.exhausted)):
+                    # More to do right now, but the probes in flight get a turn of the loop
+                    # first: a long burst of connects would eat their deadlines.
+                    await asyncio.sleep(0)
+                    continue
                 until = self.window[0][0] if self.window else None
                 if self.options.rate and (self.retry or not self.exhausted):
                     at = pacer.next_at()
@@ -311,15 +318,22 @@ class ConnectSweep(_Sweep):
             # ICMP unreachable and friends: a definite answer, but not an open or closed port.
             self.verdict(target, State.FILTERED, os.strerror(code), elapsed)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> bool:
+        """Give up on attempts past their deadline, at most TURN_BATCH of them; False when
+        more are due."""
         loop = asyncio.get_running_loop()
         window = self.window
+        budget = TURN_BATCH
         while window and window[0][0] <= now:
+            if budget == 0:
+                return False
             _, fd, attempt = window.popleft()
             if attempt.done:
                 continue
+            budget -= 1
             self._drop(loop, attempt)
             self.silent(attempt.target, attempt.made)
+        return True
 
     def _drop(self, loop: asyncio.AbstractEventLoop, attempt: _Attempt) -> None:
         attempt.done = True
@@ -335,6 +349,8 @@ class ConnectSweep(_Sweep):
 
 _TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
 _MSS_OPTION = struct.pack("!BBH", 2, 4, 1460)
+_SYN_LEN = 24  # 20-byte header + the MSS option
+_SYN_OFFSET_FLAGS = (6 << 12) | _TCP_SYN  # data offset 6 words, SYN
 SO_ATTACH_FILTER = 26
 
 
@@ -372,18 +388,16 @@ def _source_port() -> int:
     return random.randint(1024, max(1025, low - 1))
 
 
-def _checksum_fold(total: int) -> int:
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-@dataclass
 class _SynAttempt:
-    target: Target
-    made: int
-    sent_at: float
-    done: bool = False
+    """One SYN in flight (a slotted class: tens of thousands are made per second)."""
+
+    __slots__ = ("target", "made", "sent_at", "done")
+
+    def __init__(self, target: Target, made: int, sent_at: float) -> None:
+        self.target = target
+        self.made = made
+        self.sent_at = sent_at
+        self.done = False
 
 
 class SynSweep(_Sweep):
@@ -397,6 +411,7 @@ class SynSweep(_Sweep):
         self.pending: dict[tuple[bytes, int], _SynAttempt] = {}
         self.window: deque[tuple[float, tuple[bytes, int], _SynAttempt]] = deque()
         self.sources: dict[bytes, bytes] = {}  # destination /24 → our source address
+        self._bases: dict[bytes, int] = {}  # source address → constant part of the checksum
         self.sock: socket.socket | None = None
         rate = options.rate or DEFAULT_SYN_RATE
         self.rate = rate
@@ -419,15 +434,23 @@ class SynSweep(_Sweep):
         return source
 
     def packet(self, address: bytes, port: int) -> bytes:
+        """The TCP segment of our SYN to (address, port); the kernel adds the IP header."""
         seq = self.cookie(address, port)
         src = self._source_for(address)
-        offset_flags = (6 << 12) | _TCP_SYN  # 24-byte header: 20 + MSS option
-        header = struct.pack("!HHIIHHHH", self.port, port, seq, 0, offset_flags, 65535, 0, 0)
-        segment = header + _MSS_OPTION
-        pseudo = src + address + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
-        words = struct.unpack(f"!{(len(pseudo) + len(segment)) // 2}H", pseudo + segment)
-        checksum = _checksum_fold(sum(words))
-        return segment[:16] + checksum.to_bytes(2, "big") + segment[18:]
+        base = self._bases.get(src)
+        if base is None:
+            # The checksum's constant part: source address, protocol and length, our port,
+            # offset/flags, window and the MSS option (RFC 1071: a sum of 16-bit words).
+            constant = src + struct.pack("!BBHHHHH", 0, socket.IPPROTO_TCP, _SYN_LEN,
+                                         self.port, _SYN_OFFSET_FLAGS, 65535, 0) + _MSS_OPTION
+            base = sum(struct.unpack(f"!{len(constant) // 2}H", constant))
+            self._bases[src] = base
+        d1, d2 = struct.unpack("!HH", address)
+        total = base + d1 + d2 + port + (seq >> 16) + (seq & 0xFFFF)
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        return struct.pack("!HHIIHHHH", self.port, port, seq, 0, _SYN_OFFSET_FLAGS, 65535,
+                           ~total & 0xFFFF, 0) + _MSS_OPTION
 
     async def run(self) -> SweepStats:
         loop = asyncio.get_running_loop()
@@ -466,7 +489,7 @@ class SynSweep(_Sweep):
                 item = self.next_target()
                 if item is None:
                     break
-                if not self._send(loop, sock, *item):
+                if not self._send(now, sock, *item):
                     self.retry.appendleft(item)
                     await asyncio.sleep(0.001)  # the device queue is full: let it drain
                     break
@@ -486,8 +509,7 @@ class SynSweep(_Sweep):
                     continue
             await self.pause(until)
 
-    def _send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, target: Target,
-              made: int) -> bool:
+    def _send(self, now: float, sock: socket.socket, target: Target, made: int) -> bool:
         try:
             address = socket.inet_aton(target.host) if ":" not in target.host else b""
         except OSError:
@@ -509,7 +531,6 @@ class SynSweep(_Sweep):
             self.verdict(target, State.FILTERED, exc.strerror or str(exc))
             return True
         self.sent += 1
-        now = loop.time()
         key = (address, target.port)
         attempt = _SynAttempt(target, made + 1, now)
         self.pending[key] = attempt

@@ -252,12 +252,16 @@ async def scan_async(
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
     async for result in iter_results(targets, options, progress):
-        if grade is not None:
+        if grade is not None and result.state not in _UNGRADED:
             result = grade(result)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+# Nothing answered: no facts to grade (the store keeps only the verdict of these).
+_UNGRADED = frozenset({State.CLOSED, State.FILTERED})
 
 
 def _assessor() -> Callable[[ServiceResult], ServiceResult] | None:

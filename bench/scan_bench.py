@@ -1,0 +1,315 @@
+"""Benchmark: vncaudit (connect and syn discovery) against nmap and zmap, same range, same run.
+
+Builds the namespace test bed of DESIGN.md §4 (tests/netns.py; needs root): `--live` fake RFB
+servers (mixed security types; None offered on some, so their fingerprint goes to ServerInit) at
+random addresses of 198.18.0.0/SIZE, every other address silent. Then runs, in the scanning
+namespace, one after the other on the same range and port:
+
+    vncaudit-connect   vncaudit scan RANGE -p 5900 --discovery connect (full fingerprints, store)
+    vncaudit-syn       vncaudit scan RANGE -p 5900 --discovery syn --rate R (same)
+    zmap               zmap -p 5900 RANGE -r 200000 -c 2            (discovery only)
+    nmap               nmap -sT -Pn -n -T4 -p5900 --open --script vnc-info RANGE
+
+and prints wall time, CPU time (user + system of the process and its children), peak RSS,
+found/expected, and the ratios; `--json FILE` writes the same as JSON. vncaudit's "found"
+counts only services whose stored fingerprint (the security types read from the SQLite store)
+equals what that fake server offers.
+
+    sudo python bench/scan_bench.py --size 16 --live 300          # vs zmap (default tools)
+    sudo python bench/scan_bench.py --size 18 --live 157          # adds nmap (4-5 minutes)
+    sudo python bench/scan_bench.py --throughput 2000             # handshakes per second
+
+`--throughput N`: N live servers, each on `--ports-per-host` ports (default 5), scanned by
+address list (`-iL`) so there is no silent address: fingerprints/s of the whole vncaudit run,
+and of the scan phase (the run minus the start-up and report cost of a one-target scan).
+
+The physical floor printed for the syn row is send time (targets / rate) + one timeout window
++ the live handshakes at the measured handshake rate: what any stateless scanner that waits one
+window for late replies needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import netns  # noqa: E402  (after the path set-up above)
+
+PORT = 5900
+
+
+@dataclass
+class Row:
+    tool: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    found: int
+    expected: int
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measured(cmd: list[str], timeout: float) -> tuple[float, float, float, int, str]:
+    """Run `cmd`; wall s, CPU s (user+sys, children included), peak RSS MB, exit code, stderr.
+    `ip netns exec` execs the command in place, so the rusage is the tool's own."""
+    with tempfile.TemporaryFile("w+") as errfile:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        errfile.seek(0)
+        err = errfile.read()
+    # ru_maxrss of wait4 is the largest of the process and its waited-for descendants (KiB).
+    return (wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode,
+            err)
+
+
+def in_ns(bed: netns.Bed, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", bed.scn, *cmd]
+
+
+def expected_types(host: str) -> list[int]:
+    return list(dict.fromkeys(netns.types_for(host)))
+
+
+def stored_fingerprints(db: Path, hosts: set[str]) -> tuple[int, int]:
+    """(services stored with the right fingerprint, pairs recorded) from the SQLite store."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT host, result FROM results WHERE state = 'vnc'").fetchall()
+        (done,) = conn.execute("SELECT count(*) FROM done").fetchone()
+    good = 0
+    for host, text in rows:
+        result = json.loads(text)
+        types = [t["id"] for t in (result.get("rfb") or {}).get("security_types", [])]
+        if host in hosts and types == expected_types(host):
+            good += 1
+    return good, int(done)
+
+
+def run_vncaudit(bed: netns.Bed, name: str, args: list[str], hosts: list[str], expected: int,
+                 tmp: Path, timeout: float) -> Row:
+    run = len(list(tmp.glob("*.db")))  # a fresh store per run: nothing to resume or skip
+    db = tmp / f"{name}-{run}.db"
+    cmd = in_ns(bed, sys.executable, "-m", "vncaudit", "scan", *args, "--db", str(db),
+                "-o", "json", "--output-file", str(tmp / f"{name}-{run}.json"))
+    wall, cpu, rss, code, err = measured(cmd, timeout)
+    if code != 0:
+        raise RuntimeError(f"{name} failed ({code}): {err[-2000:]}")
+    good, done = stored_fingerprints(db, set(hosts))
+    return Row(name, wall, cpu, rss, good, expected, f"{done} pairs recorded")
+
+
+def run_zmap(bed: netns.Bed, cidr: str, hosts: list[str], tmp: Path, rate: int,
+             cooldown: int) -> Row:
+    blocklist = tmp / "empty-blocklist"  # zmap's default blocklist excludes 198.18.0.0/15
+    blocklist.write_text("")
+    out = tmp / "zmap.txt"
+    cmd = in_ns(bed, "zmap", "-p", str(PORT), cidr, "-i", bed.veth_s, "-S", netns.SCN_ADDR,
+                "-G", bed.gateway_mac(), "-r", str(rate), "-c", str(cooldown),
+                "-b", str(blocklist), "-q", "-o", str(out))
+    wall, cpu, rss, code, err = measured(cmd, 300)
+    if code != 0:
+        raise RuntimeError(f"zmap failed ({code}): {err[-2000:]}")
+    found = {line.strip() for line in out.read_text().splitlines() if line.strip()}
+    return Row("zmap", wall, cpu, rss, len(found & set(hosts)), len(hosts),
+               f"discovery only; -r {rate} -c {cooldown}")
+
+
+def run_nmap(bed: netns.Bed, cidr: str, hosts: list[str], tmp: Path) -> Row:
+    out = tmp / "nmap.xml"
+    cmd = in_ns(bed, "nmap", "-sT", "-Pn", "-n", "-T4", f"-p{PORT}", "--open", "--script",
+                "vnc-info", cidr, "-oX", str(out))
+    wall, cpu, rss, code, err = measured(cmd, 1800)
+    if code != 0:
+        raise RuntimeError(f"nmap failed ({code}): {err[-2000:]}")
+    found = 0
+    for host in ET.parse(out).getroot().iter("host"):
+        address = host.find("address")
+        script = host.find(".//script[@id='vnc-info']")
+        if address is not None and script is not None and address.get("addr") in hosts:
+            found += 1
+    return Row("nmap -T4 vnc-info", wall, cpu, rss, found, len(hosts), "")
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def range_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    cidr = f"198.18.0.0/{opts.size}"
+    hosts = netns.live_hosts(cidr, opts.live, seed=opts.size)
+    size = ipaddress.ip_network(cidr).num_addresses
+    tools = opts.tools.split(",") if opts.tools else (
+        ["vncaudit-connect", "vncaudit-syn", "zmap"] if opts.size <= 16
+        else ["vncaudit-connect", "vncaudit-syn", "nmap"])
+    common = [cidr, "-p", str(PORT), "--timeout", str(opts.timeout)]
+    rows: list[Row] = []
+    load_before = loadavg()
+    with netns.netns_bed() as bed, netns.fake_servers(PORT, hosts, netns=bed.tgt), \
+            tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for tool in tools * opts.repeat:
+            print(f"running {tool} on {cidr} ...", file=sys.stderr, flush=True)
+            if tool == "vncaudit-connect":
+                rows.append(run_vncaudit(
+                    bed, tool, [*common, "--discovery", "connect", "--concurrency",
+                                str(opts.concurrency)], hosts, len(hosts), tmp, 600))
+            elif tool == "vncaudit-syn":
+                rows.append(run_vncaudit(
+                    bed, tool, [*common, "--discovery", "syn", "--rate", str(opts.rate),
+                                "--retries", str(opts.retries), "--concurrency",
+                                str(opts.concurrency)], hosts, len(hosts), tmp, 600))
+            elif tool == "zmap":
+                rows.append(run_zmap(bed, cidr, hosts, tmp, opts.zmap_rate, opts.zmap_cooldown))
+            elif tool == "nmap":
+                rows.append(run_nmap(bed, cidr, hosts, tmp))
+            else:
+                raise SystemExit(f"unknown tool {tool!r}")
+            print(f"  {rows[-1].tool}: {rows[-1].wall_s:.2f} s, "
+                  f"{rows[-1].found}/{rows[-1].expected}", file=sys.stderr, flush=True)
+    ratios = _ratios(rows)
+    floor = None
+    syn = next((r for r in rows if r.tool == "vncaudit-syn"), None)
+    if syn is not None:
+        send = size / opts.rate
+        floor = {"send_s": send, "timeout_window_s": opts.timeout,
+                 "handshakes_s": len(hosts) / opts.handshake_rate,
+                 "total_s": send + opts.timeout + len(hosts) / opts.handshake_rate,
+                 "syn_wall_s": statistics.median(
+                     r.wall_s for r in rows if r.tool == "vncaudit-syn")}
+    return {"range": cidr, "targets": size, "live": len(hosts), "port": PORT,
+            "timeout": opts.timeout, "rows": [asdict(r) for r in rows], "ratios": ratios,
+            "floor": floor, "load_before": load_before, "load_after": loadavg(),
+            "cpus": os.cpu_count()}
+
+
+def _ratios(rows: list[Row]) -> dict[str, float]:
+    """Peer wall / our wall, on the median wall time of each tool's runs."""
+    walls: dict[str, list[float]] = {}
+    for r in rows:
+        walls.setdefault(r.tool, []).append(r.wall_s)
+    median = {tool: statistics.median(w) for tool, w in walls.items()}
+    out: dict[str, float] = {}
+    for ours in ("vncaudit-syn", "vncaudit-connect"):
+        if ours not in median:
+            continue
+        for peer in ("zmap", "nmap -T4 vnc-info"):
+            if peer in median:
+                out[f"{peer} wall / {ours} wall"] = median[peer] / median[ours]
+    return out
+
+
+def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    n = opts.throughput
+    hosts = netns.live_hosts("198.18.0.0/16", n, seed=2000)
+    ports = list(range(PORT, PORT + opts.ports_per_host))
+    expected = n * len(ports)
+    rows: list[Row] = []
+    load_before = loadavg()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))  # inherited by the fakes
+    with netns.netns_bed() as bed, netns.fake_servers(ports, hosts, netns=bed.tgt), \
+            tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        listing = tmp / "hosts.txt"
+        listing.write_text("\n".join(hosts) + "\n")
+        base = run_vncaudit(bed, "start-up", [netns.SCN_ADDR, "-p", "1", "--timeout", "1"],
+                            [], 0, tmp, 120)
+        for mode in opts.modes.split(","):
+            args = ["-iL", str(listing), "-p", f"{ports[0]}-{ports[-1]}", "--timeout",
+                    str(opts.timeout), "--discovery", mode, "--concurrency",
+                    str(opts.concurrency)]
+            if mode == "syn":
+                args += ["--rate", str(opts.rate)]
+            row = run_vncaudit(bed, f"vncaudit-{mode}", args, hosts, expected, tmp, 600)
+            scan_phase = max(row.wall_s - base.wall_s, 1e-3)
+            row.extra = {"fingerprints_per_s": row.found / row.wall_s,
+                         "scan_phase_s": scan_phase,
+                         "scan_phase_fingerprints_per_s": row.found / scan_phase}
+            rows.append(row)
+            print(f"  {row.tool}: {row.wall_s:.2f} s, {row.found}/{expected}", file=sys.stderr)
+    return {"servers": n, "ports_per_host": len(ports), "expected": expected,
+            "startup_s": base.wall_s, "rows": [asdict(r) for r in rows],
+            "load_before": load_before, "load_after": loadavg(), "cpus": os.cpu_count()}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"{'tool':<20} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'found/expected':>15}"
+          "  note")
+    for r in result["rows"]:
+        note = r["note"]
+        if r["extra"].get("fingerprints_per_s"):
+            note = (f"{r['extra']['fingerprints_per_s']:.0f} fingerprints/s whole run, "
+                    f"{r['extra']['scan_phase_fingerprints_per_s']:.0f}/s scan phase; {note}")
+        print(f"{r['tool']:<20} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.1f} "
+              f"{r['found']:>7}/{r['expected']:<7}  {note}")
+    for name, value in result.get("ratios", {}).items():
+        print(f"ratio {name}: {value:.2f}")
+    floor = result.get("floor")
+    if floor:
+        print(f"physical floor (syn): send {floor['send_s']:.2f} s + window "
+              f"{floor['timeout_window_s']:.2f} s + handshakes {floor['handshakes_s']:.2f} s "
+              f"= {floor['total_s']:.2f} s; measured {floor['syn_wall_s']:.2f} s "
+              f"({floor['syn_wall_s'] - floor['total_s']:+.2f} s)")
+    print(f"load average before {result['load_before']}, after {result['load_after']} "
+          f"({result['cpus']} CPUs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16, help="prefix length of 198.18.0.0/N")
+    parser.add_argument("--live", type=int, default=300)
+    parser.add_argument("--tools", help="comma list: vncaudit-connect,vncaudit-syn,zmap,nmap")
+    parser.add_argument("--timeout", type=float, default=1.0)
+    parser.add_argument("--rate", type=int, default=200_000, help="vncaudit syn packets/s")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="vncaudit syn retries (0: one probe per target, as zmap -P 1)")
+    parser.add_argument("--concurrency", type=int, default=16384)
+    parser.add_argument("--zmap-rate", type=int, default=200_000)
+    parser.add_argument("--zmap-cooldown", type=int, default=2)
+    parser.add_argument("--handshake-rate", type=float, default=5000.0,
+                        help="handshakes/s assumed for the floor (measure with --throughput)")
+    parser.add_argument("--throughput", type=int, metavar="N",
+                        help="instead: N live servers, every address live; fingerprints/s")
+    parser.add_argument("--ports-per-host", type=int, default=5)
+    parser.add_argument("--modes", default="connect,syn", help="--throughput modes")
+    parser.add_argument("--repeat", type=int, default=1, help="run the tool list N times")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    opts = parser.parse_args()
+    problem = netns.netns_problem()
+    if problem:
+        raise SystemExit(f"scan_bench: {problem}")
+    result = throughput_bench(opts) if opts.throughput else range_bench(opts)
+    print_table(result)
+    if opts.json:
+        opts.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
