@@ -416,9 +416,27 @@ ALL_OPEN = {"v4": "open", "v4-other": "open", "v6": "open", "v6-other": "open",
             "lo4": "open", "lo6": "open"}
 
 
+def run_persistence(pair: Pair, fix: Remedy, platform: str, into: str) -> list[str]:
+    """The printed save commands, writing into `into` instead of the host's /etc; returns the
+    files written."""
+    written = []
+    for step in fix.steps:
+        for command in step.commands:
+            if step.platform != platform or ">" not in command.replace("!=", ""):
+                continue
+            target = re.search(r"/etc/\S+", command)
+            assert target, command
+            path = os.path.join(into, os.path.basename(target.group(0)))
+            out = in_ns(pair.tgt, "bash", "-c", command.replace(target.group(0), path),
+                        check=False)
+            assert out.returncode == 0, (command, out.stderr)
+            written.append(path)
+    return written
+
+
 @pytest.mark.netns
 @pytest.mark.parametrize("platform", ["iptables", "nftables"])
-def test_firewall_block_runs_and_blocks_outside_only(platform: str) -> None:
+def test_firewall_block_runs_and_blocks_outside_only(platform: str, tmp_path: object) -> None:
     require_netns("iptables", "ip6tables", "nft")
     fix = remedy("firewall-block", host=TGT4, port=PORT)
     with netns_pair() as pair:
@@ -434,6 +452,18 @@ def test_firewall_block_runs_and_blocks_outside_only(platform: str) -> None:
             assert f'iifname != "lo" tcp dport {PORT} drop' in table
         assert reach(pair) == {"v4": "timeout", "v4-other": "timeout", "v6": "timeout",
                                "v6-other": "timeout", "lo4": "open", "lo6": "open"}
+        # What the printed save commands write loads again (check mode, nothing applied).
+        saved = run_persistence(pair, fix, platform, str(tmp_path))
+        assert saved
+        for path in saved:
+            with open(path) as fh:
+                assert str(PORT) in fh.read()
+            if platform == "nftables":
+                check = in_ns(pair.tgt, "nft", "-c", "-f", path, check=False)
+            else:
+                tool = "ip6tables-restore" if path.endswith(".v6") else "iptables-restore"
+                check = in_ns(pair.tgt, tool, "--test", path, check=False)
+            assert check.returncode == 0, (path, check.stderr)
 
 
 @pytest.mark.netns
@@ -886,3 +916,43 @@ def test_cli_refuses_an_unsafe_trusted_value_before_doing_anything(command: str)
     assert out.stdout == ""
     (line,) = out.stderr.strip().splitlines()
     assert "--trusted" in line and "Traceback" not in out.stderr
+
+
+UFW_CHECK = textwrap.dedent("""
+    import gettext, json, shlex, sys
+    gettext.install("ufw")
+    import ufw.frontend
+    out = []
+    for command in json.loads(sys.argv[1]):
+        try:
+            parsed = ufw.frontend.parse_command(["ufw", *shlex.split(command)[1:]])
+            rule = parsed.data.get("rule")
+            out.append([command, "ok", rule.format_rule() if rule is not None else ""])
+        except (Exception, SystemExit) as exc:  # ufw's error() prints and exits
+            out.append([command, "bad", f"{type(exc).__name__}: {exc}"])
+    print(json.dumps(out))
+""")
+
+
+def test_ufw_commands_parse_with_ufws_own_parser() -> None:
+    """ufw's rule parser (its Python package) accepts every printed ufw command; nothing is
+    applied. VNCAUDIT_UFW_PYTHONPATH may point at an unpacked ufw .deb where ufw is absent."""
+    path = os.environ.get("VNCAUDIT_UFW_PYTHONPATH") or "/usr/lib/python3/dist-packages"
+    if not os.path.exists(os.path.join(path, "ufw", "frontend.py")):
+        pytest.skip("ufw is not installed (Debian package ufw)")
+    lines = sorted({c for trusted in ("198.18.0.0/24", "2001:2::/48") for rid in REMEDY_IDS
+                    for c in commands(remedy(rid, host="198.18.0.9", port=5917,
+                                             trusted=trusted))
+                    if c.startswith("ufw ")})
+    assert len(lines) >= 5
+    broken = "ufw allow from 198.18.0.0/24 to any prot 5917"  # the parser must catch this
+    out = subprocess.run([sys.executable, "-c", UFW_CHECK, json.dumps([*lines, broken])],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={**os.environ, "PYTHONPATH": path})
+    assert out.returncode == 0, out.stderr
+    verdicts = json.loads(out.stdout)
+    assert [v[0] for v in verdicts if v[1] != "ok"] == [broken]
+    rules = {v[0]: v[2] for v in verdicts}
+    assert rules["ufw deny 5917/tcp"] == "-p tcp --dport 5917 -j DROP"
+    assert rules["ufw allow from 198.18.0.0/24 to any port 5917 proto tcp"] == \
+        "-p tcp --dport 5917 -s 198.18.0.0/24 -j ACCEPT"
