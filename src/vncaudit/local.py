@@ -271,15 +271,18 @@ def listening_sockets() -> tuple[list[Socket], list[str]]:
         key = (c.laddr.ip, c.laddr.port)
         if key not in seen or seen[key].pid is None:
             seen[key] = Socket(c.laddr.ip, c.laddr.port, fam, c.pid)
-    socks = sorted(seen.values(), key=lambda s: (s.port, s.family, s.address))
+    return sorted(seen.values(), key=lambda s: (s.port, s.family, s.address)), blind
+
+
+def _unowned(socks: Sequence[Socket]) -> list[str]:
     unowned = sum(1 for s in socks if s.pid is None)
     if unowned and os.geteuid() != 0:
-        blind.append(f"{unowned} listening sockets belong to other users: their PID, process "
-                     "and command line need root (run as root to see them)")
-    elif unowned:
-        blind.append(f"{unowned} listening sockets have no owning process visible here "
-                     "(kernel sockets or another PID namespace)")
-    return socks, blind
+        return [f"{unowned} listening sockets belong to other users: their PID, process and "
+                "command line need root (run as root to see them)"]
+    if unowned:
+        return [f"{unowned} listening sockets have no owning process visible here (kernel "
+                "sockets or another PID namespace)"]
+    return []
 
 
 def process_info(pid: int) -> ProcessInfo:
@@ -630,6 +633,7 @@ async def audit_async(
     total = len(socks)
     if only is not None:
         socks = [s for s in socks if s.port in only]
+    blind += _unowned(socks)
     procs: dict[int, ProcessInfo] = {}
     for s in socks:
         if s.pid is not None and s.pid not in procs:
