@@ -89,6 +89,9 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         page = context.new_page()
         requested: list[str] = []
         page.on("request", lambda r: requested.append(r.url))
+        problems: list[str] = []  # CSP violations and script errors show up here
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
 
         page.goto(live.url + "/")
         expect(page.locator("#client-address")).to_have_text("127.0.0.1")
@@ -96,6 +99,8 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         page.fill("#target", "127.0.0.1")
         page.fill("#ports", f"{vnc.port},{silent}")  # focusing it selects "Custom" (app.js)
         expect(page.locator('input[name="preset"][value="custom"]')).to_be_checked()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "check-form.png"))
         page.click("#submit")
 
         # Live progress: the x11vnc port answers at once, the silent one holds the scan for
@@ -105,6 +110,7 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         expect(page.locator("#progress-total")).to_have_text("2")
         expect(page.locator("#progress-done")).to_have_text("1", timeout=10000)
         assert page.locator("#progress-bar").get_attribute("max") == "2"
+        page.screenshot(path=str(ARTIFACTS / "check-progress.png"))
 
         # Done: the script reloads the page into the result.
         verdict = page.locator("#verdict")
@@ -125,7 +131,6 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         expect(copy).to_have_text("Copied")
         assert page.evaluate("navigator.clipboard.readText()") == commands.inner_text()
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "check-result.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10000
@@ -133,5 +138,6 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         page.goto(live.url + "/history")
         expect(page.locator("table.history tbody tr")).to_have_count(1)
         context.close()
+        assert problems == []
         # Every request the page made went to the service itself: no CDN, no external file.
         assert requested and all(u.startswith(live.url + "/") for u in requested), requested
