@@ -733,13 +733,13 @@ def test_x11vnc_printed_commands_close_ipv6_and_encrypt(lab: Lab) -> None:
             assert [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port] \
                 == ["127.0.0.1"]
         with printed(step_commands(tls, "x11vnc", "x11vnc"), env, lab.port):
-            result = probe_facts(lab.port)
-            # x11vnc -ssl: the listener speaks TLS first (or offers VeNCrypt/anon TLS), never
-            # plain RFB with a DES challenge in the clear.
-            if result.rfb is not None and result.state is State.VNC:
-                assert {t.id for t in result.rfb.security_types} <= {18, 19}, result.rfb
-            else:
-                assert result.state is not State.VNC
+            facts = probe_facts(lab.port).rfb
+            # x11vnc -ssl: only TLS paths (VeNCrypt, anonymous TLS), never plain VNC auth with
+            # its DES challenge in the clear (x11vnc 0.9.16: VeNCrypt TLSVnc/X509Vnc + TLS).
+            assert facts is not None
+            assert {t.id for t in facts.security_types} == {18, 19}, facts
+            assert facts.vencrypt is not None and facts.vencrypt.subtypes
+            assert all(sub.id >= 257 for sub in facts.vencrypt.subtypes), facts.vencrypt
 
 
 @pytest.mark.realserver
@@ -956,3 +956,15 @@ def test_ufw_commands_parse_with_ufws_own_parser() -> None:
     assert rules["ufw deny 5917/tcp"] == "-p tcp --dport 5917 -j DROP"
     assert rules["ufw allow from 198.18.0.0/24 to any port 5917 proto tcp"] == \
         "-p tcp --dport 5917 -s 198.18.0.0/24 -j ACCEPT"
+
+
+@pytest.mark.realserver
+def test_websockify_printed_command_listens_on_loopback_only(lab: Lab) -> None:
+    need("websockify")
+    import servers
+
+    fix = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="noVNC/websockify")
+    (command,) = commands(fix)
+    with printed(command, lab.env, lab.port) as pid:
+        assert [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port] \
+            == ["127.0.0.1"]
