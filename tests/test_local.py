@@ -70,6 +70,9 @@ import asyncio, ipaddress, subprocess, tomllib, psutil
 import vncaudit.local, vncaudit.assess, vncaudit.fingerprint, vncaudit.probe, vncaudit.firewall
 import encodings.idna, ssl, concurrent.futures.thread, selectors
 vncaudit.local.known_servers()
+from vncaudit.models import NamedType, RfbFacts, ServiceResult, State
+vncaudit.assess.assess(ServiceResult("127.0.0.1", 5900, State.VNC, rfb=RfbFacts(
+    "RFB 003.008\n", "3.8", "3.8", (NamedType(1, "None"),))))  # loads its data files now
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 port = int(sys.argv[1])
 audit = vncaudit.local.audit(ports=(port,), only_ports=[port], sniff=True)

@@ -220,6 +220,10 @@ def build_plan(
     protected = ssh_ports(audit)
     targets = [x for x in audit.listeners if needs_fix(x)]
     plan = Plan(chosen, audit.hostname, targets, (), tuple(allow), (), protected_ports=protected)
+    if audit.firewall is not None and audit.firewall.unreadable:
+        plan.notes.append("the firewall could not be read ("
+                          + ", ".join(u.tool for u in audit.firewall.unreadable)
+                          + "): run as root for commands that fit it (ufw may be active)")
     for x in targets:
         if x.port in protected:
             plan.notes.append(f"port {x.port} is also an SSH port: left out of the firewall "
