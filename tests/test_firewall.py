@@ -199,3 +199,50 @@ def test_read_state_reports_permission_and_absent_tools() -> None:
     assert st.verdict(IPV4, 5900).action is Action.RESTRICTED
     v6 = st.verdict(IPV6, 5900)
     assert v6.action is Action.UNKNOWN and "permission denied" in v6.reason
+
+
+def test_goto_returns_to_the_caller_of_the_chain_not_to_the_goto() -> None:
+    text = "\n".join([
+        "-P INPUT DROP",
+        "-N A",
+        "-N B",
+        "-A INPUT -p tcp --dport 5900 -j A",
+        "-A INPUT -p tcp --dport 5900 -j ACCEPT",  # reached after A RETURNs
+        "-A A -g B",
+        "-A A -j DROP",  # skipped: B's RETURN goes back to INPUT, not to A
+        "-A B -j RETURN",
+        "-A INPUT -p tcp --dport 5901 -j RETURN",  # RETURN in a base chain: the policy
+    ])
+    rs = [fw.parse_iptables(text)]
+    assert fw.decide(rs, IPV4, 5900).action is Action.ALLOWED
+    v = fw.decide(rs, IPV4, 5901)
+    assert v.action is Action.DROPPED and "policy DROP" in v.reason
+
+
+def test_unknown_target_and_queue_are_unknown() -> None:
+    text = "-P INPUT ACCEPT\n-A INPUT -p tcp --dport 5900 -j NFQUEUE --queue-num 1\n"
+    v = fw.decide([fw.parse_iptables(text)], IPV4, 5900)
+    assert v.action is Action.UNKNOWN and "NFQUEUE" in v.reason
+    assert fw.decide([fw.parse_iptables(text)], IPV4, 5901).action is Action.ALLOWED
+
+
+def test_nft_prerouting_drop_and_reverse_path_filter() -> None:
+    doc = {"nftables": [
+        {"chain": {"family": "inet", "table": "t", "name": "pre", "type": "filter",
+                   "hook": "prerouting", "prio": -150, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "pre", "expr": [
+            {"match": {"op": "==", "left": {"fib": {"flags": ["saddr", "iif"],
+                                                    "result": "oif"}}, "right": False}},
+            {"drop": None}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "pre", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
+                       "right": {"set": [{"range": [5900, 5902]}]}}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+            {"drop": None}]}},
+    ]}
+    import json
+
+    rs = fw.parse_nft(json.dumps(doc))
+    assert fw.decide([rs], IPV4, 5901).action is Action.DROPPED
+    assert fw.decide([rs], IPV6, 5902).action is Action.DROPPED
+    assert fw.decide([rs], IPV4, 5903).action is Action.ALLOWED  # rpfilter: not for real peers
