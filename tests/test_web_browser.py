@@ -110,6 +110,9 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         expect(page.locator("#progress-total")).to_have_text("2")
         expect(page.locator("#progress-done")).to_have_text("1", timeout=10000)
         assert page.locator("#progress-bar").get_attribute("max") == "2"
+        # The banner already tells what answered while the silent port is still pending.
+        expect(page.locator("#verdict")).to_have_attribute("data-severity", "critical")
+        expect(page.locator("#progress")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "check-progress.png"))
 
         # Done: the script reloads the page into the result.

@@ -133,9 +133,12 @@ def scan_status_json(scan_id: ScanId, ctx: CtxDep, client: ClientDep) -> JSONRes
     status = scan_status(record, job)
     done = job.done if job is not None else int(record.counts.get("done", 0))
     total = job.total if job is not None else done
+    running = status in ("queued", "running")
+    found = verdict(ctx.store.results(scan_id), not running)
     return JSONResponse({"status": status, "done": done, "total": total,
                          "phase": job.phase if job is not None else "scanning",
-                         "open": int(record.counts.get("services", 0))})
+                         "open": int(record.counts.get("services", 0)),
+                         "verdict": {**found.to_dict(), "css": found.css}})
 
 
 def _summary_verdict(counts: dict[str, int]) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ function startProgress(box) {
         total.textContent = String(s.total);
         status.textContent = s.phase === "discovering" ? "discovering subdomains" : s.status;
         box.dataset.done = String(s.done);
+        showVerdict(s.verdict);
         if (s.status !== "queued" && s.status !== "running") {
           window.location.reload();
           return;
@@ -30,6 +31,17 @@ function startProgress(box) {
     window.setTimeout(poll, 400);
   }
   window.setTimeout(poll, 200);
+}
+
+// While the scan runs, the banner already tells what has answered so far.
+function showVerdict(v) {
+  const banner = document.getElementById("verdict");
+  if (!banner || !v) return;
+  banner.className = "verdict " + v.css;
+  banner.dataset.state = v.state;
+  banner.dataset.severity = v.severity || "";
+  banner.querySelector(".verdict-state").textContent = v.state.toUpperCase();
+  banner.querySelector(".verdict-text").textContent = v.text;
 }
 
 function copyText(text, button) {
