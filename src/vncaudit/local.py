@@ -451,7 +451,10 @@ def x11vnc_config(proc: ProcessInfo) -> list[ConfigFact]:
     facts: list[ConfigFact] = []
     flags = {
         "-localhost": "listens on loopback only (IPv4 and IPv6)",
-        "-noipv6": "asks for no IPv6; x11vnc still keeps [::]:port open unless -rfbportv6 -1",
+        # Measured (x11vnc 0.9.16): `-listen 127.0.0.1 -noipv6` still opens [::]:5900;
+        # `-localhost -noipv6` and `-rfbportv6 -1` open no IPv6 socket.
+        "-noipv6": "asks for no IPv6, but x11vnc keeps [::]:5900 open unless -localhost or "
+                   "-rfbportv6 -1",
         "-nopw": "no password: anyone who reaches the port gets the desktop",
         "-6": "IPv6 listening on",
         "-ssl": "TLS for connections",
@@ -476,7 +479,8 @@ def x11vnc_config(proc: ProcessInfo) -> list[ConfigFact]:
             facts.append(ConfigFact("command line", a, v if a != "-passwd" else "***", meaning))
     if "-rfbportv6" not in args and "-localhost" not in args:
         facts.append(ConfigFact("command line", "-rfbportv6", "(not given)",
-                                "x11vnc opens an IPv6 wildcard listener [::] by default"))
+                                "x11vnc opens an IPv6 wildcard listener [::] by default "
+                                "(measured: [::]:5900 with -rfbport 5905)"))
     return facts
 
 
