@@ -494,23 +494,28 @@ def scan(
         progress_state = EngineProgress(total=len(space) - len(done))
 
         marks: list[tuple[str, int, State]] = []
+        found: list[ServiceResult] = []
         marked_at = [time.monotonic()]
 
         def flush_marks() -> None:
             if marks:
                 store.mark_done_many(scan_id, marks)
                 marks.clear()
+            if found:
+                store.add_results(scan_id, found)
+                found.clear()
             marked_at[0] = time.monotonic()
 
         def save(result: ServiceResult) -> None:
+            # Thousands per second on a big range: one store call per batch, not per pair (a
+            # pair not yet written when the scan is killed is simply probed again on resume).
             if result.state in report.HIDDEN_BY_DEFAULT:
-                # Tens of thousands per second on a big silent range: one statement per
-                # batch, not per pair (a mark not yet written is simply probed again on resume).
                 marks.append((result.host, result.port, result.state))
-                if len(marks) >= 1024 or time.monotonic() - marked_at[0] > 0.5:
-                    flush_marks()
             else:
-                store.add_result(scan_id, result)
+                found.append(result)
+            if (len(marks) >= 1024 or len(found) >= 256
+                    or time.monotonic() - marked_at[0] > 0.5):
+                flush_marks()
 
         try:
             try:
