@@ -142,5 +142,21 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         expect(page.locator("table.history tbody tr")).to_have_count(1)
         context.close()
         assert problems == []
+
+        # Without JavaScript: the running page refreshes itself (<noscript> meta refresh) and
+        # the result is complete; the copy buttons stay hidden, the commands are there.
+        plain = chromium.new_context(java_script_enabled=False)
+        page = plain.new_page()
+        page.goto(live.url + "/")
+        page.fill("#target", "127.0.0.1")
+        page.check('input[name="preset"][value="custom"]')
+        page.fill("#ports", f"{vnc.port},{silent}")
+        page.click("#submit")
+        page.wait_for_url("**/scans/s-*")
+        expect(page.locator("#progress")).to_have_count(0, timeout=15000)
+        expect(page.locator("#verdict")).to_have_attribute("data-severity", "critical")
+        expect(page.locator("pre.fix-commands").first).to_be_visible()
+        expect(page.locator("button.copy").first).to_be_hidden()
+        plain.close()
         # Every request the page made went to the service itself: no CDN, no external file.
         assert requested and all(u.startswith(live.url + "/") for u in requested), requested

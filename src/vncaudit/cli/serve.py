@@ -36,6 +36,11 @@ def serve(
         typer.Option("--only-allow-list", help="Refuse the client's own address unless it is "
                      "allow-listed too."),
     ] = False,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option("--trusted-proxy", help="CIDR of a reverse proxy whose X-Forwarded-For "
+                     "is believed (repeatable); without it the header is ignored."),
+    ] = None,
     token_file: Annotated[
         Path | None,
         typer.Option("--token-file", help="File of API token hashes (sha256:<hex>, one a "
@@ -80,6 +85,8 @@ def serve(
         overrides["db_path"] = str(db)
     if allow:
         overrides["allow"] = tuple(allow)
+    if trusted_proxy:
+        overrides["trusted_proxies"] = tuple(trusted_proxy)
     if only_allow_list:
         overrides["allow_own_address"] = False
     for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
