@@ -171,6 +171,17 @@ def test_local_harden_apply_rescan_rollback(tiger_bed: netns.Bed, backend: str,
                       "--only-port", str(VNC_PORT), "--json", "--timeout", "2")
     assert check.returncode == 0, check.stderr
     assert "the firewall (or the path) works" in json.loads(check.stdout)["ports"][0]["verdict"]
+    # The same from the host's side: its own audit against a scan file made in scn.
+    outside = tmp_path / "outside.json"
+    scanned = _vncaudit(bed.scn, "scan", TARGET, "-p", str(VNC_PORT), "-o", "json", "--all",
+                        "--timeout", "2", "--no-web", "--output-file", str(outside))
+    assert scanned.returncode == 0, scanned.stderr
+    here = _vncaudit(bed.tgt, "check", TARGET, "--outside", str(outside), "--only-port",
+                     str(VNC_PORT), "--json")
+    assert here.returncode == 0, here.stderr
+    [row] = json.loads(here.stdout)["ports"]
+    assert (row["outside"], row["scope"]) == ("filtered", "all-interfaces")
+    assert "ipv4: dropped" in row["firewall"]
 
     # 5. Rollback restores the rules exactly, and the port is open again.
     rolled = _vncaudit(bed.tgt, "harden", "--rollback", "--yes", "--backup-dir", str(backups))

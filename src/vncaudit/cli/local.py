@@ -331,6 +331,11 @@ def check_cmd(
         typer.Option("--inside", help="The host's own view: a `vncaudit local -o json` file. "
                      "Without it, the local audit runs here (when HOST is this machine)."),
     ] = None,
+    outside: Annotated[
+        Path | None,
+        typer.Option("--outside", help="The outside view: a `vncaudit scan -o json` file made "
+                     "from another vantage point. Without it, HOST is scanned from here."),
+    ] = None,
     ports: Annotated[
         str | None, typer.Option("-p", "--ports", help="Ports to scan (default: the inside "
                                  "listeners' ports plus 5800,5900-5910).")
@@ -352,6 +357,18 @@ def check_cmd(
             "listeners"]
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
+    if outside is not None:
+        try:
+            doc = json.loads(outside.read_text())
+            results = [ServiceResult.from_dict(d) for d in doc["services"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
+                from None
+        results = [r for r in results if r.host == host or r.hostname == host]
+        if only_port:
+            results = [r for r in results if r.port in only_port]
+        _show_check(host, compare(listeners, results), as_json)
+        return
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
     scan_ports: set[int] = set(only_port or ())
@@ -368,7 +385,10 @@ def check_cmd(
 
     targets: list[Target] = list(space.iter_targets())
     results = asyncio.run(scan_async(targets, ScanOptions(probe=ProbeOptions(timeout=timeout))))
-    rows = compare(listeners, results)
+    _show_check(host, compare(listeners, results), as_json)
+
+
+def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
     else:
