@@ -148,7 +148,8 @@ class JobManager:
     def load(self) -> tuple[int, int]:
         """(queued, running) scans right now."""
         queued = self._queue.qsize() if self._queue is not None else 0
-        running = sum(1 for j in self._jobs.values() if j.status == "running")
+        # list(): routes read this from the thread pool while the loop may add jobs.
+        running = sum(1 for j in list(self._jobs.values()) if j.status == "running")
         return queued, running
 
     def _trim(self) -> None:

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from vncaudit import __version__
 from vncaudit.models import Severity
+from vncaudit.store import ScanDiff, ScanRecord
 from vncaudit.web.deps import AppContext, ClientDep, CtxDep, can_view
 from vncaudit.web.routes.api import ScanId, SubmitRefused, submit
 from vncaudit.web.security import CSRF_COOKIE, Csrf
@@ -153,16 +154,27 @@ def _summary_verdict(counts: dict[str, int]) -> tuple[str, str | None]:
 
 @router.get("/history", response_class=HTMLResponse)
 def history(request: Request, ctx: CtxDep, client: ClientDep) -> HTMLResponse:
-    rows = []
-    for record in ctx.store.list_scans(limit=ctx.settings.history_limit):
-        if record.options.get("source") != "web" or not can_view(ctx, record, client):
-            continue
+    records = [r for r in ctx.store.list_scans(limit=ctx.settings.history_limit)
+               if r.options.get("source") == "web" and can_view(ctx, r, client)]
+    # The previous scan of each target is usually the next older row of the same target; only
+    # the oldest row of each target asks the store (one query per target, not per row).
+    last: dict[str, ScanRecord] = {}
+    rows: list[dict[str, Any]] = []
+    for record in reversed(records):
         status = scan_status(record, ctx.jobs.get(record.id))
         state, severity = _summary_verdict(record.counts)
-        prev, diff = (None, None)
+        target = str(record.options.get("target", ""))
+        prev: ScanRecord | None = None
+        diff: ScanDiff | None = None
         if status == "finished":
-            prev, diff = diff_to_previous(ctx.store, record)
+            if target in last:
+                prev = last[target]
+                diff = ctx.store.diff(prev.id, record.id)
+            else:
+                prev, diff = diff_to_previous(ctx.store, record)
+            last[target] = record
         rows.append({"record": record, "status": status, "state": state,
                      "severity": severity, "previous": prev, "diff": diff})
+    rows.reverse()
     return _page(ctx, request, "history.html", rows=rows,
                  public=ctx.settings.public_history)
