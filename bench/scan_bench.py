@@ -233,7 +233,11 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
     expected = n * len(ports)
     rows: list[Row] = []
     load_before = loadavg()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))  # inherited by the fakes
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the fakes inherit it
+    if n * opts.ports_per_host > hard - 1000:
+        raise SystemExit(f"scan_bench: {n} x {opts.ports_per_host} listeners need more than "
+                         f"the {hard} file descriptors allowed here; lower --ports-per-host")
     with netns.netns_bed() as bed, netns.fake_servers(ports, hosts, netns=bed.tgt), \
             tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -241,6 +245,10 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
         listing.write_text("\n".join(hosts) + "\n")
         base = run_vncaudit(bed, "start-up", [netns.SCN_ADDR, "-p", "1", "--timeout", "1"],
                             [], 0, tmp, 120)
+        for mode in opts.modes.split(","):
+            rows.append(handshake_row(bed, listing, ports, mode, expected, opts, tmp))
+            print(f"  {rows[-1].tool}: {rows[-1].wall_s:.2f} s, {rows[-1].found}/{expected}",
+                  file=sys.stderr)
         for mode in opts.modes.split(","):
             args = ["-iL", str(listing), "-p", f"{ports[0]}-{ports[-1]}", "--timeout",
                     str(opts.timeout), "--discovery", mode, "--concurrency",
@@ -257,6 +265,54 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
     return {"servers": n, "ports_per_host": len(ports), "expected": expected,
             "startup_s": base.wall_s, "rows": [asdict(r) for r in rows],
             "load_before": load_before, "load_after": loadavg(), "cpus": os.cpu_count()}
+
+
+def handshake_row(bed: netns.Bed, listing: Path, ports: list[int], mode: str, expected: int,
+                  opts: argparse.Namespace, tmp: Path) -> Row:
+    """The handshake rate alone: the engine (discovery + RFB probe) in one process, timed from
+    the first target to the last result; no grading, no store, no report."""
+    out = tmp / f"handshakes-{mode}.json"
+    cmd = in_ns(bed, sys.executable, str(Path(__file__).resolve()), "--handshake-driver",
+                str(listing), "--driver-ports", f"{ports[0]}-{ports[-1]}", "--driver-mode", mode,
+                "--timeout", str(opts.timeout), "--concurrency", str(opts.concurrency),
+                "--rate", str(opts.rate), "--json", str(out))
+    wall, cpu, rss, code, err = measured(cmd, 300)
+    if code != 0:
+        raise RuntimeError(f"handshake driver failed ({code}): {err[-2000:]}")
+    doc = json.loads(out.read_text())
+    return Row(f"engine-{mode}", wall, cpu, rss, doc["fingerprints"], expected,
+               "engine + probe only (no assess, no store)",
+               {"fingerprints_per_s": doc["fingerprints"] / doc["seconds"],
+                "scan_phase_s": doc["seconds"],
+                "scan_phase_fingerprints_per_s": doc["fingerprints"] / doc["seconds"]})
+
+
+def handshake_driver(opts: argparse.Namespace) -> None:
+    import asyncio
+
+    from vncaudit.engine import ScanOptions, iter_results
+    from vncaudit.engine import run as run_loop
+    from vncaudit.models import State, Target
+    from vncaudit.probe import ProbeOptions
+
+    hosts = Path(opts.handshake_driver).read_text().split()
+    low, high = (int(x) for x in opts.driver_ports.split("-"))
+    targets = [Target(h, p) for p in range(low, high + 1) for h in hosts]
+    options = ScanOptions(concurrency=opts.concurrency, discovery=opts.driver_mode,
+                          rate=float(opts.rate) if opts.driver_mode == "syn" else None,
+                          probe=ProbeOptions(timeout=opts.timeout))
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        count = 0
+        async for result in iter_results(targets, options):
+            if result.state is State.VNC and result.rfb and result.rfb.security_types:
+                count += 1
+        return count, loop.time() - started
+
+    count, seconds = run_loop(main())
+    opts.json.write_text(json.dumps({"fingerprints": count, "seconds": seconds}))
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -301,7 +357,13 @@ def main() -> None:
     parser.add_argument("--modes", default="connect,syn", help="--throughput modes")
     parser.add_argument("--repeat", type=int, default=1, help="run the tool list N times")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--handshake-driver", help=argparse.SUPPRESS)  # hosts file; internal
+    parser.add_argument("--driver-ports", help=argparse.SUPPRESS)
+    parser.add_argument("--driver-mode", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.handshake_driver:
+        handshake_driver(opts)
+        return
     problem = netns.netns_problem()
     if problem:
         raise SystemExit(f"scan_bench: {problem}")

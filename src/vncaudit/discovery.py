@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import ipaddress
 import logging
 import os
 import random
@@ -213,11 +212,13 @@ class _Attempt:
 
 
 def _literal_family(host: str) -> socket.AddressFamily | None:
+    """AF_INET / AF_INET6 for an address literal, None for a name (inet_pton: C speed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+        socket.inet_pton(family, host)
+    except OSError:
         return None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return family
 
 
 class ConnectSweep(_Sweep):
