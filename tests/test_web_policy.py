@@ -18,6 +18,7 @@ import pytest
 from vncaudit.web.policy import (
     InvalidTarget,
     Policy,
+    PolicyError,
     TargetRefused,
     parse_address,
     parse_inet_aton,
@@ -49,6 +50,19 @@ LOOPBACK_FORMS = [
 @pytest.mark.parametrize("text", LOOPBACK_FORMS)
 def test_exotic_forms_normalise_to_loopback(text: str) -> None:
     assert parse_address(text) == ipaddress.IPv4Address("127.0.0.1")
+
+
+def test_look_alike_digits_are_checked_as_the_address_they_map_to() -> None:
+    resolver = CountingResolver({})
+    form = "\uff11\uff12\uff17.\uff10.\uff10.\uff11"  # fullwidth digits
+    with pytest.raises(TargetRefused, match="loopback"):
+        Policy.build(resolve=resolver).decide(form, "5900", "127.0.0.1")
+    assert Policy.build(["127.0.0.1/32"], resolve=resolver).decide(
+        form, "5900", None).addresses == ("127.0.0.1",)
+    with pytest.raises(PolicyError):  # an ideographic full stop: refused one way or another
+        Policy.build(resolve=resolver).decide("\uff11\uff12\uff17\u3002\uff10.0.1", "5900",
+                                              "127.0.0.1")
+    assert resolver.calls == []  # never sent to DNS as a "name"
 
 
 @pytest.mark.parametrize("text", ["999999999999", "1.2.3.256", "0x1ffffffff", "08.0.0.1",
@@ -297,7 +311,8 @@ def test_every_bypass_is_refused_before_any_connection(tmp_path: Path,
     port = str(loopback_listener.port)
     with _client(tmp_path, resolver=resolver) as client:  # type: ignore[attr-defined]
         for form in [*LOOPBACK_FORMS, "evil.example", "mapped.example", "rebind.example",
-                     "localhost", "2002:7f00:1::", "64:ff9b::7f00:1", "::127.0.0.1"]:
+                     "localhost", "2002:7f00:1::", "64:ff9b::7f00:1", "::127.0.0.1",
+                     "\uff11\uff12\uff17.\uff10.\uff10.\uff11"]:
             response = client.post("/api/scans", json={"target": form, "ports": port})
             assert response.status_code == 403, (form, response.text)
             assert response.json()["code"] == "address-refused"

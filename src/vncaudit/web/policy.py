@@ -394,12 +394,16 @@ class Policy:
         port_list = self.check_ports(ports)
         who = _requester(requester)
         ip = parse_address(target)
+        name = normalise_hostname(target) if ip is None else ""
+        if ip is None:
+            # IDNA maps look-alikes to ASCII ("１２７.０.０.１" → "127.0.0.1"): the mapped
+            # text is checked as an address again, so it never passes as a "name".
+            ip = parse_address(name)
         if ip is not None:
             refusal = self.address_refusal(ip, who)
             if refusal:
                 raise TargetRefused("address-refused", refusal)
             return Decision(str(ip), None, (str(ip),), port_list)
-        name = normalise_hostname(target)
         if name == "localhost" or name.endswith(".localhost"):
             raise TargetRefused("address-refused", f"{name} is loopback (RFC 6761)")
         addresses = self._resolve_once(name)
