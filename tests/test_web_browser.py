@@ -138,6 +138,9 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10000
 
+        # The HTML report from the API renders under its CSP without a violation.
+        page.click("p.reports >> text=html")
+        expect(page.locator("body")).to_contain_text(str(vnc.port))
         page.goto(live.url + "/history")
         expect(page.locator("table.history tbody tr")).to_have_count(1)
         context.close()
