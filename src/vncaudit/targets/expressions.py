@@ -1,0 +1,190 @@
+"""Target expressions: addresses, CIDRs, ranges and hostnames, parsed into key intervals.
+
+Owns: `_parse_expression` (one expression to a `_Parsed`), the range forms (`10.0.0.1-50`,
+`2001:db8::1-ff`), the hostname check that keeps broken addresses away from the resolver, IPv6
+zone indexes, the IPv6 size limit (`MAX_IPV6_EXPRESSION`), and hostname resolution: the
+injectable `Resolver`, `default_resolver` (getaddrinfo) and `_CachingResolver` (each name once
+per build, every failure a `UsageError`).
+
+Must not: open sockets other than through the resolver it is given, resolve a name twice in one
+build, expand a range into addresses, or import anything of the package but `exceptions`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from vncaudit.exceptions import UsageError
+from vncaudit.targets.addresses import _V6, IPAddress, _host_string, _key
+from vncaudit.targets.errors import _err, _show
+
+log = logging.getLogger(__name__)
+
+MAX_IPV6_EXPRESSION: Final = 2**24  # addresses; a bigger IPv6 expression is refused
+Resolver = Callable[[str], list[str]]
+
+@dataclass
+class _Parsed:
+    norm: str  # normalised expression for describe()
+    blocks: list[tuple[int, int]]  # key intervals
+    hostname: str | None = None
+    zones: dict[int, str] = field(default_factory=dict)  # IPv6 zone index, e.g. fe80::1%eth0
+
+
+def default_resolver(name: str) -> list[str]:
+    """Resolve *name* with `socket.getaddrinfo`: every IPv4 and IPv6 address, in its order."""
+    out: list[str] = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            addr = str(sockaddr[0])
+            if addr not in out:
+                out.append(addr)
+    return out
+
+
+class _CachingResolver:
+    """Resolves each name once per build and turns every failure into a UsageError."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        self._resolve = resolve
+        self._cache: dict[str, list[IPAddress]] = {}
+
+    def __call__(self, name: str) -> list[IPAddress]:
+        if name not in self._cache:
+            try:
+                raw = self._resolve(name)
+            except (OSError, UnicodeError) as exc:
+                raise _err(f"cannot resolve {name}: {exc}") from None
+            addrs: list[IPAddress] = []
+            for text in raw:
+                ip = _ip_or_none(str(text))
+                if ip is None:
+                    raise _err(f"cannot resolve {name}: resolver returned {_show(str(text))}")
+                if ip not in addrs:
+                    addrs.append(ip)
+            if not addrs:
+                raise _err(f"cannot resolve {name}: no IPv4 or IPv6 address")
+            log.debug("resolved %s to %s", name, ", ".join(map(str, addrs)))
+            self._cache[name] = addrs
+        return self._cache[name]
+
+
+def _ip_or_none(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_HEX_GROUP = re.compile(r"[0-9a-fA-F]{1,4}")
+_OCTET = re.compile(r"[0-9]{1,3}")
+
+
+def _hostname(expr: str) -> str | None:
+    """The lower-case hostname *expr* names, or None when it is not a plausible hostname."""
+    name = expr.lower().removesuffix(".")
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return None
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    # A top-level label always holds a letter; "10.1", "1-254" or "10.0.0.256" are broken
+    # addresses, and must never reach getaddrinfo (which reads "10.1" as 10.0.0.1).
+    if not re.search("[a-z]", labels[-1]):
+        return None
+    return name
+
+
+def _check_v6_size(parsed: _Parsed, where: str) -> None:
+    for first, last in parsed.blocks:
+        size = last - first + 1
+        if first >= _V6 and size > MAX_IPV6_EXPRESSION:
+            shown = f"2**{size.bit_length() - 1}" if size & (size - 1) == 0 else str(size)
+            raise _err(
+                f"{where} spans {shown} IPv6 addresses; scanning that is meaningless, give a "
+                f"smaller prefix (/104 or longer: at most 2**24 addresses per IPv6 expression)"
+            )
+
+
+def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
+    shown = _show(expr)
+    if not expr:
+        raise _err("empty target expression")
+    if "/" in expr:
+        try:
+            net = ipaddress.ip_network(expr, strict=False)
+        except ValueError as exc:
+            raise _err(f"invalid network {shown}: {exc}") from None
+        first, last = _key(net.network_address), _key(net.broadcast_address)
+        norm = str(net.network_address) if first == last else str(net)
+        return _Parsed(norm, [(first, last)])
+    if "-" in expr:
+        left, _, right = expr.partition("-")
+        start = _ip_or_none(left)
+        if start is not None:
+            return _parse_range(expr, start, right.strip())
+    bare = expr[1:-1] if expr.startswith("[") and expr.endswith("]") else expr
+    ip = _ip_or_none(bare)
+    if ip is not None:
+        return _Parsed(str(ip), [(_key(ip), _key(ip))], zones=_zones([ip]))
+    if ":" in expr:
+        raise _err(f"invalid IPv6 address {shown}")
+    name = _hostname(expr)
+    if name is None:
+        raise _err(f"invalid target {shown}: not an IP address, CIDR, range or hostname")
+    addrs = resolve(name)
+    return _Parsed(name, [(_key(a), _key(a)) for a in addrs], hostname=name, zones=_zones(addrs))
+
+
+def _zones(addrs: Iterable[IPAddress]) -> dict[int, str]:
+    return {
+        _key(a): a.scope_id
+        for a in addrs
+        if isinstance(a, ipaddress.IPv6Address) and a.scope_id
+    }
+
+
+def _parse_range(expr: str, start: IPAddress, right: str) -> _Parsed:
+    shown = _show(expr)
+    if isinstance(start, ipaddress.IPv6Address) and start.scope_id:
+        raise _err(f"invalid range {shown}: a zone index is allowed on a single address only")
+    end = _ip_or_none(right)
+    first = int(start)
+    if end is not None:
+        if end.version != start.version:
+            raise _err(f"invalid range {shown}: mixes IPv4 and IPv6")
+        if isinstance(end, ipaddress.IPv6Address) and end.scope_id:
+            raise _err(f"invalid range {shown}: a zone index is allowed on a single address only")
+        last = int(end)
+    elif start.version == 4 and _OCTET.fullmatch(right) and int(right) <= 255:
+        last = (first & ~0xFF) | int(right)  # 10.0.0.1-50: the last octet
+    elif start.version == 6 and _HEX_GROUP.fullmatch(right):
+        last = (first & ~0xFFFF) | int(right, 16)  # 2001:db8::1-ff: the last 16-bit group
+    else:
+        raise _err(f"invalid range {shown}: end {_show(right)} is not an address or last octet")
+    if last < first:
+        raise _err(f"invalid range {shown}: the end comes before the start")
+    tag = _V6 if start.version == 6 else 0
+    norm = _host_string(first | tag)
+    if last != first:
+        norm += "-" + _host_string(last | tag)
+    return _Parsed(norm, [(first | tag, last | tag)])
+
+def _parse_at(
+    location: str, expr: str, resolver: _CachingResolver, what: str
+) -> tuple[_Parsed, str]:
+    """Parse one expression; return it and its name for messages, e.g. "a.txt:3: target '…'"."""
+    try:
+        parsed = _parse_expression(expr.strip(), resolver)
+    except UsageError as exc:
+        raise _err(f"{location}{exc}") from None
+    return parsed, f"{location}{what} {_show(expr.strip())}"

@@ -1,0 +1,235 @@
+"""Input files: `-iL` lists (or stdin), nmap XML and masscan output.
+
+Owns: reading the files the user named, line by line or in chunks, as `(location, expression)`
+pairs (`_sources`, `_list_file`) or as `_Host`s with their open TCP ports (`_read_nmap_xml`,
+`_read_masscan` for -oJ, -oD, -oL and -oX); refusing XML with a DTD or entities.
+
+Must not: read any file the user did not name, load a whole file when it can be streamed (the
+masscan JSON fallback aside), expand an XML entity, or import anything of the package but
+`exceptions`. Every read or format error is a one-line `UsageError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, NoReturn
+from xml.parsers import expat
+
+from vncaudit.targets.errors import _err, _show
+from vncaudit.targets.expressions import _hostname
+from vncaudit.targets.ports import _NUMBER
+
+PathLike = str | Path
+
+def _open_text(path: PathLike) -> IO[str]:
+    if str(path) == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8")  # closed by the caller
+    except OSError as exc:
+        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a text file, as UsageErrors on read or decode failure."""
+    stream = _open_text(path)
+    try:
+        yield from enumerate(stream, 1)
+    except OSError as exc:
+        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _err(f"cannot read {path}: not UTF-8 text") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _list_file(path: PathLike) -> Iterator[tuple[str, str]]:
+    """("path:line: ", expression) for every expression of an -iL style file: several per line
+    (whitespace-separated), `#` starts a comment, blank lines are skipped."""
+    for lineno, line in _lines(path):
+        for expr in line.split("#", 1)[0].split():
+            yield f"{path}:{lineno}: ", expr
+
+
+def _sources(
+    expressions: Iterable[str], paths: Sequence[PathLike]
+) -> Iterator[tuple[str, str]]:
+    """(location, expression): location is "" for an argument, "path:line: " for a file."""
+    for expr in expressions:
+        yield "", expr
+    for path in paths:
+        yield from _list_file(path)
+
+@dataclass
+class _Host:
+    """One host read from nmap or masscan output."""
+
+    addr: str
+    ports: list[int] | None  # None: no port information, scan the -p ports
+    hostname: str | None = None
+
+
+def _read_nmap_xml(path: PathLike) -> Iterator[_Host]:
+    """Hosts that are up (or have no status, as in masscan -oX) and their open TCP ports.
+
+    Parsed with expat, streamed in chunks. A bare `<!DOCTYPE nmaprun>` (nmap writes one) is
+    accepted; any DTD with an internal subset or external id, and any entity declaration, is
+    refused, so no entity is ever expanded or fetched.
+    """
+    done: list[_Host] = []
+    state: dict[str, Any] = {"host": None, "status": None, "in_port": None, "root": None}
+
+    def refuse(*_: object) -> NoReturn:
+        raise _err(f"{path}: refusing XML with a DTD or entities (nmap XML needs neither)")
+
+    def doctype(_name: str, sysid: str | None, pubid: str | None, subset: int) -> None:
+        if sysid or pubid or subset:
+            refuse()
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        if state["root"] is None:
+            state["root"] = tag
+            if tag != "nmaprun":
+                raise _err(f"{path}: not nmap XML (root element <{tag[:40]}>)")
+        host: _Host | None = state["host"]
+        if tag == "host":
+            state["host"], state["status"] = _Host("", None), None
+            state["addrs"] = []
+        elif host is None:
+            return
+        elif tag == "status":
+            state["status"] = attrs.get("state")
+        elif tag == "address" and attrs.get("addrtype") in ("ipv4", "ipv6"):
+            state["addrs"].append(attrs.get("addr", ""))
+        elif tag == "hostname" and attrs.get("type") == "user" and host.hostname is None:
+            host.hostname = _hostname(attrs.get("name", ""))
+        elif tag == "ports":
+            host.ports = host.ports or []
+        elif tag == "port":
+            state["in_port"] = (attrs.get("protocol"), attrs.get("portid", ""))
+        elif tag == "state" and state["in_port"] is not None:
+            proto, portid = state["in_port"]
+            if proto == "tcp" and attrs.get("state") == "open":
+                if host.ports is None:
+                    host.ports = []
+                host.ports.append(_file_port(portid, f"{path}: port"))
+
+    def end(tag: str) -> None:
+        if tag == "port":
+            state["in_port"] = None
+        elif tag == "host" and state["host"] is not None:
+            host: _Host = state["host"]
+            if state["status"] in (None, "up"):
+                for addr in state["addrs"]:
+                    done.append(_Host(addr, host.ports, host.hostname))
+            state["host"] = None
+
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = refuse
+    parser.UnparsedEntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+    with stream:
+        while True:
+            try:
+                chunk = stream.read(1 << 16)
+                parser.Parse(chunk, not chunk)
+            except expat.ExpatError as exc:
+                raise _err(f"{path}: not valid nmap XML: {exc}") from None
+            except OSError as exc:
+                raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+            yield from done
+            done.clear()
+            if not chunk:
+                break
+    if state["root"] is None:
+        raise _err(f"{path}: not nmap XML (empty document)")
+
+
+def _file_port(value: object, where: str) -> int:
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _err(f"{where} {_show(str(value))} is not a port number 1-65535")
+    return value
+
+
+def _read_masscan(path: PathLike) -> Iterator[_Host]:
+    """Open TCP ports from masscan -oJ (JSON list), -oD (one object per line), -oL (list
+    lines `open tcp 5900 1.2.3.4 1700000000`) or -oX (nmap-style XML) output."""
+    first = ""
+    for _, line in _lines(path):
+        if line.strip():
+            first = line.strip()[0]
+            break
+    if first == "<":
+        yield from _read_nmap_xml(path)
+    elif first and first in "[{":
+        yield from _read_masscan_json(path)
+    else:
+        for lineno, line in _lines(path):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if fields[0] in ("closed", "banner"):
+                continue
+            if fields[0] != "open" or len(fields) < 4:
+                raise _err(f"{path}:{lineno}: not a masscan list line: {_show(line.strip())}")
+            if fields[1] == "tcp":
+                yield _Host(fields[3], [_file_port(fields[2], f"{path}:{lineno}: port")])
+
+
+_MASSCAN_TRAILER = re.compile(r"\{\s*finished\s*:\s*1\s*\}")  # masscan 1.0 ends -oJ so
+
+
+def _read_masscan_json(path: PathLike) -> Iterator[_Host]:
+    # masscan writes one record per line (with "[", "]" and separating commas around them);
+    # take that streaming path, and fall back to loading the whole document otherwise.
+    try:
+        for lineno, line in _lines(path):
+            text = line.strip().removeprefix("[").removesuffix("]").strip().strip(",").strip()
+            if text and not _MASSCAN_TRAILER.fullmatch(text):
+                yield from _masscan_record(json.loads(text), f"{path}:{lineno}")
+        return
+    except ValueError:  # json.JSONDecodeError: not one record per line
+        pass
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = json.load(stream)
+    except OSError as exc:
+        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise _err(f"{path}: not valid masscan JSON: {exc}") from None
+    for i, record in enumerate(document if isinstance(document, list) else [document], 1):
+        yield from _masscan_record(record, f"{path}: record {i}")
+
+
+def _masscan_record(record: object, where: str) -> Iterator[_Host]:
+    if not isinstance(record, dict):
+        raise _err(f"{where}: masscan record is not a JSON object")
+    if "ip" not in record:
+        return  # e.g. the {"finished": 1} trailer of old masscan versions
+    ip = record["ip"]
+    entries = record.get("ports", [record])
+    if not isinstance(ip, str) or not isinstance(entries, list):
+        raise _err(f"{where}: masscan record needs a string 'ip' and a 'ports' list")
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise _err(f"{where}: masscan port entry is not a JSON object")
+        data = entry.get("data")
+        status = entry.get("status", data.get("status") if isinstance(data, dict) else None)
+        if entry.get("proto", "tcp") == "tcp" and status in (None, "open"):
+            yield _Host(ip, [_file_port(entry.get("port"), f"{where}: port")])

@@ -1,0 +1,256 @@
+"""The target space: every validated (address, port) of a scan, and how to walk it.
+
+Owns: `build_target_space` (validates every expression, input file and exclusion before
+anything is sent; applies the special-network policy) and `TargetSpace` (exact counts,
+membership, `iter_targets` in a seeded pseudo-random order, shards for the cluster).
+
+Must not: open sockets or send packets, materialise a range (a space stores one entry per
+merged interval, never per address), or import anything of the package but `models` and
+`exceptions`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+
+from vncaudit.models import Target
+from vncaudit.targets.addresses import (
+    _PORT_BITS,
+    _check_special,
+    _host_string,
+    _Intervals,
+    _key,
+    _merge,
+    _subtract,
+)
+from vncaudit.targets.errors import _err, _show
+from vncaudit.targets.expressions import (
+    Resolver,
+    _CachingResolver,
+    _check_v6_size,
+    _ip_or_none,
+    _parse_at,
+    default_resolver,
+)
+from vncaudit.targets.inputs import PathLike, _read_masscan, _read_nmap_xml, _sources
+from vncaudit.targets.permutation import _CyclicPermutation
+from vncaudit.targets.ports import _check_ports, format_ports
+
+log = logging.getLogger(__name__)
+
+class TargetSpace:
+    """The validated set of (address, port) targets of a scan; build it with
+    `build_target_space`.
+
+    It holds merged address intervals (× the port list) plus explicit (address, port) pairs read
+    from nmap/masscan output, so its size does not grow with the size of a range. Counts are
+    exact: exclusions are subtracted interval by interval. Plain data only, so it pickles (to
+    ship to Dask workers: give every worker the same space and `seed`, and its own shard).
+    """
+
+    def __init__(
+        self,
+        blocks: list[tuple[int, int]],
+        ports: tuple[int, ...],
+        pairs: list[int],
+        hostnames: dict[int, str],
+        zones: dict[int, str],
+        described: list[str],
+        excludes: list[str],
+        seed: int,
+    ) -> None:
+        self.ports = ports
+        self.seed = seed  # used when iter_targets() gets no seed: all shards share it
+        self.excludes = tuple(excludes)  # normalised exclusion expressions, for the record
+        self._firsts = [first for first, _ in blocks]
+        self._offsets = [0]
+        for first, last in blocks:
+            self._offsets.append(self._offsets[-1] + last - first + 1)
+        self._pairs = pairs  # sorted keys: (address key << 16) | port
+        self._hostnames = hostnames
+        self._zones = zones
+        self._described = described
+        self._main = self._offsets[-1] * len(ports)
+        main = _Intervals.of(blocks)
+        extra = {key for key in (pair >> _PORT_BITS for pair in pairs) if not main.covers(key, key)}
+        self._addresses = self._offsets[-1] + len(extra)
+
+    @property
+    def count(self) -> int:
+        """Number of (host, port) targets, after exclusions (exact)."""
+        return self._main + len(self._pairs)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def addresses_count(self) -> int:
+        """Number of distinct addresses, after exclusions (exact)."""
+        return self._addresses
+
+    def describe(self) -> list[str]:
+        """The normalised target expressions (for the scan record); see also `excludes`."""
+        return list(self._described)
+
+    def __repr__(self) -> str:
+        return (f"<TargetSpace {self.count} targets, {self.addresses_count} addresses, "
+                f"ports {format_ports(self.ports) or '-'}>")
+
+    def __iter__(self) -> Iterator[Target]:
+        return self.iter_targets()
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, Target):
+            return False
+        ip = _ip_or_none(item.host)
+        if ip is None:
+            return False
+        key = _key(ip)
+        k = bisect_right(self._firsts, key) - 1
+        if k >= 0 and key - self._firsts[k] < self._offsets[k + 1] - self._offsets[k]:
+            i = bisect_left(self.ports, item.port)
+            if i < len(self.ports) and self.ports[i] == item.port:
+                return True
+        pair = (key << _PORT_BITS) | item.port
+        j = bisect_left(self._pairs, pair)
+        return j < len(self._pairs) and self._pairs[j] == pair
+
+    def iter_targets(
+        self, seed: int | None = None, shard: tuple[int, int] | None = None
+    ) -> Iterator[Target]:
+        """Every target once, in a pseudo-random order fixed by *seed* (default: `self.seed`).
+
+        *shard* = (index, count) yields only shard *index* of *count*: the shards of one seed
+        are disjoint and together yield every target exactly once.
+        """
+        index, count = shard if shard is not None else (0, 1)
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise _err(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
+        perm = _CyclicPermutation(self.count, self.seed if seed is None else seed)
+        return map(self._target, perm.indices(index, count))
+
+    def shard(self, index: int, count: int, seed: int | None = None) -> Iterator[Target]:
+        """Shorthand for `iter_targets(seed, shard=(index, count))`."""
+        return self.iter_targets(seed, (index, count))
+
+    def _target(self, i: int) -> Target:
+        if i < self._main:
+            a, port_index = divmod(i, len(self.ports))
+            k = bisect_right(self._offsets, a) - 1
+            key = self._firsts[k] + (a - self._offsets[k])
+            port = self.ports[port_index]
+        else:
+            pair = self._pairs[i - self._main]
+            key, port = pair >> _PORT_BITS, pair & 0xFFFF
+        host = _host_string(key)
+        zone = self._zones.get(key)
+        return Target(f"{host}%{zone}" if zone else host, port, self._hostnames.get(key))
+
+
+def build_target_space(
+    expressions: Iterable[str],
+    ports: Sequence[int],
+    *,
+    input_files: Sequence[PathLike] = (),
+    nmap_xml: Sequence[PathLike] = (),
+    masscan: Sequence[PathLike] = (),
+    excludes: Iterable[str] = (),
+    exclude_files: Sequence[PathLike] = (),
+    allow_special: bool = False,
+    resolve: Resolver | None = None,
+) -> TargetSpace:
+    """Validate every target before anything is sent and return the `TargetSpace`.
+
+    *expressions* and the lines of *input_files* (`-iL`; "-" reads stdin) are addresses, CIDRs,
+    ranges (`10.0.0.1-10.0.0.50`, `10.0.0.1-50`) or hostnames (resolved once through *resolve*,
+    default `socket.getaddrinfo`; every address kept, each target carrying the name). Their
+    addresses are scanned on *ports*. *nmap_xml* and *masscan* files add their live hosts: with
+    the (host, port) pairs they report open when they list ports, else on *ports*. *excludes*
+    and *exclude_files* take the same syntax and are removed from everything. The same address
+    and port is never yielded twice. Raises `UsageError` (one line) on any bad input, on a
+    special network (see `SPECIAL_NETWORKS`) unless *allow_special*, on an IPv6 expression over
+    2**24 addresses, and when no target is given or left.
+    """
+    resolver = _CachingResolver(resolve or default_resolver)
+    port_tuple = _check_ports(ports)
+    expressions = [expressions] if isinstance(expressions, str) else list(expressions)
+
+    excluded_blocks: list[tuple[int, int]] = []
+    excluded_norms: dict[str, None] = {}
+    for location, expr in _sources(excludes, exclude_files):
+        parsed, _ = _parse_at(location, expr, resolver, "exclusion")
+        excluded_blocks += parsed.blocks
+        excluded_norms[parsed.norm] = None
+    excluded_merged = _merge(excluded_blocks)
+    excluded = _Intervals.of(excluded_merged)
+
+    def admit(first: int, last: int, where: str) -> None:
+        if not allow_special:
+            _check_special(first, last, excluded, where)
+
+    blocks: list[tuple[int, int]] = []
+    pair_set: set[int] = set()
+    hostnames: dict[int, str] = {}
+    zones: dict[int, str] = {}
+    described: dict[str, None] = {}
+    for location, expr in _sources(expressions, input_files):
+        parsed, where = _parse_at(location, expr, resolver, "target")
+        _check_v6_size(parsed, where)
+        described[parsed.norm] = None
+        for first, last in parsed.blocks:
+            if parsed.hostname:
+                admit(first, last, f"{where} (resolves to {_host_string(first)})")
+                hostnames.setdefault(first, parsed.hostname)
+            else:
+                admit(first, last, where)
+            blocks.append((first, last))
+        for key, zone in parsed.zones.items():
+            zones.setdefault(key, zone)
+
+    for path, reader in [*((p, _read_nmap_xml) for p in nmap_xml),
+                         *((p, _read_masscan) for p in masscan)]:
+        for host in reader(path):
+            ip = _ip_or_none(host.addr)
+            if ip is None or (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id):
+                raise _err(f"{path}: invalid host address {_show(host.addr)}")
+            key = _key(ip)
+            admit(key, key, f"{path}: host {ip}")
+            if host.ports != []:
+                described[str(ip)] = None
+            if host.hostname:
+                hostnames.setdefault(key, host.hostname)
+            if host.ports is None:
+                blocks.append((key, key))
+            else:
+                pair_set.update((key << _PORT_BITS) | port for port in host.ports)
+
+    if not blocks and not pair_set:
+        if not (expressions or input_files or nmap_xml or masscan):
+            raise _err("no targets given: name IPs, CIDRs, ranges or hostnames (or use -iL)")
+        raise _err("no targets given: the input files list no target")
+    if blocks and not port_tuple:
+        raise _err("no ports given")
+    merged = _subtract(_merge(blocks), excluded_merged)
+    space_main = _Intervals.of(merged)
+    port_set = frozenset(port_tuple)
+
+    def extra(pair: int) -> bool:
+        key = pair >> _PORT_BITS
+        if excluded.covers(key, key):
+            return False
+        return not (space_main.covers(key, key) and (pair & 0xFFFF) in port_set)
+
+    pairs = sorted(filter(extra, pair_set))
+    if not merged and not pairs:
+        raise _err("no targets left: the exclusions cover every target given")
+    space = TargetSpace(
+        merged, port_tuple, pairs,
+        {k: v for k, v in hostnames.items() if not excluded.covers(k, k)},
+        zones, list(described), list(excluded_norms), secrets.randbits(64),
+    )
+    log.debug("target space: %r", space)
+    return space
