@@ -240,7 +240,7 @@ def test_token_bucket_refills() -> None:
 
 
 def test_queue_full_answers_503(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
-    app = create_app(settings(tmp_path, workers=1, queue_size=1, probe_timeout=1.5))
+    app = create_app(settings(tmp_path, workers=1, queue_size=1, probe_timeout=4.0))
     silent = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])}
     with TestClient(app, client=ME) as c:
         first = submit(c, silent["target"], silent["ports"])["id"]
