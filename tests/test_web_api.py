@@ -255,6 +255,20 @@ def test_queue_full_answers_503(tmp_path: Path, hostile_farm: Farm) -> None:  # 
         assert body["services"][0]["state"] == "tarpit"
 
 
+def test_one_client_cannot_hold_every_worker(tmp_path: Path,
+                                             hostile_farm: Farm) -> None:  # noqa: F811
+    app = create_app(settings(tmp_path, max_active_per_client=1, probe_timeout=4.0))
+    silent = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])}
+    with TestClient(app, client=ME) as c:
+        first = submit(c, silent["target"], silent["ports"])["id"]
+        busy = c.post("/api/scans", json=silent)
+        assert busy.status_code == 429 and busy.json()["code"] == "too-many-active"
+        other = TestClient(app, client=("127.0.0.7", 40007))
+        assert other.post("/api/scans", json=silent).status_code == 201
+        wait_final(c, first)
+        assert c.post("/api/scans", json=silent).status_code == 201  # done: a new one is fine
+
+
 def _csrf(page_text: str) -> str:
     match = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page_text)
     assert match

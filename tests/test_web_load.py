@@ -111,7 +111,8 @@ def test_200_concurrent_submits(tmp_path: Path, hostile_farm: Farm) -> None:  # 
     db = tmp_path / "web.db"
     settings = Settings(db_path=str(db), allow=("127.0.0.1/32",), assume_exposure="public",
                         probe_timeout=5.0, rate_burst=REQUESTS, rate_per_minute=6000,
-                        workers=8, queue_size=REQUESTS)
+                        workers=8, queue_size=REQUESTS,
+                        max_active_per_client=REQUESTS)
     with LiveServer(create_app(settings)) as live:
         t0 = time.perf_counter()
         latencies, finals, submit_wall = asyncio.run(_load(live.url, ports))

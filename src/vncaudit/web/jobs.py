@@ -45,6 +45,10 @@ class QueueFullError(VncAuditError):
     """Too many scans are waiting; the client should retry later."""
 
 
+class TooManyActiveError(VncAuditError):
+    """This client already has its share of queued and running scans."""
+
+
 @dataclass
 class Job:
     scan_id: str
@@ -121,6 +125,12 @@ class JobManager:
             raise VncAuditError("the scan workers are not running")
         if self._queue.full():
             raise QueueFullError("too many scans are waiting; try again in a minute")
+        active = sum(1 for j in list(self._jobs.values())
+                     if j.client == client and not j.ended.is_set())
+        if active >= self.settings.max_active_per_client:
+            # One client must not hold every worker (say, with "all 65535 ports" scans).
+            raise TooManyActiveError(f"you already have {active} scans queued or running; "
+                                     "wait until one is done")
         options = {
             "source": "web",
             "client": client,

@@ -51,6 +51,7 @@ class Settings:
     rate_per_minute: float = 10.0  # scan submissions per client address
     rate_burst: int = 5
     workers: int = 4  # scans running at once
+    max_active_per_client: int = 3  # queued + running scans one client address may have
     queue_size: int = 1000  # scans waiting; a full queue answers 503
     scan_concurrency: int = 256  # connections at once within one scan
     probe_timeout: float = 5.0
@@ -74,8 +75,10 @@ class Settings:
         for h in self.token_hashes:
             if not (h.startswith("sha256:") and len(h) == 71):
                 raise ValueError("token hashes look like sha256:<64 hex digits>")
-        if self.workers < 1 or self.queue_size < 1 or self.scan_concurrency < 1:
-            raise ValueError("workers, queue_size and scan_concurrency must be >= 1")
+        if min(self.workers, self.queue_size, self.scan_concurrency,
+               self.max_active_per_client) < 1:
+            raise ValueError("workers, queue_size, scan_concurrency and max_active_per_client "
+                             "must be >= 1")
         if not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1:
             raise ValueError("probe_timeout and rate_per_minute must be > 0, rate_burst >= 1")
         self.policy()  # validates the allow-list now, not at the first request

@@ -27,7 +27,7 @@ from vncaudit.web.deps import (
     can_view,
     viewable_scan,
 )
-from vncaudit.web.jobs import QueueFullError
+from vncaudit.web.jobs import QueueFullError, TooManyActiveError
 from vncaudit.web.policy import Decision, PolicyError, parse_address
 from vncaudit.web.security import REPORT_CSP
 from vncaudit.web.views import scan_public, scan_status
@@ -101,7 +101,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorPublic, "description": "Not an address, host name or port list"},
     401: {"model": ErrorPublic, "description": "API token missing or wrong"},
     403: {"model": ErrorPublic, "description": "Refused by the target policy"},
-    429: {"model": ErrorPublic, "description": "Too many submissions from your address"},
+    429: {"model": ErrorPublic, "description": "Too many submissions, or too many scans "
+          "still running, from your address"},
     503: {"model": ErrorPublic, "description": "Too many scans waiting"},
 }
 
@@ -144,6 +145,9 @@ async def submit(ctx: AppContext, target: str, ports: str, client: str,
     except QueueFullError as exc:
         ctx.metrics.refused.labels("queue-full").inc()
         raise SubmitRefused(503, str(exc), "queue-full", {"Retry-After": "60"}) from None
+    except TooManyActiveError as exc:
+        ctx.metrics.refused.labels("too-many-active").inc()
+        raise SubmitRefused(429, str(exc), "too-many-active", {"Retry-After": "10"}) from None
     return job.scan_id
 
 
