@@ -246,3 +246,46 @@ def test_nft_prerouting_drop_and_reverse_path_filter() -> None:
     assert fw.decide([rs], IPV4, 5901).action is Action.DROPPED
     assert fw.decide([rs], IPV6, 5902).action is Action.DROPPED
     assert fw.decide([rs], IPV4, 5903).action is Action.ALLOWED  # rpfilter: not for real peers
+
+
+REAL_UFW_PORTS = (22, 80, 5899, 5900, 5901, 5903, 5904, 5905, 5906, 5907, 5908, 5950, 5999)
+
+
+def test_real_ufw_status_and_the_chains_it_loaded_agree() -> None:
+    """ufw-real.*: recorded from ufw itself (record.sh, step 7). Its `status verbose` and the
+    iptables/ip6tables chains it generated are interpreted independently and must agree."""
+    st = fw.parse_ufw((DATA / "ufw-real.status").read_text())
+    assert st.active and st.ruleset is not None
+    chains = [fw.parse_iptables((DATA / "ufw-real.iptables").read_text(), IPV4),
+              fw.parse_iptables((DATA / "ufw-real.ip6tables").read_text(), IPV6)]
+    assert sum(r.rule_count for r in chains) > 150  # ufw's before/after/logging chains too
+    for family in (IPV4, IPV6):
+        for port in REAL_UFW_PORTS:
+            if family == IPV6 and port == 22:
+                continue  # see the next test
+            a, b = fw.decide([st.ruleset], family, port), fw.decide(chains, family, port)
+            assert str(a) == str(b), (family, port, a, b)
+    v = fw.decide(chains, IPV4, 5900)
+    assert (v.action, v.sources) == (Action.RESTRICTED, ("192.168.1.0/24", "10.9.0.0/16"))
+    assert fw.decide(chains, IPV4, 80).action is Action.ALLOWED  # "80/tcp (WWW)" profile
+    assert fw.decide(chains, IPV6, 5906).action is Action.REJECTED
+    assert fw.decide(chains, IPV6, 5900).action is Action.DROPPED  # IPv4-only source rule
+
+
+def test_real_ufw_ipv6_limit_drops_where_status_says_limit() -> None:
+    # ufw loads its IPv6 rate-limit chains only when the kernel passes its capability check;
+    # here it did not, so "22/tcp (v6) LIMIT IN" jumps to an empty ufw6-user-limit-accept and
+    # falls through to the default deny. The chains are what the kernel runs.
+    st = fw.parse_ufw((DATA / "ufw-real.status").read_text())
+    assert st.ruleset is not None
+    assert fw.decide([st.ruleset], IPV6, 22).action is Action.ALLOWED
+    v6 = fw.parse_iptables((DATA / "ufw-real.ip6tables").read_text(), IPV6)
+    assert v6.chains["ufw6-user-limit-accept"] == []
+    assert fw.decide([v6], IPV6, 22).action is Action.DROPPED
+
+
+def test_unknown_match_option_is_never_ignored() -> None:
+    text = "-P INPUT ACCEPT\n-A INPUT -p tcp -m frobnicate --frob 3 -j DROP\n"
+    v = fw.decide([fw.parse_iptables(text)], IPV4, 5900)
+    # Ignoring the option would make it an unconditional DROP: "protected" by a guess.
+    assert v.action is Action.UNKNOWN and "frobnicate" in v.reason

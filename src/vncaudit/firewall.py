@@ -426,6 +426,7 @@ def _iptables_rule(args: list[str], family: str, line: str) -> Rule:
     chain = ""
     i = 0
     negate = False
+    after_target = False
 
     def val() -> str:
         nonlocal i
@@ -494,9 +495,14 @@ def _iptables_rule(args: list[str], family: str, line: str) -> Rule:
                     conds.append(_recent_cond(args, i))
                 elif mod in ("set",):
                     conds.append(const_cond(Tri.MAYBE, "-m set (ipset contents not read)"))
-                elif mod in ("mark", "connmark", "owner", "string", "u32", "bpf", "time",
-                             "statistic", "geoip", "policy", "socket", "cgroup", "nfacct",
-                             "physdev", "mac", "length", "ttl", "hl", "dscp", "tos"):
+                elif mod in _EXTENSION_HEADER_MODULES:
+                    # A plain TCP SYN carries no routing, fragment or other extension header.
+                    conds.append(const_cond(Tri.NO, f"-m {mod} (an extension header)"))
+                elif mod == "pkttype":
+                    v = args[i + 2] if i + 2 < len(args) else ""
+                    conds.append(const_cond(Tri.YES if v == "unicast" else Tri.NO,
+                                            f"-m pkttype {v}"))
+                elif mod not in _KNOWN_MODULES:
                     conds.append(const_cond(Tri.MAYBE, f"-m {mod}"))
             elif a in ("--limit", "--hashlimit-upto", "--hashlimit"):
                 val()  # under the rate: a first connection matches
@@ -510,6 +516,7 @@ def _iptables_rule(args: list[str], family: str, line: str) -> Rule:
                 conds.append(const_cond(_neg(Tri.NO, negate), "-f"))
             elif a in ("-j", "--jump", "-g", "--goto"):
                 v = val()
+                after_target = True
                 if v in _IPT_TARGETS:
                     target = _IPT_TARGETS[v]
                 elif v in _NONTERMINAL:
@@ -519,10 +526,14 @@ def _iptables_rule(args: list[str], family: str, line: str) -> Rule:
                     # has no chain of that name, and the walk says `unknown` for it.
                     target = "goto" if a in ("-g", "--goto") else "jump"
                     chain = v
-            elif a.startswith("--") and a not in ("--rsource", "--rdest", "--set", "--update",
-                                                    "--rcheck", "--remove"):
-                # An option of a module we did not list takes one value; keep going.
-                if i + 1 < len(args) and not args[i + 1].startswith("-"):
+            elif a.startswith("--"):
+                # Options of the target (after -j) and of modules that do not decide whether
+                # a packet matches are skipped; any other match option is not understood,
+                # and a rule we do not understand must not count as matching or not.
+                if not after_target and a not in _NEUTRAL_OPTIONS:
+                    conds.append(const_cond(Tri.MAYBE, f"{'! ' if negate else ''}{a}"))
+                if a not in _FLAG_OPTIONS and i + 1 < len(args) and \
+                        not args[i + 1].startswith("-"):
                     i += 1
             negate = False
             i += 1
@@ -543,6 +554,25 @@ def _only_family(family: str, cond: Cond) -> Cond:
         return cond.test(p) if p.family == family else Tri.NO
 
     return Cond(test, cond.text)
+
+
+_EXTENSION_HEADER_MODULES = {"rt", "frag", "hbh", "dst", "mh", "ah", "esp", "ipv6header"}
+# Modules whose options are parsed above (or only describe, like comment).
+_KNOWN_MODULES = {"tcp", "udp", "multiport", "conntrack", "state", "comment", "limit",
+                  "hashlimit", "connlimit", "addrtype", "iprange", "recent", "icmp", "icmp6",
+                  "icmpv6", "ipv6-icmp", "udplite", "sctp", "set"}
+_NEUTRAL_OPTIONS = {"--comment", "--limit-burst", "--name", "--mask", "--seconds",
+                    "--hitcount", "--rsource", "--rdest", "--set", "--update", "--rcheck",
+                    "--remove", "--reap", "--rttl", "--hashlimit-name", "--hashlimit-mode",
+                    "--hashlimit-burst", "--hashlimit-srcmask", "--hashlimit-dstmask",
+                    "--hashlimit-htable-size", "--hashlimit-htable-max",
+                    "--hashlimit-htable-expire", "--hashlimit-htable-gcinterval",
+                    "--connlimit-mask", "--connlimit-saddr", "--connlimit-daddr",
+                    "--icmp-type", "--icmpv6-type", "--pkt-type", "--limit-iface-in",
+                    "--limit-iface-out", "--match-set"}
+_FLAG_OPTIONS = {"--rsource", "--rdest", "--set", "--update", "--rcheck", "--remove",
+                 "--reap", "--rttl", "--connlimit-saddr", "--connlimit-daddr",
+                 "--limit-iface-in", "--limit-iface-out"}
 
 
 def _recent_cond(args: list[str], i: int) -> Cond:
@@ -885,7 +915,12 @@ def _ufw_rule(line: str, header: str) -> tuple[bool, Rule] | None:
     v6 = "(v6)" in to or "(v6)" in frm
     conds: list[Cond] = []
     nets: list[Network] = []
-    tokens = to.replace("(v6)", " ").split()
+    # ufw names the application profile after its ports: "80/tcp (WWW)", "80/tcp (WWW (v6))".
+    to = to.replace("(v6)", " ")
+    named = re.search(r"\(([^()]*)\s*\)", to)
+    if named and to[:named.start()].strip():
+        to = to[:named.start()] + to[named.end():]
+    tokens = to.split()
     if "on" in tokens:
         k = tokens.index("on")
         conds.append(iface_cond([tokens[k + 1]], False, f"on {tokens[k + 1]}"))

@@ -2,8 +2,37 @@
 # Re-record the firewall fixtures: each ruleset is loaded into a throwaway network namespace
 # (never the host's own firewall) and read back with the same commands vncaudit runs.
 # Usage (root): bash tests/data/firewall/record.sh   — rewrites *.iptables/*.ip6tables/*.nft.json
+# and, when ufw is installed, ufw-real.* (ufw runs in a private mount namespace on copies of
+# /etc/ufw, /lib/ufw and /etc/default/ufw, inside the throwaway network namespace: the host's
+# ufw configuration and firewall are never touched).
 set -euo pipefail
-cd "$(dirname "$0")"
+SELF=$(realpath "$0")
+cd "$(dirname "$SELF")"
+if [ "${1:-}" = "--in-sandbox" ]; then
+  SB=$2; NS=$3
+  mkdir -p "$SB/etc" "$SB/lib"
+  cp -a /etc/ufw "$SB/etc/ufw"; cp -a /lib/ufw "$SB/lib/ufw"; cp /etc/default/ufw "$SB/default"
+  : >"$SB/etc/ufw/sysctl.conf"                               # no sysctl changes
+  sed -i 's/^IPT_MODULES=.*/IPT_MODULES=""/' "$SB/default"  # no module loading
+  mount --bind "$SB/etc/ufw" /etc/ufw
+  mount --bind "$SB/lib/ufw" /lib/ufw
+  mount --bind "$SB/default" /etc/default/ufw
+  u() { ip netns exec "$NS" ufw "$@" >/dev/null; }
+  u --force enable
+  u limit 22/tcp
+  u allow from 192.168.1.0/24 to any port 5900 proto tcp
+  u allow 5901:5903/tcp
+  u deny 5904,5905/tcp
+  u reject 5906
+  u allow in on eth1 to any port 5907 proto tcp
+  u allow WWW
+  u allow from 10.9.0.0/16
+  u allow out 5950/tcp
+  ip netns exec "$NS" ufw status verbose >ufw-real.status
+  ip netns exec "$NS" iptables -S >ufw-real.iptables
+  ip netns exec "$NS" ip6tables -S >ufw-real.ip6tables
+  exit 0
+fi
 NS="vafwrec$$"
 cleanup() { ip netns del "$NS" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -120,3 +149,11 @@ nftx add table inet extra
 nftx 'add chain inet extra input { type filter hook input priority 10; policy accept; }'
 nftx add rule inet extra input tcp dport 5901 drop
 save iptables-nft-mixed
+
+# 7. Real ufw: its `status verbose` and the iptables/ip6tables chains it loads.
+if command -v ufw >/dev/null; then
+  fresh
+  SB=$(mktemp -d)
+  unshare -m --propagation private bash "$SELF" --in-sandbox "$SB" "$NS"
+  rm -rf "$SB"
+fi
