@@ -305,3 +305,19 @@ def test_command_filter_for_apply() -> None:
     assert not harden.applicable("ufw status numbered")
     assert not harden.applicable("iptables -I INPUT -s <trusted-cidr> -j ACCEPT")
     assert not harden.applicable("systemctl enable nftables.service")
+
+
+def test_systemd_template_unit_and_its_execstart(tmp_path: Path, monkeypatch) -> None:
+    unit_dir = tmp_path / "system"
+    unit_dir.mkdir()
+    (unit_dir / "vncserver@.service").write_text(
+        "[Service]\nType=forking\nExecStart=/usr/bin/vncserver -localhost no %i\n")
+    monkeypatch.setattr(local_mod, "_UNIT_DIRS", (str(unit_dir),))
+    assert local_mod.unit_file("vncserver@:1.service") == unit_dir / "vncserver@.service"
+    proc = local_mod.ProcessInfo(4242, "Xvnc", "/usr/bin/Xtigervnc", ("Xvnc", ":1"), "alice",
+                                 unit="vncserver@:1.service")
+    server = local_mod.known_server(proc)
+    assert server is not None and server.product == "TigerVNC"
+    facts = [c for c in local_mod.product_config(proc, server) if c.setting == "ExecStart"]
+    assert [c.value for c in facts] == ["/usr/bin/vncserver -localhost no %i"]
+    assert "vncserver@:1.service" in facts[0].source
