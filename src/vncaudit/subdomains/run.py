@@ -1,0 +1,205 @@
+"""One subdomain discovery from start to end: `discover` and `discover_sync`.
+
+Owns: the order of the steps (NS; apex, wildcard and zone transfers at once; then the wordlist
+names through a pool of `concurrency` workers), dropping wordlist names that answer like the
+wildcard, skipping names a complete transfer answered, progress callbacks, and the sorted
+`DiscoveryResult`.
+
+Must not: send DNS messages itself (every message goes through `query._Dns`), probe VNC, print,
+or import anything of the package but `exceptions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import dns.name
+
+from vncaudit.subdomains.axfr import (
+    MAX_AXFR_TARGETS,
+    _Zone,
+    skip_after_transfer,
+    transfer,
+    zone_hosts,
+)
+from vncaudit.subdomains.lookup import _Discovery
+from vncaudit.subdomains.names import _err, _format_server, normalize_domain, parse_resolver
+from vncaudit.subdomains.query import _check_limits, _Dns, _Errors, _system_servers
+from vncaudit.subdomains.results import (
+    SOURCE_APEX,
+    SOURCE_NS,
+    SOURCE_WORDLIST,
+    AxfrStatus,
+    DiscoveryResult,
+    FoundHost,
+)
+from vncaudit.subdomains.wordlist import _candidate, builtin_wordlist, wildcard
+
+log = logging.getLogger(__name__)
+
+_SOURCE_ORDER: Final = {SOURCE_APEX: 0, SOURCE_NS: 1, SOURCE_WORDLIST: 3}
+
+
+async def discover(
+    domain: str,
+    *,
+    resolver: str | None = None,
+    wordlist: Iterable[str] | None = None,
+    builtin: bool = True,
+    concurrency: int = 50,
+    rate: float | None = None,
+    timeout: float = 3.0,
+    retries: int = 1,
+    axfr: bool = True,
+    axfr_port: int = 53,
+    progress: Callable[[int, int], None] | None = None,
+) -> DiscoveryResult:
+    """Find the hosts of *domain* through DNS and say how each was found.
+
+    Steps: the domain's NS records (NXDOMAIN is a `UsageError`, no usable answer a
+    `NetworkError`); the apex's own A/AAAA; wildcard detection (WILDCARD_PROBES random
+    labels); a zone transfer (AXFR, TCP) from every address of every NS (when *axfr*); then
+    A and AAAA of each wordlist name (the built-in labels unless *builtin* is False, plus
+    *wordlist*: labels or names relative to the domain), CNAME chains followed. Wordlist
+    names answering exactly like the wildcard are dropped; names a complete transfer already
+    answered are not asked again.
+
+    *resolver* is "IP[:PORT]" (default: the system's resolvers); all queries go there. Zone
+    transfers go to the NS addresses on *axfr_port* (53; tests point it at their server).
+    *concurrency* bounds the DNS messages in flight, *rate* their number per second (None:
+    unlimited); *timeout* is per message (a transfer may take AXFR_LIFETIME_FACTOR of them);
+    a query without answer is retried *retries* times. *progress(done, total)* is called
+    after each wordlist name.
+    """
+    name = normalize_domain(domain)
+    _check_limits(concurrency, rate, timeout, retries)
+    if not 1 <= axfr_port <= 65535:
+        raise _err(f"invalid AXFR port {axfr_port}: must be 1-65535")
+    entries: list[str] = list(builtin_wordlist()) if builtin else []
+    if wordlist is not None:
+        if isinstance(wordlist, str):
+            raise _err("wordlist must be a list of labels, not one string")
+        entries += list(wordlist)
+    candidates = list(dict.fromkeys(c for e in entries if (c := _candidate(e, name))))
+    servers = [parse_resolver(resolver)] if resolver is not None else _system_servers()
+    shown = ", ".join(_format_server(ip, port) for ip, port in servers)
+    if resolver is None:
+        shown = f"system ({shown})"
+
+    errors = _Errors()
+    run = _Discovery(name, _Dns(servers, concurrency, rate, timeout, retries), axfr_port, errors)
+    log.info("discovering hosts of %s via %s: %d wordlist names, AXFR %s", name, shown,
+             len(candidates), "on" if axfr else "off")
+    ns_names = await run.apex_ns()
+    if not ns_names:
+        errors.add(f"{name} has no NS records (not a zone apex): no zone transfer tried")
+
+    async def transfers() -> tuple[_Zone, dict[str, str]]:
+        zone = _Zone()
+        statuses: dict[str, str] = {}
+        # NS names are resolved even without AXFR: in-domain ones are hosts (source "ns").
+        ns_addresses = await run.ns_addresses(ns_names)
+        if not axfr:
+            return zone, statuses
+        attempts: list[tuple[str, str]] = []
+        for ns, addresses in ns_addresses.items():
+            if not addresses:
+                statuses[ns] = AxfrStatus.NO_ADDRESS
+                errors.add(f"AXFR {ns}: the NS name has no address")
+            attempts += [(ns, a) for a in addresses]
+        if len(attempts) > MAX_AXFR_TARGETS:
+            errors.add(f"{len(attempts)} NS addresses: zone transfer tried on the first "
+                       f"{MAX_AXFR_TARGETS} only")
+            attempts = attempts[:MAX_AXFR_TARGETS]
+        results = await asyncio.gather(*(transfer(run, ns, a, zone) for ns, a in attempts))
+        statuses.update({f"{ns}@{a}": s for (ns, a), s in zip(attempts, results, strict=True)})
+        await zone_hosts(run, zone)
+        return zone, statuses
+
+    (zone, statuses), (wild_addresses, wild_targets), _ = await asyncio.gather(
+        transfers(), wildcard(run), run.apex())
+
+    todo = [c for c in candidates if not skip_after_transfer(zone, dns.name.from_text(c))]
+    if len(todo) < len(candidates):
+        log.info("zone transfer answered %d wordlist names; not asked again",
+                 len(candidates) - len(todo))
+    dropped = 0
+    done = 0
+    names = iter(todo)
+
+    async def worker() -> None:
+        nonlocal dropped, done
+        for fqdn in names:  # one shared iterator: next() cannot interleave between awaits
+            found = await run.lookup(dns.name.from_text(fqdn))
+            done += 1
+            if progress is not None:
+                progress(done, len(todo))
+            if not (found.addresses or found.cnames):
+                continue
+            like_wildcard = (
+                (bool(found.addresses) and set(found.addresses) <= wild_addresses)
+                or (bool(found.cnames) and found.cnames[0] in wild_targets))
+            if like_wildcard and fqdn not in run.hosts:
+                dropped += 1  # indistinguishable from a random name: not evidence of a host
+                continue
+            run.add(fqdn, found.addresses, found.cnames, SOURCE_WORDLIST)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(concurrency, len(todo))):
+            group.create_task(worker())
+
+    hosts = tuple(
+        FoundHost(h.name, h.addresses, h.cnames, tuple(sorted(h.sources, key=_source_key)))
+        for h in sorted(run.hosts.values(), key=lambda h: _name_key(h.name)))
+    has_wildcard = bool(wild_addresses or wild_targets)
+    log.info("%s: %d hosts, %d queries, %d wildcard-like names dropped", name, len(hosts),
+             run.dns.queries, dropped)
+    return DiscoveryResult(
+        domain=name,
+        hosts=hosts,
+        wildcard=tuple(sorted(wild_addresses, key=_address_key)) if has_wildcard else None,
+        axfr=statuses,
+        queries=run.dns.queries,
+        errors=errors.result(),
+        resolver=shown,
+        wildcard_cnames=tuple(sorted(wild_targets)),
+        wildcard_dropped=dropped,
+    )
+
+
+def discover_sync(
+    domain: str,
+    *,
+    resolver: str | None = None,
+    wordlist: Iterable[str] | None = None,
+    builtin: bool = True,
+    concurrency: int = 50,
+    rate: float | None = None,
+    timeout: float = 3.0,
+    retries: int = 1,
+    axfr: bool = True,
+    axfr_port: int = 53,
+    progress: Callable[[int, int], None] | None = None,
+) -> DiscoveryResult:
+    """`discover` for callers without a running event loop (same options)."""
+    return asyncio.run(discover(
+        domain, resolver=resolver, wordlist=wordlist, builtin=builtin, concurrency=concurrency,
+        rate=rate, timeout=timeout, retries=retries, axfr=axfr, axfr_port=axfr_port,
+        progress=progress))
+
+
+def _source_key(source: str) -> tuple[int, str]:
+    return (_SOURCE_ORDER.get(source, 2), source)  # apex, ns, axfr:*, wordlist
+
+
+def _name_key(name: str) -> tuple[str, ...]:
+    return tuple(reversed(name.split(".")))  # the apex first, then each branch together
+
+
+def _address_key(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
