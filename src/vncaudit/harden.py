@@ -570,6 +570,12 @@ def apply(
         for k, was in ssh_before.items():
             if ssh_after[k] != was and after.verdict(*_split_key(k)).blocked:
                 raise HardenError(f"SSH ({k}) would change from {was} to {ssh_after[k]}")
+        loopback = asyncio.run(_loopback_checks(plan))
+        answered = {x.port for x in plan.targets
+                    if x.result is not None and x.result.state is State.VNC}
+        lost = sorted(p for p, ok in loopback.items() if not ok and p in answered)
+        if lost:
+            raise HardenError(f"VNC stopped answering on loopback (port {lost[0]})")
     except Exception as exc:
         diff = []
         try:
@@ -581,7 +587,6 @@ def apply(
         if isinstance(exc, HardenError):
             raise HardenError(f"{exc}; {state}") from exc
         raise HardenError(f"{type(exc).__name__}: {exc}; {state}") from exc
-    loopback = asyncio.run(_loopback_checks(plan))
     return ApplyReport(backup, ran, verdicts, loopback, ssh_after)
 
 
