@@ -228,6 +228,16 @@ class JobManager:
         job.phase = "scanning"
         return True
 
+    async def _probe_all(self, job: Job, options: ScanOptions) -> None:
+        async for result in iter_results(self._targets(job), options):
+            graded = self._grade(result)
+            if graded.state in HIDDEN:
+                self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
+            else:
+                self.store.add_result(job.scan_id, graded)
+            job.done += 1
+            self.metrics.probes.labels(graded.state.value).inc()
+
     async def _run(self, job: Job) -> None:
         job.status = "running"
         self.metrics.running.inc()
@@ -239,14 +249,17 @@ class JobManager:
                 concurrency=max(1, min(self.settings.scan_concurrency, job.total)),
                 probe=ProbeOptions(timeout=self.settings.probe_timeout),
             )
-            async for result in iter_results(self._targets(job), options):
-                graded = self._grade(result)
-                if graded.state in HIDDEN:
-                    self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
-                else:
-                    self.store.add_result(job.scan_id, graded)
-                job.done += 1
-                self.metrics.probes.labels(graded.state.value).inc()
+            try:
+                async with asyncio.timeout(self.settings.scan_deadline):
+                    await self._probe_all(job, options)
+            except TimeoutError:
+                # What was probed is stored; the rest is left, as after an interrupted scan.
+                self.store.finish_scan(job.scan_id, "interrupted")
+                job.status = "interrupted"
+                job.error = (f"stopped after the {self.settings.scan_deadline:g} s deadline; "
+                             f"{job.done} of {job.total} ports probed")
+                self.metrics.finished.labels("interrupted").inc()
+                return
             self.store.finish_scan(job.scan_id)
             job.status = "finished"
             self.metrics.finished.labels("finished").inc()

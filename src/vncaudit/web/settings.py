@@ -55,6 +55,7 @@ class Settings:
     queue_size: int = 1000  # scans waiting; a full queue answers 503
     scan_concurrency: int = 256  # connections at once within one scan
     probe_timeout: float = 5.0
+    scan_deadline: float = 1800.0  # a scan still running then is stopped (interrupted)
     assume_exposure: str | None = None  # see the module docstring
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     # Reverse proxies whose X-Forwarded-For is believed (CIDRs). Empty: the TCP peer is the
@@ -79,8 +80,10 @@ class Settings:
                self.max_active_per_client) < 1:
             raise ValueError("workers, queue_size, scan_concurrency and max_active_per_client "
                              "must be >= 1")
-        if not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1:
-            raise ValueError("probe_timeout and rate_per_minute must be > 0, rate_burst >= 1")
+        if (not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1
+                or not self.scan_deadline > 0):
+            raise ValueError("probe_timeout, scan_deadline and rate_per_minute must be > 0, "
+                             "rate_burst >= 1")
         self.policy()  # validates the allow-list now, not at the first request
         self.proxy_networks()
 
