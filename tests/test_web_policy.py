@@ -219,6 +219,10 @@ def test_allow_list_domain_allows_public_addresses_only() -> None:
 def test_bad_allow_list_entry_is_an_operator_error() -> None:
     with pytest.raises(ValueError):
         Policy.build(["not a network!"])
+    for broad in ["0.0.0.0/0", "::/0", "10.0.0.0/7", "2000::/3"]:
+        with pytest.raises(ValueError, match="broader"):
+            Policy.build([broad])
+    assert Policy.build(["10.0.0.0/8", "2001:db8::/16"]).networks
 
 
 # -- caps ----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ Resolver = Callable[[str], Sequence[str]]
 DEFAULT_MAX_PORTS: Final = 65535  # the "all 65535" preset must pass by default
 DEFAULT_MAX_ADDRESSES: Final = 8
 MAX_TARGET_LENGTH: Final = 255
+MIN_PREFIX: Final = {4: 8, 6: 16}  # broadest allow-list CIDR per IP version
 
 
 class PolicyError(UsageError):
@@ -322,10 +323,16 @@ class Policy:
             if not entry:
                 continue
             try:
-                networks.append(_network(entry))
-                continue
+                net = _network(entry)
             except ValueError:
-                pass
+                net = None
+            if net is not None:
+                if net.prefixlen < MIN_PREFIX[net.version]:
+                    # 0.0.0.0/0 and the like would turn the service into an open scanner.
+                    raise ValueError(f"allow-list entry {entry!r} is broader than "
+                                     f"/{MIN_PREFIX[net.version]}: list your own networks")
+                networks.append(net)
+                continue
             try:
                 domains.append(normalise_hostname(entry.removeprefix("*.")))
             except InvalidTarget:
