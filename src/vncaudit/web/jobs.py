@@ -20,7 +20,7 @@ import contextlib
 import importlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +96,7 @@ class JobManager:
         self.store = store
         self.metrics = metrics
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._active: Counter[str] = Counter()  # queued + running scans per client
         self._queue: asyncio.Queue[Job] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._grade = make_grader(settings.assume_exposure)
@@ -116,7 +117,7 @@ class JobManager:
             if job.status in ("queued", "running"):
                 job.status = "interrupted"
                 self.store.finish_scan(job.scan_id, "interrupted")
-                job.ended.set()
+                self._ended(job)
         self.store.flush()
 
     def submit(self, decision: Decision, client: str) -> Job:
@@ -125,8 +126,7 @@ class JobManager:
             raise VncAuditError("the scan workers are not running")
         if self._queue.full():
             raise QueueFullError("too many scans are waiting; try again in a minute")
-        active = sum(1 for j in list(self._jobs.values())
-                     if j.client == client and not j.ended.is_set())
+        active = self._active[client]
         if active >= self.settings.max_active_per_client:
             # One client must not hold every worker (say, with "all 65535 ports" scans).
             raise TooManyActiveError(f"you already have {active} scans queued or running; "
@@ -146,6 +146,7 @@ class JobManager:
                                          tool=f"vncaudit {__version__}")
         job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports))
         self._jobs[scan_id] = job
+        self._active[client] += 1
         self._queue.put_nowait(job)
         self.metrics.submitted.inc()
         self.metrics.queued.inc()
@@ -162,7 +163,16 @@ class JobManager:
         running = sum(1 for j in list(self._jobs.values()) if j.status == "running")
         return queued, running
 
+    def _ended(self, job: Job) -> None:
+        if not job.ended.is_set():
+            job.ended.set()
+            self._active[job.client] -= 1
+            if self._active[job.client] <= 0:
+                del self._active[job.client]
+
     def _trim(self) -> None:
+        if len(self._jobs) <= KEEP_FINISHED + 200:
+            return  # trim in batches: a full pass per submit would cost O(jobs) each time
         finished = [k for k, j in self._jobs.items() if j.ended.is_set()]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._jobs[key]
@@ -183,7 +193,7 @@ class JobManager:
                     self.store.finish_scan(job.scan_id, "interrupted")
                 self.metrics.finished.labels("failed").inc()
             finally:
-                job.ended.set()
+                self._ended(job)
                 self._queue.task_done()
 
     def _targets(self, job: Job) -> Iterator[Target]:
