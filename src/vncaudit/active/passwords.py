@@ -1,0 +1,222 @@
+"""Passwords: authentication with a known one, and the lockout-aware weak-password audit.
+
+Owns: `authenticate` (`--password`), `check_passwords` (`--check-passwords`), the attempt
+budget below the lockout threshold (`attempt_budget`, `LOCKOUT_CONNECTIONS`), the built-in list
+(`data/passwords.txt`, read through `importlib.resources`), reading wordlists with duplicates
+as the server sees them removed, and masking (`MASK`, `mask_password`).
+
+Lockout etiquette (DESIGN.md "Probing etiquette", rfb.md §6.2): TigerVNC and RealVNC 4 count
+EVERY connection from an address that ends before a successful authentication and start a
+block at the 5th; a successful authentication clears the count. Each password attempt is one
+connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1` connections per server
+per scan including the ones the scan already made (the probe's), never more than
+`max_attempts` (3) attempts, and stops at the first sign of throttling.
+
+Must not: log a password, return one unmasked unless `show_passwords` is set, or make an
+attempt beyond the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from vncaudit.active.handshake import _connect_and_handshake, _lockout_text
+from vncaudit.active.transport import Connector
+from vncaudit.models import RfbFacts, State, Target
+from vncaudit.vncauth import password_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS: Final = 3
+# The strictest known lockout (TigerVNC/RealVNC 4 Blacklist.cxx, BlacklistThreshold=5): the 5th
+# connection from one address starts a block. We stay one below it.
+LOCKOUT_CONNECTIONS: Final = 5
+MASK: Final = "********"  # fixed width: a masked password does not reveal its length
+
+
+def mask_password(password: str, show: bool) -> str:
+    return password if show else MASK
+
+
+def builtin_passwords() -> list[str]:
+    """The built-in list of common VNC passwords (data/passwords.txt), most likely first."""
+    text = resources.files("vncaudit").joinpath("data/passwords.txt").read_text("utf-8")
+    return read_wordlist(text.splitlines())
+
+
+def read_wordlist(lines: Iterable[str]) -> list[str]:
+    """Candidates in order; '#' comments and blank lines dropped; duplicates AS THE SERVER SEES
+    THEM (only the first 8 bytes count) removed, so no attempt is wasted on an equivalent."""
+    out: list[str] = []
+    seen: set[bytes] = set()
+    for line in lines:
+        word = line.rstrip("\r\n")
+        if not word or word.startswith("#"):
+            continue
+        key = password_bytes(word)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(word)
+    return out
+
+
+def load_wordlist(path: str | Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return read_wordlist(fh)
+
+
+async def authenticate(
+    target: Target,
+    password: str,
+    *,
+    timeout: float = 10.0,
+    connector: Connector | None = None,
+    show_passwords: bool = False,
+) -> dict[str, Any]:
+    """Authenticate with a known password (`--password`) and read ServerInit.
+
+    None is used instead when the server offers it (no secret is sent where none is needed).
+    Returns `Handshake.to_dict()` plus "password" (masked unless `show_passwords`).
+    """
+    h = await _connect_and_handshake(
+        target, password=password, none_policy="if-offered", timeout=timeout, connector=connector
+    )
+    out = h.to_dict()
+    out["password"] = mask_password(password, show_passwords)
+    out["password_shown"] = show_passwords
+    return out
+
+
+def attempt_budget(max_attempts: int, connections_used: int) -> int:
+    """Password attempts allowed: never reach the 5th connection, never more than asked."""
+    return max(0, min(max_attempts, LOCKOUT_CONNECTIONS - 1 - connections_used))
+
+
+def _vncauth_reachable(facts: RfbFacts | None) -> tuple[bool, str | None]:
+    """Whether the facts show a way to VNC Authentication; (True, None) when unknown."""
+    if facts is None or not facts.security_types:
+        return True, None
+    types = {t.id for t in facts.security_types}
+    if facts.auth_required is False:
+        return False, "no authentication required (None is offered)"
+    if 2 in types:
+        return True, None
+    if facts.vencrypt is not None and {s.id for s in facts.vencrypt.subtypes} & {2, 258, 261}:
+        return True, None
+    if facts.tight is not None and any(c.code == 2 for c in facts.tight.auth):
+        return True, None
+    if (16 in types and facts.tight is None) or (19 in types and facts.vencrypt is None):
+        return True, None  # a sub-list the probe did not read might hold it
+    return False, "VNC Authentication is not offered"
+
+
+async def check_passwords(
+    target: Target,
+    passwords: Sequence[str],
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connections_used: int = 1,
+    facts: RfbFacts | None = None,
+    state: State | None = None,
+    timeout: float = 10.0,
+    connector: Connector | None = None,
+    show_passwords: bool = False,
+    source: str = "builtin",
+) -> dict[str, Any]:
+    """Weak-password audit over VNC Authentication, lockout-aware (`--check-passwords`).
+
+    `connections_used` is how many connections this scan already made to the server (the probe:
+    1); `facts`/`state` are the probe's, used to skip servers that need no password, cannot do
+    VNC Authentication or are already refusing us. One connection per attempt; stops at the
+    first success, at the first lockout sign, and at any answer other than a plain failure
+    (the server's remaining budget is then unknown).
+    """
+    candidates = read_wordlist(passwords)
+    budget = attempt_budget(max_attempts, connections_used)
+    out: dict[str, Any] = {
+        "status": "not-found",
+        "found": False,
+        "password": None,
+        "password_shown": show_passwords,
+        "source": source,
+        "candidates": len(candidates),
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "budget": budget,
+        "connections_before": connections_used,
+        "stop_reason": None,
+        "security_path": None,
+        "results": [],
+        "server_init": None,
+        "tried_all": False,
+    }
+    reachable, why = _vncauth_reachable(facts)
+    if state is State.BLACKLISTED or (facts and _lockout_text(facts.failure_reason)):
+        out.update(status="skipped", stop_reason="the server is already refusing this address")
+        return out
+    if not reachable:
+        out.update(status="not-applicable", stop_reason=why)
+        return out
+    if budget == 0:
+        out.update(
+            status="skipped",
+            stop_reason=(
+                f"no attempt left below the lockout threshold ({connections_used} connections "
+                f"already made; a block starts at the {LOCKOUT_CONNECTIONS}th)"
+            ),
+        )
+        return out
+    for index, candidate in enumerate(candidates[:budget]):
+        h = await _connect_and_handshake(
+            target, password=candidate, none_policy="never", timeout=timeout, connector=connector
+        )
+        out["attempts"] = index + 1
+        out["security_path"] = h.security_path or out["security_path"]
+        out["results"].append(
+            {
+                "attempt": index + 1,
+                "outcome": h.outcome,
+                "reason": h.reason,
+                "elapsed": round(h.elapsed, 4),
+            }
+        )
+        if h.outcome == "ok":
+            log.info(
+                "password audit: %s:%d accepted attempt %d", target.host, target.port, index + 1
+            )
+            out.update(
+                status="found",
+                found=True,
+                password=mask_password(candidate, show_passwords),
+                server_init=h.to_dict(),
+                stop_reason="password accepted",
+            )
+            return out
+        if h.outcome == "locked-out":
+            out.update(status="stopped", stop_reason=f"lockout reported: {h.reason}")
+            return out
+        if h.outcome != "auth-failed":
+            # Anything but a plain failure: the server's remaining budget is unknown; stop.
+            status = {"auth-required": "not-applicable", "unsupported": "not-applicable"}
+            out.update(
+                status=status.get(h.outcome, "error" if h.outcome == "not-vnc" else "stopped"),
+                stop_reason=(
+                    f"attempt {index + 1} ended with {h.outcome}"
+                    + (f" ({h.reason})" if h.reason else "")
+                    + ": the server's remaining budget is unknown"
+                ),
+            )
+            return out
+    if len(candidates) > budget:
+        out["stop_reason"] = (
+            f"attempt budget of {budget} reached ({len(candidates) - budget} candidates untried)"
+        )
+    else:
+        out["stop_reason"] = "every candidate tried"
+    out["tried_all"] = len(candidates) <= budget
+    return out
