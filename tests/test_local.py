@@ -321,3 +321,41 @@ def test_systemd_template_unit_and_its_execstart(tmp_path: Path, monkeypatch) ->
     facts = [c for c in local_mod.product_config(proc, server) if c.setting == "ExecStart"]
     assert [c.value for c in facts] == ["/usr/bin/vncserver -localhost no %i"]
     assert "vncserver@:1.service" in facts[0].source
+
+
+def test_display_comes_from_an_x_server_command_line_only() -> None:
+    def listener(*cmdline: str) -> local_mod.Listener:
+        proc = local_mod.ProcessInfo(1, cmdline[0].rsplit("/", 1)[-1], None, cmdline)
+        return local_mod.Listener("0.0.0.0", 15977, firewall.IPV4, proc, ("port",))
+
+    assert listener("/usr/bin/Xtigervnc", ":77", "-rfbport", "15977").display == 77
+    assert listener("Xtightvnc", ":54", "-rfbport", "15954").display == 54
+    # x11vnc mirrors display :60; that is not a VNC display of its own.
+    assert listener("x11vnc", "-display", ":60", "-rfbport", "15977").display is None
+    assert local_mod.Listener("0.0.0.0", 5900, firewall.IPV4, None, ()).display is None
+
+
+def test_a_socket_shared_with_a_forked_child_belongs_to_the_parent() -> None:
+    import subprocess
+    import sys
+
+    # The parent listens, then forks a child that keeps the socket (as Xvnc does with xkbcomp).
+    code = (
+        "import os, socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(30); os._exit(0)\n"
+        "print(s.getsockname()[1], child, flush=True); sys.stdin.read(); os.kill(child, 9)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port_text, child_text = proc.stdout.readline().split()
+        port, child = int(port_text), int(child_text)
+        socks, _ = local_mod.listening_sockets()
+        [mine] = [s for s in socks if s.port == port and s.address == "127.0.0.1"]
+        assert mine.pid == proc.pid and mine.pid != child
+    finally:
+        proc.communicate("")

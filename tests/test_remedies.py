@@ -79,6 +79,12 @@ def test_host_and_display_are_filled() -> None:
     odd = remedy("bind-localhost", host="127.0.0.1", port=5800, product="TigerVNC")
     assert "vncserver -localhost yes :<display>" in commands(odd)
     assert "Xvnc :<display> -rfbport 5800 -localhost" in commands(odd)
+    # Above the classic range neither: 15977 is not display 10077, unless the caller knows it.
+    high = remedy("bind-localhost", host="127.0.0.1", port=15977, product="TigerVNC")
+    assert "vncserver -localhost yes :<display>" in commands(high)
+    known = remedy("bind-localhost", host="127.0.0.1", port=15977, product="TigerVNC",
+                   display=77)
+    assert "Xvnc :77 -rfbport 15977 -localhost" in commands(known)
 
 
 def test_trusted_network_and_its_family() -> None:

@@ -309,7 +309,7 @@ def _product_sections(plan: Plan, targets: Sequence[Listener]) -> None:
         if ("bind-localhost", product) not in done:
             done.add(("bind-localhost", product))
             fix = remedies.remedy("bind-localhost", host=x.address, port=x.port,
-                                  product=product)
+                                  product=product, display=x.display)
             _guide_section(plan, f"{fix.title} ({product})", fix)
         if x.family == firewall.IPV6 and x.scope == "all-interfaces" and (
                 "ipv6", product) not in done:

@@ -138,6 +138,23 @@ class Listener:
             return self.result.product.name
         return self.product_hint
 
+    @property
+    def display(self) -> int | None:
+        """The X display an Xvnc-style server was started as (`Xvnc :51 ...`), if known.
+
+        Only for servers that are their own X server (Xvnc, Xtightvnc, Xtigervnc): x11vnc's
+        `-display :N` names the X server it mirrors, not a VNC display of its own.
+        """
+        if self.process is None or not self.process.cmdline:
+            return None
+        exe = self.process.cmdline[0].rsplit("/", 1)[-1]
+        if not exe.startswith("X") or not exe.lower().endswith("vnc"):
+            return None
+        for arg in self.process.cmdline[1:]:
+            if arg.startswith(":") and arg[1:].isdigit():
+                return int(arg[1:])
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -270,8 +287,30 @@ def listening_sockets() -> tuple[list[Socket], list[str]]:
         fam = firewall.IPV6 if c.family == socket.AF_INET6 else firewall.IPV4
         key = (c.laddr.ip, c.laddr.port)
         if key not in seen or seen[key].pid is None:
-            seen[key] = Socket(c.laddr.ip, c.laddr.port, fam, c.pid)
+            pid = _main_owner(c.pid, key) if c.pid is not None else None
+            seen[key] = Socket(c.laddr.ip, c.laddr.port, fam, pid)
     return sorted(seen.values(), key=lambda s: (s.port, s.family, s.address)), blind
+
+
+def _main_owner(pid: int, laddr: tuple[str, int]) -> int:
+    """The process that owns a listening socket which forked children also hold.
+
+    psutil names one holder of a socket; a server that forks (Xvnc runs xkbcomp, inetd-style
+    daemons fork per client) shares it with short-lived children, and the holder named may be
+    such a child. Walk up while the parent holds the same listening socket.
+    """
+    for _ in range(8):
+        try:
+            parent = psutil.Process(pid).parent()
+            if parent is None or not any(
+                c.status == psutil.CONN_LISTEN and c.laddr and (c.laddr.ip, c.laddr.port) == laddr
+                for c in parent.net_connections(kind="tcp")
+            ):
+                return pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return pid
+        pid = parent.pid
+    return pid
 
 
 def _unowned(socks: Sequence[Socket]) -> list[str]:

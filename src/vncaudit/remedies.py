@@ -181,6 +181,15 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _FIELD_RE.sub(lambda m: values[m.group(1)], template)
 
 
+def _display(port: int, display: int | None) -> str:
+    if display is not None:
+        if not 0 <= display <= 65535:
+            raise UnsafeValueError(f"display number {display} is out of range")
+        return str(display)
+    # Only the classic range maps port to display; 15977 is not display 10077.
+    return str(port - 5900) if 5900 <= port <= 5999 else DISPLAY_PLACEHOLDER
+
+
 def remedy(
     remedy_id: str,
     *,
@@ -188,6 +197,7 @@ def remedy(
     port: int,
     product: str | None = None,
     trusted: str | None = None,
+    display: int | None = None,
 ) -> Remedy:
     """The fix `remedy_id` for `host`:`port`, its commands filled in.
 
@@ -195,14 +205,16 @@ def remedy(
     steps are kept, plus the steps for any product; with None or "unknown", every product's
     steps are. `trusted` is the network allowed to keep access (firewall-allowlist); without
     it the commands carry the placeholder `<trusted-cidr>`. Raises KeyError for an unknown id
-    and UnsafeValueError for a host, trusted value or port that is not plain.
+    and UnsafeValueError for a host, trusted value or port that is not plain. `display` is the
+    X display number when the caller knows it (a local listener's command line); otherwise it
+    is port - 5900 for the ports 5900-5999, and a placeholder for any other port.
     """
     entry = _guide()[remedy_id]
     values = {
         "host": check_host(host),
         "port": str(_check_port(port)),
         "trusted": check_trusted(trusted) if trusted is not None else TRUSTED_PLACEHOLDER,
-        "display": str(port - 5900) if port >= 5900 else DISPLAY_PLACEHOLDER,
+        "display": _display(port, display),
     }
     v6 = trusted is not None and _is_ipv6(trusted)
     values["ip_family"] = "ip6" if v6 else "ip"
