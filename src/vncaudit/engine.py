@@ -247,14 +247,20 @@ async def scan_async(
     on_result: Callable[[ServiceResult], None] | None = None,
     progress: Progress | None = None,
     assess_results: bool = True,
+    collect: bool = True,
 ) -> list[ServiceResult]:
-    """Probe all targets and return the results (assessed when `assess_results`)."""
+    """Probe all targets and return the results (assessed when `assess_results`).
+
+    `collect=False`: return [] and keep nothing; for callers that take each result through
+    `on_result` (the CLI stores them), so memory stays flat on a large range.
+    """
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
     async for result in iter_results(targets, options, progress):
         if grade is not None and result.state not in _UNGRADED:
             result = grade(result)
-        results.append(result)
+        if collect:
+            results.append(result)
         if on_result is not None:
             on_result(result)
     return results

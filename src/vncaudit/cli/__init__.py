@@ -738,7 +738,7 @@ def _run_with_progress(
                 bar.update(task_id, completed=state.done, rate=state.done / elapsed,
                            vnc=state.vnc)
 
-        await scan_async(pending, options, on_result=update, progress=state)
+        await scan_async(pending, options, on_result=update, progress=state, collect=False)
 
     if bar is None:
         run_loop(run())
