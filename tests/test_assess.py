@@ -338,6 +338,19 @@ def test_all_interfaces_counts_as_exposed_and_explicit_exposure_wins() -> None:
     assert "exposed-public" in ids(public)
 
 
+def test_a_given_exposure_claims_nothing_about_the_address() -> None:
+    # 127.0.0.1 standing in for a public host (the web service's assume_exposure): the
+    # evidence must not call a loopback address globally routable.
+    found = grade(replay("tigervnc-vncauth-38", host="127.0.0.1"), A.Exposure.PUBLIC)
+    for fid in ("vncauth-plaintext", "exposed-public"):
+        evidence = text(one(found, fid))
+        assert "globally routable" not in evidence
+        assert "exposure given by the caller" in evidence
+    # Read from a public address, it says so.
+    assert "globally routable" in text(one(grade(replay("tigervnc-vncauth-38", host=PUBLIC)),
+                                           "exposed-public"))
+
+
 def test_exposure_does_not_move_findings_that_are_not_about_reach() -> None:
     for host in ("127.0.0.1", PRIVATE, PUBLIC):
         found = grade(replay("tigervnc-default-38", host=host))

@@ -73,13 +73,16 @@ def evaluate(
 ) -> tuple[Finding, ...]:
     """The findings for `result` given its product: every rule of `RULES`, worst first."""
     kb = knowledge()
+    derived = exposure_of(result.host)
+    chosen = Exposure(exposure) if exposure is not None else derived
     ctx = Context(
         result=result,
         product=product,
-        exposure=Exposure(exposure) if exposure is not None else exposure_of(result.host),
+        exposure=chosen,
         kb=kb,
         offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
         active=as_mapping(result.extra.get("active")),
+        exposure_given=chosen is not derived,
     )
     findings: list[Finding] = []
     for name, rule in RULES:

@@ -120,6 +120,11 @@ class Context:
     kb: Knowledge
     offers: tuple[Offer, ...]
     active: dict[str, Any]
+    exposure_given: bool = False  # stated by the caller, not read from the address
+
+    def exposure_reason(self) -> str:
+        key = self.exposure.value.replace("-", "_")
+        return self.kb.exposure_text[("given_" if self.exposure_given else "") + key]
 
     @property
     def facts(self) -> RfbFacts | None:
@@ -156,7 +161,7 @@ class Context:
         if spec.exposure_sensitive:
             step = EXPOSURE_STEP[self.exposure]
             moved = shift(sev, step)
-            reason = self.kb.exposure_text[self.exposure.value.replace("-", "_")]
+            reason = self.exposure_reason()
             line = f"exposure: {self.exposure.value} ({self.result.host}): {reason}"
             if moved is not sev:
                 verb = "raised" if step > 0 else "lowered"
@@ -446,7 +451,7 @@ def rule_exposed_public(ctx: Context) -> list[Finding]:
         return []
     return [ctx.finding("exposed-public", [
         f"VNC answered on {ctx.result.host} port {ctx.result.port}: "
-        + ctx.kb.exposure_text["public"]])]
+        + ctx.exposure_reason()])]
 
 
 def _lockout(text: str | None) -> bool:
