@@ -115,6 +115,43 @@ def test_probe_gets_its_own_deadline_after_discovery(
     assert all(r.state is State.VNC for r in results)
 
 
+def test_out_of_descriptors_slows_down_loses_nothing(
+    loopback: tuple[list[int], list[str]],
+) -> None:
+    """Descriptors run out mid-sweep (EMFILE): the sweep backs off and retries; every target
+    still gets its one, right verdict."""
+    ports, hosts = loopback
+    code = f"""
+import asyncio, resource, socket
+from vncaudit.engine import ScanOptions, scan_async
+from vncaudit.models import Target
+from vncaudit.probe import ProbeOptions
+resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+hog = []
+try:
+    while True:
+        hog.append(socket.socket())
+except OSError:
+    pass
+for s in hog[:20]:  # the budget believes in 96 sockets; 20 exist
+    s.close()
+targets = [Target(f"127.91.0.{{i}}", {ports[0]}) for i in range(1, 255)]
+results = asyncio.run(scan_async(targets, ScanOptions(concurrency=500,
+                      probe=ProbeOptions(timeout=2)), assess_results=False))
+print(len(results), sorted(r.host for r in results if r.state == "vnc"))
+print(sorted(set(r.state.value for r in results)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, states = out.stdout.splitlines()
+    count, vnc = first.split(" ", 1)
+    assert count == "254"
+    assert vnc == repr(sorted(hosts))
+    assert states == repr(["closed", "vnc"])
+    assert "cannot open a socket" in out.stderr
+
+
 def test_retries_option_is_per_mode() -> None:
     assert discovery.DiscoveryOptions(discovery.Mode.CONNECT).attempts == 1
     assert discovery.DiscoveryOptions(discovery.Mode.SYN).attempts == 2

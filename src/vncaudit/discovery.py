@@ -227,6 +227,7 @@ class ConnectSweep(_Sweep):
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:
         super().__init__(targets, sink, options)
         self.inflight: dict[int, _Attempt] = {}
+        self.stalled_until = 0.0  # after a failed socket(): no new attempts before this
         self.window: deque[tuple[float, int, _Attempt]] = deque()  # (deadline, fd, attempt)
 
     async def run(self) -> SweepStats:
@@ -246,6 +247,9 @@ class ConnectSweep(_Sweep):
                     batch -= self._start(loop, *item)
                 if self.exhausted and not self.retry and not self.inflight:
                     return self.stats
+                if self.stalled_until > now:
+                    await self.pause(self.stalled_until)
+                    continue
                 if not expired_all or (room > TURN_BATCH and (self.retry or not self.exhausted)):
                     # More to do right now, but the probes in flight get a turn of the loop
                     # first: a long burst of connects would eat their deadlines.
@@ -273,10 +277,11 @@ class ConnectSweep(_Sweep):
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            # Out of descriptors or buffers: not the target's fault; try again soon.
+            # Out of descriptors or buffers: not the target's fault; try again a little later.
             log.warning("cannot open a socket for %s:%s: %s", target.host, target.port, exc)
             self.sent -= 1
             self.retry.appendleft((target, made))
+            self.stalled_until = started + 0.05
             return 1 << 30  # stop starting more this turn
         sock.setblocking(False)
         code = sock.connect_ex((target.host, target.port))
