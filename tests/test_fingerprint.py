@@ -50,6 +50,11 @@ class _Choices:
         return lambda *a, **k: None  # select_*, send_client_init: the replay decides
 
 
+def _renamed(result: ServiceResult, name: str) -> ServiceResult:
+    assert result.rfb is not None
+    return replace(result, rfb=replace(result.rfb, desktop_name=name))
+
+
 def replay(name: str) -> ServiceResult:
     """A recorded transcript as the probe would record it, with the recorded choices."""
     doc = json.loads((TRANSCRIPTS / f"{name}.json").read_text())
@@ -187,7 +192,12 @@ CASES = [
          ("tigervnc-vncauth", "libvncserver-vncauth", "qemu-vncauth", "realvnc-4-free"),
          ("weak evidence", "TigerVNC", "LibVNCServer", "QEMU", "RealVNC")),
     Case("x11vnc-none-38", lambda: replay("x11vnc-none-38"), "x11vnc", None,
-         ("x11vnc-desktop", "libvncserver-none"), ("desktop name 'vm:40'",)),
+         ("x11vnc-desktop", "x11vnc-desktop-libvncserver", "libvncserver-none",
+          "libvncserver-true-colour-ff"), ("desktop name 'vm:40'",)),
+    # x11vnc -desktop NAME: the name no longer tells, LibVNCServer's 0xff true-colour byte does.
+    Case("x11vnc-none-38-renamed", lambda: _renamed(replay("x11vnc-none-38"), "lab-desktop"),
+         "LibVNCServer", None, ("libvncserver-true-colour-ff", "libvncserver-none"),
+         ("ServerInit true-colour flag 0xff",)),
     Case("x11vnc-password-38", lambda: replay("x11vnc-password-38"), "unknown", None,
          ("libvncserver-vncauth",)),
     Case("xtightvnc-38", lambda: replay("xtightvnc-38"), "TightVNC", None,

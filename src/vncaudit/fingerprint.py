@@ -51,6 +51,7 @@ class Facts:
     notes: tuple[str, ...] = ()
     http_servers: tuple[str, ...] = ()
     web_kind: str | None = None
+    true_colour_flag: int | None = None  # ServerInit's raw byte, when it was read
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -110,6 +111,7 @@ def facts_of(result: ServiceResult) -> Facts:
         notes=rfb.notes,
         http_servers=servers,
         web_kind=kind,
+        true_colour_flag=rfb.framebuffer.true_colour_flag if rfb.framebuffer else None,
     )
 
 
@@ -261,6 +263,12 @@ def _web_kind(f: Facts, want: Sequence[str], cfg: Config) -> Hit | None:
     return (1.0, f"web front end: {f.web_kind}", None)
 
 
+def _true_colour_flag(f: Facts, want: Sequence[int], cfg: Config) -> Hit | None:
+    if f.true_colour_flag is None or f.true_colour_flag not in want:
+        return None
+    return (1.0, f"ServerInit true-colour flag {f.true_colour_flag:#04x}", None)
+
+
 CLAUSES: Final[dict[str, Clause]] = {
     "banner": _banner,
     "types": _types,
@@ -280,6 +288,7 @@ CLAUSES: Final[dict[str, Clause]] = {
     "notes": _notes,
     "http_server": _http_server,
     "web_kind": _web_kind,
+    "true_colour_flag": _true_colour_flag,
 }
 
 

@@ -109,6 +109,7 @@ class Framebuffer:
     bits_per_pixel: int = 0
     big_endian: bool = False
     true_colour: bool = True
+    true_colour_flag: int | None = None  # the raw byte (1, or 0xff from LibVNCServer)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +119,7 @@ class Framebuffer:
             "bits_per_pixel": self.bits_per_pixel,
             "big_endian": self.big_endian,
             "true_colour": self.true_colour,
+            "true_colour_flag": self.true_colour_flag,
         }
 
 

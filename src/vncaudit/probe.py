@@ -251,7 +251,7 @@ class _Session:
             pf = event.pixel_format
             self.facts["framebuffer"] = Framebuffer(
                 event.width, event.height, pf.depth, pf.bits_per_pixel, pf.big_endian,
-                pf.true_colour,
+                pf.true_colour, pf.true_colour_flag,
             )
             return False
         if isinstance(event, rfb.Failure):

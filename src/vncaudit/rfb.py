@@ -234,6 +234,9 @@ class PixelFormat:
     red_shift: int
     green_shift: int
     blue_shift: int
+    # The raw byte: the spec says non-zero means true colour; LibVNCServer sends 0xff (its
+    # TRUE is -1), TigerVNC and QEMU send 1, and that difference names the server family.
+    true_colour_flag: int = 1
 
 
 @dataclass(frozen=True)
@@ -699,7 +702,7 @@ class RfbClient:
         raw_name = bytes(self._buf[24 : 24 + name_length])
         del self._buf[:end]
         w, h, bpp, depth, be, tc, rmax, gmax, bmax, rs, gs, bs, _ = fields
-        pf = PixelFormat(bpp, depth, bool(be), bool(tc), rmax, gmax, bmax, rs, gs, bs)
+        pf = PixelFormat(bpp, depth, bool(be), bool(tc), rmax, gmax, bmax, rs, gs, bs, tc)
         self.state = State.DONE
         return ServerInit(w, h, pf, _text(raw_name), raw_name, interaction)
 
