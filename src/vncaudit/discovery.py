@@ -11,10 +11,11 @@ Owns the two sweeps behind `--discovery`, one interface (`Sweep.run()`, feeding 
   (AF_INET, SOCK_RAW, IPPROTO_TCP; the kernel builds the IP header), as zmap and masscan do.
   One random source port per sweep; the SYN's sequence number is a keyed hash of the
   destination (address, port), so a reply is validated by recomputing it, with no table
-  lookup for forged or stale packets. A BPF filter on the socket keeps everything but replies
-  to our source port in the kernel. The kernel answers each SYN-ACK with a RST (it has no
-  socket for that port): harmless, the probe opens a real connection afterwards. IPv6 and
-  unresolved names are handed to the probe as they are (it connects itself).
+  lookup for forged or stale packets. A BPF filter on the socket drops, in the kernel, every
+  packet that is not a SYN-ACK or RST to our source port. The kernel answers each SYN-ACK
+  with a RST (it has no socket for that port): harmless, the probe opens a real connection
+  afterwards. IPv6 and unresolved names are handed to the probe as they are (it connects
+  itself).
 
 Both sweeps keep a window of attempts in flight (bounded by `--concurrency` for connect, by
 rate × timeout for syn) so that every target ends with a verdict: live (handed on), `closed`
