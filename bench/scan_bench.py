@@ -258,8 +258,9 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
             row = run_vncaudit(bed, f"vncaudit-{mode}", args, hosts, expected, tmp, 600)
             # What the run spends besides scanning (start-up, reading the results back, the
             # JSON report of every service) is what `vncaudit results ID -o json` spends.
-            after = report_cost(bed, tmp, f"vncaudit-{mode}")
+            after, report_rss = report_cost(bed, tmp, f"vncaudit-{mode}")
             scan_phase = max(row.wall_s - after, 1e-3)
+            row.note += f"; the report alone: {after:.2f} s, {report_rss:.0f} MB"
             row.extra = {"fingerprints_per_s": row.found / row.wall_s,
                          "scan_phase_s": scan_phase,
                          "scan_phase_fingerprints_per_s": row.found / scan_phase}
@@ -270,17 +271,18 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "load_before": load_before, "load_after": loadavg(), "cpus": os.cpu_count()}
 
 
-def report_cost(bed: netns.Bed, tmp: Path, name: str) -> float:
-    """Wall time of `vncaudit results ID -o json` on the store a run of `name` just wrote."""
+def report_cost(bed: netns.Bed, tmp: Path, name: str) -> tuple[float, float]:
+    """Wall time and peak RSS of `vncaudit results ID -o json` on the store a run of `name`
+    just wrote."""
     run = len(list(tmp.glob("*.db"))) - 1
     db, report = tmp / f"{name}-{run}.db", tmp / f"{name}-{run}.json"
     scan_id = json.loads(report.read_text())["scan"]["id"]
     cmd = in_ns(bed, sys.executable, "-m", "vncaudit", "results", scan_id, "--db", str(db),
                 "-o", "json", "--output-file", str(tmp / "again.json"))
-    wall, _, _, code, err = measured(cmd, 300)
+    wall, _, rss, code, err = measured(cmd, 300)
     if code != 0:
         raise RuntimeError(f"vncaudit results failed ({code}): {err[-2000:]}")
-    return wall
+    return wall, rss
 
 
 def handshake_row(bed: netns.Bed, listing: Path, ports: list[int], mode: str, expected: int,
