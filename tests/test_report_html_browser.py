@@ -16,7 +16,6 @@ Never downloads a browser: without Debian's chromium the tests skip (fail under 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import xsession
-from conftest import VncServerFactory, _unavailable, in_ci
+from conftest import VncServerFactory, _unavailable
 from test_report import META, replayed
 
 from vncaudit import remedies, report
@@ -34,28 +33,14 @@ from vncaudit.models import ServiceResult
 from vncaudit.report import html
 
 import servers
+from browser import artifacts, launch_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("VNCAUDIT_ARTIFACTS", Path(__file__).resolve().parent.parent
-                                / "test-artifacts")) / "report"
+ARTIFACTS = artifacts("report")
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        message = f"Debian's chromium is not installed at {CHROMIUM}"
-        if in_ci():
-            pytest.fail(message + " [CI is set: the browser test must not skip]", pytrace=False)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 class Watched:

@@ -10,68 +10,23 @@ Never downloads a browser: without Debian's chromium the test skips (fails under
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
-from conftest import VncServerFactory, in_ci
+from conftest import VncServerFactory
 
 from vncaudit.web import Settings, create_app
 
-import servers
+from browser import LiveServer, artifacts, launch_chromium
 from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("VNCAUDIT_ARTIFACTS", Path(__file__).resolve().parent.parent
-                                / "test-artifacts")) / "web"
-
-
-class LiveServer:
-    """uvicorn serving an app on a free loopback port, in a thread; stopped on exit."""
-
-    def __init__(self, app: object) -> None:
-        self.port = servers.free_port("127.0.0.1")
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", server_header=False)  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+ARTIFACTS = artifacts("web")
 
 
 @pytest.fixture
 def chromium() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        message = f"Debian's chromium is not installed at {CHROMIUM}"
-        if in_ci():
-            pytest.fail(message + " [CI is set: the browser test must not skip]", pytrace=False)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 @pytest.mark.realserver
@@ -84,7 +39,7 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
     silent = hostile_farm.ports["silent"]
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
                         assume_exposure="public", probe_timeout=5.0)
-    with LiveServer(create_app(settings)) as live:
+    with LiveServer(create_app(settings), server_header=False) as live:
         context = chromium.new_context(viewport={"width": 1100, "height": 900})
         page = context.new_page()
         requested: list[str] = []

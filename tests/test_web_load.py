@@ -10,54 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from vncaudit.store import Store
 from vncaudit.web import Settings, create_app
 
-import servers
+from browser import LiveServer, artifacts
 from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 
 REQUESTS = 200
-ARTIFACTS = Path(os.environ.get("VNCAUDIT_ARTIFACTS", Path(__file__).resolve().parent.parent
-                                / "test-artifacts")) / "web"
+ARTIFACTS = artifacts("web")
 # Servers that answer at once, well-behaved and hostile: the scan count, not probe deadlines,
 # is what is measured.
 BEHAVIOURS = ("vnc-none", "vnc-auth", "http", "ssh", "banner-then-rst", "count255-garbage",
               "name-4g", "tight-huge", "reason-huge", "honeypot-any", "realvnc-4.1.1")
-
-
-class LiveServer:
-    """uvicorn serving an app on a free loopback port, in a thread; stopped on exit."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = servers.free_port("127.0.0.1")
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on",
-                                                    backlog=1024))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -113,7 +84,7 @@ def test_200_concurrent_submits(tmp_path: Path, hostile_farm: Farm) -> None:  # 
                         probe_timeout=5.0, rate_burst=REQUESTS, rate_per_minute=6000,
                         workers=8, queue_size=REQUESTS,
                         max_active_per_client=REQUESTS)
-    with LiveServer(create_app(settings)) as live:
+    with LiveServer(create_app(settings), backlog=1024) as live:
         t0 = time.perf_counter()
         latencies, finals, submit_wall = asyncio.run(_load(live.url, ports))
         total = time.perf_counter() - t0

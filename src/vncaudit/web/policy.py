@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from vncaudit.exceptions import UsageError
-from vncaudit.targets import format_ports, parse_ports
+
+# default_resolver blocks (getaddrinfo): the web layer runs it in a thread.
+from vncaudit.targets import default_resolver, format_ports, parse_ports
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -252,18 +253,6 @@ def _show(text: str, limit: int = 60) -> str:
 
 # --------------------------------------------------------------------------------------------
 # The policy
-
-
-def default_resolver(name: str) -> list[str]:
-    """Every IPv4/IPv6 address of *name* from `socket.getaddrinfo` (blocking: run it in a
-    thread). The web layer may inject another resolver (tests do)."""
-    out: list[str] = []
-    for family, _, _, _, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
-        if family in (socket.AF_INET, socket.AF_INET6):
-            addr = str(sockaddr[0])
-            if addr not in out:
-                out.append(addr)
-    return out
 
 
 @dataclass(frozen=True)
