@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,10 @@ def scan_status(record: ScanRecord, job: Job | None) -> str:
     return "interrupted" if record.status == "running" else record.status
 
 
-def previous_scan(store: Store, record: ScanRecord) -> ScanRecord | None:
-    """The newest scan of the same target that started before *record*."""
+def previous_scan(store: Store, record: ScanRecord,
+                  visible: Callable[[ScanRecord], bool] | None = None) -> ScanRecord | None:
+    """The newest scan of the same target that started before *record* (and that *visible*
+    accepts: another client's scan of the same target must not leak through the diff)."""
     target = str(record.options.get("target") or (record.targets[0] if record.targets else ""))
     if not target:
         return None
@@ -142,14 +145,16 @@ def previous_scan(store: Store, record: ScanRecord) -> ScanRecord | None:
         if other.id == record.id:
             earlier = True
             continue
-        if earlier and other.options.get("source") == "web" and other.status == "finished":
+        if earlier and other.options.get("source") == "web" and other.status == "finished" \
+                and (visible is None or visible(other)):
             return other
     return None
 
 
-def diff_to_previous(store: Store, record: ScanRecord) -> tuple[ScanRecord | None,
-                                                                 ScanDiff | None]:
-    prev = previous_scan(store, record)
+def diff_to_previous(store: Store, record: ScanRecord,
+                     visible: Callable[[ScanRecord], bool] | None = None,
+                     ) -> tuple[ScanRecord | None, ScanDiff | None]:
+    prev = previous_scan(store, record, visible)
     if prev is None:
         return None, None
     return prev, store.diff(prev.id, record.id)

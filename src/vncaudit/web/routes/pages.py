@@ -120,7 +120,8 @@ def scan_page(scan_id: ScanId, request: Request, ctx: CtxDep,
         the_verdict = verdict(everything, True)
     else:
         the_verdict = verdict(results, False)
-    prev, diff = (None, None) if running else diff_to_previous(ctx.store, record)
+    prev, diff = (None, None) if running else diff_to_previous(
+        ctx.store, record, lambda other: can_view(ctx, other, client))
     return _page(ctx, request, "scan.html", record=record, status=status, running=running,
                  scan=public, verdict=the_verdict, cards=cards, previous=prev, diff=diff)
 
@@ -171,7 +172,8 @@ def history(request: Request, ctx: CtxDep, client: ClientDep) -> HTMLResponse:
                 prev = last[target]
                 diff = ctx.store.diff(prev.id, record.id)
             else:
-                prev, diff = diff_to_previous(ctx.store, record)
+                prev, diff = diff_to_previous(
+                    ctx.store, record, lambda other: can_view(ctx, other, client))
             last[target] = record
         rows.append({"record": record, "status": status, "state": state,
                      "severity": severity, "previous": prev, "diff": diff})
