@@ -473,3 +473,85 @@ def test_vncaudit_serve_command(tmp_path: Path) -> None:
         proc.terminate()  # our own child, by its handle
         proc.wait(timeout=15)
     assert db.exists()  # the embedded default: a SQLite store at --db
+
+
+def _png_facts(data: bytes) -> tuple[tuple[int, int], tuple[int, int, int], float]:
+    """(size, most frequent colour, its share of the pixels) of a PNG."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    count, colour = max(image.getcolors(maxcolors=1 << 20) or [(0, (0, 0, 0))])
+    return image.size, colour, count / (image.width * image.height)
+
+
+@pytest.mark.realserver
+def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
+                                        paint_root: Any, hostile_farm: Farm) -> None:  # noqa: F811
+    vnc = vnc_server_factory("x11vnc-none", desktop="shot-test", geometry=(320, 200))
+    paint_root(vnc, "#3366cc")
+    protected = hostile_farm.ports["vnc-auth"]
+    shots = tmp_path / "shots"
+    token = new_token()
+    app = create_app(settings(tmp_path, allow_screenshots=True, screenshot_dir=str(shots),
+                              token_hashes=(hash_token(token),)))
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(app, client=ME) as mine:
+        created = mine.post("/api/scans", headers=auth, json={
+            "target": "127.0.0.1", "ports": f"{vnc.port},{protected}", "screenshot": True})
+        assert created.status_code == 201, created.text
+        scan_id = created.json()["id"]
+        body = wait_final(mine, scan_id, headers=auth)
+        by_port = {s["port"]: s for s in body["services"]}
+        shot = by_port[vnc.port]["extra"]["active"]["screenshot"]
+        assert shot["status"] == "ok" and (shot["width"], shot["height"]) == (320, 200)
+        assert "path" not in shot  # the server's file system is not the client's business
+        url = shot["url"]
+        assert url == f"/api/scans/{scan_id}/screenshots/127.0.0.1_{vnc.port}.png"
+        kind = by_port[vnc.port]["extra"]["active"]["desktop_kind"]["kind"]
+        assert kind == "blank"  # a root painted one colour, nothing on it
+        # Never a login attempt where a password is needed: skipped, no picture.
+        skipped = by_port[protected]["extra"]["active"]["screenshot"]
+        assert skipped["status"] == "skipped" and skipped["url"] is None
+        assert "password" in skipped["reason"]
+        assert [p.name for p in (shots / scan_id).iterdir()] == [f"127.0.0.1_{vnc.port}.png"]
+
+        png = mine.get(url, headers=auth)
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        size, colour, share = _png_facts(png.content)
+        # The painted root, all but the pointer x11vnc draws into the framebuffer.
+        assert size == (320, 200) and colour == (0x33, 0x66, 0xcc) and share > 0.98, share
+        assert mine.get(url).status_code == 401  # the API needs the token like the scan does
+        page_url = f"/scans/{scan_id}/screenshots/127.0.0.1_{vnc.port}.png"
+        assert mine.get(page_url).content == png.content  # the page's rule: the requester
+        page = mine.get(f"/scans/{scan_id}").text
+        assert f'src="{page_url}"' in page and 'data-kind="blank"' in page
+        assert "Blank screen" in page
+        assert mine.get(f"/api/scans/{scan_id}/screenshots/nothing.png",
+                        headers=auth).status_code == 404
+        assert mine.get(f"/scans/{scan_id}/screenshots/..%2Fweb.db").status_code == 404
+
+        other = TestClient(app, client=("127.0.0.2", 40002))
+        assert other.get(page_url).status_code == 404
+        assert other.get(url).status_code == 401
+        assert other.get(url, headers=auth).status_code == 200  # token holders see all scans
+
+        report = mine.get(f"/api/scans/{scan_id}/report.html", headers=auth)
+        embedded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', report.text)
+        assert embedded, "the HTML report embeds the screenshot"
+        import base64
+        assert base64.b64decode(embedded.group(1)) == png.content
+        js = mine.get(f"/api/scans/{scan_id}/report.json", headers=auth).text
+        assert str(shots) not in js and url in js
+
+    # Off (the embedded default): the field is refused with a clear message, nothing queued.
+    with TestClient(create_app(settings(tmp_path / "off")), client=ME) as off:
+        refused = off.post("/api/scans", json={"target": "127.0.0.1", "ports": str(vnc.port),
+                                               "screenshot": True})
+        assert refused.status_code == 400
+        assert refused.json()["code"] == "screenshots-disabled"
+        assert "allow_screenshots" in refused.json()["detail"]
+        assert off.get("/api/scans").json() == []
+        assert 'name="screenshot"' not in off.get("/").text
+    assert Settings().allow_screenshots is False

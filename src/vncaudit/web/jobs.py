@@ -4,6 +4,12 @@ Owns: the bounded queue of accepted scans, a fixed number of worker tasks that r
 app's event loop, live progress per scan, grading each result with the exposure the operator
 configured, and writing every result to the app's `Store` as it arrives.
 
+Screenshots (`screenshot` on a job, only when the operator's `allow_screenshots` is on) run
+`vncaudit.active.run_active` after each probe exactly as `vncaudit scan --screenshot` does
+(shared ClientInit, no input events, the same pixel and time caps), never with a password, so
+only services that need no authentication are pictured; the PNGs go to
+`screenshot_root()/<scan id>/`, at most `max_screenshots_per_scan` per scan.
+
 Subdomain discovery (a decision with `discover` set, only ever made for an allow-listed
 domain) runs here too, before any probe: the domain's hosts are found through DNS, and
 `Policy.decide_discovered` checks each address; the refused ones are kept with the scan.
@@ -19,10 +25,12 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import tempfile
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from vncaudit import __version__
@@ -61,9 +69,23 @@ class Job:
     error: str | None = None
     submitted: float = field(default_factory=time.monotonic)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    screenshot: bool = False
+    shots: int = 0  # screenshots attempted so far (capped by max_screenshots_per_scan)
 
 
 Grader = Callable[[ServiceResult], ServiceResult]
+PostProbe = Callable[[ServiceResult], Awaitable[ServiceResult]]
+SCREENSHOT_API_URL = "/api/scans/{scan_id}/screenshots/{name}"
+
+
+def screenshot_root(settings: Settings, store: Store) -> Path:
+    """Where this instance keeps screenshots: `settings.screenshot_dir`, else a
+    "screenshots" folder next to the store (a private temporary one for an in-memory store)."""
+    if settings.screenshot_dir:
+        return Path(settings.screenshot_dir).expanduser().absolute()
+    if store.path is not None:
+        return Path(store.path).absolute().parent / "screenshots"
+    return Path(tempfile.mkdtemp(prefix="vncaudit-screenshots-"))
 
 
 def make_grader(exposure: str | None) -> Grader:
@@ -100,6 +122,7 @@ class JobManager:
         self._queue: asyncio.Queue[Job] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._grade = make_grader(settings.assume_exposure)
+        self.screenshots = screenshot_root(settings, store)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
@@ -120,8 +143,11 @@ class JobManager:
                 self._ended(job)
         self.store.flush()
 
-    def submit(self, decision: Decision, client: str) -> Job:
-        """Record the scan in the store and queue it; `QueueFullError` when the queue is full."""
+    def submit(self, decision: Decision, client: str, screenshot: bool = False) -> Job:
+        """Record the scan in the store and queue it; `QueueFullError` when the queue is full.
+        `screenshot` is a request the caller has already checked against the settings."""
+        if screenshot and not self.settings.allow_screenshots:
+            raise VncAuditError("screenshots are disabled on this service")
         if self._queue is None:
             raise VncAuditError("the scan workers are not running")
         if self._queue.full():
@@ -141,10 +167,12 @@ class JobManager:
             "timeout": self.settings.probe_timeout,
             "exposure": self.settings.assume_exposure,
             "subdomains": decision.discover,
+            "screenshot": screenshot,
         }
         scan_id = self.store.create_scan([decision.target], decision.ports_spec, options,
                                          tool=f"vncaudit {__version__}")
-        job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports))
+        job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports),
+                  screenshot=screenshot)
         self._jobs[scan_id] = job
         self._active[client] += 1
         self._queue.put_nowait(job)
@@ -238,9 +266,65 @@ class JobManager:
         job.phase = "scanning"
         return True
 
+    def _post_probe(self, job: Job) -> PostProbe | None:
+        """The screenshot step after each probe (None when the scan did not ask for one)."""
+        if not job.screenshot:
+            return None
+        from vncaudit import active
+
+        options = active.ActiveOptions(screenshot=True,
+                                       screenshot_dir=self.screenshots / job.scan_id)
+        cap = self.settings.max_screenshots_per_scan
+
+        async def post(result: ServiceResult) -> ServiceResult:
+            if result.state is not State.VNC or result.rfb is None:
+                return result
+            checks: dict[str, Any]
+            if result.rfb.auth_required:
+                # The service never takes a password, so it never logs in anywhere.
+                checks = {"screenshot": {"status": "skipped", "reason": "authentication "
+                                         "required: screenshots are taken only where no "
+                                         "password is needed"}}
+            elif job.shots >= cap:
+                # A target answering RFB on every port must not fill the disk with pictures.
+                checks = {"screenshot": {"status": "skipped", "reason": f"at most {cap} "
+                                         "screenshots per scan"}}
+            else:
+                job.shots += 1
+                try:
+                    # No password is ever given: a protected service is only marked skipped.
+                    checks = await active.run_active(result, options)
+                except Exception as exc:  # a screenshot must never cost the probe's result
+                    log.warning("screenshot of %s:%s failed: %s", result.host, result.port,
+                                exc)
+                    checks = {"screenshot": {"status": "failed",
+                                             "reason": f"{type(exc).__name__}: {exc}"}}
+            if checks:
+                result = replace(result, extra={**result.extra, "active": checks})
+            return result
+
+        return post
+
+    def _graded(self, job: Job, result: ServiceResult) -> ServiceResult:
+        """Grade a result; a screenshot's evidence names it by its URL on this service, while
+        the stored result keeps the file's path (the HTML report embeds the file)."""
+        active = result.extra.get("active")
+        shot = active.get("screenshot") if isinstance(active, dict) else None
+        if not isinstance(shot, dict) or not shot.get("path"):
+            return self._grade(result)
+        assert isinstance(active, dict)
+        url = SCREENSHOT_API_URL.format(scan_id=job.scan_id, name=Path(shot["path"]).name)
+
+        def swapped(path: str) -> ServiceResult:
+            extra = {**result.extra, "active": {**active, "screenshot": {**shot, "path": path}}}
+            return replace(result, extra=extra)
+
+        graded = self._grade(swapped(url))
+        return replace(graded, extra=swapped(shot["path"]).extra)
+
     async def _probe_all(self, job: Job, options: ScanOptions) -> None:
         async for result in iter_results(self._targets(job), options):
-            graded = self._grade(result)
+            graded = self._graded(job, result)
             if graded.state in HIDDEN:
                 self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
             else:
@@ -258,6 +342,7 @@ class JobManager:
             options = ScanOptions(
                 concurrency=max(1, min(self.settings.scan_concurrency, job.total)),
                 probe=ProbeOptions(timeout=self.settings.probe_timeout),
+                post_probe=self._post_probe(job),
             )
             try:
                 async with asyncio.timeout(self.settings.scan_deadline):

@@ -69,6 +69,12 @@ class Settings:
     dns_resolver: str | None = None
     dns_axfr_port: int = 53
     dns_timeout: float = 2.0
+    # Screenshots (proof, only of services that need no password): off by default, since a
+    # public port-check site would otherwise keep pictures of strangers' desktops. The PNGs
+    # go to screenshot_dir/<scan id>/ ("" = a "screenshots" folder next to the store).
+    allow_screenshots: bool = False
+    screenshot_dir: str = ""
+    max_screenshots_per_scan: int = 4
 
     def __post_init__(self) -> None:
         if self.assume_exposure is not None and self.assume_exposure not in EXPOSURES:
@@ -77,9 +83,9 @@ class Settings:
             if not (h.startswith("sha256:") and len(h) == 71):
                 raise ValueError("token hashes look like sha256:<64 hex digits>")
         if min(self.workers, self.queue_size, self.scan_concurrency,
-               self.max_active_per_client) < 1:
-            raise ValueError("workers, queue_size, scan_concurrency and max_active_per_client "
-                             "must be >= 1")
+               self.max_active_per_client, self.max_screenshots_per_scan) < 1:
+            raise ValueError("workers, queue_size, scan_concurrency, max_active_per_client "
+                             "and max_screenshots_per_scan must be >= 1")
         if (not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1
                 or not self.scan_deadline > 0):
             raise ValueError("probe_timeout, scan_deadline and rate_per_minute must be > 0, "

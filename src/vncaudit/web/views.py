@@ -2,8 +2,10 @@
 
 Owns: the read side shared by the JSON API and the HTML pages — a scan's public dict, its
 verdict (open / closed / filtered with the worst severity), the observed facts of each service
-as label/value pairs, the fix guide for a result, and the previous scan of the same target
-with the diff to it. Must not: write to the store, run scans, or import FastAPI.
+as label/value pairs, the fix guide for a result, the previous scan of the same target with
+the diff to it, and a service's screenshot: its URL on this service (the stored file path is
+never shown), the login-screen-or-desktop verdict, and which stored file a URL names.
+Must not: write to the store, run scans, or import FastAPI.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanDiff, ScanRecord, Store
-from vncaudit.web.jobs import Job
+from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,89 @@ def diff_to_previous(store: Store, record: ScanRecord,
     return prev, store.diff(prev.id, record.id)
 
 
+SCREENSHOT_PAGE_URL = "/scans/{scan_id}/screenshots/{name}"
+# The page's wording for `vncaudit.active.desktop_kind` (as in the HTML report).
+DESKTOP_VERDICT: dict[str, tuple[str, str, str]] = {
+    "desktop": ("Live desktop", "critical",
+                "Whoever connects sees and controls a logged-in session."),
+    "login-screen": ("Login screen", "medium",
+                     "The display shows a greeter or lock screen: a system password is still "
+                     "needed, but the screen and the greeter are exposed."),
+    "blank": ("Blank screen", "low", "The framebuffer is uniform: nothing to read on it now."),
+    "unknown": ("Undetermined", "info",
+                "The picture does not tell a login screen from a desktop."),
+}
+
+
+def _shot_info(r: ServiceResult) -> dict[str, Any] | None:
+    active = r.extra.get("active") if isinstance(r.extra, dict) else None
+    info = active.get("screenshot") if isinstance(active, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def screenshot_name(r: ServiceResult) -> str | None:
+    """The file name of the service's stored screenshot (what its URL ends in), or None."""
+    info = _shot_info(r)
+    if info is None or info.get("status") != "ok" or not info.get("path"):
+        return None
+    return Path(str(info["path"])).name
+
+
+def with_screenshot_urls(r: ServiceResult, scan_id: str) -> ServiceResult:
+    """A copy for clients: the screenshot's server path replaced by its API URL."""
+    info = _shot_info(r)
+    if info is None:
+        return r
+    name = screenshot_name(r)
+    shown = {k: v for k, v in info.items() if k != "path"}
+    shown["url"] = (SCREENSHOT_API_URL.format(scan_id=scan_id, name=name)
+                    if name is not None else None)
+    active = {**r.extra["active"], "screenshot": shown}
+    return replace(r, extra={**r.extra, "active": active})
+
+
+def screenshot_card(r: ServiceResult, scan_id: str) -> dict[str, Any] | None:
+    """What the result page shows of a service's screenshot, or None when none was asked."""
+    info = _shot_info(r)
+    if info is None:
+        return None
+    name = screenshot_name(r)
+    active: dict[str, Any] = r.extra["active"]
+    kind = active.get("desktop_kind")
+    verdict_ = None
+    if name is not None and isinstance(kind, dict):
+        label, css, why = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
+        verdict_ = {"kind": str(kind.get("kind")), "label": label, "css": css, "why": why,
+                    "confidence": float(kind.get("confidence") or 0.0),
+                    "evidence": [str(e) for e in kind.get("evidence") or []]}
+    return {
+        "status": str(info.get("status")),
+        "url": (SCREENSHOT_PAGE_URL.format(scan_id=scan_id, name=name)
+                if name is not None else None),
+        "width": int(info.get("width") or 0),
+        "height": int(info.get("height") or 0),
+        "coverage": info.get("coverage"),
+        "note": info.get("reason"),
+        "verdict": verdict_,
+    }
+
+
+def screenshot_file(store: Store, root: Path, scan_id: str, name: str) -> Path | None:
+    """The stored PNG that *name* names among the scan's results, or None. The name is only
+    compared with stored names, never joined to a path, and the file must lie in the scan's
+    own folder under *root*."""
+    folder = (root / scan_id).resolve()
+    for r in store.results(scan_id):
+        if screenshot_name(r) != name:
+            continue
+        info = _shot_info(r)
+        assert info is not None
+        path = Path(str(info["path"])).resolve()
+        if path.parent == folder and path.is_file():
+            return path
+    return None
+
+
 def scan_public(store: Store, record: ScanRecord, job: Job | None,
                 include_closed: bool = True) -> dict[str, Any]:
     """The API's view of a scan (`ScanPublic`)."""
@@ -171,8 +257,8 @@ def scan_public(store: Store, record: ScanRecord, job: Job | None,
     results = ([] if job is not None and job.done == 0 else
                store.results(record.id, include_closed=include_closed and total <= SMALL_SCAN))
     finished = status not in ("queued", "running")
-    services = [dict(r.to_dict(), fix=[remedy_dict(x) for x in fix_guide(r)])
-                for r in results]
+    services = [dict(with_screenshot_urls(r, record.id).to_dict(),
+                     fix=[remedy_dict(x) for x in fix_guide(r)]) for r in results]
     return {
         "id": record.id,
         "status": status,

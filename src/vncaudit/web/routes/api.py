@@ -1,10 +1,11 @@
 """The JSON scans API: submit a scan, poll it, fetch its report.
 
 Owns: `POST /api/scans`, `GET /api/scans`, `GET /api/scans/{id}`,
-`GET /api/scans/{id}/report.{json,html,xml}` and their public models. Every submission goes
-rate limit → target policy → job queue, in that order, so nothing reaches the engine that the
-policy did not turn into literal addresses. Must not: probe, resolve names itself, or render
-HTML pages.
+`GET /api/scans/{id}/report.{json,html,xml}`, `GET /api/scans/{id}/screenshots/{name}` (a
+stored PNG, under the same visibility rule as the scan) and their public models. Every
+submission goes rate limit → target policy → job queue, in that order, so nothing reaches the
+engine that the policy did not turn into literal addresses. Must not: probe, resolve names
+itself, or render HTML pages.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from vncaudit import report
@@ -30,12 +31,15 @@ from vncaudit.web.deps import (
 from vncaudit.web.jobs import QueueFullError, TooManyActiveError
 from vncaudit.web.policy import Decision, PolicyError, parse_address
 from vncaudit.web.security import REPORT_CSP
-from vncaudit.web.views import scan_public, scan_status
+from vncaudit.web.views import scan_public, scan_status, screenshot_file, with_screenshot_urls
 
 router = APIRouter(prefix="/api", tags=["scans"])
 
 ScanId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9-]+$",
                              description="Scan id as returned by POST /api/scans")]
+ShotName = Annotated[str, Path(min_length=5, max_length=120, pattern=r"^[A-Za-z0-9._-]+\.png$",
+                               description="File name from the service's "
+                               "`extra.active.screenshot.url`")]
 
 
 class ScanCreate(BaseModel):
@@ -49,6 +53,10 @@ class ScanCreate(BaseModel):
     subdomains: bool = Field(default=False, description="Also find the domain's hosts through "
                              "DNS (zone transfer, common names) and check each address; only "
                              "for domains the operator allow-lists")
+    screenshot: bool = Field(default=False, description="Also take a screenshot of each VNC "
+                             "service that needs no password (proof; one framebuffer update, "
+                             "no input events). Refused with 400 when the operator disabled "
+                             "screenshots (`allow_screenshots`)")
 
 
 class Progress(BaseModel):
@@ -98,7 +106,8 @@ class ErrorPublic(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorPublic, "description": "Not an address, host name or port list"},
+    400: {"model": ErrorPublic, "description": "Not an address, host name or port list, "
+          "or a screenshot asked for where screenshots are disabled"},
     401: {"model": ErrorPublic, "description": "API token missing or wrong"},
     403: {"model": ErrorPublic, "description": "Refused by the target policy"},
     429: {"model": ErrorPublic, "description": "Too many submissions, or too many scans "
@@ -126,9 +135,17 @@ async def decide(ctx: AppContext, target: str, ports: str, client: str,
     return await asyncio.to_thread(ctx.policy.decide, target, ports, client)
 
 
+SCREENSHOTS_DISABLED = ("screenshots are disabled on this service (the operator's "
+                        "allow_screenshots setting); submit without screenshot")
+
+
 async def submit(ctx: AppContext, target: str, ports: str, client: str,
-                 subdomains: bool = False) -> str:
+                 subdomains: bool = False, screenshot: bool = False) -> str:
     """Rate limit, policy, queue; returns the scan id or raises `SubmitRefused`."""
+    if screenshot and not ctx.settings.allow_screenshots:
+        # An input error, refused before anything else: the request can never succeed here.
+        ctx.metrics.refused.labels("screenshots-disabled").inc()
+        raise SubmitRefused(400, SCREENSHOTS_DISABLED, "screenshots-disabled")
     wait = ctx.limiter.take(client)
     if wait > 0:
         ctx.metrics.refused.labels("rate-limit").inc()
@@ -141,7 +158,7 @@ async def submit(ctx: AppContext, target: str, ports: str, client: str,
         ctx.metrics.refused.labels(exc.code).inc()
         raise SubmitRefused(exc.status, str(exc), exc.code) from None
     try:
-        job = ctx.jobs.submit(decision, client)
+        job = ctx.jobs.submit(decision, client, screenshot)
     except QueueFullError as exc:
         ctx.metrics.refused.labels("queue-full").inc()
         raise SubmitRefused(503, str(exc), "queue-full", {"Retry-After": "60"}) from None
@@ -163,7 +180,8 @@ async def create_scan(body: ScanCreate, response: Response, ctx: CtxDep, client:
                       token: TokenDep) -> Any:
     """Check a target's ports. Returns at once; poll the scan until `status` is final."""
     try:
-        scan_id = await submit(ctx, body.target, body.ports, client, body.subdomains)
+        scan_id = await submit(ctx, body.target, body.ports, client, body.subdomains,
+                               body.screenshot)
     except SubmitRefused as exc:
         return error(exc.status, exc.detail, exc.code, exc.headers)
     record = ctx.store.require_scan(scan_id)
@@ -214,7 +232,11 @@ def get_report(scan_id: ScanId, fmt: Literal["json", "html", "xml"], ctx: CtxDep
         raise HTTPException(404, f"the {fmt} report format is not available in this version")
     meta = report.ScanMeta(id=record.id, started=record.started, finished=record.finished,
                            targets=list(record.targets), ports=record.ports, tool=record.tool)
-    text = report.render(fmt, meta, ctx.store.results(record.id))
+    results = ctx.store.results(record.id)
+    if fmt != "html":
+        # The HTML report embeds each PNG from its stored path; elsewhere the path is ours.
+        results = [with_screenshot_urls(r, record.id) for r in results]
+    text = report.render(fmt, meta, results)
     headers = {"Content-Security-Policy": report_csp(text)} if fmt == "html" else {}
     return Response(text, media_type=_MEDIA[fmt], headers=headers)
 
@@ -229,3 +251,16 @@ def report_csp(html: str) -> str:
     found = _SCRIPT_HASH.search(html[:4096])
     script = f"script-src '{found.group(1)}'" if found else "script-src 'none'"
     return f"{REPORT_CSP}; {script}"
+
+
+@router.get("/scans/{scan_id}/screenshots/{name}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}, "description": "The PNG"},
+                       401: _ERRORS[401], 404: {"model": ErrorPublic}})
+def get_screenshot(scan_id: ScanId, name: ShotName, ctx: CtxDep, client: ClientDep,
+                   token: TokenDep) -> FileResponse:
+    """A service's screenshot, to whoever may see the scan (the same rule as the scan)."""
+    viewable_scan(ctx, scan_id, client, token)
+    path = screenshot_file(ctx.store, ctx.jobs.screenshots, scan_id, name)
+    if path is None:
+        raise HTTPException(404, f"no screenshot {name} in scan {scan_id}")
+    return FileResponse(path, media_type="image/png")

@@ -2,8 +2,9 @@
 
 Owns: `GET /`, `POST /scans` (the form; CSRF-checked), `GET /scans/{id}` (progress while it
 runs, then verdict banner, one card per service, findings with reasons and the fix commands),
-`GET /scans/{id}/status` (what the page's script polls), `GET /history` (past scans with the
-diff to the previous scan of the same target). Server-rendered; the result is complete without
+`GET /scans/{id}/status` (what the page's script polls), `GET /scans/{id}/screenshots/{name}`
+(the result page's images, under the page's visibility rule), `GET /history` (past scans with
+the diff to the previous scan of the same target). Server-rendered; the result is complete without
 JavaScript (without it the running page refreshes itself through a <noscript> meta refresh).
 Must not: bypass the API's submission path (`api.submit`: rate limit → policy → queue).
 """
@@ -13,19 +14,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from vncaudit import __version__
 from vncaudit.models import Severity
 from vncaudit.store import ScanDiff, ScanRecord
 from vncaudit.web.deps import AppContext, ClientDep, CtxDep, can_view
-from vncaudit.web.routes.api import ScanId, SubmitRefused, submit
+from vncaudit.web.routes.api import ScanId, ShotName, SubmitRefused, submit
 from vncaudit.web.security import CSRF_COOKIE, Csrf
 from vncaudit.web.views import (
     diff_to_previous,
     fix_guide,
     scan_public,
     scan_status,
+    screenshot_card,
+    screenshot_file,
     service_facts,
     verdict,
 )
@@ -58,11 +61,12 @@ def _page(ctx: AppContext, request: Request, name: str, http_status: int = 200,
 
 def _form_page(ctx: AppContext, request: Request, client: str, status: int = 200,
                error: str | None = None, target: str | None = None, preset: str = "5900",
-               ports: str = "") -> HTMLResponse:
+               ports: str = "", screenshot: bool = False) -> HTMLResponse:
     return _page(ctx, request, "index.html", status, client=client, error=error,
                  target=client if target is None else target, preset=preset, ports=ports,
                  presets=PRESETS, own_only=ctx.settings.allow_own_address and not
-                 ctx.settings.allow, discovery=bool(ctx.policy.domains))
+                 ctx.settings.allow, discovery=bool(ctx.policy.domains),
+                 screenshots=ctx.settings.allow_screenshots, screenshot=screenshot)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -78,18 +82,22 @@ async def submit_form(
     ports: Annotated[str, Form(max_length=300)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     subdomains: Annotated[str, Form(max_length=10)] = "",
+    screenshot: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
+    shot = bool(screenshot)
     if not ctx.csrf.valid(request.cookies.get(CSRF_COOKIE), csrf_token):
         ctx.metrics.refused.labels("csrf").inc()
         return _form_page(ctx, request, client, 403, "The form expired or was not sent from "
-                          "this page; please submit it again.", target, preset, ports)
+                          "this page; please submit it again.", target, preset, ports, shot)
     spec = ports.strip() if preset == "custom" else preset
     if preset not in {p for p, _ in PRESETS}:
         spec = "5900"
     try:
-        scan_id = await submit(ctx, target.strip(), spec or "5900", client, bool(subdomains))
+        scan_id = await submit(ctx, target.strip(), spec or "5900", client, bool(subdomains),
+                               shot)
     except SubmitRefused as exc:
-        return _form_page(ctx, request, client, exc.status, exc.detail, target, preset, ports)
+        return _form_page(ctx, request, client, exc.status, exc.detail, target, preset, ports,
+                          shot)
     return RedirectResponse(f"/scans/{scan_id}", status_code=303)
 
 
@@ -113,7 +121,7 @@ def scan_page(scan_id: ScanId, request: Request, ctx: CtxDep,
     results.sort(key=lambda r: -(r.worst_severity.rank if r.worst_severity else -1))
     cards = [{"result": r, "facts": service_facts(r),
               "findings": sorted(r.findings, key=lambda f: -f.severity.rank),
-              "fixes": fix_guide(r)} for r in results]
+              "fixes": fix_guide(r), "shot": screenshot_card(r, scan_id)} for r in results]
     if not running:
         everything = ctx.store.results(scan_id, include_closed=public["progress"]["total"]
                                        <= 256)
@@ -124,6 +132,18 @@ def scan_page(scan_id: ScanId, request: Request, ctx: CtxDep,
         ctx.store, record, lambda other: can_view(ctx, other, client))
     return _page(ctx, request, "scan.html", record=record, status=status, running=running,
                  scan=public, verdict=the_verdict, cards=cards, previous=prev, diff=diff)
+
+
+@router.get("/scans/{scan_id}/screenshots/{name}", response_model=None)
+def screenshot_image(scan_id: ScanId, name: ShotName, request: Request, ctx: CtxDep,
+                     client: ClientDep) -> Response:
+    record = ctx.store.get_scan(scan_id)
+    path = None
+    if record is not None and can_view(ctx, record, client):
+        path = screenshot_file(ctx.store, ctx.jobs.screenshots, scan_id, name)
+    if path is None:
+        return _not_found(ctx, request, scan_id)
+    return FileResponse(path, media_type="image/png")
 
 
 @router.get("/scans/{scan_id}/status")
