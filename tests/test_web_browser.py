@@ -2,15 +2,18 @@
 
 Opens the form, submits 127.0.0.1 with the port of a real x11vnc server (no password) plus a
 silent hostile-farm port that holds the scan for the probe deadline, watches the live progress
-go from 1 of 2 to done, and checks the critical verdict and the fix commands. The service runs
+go from 1 of 2 to done, and checks the critical verdict and the fix commands; the
+"Take a screenshot" box is ticked, so the x11vnc card shows the server's picture (served by
+the service itself, under its CSP) with the login-screen-or-desktop verdict. The service runs
 under uvicorn on a free loopback port with 127.0.0.1 allow-listed and assume_exposure="public"
-(127.0.0.1 stands in for a public host). A screenshot lands in test-artifacts/web/.
+(127.0.0.1 stands in for a public host) and allow_screenshots on. Page screenshots land in
+test-artifacts/web/.
 Never downloads a browser: without Debian's chromium the test skips (fails under CI).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +34,17 @@ def chromium() -> Iterator[object]:
 
 @pytest.mark.realserver
 def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFactory,
-                                hostile_farm: Farm, chromium: object) -> None:  # noqa: F811
+                                paint_root: Callable[..., None], hostile_farm: Farm,  # noqa: F811
+                                chromium: object) -> None:
     from playwright.sync_api import Browser, expect
 
     assert isinstance(chromium, Browser)
     vnc = vnc_server_factory("x11vnc-none", desktop="browser-test", geometry=(640, 480))
+    paint_root(vnc, "#2e8b57")
     silent = hostile_farm.ports["silent"]
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
-                        assume_exposure="public", probe_timeout=5.0)
+                        assume_exposure="public", probe_timeout=5.0, allow_screenshots=True,
+                        screenshot_dir=str(tmp_path / "shots"))
     with LiveServer(create_app(settings), server_header=False) as live:
         context = chromium.new_context(viewport={"width": 1100, "height": 900})
         page = context.new_page()
@@ -54,6 +60,7 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         page.fill("#target", "127.0.0.1")
         page.fill("#ports", f"{vnc.port},{silent}")  # focusing it selects "Custom" (app.js)
         expect(page.locator('input[name="preset"][value="custom"]')).to_be_checked()
+        page.check("#screenshot")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "check-form.png"))
         page.click("#submit")
@@ -88,6 +95,23 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
         copy.click()
         expect(copy).to_have_text("Copied")
         assert page.evaluate("navigator.clipboard.readText()") == commands.inner_text()
+
+        # The screenshot: loaded from the service's own origin and decoded at the server's
+        # geometry, the painted colour in it, with the desktop verdict next to it.
+        image = card.locator("section.screenshot img.shot")
+        expect(image).to_be_visible()
+        scan_id = page.url.rsplit("/", 1)[1]
+        assert (image.get_attribute("src") or "").startswith(f"/scans/{scan_id}/screenshots/")
+        natural = image.evaluate("i => i.complete && [i.naturalWidth, i.naturalHeight]")
+        assert natural == [640, 480]
+        pixel = image.evaluate("""i => { const c = document.createElement('canvas');
+            c.width = 1; c.height = 1; const g = c.getContext('2d');
+            g.drawImage(i, 600, 400, 1, 1, 0, 0, 1, 1);
+            return Array.from(g.getImageData(0, 0, 1, 1).data.slice(0, 3)); }""")
+        assert pixel == [0x2e, 0x8b, 0x57]
+        expect(card.locator("p.desktop-kind")).to_have_attribute("data-kind", "blank")
+        expect(card.locator("p.desktop-kind")).to_contain_text("Blank screen")
+        card.screenshot(path=str(ARTIFACTS / "check-screenshot-card.png"))
 
         shot = ARTIFACTS / "check-result.png"
         page.screenshot(path=str(shot), full_page=True)
