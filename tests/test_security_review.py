@@ -6,6 +6,7 @@ fix guide: each test reproduces one way a crafted input got through, against the
 from __future__ import annotations
 
 import io
+import os
 import socket
 import time
 import warnings
@@ -81,3 +82,82 @@ def _table_text(table: Any) -> str:
     out.print(table)
     text: str = out.file.getvalue()  # type: ignore[attr-defined]
     return text
+
+
+# A no-auth RFB 3.8 server in its own process, so the process name and command line are what
+# an unprivileged local user can choose (prctl / argv), as seen by root's `vncaudit local`.
+_CRAFTED_SERVER = r"""
+import ctypes, socket, struct, sys, threading
+ctypes.CDLL(None).prctl(15, b"[/]vnc", 0, 0, 0)  # PR_SET_NAME: what psutil reports as name
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+print(srv.getsockname()[1], flush=True)
+
+def serve(c):
+    try:
+        c.sendall(b"RFB 003.008\n"); c.recv(12)
+        c.sendall(b"\x01\x01"); c.recv(1)
+        c.sendall(struct.pack(">I", 0)); c.recv(1)
+        name = b"[bold]desk[/]"
+        c.sendall(struct.pack(">HH", 64, 48) + bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255,
+                  16, 8, 0, 0, 0, 0]) + struct.pack(">I", len(name)) + name)
+        c.recv(100)
+    except OSError:
+        pass
+    finally:
+        c.close()
+
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.mark.realserver
+def test_local_table_prints_process_names_and_command_lines_as_text(tmp_path: Path) -> None:
+    """A process named "[/]vnc" crashed root's `vncaudit local` with a rich MarkupError
+    traceback, and ESC sequences in its command line reached root's terminal."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "crafted.py"
+    script.write_text(_CRAFTED_SERVER)
+    server = subprocess.Popen([sys.executable, str(script), "\x1b]0;owned\x07", "[/]",
+                               "[link=http://x]y"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        run = subprocess.run([sys.executable, "-m", "vncaudit", "local", "--only-port",
+                              str(port), "--timeout", "2"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "COLUMNS": "250"})
+    finally:
+        server.kill()
+        server.wait()
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr[-2000:]
+    assert f"{server.pid} [/]vnc" in run.stdout  # the name as it is, not swallowed as markup
+    assert "\x1b" not in run.stdout  # not a terminal: any ESC would be the injected one
+    assert "\\x1b]0;owned" in run.stdout  # shown, made inert
+    assert "[link=http://x]y" in run.stdout
+
+
+def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
+    """`check --inside/--outside` read files someone else may have written (a colleague's
+    `local -o json`): their strings used to be parsed as rich markup ("[/]" crashed it)."""
+    import json
+    import subprocess
+    import sys
+
+    inside = tmp_path / "inside.json"
+    inside.write_text(json.dumps({"kind": "local-audit", "listeners": [{
+        "address": "[/]0.0.0.0", "port": 5901, "scope": "[bold]all-interfaces",
+        "firewall": {"ipv4": {"text": "[/]open \x1b[2J"}}}]}))
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"services": [{"host": "192.0.2.1", "port": 5901,
+                                                 "state": "vnc"}]}))
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "check", "192.0.2.1", "--inside",
+                          str(inside), "--outside", str(outside)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 1, run.stderr  # EXPOSED, and no crash (exit 3)
+    assert "[/]0.0.0.0" in run.stdout and "[bold]all-interfaces" in run.stdout
+    assert "\x1b" not in run.stdout and "EXPOSED" in run.stdout

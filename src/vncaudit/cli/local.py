@@ -15,10 +15,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vncaudit import firewall, harden
 from vncaudit import local as local_mod
-from vncaudit.cli import _SEVERITY_STYLE, _fail, _security_summary, _setup_logging, app, err
+from vncaudit.cli import (
+    _SEVERITY_STYLE,
+    _cell,
+    _fail,
+    _plain,
+    _security_summary,
+    _setup_logging,
+    app,
+    err,
+)
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 
@@ -75,9 +85,11 @@ def local_table(audit: local_mod.LocalAudit) -> Table:
                  "address": "one address"}[x.scope]
         if x.family == firewall.IPV6 and x.scope == "all-interfaces":
             scope += "\n[bold]IPv6 wildcard[/]"
-        proc = "[dim]not visible[/]"
+        # Process names, user names and what the server sent are anyone's text: cells, never
+        # markup ("[/]" as a process name would crash the table, escapes reach the terminal).
+        proc: str | Text = "[dim]not visible[/]"
         if x.process is not None:
-            proc = f"{x.process.pid} {x.process.name or '?'}"
+            proc = _cell(f"{x.process.pid} {x.process.name or '?'}")
         auth = ""
         if r is not None and r.rfb is not None:
             auth = {True: "required", False: "[bold red]NONE[/]", None: "?"}[r.rfb.auth_required]
@@ -86,8 +98,8 @@ def local_table(audit: local_mod.LocalAudit) -> Table:
         worst = x.severity
         risk = f"[{_SEVERITY_STYLE[worst]}]{worst.value}[/]" if worst else ""
         table.add_row(f"{bind}\n{scope}", str(x.port), proc,
-                      x.process.user or "" if x.process else "", x.product or "",
-                      _security_summary(r) if r is not None else "", auth,
+                      _cell(x.process.user or "" if x.process else ""), _cell(x.product or ""),
+                      _cell(_security_summary(r) if r is not None else ""), auth,
                       _verdict_text(x), risk)
     return table
 
@@ -112,7 +124,8 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
                     lines.append(f"  [{f.severity.value}] {f.title}")
         out.print(f"{x.address}:{x.port}", markup=False, style="bold")
         for line in lines:
-            out.print(line, markup=False, soft_wrap=True)
+            # markup=False leaves ESC sequences from a command line or config file intact.
+            out.print(_plain(line), markup=False, soft_wrap=True)
     if audit.firewall is not None:
         err.print("firewall: " + "; ".join(audit.firewall.describe()), style="dim",
                   markup=False, soft_wrap=True)
@@ -397,9 +410,11 @@ def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
             table.add_column(col, overflow="fold")
         for row in rows:
             style = "bold red" if row["verdict"].startswith("EXPOSED") else ""
-            table.add_row(str(row["port"]), f"{row['inside']}\n{row['scope']}".strip(),
-                          row["firewall"], row["outside"],
-                          f"[{style}]{row['verdict']}[/]" if style else row["verdict"])
+            # --inside / --outside are files anyone may have written: cells, never markup.
+            where = "\n".join(_plain(str(row[k])) for k in ("inside", "scope") if row[k])
+            table.add_row(str(row["port"]), Text(where), _cell(row["firewall"]),
+                          _cell(row["outside"]),
+                          Text(_plain(row["verdict"]), style=style))
         Console(highlight=False).print(table)
     if any(row["verdict"].startswith("EXPOSED") for row in rows):
         raise typer.Exit(1)
