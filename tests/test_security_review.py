@@ -161,3 +161,28 @@ def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stderr  # EXPOSED, and no crash (exit 3)
     assert "[/]0.0.0.0" in run.stdout and "[bold]all-interfaces" in run.stdout
     assert "\x1b" not in run.stdout and "EXPOSED" in run.stdout
+
+
+def test_subdomains_table_prints_zone_names_as_text() -> None:
+    """A zone transfer may carry any label: "[/]x" (valid in DNS) crashed the table."""
+    import subprocess
+    import sys
+
+    from dns_server import DnsServer, make_zone
+
+    zone = make_zone("corp.test", """
+@ NS ns1
+ns1 A 127.0.0.1
+[/]x A 127.0.0.9
+y CNAME [bold]z
+[bold]z A 127.0.0.8
+""")
+    with DnsServer([zone], hosts=("127.0.0.1",),
+                   axfr={"corp.test": {"127.0.0.1": "allow"}}) as dns:
+        run = subprocess.run([sys.executable, "-m", "vncaudit", "subdomains", "corp.test",
+                              "--resolver", dns.resolver, "--axfr-port", str(dns.port),
+                              "--no-builtin-wordlist"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr
+    assert "[/]x.corp.test" in run.stdout
+    assert "y.corp.test" in run.stdout and "[bold]z.corp.test" in run.stdout

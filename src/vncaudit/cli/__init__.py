@@ -876,8 +876,9 @@ def subdomains(
     for col in ("name", "addresses", "cname chain", "found by"):
         table.add_column(col, overflow="fold")
     for host in found.hosts:
-        table.add_row(host.name, "\n".join(host.addresses) or "[dim](none)[/]",
-                      " -> ".join(host.cnames), ", ".join(host.sources))
+        # Names come from the zone's servers (AXFR): "[/]x" is a valid label, not markup.
+        table.add_row(_cell(host.name), "\n".join(host.addresses) or "[dim](none)[/]",
+                      _cell(" -> ".join(host.cnames)), ", ".join(host.sources))
     out.print(table)
     if found.wildcard is not None:
         out.print(f"wildcard DNS: random names resolve to {', '.join(found.wildcard)}; "
