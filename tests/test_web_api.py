@@ -554,4 +554,8 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         assert "allow_screenshots" in refused.json()["detail"]
         assert off.get("/api/scans").json() == []
         assert 'name="screenshot"' not in off.get("/").text
+        spec = off.get("/openapi.json").json()
+        field = spec["components"]["schemas"]["ScanCreate"]["properties"]["screenshot"]
+        assert field["type"] == "boolean" and field["default"] is False
+        assert "/api/scans/{scan_id}/screenshots/{name}" in spec["paths"]
     assert Settings().allow_screenshots is False
