@@ -528,6 +528,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         page = mine.get(f"/scans/{scan_id}").text
         assert f'src="{page_url}"' in page and 'data-kind="blank"' in page
         assert "Blank screen" in page
+        assert "No screenshot: authentication required" in page  # the protected service's card
         assert mine.get(f"/api/scans/{scan_id}/screenshots/nothing.png",
                         headers=auth).status_code == 404
         assert mine.get(f"/scans/{scan_id}/screenshots/..%2Fweb.db").status_code == 404
