@@ -186,3 +186,31 @@ y CNAME [bold]z
     assert run.returncode == 0, run.stderr
     assert "[/]x.corp.test" in run.stdout
     assert "y.corp.test" in run.stdout and "[bold]z.corp.test" in run.stdout
+
+
+def test_request_bodies_are_capped(tmp_path: Path) -> None:
+    """POST /api/scans read any body whole into memory (20 MB were accepted with 201): one
+    client could exhaust the server's memory. Declared and chunked bodies are refused."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        rate_burst=50, rate_per_minute=600)
+    big = b'{"target": "127.0.0.1", "ports": "1", "x": "' + b"a" * (2 << 20) + b'"}'
+    with TestClient(create_app(settings), client=("127.0.0.1", 40003)) as c:
+        r = c.post("/api/scans", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "body-too-large"
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+        def chunks() -> Any:
+            yield b'{"target": "127.0.0.1", "ports": "1", "x": "'
+            for _ in range(64):
+                yield b"a" * 32768
+            yield b'"}'
+
+        r = c.post("/api/scans", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        r = c.post("/scans", content=b"target=" + b"a" * (1 << 20),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+        port = _closed_port()
+        ok = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
+        assert ok.status_code == 201, ok.text  # an ordinary request still goes through
+        assert _final(c, ok.json()["id"], {})["status"] == "finished"

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -34,6 +34,42 @@ from vncaudit.web.settings import Settings
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
+# Every request the service takes is a short form or JSON object (a target of at most 255
+# characters and a port list); FastAPI would otherwise read any body whole into memory.
+MAX_BODY = 64 * 1024
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413: by Content-Length before the app
+    runs, and for a chunked body as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = JSONResponse({"detail": f"request body over {self.limit} bytes",
+                                     "code": "body-too-large"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # FastAPI passes an HTTPException raised while it reads the body through.
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class SecurityHeaders:
@@ -139,5 +175,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("web: %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc), "code": "internal"}, status_code=503)
 
+    app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders, metrics=metrics)
     return app
