@@ -214,3 +214,29 @@ def test_request_bodies_are_capped(tmp_path: Path) -> None:
         ok = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
         assert ok.status_code == 201, ok.text  # an ordinary request still goes through
         assert _final(c, ok.json()["id"], {})["status"] == "finished"
+
+
+def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
+    """One bucket per /128 let an IPv6 client with its /64 (2^64 source addresses) submit
+    without limit. The policy refuses these documentation addresses, so nothing is probed:
+    the rate limit answers first."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), rate_burst=2, rate_per_minute=1,
+                        trusted_proxies=("127.0.0.1/32",))
+    with TestClient(create_app(settings), client=PROXY) as c:
+        codes = []
+        for i in range(1, 4):
+            me = f"2001:db8:1:2::{i}"
+            r = c.post("/api/scans", json={"target": me, "ports": "5900"},
+                       headers={"X-Forwarded-For": me})
+            codes.append(r.status_code)
+        assert codes == [403, 403, 429]
+        other = "2001:db8:1:3::1"  # another /64 has its own bucket
+        r = c.post("/api/scans", json={"target": other, "ports": "5900"},
+                   headers={"X-Forwarded-For": other})
+        assert r.status_code == 403
+        mapped = c.post("/api/scans", json={"target": "192.0.2.1", "ports": "5900"},
+                        headers={"X-Forwarded-For": "::ffff:192.0.2.1"})
+        plain = [c.post("/api/scans", json={"target": "192.0.2.1", "ports": "5900"},
+                        headers={"X-Forwarded-For": "192.0.2.1"}).status_code
+                 for _ in range(2)]
+        assert mapped.status_code == 403 and plain == [403, 429]  # one bucket for both spellings

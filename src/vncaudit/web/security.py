@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -70,8 +71,23 @@ class Csrf:
         return hmac.compare_digest(self.form_token(cookie), form_value)
 
 
+def bucket_key(client: str) -> str:
+    """Whose bucket a client address draws from: an IPv6 client's /64 (one subscriber or
+    host usually holds a whole /64, so one bucket per /128 would be no limit at all), an
+    IPv4 address as itself (IPv4-mapped IPv6 unwrapped)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class RateLimiter:
-    """A token bucket per client address: `burst` submissions at once, refilled at
+    """A token bucket per client address (`bucket_key`): `burst` submissions at once, refilled at
     `per_minute`. Holds at most `max_clients` buckets (least recently used dropped), so a
     flood of source addresses cannot grow memory. Thread-safe."""
 
@@ -85,6 +101,7 @@ class RateLimiter:
     def take(self, client: str, now: float | None = None) -> float:
         """Take one token for *client*: 0.0 when allowed, else the seconds to wait."""
         t = time.monotonic() if now is None else now
+        client = bucket_key(client)
         with self._lock:
             tokens, last = self._buckets.pop(client, (self.burst, t))
             tokens = min(self.burst, tokens + (t - last) * self.rate)
