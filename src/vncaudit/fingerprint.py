@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,8 +226,14 @@ def _tight_auth_any(f: Facts, want: Sequence[str], cfg: Config) -> Hit | None:
     return (1.0, f"Tight auth capability {', '.join(seen)}", None)
 
 
+@cache
+def _compiled(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    # The patterns are the data file's, a few dozen: compiled once, not looked up per call.
+    return re.compile(pattern, flags)
+
+
 def _regex(value: str | None, pattern: str, flags: int = 0) -> re.Match[str] | None:
-    return None if value is None else re.search(pattern, value, flags)
+    return None if value is None else _compiled(pattern, flags).search(value)
 
 
 def _failure(f: Facts, pattern: str, cfg: Config) -> Hit | None:
@@ -242,15 +249,17 @@ def _desktop(f: Facts, pattern: str, cfg: Config) -> Hit | None:
 
 
 def _notes(f: Facts, pattern: str, cfg: Config) -> Hit | None:
+    rx = _compiled(pattern)
     for note in f.notes:
-        if re.search(pattern, note):
+        if rx.search(note):
             return (1.0, f"probe note {note!r}", None)
     return None
 
 
 def _http_server(f: Facts, pattern: str, cfg: Config) -> Hit | None:
+    rx = _compiled(pattern)
     for server in f.http_servers:
-        m = re.search(pattern, server)
+        m = rx.search(server)
         if m is not None:
             version = m.groupdict().get("version")
             return (1.0, f"HTTP Server header {server!r}", version)
@@ -325,12 +334,78 @@ class SignatureError(ValueError):
     """products.toml is malformed (a bug in the shipped data, caught by the tests)."""
 
 
+# --------------------------------------------------------------------------------------------
+# Memo: many services show the same facts (same product, same configuration)
+
+FactsKey = tuple[Any, ...]
+CACHE_SIZE: Final = 4096
+
+
+def _facts_key(f: Facts) -> FactsKey:
+    """Every field of `f`, hashable: two results with equal keys get the same product."""
+    return (f.banner, f.version, f.types, tuple(f.type_names.items()), f.server_chosen,
+            f.vencrypt, f.tight_auth, f.failure, f.desktop, f.notes, f.http_servers,
+            f.web_kind, f.true_colour_flag)
+
+
+class _Lru:
+    """A bounded least-recently-used map (Product values are frozen, so safe to share)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[FactsKey, Product] = {}
+        self.lock = threading.Lock()  # the web UI grades from worker threads
+
+    def get(self, key: FactsKey) -> Product | None:
+        with self.lock:
+            value = self.data.pop(key, None)
+            if value is not None:
+                self.data[key] = value  # most recent last
+            return value
+
+    def put(self, key: FactsKey, value: Product) -> None:
+        with self.lock:
+            self.data[key] = value
+            if len(self.data) > self.size:
+                del self.data[next(iter(self.data))]
+
+
 @dataclass(frozen=True)
 class Signatures:
     """A parsed signature file: scoring settings and signatures, in file order."""
 
     config: Config
     signatures: tuple[Signature, ...]
+    # Derived, per instance (so a test's own signatures never see the shipped ones' answers):
+    # the product already decided for a set of facts, and the banner index of `candidates`.
+    memo: _Lru = field(default_factory=lambda: _Lru(CACHE_SIZE), init=False, repr=False,
+                       compare=False)
+    _index: dict[tuple[str, str | None], tuple[Signature, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def candidates(self, layer: str, version: str | None) -> tuple[Signature, ...]:
+        """The signatures of `layer` that can match a server of banner `version`, in file
+        order: a signature with a `banner` clause that does not list the version cannot."""
+        if not self._index:
+            self._index.update(_build_index(self.signatures))
+        by_version = self._index.get((layer, version))
+        return by_version if by_version is not None else self._index[(layer, None)]
+
+
+def _build_index(
+    signatures: Sequence[Signature],
+) -> dict[tuple[str, str | None], tuple[Signature, ...]]:
+    # Most signatures start with a banner clause; skipping those whose banners cannot match
+    # saves most of the per-result work (58 signatures, a dozen candidates for one banner).
+    out: dict[tuple[str, str | None], tuple[Signature, ...]] = {}
+    for layer in LAYERS:
+        sigs = [s for s in signatures if s.layer == layer]
+        versions = {str(v) for s in sigs for v in s.match.get("banner", ())}
+        out[(layer, None)] = tuple(s for s in sigs if "banner" not in s.match)
+        for version in versions:
+            out[(layer, version)] = tuple(
+                s for s in sigs if "banner" not in s.match or version in s.match["banner"])
+    return out
 
 
 def load(text: str) -> Signatures:
@@ -392,7 +467,7 @@ def _weight(sig: Signature, clause: str, facts: Facts, cfg: Config) -> float:
 def match_signature(sig: Signature, facts: Facts, cfg: Config) -> Match | None:
     """The match of one signature, or None when any of its clauses fails."""
     if facts.server_chosen and not sig.match.get("server_chosen") and (
-        _LIST_CLAUSES & set(sig.match)
+        not _LIST_CLAUSES.isdisjoint(sig.match)
     ):
         return None  # an RFB 3.3 server's choice is not the list it would offer
     got: dict[str, float] = {}
@@ -414,9 +489,12 @@ def explain(
 ) -> list[Match]:
     """Every signature of *layer* that matches *result*, best first (for tests and reports)."""
     data = data or shipped()
-    facts = facts_of(result)
+    return _explain(facts_of(result), layer, data)
+
+
+def _explain(facts: Facts, layer: str, data: Signatures) -> list[Match]:
     found = [
-        m for s in data.signatures if s.layer == layer
+        m for s in data.candidates(layer, facts.version)
         if (m := match_signature(s, facts, data.config))
     ]
     return sorted(found, key=lambda m: (-m.score, m.signature.id))
@@ -503,7 +581,8 @@ def _version(matches: list[Match], cfg: Config) -> tuple[str | None, str | None]
 def identify_backend(result: ServiceResult, data: Signatures | None = None) -> Product:
     """The product the RFB-level facts point to (a web front end ignored)."""
     data = data or shipped()
-    return _decide(explain(result, "rfb", data), facts_of(result), data.config)
+    facts = facts_of(result)
+    return _decide(_explain(facts, "rfb", data), facts, data.config)
 
 
 def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
@@ -514,10 +593,19 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     shipped signatures (tests).
     """
     data = data or shipped()
-    cfg = data.config
     facts = facts_of(result)
-    web = explain(result, "web", data)
-    backend = _decide(explain(result, "rfb", data), facts, cfg)
+    key = (_facts_key(facts), result.rfb is None)
+    product = data.memo.get(key)
+    if product is None:
+        product = _identify(facts, result.rfb is None, data)
+        data.memo.put(key, product)
+    return product
+
+
+def _identify(facts: Facts, no_rfb: bool, data: Signatures) -> Product:
+    cfg = data.config
+    web = _explain(facts, "web", data)
+    backend = _decide(_explain(facts, "rfb", data), facts, cfg)
     if not web:
         return backend
     front = _decide(web, Facts(http_servers=facts.http_servers, web_kind=facts.web_kind), cfg)
@@ -526,8 +614,9 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     if backend.name != UNKNOWN:
         tail = f"backend {backend.name}" + (f" {backend.version}" if backend.version else "")
         tail += f" (confidence {backend.confidence:.2f})"
-    elif result.rfb is not None:
+    elif not no_rfb:
         tail = "backend not identified"
     else:
         tail = "no RFB stream read behind the front end"
     return Product(front.name, front.version, front.confidence, (*front.evidence, tail))
+

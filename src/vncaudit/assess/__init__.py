@@ -16,7 +16,10 @@ and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
+from functools import cache
+from typing import Any, Final
 
 from vncaudit.assess.exposure import Exposure, exposure_of, shift
 from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
@@ -72,9 +75,26 @@ def evaluate(
     result: ServiceResult, product: Product, exposure: Exposure | None = None
 ) -> tuple[Finding, ...]:
     """The findings for `result` given its product: every rule of `RULES`, worst first."""
-    kb = knowledge()
     derived = exposure_of(result.host)
     chosen = Exposure(exposure) if exposure is not None else derived
+    given = chosen is not derived
+    extra = _frozen(result.extra) if result.extra else ()
+    if extra is None:
+        return _evaluate(result, product, chosen, given, result.host)
+    key = (result.rfb, result.state, result.port, result.error, product, chosen, given, extra)
+    found = _MEMO.get(key, RULES, knowledge())
+    if found is None:
+        if _memo_unsafe(key):
+            return _evaluate(result, product, chosen, given, result.host)
+        found = _evaluate(replace(result, host=HOST_MARK), product, chosen, given, result.host)
+        _MEMO.put(key, found)
+    return _with_host(found, result.host)
+
+
+def _evaluate(
+    result: ServiceResult, product: Product, chosen: Exposure, given: bool, host: str
+) -> tuple[Finding, ...]:
+    kb = knowledge()
     ctx = Context(
         result=result,
         product=product,
@@ -82,16 +102,109 @@ def evaluate(
         kb=kb,
         offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
         active=as_mapping(result.extra.get("active")),
-        exposure_given=chosen is not derived,
+        exposure_given=given,
     )
     findings: list[Finding] = []
     for name, rule in RULES:
         try:
             findings += rule(ctx)
         except Exception:  # one broken rule must not cost the scan its result
-            log.exception("rule %s failed on %s:%d", name, result.host, result.port)
+            log.exception("rule %s failed on %s:%d", name, host, result.port)
     findings.sort(key=lambda f: (-f.severity.rank, f.id))
     return tuple(findings)
+
+
+# --------------------------------------------------------------------------------------------
+# Memo: on a large scan most services differ from another one only by their address. The
+# rules read the address only to name it in a text, so the findings of a set of facts are
+# computed once with HOST_MARK standing in for the address, and the mark is replaced by each
+# service's own address. The key is everything else the rules read (`extra` frozen by
+# `_frozen`, or not memoised when it holds anything but JSON values); a key whose strings
+# contain the mark is never memoised either, so the replacement only ever hits the stand-in.
+
+HOST_MARK: Final = "{vncaudit:host}"
+MEMO_SIZE: Final = 4096
+
+MemoKey = tuple[Any, ...]
+
+
+class _Memo:
+    """Bounded least-recently-used findings by key (Finding is frozen: safe to share)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[MemoKey, tuple[Finding, ...]] = {}
+        self.lock = threading.Lock()  # the web UI grades from worker threads
+        self.made_by: tuple[object, object] | None = None
+
+    def get(self, key: MemoKey, rules: object, kb: object) -> tuple[Finding, ...] | None:
+        with self.lock:
+            if self.made_by is None or self.made_by[0] is not rules or self.made_by[1] is not kb:
+                # Other rules or other knowledge (tests swap them): earlier answers are void.
+                self.data.clear()
+                self.made_by = (rules, kb)
+            value = self.data.pop(key, None)
+            if value is not None:
+                self.data[key] = value
+            return value
+
+    def put(self, key: MemoKey, value: tuple[Finding, ...]) -> None:
+        with self.lock:
+            self.data[key] = value
+            if len(self.data) > self.size:
+                del self.data[next(iter(self.data))]
+
+
+_MEMO: Final = _Memo(MEMO_SIZE)
+
+
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _frozen(value: Any, depth: int = 0) -> Any:
+    """`value` (JSON-like `extra`) as a hashable key that keeps types and order, so equal keys
+    mean equal texts (True and 1 compare equal, but print differently); None if it has
+    anything else."""
+    if isinstance(value, _SCALARS):
+        return (type(value).__name__, value)
+    if depth > 8:
+        return None
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            fv = _frozen(v, depth + 1)
+            if fv is None or not isinstance(k, str):
+                return None
+            items.append((k, fv))
+        return ("dict", tuple(items))
+    if isinstance(value, list | tuple):
+        out = [_frozen(v, depth + 1) for v in value]
+        return None if any(v is None for v in out) else (type(value).__name__, tuple(out))
+    return None
+
+
+@cache
+def _knowledge_has_mark() -> bool:
+    return HOST_MARK in repr(knowledge())
+
+
+def _memo_unsafe(key: MemoKey) -> bool:
+    # repr() keeps printable ASCII as it is, so the mark in any string of the key shows.
+    return _knowledge_has_mark() or HOST_MARK in repr(key)
+
+
+def _with_host(findings: tuple[Finding, ...], host: str) -> tuple[Finding, ...]:
+    out: list[Finding] = []
+    for f in findings:
+        if HOST_MARK in f.title or HOST_MARK in f.why or any(HOST_MARK in e for e in f.evidence):
+            f = replace(
+                f,
+                title=f.title.replace(HOST_MARK, host),
+                why=f.why.replace(HOST_MARK, host),
+                evidence=tuple(e.replace(HOST_MARK, host) for e in f.evidence),
+            )
+        out.append(f)
+    return tuple(out)
 
 
 def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final
 
 from vncaudit.models import Severity
@@ -24,6 +25,12 @@ class Exposure(StrEnum):
 
 def exposure_of(host: str) -> Exposure:
     """Classify an address; a host name (no address) is UNKNOWN."""
+    return _exposure_of(host)
+
+
+# A scan grades each host once per open port: the last few thousand answers are kept.
+@lru_cache(maxsize=4096)
+def _exposure_of(host: str) -> Exposure:
     text = host.strip().strip("[]").split("%", 1)[0]  # IPv6 zone ids carry no reach
     try:
         ip = ipaddress.ip_address(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 Version = tuple[int, ...]
@@ -95,6 +96,9 @@ def _term(text: str) -> VersionRange:
     return VersionRange(v, _after_prefix(v))  # "==" / "=" / bare: the version and its prefix
 
 
+# Grading asks the same few questions for every service (its product's version against each
+# CVE's ranges), so answers are kept: both functions are pure and VersionRange is frozen.
+@lru_cache(maxsize=4096)
 def parse_range(text: str) -> VersionRange:
     """One range: a comma-separated conjunction of terms (syntax in data/cves.toml)."""
     out = EVERY_VERSION
@@ -113,6 +117,17 @@ def match_versions(version: str | None, affected: Sequence[str]) -> str | None:
     """
     if not affected:
         return None
+    if isinstance(affected, tuple):
+        return _match_cached(version, affected)
+    return _match(version, affected)
+
+
+@lru_cache(maxsize=4096)
+def _match_cached(version: str | None, affected: tuple[str, ...]) -> str | None:
+    return _match(version, affected)
+
+
+def _match(version: str | None, affected: Sequence[str]) -> str | None:
     product = EVERY_VERSION
     if version:
         try:

@@ -1,0 +1,213 @@
+"""The fast paths of a large scan give exactly what the plain paths give.
+
+`vncaudit.fingerprint` keeps the product decided for a set of facts, and `vncaudit.assess`
+the findings of a set of facts with the address left out (a stand-in replaced by each
+service's own address). These tests grade the same facts on different addresses, warm and
+cold, and compare with the uncached computation (`fingerprint._identify`,
+`assess._evaluate`), including facts that contain the stand-in itself, `extra` values that
+compare equal but print differently (True and 1), and exposures given by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vncaudit import assess as A
+from vncaudit import fingerprint as F
+from vncaudit.exceptions import RemoteProtocolError
+from vncaudit.models import Framebuffer, NamedType, ServiceResult, State
+from vncaudit.probe import ProbeOptions
+from vncaudit.rfb import security_type_name
+
+from rfb_helpers import drive_events, new_session
+
+TRANSCRIPTS = Path(__file__).parent / "transcripts"
+
+
+def _replayed(name: str) -> ServiceResult:
+    doc = json.loads((TRANSCRIPTS / name).read_text())
+    chunks = [bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c"]
+    cv = doc["client_version"]
+    session = new_session(ProbeOptions(client_version=(int(cv[:3]), int(cv[4:])) if cv else None))
+    try:
+        drive_events(chunks, session=session)
+    except RemoteProtocolError:
+        pass  # the recording stopped where the probe would have gone on
+    return session.result(0.0)
+
+
+RECORDED = [_replayed(p.name) for p in sorted(TRANSCRIPTS.glob("*.json"))]
+
+HOSTS = st.sampled_from([
+    "8.8.8.8", "192.168.7.20", "127.0.0.1", "0.0.0.0", "::1", "2001:db8::5", "::ffff:8.8.4.4",
+    "fe80::1%eth0", "vnc.example.org", A.HOST_MARK, f"a{A.HOST_MARK}b", "198.18.3.4",
+])
+TEXT = st.sampled_from([
+    "", "LibVNCServer", "fake 198.18.0.1", "host:1", A.HOST_MARK, f"x {A.HOST_MARK}",
+    "Too many authentication failures.  Client temporarily blocked", "VirtualBox",
+    "license key is missing", "8.8.8.8",
+]) | st.text(max_size=12)
+EXTRA = st.sampled_from([
+    {}, {"suspected_honeypot": {"reasons": ["security types listed more than once: [2]"]}},
+    {"suspected_honeypot": {"reasons": [True]}}, {"suspected_honeypot": {"reasons": [1]}},
+    {"tls": {"version": "TLSv1.3"}}, {"active": {"unoffered_none": {"status": "vulnerable"}}},
+    {"active": {"unoffered_none": {"status": "not-vulnerable"}}},
+    {"web": {"http": {"server": "WebSockify Python/3.11", "kind": "novnc"}}},
+    {"odd": object()},
+])
+
+
+@st.composite
+def results(draw: st.DrawFn) -> ServiceResult:
+    base = draw(st.sampled_from(RECORDED))
+    rfb = base.rfb
+    if rfb is not None and draw(st.booleans()):
+        rfb = replace(rfb, desktop_name=draw(TEXT))  # e.g. the stand-in itself
+    elif rfb is not None and draw(st.booleans()):
+        types = draw(st.lists(st.sampled_from([1, 2, 5, 16, 18, 19, 30, 33, 13]), max_size=4))
+        rfb = replace(
+            rfb,
+            security_types=tuple(NamedType(t, security_type_name(t)) for t in types),
+            desktop_name=draw(st.none() | TEXT),
+            failure_reason=draw(st.none() | TEXT),
+            framebuffer=draw(st.none() | st.just(Framebuffer(1024, 768, 24, 32, False, True,
+                                                             draw(st.sampled_from([1, 255]))))),
+        )
+    return replace(
+        base, rfb=rfb, port=draw(st.sampled_from([5900, 5901, 443, 6080])),
+        state=draw(st.sampled_from([base.state, State.VNC, State.BLACKLISTED,
+                                    State.MALFORMED])),
+        error=draw(st.none() | TEXT), extra=dict(draw(EXTRA)),
+    )
+
+
+def _clear() -> None:
+    A._MEMO.data.clear()
+    F.shipped().memo.data.clear()
+
+
+def _reference(result: ServiceResult, exposure: A.Exposure | None) -> ServiceResult:
+    """The plain computation: no memo anywhere."""
+    product = F._identify(F.facts_of(result), result.rfb is None, F.shipped())
+    derived = A.exposure_of(result.host)
+    chosen = A.Exposure(exposure) if exposure is not None else derived
+    findings = A._evaluate(result, product, chosen, chosen is not derived, result.host)
+    return replace(result, product=product, findings=findings)
+
+
+@st.composite
+def neighbours(draw: st.DrawFn) -> tuple[ServiceResult, ServiceResult]:
+    """Two results that differ in one thing the memo must tell apart (or in nothing)."""
+    a = draw(results())
+    what = draw(st.sampled_from(["same", "desktop", "failure", "error", "port", "state",
+                                 "extra", "types", "framebuffer"]))
+    rfb = a.rfb
+    if what == "same":
+        return a, a
+    if what in ("desktop", "failure", "types", "framebuffer") and rfb is not None:
+        if what == "desktop":
+            rfb = replace(rfb, desktop_name=draw(st.none() | TEXT))
+        elif what == "failure":
+            rfb = replace(rfb, failure_reason=draw(st.none() | TEXT))
+        elif what == "types":
+            types = draw(st.lists(st.sampled_from([1, 2, 5, 16, 18, 19, 30, 33]), max_size=3))
+            rfb = replace(rfb, security_types=tuple(NamedType(t, security_type_name(t))
+                                                    for t in types))
+        else:
+            rfb = replace(rfb, framebuffer=None if rfb.framebuffer else
+                          Framebuffer(800, 600, 24, 32, False, True, 255))
+        return a, replace(a, rfb=rfb)
+    if what == "error":
+        return a, replace(a, error=draw(st.none() | TEXT))
+    if what == "port":
+        return a, replace(a, port=draw(st.sampled_from([5900, 5901, 443, 6080])))
+    if what == "state":
+        return a, replace(a, state=draw(st.sampled_from(list(State))))
+    return a, replace(a, extra=dict(draw(EXTRA)))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(neighbours(), HOSTS, HOSTS, st.none() | st.sampled_from(list(A.Exposure)))
+def test_memoised_grading_equals_the_plain_computation(
+    pair: tuple[ServiceResult, ServiceResult], first: str, second: str,
+    exposure: A.Exposure | None,
+) -> None:
+    a, b = pair
+    _clear()
+    warm = A.assess(replace(a, host=first), exposure)  # fills the memos
+    got = A.assess(replace(b, host=second), exposure)  # served from them where keys agree
+    want = _reference(replace(b, host=second), exposure)
+    assert got.product == want.product
+    assert got.findings == want.findings
+    assert warm == _reference(replace(a, host=first), exposure)
+    _clear()
+    assert A.assess(replace(b, host=second), exposure).findings == want.findings
+
+
+def test_the_memo_is_used_and_the_address_is_each_services_own() -> None:
+    _clear()
+    recorded = next(r for r in RECORDED if r.rfb is not None and r.rfb.desktop_name is None)
+    a = A.assess(replace(recorded, host="8.8.8.8"))
+    b = A.assess(replace(recorded, host="1.1.1.1"))
+    assert len(A._MEMO.data) == 1  # one key for both addresses
+    texts = [e for f in b.findings for e in f.evidence]
+    assert any("1.1.1.1" in t for t in texts)
+    assert not any("8.8.8.8" in t or A.HOST_MARK in t for t in texts)
+    assert [f.id for f in a.findings] == [f.id for f in b.findings]
+
+
+def test_swapped_rules_void_the_memo(monkeypatch: Any) -> None:
+    _clear()
+    recorded = next(r for r in RECORDED if r.rfb is not None)
+    before = A.assess(recorded).findings
+    assert before
+    monkeypatch.setattr(A, "RULES", ())
+    assert A.assess(recorded).findings == ()
+
+
+def test_the_product_memo_is_bounded_and_per_signature_set() -> None:
+    data = F.load((Path(F.__file__).parent / "data" / "products.toml").read_text("utf-8"))
+    assert data.memo is not F.shipped().memo
+    base = next(r for r in RECORDED if r.rfb is not None)
+    for i in range(F.CACHE_SIZE + 10):
+        rfb = replace(base.rfb, desktop_name=f"desk {i}") if base.rfb else None
+        F.identify(replace(base, rfb=rfb), data)
+    assert len(data.memo.data) == F.CACHE_SIZE
+
+
+
+def _both_ways(a: ServiceResult, b: ServiceResult) -> None:
+    """Grade `a` (filling the memo), then `b`; `b` must come out as the plain computation."""
+    _clear()
+    A.assess(a)
+    got = A.assess(b)
+    want = _reference(b, None)
+    assert (got.product, got.findings) == (want.product, want.findings)
+
+
+def test_facts_holding_the_stand_in_are_never_memoised() -> None:
+    none38 = next(r for r in RECORDED if r.rfb is not None and r.rfb.desktop_name is not None)
+    assert none38.rfb is not None
+    odd = replace(none38, rfb=replace(none38.rfb, desktop_name=f"desk {A.HOST_MARK}"))
+    _both_ways(replace(odd, host="8.8.8.8"), replace(odd, host="10.1.2.3"))
+    texts = [e for f in A.assess(replace(odd, host="10.1.2.3")).findings for e in f.evidence]
+    assert any(A.HOST_MARK in t for t in texts)  # the server's own text, kept as it was
+    broken = replace(none38, state=State.MALFORMED, error=f"bad {A.HOST_MARK}")
+    _both_ways(replace(broken, host="8.8.8.8"), replace(broken, host="10.1.2.3"))
+
+
+def test_extra_values_that_compare_equal_but_print_differently_get_their_own_findings() -> None:
+    base = next(r for r in RECORDED if r.rfb is not None)
+    truthy = replace(base, extra={"suspected_honeypot": {"reasons": [True]}})
+    one = replace(base, extra={"suspected_honeypot": {"reasons": [1]}})
+    _both_ways(truthy, one)
+    _both_ways(one, truthy)
+    listed = replace(base, extra={"suspected_honeypot": {"reasons": ["a", "b"]}})
+    mapped = replace(base, extra={"suspected_honeypot": {"reasons": {"a": "b"}}})
+    _both_ways(listed, mapped)
