@@ -240,3 +240,53 @@ def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
                         headers={"X-Forwarded-For": "192.0.2.1"}).status_code
                  for _ in range(2)]
         assert mapped.status_code == 403 and plain == [403, 429]  # one bucket for both spellings
+
+
+def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: Path) -> None:
+    """meta.json named the files rollback feeds to `nft -f` / iptables-restore as root: a
+    tampered one ran `nft -f /etc/shadow`; a backup others could write was used as is."""
+    import json
+    import subprocess
+    import sys
+
+    from vncaudit import harden
+
+    if os.geteuid() != 0:
+        pytest.skip("rollback backups belong to root")
+    root = tmp_path / "backups"
+    good = harden._save("nftables", root, harden.run)  # reads the ruleset; changes nothing
+    harden._write_meta(good)
+    for f in good.path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert good.path.stat().st_mode & 0o777 == 0o700
+    assert harden.load_backup(root).path == good.path  # the control: a real backup loads
+
+    evil = root / "29991231T000000.000000Z-nftables"  # the newest: rollback's default
+    evil.mkdir(mode=0o700)
+    meta = {"backend": "nftables", "files": {"ruleset": "nft.ruleset", "table": "/etc/shadow"}}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    (evil / "meta.json").chmod(0o600)
+    (evil / "nft.ruleset").write_text("")
+    (evil / "nft.ruleset").chmod(0o600)
+    with pytest.raises(harden.UsageError, match="does not describe"):
+        harden.load_backup(root)
+    meta["files"] = {"ruleset": "../../../etc/passwd"}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(harden.UsageError, match="does not describe"):
+        harden.load_backup(root, evil.name)
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "harden", "--rollback",
+                          "--backup-dir", str(root)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "/etc/passwd" not in run.stdout and "does not describe" in run.stderr
+
+    meta["files"] = {"ruleset": "nft.ruleset"}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    assert harden.load_backup(root).path == evil  # well-formed and private: accepted
+    evil.chmod(0o777)  # a backup anyone may have written is not restored
+    with pytest.raises(harden.UsageError, match="writable by others"):
+        harden.load_backup(root)
+    evil.chmod(0o700)
+    (evil / "nft.ruleset").chmod(0o666)
+    with pytest.raises(harden.UsageError, match="writable by others"):
+        harden.load_backup(root)

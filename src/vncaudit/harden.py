@@ -396,24 +396,32 @@ def _save(backend: str, directory: Path, runner: Run) -> Backup:
             rc, out, err = runner([tool], None)
             if rc != 0:
                 raise HardenError(f"backup failed: {tool}: {err.strip() or rc}; nothing changed")
-            (path / f"{tool}.rules").write_text(out)
+            _write_private(path / f"{tool}.rules", out)
             files[tool] = f"{tool}.rules"
     else:
         rc, out, err = runner(["nft", "list", "ruleset"], None)
         if rc != 0:
             raise HardenError(f"backup failed: nft list ruleset: {err.strip() or rc}; "
                               "nothing changed")
-        (path / "nft.ruleset").write_text(out)
+        _write_private(path / "nft.ruleset", out)
         files["ruleset"] = "nft.ruleset"
         rc, out, _ = runner(["nft", "list", "table", *NFT_TABLE], None)
         if rc == 0:
-            (path / "nft.table").write_text(out)
+            _write_private(path / "nft.table", out)
             files["table"] = "nft.table"
     return Backup(path, backend, files, created=stamp)
 
 
 def _write_meta(b: Backup) -> None:
-    (b.path / "meta.json").write_text(json.dumps(b.to_dict(), indent=2) + "\n")
+    _write_private(b.path / "meta.json", json.dumps(b.to_dict(), indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    # 0600 whatever the umask: the rules are the host's, and rollback refuses looser files.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def load_backup(directory: Path, backup_id: str | None = None) -> Backup:
@@ -426,9 +434,38 @@ def load_backup(directory: Path, backup_id: str | None = None) -> Backup:
     if not dirs:
         raise UsageError(f"no harden backup {backup_id or ''} in {directory}".replace("  ", " "))
     d = dirs[-1]
-    meta = json.loads((d / "meta.json").read_text())
-    return Backup(d, meta["backend"], dict(meta["files"]), tuple(meta.get("commands") or ()),
-                  meta.get("created", ""))
+    _check_private(d)
+    _check_private(d / "meta.json")
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        backend, files = meta["backend"], dict(meta["files"])
+        commands = tuple(str(c) for c in meta.get("commands") or ())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{d} is not a harden backup ({exc})") from None
+    # Rollback feeds these files to iptables-restore / nft -f as root: they must be the plain
+    # file names _save wrote inside this backup, never a path out of it.
+    needed = _BACKUP_FILES.get(backend)
+    if needed is None or not needed <= set(files) or not all(
+            isinstance(v, str) and _BACKUP_NAME.fullmatch(v) for v in files.values()):
+        raise UsageError(f"{d / 'meta.json'} does not describe a harden backup")
+    for name in files.values():
+        _check_private(d / name)
+    return Backup(d, backend, files, commands, str(meta.get("created", "")))
+
+
+_BACKUP_FILES = {"iptables": {"iptables-save", "ip6tables-save"}, "nftables": {"ruleset"}}
+_BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.(rules|ruleset|table)")
+
+
+def _check_private(path: Path) -> None:
+    """A backup (directory or file) that someone else could have written is refused."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise UsageError(f"harden backup {path}: {exc.strerror}") from None
+    if path.is_symlink() or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UsageError(f"harden backup {path} is a symlink, not owned by this user, or "
+                         "writable by others: not restored")
 
 
 def rollback_commands(b: Backup) -> list[str]:
