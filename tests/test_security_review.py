@@ -290,3 +290,26 @@ def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: P
     (evil / "nft.ruleset").chmod(0o666)
     with pytest.raises(harden.UsageError, match="writable by others"):
         harden.load_backup(root)
+
+
+@pytest.mark.parametrize("display", [":\u00b2", ":99999999999"])
+def test_a_crafted_xvnc_command_line_cannot_stop_the_harden_plan(display: str) -> None:
+    """Any local user may run a process called Xvnc on a VNC port. Its ":²" argument crashed
+    root's `harden` (ValueError from int()), ":99999999999" refused the whole plan (display
+    out of range); the plan now keeps the <display> placeholder for that listener."""
+    from vncaudit import firewall, harden
+    from vncaudit import local as local_mod
+
+    st = firewall.FirewallState()
+    proc = local_mod.ProcessInfo(4242, name="Xvnc", cmdline=("/tmp/Xvnc", display,
+                                                             "-rfbport", "15931"))
+    x = local_mod.Listener("0.0.0.0", 15931, firewall.IPV4, proc, ("port",), "TigerVNC",
+                           firewall={firewall.IPV4: st.verdict(firewall.IPV4, 15931)})
+    assert x.display is None
+    audit = local_mod.LocalAudit("vnchost.example", "Linux", True, [x], [], st)
+    plan = harden.build_plan(audit, backend="nftables")
+    assert plan.ports == (15931,) and plan.can_apply
+    assert "<display>" in plan.render()
+    real = local_mod.Listener("0.0.0.0", 15931, firewall.IPV4, local_mod.ProcessInfo(
+        4243, name="Xvnc", cmdline=("/usr/bin/Xvnc", ":31")), ("port",), "TigerVNC")
+    assert real.display == 31  # the control: a real display number is still read

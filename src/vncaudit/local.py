@@ -151,8 +151,12 @@ class Listener:
         if not exe.startswith("X") or not exe.lower().endswith("vnc"):
             return None
         for arg in self.process.cmdline[1:]:
-            if arg.startswith(":") and arg[1:].isdigit():
-                return int(arg[1:])
+            # Anyone can start a process called Xvnc: ":²" passes isdigit() but not int(), and
+            # ":99999999" is no display; neither may stop root's harden plan.
+            number = arg[1:]
+            if arg.startswith(":") and number.isascii() and number.isdigit() and \
+                    len(number) <= 5 and int(number) <= 65535:
+                return int(number)
         return None
 
     def to_dict(self) -> dict[str, Any]:
