@@ -313,3 +313,45 @@ def test_a_crafted_xvnc_command_line_cannot_stop_the_harden_plan(display: str) -
     real = local_mod.Listener("0.0.0.0", 15931, firewall.IPV4, local_mod.ProcessInfo(
         4243, name="Xvnc", cmdline=("/usr/bin/Xvnc", ":31")), ("port",), "TigerVNC")
     assert real.display == 31  # the control: a real display number is still read
+
+
+_FAKE_SSHD = r"""
+import ctypes, socket, sys, time
+ctypes.CDLL(None).prctl(15, b"sshd", 0, 0, 0)
+s = socket.socket(socket.AF_INET6)
+s.bind(("::1", int(sys.argv[1])))
+s.listen(1)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.realserver
+@pytest.mark.parametrize("user", ["nobody", "root"])
+def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
+    """Any user could name a process "sshd" and listen on [::1]:<VNC port>: harden then
+    took the port for SSH and left the VNC server on it unfirewalled."""
+    import subprocess
+    import sys
+
+    from vncaudit import harden
+    from vncaudit import local as local_mod
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    port = _closed_port()
+    # The system interpreter: another user may not be able to run this test's one.
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    fake = subprocess.Popen([python, "-c", _FAKE_SSHD, str(port)], stdout=subprocess.PIPE,
+                            text=True, user=user)
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
+        audit = local_mod.audit(ports=(), only_ports=[port], probe_listeners=False,
+                                read_firewall=False, timeout=1.0)
+        assert (("::1", port, fake.pid) in audit.other_listeners
+                or any(x.port == port for x in audit.listeners))
+        protected = harden.ssh_ports(audit)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert (port in protected) is (user == "root")

@@ -138,17 +138,22 @@ def choose_backend(state: firewall.FirewallState | None, system: str | None = No
 
 
 def ssh_ports(audit: LocalAudit) -> tuple[int, ...]:
-    """Ports an sshd listens on here (from the audit's sockets), always with 22."""
+    """Ports an sshd listens on here (from the audit's sockets), always with 22.
+
+    Only root's processes count: any user can name a process "sshd" and listen on a VNC
+    port number in the other address family, which would keep that VNC port unfirewalled."""
     ports = {SSH_PORT}
     for x in audit.listeners:
-        if x.process is not None and x.process.name in ("sshd", "dropbear"):
+        if x.process is not None and x.process.name in ("sshd", "dropbear") and \
+                x.process.user == "root":
             ports.add(x.port)
     for _addr, port, pid in audit.other_listeners:
         if pid is not None:
             try:
                 import psutil  # type: ignore[import-untyped]
 
-                if psutil.Process(pid).name() in ("sshd", "dropbear"):
+                proc = psutil.Process(pid)
+                if proc.name() in ("sshd", "dropbear") and proc.uids().real == 0:
                     ports.add(port)
             except Exception:  # noqa: BLE001 - the process may be gone or hidden
                 continue
