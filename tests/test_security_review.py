@@ -355,3 +355,38 @@ def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
         fake.kill()
         fake.wait()
     assert (port in protected) is (user == "root")
+
+
+def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) -> None:
+    """The service opens the CLI's store by default. With public_history on, a CLI scan of
+    the operator's own networks was readable by anyone who guessed its short id."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.db"
+    port = _closed_port()
+    cli = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "127.0.0.1", "-p",
+                          str(port), "--db", str(db), "--all", "-o", "json", "--timeout", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode in (0, 1), cli.stderr
+    from vncaudit.store import Store
+
+    store = Store.open(db)
+    try:
+        (cli_scan,) = store.list_scans()
+    finally:
+        store.close()
+    settings = Settings(db_path=str(db), allow=("127.0.0.1/32",), public_history=True,
+                        rate_burst=50, rate_per_minute=600)
+    with TestClient(create_app(settings), client=("127.0.0.1", 40004)) as c:
+        web = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
+        assert web.status_code == 201
+        _final(c, web.json()["id"], {})
+    with TestClient(create_app(settings), client=("127.0.0.2", 40005)) as other:
+        # The control: public history shows another client's web scan …
+        assert other.get(f"/api/scans/{web.json()['id']}").status_code == 200
+        # … but never the operator's CLI scan, by any route.
+        for path in (f"/api/scans/{cli_scan.id}", f"/api/scans/{cli_scan.id}/report.json",
+                     f"/scans/{cli_scan.id}", f"/scans/{cli_scan.id}/status"):
+            assert other.get(path).status_code == 404, path
+        assert cli_scan.id not in other.get("/history").text

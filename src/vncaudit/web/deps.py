@@ -97,7 +97,13 @@ def can_view(ctx: AppContext, record: ScanRecord, client: str, token: bool = Fal
     """Scan ids are short, so results are not public by id alone: a scan is visible to the
     client address that asked for it, to holders of an API token, or to anyone when the
     operator made history public."""
-    if ctx.settings.public_history or token:
+    if token:
+        return True
+    if record.options.get("source") != "web":
+        # A CLI scan in a store shared with the service (the default path is the same) is
+        # the operator's, not public history: only token holders may read it.
+        return False
+    if ctx.settings.public_history:
         return True
     return bool(record.options.get("client") == client)
 
