@@ -390,3 +390,27 @@ def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) 
                      f"/scans/{cli_scan.id}", f"/scans/{cli_scan.id}/status"):
             assert other.get(path).status_code == 404, path
         assert cli_scan.id not in other.get("/history").text
+
+
+def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
+    """max_active_per_client counted per /128: one /64 could hold every worker and the
+    queue. The scans go to a loopback listener that never speaks, so they stay running."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        probe_timeout=3.0, rate_burst=50, rate_per_minute=600,
+                        max_active_per_client=1, trusted_proxies=("127.0.0.1/32",))
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)
+    port = tarpit.getsockname()[1]
+    try:
+        with TestClient(create_app(settings), client=PROXY) as c:
+            def submit(me: str) -> int:
+                r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
+                           headers={"X-Forwarded-For": me})
+                return r.status_code
+
+            assert submit("2001:db8:1:2::1") == 201
+            assert submit("2001:db8:1:2::2") == 429  # same /64: already has its one scan
+            assert submit("2001:db8:1:3::1") == 201  # another /64 is another client
+    finally:
+        tarpit.close()

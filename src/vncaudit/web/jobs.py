@@ -41,6 +41,7 @@ from vncaudit.probe import ProbeOptions
 from vncaudit.store import Store
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import Decision, Policy, PolicyError
+from vncaudit.web.security import bucket_key
 from vncaudit.web.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ class JobManager:
             raise VncAuditError("the scan workers are not running")
         if self._queue.full():
             raise QueueFullError("too many scans are waiting; try again in a minute")
-        active = self._active[client]
+        # Counted like the rate limit (an IPv6 client by its /64), or a /64 is no cap.
+        active = self._active[bucket_key(client)]
         if active >= self.settings.max_active_per_client:
             # One client must not hold every worker (say, with "all 65535 ports" scans).
             raise TooManyActiveError(f"you already have {active} scans queued or running; "
@@ -174,7 +176,7 @@ class JobManager:
         job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports),
                   screenshot=screenshot)
         self._jobs[scan_id] = job
-        self._active[client] += 1
+        self._active[bucket_key(client)] += 1
         self._queue.put_nowait(job)
         self.metrics.submitted.inc()
         self.metrics.queued.inc()
@@ -194,9 +196,10 @@ class JobManager:
     def _ended(self, job: Job) -> None:
         if not job.ended.is_set():
             job.ended.set()
-            self._active[job.client] -= 1
-            if self._active[job.client] <= 0:
-                del self._active[job.client]
+            key = bucket_key(job.client)
+            self._active[key] -= 1
+            if self._active[key] <= 0:
+                del self._active[key]
 
     def _trim(self) -> None:
         if len(self._jobs) <= KEEP_FINISHED + 200:
