@@ -8,11 +8,14 @@ line on stderr. Must not: hold scanning, grading or formatting logic of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,6 +32,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer._click import exceptions as click_errors  # typer vendors click (0.29+)
+from typer.core import TyperGroup
 
 from vncaudit import __version__, report
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions, scan_async
@@ -43,7 +48,45 @@ if TYPE_CHECKING:
     from vncaudit.cluster import ClusterSpec
     from vncaudit.targets import TargetSpace
 
+class _OneLineErrors(TyperGroup):
+    """The command group, with click's own usage errors (unknown option, a value out of range,
+    a missing argument) printed as one `vncaudit: error:` line like every other failure,
+    instead of a usage box. A user's script can then rely on one line and exit code 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:
+            # Bare `vncaudit` (or a group without its command): the help is the answer.
+            text = exc.format_message().strip()
+            if text:
+                sys.stderr.write(text + "\n")
+            code: int = exc.exit_code
+        except click_errors.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _error_line(exc.format_message() + hint)
+            code = exc.exit_code
+        except typer.Abort:  # Ctrl-C or end of input at a prompt
+            _error_line("aborted; nothing changed")
+            code = 130
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="vncaudit",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
@@ -236,16 +279,18 @@ OUTPUTS = ("table", *report.FORMATS)
 
 
 OutputOpt = Annotated[
-    str, typer.Option("-o", "--output", help=f"Output format: {', '.join(OUTPUTS)}.")
+    str, typer.Option("-o", "--output", metavar="FORMAT",
+                      help=f"Output format: {', '.join(OUTPUTS)}.")
 ]
 OutputFileOpt = Annotated[
-    Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+    Path | None, typer.Option("--output-file", metavar="FILE",
+                              help="Write the report here, not stdout.")
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Also list closed and filtered ports.")]
 DbOpt = Annotated[
     Path | None,
-    typer.Option("--db", help="SQLite store (default $VNCAUDIT_DB or "
-                 "~/.local/share/vncaudit/vncaudit.db)."),
+    typer.Option("--db", metavar="FILE", help="SQLite store. Default: $VNCAUDIT_DB, else "
+                 "~/.local/share/vncaudit/vncaudit.db."),
 ]
 def _check_trusted(trusted: str | None) -> None:
     """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
@@ -265,68 +310,94 @@ FixOpt = Annotated[
 ]
 TrustedOpt = Annotated[
     str | None,
-    typer.Option("--trusted", help="Table output: the network that keeps access (IP, CIDR or "
+    typer.Option("--trusted", metavar="NETWORK",
+                 help="Table output: the network that keeps access (IP, CIDR or "
                  "host name), filled into the firewall allow-list commands."),
 ]
 
 
-@app.command()
+_SCAN_EXAMPLES = """Examples:
+
+  vncaudit scan 10.1.2.3                      the default VNC ports (5800, 5900-5910)
+  vncaudit scan 10.0.0.0/24 -p 5900-5999,5800
+  vncaudit scan host.example.org -p :0-:9     display numbers: ports 5900-5909
+  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json --output-file report.json
+  vncaudit scan 10.0.0.0/24 --fail-on high    exit 1 when a finding is high or worse
+  vncaudit scan --resume s-20261124-ab12cd    continue an interrupted scan
+
+Exit codes: 0 done, 1 a finding at or above --fail-on, 2 usage or input error, 3 runtime
+failure, 130 interrupted (Ctrl-C; the resume command is printed)."""
+
+
+@app.command(epilog=_SCAN_EXAMPLES)
 def scan(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
+        typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
                        "(10.0.0.1-10.0.0.50), hostnames. Nothing is scanned without targets."),
     ] = None,
     ports: Annotated[
         str | None,
-        typer.Option("-p", "--ports", help="Ports: 5900-5910,5800; display numbers :0-:9; "
+        typer.Option("-p", "--ports", metavar="PORTS",
+                     help="Ports: 5900-5910,5800; display numbers :0-:9; "
                      "'-' for all 65535. Default: 5800,5900-5910."),
     ] = None,
     input_list: Annotated[
         list[Path] | None,
-        typer.Option("-iL", "--input-list", help="File of target expressions, one per line."),
+        typer.Option("-iL", "--input-list", metavar="FILE",
+                     help="File of target expressions, one per line."),
     ] = None,
     nmap_xml: Annotated[
         list[Path] | None,
-        typer.Option("--nmap-xml", help="Hosts (and open ports) from an nmap -oX file."),
+        typer.Option("--nmap-xml", metavar="FILE",
+                     help="Hosts (and open ports) from an nmap -oX file."),
     ] = None,
     masscan: Annotated[
         list[Path] | None,
-        typer.Option("--masscan", help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
+        typer.Option("--masscan", metavar="FILE",
+                     help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
     ] = None,
     domain: Annotated[
         list[str] | None,
-        typer.Option("--domain", help="Find this domain's hosts by DNS (zone transfer, "
+        typer.Option("--domain", metavar="DOMAIN",
+                     help="Find this domain's hosts by DNS (zone transfer, "
                      "wordlist) and scan them (repeatable)."),
     ] = None,
     resolver: Annotated[
-        str | None, typer.Option("--resolver", help="DNS server for --domain, IP[:PORT].")
+        str | None, typer.Option("--resolver", metavar="IP[:PORT]",
+                                 help="DNS server for --domain, IP[:PORT].")
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Targets to leave out (repeatable).")
+        list[str] | None, typer.Option("--exclude", metavar="TARGET",
+                                       help="Targets to leave out (repeatable).")
     ] = None,
     exclude_file: Annotated[
-        list[Path] | None, typer.Option("--exclude-file", help="File of targets to leave out.")
+        list[Path] | None, typer.Option("--exclude-file", metavar="FILE",
+                                        help="File of targets to leave out.")
     ] = None,
     allow_special: Annotated[
         bool, typer.Option("--allow-special", help="Allow multicast/reserved/broadcast ranges.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="One deadline per probe, in seconds.")
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                            help="One deadline per probe, in seconds.")
     ] = 5.0,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Probes in flight at once.")
+        int, typer.Option("--concurrency", min=1, metavar="N", help="Probes in flight at once.")
     ] = DEFAULT_CONCURRENCY,
     rate: Annotated[
-        float | None, typer.Option("--rate", min=0.1, help="Max new connections per second "
+        float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND",
+                                   help="Max new connections per second "
                                    "(--discovery syn: SYN packets per second, default 50000).")
     ] = None,
     discovery_mode: Annotated[
-        str, typer.Option("--discovery", help="How to find answering ports: connect (no root) "
+        str, typer.Option("--discovery", metavar="connect|syn",
+                          help="How to find answering ports: connect (no root) "
                           "or syn (root: raw SYN scan; IPv6 falls back to connect).")
     ] = "connect",
     retries: Annotated[
-        int | None, typer.Option("--retries", min=0, help="Extra attempts for ports that did "
+        int | None, typer.Option("--retries", min=0, metavar="N",
+                                 help="Extra attempts for ports that did "
                                  "not answer (default: connect 0, syn 1).")
     ] = None,
     no_init: Annotated[
@@ -341,7 +412,8 @@ def scan(
     trusted: TrustedOpt = None,
     fail_on: Annotated[
         str | None,
-        typer.Option("--fail-on", help="Exit 1 if any finding is at or above this severity "
+        typer.Option("--fail-on", metavar="SEVERITY",
+                     help="Exit 1 if any finding is at or above this severity "
                      "(critical, high, medium, low, info)."),
     ] = None,
     screenshot: Annotated[
@@ -351,7 +423,8 @@ def scan(
     ] = False,
     password: Annotated[
         str | None,
-        typer.Option("--password", help="Active: authenticate with this known password to read "
+        typer.Option("--password", metavar="PASSWORD",
+                     help="Active: authenticate with this known password to read "
                      "the desktop name (and --screenshot) on protected servers."),
     ] = None,
     check_passwords: Annotated[
@@ -360,10 +433,12 @@ def scan(
                      "--max-attempts per server, stopping before the server's lockout."),
     ] = False,
     wordlist: Annotated[
-        Path | None, typer.Option("--wordlist", help="Passwords for --check-passwords.")
+        Path | None, typer.Option("--wordlist", metavar="FILE",
+                                  help="Passwords for --check-passwords.")
     ] = None,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=1, max=4, help="Password tries per server.")
+        int, typer.Option("--max-attempts", min=1, max=4, metavar="N",
+                          help="Password tries per server.")
     ] = 3,
     show_passwords: Annotated[
         bool, typer.Option("--show-passwords", help="Print found passwords (masked otherwise).")
@@ -382,20 +457,25 @@ def scan(
     db: DbOpt = None,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="Continue an interrupted scan by its id: nothing lost, "
+        typer.Option("--resume", metavar="SCAN_ID",
+                     help="Continue an interrupted scan by its id: nothing lost, "
                      "nothing probed twice."),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", help="Split the scan into shards and run them on a "
+        typer.Option("--workers", metavar="N", help="Split the scan into shards and run them on a "
                      "Dask LocalCluster of N worker processes on this machine."),
     ] = None,
     cluster: Annotated[
         str | None,
-        typer.Option("--cluster", help="Run the shards on an existing Dask cluster, e.g. "
+        typer.Option("--cluster", metavar="tcp://HOST:PORT",
+                     help="Run the shards on an existing Dask cluster, e.g. "
                      "tcp://scheduler:8786 (workers need the same vncaudit version)."),
     ] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr "
+                          "(-vv: debug).")
+    ] = 0,
 ) -> None:
     """Scan targets for VNC: one connection per port, no password ever sent.
 
@@ -428,7 +508,8 @@ def scan(
     else:
         spec: dict[str, Any] = {
             "expressions": list(targets or []),
-            "ports": ports or DEFAULT_PORTS_SPEC,
+            # `-p ""` is a mistake, not a request for the defaults.
+            "ports": ports if ports is not None else DEFAULT_PORTS_SPEC,
             "input_files": [str(p) for p in input_list or []],
             "nmap_xml": [str(p) for p in nmap_xml or []],
             "masscan": [str(p) for p in masscan or []],
@@ -443,10 +524,15 @@ def scan(
             "retries": retries,
             "no_init": no_init,
         }
+    # Everything the user typed is checked before the store gets a scan record: a bad
+    # --wordlist or --output-file must not leave a "running" scan that never ran behind.
+    _check_output_file(output_file)
     try:
-        store = Store.open(db)
-    except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        active = _active_options(screenshot, password, check_passwords, wordlist,
+                                 max_attempts, show_passwords, active_checks, output_file)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    store = _open_store(db)
     with store:
         try:
             if resume is not None:
@@ -468,7 +554,7 @@ def scan(
                 scan_id = store.create_scan(space.describe(), spec["ports"], spec,
                                             tool=f"vncaudit {__version__}")
             done = store.done_pairs(scan_id)
-        except UsageError as exc:
+        except (UsageError, UnknownScanError) as exc:
             raise _fail(str(exc)) from None
         except (NetworkError, StoreError) as exc:
             raise _fail(str(exc), 3) from None
@@ -476,11 +562,6 @@ def scan(
         probe_options = ProbeOptions(timeout=float(spec["timeout"]),
                                      read_server_init=not spec["no_init"],
                                      active_checks=active_checks)
-        try:
-            active = _active_options(screenshot, password, check_passwords, wordlist,
-                                     max_attempts, show_passwords, active_checks, output_file)
-        except UsageError as exc:
-            raise _fail(str(exc)) from None
         _check_discovery(spec.get("discovery_mode", "connect"))
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
@@ -517,19 +598,23 @@ def scan(
                     or time.monotonic() - marked_at[0] > 0.5):
                 flush_marks()
 
+        terminated: list[int] = []
         try:
             try:
-                if cluster_spec is not None:
-                    _run_sharded(space, options, store, scan_id, cluster_spec, progress_state,
-                                 err.is_terminal)
-                else:
-                    _run_with_progress(pending, options, progress_state, err.is_terminal, save)
+                with _sigterm_as_interrupt(terminated):
+                    if cluster_spec is not None:
+                        _run_sharded(space, options, store, scan_id, cluster_spec,
+                                     progress_state, err.is_terminal)
+                    else:
+                        _run_with_progress(pending, options, progress_state, err.is_terminal,
+                                           save)
             finally:
                 flush_marks()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
-            raise _fail(f"interrupted; {progress_state.done} ports recorded. Resume with: "
-                        f"vncaudit scan --resume {scan_id}", 130) from None
+            how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
+            raise _fail(f"{how}; {progress_state.done} ports recorded. Resume with: "
+                        f"vncaudit scan --resume {scan_id}", code) from None
         except VncAuditError as exc:
             store.finish_scan(scan_id, "interrupted")
             raise _fail(str(exc), 3) from None
@@ -545,6 +630,59 @@ def scan(
 
 
 DEFAULT_PORTS_SPEC = "5800,5900-5910"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
+    """While a scan runs, SIGTERM (kill, systemd, timeout(1)) stops it the way Ctrl-C does:
+    what is done is stored, the scan is marked interrupted and the resume command printed,
+    instead of dying with the scan left "running". A handler someone else set is kept."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        seen.append(signum)
+        # The SIGINT path is the one that stops the event loop cleanly (asyncio.Runner).
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _check_output_file(path: Path | None) -> None:
+    """--output-file is checked before any work, so a long scan never ends in "cannot write"
+    (the store keeps the results either way). The file itself is not created yet."""
+    if path is None:
+        return
+    shown = str(path) or "''"
+    if not str(path).strip() or path.is_dir():
+        raise _fail(f"--output-file {shown}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise _fail(f"--output-file {shown}: directory {parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise _fail(f"--output-file {shown}: permission denied")
+
+
+def _open_store(db: Path | None) -> Store:
+    """Open the store for a command; a --db the user typed must name a file in a directory
+    that exists (only the default location is created), so a typo is an error, not a new
+    empty database somewhere."""
+    if db is not None and str(db) != ":memory:":
+        where = db.expanduser()
+        if where.is_dir():
+            raise _fail(f"--db {db}: is a directory; give the database file's path")
+        if not where.parent.is_dir():
+            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+    try:
+        return Store.open(db)
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
 
 
 def _check_discovery(mode: str) -> None:
@@ -825,7 +963,11 @@ def _domain_targets(
     return names, known, records
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  vncaudit subdomains example.org
+  vncaudit subdomains example.org --resolver 192.0.2.53 --wordlist labels.txt --json
+  vncaudit scan --domain example.org          find the hosts and scan them""")
 def subdomains(
     domain: Annotated[str, typer.Argument(help="The domain whose hosts to find.")],
     resolver: Annotated[
@@ -891,7 +1033,11 @@ def subdomains(
         err.print(line, style="dim", markup=False)
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  vncaudit results                            the recent scans
+  vncaudit results --target 10.0.0.0/24       only scans of this target
+  vncaudit results s-20261124-ab12cd -o html --output-file report.html""")
 def results(
     scan_id: Annotated[
         str | None, typer.Argument(help="A scan id to show; without it, list recent scans.")
@@ -910,9 +1056,13 @@ def results(
     """List past scans, or show / export one of them in any output format."""
     if output not in OUTPUTS:
         raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if scan_id is None and output not in ("table", "json"):
+        raise _fail(f"the list of scans is printed as table or json, not {output}; give a scan "
+                    f"id to export that scan as {output}")
     _check_trusted(trusted)
+    _check_output_file(output_file)
     try:
-        with Store.open(db) as store:
+        with _open_store(db) as store:
             if scan_id is None:
                 records = store.list_scans(limit=limit, target=target)
                 stored: list[ServiceResult] = []
@@ -928,7 +1078,7 @@ def results(
     if output != "table":
         import json
 
-        sys.stdout.write(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        _write_out(output_file, json.dumps([r.to_dict() for r in records], indent=2) + "\n")
         return
     table = Table()
     for col in ("scan", "status", "started", "targets", "ports", "probed", "vnc", "no auth",
@@ -940,10 +1090,30 @@ def results(
         table.add_row(r.id, r.status, r.started, " ".join(r.targets)[:60], r.ports,
                       str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
                       worst)
-    Console(highlight=False).print(table)
+    if output_file is None:
+        Console(highlight=False).print(table)
+        return
+    import io
+
+    buffer = io.StringIO()
+    Console(file=buffer, highlight=False, width=200).print(table)
+    _write_out(output_file, buffer.getvalue())
 
 
-@app.command()
+def _write_out(output_file: Path | None, text: str) -> None:
+    """*text* to --output-file (UTF-8) or stdout; a failure to write is one line, exit 3."""
+    if output_file is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output_file.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
+
+
+@app.command(epilog="""Example:
+
+  vncaudit diff s-20261124-ab12cd s-20261125-cd34ef --json""")
 def diff(
     scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
     scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
@@ -952,7 +1122,7 @@ def diff(
 ) -> None:
     """What changed between two scans: services that appeared, disappeared or changed."""
     try:
-        with Store.open(db) as store:
+        with _open_store(db) as store:
             changes = store.diff(scan_a, scan_b)
     except StoreError as exc:
         raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None

@@ -22,10 +22,12 @@ from vncaudit import local as local_mod
 from vncaudit.cli import (
     _SEVERITY_STYLE,
     _cell,
+    _check_output_file,
     _fail,
     _plain,
     _security_summary,
     _setup_logging,
+    _write_out,
     app,
     err,
 )
@@ -40,7 +42,12 @@ OnlyPortOpt = Annotated[
     typer.Option("--only-port", help="Look at this port only (repeatable); others are not "
                  "listed, sniffed or probed."),
 ]
-VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True)]
+VerboseOpt = Annotated[
+    int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug).")
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", min=0.1, help="Seconds per probe of a listener.")
+]
 DEFAULT_LOCAL_PORTS = "5800-5999"
 
 
@@ -53,8 +60,15 @@ def _ports(spec: str) -> tuple[int, ...]:
         raise _fail(str(exc)) from None
 
 
+def _check_only_ports(only_port: list[int] | None) -> None:
+    for port in only_port or ():
+        if not 1 <= port <= 65535:
+            raise _fail(f"invalid --only-port {port}: ports are 1-65535")
+
+
 def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool,
                timeout: float) -> local_mod.LocalAudit:
+    _check_only_ports(only_port)
     try:
         return local_mod.audit(_ports(ports), only_ports=only_port, sniff=sniff,
                                probe_listeners=probe, timeout=timeout)
@@ -136,7 +150,11 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
               style="dim", markup=False)
 
 
-@app.command("local")
+@app.command("local", epilog="""Examples:
+
+  vncaudit local                              every listener on 5800-5999, plus sniffing
+  sudo vncaudit local -o json --output-file inside.json   for `vncaudit check --inside`
+  vncaudit local --fail-on high               exit 1 when a finding is high or worse""")
 def local_cmd(
     ports: PortsOpt = DEFAULT_LOCAL_PORTS,
     only_port: OnlyPortOpt = None,
@@ -147,9 +165,14 @@ def local_cmd(
     no_probe: Annotated[
         bool, typer.Option("--no-probe", help="Do not probe the VNC listeners on loopback.")
     ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 5.0,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json")] = "table",
-    output_file: Annotated[Path | None, typer.Option("--output-file")] = None,
+    timeout: TimeoutOpt = 5.0,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Output format: table or json (the file "
+                          "`vncaudit check --inside` reads).")
+    ] = "table",
+    output_file: Annotated[
+        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+    ] = None,
     fail_on: Annotated[
         str | None, typer.Option("--fail-on", help="Exit 1 at or above this severity.")
     ] = None,
@@ -160,16 +183,18 @@ def local_cmd(
     if output not in ("table", "json"):
         raise _fail(f"unknown output format {output!r}; choose table or json")
     threshold = _threshold(fail_on)
+    _check_output_file(output_file)
     audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout)
     if output == "json":
-        text = json.dumps(audit.to_dict(), indent=2) + "\n"
-        if output_file:
-            output_file.write_text(text)
-        else:
-            sys.stdout.write(text)
+        _write_out(output_file, json.dumps(audit.to_dict(), indent=2) + "\n")
+    elif output_file is None:
+        _print_local(audit, Console(highlight=False))
     else:
-        out = Console(file=output_file.open("w") if output_file else None, highlight=False)
-        _print_local(audit, out)
+        try:
+            with output_file.open("w", encoding="utf-8") as handle:
+                _print_local(audit, Console(file=handle, highlight=False))
+        except OSError as exc:
+            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
     if threshold is not None and audit.worst is not None and audit.worst.rank >= threshold.rank:
         raise typer.Exit(1)
 
@@ -183,7 +208,12 @@ def _threshold(fail_on: str | None) -> Severity | None:
         raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
 
 
-@app.command("harden")
+@app.command("harden", epilog="""Examples:
+
+  vncaudit harden                             print the plan, change nothing
+  vncaudit harden --allow 192.0.2.0/24        allow-list a network instead of a block
+  sudo vncaudit harden --apply                run the firewall part (asks; a backup first)
+  sudo vncaudit harden --rollback             restore the rules saved by the last --apply""")
 def harden_cmd(
     allow: Annotated[
         list[str] | None,
@@ -209,7 +239,7 @@ def harden_cmd(
     ] = harden.DEFAULT_BACKUP_DIR,
     ports: PortsOpt = DEFAULT_LOCAL_PORTS,
     only_port: OnlyPortOpt = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 5.0,
+    timeout: TimeoutOpt = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -336,7 +366,11 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[
     return sorted(rows, key=lambda d: d["port"])
 
 
-@app.command("check")
+@app.command("check", epilog="""Examples:
+
+  vncaudit check 127.0.0.1                    audit here and scan HOST from here
+  vncaudit check 10.1.2.3 --inside inside.json    inside view saved by `vncaudit local -o json`
+  vncaudit check 10.1.2.3 --outside scan.json     outside view from `vncaudit scan -o json`""")
 def check_cmd(
     host: Annotated[str, typer.Argument(help="The host's address as seen from here.")],
     inside: Annotated[
@@ -354,16 +388,24 @@ def check_cmd(
                                  "listeners' ports plus 5800,5900-5910).")
     ] = None,
     only_port: OnlyPortOpt = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 3.0,
+    timeout: TimeoutOpt = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Inside vs outside: compare the host's own audit with a scan of HOST from here."""
+    """Inside vs outside: compare the host's own audit with a scan of HOST from here.
+
+    Exit code 1 when a port is EXPOSED (reachable from outside), else 0.
+    """
     _setup_logging(verbose)
+    _check_only_ports(only_port)
+    _check_one_host(host)
     if inside is not None:
+        doc = _read_json(inside, "--inside")
         try:
-            listeners = local_mod.from_dict(json.loads(inside.read_text()))
-        except (OSError, ValueError) as exc:
+            if not isinstance(doc, dict):
+                raise ValueError("not a `vncaudit local -o json` document")
+            listeners = local_mod.from_dict(doc)
+        except ValueError as exc:
             raise _fail(f"--inside {inside}: {exc}") from None
     else:
         listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout).to_dict()[
@@ -371,10 +413,13 @@ def check_cmd(
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
     if outside is not None:
+        doc = _read_json(outside, "--outside")
+        if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
+            raise _fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
+                        "\"services\" list)")
         try:
-            doc = json.loads(outside.read_text())
             results = [ServiceResult.from_dict(d) for d in doc["services"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise _fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
                 from None
         results = [r for r in results if r.host == host or r.hostname == host]
@@ -399,6 +444,43 @@ def check_cmd(
     targets: list[Target] = list(space.iter_targets())
     results = asyncio.run(scan_async(targets, ScanOptions(probe=ProbeOptions(timeout=timeout))))
     _show_check(host, compare(listeners, results), as_json)
+
+
+def _read_json(path: Path, option: str) -> Any:
+    """A JSON file named on the command line; every way of not being one is one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _fail(f"{option} {path}: not UTF-8 text (a JSON report was expected)") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"{option} {path}: not JSON ({exc})") from None
+
+
+def _check_one_host(host: str) -> None:
+    """`check` compares one host's inside and outside views port by port: a network or an
+    address range would mix many hosts' ports into one table."""
+    import ipaddress
+
+    from vncaudit.targets import build_target_space
+
+    try:
+        is_range = "/" in host or ("-" in host and bool(ipaddress.ip_address(
+            host.split("-", 1)[0].strip())))
+    except ValueError:
+        is_range = False  # a host name with a dash
+    if not is_range:
+        return
+    try:
+        space = build_target_space([host], (1,))
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    if len(space) > 1:
+        raise _fail(f"check takes one host, not the {len(space)} addresses of {host!r}; give "
+                    "one address or host name")
 
 
 def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:

@@ -8,6 +8,8 @@ embedded default (the SQLite store, in-process workers). Must not: hold web logi
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +18,11 @@ import typer
 from vncaudit.cli import DbOpt, _fail, _setup_logging, app
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  vncaudit serve                              http://127.0.0.1:8080/, own-address checks only
+  vncaudit serve --config /etc/vncaudit/serve.toml
+  vncaudit serve --new-token                  mint an API token for --token-file""")
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8080,
@@ -65,7 +71,9 @@ def serve(
     ] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Probe deadline in seconds (5).")] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
+    ] = 0,
 ) -> None:
     """Run the web service: a check form, live progress, results with fix commands, history,
     and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics)."""
@@ -109,6 +117,34 @@ def serve(
 
     from vncaudit.web import create_app
 
-    typer.echo(f"vncaudit web service on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                proxy_headers=False, server_header=False)
+    sock = _listen(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"vncaudit web service on http://{shown}:{port}/ (Ctrl-C stops)", err=True)
+    server_config = uvicorn.Config(create_app(settings), host=host, port=port,
+                                   log_level="warning", proxy_headers=False, server_header=False)
+    uvicorn.Server(server_config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than inside uvicorn, so that a port in use, a
+    privileged port or a bad --host is one `vncaudit: error:` line before the banner."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise _fail(f"invalid --host {host!r}: {why}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = {errno.EACCES: " (ports below 1024 need root)" if port < 1024 else "",
+                errno.EADDRINUSE: " (another process listens there; choose another --port)",
+                errno.EADDRNOTAVAIL: " (no interface of this machine has that address)",
+                }.get(exc.errno or 0, "")
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", 3) from None
+    sock.set_inheritable(True)
+    return sock

@@ -112,7 +112,13 @@ class Settings:
         """Read a TOML file of the same keys (a ``[serve]`` table or top level). Unknown keys
         are an error, so a typo never silently weakens the policy."""
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text (a TOML file was expected)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML: {exc}") from None
         table = data.get("serve", data)
         if not isinstance(table, dict):
             raise ValueError(f"{path}: [serve] must be a table")
@@ -122,9 +128,34 @@ class Settings:
             raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
         values: dict[str, Any] = {}
         for key, value in table.items():
+            _check_type(path, key, value)
             values[key] = tuple(value) if isinstance(value, list) else value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# What a TOML value of each setting must be (by the field's annotation), so that a wrong type
+# is named in the error instead of failing later inside a comparison.
+_TOML_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "str": ("a string", (str,)),
+    "str | None": ("a string", (str,)),
+    "int": ("an integer", (int,)),
+    "float": ("a number", (int, float)),
+    "bool": ("true or false", (bool,)),
+    "tuple[str, ...]": ("a list of strings", (list,)),
+}
+
+
+def _check_type(path: str | Path, key: str, value: Any) -> None:
+    annotation = str(next(f.type for f in fields(Settings) if f.name == key))
+    if annotation not in _TOML_TYPES:
+        return
+    what, types = _TOML_TYPES[annotation]
+    ok = isinstance(value, types) and (annotation == "bool" or not isinstance(value, bool))
+    if ok and annotation == "tuple[str, ...]":
+        ok = all(isinstance(item, str) for item in value)
+    if not ok:
+        raise ValueError(f"{path}: {key} must be {what}, not {value!r}")
 
 
 def tokens_from(lines: Sequence[str]) -> tuple[str, ...]:
