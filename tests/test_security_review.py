@@ -414,3 +414,64 @@ def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None
             assert submit("2001:db8:1:3::1") == 201  # another /64 is another client
     finally:
         tarpit.close()
+
+
+def test_discovered_cname_out_of_the_domain_gets_no_domain_privilege() -> None:
+    """Allow-listing corp.example let discovery scan every address its names lead to, also
+    through a CNAME to someone else's host (a CDN, or a dangling CNAME an attacker claimed
+    and points at any victim). Pure policy check: nothing is sent to these addresses."""
+    from vncaudit.web.policy import Policy, TargetRefused
+
+    policy = Policy.build(["corp.example", "partner.example"])
+    pending = policy.decide_discovery("corp.example", "5900", "9.9.9.9")
+    hosts = [("www.corp.example", ["1.0.0.1"], ()),
+             ("shop.corp.example", ["1.0.0.2"], ("shops.saas.example",)),
+             ("old.corp.example", ["1.0.0.3"], ("x.corp.example", "gone.cloud.example")),
+             ("in.corp.example", ["1.0.0.4"], ("edge.partner.example",)),
+             ("me.corp.example", ["9.9.9.9"], ("home.dyn.example",))]
+    decision, refused = policy.decide_discovered(pending, hosts, "9.9.9.9")
+    # Plain names and chains that stay in allow-listed domains keep the domain's privilege;
+    # the requester's own address stays allowed whatever name leads to it.
+    assert decision.addresses == ("1.0.0.1", "1.0.0.4", "9.9.9.9")
+    reasons = {r["address"]: r["reason"] for r in refused}
+    assert set(reasons) == {"1.0.0.2", "1.0.0.3"}
+    assert "CNAME to shops.saas.example" in reasons["1.0.0.2"]
+    assert "CNAME to gone.cloud.example" in reasons["1.0.0.3"]
+    with pytest.raises(TargetRefused):
+        policy.decide_discovered(pending, hosts[1:2], "9.9.9.9")
+    # The two-element form (no chain known) is still accepted.
+    plain, _ = policy.decide_discovered(pending, [("a.corp.example", ["1.0.0.9"])], None)
+    assert plain.addresses == ("1.0.0.9",)
+
+
+CNAME_ZONE = """
+@ NS ns1
+ns1 A 127.0.0.1
+vnc A 127.0.0.1
+shop CNAME www.other.test.
+"""
+
+
+def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> None:
+    """End to end through the scan job: the refused list names the CNAME that leaves the
+    domain (its address is private, so no version of the code would probe it)."""
+    from dns_server import DnsServer, make_zone
+
+    port = _closed_port()
+    zones = [make_zone("corp.test", CNAME_ZONE),
+             make_zone("other.test", "@ NS ns1.corp.test.\nwww A 10.0.0.7\n")]
+    with DnsServer(zones, hosts=("127.0.0.1",),
+                   axfr={"corp.test": {"127.0.0.1": "allow"}}) as dns:
+        settings = Settings(db_path=str(tmp_path / "web.db"), allow=("corp.test",
+                            "127.0.0.1/32"), dns_resolver=dns.resolver,
+                            dns_axfr_port=dns.port, dns_timeout=1.0, probe_timeout=2.0,
+                            rate_burst=50, rate_per_minute=600)
+        with TestClient(create_app(settings), client=("127.0.0.1", 40006)) as c:
+            r = c.post("/api/scans", json={"target": "corp.test", "ports": str(port),
+                                           "subdomains": True})
+            assert r.status_code == 201, r.text
+            body = _final(c, r.json()["id"], {})
+    refused = {x["name"]: x for x in body["refused"]}
+    assert refused["shop.corp.test"]["address"] == "10.0.0.7"
+    assert "CNAME to www.other.test" in refused["shop.corp.test"]["reason"]
+    assert "127.0.0.1" in body["addresses"]

@@ -247,7 +247,8 @@ class JobManager:
             self.store.finish_scan(job.scan_id, "interrupted")
             self.metrics.finished.labels("failed").inc()
             return False
-        hosts = [(h.name, h.addresses) for h in found.hosts]
+        # With the CNAME chain: a name that leads out of the domain is not the domain's host.
+        hosts = [(h.name, h.addresses, h.cnames) for h in found.hosts]
         refused: list[dict[str, str]] = []
         try:
             job.decision, refused = self.policy.decide_discovered(job.decision, hosts,

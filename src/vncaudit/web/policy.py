@@ -15,7 +15,7 @@ refusal, before any packet is sent. The rules (README, "Web service"):
   an operator CIDR entry allows them — even when they are the requester's own address;
 - otherwise an address is allowed when it is the requester's own address (the default, as
   public port-check sites do), or inside an allow-listed CIDR, or the requested name falls
-  under an allow-listed domain;
+  under an allow-listed domain (for a discovered name: the last name of its CNAME chain);
 - caps on ports and addresses per scan, and optionally a fixed set of scannable ports.
 
 Must not: open sockets (resolution goes through the `resolve` callable it is given, which the
@@ -432,17 +432,26 @@ class Policy:
         return Decision(name, name, (), port_list, discover=True)
 
     def decide_discovered(
-        self, decision: Decision, hosts: Iterable[tuple[str, Sequence[str]]],
+        self, decision: Decision,
+        hosts: Iterable[tuple[str, Sequence[str]] | tuple[str, Sequence[str], Sequence[str]]],
         requester: str | None,
     ) -> tuple[Decision, list[dict[str, str]]]:
-        """Check every address of every discovered (name, addresses); returns the decision
-        with the allowed literals (at most `max_addresses`, first found first) and the refused
-        ones with their reasons. `TargetRefused` when none may be scanned."""
+        """Check every address of every discovered (name, addresses[, CNAME chain]); returns
+        the decision with the allowed literals (at most `max_addresses`, first found first)
+        and the refused ones with their reasons. `TargetRefused` when none may be scanned.
+
+        A name whose CNAME chain ends outside the allow-listed domains (a CDN, a SaaS host, a
+        dangling CNAME someone else has claimed) gets no privilege from the domain: its
+        addresses belong to whoever holds the chain's last name."""
         who = _requester(requester)
         addresses: list[str] = []
         names: list[str | None] = []
         refused: list[dict[str, str]] = []
-        for name, found in hosts:
+        for item in hosts:
+            name, found = item[0], item[1]
+            chain = tuple(item[2]) if len(item) > 2 else ()
+            owner = chain[-1].lower().rstrip(".") if chain else name
+            external = bool(chain) and not self._domain_allowed(owner)
             for text in found:
                 try:
                     ip = unwrap(ipaddress.ip_address(str(text).split("%")[0]))
@@ -452,7 +461,10 @@ class Policy:
                     continue
                 if str(ip) in addresses:
                     continue
-                why = self.address_refusal(ip, who, name)
+                why = self.address_refusal(ip, who, None if external else name)
+                if why is not None and external:
+                    why = (f"{name} is a CNAME to {owner}, outside the allow-listed domains: "
+                           f"{why}")
                 if why is None and len(addresses) >= self.max_addresses:
                     why = f"over the cap of {self.max_addresses} addresses per scan"
                 if why is not None:
