@@ -475,3 +475,33 @@ def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> N
     assert refused["shop.corp.test"]["address"] == "10.0.0.7"
     assert "CNAME to www.other.test" in refused["shop.corp.test"]["reason"]
     assert "127.0.0.1" in body["addresses"]
+
+
+def test_a_typed_name_whose_cname_leaves_the_domain_gets_no_domain_privilege() -> None:
+    """decide("shop.corp.example") allowed whatever the name's CNAME led to: with a dangling
+    CNAME claimed by someone else, any public address. Pure policy check (injected resolver,
+    nothing is sent)."""
+    from vncaudit.targets.expressions import Resolution, canonical_resolver
+    from vncaudit.web.policy import Policy, TargetRefused
+
+    def answer(addresses: list[str], canonical: str | None) -> Resolution:
+        r = Resolution(addresses)
+        r.canonical = canonical
+        return r
+
+    table = {"shop.corp.example": answer(["1.0.0.2"], "shops.saas.example"),
+             "www.corp.example": answer(["1.0.0.1"], "www.corp.example"),
+             "in.corp.example": answer(["1.0.0.4"], "Edge.Partner.Example."),
+             "me.corp.example": answer(["9.9.9.9"], "home.dyn.example"),
+             "old.corp.example": ["1.0.0.5"]}  # a resolver that reports no canonical name
+    policy = Policy.build(["corp.example", "partner.example"], resolve=lambda n: table[n])
+    with pytest.raises(TargetRefused, match="CNAME to shops.saas.example"):
+        policy.decide("shop.corp.example", "5900", "8.8.4.4")
+    assert policy.decide("www.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.1",)
+    assert policy.decide("in.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.4",)
+    assert policy.decide("me.corp.example", "5900", "9.9.9.9").addresses == ("9.9.9.9",)
+    assert policy.decide("old.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.5",)
+    # The default resolver reports the canonical name (from /etc/hosts here: no network).
+    local = canonical_resolver("localhost")
+    assert "127.0.0.1" in local and local.canonical == "localhost"
+    assert Policy().resolve is canonical_resolver

@@ -3,8 +3,9 @@
 Owns: `_parse_expression` (one expression to a `_Parsed`), the range forms (`10.0.0.1-50`,
 `2001:db8::1-ff`), the hostname check that keeps broken addresses away from the resolver, IPv6
 zone indexes, the IPv6 size limit (`MAX_IPV6_EXPRESSION`), and hostname resolution: the
-injectable `Resolver`, `default_resolver` (getaddrinfo) and `_CachingResolver` (each name once
-per build, every failure a `UsageError`).
+injectable `Resolver`, `default_resolver` (getaddrinfo), `canonical_resolver` (the same with
+the CNAME chain's last name) and `_CachingResolver` (each name once per build, every failure a
+`UsageError`).
 
 Must not: open sockets other than through the resolver it is given, resolve a name twice in one
 build, expand a range into addresses, or import anything of the package but `exceptions`.
@@ -41,6 +42,28 @@ def default_resolver(name: str) -> list[str]:
     """Resolve *name* with `socket.getaddrinfo`: every IPv4 and IPv6 address, in its order."""
     out: list[str] = []
     for family, _, _, _, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            addr = str(sockaddr[0])
+            if addr not in out:
+                out.append(addr)
+    return out
+
+
+class Resolution(list[str]):
+    """A name's addresses (a list, as from `default_resolver`) with `canonical`: the name the
+    resolver says owns them — the end of the CNAME chain — or None when it did not say."""
+
+    canonical: str | None = None
+
+
+def canonical_resolver(name: str) -> Resolution:
+    """`default_resolver` that also reports the canonical name (AI_CANONNAME), from the same
+    single getaddrinfo call, so a caller can tell whose addresses a CNAME led to."""
+    out = Resolution()
+    for family, _, _, canon, sockaddr in socket.getaddrinfo(
+            name, None, type=socket.SOCK_STREAM, flags=socket.AI_CANONNAME):
+        if canon and out.canonical is None:
+            out.canonical = canon.lower().rstrip(".")
         if family in (socket.AF_INET, socket.AF_INET6):
             addr = str(sockaddr[0])
             if addr not in out:

@@ -33,8 +33,9 @@ from typing import Final
 
 from vncaudit.exceptions import UsageError
 
-# default_resolver blocks (getaddrinfo): the web layer runs it in a thread.
-from vncaudit.targets import default_resolver, format_ports, parse_ports
+# canonical_resolver blocks (getaddrinfo): the web layer runs it in a thread.
+from vncaudit.targets import format_ports, parse_ports
+from vncaudit.targets.expressions import canonical_resolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -289,7 +290,7 @@ class Policy:
     max_ports: int = DEFAULT_MAX_PORTS
     max_addresses: int = DEFAULT_MAX_ADDRESSES
     allowed_ports: frozenset[int] | None = None  # None: any port (within max_ports)
-    resolve: Resolver = field(default=default_resolver, compare=False)
+    resolve: Resolver = field(default=canonical_resolver, compare=False)
 
     @classmethod
     def build(
@@ -331,7 +332,7 @@ class Policy:
             raise ValueError("max_ports and max_addresses must be >= 1")
         fixed = frozenset(parse_ports(allowed_ports)) if allowed_ports else None
         return cls(allow_own_address, tuple(networks), tuple(domains), max_ports,
-                   max_addresses, fixed, resolve or default_resolver)
+                   max_addresses, fixed, resolve or canonical_resolver)
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -402,12 +403,18 @@ class Policy:
             return Decision(str(ip), None, (str(ip),), port_list)
         if name == "localhost" or name.endswith(".localhost"):
             raise TargetRefused("address-refused", f"{name} is loopback (RFC 6761)")
-        addresses = self._resolve_once(name)
+        addresses, canonical = self._resolve_once(name)
         if len(addresses) > self.max_addresses:
             raise TargetRefused("too-many-addresses", f"{name} has {len(addresses)} addresses;"
                                 f" at most {self.max_addresses} per scan")
+        # A CNAME out of the allow-listed domains (a CDN, a dangling CNAME someone claimed)
+        # leads to someone else's addresses: the name's domain gives them no privilege.
+        external = canonical not in (None, name) and not self._domain_allowed(str(canonical))
         for addr in addresses:
-            refusal = self.address_refusal(addr, who, name)
+            refusal = self.address_refusal(addr, who, None if external else name)
+            if refusal and external:
+                raise TargetRefused("address-refused", f"{name} is a CNAME to {canonical}, "
+                                    f"outside the allow-listed domains: {refusal}")
             if refusal:
                 raise TargetRefused("address-refused", f"{name} resolves to {refusal}")
         return Decision(name, name, tuple(str(a) for a in addresses), port_list)
@@ -479,9 +486,12 @@ class Policy:
         return Decision(decision.target, decision.hostname, tuple(addresses), decision.ports,
                         discover=True, names=tuple(names)), refused
 
-    def _resolve_once(self, name: str) -> list[IPAddress]:
+    def _resolve_once(self, name: str) -> tuple[list[IPAddress], str | None]:
+        """The name's addresses and the canonical name the resolver reported (or None)."""
         try:
-            raw = list(self.resolve(name))
+            answer = self.resolve(name)
+            canonical = getattr(answer, "canonical", None)
+            raw = list(answer)
         except (OSError, UnicodeError) as exc:
             raise InvalidTarget("unresolvable", f"cannot resolve {name}: "
                                 f"{getattr(exc, 'strerror', None) or exc}") from None
@@ -496,7 +506,7 @@ class Policy:
                 out.append(ip)
         if not out:
             raise InvalidTarget("unresolvable", f"cannot resolve {name}: no address")
-        return out
+        return out, str(canonical).lower().rstrip(".") if canonical else None
 
 
 def _network(entry: str) -> IPNetwork:
