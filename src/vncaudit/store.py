@@ -396,6 +396,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+_INSERT_OR_IGNORE = (
+    "INSERT OR IGNORE INTO results (scan_id, host, port, state, auth_required, product, "
+    "severity, severity_rank, diff_key, observed_at, result) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_FINDING = (
+    "INSERT INTO findings (scan_id, host, port, finding_id, severity, title) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_REPLACE_DONE = "INSERT OR REPLACE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)"
+
+
 @contextlib.contextmanager
 def _mapped(what: str) -> Iterator[None]:
     """Translate sqlite3 errors into StoreError at this one boundary."""
@@ -785,35 +797,48 @@ class Store:
             _dumps(result.to_dict()),
         )
 
-    _INSERT_RESULT = (
-        "INSERT INTO results (scan_id, host, port, state, auth_required, product, severity, "
-        "severity_rank, diff_key, observed_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-
     def _insert_findings(self, scan_id: str, result: ServiceResult) -> None:
         if result.findings:
             self._conn.executemany(
-                "INSERT INTO findings (scan_id, host, port, finding_id, severity, title) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                _INSERT_FINDING,
                 [(scan_id, result.host, result.port, f.id, f.severity.value, f.title)
                  for f in result.findings],
             )
 
     def _add_one(self, scan_id: str, result: ServiceResult, now: str) -> bool:
-        cur = self._conn.execute(
-            self._INSERT_RESULT.replace("INSERT", "INSERT OR IGNORE", 1),
-            self._result_row(scan_id, result, now),
-        )
+        cur = self._conn.execute(_INSERT_OR_IGNORE, self._result_row(scan_id, result, now))
         if cur.rowcount != 1:
             return False  # first write wins (resume idempotency)
         self._insert_findings(scan_id, result)
         # The done row is replaced: an earlier mark_done(closed) for this pair yields to the
         # full result, so `done` always agrees with `results`.
-        self._conn.execute(
-            "INSERT OR REPLACE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)",
-            (scan_id, result.host, result.port, result.state.value),
-        )
+        self._conn.execute(_REPLACE_DONE, (scan_id, result.host, result.port, result.state.value))
         return True
+
+    def _add_many(self, scan_id: str, results: Sequence[ServiceResult], now: str) -> int:
+        """`_add_one` for each result, in three statements when none of them is stored yet
+        (a fresh scan); one by one, in order, when some are (a resume, a repeat)."""
+        if len(results) < 2:
+            return sum(self._add_one(scan_id, r, now) for r in results)
+        rows = [self._result_row(scan_id, r, now) for r in results]
+        self._conn.execute("SAVEPOINT store_many")
+        before = self._conn.total_changes
+        self._conn.executemany(_INSERT_OR_IGNORE, rows)
+        if self._conn.total_changes - before != len(rows):
+            # Some pair already had a result (or came twice): undo, and let the row-by-row
+            # path decide which write is first, as `add_result` would.
+            self._conn.execute("ROLLBACK TO store_many")
+            self._conn.execute("RELEASE store_many")
+            return sum(self._add_one(scan_id, r, now) for r in results)
+        self._conn.executemany(_INSERT_FINDING, [
+            (scan_id, r.host, r.port, f.id, f.severity.value, f.title)
+            for r in results for f in r.findings
+        ])
+        self._conn.executemany(_REPLACE_DONE, [
+            (scan_id, r.host, r.port, r.state.value) for r in results
+        ])
+        self._conn.execute("RELEASE store_many")
+        return len(rows)
 
     def add_result(self, scan_id: str, result: ServiceResult) -> bool:
         """Store one result and mark its pair done; False (and nothing written) if this
@@ -825,12 +850,10 @@ class Store:
 
     def add_results(self, scan_id: str, results: Iterable[ServiceResult]) -> int:
         """Store many results (same rule as `add_result`); returns how many were new."""
-        added = 0
+        batch = list(results)
         with self._write("cannot store results", scan_id):
-            now = _now()
-            for result in results:
-                added += self._add_one(scan_id, result, now)
-                self._pending += 1
+            added = self._add_many(scan_id, batch, _now())
+            self._pending += len(batch)
         return added
 
     def update_result(self, scan_id: str, result: ServiceResult) -> bool:
