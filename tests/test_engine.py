@@ -96,3 +96,31 @@ def test_rate_limit_spaces_connections() -> None:
 
     elapsed = asyncio.run(run())
     assert elapsed >= 0.18  # 11 starts at 50/s need at least 10 intervals of 20 ms
+
+
+def test_lean_gc_is_restored_nests_and_still_collects_cycles() -> None:
+    import gc
+    import weakref
+
+    from vncaudit.engine import LEAN_GC_THRESHOLD, lean_gc
+
+    before = gc.get_threshold()
+
+    class Node:
+        other: object = None
+
+    with lean_gc():
+        assert gc.get_threshold() == LEAN_GC_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        with lean_gc():  # nested: the inner exit must not restore early
+            pass
+        assert gc.get_threshold() == LEAN_GC_THRESHOLD
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made during the scan
+        ref = weakref.ref(a)
+        del a, b
+        for _ in range(3):
+            gc.collect()
+        assert ref() is None  # still collected
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
