@@ -505,3 +505,16 @@ def test_a_typed_name_whose_cname_leaves_the_domain_gets_no_domain_privilege() -
     local = canonical_resolver("localhost")
     assert "127.0.0.1" in local and local.canonical == "localhost"
     assert Policy().resolve is canonical_resolver
+
+
+@pytest.mark.parametrize("entry", ["com", "*.org", "COM.", "localhost"])
+def test_a_top_level_domain_is_no_allow_list_entry(entry: str) -> None:
+    """CIDRs broader than /8 were refused as an open scanner, but "com" allowed every public
+    host under .com."""
+    from vncaudit.web.policy import Policy
+
+    with pytest.raises(ValueError, match="top-level domain"):
+        Policy.build([entry])
+    with pytest.raises(ValueError, match="top-level domain"):
+        Settings(allow=(entry,))
+    assert Policy.build(["corp.example"]).domains == ("corp.example",)  # the control

@@ -324,10 +324,15 @@ class Policy:
                 networks.append(net)
                 continue
             try:
-                domains.append(normalise_hostname(entry.removeprefix("*.")))
+                domain = normalise_hostname(entry.removeprefix("*."))
             except InvalidTarget:
                 raise ValueError(f"allow-list entry {entry!r} is neither a CIDR nor a domain"
                                  ) from None
+            if "." not in domain:
+                # "com" is the 0.0.0.0/0 of names: every public host under a TLD.
+                raise ValueError(f"allow-list entry {entry!r} is a top-level domain: list "
+                                 "your own domains")
+            domains.append(domain)
         if max_ports < 1 or max_addresses < 1:
             raise ValueError("max_ports and max_addresses must be >= 1")
         fixed = frozenset(parse_ports(allowed_ports)) if allowed_ports else None
