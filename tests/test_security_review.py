@@ -518,3 +518,71 @@ def test_a_top_level_domain_is_no_allow_list_entry(entry: str) -> None:
     with pytest.raises(ValueError, match="top-level domain"):
         Settings(allow=(entry,))
     assert Policy.build(["corp.example"]).domains == ("corp.example",)  # the control
+
+
+# Runs inside a namespace of its own, where 127.0.0.1:53 is free: `scan --domain` sends its
+# zone transfer to the zone's name servers on port 53, and those are the test's server here.
+_AXFR_CHILD = r"""
+import asyncio, functools, json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from dns_server import DnsServer, _Udp, make_zone
+
+class Port53(DnsServer):
+    async def _bind(self):
+        loop = asyncio.get_running_loop()
+        self._closers = []
+        for host in self.hosts:
+            udp, _ = await loop.create_datagram_endpoint(
+                functools.partial(_Udp, self, host), local_addr=(host, 53))
+            tcp = await asyncio.start_server(functools.partial(self._tcp, local=host), host, 53)
+            self._closers += [udp, tcp]
+        self.port = 53
+
+zone = make_zone("corp.test", sys.argv[2])
+with Port53([zone], hosts=("127.0.0.1",), axfr={"corp.test": {"127.0.0.1": "allow"}}):
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "--domain", "corp.test",
+                          "--resolver", "127.0.0.1:53", "-p", "1", "--db", sys.argv[3],
+                          "--timeout", "1", "--all", "-o", "json"],
+                         capture_output=True, text=True, timeout=120)
+print(json.dumps({"rc": run.returncode, "out": run.stdout, "err": run.stderr}))
+"""
+
+AXFR_ZONE = """
+@ NS ns1
+ns1 A 127.0.0.1
+vnc A 127.0.0.1
+[/]x A 127.0.0.1
+a/b A 127.0.0.1
+c:d A 127.0.0.1
+"""
+
+
+@pytest.mark.netns
+def test_scan_domain_skips_names_no_target_parser_takes(tmp_path: Path) -> None:
+    """A zone transfer may carry any label; "a/b.corp.test" aborted the whole `scan
+    --domain` (exit 2, nothing scanned), so a zone could keep its hosts from being audited."""
+    import json
+    import secrets
+    import subprocess
+    import sys
+
+    from netns import require_netns
+
+    require_netns()
+    ns = f"vncaudit-sec-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        child = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _AXFR_CHILD,
+             str(Path(__file__).parent), AXFR_ZONE, str(tmp_path / "scan.db")],
+            capture_output=True, text=True, timeout=180)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    run = json.loads(child.stdout)
+    assert run["rc"] == 0, run["err"]
+    doc = json.loads(run["out"])
+    assert doc["scan"]["targets"] == ["ns1.corp.test", "vnc.corp.test"]  # the plain names
+    assert [s["host"] for s in doc["services"]] == ["127.0.0.1"]  # … were probed
+    assert "not a plain host name" in run["err"] and "a/b.corp.test" in run["err"]

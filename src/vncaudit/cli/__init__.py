@@ -954,6 +954,12 @@ def _domain_targets(
                               style="yellow", markup=False)
                     continue
                 usable.append(address)
+            if usable and not _plain_target_name(host.name, usable):
+                # A zone transfer may carry any label ("a/b", "x:y", "10.0.0.1-9."): one such
+                # name must not abort the scan of the domain's other hosts.
+                err.print(f"warning: {_plain(host.name)} is not a plain host name; not scanned",
+                          style="yellow", markup=False)
+                continue
             if usable:
                 names.append(host.name)
                 known[host.name] = usable
@@ -961,6 +967,18 @@ def _domain_targets(
                   f"({found.queries} DNS queries)", style="dim", markup=False)
 
     return names, known, records
+
+
+def _plain_target_name(name: str, addresses: list[str]) -> bool:
+    """Does the target parser take *name* as a host name (not a network, range or error)?"""
+    from vncaudit import targets as targets_mod
+
+    try:
+        space = targets_mod.build_target_space([name], (1,), allow_special=True,
+                                               resolve=lambda _name: addresses)
+    except UsageError:
+        return False
+    return space.describe() == [name.lower().removesuffix(".")]
 
 
 @app.command(epilog="""Examples:
