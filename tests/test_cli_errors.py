@@ -12,7 +12,6 @@ no test server uses, at a capped rate.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -40,6 +39,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "badtype.toml").write_text('[serve]\nworkers = "four"\n')
     (tmp_path / "badallow.toml").write_text('[serve]\nallow = "127.0.0.1/32"\n')
     (tmp_path / "notdb.db").write_text("this is not a SQLite database\n")
+    (tmp_path / "longline.txt").write_text("127.0.0.1," * 20000)  # no line break
+    (tmp_path / "words.txt").write_text("secret\n")
     (tmp_path / "subdir").mkdir()
     return tmp_path
 
@@ -87,6 +88,17 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", "127.0.0.1", "--exclude-file", "{d}/missing.txt"], 2, "No such file"),
     (["scan", "127.0.0.1", "--check-passwords", "--wordlist", "{d}/missing.txt"], 2,
      "missing.txt"),
+    # files without line breaks are refused, never loaded whole (/dev/zero was a MemoryError
+    # after eating all memory; a bounded file stands in for it here, so that a regression
+    # cannot take the test machine down)
+    (["scan", "-iL", "{d}/longline.txt"], 2, "longline.txt:1: line longer than"),
+    (["scan", "--masscan", "{d}/longline.txt"], 2, "line longer than"),
+    (["scan", "127.0.0.1", "--exclude-file", "{d}/longline.txt"], 2, "line longer than"),
+    (["scan", "127.0.0.1", "--check-passwords", "--wordlist", "{d}/longline.txt"], 2,
+     "not a password list"),
+    # options that only mean something with another one (were read, then silently ignored)
+    (["scan", "127.0.0.1", "--wordlist", "{d}/words.txt"], 2, "--check-passwords"),
+    (["scan", "127.0.0.1", "--resolver", "127.0.0.1:1"], 2, "--domain"),
     # where the report and the store go (were: checked after the scan / dirs created)
     (["scan", "127.0.0.1", "--output-file", "{d}/no/such/dir/r.json"], 2, "does not exist"),
     (["scan", "127.0.0.1", "--output-file", "{d}/subdir"], 2, "is a directory"),
@@ -173,6 +185,14 @@ def test_bad_input_is_one_error_line(files: Path, args: list[str], code: int,
     assert not (files / "no").exists(), argv
 
 
+def test_stdin_list_errors_name_stdin(files: Path) -> None:
+    result = CliRunner().invoke(app, ["scan", "-iL", "-"], input="127.0.0.1\nbad..name\n",
+                                env={"VNCAUDIT_DB": str(files / "s.db")})
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        ERROR + "-:2: invalid target 'bad..name': not an IP address, CIDR, range or hostname"]
+
+
 def test_usage_errors_name_the_command_help(files: Path) -> None:
     _, _, stderr = _invoke(["scan", "127.0.0.1", "--timeout", "0"], files / "s.db")
     assert stderr.strip().endswith("(see: vncaudit scan --help)")
@@ -234,11 +254,17 @@ _QUIET_TARGET = "127.77.0.1"
 _PORTS = "20000-20199"
 
 
-def _start_scan(db: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "vncaudit", "scan", _QUIET_TARGET, "-p", _PORTS, "--rate", "60",
+def _start_scan(db: Path, from_stdin: bool) -> subprocess.Popen[str]:
+    target = ["-iL", "-"] if from_stdin else [_QUIET_TARGET]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vncaudit", "scan", *target, "-p", _PORTS, "--rate", "60",
          "--timeout", "30", "--db", str(db), "-o", "json", "--all"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    if from_stdin:
+        proc.stdin.write(_QUIET_TARGET + "\n")
+    proc.stdin.close()
+    return proc
 
 
 def _wait_for_progress(db: Path) -> None:
@@ -253,17 +279,22 @@ def _wait_for_progress(db: Path) -> None:
     raise AssertionError("the scan stored nothing within 30 s")
 
 
-@pytest.mark.parametrize(("signum", "code", "word"),
-                         [(signal.SIGINT, 130, "interrupted"),
-                          (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(("signum", "code", "word", "from_stdin"),
+                         [(signal.SIGINT, 130, "interrupted", True),
+                          (signal.SIGTERM, 143, "terminated", False)])
 def test_signal_during_scan_stores_and_prints_resume(tmp_path: Path, signum: int, code: int,
-                                                     word: str) -> None:
+                                                     word: str, from_stdin: bool) -> None:
+    """Ctrl-C (or SIGTERM: kill, systemd, timeout) mid-scan: one line with the resume command,
+    the scan stored as interrupted, and the resume finishes it. A target list read from stdin
+    is kept with the scan (it used to be read again on resume, and found empty)."""
     db = tmp_path / "s.db"
-    proc = _start_scan(db)
+    proc = _start_scan(db, from_stdin)
     try:
         _wait_for_progress(db)
         proc.send_signal(signum)  # our own child, by its handle
-        _, stderr = proc.communicate(timeout=30)
+        proc.wait(timeout=30)  # nothing goes to stdout on an interrupt: no pipe fills up
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -278,8 +309,10 @@ def test_signal_during_scan_stores_and_prints_resume(tmp_path: Path, signum: int
     assert record.status == "interrupted"
     assert 0 < len(before) < 200
     # The store is consistent: the resume probes exactly the rest, nothing twice.
-    resumed = _cli("scan", "--resume", scan_id, "--db", str(db), "-o", "json", "--all",
-                   timeout=60)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vncaudit", "scan", "--resume", scan_id, "--db", str(db),
+         "-o", "json", "--all"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, check=False)
     assert resumed.returncode == 0, resumed.stderr
     with Store.open(db) as store:
         after = store.done_pairs(scan_id)
@@ -287,4 +320,3 @@ def test_signal_during_scan_stores_and_prints_resume(tmp_path: Path, signum: int
     assert before <= after and len(after) == 200
     assert {port for _, port in after} == set(range(20000, 20200))
     assert len(json.loads(resumed.stdout)["services"]) == 200
-    assert os.path.exists(db)

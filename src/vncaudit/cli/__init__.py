@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -502,6 +502,9 @@ def scan(
             raise _fail(str(exc)) from None
     if resume is None:
         _check_discovery(discovery_mode)
+    if resolver is not None and not domain:
+        raise _fail("--resolver is the DNS server of --domain; add --domain (host names "
+                    "given as targets use the system resolver)")
     if resume is not None:
         if targets or domain or input_list or nmap_xml or masscan:
             raise _fail("--resume takes no targets: it continues the stored scan as it was")
@@ -533,6 +536,7 @@ def scan(
     except UsageError as exc:
         raise _fail(str(exc)) from None
     store = _open_store(db)
+    copies: dict[str, str] = {}
     with store:
         try:
             if resume is not None:
@@ -549,13 +553,20 @@ def scan(
                     spec["expressions"] = [*spec["expressions"], *names]
                     spec["resolved"] = resolved
                     spec["discovery"] = discovery
+                for key in ("input_files", "nmap_xml", "masscan"):
+                    kept = [_kept_input(p, store) for p in spec[key]]
+                    copies.update((k, p) for k, p in zip(kept, spec[key], strict=True) if k != p)
+                    spec[key] = kept
                 space = _space_from_spec(spec)
                 spec["seed"] = space.seed
                 scan_id = store.create_scan(space.describe(), spec["ports"], spec,
                                             tool=f"vncaudit {__version__}")
             done = store.done_pairs(scan_id)
         except (UsageError, UnknownScanError) as exc:
-            raise _fail(str(exc)) from None
+            message = str(exc)
+            for copy, given in copies.items():  # name the input as the user gave it
+                message = message.replace(copy, given)
+            raise _fail(message) from None
         except (NetworkError, StoreError) as exc:
             raise _fail(str(exc), 3) from None
 
@@ -710,8 +721,12 @@ def _active_options(
 ) -> Any:
     from vncaudit import active
 
+    if wordlist is not None and not check_passwords:
+        # Read and then ignored, a list would let the user believe it had been tried.
+        raise UsageError("--wordlist is the password list of --check-passwords; add "
+                         "--check-passwords (or leave --wordlist out)")
     try:
-        words = active.load_wordlist(wordlist) if wordlist else None
+        words = _read_password_list(wordlist) if wordlist else None
     except OSError as exc:
         raise UsageError(f"cannot read {wordlist}: {exc.strerror}") from None
     # Absolute, so a report rendered later from the store (`results -o html`) finds the PNGs.
@@ -727,6 +742,79 @@ def _active_options(
         show_passwords=show_passwords,
         active_checks=active_checks,
     )
+
+
+_MAX_STREAM_INPUT = 64 * 1024 * 1024  # bytes of an -iL/--nmap-xml/--masscan stream kept
+
+
+def _kept_input(name: str, store: Store) -> str:
+    """An input file that cannot be read twice (`-` for stdin, a pipe, `<(cmd)`, /dev/stdin) is
+    copied next to the store first, and the copy is what the scan records: --resume must see
+    the same targets in the same order, and the masscan reader looks at a file twice."""
+    import stat
+
+    path = Path(name)
+    if name != "-":
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return name  # the target reader reports it
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return name  # a file (or a device, a directory: the reader refuses those)
+    if store.path is None:
+        return name  # an in-memory store (tests): nothing to resume
+    import hashlib
+    import tempfile
+
+    shown = "standard input" if name == "-" else name
+    kept = store.path.parent / "inputs"
+    try:
+        kept.mkdir(mode=0o700, exist_ok=True)
+        source = sys.stdin.buffer if name == "-" else path.open("rb")
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=kept, delete=False) as copy:
+            try:
+                size = 0
+                while chunk := source.read(1 << 20):
+                    size += len(chunk)
+                    if size > _MAX_STREAM_INPUT:
+                        raise UsageError(f"{shown} holds more than "
+                                         f"{_MAX_STREAM_INPUT >> 20} MiB; write it to a file "
+                                         "and name that file")
+                    digest.update(chunk)
+                    copy.write(chunk)
+            except BaseException:
+                os.unlink(copy.name)
+                raise
+            finally:
+                if source is not sys.stdin.buffer:
+                    source.close()
+        final = kept / f"{digest.hexdigest()[:32]}.txt"
+        os.replace(copy.name, final)
+    except OSError as exc:
+        raise UsageError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    return str(final)
+
+
+_MAX_WORDLIST_LINE = 4096  # a VNC password counts 8 bytes; a longer line is not a password
+
+
+def _read_password_list(path: Path) -> list[str]:
+    """--wordlist, line by line with a bound (a binary file or /dev/zero is refused, never
+    loaded whole); bytes that are not UTF-8 are kept as replacement characters."""
+    from vncaudit import active
+
+    def lines(stream: IO[str]) -> Iterator[str]:
+        lineno = 0
+        while line := stream.readline(_MAX_WORDLIST_LINE + 1):
+            lineno += 1
+            if len(line) > _MAX_WORDLIST_LINE:
+                raise UsageError(f"{path}:{lineno}: line longer than {_MAX_WORDLIST_LINE} "
+                                 "characters; not a password list")
+            yield line
+
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        return active.read_wordlist(lines(fh))
 
 
 def _post_probe(
@@ -954,12 +1042,6 @@ def _domain_targets(
                               style="yellow", markup=False)
                     continue
                 usable.append(address)
-            if usable and not _plain_target_name(host.name, usable):
-                # A zone transfer may carry any label ("a/b", "x:y", "10.0.0.1-9."): one such
-                # name must not abort the scan of the domain's other hosts.
-                err.print(f"warning: {_plain(host.name)} is not a plain host name; not scanned",
-                          style="yellow", markup=False)
-                continue
             if usable:
                 names.append(host.name)
                 known[host.name] = usable
@@ -967,18 +1049,6 @@ def _domain_targets(
                   f"({found.queries} DNS queries)", style="dim", markup=False)
 
     return names, known, records
-
-
-def _plain_target_name(name: str, addresses: list[str]) -> bool:
-    """Does the target parser take *name* as a host name (not a network, range or error)?"""
-    from vncaudit import targets as targets_mod
-
-    try:
-        space = targets_mod.build_target_space([name], (1,), allow_special=True,
-                                               resolve=lambda _name: addresses)
-    except UsageError:
-        return False
-    return space.describe() == [name.lower().removesuffix(".")]
 
 
 @app.command(epilog="""Examples:
@@ -1173,6 +1243,10 @@ def main() -> None:
         app()
     except VncAuditError as exc:
         _error_line(str(exc))
+        sys.exit(3)
+    except MemoryError:
+        _error_line("out of memory (an input file or a target range too large for this "
+                    "machine?)")
         sys.exit(3)
     except Exception as exc:  # a bug: one line for the user, the traceback for -vv
         log.debug("unexpected error", exc_info=True)

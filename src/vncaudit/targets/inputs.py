@@ -17,9 +17,10 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, Final, NoReturn
 from xml.parsers import expat
 
+from vncaudit.exceptions import UsageError
 from vncaudit.targets.errors import _err, _show
 from vncaudit.targets.expressions import _hostname
 from vncaudit.targets.ports import _NUMBER
@@ -35,11 +36,27 @@ def _open_text(path: PathLike) -> IO[str]:
         raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+MAX_LINE: Final = 65536  # characters; a target list's line is never near this long
+
+
+class _LongLine(UsageError):
+    """A line longer than MAX_LINE: the file is not line-oriented text."""
+
+
 def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a text file, as UsageErrors on read or decode failure."""
+    """(line number, text) of a text file, as UsageErrors on read or decode failure.
+
+    Lines are read with a bound: a file without line breaks (a disk image, /dev/zero, a
+    minified JSON document given to -iL) is refused, never loaded whole into memory."""
     stream = _open_text(path)
     try:
-        yield from enumerate(stream, 1)
+        lineno = 0
+        while line := stream.readline(MAX_LINE + 1):
+            lineno += 1
+            if len(line) > MAX_LINE:
+                raise _LongLine(str(_err(f"{path}:{lineno}: line longer than {MAX_LINE} "
+                                         "characters; not a text list of targets")))
+            yield lineno, line
     except OSError as exc:
         raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -170,11 +187,7 @@ def _file_port(value: object, where: str) -> int:
 def _read_masscan(path: PathLike) -> Iterator[_Host]:
     """Open TCP ports from masscan -oJ (JSON list), -oD (one object per line), -oL (list
     lines `open tcp 5900 1.2.3.4 1700000000`) or -oX (nmap-style XML) output."""
-    first = ""
-    for _, line in _lines(path):
-        if line.strip():
-            first = line.strip()[0]
-            break
+    first = _first_char(path)
     if first == "<":
         yield from _read_nmap_xml(path)
     elif first and first in "[{":
@@ -192,6 +205,27 @@ def _read_masscan(path: PathLike) -> Iterator[_Host]:
                 yield _Host(fields[3], [_file_port(fields[2], f"{path}:{lineno}: port")])
 
 
+def _first_char(path: PathLike) -> str:
+    """The first non-blank character of a file ("" for none), read in bounded chunks."""
+    stream = _open_text(path)
+    try:
+        for _ in range(64):  # at most 4 MiB of leading blanks
+            chunk = stream.read(MAX_LINE)
+            if not chunk:
+                return ""
+            text = chunk.lstrip()
+            if text:
+                return text[0]
+        return ""
+    except OSError as exc:
+        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _err(f"cannot read {path}: not UTF-8 text") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
 _MASSCAN_TRAILER = re.compile(r"\{\s*finished\s*:\s*1\s*\}")  # masscan 1.0 ends -oJ so
 
 
@@ -204,7 +238,7 @@ def _read_masscan_json(path: PathLike) -> Iterator[_Host]:
             if text and not _MASSCAN_TRAILER.fullmatch(text):
                 yield from _masscan_record(json.loads(text), f"{path}:{lineno}")
         return
-    except ValueError:  # json.JSONDecodeError: not one record per line
+    except (ValueError, _LongLine):  # not one record per line (JSONDecodeError), or minified
         pass
     try:
         with open(path, encoding="utf-8") as stream:
