@@ -586,3 +586,16 @@ def test_scan_domain_skips_names_no_target_parser_takes(tmp_path: Path) -> None:
     assert doc["scan"]["targets"] == ["ns1.corp.test", "vnc.corp.test"]  # the plain names
     assert [s["host"] for s in doc["services"]] == ["127.0.0.1"]  # … were probed
     assert "not a plain host name" in run["err"] and "a/b.corp.test" in run["err"]
+
+
+def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    """hmac.compare_digest raises TypeError for non-ASCII str: the form answered 500."""
+    settings = Settings(db_path=str(tmp_path / "web.db"))
+    with TestClient(create_app(settings), client=("127.0.0.1", 40007),
+                    raise_server_exceptions=False) as c:
+        c.get("/")  # sets the CSRF cookie
+        for token in ("é", "\u202e" * 10, "a" * 64 + "ü"):
+            r = c.post("/scans", data={"target": "192.0.2.1", "csrf_token": token},
+                       follow_redirects=False)
+            assert r.status_code == 403, (token, r.status_code)
+            assert "form expired" in r.text

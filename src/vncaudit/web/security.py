@@ -63,12 +63,15 @@ class Csrf:
         return secrets.token_urlsafe(24)
 
     def form_token(self, cookie: str) -> str:
-        return hmac.new(self._key, cookie.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, cookie.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()
 
     def valid(self, cookie: str | None, form_value: str | None) -> bool:
         if not cookie or not form_value or len(cookie) > 100:
             return False
-        return hmac.compare_digest(self.form_token(cookie), form_value)
+        # Bytes: compare_digest raises TypeError on non-ASCII str (a 500 for "é" as token).
+        return hmac.compare_digest(self.form_token(cookie).encode(),
+                                   form_value.encode("utf-8", "surrogateescape"))
 
 
 def bucket_key(client: str) -> str:
