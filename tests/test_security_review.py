@@ -599,3 +599,21 @@ def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) ->
                        follow_redirects=False)
             assert r.status_code == 403, (token, r.status_code)
             assert "form expired" in r.text
+
+
+def test_a_lone_surrogate_in_the_json_body_is_a_422_not_a_500(tmp_path: Path) -> None:
+    """FastAPI's validation error echoes the input; encoding "\\udcff" as UTF-8 failed."""
+    import json
+
+    settings = Settings(db_path=str(tmp_path / "web.db"))
+    with TestClient(create_app(settings), client=("127.0.0.1", 40008),
+                    raise_server_exceptions=False) as c:
+        for body in ({"target": "\udcff", "ports": "5900"},
+                     {"target": "a\ud800.example", "ports": "5900", "subdomains": True},
+                     {"target": "192.0.2.1", "ports": "\udcff"}):
+            r = c.post("/api/scans", content=json.dumps(body),
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 422, (body, r.status_code)
+            assert r.json()["detail"]
+        ok = c.post("/api/scans", json={"target": 5, "ports": "5900"})
+        assert ok.status_code == 422 and ok.json()["detail"][0]["loc"] == ["body", "target"]

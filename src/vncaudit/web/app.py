@@ -10,6 +10,7 @@ disabled; the OpenAPI document is served at /openapi.json.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -174,6 +177,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A store or engine failure is ours, but it is reported as one line, not a traceback.
         log.error("web: %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc), "code": "internal"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8: a lone surrogate ("\udcff" in the
+        # JSON) made that a 500. ASCII-escaped JSON carries any input.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders, metrics=metrics)
