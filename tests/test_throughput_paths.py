@@ -1,10 +1,11 @@
 """The fast paths of a large scan give exactly what the plain paths give.
 
-`vncaudit.fingerprint` keeps the product decided for a set of facts, and `vncaudit.assess`
-the findings of a set of facts with the address left out (a stand-in replaced by each
-service's own address). These tests grade the same facts on different addresses, warm and
-cold, and compare with the uncached computation (`fingerprint._identify`,
-`assess._evaluate`), including facts that contain the stand-in itself, `extra` values that
+`vncaudit.fingerprint` keeps the product decided for a set of facts (a desktop name counted
+by the patterns it matches), and `vncaudit.assess` the findings of a set of facts with the
+address and the desktop name left out (stand-ins replaced by each service's own). These
+tests grade neighbouring facts on different addresses, warm and cold, and compare with the
+uncached computation (`fingerprint._identify`, `assess._evaluate`), including facts that
+contain the stand-ins themselves, desktop names that need quoting, `extra` values that
 compare equal but print differently (True and 1), and exposures given by the caller.
 """
 
@@ -51,7 +52,8 @@ HOSTS = st.sampled_from([
 TEXT = st.sampled_from([
     "", "LibVNCServer", "fake 198.18.0.1", "host:1", A.HOST_MARK, f"x {A.HOST_MARK}",
     "Too many authentication failures.  Client temporarily blocked", "VirtualBox",
-    "license key is missing", "8.8.8.8",
+    "license key is missing", "8.8.8.8", A.DESKTOP_MARK, f"'{A.DESKTOP_MARK}'",
+    f'"{A.DESKTOP_MARK}"', "it's \"quoted\"\n", "desktop name 'x'",
 ]) | st.text(max_size=12)
 EXTRA = st.sampled_from([
     {}, {"suspected_honeypot": {"reasons": ["security types listed more than once: [2]"]}},
@@ -176,7 +178,7 @@ def test_the_product_memo_is_bounded_and_per_signature_set() -> None:
     assert data.memo is not F.shipped().memo
     base = next(r for r in RECORDED if r.rfb is not None)
     for i in range(F.CACHE_SIZE + 10):
-        rfb = replace(base.rfb, desktop_name=f"desk {i}") if base.rfb else None
+        rfb = replace(base.rfb, failure_reason=f"fail {i}") if base.rfb else None
         F.identify(replace(base, rfb=rfb), data)
     assert len(data.memo.data) == F.CACHE_SIZE
 

@@ -341,10 +341,10 @@ FactsKey = tuple[Any, ...]
 CACHE_SIZE: Final = 4096
 
 
-def _facts_key(f: Facts) -> FactsKey:
-    """Every field of `f`, hashable: two results with equal keys get the same product."""
+def _facts_key(f: Facts, desktop: Any) -> FactsKey:
+    """Every field of `f`, hashable, the desktop name as `desktop` says (see `identify`)."""
     return (f.banner, f.version, f.types, tuple(f.type_names.items()), f.server_chosen,
-            f.vencrypt, f.tight_auth, f.failure, f.desktop, f.notes, f.http_servers,
+            f.vencrypt, f.tight_auth, f.failure, desktop, f.notes, f.http_servers,
             f.web_kind, f.true_colour_flag)
 
 
@@ -353,17 +353,17 @@ class _Lru:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data: dict[FactsKey, Product] = {}
+        self.data: dict[FactsKey, tuple[Product, str | None]] = {}
         self.lock = threading.Lock()  # the web UI grades from worker threads
 
-    def get(self, key: FactsKey) -> Product | None:
+    def get(self, key: FactsKey) -> tuple[Product, str | None] | None:
         with self.lock:
             value = self.data.pop(key, None)
             if value is not None:
                 self.data[key] = value  # most recent last
             return value
 
-    def put(self, key: FactsKey, value: Product) -> None:
+    def put(self, key: FactsKey, value: tuple[Product, str | None]) -> None:
         with self.lock:
             self.data[key] = value
             if len(self.data) > self.size:
@@ -382,6 +382,18 @@ class Signatures:
                        compare=False)
     _index: dict[tuple[str, str | None], tuple[Signature, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _desktop: list[tuple[str, ...] | None] = field(
+        default_factory=list, init=False, repr=False, compare=False)
+
+    def desktop_patterns(self) -> tuple[str, ...] | None:
+        """The distinct `desktop` patterns, or None when a signature's note could be taken for
+        a desktop-name line (then the memo keeps each desktop name apart, see `identify`)."""
+        if not self._desktop:
+            clash = any(s.note and s.note.startswith("desktop name ") for s in self.signatures)
+            found = dict.fromkeys(str(s.match["desktop"]) for s in self.signatures
+                                  if "desktop" in s.match)
+            self._desktop.append(None if clash else tuple(found))
+        return self._desktop[0]
 
     def candidates(self, layer: str, version: str | None) -> tuple[Signature, ...]:
         """The signatures of `layer` that can match a server of banner `version`, in file
@@ -594,12 +606,29 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     """
     data = data or shipped()
     facts = facts_of(result)
-    key = (_facts_key(facts), result.rfb is None)
-    product = data.memo.get(key)
-    if product is None:
-        product = _identify(facts, result.rfb is None, data)
-        data.memo.put(key, product)
+    desktop = facts.desktop
+    patterns = data.desktop_patterns() if desktop is not None else None
+    if desktop is not None and patterns is not None:
+        # A desktop name counts only through which patterns it matches, and shows only in
+        # "desktop name '...'" lines: facts differing in nothing else share one entry.
+        slot: Any = ("matches", tuple(_compiled(p).search(desktop) is not None
+                                      for p in patterns))
+    else:
+        slot = ("name", desktop)
+    key = (_facts_key(facts, slot), result.rfb is None)
+    hit = data.memo.get(key)
+    if hit is not None:
+        product, seen = hit
+        return product if seen == desktop else _with_desktop(product, seen, desktop)
+    product = _identify(facts, result.rfb is None, data)
+    data.memo.put(key, (product, desktop))
     return product
+
+
+def _with_desktop(product: Product, seen: str | None, desktop: str | None) -> Product:
+    old, new = f"desktop name {seen!r}", f"desktop name {desktop!r}"
+    return Product(product.name, product.version, product.confidence,
+                   tuple(new if e == old else e for e in product.evidence))
 
 
 def _identify(facts: Facts, no_rfb: bool, data: Signatures) -> Product:

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from vncaudit.assess.exposure import Exposure, exposure_of, shift
 from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
-from vncaudit.assess.rules import RULES, Context, Offer, Rule, as_mapping, offers
+from vncaudit.assess.rules import RULES, Context, Offer, Rule, _q, as_mapping, offers
 from vncaudit.assess.versions import VersionRange, match_versions, parse_range, parse_version
 from vncaudit.fingerprint import identify
 from vncaudit.models import Finding, Product, ServiceResult
@@ -79,16 +79,26 @@ def evaluate(
     chosen = Exposure(exposure) if exposure is not None else derived
     given = chosen is not derived
     extra = _frozen(result.extra) if result.extra else ()
-    if extra is None:
+    if extra is None or _MARK_HEAD in result.host:
         return _evaluate(result, product, chosen, given, result.host)
-    key = (result.rfb, result.state, result.port, result.error, product, chosen, given, extra)
+    rfb, desktop, graded = result.rfb, None, product
+    if rfb is not None and rfb.desktop_name is not None:
+        desktop = rfb.desktop_name
+        if _MARK_HEAD in desktop:
+            return _evaluate(result, product, chosen, given, result.host)
+        rfb = replace(rfb, desktop_name=DESKTOP_MARK)
+        product = _product_with_desktop(product, desktop, DESKTOP_MARK)
+    key = (rfb, result.state, result.port, result.error, product, chosen, given, extra)
     found = _MEMO.get(key, RULES, knowledge())
     if found is None:
-        if _memo_unsafe(key):
-            return _evaluate(result, product, chosen, given, result.host)
-        found = _evaluate(replace(result, host=HOST_MARK), product, chosen, given, result.host)
+        if _memo_unsafe((result.rfb, result.state, result.port, result.error, graded, extra)):
+            return _evaluate(result, graded, chosen, given, result.host)
+        template = replace(result, host=HOST_MARK, rfb=rfb)
+        found = _evaluate(template, product, chosen, given, result.host)
+        if desktop is not None and not _desktop_only_as_expected(found):
+            return _evaluate(result, graded, chosen, given, result.host)
         _MEMO.put(key, found)
-    return _with_host(found, result.host)
+    return _filled(found, result.host, desktop)
 
 
 def _evaluate(
@@ -115,14 +125,21 @@ def _evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# Memo: on a large scan most services differ from another one only by their address. The
-# rules read the address only to name it in a text, so the findings of a set of facts are
-# computed once with HOST_MARK standing in for the address, and the mark is replaced by each
-# service's own address. The key is everything else the rules read (`extra` frozen by
-# `_frozen`, or not memoised when it holds anything but JSON values); a key whose strings
-# contain the mark is never memoised either, so the replacement only ever hits the stand-in.
+# Memo: on a large scan most services differ from another one only by their address and
+# desktop name. The rules read those only to name them in a text, so the findings of a set of
+# facts are computed once with HOST_MARK / DESKTOP_MARK standing in for them (the desktop line
+# of the product too), and the marks are replaced by each service's own. The key is
+# everything else the rules read (`extra` frozen by `_frozen`, or not memoised when it holds
+# anything but JSON values). Never memoised: facts whose own strings contain a mark (so a
+# replacement only ever hits a stand-in), and findings that show the desktop mark in any
+# other form than the two known ones (a rule changed: computed directly instead).
 
 HOST_MARK: Final = "{vncaudit:host}"
+DESKTOP_MARK: Final = "{vncaudit:desktop}"
+_MARK_HEAD: Final = "{vncaudit:"
+# The only two ways a desktop name reaches a finding's text: JSON-quoted by a rule
+# ("ServerInit read: desktop name \"...\"") and repr()'d in the product's evidence.
+_DESKTOP_FORMS: Final = (_q(DESKTOP_MARK), repr(DESKTOP_MARK))
 MEMO_SIZE: Final = 4096
 
 MemoKey = tuple[Any, ...]
@@ -188,9 +205,51 @@ def _knowledge_has_mark() -> bool:
     return HOST_MARK in repr(knowledge())
 
 
-def _memo_unsafe(key: MemoKey) -> bool:
-    # repr() keeps printable ASCII as it is, so the mark in any string of the key shows.
-    return _knowledge_has_mark() or HOST_MARK in repr(key)
+def _memo_unsafe(inputs: tuple[Any, ...]) -> bool:
+    # The service's own facts (before any mark was put in), as the rules would read them:
+    # repr() keeps printable ASCII as it is, so a mark in any of their strings shows.
+    return _knowledge_has_mark() or _MARK_HEAD in repr(inputs)
+
+
+def _product_with_desktop(product: Product, old: str | None, new: str | None) -> Product:
+    """`product` with its "desktop name ..." line (from `fingerprint`) naming `new`."""
+    line = f"desktop name {old!r}"
+    if line not in product.evidence:
+        return product
+    fresh = f"desktop name {new!r}"
+    return replace(product, evidence=tuple(fresh if e == line else e for e in product.evidence))
+
+
+def _desktop_only_as_expected(findings: tuple[Finding, ...]) -> bool:
+    for f in findings:
+        for text in (f.title, f.why, *f.evidence):
+            rest = text
+            for form in _DESKTOP_FORMS:
+                rest = rest.replace(form, "")
+            if DESKTOP_MARK in rest:
+                return False
+    return True
+
+
+def _filled(findings: tuple[Finding, ...], host: str, desktop: str | None) -> tuple[Finding, ...]:
+    """The memo's findings with the marks replaced: the address first, then the desktop name
+    (so a desktop name that looks like a mark is never replaced itself)."""
+    out = _with_host(findings, host)
+    if desktop is None:
+        return out
+    quoted, shown = _q(desktop), repr(desktop)
+
+    def fill(text: str) -> str:
+        if DESKTOP_MARK not in text:
+            return text
+        return text.replace(_DESKTOP_FORMS[0], quoted).replace(_DESKTOP_FORMS[1], shown)
+
+    return tuple(
+        f if not any(DESKTOP_MARK in t for t in (f.title, f.why, *f.evidence))
+        else replace(f, title=fill(f.title), why=fill(f.why),
+                     evidence=tuple(fill(e) for e in f.evidence))
+        for f in out
+    )
 
 
 def _with_host(findings: tuple[Finding, ...], host: str) -> tuple[Finding, ...]:
