@@ -35,6 +35,7 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "nul.txt").write_bytes(b"127.0.0.1\n\x00\x01\n")
     (tmp_path / "list.json").write_text("[]")
     (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "inside.json").write_text('{"kind": "local-audit", "listeners": []}')
     (tmp_path / "bad.toml").write_text("[serve\nworkers = \n")
     (tmp_path / "badtype.toml").write_text('[serve]\nworkers = "four"\n')
     (tmp_path / "badallow.toml").write_text('[serve]\nallow = "127.0.0.1/32"\n')
@@ -54,6 +55,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", ""], 2, "empty target"),
     (["scan", "127.0.0.1-127.0.0.0"], 2, "before the start"),
     (["scan", "127.0.0.1", "--exclude", "bad..name"], 2, "bad..name"),
+    (["scan", "fe80::1%nosuchif9", "-p", "1"], 2, "no network interface"),  # was: "filtered"
     # ports
     (["scan", "127.0.0.1", "-p", "70000"], 2, "70000"),
     (["scan", "127.0.0.1", "-p", "5900-5800"], 2, "reversed"),
@@ -76,6 +78,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", "127.0.0.1", "--discovery", "bogus"], 2, "bogus"),
     (["scan", "127.0.0.1", "--cluster", "bogus"], 2, "bogus"),
     (["scan", "127.0.0.1", "--trusted", "x;rm -rf /"], 2, "--trusted"),
+    (["scan", "127.0.0.1", "--trusted", "0.0.0.0/1"], 2, "open to the internet"),
     (["bogus-command"], 2, "bogus-command"),
     # input files
     (["scan", "-iL", "{d}/missing.txt"], 2, "No such file"),
@@ -127,6 +130,9 @@ CASES: list[tuple[list[str], int, str]] = [
     (["local", "--timeout", "0"], 2, "--timeout"),
     (["harden", "--backend", "bogus"], 2, "bogus"),
     (["harden", "--only-port", "70000"], 2, "--only-port 70000"),
+    # an allow-list of everyone is no fix (was: a plan that reads as fixed)
+    (["harden", "--allow", "0.0.0.0/0"], 2, "open to the internet"),
+    (["harden", "--allow", "::/0"], 2, "open to the internet"),
     (["harden", "--rollback", "--backup-dir", "{d}/no-backups"], 2, "harden"),
     (["check", "127.0.0.1", "--outside", "{d}/missing.json"], 2, "cannot read"),
     (["check", "127.0.0.1", "--outside", "{d}/binary.dat"], 2, "not UTF-8"),
@@ -137,6 +143,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["check", "127.0.0.0/24", "--outside", "{d}/empty.json"], 2, "one host"),
     (["check", "127.0.0.1-9", "--outside", "{d}/empty.json"], 2, "one host"),
     (["check", "999.1.1.1", "--only-port", "0"], 2, "--only-port 0"),
+    (["check", "127.0.0.1", "-p", "", "--inside", "{d}/inside.json"], 2, "empty port list"),
     # DNS (all refused before any query)
     (["subdomains", ""], 2, "empty domain"),
     (["subdomains", "host..name"], 2, "host..name"),
@@ -191,6 +198,11 @@ def test_stdin_list_errors_name_stdin(files: Path) -> None:
     assert result.exit_code == 2, result.stderr
     assert result.stderr.splitlines() == [
         ERROR + "-:2: invalid target 'bad..name': not an IP address, CIDR, range or hostname"]
+
+
+def test_version_option(files: Path) -> None:
+    code, stdout, _ = _invoke(["--version"], files / "s.db")
+    assert code == 0 and stdout.startswith("vncaudit ")
 
 
 def test_usage_errors_name_the_command_help(files: Path) -> None:

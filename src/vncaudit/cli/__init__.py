@@ -88,6 +88,14 @@ class _OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=_OneLineErrors,
     name="vncaudit",
+    epilog="""Examples:
+
+  vncaudit scan 10.0.0.0/24                   VNC on the default ports of a subnet
+  vncaudit local                              this machine's VNC listeners and firewall
+  vncaudit COMMAND --help                     every option of a command, with examples
+
+Exit codes: 0 ok, 1 a finding at or above --fail-on, 2 usage or input error (one line on
+stderr), 3 runtime failure, 130 interrupted.""",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
     no_args_is_help=True,
@@ -97,6 +105,23 @@ app = typer.Typer(
 
 err = Console(stderr=True, highlight=False)
 log = logging.getLogger("vncaudit")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vncaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                           help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # `vncaudit --version`, as with nmap and most tools; `vncaudit version` says the same.
+    pass
 
 
 def _error_line(message: str) -> None:
@@ -301,6 +326,25 @@ def _check_trusted(trusted: str | None) -> None:
             check_trusted(trusted)
         except UnsafeValueError as exc:
             raise _fail(f"--trusted: {exc}") from None
+        _check_not_everyone(trusted, "--trusted")
+
+
+def _check_not_everyone(network: str, option: str) -> None:
+    """An allow-list entry as broad as 0.0.0.0/0 (or anything past /8, IPv6 past /16) keeps
+    the port open to the internet while the plan reads as fixed: refuse it, as the web
+    service's allow-list does."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(network.strip(), strict=False)
+    except ValueError:
+        return  # a host name or a single address
+    limit = 8 if net.version == 4 else 16
+    if net.prefixlen < limit:
+        bits = net.max_prefixlen - net.prefixlen
+        what = "every address" if net.prefixlen == 0 else f"2**{bits} addresses"
+        raise _fail(f"{option} {network}: allows {what}, which keeps the port open to the "
+                    f"internet; list your own networks (/{limit} or narrower)")
 
 
 FixOpt = Annotated[

@@ -22,6 +22,7 @@ from vncaudit import local as local_mod
 from vncaudit.cli import (
     _SEVERITY_STYLE,
     _cell,
+    _check_not_everyone,
     _check_output_file,
     _fail,
     _plain,
@@ -258,6 +259,8 @@ def harden_cmd(
         if not yes and not sys.stdin.isatty():
             raise _fail("--apply asks before changing the firewall; pass --yes when there is "
                         "no terminal")
+    for network in allow or ():
+        _check_not_everyone(network, "--allow")
     audit = _run_audit(ports, only_port, True, True, timeout)
     try:
         plan = harden.build_plan(audit, allow=allow or (), backend=backend)
@@ -430,7 +433,7 @@ def check_cmd(
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
     scan_ports: set[int] = set(only_port or ())
-    if ports:
+    if ports is not None:  # `-p ""` is a mistake, not a request for the defaults
         scan_ports |= set(_ports(ports))
     if not scan_ports:
         scan_ports = {int(x["port"]) for x in listeners} | set(parse_ports(DEFAULT_PORTS))

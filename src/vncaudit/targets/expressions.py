@@ -158,6 +158,8 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
     bare = expr[1:-1] if expr.startswith("[") and expr.endswith("]") else expr
     ip = _ip_or_none(bare)
     if ip is not None:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+            _check_zone(ip.scope_id, shown)
         return _Parsed(str(ip), [(_key(ip), _key(ip))], zones=_zones([ip]))
     if ":" in expr:
         raise _err(f"invalid IPv6 address {shown}")
@@ -166,6 +168,20 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
         raise _err(f"invalid target {shown}: not an IP address, CIDR, range or hostname")
     addrs = resolve(name)
     return _Parsed(name, [(_key(a), _key(a)) for a in addrs], hostname=name, zones=_zones(addrs))
+
+
+def _check_zone(zone: str, shown: str) -> None:
+    """The zone of fe80::1%eth0 names an interface of this machine (or is its index): one
+    that does not exist would make every port of the address look filtered."""
+    if zone.isdigit():
+        return
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except OSError:  # the interface list cannot be read here: let the connect decide
+        return
+    if zone not in names:
+        raise _err(f"invalid target {shown}: no network interface {_show(zone)} on this "
+                   f"machine (interfaces: {', '.join(sorted(names))})")
 
 
 def _zones(addrs: Iterable[IPAddress]) -> dict[int, str]:
