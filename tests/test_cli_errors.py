@@ -105,6 +105,10 @@ CASES: list[tuple[list[str], int, str]] = [
     # where the report and the store go (were: checked after the scan / dirs created)
     (["scan", "127.0.0.1", "--output-file", "{d}/no/such/dir/r.json"], 2, "does not exist"),
     (["scan", "127.0.0.1", "--output-file", "{d}/subdir"], 2, "is a directory"),
+    # the report must not overwrite the store or the target list (was: overwritten, lost)
+    (["scan", "127.0.0.1", "--output-file", "{d}/notdb.db", "--db", "{d}/notdb.db"], 2,
+     "would overwrite"),
+    (["scan", "-iL", "{d}/words.txt", "--output-file", "{d}/words.txt"], 2, "would overwrite"),
     (["scan", "127.0.0.1", "--db", "{d}/subdir"], 2, "is a directory"),
     (["scan", "127.0.0.1", "--db", "{d}/no/such/dir/v.db"], 2, "does not exist"),
     (["scan", "127.0.0.1", "--db", "{d}/notdb.db"], 3, "not a database"),
@@ -198,6 +202,42 @@ def test_stdin_list_errors_name_stdin(files: Path) -> None:
     assert result.exit_code == 2, result.stderr
     assert result.stderr.splitlines() == [
         ERROR + "-:2: invalid target 'bad..name': not an IP address, CIDR, range or hostname"]
+
+
+def test_results_of_an_empty_store_say_so(files: Path) -> None:
+    code, stdout, stderr = _invoke(["results"], files / "empty.db")
+    assert code == 0 and stdout == ""
+    assert stderr.strip() == f"no scans stored in {files / 'empty.db'}"
+
+
+def test_ctrl_c_outside_a_scan_is_one_line_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C while `subdomains` waits on DNS: one line, exit 130 (was: silent). The resolver
+    is a UDP socket of this test that never answers."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    resolver = f"127.0.0.1:{silent.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vncaudit", "subdomains", "example.test", "--resolver", resolver,
+         "--dns-timeout", "20", "--no-axfr", "--no-builtin-wordlist"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait for the first query, then interrupt
+            silent.settimeout(0.5)
+            try:
+                silent.recv(512)
+                break
+            except TimeoutError:
+                continue
+        proc.send_signal(signal.SIGINT)  # our own child, by its handle
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [ERROR + "interrupted"]
 
 
 def test_version_option(files: Path) -> None:

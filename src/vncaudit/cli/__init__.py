@@ -42,7 +42,7 @@ from vncaudit.engine import run as run_loop
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 from vncaudit.probe import ProbeOptions
-from vncaudit.store import ScanRecord, Store, StoreError, UnknownScanError
+from vncaudit.store import ScanRecord, Store, StoreError, UnknownScanError, default_db_path
 
 if TYPE_CHECKING:
     from vncaudit.cluster import ClusterSpec
@@ -83,6 +83,15 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C outside a scan's own handler (check, local, subdomains ...): say so, in
+            # the same one line, instead of exiting 130 silently.
+            _error_line("interrupted")
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -573,7 +582,8 @@ def scan(
         }
     # Everything the user typed is checked before the store gets a scan record: a bad
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
-    _check_output_file(output_file)
+    _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
+                                     *(masscan or ()), *(exclude_file or ())])
     try:
         active = _active_options(screenshot, password, check_passwords, wordlist,
                                  max_attempts, show_passwords, active_checks, output_file)
@@ -708,11 +718,19 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _check_output_file(path: Path | None) -> None:
+def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()) -> None:
     """--output-file is checked before any work, so a long scan never ends in "cannot write"
-    (the store keeps the results either way). The file itself is not created yet."""
+    (the store keeps the results either way). The file itself is not created yet. *keep*:
+    files the report must not overwrite (the store, the input lists)."""
     if path is None:
         return
+    for other in (*keep, default_db_path()):
+        if other is None or str(other) in ("", "-", ":memory:"):
+            continue
+        with contextlib.suppress(OSError):
+            if path.exists() and os.path.samefile(path, Path(other).expanduser()):
+                raise _fail(f"--output-file {path} would overwrite {other} (the store or an "
+                            "input of this command); write the report elsewhere")
     shown = str(path) or "''"
     if not str(path).strip() or path.is_dir():
         raise _fail(f"--output-file {shown}: is a directory; give a file name")
@@ -1192,7 +1210,7 @@ def results(
         raise _fail(f"the list of scans is printed as table or json, not {output}; give a scan "
                     f"id to export that scan as {output}")
     _check_trusted(trusted)
-    _check_output_file(output_file)
+    _check_output_file(output_file, [db])
     try:
         with _open_store(db) as store:
             if scan_id is None:
@@ -1222,6 +1240,11 @@ def results(
         table.add_row(r.id, r.status, r.started, " ".join(r.targets)[:60], r.ports,
                       str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
                       worst)
+    if not records and output_file is None:
+        where = db or default_db_path()
+        err.print(f"no scans stored{' of ' + target if target else ''} in {where}",
+                  markup=False, soft_wrap=True)
+        return
     if output_file is None:
         Console(highlight=False).print(table)
         return
