@@ -392,9 +392,14 @@ def _host_key(host: str, port: int) -> tuple[int, int, str, int]:
     return (ip.version, int(ip), "", port)
 
 
+# ensure_ascii keeps lone surrogates (surrogateescape'd server strings) encodable as UTF-8.
+# One encoder for every call: json.dumps with options builds a new one each time (measured:
+# ~3 µs of the ~20 µs a stored result's JSON costs).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def _dumps(obj: Any) -> str:
-    # ensure_ascii keeps lone surrogates (surrogateescape'd server strings) encodable as UTF-8.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 _INSERT_OR_IGNORE = (
