@@ -204,6 +204,29 @@ def test_stdin_list_errors_name_stdin(files: Path) -> None:
         ERROR + "-:2: invalid target 'bad..name': not an IP address, CIDR, range or hostname"]
 
 
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_report_write_failing_after_the_scan_is_exit_3_and_keeps_results(
+        files: Path, output: str) -> None:
+    """A disk that fills up (/dev/full) while the report is written: one line, exit 3, and the
+    results stay in the store (the table path was an internal error from inside rich)."""
+    db = files / "s.db"
+    code, _, stderr = _invoke(["scan", _QUIET_TARGET, "-p", "20000", "-o", output,
+                               "--output-file", "/dev/full", "--timeout", "2"], db)
+    (line,) = stderr.strip().splitlines()
+    assert code == 3 and line.startswith(ERROR + "cannot write /dev/full"), stderr
+    with Store.open(db) as store:
+        (scan,) = store.list_scans()
+        assert scan.status == "finished" and store.done_pairs(scan.id) == {(_QUIET_TARGET, 20000)}
+    assert f"vncaudit results {scan.id}" in line
+
+
+def test_local_report_write_failing_is_exit_3(files: Path) -> None:
+    code, _, stderr = _invoke(["local", "--only-port", "20000", "--no-sniff", "--output-file",
+                               "/dev/full"], files / "s.db")
+    assert code == 3 and stderr.strip().splitlines() == [
+        ERROR + "cannot write /dev/full: No space left on device"], stderr
+
+
 def test_results_of_an_empty_store_say_so(files: Path) -> None:
     code, stdout, stderr = _invoke(["results"], files / "empty.db")
     assert code == 0 and stdout == ""

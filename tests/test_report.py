@@ -612,7 +612,9 @@ def test_cli_fail_on_works_with_every_format(x11vnc_none: Any, tmp_path: Path, f
 
 
 def test_cli_unwritable_output_file_is_one_line_and_keeps_the_results(tmp_path: Path) -> None:
-    target = tmp_path / "missing-dir" / "r.csv"
+    # A write that fails after the scan (a disk that is full); a missing directory is refused
+    # before the scan instead (tests/test_cli_errors.py).
+    target = Path("/dev/full")
     out = run_cli("scan", "127.0.0.1", "-p", str(_closed_port()), "-o", "csv",
                   "--output-file", str(target), "--timeout", "2")
     assert out.returncode == 3

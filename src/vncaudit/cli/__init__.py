@@ -963,22 +963,24 @@ def _emit(
     results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
     if output == "table":
-        try:
-            handle = output_file.open("w", encoding="utf-8") if output_file else None
-        except OSError as exc:
-            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
-                        f"kept: vncaudit results {record.id}", 3) from None
-        try:
-            out = Console(file=handle, highlight=False)
-            if shown:
-                out.print(results_table(shown))
-                print_findings(out, shown, show_fix, trusted=trusted)
-            elif record.counts.get("done"):
-                out.print("nothing answered on the probed ports (--all lists closed and "
-                          "filtered)")
-        finally:
-            if handle is not None:
-                handle.close()
+        import io
+
+        # Into a buffer first when it goes to a file: a failing write (disk full) is then
+        # the one "cannot write" line below, never an error from inside rich.
+        buffer = io.StringIO() if output_file else None
+        out = Console(file=buffer, highlight=False)
+        if shown:
+            out.print(results_table(shown))
+            print_findings(out, shown, show_fix, trusted=trusted)
+        elif record.counts.get("done"):
+            out.print("nothing answered on the probed ports (--all lists closed and "
+                      "filtered)")
+        if output_file and buffer is not None:
+            try:
+                output_file.write_text(buffer.getvalue(), encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
+                            f"are kept: vncaudit results {record.id}", 3) from None
         counts = record.counts
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
                   f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
