@@ -42,6 +42,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "notdb.db").write_text("this is not a SQLite database\n")
     (tmp_path / "longline.txt").write_text("127.0.0.1," * 20000)  # no line break
     (tmp_path / "words.txt").write_text("secret\n")
+    (tmp_path / "tokens.txt").write_text("# ops\n" + "sha256:" + "0" * 64 + "\nsha256:abc\n")
+    (tmp_path / "rawtoken.txt").write_text("vnca_notahash\n")
     (tmp_path / "subdir").mkdir()
     return tmp_path
 
@@ -161,6 +163,9 @@ CASES: list[tuple[list[str], int, str]] = [
     (["serve", "--config", "{d}/badtype.toml"], 2, "workers must be an integer"),
     (["serve", "--config", "{d}/badallow.toml"], 2, "allow must be a list of strings"),
     (["serve", "--config", "{d}/binary.dat"], 2, "not UTF-8"),
+    (["serve", "--token-file", "{d}/tokens.txt"], 2, "tokens.txt:3: not a token hash"),
+    (["serve", "--token-file", "{d}/rawtoken.txt"], 2, "that is a token itself"),
+    (["serve", "--token-file", "{d}/binary.dat"], 2, "not UTF-8"),
     (["serve", "--port", "0"], 2, "--port"),
     (["serve", "--port", "70000"], 2, "--port"),
     (["serve", "--workers", "0"], 2, "workers"),

@@ -9,6 +9,7 @@ embedded default (the SQLite store, in-process workers). Must not: hold web logi
 from __future__ import annotations
 
 import errno
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -104,8 +105,7 @@ def serve(
             overrides[key] = value
     try:
         if token_file is not None:
-            overrides["token_hashes"] = tokens_from(
-                token_file.read_text(encoding="utf-8").splitlines())
+            overrides["token_hashes"] = tokens_from(_token_lines(token_file))
         settings = (Settings.from_toml(config, **overrides) if config is not None
                     else Settings(**overrides))  # type: ignore[arg-type]
     except OSError as exc:
@@ -123,6 +123,22 @@ def serve(
     server_config = uvicorn.Config(create_app(settings), host=host, port=port,
                                    log_level="warning", proxy_headers=False, server_header=False)
     uvicorn.Server(server_config).run(sockets=[sock])
+
+
+def _token_lines(path: Path) -> list[str]:
+    """The lines of --token-file, each checked, so a wrong line is named with its number."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise _fail(f"--token-file {path}: not UTF-8 text") from None
+    for number, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if entry and not re.fullmatch(r"sha256:[0-9a-f]{64}", entry):
+            hint = (" (that is a token itself: the file holds its hash line, as printed by "
+                     "--new-token)" if entry.startswith("vnca_") else "")
+            raise _fail(f"--token-file {path}:{number}: not a token hash "
+                        f"(sha256:<64 hex digits>){hint}")
+    return lines
 
 
 def _listen(host: str, port: int) -> socket.socket:
