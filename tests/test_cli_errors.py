@@ -268,6 +268,11 @@ def test_ctrl_c_outside_a_scan_is_one_line_exit_130(tmp_path: Path) -> None:
     assert stderr.strip().splitlines() == [ERROR + "interrupted"]
 
 
+def test_dash_h_is_help(files: Path) -> None:
+    code, stdout, _ = _invoke(["scan", "-h"], files / "s.db")
+    assert code == 0 and "--ports" in stdout and "Examples:" in stdout
+
+
 def test_version_option(files: Path) -> None:
     code, stdout, _ = _invoke(["--version"], files / "s.db")
     assert code == 0 and stdout.startswith("vncaudit ")

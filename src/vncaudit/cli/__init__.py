@@ -97,6 +97,7 @@ class _OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=_OneLineErrors,
     name="vncaudit",
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h, as nmap users type it
     epilog="""Examples:
 
   vncaudit scan 10.0.0.0/24                   VNC on the default ports of a subnet
