@@ -52,7 +52,12 @@ def files(tmp_path: Path) -> Path:
 CASES: list[tuple[list[str], int, str]] = [
     # targets
     (["scan", "999.1.1.1"], 2, "'999.1.1.1'"),
-    (["scan", "10.0.0.0/33"], 2, "10.0.0.0/33"),
+    (["scan", "10.0.0.0/33"], 2, "prefix length must be a number 0-32"),  # was: input twice
+    (["scan", "host.test/24"], 2, "'host.test' is not an IP address"),
+    # habits from other tools get a hint (were: "invalid IPv6 address", "not a network")
+    (["scan", "127.0.0.1:5900"], 2, "a port goes in -p, not after the host (127.0.0.1 -p 5900)"),
+    (["scan", "[::1]:5901"], 2, "(::1 -p 5901)"),
+    (["scan", "vnc://127.0.0.1:5900"], 2, "not a URL"),
     (["scan", "host..name"], 2, "host..name"),
     (["scan", ""], 2, "empty target"),
     (["scan", "127.0.0.1-127.0.0.0"], 2, "before the start"),

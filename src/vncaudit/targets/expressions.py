@@ -142,11 +142,14 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
     shown = _show(expr)
     if not expr:
         raise _err("empty target expression")
+    if "://" in expr:
+        raise _err(f"invalid target {shown}: give the host, not a URL (vnc://host:5901 is "
+                   "host -p 5901)")
     if "/" in expr:
         try:
             net = ipaddress.ip_network(expr, strict=False)
         except ValueError as exc:
-            raise _err(f"invalid network {shown}: {exc}") from None
+            raise _err(f"invalid network {shown}: {_network_problem(expr, exc)}") from None
         first, last = _key(net.network_address), _key(net.broadcast_address)
         norm = str(net.network_address) if first == last else str(net)
         return _Parsed(norm, [(first, last)])
@@ -162,6 +165,7 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
             _check_zone(ip.scope_id, shown)
         return _Parsed(str(ip), [(_key(ip), _key(ip))], zones=_zones([ip]))
     if ":" in expr:
+        _refuse_host_port(expr, shown)
         raise _err(f"invalid IPv6 address {shown}")
     name = _hostname(expr)
     if name is None:
@@ -182,6 +186,32 @@ def _check_zone(zone: str, shown: str) -> None:
     if zone not in names:
         raise _err(f"invalid target {shown}: no network interface {_show(zone)} on this "
                    f"machine (interfaces: {', '.join(sorted(names))})")
+
+
+def _network_problem(expr: str, exc: ValueError) -> str:
+    """What is wrong with ADDRESS/PREFIX, in words (ipaddress only repeats the input)."""
+    address, _, prefix = expr.partition("/")
+    ip = _ip_or_none(address)
+    if ip is None:
+        return f"{_show(address)} is not an IP address (a network is ADDRESS/PREFIX)"
+    top = 32 if ip.version == 4 else 128
+    if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > top:
+        return f"the prefix length must be a number 0-{top}, not {_show(prefix)}"
+    return str(exc)
+
+
+def _refuse_host_port(expr: str, shown: str) -> None:
+    """HOST:PORT (or [IPv6]:PORT) is a common habit from other tools: say where the port goes
+    instead of calling it a broken IPv6 address."""
+    host, _, port = expr.rpartition(":")
+    if not (port.isascii() and port.isdigit()):
+        return
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+    ip = _ip_or_none(bare if bare is not None else host)
+    if (bare is not None and ip is not None) or (ip is not None and ip.version == 4) or (
+            bare is None and ip is None and _hostname(host) is not None):
+        raise _err(f"invalid target {shown}: a port goes in -p, not after the host "
+                   f"({bare or host} -p {port})")
 
 
 def _zones(addrs: Iterable[IPAddress]) -> dict[int, str]:
