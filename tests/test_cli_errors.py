@@ -321,6 +321,37 @@ def test_serve_port_in_use_is_one_line_exit_3(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
 
 
+def test_serve_stops_on_ctrl_c_without_an_error(tmp_path: Path) -> None:
+    """Ctrl-C is how `serve` is stopped ("Ctrl-C stops"): exit 0, no error line."""
+    import httpx
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    proc = subprocess.Popen([sys.executable, "-m", "vncaudit", "serve", "--port", str(port),
+                             "--db", str(tmp_path / "w.db")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        http = httpx.Client(trust_env=False, timeout=5)  # loopback: never via a proxy
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert http.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # our own child, by its handle
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert ERROR not in stderr and stderr.strip().endswith("vncaudit web service stopped")
+
+
 def test_help_of_every_command_explains_every_option() -> None:
     """Every option of every command has a help text, and the main ones have examples."""
     import typer.main

@@ -122,7 +122,13 @@ def serve(
     typer.echo(f"vncaudit web service on http://{shown}:{port}/ (Ctrl-C stops)", err=True)
     server_config = uvicorn.Config(create_app(settings), host=host, port=port,
                                    log_level="warning", proxy_headers=False, server_header=False)
-    uvicorn.Server(server_config).run(sockets=[sock])
+    try:
+        uvicorn.Server(server_config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn has shut down gracefully and passes the Ctrl-C on: for a server that is
+        # the normal way to stop, not an error.
+        pass
+    typer.echo("vncaudit web service stopped", err=True)
 
 
 def _token_lines(path: Path) -> list[str]:
