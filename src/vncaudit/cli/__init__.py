@@ -1201,9 +1201,10 @@ def results(
     show_fix: FixOpt = True,
     trusted: TrustedOpt = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="Only scans of this target.")
+        str | None, typer.Option("--target", metavar="TARGET", help="Only scans of this target.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many scans to list.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
+                                       help="How many scans to list.")] = 50,
     db: DbOpt = None,
 ) -> None:
     """List past scans, or show / export one of them in any output format."""

@@ -36,18 +36,21 @@ from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 
 PortsOpt = Annotated[
-    str, typer.Option("-p", "--ports", help="Ports that count as VNC whatever listens on them.")
+    str, typer.Option("-p", "--ports", metavar="PORTS",
+                      help="Ports that count as VNC whatever listens on them.")
 ]
 OnlyPortOpt = Annotated[
     list[int] | None,
-    typer.Option("--only-port", help="Look at this port only (repeatable); others are not "
+    typer.Option("--only-port", metavar="PORT",
+                 help="Look at this port only (repeatable); others are not "
                  "listed, sniffed or probed."),
 ]
 VerboseOpt = Annotated[
     int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug).")
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", min=0.1, help="Seconds per probe of a listener.")
+    float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                        help="Seconds per probe of a listener.")
 ]
 DEFAULT_LOCAL_PORTS = "5800-5999"
 
@@ -168,14 +171,18 @@ def local_cmd(
     ] = False,
     timeout: TimeoutOpt = 5.0,
     output: Annotated[
-        str, typer.Option("-o", "--output", help="Output format: table or json (the file "
+        str, typer.Option("-o", "--output", metavar="FORMAT",
+                          help="Output format: table or json (the file "
                           "`vncaudit check --inside` reads).")
     ] = "table",
     output_file: Annotated[
-        Path | None, typer.Option("--output-file", help="Write the report here, not stdout.")
+        Path | None, typer.Option("--output-file", metavar="FILE",
+                                  help="Write the report here, not stdout.")
     ] = None,
     fail_on: Annotated[
-        str | None, typer.Option("--fail-on", help="Exit 1 at or above this severity.")
+        str | None, typer.Option("--fail-on", metavar="SEVERITY",
+                                  help="Exit 1 if a finding is at or above this severity "
+                                  "(critical, high, medium, low, info).")
     ] = None,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -218,7 +225,8 @@ def _threshold(fail_on: str | None) -> Severity | None:
 def harden_cmd(
     allow: Annotated[
         list[str] | None,
-        typer.Option("--allow", help="Keep access from this network (CIDR, repeatable): "
+        typer.Option("--allow", metavar="NETWORK",
+                     help="Keep access from this network (CIDR, repeatable): "
                      "allow-list instead of a block."),
     ] = None,
     apply: Annotated[
@@ -229,14 +237,16 @@ def harden_cmd(
         bool, typer.Option("--rollback", help="Restore the rules saved by the last --apply.")
     ] = False,
     backup: Annotated[
-        str | None, typer.Option("--backup", help="With --rollback: which backup (its name).")
+        str | None, typer.Option("--backup", metavar="NAME",
+                                 help="With --rollback: which backup (its name).")
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="auto (ufw if active, else nftables, else "
+        str, typer.Option("--backend", metavar="BACKEND",
+                          help="auto (ufw if active, else nftables, else "
                           "iptables), ufw, nftables or iptables.")
     ] = "auto",
     backup_dir: Annotated[
-        Path, typer.Option("--backup-dir", help="Where --apply keeps its backups.")
+        Path, typer.Option("--backup-dir", metavar="DIR", help="Where --apply keeps its backups.")
     ] = harden.DEFAULT_BACKUP_DIR,
     ports: PortsOpt = DEFAULT_LOCAL_PORTS,
     only_port: OnlyPortOpt = None,
@@ -378,16 +388,19 @@ def check_cmd(
     host: Annotated[str, typer.Argument(help="The host's address as seen from here.")],
     inside: Annotated[
         Path | None,
-        typer.Option("--inside", help="The host's own view: a `vncaudit local -o json` file. "
+        typer.Option("--inside", metavar="FILE",
+                     help="The host's own view: a `vncaudit local -o json` file. "
                      "Without it, the local audit runs here (when HOST is this machine)."),
     ] = None,
     outside: Annotated[
         Path | None,
-        typer.Option("--outside", help="The outside view: a `vncaudit scan -o json` file made "
+        typer.Option("--outside", metavar="FILE",
+                     help="The outside view: a `vncaudit scan -o json` file made "
                      "from another vantage point. Without it, HOST is scanned from here."),
     ] = None,
     ports: Annotated[
-        str | None, typer.Option("-p", "--ports", help="Ports to scan (default: the inside "
+        str | None, typer.Option("-p", "--ports", metavar="PORTS",
+                                 help="Ports to scan (default: the inside "
                                  "listeners' ports plus 5800,5900-5910).")
     ] = None,
     only_port: OnlyPortOpt = None,
