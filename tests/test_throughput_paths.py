@@ -12,6 +12,7 @@ compare equal but print differently (True and 1), and exposures given by the cal
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,48 @@ def test_extra_values_that_compare_equal_but_print_differently_get_their_own_fin
     listed = replace(base, extra={"suspected_honeypot": {"reasons": ["a", "b"]}})
     mapped = replace(base, extra={"suspected_honeypot": {"reasons": {"a": "b"}}})
     _both_ways(listed, mapped)
+
+
+def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeypatch: Any) -> None:
+    """The scan's progress bar is redrawn at most every 0.1 s, not per result, and its last
+    state is the real total (127.83.0.x: local addresses nothing listens on, so every port
+    answers 'closed' at once)."""
+    import io
+
+    from rich.console import Console
+
+    from vncaudit import cli
+    from vncaudit.engine import Progress as EngineProgress
+    from vncaudit.engine import ScanOptions
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions
+
+    made: list[Any] = []
+    real = cli._progress_bar
+
+    draws: list[int] = []
+
+    def bar(console: Any) -> Any:
+        made.append(real(Console(file=io.StringIO(), force_terminal=True)))
+        update = made[-1].update
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            draws.append(1)
+            update(*args, **kwargs)
+
+        made[-1].update = counted
+        return made[-1]
+
+    monkeypatch.setattr(cli, "_progress_bar", bar)
+    targets = [Target(f"127.83.0.{h}", p) for h in range(1, 41) for p in (5900, 5901)]
+    state = EngineProgress(total=len(targets))
+    seen: list[ServiceResult] = []
+    started = time.monotonic()
+    cli._run_with_progress(iter(targets), ScanOptions(probe=ProbeOptions(timeout=1.0)), state,
+                           True, seen.append)
+    elapsed = time.monotonic() - started
+    assert len(seen) == len(targets) == state.done
+    assert 1 <= len(draws) <= 2 + int(elapsed / 0.1) < len(targets)
+    task = made[0].tasks[0]
+    assert task.completed == len(targets)
+    assert task.fields["vnc"] == 0

@@ -1021,15 +1021,24 @@ def _run_with_progress(
         loop = asyncio.get_running_loop()
         started = loop.time()
         task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+        shown = [started]
+
+        def draw() -> None:
+            if bar is not None and task_id is not None:
+                now = loop.time()
+                shown[0] = now
+                bar.update(task_id, completed=state.done,
+                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc)
 
         def update(result: ServiceResult) -> None:
             on_result(result)
-            if bar is not None and task_id is not None:
-                elapsed = max(loop.time() - started, 1e-6)
-                bar.update(task_id, completed=state.done, rate=state.done / elapsed,
-                           vnc=state.vnc)
+            # The bar redraws a few times a second anyway: thousands of updates a second
+            # would cost the scan, not show more.
+            if bar is not None and loop.time() - shown[0] >= 0.1:
+                draw()
 
         await scan_async(pending, options, on_result=update, progress=state, collect=False)
+        draw()
 
     if bar is None:
         run_loop(run())
