@@ -327,6 +327,17 @@ DbOpt = Annotated[
     typer.Option("--db", metavar="FILE", help="SQLite store. Default: $VNCAUDIT_DB, else "
                  "~/.local/share/vncaudit/vncaudit.db."),
 ]
+def finite(value: float | None) -> float | None:
+    """Option callback: `inf` passes click's range check (and `nan` any comparison), but no
+    deadline or rate is infinite; `inf` used to fail later as "options are not
+    JSON-serialisable" (exit 3), or wait forever."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 def _check_trusted(trusted: str | None) -> None:
     """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
     from vncaudit.remedies import UnsafeValueError, check_trusted
@@ -433,14 +444,14 @@ def scan(
         bool, typer.Option("--allow-special", help="Allow multicast/reserved/broadcast ranges.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", callback=finite,
                             help="One deadline per probe, in seconds.")
     ] = 5.0,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, metavar="N", help="Probes in flight at once.")
     ] = DEFAULT_CONCURRENCY,
     rate: Annotated[
-        float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND",
+        float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND", callback=finite,
                                    help="Max new connections per second "
                                    "(--discovery syn: SYN packets per second, default 50000).")
     ] = None,
@@ -1021,24 +1032,15 @@ def _run_with_progress(
         loop = asyncio.get_running_loop()
         started = loop.time()
         task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
-        shown = [started]
-
-        def draw() -> None:
-            if bar is not None and task_id is not None:
-                now = loop.time()
-                shown[0] = now
-                bar.update(task_id, completed=state.done,
-                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc)
 
         def update(result: ServiceResult) -> None:
             on_result(result)
-            # The bar redraws a few times a second anyway: thousands of updates a second
-            # would cost the scan, not show more.
-            if bar is not None and loop.time() - shown[0] >= 0.1:
-                draw()
+            if bar is not None and task_id is not None:
+                elapsed = max(loop.time() - started, 1e-6)
+                bar.update(task_id, completed=state.done, rate=state.done / elapsed,
+                           vnc=state.vnc)
 
         await scan_async(pending, options, on_result=update, progress=state, collect=False)
-        draw()
 
     if bar is None:
         run_loop(run())
@@ -1146,10 +1148,12 @@ def subdomains(
         int, typer.Option("--dns-concurrency", min=1, help="DNS queries in flight.")
     ] = 50,
     rate: Annotated[
-        float | None, typer.Option("--dns-rate", min=0.1, help="Max DNS queries per second.")
+        float | None, typer.Option("--dns-rate", min=0.1, callback=finite,
+                                    help="Max DNS queries per second.")
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--dns-timeout", min=0.1, help="Seconds per DNS query.")
+        float, typer.Option("--dns-timeout", min=0.1, callback=finite,
+                             help="Seconds per DNS query.")
     ] = 3.0,
     axfr_port: Annotated[int, typer.Option("--axfr-port", hidden=True)] = 53,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -31,6 +31,7 @@ from vncaudit.cli import (
     _write_out,
     app,
     err,
+    finite,
 )
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
@@ -49,7 +50,7 @@ VerboseOpt = Annotated[
     int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr (-vv: debug).")
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
+    float, typer.Option("--timeout", min=0.1, metavar="SECONDS", callback=finite,
                         help="Seconds per probe of a listener.")
 ]
 DEFAULT_LOCAL_PORTS = "5800-5999"

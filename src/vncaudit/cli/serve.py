@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from vncaudit.cli import DbOpt, _fail, _setup_logging, app
+from vncaudit.cli import DbOpt, _fail, _setup_logging, app, finite
 
 
 @app.command(epilog="""Examples:
@@ -68,10 +68,12 @@ def serve(
         int | None, typer.Option("--max-ports", help="Ports per scan at most (65535).")] = None,
     rate: Annotated[
         float | None,
-        typer.Option("--rate", help="Scan submissions per minute per client address (10)."),
+        typer.Option("--rate", callback=finite,
+                     help="Scan submissions per minute per client address (10)."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Probe deadline in seconds (5).")] = None,
+        float | None, typer.Option("--timeout", callback=finite,
+                                   help="Probe deadline in seconds (5).")] = None,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
     ] = 0,
