@@ -1032,15 +1032,24 @@ def _run_with_progress(
         loop = asyncio.get_running_loop()
         started = loop.time()
         task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+        shown = [started]
+
+        def draw() -> None:
+            if bar is not None and task_id is not None:
+                now = loop.time()
+                shown[0] = now
+                bar.update(task_id, completed=state.done,
+                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc)
 
         def update(result: ServiceResult) -> None:
             on_result(result)
-            if bar is not None and task_id is not None:
-                elapsed = max(loop.time() - started, 1e-6)
-                bar.update(task_id, completed=state.done, rate=state.done / elapsed,
-                           vnc=state.vnc)
+            # The bar redraws a few times a second anyway: thousands of updates a second
+            # would cost the scan, not show more.
+            if bar is not None and loop.time() - shown[0] >= 0.1:
+                draw()
 
         await scan_async(pending, options, on_result=update, progress=state, collect=False)
+        draw()
 
     if bar is None:
         run_loop(run())
@@ -1118,6 +1127,12 @@ def _domain_targets(
                               style="yellow", markup=False)
                     continue
                 usable.append(address)
+            if usable and not _plain_target_name(host.name, usable):
+                # A zone transfer may carry any label ("a/b", "x:y", "10.0.0.1-9."): one such
+                # name must not abort the scan of the domain's other hosts.
+                err.print(f"warning: {_plain(host.name)} is not a plain host name; not scanned",
+                          style="yellow", markup=False)
+                continue
             if usable:
                 names.append(host.name)
                 known[host.name] = usable
@@ -1125,6 +1140,18 @@ def _domain_targets(
                   f"({found.queries} DNS queries)", style="dim", markup=False)
 
     return names, known, records
+
+
+def _plain_target_name(name: str, addresses: list[str]) -> bool:
+    """Does the target parser take *name* as a host name (not a network, range or error)?"""
+    from vncaudit import targets as targets_mod
+
+    try:
+        space = targets_mod.build_target_space([name], (1,), allow_special=True,
+                                               resolve=lambda _name: addresses)
+    except UsageError:
+        return False
+    return space.describe() == [name.lower().removesuffix(".")]
 
 
 @app.command(epilog="""Examples:
