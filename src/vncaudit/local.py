@@ -26,6 +26,7 @@ import pwd
 import re
 import shlex
 import socket
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -279,21 +280,31 @@ class Socket:
 def listening_sockets() -> tuple[list[Socket], list[str]]:
     """Every listening TCP socket psutil can see, and what it could not see."""
     blind: list[str] = []
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except psutil.AccessDenied:
-        return [], ["listening sockets: the OS refused to list them without root "
-                    "(run as root/Administrator)"]
-    seen: dict[tuple[str, int], Socket] = {}
-    for c in conns:
-        if c.status != psutil.CONN_LISTEN or not c.laddr:
-            continue
-        fam = firewall.IPV6 if c.family == socket.AF_INET6 else firewall.IPV4
-        key = (c.laddr.ip, c.laddr.port)
-        if key not in seen or seen[key].pid is None:
-            pid = _main_owner(c.pid, key) if c.pid is not None else None
-            seen[key] = Socket(c.laddr.ip, c.laddr.port, fam, pid)
+    for attempt in range(_OWNER_ATTEMPTS):
+        try:
+            conns = psutil.net_connections(kind="tcp")
+        except psutil.AccessDenied:
+            return [], ["listening sockets: the OS refused to list them without root "
+                        "(run as root/Administrator)"]
+        seen: dict[tuple[str, int], Socket] = {}
+        for c in conns:
+            if c.status != psutil.CONN_LISTEN or not c.laddr:
+                continue
+            fam = firewall.IPV6 if c.family == socket.AF_INET6 else firewall.IPV4
+            key = (c.laddr.ip, c.laddr.port)
+            if key not in seen or seen[key].pid is None:
+                pid = _main_owner(c.pid, key) if c.pid is not None else None
+                seen[key] = Socket(c.laddr.ip, c.laddr.port, fam, pid)
+        # A holder named by psutil may be a forked child that exited since (Xvnc's xkbcomp):
+        # list again rather than report a socket whose owner cannot be read.
+        if all(s.pid is None or psutil.pid_exists(s.pid) for s in seen.values()):
+            break
+        if attempt + 1 < _OWNER_ATTEMPTS:
+            time.sleep(0.05)
     return sorted(seen.values(), key=lambda s: (s.port, s.family, s.address)), blind
+
+
+_OWNER_ATTEMPTS = 5
 
 
 def _main_owner(pid: int, laddr: tuple[str, int]) -> int:
