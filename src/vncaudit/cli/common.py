@@ -1,0 +1,220 @@
+"""Shared command line plumbing, independent of `app`: the one-line error handling.
+
+Owns: the command group class that turns click's usage errors into one `vncaudit: error:`
+line (exit 2), `_error_line` / `_fail`, logging set-up, the stderr console `err`, the option
+aliases every command shares (`OutputOpt`, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`,
+`TrustedOpt`), value checks refused before any packet (`finite`, `--trusted`, output file) and
+opening the store. Must not: define commands, import `vncaudit.cli` (it is imported by it), or
+hold scanning, grading or formatting logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer._click import exceptions as click_errors  # typer vendors click (0.29+)
+from typer.core import TyperGroup
+
+from vncaudit import report
+from vncaudit.store import Store, StoreError, default_db_path
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with click's own usage errors (unknown option, a value out of range,
+    a missing argument) printed as one `vncaudit: error:` line like every other failure,
+    instead of a usage box. A user's script can then rely on one line and exit code 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:
+            # Bare `vncaudit` (or a group without its command): the help is the answer.
+            text = exc.format_message().strip()
+            if text:
+                sys.stderr.write(text + "\n")
+            code: int = exc.exit_code
+        except click_errors.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _error_line(exc.format_message() + hint)
+            code = exc.exit_code
+        except typer.Abort:  # Ctrl-C or end of input at a prompt
+            _error_line("aborted; nothing changed")
+            code = 130
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C outside a scan's own handler (check, local, subdomains ...): say so, in
+            # the same one line, instead of exiting 130 silently.
+            _error_line("interrupted")
+            raise typer.Exit(130) from None
+
+
+err = Console(stderr=True, highlight=False)
+log = logging.getLogger("vncaudit")
+
+
+def _error_line(message: str) -> None:
+    # Plain write: rich would wrap a long message onto two lines.
+    sys.stderr.write("vncaudit: error: " + " ".join(message.split()) + "\n")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    _error_line(message)
+    return typer.Exit(code)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+OUTPUTS = ("table", *report.FORMATS)
+
+
+OutputOpt = Annotated[
+    str, typer.Option("-o", "--output", metavar="FORMAT",
+                      help=f"Output format: {', '.join(OUTPUTS)}.")
+]
+OutputFileOpt = Annotated[
+    Path | None, typer.Option("--output-file", metavar="FILE",
+                              help="Write the report here, not stdout.")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Also list closed and filtered ports.")]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", metavar="FILE", help="SQLite store. Default: $VNCAUDIT_DB, else "
+                 "~/.local/share/vncaudit/vncaudit.db."),
+]
+def finite(value: float | None) -> float | None:
+    """Option callback: `inf` passes click's range check (and `nan` any comparison), but no
+    deadline or rate is infinite; `inf` used to fail later as "options are not
+    JSON-serialisable" (exit 3), or wait forever."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _check_trusted(trusted: str | None) -> None:
+    """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
+    from vncaudit.remedies import UnsafeValueError, check_trusted
+
+    if trusted is not None:
+        try:
+            check_trusted(trusted)
+        except UnsafeValueError as exc:
+            raise _fail(f"--trusted: {exc}") from None
+        _check_not_everyone(trusted, "--trusted")
+
+
+def _check_not_everyone(network: str, option: str) -> None:
+    """An allow-list entry as broad as 0.0.0.0/0 (or anything past /8, IPv6 past /16) keeps
+    the port open to the internet while the plan reads as fixed: refuse it, as the web
+    service's allow-list does."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(network.strip(), strict=False)
+    except ValueError:
+        return  # a host name or a single address
+    limit = 8 if net.version == 4 else 16
+    if net.prefixlen < limit:
+        bits = net.max_prefixlen - net.prefixlen
+        what = "every address" if net.prefixlen == 0 else f"2**{bits} addresses"
+        raise _fail(f"{option} {network}: allows {what}, which keeps the port open to the "
+                    f"internet; list your own networks (/{limit} or narrower)")
+
+
+FixOpt = Annotated[
+    bool,
+    typer.Option("--fix/--no-fix", help="Table output: after the table, list every finding "
+                 "with the commands that fix it for that host and port."),
+]
+TrustedOpt = Annotated[
+    str | None,
+    typer.Option("--trusted", metavar="NETWORK",
+                 help="Table output: the network that keeps access (IP, CIDR or "
+                 "host name), filled into the firewall allow-list commands."),
+]
+
+
+def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()) -> None:
+    """--output-file is checked before any work, so a long scan never ends in "cannot write"
+    (the store keeps the results either way). The file itself is not created yet. *keep*:
+    files the report must not overwrite (the store, the input lists)."""
+    if path is None:
+        return
+    for other in (*keep, default_db_path()):
+        if other is None or str(other) in ("", "-", ":memory:"):
+            continue
+        with contextlib.suppress(OSError):
+            if path.exists() and os.path.samefile(path, Path(other).expanduser()):
+                raise _fail(f"--output-file {path} would overwrite {other} (the store or an "
+                            "input of this command); write the report elsewhere")
+    shown = str(path) or "''"
+    if not str(path).strip() or path.is_dir():
+        raise _fail(f"--output-file {shown}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise _fail(f"--output-file {shown}: directory {parent} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise _fail(f"--output-file {shown}: permission denied")
+
+
+def _open_store(db: Path | None) -> Store:
+    """Open the store for a command; a --db the user typed must name a file in a directory
+    that exists (only the default location is created), so a typo is an error, not a new
+    empty database somewhere."""
+    if db is not None and str(db) != ":memory:":
+        where = db.expanduser()
+        if where.is_dir():
+            raise _fail(f"--db {db}: is a directory; give the database file's path")
+        if not where.parent.is_dir():
+            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+    try:
+        return Store.open(db)
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+
+
+def _write_out(output_file: Path | None, text: str) -> None:
+    """*text* to --output-file (UTF-8) or stdout; a failure to write is one line, exit 3."""
+    if output_file is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output_file.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None

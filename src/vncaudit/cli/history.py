@@ -1,0 +1,135 @@
+"""The `vncaudit results` and `vncaudit diff` commands: past scans read back from the store.
+
+Owns: listing, showing and exporting stored scans and rendering a diff between two. Must not:
+scan, or write to the store beyond opening it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vncaudit.cli import app
+from vncaudit.cli.common import (
+    OUTPUTS,
+    AllOpt,
+    DbOpt,
+    FixOpt,
+    OutputFileOpt,
+    OutputOpt,
+    TrustedOpt,
+    _check_output_file,
+    _check_trusted,
+    _fail,
+    _open_store,
+    _write_out,
+    err,
+)
+from vncaudit.cli.output import _emit
+from vncaudit.models import ServiceResult, Severity
+from vncaudit.store import StoreError, UnknownScanError, default_db_path
+
+
+@app.command(epilog="""Examples:
+
+  vncaudit results                            the recent scans
+  vncaudit results --target 10.0.0.0/24       only scans of this target
+  vncaudit results s-20261124-ab12cd -o html --output-file report.html""")
+def results(
+    scan_id: Annotated[
+        str | None, typer.Argument(help="A scan id to show; without it, list recent scans.")
+    ] = None,
+    output: OutputOpt = "table",
+    output_file: OutputFileOpt = None,
+    include_all: AllOpt = False,
+    show_fix: FixOpt = True,
+    trusted: TrustedOpt = None,
+    target: Annotated[
+        str | None, typer.Option("--target", metavar="TARGET", help="Only scans of this target.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
+                                       help="How many scans to list.")] = 50,
+    db: DbOpt = None,
+) -> None:
+    """List past scans, or show / export one of them in any output format."""
+    if output not in OUTPUTS:
+        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if scan_id is None and output not in ("table", "json"):
+        raise _fail(f"the list of scans is printed as table or json, not {output}; give a scan "
+                    f"id to export that scan as {output}")
+    _check_trusted(trusted)
+    _check_output_file(output_file, [db])
+    try:
+        with _open_store(db) as store:
+            if scan_id is None:
+                records = store.list_scans(limit=limit, target=target)
+                stored: list[ServiceResult] = []
+            else:
+                record = store.require_scan(scan_id)
+                stored = store.results(scan_id, include_closed=include_all)
+    except StoreError as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+    if scan_id is not None:
+        _emit(record, stored, output, output_file, include_all, show_fix=show_fix,
+              trusted=trusted)
+        return
+    if output != "table":
+        import json
+
+        _write_out(output_file, json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        return
+    table = Table()
+    for col in ("scan", "status", "started", "targets", "ports", "probed", "vnc", "no auth",
+                "worst"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        c = r.counts
+        worst = next((sev.value for sev in Severity if c.get(sev.value)), "")
+        table.add_row(r.id, r.status, r.started, " ".join(r.targets)[:60], r.ports,
+                      str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
+                      worst)
+    if not records and output_file is None:
+        where = db or default_db_path()
+        err.print(f"no scans stored{' of ' + target if target else ''} in {where}",
+                  markup=False, soft_wrap=True)
+        return
+    if output_file is None:
+        Console(highlight=False).print(table)
+        return
+    import io
+
+    buffer = io.StringIO()
+    Console(file=buffer, highlight=False, width=200).print(table)
+    _write_out(output_file, buffer.getvalue())
+
+
+@app.command(epilog="""Example:
+
+  vncaudit diff s-20261124-ab12cd s-20261125-cd34ef --json""")
+def diff(
+    scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
+    scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """What changed between two scans: services that appeared, disappeared or changed."""
+    try:
+        with _open_store(db) as store:
+            changes = store.diff(scan_a, scan_b)
+    except StoreError as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(changes.to_dict(), indent=2) + "\n")
+        return
+    lines = changes.lines()
+    out = Console(highlight=False)
+    if not lines:
+        out.print(f"no changes between {scan_a} and {scan_b}", markup=False)
+    for line in lines:
+        out.print(line, markup=False)
