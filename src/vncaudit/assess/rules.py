@@ -392,9 +392,9 @@ def rule_known_cves(ctx: Context) -> list[Finding]:
 
 
 def _why(cve: Cve) -> str:
+    # The KB's `note` records provenance and caveats for maintainers; the range caveat a user
+    # needs is already in the evidence ("range not verified by a source").
     why = f"{cve.title}. {cve.detectable}"
-    if cve.note:
-        why += f" Note: {cve.note}"
     if cve.references:
         why += " See " + " ".join(cve.references)
     return why
@@ -435,8 +435,12 @@ def _possible_cves(ctx: Context, found: Sequence[Cve]) -> Finding:
     ev += [f"identified by: {e}" for e in p.evidence[:3]]
     count = f"{len(found)} known vulnerabilit{'y' if len(found) == 1 else 'ies'}"
     why = ("Some versions of this product have these published vulnerabilities; which version "
-           "runs here is not established, so none is claimed. Details: "
-           + " | ".join(f"{c.id}: {_why(c)}" for c in found))
+           "runs here is not established, so none is claimed: "
+           + ", ".join(c.id for c in found)
+           + ". Check the installed version against each (the evidence gives the ranges).")
+    links = [c.references[0] for c in found if c.references]
+    if links:
+        why += " References: " + " ".join(links)
     return ctx.finding("possible-cves", ev, spec_id="known-cve",
                        title=f"Possibly affected by {count} of {p.name} (version not established)",
                        why=why, severity=ctx.kb.possible_severity)
