@@ -449,7 +449,7 @@ def test_vncaudit_serve_command(tmp_path: Path) -> None:
     db = tmp_path / "serve.db"
     proc = subprocess.Popen([sys.executable, "-m", "vncaudit", "serve", "--port", str(port),
                              "--db", str(db), "--allow", "127.0.0.1/32",
-                             "--token-file", str(tokens)],
+                             "--token-file", str(tokens), "--allow-screenshots"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -469,6 +469,7 @@ def test_vncaudit_serve_command(tmp_path: Path) -> None:
         assert http.get(url + "/api/scans", headers=auth).json() == []
         assert "vncaudit_web_scans_submitted_total" in http.get(url + "/metrics",
                                                                 headers=auth).text
+        assert 'name="screenshot"' in http.get(url + "/").text  # --allow-screenshots offers it
     finally:
         proc.terminate()  # our own child, by its handle
         proc.wait(timeout=15)

@@ -63,6 +63,11 @@ def serve(
         typer.Option("--assume-exposure", help="Grade findings as for this exposure (public, "
                      "private, loopback); default: by each checked address."),
     ] = None,
+    allow_screenshots: Annotated[
+        bool,
+        typer.Option("--allow-screenshots", help="Offer the screenshot proof (one PNG of each "
+                     "service that needs no password; off by default: the images are stored)."),
+    ] = False,
     workers: Annotated[int | None, typer.Option("--workers", help="Scans at once (4).")] = None,
     max_ports: Annotated[
         int | None, typer.Option("--max-ports", help="Ports per scan at most (65535).")] = None,
@@ -100,6 +105,8 @@ def serve(
         overrides["trusted_proxies"] = tuple(trusted_proxy)
     if only_allow_list:
         overrides["allow_own_address"] = False
+    if allow_screenshots:
+        overrides["allow_screenshots"] = True
     for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
                        ("max_ports", max_ports), ("rate_per_minute", rate),
                        ("probe_timeout", timeout)):
