@@ -85,9 +85,6 @@ def _config_from_options(
         secret = cfg.read_secret(webhook_secret_file, "--webhook-secret-file")
     elif os.environ.get(cfg.WEBHOOK_SECRET_ENV):
         secret = os.environ[cfg.WEBHOOK_SECRET_ENV]
-    elif webhooks:
-        err.print("vncaudit watch: webhooks are not signed (no --webhook-secret-file and no "
-                  f"${cfg.WEBHOOK_SECRET_ENV})", style="dim", markup=False, soft_wrap=True)
     for url in webhooks:
         checked = cfg.check_url(url, "--webhook")
         channels.append(cfg.WebhookChannel(cfg.webhook_name(checked), checked,
@@ -276,6 +273,12 @@ def watch(
                 raise _fail(f"monitor {monitor.name}: {exc}") from None
     except UsageError as exc:
         raise _fail(str(exc)) from None
+    unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
+                       if isinstance(c, cfg.WebhookChannel) and c.secret is None})
+    if unsigned:
+        err.print(f"note: {', '.join(unsigned)} not signed (no secret_file, "
+                  f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", style="dim",
+                  markup=False, soft_wrap=True)
     if watch_config.db is not None and db is None:
         db = Path(watch_config.db)
     store = _open_store(db)

@@ -55,7 +55,7 @@ DEFAULT_RULES = ("reachable", "no-auth", "severity", "cve")
 SMTP_SECURITY = ("starttls", "tls", "none")
 DISCOVERY_MODES = ("connect", "syn")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:/ -]{0,199}")
-_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+_EMAIL = re.compile(r"[^@\s<>,;]+@[^@\s<>,;.][^@\s<>,;]*")
 
 
 class ConfigError(UsageError):
