@@ -28,6 +28,7 @@ Server kinds (see ``KINDS``):
 * ``xtightvnc-none``     Xtightvnc without a password file
 * ``qemu``               qemu-system-x86_64 -vnc 127.0.0.1:N (no password, no guest: -S)
 * ``qemu-password``      the same with ``password=on`` and no password set (every login fails)
+* ``x0vncserver``        Xvfb + TigerVNC x0vncserver -SecurityTypes VncAuth (scraping server)
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ PACKAGE_OF = {
     "Xvnc": "tigervnc-standalone-server",
     "vncpasswd": "tigervnc-tools",
     "Xvfb": "xvfb",
+    "X0tigervnc": "tigervnc-scraping-server",
     "x11vnc": "x11vnc",
     "Xtightvnc": "tightvncserver",
     "tightvncpasswd": "tightvncpasswd",
@@ -610,6 +612,56 @@ def start_tigervnc_default(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncSe
 
 
 # --------------------------------------------------------------------------- #
+# Xvfb + TigerVNC x0vncserver (screen scraping)
+# --------------------------------------------------------------------------- #
+
+
+def start_x0vncserver(
+    *,
+    password: str | None = DEFAULT_PASSWORD,
+    desktop: str | None = "vncaudit-x0",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str = "x0vncserver",
+) -> VncServer:
+    """``Xvfb :N`` + ``X0tigervnc -display :N -rfbport P -localhost -SecurityTypes VncAuth``.
+
+    ``X0tigervnc`` is Debian's name for TigerVNC's x0vncserver binary (``x0vncserver`` there is
+    a wrapper that daemonises). It shares Xvnc's `VNCServerST`, so the same blacklist applies.
+    ``-localhost`` makes it listen on loopback only (127.0.0.1 and ::1).
+    """
+    require(kind, ["Xvfb", "X0tigervnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+    w, h = _geom(geometry)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        xvfb = ["Xvfb", f":{display}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"]
+        vnc = ["X0tigervnc", "-display", f":{display}", "-rfbport", str(port), "-localhost"]
+        if password is None:
+            vnc += ["-SecurityTypes", "None"]
+        else:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            vnc += ["-SecurityTypes", "VncAuth", "-PasswordFile", str(pw)]
+        if desktop is not None:
+            vnc += ["-desktop", desktop]
+        vnc += list(extra_args)
+        return [xvfb, vnc]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=(w, h),
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=True,
+    )
+
+
+# --------------------------------------------------------------------------- #
 # Xvfb + x11vnc (LibVNCServer)
 # --------------------------------------------------------------------------- #
 
@@ -805,6 +857,7 @@ KINDS: dict[str, Callable[..., VncServer]] = {
     "xtightvnc-none": start_xtightvnc_none,
     "qemu": start_qemu,
     "qemu-password": start_qemu_password,
+    "x0vncserver": start_x0vncserver,
 }
 
 # Binaries each kind needs (password kinds also need vncpasswd).
@@ -820,6 +873,7 @@ BINARIES: dict[str, list[str]] = {
     "xtightvnc-none": ["Xtightvnc"],
     "qemu": ["qemu-system-x86_64"],
     "qemu-password": ["qemu-system-x86_64"],
+    "x0vncserver": ["Xvfb", "X0tigervnc", "vncpasswd"],
 }
 
 
