@@ -398,8 +398,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], Callable[[Recorder], None], str]
         "3.7 client to neatvnc 0.5.4: it accepts only 'RFB 003.008' and fails any other.",
     ),
     "x0vncserver-38": (
-        "x0vncserver",
-        {},
+        "x0vncserver-none",
+        {"desktop": None},
         play_38_none_then_update,
         "X0tigervnc -SecurityTypes None: [1], result 0, ServerInit, update.",
     ),

@@ -28,11 +28,12 @@ Server kinds (see ``KINDS``):
 * ``xtightvnc-none``     Xtightvnc without a password file
 * ``qemu``               qemu-system-x86_64 -vnc 127.0.0.1:N (no password, no guest: -S)
 * ``qemu-password``      the same with ``password=on`` and no password set (every login fails)
+* ``x0vncserver``        Xvfb + TigerVNC x0vncserver -SecurityTypes VncAuth (scraping server)
 * ``tigervnc-queryconnect``  Xvnc -SecurityTypes None -QueryConnect, with ``vncconfig -nowin`` on
                          its display (the helper that shows the Accept dialog, as a vncserver
                          session runs it); ``vncconfig=False`` leaves it out
-* ``x0vncserver``        Xvfb + x0vncserver (TigerVNC's scraping server) -SecurityTypes None;
-                         ``query_connect=True`` adds -QueryConnect (``x0vncserver-queryconnect``)
+* ``x0vncserver-none``   the same with -SecurityTypes None
+* ``x0vncserver-queryconnect``  the same with -SecurityTypes None -QueryConnect
 * ``vino``               Xvfb + a private session D-Bus + GNOME vino-server, its GSettings in a
                          keyfile of its own; defaults are vino's (``prompt-enabled``, TLS type 18
                          required, no password); ``vino-noprompt``, ``vino-noprompt-plain``
@@ -90,12 +91,12 @@ PACKAGE_OF = {
     "Xvnc": "tigervnc-standalone-server",
     "vncpasswd": "tigervnc-tools",
     "Xvfb": "xvfb",
+    "X0tigervnc": "tigervnc-scraping-server",
     "x11vnc": "x11vnc",
     "Xtightvnc": "tightvncserver",
     "tightvncpasswd": "tightvncpasswd",
     "xsetroot": "x11-xserver-utils",
     "qemu-system-x86_64": "qemu-system-x86",
-    "X0tigervnc": "tigervnc-scraping-server",
     "vncconfig": "tigervnc-tools",
     "vino-server": "vino",
     "dbus-daemon": "dbus-daemon",
@@ -658,6 +659,56 @@ def start_tigervnc_default(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncSe
 
 
 # --------------------------------------------------------------------------- #
+# Xvfb + TigerVNC x0vncserver (screen scraping)
+# --------------------------------------------------------------------------- #
+
+
+def start_x0vncserver(
+    *,
+    password: str | None = DEFAULT_PASSWORD,
+    desktop: str | None = "vncaudit-x0",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str = "x0vncserver",
+) -> VncServer:
+    """``Xvfb :N`` + ``X0tigervnc -display :N -rfbport P -localhost -SecurityTypes VncAuth``.
+
+    ``X0tigervnc`` is Debian's name for TigerVNC's x0vncserver binary (``x0vncserver`` there is
+    a wrapper that daemonises). It shares Xvnc's `VNCServerST`, so the same blacklist applies.
+    ``-localhost`` makes it listen on loopback only (127.0.0.1 and ::1).
+    """
+    require(kind, ["Xvfb", "X0tigervnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+    w, h = _geom(geometry)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        xvfb = ["Xvfb", f":{display}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"]
+        vnc = ["X0tigervnc", "-display", f":{display}", "-rfbport", str(port), "-localhost"]
+        if password is None:
+            vnc += ["-SecurityTypes", "None"]
+        else:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            vnc += ["-SecurityTypes", "VncAuth", "-PasswordFile", str(pw)]
+        if desktop is not None:
+            vnc += ["-desktop", desktop]
+        vnc += list(extra_args)
+        return [xvfb, vnc]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=(w, h),
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=True,
+    )
+
+
+# --------------------------------------------------------------------------- #
 # Xvfb + x11vnc (LibVNCServer)
 # --------------------------------------------------------------------------- #
 
@@ -958,60 +1009,20 @@ def _vncconfig_ready(server: VncServer) -> bool:
     return True
 
 
-def start_x0vncserver(
-    *,
-    query_connect: bool = False,
-    query_timeout: int | None = None,
-    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
-    workdir: Path | None = None,
-    timeout: float = START_TIMEOUT,
-    kind: str | None = None,
-    **_: Any,
+def start_x0vncserver_none(**kw: Any) -> VncServer:
+    return start_x0vncserver(password=None, kind="x0vncserver-none", **kw)
+
+
+def start_x0vncserver_queryconnect(
+    *, query_timeout: int | None = None, extra_args: Sequence[str] = (), **kw: Any
 ) -> VncServer:
-    """Xvfb :N + ``X0tigervnc -display :N -rfbport P -interface 127.0.0.1 -SecurityTypes None``
-    (x0vncserver).
-
-    With *query_connect* it asks on the display ("VNC Server : Accept Connection?") and after
-    QueryConnectTimeout seconds (default 10) fails the client with "Connection rejected by local
-    user" (measured on 1.12.0). It names the desktop user@host, as Xvnc does.
-    """
-    kind = kind or ("x0vncserver-queryconnect" if query_connect else "x0vncserver")
-    require(kind, ["Xvfb", "X0tigervnc"])
-    wd = _workdir(workdir)
-    geom = _geom(geometry)
-
-    def once(attempt: int) -> VncServer:
-        reservation = reserve_display()
-        port = free_port()
-        server, log_path, log = _chain(kind, display=reservation, port=port, workdir=wd,
-                                       attempt=attempt, password=None, desktop=None,
-                                       geometry=geom)
-        t0 = time.monotonic()
-        try:
-            env = _base_env(wd)
-            _xvfb(server, log, log_path, env, geom, timeout)
-            # Debian's x0vncserver is a Perl wrapper that forks X0tigervnc and exits: run the
-            # server itself, so its PID is the one that listens.
-            cmd = ["X0tigervnc", "-display", f":{server.display}", "-rfbport", str(port),
-                   "-interface", HOST, "-SecurityTypes", "None"]
-            if query_connect:
-                cmd.append("-QueryConnect")
-            if query_timeout is not None:
-                cmd += ["-QueryConnectTimeout", str(query_timeout)]
-            _add(server, cmd, log, env)
-            server.command = cmd
-            _wait_rfb(server, log_path, timeout)
-        except BaseException:
-            server.stop()
-            raise
-        server.start_seconds = time.monotonic() - t0
-        return server
-
-    return _retrying(kind, once)
-
-
-def start_x0vncserver_queryconnect(**kw: Any) -> VncServer:
-    return start_x0vncserver(query_connect=True, **kw)
+    """x0vncserver -SecurityTypes None -QueryConnect: it asks on the display ("VNC Server :
+    Accept Connection?") and after QueryConnectTimeout seconds (default 10) fails the client
+    with "Connection rejected by local user", also when nobody clicked (measured on 1.12.0)."""
+    args = ["-QueryConnect", *(["-QueryConnectTimeout", str(query_timeout)]
+                               if query_timeout is not None else []), *extra_args]
+    return start_x0vncserver(password=None, kind="x0vncserver-queryconnect", extra_args=args,
+                             **kw)
 
 
 def start_vino(
@@ -1246,8 +1257,9 @@ KINDS: dict[str, Callable[..., VncServer]] = {
     "xtightvnc-none": start_xtightvnc_none,
     "qemu": start_qemu,
     "qemu-password": start_qemu_password,
-    "tigervnc-queryconnect": start_tigervnc_queryconnect,
     "x0vncserver": start_x0vncserver,
+    "tigervnc-queryconnect": start_tigervnc_queryconnect,
+    "x0vncserver-none": start_x0vncserver_none,
     "x0vncserver-queryconnect": start_x0vncserver_queryconnect,
     "vino": start_vino,
     "vino-noprompt": start_vino_noprompt,
@@ -1270,8 +1282,9 @@ BINARIES: dict[str, list[str]] = {
     "xtightvnc-none": ["Xtightvnc"],
     "qemu": ["qemu-system-x86_64"],
     "qemu-password": ["qemu-system-x86_64"],
+    "x0vncserver": ["Xvfb", "X0tigervnc", "vncpasswd"],
     "tigervnc-queryconnect": ["Xvnc", "vncconfig"],
-    "x0vncserver": ["Xvfb", "X0tigervnc"],
+    "x0vncserver-none": ["Xvfb", "X0tigervnc"],
     "x0vncserver-queryconnect": ["Xvfb", "X0tigervnc"],
     "vino": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],
     "vino-noprompt": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],

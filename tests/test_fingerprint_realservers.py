@@ -129,7 +129,7 @@ def test_novnc_in_front_of_tigervnc(vnc_server_factory: Any, tmp_path: Path) -> 
 
 def test_x0vncserver_is_tigervnc(vnc_server_factory: Any) -> None:
     """x0vncserver (X0tigervnc) names the desktop user@host, as Xvnc does without -desktop."""
-    product = identify(probe_fresh(vnc_server_factory("x0vncserver")))
+    product = identify(probe_fresh(vnc_server_factory("x0vncserver-none", desktop=None)))
     assert product.name == "TigerVNC", product
     assert any(e.startswith("desktop name '") and "@" in e for e in product.evidence), product
 

@@ -364,7 +364,7 @@ def test_a_socket_shared_with_a_forked_child_belongs_to_the_parent() -> None:
 @pytest.mark.parametrize(("kind", "process", "product", "reason"), [
     ("wayvnc", "wayvnc", "wayvnc", "process wayvnc is a VNC server"),
     ("vino-noprompt", "vino-server", "GNOME vino", "process vino-server is a GNOME vino server"),
-    ("x0vncserver", "X0tigervnc", "TigerVNC", "process X0tigervnc is a TigerVNC server"),
+    ("x0vncserver-none", "X0tigervnc", "TigerVNC", "process X0tigervnc is a TigerVNC server"),
 ])
 def test_desktop_sharing_servers_are_named_by_their_process(
         vnc_server_factory, kind: str, process: str, product: str, reason: str) -> None:

@@ -130,7 +130,7 @@ def test_missing_binary_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
         conftest.require_binaries("tigervnc-none")
 
 
-HELD_AND_DESKTOP_KINDS = ["tigervnc-queryconnect", "x0vncserver", "x0vncserver-queryconnect",
+HELD_AND_DESKTOP_KINDS = ["tigervnc-queryconnect", "x0vncserver-none", "x0vncserver-queryconnect",
                           "vino", "vino-noprompt-plain", "vino-password", "wayvnc", "wayvnc-auth"]
 
 
