@@ -30,12 +30,16 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Mode, raise_fd_limit
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
+
+if TYPE_CHECKING:
+    from vncaudit.budget import Decision, ScanGate
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -98,9 +102,15 @@ class _Pipeline:
     once, the rest wait with their connection open and their deadline not yet started), and
     queues every result for the consumer."""
 
-    def __init__(self, options: ScanOptions, budget: int, progress: Progress | None) -> None:
+    def __init__(self, options: ScanOptions, budget: int, progress: Progress | None,
+                 gate: ScanGate | None = None) -> None:
         self.options = options
         self.budget = budget
+        self.gate = gate
+        # Pairs the ledger denied that a SYN sweep still checks (a half-open SYN counts for
+        # no server): a SYN-ACK is answered with the facts read last, not with a probe.
+        self.denied: dict[tuple[str, int], Decision] = {}
+        self.binds: dict[tuple[str, int], str] = {}  # connect from another loopback address
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
@@ -115,10 +125,21 @@ class _Pipeline:
     def found(self, target: Target, sock: socket.socket | None) -> None:
         if self.progress is not None:
             self.progress.live += 1
+        if self.denied:
+            decision = self.denied.pop((target.host, target.port), None)
+            if decision is not None and self.gate is not None:
+                if sock is not None:
+                    sock.close()
+                self.finished(self.gate.answer(decision, "open"))
+                return
+        if self.gate is not None:
+            self.gate.started(target)
         self.waiting.append((target, sock))
         self._dispatch()
 
     def finished(self, result: ServiceResult) -> None:
+        if self.denied:
+            self.denied.pop((result.host, result.port), None)  # closed/filtered now: a fact
         self.results.append(result)
         self.ready.set()
 
@@ -137,7 +158,8 @@ class _Pipeline:
             task.add_done_callback(self._probe_done)
 
     async def _probe(self, target: Target, sock: socket.socket | None) -> None:
-        result = await probe(target, self.options.probe, sock=sock)
+        source = self.binds.pop((target.host, target.port), None) if self.binds else None
+        result = await probe(target, self.options.probe, sock=sock, source=source)
         if self.options.post_probe is not None:
             result = await self.options.post_probe(result)
         self.finished(result)
@@ -180,17 +202,67 @@ class _Pipeline:
                 sock.close()
 
 
+def _gated(targets: Iterable[Target], gate: ScanGate, pipeline: _Pipeline,
+           mode: Mode) -> Iterator[Target]:
+    """The targets the connection ledger lets discovery see, admitted a batch at a time.
+
+    connect: a denied pair never reaches discovery (its connect would count); its result is
+    the ledger's answer. syn: a denied IPv4 pair still gets its SYN (no server counts one)
+    and is answered from the ledger when it turns out live. A pair to be connected from
+    another loopback address skips connect discovery, which cannot bind: the probe connects.
+    """
+    from vncaudit.budget import GATE_BATCH
+
+    source = iter(targets)
+    while batch := list(islice(source, GATE_BATCH)):
+        for target, decision in zip(batch, gate.admit(batch), strict=True):
+            if decision is None:
+                yield target  # a plain grant
+                continue
+            key = (target.host, target.port)
+            if decision.allowed:
+                if decision.bind is None:
+                    yield target
+                    continue
+                pipeline.binds[key] = decision.bind
+                if mode is Mode.SYN:
+                    yield target
+                else:
+                    pipeline.found(target, None)
+            elif mode is Mode.SYN and _ipv4(target.host):
+                pipeline.denied[key] = decision
+                yield target
+            else:
+                pipeline.finished(gate.answer(decision))
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
 async def iter_results(
     targets: Iterable[Target],
     options: ScanOptions | None = None,
     progress: Progress | None = None,
+    gate: ScanGate | None = None,
 ) -> AsyncIterator[ServiceResult]:
-    """Discover and probe every target; yield one result per target as each completes."""
+    """Discover and probe every target; yield one result per target as each completes.
+
+    `gate`: the connection ledger (`vncaudit.budget`). Every target is admitted before any
+    connection to it, and every result is recorded; a denied pair's result is the ledger's
+    answer (the facts read last, with their age). Without a gate nothing is counted."""
     options = options or ScanOptions()
     limit = raise_fd_limit()
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
-    pipeline = _Pipeline(options, budget, progress)
-    sweep = discovery.make_sweep(targets, pipeline, options.discovery_options())
+    pipeline = _Pipeline(options, budget, progress, gate)
+    discovery_options = options.discovery_options()
+    if gate is not None:
+        targets = _gated(targets, gate, pipeline, discovery_options.mode)
+    sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
     sweep_done = False
 
@@ -209,6 +281,8 @@ async def iter_results(
         while True:
             result = pipeline.take()
             if result is not None:
+                if gate is not None:
+                    result = gate.settle(result)
                 if progress is not None:
                     progress.add(result)
                     progress.retried = sweep.retried
@@ -231,6 +305,8 @@ async def iter_results(
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         await pipeline.close()
+        if gate is not None:
+            gate.close()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -284,6 +360,7 @@ async def scan_async(
     progress: Progress | None = None,
     assess_results: bool = True,
     collect: bool = True,
+    gate: ScanGate | None = None,
 ) -> list[ServiceResult]:
     """Probe all targets and return the results (assessed when `assess_results`).
 
@@ -292,7 +369,7 @@ async def scan_async(
     """
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
-    async for result in iter_results(targets, options, progress):
+    async for result in iter_results(targets, options, progress, gate):
         if grade is not None and result.state not in _UNGRADED:
             result = grade(result)
         if collect:
