@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Mode, raise_fd_limit
+from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
 if TYPE_CHECKING:
-    from vncaudit.budget import Decision, ScanGate
+    from vncaudit.budget import Decision, Gate
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -103,7 +104,7 @@ class _Pipeline:
     queues every result for the consumer."""
 
     def __init__(self, options: ScanOptions, budget: int, progress: Progress | None,
-                 gate: ScanGate | None = None) -> None:
+                 gate: Gate | None = None) -> None:
         self.options = options
         self.budget = budget
         self.gate = gate
@@ -111,6 +112,9 @@ class _Pipeline:
         # no server): a SYN-ACK is answered with the facts read last, not with a probe.
         self.denied: dict[tuple[str, int], Decision] = {}
         self.binds: dict[tuple[str, int], str] = {}  # connect from another loopback address
+        # connect mode with raw-socket rights: denied IPv4 pairs, checked with a half-open SYN
+        # once the sweep is done (None: no such rights, they are answered at once).
+        self.liveness: list[Target] | None = None
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
@@ -202,7 +206,7 @@ class _Pipeline:
                 sock.close()
 
 
-def _gated(targets: Iterable[Target], gate: ScanGate, pipeline: _Pipeline,
+def _gated(targets: Iterable[Target], gate: Gate, pipeline: _Pipeline,
            mode: Mode) -> Iterator[Target]:
     """The targets the connection ledger lets discovery see, admitted a batch at a time.
 
@@ -232,8 +236,20 @@ def _gated(targets: Iterable[Target], gate: ScanGate, pipeline: _Pipeline,
             elif mode is Mode.SYN and _ipv4(target.host):
                 pipeline.denied[key] = decision
                 yield target
+            elif pipeline.liveness is not None and _ipv4(target.host):
+                pipeline.denied[key] = decision
+                pipeline.liveness.append(target)
             else:
                 pipeline.finished(gate.answer(decision))
+
+
+def _raw_sockets() -> bool:
+    """Whether this process may send a half-open SYN (root, or CAP_NET_RAW)."""
+    try:
+        discovery.check_syn_allowed()
+    except VncAuditError:
+        return False
+    return True
 
 
 def _ipv4(host: str) -> bool:
@@ -248,7 +264,7 @@ async def iter_results(
     targets: Iterable[Target],
     options: ScanOptions | None = None,
     progress: Progress | None = None,
-    gate: ScanGate | None = None,
+    gate: Gate | None = None,
 ) -> AsyncIterator[ServiceResult]:
     """Discover and probe every target; yield one result per target as each completes.
 
@@ -261,6 +277,8 @@ async def iter_results(
     pipeline = _Pipeline(options, budget, progress, gate)
     discovery_options = options.discovery_options()
     if gate is not None:
+        if discovery_options.mode is Mode.CONNECT and _raw_sockets():
+            pipeline.liveness = []
         targets = _gated(targets, gate, pipeline, discovery_options.mode)
     sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
@@ -270,6 +288,12 @@ async def iter_results(
         nonlocal sweep_done
         try:
             await sweep.run()
+            if pipeline.liveness:
+                # Liveness without a mark: a SYN never completed reaches no server's accept().
+                check = discovery.SynSweep(pipeline.liveness, pipeline, DiscoveryOptions(
+                    Mode.SYN, discovery_options.timeout, None, discovery_options.rate))
+                pipeline.sweep = check
+                await check.run()
         finally:
             sweep_done = True
             if progress is not None:
@@ -360,7 +384,7 @@ async def scan_async(
     progress: Progress | None = None,
     assess_results: bool = True,
     collect: bool = True,
-    gate: ScanGate | None = None,
+    gate: Gate | None = None,
 ) -> list[ServiceResult]:
     """Probe all targets and return the results (assessed when `assess_results`).
 

@@ -17,7 +17,7 @@ Must not: open connections or speak RFB (the engine and the probe do, after aski
 from __future__ import annotations
 
 from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed
-from vncaudit.budget.gate import GATE_BATCH, ScanGate
+from vncaudit.budget.gate import GATE_BATCH, Gate, ScanGate, ShippedDecisions, ShippedGate
 from vncaudit.budget.ledger import (
     BudgetNote,
     Decision,
@@ -25,6 +25,7 @@ from vncaudit.budget.ledger import (
     Ledger,
     LedgerError,
     opened,
+    table_note,
 )
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 
@@ -34,13 +35,17 @@ __all__ = [
     "BudgetNote",
     "Clock",
     "Decision",
+    "Gate",
     "Instant",
     "LastRead",
     "Ledger",
     "LedgerError",
     "ScanGate",
+    "ShippedDecisions",
+    "ShippedGate",
     "SourceResolver",
     "clock_jump",
     "elapsed",
     "opened",
+    "table_note",
 ]

@@ -68,3 +68,34 @@ def clock_jump(earlier: Instant, later: Instant) -> float | None:
     return jump if abs(jump) > CLOCK_SLACK else None
 
 
+
+
+def process_start(pid: int) -> Instant | None:
+    """When process `pid` of this host started, by both clocks (None: it cannot be read).
+    The boot clock comes from /proc/PID/stat, so the comparison with a ledger entry of this
+    boot survives the wall clock having jumped since."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        uptime = ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    now_wall = time.time()
+    now_up = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else None
+    if now_up is None:
+        return None
+    return Instant(now_wall - (now_up - uptime), boot_id(), uptime)
+
+
+def started_after(earlier: Instant, start: Instant) -> bool:
+    """Whether a process that started at `start` (this boot) started after `earlier`: surely
+    so when `earlier` belongs to another boot, else by the boot clock; False when no clock
+    can tell (the safe answer: the server's tally is not assumed to be reset)."""
+    if not start.boot:
+        return False
+    if earlier.boot and earlier.boot != start.boot:
+        return True
+    gap = elapsed(earlier, start)
+    return gap is not None and gap > 0 and earlier.boot == start.boot

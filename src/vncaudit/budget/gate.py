@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
 
+from vncaudit.blacklists import shipped as shipped_rules
 from vncaudit.budget.ledger import Admission, BudgetNote, Decision, Key, Ledger
-from vncaudit.models import SILENT_STATES, ServiceResult, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 
-__all__ = ["GATE_BATCH", "RECORD_BATCH", "RECORD_INTERVAL", "ScanGate"]
+__all__ = ["GATE_BATCH", "PENDING", "RECORD_BATCH", "RECORD_INTERVAL", "Gate", "ScanGate",
+           "ShippedDecisions", "ShippedGate"]
 
 GATE_BATCH: Final = 1024  # targets admitted per ledger transaction
 RECORD_BATCH: Final = 256  # results recorded per ledger transaction
@@ -28,13 +30,85 @@ RECORD_INTERVAL: Final = 0.5  # seconds a result may wait for its record
 _Grant = tuple[Admission, int]
 
 
+class Gate(Protocol):
+    """What the engine asks of a connection ledger (`ScanGate`, or `ShippedGate` on a cluster
+    worker): admit targets before connecting, hear of connections started, settle results,
+    answer for denied pairs, close at the end."""
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]: ...
+
+    def started(self, target: Target) -> None: ...
+
+    def settle(self, result: ServiceResult) -> ServiceResult: ...
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShippedDecisions:
+    """The client's ledger decisions for one cluster run, sent with every shard (a worker
+    writes no store): pairs not to connect to, and pairs to connect to from another address.
+    Every other pair is a plain grant; its result is recorded by the client."""
+
+    denied: frozenset[tuple[str, int]] = frozenset()
+    binds: tuple[tuple[str, int, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.denied or self.binds)
+
+
+PENDING: Final = "decided by the client's connection ledger"
+
+
+class ShippedGate:
+    """A cluster worker's gate: applies `ShippedDecisions`, counts nothing itself. A denied
+    pair's result is a placeholder the client replaces with its ledger's answer."""
+
+    def __init__(self, decisions: ShippedDecisions) -> None:
+        self.denied = decisions.denied
+        self.binds = {(h, p): b for h, p, b in decisions.binds}
+        self.rule = shipped_rules().unknown
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]:
+        out: list[Decision | None] = []
+        for target in targets:
+            key = (target.host, target.port)
+            if key in self.denied:
+                out.append(Decision(target, False, "", self.rule, 0, reason=PENDING))
+            elif key in self.binds:
+                out.append(Decision(target, True, "", self.rule, 0, bind=self.binds[key]))
+            else:
+                out.append(None)
+        return out
+
+    def started(self, target: Target) -> None:
+        return None
+
+    def settle(self, result: ServiceResult) -> ServiceResult:
+        return result
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
+        target = decision.target
+        note = {"probed": False, "reason": PENDING, "liveness": liveness}
+        return ServiceResult(target.host, target.port, State.TARPIT, hostname=target.hostname,
+                             extra={"budget": note})
+
+    def close(self) -> None:
+        return None
+
+
 class ScanGate:
     """One scan's (or one job's) use of a `Ledger`. `scan_id`: where the results are stored,
     so the ledger links to them instead of keeping a copy."""
 
-    def __init__(self, ledger: Ledger, scan_id: str | None = None) -> None:
+    def __init__(self, ledger: Ledger, scan_id: str | None = None, *, extra: int = 0) -> None:
         self.ledger = ledger
         self.scan_id = scan_id
+        # Connections a probe may make after its own (the probe's honeypot checks): granted
+        # with it, or the pair is not probed at all.
+        self.need = 1 + max(0, extra)
         self._pending: dict[tuple[str, int], list[_Grant]] = {}
         self._started: set[tuple[str, int]] = set()
         self._records: list[tuple[Decision, ServiceResult]] = []
@@ -45,7 +119,7 @@ class ScanGate:
     def admit(self, targets: Sequence[Target]) -> list[Decision | None]:
         """Decide these targets, in order: None is a plain grant (connect as usual), a
         `Decision` says more (denied; connect from `bind`; granted only by --risk-lockout)."""
-        admission = self.ledger.admit_batch(targets)
+        admission = self.ledger.admit_batch(targets, need=self.need)
         out: list[Decision | None] = []
         pending = self._pending
         for i, target in enumerate(targets):
@@ -81,11 +155,17 @@ class ScanGate:
             del self._pending[key]
         self._started.discard(key)
         special = admission.special.get(i)
-        if special is None and result.state in SILENT_STATES and admission.intent is not None:
-            self._settled.append((admission.intent, (admission.srcs[i], result.host,
-                                                     result.port)))
+        need = admission.need
+        made = 0 if result.state in SILENT_STATES else 1 + min(need - 1, _extra_made(result))
+        if special is None and made == 0:
+            if admission.intent is not None:
+                self._settled.extend([(admission.intent, (admission.srcs[i], result.host,
+                                                          result.port))] * need)
         else:
-            self._records.append((special or admission.decision(i), result))
+            decision = special or admission.decision(i)
+            self._records.extend([(decision, result)] * max(made, 1))
+            if decision.intent is not None and need > max(made, 1):
+                self._settled.extend([(decision.intent, decision.key)] * (need - max(made, 1)))
         if (len(self._records) + len(self._settled) >= RECORD_BATCH
                 or time.monotonic() - self._flushed >= RECORD_INTERVAL):
             self.flush()
@@ -115,6 +195,13 @@ class ScanGate:
         self._pending.clear()
         self._started.clear()
         self.ledger.abandon(made, unused)
+
+
+def _extra_made(result: ServiceResult) -> int:
+    """Connections the probe made after its own (its honeypot checks report how many)."""
+    checks = result.extra.get("honeypot_checks")
+    made = checks.get("connections") if isinstance(checks, dict) else None
+    return made if isinstance(made, int) and made > 0 else 0
 
 
 def _note(decision: Decision) -> BudgetNote | None:

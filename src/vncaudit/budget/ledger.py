@@ -30,7 +30,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from vncaudit.blacklists import Rule, Rules, rule_for_result, shipped
-from vncaudit.budget.clock import Clock, Instant, boot_id, clock_jump, elapsed
+from vncaudit.budget.clock import (
+    Clock,
+    Instant,
+    boot_id,
+    clock_jump,
+    elapsed,
+    started_after,
+)
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
@@ -119,6 +126,7 @@ class Decision:
     intent: int | None = None
     forced: bool = False  # granted only because the user accepted the lockout risk
     last: LastRead | None = None
+    need: int = 1  # connections granted together (a probe and the checks that follow it)
 
     @property
     def key(self) -> Key:
@@ -159,6 +167,23 @@ class BudgetNote:
             "age": None if self.age is None else round(self.age, 1),
             "liveness": self.liveness,
         }
+
+
+def table_note(result: ServiceResult) -> str | None:
+    """The short line a results table shows under the state of a result the ledger answered
+    (or that used another source address / --risk-lockout); None for an ordinary one."""
+    note = result.extra.get("budget")
+    if not isinstance(note, Mapping):
+        return None
+    if note.get("probed"):
+        if str(note.get("reason", "")).startswith("connected only because --risk-lockout"):
+            return "probed despite its blacklist (--risk-lockout)"
+        return None
+    age = note.get("age")
+    when = _age_text(float(age)) if isinstance(age, int | float) else "earlier"
+    if note.get("read_at") is None:
+        return "not probed (blacklist budget spent)"
+    return f"not re-probed; read {when}"
 
 
 def _product_words(rule: Rule, identified: bool) -> str:
@@ -249,12 +274,14 @@ class Admission:
     special: Mapping[int, Decision]
     intent: int | None
     rule: Rule  # the rule of a plain grant (no history: the [unknown] rule)
+    need: int = 1
 
     def decision(self, i: int) -> Decision:
         found = self.special.get(i)
         if found is not None:
             return found
-        return Decision(self.targets[i], True, self.srcs[i], self.rule, 0, intent=self.intent)
+        return Decision(self.targets[i], True, self.srcs[i], self.rule, 0, intent=self.intent,
+                        need=self.need)
 
 
 def _add(counts: dict[Key, int], key: Key, n: int) -> None:
@@ -403,14 +430,14 @@ class Ledger:
     # -- deciding -------------------------------------------------------------------------------
 
     def _decide(self, target: Target, src: str, rows: Mapping[Key, _Row], conn: Any,
-                kind: str, pending: dict[Key, int], intent: int) -> Decision:
+                kind: str, pending: dict[Key, int], intent: int, need: int) -> Decision:
         key = (src, target.host, target.port)
         row = rows.get(key)
         rule = self._rule(row)
         spent = row.spent if row is not None else 0
         in_flight = self._in_flight.get(key, 0) + pending.get(key, 0)
-        if not rule.limits_probes or spent + in_flight + 1 <= rule.free:
-            return Decision(target, True, src, rule, spent, in_flight, intent=intent)
+        if not rule.limits_probes or spent + in_flight + need <= rule.free:
+            return Decision(target, True, src, rule, spent, in_flight, intent=intent, need=need)
         last = self._last_read(conn, row)
         if self.sources.is_this_host(target.host) and ":" not in target.host:
             for alt in self.alternates:
@@ -421,11 +448,11 @@ class Ledger:
                 alt_rule = self._rule(alt_row) if alt_row is not None else rule
                 alt_spent = alt_row.spent if alt_row is not None else 0
                 alt_flight = self._in_flight.get(alt_key, 0) + pending.get(alt_key, 0)
-                if not alt_rule.limits_probes or alt_spent + alt_flight + 1 <= alt_rule.free:
+                if not alt_rule.limits_probes or alt_spent + alt_flight + need <= alt_rule.free:
                     return Decision(target, True, src, alt_rule, alt_spent, alt_flight,
                                     reason=f"{src}'s budget is spent; connecting from {alt}",
-                                    bind=alt, intent=intent, last=last)
-        decision = Decision(target, False, src, rule, spent, in_flight, last=last)
+                                    bind=alt, intent=intent, last=last, need=need)
+        decision = Decision(target, False, src, rule, spent, in_flight, last=last, need=need)
         why = self._why(decision, row, kind)
         if self.risk_lockout:
             return replace(decision, allowed=True, forced=True, reason=why, intent=intent)
@@ -451,17 +478,23 @@ class Ledger:
         return (f"{what}: the next connection from {src} would make {who} refuse it, and "
                 f"everyone else coming from it, for {block or rule.block:g} s")
 
-    def admit(self, targets: Sequence[Target], *, kind: str = "probe") -> list[Decision]:
+    def admit(self, targets: Sequence[Target], *, kind: str = "probe",
+              restarted: Mapping[tuple[str, int], Instant] | None = None,
+              need: int = 1) -> list[Decision]:
         """Decide a batch of connections (one per target, in order) in one write transaction;
         the granted ones are an intent other processes count until `record` settles them.
 
         A ledger that cannot be written grants nothing (the conservative choice) and says
         why in each decision. `kind` names the connections in a denial ("probe", "active
-        check", ...)."""
-        admission = self.admit_batch(targets, kind=kind)
+        check", ...). `restarted`: when the server process behind (host, port) started, where
+        it is known (`local`): a tally from before that start was reset by the restart. `need`:
+        connections per target granted together or not at all (a probe and its checks)."""
+        admission = self.admit_batch(targets, kind=kind, restarted=restarted, need=need)
         return [admission.decision(i) for i in range(len(targets))]
 
-    def admit_batch(self, targets: Sequence[Target], *, kind: str = "probe") -> Admission:
+    def admit_batch(self, targets: Sequence[Target], *, kind: str = "probe",
+                    restarted: Mapping[tuple[str, int], Instant] | None = None,
+                    need: int = 1) -> Admission:
         """`admit` without a `Decision` per plain grant (a scan admits thousands at once)."""
         if self.closed:
             raise LedgerError("the connection ledger is closed")
@@ -478,6 +511,8 @@ class Ledger:
                 self._check_clock(conn, now)
                 self._refresh(conn, now)
                 rows = self._rows(conn, {(t.host, t.port) for t in targets})
+                if restarted:
+                    self._forget_before_restart(conn, rows, restarted, now)
                 # The write lock is held: the next id is ours, and the grants can carry it.
                 intent_id = int(conn.execute(
                     "SELECT coalesce(max(id), 0) + 1 FROM budget_intents").fetchone()[0])
@@ -485,13 +520,13 @@ class Ledger:
                     key = (srcs[i], target.host, target.port)
                     if key not in rows:
                         seen = in_flight.get(key, 0) + granted.get(key, 0)
-                        if seen + 1 <= plain_free:  # no history: the common case
-                            granted[key] = granted.get(key, 0) + 1
+                        if seen + need <= plain_free:  # no history: the common case
+                            granted[key] = granted.get(key, 0) + need
                             continue
                     decision = self._decide(target, srcs[i], rows, conn, kind, granted,
-                                            intent_id)
+                                            intent_id, need)
                     if decision.allowed:
-                        granted[decision.key] = granted.get(decision.key, 0) + 1
+                        granted[decision.key] = granted.get(decision.key, 0) + need
                     special[i] = decision
                 if granted:
                     conn.execute(
@@ -502,13 +537,29 @@ class Ledger:
             self.store.flush()  # other processes must see the intent before we connect
         except StoreError as exc:
             denied = {i: self._unwritable(t, srcs[i], str(exc)) for i, t in enumerate(targets)}
-            return Admission(targets, srcs, denied, None, self.rules.unknown)
+            return Admission(targets, srcs, denied, None, self.rules.unknown, need)
         if granted and intent_id is not None:
             self._mine[intent_id] = _Intent(self.owner, now.wall, granted)
             for key, n in granted.items():
                 _add(in_flight, key, n)
         return Admission(targets, srcs, special, intent_id if granted else None,
-                         self.rules.unknown)
+                         self.rules.unknown, need)
+
+    def _forget_before_restart(self, conn: Any, rows: dict[Key, _Row],
+                               restarted: Mapping[tuple[str, int], Instant],
+                               now: Instant) -> None:
+        """A server process that started after our last connection has a fresh tally."""
+        for key, row in list(rows.items()):
+            start = restarted.get((row.dst, row.port))
+            if start is None or row.spent == 0 or not started_after(row.last, start):
+                continue
+            history = _append(row.history, [now.iso(), "reset",
+                                            f"the server process started at {start.iso()}, "
+                                            "after these connections"])
+            conn.execute(
+                "UPDATE budget_ledger SET spent = 0, passes = 0, blocked = 0, history = ? "
+                "WHERE src = ? AND dst = ? AND port = ?", (history, *key))
+            rows[key] = replace(row, spent=0, passes=0, blocked=False, history=history)
 
     def _unwritable(self, target: Target, src: str, why: str) -> Decision:
         last: LastRead | None = None
@@ -549,12 +600,13 @@ class Ledger:
         settle = list(settled)
         connected: list[tuple[Decision, ServiceResult]] = []
         for decision, result in outcomes:
-            if not decision.allowed or decision.intent is None:
+            if not decision.allowed:
                 continue
-            settle.append((decision.intent, decision.key))
+            if decision.intent is not None:
+                settle.append((decision.intent, decision.key))
             if result.state not in SILENT_STATES:
                 connected.append((decision, result))
-        if not settle:
+        if not settle and not connected:
             return
         now = self.clock.now()
         try:
@@ -654,9 +706,29 @@ class Ledger:
                                                                      product.version)
         return rule, rule.id if known else "?" + rule.id
 
-    def release(self, decisions: Iterable[Decision]) -> None:
-        """Give back grants whose connection was never attempted (a scan stopped first)."""
-        settle = [(d.intent, d.key) for d in decisions if d.allowed and d.intent is not None]
+    def close_grants(self, decisions: Sequence[Decision]) -> None:
+        """Settle grants whose use is unknown (a check that failed half-way): charged."""
+        self.abandon(decisions, ())
+
+    def unreserved(self, target: Target) -> Decision:
+        """A connection another process made without asking first (a cluster worker's first
+        contact with a server the ledger had never seen), to be recorded all the same."""
+        return Decision(target, True, self.sources(target.host), self.rules.unknown, 0)
+
+    def history(self) -> list[tuple[str, int]]:
+        """Every (server, port) the ledger has a row for, from any source address."""
+        try:
+            with self.store.reading("cannot read the connection ledger") as conn:
+                return [(str(d), int(p)) for d, p in conn.execute(
+                    "SELECT DISTINCT dst, port FROM budget_ledger")]
+        except StoreError as exc:
+            raise LedgerError(str(exc)) from None
+
+    def release(self, decisions: Iterable[Decision], count: int | None = None) -> None:
+        """Give back grants whose connections were never made (a scan stopped first, a check
+        that needed fewer): `count` of each decision's `need` (default: all)."""
+        settle = [(d.intent, d.key) for d in decisions if d.allowed and d.intent is not None
+                  for _ in range(d.need if count is None else count)]
         if not settle:
             return
         try:
@@ -713,9 +785,10 @@ class Ledger:
         try:
             with self.store.writing("cannot settle connections in the ledger") as conn:
                 if made:
-                    self._charge(conn, _Intent(self.owner, float("inf"),
-                                               dict(Counter(d.key for d in made))), now)
-                self._settle(conn, [(d.intent, d.key) for d in (*made, *unused)])
+                    charged = Counter(d.key for d in made for _ in range(d.need))
+                    self._charge(conn, _Intent(self.owner, float("inf"), dict(charged)), now)
+                self._settle(conn, [(d.intent, d.key) for d in (*made, *unused)
+                                    for _ in range(d.need)])
             self.store.flush()
         except StoreError as exc:
             log.warning("budget: %s; this run's grants stay counted", exc)

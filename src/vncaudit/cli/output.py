@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vncaudit import report
+from vncaudit.budget import table_note
 from vncaudit.cli.common import _fail, err
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanRecord
@@ -79,10 +80,10 @@ def results_table(results: list[ServiceResult]) -> Table:
                 desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
         worst = r.worst_severity
         risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
-        note = None
-        if r.error and r.state is not State.VNC:
+        note = table_note(r)  # the ledger answered: say how old the facts are
+        if note is None and r.error and r.state is not State.VNC:
             note = r.error
-        elif r.rfb and r.rfb.failure_reason:
+        elif note is None and r.rfb and r.rfb.failure_reason:
             note = r.rfb.failure_reason
         table.add_row(
             _cell(r.host, r.hostname),
@@ -206,6 +207,12 @@ def _emit(
         counts = record.counts
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
                   f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
+        answered = sum(1 for r in shown if (r.extra.get("budget") or {}).get("probed") is False)
+        if answered:
+            err.print(f"{answered} not re-probed: one more connection from this address would "
+                      "arm the server's blacklist; the facts shown are the last ones read "
+                      "(-o json: extra.budget; --risk-lockout connects anyway)",
+                      style="yellow", markup=False)
         return
     text = report.render(output, meta, results, include_all)
     if output_file:
