@@ -34,7 +34,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
-from vncaudit.discovery import DiscoveryOptions, Mode, raise_fd_limit
+from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
@@ -89,6 +89,7 @@ class Progress:
     open: int = 0  # anything that accepted a connection
     live: int = 0  # pairs discovery found answering (probed or being probed)
     retried: int = 0  # extra discovery attempts for silent pairs
+    syn: discovery.SynCounters | None = None  # the SYN sender's counters (--discovery syn)
 
     def add(self, result: ServiceResult) -> None:
         self.done += 1
@@ -104,12 +105,16 @@ class _Pipeline:
     queues every result for the consumer."""
 
     def __init__(self, options: ScanOptions, budget: int, progress: Progress | None,
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, take_marks: bool = False) -> None:
         self.options = options
+        self.take_marks = take_marks
         self.budget = budget
         self.gate = gate
-        # Pairs the ledger denied that a SYN sweep still checks (a half-open SYN counts for
-        # no server): a SYN-ACK is answered with the facts read last, not with a probe.
+        # syn mode: live pairs are admitted as they are found, a batch per turn of the loop.
+        self.admit_found = False
+        self.unadmitted: list[Target] = []
+        # Denied pairs a half-open SYN still checks (connect mode with raw-socket rights): a
+        # SYN-ACK is answered with the facts read last, not with a probe.
         self.denied: dict[tuple[str, int], Decision] = {}
         self.binds: dict[tuple[str, int], str] = {}  # connect from another loopback address
         # connect mode with raw-socket rights: denied IPv4 pairs, checked with a half-open SYN
@@ -119,7 +124,7 @@ class _Pipeline:
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
         self.probing: set[asyncio.Task[None]] = set()
-        self.results: deque[ServiceResult] = deque()
+        self.results: deque[ServiceResult | Marks] = deque()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
         self.sweep: discovery.Sweep | None = None
@@ -136,15 +141,51 @@ class _Pipeline:
                     sock.close()
                 self.finished(self.gate.answer(decision, "open"))
                 return
+        if self.admit_found and sock is None and (target.host, target.port) not in self.binds:
+            if not self.unadmitted:
+                asyncio.get_running_loop().call_soon(self._admit_found)
+            self.unadmitted.append(target)
+            return
         if self.gate is not None:
             self.gate.started(target)
         self.waiting.append((target, sock))
         self._dispatch()
 
+    def _admit_found(self) -> None:
+        """Ask the ledger about the pairs found live since the last turn of the loop, at once."""
+        batch, self.unadmitted = self.unadmitted, []
+        if not batch or self.gate is None:
+            return
+        try:
+            decisions = self.gate.admit(batch)
+        except Exception as exc:  # the consumer re-raises it instead of waiting forever
+            self.failure = self.failure or exc
+            self.ready.set()
+            return
+        for target, decision in zip(batch, decisions, strict=True):
+            if decision is not None and not decision.allowed:
+                # A SYN-ACK answered our half-open SYN: the port is there now.
+                self.finished(self.gate.answer(decision, "open" if _ipv4(target.host)
+                                               else None))
+                continue
+            if decision is not None and decision.bind is not None:
+                self.binds[(target.host, target.port)] = decision.bind
+            self.gate.started(target)
+            self.waiting.append((target, None))
+        self._dispatch()
+        self.ready.set()
+
     def finished(self, result: ServiceResult) -> None:
         if self.denied:
             self.denied.pop((result.host, result.port), None)  # closed/filtered now: a fact
         self.results.append(result)
+        self.ready.set()
+
+    def finished_marks(self, marks: Marks) -> None:
+        if self.take_marks:
+            self.results.append(marks)
+        else:
+            self.results.extend(marks.results())
         self.ready.set()
 
     def room(self) -> int:
@@ -183,7 +224,7 @@ class _Pipeline:
 
     # -- consumer ----------------------------------------------------------------------------
 
-    def take(self) -> ServiceResult | None:
+    def take(self) -> ServiceResult | Marks | None:
         if not self.results:
             return None
         result = self.results.popleft()
@@ -192,7 +233,7 @@ class _Pipeline:
         return result
 
     def idle(self) -> bool:
-        return not self.waiting and not self.probing
+        return not self.waiting and not self.probing and not self.unadmitted
 
     async def close(self) -> None:
         for task in list(self.probing):
@@ -206,38 +247,25 @@ class _Pipeline:
                 sock.close()
 
 
-def _gated(targets: Iterable[Target], gate: Gate, pipeline: _Pipeline,
-           mode: Mode) -> Iterator[Target]:
-    """The targets the connection ledger lets discovery see, admitted a batch at a time.
-
-    connect: a denied pair never reaches discovery (its connect would count); its result is
-    the ledger's answer. syn: a denied IPv4 pair still gets its SYN (no server counts one)
-    and is answered from the ledger when it turns out live. A pair to be connected from
-    another loopback address skips connect discovery, which cannot bind: the probe connects.
-    """
+def _gated(targets: Iterable[Target], gate: Gate, pipeline: _Pipeline) -> Iterator[Target]:
+    """connect mode: the targets the connection ledger lets discovery see (its connect is the
+    probe's connection), admitted a batch at a time. A denied pair never reaches discovery:
+    its result is the ledger's answer, after a half-open SYN where this process may send one.
+    A pair to be connected from another loopback address skips discovery, which cannot bind:
+    the probe connects."""
     from vncaudit.budget import GATE_BATCH
 
     source = iter(targets)
     while batch := list(islice(source, GATE_BATCH)):
         for target, decision in zip(batch, gate.admit(batch), strict=True):
-            if decision is None:
-                yield target  # a plain grant
-                continue
-            key = (target.host, target.port)
-            if decision.allowed:
-                if decision.bind is None:
-                    yield target
-                    continue
-                pipeline.binds[key] = decision.bind
-                if mode is Mode.SYN:
-                    yield target
-                else:
-                    pipeline.found(target, None)
-            elif mode is Mode.SYN and _ipv4(target.host):
-                pipeline.denied[key] = decision
+            if decision is None or (decision.allowed and decision.bind is None):
                 yield target
+            elif decision.allowed:
+                assert decision.bind is not None
+                pipeline.binds[(target.host, target.port)] = decision.bind
+                pipeline.found(target, None)
             elif pipeline.liveness is not None and _ipv4(target.host):
-                pipeline.denied[key] = decision
+                pipeline.denied[(target.host, target.port)] = decision
                 pipeline.liveness.append(target)
             else:
                 pipeline.finished(gate.answer(decision))
@@ -264,24 +292,35 @@ async def iter_results(
     targets: Iterable[Target],
     options: ScanOptions | None = None,
     progress: Progress | None = None,
+    on_marks: Callable[[Marks], None] | None = None,
     gate: Gate | None = None,
 ) -> AsyncIterator[ServiceResult]:
     """Discover and probe every target; yield one result per target as each completes.
 
-    `gate`: the connection ledger (`vncaudit.budget`). Every target is admitted before any
-    connection to it, and every result is recorded; a denied pair's result is the ledger's
-    answer (the facts read last, with their age). Without a gate nothing is counted."""
+    `on_marks`: closed and filtered verdicts that discovery gives in bulk (a SYN sweep's silent
+    pairs) go there as `Marks`, in order with the rest, instead of one result each.
+
+    `gate`: the connection ledger (`vncaudit.budget`). Every connection is admitted first and
+    every result recorded; a denied pair's result is the ledger's answer (the facts read last,
+    with their age). connect: targets are admitted before discovery, whose connect counts.
+    syn: the SYN counts for no server, so live pairs are admitted as they are found. Without
+    a gate nothing is counted."""
     options = options or ScanOptions()
     limit = raise_fd_limit()
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
-    pipeline = _Pipeline(options, budget, progress, gate)
+    pipeline = _Pipeline(options, budget, progress, gate, take_marks=on_marks is not None)
     discovery_options = options.discovery_options()
     if gate is not None:
-        if discovery_options.mode is Mode.CONNECT and _raw_sockets():
-            pipeline.liveness = []
-        targets = _gated(targets, gate, pipeline, discovery_options.mode)
+        if discovery_options.mode is Mode.SYN:
+            pipeline.admit_found = True
+        else:
+            if _raw_sockets():
+                pipeline.liveness = []
+            targets = _gated(targets, gate, pipeline)
     sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
+    if progress is not None:
+        progress.syn = getattr(sweep, "counters", None)
     sweep_done = False
 
     async def run_sweep() -> None:
@@ -290,7 +329,7 @@ async def iter_results(
             await sweep.run()
             if pipeline.liveness:
                 # Liveness without a mark: a SYN never completed reaches no server's accept().
-                check = discovery.SynSweep(pipeline.liveness, pipeline, DiscoveryOptions(
+                check = discovery.make_sweep(pipeline.liveness, pipeline, DiscoveryOptions(
                     Mode.SYN, discovery_options.timeout, None, discovery_options.rate))
                 pipeline.sweep = check
                 await check.run()
@@ -304,6 +343,12 @@ async def iter_results(
     try:
         while True:
             result = pipeline.take()
+            if isinstance(result, Marks):
+                if progress is not None:
+                    progress.done += len(result.pairs)
+                assert on_marks is not None
+                on_marks(result)
+                continue
             if result is not None:
                 if gate is not None:
                     result = gate.settle(result)
@@ -384,16 +429,18 @@ async def scan_async(
     progress: Progress | None = None,
     assess_results: bool = True,
     collect: bool = True,
+    on_marks: Callable[[Marks], None] | None = None,
     gate: Gate | None = None,
 ) -> list[ServiceResult]:
     """Probe all targets and return the results (assessed when `assess_results`).
 
     `collect=False`: return [] and keep nothing; for callers that take each result through
-    `on_result` (the CLI stores them), so memory stays flat on a large range.
+    `on_result` (the CLI stores them), so memory stays flat on a large range. `on_marks`: see
+    `iter_results` (those verdicts are then neither collected nor given to `on_result`).
     """
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
-    async for result in iter_results(targets, options, progress, gate):
+    async for result in iter_results(targets, options, progress, on_marks, gate=gate):
         if grade is not None and result.state not in _UNGRADED:
             result = grade(result)
         if collect:
