@@ -182,6 +182,8 @@ def table_note(result: ServiceResult) -> str | None:
     age = note.get("age")
     when = _age_text(float(age)) if isinstance(age, int | float) else "earlier"
     if note.get("read_at") is None:
+        if "cannot be written" in str(note.get("reason", "")):
+            return "not probed (the ledger cannot be written)"
         return "not probed (blacklist budget spent)"
     return f"not re-probed; read {when}"
 
@@ -320,7 +322,7 @@ class Ledger:
         self._mine: dict[int, _Intent] = {}  # my intents: their unsettled keys
         self._others: dict[int, _Intent] = {}  # other processes' intents (all their keys)
         self._in_flight: dict[Key, int] = {}  # grants over both, per key
-        self._warned_jump = False
+        self._clock_checked = False
         self.closed = False
 
     # -- reading ------------------------------------------------------------------------------
@@ -572,17 +574,20 @@ class Ledger:
                         "so a connection could not be counted")
 
     def _check_clock(self, conn: Any, now: Instant) -> None:
+        """Once per ledger: one log line when the wall clock jumped since the last entry."""
+        if self._clock_checked:
+            return
+        self._clock_checked = True
         newest = conn.execute(
             "SELECT last_at, last_boot, last_uptime FROM budget_ledger "
             "ORDER BY last_at DESC LIMIT 1").fetchone()
-        if newest is None or self._warned_jump:
+        if newest is None:
             return
         then = Instant(float(newest[0]), str(newest[1] or ""), newest[2])
         jump = clock_jump(then, now)
         if jump is None and now.wall < then.wall and then.boot != now.boot:
             jump = now.wall - then.wall
         if jump is not None:
-            self._warned_jump = True
             log.warning("budget: the system clock jumped %+.0f s since the ledger's last entry; "
                         "ages are taken from the boot clock where it can tell, and are "
                         "otherwise reported as unknown", jump)
@@ -758,10 +763,11 @@ class Ledger:
                           last.at.iso() if last is not None else None, age, liveness)
         base = last.result if last is not None else None
         if base is None:
+            # Nothing read before: no state can be claimed but the one the ledger kept, or,
+            # with none, "filtered" with the reason as its error (nothing was sent).
             state = State(last.state) if last is not None else State.FILTERED
-            if liveness == "closed":
-                state = State.CLOSED
-            base = ServiceResult(target.host, target.port, state)
+            base = ServiceResult(target.host, target.port, state,
+                                 error=None if last is not None else reason)
         extra = {**base.extra, "budget": note.to_dict()}
         return replace(base, host=target.host, port=target.port, hostname=target.hostname,
                        elapsed=0.0, error=base.error, extra=extra)

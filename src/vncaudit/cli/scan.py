@@ -322,7 +322,10 @@ def scan(
             discovery=spec.get("discovery_mode", "connect"),
             retries=spec.get("retries"),
             probe=probe_options,
-            post_probe=_post_probe(active, probe_options, web, ledger),
+            # A sharded run ships these options to workers, which write no store: there the
+            # checks after the probe are not counted (README, Connection budget).
+            post_probe=_post_probe(active, probe_options, web,
+                                   ledger if cluster_spec is None else None),
         )
         pending = space.walk(skip=done)
         progress_state = EngineProgress(total=len(space) - len(done))
