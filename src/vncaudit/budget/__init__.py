@@ -24,7 +24,6 @@ from vncaudit.budget.ledger import (
     LastRead,
     Ledger,
     LedgerError,
-    opened,
     table_note,
 )
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
@@ -46,6 +45,5 @@ __all__ = [
     "SourceResolver",
     "clock_jump",
     "elapsed",
-    "opened",
     "table_note",
 ]

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -772,12 +772,6 @@ class Ledger:
         return replace(base, host=target.host, port=target.port, hostname=target.hostname,
                        elapsed=0.0, error=base.error, extra=extra)
 
-    def note(self, decision: Decision) -> BudgetNote:
-        """The payload for a result that was probed under this decision."""
-        return BudgetNote(True, decision.reason, decision.bind or decision.src,
-                          decision.rule.id, decision.spent + 1, decision.rule.free,
-                          None)
-
     # -- closing ------------------------------------------------------------------------------
 
     def abandon(self, made: Iterable[Decision], unused: Iterable[Decision]) -> None:
@@ -839,13 +833,3 @@ def _append(history: str, entry: list[Any]) -> str:
         items = []
     items.append(entry)
     return json.dumps(items[-HISTORY_KEPT:], separators=(",", ":"), ensure_ascii=True)
-
-
-@contextlib.contextmanager
-def opened(store: Store, **options: Any) -> Iterator[Ledger]:
-    """`with opened(store) as ledger:` — closed (its intents dropped) on the way out."""
-    ledger = Ledger(store, **options)
-    try:
-        yield ledger
-    finally:
-        ledger.close()
