@@ -8,7 +8,6 @@ mutate the result; texts and severities come from the knowledge files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,6 +16,8 @@ from vncaudit import rfb
 from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
 from vncaudit.assess.knowledge import Cve, Knowledge, knowledge
 from vncaudit.assess.versions import match_versions
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import quoted
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +44,9 @@ _VNCAUTH_IN_TLS: Final = frozenset({258, 261})
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # Server strings (reasons, desktop names) are quoted escaped and bounded: an evidence line
+    # is read by a person, and a reason may be 64 KiB of binary.
+    return quoted(text)
 
 
 def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
@@ -213,10 +216,15 @@ def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     kind = ctx.section("desktop_kind")
     verdict = kind.get("kind")
     if verdict:
-        notes = kind.get("evidence")
-        why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
-        lines.append(f"screen classified as {_q(str(verdict))} (confidence "
-                     f"{kind.get('confidence', 0)}){': ' + why if why else ''}")
+        label = KIND_WORDS.get(str(verdict), KIND_WORDS["unknown"])[0].lower()
+        sure = f", confidence {float(kind.get('confidence') or 0):.0%}" if kind.get(
+            "confidence") else ""
+        if kind.get("seen"):
+            lines.append(f"the screen shows {kind['seen']} ({label}{sure})")
+        else:
+            notes = kind.get("evidence")
+            why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
+            lines.append(f"screen classified as {label}{sure}{': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
 
 

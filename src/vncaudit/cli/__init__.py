@@ -44,11 +44,13 @@ from vncaudit.cli.output import (
     _EVIDENCE_SHOWN,
     _SEVERITY_STYLE,
     _WHY_SHOWN,
+    Column,
     _cell,
     _emit,
     _host_key,
     _plain,
     _security_summary,
+    fitted_table,
     print_findings,
     results_table,
 )
@@ -56,7 +58,9 @@ from vncaudit.exceptions import VncAuditError
 
 # What other modules and the tests import from `vncaudit.cli` (explicit for mypy --strict).
 __all__ = [
+    "Column",
     "OUTPUTS",
+    "fitted_table",
     "AllOpt",
     "DbOpt",
     "FixOpt",
