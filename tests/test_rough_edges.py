@@ -246,3 +246,44 @@ def test_one_port_is_one_port_in_the_web_progress(hostile_farm: Farm,  # noqa: F
         page = client.get(f"/scans/{created.json()['id']}").text
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
     assert "of 1 port probed" in text and "of 1 ports" not in text
+
+
+# -- 14. a web front end on any port; 6080 is a usual one ----------------------------------------
+
+
+@pytest.mark.realserver
+def test_websockify_on_any_port_is_read_through_its_websocket(vnc_server_factory: Any,
+                                                             tmp_path: Path) -> None:
+    from test_websocket import NOVNC, websockify
+
+    backend = vnc_server_factory("x11vnc-none", desktop="behind-websockify")
+    web = NOVNC if Path(NOVNC, "vnc.html").exists() else None
+    with websockify(backend, web, tmp_path / "websockify.log") as front:
+        assert front.port not in (6080, 6901, 80, 443, 8080, 8443) and not (
+            5800 <= front.port <= 5803)
+        run = vncaudit("scan", "127.0.0.1", "-p", str(front.port), "-o", "json", "--timeout",
+                       "2", db=tmp_path / "s.db")
+    assert run.returncode == 0, run.stderr
+    [svc] = json.loads(run.stdout)["services"]
+    assert svc["state"] == "vnc", svc
+    assert svc["extra"]["web"]["transport"] == "websocket"
+    assert svc["rfb"]["desktop_name"] == "behind-websockify"
+    assert svc["product"]["name"] == "noVNC/websockify"
+    [port] = [f for f in svc["findings"] if f["id"] == "nonstandard-port"]
+    assert port["evidence"][0].startswith(
+        f"RFB over WebSocket answered on port {front.port} (usual: 6080, 6901, 5800-5810")
+
+
+def test_novnc_default_port_is_not_nonstandard() -> None:
+    from vncaudit.assess import assess
+    from vncaudit.models import NamedType, RfbFacts, ServiceResult, State
+
+    facts = RfbFacts("RFB 003.008\n", "3.8", "3.8", (NamedType(2, "VNC Authentication"),),
+                     auth_required=True)
+    web = {"web": {"transport": "websocket", "websocket": {"path": "/websockify"}}}
+    for port, nonstandard in ((6080, False), (6901, False), (17706, True)):
+        graded = assess(ServiceResult("127.0.0.1", port, State.VNC, rfb=facts, extra=web))
+        assert ("nonstandard-port" in {f.id for f in graded.findings}) is nonstandard, port
+    # Plain RFB on 6080 is still unusual: the web list is for web front ends.
+    plain = assess(ServiceResult("127.0.0.1", 6080, State.VNC, rfb=facts))
+    assert "nonstandard-port" in {f.id for f in plain.findings}

@@ -171,8 +171,10 @@ class Context:
                 line += f"; severity {verb} from {sev.value} to {moved.value}"
             ev.append(line)
             sev = moved
-        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why,
-                       tuple(remediation if remediation is not None else spec.remediation))
+        fixes = tuple(remediation if remediation is not None else spec.remediation)
+        if self.exposure is Exposure.LOOPBACK:
+            fixes = tuple(r for r in fixes if r not in self.kb.network_only_fixes)
+        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why, fixes)
 
 
 Rule = Callable[[Context], list[Finding]]
@@ -482,14 +484,21 @@ def rule_blacklisting_active(ctx: Context) -> list[Finding]:
     return [ctx.finding("blacklisting-active", ev)]
 
 
+def _ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 def rule_nonstandard_port(ctx: Context) -> list[Finding]:
     port = ctx.result.port
     if ctx.result.state not in _SERVICE_STATES:
         return []
-    if any(lo <= port <= hi for lo, hi in ctx.kb.standard_ports):
+    web = as_mapping(ctx.result.extra.get("web")).get("transport") == "websocket"
+    # Reached through a web front end, the usual ports are the web ones (noVNC's 6080 ...).
+    usual = ctx.kb.standard_web_ports if web else ctx.kb.standard_ports
+    if any(lo <= port <= hi for lo, hi in usual):
         return []
-    usual = ", ".join(f"{lo}-{hi}" for lo, hi in ctx.kb.standard_ports)
-    return [ctx.finding("nonstandard-port", [f"RFB answered on port {port} (usual: {usual})"])]
+    how = "RFB over WebSocket answered" if web else "RFB answered"
+    return [ctx.finding("nonstandard-port", [f"{how} on port {port} (usual: {_ranges(usual)})"])]
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:

@@ -553,7 +553,7 @@ def _check_one_host(host: str) -> None:
                     "one address or host name")
 
 
-CHECK_COLUMNS = (Column("port", whole=True), Column("inside (bind)", whole=True),
+CHECK_COLUMNS = (Column("port", whole=True), Column("inside (bind)", head=True),
                  Column("firewall here", drop=1), Column("outside", whole=True),
                  Column("verdict"))
 

@@ -83,9 +83,20 @@ class Column:
 _FLEX_MIN = 10  # a column that may fold still needs room for a word
 
 
+_LONGEST_WORD = 40  # an IPv6 address is at most 39 characters
+
+
 def _text_width(cell: str | Text, first_line: bool = False) -> int:
     lines = (cell.plain if isinstance(cell, Text) else cell).split("\n")
     return max((len(line) for line in (lines[:1] if first_line else lines)), default=0)
+
+
+def _head_width(cell: str | Text) -> int:
+    """What a `head` cell needs: its first line whole, and no word of the lines under it (an
+    address among several) broken, up to an address's length."""
+    plain = cell.plain if isinstance(cell, Text) else cell
+    words = [len(w) for w in plain.split()]
+    return max(_text_width(cell, True), min(max(words, default=0), _LONGEST_WORD))
 
 
 def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]],
@@ -95,8 +106,8 @@ def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]]
     others fold. A whole cell's first line is what must fit (an address, a state word); a
     note under it (a host name, a server's reason) is cut with "…" rather than widen the
     column. `width` None: every column, as wide as it likes."""
-    need = [max(_text_width(c.name), *(_text_width(r[i], True) for r in rows))
-            if c.whole or c.head
+    need = [max(_text_width(c.name), *(_text_width(r[i], True) for r in rows)) if c.whole
+            else max(_text_width(c.name), *(_head_width(r[i]) for r in rows)) if c.head
             else min(_FLEX_MIN, max(_text_width(c.name), *(_text_width(r[i]) for r in rows)))
             for i, c in enumerate(columns)]
     shown = list(range(len(columns)))
@@ -176,13 +187,15 @@ _WHY_SHOWN = 400
 
 def print_findings(
     out: Console, results: list[ServiceResult], show_fix: bool = True, *,
-    trusted: str | None = None,
+    trusted: str | None = None, scan_id: str | None = None,
 ) -> None:
     """After the table: per service with findings, each finding (severity, title, evidence,
     why) and, with `show_fix`, the fix guide's steps and commands for that host and port.
 
-    Prose wraps with its indent kept; commands are printed unwrapped (soft wrap) so that a copy
-    from the terminal stays one line. Nothing is read as markup.
+    When the product is unknown, the candidate products' own steps are not printed: one line
+    per product says how many there are, and how to see them (the HTML report of `scan_id`
+    folds them per product). Prose wraps with its indent kept; commands are printed unwrapped
+    (soft wrap) so that a copy from the terminal stays one line. Nothing is read as markup.
     """
     from vncaudit.remedies import remedies_for
 
@@ -233,6 +246,20 @@ def print_findings(
                 for command in step.commands:
                     out.print(Text("          " + _plain(command), style="cyan"),
                               soft_wrap=True)
+        folded: dict[str, int] = {}
+        for fix in fixes:
+            for group in fix.by_product:
+                folded[group.product] = folded.get(group.product, 0) + len(group.steps)
+        if folded:
+            prose(Text("product not identified; its own steps, if it is one of these:",
+                       style="bold"), 4)
+            for name, count in folded.items():
+                prose(Text(f"{_plain(name)}: {count} step{'' if count == 1 else 's'}"), 6)
+            prose(Text("each product's steps, folded, are in the HTML report:", style="dim"),
+                  6)
+            where = (f"vncaudit results {scan_id} -o html --output-file fix.html"
+                     if scan_id else "vncaudit results SCAN-ID -o html --output-file fix.html")
+            out.print(Text("          " + _plain(where), style="cyan"), soft_wrap=True)
 
 
 def _emit(
@@ -269,7 +296,7 @@ def _emit(
         out = Console(file=buffer, highlight=False)
         if shown:
             out.print(results_table(shown, width=out.width))
-            print_findings(out, shown, show_fix, trusted=trusted)
+            print_findings(out, shown, show_fix, trusted=trusted, scan_id=record.id)
         elif record.counts.get("done"):
             out.print("nothing answered on the probed ports (--all lists closed and "
                       "filtered)")

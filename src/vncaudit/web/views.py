@@ -122,12 +122,9 @@ def fix_guide(r: ServiceResult) -> list[Any]:
 
 
 def remedy_dict(remedy: Any) -> dict[str, Any]:
-    return {
-        "id": remedy.id,
-        "title": remedy.title,
-        "steps": [{"platform": s.platform, "text": s.text, "commands": list(s.commands)}
-                  for s in remedy.steps],
-    }
+    d: dict[str, Any] = remedy.to_dict()
+    d.setdefault("by_product", [])
+    return d
 
 
 def scan_status(record: ScanRecord, job: Job | None) -> str:
