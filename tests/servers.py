@@ -484,6 +484,7 @@ def _launch(
     workdir: Path | None,
     timeout: float,
     x_ready_first: bool,
+    port: int | None = None,
 ) -> VncServer:
     """Start the commands produced by ``build(display, port, log_dir)``.
 
@@ -506,6 +507,7 @@ def _launch(
                 workdir=wd,
                 timeout=timeout,
                 x_ready_first=x_ready_first,
+                port=port,
             )
         except ServerStartError as exc:
             last_error = exc
@@ -523,10 +525,11 @@ def _launch_once(
     workdir: Path,
     timeout: float,
     x_ready_first: bool,
+    port: int | None = None,
 ) -> VncServer:
     reservation = reserve_display()
     display = reservation.display
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / f"{kind}-{display}-{port}-{attempt}.log"
     log = open(log_path, "wb")
     server = VncServer(
@@ -598,11 +601,13 @@ def start_tigervnc(
     workdir: Path | None = None,
     timeout: float = START_TIMEOUT,
     kind: str = "tigervnc",
+    port: int | None = None,
 ) -> VncServer:
     """TigerVNC ``Xvnc`` on 127.0.0.1.
 
     *security_types* None means: do not pass ``-SecurityTypes`` (TigerVNC's
     default, TLSVnc,VncAuth).  With a *password* a ``-PasswordFile`` is made.
+    *port*: listen there (a server restarted where it was) instead of a free one.
     """
     require(kind, ["Xvnc"] + (["vncpasswd"] if password is not None else []))
     wd = _workdir(workdir)
@@ -631,6 +636,7 @@ def start_tigervnc(
         workdir=wd,
         timeout=timeout,
         x_ready_first=False,
+        port=port,
     )
 
 
