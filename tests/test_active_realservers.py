@@ -298,7 +298,7 @@ def test_an_empty_x_screen_is_called_empty(vnc_server_factory: Any, tmp_path: Pa
     srv = vnc_server_factory("x11vnc-none", geometry=(800, 600))
     verdict = classify(srv, tmp_path / "empty.png")
     assert verdict.kind == "blank", verdict
-    assert verdict.seen.startswith("an empty screen: only the background"), verdict.seen
+    assert verdict.seen.startswith("nothing but its background"), verdict.seen
     from vncaudit.desktop import KIND_WORDS
 
     assert KIND_WORDS["blank"][0] == "Empty screen"

@@ -548,7 +548,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         assert mine.get(page_url).content == png.content  # the page's rule: the requester
         page = mine.get(f"/scans/{scan_id}").text
         assert f'src="{page_url}"' in page and 'data-kind="blank"' in page
-        assert "Empty screen" in page and "Seen: an empty screen" in page
+        assert "Empty screen" in page and "Seen: nothing but its background" in page
         assert "No screenshot: authentication required" in page  # the protected service's card
         assert mine.get(f"/api/scans/{scan_id}/screenshots/nothing.png",
                         headers=auth).status_code == 404

@@ -84,15 +84,13 @@ KIND_WORDS: Final[dict[str, tuple[str, str, str]]] = {
                 "Whoever connects sees and controls a running session: its programs, files and "
                 "whatever the user can do."),
     "login-screen": ("Login screen", "medium",
-                     "The display shows a login prompt or lock screen: a system password is still "
-                     "needed, but the screen and the greeter are exposed."),
+                     "A system password is still needed, but the screen and the greeter are "
+                     "exposed."),
     "blank": ("Empty screen", "low",
-              "Nothing but the background is shown: no window, panel or login prompt. An idle X "
-              "server, or a display that is off or blanked; a program started on it later is "
-              "open to whoever connects."),
+              "An idle X server, or a display that is off or blanked: nothing to read now, but "
+              "a program started on it later is open to whoever connects."),
     "unknown": ("Not recognised", "info",
-                "The picture is neither a login prompt nor a usual desktop layout: look at the "
-                "screenshot."),
+                "Neither a login prompt nor a usual desktop layout: look at the screenshot."),
 }
 
 
@@ -257,8 +255,8 @@ def classify_desktop(
     if not comps:
         evidence.append("uniform screen: no window, panel or dialog")
         return DesktopKind("blank", 0.6, tuple(evidence), features,
-                           seen="an empty screen: only the background, no window, panel or "
-                                "login prompt")
+                           seen="nothing but its background: no window, panel or login "
+                                "prompt")
 
     main = comps[0]
     cx = (main.x0 + main.x1) / 2
