@@ -5,10 +5,25 @@ The public API is what this module exports; everything else is internal.
 
 from __future__ import annotations
 
-from vncaudit.engine import scan
-from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State, Target
+from importlib import metadata as _metadata
 
-__version__ = "0.1.0"
+# One source for the version: pyproject.toml, read back from the installed package's metadata
+# (`--version`, the store's scan records and the reports all show this).
+try:
+    __version__ = _metadata.version("vncaudit")
+except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH that was never installed
+    __version__ = "0+unknown"
+
+from vncaudit.engine import scan  # noqa: E402
+from vncaudit.models import (  # noqa: E402
+    Finding,
+    Product,
+    RfbFacts,
+    ServiceResult,
+    Severity,
+    State,
+    Target,
+)
 
 __all__ = [
     "Finding",

@@ -193,6 +193,22 @@ def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()
         raise _fail(f"--output-file {shown}: permission denied")
 
 
+def extra_hint(extra: str) -> str:
+    """How to add an optional part (a pyproject extra) to the install the README made."""
+    return (f"install the '{extra}' extra: pipx install --force '.[{extra}]' from the source "
+            f"tree (in a venv: pip install '.[{extra}]')")
+
+
+def require_extra(extra: str, modules: Sequence[str], what: str) -> None:
+    """Refuse *what* in one line, before any work, when a module of *extra* is missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise _fail(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed);"
+                    f" {extra_hint(extra).removeprefix(f'install the {extra!r} extra: ')}", 3)
+
+
 def _open_store(db: Path | None) -> Store:
     """Open the store for a command; a --db the user typed must name a file in a directory
     that exists (only the default location is created), so a typo is an error, not a new
