@@ -121,7 +121,7 @@ stderr), 3 runtime failure, 130 interrupted.""",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )
 
@@ -178,7 +178,9 @@ def version() -> None:
 def main() -> None:
     """Console-script entry point: map any escaping error to one line and exit code 3."""
     try:
-        app()
+        # The name in usage lines and in the shell completion script, also under
+        # `python -m vncaudit` (whose completion would otherwise be bound to "python -m ...").
+        app(prog_name="vncaudit")
     except VncAuditError as exc:
         _error_line(str(exc))
         sys.exit(3)
