@@ -198,4 +198,5 @@ def main() -> None:
 # Commands that live in their own modules register themselves on `app` when imported.
 # (Each module imports `app` and the shared helpers above from this package.)
 from vncaudit.cli import local as _local  # noqa: E402,F401
+from vncaudit.cli import manpage as _manpage  # noqa: E402,F401
 from vncaudit.cli import serve as _serve  # noqa: E402,F401

@@ -2,8 +2,9 @@
 
 Owns: the command group class that turns click's usage errors into one `vncaudit: error:`
 line (exit 2), `_error_line` / `_fail`, logging set-up, the stderr console `err`, the option
-aliases every command shares (`OutputOpt`, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`,
-`TrustedOpt`), value checks refused before any packet (`finite`, `--trusted`, output file) and
+aliases every command shares (`OutputOpt`, `output_option` / `output_format` and the
+`--json` alias, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`, `TrustedOpt`, the password
+options), value checks refused before any packet (`finite`, `--trusted`, output file) and
 opening the store. Must not: define commands, import `vncaudit.cli` (it is imported by it), or
 hold scanning, grading or formatting logic.
 """
@@ -101,10 +102,41 @@ def _setup_logging(verbose: int) -> None:
 OUTPUTS = ("table", *report.FORMATS)
 
 
-OutputOpt = Annotated[
-    str, typer.Option("-o", "--output", metavar="FORMAT",
-                      help=f"Output format: {', '.join(OUTPUTS)}.")
+def _completer(formats: Sequence[str]) -> Any:
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in formats if name.startswith(incomplete)]
+
+    return complete
+
+
+def output_option(formats: Sequence[str], note: str = "") -> Any:
+    """`-o/--output FORMAT` of a command whose output comes in *formats* (the first is the
+    default), completed by the shell. Check the value with `output_format`."""
+    names = ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
+    return typer.Option("-o", "--output", metavar="FORMAT", autocompletion=_completer(formats),
+                        help=f"Output format: {names}{note}.")
+
+
+# `--json`, which diff, harden, check and subdomains took before they had -o: kept working.
+JsonAliasOpt = Annotated[
+    bool, typer.Option("--json", hidden=True, help="Same as -o json.")
 ]
+
+
+def output_format(output: str, as_json: bool, formats: Sequence[str]) -> str:
+    """The format asked for by -o and the --json alias; one line, exit 2, when it is none of
+    *formats* or the two disagree."""
+    if as_json:
+        if output not in (formats[0], "json"):
+            raise _fail(f"--json is -o json; it cannot go with -o {output}")
+        output = "json"
+    if output not in formats:
+        raise _fail(f"unknown output format {output!r}; choose "
+                    f"{', '.join(formats[:-1])} or {formats[-1]}")
+    return output
+
+
+OutputOpt = Annotated[str, output_option(OUTPUTS)]
 OutputFileOpt = Annotated[
     Path | None, typer.Option("--output-file", metavar="FILE",
                               help="Write the report here, not stdout.")
@@ -154,6 +186,51 @@ def _check_not_everyone(network: str, option: str) -> None:
         what = "every address" if net.prefixlen == 0 else f"2**{bits} addresses"
         raise _fail(f"{option} {network}: allows {what}, which keeps the port open to the "
                     f"internet; list your own networks (/{limit} or narrower)")
+
+
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option("--password", metavar="PASSWORD",
+                 help="Active: authenticate with this known password to read the desktop name "
+                 "(and --screenshot) on protected servers. It shows in ps and shell history: "
+                 "prefer --password-file or $VNCAUDIT_PASSWORD."),
+]
+PasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option("--password-file", metavar="FILE",
+                 help="Active: as --password, read from the first line of FILE "
+                 "(/dev/stdin for a pipe). Without either: $VNCAUDIT_PASSWORD."),
+]
+_MAX_PASSWORD_FILE = 4096  # bytes read; a password file is one short line
+
+
+def known_password(password: str | None, password_file: Path | None) -> str | None:
+    """The known password from --password, --password-file or $VNCAUDIT_PASSWORD (in that
+    order; an empty variable is none). Every way a file is not a password is one line."""
+    if password is not None and password_file is not None:
+        raise _fail("give --password or --password-file, not both")
+    if password is not None:
+        return password
+    if password_file is None:
+        return os.environ.get("VNCAUDIT_PASSWORD") or None
+    try:
+        with open(password_file, "rb") as stream:
+            data = stream.read(_MAX_PASSWORD_FILE)
+    except OSError as exc:
+        raise _fail(f"--password-file {password_file}: cannot read: "
+                    f"{exc.strerror or exc}") from None
+    line = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if b"\n" not in data and len(data) == _MAX_PASSWORD_FILE:
+        raise _fail(f"--password-file {password_file}: no line break in the first "
+                    f"{_MAX_PASSWORD_FILE} bytes; the password goes on the first line")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(f"--password-file {password_file}: not UTF-8 text") from None
+    if not text:
+        raise _fail(f"--password-file {password_file}: the first line is empty; the password "
+                    "goes there")
+    return text
 
 
 FixOpt = Annotated[

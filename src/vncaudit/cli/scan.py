@@ -24,6 +24,8 @@ from vncaudit.cli.common import (
     FixOpt,
     OutputFileOpt,
     OutputOpt,
+    PasswordFileOpt,
+    PasswordOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -32,6 +34,7 @@ from vncaudit.cli.common import (
     _setup_logging,
     err,
     finite,
+    known_password,
 )
 from vncaudit.cli.output import _emit
 from vncaudit.cli.scan_inputs import (
@@ -155,12 +158,8 @@ def scan(
         typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
                      "is needed (or with --password); tells login screen from live desktop."),
     ] = False,
-    password: Annotated[
-        str | None,
-        typer.Option("--password", metavar="PASSWORD",
-                     help="Active: authenticate with this known password to read "
-                     "the desktop name (and --screenshot) on protected servers."),
-    ] = None,
+    password: PasswordOpt = None,
+    password_file: PasswordFileOpt = None,
     check_passwords: Annotated[
         bool,
         typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
@@ -265,6 +264,7 @@ def scan(
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
+    password = known_password(password, password_file)
     try:
         active = _active_options(screenshot, password, check_passwords, wordlist,
                                  max_attempts, show_passwords, active_checks, output_file)
