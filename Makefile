@@ -86,3 +86,8 @@ lock:
 	printf 'setuptools>=68\nwheel\n' | $(UV) pip compile pyproject.toml - \
 	  --extra test --universal --python-version 3.11 --generate-hashes \
 	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(LOCK)
+
+# The man page, from the same help text as --help (`vncaudit manpage`).
+man: venv
+	mkdir -p build
+	$(VPY) -m vncaudit manpage --output-file build/vncaudit.1

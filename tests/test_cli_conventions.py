@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,3 +234,31 @@ def test_known_password_from_file_or_env_logs_in(vnc_server_factory: Any, tmp_pa
     assert DEFAULT_PASSWORD not in out.stdout
     (service,) = json.loads(out.stdout)["services"]
     assert service["rfb"]["desktop_name"] == "pw-desk", service
+
+
+def test_help_at_80_columns_keeps_examples_and_whole_first_sentences() -> None:
+    """Plain two-column help: the command list shows each first sentence whole (click would
+    cut it at "..."), and an epilog's examples keep their lines (click would re-flow them into
+    one paragraph), with a comment that would pass 80 columns moved under its command."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner(env={"COLUMNS": "80"})
+    top = runner.invoke(app, ["--help"], prog_name="vncaudit")
+    assert top.exit_code == 0
+    assert "..." not in top.output.split("Commands:")[1]
+    assert "  scan        Scan targets for VNC: one connection per port, no password ever\n" \
+           "              sent.\n" in top.output
+    for name, command, _ in _commands():
+        if name == "vncaudit" or command.hidden:
+            continue
+        out = runner.invoke(app, [name, "--help"], prog_name="vncaudit").output
+        assert out.startswith(f"Usage: vncaudit {name} "), out
+        examples = [line.strip() for line in (command.epilog or "").splitlines()
+                    if line.strip().startswith(("vncaudit ", "sudo vncaudit "))]
+        shown = [line.strip() for line in out.splitlines()]
+        for example in examples:
+            head = re.split(r"\s{2,}", example)[0]
+            assert any(line == head or line.startswith(head + "  ") for line in shown), (
+                name, head)
+        for line in out.splitlines():
+            assert len(line) <= 80 or line.strip().startswith(("vncaudit ", "sudo ")), line

@@ -121,6 +121,9 @@ stderr), 3 runtime failure, 130 interrupted.""",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
     no_args_is_help=True,
+    # Plain help: rich's boxed three-column layout left the help text some 20 characters
+    # wide at 80 columns; click's two columns read like nmap's and man pages.
+    rich_markup_mode=None,
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )

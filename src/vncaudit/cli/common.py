@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -65,6 +66,29 @@ class _OneLineErrors(TyperGroup):
             return code
         sys.exit(code)
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.epilog:
+            command.epilog = keep_layout(command.epilog)
+        return command
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        if self.epilog:
+            self.epilog = keep_layout(self.epilog)
+        super().format_epilog(ctx, formatter)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        # Each command's first sentence whole, wrapped, where click would cut it at "...".
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                first = (command.short_help or command.help or "").strip().split("\n\n")[0]
+                rows.append((name, " ".join(first.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -73,6 +97,35 @@ class _OneLineErrors(TyperGroup):
             # the same one line, instead of exiting 130 silently.
             _error_line("interrupted")
             raise typer.Exit(130) from None
+
+
+_EPILOG_WIDTH = 76  # click's help is at most 80 wide: 78 columns, the epilog indented by 2
+
+
+def keep_layout(text: str) -> str:
+    """Mark each indented paragraph of an epilog (the examples) for click to print as it is
+    written (a `\\b` line), instead of re-flowing its aligned columns into one paragraph;
+    when a comment would pass 80 columns, each comment goes on a line under its command."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
+        lines = paragraph.splitlines()
+        if lines[0] == "\b" or not any(line[:1].isspace() for line in lines):
+            out.append(paragraph)
+            continue
+        examples = [re.fullmatch(r"(\s*)(\S.*?)\s{2,}(\S.*)", line) for line in lines]
+        # One comment too long for its line puts every comment of the paragraph under its
+        # command, so the examples still line up.
+        split = any(m and len(line) > _EPILOG_WIDTH for m, line in zip(examples, lines,
+                                                                        strict=True))
+        kept = ["\b"]
+        for example, line in zip(examples, lines, strict=True):
+            if example and split:
+                indent, command, comment = example.groups()
+                kept += [indent + command, f"{indent}    {comment}"]
+            else:
+                kept.append(line)
+        out.append("\n".join(kept))
+    return "\n\n".join(out)
 
 
 err = Console(stderr=True, highlight=False)

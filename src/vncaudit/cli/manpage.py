@@ -47,8 +47,8 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _preformatted(text: str) -> list[str]:
-    return [".PP", ".nf", *(_roff(line) if line.strip() else "" for line in
-                            text.strip("\n").splitlines()), ".fi"]
+    lines = [line for line in text.strip("\n").splitlines() if line != "\b"]
+    return [".PP", ".nf", *(_roff(line) if line.strip() else "" for line in lines), ".fi"]
 
 
 def _options(command: Any, ctx: Any) -> list[str]:

@@ -57,8 +57,9 @@ _SCAN_EXAMPLES = """Examples:
 
   vncaudit scan 10.1.2.3                      the default VNC ports (5800, 5900-5910)
   vncaudit scan 10.0.0.0/24 -p 5900-5999,5800
+  vncaudit scan 10.0.0-3.1-254 10.9.0.1,5     nmap's octet ranges and lists
   vncaudit scan host.example.org -p :0-:9     display numbers: ports 5900-5909
-  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json --output-file report.json
+  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json > report.json
   vncaudit scan 10.0.0.0/24 --fail-on high    exit 1 when a finding is high or worse
   vncaudit scan --resume s-20261124-ab12cd    continue an interrupted scan
 
@@ -71,7 +72,9 @@ def scan(
     targets: Annotated[
         list[str] | None,
         typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
-                       "(10.0.0.1-10.0.0.50), hostnames. Nothing is scanned without targets."),
+                       "(10.0.0.1-10.0.0.50), nmap patterns (10.0.0.*, 10.0.0-1.1-254, "
+                       "10.0.0.1,3, host.example/30), hostnames. Nothing is scanned without "
+                       "targets."),
     ] = None,
     ports: Annotated[
         str | None,

@@ -23,7 +23,8 @@ from vncaudit.exceptions import NetworkError, UsageError
 @app.command(epilog="""Examples:
 
   vncaudit subdomains example.org
-  vncaudit subdomains example.org --resolver 192.0.2.53 --wordlist labels.txt -o json
+  vncaudit subdomains example.org --wordlist labels.txt -o json
+  vncaudit subdomains example.org --resolver 192.0.2.53   ask this DNS server
   vncaudit scan --domain example.org          find the hosts and scan them""")
 def subdomains(
     domain: Annotated[str, typer.Argument(help="The domain whose hosts to find.")],
