@@ -5,25 +5,14 @@ The public API is what this module exports; everything else is internal.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
 
-# One source for the version: pyproject.toml, read back from the installed package's metadata
-# (`--version`, the store's scan records and the reports all show this).
-try:
-    __version__ = _metadata.version("vncaudit")
-except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH that was never installed
-    __version__ = "0+unknown"
+from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State, Target
 
-from vncaudit.engine import scan  # noqa: E402
-from vncaudit.models import (  # noqa: E402
-    Finding,
-    Product,
-    RfbFacts,
-    ServiceResult,
-    Severity,
-    State,
-    Target,
-)
+if TYPE_CHECKING:
+    from vncaudit.engine import scan
+
+    __version__: str
 
 __all__ = [
     "Finding",
@@ -36,3 +25,24 @@ __all__ = [
     "__version__",
     "scan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine (asyncio, the probe, discovery) is imported when `scan` is first used, not by
+    # every `import vncaudit`: the command line starts faster, and `local` never needs it.
+    if name == "scan":
+        from vncaudit.engine import scan
+
+        return scan
+    if name == "__version__":
+        # One source for the version: pyproject.toml, read back from the installed package's
+        # metadata (`--version`, scan records, reports); looked up when first asked for.
+        from importlib import metadata
+
+        try:
+            version = metadata.version("vncaudit")
+        except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+            version = "0+unknown"
+        globals()["__version__"] = version
+        return version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,6 +43,9 @@ class _OneLineErrors(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        from vncaudit.cli import coercion
+
+        coercion.install()  # start-up: no pydantic model per option (see there)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)

@@ -69,7 +69,13 @@ def render() -> str:
     from typer import _click as click  # typer vendors click (0.29+)
     from typer.core import TyperGroup
 
-    group = typer.main.get_command(app)
+    # `vncaudit manpage` loads only its own command module (`main` sets `app.only`): the
+    # page needs every command.
+    only, app.only = app.only, None
+    try:
+        group = typer.main.get_command(app)
+    finally:
+        app.only = only
     assert isinstance(group, TyperGroup)
     root = click.Context(group, info_name="vncaudit")
     lines = [
