@@ -21,7 +21,6 @@ from vncaudit import firewall, harden
 from vncaudit import local as local_mod
 from vncaudit.cli import (
     _SEVERITY_STYLE,
-    Column,
     _cell,
     _check_not_everyone,
     _check_output_file,
@@ -33,7 +32,6 @@ from vncaudit.cli import (
     app,
     err,
     finite,
-    fitted_table,
 )
 from vncaudit.cli.common import JsonAliasOpt, output_format, output_option
 from vncaudit.cli.output import Column, fitted_table
