@@ -213,7 +213,7 @@ def test_readme_serve_examples_say_what_a_test_on_one_machine_needs(tmp_path: Pa
 
 def test_serve_help_shows_the_config_table_name() -> None:
     run = vncaudit("serve", "--help", columns=120)
-    assert "(a [serve] table; see README)" in run.stdout, run.stdout
+    assert "(a [serve] table; see README)" in " ".join(run.stdout.split()), run.stdout
 
 
 def test_a_name_resolving_to_loopback_reads_as_a_sentence() -> None:
