@@ -149,6 +149,15 @@ def _read_password_list(path: Path) -> list[str]:
         return active.read_wordlist(lines(fh))
 
 
+def _maybe_http(result: ServiceResult) -> bool:
+    """Could an HTTP server be behind this non-RFB answer? Silence (HTTP waits for the client),
+    a close before any byte, or text that looks like HTTP; not SSH, SMTP and the like."""
+    if result.state is State.TARPIT:
+        return True
+    guess = result.extra.get("protocol_guess")
+    return result.state is State.OPEN_NOT_VNC and guess in (None, "http", "xml/html", "json")
+
+
 def _post_probe(
     active_options: Any, probe_options: ProbeOptions, web: bool, ledger: Ledger | None = None
 ) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
@@ -163,14 +172,18 @@ def _post_probe(
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
-        if (web and result.port in websocket.WEB_PORTS
-                and result.state in (State.TARPIT, State.OPEN_NOT_VNC)):
+        listed = result.port in websocket.WEB_PORTS
+        if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
+                                                                         State.OPEN_NOT_VNC):
+            # VNC is found on any port by its banner; a web front end on any port by one GET
+            # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
             # Through websockify, a WebSocket session is a connection to the VNC server
             # behind it, from the proxy's address that every user of the front end shares.
             (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
             if grant is None or grant.allowed:
-                found = await websocket.probe_web(target, probe_options)
+                found = await websocket.probe_web(target, probe_options,
+                                                  require_http=not listed)
                 if ledger is not None and grant is not None:
                     ledger.record([(grant, found)])
                 if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
