@@ -12,7 +12,7 @@ from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity,
 if TYPE_CHECKING:
     from vncaudit.engine import scan
 
-__version__ = "0.1.0"
+    __version__: str
 
 __all__ = [
     "Finding",
@@ -34,4 +34,15 @@ def __getattr__(name: str) -> Any:
         from vncaudit.engine import scan
 
         return scan
+    if name == "__version__":
+        # One source for the version: pyproject.toml, read back from the installed package's
+        # metadata (`--version`, scan records, reports); looked up when first asked for.
+        from importlib import metadata
+
+        try:
+            version = metadata.version("vncaudit")
+        except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+            version = "0+unknown"
+        globals()["__version__"] = version
+        return version
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

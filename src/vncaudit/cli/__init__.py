@@ -167,6 +167,7 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vncaudit.cli", ("version",)),
     ("vncaudit.cli.local", ("local", "harden", "check")),
     ("vncaudit.cli.serve", ("serve",)),
+    ("vncaudit.cli.manpage", ("manpage",)),
 )
 _ORDER = {name: i for i, (_, names) in enumerate(COMMAND_MODULES) for name in names}
 
@@ -223,16 +224,19 @@ app: _CommandsOnDemand = _CommandsOnDemand(
     context_settings={"help_option_names": ["-h", "--help"]},  # -h, as nmap users type it
     epilog="""Examples:
 
-  vncaudit scan 10.0.0.0/24                   VNC on the default ports of a subnet
-  vncaudit local                              this machine's VNC listeners and firewall
-  vncaudit COMMAND --help                     every option of a command, with examples
+  vncaudit scan 10.0.0.0/24    VNC on the default ports of a subnet
+  vncaudit local               this machine's VNC listeners and firewall
+  vncaudit COMMAND --help      every option of a command, with examples
 
 Exit codes: 0 ok, 1 a finding at or above --fail-on, 2 usage or input error (one line on
 stderr), 3 runtime failure, 130 interrupted.""",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: rich's boxed three-column layout left the help text some 20 characters
+    # wide at 80 columns; click's two columns read like nmap's and man pages.
+    rich_markup_mode=None,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )
 
@@ -273,7 +277,9 @@ def main() -> None:
     """Console-script entry point: map any escaping error to one line and exit code 3."""
     app.only = _named_command(sys.argv[1:])
     try:
-        app()
+        # The name in usage lines and in the shell completion script, also under
+        # `python -m vncaudit` (whose completion would otherwise be bound to "python -m ...").
+        app(prog_name="vncaudit")
     except VncAuditError as exc:
         _error_line(str(exc))
         sys.exit(3)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vncaudit import __version__, report
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
@@ -24,6 +25,9 @@ from vncaudit.cli.common import (
     FixOpt,
     OutputFileOpt,
     OutputOpt,
+    PasswordFileOpt,
+    PasswordOpt,
+    RiskLockoutOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -32,6 +36,7 @@ from vncaudit.cli.common import (
     _setup_logging,
     err,
     finite,
+    known_password,
 )
 from vncaudit.cli.output import _emit
 from vncaudit.cli.scan_inputs import (
@@ -55,8 +60,9 @@ _SCAN_EXAMPLES = """Examples:
 
   vncaudit scan 10.1.2.3                      the default VNC ports (5800, 5900-5910)
   vncaudit scan 10.0.0.0/24 -p 5900-5999,5800
+  vncaudit scan 10.0.0-3.1-254 10.9.0.1,5     nmap's octet ranges and lists
   vncaudit scan host.example.org -p :0-:9     display numbers: ports 5900-5909
-  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json --output-file report.json
+  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json > report.json
   vncaudit scan 10.0.0.0/24 --fail-on high    exit 1 when a finding is high or worse
   vncaudit scan --resume s-20261124-ab12cd    continue an interrupted scan
 
@@ -69,7 +75,9 @@ def scan(
     targets: Annotated[
         list[str] | None,
         typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
-                       "(10.0.0.1-10.0.0.50), hostnames. Nothing is scanned without targets."),
+                       "(10.0.0.1-10.0.0.50), nmap patterns (10.0.0.*, 10.0.0-1.1-254, "
+                       "10.0.0.1,3, host.example/30), hostnames. Nothing is scanned without "
+                       "targets."),
     ] = None,
     ports: Annotated[
         str | None,
@@ -156,12 +164,8 @@ def scan(
         typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
                      "is needed (or with --password); tells login screen from live desktop."),
     ] = False,
-    password: Annotated[
-        str | None,
-        typer.Option("--password", metavar="PASSWORD",
-                     help="Active: authenticate with this known password to read "
-                     "the desktop name (and --screenshot) on protected servers."),
-    ] = None,
+    password: PasswordOpt = None,
+    password_file: PasswordFileOpt = None,
     check_passwords: Annotated[
         bool,
         typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
@@ -189,6 +193,7 @@ def scan(
                      "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
                      "that did not answer RFB."),
     ] = True,
+    risk_lockout: RiskLockoutOpt = False,
     db: DbOpt = None,
     resume: Annotated[
         str | None,
@@ -266,6 +271,7 @@ def scan(
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
+    password = known_password(password, password_file)
     try:
         active = _active_options(screenshot, password, check_passwords, wordlist,
                                  max_attempts, show_passwords, active_checks, output_file)
@@ -310,13 +316,19 @@ def scan(
                                      read_server_init=not spec["no_init"],
                                      active_checks=active_checks)
         _check_discovery(spec.get("discovery_mode", "connect"))
+        # Every connection is counted in the store's ledger and none is made that would arm
+        # a server's blacklist (unless --risk-lockout): vncaudit.budget.
+        ledger = Ledger(store, risk_lockout=risk_lockout)
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
             rate=spec["rate"],
             discovery=spec.get("discovery_mode", "connect"),
             retries=spec.get("retries"),
             probe=probe_options,
-            post_probe=_post_probe(active, probe_options, web),
+            # A sharded run ships these options to workers, which write no store: there the
+            # checks after the probe are not counted (README, Connection budget).
+            post_probe=_post_probe(active, probe_options, web,
+                                   ledger if cluster_spec is None else None),
         )
         pending = space.walk(skip=done)
         progress_state = EngineProgress(total=len(space) - len(done))
@@ -352,17 +364,21 @@ def scan(
                 flush_marks()
 
         terminated: list[int] = []
+        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
+        # together with the probe's own or not at all.
+        gate = ScanGate(ledger, scan_id, extra=3 if active_checks else 0)
         try:
             try:
                 with _sigterm_as_interrupt(terminated):
                     if cluster_spec is not None:
                         _run_sharded(space, options, store, scan_id, cluster_spec,
-                                     progress_state, err.is_terminal)
+                                     progress_state, err.is_terminal, ledger)
                     else:
                         _run_with_progress(pending, options, progress_state, err.is_terminal,
-                                           save, save_marks)
+                                           save, save_marks, gate)
             finally:
                 flush_marks()
+                ledger.close()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
             how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
@@ -374,11 +390,15 @@ def scan(
         record = store.finish_scan(scan_id)
         results = store.results(scan_id, include_closed=include_all)
 
+    failing = [f for r in results for f in r.findings
+               if threshold is not None and f.severity.rank >= threshold.rank]
+    reason = None
+    if threshold is not None and failing:
+        reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
+                  f"{threshold.value} or worse (--fail-on {threshold.value})")
     _emit(record, results, output, output_file, include_all, show_fix=show_fix,
-          trusted=trusted)
-    if threshold is not None and any(
-        f.severity.rank >= threshold.rank for r in results for f in r.findings
-    ):
+          trusted=trusted, exit_reason=reason)
+    if reason is not None:
         raise typer.Exit(1)
 
 

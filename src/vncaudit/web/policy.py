@@ -35,7 +35,7 @@ from vncaudit.exceptions import UsageError
 
 # canonical_resolver blocks (getaddrinfo): the web layer runs it in a thread.
 from vncaudit.targets import format_ports, parse_ports
-from vncaudit.targets.expressions import canonical_resolver
+from vncaudit.targets.expressions import canonical_resolver, target_form_problem
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -247,6 +247,20 @@ def normalise_hostname(text: str) -> str:
     return name
 
 
+# Forms the command line reads as many addresses: a network (10.0.0.0/24, host.example/30),
+# a range (10.0.0.1-50, fd00::1-ff) or an nmap octet pattern (10.0.0.*, 10.0.0.1,3). Some of
+# them are valid host names ("10.0.0-1.1-254"): without this they would go to the resolver.
+_MANY = re.compile(r"[^/]+/[0-9]+|[0-9.,*-]*[,*-][0-9.,*-]*|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*-[^/]*")
+
+
+def _refuse_many(target: str) -> None:
+    t = target.strip().strip("[]")
+    if "://" not in t and _MANY.fullmatch(t):
+        raise InvalidTarget("bad-target", f"{_show(target)} names many addresses (a network, "
+                            "range or nmap pattern); this service scans one address or host "
+                            "name per request (ranges: `vncaudit scan` on the command line)")
+
+
 def _show(text: str, limit: int = 60) -> str:
     shown = repr(text)
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
@@ -393,7 +407,12 @@ class Policy:
             raise InvalidTarget("bad-target", "target is longer than 255 characters")
         if not target.strip():
             raise InvalidTarget("bad-target", "no target: give an IP address or a host name")
+        problem = target_form_problem(target, "ports", 'target "{host}", ports "{port}"')
+        if problem is not None:
+            # The command line's words for the same mistake (targets.expressions).
+            raise InvalidTarget("bad-target", f"invalid target {_show(target)}: {problem}")
         port_list = self.check_ports(ports)
+        _refuse_many(target)
         who = _requester(requester)
         ip = parse_address(target)
         name = normalise_hostname(target) if ip is None else ""
@@ -421,7 +440,11 @@ class Policy:
                 raise TargetRefused("address-refused", f"{name} is a CNAME to {canonical}, "
                                     f"outside the allow-listed domains: {refusal}")
             if refusal:
-                raise TargetRefused("address-refused", f"{name} resolves to {refusal}")
+                # The refusal names the address first ("127.0.0.1 is loopback ..."): say it
+                # once, as a sentence.
+                rest = refusal.removeprefix(f"{addr} ")
+                raise TargetRefused("address-refused", f"{name} resolves to {addr}, which "
+                                    f"{rest}" if rest != refusal else f"{name}: {refusal}")
         return Decision(name, name, tuple(str(a) for a in addresses), port_list)
 
     def decide_discovery(self, target: str, ports: str, requester: str | None) -> Decision:
