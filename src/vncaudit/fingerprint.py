@@ -634,8 +634,8 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
 
 
 def _with_desktop(product: Product, seen: str | None, desktop: str | None) -> Product:
-    old = f"desktop name {_r(seen) if seen is not None else None!r}"
-    new = f"desktop name {_r(desktop) if desktop is not None else None!r}"
+    old = f"desktop name {_r(seen) if seen is not None else None}"
+    new = f"desktop name {_r(desktop) if desktop is not None else None}"
     return Product(product.name, product.version, product.confidence,
                    tuple(new if e == old else e for e in product.evidence))
 
