@@ -281,14 +281,10 @@ class ShardJob:
 Sender = Callable[[dict[str, Any]], None]
 
 
-def _assessor() -> Callable[[ServiceResult], ServiceResult] | None:
-    # As the engine does: grading is optional at this layer (imported lazily, may be absent).
-    try:
-        module = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        return None
-    grade: Callable[[ServiceResult], ServiceResult] = module.assess
-    return grade
+def _assessor() -> Callable[[ServiceResult], ServiceResult]:
+    from vncaudit.assess import assess
+
+    return assess
 
 
 async def scan_shard(

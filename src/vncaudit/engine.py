@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import socket
 import threading
@@ -34,7 +33,7 @@ from typing import Any, TypeVar
 
 from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Mode, raise_fd_limit
-from vncaudit.models import ServiceResult, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
@@ -89,7 +88,7 @@ class Progress:
         self.done += 1
         if result.state in (State.VNC, State.BLACKLISTED):
             self.vnc += 1
-        if result.state not in (State.CLOSED, State.FILTERED):
+        if result.state not in SILENT_STATES:
             self.open += 1
 
 
@@ -293,7 +292,7 @@ async def scan_async(
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
     async for result in iter_results(targets, options, progress):
-        if grade is not None and result.state not in _UNGRADED:
+        if grade is not None and result.state not in SILENT_STATES:
             result = grade(result)
         if collect:
             results.append(result)
@@ -302,18 +301,11 @@ async def scan_async(
     return results
 
 
-# Nothing answered: no facts to grade (the store keeps only the verdict of these).
-_UNGRADED = frozenset({State.CLOSED, State.FILTERED})
+def _assessor() -> Callable[[ServiceResult], ServiceResult]:
+    # Imported here: a scan that does not grade does not pay for loading the rules and data.
+    from vncaudit.assess import assess
 
-
-def _assessor() -> Callable[[ServiceResult], ServiceResult] | None:
-    # Imported lazily: grading is optional at this layer and must not slow plain probing.
-    try:
-        module = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        return None
-    grade: Callable[[ServiceResult], ServiceResult] = module.assess
-    return grade
+    return assess
 
 
 def scan(

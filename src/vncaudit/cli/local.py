@@ -34,7 +34,7 @@ from vncaudit.cli import (
     finite,
 )
 from vncaudit.exceptions import UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State, Target
 
 PortsOpt = Annotated[
     str, typer.Option("-p", "--ports", metavar="PORTS",
@@ -356,7 +356,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[
         seen_out: ServiceResult | None = by_port.get(port)
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
-        open_out = seen_out is not None and seen_out.state not in (State.CLOSED, State.FILTERED)
+        open_out = seen_out is not None and seen_out.state not in SILENT_STATES
         if seen_out is None:
             verdict = "not scanned from outside"
         elif open_out and local_only:
@@ -371,7 +371,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[
                      "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
                      "verdict": verdict})
     for port, r in sorted(by_port.items()):
-        if port in seen or r.state in (State.CLOSED, State.FILTERED):
+        if port in seen or r.state in SILENT_STATES:
             continue
         rows.append({"port": port, "inside": "", "scope": "", "firewall": "",
                      "outside": r.state.value,

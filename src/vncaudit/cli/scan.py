@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vncaudit import __version__, report
+from vncaudit import __version__
 from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
@@ -46,7 +46,7 @@ from vncaudit.cli.scan_run import _run_sharded, _run_with_progress, _sigterm_as_
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.probe import ProbeOptions
 from vncaudit.store import StoreError, UnknownScanError
 
@@ -336,7 +336,7 @@ def scan(
         def save(result: ServiceResult) -> None:
             # Thousands per second on a big range: one store call per batch, not per pair (a
             # pair not yet written when the scan is killed is simply probed again on resume).
-            if result.state in report.HIDDEN_BY_DEFAULT:
+            if result.state in SILENT_STATES:
                 marks.append((result.host, result.port, result.state))
             else:
                 found.append(result)

@@ -16,11 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vncaudit.models import SCHEMA_VERSION, Finding, ServiceResult, Severity, State
+from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
 
 FORMATS = ("json", "jsonl", "csv", "xml", "html")
 
-HIDDEN_BY_DEFAULT = frozenset({State.CLOSED, State.FILTERED})
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class ScanMeta:
 
 def visible(results: Iterable[ServiceResult], include_all: bool = False) -> list[ServiceResult]:
     """The services a report shows: all of them with --all, else not closed/filtered."""
-    return [r for r in results if include_all or r.state not in HIDDEN_BY_DEFAULT]
+    return [r for r in results if include_all or r.state not in SILENT_STATES]
 
 
 def to_document(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 from vncaudit import __version__
 from vncaudit.engine import ScanOptions, iter_results
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import ServiceResult, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions
 from vncaudit.store import Store
 from vncaudit.web.metrics import Metrics
@@ -46,7 +45,6 @@ from vncaudit.web.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HIDDEN = frozenset({State.CLOSED, State.FILTERED})
 KEEP_FINISHED = 2000  # finished jobs kept in memory for fast polling; the store has them all
 
 
@@ -90,23 +88,13 @@ def screenshot_root(settings: Settings, store: Store) -> Path:
 
 
 def make_grader(exposure: str | None) -> Grader:
-    """`vncaudit.assess.assess` with the configured exposure (or its own default), or the
-    identity while the assessment module is not installed."""
-    try:
-        module: Any = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        log.warning("vncaudit.assess is not available: results are not graded")
-        return lambda r: r
+    """`vncaudit.assess.assess` with the configured exposure (or its own default)."""
+    from vncaudit.assess import Exposure, assess
+
     if exposure is None:
-        grade: Grader = module.assess
-        return grade
-    chosen = module.Exposure(exposure)
-
-    def with_exposure(result: ServiceResult) -> ServiceResult:
-        graded: ServiceResult = module.assess(result, exposure=chosen)
-        return graded
-
-    return with_exposure
+        return assess
+    chosen = Exposure(exposure)
+    return lambda result: assess(result, exposure=chosen)
 
 
 class JobManager:
@@ -329,7 +317,7 @@ class JobManager:
     async def _probe_all(self, job: Job, options: ScanOptions) -> None:
         async for result in iter_results(self._targets(job), options):
             graded = self._graded(job, result)
-            if graded.state in HIDDEN:
+            if graded.state in SILENT_STATES:
                 self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
             else:
                 self.store.add_result(job.scan_id, graded)
