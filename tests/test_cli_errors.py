@@ -131,6 +131,9 @@ CASES: list[tuple[list[str], int, str]] = [
     # stored scans
     (["scan", "--resume", "s-19990101-000000"], 2, "unknown scan id"),  # was: exit 3
     (["scan", "--resume", "s-19990101-000000", "127.0.0.1"], 2, "takes no targets"),
+    # a resume runs with the stored settings: one typed again would be ignored, so it is refused
+    (["scan", "--resume", "s-19990101-000000", "--timeout", "3", "--no-web"], 2,
+     "leave out --timeout, --no-web"),
     (["results", "s-19990101-000000"], 2, "unknown scan id"),
     (["results", "-o", "csv"], 2, "table or json"),  # was: JSON, whatever -o said
     (["results", "-o", "bogus"], 2, "bogus"),

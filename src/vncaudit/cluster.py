@@ -54,6 +54,7 @@ from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.store import Store
+from vncaudit.store.writer import ResultWriter
 from vncaudit.targets import TargetSpace
 
 if TYPE_CHECKING:
@@ -268,6 +269,7 @@ class ShardJob:
     options: ScanOptions
     assess_results: bool
     queue: str
+    exposure: str | None = None  # grade as reachable from here (assess.Exposure)
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_interval: float = DEFAULT_BATCH_INTERVAL
 
@@ -281,10 +283,13 @@ class ShardJob:
 Sender = Callable[[dict[str, Any]], None]
 
 
-def _assessor() -> Callable[[ServiceResult], ServiceResult]:
-    from vncaudit.assess import assess
+def _assessor(exposure: str | None) -> Callable[[ServiceResult], ServiceResult]:
+    from vncaudit.assess import Exposure, assess
 
-    return assess
+    if exposure is None:
+        return assess
+    chosen = Exposure(exposure)
+    return lambda result: assess(result, exposure=chosen)
 
 
 async def scan_shard(
@@ -295,7 +300,7 @@ async def scan_shard(
     runs in a thread and the probes in flight keep their deadlines meanwhile."""
     loop = asyncio.get_running_loop()
     attempt = uuid.uuid4().hex[:12]
-    grade = _assessor() if job.assess_results else None
+    grade = _assessor(job.exposure) if job.assess_results else None
     services: list[dict[str, Any]] = []
     marks: list[list[Any]] = []
     sent = 0
@@ -354,7 +359,8 @@ def run_shard(job: ShardJob, skip: Collection[tuple[str, int]] | None = None) ->
 
 
 class _Collector:
-    """Writes what the workers send into the store and records finished shards."""
+    """Writes what the workers send into the store (through one `ResultWriter`) and records
+    finished shards."""
 
     def __init__(
         self,
@@ -370,6 +376,7 @@ class _Collector:
         self.on_result = on_result
         self.progress = progress
         self.started: set[int] = set()  # shards that sent a "start" in this run
+        self.writer = ResultWriter(store, scan_id, on_stored=self._stored)
 
     def handle(self, message: Mapping[str, Any]) -> int | None:
         """Store one message; returns the shard index when it was that shard's end marker
@@ -391,19 +398,15 @@ class _Collector:
                 "count": self.run.shards, "done": format_indices(self.run.done)}})
             log.debug("shard %d/%d done (%d targets)", index, self.run.shards, message["end"])
             return index
-        for host, port, state in message.get("marks", ()):
-            new = self.store.mark_done(self.scan_id, host, int(port), state)
-            self._count(ServiceResult(host, int(port), State(state)), new)
-        for data in message.get("services", ()):
-            result = ServiceResult.from_dict(data)
-            new = self.store.add_result(self.scan_id, result)
-            self._count(result, new)
+        self.writer.add_many([
+            *(ServiceResult(host, int(port), State(state))
+              for host, port, state in message.get("marks", ())),
+            *(ServiceResult.from_dict(data) for data in message.get("services", ())),
+        ])
+        self.run.duplicates = self.writer.repeated
         return None
 
-    def _count(self, result: ServiceResult, new: bool) -> None:
-        if not new:
-            self.run.duplicates += 1
-            return
+    def _stored(self, result: ServiceResult) -> None:
         self.run.stored += 1
         if self.progress is not None:
             self.progress.add(result)
@@ -420,6 +423,7 @@ def scan_sharded(
     *,
     shards: int | None = None,
     assess_results: bool = True,
+    exposure: str | None = None,
     on_result: Callable[[ServiceResult], None] | None = None,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -452,7 +456,7 @@ def scan_sharded(
                  scan_id, count, len(done), workers.slots)
         token = uuid.uuid4().hex[:8]  # keys and queue unique per run, even on a shared cluster
         jobs = [ShardJob(space, space.seed, index, count, shard_options, assess_results,
-                         f"vncaudit-{scan_id}-{token}", batch_size, batch_interval)
+                         f"vncaudit-{scan_id}-{token}", exposure, batch_size, batch_interval)
                 for index in range(count) if index not in done]
         if jobs:
             try:

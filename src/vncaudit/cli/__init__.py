@@ -88,20 +88,14 @@ __all__ = [
     "results_table",
     "DEFAULT_PORTS_SPEC",
     "_MAX_STREAM_INPUT",
-    "_MAX_WORDLIST_LINE",
     "_SCAN_EXAMPLES",
-    "_active_options",
     "_check_discovery",
     "_domain_targets",
     "_kept_input",
     "_plain_target_name",
-    "_post_probe",
+    "_progress",
     "_progress_bar",
-    "_read_password_list",
-    "_run_sharded",
-    "_run_with_progress",
     "_sigterm_as_interrupt",
-    "_space_from_spec",
     "app",
     "main",
 ]
@@ -151,20 +145,14 @@ from vncaudit.cli import history as _history  # noqa: E402,F401
 from vncaudit.cli.scan import DEFAULT_PORTS_SPEC, _SCAN_EXAMPLES  # noqa: E402
 from vncaudit.cli.scan_inputs import (  # noqa: E402
     _MAX_STREAM_INPUT,
-    _MAX_WORDLIST_LINE,
-    _active_options,
     _check_discovery,
     _domain_targets,
     _kept_input,
     _plain_target_name,
-    _post_probe,
-    _read_password_list,
-    _space_from_spec,
 )
 from vncaudit.cli.scan_run import (  # noqa: E402
+    _progress,
     _progress_bar,
-    _run_sharded,
-    _run_with_progress,
     _sigterm_as_interrupt,
 )
 

@@ -1,18 +1,17 @@
-"""Running a scan from the command line: the rich progress bar (redrawn at most every 0.1 s),
-the local and the sharded (cluster) run, and SIGTERM handled like Ctrl-C so the resume command
-is printed.
+"""Running a scan from the command line: the rich progress bar (redrawn at most every 0.1 s)
+and SIGTERM handled like Ctrl-C so the resume command is printed.
 
-Owns: driving the engine with progress. Must not: define commands, parse options or render
-results. `_progress_bar` is looked up through `vncaudit.cli`, so patching it there works.
+Owns: what a terminal shows while a scan runs. Must not: define commands, parse options, run
+the scan (`vncaudit.runner`) or render results. `_progress_bar` is looked up through
+`vncaudit.cli`, so patching it there works.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -26,18 +25,9 @@ from rich.progress import (
 )
 
 from vncaudit import cli as _cli
-from vncaudit.cli.common import (
-    err,
-)
+from vncaudit.cli.common import err
 from vncaudit.engine import Progress as EngineProgress
-from vncaudit.engine import ScanOptions, scan_async
-from vncaudit.engine import run as run_loop
-from vncaudit.models import ServiceResult, Target
-from vncaudit.store import Store
-
-if TYPE_CHECKING:
-    from vncaudit.cluster import ClusterSpec
-    from vncaudit.targets import TargetSpace
+from vncaudit.models import ServiceResult
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -76,81 +66,36 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_with_progress(
-    pending: Iterable[Target],
-    options: ScanOptions,
-    state: EngineProgress,
-    show: bool,
-    on_result: Callable[[ServiceResult], None],
-) -> None:
-    # Looked up through the package, as before the split, so a patch of
-    # `vncaudit.cli._progress_bar` still takes effect.
+@contextlib.contextmanager
+def _progress(state: EngineProgress, show: bool) -> Iterator[Callable[[ServiceResult], None]]:
+    """The progress bar while a scan runs (when `show`): yields the callback that takes each
+    result, and draws the last state, the real total, on the way out."""
+    # Looked up through the package, so a patch of `vncaudit.cli._progress_bar` takes effect.
     bar = _cli._progress_bar(err) if show else None
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
-        shown = [started]
-
-        def draw() -> None:
-            if bar is not None and task_id is not None:
-                now = loop.time()
-                shown[0] = now
-                bar.update(task_id, completed=state.done,
-                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc)
-
-        def update(result: ServiceResult) -> None:
-            on_result(result)
-            # The bar redraws a few times a second anyway: thousands of updates a second
-            # would cost the scan, not show more.
-            if bar is not None and loop.time() - shown[0] >= 0.1:
-                draw()
-
-        await scan_async(pending, options, on_result=update, progress=state, collect=False)
-        draw()
-
     if bar is None:
-        run_loop(run())
+        yield _ignore
         return
-    with bar:
-        run_loop(run())
-
-
-def _run_sharded(
-    space: TargetSpace,
-    options: ScanOptions,
-    store: Store,
-    scan_id: str,
-    spec: ClusterSpec,
-    state: EngineProgress,
-    show: bool,
-) -> None:
-    """--workers / --cluster: the same scan, sharded over Dask (vncaudit.cluster), which
-    stores the results itself; raises VncAuditError when shards are left unfinished."""
-    import contextlib
-    import time
-
-    from vncaudit import cluster
-
-    bar = _cli._progress_bar(err) if show else None  # via the package: see _run_with_progress
     started = time.monotonic()
-    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0)
+    shown = [started]
+
+    def draw() -> None:
+        now = shown[0] = time.monotonic()
+        bar.update(task_id, completed=state.done, rate=state.done / max(now - started, 1e-6),
+                   vnc=state.vnc)
 
     def update(result: ServiceResult) -> None:
-        if bar is not None and task_id is not None:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
+        # The bar redraws a few times a second anyway: thousands of updates a second would
+        # cost the scan, not show more.
+        if time.monotonic() - shown[0] >= 0.1:
+            draw()
 
-    with bar if bar is not None else contextlib.nullcontext():
-        run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
-                                   progress=state)
-    err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
-              f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
-              f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
-              soft_wrap=True)
-    if run.failed:
-        index, why = sorted(run.failed.items())[0]
-        raise cluster.ClusterError(f"{len(run.failed)} of {run.shards} shards did not finish "
-                                   f"(shard {index}: {why}); resume with: vncaudit scan "
-                                   f"--resume {scan_id} --workers N")
+    with bar:
+        try:
+            yield update
+        finally:
+            draw()
+
+
+def _ignore(result: ServiceResult) -> None:
+    del result
