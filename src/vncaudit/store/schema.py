@@ -77,9 +77,68 @@ _SCHEMA_V1: tuple[str, ...] = (
     "CREATE INDEX findings_id ON findings (finding_id, severity)",
 )
 
+# Monitors (vncaudit.watch): each cycle is an ordinary scan linked here to its monitor; alerts
+# and their deliveries (the outbox) outlive pruned scans, so they carry no foreign key to them.
+_MONITORS: tuple[str, ...] = (
+    """CREATE TABLE monitors (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        next_due TEXT,
+        runner TEXT,
+        heartbeat TEXT
+    )""",
+    """CREATE TABLE monitor_cycles (
+        scan_id TEXT PRIMARY KEY REFERENCES scans (id) ON DELETE CASCADE,
+        monitor TEXT NOT NULL,
+        started TEXT NOT NULL,
+        finished TEXT,
+        status TEXT NOT NULL,
+        previous_scan_id TEXT,
+        evaluated TEXT,
+        alerts INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    )""",
+    "CREATE INDEX monitor_cycles_monitor ON monitor_cycles (monitor, started)",
+    """CREATE TABLE monitor_services (
+        monitor TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        open_since TEXT NOT NULL,
+        last_alert TEXT,
+        PRIMARY KEY (monitor, host, port)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE alerts (
+        key TEXT PRIMARY KEY,
+        monitor TEXT NOT NULL,
+        scan_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT,
+        created TEXT NOT NULL,
+        alert TEXT NOT NULL
+    )""",
+    "CREATE INDEX alerts_monitor ON alerts (monitor, created)",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        alert_key TEXT NOT NULL REFERENCES alerts (key) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT,
+        last_attempt TEXT,
+        created TEXT NOT NULL,
+        delivered TEXT,
+        UNIQUE (alert_key, channel)
+    )""",
+    "CREATE INDEX outbox_due ON outbox (state, next_attempt)",
+)
+
 Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _MONITORS)
 """`MIGRATIONS[n]` takes a database from ``user_version`` n to n + 1. Append; never edit."""
 
 DB_VERSION = len(MIGRATIONS)
