@@ -343,7 +343,9 @@ def _refuse_settings(ctx: typer.Context, scan_id: str) -> None:
              and ctx.get_parameter_source(p.name or "") in (ParameterSource.COMMANDLINE,
                                                             ParameterSource.ENVIRONMENT)]
     if given:
-        flags = ", ".join(max(p.opts, key=len) for p in given)
+        # As typed: --no-web, not --web, when the flag's off side was given.
+        flags = ", ".join(p.secondary_opts[0] if p.secondary_opts and ctx.params[p.name or ""]
+                          is False else max(p.opts, key=len) for p in given)
         raise _fail(f"--resume continues scan {scan_id} with the settings it was started "
                     f"with; leave out {flags}")
 
