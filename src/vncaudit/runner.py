@@ -127,15 +127,12 @@ class StoredScan:
         """Targets still to probe."""
         return len(self.space) - len(self.done) if self.space is not None else 0
 
-    def pending(self) -> Iterator[Target]:
-        """The targets still to probe, in the scan's seeded order."""
+    def pending(self) -> Iterable[Target]:
+        """The targets still to probe, in the scan's seeded order (a walk the SYN sender
+        reads in blocks)."""
         if self.space is None:
-            return iter(())
-        targets = self.space.iter_targets()
-        if not self.done:
-            return targets
-        done = self.done
-        return (t for t in targets if (t.host, t.port) not in done)
+            return ()
+        return self.space.walk(skip=self.done)
 
     def engine_options(self, post_probe: PostProbe | None = None) -> ScanOptions:
         """The engine's options for this spec; `post_probe` replaces the spec's own step."""
@@ -171,7 +168,9 @@ class StoredScan:
         """Probe `targets` (default: `pending()`), grade each answer (`grade`, default
         `grader()`), hand it to `on_result`, write it; then mark the scan finished and return
         its record. If anything stops the run (an error, cancellation, Ctrl-C) what was probed
-        is written, the scan is marked interrupted and the exception goes on.
+        is written, the scan is marked interrupted and the exception goes on. Closed and
+        filtered verdicts a SYN sweep gives in bulk go straight to the store, not through
+        `on_result` (`progress` counts them).
 
         A verdict waits at most `max_age` seconds before it is written and committed, even
         when the results pause (a reader, the web page, sees it by then)."""
@@ -188,7 +187,7 @@ class StoredScan:
 
         try:
             async for result in iter_results(self.pending() if targets is None else targets,
-                                             options, progress):
+                                             options, progress, writer.add_marks):
                 if result.state not in SILENT_STATES:
                     result = grade(result)
                 if on_result is not None:

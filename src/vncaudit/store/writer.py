@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from vncaudit.models import SILENT_STATES, ServiceResult, State
 from vncaudit.store.database import Store
+
+if TYPE_CHECKING:
+    from vncaudit.discovery import Marks
 
 MAX_MARKS: Final = 1024  # silent pairs per write (three columns each: cheap)
 MAX_RESULTS: Final = 256  # full results per write (~3 KB of JSON each)
@@ -63,6 +66,14 @@ class ResultWriter:
         else:
             self._results.append(result)
         if (len(self._marks) >= self.max_marks or len(self._results) >= self.max_results
+                or time.monotonic() - self._since >= self.max_age):
+            self.flush()
+
+    def add_marks(self, marks: Marks) -> None:
+        """Buffer the closed or filtered verdicts a discovery sweep gives in bulk."""
+        state = marks.state
+        self._marks.extend((host, port, state) for host, port in marks.pairs)
+        if (len(self._marks) >= self.max_marks
                 or time.monotonic() - self._since >= self.max_age):
             self.flush()
 

@@ -26,7 +26,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import smtplib
+import socket
 import ssl
 import sys
 import time
@@ -86,6 +88,22 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _os_reason(exc: BaseException) -> str | None:
+    """The operating system's words (Connection refused, Name or service not known) from
+    somewhere in an exception's chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and not isinstance(seen, socket.gaierror) \
+                and seen.errno and seen.errno > 0:
+            return os.strerror(seen.errno)  # asyncio's text names the address, not why
+        if isinstance(seen, OSError) and seen.strerror:
+            return _one_line(seen.strerror)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
@@ -95,7 +113,18 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
+def webhook_client(channel: WebhookChannel) -> Any:
+    """An `httpx.AsyncClient` for one webhook channel, kept by the outbox worker so that a
+    burst of alerts reuses one connection (and one TLS context)."""
+    import httpx
+
+    verify_with: ssl.SSLContext | bool = (ssl.create_default_context(cafile=channel.ca_file)
+                                          if channel.ca_file else True)
+    return httpx.AsyncClient(timeout=channel.timeout, verify=verify_with,
+                             follow_redirects=False, trust_env=False)
+
+
+async def post_webhook(channel: WebhookChannel, alert: Alert, client: Any = None) -> Outcome:
     import httpx
 
     body = webhook_body(alert)
@@ -105,21 +134,20 @@ async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
     if channel.secret is not None:
         headers[SIGNATURE_HEADER] = sign(channel.secret, stamp, body)
     host = urlsplit(channel.url).netloc
+    own = client is None
     try:
-        verify_with: ssl.SSLContext | bool = (ssl.create_default_context(cafile=channel.ca_file)
-                                              if channel.ca_file else True)
+        if own:
+            client = webhook_client(channel)
     except (OSError, ssl.SSLError) as exc:
         return Outcome(False, f"cannot read ca_file {channel.ca_file}: {exc}")
     try:
         async with asyncio.timeout(channel.timeout):
-            async with httpx.AsyncClient(timeout=channel.timeout, verify=verify_with,
-                                         follow_redirects=False, trust_env=False) as client:
-                async with client.stream("POST", channel.url, content=body,
-                                         headers=headers) as response:
-                    status = response.status_code
-                    reason = response.reason_phrase
-                    location = response.headers.get("location")
-                    wait = _retry_after(response.headers.get("retry-after"))
+            async with client.stream("POST", channel.url, content=body,
+                                     headers=headers) as response:
+                status = response.status_code
+                reason = response.reason_phrase
+                location = response.headers.get("location")
+                wait = _retry_after(response.headers.get("retry-after"))
     except TimeoutError:
         return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
     except httpx.HTTPError as exc:
@@ -128,10 +156,16 @@ async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
             return Outcome(False, f"{host}: TLS error: {tls}")
         if isinstance(exc, httpx.TimeoutException):
             return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
-        return Outcome(False, f"{host}: {_one_line(str(exc) or type(exc).__name__)}")
+        reason = _os_reason(exc)
+        if reason is not None and isinstance(exc, httpx.ConnectError):
+            return Outcome(False, f"{host}: cannot connect: {reason}")
+        return Outcome(False, f"{host}: {_one_line(reason or str(exc) or type(exc).__name__)}")
     except (OSError, ssl.SSLError, ValueError) as exc:
         tls = _tls_reason(exc)
         return Outcome(False, f"{host}: TLS error: {tls}" if tls else f"{host}: {exc}")
+    finally:
+        if own:
+            await client.aclose()
     if 200 <= status < 300:
         return Outcome(True)
     if 300 <= status < 400:
@@ -248,10 +282,12 @@ async def write_stdout(alert: Alert, stream: TextIO | None = None) -> Outcome:
     return Outcome(True)
 
 
-async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None) -> Outcome:
-    """Send `alert` through `channel`; never raises for the receiver's faults."""
+async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None,
+                  client: Any = None) -> Outcome:
+    """Send `alert` through `channel` (a webhook through `client` when given); never raises
+    for the receiver's faults."""
     if isinstance(channel, WebhookChannel):
-        return await post_webhook(channel, alert)
+        return await post_webhook(channel, alert, client)
     if isinstance(channel, EmailChannel):
         return await send_mail(channel, alert)
     return await write_stdout(alert, stdout)
