@@ -174,7 +174,6 @@ class StoredScan:
 
         A verdict waits at most `max_age` seconds before it is written and committed, even
         when the results pause (a reader, the web page, sees it by then)."""
-        grade = grade or self.grader()
         options = self.engine_options(post_probe)
         loop = asyncio.get_running_loop()
         writer = ResultWriter(self.store, self.scan_id, max_age=max_age)
@@ -189,6 +188,8 @@ class StoredScan:
             async for result in iter_results(self.pending() if targets is None else targets,
                                              options, progress, writer.add_marks):
                 if result.state not in SILENT_STATES:
+                    # Imported with the first result to grade, not before the first packet.
+                    grade = grade or self.grader()
                     result = grade(result)
                 if on_result is not None:
                     on_result(result)
