@@ -8,7 +8,6 @@ mutate the result; texts and severities come from the knowledge files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,6 +16,8 @@ from vncaudit import rfb
 from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
 from vncaudit.assess.knowledge import Cve, Knowledge, knowledge
 from vncaudit.assess.versions import match_versions
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import quoted
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +44,9 @@ _VNCAUTH_IN_TLS: Final = frozenset({258, 261})
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # Server strings (reasons, desktop names) are quoted escaped and bounded: an evidence line
+    # is read by a person, and a reason may be 64 KiB of binary.
+    return quoted(text)
 
 
 def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
@@ -168,8 +171,10 @@ class Context:
                 line += f"; severity {verb} from {sev.value} to {moved.value}"
             ev.append(line)
             sev = moved
-        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why,
-                       tuple(remediation if remediation is not None else spec.remediation))
+        fixes = tuple(remediation if remediation is not None else spec.remediation)
+        if self.exposure is Exposure.LOOPBACK:
+            fixes = tuple(r for r in fixes if r not in self.kb.network_only_fixes)
+        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why, fixes)
 
 
 Rule = Callable[[Context], list[Finding]]
@@ -213,10 +218,15 @@ def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     kind = ctx.section("desktop_kind")
     verdict = kind.get("kind")
     if verdict:
-        notes = kind.get("evidence")
-        why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
-        lines.append(f"screen classified as {_q(str(verdict))} (confidence "
-                     f"{kind.get('confidence', 0)}){': ' + why if why else ''}")
+        label = KIND_WORDS.get(str(verdict), KIND_WORDS["unknown"])[0].lower()
+        sure = f", confidence {float(kind.get('confidence') or 0):.0%}" if kind.get(
+            "confidence") else ""
+        if kind.get("seen"):
+            lines.append(f"the screen shows {kind['seen']} ({label}{sure})")
+        else:
+            notes = kind.get("evidence")
+            why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
+            lines.append(f"screen classified as {label}{sure}{': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
 
 
@@ -474,14 +484,21 @@ def rule_blacklisting_active(ctx: Context) -> list[Finding]:
     return [ctx.finding("blacklisting-active", ev)]
 
 
+def _ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 def rule_nonstandard_port(ctx: Context) -> list[Finding]:
     port = ctx.result.port
     if ctx.result.state not in _SERVICE_STATES:
         return []
-    if any(lo <= port <= hi for lo, hi in ctx.kb.standard_ports):
+    web = as_mapping(ctx.result.extra.get("web")).get("transport") == "websocket"
+    # Reached through a web front end, the usual ports are the web ones (noVNC's 6080 ...).
+    usual = ctx.kb.standard_web_ports if web else ctx.kb.standard_ports
+    if any(lo <= port <= hi for lo, hi in usual):
         return []
-    usual = ", ".join(f"{lo}-{hi}" for lo, hi in ctx.kb.standard_ports)
-    return [ctx.finding("nonstandard-port", [f"RFB answered on port {port} (usual: {usual})"])]
+    how = "RFB over WebSocket answered" if web else "RFB answered"
+    return [ctx.finding("nonstandard-port", [f"{how} on port {port} (usual: {_ranges(usual)})"])]
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:

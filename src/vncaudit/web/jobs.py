@@ -340,7 +340,8 @@ class JobManager:
             except TimeoutError:
                 job.status = JobStatus.INTERRUPTED
                 job.error = (f"stopped after the {self.settings.scan_deadline:g} s deadline; "
-                             f"{job.done} of {job.total} ports probed")
+                             f"{job.done} of {job.total} "
+                             f"port{'' if job.total == 1 else 's'} probed")
                 self.metrics.finished.labels("interrupted").inc()
                 return
             job.status = JobStatus.FINISHED
