@@ -32,6 +32,7 @@ from vncaudit.store.writer import MAX_AGE, ResultWriter
 
 if TYPE_CHECKING:
     from vncaudit.active import ActiveOptions
+    from vncaudit.budget import Ledger
     from vncaudit.cluster import ClusterSpec, ShardedRun
     from vncaudit.targets import TargetSpace
 
@@ -134,15 +135,24 @@ class StoredScan:
             return ()
         return self.space.walk(skip=self.done)
 
-    def engine_options(self, post_probe: PostProbe | None = None) -> ScanOptions:
-        """The engine's options for this spec; `post_probe` replaces the spec's own step."""
+    def engine_options(self, post_probe: PostProbe | None = None,
+                       ledger: Ledger | None = None) -> ScanOptions:
+        """The engine's options for this spec; `post_probe` replaces the spec's own step,
+        whose connections are counted in `ledger` when one is given."""
         spec = self.spec
         probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init,
                              active_checks=spec.active.active_checks)
         return ScanOptions(
             concurrency=spec.concurrency, rate=spec.rate, discovery=spec.discovery,
             retries=spec.retries, probe=probe,
-            post_probe=post_probe or post_probe_for(spec, self.active, probe))
+            post_probe=post_probe or post_probe_for(spec, self.active, probe, ledger))
+
+    def ledger(self) -> Ledger:
+        """The store's connection ledger (`vncaudit.budget`) with the spec's --risk-lockout:
+        every connection of a run is admitted there first, none arms a server's blacklist."""
+        from vncaudit.budget import Ledger
+
+        return Ledger(self.store, risk_lockout=self.spec.risk_lockout)
 
     def grader(self) -> Grader:
         """`vncaudit.assess.assess` with the spec's exposure (by address when it has none)."""
@@ -173,8 +183,16 @@ class StoredScan:
         `on_result` (`progress` counts them).
 
         A verdict waits at most `max_age` seconds before it is written and committed, even
-        when the results pause (a reader, the web page, sees it by then)."""
-        options = self.engine_options(post_probe)
+        when the results pause (a reader, the web page, sees it by then). Every connection
+        goes through the connection ledger (`ledger()`), a denied pair's result being the
+        ledger's answer."""
+        from vncaudit.budget import ScanGate
+
+        ledger = self.ledger()
+        options = self.engine_options(post_probe, ledger)
+        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
+        # together with the probe's own or not at all.
+        gate = ScanGate(ledger, self.scan_id, extra=3 if self.spec.active.active_checks else 0)
         loop = asyncio.get_running_loop()
         writer = ResultWriter(self.store, self.scan_id, max_age=max_age)
         timer: list[asyncio.TimerHandle | None] = [None]
@@ -186,7 +204,7 @@ class StoredScan:
 
         try:
             async for result in iter_results(self.pending() if targets is None else targets,
-                                             options, progress, writer.add_marks):
+                                             options, progress, writer.add_marks, gate=gate):
                 if result.state not in SILENT_STATES:
                     # Imported with the first result to grade, not before the first packet.
                     grade = grade or self.grader()
@@ -203,6 +221,7 @@ class StoredScan:
         finally:
             if timer[0] is not None:
                 timer[0].cancel()
+            ledger.close()
         return self.store.finish_scan(self.scan_id)
 
     def run(
@@ -221,13 +240,19 @@ class StoredScan:
 
         if self.space is None:
             raise UsageError("a sharded scan needs the spec's own targets")
+        ledger = self.ledger()
         try:
+            # The options go to workers, which write no store: there the checks after the
+            # probe are not counted (README, Connection budget); the probes themselves are.
             self.sharded = run = cluster_mod.scan_sharded(
                 self.space, self.engine_options(), self.store, self.scan_id, cluster,
-                on_result=on_result, progress=progress, exposure=self.spec.exposure)
+                ledger=ledger, on_result=on_result, progress=progress,
+                exposure=self.spec.exposure)
         except BaseException:
             self._interrupted(None)
             raise
+        finally:
+            ledger.close()
         if run.failed:
             self._interrupted(None)
             index, why = sorted(run.failed.items())[0]
@@ -301,11 +326,13 @@ def read_wordlist(path: Path) -> list[str]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def post_probe_for(spec: ScanSpec, active_options: ActiveOptions,
-                   probe_options: ProbeOptions) -> PostProbe | None:
+def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options: ProbeOptions,
+                   ledger: Ledger | None = None) -> PostProbe | None:
     """What runs after each probe: web front-end detection (`spec.web`), then the active
-    checks the spec asks for; None when neither is wanted."""
+    checks the spec asks for; None when neither is wanted. With a `ledger`, every connection
+    they make is granted and counted there first."""
     from vncaudit import active, websocket
+    from vncaudit.budget.extra import checked
 
     web = spec.web
     if not web and not active_options.enabled:
@@ -318,16 +345,34 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions,
             # VNC is found on any port by its banner; a web front end on any port by one GET
             # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
-            found = await websocket.probe_web(target, probe_options, require_http=not listed)
-            if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
-                result = found
+            # Through websockify, a WebSocket session is a connection to the VNC server
+            # behind it, from the proxy's address that every user of the front end shares.
+            (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
+            if grant is None or grant.allowed:
+                found = await websocket.probe_web(target, probe_options,
+                                                  require_http=not listed)
+                if ledger is not None and grant is not None:
+                    ledger.record([(grant, found)])
+                if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+                    result = found
         if active_options.enabled and result.state is State.VNC:
             connector = None
             ws = (result.extra.get("web") or {}).get("websocket") or {}
             if ws.get("path"):
                 connector = websocket.connector(ws["path"])
+            wanted = (active_options.password is not None) + bool(active_options.screenshot) \
+                + bool(active_options.active_checks)
+
+            async def run(used: int) -> dict[str, Any]:
+                out: dict[str, Any] = await active.run_active(
+                    result, active_options, connector, connections_used=used)
+                return out
+
             try:
-                checks = await active.run_active(result, active_options, connector)
+                if ledger is None:
+                    checks = await active.run_active(result, active_options, connector)
+                else:
+                    checks = await checked(ledger, result, run, required=wanted)
             except Exception as exc:  # an active check must never cost the probe's result
                 log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
                 checks = {"error": f"{type(exc).__name__}: {exc}"}

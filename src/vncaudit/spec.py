@@ -95,6 +95,7 @@ class ScanSpec:
     web: bool = True  # look for VNC web front ends on web ports that did not answer RFB
     active: ActiveSpec = field(default_factory=ActiveSpec)
     exposure: str | None = None  # grade as reachable from here (assess.Exposure); None: by address
+    risk_lockout: bool = False  # connect even where the connection arms a blacklist (budget)
 
     def __post_init__(self) -> None:
         for name in ("expressions", "input_files", "nmap_xml", "masscan", "excludes",
@@ -164,6 +165,7 @@ class ScanSpec:
             "seed": self.seed, "timeout": self.timeout, "concurrency": self.concurrency,
             "rate": self.rate, "discovery_mode": self.discovery.value, "retries": self.retries,
             "no_init": self.no_init, "web": self.web, "exposure": self.exposure,
+            "risk_lockout": self.risk_lockout,
             "active": {f.name: getattr(self.active, f.name) for f in fields(ActiveSpec)},
         }
 
@@ -200,6 +202,7 @@ class ScanSpec:
                 web=bool(options.get("web", True)),
                 active=ActiveSpec(**dict(options.get("active") or {})),
                 exposure=_optional(options.get("exposure"), str),
+                risk_lockout=bool(options.get("risk_lockout", False)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"the stored scan settings cannot be read: {exc}") from None

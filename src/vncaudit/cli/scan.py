@@ -27,6 +27,7 @@ from vncaudit.cli.common import (
     OutputOpt,
     PasswordFileOpt,
     PasswordOpt,
+    RiskLockoutOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -214,7 +215,7 @@ VerboseOpt = Annotated[
 _SPEC_OPTIONS = ("ports", "exclude", "exclude_file", "allow_special", "timeout", "concurrency",
                  "rate", "discovery_mode", "retries", "no_init", "screenshot",
                  "check_passwords", "wordlist", "max_attempts", "show_passwords",
-                 "active_checks", "web")
+                 "active_checks", "web", "risk_lockout")
 
 
 @app.command(help=_SCAN_HELP, epilog=_SCAN_EXAMPLES)
@@ -251,6 +252,7 @@ def scan(
     show_passwords: ShowPasswordsOpt = False,
     active_checks: ActiveChecksOpt = False,
     web: WebOpt = True,
+    risk_lockout: RiskLockoutOpt = False,
     db: DbOpt = None,
     resume: ResumeOpt = None,
     workers: WorkersOpt = None,
@@ -290,7 +292,7 @@ def scan(
                 exclude_files=_names(exclude_file), allow_special=allow_special,
                 domains=tuple(domain or ()), resolver=resolver, timeout=timeout,
                 concurrency=concurrency, rate=rate, discovery=Mode(discovery_mode),
-                retries=retries, no_init=no_init, web=web,
+                retries=retries, no_init=no_init, web=web, risk_lockout=risk_lockout,
                 active=_active_spec(screenshot, password, check_passwords, wordlist,
                                     max_attempts, show_passwords, active_checks, output_file))
             words = read_wordlist(wordlist) if wordlist is not None else None
