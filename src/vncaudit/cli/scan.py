@@ -38,7 +38,6 @@ from vncaudit.cli.common import (
     finite,
     known_password,
 )
-from vncaudit.cli.output import _emit
 from vncaudit.cli.scan_inputs import _check_discovery, _domain_targets, _kept_input
 from vncaudit.cli.scan_run import _progress, _sigterm_as_interrupt
 from vncaudit.discovery import Mode
@@ -309,6 +308,8 @@ def scan(
     if threshold is not None and failing:
         reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
                   f"{threshold.value} or worse (--fail-on {threshold.value})")
+    from vncaudit.cli.output import _emit  # rich and the report: after the scan, not before
+
     _emit(record, results, output, output_file, include_all, show_fix=show_fix,
           trusted=trusted, exit_reason=reason)
     if reason is not None:
@@ -422,7 +423,7 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None) -> ScanRecord:
     state = EngineProgress(total=stored.remaining)
     terminated: list[int] = []
     try:
-        with _sigterm_as_interrupt(terminated), _progress(state, err.is_terminal) as update:
+        with _sigterm_as_interrupt(terminated), _progress(state, lambda: err.is_terminal) as update:
             record = stored.run(on_result=update, progress=state, cluster=cluster_spec)
     except KeyboardInterrupt:
         how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)

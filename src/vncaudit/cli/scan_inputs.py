@@ -16,7 +16,7 @@ from vncaudit.cli.common import (
     _fail,
     err,
 )
-from vncaudit.cli.output import _plain
+from vncaudit.display import escape
 from vncaudit.exceptions import UsageError
 from vncaudit.store import Store
 
@@ -119,7 +119,7 @@ def _domain_targets(
             if usable and not _plain_target_name(host.name, usable):
                 # A zone transfer may carry any label ("a/b", "x:y", "10.0.0.1-9."): one such
                 # name must not abort the scan of the domain's other hosts.
-                err.print(f"warning: {_plain(host.name)} is not a plain host name; not scanned",
+                err.print(f"warning: {escape(host.name)} is not a plain host name; not scanned",
                           style="yellow", markup=False)
                 continue
             if usable:

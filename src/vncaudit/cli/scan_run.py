@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING
 
 from vncaudit import cli as _cli
 from vncaudit.cli.common import err
@@ -30,8 +21,22 @@ from vncaudit.discovery import SynCounters
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.models import ServiceResult
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
 
 def _progress_bar(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]scanning"),
@@ -69,40 +74,75 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress(state: EngineProgress, show: bool) -> Iterator[Callable[[ServiceResult], None]]:
-    """The progress bar while a scan runs (when `show`): yields the callback that takes each
-    result, and draws the last state, the real total, on the way out; then the SYN sender's
-    summary line when it sent anything."""
-    # Looked up through the package, so a patch of `vncaudit.cli._progress_bar` takes effect.
-    bar = _cli._progress_bar(err) if show else None
+def _progress(state: EngineProgress,
+              show: bool | Callable[[], bool]) -> Iterator[Callable[[ServiceResult], None]]:
+    """The progress bar while a scan runs (when `show`, or what it returns): redrawn from
+    `state` ten times a second by a thread of its own (so SYN marks, which come in bulk and
+    not as results, move it too), ending on the last state, the real total; then the SYN
+    sender's summary line when it sent anything. Yields the per-result callback (nothing to do
+    there now). The bar, and rich, come 0.2 s after the start: a scan sends its first packets
+    first."""
+    stop = threading.Event()
+    bar = _Bar(state, show)
+    thread = threading.Thread(target=bar.run, args=(stop,), name="vncaudit-progress",
+                              daemon=True)
+    thread.start()
     try:
-        if bar is None:
+        try:
             yield _ignore
-            return
-        started = time.monotonic()
-        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0, syn="")
-        shown = [started]
-
-        def draw() -> None:
-            now = shown[0] = time.monotonic()
-            bar.update(task_id, completed=state.done,
-                       rate=state.done / max(now - started, 1e-6), vnc=state.vnc,
-                       syn=_syn_rate(state.syn))
-
-        def update(result: ServiceResult) -> None:
-            # The bar redraws a few times a second anyway: thousands of updates a second
-            # would cost the scan, not show more.
-            if time.monotonic() - shown[0] >= 0.1:
-                draw()
-
-        with bar:
-            try:
-                yield update
-            finally:
-                draw()
+        finally:
+            stop.set()
+            thread.join()
+            bar.finish()
     finally:
         if state.syn is not None and state.syn.sent:
             err.print(syn_summary(state.syn), style="dim", markup=False, soft_wrap=True)
+
+
+class _Bar:
+    """The rich progress bar over an engine `Progress`, made on first draw if `show` says so."""
+
+    START = 0.2  # seconds before the bar appears
+    EVERY = 0.1  # seconds between redraws
+
+    def __init__(self, state: EngineProgress, show: bool | Callable[[], bool]) -> None:
+        self.state = state
+        self.show = show
+        self.started = time.monotonic()
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.decided = False
+
+    def run(self, stop: threading.Event) -> None:
+        if stop.wait(self.START):
+            return
+        while True:
+            self.draw()
+            if not self.bar or stop.wait(self.EVERY):
+                return
+
+    def draw(self) -> None:
+        if not self.decided:
+            self.decided = True
+            if self.show() if callable(self.show) else self.show:
+                # Looked up through the package: a patch of `vncaudit.cli._progress_bar`
+                # takes effect.
+                self.bar = _cli._progress_bar(err)
+                self.bar.start()
+                self.task = self.bar.add_task("scan", total=self.state.total, rate=0.0, vnc=0,
+                                              syn="")
+        if self.bar is None or self.task is None:
+            return
+        state = self.state
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.bar.update(self.task, completed=state.done, rate=state.done / elapsed,
+                        vnc=state.vnc, syn=_syn_rate(state.syn))
+
+    def finish(self) -> None:
+        """The last state, the real total (a scan shorter than START gets it too)."""
+        self.draw()
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _ignore(result: ServiceResult) -> None:
