@@ -331,14 +331,15 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
     """What runs after each probe: web front-end detection (`spec.web`), then the active
     checks the spec asks for; None when neither is wanted. With a `ledger`, every connection
     they make is granted and counted there first."""
-    from vncaudit import active, websocket
-    from vncaudit.budget.extra import checked
-
     web = spec.web
     if not web and not active_options.enabled:
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
+        # Imported with the first result, not before the first packet (start-up).
+        from vncaudit import active, websocket
+        from vncaudit.budget.extra import checked
+
         listed = result.port in websocket.WEB_PORTS
         if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
                                                                          State.OPEN_NOT_VNC):

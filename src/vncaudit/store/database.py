@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -105,10 +104,9 @@ def _now() -> str:
 
 
 def _tool_version() -> str:
-    try:
-        return f"vncaudit {metadata.version('vncaudit')}"
-    except metadata.PackageNotFoundError:
-        return "vncaudit (unknown version)"
+    import vncaudit  # the one version source (read once, without importlib.metadata)
+
+    return f"vncaudit {vncaudit.__version__}"
 
 
 def _new_scan_id() -> str:
