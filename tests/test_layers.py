@@ -50,6 +50,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "active.transport": ("models",),
     "report": (*DATA, "desktop", "display", "remedies"),
     "engine": (*DATA, "targets", "discovery", "probe", "budget", "assess"),
+    "spec": (*DATA, "targets", "discovery", "engine", "assess"),
     "cluster": (*DATA, "targets", "engine", "store", "budget", "assess"),
     "local": (*DATA, "rfb", "probe", "assess", "budget", "firewall"),
     "harden": (*DATA, "local", "firewall", "remedies"),

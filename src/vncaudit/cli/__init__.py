@@ -1,16 +1,16 @@
 """Command line: `vncaudit scan …` and friends. Thin: parse, call the library, render.
 
 Owns: the typer `app`, its top-level callback (--version), the `version` command, the console
-script entry point `main` (DESIGN.md §5 exit codes: 0 ok, 1 findings at or above --fail-on,
+script entry point `main` (docs/design.md §5 exit codes: 0 ok, 1 findings at or above --fail-on,
 2 usage/input error, 3 runtime failure, every error one line on stderr) and the table of the
 command modules of this package (`COMMAND_MODULES`), whose order is the order of
 `vncaudit --help`. A module is imported when its commands are first needed: `vncaudit scan …`
 imports the scan command's code and no other command's (start-up is time before the first
 packet); the help, an unknown command or the `app` used directly import them all. The shared
-helpers (`cli/common.py`, `cli/output.py`, `cli/scan*.py`) are re-exported under their old
-names, imported when first asked for, so `from vncaudit.cli import _fail, app, results_table`
-keeps working. Must not: hold scanning, grading or formatting logic of its own, or command
-code (each command lives in its own module).
+helpers (`cli/common.py`, `cli/output.py`, `cli/scan*.py`) are re-exported here too, imported
+when first asked for, so `from vncaudit.cli import _fail, app, results_table` works. Must
+not: hold scanning, grading or formatting logic of its own, or command code (each command
+lives in its own module).
 """
 
 from __future__ import annotations

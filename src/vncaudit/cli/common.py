@@ -205,8 +205,8 @@ DbOpt = Annotated[
 ]
 def finite(value: float | None) -> float | None:
     """Option callback: `inf` passes click's range check (and `nan` any comparison), but no
-    deadline or rate is infinite; `inf` used to fail later as "options are not
-    JSON-serialisable" (exit 3), or wait forever."""
+    deadline or rate is infinite, and the stored options are JSON, which has no `inf`: refused
+    here, before any packet, instead of failing later (exit 3) or waiting forever."""
     import math
 
     if value is not None and not math.isfinite(value):
