@@ -61,21 +61,23 @@ class ScanOptions:
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     # Runs after each probe (opt-in active checks, VNC-over-web); must never raise.
     post_probe: Callable[[ServiceResult], Awaitable[ServiceResult]] | None = None
-    discovery: str = "connect"  # "connect" | "syn"
+    discovery: Mode = Mode.CONNECT
     retries: int | None = None  # extra attempts for silent pairs; None: the mode's default
     discovery_timeout: float | None = None  # wait for an answer; None: probe.timeout
     probe_slots: int | None = None  # handshakes at once; None: min(concurrency, 1024)
 
-    def discovery_options(self) -> DiscoveryOptions:
-        try:
-            mode = Mode(self.discovery)
+    def __post_init__(self) -> None:
+        try:  # a mode given by name ("syn") is taken as the enum
+            object.__setattr__(self, "discovery", Mode(self.discovery))
         except ValueError:
             from vncaudit.exceptions import UsageError
 
             raise UsageError(f"unknown discovery mode {self.discovery!r}; "
                              "use connect or syn") from None
+
+    def discovery_options(self) -> DiscoveryOptions:
         timeout = self.discovery_timeout or self.probe.timeout
-        return DiscoveryOptions(mode, timeout, self.retries, self.rate)
+        return DiscoveryOptions(self.discovery, timeout, self.retries, self.rate)
 
 
 @dataclass
