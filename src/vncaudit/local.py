@@ -39,6 +39,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs pinned; used at its bo
 
 from vncaudit import firewall
 from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.payloads import LocalBinding
 from vncaudit.probe import ProbeOptions, probe
 
 log = logging.getLogger(__name__)
@@ -758,7 +759,7 @@ async def audit_async(
                   opts) for x in listeners))
         graded: list[Listener] = []
         for x, r in zip(listeners, results, strict=True):
-            r = replace(r, extra={**r.extra, "local": {"bind": x.address, "scope": x.scope}})
+            r = r.with_extra(local=LocalBinding(x.address, x.scope))
             if r.state is State.VNC:
                 r = grade(r, x)
             graded.append(replace(x, result=r))

@@ -152,9 +152,8 @@ def _post_probe(
     active_options: Any, probe_options: ProbeOptions, web: bool
 ) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
     """What runs after each probe: web front-end detection, then the opt-in active checks."""
-    from dataclasses import replace
-
     from vncaudit import active, websocket
+    from vncaudit.payloads import ActiveChecks
 
     if not web and not active_options.enabled:
         return None
@@ -164,20 +163,19 @@ def _post_probe(
                 and result.state in (State.TARPIT, State.OPEN_NOT_VNC)):
             target = Target(result.host, result.port, result.hostname)
             found = await websocket.probe_web(target, probe_options)
-            if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+            if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
                 result = found
         if active_options.enabled and result.state is State.VNC:
             connector = None
-            ws = (result.extra.get("web") or {}).get("websocket") or {}
-            if ws.get("path"):
-                connector = websocket.connector(ws["path"])
+            ws = result.extra.web.websocket if result.extra.web else None
+            if ws is not None and ws.path:
+                connector = websocket.connector(ws.path)
             try:
-                checks = await active.run_active(result, active_options, connector)
+                result = await active.run_active(result, active_options, connector)
             except Exception as exc:  # an active check must never cost the probe's result
                 log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
-                checks = {"error": f"{type(exc).__name__}: {exc}"}
-            if checks:
-                result = replace(result, extra={**result.extra, "active": checks})
+                error = f"{type(exc).__name__}: {exc}"
+                result = result.with_extra(active=ActiveChecks(error=error))
         return result
 
     return post
