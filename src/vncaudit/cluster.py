@@ -46,14 +46,14 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.exceptions import UsageError, VncAuditError
-from vncaudit.models import ServiceResult, State, Target
-from vncaudit.store import NOT_SERVICES, Store
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+from vncaudit.store import Store
 from vncaudit.targets import TargetSpace
 
 if TYPE_CHECKING:
@@ -271,11 +271,9 @@ class ShardJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_interval: float = DEFAULT_BATCH_INTERVAL
 
-    def targets(self, skip: Collection[tuple[str, int]] | None = None) -> Iterator[Target]:
-        it = self.space.iter_targets(self.seed, shard=(self.index, self.count))
-        if skip:
-            return (t for t in it if (t.host, t.port) not in skip)
-        return it
+    def targets(self, skip: Collection[tuple[str, int]] | None = None) -> Iterable[Target]:
+        # A walk, not a generator: the SYN sender reads it in blocks.
+        return self.space.walk(self.seed, (self.index, self.count), skip or ())
 
 
 Sender = Callable[[dict[str, Any]], None]
@@ -319,7 +317,7 @@ async def scan_shard(
                                             "start": True})
     async for result in iter_results(job.targets(skip), job.options):
         sent += 1
-        if result.state in NOT_SERVICES:
+        if result.state in SILENT_STATES:
             marks.append([result.host, result.port, result.state.value])
         else:
             services.append((grade(result) if grade is not None else result).to_dict())

@@ -75,6 +75,12 @@ class Settings:
     allow_screenshots: bool = False
     screenshot_dir: str = ""
     max_screenshots_per_scan: int = 4
+    # Monitors (vncaudit.watch): a monitors.toml this service runs ("" = none; off by
+    # default), who may open the /monitors page (it describes the operator's own networks),
+    # and how long scans are kept ("" = for ever; e.g. "90d"; pruned daily).
+    monitors: str = ""
+    monitors_page_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    retention: str = ""
 
     def __post_init__(self) -> None:
         if self.assume_exposure is not None and self.assume_exposure not in EXPOSURES:
@@ -92,6 +98,18 @@ class Settings:
                              "rate_burst >= 1")
         self.policy()  # validates the allow-list now, not at the first request
         self.proxy_networks()
+        try:
+            for net in self.monitors_page_networks:
+                ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"monitors_page_networks: {exc}") from None
+        if self.retention:
+            from vncaudit.watch.schedule import ScheduleError, parse_duration
+
+            try:
+                parse_duration(self.retention, "retention")
+            except ScheduleError as exc:
+                raise ValueError(str(exc)) from None
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         try:
