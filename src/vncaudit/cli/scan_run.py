@@ -140,6 +140,9 @@ def syn_summary(counters: SynCounters) -> str:
     packet the kernel refused, rejected or dropped (none is lost silently)."""
     rate = counters.send_rate
     line = f"syn: {counters.sent:,} SYNs sent"
+    span = counters.fresh_done - counters.started
+    if span > 0 and not rate:
+        line += f" in {span:.2f} s (asked {counters.asked:,.0f}/s)"
     if rate:
         line += f" at {rate:,.0f}/s (asked {counters.asked:,.0f}/s"
         line += "; this machine sent no faster)" if rate < 0.9 * counters.asked else ")"
