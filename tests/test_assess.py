@@ -169,12 +169,18 @@ def test_no_auth_text_follows_the_desktop_kind() -> None:
         "screenshot": {"status": "ok", "width": 640, "height": 480, "path": "/tmp/x.png"}})
     f = one(grade(live), "no-auth")
     assert "full control of a logged-in desktop" in f.title
-    assert 'screen classified as "desktop"' in text(f) and "3 windows" in text(f)
+    assert "screen classified as live desktop, confidence 90%" in text(f)
+    assert "3 windows" in text(f)  # a stored verdict without words: its evidence
     assert "screenshot taken without a password: 640x480, saved to /tmp/x.png" in text(f)
     login = replay("x11vnc-none-38", active={"desktop_kind": {"kind": "login-screen",
                                                               "confidence": 0.8}})
     f = one(grade(login), "no-auth")
     assert "login screen" in f.title and "password guessing" in f.why
+    worded = replay("x11vnc-none-38", active={"desktop_kind": {
+        "kind": "desktop", "confidence": 0.5, "seen": "a program's window with no window "
+        "manager around it", "evidence": ["geometry 640x480"]}})
+    assert ("the screen shows a program's window with no window manager around it (live "
+            "desktop, confidence 50%)") in text(one(grade(worded), "no-auth"))
     plain = one(grade(replay("x11vnc-none-38")), "no-auth")
     assert "logged-in" not in plain.title and "login screen" not in plain.title
 

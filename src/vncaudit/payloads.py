@@ -463,15 +463,19 @@ class DesktopVerdict:
     confidence: float = 0.0
     evidence: tuple[str, ...] = ()
     features: DesktopFeatures = DesktopFeatures()
+    seen: str | None = None  # what the screen shows, in words; None in results stored before
 
     def to_dict(self) -> Json:
-        return {"kind": self.kind, "confidence": round(self.confidence, 2),
-                "evidence": list(self.evidence), "features": self.features.to_dict()}
+        out: Json = {"kind": self.kind, "confidence": round(self.confidence, 2)}
+        if self.seen is not None:
+            out["seen"] = self.seen
+        out.update(evidence=list(self.evidence), features=self.features.to_dict())
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DesktopVerdict:
         return cls(str(d.get("kind")), d.get("confidence", 0.0), _strings(d.get("evidence")),
-                   DesktopFeatures.from_dict(d.get("features") or {}))
+                   DesktopFeatures.from_dict(d.get("features") or {}), d.get("seen"))
 
 
 @dataclass(frozen=True)

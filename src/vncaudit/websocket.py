@@ -604,12 +604,14 @@ async def probe_web(
     paths: Sequence[str] = WEBSOCKET_PATHS,
     tls: bool = False,
     fetch_page: bool = True,
+    require_http: bool = False,
 ) -> ServiceResult:
     """Probe a web front end: GET / (identify), then RFB through the first accepted WebSocket.
 
     `options` is a `probe.ProbeOptions` (its `timeout` is the one deadline for everything).
     Returns the RFB facts exactly as a direct probe would report them, plus `extra.web`
-    (`payloads.WebFrontEnd`). Never raises.
+    (`payloads.WebFrontEnd`). With `require_http` (a port not known for web front ends)
+    nothing more is tried when GET / gets no HTTP answer: one request, no more. Never raises.
     """
     from vncaudit.probe import ProbeOptions
 
@@ -629,6 +631,11 @@ async def probe_web(
             return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
         except (OSError, WebSocketError) as exc:
             http = WebFacts("none", error=str(exc))
+    if require_http and (http is None or http.error is not None):
+        return ServiceResult(target.host, target.port, State.OPEN_NOT_VNC,
+                             error="no HTTP answer to GET /", hostname=target.hostname,
+                             elapsed=loop.time() - started, extra=Extras(web=WebFrontEnd(
+                                 None, http)))
     if http is not None and http.kind == "java-viewer":
         # The classic viewer page only points at the RFB port; there is no WebSocket to open.
         return ServiceResult(

@@ -195,4 +195,4 @@ def desktop_verdict(shot: Screenshot) -> DesktopVerdict:
     """`desktop_kind` as the payload of `extra.active.desktop_kind`."""
     kind = desktop_kind(shot)
     return DesktopVerdict(kind.kind, round(kind.confidence, 2), kind.evidence,
-                          DesktopFeatures.from_dict(kind.features))
+                          DesktopFeatures.from_dict(kind.features), kind.seen)

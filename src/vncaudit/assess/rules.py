@@ -8,7 +8,6 @@ mutate the result; texts and severities come from the knowledge files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -17,6 +16,8 @@ from vncaudit import rfb
 from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
 from vncaudit.assess.knowledge import Cve, Knowledge, knowledge
 from vncaudit.assess.versions import match_versions
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import quoted
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
 from vncaudit.payloads import ActiveChecks
 
@@ -44,7 +45,9 @@ _VNCAUTH_IN_TLS: Final = frozenset({258, 261})
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # Server strings (reasons, desktop names) are quoted escaped and bounded: an evidence line
+    # is read by a person, and a reason may be 64 KiB of binary.
+    return quoted(text)
 
 
 def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
@@ -160,8 +163,10 @@ class Context:
                 line += f"; severity {verb} from {sev.value} to {moved.value}"
             ev.append(line)
             sev = moved
-        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why,
-                       tuple(remediation if remediation is not None else spec.remediation))
+        fixes = tuple(remediation if remediation is not None else spec.remediation)
+        if self.exposure is Exposure.LOOPBACK:
+            fixes = tuple(r for r in fixes if r not in self.kb.network_only_fixes)
+        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why, fixes)
 
 
 Rule = Callable[[Context], list[Finding]]
@@ -204,9 +209,13 @@ def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     kind = ctx.active.desktop_kind
     verdict = kind.kind if kind is not None else None
     if kind is not None and verdict:
-        why = "; ".join(kind.evidence[:3])
-        lines.append(f"screen classified as {_q(verdict)} (confidence "
-                     f"{kind.confidence}){': ' + why if why else ''}")
+        label = KIND_WORDS.get(verdict, KIND_WORDS["unknown"])[0].lower()
+        sure = f", confidence {kind.confidence:.0%}" if kind.confidence else ""
+        if kind.seen:
+            lines.append(f"the screen shows {kind.seen} ({label}{sure})")
+        else:
+            why = "; ".join(kind.evidence[:3])
+            lines.append(f"screen classified as {label}{sure}{': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
 
 
@@ -460,14 +469,21 @@ def rule_blacklisting_active(ctx: Context) -> list[Finding]:
     return [ctx.finding("blacklisting-active", ev)]
 
 
+def _ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 def rule_nonstandard_port(ctx: Context) -> list[Finding]:
     port = ctx.result.port
     if ctx.result.state not in _SERVICE_STATES:
         return []
-    if any(lo <= port <= hi for lo, hi in ctx.kb.standard_ports):
+    web = ctx.result.extra.web is not None and ctx.result.extra.web.transport == "websocket"
+    # Reached through a web front end, the usual ports are the web ones (noVNC's 6080 ...).
+    usual = ctx.kb.standard_web_ports if web else ctx.kb.standard_ports
+    if any(lo <= port <= hi for lo, hi in usual):
         return []
-    usual = ", ".join(f"{lo}-{hi}" for lo, hi in ctx.kb.standard_ports)
-    return [ctx.finding("nonstandard-port", [f"RFB answered on port {port} (usual: {usual})"])]
+    how = "RFB over WebSocket answered" if web else "RFB answered"
+    return [ctx.finding("nonstandard-port", [f"{how} on port {port} (usual: {_ranges(usual)})"])]
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:

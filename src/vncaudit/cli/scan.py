@@ -377,11 +377,15 @@ def scan(
         record = store.finish_scan(scan_id)
         results = store.results(scan_id, include_closed=include_all)
 
+    failing = [f for r in results for f in r.findings
+               if threshold is not None and f.severity.rank >= threshold.rank]
+    reason = None
+    if threshold is not None and failing:
+        reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
+                  f"{threshold.value} or worse (--fail-on {threshold.value})")
     _emit(record, results, output, output_file, include_all, show_fix=show_fix,
-          trusted=trusted)
-    if threshold is not None and any(
-        f.severity.rank >= threshold.rank for r in results for f in r.findings
-    ):
+          trusted=trusted, exit_reason=reason)
+    if reason is not None:
         raise typer.Exit(1)
 
 

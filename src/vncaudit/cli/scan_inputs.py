@@ -148,6 +148,15 @@ def _read_password_list(path: Path) -> list[str]:
         return active.read_wordlist(lines(fh))
 
 
+def _maybe_http(result: ServiceResult) -> bool:
+    """Could an HTTP server be behind this non-RFB answer? Silence (HTTP waits for the client),
+    a close before any byte, or text that looks like HTTP; not SSH, SMTP and the like."""
+    if result.state is State.TARPIT:
+        return True
+    guess = result.extra.protocol_guess
+    return result.state is State.OPEN_NOT_VNC and guess in (None, "http", "xml/html", "json")
+
+
 def _post_probe(
     active_options: Any, probe_options: ProbeOptions, web: bool
 ) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
@@ -159,10 +168,13 @@ def _post_probe(
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
-        if (web and result.port in websocket.WEB_PORTS
-                and result.state in (State.TARPIT, State.OPEN_NOT_VNC)):
+        listed = result.port in websocket.WEB_PORTS
+        if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
+                                                                         State.OPEN_NOT_VNC):
+            # VNC is found on any port by its banner; a web front end on any port by one GET
+            # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
-            found = await websocket.probe_web(target, probe_options)
+            found = await websocket.probe_web(target, probe_options, require_http=not listed)
             if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
                 result = found
         if active_options.enabled and result.state is State.VNC:

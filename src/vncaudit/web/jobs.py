@@ -347,7 +347,8 @@ class JobManager:
                 self.store.finish_scan(job.scan_id, "interrupted")
                 job.status = "interrupted"
                 job.error = (f"stopped after the {self.settings.scan_deadline:g} s deadline; "
-                             f"{job.done} of {job.total} ports probed")
+                             f"{job.done} of {job.total} "
+                             f"port{'' if job.total == 1 else 's'} probed")
                 self.metrics.finished.labels("interrupted").inc()
                 return
             self.store.finish_scan(job.scan_id)
