@@ -2,10 +2,11 @@
 
 Owns: one frozen dataclass per kind of payload — the TLS session, the honeypot checks and
 signals, the web front end, the active checks (authentication, screenshot, desktop verdict,
-auth bypass, password audit) and the local listener — each with `to_dict`/`from_dict` in the
-exact shape of the result schema v1 `extra` object (docs/design.md), and `Extras`, the holder
-that `ServiceResult.extra` is. Must not: import anything of the package, do I/O, or decide
-anything: the modules that run a check fill its payload, `assess` grades it.
+auth bypass, password audit), the connection ledger's note and the local listener — each with
+`to_dict`/`from_dict` in the exact shape of the result schema v1 `extra` object
+(docs/design.md), and `Extras`, the holder that `ServiceResult.extra` is. Must not: import
+anything of the package, do I/O, or decide anything: the modules that run a check fill its
+payload, `assess` grades it.
 
 Adding a kind of payload: write a frozen dataclass with `to_dict()` and a classmethod
 `from_dict()`, and add ONE field `key: NewKind | None = None` to `Extras` (or to `ActiveChecks`
@@ -244,6 +245,48 @@ class WebFrontEnd:
                  self.websocket.server if self.websocket else None,
                  *(a.server for a in self.attempts)]
         return tuple(dict.fromkeys(s for s in found if s))
+
+
+# --------------------------------------------------------------------------------------------
+# Written by `budget` (the connection ledger)
+
+
+@dataclass(frozen=True)
+class BudgetNote:
+    """What a result says about the connection ledger: not probed (the facts read last, and
+    why), or probed with something worth saying (the last free connection, another source
+    address, --risk-lockout)."""
+
+    probed: bool
+    reason: str
+    source: str
+    rule: str
+    spent: int
+    free: int
+    next_block: float | None = None
+    read_at: str | None = None  # ISO time of the facts reported, when not probed now
+    age: float | None = None  # seconds since then (None: the clock cannot tell)
+    liveness: str | None = None  # "open" (SYN-ACK to a half-open SYN), "closed", or None
+
+    def to_dict(self) -> Json:
+        return {
+            "probed": self.probed,
+            "reason": self.reason,
+            "source": self.source,
+            "rule": self.rule,
+            "spent": self.spent,
+            "free": self.free,
+            "next_block": self.next_block,
+            "read_at": self.read_at,
+            "age": None if self.age is None else round(self.age, 1),
+            "liveness": self.liveness,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BudgetNote:
+        return cls(bool(d.get("probed")), str(d.get("reason", "")), str(d.get("source", "")),
+                   str(d.get("rule", "")), d.get("spent", 0), d.get("free", 0),
+                   d.get("next_block"), d.get("read_at"), d.get("age"), d.get("liveness"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +629,7 @@ class PasswordAudit:
 @dataclass(frozen=True)
 class ActiveChecks(_Holder):
     """The opt-in checks that ran on one service (`extra.active`), in the order they ran;
-    `error` alone when running them failed."""
+    `error` alone when running them failed, `skipped` alone when they were not run."""
 
     auth: AuthCheck | None = None
     screenshot: ScreenshotCheck | None = None
@@ -594,6 +637,7 @@ class ActiveChecks(_Holder):
     unoffered_none: BypassCheck | None = None
     password_audit: PasswordAudit | None = None
     error: str | None = None
+    skipped: str | None = None  # the connection ledger could not take them: why
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,4 +655,5 @@ class Extras(_Holder):
     suspected_honeypot: SuspectedHoneypot | None = None
     web: WebFrontEnd | None = None
     active: ActiveChecks | None = None
+    budget: BudgetNote | None = None
     local: LocalBinding | None = None

@@ -184,7 +184,8 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
     """What reading past the security handshake showed (the proof that no auth is needed)."""
     lines = []
     if facts.security_result == "ok" and confirmed_by_result:
-        lines.append("SecurityResult \"ok\" after selecting it: confirmed by SecurityResult ok")
+        lines.append("SecurityResult \"ok\" right after selecting it: the session was granted "
+                     "without a credential")
     elif facts.security_result == "failed" and confirmed_by_result:
         reason = f": {_q(facts.failure_reason)}" if facts.failure_reason else ""
         lines.append(f"SecurityResult \"failed\"{reason}: offered, but refused this time")
@@ -192,11 +193,44 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
         fb = facts.framebuffer
         name = _q(facts.desktop_name) if facts.desktop_name is not None else "(none)"
         if facts.security_result is None:
-            lines.append("ServerInit received without any credential (no SecurityResult is "
-                         "sent for None before RFB 3.8): confirmed")
+            lines.append("ServerInit received without any credential (RFB 3.7 and older send "
+                         "no SecurityResult for None)")
         lines.append(f"ServerInit read: desktop name {name}, framebuffer "
                      f"{fb.width}x{fb.height}, depth {fb.depth}")
     return lines
+
+
+def _granted_at_once(ctx: Context) -> bool:
+    """Evidence that nobody was asked: an RFB 3.8 SecurityResult "ok" right after None (a
+    server that asks the desktop's user sends it only once the user accepts), or a screenshot
+    taken without a password."""
+    facts = ctx.facts
+    if facts is not None and facts.security_result == "ok":
+        return True
+    return ctx.active.screenshot is not None and ctx.active.screenshot.taken
+
+
+def _approval_signs(ctx: Context) -> tuple[str, list[str]] | None:
+    """("asked", evidence) when the server's own reason says it asked the desktop's user,
+    ("held", evidence) when it kept the session back after None was selected; else None."""
+    facts = ctx.facts
+    if facts is None:
+        return None
+    free = [o for o in ctx.of(NO_AUTH | TLS_NO_AUTH) if o.selected]
+    if not free or _granted_at_once(ctx):
+        return None
+    reason = facts.failure_reason
+    if facts.security_result == "failed" and reason:
+        for pattern, note in ctx.kb.approval_reasons:
+            if pattern.search(reason):
+                return "asked", [f"SecurityResult \"failed\" after selecting it: {_q(reason)}",
+                                 f"that reason: {note}"]
+    error = ctx.result.error or ""
+    if (facts.security_result is None and facts.framebuffer is None
+            and facts.client_version == "3.8" and "awaiting SecurityResult" in error):
+        return "held", [f"no SecurityResult after selecting it ({error}): the session was "
+                        "neither granted nor refused while the probe waited"]
+    return None
 
 
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
@@ -220,11 +254,12 @@ def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
 
 
 def rule_no_auth(ctx: Context) -> list[Finding]:
-    """None, or Tight without/with NOAUTH: no credential at all."""
+    """None, or Tight without/with NOAUTH: no credential at all (unless the server showed
+    that a person must accept the session: `rule_approval_required`)."""
     if not ctx.is_vnc or ctx.facts is None:
         return []
     found = ctx.of(NO_AUTH)
-    if not found:
+    if not found or _approval_signs(ctx) is not None:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
@@ -232,7 +267,25 @@ def rule_no_auth(ctx: Context) -> list[Finding]:
     ev += proof
     spec = ctx.kb.specs["no-auth"]
     suffix = {"desktop": "_desktop", "login-screen": "_login"}.get(verdict or "", "")
+    if not suffix and not _granted_at_once(ctx):
+        suffix = "_unconfirmed"  # "nobody is asked" only where the wire showed it
     return [ctx.finding("no-auth", ev, title=spec.texts.get("title" + suffix),
+                        why=spec.texts.get("why" + suffix))]
+
+
+def rule_approval_required(ctx: Context) -> list[Finding]:
+    """No credential, but the server asks (or held the session as servers that ask do)."""
+    if not ctx.is_vnc:
+        return []
+    signs = _approval_signs(ctx)
+    if signs is None:
+        return []
+    how, lines = signs
+    found = [o for o in ctx.of(NO_AUTH | TLS_NO_AUTH) if o.selected]
+    spec = ctx.kb.specs["approval-required"]
+    suffix = "_held" if how == "held" else ""
+    return [ctx.finding("approval-required", [_offered_line(found), *lines],
+                        title=spec.texts.get("title" + suffix),
                         why=spec.texts.get("why" + suffix))]
 
 
@@ -241,7 +294,7 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
     if not ctx.is_vnc or ctx.facts is None:
         return []
     found = ctx.of(TLS_NO_AUTH)
-    if not found:
+    if not found or _approval_signs(ctx) is not None:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
@@ -251,7 +304,10 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
                                                     ("cipher", tls.cipher)) if v)
         if detail:
             ev.append(f"TLS negotiated: {detail}")
-    return [ctx.finding("tls-no-auth", ev)]
+    spec = ctx.kb.specs["tls-no-auth"]
+    unconfirmed = not _granted_at_once(ctx) and "why_unconfirmed" in spec.texts
+    return [ctx.finding("tls-no-auth", ev,
+                        why=spec.texts["why_unconfirmed"] if unconfirmed else None)]
 
 
 def _offer_rule(fid: str, classes: frozenset[str]) -> Rule:
@@ -506,6 +562,7 @@ def rule_malformed_handshake(ctx: Context) -> list[Finding]:
 # One row per finding family; order only matters for readability (findings are sorted).
 RULES: Final[tuple[tuple[str, Rule], ...]] = (
     ("no-auth", rule_no_auth),
+    ("approval-required", rule_approval_required),
     ("tls-no-auth", rule_tls_no_auth),
     ("vncauth-plaintext", rule_vncauth_plaintext),
     ("plaintext-password", rule_plaintext_password),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from vncaudit import firewall, harden
 from vncaudit import local as local_mod
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.cli import (
     _SEVERITY_STYLE,
     _cell,
@@ -33,10 +35,11 @@ from vncaudit.cli import (
     err,
     finite,
 )
-from vncaudit.cli.common import JsonAliasOpt, output_format, output_option
+from vncaudit.cli.common import DbOpt, JsonAliasOpt, RiskLockoutOpt, output_format, output_option
 from vncaudit.cli.output import Column, fitted_table
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.store import Store, StoreError
 
 PortsOpt = Annotated[
     str, typer.Option("-p", "--ports", metavar="PORTS",
@@ -74,13 +77,47 @@ def _check_only_ports(only_port: list[int] | None) -> None:
 
 
 def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool,
-               timeout: float) -> local_mod.LocalAudit:
+               timeout: float, db: Path | None = None,
+               risk_lockout: bool = False) -> local_mod.LocalAudit:
+    """The local audit, its banner reads and probes counted in the store's connection ledger.
+    A store that cannot be opened costs the connections, not the audit: listeners, processes
+    and the firewall are still read, and the report says what was not probed and why."""
     _check_only_ports(only_port)
+    parsed = _ports(ports)
+    store: Store | None = None
+    unprobed: str | None = None
+    if sniff or probe:
+        where = _checked_db(db)
+        try:
+            store = Store.open(where)
+        except StoreError as exc:
+            unprobed = (f"no listener probed or banner read: the connection ledger cannot be "
+                        f"opened ({exc}), so a connection could not be counted")
+            sniff = probe = False
     try:
-        return local_mod.audit(_ports(ports), only_ports=only_port, sniff=sniff,
-                               probe_listeners=probe, timeout=timeout)
+        if store is None:
+            audit = local_mod.audit(parsed, only_ports=only_port, sniff=sniff,
+                                    probe_listeners=probe, timeout=timeout)
+        else:
+            with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
+                audit = local_mod.audit(parsed, only_ports=only_port, sniff=sniff,
+                                        probe_listeners=probe, timeout=timeout, ledger=ledger)
     except VncAuditError as exc:
         raise _fail(str(exc), 3) from None
+    if unprobed is not None:
+        audit = replace(audit, blind_spots=[*audit.blind_spots, unprobed])
+    return audit
+
+
+def _checked_db(db: Path | None) -> Path | None:
+    """A --db the user typed must name a file in a directory that exists (as for scan)."""
+    if db is not None and str(db) != ":memory:":
+        where = db.expanduser()
+        if where.is_dir():
+            raise _fail(f"--db {db}: is a directory; give the database file's path")
+        if not where.parent.is_dir():
+            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+    return db
 
 
 def _verdict_text(x: local_mod.Listener) -> str:
@@ -146,6 +183,9 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
         lines += [f"  {c.source}: {c.setting} {c.value} — {c.meaning}".replace("  —", " —")
                   for c in x.config]
         lines.append(f"  counted as VNC because: {'; '.join(x.reasons)}")
+        ledger_note = x.result.extra.budget if x.result is not None else None
+        if ledger_note is not None and ledger_note.reason:
+            lines.append(f"  connection ledger: {ledger_note.reason}")
         if x.result is not None:
             for f in x.result.findings:
                 if f.severity.rank >= Severity.LOW.rank:
@@ -180,6 +220,8 @@ def local_cmd(
         bool, typer.Option("--no-probe", help="Do not probe the VNC listeners on loopback.")
     ] = False,
     timeout: TimeoutOpt = 5.0,
+    risk_lockout: RiskLockoutOpt = False,
+    db: DbOpt = None,
     output: Annotated[str, output_option(("table", "json"),
                                          " (json: the file `vncaudit check --inside` reads)")
                       ] = "table",
@@ -199,7 +241,7 @@ def local_cmd(
     output_format(output, False, ("table", "json"))
     threshold = _threshold(fail_on)
     _check_output_file(output_file)
-    audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout)
+    audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout, db, risk_lockout)
     if output == "json":
         _write_out(output_file, json.dumps(audit.to_dict(), indent=2) + "\n")
     elif output_file is None:
@@ -458,6 +500,8 @@ def check_cmd(
     ] = None,
     only_port: OnlyPortOpt = None,
     timeout: TimeoutOpt = 3.0,
+    risk_lockout: RiskLockoutOpt = False,
+    db: DbOpt = None,
     output: Annotated[str, output_option(("table", "json"))] = "table",
     as_json: JsonAliasOpt = False,
     verbose: VerboseOpt = 0,
@@ -479,8 +523,8 @@ def check_cmd(
         except ValueError as exc:
             raise _fail(f"--inside {inside}: {exc}") from None
     else:
-        listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout).to_dict()[
-            "listeners"]
+        listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout, db,
+                               risk_lockout).to_dict()["listeners"]
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
     if outside is not None:
@@ -513,7 +557,14 @@ def check_cmd(
     from vncaudit.probe import ProbeOptions
 
     targets: list[Target] = list(space.iter_targets())
-    results = asyncio.run(scan_async(targets, ScanOptions(probe=ProbeOptions(timeout=timeout))))
+    options = ScanOptions(probe=ProbeOptions(timeout=timeout))
+    try:
+        store = Store.open(_checked_db(db))
+    except StoreError as exc:
+        raise _fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
+                    "a connection could not be counted", 3) from None
+    with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
+        results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
     _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vncaudit import report
+from vncaudit.budget import table_note
 from vncaudit.cli.common import _fail, err
 from vncaudit.display import escape, shown
 from vncaudit.models import ServiceResult, Severity, State
@@ -159,10 +160,10 @@ def results_table(results: list[ServiceResult], width: int | None = None) -> Tab
                 desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
         worst = r.worst_severity
         risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
-        note = None
-        if r.error and r.state is not State.VNC:
+        note = table_note(r)  # the ledger answered: say how old the facts are
+        if note is None and r.error and r.state is not State.VNC:
             note = r.error
-        elif r.rfb and r.rfb.failure_reason:
+        elif note is None and r.rfb and r.rfb.failure_reason:
             note = r.rfb.failure_reason
         state = _cell(r.state.value)
         if note:
@@ -356,6 +357,11 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
+    answered = sum(1 for r in results if r.extra.budget is not None and not r.extra.budget.probed)
+    if answered:
+        err.print(f"{answered} not re-probed: one more connection from this address would arm "
+                  "the server's blacklist; their facts are the last ones read (-o json: "
+                  "extra.budget; --risk-lockout connects anyway)", style="yellow", markup=False)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vncaudit import __version__, report
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
@@ -26,6 +27,7 @@ from vncaudit.cli.common import (
     OutputOpt,
     PasswordFileOpt,
     PasswordOpt,
+    RiskLockoutOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -191,6 +193,7 @@ def scan(
                      "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
                      "that did not answer RFB."),
     ] = True,
+    risk_lockout: RiskLockoutOpt = False,
     db: DbOpt = None,
     resume: Annotated[
         str | None,
@@ -313,13 +316,19 @@ def scan(
                                      read_server_init=not spec["no_init"],
                                      active_checks=active_checks)
         _check_discovery(spec.get("discovery_mode", "connect"))
+        # Every connection is counted in the store's ledger and none is made that would arm
+        # a server's blacklist (unless --risk-lockout): vncaudit.budget.
+        ledger = Ledger(store, risk_lockout=risk_lockout)
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
             rate=spec["rate"],
             discovery=spec.get("discovery_mode", "connect"),
             retries=spec.get("retries"),
             probe=probe_options,
-            post_probe=_post_probe(active, probe_options, web),
+            # A sharded run ships these options to workers, which write no store: there the
+            # checks after the probe are not counted (README, Connection budget).
+            post_probe=_post_probe(active, probe_options, web,
+                                   ledger if cluster_spec is None else None),
         )
         pending = space.walk(skip=done)
         progress_state = EngineProgress(total=len(space) - len(done))
@@ -355,17 +364,21 @@ def scan(
                 flush_marks()
 
         terminated: list[int] = []
+        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
+        # together with the probe's own or not at all.
+        gate = ScanGate(ledger, scan_id, extra=3 if active_checks else 0)
         try:
             try:
                 with _sigterm_as_interrupt(terminated):
                     if cluster_spec is not None:
                         _run_sharded(space, options, store, scan_id, cluster_spec,
-                                     progress_state, err.is_terminal)
+                                     progress_state, err.is_terminal, ledger)
                     else:
                         _run_with_progress(pending, options, progress_state, err.is_terminal,
-                                           save, save_marks)
+                                           save, save_marks, gate)
             finally:
                 flush_marks()
+                ledger.close()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
             how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)

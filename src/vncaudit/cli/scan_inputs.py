@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vncaudit.budget import Ledger
 from vncaudit.cli.common import (
     _fail,
     err,
@@ -158,10 +159,12 @@ def _maybe_http(result: ServiceResult) -> bool:
 
 
 def _post_probe(
-    active_options: Any, probe_options: ProbeOptions, web: bool
+    active_options: Any, probe_options: ProbeOptions, web: bool, ledger: Ledger | None = None
 ) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
-    """What runs after each probe: web front-end detection, then the opt-in active checks."""
+    """What runs after each probe: web front-end detection, then the opt-in active checks;
+    with a `ledger`, every connection they make is granted and counted there first."""
     from vncaudit import active, websocket
+    from vncaudit.budget.extra import checked
     from vncaudit.payloads import ActiveChecks
 
     if not web and not active_options.enabled:
@@ -174,16 +177,35 @@ def _post_probe(
             # VNC is found on any port by its banner; a web front end on any port by one GET
             # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
-            found = await websocket.probe_web(target, probe_options, require_http=not listed)
-            if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
-                result = found
+            # Through websockify, a WebSocket session is a connection to the VNC server
+            # behind it, from the proxy's address that every user of the front end shares.
+            (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
+            if grant is None or grant.allowed:
+                found = await websocket.probe_web(target, probe_options,
+                                                  require_http=not listed)
+                if ledger is not None and grant is not None:
+                    ledger.record([(grant, found)])
+                if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
+                    result = found
         if active_options.enabled and result.state is State.VNC:
             connector = None
             ws = result.extra.web.websocket if result.extra.web else None
             if ws is not None and ws.path:
                 connector = websocket.connector(ws.path)
+            wanted = (active_options.password is not None) + bool(active_options.screenshot) \
+                + bool(active_options.active_checks)
+            probed = result
+
+            async def run(used: int) -> ServiceResult:
+                checked_result: ServiceResult = await active.run_active(
+                    probed, active_options, connector, connections_used=used)
+                return checked_result
+
             try:
-                result = await active.run_active(result, active_options, connector)
+                if ledger is None:
+                    result = await active.run_active(result, active_options, connector)
+                else:
+                    result = await checked(ledger, result, run, required=wanted)
             except Exception as exc:  # an active check must never cost the probe's result
                 log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
                 error = f"{type(exc).__name__}: {exc}"

@@ -37,6 +37,7 @@ from vncaudit.models import ServiceResult, Target
 from vncaudit.store import Store
 
 if TYPE_CHECKING:
+    from vncaudit.budget import Ledger, ScanGate
     from vncaudit.cluster import ClusterSpec
     from vncaudit.targets import TargetSpace
 
@@ -85,6 +86,7 @@ def _run_with_progress(
     show: bool,
     on_result: Callable[[ServiceResult], None],
     on_marks: Callable[[Marks], None] | None = None,
+    gate: ScanGate | None = None,
 ) -> None:
     # Looked up through the package, as before the split, so a patch of
     # `vncaudit.cli._progress_bar` still takes effect.
@@ -113,7 +115,7 @@ def _run_with_progress(
                 draw()
 
         await scan_async(pending, options, on_result=update, progress=state, collect=False,
-                         on_marks=on_marks)
+                         on_marks=on_marks, gate=gate)
         draw()
 
     try:
@@ -161,6 +163,7 @@ def _run_sharded(
     spec: ClusterSpec,
     state: EngineProgress,
     show: bool,
+    ledger: Ledger | None = None,
 ) -> None:
     """--workers / --cluster: the same scan, sharded over Dask (vncaudit.cluster), which
     stores the results itself; raises VncAuditError when shards are left unfinished."""
@@ -181,7 +184,7 @@ def _run_sharded(
 
     with bar if bar is not None else contextlib.nullcontext():
         run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
-                                   progress=state)
+                                   progress=state, ledger=ledger)
     err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
               f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
               f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
