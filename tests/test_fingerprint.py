@@ -22,6 +22,13 @@ import pytest
 
 from vncaudit import fingerprint, rfb
 from vncaudit.models import Product, ServiceResult, State
+from vncaudit.payloads import (
+    ActiveChecks,
+    AuthCheck,
+    HandshakeRecord,
+    WebFrontEnd,
+    WebSocketEndpoint,
+)
 from vncaudit.probe import ProbeOptions
 from vncaudit.websocket import HttpResponse, identify_http
 
@@ -118,15 +125,13 @@ def corpus(name: str) -> ServiceResult:
 
 def with_web(result: ServiceResult, *, status: int, headers: dict[str, str], body: bytes = b"",
              websocket: bool = True) -> ServiceResult:
-    """Add the extra["web"] that websocket.probe_web records for this HTTP answer."""
+    """Add the extra.web that websocket.probe_web records for this HTTP answer."""
     page = HttpResponse(status, "", tuple((k.lower(), v) for k, v in headers.items()), body)
-    web: dict[str, Any] = {"transport": "websocket" if websocket else None,
-                           "http": identify_http(page).to_dict(), "websocket": None,
-                           "attempts": []}
-    if websocket:
-        web["websocket"] = {"url": "ws://127.0.0.1:6080/websockify", "path": "/websockify",
-                            "subprotocol": None, "server": headers.get("Server")}
-    return replace(result, extra={**result.extra, "web": web})
+    endpoint = WebSocketEndpoint("ws://127.0.0.1:6080/websockify", "/websockify", None,
+                                 headers.get("Server"))
+    return result.with_extra(web=WebFrontEnd("websocket" if websocket else None,
+                                             identify_http(page),
+                                             endpoint if websocket else None))
 
 
 def none_server(name: bytes, version: tuple[int, int] = (3, 8)) -> ServiceResult:
@@ -504,10 +509,10 @@ def test_shipped_file_loads_once_and_result_is_a_product() -> None:
 
 
 def test_active_check_desktop_name_is_used() -> None:
-    # A ServerInit read by an active check after authenticating (extra["active"]["auth"]).
+    # A ServerInit read by an active check after authenticating (extra.active.auth).
     result = replay("tigervnc-vncauth-38")
     assert fingerprint.identify(result).name == "unknown"
-    authed = replace(result, extra={"active": {"auth": {"outcome": "ok",
-                                                         "desktop_name": "QEMU (vm1)"}}})
+    authed = result.with_extra(active=ActiveChecks(auth=AuthCheck(
+        HandshakeRecord("ok", desktop_name="QEMU (vm1)"), "********", False)))
     product = fingerprint.identify(authed)
     assert product.name == "QEMU" and "desktop name 'QEMU (vm1)'" in product.evidence

@@ -461,8 +461,8 @@ class _BudgetPlan:
         key = (result.host, result.port)
         decision = self.admitted.pop(key, None)
         if decision is not None and not decision.allowed:
-            note = result.extra.get("budget") or {}
-            return self.ledger.answer(decision, note.get("liveness"))
+            note = result.extra.budget
+            return self.ledger.answer(decision, note.liveness if note is not None else None)
         self._records.append((decision or self.ledger.unreserved(Target(*key)), result))
         return result
 
