@@ -220,8 +220,8 @@ def test_login_screen_then_desktop_on_the_same_display(
 
 
 # Held out: none of these was looked at while choosing the features and weights, except the
-# 640x480 greeter (wider than the screen), which failed on its first run and led to taking
-# only the most common border cell as background; it stays as a regression case.
+# 640x480 greeter (wider than the screen), the case for taking only the most common border
+# cell as background.
 HELD_OUT_GREETERS = [
     ((1440, 900), {"xlogin*background": "#c8c0a0", "xlogin*greeting": "Restricted"}, "#552222"),
     ((640, 480), {}, None),

@@ -291,7 +291,7 @@ def test_memory_stays_bounded(name: str, hostile_farm: Farm) -> None:  # noqa: F
     assert peak < MEMORY_CAP, f"{name}: tracemalloc peak {peak} bytes"
 
 
-# -- honeypot signals never fire on what real products send (rfb.md §6.2) ------------------------
+# -- honeypot signals never fire on what real products send (docs/rfb.md §6.2) ---------------
 
 REAL_LISTS: list[tuple[list[int], list[int] | None]] = [
     ([19, 2], [258, 2]),  # TigerVNC default

@@ -1,7 +1,7 @@
 """Plain data shared by every layer: targets, observed RFB facts, results, findings.
 
 Owns: the frozen dataclasses and enums that flow through the pipeline, and their conversion to
-and from the result schema v1 (docs/design.md). The payloads of `ServiceResult.extra` are
+and from the result schema v1 (docs/design.md §7). The payloads of `ServiceResult.extra` are
 `payloads`'. Must not: do I/O, import anything of the package but `payloads`, or hold protocol
 logic (that is `rfb`) or grading knowledge (that is `assess`).
 """

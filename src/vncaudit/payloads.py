@@ -4,7 +4,7 @@ Owns: one frozen dataclass per kind of payload — the TLS session, the honeypot
 signals, the web front end, the active checks (authentication, screenshot, desktop verdict,
 auth bypass, password audit), the connection ledger's note and the local listener — each with
 `to_dict`/`from_dict` in the exact shape of the result schema v1 `extra` object
-(docs/design.md), and `Extras`, the holder that `ServiceResult.extra` is. Must not: import
+(docs/design.md §7), and `Extras`, the holder that `ServiceResult.extra` is. Must not: import
 anything of the package, do I/O, or decide anything: the modules that run a check fill its
 payload, `assess` grades it.
 

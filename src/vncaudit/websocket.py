@@ -6,7 +6,7 @@ gateway); the client side of the WebSocket opening handshake (RFC 6455 §4.1, wi
 Sec-WebSocket-Accept check of §4.2.2) and of its framing (§5: client frames masked, server
 frames not; ping answered, close ends the stream); `WebSocketStream`, a byte-stream adapter
 shaped like asyncio's StreamReader/StreamWriter, so the SAME `rfb` client and probe logic runs
-through it (rfb.md §8.4: RFB messages may be split across or merged within frames), including
+through it (docs/rfb.md §8.4: RFB messages may be split across or merged within frames), including
 RFB's own TLS (types 18/19) layered inside the WebSocket on memory BIOs; and
 `probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra.web`.
 
@@ -45,7 +45,7 @@ WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Paths tried for the WebSocket, in order: noVNC's default, then the root (websockify without
 # --web, QEMU, LibVNCServer accept any path).
 WEBSOCKET_PATHS: Final = ("/websockify", "/")
-# Ports where web front ends for VNC are commonly found (rfb.md §8.1).
+# Ports where web front ends for VNC are commonly found (docs/rfb.md §8.1).
 WEB_PORTS: Final = (6080, 6901, 5800, 5801, 5802, 5803, 80, 443, 8080, 8443)
 
 MAX_HEADER_BYTES: Final = 16384
@@ -184,7 +184,7 @@ _APPLET_PORT = re.compile(rb"<param\s+name\s*=\s*\"?port\"?\s+value\s*=\s*\"?(\d
 
 
 def identify_http(response: HttpResponse) -> WebFacts:
-    """Classify a GET answer (rfb.md §8.1, §8.4 step 6; nmap `vnc-http` signatures)."""
+    """Classify a GET answer (docs/rfb.md §8.1, §8.4 step 6; nmap `vnc-http` signatures)."""
     server = response.header("server")
     title = response.title
     body = response.body
@@ -655,7 +655,7 @@ async def probe_web(
                 stream = await open_websocket(target, path, tls=tls)
         except UpgradeRefused as exc:
             status = exc.response.status
-            # 401/403: token or ticket gateways (rfb.md §8.4 step 5)
+            # 401/403: token or ticket gateways (docs/rfb.md §8.4 step 5)
             attempts.append(UpgradeAttempt(path, status, str(exc), exc.response.header("server")
                                            or None, True if status in (401, 403) else None))
             continue

@@ -5,11 +5,11 @@ budget below the lockout threshold (`attempt_budget`, `LOCKOUT_CONNECTIONS`), th
 (`data/passwords.txt`, read through `importlib.resources`), reading wordlists with duplicates
 as the server sees them removed, and masking (`MASK`, `mask_password`).
 
-Lockout etiquette (DESIGN.md "Probing etiquette", rfb.md §6.2): TigerVNC and RealVNC 4 count
-EVERY connection from an address that ends before a successful authentication and start a
-block at the 5th; a successful authentication clears the count. Each password attempt is one
-connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1` connections per server
-per scan including the ones the scan already made (the probe's), never more than
+Lockout etiquette (docs/design.md "Probing etiquette", docs/rfb.md §6.2 and §10): TigerVNC and
+RealVNC count EVERY connection from an address that ends before a successful authentication
+and block the address at the 5th; a successful authentication clears the count. Each password
+attempt is one connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1`
+connections per server including the ones already made (the probe's), never more than
 `max_attempts` (3) attempts, and stops at the first sign of throttling.
 
 Must not: log a password, return one unmasked unless `show_passwords` is set, or make an

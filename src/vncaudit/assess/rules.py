@@ -93,7 +93,7 @@ def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]
     if facts.tight is None:
         return [Offer("unread", "type 16 \"Tight\": capability list not read")]
     if not facts.tight.auth:
-        # Zero auth capabilities: the protocol goes on as None (rfb.md §4.2).
+        # Zero auth capabilities: the protocol goes on as None (docs/rfb.md §4.2).
         return [Offer("none", "type 16 \"Tight\" with zero authentication capabilities",
                       selected=selected)]
     return [
