@@ -280,7 +280,9 @@ def test_novnc_default_port_is_not_nonstandard() -> None:
 
     facts = RfbFacts("RFB 003.008\n", "3.8", "3.8", (NamedType(2, "VNC Authentication"),),
                      auth_required=True)
-    web = {"web": {"transport": "websocket", "websocket": {"path": "/websockify"}}}
+    from vncaudit.payloads import Extras, WebFrontEnd
+
+    web = Extras(web=WebFrontEnd(transport="websocket"))
     for port, nonstandard in ((6080, False), (6901, False), (17706, True)):
         graded = assess(ServiceResult("127.0.0.1", port, State.VNC, rfb=facts, extra=web))
         assert ("nonstandard-port" in {f.id for f in graded.findings}) is nonstandard, port
