@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from vncaudit import assess as A
 from vncaudit import fingerprint as F
+from vncaudit.assess import memo as M
 from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import Framebuffer, NamedType, ServiceResult, State
 from vncaudit.payloads import ActiveChecks, DesktopVerdict, Extras, SuspectedHoneypot
@@ -49,17 +50,17 @@ RECORDED = [_replayed(p.name) for p in sorted(TRANSCRIPTS.glob("*.json"))]
 
 HOSTS = st.sampled_from([
     "8.8.8.8", "192.168.7.20", "127.0.0.1", "0.0.0.0", "::1", "2001:db8::5", "::ffff:8.8.4.4",
-    "fe80::1%eth0", "vnc.example.org", A.HOST_MARK, f"a{A.HOST_MARK}b", "198.18.3.4",
+    "fe80::1%eth0", "vnc.example.org", M.HOST_MARK, f"a{M.HOST_MARK}b", "198.18.3.4",
 ])
 TEXT = st.sampled_from([
-    "", "LibVNCServer", "fake 198.18.0.1", "host:1", A.HOST_MARK, f"x {A.HOST_MARK}",
+    "", "LibVNCServer", "fake 198.18.0.1", "host:1", M.HOST_MARK, f"x {M.HOST_MARK}",
     "Too many authentication failures.  Client temporarily blocked", "VirtualBox",
-    "license key is missing", "8.8.8.8", A.DESKTOP_MARK, f"'{A.DESKTOP_MARK}'",
-    f'"{A.DESKTOP_MARK}"', "it's \"quoted\"\n", "desktop name 'x'",
+    "license key is missing", "8.8.8.8", M.DESKTOP_MARK, f"'{M.DESKTOP_MARK}'",
+    f'"{M.DESKTOP_MARK}"', "it's \"quoted\"\n", "desktop name 'x'",
 ]) | st.text(max_size=12)
 EXTRA = st.sampled_from([
     {}, {"suspected_honeypot": {"reasons": ["security types listed more than once: [2]"]}},
-    {"suspected_honeypot": {"reasons": [A.HOST_MARK]}}, {"tls": {"version": "TLSv1.3"}},
+    {"suspected_honeypot": {"reasons": [M.HOST_MARK]}}, {"tls": {"version": "TLSv1.3"}},
     {"active": {"unoffered_none": {"status": "vulnerable"}}},
     {"active": {"unoffered_none": {"status": "not-vulnerable"}}},
     {"active": {"desktop_kind": {"kind": "desktop", "confidence": 0.8, "evidence": ["a"]}}},
@@ -93,7 +94,7 @@ def results(draw: st.DrawFn) -> ServiceResult:
 
 
 def _clear() -> None:
-    A._MEMO.data.clear()
+    M.MEMO.data.clear()
     F.shipped().memo.data.clear()
 
 
@@ -160,10 +161,10 @@ def test_the_memo_is_used_and_the_address_is_each_services_own() -> None:
     recorded = next(r for r in RECORDED if r.rfb is not None and r.rfb.desktop_name is None)
     a = A.assess(replace(recorded, host="8.8.8.8"))
     b = A.assess(replace(recorded, host="1.1.1.1"))
-    assert len(A._MEMO.data) == 1  # one key for both addresses
+    assert len(M.MEMO.data) == 1  # one key for both addresses
     texts = [e for f in b.findings for e in f.evidence]
     assert any("1.1.1.1" in t for t in texts)
-    assert not any("8.8.8.8" in t or A.HOST_MARK in t for t in texts)
+    assert not any("8.8.8.8" in t or M.HOST_MARK in t for t in texts)
     assert [f.id for f in a.findings] == [f.id for f in b.findings]
 
 
@@ -199,11 +200,11 @@ def _both_ways(a: ServiceResult, b: ServiceResult) -> None:
 def test_facts_holding_the_stand_in_are_never_memoised() -> None:
     none38 = next(r for r in RECORDED if r.rfb is not None and r.rfb.desktop_name is not None)
     assert none38.rfb is not None
-    odd = replace(none38, rfb=replace(none38.rfb, desktop_name=f"desk {A.HOST_MARK}"))
+    odd = replace(none38, rfb=replace(none38.rfb, desktop_name=f"desk {M.HOST_MARK}"))
     _both_ways(replace(odd, host="8.8.8.8"), replace(odd, host="10.1.2.3"))
     texts = [e for f in A.assess(replace(odd, host="10.1.2.3")).findings for e in f.evidence]
-    assert any(A.HOST_MARK in t for t in texts)  # the server's own text, kept as it was
-    broken = replace(none38, state=State.MALFORMED, error=f"bad {A.HOST_MARK}")
+    assert any(M.HOST_MARK in t for t in texts)  # the server's own text, kept as it was
+    broken = replace(none38, state=State.MALFORMED, error=f"bad {M.HOST_MARK}")
     _both_ways(replace(broken, host="8.8.8.8"), replace(broken, host="10.1.2.3"))
 
 
