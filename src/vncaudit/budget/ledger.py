@@ -716,7 +716,9 @@ class Ledger:
         if product is None:
             from vncaudit import fingerprint  # lazily: only results that read RFB need it
 
-            product = fingerprint.identify(result)
+            # The backend's product (a web front end's rule is its backend's), worked out
+            # here without the grading's memo: this runs once per distinct handshake.
+            product = fingerprint.identify_backend(result)
         named = (self.rules.for_product(product.name, product.version)
                  if product.name != "unknown" else None)
         identified = named is not None
