@@ -31,6 +31,7 @@ import pytest
 from vncaudit.diff import diff_key
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import (
+    SILENT_STATES,
     Capability,
     Finding,
     Framebuffer,
@@ -43,6 +44,7 @@ from vncaudit.models import (
     TightInfo,
     VeNCryptInfo,
 )
+from vncaudit.payloads import Extras, TlsSession
 from vncaudit.store import (
     DB_VERSION,
     Store,
@@ -113,7 +115,7 @@ def tigervnc_vencrypt(host: str = "127.0.0.1", port: int = 5903) -> ServiceResul
         transcript_hex="524642203030332e3030380a0213020002",
         hostname="vnc.lab.test",
         elapsed=0.0123,
-        extra={"probe": {"attempts": 1}},
+        extra=Extras(tls=TlsSession("TLSv1.2", "AECDH-AES256-SHA", True, False)),
     )
 
 
@@ -212,13 +214,13 @@ def index_of(host: str, port: int) -> int:
 
 def write_item(store: Store, scan_id: str, i: int) -> bool:
     result = make_result(i)
-    if result.state in (State.CLOSED, State.FILTERED):
+    if result.state in SILENT_STATES:
         return store.mark_done(scan_id, result.host, result.port, result.state)
     return store.add_result(scan_id, result)
 
 
 def same(a: ServiceResult, b: ServiceResult) -> bool:
-    """Equality including the `extra` dict (which the dataclass leaves out of ==)."""
+    """Equality, and the same schema-v1 dict (`extra`'s payloads included)."""
     return a == b and a.extra == b.extra and a.to_dict() == b.to_dict()
 
 

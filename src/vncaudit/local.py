@@ -42,6 +42,7 @@ from vncaudit import rfb as rfb_mod
 from vncaudit.budget import Decision, Ledger
 from vncaudit.budget.clock import process_start
 from vncaudit.models import Product, RfbFacts, ServiceResult, Severity, State, Target
+from vncaudit.payloads import LocalBinding
 from vncaudit.probe import ProbeOptions, probe
 
 log = logging.getLogger(__name__)
@@ -706,10 +707,8 @@ async def _sniff_all(socks: Sequence[Socket], ledger: Ledger | None) -> list[boo
 
 
 def _exposure(listener: Listener) -> Any:
-    try:
-        from vncaudit import assess
-    except ImportError:
-        return None
+    from vncaudit import assess
+
     if listener.scope == "all-interfaces":
         return assess.Exposure.ALL_INTERFACES
     if listener.scope == "loopback":
@@ -719,11 +718,8 @@ def _exposure(listener: Listener) -> Any:
 
 def grade(result: ServiceResult, listener: Listener) -> ServiceResult:
     """assess() with this listener's exposure ("all interfaces" raises, loopback lowers)."""
-    try:
-        from vncaudit import assess
-    except ImportError:
-        log.info("vncaudit.assess not available: listeners are not graded")
-        return result
+    from vncaudit import assess
+
     return assess.assess(result, _exposure(listener))
 
 
@@ -828,7 +824,7 @@ async def audit_async(
         results = await _probe_all(listeners, ProbeOptions(timeout=timeout), ledger)
         graded: list[Listener] = []
         for x, r in zip(listeners, results, strict=True):
-            r = replace(r, extra={**r.extra, "local": {"bind": x.address, "scope": x.scope}})
+            r = r.with_extra(local=LocalBinding(x.address, x.scope))
             if r.state is State.VNC:
                 r = grade(r, x)
             graded.append(replace(x, result=r))

@@ -38,7 +38,7 @@ from vncaudit.cli import (
 from vncaudit.cli.common import DbOpt, JsonAliasOpt, RiskLockoutOpt, output_format, output_option
 from vncaudit.cli.output import Column, fitted_table
 from vncaudit.exceptions import UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State, Target
 from vncaudit.store import Store, StoreError
 
 PortsOpt = Annotated[
@@ -183,9 +183,9 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
         lines += [f"  {c.source}: {c.setting} {c.value} — {c.meaning}".replace("  —", " —")
                   for c in x.config]
         lines.append(f"  counted as VNC because: {'; '.join(x.reasons)}")
-        ledger_note = (x.result.extra.get("budget") or {}) if x.result is not None else {}
-        if ledger_note.get("reason"):
-            lines.append(f"  connection ledger: {ledger_note['reason']}")
+        ledger_note = x.result.extra.budget if x.result is not None else None
+        if ledger_note is not None and ledger_note.reason:
+            lines.append(f"  connection ledger: {ledger_note.reason}")
         if x.result is not None:
             for f in x.result.findings:
                 if f.severity.rank >= Severity.LOW.rank:
@@ -411,7 +411,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
         seen_out: ServiceResult | None = by_port.get(port)
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
-        open_out = seen_out is not None and seen_out.state not in (State.CLOSED, State.FILTERED)
+        open_out = seen_out is not None and seen_out.state not in SILENT_STATES
         if over_loopback:
             verdict = _loopback_verdict(seen_out, open_out, local_only, outside_state)
         elif seen_out is None:
@@ -428,7 +428,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
                      "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
                      "verdict": verdict})
     for port, r in sorted(by_port.items()):
-        if port in seen or r.state in (State.CLOSED, State.FILTERED):
+        if port in seen or r.state in SILENT_STATES:
             continue
         verdict = ("answers over loopback, but no listener seen inside: a process hidden from "
                    "this audit (another user's, or in a container)" if over_loopback else
@@ -480,7 +480,8 @@ def is_loopback_host(host: str) -> bool:
   vncaudit check 10.1.2.3 --inside inside.json    inside view saved by `vncaudit local -o json`
   vncaudit check 10.1.2.3 --outside scan.json     outside view from `vncaudit scan -o json`""")
 def check_cmd(
-    host: Annotated[str, typer.Argument(help="The host's address as seen from here.")],
+    host: Annotated[str, typer.Argument(metavar="HOST",
+                                        help="The host's address as seen from here.")],
     inside: Annotated[
         Path | None,
         typer.Option("--inside", metavar="FILE",

@@ -10,7 +10,6 @@ Must not: write to the store, run scans, or import FastAPI.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,13 +18,13 @@ from typing import Any
 
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown
-from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
+from vncaudit.payloads import ScreenshotCheck
 from vncaudit.store import ScanDiff, ScanRecord, Store
 from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
 
 log = logging.getLogger(__name__)
 
-_NOT_OPEN = (State.CLOSED, State.FILTERED)
 SMALL_SCAN = 256
 
 
@@ -48,7 +47,7 @@ class Verdict:
 
 def verdict(results: list[ServiceResult], finished: bool) -> Verdict:
     """The one-line answer to "is VNC reachable here, and how bad is it?"."""
-    open_ = [r for r in results if r.state not in _NOT_OPEN]
+    open_ = [r for r in results if r.state not in SILENT_STATES]
     findings = [f for r in results for f in r.findings]
     worst = max(findings, key=lambda f: f.severity.rank) if findings else None
     severity = worst.severity.value if worst else None
@@ -100,25 +99,21 @@ def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
             rows.append(("Screen", f"{fb.width}×{fb.height}, depth {fb.depth}"))
         if facts.failure_reason:
             rows.append(("Server said", shown(facts.failure_reason)))
-    tls = r.extra.get("tls") if isinstance(r.extra, dict) else None
-    if isinstance(tls, dict) and tls.get("version"):
-        rows.append(("TLS", f"{tls.get('version')} {tls.get('cipher') or ''}".strip()))
+    tls = r.extra.tls
+    if tls is not None and tls.version:
+        rows.append(("TLS", f"{tls.version} {tls.cipher or ''}".strip()))
     if r.error:
         rows.append(("Note", shown(r.error)))
     return rows
 
 
 def fix_guide(r: ServiceResult) -> list[Any]:
-    """The fix guide's remedies for this result (`vncaudit.remedies.remedies_for`), or an
-    empty list while that module is not installed."""
+    """The fix guide's remedies for this result (`vncaudit.remedies.remedies_for`)."""
     if not r.findings:
         return []
-    try:
-        module: Any = importlib.import_module("vncaudit.remedies")
-    except ImportError:
-        return []
-    remedies: list[Any] = list(module.remedies_for(r))
-    return remedies
+    from vncaudit.remedies import remedies_for
+
+    return list(remedies_for(r))
 
 
 def remedy_dict(remedy: Any) -> dict[str, Any]:
@@ -167,56 +162,50 @@ SCREENSHOT_PAGE_URL = "/scans/{scan_id}/screenshots/{name}"
 DESKTOP_VERDICT: dict[str, tuple[str, str, str]] = KIND_WORDS
 
 
-def _shot_info(r: ServiceResult) -> dict[str, Any] | None:
-    active = r.extra.get("active") if isinstance(r.extra, dict) else None
-    info = active.get("screenshot") if isinstance(active, dict) else None
-    return info if isinstance(info, dict) else None
+def _shot_info(r: ServiceResult) -> ScreenshotCheck | None:
+    return r.extra.active.screenshot if r.extra.active is not None else None
 
 
 def screenshot_name(r: ServiceResult) -> str | None:
     """The file name of the service's stored screenshot (what its URL ends in), or None."""
     info = _shot_info(r)
-    if info is None or info.get("status") != "ok" or not info.get("path"):
+    if info is None or not info.taken or not info.path:
         return None
-    return Path(str(info["path"])).name
+    return Path(info.path).name
 
 
 def with_screenshot_urls(r: ServiceResult, scan_id: str) -> ServiceResult:
     """A copy for clients: the screenshot's server path replaced by its API URL."""
     info = _shot_info(r)
-    if info is None:
+    if info is None or r.extra.active is None:
         return r
     name = screenshot_name(r)
-    shown = {k: v for k, v in info.items() if k != "path"}
-    shown["url"] = (SCREENSHOT_API_URL.format(scan_id=scan_id, name=name)
-                    if name is not None else None)
-    active = {**r.extra["active"], "screenshot": shown}
-    return replace(r, extra={**r.extra, "active": active})
+    url = SCREENSHOT_API_URL.format(scan_id=scan_id, name=name) if name is not None else None
+    shown = replace(info, path=None, url=url, client_view=True)
+    return r.with_extra(active=replace(r.extra.active, screenshot=shown))
 
 
 def screenshot_card(r: ServiceResult, scan_id: str) -> dict[str, Any] | None:
     """What the result page shows of a service's screenshot, or None when none was asked."""
     info = _shot_info(r)
-    if info is None:
+    if info is None or r.extra.active is None:
         return None
     name = screenshot_name(r)
-    active: dict[str, Any] = r.extra["active"]
-    kind = active.get("desktop_kind")
+    kind = r.extra.active.desktop_kind
     verdict_ = None
-    if name is not None and isinstance(kind, dict):
-        label, css, why = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
-        verdict_ = {"kind": str(kind.get("kind")), "label": label, "css": css, "why": why,
-                    "seen": str(kind.get("seen") or ""),
-                    "confidence": float(kind.get("confidence") or 0.0),
-                    "evidence": [str(e) for e in kind.get("evidence") or []]}
+    if name is not None and kind is not None:
+        label, css, why = DESKTOP_VERDICT.get(kind.kind, DESKTOP_VERDICT["unknown"])
+        verdict_ = {"kind": kind.kind, "label": label, "css": css, "why": why,
+                    "seen": kind.seen or "", "confidence": kind.confidence,
+                    "evidence": list(kind.evidence)}
     return {
-        "status": str(info.get("status")),
+        "status": info.status,
         "url": (SCREENSHOT_PAGE_URL.format(scan_id=scan_id, name=name)
                 if name is not None else None),
-        "width": int(info.get("width") or 0),
-        "height": int(info.get("height") or 0),
-        "coverage": info.get("coverage"),
-        "note": info.get("reason"),
+        "width": info.width,
+        "height": info.height,
+        "coverage": info.coverage if info.outcome is not None else None,
+        "note": info.reason,
         "verdict": verdict_,
     }
 
@@ -230,8 +219,8 @@ def screenshot_file(store: Store, root: Path, scan_id: str, name: str) -> Path |
         if screenshot_name(r) != name:
             continue
         info = _shot_info(r)
-        assert info is not None
-        path = Path(str(info["path"])).resolve()
+        assert info is not None and info.path is not None
+        path = Path(info.path).resolve()
         if path.parent == folder and path.is_file():
             return path
     return None
