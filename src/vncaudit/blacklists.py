@@ -196,16 +196,50 @@ def shipped() -> Rules:
     return load(resources.files("vncaudit").joinpath("data/blacklists.toml").read_text("utf-8"))
 
 
+def handshake_key(result: ServiceResult) -> tuple[Any, ...]:
+    """What the signatures read of a result, but the desktop name and geometry (sent per
+    session): equal keys get equal candidates. Cheap: no dataclass is copied."""
+    rfb = result.rfb
+    if rfb is None:
+        return (result.state,)
+    ven = rfb.vencrypt
+    tight = rfb.tight
+    return (result.state, rfb.banner, tuple(t.id for t in rfb.security_types),
+            rfb.security_types_server_chosen,
+            tuple(t.id for t in ven.subtypes) if ven is not None else None,
+            tuple((c.code, c.vendor, c.signature) for c in tight.auth)
+            if tight is not None else None,
+            tuple(t.id for t in rfb.tls_inner_types) if rfb.tls_inner_types is not None
+            else None,
+            rfb.failure_reason, rfb.security_result, rfb.notes,
+            rfb.framebuffer.true_colour_flag if rfb.framebuffer is not None else None)
+
+
+_CANDIDATES: dict[Any, tuple[str, ...]] = {}
+_CANDIDATES_KEPT: Final = 4096  # distinct handshakes remembered (a scan sees few)
+
+
 def candidates_of(result: ServiceResult) -> tuple[str, ...]:
-    """The products the fingerprint signatures matching `result` name (best first)."""
+    """The products the fingerprint signatures matching `result` name (best first).
+
+    Remembered per handshake (the facts but the desktop name and geometry, which a server
+    sends per session): matching every signature costs more than a whole probe, and a scan
+    meets the same few handshakes thousands of times."""
     from vncaudit import fingerprint  # lazily: fingerprinting is only needed for unknowns
 
+    key = handshake_key(result)
+    known = _CANDIDATES.get(key)
+    if known is not None:
+        return known
     seen: list[str] = []
     for match in fingerprint.explain(result):
         name = match.signature.product
         if name not in seen:
             seen.append(name)
-    return tuple(seen)
+    if len(_CANDIDATES) >= _CANDIDATES_KEPT:
+        _CANDIDATES.clear()
+    _CANDIDATES[key] = found = tuple(seen)
+    return found
 
 
 def rule_for(

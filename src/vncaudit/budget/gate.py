@@ -110,7 +110,8 @@ class ScanGate:
         # Connections a probe may make after its own (the probe's honeypot checks): granted
         # with it, or the pair is not probed at all.
         self.need = 1 + max(0, extra)
-        self._pending: dict[tuple[str, int], list[_Grant]] = {}
+        self._pending: dict[tuple[str, int], _Grant] = {}
+        self._again: dict[tuple[str, int], list[_Grant]] = {}  # a pair granted twice
         self._started: set[tuple[str, int]] = set()
         self._records: list[tuple[Decision, ServiceResult]] = []
         self._settled: list[tuple[int, Key]] = []
@@ -121,24 +122,22 @@ class ScanGate:
         """Decide these targets, in order: None is a plain grant (connect as usual), a
         `Decision` says more (denied; connect from `bind`; granted only by --risk-lockout)."""
         admission = self.ledger.admit_batch(targets, need=self.need)
-        out: list[Decision | None] = []
-        pending = self._pending
+        special = admission.special
+        pending, extra = self._pending, self._again
         for i, target in enumerate(targets):
-            decision = admission.special.get(i)
+            decision = special.get(i) if special else None
             if decision is None or decision.allowed:
                 key = (target.host, target.port)
-                waiting = pending.get(key)
-                if waiting is None:
-                    pending[key] = [(admission, i)]
+                if key in pending:  # the same pair twice in one scan: rare, kept aside
+                    extra.setdefault(key, []).append((admission, i))
                 else:
-                    waiting.append((admission, i))
-                self.granted += 1
+                    pending[key] = (admission, i)
                 if decision is not None:
                     self.forced += decision.forced
-            else:
-                self.denied += 1
-            out.append(decision)
-        return out
+        self.denied += sum(not d.allowed for d in special.values())
+        self.granted += len(targets) - sum(not d.allowed for d in special.values())
+        return [special.get(i) for i in range(len(targets))] if special else \
+            [None] * len(targets)
 
     def started(self, target: Target) -> None:
         """A connection to `target` exists or is being made (a run cut short charges it)."""
@@ -148,13 +147,18 @@ class ScanGate:
         """Queue the record of a granted pair's result; returns the result, with a note when
         the ledger has something to say about it."""
         key = (result.host, result.port)
-        waiting = self._pending.get(key)
-        if waiting is None:
+        grant = self._pending.pop(key, None)
+        if grant is None:
             return result  # not granted here: the answer for a denied pair
-        admission, i = waiting.pop(0)
-        if not waiting:
-            del self._pending[key]
-        self._started.discard(key)
+        if self._again:
+            more = self._again.get(key)
+            if more:
+                self._pending[key] = more.pop(0)
+                if not more:
+                    del self._again[key]
+        admission, i = grant
+        if self._started:
+            self._started.discard(key)
         special = admission.special.get(i)
         need = admission.need
         made = 0 if result.state in SILENT_STATES else 1 + min(need - 1, _extra_made(result))
@@ -190,10 +194,12 @@ class ScanGate:
         self.flush()
         made: list[Decision] = []
         unused: list[Decision] = []
-        for key, waiting in self._pending.items():
-            for admission, i in waiting:
-                (made if key in self._started else unused).append(admission.decision(i))
+        grants = [(key, g) for key, g in self._pending.items()]
+        grants += [(key, g) for key, more in self._again.items() for g in more]
+        for key, (admission, i) in grants:
+            (made if key in self._started else unused).append(admission.decision(i))
         self._pending.clear()
+        self._again.clear()
         self._started.clear()
         self.ledger.abandon(made, unused)
 

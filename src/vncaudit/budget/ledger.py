@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from vncaudit.blacklists import Rule, Rules, rule_for_result, shipped
+from vncaudit.blacklists import Rule, Rules, candidates_of, handshake_key, rule_for, shipped
 from vncaudit.budget.clock import (
     Clock,
     Instant,
@@ -213,15 +213,19 @@ def _owner_alive(owner: str) -> bool:
 
 
 def _pairs_text(counts: Mapping[Key, int]) -> str:
-    return json.dumps([list(k) for k, n in counts.items() for _ in range(n)],
-                      separators=(",", ":"))
+    """An intent's grants as text: "src dst port n" per line (addresses hold no spaces)."""
+    return "\n".join(f"{s} {d} {p} {n}" for (s, d, p), n in counts.items())
 
 
-def _pairs(text: str) -> list[Key]:
-    try:
-        return [(str(s), str(d), int(p)) for s, d, p in json.loads(text)]
-    except (ValueError, TypeError):
-        return []
+def _pairs(text: str) -> dict[Key, int]:
+    out: dict[Key, int] = {}
+    for line in text.splitlines():
+        try:
+            src, dst, port, n = line.split(" ")
+            out[(src, dst, int(port))] = out.get((src, dst, int(port)), 0) + int(n)
+        except ValueError:
+            continue  # a line this version cannot read: the safe side is to skip it
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +297,7 @@ class Ledger:
         self._others: dict[int, _Intent] = {}  # other processes' intents (all their keys)
         self._in_flight: dict[Key, int] = {}  # grants over both, per key
         self._clock_checked = False
+        self._rules_seen: dict[Any, tuple[Rule, str]] = {}
         self.closed = False
 
     # -- reading ------------------------------------------------------------------------------
@@ -361,7 +366,7 @@ class Ledger:
             owner, created = live[i]
             (text,) = conn.execute("SELECT pairs FROM budget_intents WHERE id = ?",
                                    (i,)).fetchone()
-            intent = _Intent(owner, created, dict(Counter(_pairs(text))))
+            intent = _Intent(owner, created, _pairs(text))
             if not _owner_alive(owner):
                 dead.append((i, intent))
                 continue
@@ -617,6 +622,7 @@ class Ledger:
     def _write(self, conn: Any, connected: Sequence[tuple[Decision, ServiceResult]],
                scan_id: str | None, now: Instant) -> None:
         rows = self._rows(conn, {(d.target.host, d.target.port) for d, _ in connected})
+        when = now.iso()
         out: dict[Key, list[Any]] = {}
         for decision, result in connected:
             key = decision.key
@@ -652,7 +658,7 @@ class Ledger:
                     result.to_dict(), separators=(",", ":"), ensure_ascii=True)
             if decision.forced:
                 note += ", granted by --risk-lockout"
-            history = _append(history, [now.iso(), note, decision.target.hostname or ""])
+            history = _append(history, [when, note, decision.target.hostname or ""])
             out[key] = [rule_text, spent, passes, total, blocked, first_at, cleared_at, read_at,
                         read_state, link, kept, history]
         conn.executemany(
@@ -666,20 +672,31 @@ class Ledger:
 
     def _rule_of(self, result: ServiceResult, row: _Row | None) -> tuple[Rule, str]:
         """The rule a result calls for, and how the ledger stores it ("?id": assumed, the
-        product not being identified)."""
+        product not being identified). Remembered per handshake (and product, when the caller
+        named one): a scan meets the same few handshakes thousands of times."""
         if result.rfb is None:
             rule = self._rule(row)
             return rule, row.rule if row is not None else "?" + rule.id
         product = result.product
+        key = (handshake_key(result), product.name if product else None,
+               product.version if product else None)
+        known = self._rules_seen.get(key)
+        if known is not None:
+            return known
         if product is None:
             from vncaudit import fingerprint  # lazily: only results that read RFB need it
 
-            product = fingerprint.identify(result)
-            result = replace(result, product=product)
-        rule = rule_for_result(result, self.rules)
-        known = product.name != "unknown" and self.rules.for_product(product.name,
-                                                                     product.version)
-        return rule, rule.id if known else "?" + rule.id
+            # The backend's product (a web front end's rule is its backend's), worked out
+            # here without the grading's memo: this runs once per distinct handshake.
+            product = fingerprint.identify_backend(result)
+        named = (self.rules.for_product(product.name, product.version)
+                 if product.name != "unknown" else None)
+        identified = named is not None
+        rule = named if named is not None else rule_for(None, candidates_of(result), self.rules)
+        if len(self._rules_seen) >= 4096:
+            self._rules_seen.clear()
+        self._rules_seen[key] = found = (rule, rule.id if identified else "?" + rule.id)
+        return found
 
     def close_grants(self, decisions: Sequence[Decision]) -> None:
         """Settle grants whose use is unknown (a check that failed half-way): charged."""
@@ -793,7 +810,13 @@ class Ledger:
         self.close()
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def _append(history: str, entry: list[Any]) -> str:
+    """The history JSON with `entry` added (the oldest dropped past HISTORY_KEPT)."""
+    if history == "[]":  # a new key: most records of a large scan
+        return "[" + _JSON.encode(entry) + "]"
     try:
         items = json.loads(history)
         if not isinstance(items, list):
@@ -801,4 +824,4 @@ def _append(history: str, entry: list[Any]) -> str:
     except ValueError:
         items = []
     items.append(entry)
-    return json.dumps(items[-HISTORY_KEPT:], separators=(",", ":"), ensure_ascii=True)
+    return _JSON.encode(items[-HISTORY_KEPT:])

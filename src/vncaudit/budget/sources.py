@@ -24,7 +24,7 @@ class SourceResolver:
     HOSTS_KEPT: Final = 1 << 17  # answers remembered per address (a /15 of one scan)
 
     def __init__(self) -> None:
-        self._routes: dict[bytes, str] = {}  # /24 or /64 prefix -> our address
+        self._routes: dict[bytes | str, str] = {}  # /24 ("a.b.c") or /64 prefix -> ours
         self._hosts: dict[str, str] = {}
         self._local: frozenset[str] | None = None
 
@@ -50,6 +50,13 @@ class SourceResolver:
 
     def __call__(self, host: str) -> str:
         """Our address towards `host` ("" when there is no route, or `host` is no address)."""
+        net, dot, last = host.rpartition(".")
+        if dot and last.isdigit() and net.count(".") == 2 and not host.startswith("127."):
+            # A dotted quad, as the target space writes them: its /24 decides, unless it is
+            # one of our own addresses.
+            known = self._routes.get(net)
+            if known is not None and host not in self.local_addresses():
+                return known
         known = self._hosts.get(host)
         if known is None:
             known = self._resolve(host)
@@ -88,6 +95,8 @@ class SourceResolver:
             except OSError:
                 return ""  # no route: no connection will be made from anywhere
             self._routes[prefix] = cached
+            if family == socket.AF_INET:
+                self._routes[host.rpartition(".")[0]] = cached  # the fast path's key
         return cached
 
 
