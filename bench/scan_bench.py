@@ -308,7 +308,7 @@ def rate_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 load = loadavg()
                 before = syn_counter(bed)
                 poller = subprocess.Popen(["ip", "netns", "exec", bed.tgt, sys.executable, "-c",
-                                           POLLER, bed.veth_t, "0.5"],
+                                           POLLER, bed.veth_t, "2"],
                                           stdout=subprocess.PIPE, text=True)
                 assert poller.stdout is not None
                 poller.stdout.readline()
