@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from vncaudit import rfb
 from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import ServiceResult, Target
-from vncaudit.probe import ProbeOptions, _Session
+from vncaudit.probe import ProbeOptions, Session
 
 PREFIXES = (b"", b"RFB 003.008\n", b"RFB 003.007\n", b"RFB 003.003\n")
 SMALL = rfb.Limits(max_reason_length=64, max_name_length=64, max_tight_capabilities=4,
@@ -42,7 +42,7 @@ class Outcome:
     events: list[object]
     sent: bytes
     error: tuple[str, str] | None
-    session: _Session
+    session: Session
 
 
 VERSIONS = (None, (3, 3), (3, 7), (3, 8))
@@ -59,7 +59,7 @@ def options_for(flags: int) -> ProbeOptions:
 
 def drive(chunks: list[bytes], options: ProbeOptions) -> Outcome:
     """Run the probe's decision logic over chunks, TLS as the identity (like rfb_helpers)."""
-    session = _Session(Target("127.0.0.1", 5900), options)
+    session = Session(Target("127.0.0.1", 5900), options)
     client = session.client
     events: list[object] = []
     sent = bytearray()
@@ -76,7 +76,7 @@ def drive(chunks: list[bytes], options: ProbeOptions) -> Outcome:
             stop = False
             while True:
                 event = client.next_event()
-                if isinstance(event, rfb._NeedData):
+                if event is rfb.NEED_DATA:
                     break
                 events.append(event)
                 if isinstance(event, rfb.VncAuthChallenge):

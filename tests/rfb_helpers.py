@@ -1,6 +1,6 @@
 """In-memory drivers for the sans-IO RFB client: build server byte streams, run the client.
 
-The driver uses the probe's own decision logic (`probe._Session`) so tests exercise exactly the
+The driver uses the probe's own decision logic (`probe.Session`) so tests exercise exactly the
 choices a real probe makes, without sockets. TLS is modelled as the identity transform: after
 `StartTls` the following bytes are taken to be the decrypted stream.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from vncaudit import rfb
 from vncaudit.models import Target
-from vncaudit.probe import ProbeOptions, _Session
+from vncaudit.probe import ProbeOptions, Session
 
 
 def banner(major: int = 3, minor: int = 8) -> bytes:
@@ -40,13 +40,13 @@ def server_init(width: int = 1024, height: int = 768, name: bytes = b"desk") -> 
     return struct.pack(">HH", width, height) + pf + struct.pack(">I", len(name)) + name
 
 
-def new_session(options: ProbeOptions | None = None) -> _Session:
-    return _Session(Target("127.0.0.1", 5900), options or ProbeOptions())
+def new_session(options: ProbeOptions | None = None) -> Session:
+    return Session(Target("127.0.0.1", 5900), options or ProbeOptions())
 
 
 def drive_events(
-    chunks: Iterable[bytes], options: ProbeOptions | None = None, session: _Session | None = None
-) -> tuple[list[object], bytes, _Session]:
+    chunks: Iterable[bytes], options: ProbeOptions | None = None, session: Session | None = None
+) -> tuple[list[object], bytes, Session]:
     """Feed chunks one by one as a probe would; return (events, client bytes sent, session)."""
     session = session or new_session(options)
     client = session.client

@@ -18,7 +18,8 @@ from typing import Any
 
 from vncaudit import active
 from vncaudit.models import NamedType, RfbFacts, State, Target
-from vncaudit.payloads import ScreenSize
+from vncaudit.payloads import HoneypotChecks, ScreenSize
+from vncaudit.probe import probe
 from vncaudit.vncauth import vnc_auth_response
 
 
@@ -246,6 +247,33 @@ async def test_run_active_does_nothing_by_default(tmp_path: Path) -> None:
 
     result = ServiceResult("127.0.0.1", 9, State.VNC, rfb=VNCAUTH_FACTS)
     assert await active.run_active(result, active.ActiveOptions()) is result
+
+
+@sync
+async def test_honeypot_checks_run_in_active_and_count_against_the_lockout_budget() -> None:
+    # lock_after=5: the 5th connection would be refused; the probe was connection 1. The
+    # honeypot checks (77, one challenge) and the bypass check make it 4: no attempt is left.
+    async with fake_server(vncauth_server("secret", lock_after=5)) as (target, conns):
+        result = await probe(target)
+        assert result.extra.honeypot_checks is None and conns[0] == 1  # one connection
+        options = active.ActiveOptions(active_checks=True, check_passwords=True, timeout=5)
+        checked = await active.run_active(result, options)
+        assert conns[0] == 4
+    assert checked.extra.honeypot_checks == HoneypotChecks(77, "closed", 2, True)
+    assert checked.extra.suspected_honeypot is None
+    checks = checked.extra.active
+    assert checks is not None and checks.password_audit is not None
+    assert checks.password_audit.status == "skipped"
+    assert checks.password_audit.connections_before == 4
+
+
+@sync
+async def test_honeypot_checks_skip_what_they_cannot_test() -> None:
+    target = Target("127.0.0.1", 9)  # never contacted
+    chosen = RfbFacts("RFB 003.003\n", security_types=(NamedType(2, "VNC Authentication"),),
+                      security_types_server_chosen=True)
+    assert await active.check_honeypot(target, chosen) is None
+    assert await active.check_honeypot(target, RfbFacts("RFB 003.008\n")) is None
 
 
 @sync

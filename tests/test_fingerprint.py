@@ -1,7 +1,7 @@
 """Unit tests of the product fingerprint: every signature of data/products.toml has a fixture.
 
 Fixtures come from three places, each turned into a `ServiceResult` by the probe's own fact
-recording (`probe._Session`), never by hand-written facts:
+recording (`probe.Session`), never by hand-written facts:
 * REAL transcripts (`tests/transcripts/*.json`, recorded from TigerVNC 1.12, x11vnc 0.9.16 and
   Xtightvnc 1.3.10), replayed with the recorded client's choices;
 * the fuzz corpus (`fuzz/corpus/`) and bytes measured here (QEMU 7.2);

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from vncaudit.exceptions import LimitExceededError, RemoteProtocolError
-from vncaudit.rfb import NEED_DATA, PixelFormat, _NeedData
+from vncaudit.rfb import NEED_DATA, NeedData, PixelFormat
 
 # Encoding numbers (rfbproto §7.7, §7.8; IANA "RFB encoding types").
 RAW: Final = 0
@@ -284,7 +284,7 @@ class FramebufferParser:
         self.bytes_received += len(data)
         self._buf += data
 
-    def next_event(self) -> FramebufferEvent | _NeedData:
+    def next_event(self) -> FramebufferEvent | NeedData:
         """The next event, or NEED_DATA. Raises RemoteProtocolError on bad or oversized input."""
         while True:
             event = self._parse_rect() if self._in_update else self._parse_message()
@@ -318,7 +318,7 @@ class FramebufferParser:
 
     # -- messages ------------------------------------------------------------------------
 
-    def _parse_message(self) -> FramebufferEvent | _NeedData | _Continue:
+    def _parse_message(self) -> FramebufferEvent | NeedData | _Continue:
         if not self._buf:
             return NEED_DATA
         kind = self._buf[0]
@@ -362,7 +362,7 @@ class FramebufferParser:
         self.updates += 1
         return UpdateComplete(self._rects_done, self.canvas.coverage)
 
-    def _parse_rect(self) -> FramebufferEvent | _NeedData | _Continue:
+    def _parse_rect(self) -> FramebufferEvent | NeedData | _Continue:
         if self._rects_left == 0:
             return self._finish_update()
         if len(self._buf) < _RECT_HEADER.size:

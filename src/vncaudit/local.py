@@ -795,15 +795,28 @@ async def audit_async(
         others = [s for s, hit in zip(sniffed, hits, strict=True) if not hit] + others[
             SNIFF_LIMIT:]
 
-    state: firewall.FirewallState | None = None
-    if read_firewall and platform.system() == "Linux":
-        state = await asyncio.to_thread(firewall.read_state, runner)
-        for u in state.unreadable:
-            blind.append(f"firewall: {u.tool} could not be read ({u.reason})")
-    elif read_firewall:
-        blind.append(f"firewall: reading the firewall of {platform.system()} is not supported; "
-                     "check it by hand (see `vncaudit harden`)")
+    state = await _firewall_state(runner, blind) if read_firewall else None
+    listeners = _listeners(candidates, others, procs, state)
+    if probe_listeners and listeners:
+        results = await _probe_all(listeners, ProbeOptions(timeout=timeout), ledger)
+        listeners = [_graded(x, r) for x, r in zip(listeners, results, strict=True)]
+    listeners.sort(key=lambda x: (x.port, x.family, x.address))
+    return LocalAudit(
+        hostname=socket.gethostname(),
+        system=platform.system(),
+        root=root,
+        listeners=listeners,
+        blind_spots=blind,
+        firewall=state,
+        sockets_seen=total,
+        other_listeners=[(s.address, s.port, s.pid) for s in others],
+    )
 
+
+def _listeners(candidates: list[tuple[Socket, list[str]]], others: list[Socket],
+               procs: dict[int, ProcessInfo],
+               state: firewall.FirewallState | None) -> list[Listener]:
+    """A `Listener` for each candidate socket: its process, product, config and firewall."""
     listeners: list[Listener] = []
     for s, reasons in candidates:
         proc = procs.get(s.pid) if s.pid is not None else None
@@ -819,27 +832,28 @@ async def audit_async(
             lst = replace(lst, firewall={f: state.verdict(f, s.port)
                                          for f in lst.served_families})
         listeners.append(lst)
+    return listeners
 
-    if probe_listeners and listeners:
-        results = await _probe_all(listeners, ProbeOptions(timeout=timeout), ledger)
-        graded: list[Listener] = []
-        for x, r in zip(listeners, results, strict=True):
-            r = r.with_extra(local=LocalBinding(x.address, x.scope))
-            if r.state is State.VNC:
-                r = grade(r, x)
-            graded.append(replace(x, result=r))
-        listeners = graded
-    listeners.sort(key=lambda x: (x.port, x.family, x.address))
-    return LocalAudit(
-        hostname=socket.gethostname(),
-        system=platform.system(),
-        root=root,
-        listeners=listeners,
-        blind_spots=blind,
-        firewall=state,
-        sockets_seen=total,
-        other_listeners=[(s.address, s.port, s.pid) for s in others],
-    )
+
+async def _firewall_state(runner: firewall.Runner,
+                          blind: list[str]) -> firewall.FirewallState | None:
+    """The firewall's rules where they can be read; what cannot be read goes to `blind`."""
+    if platform.system() != "Linux":
+        blind.append(f"firewall: reading the firewall of {platform.system()} is not supported; "
+                     "check it by hand (see `vncaudit harden`)")
+        return None
+    state = await asyncio.to_thread(firewall.read_state, runner)
+    for u in state.unreadable:
+        blind.append(f"firewall: {u.tool} could not be read ({u.reason})")
+    return state
+
+
+def _graded(listener: Listener, result: ServiceResult) -> Listener:
+    """The listener with the probe's result from inside (graded where it speaks RFB)."""
+    result = result.with_extra(local=LocalBinding(listener.address, listener.scope))
+    if result.state is State.VNC:
+        result = grade(result, listener)
+    return replace(listener, result=result)
 
 
 async def _probe_all(listeners: Sequence[Listener], options: ProbeOptions,

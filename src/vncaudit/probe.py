@@ -1,14 +1,17 @@
-"""Probe one (host, port): run the sans-IO `rfb` client over one asyncio connection.
+"""Probe one (host, port): what the server says on ONE connection, as a `ServiceResult`.
 
-Owns: the socket side of a probe — connect, read/write, TLS for the TLS type (18) and VeNCrypt's
-no-auth sub-types, ONE hard deadline, a bounded transcript, and the translation of every outcome
-(refused, silent, not RFB, broken RFB, RFB) into a `ServiceResult` with a `State`. Exceptions end
-here: callers always get a result, never an exception (the zgrab2 rule).
+Owns: the probe's `Session` (what to select and when to stop, the facts it records, a bounded
+transcript, the one-connection honeypot signals) and `converse`, which runs it over a stream
+through `pump.RfbPump` (TCP here, a WebSocket in `websocket`); the connect, ONE hard deadline,
+and the translation of every outcome (refused, silent, not RFB, broken RFB, RFB) into a
+`ServiceResult` with a `State`. Exceptions end here: callers always get a result, never an
+exception (the zgrab2 rule).
 
 Must not: parse RFB bytes itself (that is `rfb`), grade anything (that is `assess`), or open a
-second connection to the same port. Etiquette (DESIGN.md "Probing etiquette"): never
-authenticate by default; select None (or Tight NOAUTH, or VeNCrypt TLSNone/X509None) only when
-the server offered it; ClientInit is always shared so no connected user is kicked.
+second connection to the same port (checks that need more are `active`'s, on request).
+Etiquette (docs/design.md): never authenticate by default; select None (or Tight NOAUTH, or
+VeNCrypt TLSNone/X509None) only when the server offered it; ClientInit is always shared so no
+connected user is kicked.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import re
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vncaudit import rfb
-from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
+from vncaudit.exceptions import NotRfbError, RemoteProtocolError
 from vncaudit.models import (
     Framebuffer,
     NamedType,
@@ -36,11 +39,11 @@ from vncaudit.models import (
     TightInfo,
     VeNCryptInfo,
 )
-from vncaudit.payloads import Extras, HoneypotChecks, SuspectedHoneypot, TlsSession
+from vncaudit.payloads import Extras, SuspectedHoneypot, TlsSession
+from vncaudit.pump import ByteReader, ByteWriter, RfbPump, Selection
+from vncaudit.pump import tls_context as tls_context
 
 log = logging.getLogger(__name__)
-
-READ_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,11 @@ class ProbeOptions:
     read_server_init: bool = True  # select an offered no-auth type, read SecurityResult+ServerInit
     tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
     client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
-    # Honeypot checks on extra connections to the same port (an unassigned type selected; if
-    # accepted, two VNC challenges compared). Off by default: DESIGN.md "Probing etiquette".
-    active_checks: bool = False
+
+    @property
+    def selection(self) -> Selection:
+        """What the probe may select: offered no-auth paths only, never a password."""
+        return Selection(no_auth=self.read_server_init, tls=self.tls)
 
 
 # First bytes of protocols that speak first and are commonly found on VNC ports or scanned by
@@ -87,10 +92,11 @@ def guess_protocol(first_bytes: bytes) -> str:
     return "unknown"
 
 
-# The most distinct types a real product lists (macOS: 6, RealVNC 5: 5, TurboVNC: 3; rfb.md §6.2).
+# The most distinct types a real product lists (macOS: 6, RealVNC 5: 5, TurboVNC: 3;
+# docs/rfb.md §6.2).
 _MAX_REAL_TYPES = 12
 _MAX_REAL_SUBTYPES = 16  # the registry has 12 VeNCrypt sub-types, plus legacy 1/2 in the list
-# Types that only one product line uses (rfb.md §2, §6.2); shared ones (1, 2, 5, 6, 129, 130)
+# Types that only one product line uses (docs/rfb.md §2, §6.2); shared ones (1, 2, 5, 6, 129, 130)
 # are left out. Real servers mix at most two lines (TurboVNC: VeNCrypt + Tight).
 _FAMILY: dict[int, str] = {
     **{t: "Apple" for t in range(30, 37)},
@@ -110,7 +116,7 @@ def honeypot_signals(
 ) -> list[str]:
     """Reasons to suspect a honeypot from ONE connection's lists (raw, as sent); [] if none.
 
-    Real products send short, vendor-consistent lists (rfb.md §6.2) and repeat only 19 once
+    Real products send short, vendor-consistent lists (docs/rfb.md §6.2) and repeat only 19 once
     (TigerVNC). Emulators that offer "everything" give themselves away by what no product sends.
     """
     reasons: list[str] = []
@@ -145,26 +151,13 @@ def honeypot_signals(
     return reasons
 
 
-def tls_context(anonymous: bool) -> ssl.SSLContext:
-    """TLS for fact-finding, not trust: no verification; anonymous DH where the type uses it."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if anonymous:
-        # Anonymous DH exists only up to TLS 1.2 and only at security level 0 (rfb.md §3.2).
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_ciphers("aNULL:@SECLEVEL=0")
-    else:
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
-
-
-class _Session:
-    """Mutable state of one probe; turned into an immutable result at the end."""
+class Session:
+    """Mutable state of one probe: its decisions, and the facts for the immutable result."""
 
     def __init__(self, target: Target, options: ProbeOptions) -> None:
         self.target = target
         self.options = options
+        self.selection = options.selection
         self.client = rfb.RfbClient(options.limits, options.client_version)
         self.transcript = bytearray()
         self.received = 0
@@ -176,8 +169,6 @@ class _Session:
         self.tls_info: TlsSession | None = None
         self.raw_types: tuple[int, ...] = ()  # the main list as sent (duplicates kept)
         self.raw_subtypes: tuple[int, ...] | None = None
-        self.honeypot: list[str] = []  # reasons found by active checks
-        self.active: HoneypotChecks | None = None  # their outcomes
         self.protocol_guess: str | None = None  # open-not-vnc: what the first bytes look like
 
     def record(self, data: bytes) -> None:
@@ -186,91 +177,97 @@ class _Session:
         if room > 0:
             self.transcript += data[:room]
 
-    # -- decisions -----------------------------------------------------------------------
+    # -- decisions: one method per event; each returns False to stop and close -----------
 
     def on_event(self, event: rfb.Event) -> bool:
         """Record an event and take the next step; False means: stop and close."""
-        client = self.client
-        if isinstance(event, rfb.ServerVersion):
-            self.banner_done = True
-            self.facts["banner"] = event.raw.decode("latin-1")
-            self.facts["server_version"] = event.version
-            if event.client_version is None:
-                self.notes.append(f"server version {event.version} not answered")
-                return False
-            self.facts["client_version"] = rfb.format_version(*event.client_version)
-            return True
-        if isinstance(event, rfb.SecurityTypes):
-            unique = tuple(dict.fromkeys(event.types))
-            if len(unique) != len(event.types):
-                # TigerVNC lists 19 twice when VeNCrypt is enabled explicitly: a quirk worth
-                # keeping as a fingerprint fact, not as two entries.
-                self.notes.append(
-                    "server listed duplicate security types: "
-                    + ",".join(str(t) for t in event.types)
-                )
-            named = tuple(NamedType(t, rfb.security_type_name(t)) for t in unique)
-            if event.inside_tls:
-                self.facts["tls_inner_types"] = named
-            else:
-                self.raw_types = event.types if not event.server_chosen else ()
-                self.facts["security_types"] = named
-                self.facts["security_types_server_chosen"] = event.server_chosen
-            return self._choose_type(event)
-        if isinstance(event, rfb.VeNCryptSubtypes):
-            self.raw_subtypes = event.subtypes
-            self.facts["vencrypt"] = VeNCryptInfo(
-                f"{event.version[0]}.{event.version[1]}",
-                tuple(NamedType(s, rfb.vencrypt_subtype_name(s)) for s in event.subtypes),
+        handler = _ON_EVENT.get(type(event))
+        return handler(self, event) if handler is not None else False
+
+    def _on_version(self, event: rfb.ServerVersion) -> bool:
+        self.banner_done = True
+        self.facts["banner"] = event.raw.decode("latin-1")
+        self.facts["server_version"] = event.version
+        if event.client_version is None:
+            self.notes.append(f"server version {event.version} not answered")
+            return False
+        self.facts["client_version"] = rfb.format_version(*event.client_version)
+        return True
+
+    def _on_types(self, event: rfb.SecurityTypes) -> bool:
+        unique = tuple(dict.fromkeys(event.types))
+        if len(unique) != len(event.types):
+            # TigerVNC lists 19 twice when VeNCrypt is enabled explicitly: a quirk worth
+            # keeping as a fingerprint fact, not as two entries.
+            self.notes.append(
+                "server listed duplicate security types: " + ",".join(str(t) for t in event.types)
             )
-            if self.options.tls and self.options.read_server_init:
-                for subtype in (257, 260):
-                    if subtype in event.subtypes:
-                        client.select_vencrypt_subtype(subtype)
-                        self.facts["selected_type"] = subtype
-                        return True
+        named = tuple(NamedType(t, rfb.security_type_name(t)) for t in unique)
+        if event.inside_tls:
+            self.facts["tls_inner_types"] = named
+        else:
+            self.raw_types = event.types if not event.server_chosen else ()
+            self.facts["security_types"] = named
+            self.facts["security_types_server_chosen"] = event.server_chosen
+        return self._choose_type(event)
+
+    def _on_vencrypt(self, event: rfb.VeNCryptSubtypes) -> bool:
+        self.raw_subtypes = event.subtypes
+        self.facts["vencrypt"] = VeNCryptInfo(
+            f"{event.version[0]}.{event.version[1]}",
+            tuple(NamedType(s, rfb.vencrypt_subtype_name(s)) for s in event.subtypes),
+        )
+        subtype = self.selection.vencrypt_subtype(event.subtypes)
+        if subtype is None:
             return False
-        if isinstance(event, rfb.TightCapabilities):
-            self.facts["tight"] = TightInfo(event.tunnels, event.auth)
-            if not event.auth:
-                return True  # zero auth caps: the protocol goes on as None
-            if self.options.read_server_init and any(c.code == 1 for c in event.auth):
-                client.select_tight_auth(1)
-                self._client_init_if_due()
-                return True
+        self.client.select_vencrypt_subtype(subtype)
+        self.facts["selected_type"] = subtype
+        return True
+
+    def _on_tight(self, event: rfb.TightCapabilities) -> bool:
+        self.facts["tight"] = TightInfo(event.tunnels, event.auth)
+        if not event.auth:
+            return True  # zero auth caps: the protocol goes on as None
+        code = self.selection.tight_auth([c.code for c in event.auth])
+        if code is None:
             return False
-        if isinstance(event, rfb.SecurityResult):
-            self.facts["security_result"] = "ok" if event.ok else "failed"
-            if not event.ok and event.reason:
-                self.facts["failure_reason"] = event.reason
-            if event.ok and client.state is rfb.State.CLIENT_INIT:
-                client.send_client_init(shared=True)
-                return True
-            return False
-        if isinstance(event, rfb.ServerInit):
-            self.facts["desktop_name"] = event.name
-            pf = event.pixel_format
-            self.facts["framebuffer"] = Framebuffer(
-                event.width, event.height, pf.depth, pf.bits_per_pixel, pf.big_endian,
-                pf.true_colour, pf.true_colour_flag,
-            )
-            return False
-        if isinstance(event, rfb.Failure):
+        self.client.select_tight_auth(code)
+        self._client_init_if_due()
+        return True
+
+    def _on_result(self, event: rfb.SecurityResult) -> bool:
+        self.facts["security_result"] = "ok" if event.ok else "failed"
+        if not event.ok and event.reason:
             self.facts["failure_reason"] = event.reason
-            if event.blacklisted:
-                self.state = State.BLACKLISTED
-            return False
-        if isinstance(event, rfb.Unsupported):
-            self.notes.append(event.reason)
-            return False
-        if isinstance(event, rfb.VncAuthChallenge):
-            return False  # we never answer a challenge unless a password was given
-        if isinstance(event, rfb.ConnectionClosed):
-            if not self.banner_done:
-                self.state = State.OPEN_NOT_VNC
-                self.error = "connection closed before any banner"
-            return False
-        return False  # StartTls is handled by the I/O loop
+        if event.ok and self.client.state is rfb.State.CLIENT_INIT:
+            self.client.send_client_init(shared=True)
+            return True
+        return False
+
+    def _on_server_init(self, event: rfb.ServerInit) -> bool:
+        self.facts["desktop_name"] = event.name
+        pf = event.pixel_format
+        self.facts["framebuffer"] = Framebuffer(
+            event.width, event.height, pf.depth, pf.bits_per_pixel, pf.big_endian,
+            pf.true_colour, pf.true_colour_flag,
+        )
+        return False
+
+    def _on_failure(self, event: rfb.Failure) -> bool:
+        self.facts["failure_reason"] = event.reason
+        if event.blacklisted:
+            self.state = State.BLACKLISTED
+        return False
+
+    def _on_unsupported(self, event: rfb.Unsupported) -> bool:
+        self.notes.append(event.reason)
+        return False
+
+    def _on_closed(self, event: rfb.ConnectionClosed) -> bool:
+        if not self.banner_done:
+            self.state = State.OPEN_NOT_VNC
+            self.error = "connection closed before any banner"
+        return False
 
     def _choose_type(self, event: rfb.SecurityTypes) -> bool:
         client = self.client
@@ -280,16 +277,7 @@ class _Session:
                 client.send_client_init(shared=True)
                 return True
             return False
-        types = event.types
-        choice: int | None = None
-        if 1 in types and self.options.read_server_init:
-            choice = 1
-        elif 19 in types and not event.inside_tls:
-            choice = 19
-        elif 16 in types:
-            choice = 16
-        elif 18 in types and self.options.tls and not event.inside_tls:
-            choice = 18
+        choice = self.selection.security_type(event.types, event.inside_tls)
         if choice is None:
             return False
         client.select_security_type(choice)
@@ -330,6 +318,44 @@ class _Session:
             return None  # a sub-negotiation we could not read might still offer no auth
         return True
 
+    def deadline_reached(self) -> None:
+        """The state and error when the deadline struck after the connection was made."""
+        timeout, client = self.options.timeout, self.client
+        if not self.banner_done:
+            if _UNTERMINATED_BANNER.fullmatch(self.transcript):
+                # All of "RFB xxx.yyy" but the "\n", then nothing: broken, not slow.
+                self.state = State.MALFORMED
+                self.error = (f"RFB banner {bytes(self.transcript)!r} not terminated by a "
+                              f"newline within {timeout:g} s")
+            else:
+                self.state = State.TARPIT
+                self.error = (f"connected, no complete banner within {timeout:g} s "
+                              f"({self.received} bytes received)")
+        elif client.buffered:
+            # The server announced a message (a reason length, a list count) and stalled in it.
+            self.state = State.MALFORMED
+            self.error = (f"incomplete message at the deadline of {timeout:g} s: "
+                          f"{client.buffered} bytes while {client.state.value}")
+        else:
+            self.error = f"deadline of {timeout:g} s reached while {client.state.value}"
+
+    def broken(self, exc: RemoteProtocolError | OSError) -> None:
+        """The state and error when the server broke RFB or the connection."""
+        if isinstance(exc, NotRfbError):
+            self.state = State.OPEN_NOT_VNC
+            first = exc.first_bytes
+            self.protocol_guess = guess_protocol(first)
+            self.error = f"not RFB: looks like {self.protocol_guess} ({first[:32]!r})"
+        elif isinstance(exc, RemoteProtocolError):
+            self.state = State.MALFORMED
+            self.error = str(exc)
+        elif self.banner_done:
+            self.state = State.MALFORMED
+            self.error = f"connection broken while {self.client.state.value}: {exc}"
+        else:
+            self.state = State.OPEN_NOT_VNC
+            self.error = f"connection broken before any banner: {exc}"
+
     def result(self, elapsed: float) -> ServiceResult:
         facts: RfbFacts | None = None
         if self.banner_done:
@@ -337,10 +363,9 @@ class _Session:
             facts = RfbFacts(**self.facts)
             facts = replace(facts, auth_required=self.auth_required())
         state = self.state or (State.VNC if self.banner_done else State.TARPIT)
-        reasons = (*honeypot_signals(self.raw_types, self.raw_subtypes), *self.honeypot)
+        reasons = tuple(honeypot_signals(self.raw_types, self.raw_subtypes))
         extra = Extras(
             tls=self.tls_info,
-            honeypot_checks=self.active,
             protocol_guess=self.protocol_guess or None,
             suspected_honeypot=SuspectedHoneypot(reasons) if reasons else None,
         )
@@ -355,6 +380,20 @@ class _Session:
             elapsed=elapsed,
             extra=extra,
         )
+
+
+_ON_EVENT: dict[type, Callable[[Session, Any], bool]] = {
+    rfb.ServerVersion: Session._on_version,
+    rfb.SecurityTypes: Session._on_types,
+    rfb.VeNCryptSubtypes: Session._on_vencrypt,
+    rfb.TightCapabilities: Session._on_tight,
+    rfb.SecurityResult: Session._on_result,
+    rfb.ServerInit: Session._on_server_init,
+    rfb.Failure: Session._on_failure,
+    rfb.Unsupported: Session._on_unsupported,
+    rfb.ConnectionClosed: Session._on_closed,
+    # VncAuthChallenge: never answered without a password. StartTls: `converse` does it.
+}
 
 
 async def probe(
@@ -372,7 +411,7 @@ async def probe(
     ledger says 127.0.0.1's budget on this server is spent).
     """
     options = options or ProbeOptions()
-    session = _Session(target, options)
+    session = Session(target, options)
     loop = asyncio.get_running_loop()
     started = loop.time()
     writer: asyncio.StreamWriter | None = None
@@ -392,130 +431,56 @@ async def probe(
                 session.state = State.FILTERED
                 session.error = exc.strerror or str(exc)
                 return session.result(loop.time() - started)
-            await _converse(session, reader, writer)
+            await converse(session, reader, writer)
     except TimeoutError:
         if writer is None:
             session.state = State.FILTERED
             session.error = "no answer to the connection attempt"
-        elif not session.banner_done:
-            if _UNTERMINATED_BANNER.fullmatch(session.transcript):
-                # All of "RFB xxx.yyy" but the "\n", then nothing: broken, not slow.
-                session.state = State.MALFORMED
-                session.error = (
-                    f"RFB banner {bytes(session.transcript)!r} not terminated by a newline "
-                    f"within {options.timeout:g} s"
-                )
-            else:
-                session.state = State.TARPIT
-                session.error = (
-                    f"connected, no complete banner within {options.timeout:g} s "
-                    f"({session.received} bytes received)"
-                )
-        elif session.client.buffered:
-            # The server announced a message (a reason length, a list count) and stalled in it.
-            session.state = State.MALFORMED
-            session.error = (
-                f"incomplete message at the deadline of {options.timeout:g} s: "
-                f"{session.client.buffered} bytes while {session.client.state.value}"
-            )
         else:
-            session.error = (
-                f"deadline of {options.timeout:g} s reached while "
-                f"{session.client.state.value}"
-            )
-    except NotRfbError as exc:
-        session.state = State.OPEN_NOT_VNC
-        first = exc.first_bytes
-        session.protocol_guess = guess_protocol(first)
-        session.error = f"not RFB: looks like {session.protocol_guess} ({first[:32]!r})"
-    except RemoteProtocolError as exc:
-        session.state = State.MALFORMED
-        session.error = str(exc)
-    except (ConnectionError, OSError) as exc:
-        if session.banner_done:
-            session.state = State.MALFORMED
-            session.error = f"connection broken while {session.client.state.value}: {exc}"
-        else:
-            session.state = State.OPEN_NOT_VNC
-            session.error = f"connection broken before any banner: {exc}"
+            session.deadline_reached()
+    except (RemoteProtocolError, ConnectionError, OSError) as exc:
+        session.broken(exc)
     finally:
         if writer is not None:
             await close_writer(writer)
         elif sock is not None:
             sock.close()  # handed over but never wrapped in a stream: still ours to close
-    if options.active_checks and session.state is None and session.error is None:
-        # Only after a clean first conversation; each extra connection has a deadline of its
-        # own, so an active probe takes at most three times `timeout`.
-        with contextlib.suppress(Exception):
-            await _active_checks(session)
     return session.result(loop.time() - started)
 
 
-async def _converse(
-    session: _Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def converse(session: Session, reader: ByteReader, writer: ByteWriter) -> None:
+    """Run the session over one stream until it stops; raises what the stream and `rfb` raise.
+
+    A step inside this one connection (after ServerInit, say) goes here, before the close:
+    `pump.send()` writes a client message, `pump.take_trailing()` and `pump.read()` give what
+    the server sends next, under the caller's deadline.
+    """
     client = session.client
-    while True:
-        # Drain every event the buffered bytes already allow.
-        while True:
-            event = client.next_event()
-            if event is rfb.NEED_DATA:
-                break
-            assert not isinstance(event, rfb._NeedData)
-            if client.out_of_turn:
-                # Bytes read before we replied: the server did not wait for us (a flood, or a
-                # fake replaying a canned handshake). Whatever they are, they do not answer us.
-                raise RemoteProtocolError(
-                    f"server sent {client.out_of_turn} bytes out of turn while "
-                    f"{client.state.value}"
-                )
-            if isinstance(event, rfb.StartTls):
-                outgoing = client.data_to_send()
-                if outgoing:
-                    writer.write(outgoing)
-                    await writer.drain()
-                if not await _start_tls(session, writer, event.anonymous):
-                    return
-                continue
-            go_on = session.on_event(event)
-            outgoing = client.data_to_send()
-            if outgoing:
-                writer.write(outgoing)
-                await writer.drain()
-            if not go_on:
-                client.close()
+    pump = RfbPump(reader, writer, client, session.record)
+    while (event := await pump.next_event()) is not None:
+        if client.out_of_turn:
+            # Bytes read before we replied: the server did not wait for us (a flood, or a
+            # fake replaying a canned handshake). Whatever they are, they do not answer us.
+            raise RemoteProtocolError(
+                f"server sent {client.out_of_turn} bytes out of turn while {client.state.value}"
+            )
+        if isinstance(event, rfb.StartTls):
+            if not await _start_tls(session, pump, event.anonymous):
                 return
-        # Replies the protocol mandates (VeNCrypt version, NOTUNNEL) may be queued even
-        # when the parser then needs more data.
-        outgoing = client.data_to_send()
-        if outgoing:
-            writer.write(outgoing)
-            await writer.drain()
-        if not client.their_turn:
+            continue
+        if not session.on_event(event):
+            await pump.flush()
+            client.close()
             return
-        data = await reader.read(READ_CHUNK)
-        if data:
-            session.record(data)
-        client.receive_data(data)
 
 
-async def _start_tls(session: _Session, writer: asyncio.StreamWriter, anonymous: bool) -> bool:
+async def _start_tls(session: Session, pump: RfbPump, anonymous: bool) -> bool:
     try:
-        await writer.start_tls(tls_context(anonymous))
+        session.tls_info = await pump.start_tls(anonymous)
     except (ssl.SSLError, OSError) as exc:
         session.notes.append(f"TLS handshake failed: {exc}")
         session.client.close()
         return False
-    ssl_object = writer.get_extra_info("ssl_object")
-    if ssl_object is not None:
-        cipher = ssl_object.cipher()
-        session.tls_info = TlsSession(
-            version=ssl_object.version(),
-            cipher=cipher[0] if cipher else None,
-            anonymous=anonymous,
-            certificate=bool(ssl_object.getpeercert(binary_form=True)),
-        )
-    session.client.tls_established()
     return True
 
 
@@ -529,107 +494,3 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         # A peer that never reads keeps our send buffer full; do not wait for it.
         with contextlib.suppress(Exception):
             writer.transport.abort()
-
-
-# -- active checks (extra connections; only with ProbeOptions.active_checks) --------------------
-
-UNASSIGNED_TYPE = 77  # IANA 36-127 is unassigned; no product answers 77 with success
-
-
-def _not_random(challenge: bytes) -> bool:
-    """A VNC challenge no random source gives: 16 printable ASCII bytes (p < 2e-7, vnclowpot
-    sends "AAAAAAAAAAAAAAAA") or at most 4 distinct byte values."""
-    return all(32 <= b < 127 for b in challenge) or len(set(challenge)) <= 4
-
-
-async def _active_checks(session: _Session) -> None:
-    """Honeypot checks on fresh connections; lockout-aware (TigerVNC blocks at the 5th).
-
-    1. Select an unassigned type (77): real servers close or fail it; a server that says "ok"
-       accepts anything. 2. If VNC Authentication is offered, read one challenge (never
-       answered): a canned one is not random. These two run side by side, so an honest server
-       costs two connections (one when 2 is not offered). 3. Only if either looked fake, one
-       more challenge: the same one twice is a replayed handshake.
-    (Un-offered None, CVE-2006-2369/2450, is `active.check_unoffered_none`'s job, not repeated.)
-    """
-    offered = set(session.raw_types)
-    if not offered:
-        return  # 3.3 (the server chooses), or no list read: nothing to select against
-    target, options = session.target, session.options
-    tries = [_try_type(target, options, UNASSIGNED_TYPE)]
-    if 2 in offered:
-        tries.append(_try_type(target, options, 2))
-    outcomes = await asyncio.gather(*tries)
-    accepted = outcomes[0][0] == "accepted"
-    if accepted:
-        session.honeypot.append(f"accepted unassigned security type {UNASSIGNED_TYPE}")
-    first = outcomes[1][1] if len(outcomes) > 1 else None
-    random: bool | None = None
-    repeated: bool | None = None
-    if first is not None:
-        random = not _not_random(first)
-        if not random:
-            session.honeypot.append(f"VNC authentication challenge is not random ({first!r})")
-        if accepted or not random:
-            _, second = await _try_type(target, options, 2)
-            if second is not None:
-                repeated = first == second
-                if repeated:
-                    session.honeypot.append(
-                        f"the same VNC authentication challenge on two connections "
-                        f"({first.hex()})"
-                    )
-    session.active = HoneypotChecks(
-        UNASSIGNED_TYPE, outcomes[0][0], len(outcomes) + (repeated is not None), random, repeated
-    )
-
-
-async def _try_type(
-    target: Target, options: ProbeOptions, number: int
-) -> tuple[str, bytes | None]:
-    """One connection selecting `number`: ('accepted'|'refused'|..., VNC challenge or None)."""
-    client = rfb.RfbClient(options.limits, options.client_version)
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(options.timeout):
-            reader, writer = await asyncio.open_connection(target.host, target.port)
-            while True:
-                event = client.next_event()
-                if isinstance(event, rfb._NeedData):
-                    if client.state is rfb.State.CLIENT_INIT:
-                        client.send_client_init(shared=True)  # 3.3/3.7 None: no result
-                    outgoing = client.data_to_send()
-                    if outgoing:
-                        writer.write(outgoing)
-                        await writer.drain()
-                    if not client.their_turn:
-                        return "unsupported", None
-                    client.receive_data(await reader.read(READ_CHUNK))
-                elif isinstance(event, rfb.ServerVersion):
-                    if event.client_version is None:
-                        return "not answered", None
-                elif isinstance(event, rfb.SecurityTypes):
-                    if event.server_chosen:
-                        return "server chose the type", None
-                    client.select_security_type(number)
-                elif isinstance(event, rfb.VncAuthChallenge):
-                    return "challenge", event.challenge
-                elif isinstance(event, rfb.SecurityResult):
-                    return ("accepted" if event.ok else "refused"), None
-                elif isinstance(event, rfb.ServerInit):
-                    return "accepted", None
-                elif isinstance(event, rfb.Failure):
-                    return "refused", None
-                elif isinstance(event, rfb.ConnectionClosed):
-                    return "closed", None
-                else:
-                    return "unsupported", None
-    except TimeoutError:
-        return "no answer", None
-    except RemoteProtocolError as exc:
-        return ("closed" if "closed" in str(exc) else f"error: {exc}"), None
-    except (OSError, LocalProtocolError) as exc:
-        return f"error: {exc}", None
-    finally:
-        if writer is not None:
-            await close_writer(writer)

@@ -6,9 +6,11 @@ and Tight (§7.2.3) sub-negotiations, the nested list of the TLS type (18), VNC 
 challenge (§7.2.2), ClientInit/ServerInit (§7.3.1-§7.3.2) and the registry of type names.
 
 Must not: touch a socket, a clock, asyncio or TLS. Like h11's `Connection`, the caller feeds
-`receive_data()`, pulls events with `next_event()` until `NEED_DATA`, and writes whatever
-`data_to_send()` returns. Every length the server announces is checked against `Limits` before
-anything is buffered for it, so hostile input costs at most `Limits.max_buffer` bytes.
+`receive_data()`, pulls events with `next_event()` until `NEED_DATA`, writes whatever
+`data_to_send()` returns, and after ServerInit takes `trailing_data` (`pump.RfbPump` is that
+caller for every connection of the package). Every length the server announces is checked
+against `Limits` before anything is buffered for it, so hostile input costs at most
+`Limits.max_buffer` bytes.
 Decisions (which type to select, whether to authenticate) belong to the caller; only replies
 the protocol mandates (client version, VeNCrypt 0.2, Tight NOTUNNEL) are queued automatically.
 """
@@ -254,12 +256,16 @@ class ConnectionClosed:
     """The server closed at a message boundary."""
 
 
-class _NeedData:
+class NeedData(enum.Enum):
+    """The type of `NEED_DATA`: `next_event()` can go no further on the bytes it was fed."""
+
+    NEED_DATA = "NEED_DATA"
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData.NEED_DATA
 
 Event = (
     ServerVersion
@@ -421,6 +427,15 @@ class RfbClient:
         return len(self._buf)
 
     @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """What was received beyond what the handshake used, and whether the server closed.
+
+        After ServerInit these bytes start the next phase (a Bell, a framebuffer update), as
+        h11's `trailing_data` after a protocol switch; the caller carries on with them.
+        """
+        return bytes(self._buf), self._eof
+
+    @property
     def out_of_turn(self) -> int:
         """Unparsed bytes held while the server should be waiting for the client.
 
@@ -431,7 +446,7 @@ class RfbClient:
 
     # -- events --------------------------------------------------------------------------
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA. Raises RemoteProtocolError on bad server input."""
         if self.state is State.ERROR:
             assert self._error is not None
@@ -481,7 +496,7 @@ class RfbClient:
         value: int = struct.unpack_from(">I", self._buf, offset)[0]
         return value
 
-    def _reason_at(self, offset: int, stage: str) -> Failure | _NeedData:
+    def _reason_at(self, offset: int, stage: str) -> Failure | NeedData:
         """Parse `U32 length + string` at offset (after `offset` bytes of header)."""
         if not self._need(offset + 4):
             return NEED_DATA
@@ -497,7 +512,7 @@ class RfbClient:
         self.state = State.CLOSED
         return Failure(_text(raw), stage, raw)
 
-    def _parse(self) -> Event | _NeedData:
+    def _parse(self) -> Event | NeedData:
         handler = _HANDLERS.get(self.state)
         if handler is None:
             return NEED_DATA
@@ -505,7 +520,7 @@ class RfbClient:
 
     # -- server-turn parsers -----------------------------------------------------------
 
-    def _parse_version(self) -> Event | _NeedData:
+    def _parse_version(self) -> Event | NeedData:
         head = bytes(self._buf[:12])
         if not b"RFB ".startswith(head[:4]):
             raise NotRfbError("not an RFB server", bytes(self._buf[:64]))
@@ -525,7 +540,7 @@ class RfbClient:
         self.state = State.SECURITY
         return ServerVersion(head, major, minor, reply)
 
-    def _parse_security(self) -> Event | _NeedData:
+    def _parse_security(self) -> Event | NeedData:
         inner = self._tls_pending_list
         if self.version == (3, 3) and not inner:
             if not self._need(4):
@@ -558,13 +573,13 @@ class RfbClient:
         self.state = State.CHOOSE_TYPE
         return SecurityTypes(types, inside_tls=inner)
 
-    def _parse_vnc_challenge(self) -> Event | _NeedData:
+    def _parse_vnc_challenge(self) -> Event | NeedData:
         if not self._need(16):
             return NEED_DATA
         self.state = State.VNCAUTH_RESPONSE
         return VncAuthChallenge(self._take(16))
 
-    def _parse_vencrypt_version(self) -> Event | _NeedData:
+    def _parse_vencrypt_version(self) -> Event | NeedData:
         if not self._need(2):
             return NEED_DATA
         major, minor = self._take(2)
@@ -576,7 +591,7 @@ class RfbClient:
         self.state = State.VENCRYPT_ACK
         return self._parse_vencrypt_ack()
 
-    def _parse_vencrypt_ack(self) -> Event | _NeedData:
+    def _parse_vencrypt_ack(self) -> Event | NeedData:
         if not self._need(1):
             return NEED_DATA
         (ack,) = self._take(1)
@@ -586,7 +601,7 @@ class RfbClient:
         self.state = State.VENCRYPT_SUBTYPES
         return self._parse_vencrypt_subtypes()
 
-    def _parse_vencrypt_subtypes(self) -> Event | _NeedData:
+    def _parse_vencrypt_subtypes(self) -> Event | NeedData:
         if not self._need(1):
             return NEED_DATA
         count = self._buf[0]
@@ -597,7 +612,7 @@ class RfbClient:
         self.state = State.VENCRYPT_CHOOSE
         return VeNCryptSubtypes(self._vencrypt_version, subtypes)
 
-    def _parse_vencrypt_subtype_ack(self) -> Event | _NeedData:
+    def _parse_vencrypt_subtype_ack(self) -> Event | NeedData:
         if not self._need(1):
             return NEED_DATA
         (ack,) = self._take(1)
@@ -609,7 +624,7 @@ class RfbClient:
         self._tls_announced = True
         return StartTls(anonymous=self._vencrypt_subtype in (257, 258, 259, 263, 266))
 
-    def _announce_tls(self) -> Event | _NeedData:
+    def _announce_tls(self) -> Event | NeedData:
         # Type 18 switches to TLS right after the selection, with nothing read in between.
         if self._tls_announced:
             return NEED_DATA
@@ -630,7 +645,7 @@ class RfbClient:
             return None
         return count, total
 
-    def _parse_tight_tunnels(self) -> Event | _NeedData:
+    def _parse_tight_tunnels(self) -> Event | NeedData:
         got = self._capabilities_at(0, "tunnel")
         if got is None:
             return NEED_DATA
@@ -642,7 +657,7 @@ class RfbClient:
         self.state = State.TIGHT_AUTH
         return self._parse_tight_auth()
 
-    def _parse_tight_auth(self) -> Event | _NeedData:
+    def _parse_tight_auth(self) -> Event | NeedData:
         got = self._capabilities_at(0, "auth")
         if got is None:
             return NEED_DATA
@@ -655,7 +670,7 @@ class RfbClient:
             self.state = State.TIGHT_CHOOSE
         return TightCapabilities(self._tunnels, auth)
 
-    def _parse_security_result(self) -> Event | _NeedData:
+    def _parse_security_result(self) -> Event | NeedData:
         if not self._need(4):
             return NEED_DATA
         status = self._u32_at(0)
@@ -665,14 +680,14 @@ class RfbClient:
             return SecurityResult(0)
         if self.version == (3, 8):
             failure = self._reason_at(4, "security-result")
-            if isinstance(failure, _NeedData):
+            if isinstance(failure, NeedData):
                 return failure
             return SecurityResult(status, failure.reason)
         self._take(4)
         self.state = State.CLOSED
         return SecurityResult(status)
 
-    def _parse_server_init(self) -> Event | _NeedData:
+    def _parse_server_init(self) -> Event | NeedData:
         if not self._need(24):
             return NEED_DATA
         fields = _SERVER_INIT.unpack_from(self._buf, 0)

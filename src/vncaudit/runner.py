@@ -140,8 +140,7 @@ class StoredScan:
         """The engine's options for this spec; `post_probe` replaces the spec's own step,
         whose connections are counted in `ledger` when one is given."""
         spec = self.spec
-        probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init,
-                             active_checks=spec.active.active_checks)
+        probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init)
         return ScanOptions(
             concurrency=spec.concurrency, rate=spec.rate, discovery=spec.discovery,
             retries=spec.retries, probe=probe,
@@ -190,8 +189,8 @@ class StoredScan:
 
         ledger = self.ledger()
         options = self.engine_options(post_probe, ledger)
-        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
-        # together with the probe's own or not at all.
+        # --active-checks: the honeypot checks that follow the probe make up to 3 more
+        # connections, granted together with the probe's own or not at all.
         gate = ScanGate(ledger, self.scan_id, extra=3 if self.spec.active.active_checks else 0)
         loop = asyncio.get_running_loop()
         writer = ResultWriter(self.store, self.scan_id, max_age=max_age)

@@ -552,18 +552,15 @@ def connector(
 async def _rfb_through(
     target: Target, stream: WebSocketStream, options: Any, deadline: float
 ) -> ServiceResult:
-    """Run the probe's own session logic over the stream (the same decisions, the same facts).
+    """Run the probe's own session over the stream (the same decisions, the same facts)."""
+    from vncaudit.probe import Session, converse
 
-    Uses `probe._Session`/`_converse` until probe grows a public transport hook.
-    """
-    from vncaudit import probe as probe_mod
-
-    session = probe_mod._Session(target, options)
+    session = Session(target, options)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         async with asyncio.timeout_at(deadline):
-            await probe_mod._converse(session, stream, stream)  # type: ignore[arg-type]
+            await converse(session, stream, stream)
     except TimeoutError:
         if not session.banner_done:
             session.state = State.TARPIT

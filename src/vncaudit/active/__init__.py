@@ -9,6 +9,8 @@ caller (the engine, on an explicit CLI flag) asks for it:
   * `check_passwords()`  — a lockout-aware weak-password audit (`--check-passwords`);
   * `check_unoffered_none()` — CVE-2006-2369/CVE-2006-2450: select None although it was not
                            offered (`--active-checks`);
+  * `check_honeypot()`   — an unassigned type selected, VNC challenges compared
+                           (`--active-checks`);
   * `desktop_kind()`     — login screen or live desktop, from a screenshot (`desktop`).
 Each returns its payload (`vncaudit.payloads`); `run_active` gathers them in `extra.active`.
 
@@ -26,8 +28,9 @@ per scan including the ones the scan already made (the probe's), never more than
 The budget lives in `passwords`; `run_active` orders the checks to keep the count low.
 
 The package re-exports its public names; the parts live in:
-  * `transport`  — `ByteReader`/`ByteWriter`, `Connector`, `tcp_connector`;
+  * `transport`  — `Connector`, `tcp_connector` (the stream shapes are `pump`'s);
   * `handshake`  — one connection up to ServerInit (`Handshake`, `_connect_and_handshake`);
+  * `honeypot`   — `check_honeypot`;
   * `passwords`  — `authenticate`, `check_passwords`, wordlists, masking, the attempt budget;
   * `bypass`     — `check_unoffered_none` (CVE-2006-2369 / CVE-2006-2450);
   * `capture`    — `screenshot`, `Screenshot`, PNG files, `desktop_kind`;
@@ -46,6 +49,7 @@ from vncaudit.active.capture import (
     screenshot_filename,
 )
 from vncaudit.active.handshake import Handshake, NonePolicy, Outcome
+from vncaudit.active.honeypot import UNASSIGNED_TYPE, check_honeypot
 from vncaudit.active.options import ActiveOptions, run_active
 from vncaudit.active.passwords import (
     DEFAULT_MAX_ATTEMPTS,
@@ -73,6 +77,7 @@ __all__ = [
     "LOCKOUT_CONNECTIONS",
     "MASK",
     "READ_CHUNK",
+    "UNASSIGNED_TYPE",
     "ActiveOptions",
     "ByteReader",
     "ByteWriter",
@@ -84,6 +89,7 @@ __all__ = [
     "attempt_budget",
     "authenticate",
     "builtin_passwords",
+    "check_honeypot",
     "check_passwords",
     "check_unoffered_none",
     "desktop_kind",

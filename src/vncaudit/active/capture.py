@@ -19,11 +19,12 @@ from pathlib import Path
 
 from vncaudit import framebuffer as fb
 from vncaudit import rfb
-from vncaudit.active.handshake import Handshake, _connect_and_handshake, _Connection
-from vncaudit.active.transport import READ_CHUNK, Connector
+from vncaudit.active.handshake import Handshake, _connect_and_handshake
+from vncaudit.active.transport import Connector
 from vncaudit.desktop import DesktopKind, classify_desktop
 from vncaudit.models import Target
 from vncaudit.payloads import DesktopFeatures, DesktopVerdict, ScreenshotCheck
+from vncaudit.pump import RfbPump
 
 
 @dataclass
@@ -105,64 +106,6 @@ async def screenshot(
     limits = fb.FramebufferLimits(max_pixels=max_pixels)
     shot = Screenshot(Handshake())
 
-    async def grab(conn: _Connection, h: Handshake) -> None:
-        si = h.server_init
-        assert si is not None
-        parser = fb.FramebufferParser(si.width, si.height, fb.CANONICAL_FORMAT, limits)
-        shot.width, shot.height = si.width, si.height
-        await conn.send(
-            fb.set_pixel_format()
-            + fb.set_encodings()
-            + fb.framebuffer_update_request(0, 0, si.width, si.height)
-        )
-        requests = 1
-        pending = conn.leftover()
-        settling = False  # the full picture is in; now only late changes are awaited
-        try:
-            while True:
-                if pending:
-                    parser.receive_data(pending)
-                event = parser.next_event()
-                pending = b""
-                if isinstance(event, rfb._NeedData):
-                    if not settling:
-                        pending = await conn.reader.read(READ_CHUNK)
-                    else:
-                        try:
-                            async with asyncio.timeout(settle):
-                                pending = await conn.reader.read(READ_CHUNK)
-                        except TimeoutError:
-                            return  # nothing changed within `settle`: the picture is current
-                    if not pending:
-                        parser.receive_data(b"")
-                    continue
-                if isinstance(event, fb.DesktopResized):
-                    shot.width, shot.height = event.width, event.height
-                elif isinstance(event, fb.UpdateComplete):
-                    cv = parser.canvas
-                    if requests >= max_requests:
-                        return
-                    if event.coverage < 1.0:
-                        # Some servers split a full update; ask for all of it again.
-                        await conn.send(fb.framebuffer_update_request(0, 0, cv.width, cv.height))
-                    elif settle > 0:
-                        # x11vnc stops polling the screen while no viewer is connected and
-                        # first sends what it saw last; ask for changes until it is quiet.
-                        settling = True
-                        await conn.send(
-                            fb.framebuffer_update_request(0, 0, cv.width, cv.height, True)
-                        )
-                    else:
-                        return
-                    requests += 1
-        finally:
-            shot.coverage = parser.canvas.coverage
-            shot.encodings = dict(parser.encodings_seen)
-            shot.bytes_received = parser.bytes_received
-            shot.updates = parser.updates
-            shot.width, shot.height = parser.canvas.width, parser.canvas.height
-            shot.rgb = parser.canvas.to_rgb()
-
     try:
         shot.handshake = await _connect_and_handshake(
             target,
@@ -170,7 +113,7 @@ async def screenshot(
             none_policy="if-offered",
             timeout=timeout,
             connector=connector,
-            after=grab,
+            after=lambda pump, h: _grab(pump, h, shot, limits, max_requests, settle),
         )
     except ValueError as exc:  # a pixel format the parser refuses
         shot.error = str(exc)
@@ -181,6 +124,70 @@ async def screenshot(
             shot.error = f"partial image ({shot.coverage:.0%} painted): {h.outcome}: {h.reason}"
             h.outcome = "ok"
     return shot
+
+
+async def _grab(
+    pump: RfbPump, h: Handshake, shot: Screenshot, limits: fb.FramebufferLimits,
+    max_requests: int, settle: float,
+) -> None:
+    """After ServerInit: request the full picture, apply updates into `shot` (see
+    `screenshot`)."""
+    si = h.server_init
+    assert si is not None
+    parser = fb.FramebufferParser(si.width, si.height, fb.CANONICAL_FORMAT, limits)
+    shot.width, shot.height = si.width, si.height
+    await pump.send(
+        fb.set_pixel_format()
+        + fb.set_encodings()
+        + fb.framebuffer_update_request(0, 0, si.width, si.height)
+    )
+    requests = 1
+    pending = pump.take_trailing()
+    settling = False  # the full picture is in; now only late changes are awaited
+    try:
+        while True:
+            if pending:
+                parser.receive_data(pending)
+            event = parser.next_event()
+            pending = b""
+            if event is rfb.NEED_DATA:
+                if not settling:
+                    pending = await pump.read()
+                else:
+                    try:
+                        async with asyncio.timeout(settle):
+                            pending = await pump.read()
+                    except TimeoutError:
+                        return  # nothing changed within `settle`: the picture is current
+                if not pending:
+                    parser.receive_data(b"")
+                continue
+            if isinstance(event, fb.DesktopResized):
+                shot.width, shot.height = event.width, event.height
+            elif isinstance(event, fb.UpdateComplete):
+                cv = parser.canvas
+                if requests >= max_requests:
+                    return
+                if event.coverage < 1.0:
+                    # Some servers split a full update; ask for all of it again.
+                    await pump.send(fb.framebuffer_update_request(0, 0, cv.width, cv.height))
+                elif settle > 0:
+                    # x11vnc stops polling the screen while no viewer is connected and
+                    # first sends what it saw last; ask for changes until it is quiet.
+                    settling = True
+                    await pump.send(
+                        fb.framebuffer_update_request(0, 0, cv.width, cv.height, True)
+                    )
+                else:
+                    return
+                requests += 1
+    finally:
+        shot.coverage = parser.canvas.coverage
+        shot.encodings = dict(parser.encodings_seen)
+        shot.bytes_received = parser.bytes_received
+        shot.updates = parser.updates
+        shot.width, shot.height = parser.canvas.width, parser.canvas.height
+        shot.rgb = parser.canvas.to_rgb()
 
 
 def desktop_kind(shot: Screenshot) -> DesktopKind:

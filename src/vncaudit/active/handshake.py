@@ -1,13 +1,13 @@
 """One RFB connection of an active check, driven up to ServerInit (or to why it stopped).
 
 Owns: `Handshake` (what one connection achieved; `record()` is its payload), the
-`NonePolicy` and `Outcome` vocabularies, `_Connection` (moves bytes between a stream and an
-`rfb.RfbClient`), the choice of security type and sub-type per policy and password, TLS for
-VeNCrypt/anonymous TLS, lockout recognition, and `_connect_and_handshake` (one connection, one
-deadline, every failure an outcome).
+`NonePolicy` and `Outcome` vocabularies, the decisions of one handshake (what `pump.Selection`
+allows for a policy and a password), lockout recognition, and `_connect_and_handshake` (one
+connection, one deadline, every failure an outcome).
 
-Must not: parse RFB bytes itself (that is `rfb`), send input events or a non-shared ClientInit,
-send a password the caller did not give, log a password, or grade (that is `assess`).
+Must not: parse RFB bytes itself (that is `rfb`), move bytes itself (that is `pump`), send input
+events or a non-shared ClientInit, send a password the caller did not give, log a password, or
+grade (that is `assess`).
 """
 
 from __future__ import annotations
@@ -15,23 +15,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from vncaudit import rfb
-from vncaudit.active.transport import (
-    READ_CHUNK,
-    ByteReader,
-    ByteWriter,
-    Connector,
-    _close,
-    tcp_connector,
-)
+from vncaudit.active.transport import ByteWriter, Connector, _close, tcp_connector
 from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
 from vncaudit.models import Target
 from vncaudit.payloads import HandshakeRecord, ScreenSize
-from vncaudit.probe import tls_context
+from vncaudit.pump import RfbPump, Selection
 from vncaudit.vncauth import vnc_auth_response
 
 NonePolicy = Literal["if-offered", "never", "force"]
@@ -86,72 +79,29 @@ def _lockout_text(text: str | None) -> bool:
     return any(t in low for t in rfb.BLACKLIST_REASONS) or "too many" in low
 
 
-class _Connection:
-    """Moves bytes between a stream and an `RfbClient`; decisions are `_handshake`'s."""
-
-    def __init__(self, reader: ByteReader, writer: ByteWriter, limits: rfb.Limits) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.client = rfb.RfbClient(limits)
-
-    async def flush(self) -> None:
-        out = self.client.data_to_send()
-        if out:
-            self.writer.write(out)
-            await self.writer.drain()
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def next_event(self) -> rfb.Event:
-        while True:
-            event = self.client.next_event()
-            await self.flush()
-            if not isinstance(event, rfb._NeedData):
-                return event
-            if not self.client.their_turn:
-                raise LocalProtocolError(f"no event and our turn while {self.client.state.value}")
-            self.client.receive_data(await self.reader.read(READ_CHUNK))
-
-    def leftover(self) -> bytes:
-        # Bytes that arrived in the same read as ServerInit (a Bell, a cut text ...) belong to
-        # the framebuffer phase. RfbClient has no public accessor for them yet.
-        return bytes(self.client._buf)
-
-    async def start_tls(self, anonymous: bool) -> None:
-        await self.writer.start_tls(tls_context(anonymous))
-        self.client.tls_established()
+def selection(password: str | None, none_policy: NonePolicy) -> Selection:
+    """What a handshake may select for a policy, with or without a password."""
+    return Selection(no_auth=none_policy != "never", vnc_auth=password is not None,
+                     force_none=none_policy == "force")
 
 
-def _choose_type(
-    types: Sequence[int], password: str | None, none_policy: NonePolicy, inside_tls: bool
-) -> int | None:
-    if none_policy == "force":
-        return 1
-    if 1 in types and none_policy == "if-offered":
-        return 1
-    if 2 in types and password is not None:
-        return 2
-    if 16 in types:
-        return 16  # Tight: NOAUTH or VNCAUTH inside
-    if 19 in types and not inside_tls:
-        return 19  # VeNCrypt: TLSNone/X509None, or TLSVnc/X509Vnc with a password
-    if 18 in types and not inside_tls:
-        return 18
-    return None
+async def _next_event(pump: RfbPump) -> rfb.Event:
+    event = await pump.next_event()
+    if event is None:
+        raise LocalProtocolError(f"no event and our turn while {pump.client.state.value}")
+    return event
 
 
 async def _handshake(
-    conn: _Connection, h: Handshake, *, password: str | None, none_policy: NonePolicy
+    pump: RfbPump, h: Handshake, *, password: str | None, none_policy: NonePolicy
 ) -> Handshake:
     """Drive one handshake to ServerInit (or to the reason it cannot get there).
 
     Fills `h` as it goes, so the facts read before an exception (a close, a timeout) survive.
     """
-    client = conn.client
+    client, choose = pump.client, selection(password, none_policy)
     while True:
-        event = await conn.next_event()
+        event = await _next_event(pump)
         if isinstance(event, rfb.ServerVersion):
             h.server_version = event.version
             if event.client_version is None:
@@ -161,17 +111,10 @@ async def _handshake(
             if not event.inside_tls:
                 h.offered_types = tuple(dict.fromkeys(event.types))
             if event.server_chosen:
-                chosen = event.types[0]
-                h.security_path.append(rfb.security_type_name(chosen))
-                if chosen == 1 and none_policy != "never":
-                    client.send_client_init(shared=True)
-                elif chosen == 2 and password is not None:
-                    pass  # the challenge follows
-                else:
-                    h.outcome = "auth-required" if chosen == 2 else "unsupported"
+                if not _server_chosen(client, h, event.types[0], password, none_policy):
                     return h
                 continue
-            choice = _choose_type(event.types, password, none_policy, event.inside_tls)
+            choice = choose.security_type(event.types, event.inside_tls)
             if choice is None:
                 h.outcome = "auth-required" if password is None else "unsupported"
                 h.reason = "no security type this check can complete"
@@ -179,33 +122,24 @@ async def _handshake(
             h.security_path.append(rfb.security_type_name(choice))
             client.select_security_type(choice)
         elif isinstance(event, rfb.VeNCryptSubtypes):
-            subs = event.subtypes
-            pick: int | None = next(
-                (s for s in (257, 260) if s in subs and none_policy != "never"), None
-            )
-            if pick is None and password is not None:
-                pick = next((s for s in (258, 261) if s in subs), None)
+            pick = choose.vencrypt_subtype(event.subtypes)
             if pick is None:
                 h.outcome = "auth-required" if password is None else "unsupported"
                 return h
             h.security_path.append(rfb.vencrypt_subtype_name(pick))
             client.select_vencrypt_subtype(pick)
         elif isinstance(event, rfb.TightCapabilities):
-            codes = [c.code for c in event.auth]
-            if not codes:
+            if not event.auth:
                 continue  # zero auth capabilities: the protocol goes on as None
-            if 1 in codes and none_policy != "never":
-                h.security_path.append("None")
-                client.select_tight_auth(1)
-            elif 2 in codes and password is not None:
-                h.security_path.append("VNC Authentication")
-                client.select_tight_auth(2)
-            else:
+            code = choose.tight_auth([c.code for c in event.auth])
+            if code is None:
                 h.outcome = "auth-required" if password is None else "unsupported"
                 return h
+            h.security_path.append("None" if code == 1 else "VNC Authentication")
+            client.select_tight_auth(code)
         elif isinstance(event, rfb.StartTls):
             try:
-                await conn.start_tls(event.anonymous)
+                await pump.start_tls(event.anonymous)
             except (ssl.SSLError, OSError, NotImplementedError) as exc:
                 h.outcome, h.reason = "unsupported", f"TLS handshake failed: {exc}"
                 return h
@@ -214,31 +148,48 @@ async def _handshake(
                 h.outcome = "auth-required"
                 return h
             client.send_vnc_auth_response(vnc_auth_response(password, event.challenge))
-        elif isinstance(event, rfb.SecurityResult):
-            h.security_result = "ok" if event.ok else "failed"
-            h.reason = event.reason
-            if event.ok:
-                client.send_client_init(shared=True)
-                continue
-            if event.status == 2 or _lockout_text(event.reason):
-                h.outcome = "locked-out"
-            else:
-                h.outcome = "auth-failed"
+        elif not _settled(client, h, event):
             return h
-        elif isinstance(event, rfb.ServerInit):
-            h.server_init = event
-            h.outcome = "ok"
-            return h
-        elif isinstance(event, rfb.Failure):
-            h.reason = event.reason
-            h.outcome = "locked-out" if event.blacklisted else "refused"
-            return h
-        elif isinstance(event, rfb.Unsupported):
-            h.outcome, h.reason = "unsupported", event.reason
-            return h
-        else:  # ConnectionClosed
-            h.outcome, h.reason = "refused", "server closed the connection"
-            return h
+
+
+def _server_chosen(
+    client: rfb.RfbClient, h: Handshake, chosen: int, password: str | None,
+    none_policy: NonePolicy,
+) -> bool:
+    """RFB 3.3: the server picked the type; False (with the outcome set) when we cannot go on."""
+    h.security_path.append(rfb.security_type_name(chosen))
+    if chosen == 1 and none_policy != "never":
+        client.send_client_init(shared=True)
+        return True
+    if chosen == 2 and password is not None:
+        return True  # the challenge follows
+    h.outcome = "auth-required" if chosen == 2 else "unsupported"
+    return False
+
+
+def _settled(client: rfb.RfbClient, h: Handshake, event: rfb.Event) -> bool:
+    """The events that end a handshake (or a SecurityResult ok); False once it has ended."""
+    if isinstance(event, rfb.SecurityResult):
+        h.security_result = "ok" if event.ok else "failed"
+        h.reason = event.reason
+        if event.ok:
+            client.send_client_init(shared=True)
+            return True
+        if event.status == 2 or _lockout_text(event.reason):
+            h.outcome = "locked-out"
+        else:
+            h.outcome = "auth-failed"
+    elif isinstance(event, rfb.ServerInit):
+        h.server_init = event
+        h.outcome = "ok"
+    elif isinstance(event, rfb.Failure):
+        h.reason = event.reason
+        h.outcome = "locked-out" if event.blacklisted else "refused"
+    elif isinstance(event, rfb.Unsupported):
+        h.outcome, h.reason = "unsupported", event.reason
+    else:  # ConnectionClosed
+        h.outcome, h.reason = "refused", "server closed the connection"
+    return False
 
 
 async def _connect_and_handshake(
@@ -249,20 +200,19 @@ async def _connect_and_handshake(
     timeout: float,
     connector: Connector | None,
     limits: rfb.Limits | None = None,
-    after: Callable[[_Connection, Handshake], Awaitable[None]] | None = None,
+    after: Callable[[RfbPump, Handshake], Awaitable[None]] | None = None,
 ) -> Handshake:
     """One connection, one deadline; `after` runs on an "ok" handshake (screenshot)."""
     started = time.monotonic()
     h = Handshake()
     writer: ByteWriter | None = None
-    conn: _Connection | None = None
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await (connector or tcp_connector)(target)
-            conn = _Connection(reader, writer, limits or rfb.Limits())
-            await _handshake(conn, h, password=password, none_policy=none_policy)
+            pump = RfbPump(reader, writer, rfb.RfbClient(limits or rfb.Limits()))
+            await _handshake(pump, h, password=password, none_policy=none_policy)
             if h.outcome == "ok" and after is not None:
-                await after(conn, h)
+                await after(pump, h)
     except TimeoutError:
         h.outcome, h.reason = "timeout", f"no result within {timeout:g} s"
     except NotRfbError as exc:

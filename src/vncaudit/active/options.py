@@ -1,9 +1,10 @@
 """What the engine calls: `ActiveOptions` (which checks, all off by default) and `run_active`.
 
-Owns: the option plumbing from the CLI flags to the checks, the order the checks run in (those
-that authenticate successfully first, as they clear TigerVNC's marks; the CVE check and the
-password audit last), the count of connections already made that the audit's budget needs, and
-the `extra.active` payload (`payloads.ActiveChecks`).
+Owns: the option plumbing from the CLI flags to the checks, the order the checks run in (the
+honeypot checks first, then those that authenticate successfully, as they clear TigerVNC's
+marks; the CVE check and the password audit last), the count of connections already made that
+the audit's budget needs, and where the outcomes go: `extra.active` (`payloads.ActiveChecks`),
+and for the honeypot checks `extra.honeypot_checks` and `extra.suspected_honeypot`.
 
 Must not: run any check that was not asked for, or any check on a service that is not VNC.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from vncaudit import framebuffer as fb
 from vncaudit.active.bypass import check_unoffered_none
 from vncaudit.active.capture import desktop_verdict, save_screenshot, screenshot
+from vncaudit.active.honeypot import check_honeypot
 from vncaudit.active.passwords import (
     DEFAULT_MAX_ATTEMPTS,
     authenticate,
@@ -25,7 +27,7 @@ from vncaudit.active.passwords import (
 )
 from vncaudit.active.transport import Connector
 from vncaudit.models import ServiceResult, State, Target
-from vncaudit.payloads import ActiveChecks, ScreenshotCheck
+from vncaudit.payloads import ActiveChecks, ScreenshotCheck, SuspectedHoneypot
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class ActiveOptions:
     wordlist_source: str = "builtin"
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     show_passwords: bool = False
-    active_checks: bool = False  # --active-checks: CVE-2006-2369 un-offered None
+    # --active-checks: CVE-2006-2369 un-offered None, and the honeypot checks (on RFB read
+    # directly, not through a web gateway)
+    active_checks: bool = False
     timeout: float = 15.0
 
     @property
@@ -53,19 +57,23 @@ async def run_active(
     result: ServiceResult, options: ActiveOptions, connector: Connector | None = None,
     *, connections_used: int = 1,
 ) -> ServiceResult:
-    """Run the requested checks against one probed service: `result` with `extra.active` set
+    """Run the requested checks against one probed service: `result` with their payloads set
     (unchanged when nothing was asked, or the service is not VNC).
 
-    Order keeps the lockout count low: checks that authenticate successfully (which clear
-    TigerVNC's marks) go first, the CVE check and the password audit last.
-    `connections_used`: unauthenticated connections this address already made to the server
-    (the probe's, and what the connection ledger counted before it).
+    Order keeps the lockout count low: the honeypot checks first and checks that
+    authenticate successfully (which clear TigerVNC's marks) next, the CVE check and the
+    password audit last. `connections_used`: unauthenticated connections this address already
+    made to the server (the probe's, and what the connection ledger counted before it); the
+    honeypot checks' own are added to it.
     """
     if not options.enabled or result.state is not State.VNC or result.rfb is None:
         return result
     target = Target(result.host, result.port, result.hostname)
     facts = result.rfb
     used = connections_used
+    if options.active_checks and result.error is None and result.extra.web is None:
+        result, spent = await _honeypot(result, target, options.timeout, connector)
+        used += spent
     password = options.password
     auth = shot = kind = bypass = audit = None
     if password is not None:
@@ -118,3 +126,20 @@ async def run_active(
         )
     checks = ActiveChecks(auth, shot, kind, bypass, audit)
     return result.with_extra(active=checks) if checks else result
+
+
+async def _honeypot(
+    result: ServiceResult, target: Target, timeout: float, connector: Connector | None
+) -> tuple[ServiceResult, int]:
+    """`result` with the honeypot checks' outcomes and reasons, and the connections they made."""
+    assert result.rfb is not None
+    found = await check_honeypot(target, result.rfb, timeout=timeout, connector=connector)
+    if found is None:
+        return result, 0
+    checks, reasons = found
+    before = result.extra.suspected_honeypot
+    if reasons:
+        # After the probe's own reasons, which one connection showed.
+        suspected = SuspectedHoneypot((*(before.reasons if before else ()), *reasons))
+        result = result.with_extra(suspected_honeypot=suspected)
+    return result.with_extra(honeypot_checks=checks), checks.connections

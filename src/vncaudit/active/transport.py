@@ -1,11 +1,12 @@
-"""The byte transport of the active checks: asyncio streams, or anything shaped like them.
+"""How an active check gets its connection: TCP by default, or anything shaped like a stream.
 
-Owns: the `ByteReader` / `ByteWriter` protocols a check talks to (so `websocket.WebSocketStream`
-can stand in for TCP), `Connector` (how a check gets its connection), the default
-`tcp_connector`, and `_close`, which never waits on a peer that does not answer the close.
+Owns: `Connector` (how a check gets its connection), the default `tcp_connector`, and `_close`,
+which never waits on a peer that does not answer the close. The stream shapes themselves
+(`ByteReader` / `ByteWriter`, so `websocket.WebSocketStream` can stand in for TCP) are
+`pump`'s, re-exported here.
 
 Must not: speak RFB, decide anything about a handshake, or import anything of the package but
-`models`.
+`models` and `pump`.
 """
 
 from __future__ import annotations
@@ -14,28 +15,11 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
 
 from vncaudit.models import Target
-
-READ_CHUNK: Final = 65536
-
-
-class ByteReader(Protocol):
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-class ByteWriter(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-    async def start_tls(self, sslcontext: ssl.SSLContext) -> None: ...
-
+from vncaudit.pump import READ_CHUNK as READ_CHUNK
+from vncaudit.pump import ByteReader as ByteReader
+from vncaudit.pump import ByteWriter as ByteWriter
 
 Connector = Callable[[Target], Awaitable[tuple[ByteReader, ByteWriter]]]
 

@@ -107,8 +107,8 @@ class ScanGate:
     def __init__(self, ledger: Ledger, scan_id: str | None = None, *, extra: int = 0) -> None:
         self.ledger = ledger
         self.scan_id = scan_id
-        # Connections a probe may make after its own (the probe's honeypot checks): granted
-        # with it, or the pair is not probed at all.
+        # Connections made right after the probe's own (the honeypot checks of
+        # --active-checks): granted with it, or the pair is not probed at all.
         self.need = 1 + max(0, extra)
         self._pending: dict[tuple[str, int], _Grant] = {}
         self._again: dict[tuple[str, int], list[_Grant]] = {}  # a pair granted twice
@@ -205,7 +205,8 @@ class ScanGate:
 
 
 def _extra_made(result: ServiceResult) -> int:
-    """Connections the probe made after its own (its honeypot checks report how many)."""
+    """Connections made after the probe's own by the honeypot checks (`--active-checks`),
+    which report how many."""
     checks = result.extra.honeypot_checks
     return max(0, checks.connections) if checks is not None else 0
 
