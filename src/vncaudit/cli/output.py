@@ -171,6 +171,7 @@ def _emit(
     *,
     show_fix: bool = True,
     trusted: str | None = None,
+    quiet: bool = False,
 ) -> None:
     meta = report.ScanMeta(
         id=record.id,
@@ -204,6 +205,8 @@ def _emit(
                 raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
                             f"are kept: vncaudit results {record.id}", 3) from None
         counts = record.counts
+        if quiet:
+            return
         err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
                   f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
         return

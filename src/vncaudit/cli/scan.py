@@ -24,6 +24,8 @@ from vncaudit.cli.common import (
     FixOpt,
     OutputFileOpt,
     OutputOpt,
+    QuietOpt,
+    StatusFileOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -33,6 +35,7 @@ from vncaudit.cli.common import (
     err,
     finite,
 )
+from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
 from vncaudit.cli.output import _emit
 from vncaudit.cli.scan_inputs import (
     _active_options,
@@ -206,6 +209,8 @@ def scan(
                      help="Run the shards on an existing Dask cluster, e.g. "
                      "tcp://scheduler:8786 (workers need the same vncaudit version)."),
     ] = None,
+    quiet: QuietOpt = False,
+    status_file: StatusFileOpt = None,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr "
                           "(-vv: debug).")
@@ -215,7 +220,7 @@ def scan(
 
     Every result is recorded in the store as it arrives; a killed scan continues with --resume.
     """
-    _setup_logging(verbose)
+    _setup_logging(-1 if quiet else verbose)
     if output not in OUTPUTS:
         raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
     _check_trusted(trusted)
@@ -265,6 +270,7 @@ def scan(
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
+    check_status_file(status_file, [output_file, db, wordlist, *(input_list or ())])
     try:
         active = _active_options(screenshot, password, check_passwords, wordlist,
                                  max_attempts, show_passwords, active_checks, output_file)
@@ -345,30 +351,49 @@ def scan(
                 flush_marks()
 
         terminated: list[int] = []
+        show = err.is_terminal and not quiet and str(status_file) != "-"
+        try:
+            live = LiveOutput(output, output_file, include_all, status_file, scan_id,
+                              progress_state)
+        except StreamWriteError as exc:
+            store.finish_scan(scan_id, "interrupted")
+            raise _fail(str(exc), 3) from None
         try:
             try:
+                if resume is not None:  # what the scan found before: the stream is complete
+                    live.resumed(store.results(scan_id, include_closed=include_all))
                 with _sigterm_as_interrupt(terminated):
                     if cluster_spec is not None:
                         _run_sharded(space, options, store, scan_id, cluster_spec,
-                                     progress_state, err.is_terminal)
+                                     progress_state, show, on_result=live.result,
+                                     quiet=quiet)
                     else:
-                        _run_with_progress(pending, options, progress_state, err.is_terminal,
-                                           save)
+                        _run_with_progress(pending, options, progress_state, show,
+                                           live.saving(save))
             finally:
                 flush_marks()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
+            live.end("interrupted", store.results(scan_id, include_closed=include_all))
             how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
             raise _fail(f"{how}; {progress_state.done} ports recorded. Resume with: "
                         f"vncaudit scan --resume {scan_id}", code) from None
+        except StreamWriteError as exc:
+            store.finish_scan(scan_id, "interrupted")
+            live.end("interrupted", store.results(scan_id, include_closed=include_all))
+            raise _fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
+                        f"{scan_id}", 3) from None
         except VncAuditError as exc:
             store.finish_scan(scan_id, "interrupted")
+            live.end("failed", store.results(scan_id, include_closed=include_all))
             raise _fail(str(exc), 3) from None
         record = store.finish_scan(scan_id)
         results = store.results(scan_id, include_closed=include_all)
+        live.end("finished", results)
 
-    _emit(record, results, output, output_file, include_all, show_fix=show_fix,
-          trusted=trusted)
+    if output != "jsonl":  # jsonl went out line by line while the scan ran
+        _emit(record, results, output, output_file, include_all, show_fix=show_fix,
+              trusted=trusted, quiet=quiet)
     if threshold is not None and any(
         f.severity.rank >= threshold.rank for r in results for f in r.findings
     ):

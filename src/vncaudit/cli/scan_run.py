@@ -125,9 +125,12 @@ def _run_sharded(
     spec: ClusterSpec,
     state: EngineProgress,
     show: bool,
+    on_result: Callable[[ServiceResult], None] | None = None,
+    quiet: bool = False,
 ) -> None:
     """--workers / --cluster: the same scan, sharded over Dask (vncaudit.cluster), which
-    stores the results itself; raises VncAuditError when shards are left unfinished."""
+    stores the results itself (`on_result` sees each stored one); raises VncAuditError when
+    shards are left unfinished."""
     import contextlib
     import time
 
@@ -138,6 +141,8 @@ def _run_sharded(
     task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
 
     def update(result: ServiceResult) -> None:
+        if on_result is not None:
+            on_result(result)
         if bar is not None and task_id is not None:
             elapsed = max(time.monotonic() - started, 1e-6)
             bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
@@ -145,10 +150,11 @@ def _run_sharded(
     with bar if bar is not None else contextlib.nullcontext():
         run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
                                    progress=state)
-    err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
-              f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
-              f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
-              soft_wrap=True)
+    if not quiet:
+        err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
+                  f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
+                  f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
+                  soft_wrap=True)
     if run.failed:
         index, why = sorted(run.failed.items())[0]
         raise cluster.ClusterError(f"{len(run.failed)} of {run.shards} shards did not finish "
