@@ -11,7 +11,10 @@ Real VNC servers (``tests/servers.py``) on loopback:
   ``xtightvnc_none``;
 * ``vnc_server_factory``: function-scoped; ``vnc_server_factory("tigervnc-none",
   desktop="x", geometry=(640, 480), extra_args=[...])`` starts a fresh server that
-  is stopped at the end of the test.
+  is stopped at the end of the test. Servers that hold a session for the desktop's
+  Accept (``vino``, ``tigervnc-queryconnect``, ``x0vncserver-queryconnect``) are only
+  started through it: each probe leaves a prompt behind (vino keeps it, and the
+  socket, until someone answers), so no test may inherit another's.
 
 When a binary is missing the test is skipped, except under CI (env var ``CI``
 set), where it FAILS: real-server tests must never silently skip in CI.

@@ -16,12 +16,18 @@ messages: parsers must buffer.  No credentials are ever sent.
 
 The blacklist scenario makes 6 bare connections (connect, read banner, close)
 to a fresh TigerVNC and records the 6th.
+
+Inside TLS (vino's type 18) the entries carry ``"tls": true`` and hold what went through the
+TLS session (the plaintext RFB bytes), not the encrypted records. What a server does after
+ServerInit (whether it answers one FramebufferUpdateRequest for an 8x8 rectangle) is kept
+apart in ``after_init``, so ``exchanges`` stay a handshake the parser tests can replay.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -41,14 +47,34 @@ FIRST_BYTE_TIMEOUT = 5.0
 class Recorder:
     def __init__(self, addr: tuple[str, int]) -> None:
         assert addr[0].startswith("127.") or addr[0] == "::1", addr
-        self.sock = socket.create_connection(addr, timeout=FIRST_BYTE_TIMEOUT)
-        self.exchanges: list[dict[str, str]] = []
+        self.sock: socket.socket = socket.create_connection(addr, timeout=FIRST_BYTE_TIMEOUT)
+        self.exchanges: list[dict[str, Any]] = []
+        self.after_init: list[dict[str, Any]] = []
         self.closed = False
+        self.tls = False
+        self.started = time.monotonic()
 
-    def recv(self) -> bytes:
+    def start_tls(self) -> None:
+        """Anonymous TLS as vino's type 18 wants it (ADH, TLS 1.2 at most)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("aNULL:@SECLEVEL=0")
+        self.sock = ctx.wrap_socket(self.sock)
+        self.tls = True
+
+    def _entry(self, direction: str, data: bytes) -> dict[str, Any]:
+        entry: dict[str, Any] = {"dir": direction, "hex": data.hex()}
+        if self.tls:
+            entry["tls"] = True
+        return entry
+
+    def recv(self, first_byte: float = FIRST_BYTE_TIMEOUT, into: str = "exchanges") -> bytes:
         """Everything the server sends until it is idle for IDLE s or closes."""
         buf = b""
-        self.sock.settimeout(FIRST_BYTE_TIMEOUT)
+        self.sock.settimeout(first_byte)
+        waited_from = time.monotonic()
         while not self.closed:
             try:
                 chunk = self.sock.recv(65536)
@@ -62,13 +88,17 @@ class Recorder:
                 break
             buf += chunk
             self.sock.settimeout(IDLE)
-        if buf:
-            self.exchanges.append({"dir": "s2c", "hex": buf.hex()})
+        if buf or into == "after_init":
+            entry = self._entry("s2c", buf)
+            if into == "after_init":
+                entry["waited_s"] = round(time.monotonic() - waited_from, 1)
+                entry["closed"] = self.closed
+            getattr(self, into).append(entry)
         return buf
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, into: str = "exchanges") -> None:
         self.sock.sendall(data)
-        self.exchanges.append({"dir": "c2s", "hex": data.hex()})
+        getattr(self, into).append(self._entry("c2s", data))
 
     def close(self) -> None:
         self.sock.close()
@@ -155,6 +185,62 @@ def play_33(r: Recorder) -> None:
 
 def play_banner_only(r: Recorder) -> None:
     r.recv()
+
+
+FBUR_8X8 = bytes([3, 0, 0, 0, 0, 0, 0, 8, 0, 8])  # FramebufferUpdateRequest, full, 8x8 at 0,0
+
+
+def _after_init(r: Recorder, wait: float = 3.0) -> None:
+    """Ask for one small framebuffer update; record what comes within *wait* seconds."""
+    r.send(FBUR_8X8, into="after_init")
+    r.recv(first_byte=wait, into="after_init")
+
+
+def play_vino(r: Recorder) -> None:
+    """3.7 (what vino announces): select TLS (18) if listed, else None; inside TLS select
+    None and send ClientInit in the same segment (as the probe does: 3.7 sends no
+    SecurityResult); then one FramebufferUpdateRequest.
+
+    Sent apart (ClientInit a second after the selection), a prompting vino holds the client
+    before it reads ClientInit, so not even ServerInit comes (measured on 3.22.0); replayed,
+    such a recording ends mid-handshake, so it is described in docs/rfb.md, not kept here.
+    """
+    r.recv()
+    r.send(b"RFB 003.007\n")
+    types = _security_list(r.recv())
+    if 18 in types:
+        r.send(bytes([18]))
+        r.start_tls()
+        inner = _security_list(r.recv())
+        if 1 not in inner:
+            return
+    elif 1 not in types:
+        return
+    r.send(b"\x01\x01")  # select None + ClientInit shared, one segment
+    r.recv()
+    _after_init(r)
+
+
+def play_38_none_then_update(r: Recorder, wait: float = 3.0) -> None:
+    play_38_none(r)
+    if r.exchanges and r.exchanges[-1]["dir"] == "s2c" and not r.closed:
+        _after_init(r, wait)
+
+
+def play_38_none_held(wait: float) -> Callable[[Recorder], None]:
+    """Select None and wait up to *wait* s for the SecurityResult (a query dialog's time)."""
+
+    def play(r: Recorder) -> None:
+        r.recv()
+        r.send(b"RFB 003.008\n")
+        types = _security_list(r.recv())
+        assert types == [1], types
+        r.send(b"\x01")
+        sent = time.monotonic()
+        if r.recv(first_byte=wait):
+            r.exchanges[-1]["waited_s"] = round(time.monotonic() - sent, 1)
+
+    return play
 
 
 SCENARIOS: dict[str, tuple[str, dict[str, Any], Callable[[Recorder], None], str]] = {
@@ -261,6 +347,81 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], Callable[[Recorder], None], str]
         play_33,
         "3.3 client to Xtightvnc -rfbauth: U32 2 + challenge.",
     ),
+    "vino-37": (
+        "vino",
+        {},
+        play_vino,
+        "vino defaults (prompt-enabled, require-encryption): [18], TLS, inner [1]; select 1 and "
+        "ClientInit in one segment: ServerInit comes, the update request is never answered "
+        "(the client is held for the desktop's Accept).",
+    ),
+    "vino-noprompt-37": (
+        "vino-noprompt",
+        {},
+        play_vino,
+        "vino, prompt-enabled false: [18], TLS, inner [1], ServerInit, and the update comes.",
+    ),
+    "vino-noprompt-plain-37": (
+        "vino-noprompt-plain",
+        {},
+        play_vino,
+        "vino, prompt off and require-encryption false: [18, 1]; TLS selected, inner [1].",
+    ),
+    "vino-password-37": (
+        "vino-password",
+        {},
+        play_list_only(b"RFB 003.007\n"),
+        "vino with a VNC password, require-encryption false: [18, 2].",
+    ),
+    "vino-33": (
+        "vino",
+        {},
+        play_33,
+        "3.3 client to vino's defaults (only type 18, which 3.3 cannot carry).",
+    ),
+    "wayvnc-38": (
+        "wayvnc",
+        {},
+        play_38_none_then_update,
+        "wayvnc 0.5 / neatvnc 0.5.4 without auth: [1], result 0, ServerInit 'WayVNC', update.",
+    ),
+    "wayvnc-auth-38": (
+        "wayvnc-auth",
+        {},
+        play_vencrypt,
+        "wayvnc enable_auth: [19], VeNCrypt 0.2, sub-types [262] (X509Plain only).",
+    ),
+    "wayvnc-37": (
+        "wayvnc",
+        {},
+        play_list_only(b"RFB 003.007\n"),
+        "3.7 client to neatvnc 0.5.4: it accepts only 'RFB 003.008' and fails any other.",
+    ),
+    "x0vncserver-38": (
+        "x0vncserver-none",
+        {"desktop": None},
+        play_38_none_then_update,
+        "X0tigervnc -SecurityTypes None: [1], result 0, ServerInit, update.",
+    ),
+    "x0vncserver-queryconnect-38": (
+        "x0vncserver-queryconnect",
+        {},
+        play_38_none_held(15.0),
+        "X0tigervnc -QueryConnect: select None; the SecurityResult waits for the dialog "
+        "(QueryConnectTimeout 10 s), then fails with its reason.",
+    ),
+    "tigervnc-queryconnect-38": (
+        "tigervnc-queryconnect",
+        {},
+        play_38_none_held(15.0),
+        "Xvnc -QueryConnect with vncconfig -nowin: the dialog times out after 10 s.",
+    ),
+    "tigervnc-queryconnect-novncconfig-38": (
+        "tigervnc-queryconnect",
+        {"vncconfig": False},
+        play_38_none_held(15.0),
+        "Xvnc -QueryConnect with no vncconfig running: refused at once.",
+    ),
 }
 
 
@@ -275,7 +436,7 @@ def record(name: str, workdir: Path) -> dict[str, Any]:
         client_version = next(
             (bytes.fromhex(e["hex"]).decode() for e in r.exchanges if e["dir"] == "c2s"), ""
         )
-        return {
+        doc: dict[str, Any] = {
             "server": kind,
             "command": srv.command,
             "client_version": client_version.strip().removeprefix("RFB "),
@@ -283,6 +444,9 @@ def record(name: str, workdir: Path) -> dict[str, Any]:
             "server_closed": r.closed,
             "notes": notes,
         }
+        if r.after_init:
+            doc["after_init"] = r.after_init
+        return doc
 
 
 def record_blacklist(workdir: Path, connections: int = 6) -> dict[str, Any]:
@@ -323,6 +487,11 @@ def package_versions() -> str:
         "tightvncserver",
         "tightvncpasswd",
         "x11-xserver-utils",
+        "tigervnc-scraping-server",
+        "vino",
+        "wayvnc",
+        "libneatvnc0",
+        "sway",
     ]
     out = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *pkgs],

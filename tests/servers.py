@@ -28,6 +28,19 @@ Server kinds (see ``KINDS``):
 * ``xtightvnc-none``     Xtightvnc without a password file
 * ``qemu``               qemu-system-x86_64 -vnc 127.0.0.1:N (no password, no guest: -S)
 * ``qemu-password``      the same with ``password=on`` and no password set (every login fails)
+* ``x0vncserver``        Xvfb + TigerVNC x0vncserver -SecurityTypes VncAuth (scraping server)
+* ``tigervnc-queryconnect``  Xvnc -SecurityTypes None -QueryConnect, with ``vncconfig -nowin`` on
+                         its display (the helper that shows the Accept dialog, as a vncserver
+                         session runs it); ``vncconfig=False`` leaves it out
+* ``x0vncserver-none``   the same with -SecurityTypes None
+* ``x0vncserver-queryconnect``  the same with -SecurityTypes None -QueryConnect
+* ``vino``               Xvfb + a private session D-Bus + GNOME vino-server, its GSettings in a
+                         keyfile of its own; defaults are vino's (``prompt-enabled``, TLS type 18
+                         required, no password); ``vino-noprompt``, ``vino-noprompt-plain``
+                         (require-encryption off), ``vino-password`` (VNC password, no prompt)
+* ``wayvnc``             sway (headless wlroots backend, pixman renderer) run as an unprivileged
+                         user + wayvnc on its output; ``wayvnc-auth``: enable_auth with a
+                         self-signed certificate (VeNCrypt X509Plain)
 """
 
 from __future__ import annotations
@@ -78,12 +91,23 @@ PACKAGE_OF = {
     "Xvnc": "tigervnc-standalone-server",
     "vncpasswd": "tigervnc-tools",
     "Xvfb": "xvfb",
+    "X0tigervnc": "tigervnc-scraping-server",
     "x11vnc": "x11vnc",
     "Xtightvnc": "tightvncserver",
     "tightvncpasswd": "tightvncpasswd",
     "xsetroot": "x11-xserver-utils",
     "qemu-system-x86_64": "qemu-system-x86",
+    "vncconfig": "tigervnc-tools",
+    "vino-server": "vino",
+    "dbus-daemon": "dbus-daemon",
+    "gsettings": "libglib2.0-bin",
+    "sway": "sway",
+    "wayvnc": "wayvnc",
+    "openssl": "openssl",
 }
+
+VINO_SERVER = "/usr/lib/vino/vino-server"  # Debian installs it outside PATH
+VINO_MIN_PORT, VINO_MAX_PORT = 5000, 50000  # vino-server.h: alternative-port must lie between
 
 
 # --------------------------------------------------------------------------- #
@@ -104,6 +128,24 @@ def free_port(host: str = HOST) -> int:
             _handed_ports.add(port)
             return port
     raise RuntimeError("could not find a free TCP port")
+
+
+def free_port_between(low: int, high: int, host: str = HOST) -> int:
+    """A free TCP port in (low, high), for servers that take no other (vino: 5000-50000)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(low + 1, high - 1)
+        if port in _handed_ports or tcp_listen_inodes(port):
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_ports.add(port)
+        return port
+    raise RuntimeError(f"could not find a free TCP port between {low} and {high}")
 
 
 def _abstract_x_sockets() -> set[int]:
@@ -264,13 +306,15 @@ class VncServer:
     start_seconds: float = 0.0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
+    rfb_index: int = -1  # which of `procs` serves RFB (Xvnc + vncconfig: the first)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
     _reservation: DisplayReservation | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
-        """PID of the process that serves RFB (Xvnc, x11vnc, Xtightvnc)."""
-        return self.procs[-1].pid
+        """PID of the process that serves RFB (Xvnc, x11vnc, Xtightvnc, vino-server, ...)."""
+        return self.procs[self.rfb_index].pid
 
     @property
     def pids(self) -> list[int]:
@@ -304,6 +348,10 @@ class VncServer:
             with contextlib.suppress(OSError):
                 fh.close()
         self._logs.clear()
+        for undo in self.cleanup:
+            with contextlib.suppress(OSError):
+                undo()
+        self.cleanup.clear()
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
@@ -340,8 +388,15 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 # --------------------------------------------------------------------------- #
 
 
+def have(binary: str) -> bool:
+    """Whether *binary* is installed (vino-server lives outside PATH)."""
+    if binary == "vino-server":
+        return Path(_vino_binary()).exists()
+    return shutil.which(binary) is not None
+
+
 def require(kind: str, binaries: Sequence[str]) -> None:
-    missing = [b for b in binaries if shutil.which(b) is None]
+    missing = [b for b in binaries if not have(b)]
     if missing:
         raise ServerUnavailable(kind, missing)
 
@@ -429,6 +484,7 @@ def _launch(
     workdir: Path | None,
     timeout: float,
     x_ready_first: bool,
+    port: int | None = None,
 ) -> VncServer:
     """Start the commands produced by ``build(display, port, log_dir)``.
 
@@ -451,6 +507,7 @@ def _launch(
                 workdir=wd,
                 timeout=timeout,
                 x_ready_first=x_ready_first,
+                port=port,
             )
         except ServerStartError as exc:
             last_error = exc
@@ -468,10 +525,11 @@ def _launch_once(
     workdir: Path,
     timeout: float,
     x_ready_first: bool,
+    port: int | None = None,
 ) -> VncServer:
     reservation = reserve_display()
     display = reservation.display
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / f"{kind}-{display}-{port}-{attempt}.log"
     log = open(log_path, "wb")
     server = VncServer(
@@ -543,11 +601,13 @@ def start_tigervnc(
     workdir: Path | None = None,
     timeout: float = START_TIMEOUT,
     kind: str = "tigervnc",
+    port: int | None = None,
 ) -> VncServer:
     """TigerVNC ``Xvnc`` on 127.0.0.1.
 
     *security_types* None means: do not pass ``-SecurityTypes`` (TigerVNC's
     default, TLSVnc,VncAuth).  With a *password* a ``-PasswordFile`` is made.
+    *port*: listen there (a server restarted where it was) instead of a free one.
     """
     require(kind, ["Xvnc"] + (["vncpasswd"] if password is not None else []))
     wd = _workdir(workdir)
@@ -576,6 +636,7 @@ def start_tigervnc(
         workdir=wd,
         timeout=timeout,
         x_ready_first=False,
+        port=port,
     )
 
 
@@ -601,6 +662,56 @@ def start_tigervnc_vencrypt(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncS
 def start_tigervnc_default(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
     """TigerVNC as shipped: no -SecurityTypes (TLSVnc,VncAuth), a password file."""
     return start_tigervnc(security_types=None, password=password, kind="tigervnc-default", **kw)
+
+
+# --------------------------------------------------------------------------- #
+# Xvfb + TigerVNC x0vncserver (screen scraping)
+# --------------------------------------------------------------------------- #
+
+
+def start_x0vncserver(
+    *,
+    password: str | None = DEFAULT_PASSWORD,
+    desktop: str | None = "vncaudit-x0",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    extra_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str = "x0vncserver",
+) -> VncServer:
+    """``Xvfb :N`` + ``X0tigervnc -display :N -rfbport P -localhost -SecurityTypes VncAuth``.
+
+    ``X0tigervnc`` is Debian's name for TigerVNC's x0vncserver binary (``x0vncserver`` there is
+    a wrapper that daemonises). It shares Xvnc's `VNCServerST`, so the same blacklist applies.
+    ``-localhost`` makes it listen on loopback only (127.0.0.1 and ::1).
+    """
+    require(kind, ["Xvfb", "X0tigervnc"] + (["vncpasswd"] if password is not None else []))
+    wd = _workdir(workdir)
+    w, h = _geom(geometry)
+
+    def build(display: int, port: int, d: Path) -> list[list[str]]:
+        xvfb = ["Xvfb", f":{display}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"]
+        vnc = ["X0tigervnc", "-display", f":{display}", "-rfbport", str(port), "-localhost"]
+        if password is None:
+            vnc += ["-SecurityTypes", "None"]
+        else:
+            pw = make_password_file(d / f"passwd-:{display}", password)
+            vnc += ["-SecurityTypes", "VncAuth", "-PasswordFile", str(pw)]
+        if desktop is not None:
+            vnc += ["-desktop", desktop]
+        vnc += list(extra_args)
+        return [xvfb, vnc]
+
+    return _launch(
+        kind,
+        build,
+        password=password,
+        desktop=desktop,
+        geometry=(w, h),
+        workdir=wd,
+        timeout=timeout,
+        x_ready_first=True,
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -784,6 +895,359 @@ def start_qemu_password(**kw: Any) -> VncServer:
 
 
 # --------------------------------------------------------------------------- #
+# Servers that hold a session until the desktop's user accepts it
+# --------------------------------------------------------------------------- #
+
+
+def _chain(
+    kind: str,
+    *,
+    display: DisplayReservation | None,
+    port: int,
+    workdir: Path,
+    attempt: int,
+    password: str | None,
+    desktop: str | None,
+    geometry: tuple[int, int] | None,
+) -> tuple[VncServer, Path, IO[bytes]]:
+    log_path = workdir / f"{kind}-{display.display if display else 0}-{port}-{attempt}.log"
+    log = open(log_path, "wb")
+    server = VncServer(kind=kind, host=HOST, port=port,
+                       display=display.display if display else 0, password=password,
+                       command=[], desktop=desktop, geometry=geometry, workdir=workdir,
+                       log_path=log_path, _reservation=display, _logs=[log])
+    return server, log_path, log
+
+
+def _add(server: VncServer, cmd: list[str], log: IO[bytes], env: dict[str, str],
+         **popen: Any) -> subprocess.Popen[bytes]:
+    server.commands.append(cmd)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True, **popen)
+    server.procs.append(proc)
+    return proc
+
+
+def _retrying(kind: str, once: Callable[[int], VncServer]) -> VncServer:
+    last_error: Exception | None = None
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return once(attempt)
+        except ServerStartError as exc:
+            last_error = exc
+    raise ServerStartError(f"{kind}: gave up after {START_ATTEMPTS} attempts: {last_error}")
+
+
+def _xvfb(server: VncServer, log: IO[bytes], log_path: Path, env: dict[str, str],
+          geometry: tuple[int, int], timeout: float) -> None:
+    w, h = geometry
+    _add(server, ["Xvfb", f":{server.display}", "-screen", "0", f"{w}x{h}x24",
+                  "-nolisten", "tcp"], log, env)
+    _wait(f"{server.kind} X server :{server.display}",
+          lambda: x_display_listening(server.display), server.procs, log_path, timeout)
+
+
+def _wait_rfb(server: VncServer, log_path: Path, timeout: float) -> None:
+    _wait(f"{server.kind} RFB port {server.port}",
+          lambda: is_listening(server.port, [server.pid]), server.procs, log_path, timeout)
+
+
+def start_tigervnc_queryconnect(
+    *,
+    vncconfig: bool = True,
+    query_timeout: int | None = None,
+    desktop: str | None = "tiger-query",
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str = "tigervnc-queryconnect",
+    **_: Any,
+) -> VncServer:
+    """Xvnc -SecurityTypes None -QueryConnect [+ vncconfig -nowin on its display].
+
+    Xvnc shows the "Accept connection?" dialog only through vncconfig (Xvnc(1)); without it every
+    client gets SecurityResult failed "Unable to query the local user to accept the connection."
+    at once. With it the dialog stays QueryConnectTimeout seconds (default 10) and then fails
+    the client with "The attempt to prompt the user to accept the connection failed".
+    """
+    require(kind, ["Xvnc"] + (["vncconfig"] if vncconfig else []))
+    wd = _workdir(workdir)
+
+    def once(attempt: int) -> VncServer:
+        reservation = reserve_display()
+        port = free_port()
+        server, log_path, log = _chain(kind, display=reservation, port=port, workdir=wd,
+                                       attempt=attempt, password=None, desktop=desktop,
+                                       geometry=(1024, 768))
+        server.rfb_index = 0
+        t0 = time.monotonic()
+        try:
+            cmd = ["Xvnc", f":{server.display}", "-rfbport", str(port), "-interface", HOST,
+                   "-nolisten", "tcp", "-SecurityTypes", "None", "-QueryConnect"]
+            if query_timeout is not None:
+                cmd += ["-QueryConnectTimeout", str(query_timeout)]
+            if desktop is not None:
+                cmd += ["-desktop", desktop]
+            env = _base_env(wd)
+            _add(server, cmd, log, env)
+            server.command = cmd
+            _wait_rfb(server, log_path, timeout)
+            _wait(f"{kind} X server :{server.display}",
+                  lambda: x_display_listening(server.display), server.procs, log_path, timeout)
+            if vncconfig:
+                _add(server, ["vncconfig", "-display", f":{server.display}", "-nowin"], log, env)
+                _wait(f"{kind} vncconfig", lambda: _vncconfig_ready(server), server.procs,
+                      log_path, timeout)
+        except BaseException:
+            server.stop()
+            raise
+        server.start_seconds = time.monotonic() - t0
+        return server
+
+    return _retrying(kind, once)
+
+
+def _vncconfig_ready(server: VncServer) -> bool:
+    # vncconfig -nowin maps no window; the outside sign that it is up is its X connection (a
+    # socket among its fds), after which it selects Xvnc's query events at once.
+    if not _socket_inodes(server.procs[-1].pid):
+        return False
+    time.sleep(0.3)
+    return True
+
+
+def start_x0vncserver_none(**kw: Any) -> VncServer:
+    return start_x0vncserver(password=None, kind="x0vncserver-none", **kw)
+
+
+def start_x0vncserver_queryconnect(
+    *, query_timeout: int | None = None, extra_args: Sequence[str] = (), **kw: Any
+) -> VncServer:
+    """x0vncserver -SecurityTypes None -QueryConnect: it asks on the display ("VNC Server :
+    Accept Connection?") and after QueryConnectTimeout seconds (default 10) fails the client
+    with "Connection rejected by local user", also when nobody clicked (measured on 1.12.0)."""
+    args = ["-QueryConnect", *(["-QueryConnectTimeout", str(query_timeout)]
+                               if query_timeout is not None else []), *extra_args]
+    return start_x0vncserver(password=None, kind="x0vncserver-queryconnect", extra_args=args,
+                             **kw)
+
+
+def start_vino(
+    *,
+    prompt: bool = True,
+    require_encryption: bool = True,
+    password: str | None = None,
+    view_only: bool = False,
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str | None = None,
+    **_: Any,
+) -> VncServer:
+    """Xvfb :N + a session D-Bus of its own + GNOME ``vino-server`` on 127.0.0.1:P and ::1:P.
+
+    Its GSettings (org.gnome.Vino) live in a keyfile (GSETTINGS_BACKEND=keyfile) in the work
+    directory, written with ``gsettings set`` before it starts: the port (use-alternative-port),
+    network-interface 'lo', and what the test asks for. Defaults are vino's own: prompt-enabled
+    (a notification with Accept/Refuse; no notification daemon runs here, so nobody ever
+    answers and the session stays on hold), require-encryption (only type 18), no password.
+    vino keeps a held client's socket until the prompt is answered, even after the client
+    closes (CLOSE-WAIT). vino-server binds 0.0.0.0:5900 and [::]:5900 for a moment at start-up
+    before it applies network-interface and the port (measured on 3.22.0).
+    """
+    kind = kind or "vino"
+    require(kind, ["Xvfb", "dbus-daemon", "gsettings", "vino-server"])
+    wd = _workdir(workdir)
+    geom = _geom(geometry)
+    settings: list[tuple[str, str]] = [
+        ("prompt-enabled", "true" if prompt else "false"),
+        ("require-encryption", "true" if require_encryption else "false"),
+        ("view-only", "true" if view_only else "false"),
+        ("network-interface", "lo"),
+        ("use-alternative-port", "true"),
+        ("notify-on-connect", "false"),
+    ]
+    if password is not None:
+        import base64
+
+        settings += [("authentication-methods", "['vnc']"),
+                     ("vnc-password", base64.b64encode(password.encode()).decode())]
+
+    def once(attempt: int) -> VncServer:
+        reservation = reserve_display()
+        port = free_port_between(VINO_MIN_PORT, VINO_MAX_PORT)
+        server, log_path, log = _chain(kind, display=reservation, port=port, workdir=wd,
+                                       attempt=attempt, password=password, desktop=None,
+                                       geometry=geom)
+        home = wd / f"{kind}-{server.display}-{port}"
+        (home / "run").mkdir(parents=True, exist_ok=True)
+        (home / "run").chmod(0o700)
+        bus = home / "bus"
+        t0 = time.monotonic()
+        try:
+            env = _base_env(wd)
+            env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
+                       XDG_RUNTIME_DIR=str(home / "run"), GSETTINGS_BACKEND="keyfile",
+                       DBUS_SESSION_BUS_ADDRESS=f"unix:path={bus}", NO_AT_BRIDGE="1")
+            env.pop("WAYLAND_DISPLAY", None)
+            _xvfb(server, log, log_path, env, geom, timeout)
+            _add(server, ["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                          f"--address=unix:path={bus}"], log, env)
+            _wait(f"{kind} session bus", lambda: _unix_listening(bus), server.procs, log_path,
+                  timeout)
+            for key, value in [*settings, ("alternative-port", str(port))]:
+                subprocess.run(["gsettings", "set", "org.gnome.Vino", key, value], env=env,
+                               check=True, capture_output=True, timeout=30)
+            env["DISPLAY"] = f":{server.display}"
+            cmd = [_vino_binary()]
+            _add(server, cmd, log, env)
+            server.command = cmd
+            _wait_rfb(server, log_path, timeout)
+        except subprocess.CalledProcessError as exc:
+            server.stop()
+            raise ServerStartError(f"{kind}: {exc.cmd} failed: {exc.stderr!r}") from exc
+        except BaseException:
+            server.stop()
+            raise
+        server.start_seconds = time.monotonic() - t0
+        return server
+
+    return _retrying(kind, once)
+
+
+def _vino_binary() -> str:
+    for path in (VINO_SERVER, "/usr/libexec/vino-server"):
+        if Path(path).exists():
+            return path
+    return "vino-server"
+
+
+def _unix_listening(path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 8 and parts[7] == str(path) and parts[3] == "00010000":
+                return True
+    return False
+
+
+def start_vino_noprompt(**kw: Any) -> VncServer:
+    return start_vino(prompt=False, kind="vino-noprompt", **kw)
+
+
+def start_vino_noprompt_plain(**kw: Any) -> VncServer:
+    return start_vino(prompt=False, require_encryption=False, kind="vino-noprompt-plain", **kw)
+
+
+def start_vino_password(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    return start_vino(prompt=False, require_encryption=False, password=password,
+                      kind="vino-password", **kw)
+
+
+TEST_USER = "vncaudit-test"
+
+
+def unprivileged_user() -> tuple[int, int]:
+    """(uid, gid) of a user that is not root, for programs that refuse root (sway).
+
+    Not root: the current user. Root: the system user ``vncaudit-test``, created (no home, no
+    login shell) when it does not exist yet.
+    """
+    import pwd
+
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    try:
+        entry = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", TEST_USER], check=True, capture_output=True,
+                       timeout=30)
+        entry = pwd.getpwnam(TEST_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def start_wayvnc(
+    *,
+    password: str | None = None,
+    username: str = "vncaudit",
+    geometry: tuple[int, int] | None = DEFAULT_GEOMETRY,
+    workdir: Path | None = None,
+    timeout: float = START_TIMEOUT,
+    kind: str | None = None,
+    **_: Any,
+) -> VncServer:
+    """sway with the headless wlroots backend + ``wayvnc 127.0.0.1 P``, both as an
+    unprivileged user (sway refuses root) with an XDG_RUNTIME_DIR of their own.
+
+    With *password*: wayvnc's enable_auth with *username*/*password* and a self-signed
+    certificate made by openssl, which neatvnc 0.5 offers as VeNCrypt with X509Plain only.
+    """
+    kind = kind or ("wayvnc-auth" if password is not None else "wayvnc")
+    require(kind, ["sway", "wayvnc"] + (["openssl"] if password is not None else []))
+    uid, gid = unprivileged_user()
+    w, h = _geom(geometry)
+
+    def once(attempt: int) -> VncServer:
+        port = free_port()
+        # The user must reach its files: a directory of its own, not the (root-only) workdir.
+        home = Path(tempfile.mkdtemp(prefix=f"vncaudit-{kind}-"))
+        logs = _workdir(workdir)
+        server, log_path, log = _chain(kind, display=None, port=port, workdir=logs,
+                                       attempt=attempt, password=password, desktop="WayVNC",
+                                       geometry=(w, h))
+        server.cleanup.append(lambda: shutil.rmtree(home, ignore_errors=True))
+        run = home / "run"
+        run.mkdir(mode=0o700)
+        (home / "sway.conf").write_text(f"xwayland disable\noutput HEADLESS-1 resolution {w}x{h}\n")
+        config = home / "wayvnc.conf"
+        lines = [f"address={HOST}", f"port={port}"]
+        if password is not None:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-days", "2", "-subj", "/CN=localhost", "-keyout",
+                            str(home / "key.pem"), "-out", str(home / "cert.pem")],
+                           check=True, capture_output=True, timeout=60)
+            lines += ["enable_auth=true", f"username={username}", f"password={password}",
+                      f"private_key_file={home / 'key.pem'}",
+                      f"certificate_file={home / 'cert.pem'}"]
+        config.write_text("\n".join(lines) + "\n")
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, uid, gid)
+        env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(run), "PATH": os.environ.get(
+            "PATH", "/usr/bin:/bin"), "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman",
+            "WLR_LIBINPUT_NO_DEVICES": "1"}
+        as_user: dict[str, Any] = {"user": uid, "group": gid, "extra_groups": [],
+                                   "cwd": str(home)}
+        t0 = time.monotonic()
+        try:
+            _add(server, ["sway", "-c", str(home / "sway.conf")], log, env, **as_user)
+            _wait(f"{kind} sway", lambda: _wayland_socket(run) is not None, server.procs,
+                  log_path, timeout)
+            env["WAYLAND_DISPLAY"] = str(_wayland_socket(run))
+            cmd = ["wayvnc", "-C", str(config)]
+            _add(server, cmd, log, env, **as_user)
+            server.command = cmd
+            _wait_rfb(server, log_path, timeout)
+        except BaseException:
+            server.stop()
+            raise
+        server.start_seconds = time.monotonic() - t0
+        return server
+
+    return _retrying(kind, once)
+
+
+def _wayland_socket(run: Path) -> str | None:
+    for sock in sorted(run.glob("wayland-*")):
+        if not sock.name.endswith(".lock") and _unix_listening(sock):
+            return sock.name
+    return None
+
+
+def start_wayvnc_auth(password: str = DEFAULT_PASSWORD, **kw: Any) -> VncServer:
+    return start_wayvnc(password=password, **kw)
+
+
+# --------------------------------------------------------------------------- #
 # Registry and X helpers
 # --------------------------------------------------------------------------- #
 
@@ -799,6 +1263,16 @@ KINDS: dict[str, Callable[..., VncServer]] = {
     "xtightvnc-none": start_xtightvnc_none,
     "qemu": start_qemu,
     "qemu-password": start_qemu_password,
+    "x0vncserver": start_x0vncserver,
+    "tigervnc-queryconnect": start_tigervnc_queryconnect,
+    "x0vncserver-none": start_x0vncserver_none,
+    "x0vncserver-queryconnect": start_x0vncserver_queryconnect,
+    "vino": start_vino,
+    "vino-noprompt": start_vino_noprompt,
+    "vino-noprompt-plain": start_vino_noprompt_plain,
+    "vino-password": start_vino_password,
+    "wayvnc": start_wayvnc,
+    "wayvnc-auth": start_wayvnc_auth,
 }
 
 # Binaries each kind needs (password kinds also need vncpasswd).
@@ -814,6 +1288,16 @@ BINARIES: dict[str, list[str]] = {
     "xtightvnc-none": ["Xtightvnc"],
     "qemu": ["qemu-system-x86_64"],
     "qemu-password": ["qemu-system-x86_64"],
+    "x0vncserver": ["Xvfb", "X0tigervnc", "vncpasswd"],
+    "tigervnc-queryconnect": ["Xvnc", "vncconfig"],
+    "x0vncserver-none": ["Xvfb", "X0tigervnc"],
+    "x0vncserver-queryconnect": ["Xvfb", "X0tigervnc"],
+    "vino": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],
+    "vino-noprompt": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],
+    "vino-noprompt-plain": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],
+    "vino-password": ["Xvfb", "dbus-daemon", "gsettings", "vino-server"],
+    "wayvnc": ["sway", "wayvnc"],
+    "wayvnc-auth": ["sway", "wayvnc", "openssl"],
 }
 
 
@@ -827,7 +1311,7 @@ def start(kind: str, **options: Any) -> VncServer:
 
 
 def missing_binaries(kind: str) -> list[str]:
-    return [b for b in BINARIES[kind] if shutil.which(b) is None]
+    return [b for b in BINARIES[kind] if not have(b)]
 
 
 def paint_root(server: VncServer, color: str = "red", timeout: float = 10.0) -> None:

@@ -125,3 +125,33 @@ def test_novnc_in_front_of_tigervnc(vnc_server_factory: Any, tmp_path: Path) -> 
     product = identify(result)
     assert product.name == "noVNC/websockify", product
     assert "backend TigerVNC" in evidence(product)
+
+
+def test_x0vncserver_is_tigervnc(vnc_server_factory: Any) -> None:
+    """x0vncserver (X0tigervnc) names the desktop user@host, as Xvnc does without -desktop."""
+    product = identify(probe_fresh(vnc_server_factory("x0vncserver-none", desktop=None)))
+    assert product.name == "TigerVNC", product
+    assert any(e.startswith("desktop name '") and "@" in e for e in product.evidence), product
+
+
+@pytest.mark.parametrize("kind", ["vino", "vino-noprompt-plain", "vino-password"])
+def test_vino(vnc_server_factory: Any, kind: str) -> None:
+    """vino is told by its RFB 3.7 banner and the TLS type 18 first, whatever its settings."""
+    result = probe_fresh(vnc_server_factory(kind))
+    product = identify(result)
+    assert product.name == "GNOME vino" and product.confidence >= 0.8, product
+    assert "security types start with [18]" in product.evidence
+
+
+def test_wayvnc(vnc_server_factory: Any) -> None:
+    product = identify(probe_fresh(vnc_server_factory("wayvnc")))
+    assert product.name == "wayvnc" and product.confidence >= 0.8, product
+
+
+def test_wayvnc_with_authentication_is_neatvnc(vnc_server_factory: Any) -> None:
+    """enable_auth hides the desktop name; neatvnc's X509Plain-only VeNCrypt still tells."""
+    result = probe_fresh(vnc_server_factory("wayvnc-auth"))
+    assert result.rfb is not None and result.rfb.desktop_name is None
+    product = identify(result)
+    assert product.name == "neatvnc" and product.confidence >= 0.6, product
+    assert "next candidate" in evidence(product)

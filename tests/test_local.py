@@ -57,7 +57,7 @@ def test_unknown_port_found_by_its_rfb_banner_and_not_without_sniffing(
     seen = local_mod.audit(ports=(), only_ports=[srv.port], probe_listeners=False,
                            read_firewall=False)
     # x11vnc is a known server process, so it counts without the banner:
-    assert [x.reasons for x in seen.listeners] == [("process x11vnc is a x11vnc server",)]
+    assert [x.reasons for x in seen.listeners] == [("process x11vnc is a VNC server",)]
     facts = {c.setting for c in seen.listeners[0].config}
     assert {"-nopw", "-listen", "-rfbportv6"} <= facts
 
@@ -359,3 +359,28 @@ def test_a_socket_shared_with_a_forked_child_belongs_to_the_parent() -> None:
         assert mine.pid == proc.pid and mine.pid != child
     finally:
         proc.communicate("")
+
+
+@pytest.mark.parametrize(("kind", "process", "product", "reason"), [
+    ("wayvnc", "wayvnc", "wayvnc", "process wayvnc is a VNC server"),
+    ("vino-noprompt", "vino-server", "GNOME vino", "process vino-server is a GNOME vino server"),
+    ("x0vncserver-none", "X0tigervnc", "TigerVNC", "process X0tigervnc is a TigerVNC server"),
+])
+def test_desktop_sharing_servers_are_named_by_their_process(
+        vnc_server_factory, kind: str, process: str, product: str, reason: str) -> None:
+    """wayvnc is built on neatvnc (not LibVNCServer), vino on its own fork of it; Debian's
+    x0vncserver wrapper leaves X0tigervnc listening."""
+    srv = vnc_server_factory(kind)
+    seen = local_mod.audit(ports=(), only_ports=[srv.port], sniff=False, probe_listeners=False,
+                           read_firewall=False)
+    assert seen.listeners, seen
+    for x in seen.listeners:
+        assert x.process is not None and x.process.name == process
+        assert (x.product, x.reasons) == (product, (reason,))
+
+
+def test_known_process_reasons_read_as_english() -> None:
+    assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
+    assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
+    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is a UltraVNC server"
+    assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"

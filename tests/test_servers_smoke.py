@@ -6,9 +6,11 @@ unauthenticated connection); only x11vnc/None is asked for its banner.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import conftest
 import pytest
@@ -126,3 +128,38 @@ def test_missing_binary_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(servers, "missing_binaries", lambda kind: ["Xnope"])
     with pytest.raises(pytest.fail.Exception, match="must not skip"):
         conftest.require_binaries("tigervnc-none")
+
+
+HELD_AND_DESKTOP_KINDS = ["tigervnc-queryconnect", "x0vncserver-none", "x0vncserver-queryconnect",
+                          "vino", "vino-noprompt-plain", "vino-password", "wayvnc", "wayvnc-auth"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.realserver
+@pytest.mark.parametrize("kind", HELD_AND_DESKTOP_KINDS)
+def test_desktop_servers_start_on_loopback_and_stop_by_pid(
+    vnc_server_factory: Callable[..., servers.VncServer], kind: str
+) -> None:
+    """The servers that need a desktop (an X display, a session bus, a compositor) come up on a
+    free port, listen only on loopback, and every process of theirs is gone after stop()."""
+    srv = vnc_server_factory(kind)
+    assert srv.kind == kind and srv.alive() and srv.listening()
+    assert srv.pid in srv.pids
+    listeners = [a for p in srv.pids for a in servers.tcp_listen_addresses(p)]
+    assert ("127.0.0.1", srv.port) in listeners
+    assert {addr for addr, _ in listeners} <= {"127.0.0.1", "::1"}, listeners
+    if kind.startswith("wayvnc") and os.geteuid() == 0:
+        # sway refuses root: the compositor and wayvnc run as the unprivileged test user.
+        for pid in srv.pids:
+            assert Path(f"/proc/{pid}").stat().st_uid != 0
+    pids = srv.pids
+    srv.stop()
+    assert not any(_pid_alive(p) for p in pids)
+    assert not servers.is_listening(srv.port)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from vncaudit.diff import diff_key
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import (
     Capability,
@@ -47,7 +48,6 @@ from vncaudit.store import (
     Store,
     StoreError,
     UnknownScanError,
-    _diff_key,
     compare_results,
     default_db_path,
 )
@@ -946,7 +946,7 @@ def test_diff_key_agrees_with_compare_results() -> None:
         variants.append(replace(r, state=State.TARPIT))
     for a in variants:
         for b in variants:
-            assert bool(compare_results(a, b)) == (_diff_key(a) != _diff_key(b)), (a, b)
+            assert bool(compare_results(a, b)) == (diff_key(a) != diff_key(b)), (a, b)
 
 
 def test_a_new_database_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:

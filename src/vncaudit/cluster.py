@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.exceptions import UsageError, VncAuditError
-from vncaudit.models import ServiceResult, State, Target
-from vncaudit.store import NOT_SERVICES, Store
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+from vncaudit.store import Store
 from vncaudit.targets import TargetSpace
 
 if TYPE_CHECKING:
@@ -319,7 +319,7 @@ async def scan_shard(
                                             "start": True})
     async for result in iter_results(job.targets(skip), job.options):
         sent += 1
-        if result.state in NOT_SERVICES:
+        if result.state in SILENT_STATES:
             marks.append([result.host, result.port, result.state.value])
         else:
             services.append((grade(result) if grade is not None else result).to_dict())

@@ -229,6 +229,20 @@ def known_servers() -> tuple[KnownServer, ...]:
                  for s in doc.get("server", []))
 
 
+def _known_reason(name: str | None, product: str) -> str:
+    """Why a process counts as a VNC server: "process Xvnc is a TigerVNC server"."""
+    if name is None:
+        return f"the process is {_article(product)} {product} server"
+    if name.casefold() == product.casefold():
+        return f"process {name} is a VNC server"
+    return f"process {name} is {_article(product)} {product} server"
+
+
+def _article(word: str) -> str:
+    # Product names are spoken as written: "an x11vnc", "an UltraVNC" is "a UltraVNC" (you-).
+    return "an" if word[:1].lower() in "aeiox" and not word.lower().startswith("ultra") else "a"
+
+
 def known_server(proc: ProcessInfo | None) -> KnownServer | None:
     if proc is None:
         return None
@@ -709,7 +723,7 @@ async def audit_async(
         if s.port in vnc_ports:
             reasons.append(f"port {s.port} is in the VNC range")
         if server is not None:
-            reasons.append(f"process {proc.name if proc else '?'} is a {server.product} server")
+            reasons.append(_known_reason(proc.name if proc else None, server.product))
         if reasons:
             candidates.append((s, reasons))
         else:

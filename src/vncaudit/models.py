@@ -26,6 +26,11 @@ class State(StrEnum):
     CLOSED = "closed"  # actively refused (RST)
 
 
+SILENT_STATES: frozenset[State] = frozenset({State.CLOSED, State.FILTERED})
+"""Nothing answered but the TCP stack (refused, or no answer at all): no facts to grade, not
+a "service". Reports leave these out by default, and the store keeps only their verdict."""
+
+
 class Severity(StrEnum):
     CRITICAL = "critical"
     HIGH = "high"

@@ -148,6 +148,7 @@ def _global_options(
 from vncaudit.cli import scan as _scan  # noqa: E402,F401,I001
 from vncaudit.cli import subdomains as _subdomains  # noqa: E402,F401
 from vncaudit.cli import history as _history  # noqa: E402,F401
+from vncaudit.cli import watch as _watch  # noqa: E402,F401
 from vncaudit.cli import schema as _schema  # noqa: E402,F401
 from vncaudit.cli.scan import DEFAULT_PORTS_SPEC, _SCAN_EXAMPLES  # noqa: E402
 from vncaudit.cli.scan_inputs import (  # noqa: E402

@@ -1,62 +1,10 @@
-"""The scan database: SQLite (WAL) holding scans, results, findings and which targets are done.
+"""The `Store`: one SQLite (WAL) database holding scans, results, findings and the resume record.
 
-Owns: the schema and its migrations, every write of a scan's results as they arrive, the queries
-behind `vncaudit results` / `--resume` / `vncaudit diff`, and the diff between two scans. It is
-the single source of truth for a scan (DESIGN.md §2): a scan killed at any moment (even
-``kill -9``) reopens uncorrupted, loses at most the last uncommitted batch, and a resume that
-skips `done_pairs()` neither loses nor repeats a (host, port).
-
-Must not: probe, grade, render or print anything; import any module of the package except
-`models` and `exceptions`; or use anything but the standard library (``sqlite3``).
-
-Where the database lives (`default_db_path`): ``$VNCAUDIT_DB`` if set, else
-``$XDG_DATA_HOME/vncaudit/vncaudit.db`` (``~/.local/share/vncaudit/vncaudit.db`` when
-``XDG_DATA_HOME`` is unset); parent directories are created on open.
-
-Schema (``PRAGMA user_version`` = `DB_VERSION`; `MIGRATIONS[n]` takes version n to n+1):
-
-- ``scans``: one row per scan. ``id`` is short and random (``s-20261124-ab12cd``); ``status`` is
-  running / finished / interrupted; ``targets`` (JSON list of expressions), ``ports`` (the spec),
-  ``options`` (JSON: everything the engine needs to resume), ``tool``, ``schema_version`` (of the
-  result JSON, DESIGN.md §7), ``position`` (optional engine checkpoint, see below),
-  ``updated`` (time of the last committed write: a "running" scan whose ``updated`` is old was
-  killed) and ``counts`` (JSON snapshot taken by `Store.finish_scan`).
-- ``done``: (scan_id, host, port, state) for EVERY (host, port) whose verdict is recorded,
-  stored or not. This is the resume record; closed/filtered pairs live only here unless the
-  engine stores them as full results (``--all``).
-- ``results``: (scan_id, host, port) UNIQUE, state, worst severity, auth_required, product,
-  ``diff_key`` (the compared facts as one string, so a diff decodes only what differs),
-  observed_at and the `ServiceResult.to_dict()` JSON. A results row is always written in the same
-  transaction as its ``done`` row, so ``results`` ⊆ ``done`` holds after any crash.
-- ``findings``: (scan_id, host, port, finding_id, severity, title), for querying across scans.
-
-Write rule: `Store.add_result` keeps the FIRST result written for a (scan, host, port) and
-ignores later ones (returns False) — that is what makes a resume idempotent. Only the explicit
-`Store.update_result` (an ``assess`` re-run) replaces a stored result and its findings.
-
-Resume design: the engine iterates targets in a deterministic seeded order; on resume it asks
-`Store.done_pairs` (or `Store.is_done`) and skips those pairs. Writes are batched: they go into
-one open transaction that is committed every `batch_size` writes or once `batch_interval`
-seconds have passed since the batch began (checked on each write: when writes pause, the batch
-waits for the next write, so the engine calls `flush` when idle), and on `flush` / `close` /
-any scan-level call. A ``kill -9`` rolls back the open batch only (the WAL ignores uncommitted
-frames); those pairs are not in ``done``, so the resume probes them again — never twice stored.
-The engine may also record an ordinal checkpoint with `Store.set_position` ("every target before
-this index in the seeded order was handed to the store"): it is written in the same transaction
-as the batch, so it never runs ahead of the committed ``done`` rows. ``done`` stays authoritative.
-
-Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``: a process crash never loses a
-committed batch; a power loss may lose the last few commits but never corrupts the file.
-
-Concurrency: one `Store` holds one connection; every call takes an internal lock, so one
-instance may be shared by threads (e.g. ``asyncio.to_thread``), calls being serialised. Many
-readers (other `Store` instances or processes, e.g. the web UI) may read while one writer writes:
-they see committed batches only. A second writer waits up to `BUSY_TIMEOUT` seconds for the
-batch to be committed. Use one writer per scan.
-
-Async use: the engine is asyncio, and this API is synchronous on purpose. Writes inside a batch
-cost microseconds and a commit in WAL mode does not fsync, so calling `add_result` straight from
-the event loop is fine; only a WAL checkpoint (every ~1000 pages) does an fsync of a few ms.
+Owns: opening the database (pragmas, migrations), every write of a scan's results in batches,
+the scan records, and the queries behind `vncaudit results` / `--resume` / `vncaudit diff`.
+Its write, resume and durability rules are docs/design.md, "The store: schema, writes,
+durability". Must not: probe, grade, render or print; import package modules other than
+`models`, `exceptions`, `diff` and the store's own; use anything but the standard library.
 """
 
 from __future__ import annotations
@@ -70,7 +18,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -78,8 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SCHEMA_VERSION, ServiceResult, Severity, State
+from vncaudit.diff import ScanDiff, diff_key, diff_scans, host_sort_key
+from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, ServiceResult, Severity, State
+from vncaudit.store.errors import StoreError, UnknownScanError
+from vncaudit.store.schema import SILENT_SQL, migrate
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +45,11 @@ PAGE_SIZE = 16384  # bytes, for new database files
 ScanStatus = Literal["running", "finished", "interrupted"]
 SCAN_STATUSES: tuple[str, ...] = ("running", "finished", "interrupted")
 
-# States that are not "services" (DESIGN.md §7): left out of results() and diff by default.
-NOT_SERVICES = frozenset({State.CLOSED, State.FILTERED})
-
-
-class StoreError(VncAuditError):
-    """The scan database cannot be opened, read or written; the message is one line."""
-
-
-class UnknownScanError(StoreError):
-    """No scan has the given id."""
-
-    def __init__(self, scan_id: str) -> None:
-        super().__init__(f"unknown scan id: {scan_id!r} (see `vncaudit results`)")
-        self.scan_id = scan_id
-
 
 def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the database lives when no path is given (see the module docstring)."""
+    """Where the database lives when no path is given: ``$VNCAUDIT_DB`` if set, else
+    ``$XDG_DATA_HOME/vncaudit/vncaudit.db`` (``~/.local/share/vncaudit/vncaudit.db`` when
+    ``XDG_DATA_HOME`` is unset or relative). `Store.open` creates the parent directories."""
     env = os.environ if environ is None else environ
     explicit = env.get(DB_ENV_VAR, "").strip()
     if explicit:
@@ -124,111 +61,6 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Schema and migrations
-
-_SCHEMA_V1: tuple[str, ...] = (
-    """CREATE TABLE meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE scans (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted')),
-        started TEXT NOT NULL,
-        finished TEXT,
-        updated TEXT NOT NULL,
-        targets TEXT NOT NULL,
-        ports TEXT NOT NULL,
-        options TEXT NOT NULL,
-        tool TEXT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        position INTEGER,
-        counts TEXT
-    )""",
-    "CREATE INDEX scans_started ON scans (started)",
-    """CREATE TABLE done (
-        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
-        host TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        PRIMARY KEY (scan_id, host, port)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE results (
-        id INTEGER PRIMARY KEY,
-        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
-        host TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        auth_required INTEGER,
-        product TEXT,
-        severity TEXT,
-        severity_rank INTEGER,
-        diff_key TEXT NOT NULL,
-        observed_at TEXT NOT NULL,
-        result TEXT NOT NULL,
-        UNIQUE (scan_id, host, port)
-    )""",
-    "CREATE INDEX results_host ON results (host, port)",
-    """CREATE TABLE findings (
-        scan_id TEXT NOT NULL,
-        host TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        finding_id TEXT NOT NULL,
-        severity TEXT NOT NULL,
-        title TEXT NOT NULL,
-        FOREIGN KEY (scan_id, host, port) REFERENCES results (scan_id, host, port)
-            ON DELETE CASCADE
-    )""",
-    "CREATE INDEX findings_result ON findings (scan_id, host, port)",
-    "CREATE INDEX findings_id ON findings (finding_id, severity)",
-)
-
-Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
-
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
-"""`MIGRATIONS[n]` takes a database from ``user_version`` n to n + 1. Append; never edit."""
-
-DB_VERSION = len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to `DB_VERSION` in one transaction; returns the version found.
-
-    Safe when several processes open a fresh file at once: the version is re-read under the
-    write lock. A database newer than this code raises `StoreError`.
-    """
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found == DB_VERSION:
-        return found
-    if found > DB_VERSION:
-        raise StoreError(
-            f"database schema version {found} is newer than this vncaudit supports "
-            f"({DB_VERSION}); upgrade vncaudit"
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for version in range(found, DB_VERSION):
-            step = MIGRATIONS[version]
-            if callable(step):
-                step(conn)
-            else:
-                for statement in step:
-                    conn.execute(statement)
-            log.debug("store: migrated schema %d -> %d", version, version + 1)
-        conn.execute(f"PRAGMA user_version = {DB_VERSION:d}")
-        conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_version', ?)", (str(DB_VERSION),)
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# Records
 
 
 @dataclass(frozen=True)
@@ -251,7 +83,7 @@ class ScanRecord:
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``scan`` object of the result schema v1 (DESIGN.md §7), plus status and counts."""
+        """The ``scan`` object of the result schema v1 (docs/design.md), plus status and counts."""
         return {
             "id": self.id,
             "started": self.started,
@@ -264,97 +96,7 @@ class ScanRecord:
         }
 
 
-@dataclass(frozen=True)
-class Change:
-    """One difference for one service: `kind` is a stable id, `text` a human phrase."""
 
-    kind: str  # appeared, disappeared, state, security_type_added, newly_no_auth, …
-    field: str  # the result field it concerns ("state", "rfb.security_types", …)
-    before: Any
-    after: Any
-    text: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "field": self.field,
-            "before": self.before,
-            "after": self.after,
-            "text": self.text,
-        }
-
-
-@dataclass(frozen=True)
-class ServiceDiff:
-    """How one (host, port) differs between two scans."""
-
-    host: str
-    port: int
-    status: Literal["appeared", "disappeared", "changed"]
-    before: ServiceResult | None
-    after: ServiceResult | None
-    changes: tuple[Change, ...]
-
-    @property
-    def address(self) -> str:
-        return _address(self.host, self.port)
-
-    def lines(self) -> list[str]:
-        """Human lines: ``+`` appeared, ``-`` disappeared, ``~`` changed."""
-        mark = {"appeared": "+", "disappeared": "-", "changed": "~"}[self.status]
-        return [f"{mark} {self.address} {c.text}" for c in self.changes]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "status": self.status,
-            "changes": [c.to_dict() for c in self.changes],
-        }
-
-
-@dataclass(frozen=True)
-class ScanDiff:
-    """Services that appeared, disappeared or changed from scan `scan_a` to scan `scan_b`.
-
-    `not_rescanned` lists services of A whose (host, port) B never probed (B was interrupted
-    or had other targets): they are not called "disappeared".
-    """
-
-    scan_a: str
-    scan_b: str
-    appeared: tuple[ServiceDiff, ...] = ()
-    disappeared: tuple[ServiceDiff, ...] = ()
-    changed: tuple[ServiceDiff, ...] = ()
-    not_rescanned: tuple[tuple[str, int], ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.appeared or self.disappeared or self.changed)
-
-    def lines(self) -> list[str]:
-        out: list[str] = []
-        for group in (self.appeared, self.disappeared, self.changed):
-            for item in group:
-                out.extend(item.lines())
-        if self.not_rescanned:
-            out.append(
-                f"? {len(self.not_rescanned)} service(s) of {self.scan_a} "
-                f"not probed by {self.scan_b}"
-            )
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scan_a": self.scan_a,
-            "scan_b": self.scan_b,
-            "appeared": [d.to_dict() for d in self.appeared],
-            "disappeared": [d.to_dict() for d in self.disappeared],
-            "changed": [d.to_dict() for d in self.changed],
-            "not_rescanned": [{"host": h, "port": p} for h, p in self.not_rescanned],
-        }
-
-
-# ---------------------------------------------------------------------------------------------
 # The store
 
 
@@ -380,16 +122,6 @@ def _canonical_host(text: str) -> str:
         return text
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _host_key(host: str, port: int) -> tuple[int, int, str, int]:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return (99, 0, host, port)
-    return (ip.version, int(ip), "", port)
 
 
 # ensure_ascii keeps lone surrogates (surrogateescape'd server strings) encodable as UTF-8.
@@ -571,11 +303,31 @@ class Store:
             self._commit()
 
     @contextlib.contextmanager
-    def _write(self, what: str, scan_id: str) -> Iterator[None]:
+    def writing(self, what: str, scan_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        """One write of a table of the caller's own (added by a migration), inside the open
+        batch: committed with the results around it, all or nothing. Yields the connection;
+        an SQLite error becomes `StoreError` ("`what`: reason"). With `scan_id` the scan must
+        exist and its `updated` time moves on commit. Do not COMMIT or BEGIN yourself."""
+        with self._write(what, scan_id):
+            self._pending += 1
+            yield self._conn
+
+    @contextlib.contextmanager
+    def reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        """The connection for a query of the caller's own, under the store's lock; sees this
+        store's open batch. An SQLite error becomes `StoreError` ("`what`: reason")."""
+        with self._lock, _mapped(what):
+            if self._closed:
+                raise StoreError("the store is closed")
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _write(self, what: str, scan_id: str | None) -> Iterator[None]:
         """One write call inside the open batch. A savepoint makes the call all-or-nothing
         without throwing away the earlier writes of the batch."""
         with self._lock, _mapped(what):
-            self._require_scan(scan_id)
+            if scan_id is not None:
+                self._require_scan(scan_id)
             self._begin()
             self._conn.execute("SAVEPOINT store_write")
             try:
@@ -593,7 +345,8 @@ class Store:
                     self._pending = 0
                 raise
             self._conn.execute("RELEASE store_write")
-            self._touched.add(scan_id)
+            if scan_id is not None:
+                self._touched.add(scan_id)
             self._maybe_commit()
 
     def _require_scan(self, scan_id: str) -> None:
@@ -740,7 +493,7 @@ class Store:
         ).fetchall()
         for state, severity, auth_required, n in rows:
             counts["results"] += n
-            if state in NOT_SERVICES:
+            if state in SILENT_STATES:
                 continue
             counts["services"] += n
             if state in (State.VNC, State.BLACKLISTED):
@@ -802,7 +555,7 @@ class Store:
             result.product.name if result.product is not None else None,
             worst.value if worst is not None else None,
             worst.rank if worst is not None else None,
-            _diff_key(result),
+            diff_key(result),
             now,
             _dumps(result.to_dict()),
         )
@@ -939,7 +692,7 @@ class Store:
             self._require_scan(scan_id)
             sql = "SELECT result FROM results WHERE scan_id = ?"
             if not include_closed:
-                sql += " AND state NOT IN ('closed', 'filtered')"
+                sql += " AND state NOT IN " + SILENT_SQL
             out = [ServiceResult.from_dict(json.loads(r)) for (r,) in
                    self._conn.execute(sql, (scan_id,))]
             if include_closed:
@@ -950,7 +703,7 @@ class Store:
                     (scan_id,),
                 )
                 out += [ServiceResult(host=h, port=int(p), state=State(s)) for h, p, s in bare]
-        out.sort(key=lambda r: _host_key(r.host, r.port))
+        out.sort(key=lambda r: host_sort_key(r.host, r.port))
         return out
 
     def _service_keys(self, scan_id: str) -> dict[tuple[str, int], tuple[str, int]]:
@@ -959,7 +712,7 @@ class Store:
             self._require_scan(scan_id)
             rows = self._conn.execute(
                 "SELECT host, port, diff_key, id FROM results WHERE scan_id = ? "
-                "AND state NOT IN ('closed', 'filtered')",
+                "AND state NOT IN " + SILENT_SQL,
                 (scan_id,),
             ).fetchall()
         return {(str(h), int(p)): (str(k), int(i)) for h, p, k, i in rows}
@@ -988,38 +741,9 @@ class Store:
         after = self._service_keys(scan_b)
         done_a = self._done_states(scan_a)
         done_b = self._done_states(scan_b)
-        appeared: list[ServiceDiff] = []
-        disappeared: list[ServiceDiff] = []
-        changed: list[ServiceDiff] = []
-        not_rescanned: list[tuple[str, int]] = []
-        differ = {k for k in before.keys() | after.keys()
-                  if before.get(k, ("", 0))[0] != after.get(k, ("", 0))[0]}
-        for key in sorted(differ, key=lambda k: _host_key(*k)):
-            ka, kb = before.get(key), after.get(key)
-            if ka is None and kb is not None:
-                b = self._load(kb[1])
-                note = "" if key in done_a else f" (not probed by {scan_a})"
-                change = Change("appeared", "service", done_a.get(key), b.state.value,
-                                f"appeared: {_summary(b)}{note}")
-                appeared.append(ServiceDiff(*key, "appeared", None, b, (change,)))
-            elif kb is None and ka is not None:
-                now_state = done_b.get(key)
-                if now_state is None:
-                    not_rescanned.append(key)
-                    continue
-                a = self._load(ka[1])
-                change = Change("disappeared", "service", a.state.value, now_state,
-                                f"disappeared (now {now_state}; was {_summary(a)})")
-                disappeared.append(ServiceDiff(*key, "disappeared", a, None, (change,)))
-            elif ka is not None and kb is not None:
-                a, b = self._load(ka[1]), self._load(kb[1])
-                changes = compare_results(a, b)
-                if changes:
-                    changed.append(ServiceDiff(*key, "changed", a, b, changes))
-        return ScanDiff(scan_a, scan_b, tuple(appeared), tuple(disappeared), tuple(changed),
-                        tuple(not_rescanned))
+        return diff_scans(scan_a, scan_b, before, after, done_a, done_b, self._load)
 
-    # -- scan options (added for vncaudit.cluster) ----------------------------------------------
+    # -- scan options -------------------------------------------------------------------------
 
     def update_options(
         self, scan_id: str, changes: Mapping[str, Any], *, commit: bool = True
@@ -1049,118 +773,3 @@ class Store:
             self.flush()
         return options
 
-
-def _diff_key(r: ServiceResult) -> str:
-    """The facts `compare_results` looks at, as one string stored with each result: equal keys
-    mean "no change", so `Store.diff` decodes only the services that differ."""
-    rfb = r.rfb
-    return _dumps([
-        r.state.value,
-        sorted(t.id for t in rfb.security_types) if rfb else [],
-        sorted(t.id for t in rfb.vencrypt.subtypes) if rfb and rfb.vencrypt else [],
-        rfb.auth_required if rfb else None,
-        _product_text(r),
-        sorted(f"{f.id} {f.severity.value}" for f in r.findings),
-    ])
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing two results of the same (host, port)
-
-
-def _types_text(types: dict[int, str]) -> str:
-    return ", ".join(f"{i} ({n})" for i, n in sorted(types.items())) or "none"
-
-
-def _summary(r: ServiceResult) -> str:
-    parts = [r.state.value]
-    if r.rfb is not None:
-        if r.rfb.auth_required is False:
-            parts.append("no auth")
-        if r.rfb.security_types:
-            parts.append("types " + ",".join(str(t.id) for t in r.rfb.security_types))
-    if r.product is not None and r.product.name != "unknown":
-        parts.append(_product_text(r))
-    worst = r.worst_severity
-    if worst is not None:
-        parts.append(f"worst {worst.value}")
-    return ", ".join(parts)
-
-
-def _product_text(r: ServiceResult) -> str:
-    if r.product is None:
-        return "unknown"
-    return f"{r.product.name} {r.product.version}" if r.product.version else r.product.name
-
-
-def _set_changes(
-    kind: str, field_name: str, label: str, a: dict[int, str], b: dict[int, str]
-) -> list[Change]:
-    out: list[Change] = []
-    added = {i: b[i] for i in b.keys() - a.keys()}
-    removed = {i: a[i] for i in a.keys() - b.keys()}
-    if added:
-        word = label if len(added) == 1 else label + "s"
-        out.append(Change(f"{kind}_added", field_name, sorted(a), sorted(b),
-                          f"new {word} {_types_text(added)}"))
-    if removed:
-        word = label if len(removed) == 1 else label + "s"
-        out.append(Change(f"{kind}_removed", field_name, sorted(a), sorted(b),
-                          f"{word} no longer offered: {_types_text(removed)}"))
-    return out
-
-
-def compare_results(a: ServiceResult, b: ServiceResult) -> tuple[Change, ...]:
-    """The differences that matter between two results of one service, older `a` first:
-    state, security types, VeNCrypt sub-types, auth_required, product, worst severity and
-    findings."""
-    out: list[Change] = []
-    if a.state != b.state:
-        out.append(Change("state", "state", a.state.value, b.state.value,
-                          f"state {a.state.value} → {b.state.value}"))
-    ra, rb = a.rfb, b.rfb
-    types_a = {t.id: t.name for t in ra.security_types} if ra else {}
-    types_b = {t.id: t.name for t in rb.security_types} if rb else {}
-    out += _set_changes("security_type", "rfb.security_types", "security type", types_a, types_b)
-    ven_a = {t.id: t.name for t in ra.vencrypt.subtypes} if ra and ra.vencrypt else {}
-    ven_b = {t.id: t.name for t in rb.vencrypt.subtypes} if rb and rb.vencrypt else {}
-    out += _set_changes("vencrypt_subtype", "rfb.vencrypt.subtypes", "VeNCrypt sub-type",
-                        ven_a, ven_b)
-    auth_a = ra.auth_required if ra else None
-    auth_b = rb.auth_required if rb else None
-    if auth_a != auth_b:
-        if auth_b is False:
-            kind, text = "newly_no_auth", "newly no-auth: a connection needs no password"
-        elif auth_b is True and auth_a is False:
-            kind, text = "auth_now_required", "now requires authentication (was no-auth)"
-        else:
-            kind = "auth_required"
-            text = f"auth_required {_tri(auth_a)} → {_tri(auth_b)}"
-        out.append(Change(kind, "rfb.auth_required", auth_a, auth_b, text))
-    prod_a, prod_b = _product_text(a), _product_text(b)
-    if prod_a != prod_b:
-        out.append(Change("product", "product", prod_a, prod_b, f"product {prod_a} → {prod_b}"))
-    worst_a, worst_b = a.worst_severity, b.worst_severity
-    if worst_a != worst_b:
-        rank_a = worst_a.rank if worst_a else -1
-        rank_b = worst_b.rank if worst_b else -1
-        direction = "worse" if rank_b > rank_a else "better"
-        va = worst_a.value if worst_a else None
-        vb = worst_b.value if worst_b else None
-        out.append(Change(f"severity_{direction}", "findings", va, vb,
-                          f"worst severity {va or 'none'} → {vb or 'none'} ({direction})"))
-    ids_a = {f.id: f for f in a.findings}
-    ids_b = {f.id: f for f in b.findings}
-    for fid in sorted(ids_b.keys() - ids_a.keys()):
-        f = ids_b[fid]
-        out.append(Change("finding_added", "findings", None, fid,
-                          f"new finding {fid} ({f.severity.value}): {f.title}"))
-    for fid in sorted(ids_a.keys() - ids_b.keys()):
-        f = ids_a[fid]
-        out.append(Change("finding_removed", "findings", fid, None,
-                          f"finding {fid} ({f.severity.value}) gone: {f.title}"))
-    return tuple(out)
-
-
-def _tri(value: bool | None) -> str:
-    return "unknown" if value is None else ("yes" if value else "no")

@@ -1,0 +1,438 @@
+"""The `vncaudit watch`, `vncaudit alerts` and `vncaudit prune` commands.
+
+Owns: their options and help, turning `watch` options (or ``--config monitors.toml``) into a
+`vncaudit.watch.WatchConfig`, the foreground run (SIGTERM and Ctrl-C stop it cleanly, exit 0)
+and `--once`, and printing status lines on stderr and alerts as JSON lines on stdout. Must
+not: scan, evaluate alerts or send anything itself (`vncaudit.watch` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vncaudit.cli import app
+from vncaudit.cli.common import DbOpt, _fail, _open_store, _setup_logging, err, finite
+from vncaudit.exceptions import UsageError, VncAuditError
+from vncaudit.store import StoreError
+
+_WATCH_EXAMPLES = """Examples:
+
+  vncaudit watch 10.0.0.0/24 -p 5900-5910 --every 6h --webhook https://chat.example.org/hooks/x
+  vncaudit watch 10.0.0.0/24 --every 1d --email ops@example.org --smtp smtp.example.org
+  vncaudit watch --config /etc/vncaudit/monitors.toml      several named monitors
+  vncaudit watch --config monitors.toml --once             one cycle each (cron, timers)
+
+Alert rules (--alerts): reachable (VNC newly reachable), no-auth (authentication newly not
+required), severity (worst severity raised), cve (a version with a known CVE appeared), gone
+(a service gone; off by default); --remind-every 7d adds a reminder while a service stays open.
+One alert per change: a cycle that finds what the previous one found sends nothing.
+
+Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
+password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.
+
+Exit codes: 0 ok (also when stopped by SIGTERM or Ctrl-C), 2 usage or input error, 3 runtime
+failure (the store, another watcher running)."""
+
+_ALERT = "Alerts"
+_SCAN = "Scanning"
+
+
+def _duration(value: str | None, option: str) -> float | None:
+    from vncaudit.watch.schedule import ScheduleError, parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, option)
+    except ScheduleError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _config_from_options(
+    targets: list[str], ports: str, every: str | None, cron: str | None, once: bool,
+    name: str | None, exclude: list[str], alerts: str, remind_every: str | None,
+    webhooks: list[str], webhook_secret_file: Path | None, emails: list[str],
+    smtp: str | None, smtp_security: str, smtp_user: str | None,
+    smtp_password_file: Path | None, smtp_from: str | None, stdout: bool | None,
+    timeout: float, concurrency: int, rate: float | None, discovery: str,
+    retention: str | None,
+) -> Any:
+    import os
+
+    from vncaudit.watch import config as cfg
+    from vncaudit.watch.schedule import Schedule
+
+    if every is None and cron is None:
+        if not once:
+            raise _fail("give a schedule: --every 6h (or --cron '0 */6 * * *'), or --once "
+                        "for one cycle")
+        every = "1d"  # only recorded, for the monitors page: a timer runs --once
+    schedule = Schedule.parse(every=every, cron=cron)
+    rules = cfg.AlertRules.from_names(alerts.split(","), _duration(remind_every,
+                                                                   "--remind-every"))
+    channels: list[cfg.Channel] = []
+    secret: str | None = None
+    if webhook_secret_file is not None:
+        secret = cfg.read_secret(webhook_secret_file, "--webhook-secret-file")
+    elif os.environ.get(cfg.WEBHOOK_SECRET_ENV):
+        secret = os.environ[cfg.WEBHOOK_SECRET_ENV]
+    for url in webhooks:
+        checked = cfg.check_url(url, "--webhook")
+        channels.append(cfg.WebhookChannel(cfg.webhook_name(checked), checked,
+                                           secret.encode() if secret else None))
+    if emails:
+        if smtp is None:
+            raise _fail("--email needs --smtp HOST[:PORT] (the mail server that sends it)")
+        if smtp_security not in cfg.SMTP_SECURITY:
+            raise _fail(f"--smtp-security must be one of {', '.join(cfg.SMTP_SECURITY)}")
+        host, port = cfg.parse_smtp_address(smtp)
+        password = (cfg.read_secret(smtp_password_file, "--smtp-password-file")
+                    if smtp_password_file is not None
+                    else os.environ.get(cfg.SMTP_PASSWORD_ENV) or None)
+        if password and not smtp_user:
+            raise _fail("an SMTP password needs --smtp-user")
+        sender = cfg.check_email(smtp_from or "vncaudit@localhost", "--smtp-from")
+        settings = cfg.SmtpSettings(host=host, port=port or cfg.default_smtp_port(smtp_security),
+                                    security=smtp_security, username=smtp_user,
+                                    password=password, sender=sender)
+        for address in emails:
+            to = cfg.check_email(address, "--email")
+            channels.append(cfg.EmailChannel(f"email:{to}", to, settings))
+    elif smtp is not None:
+        raise _fail("--smtp is the server for --email; add --email ADDRESS")
+    if stdout or (stdout is None and not channels):
+        channels.append(cfg.StdoutChannel())
+    monitor = cfg.Monitor(
+        name=name or f"{','.join(targets)} -p {ports}"[:200], targets=tuple(targets),
+        ports=ports, schedule=schedule, rules=rules, channels=tuple(channels),
+        scan=cfg.ScanSettings(timeout=timeout, concurrency=concurrency, rate=rate,
+                              discovery=discovery),
+        excludes=tuple(exclude))
+    return cfg.WatchConfig((monitor,), retention=_duration(retention, "--retention"))
+
+
+@app.command(epilog=_WATCH_EXAMPLES)
+def watch(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TARGET", help="What to monitor: IPs, CIDRs, ranges, host "
+                       "names (or --config for several named monitors)."),
+    ] = None,
+    ports: Annotated[
+        str, typer.Option("-p", "--ports", metavar="PORTS", help="Ports, as for scan.")
+    ] = "5800,5900-5910",
+    every: Annotated[
+        str | None, typer.Option("--every", metavar="DURATION",
+                                 help="Period between cycles: 30m, 6h, 1d, 1h30m.")
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option("--cron", metavar="EXPR",
+                                 help="Cron schedule instead of --every, local time "
+                                 "('0 */6 * * *').")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one cycle of every monitor, deliver, exit "
+                           "(for cron or a systemd timer).")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", metavar="FILE",
+                                  help="monitors.toml with several named monitors "
+                                  "(see README).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME",
+                                 help="Monitor name (default: targets and ports); cycles of "
+                                 "the same name are compared.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", metavar="TARGET",
+                                       help="Targets to leave out (repeatable).")
+    ] = None,
+    alerts: Annotated[
+        str, typer.Option("--alerts", metavar="RULES", rich_help_panel=_ALERT,
+                          help="Alert rules, comma-separated: reachable, no-auth, severity, "
+                          "cve, gone.")
+    ] = "reachable,no-auth,severity,cve",
+    remind_every: Annotated[
+        str | None, typer.Option("--remind-every", metavar="DURATION", rich_help_panel=_ALERT,
+                                 help="Remind while a service stays reachable, e.g. 7d.")
+    ] = None,
+    webhook: Annotated[
+        list[str] | None, typer.Option("--webhook", metavar="URL", rich_help_panel=_ALERT,
+                                       help="POST alerts here as JSON (Slack, Mattermost, "
+                                       "Teams or your own receiver); repeatable.")
+    ] = None,
+    webhook_secret_file: Annotated[
+        Path | None, typer.Option("--webhook-secret-file", metavar="FILE",
+                                  rich_help_panel=_ALERT,
+                                  help="Key for the X-Vncaudit-Signature HMAC-SHA256 header.")
+    ] = None,
+    email: Annotated[
+        list[str] | None, typer.Option("--email", metavar="ADDRESS", rich_help_panel=_ALERT,
+                                       help="Mail alerts to this address; repeatable.")
+    ] = None,
+    smtp: Annotated[
+        str | None, typer.Option("--smtp", metavar="HOST[:PORT]", rich_help_panel=_ALERT,
+                                 help="Mail server for --email (port 587 by default).")
+    ] = None,
+    smtp_security: Annotated[
+        str, typer.Option("--smtp-security", metavar="starttls|tls|none",
+                          rich_help_panel=_ALERT, help="How to reach the mail server.")
+    ] = "starttls",
+    smtp_user: Annotated[
+        str | None, typer.Option("--smtp-user", metavar="USER", rich_help_panel=_ALERT,
+                                 help="SMTP login.")
+    ] = None,
+    smtp_password_file: Annotated[
+        Path | None, typer.Option("--smtp-password-file", metavar="FILE",
+                                  rich_help_panel=_ALERT, help="SMTP password.")
+    ] = None,
+    smtp_from: Annotated[
+        str | None, typer.Option("--smtp-from", metavar="ADDRESS", rich_help_panel=_ALERT,
+                                 help="Sender address.")
+    ] = None,
+    stdout: Annotated[
+        bool | None, typer.Option("--stdout/--no-stdout", rich_help_panel=_ALERT,
+                                  help="Alerts as JSON lines on stdout (default: on when no "
+                                  "webhook or e-mail is given).", show_default=False)
+    ] = None,
+    deliver_for: Annotated[
+        float, typer.Option("--deliver-for", metavar="SECONDS", min=0, callback=finite,
+                            rich_help_panel=_ALERT,
+                            help="--once: keep retrying failed deliveries this long; what "
+                            "still fails waits in the store for the next run.")
+    ] = 60.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", callback=finite,
+                            rich_help_panel=_SCAN, help="One deadline per probe.")
+    ] = 5.0,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, metavar="N", rich_help_panel=_SCAN,
+                          help="Probes in flight at once.")
+    ] = 512,
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND", callback=finite,
+                                   rich_help_panel=_SCAN,
+                                   help="Max new connections (syn: packets) per second.")
+    ] = None,
+    discovery: Annotated[
+        str, typer.Option("--discovery", metavar="connect|syn", rich_help_panel=_SCAN,
+                          help="How to find answering ports, as for scan.")
+    ] = "connect",
+    retention: Annotated[
+        str | None, typer.Option("--retention", metavar="DURATION",
+                                 help="Delete scans older than this after cycles (e.g. 90d; "
+                                 "each monitor's latest cycle is kept).")
+    ] = None,
+    db: DbOpt = None,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
+    ] = 0,
+) -> None:
+    """Watch targets on a schedule and alert on what changed.
+
+    Each cycle is a stored scan, compared with the monitor's previous cycle; alerts go to
+    webhooks, e-mail or JSON lines on stdout. Runs in the foreground for a service manager;
+    --once runs one cycle for cron or a timer."""
+    _setup_logging(verbose)
+    from vncaudit.watch import config as cfg
+
+    given = [targets, exclude, webhook, email, smtp, every, cron, name, remind_every]
+    try:
+        if config is not None:
+            if any(given):
+                raise _fail("--config holds the monitors: give targets, schedule and "
+                            "channels there, not on the command line")
+            watch_config = cfg.load(config)
+        elif not targets:
+            raise _fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
+                        "6h) or --config monitors.toml")
+        else:
+            if discovery not in cfg.DISCOVERY_MODES:
+                raise _fail(f"unknown discovery mode {discovery!r}; use connect or syn")
+            watch_config = _config_from_options(
+                targets, ports, every, cron, once, name, exclude or [], alerts, remind_every,
+                webhook or [], webhook_secret_file, email or [], smtp, smtp_security,
+                smtp_user, smtp_password_file, smtp_from, stdout, timeout, concurrency,
+                rate, discovery, retention)
+        from vncaudit.watch.cycle import target_space
+
+        for monitor in watch_config.monitors:
+            try:
+                target_space(monitor)
+            except UsageError as exc:
+                raise _fail(f"monitor {monitor.name}: {exc}") from None
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
+                       if isinstance(c, cfg.WebhookChannel) and c.secret is None})
+    if unsigned:
+        err.print(f"note: {', '.join(unsigned)} not signed (no secret_file, "
+                  f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", style="dim",
+                  markup=False, soft_wrap=True)
+    if watch_config.db is not None and db is None:
+        db = Path(watch_config.db)
+    store = _open_store(db)
+    with store:
+        if store.path is None:
+            raise _fail("watch needs a database file (--db FILE), not :memory:")
+        _run(store, watch_config, once, deliver_for)
+
+
+def _status(event: Any) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    style = "red" if event.level >= logging.ERROR else \
+        "yellow" if event.level >= logging.WARNING else None
+    err.print(f"{stamp} {event.text}", style=style, markup=False, soft_wrap=True,
+              highlight=False)
+
+
+def _run(store: Any, watch_config: Any, once: bool, deliver_for: float) -> None:
+    from vncaudit.engine import run as run_loop
+    from vncaudit.watch import Watcher
+
+    watcher = Watcher(store, watch_config, on_event=_status, stdout=sys.stdout)
+    try:
+        watcher.start()
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            if once:
+                await watcher.run_once(deliver_for)
+            else:
+                names = ", ".join(m.name for m in watch_config.monitors)
+                _status(_event(f"watching {len(watch_config.monitors)} monitor(s): {names} "
+                               "(SIGTERM or Ctrl-C stops)"))
+                await watcher.run_forever()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    try:
+        run_loop(main())
+    except asyncio.CancelledError:
+        _status(_event("vncaudit watch stopped; undelivered alerts stay queued in the store"))
+    except VncAuditError as exc:
+        raise _fail(str(exc), 3) from None
+    finally:
+        watcher.stop()
+
+
+def _event(text: str) -> Any:
+    from vncaudit.watch import Event
+
+    return Event(text)
+
+
+@app.command(epilog="""Examples:
+
+  vncaudit alerts                             the latest alerts of every monitor
+  vncaudit alerts --monitor office -o json
+  vncaudit alerts --retry-failed              queue deliveries that gave up again""")
+def alerts(
+    monitor: Annotated[
+        str | None, typer.Option("--monitor", metavar="NAME", help="Only this monitor.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
+                                       help="How many alerts.")] = 50,
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="FORMAT", help="table or json.")
+    ] = "table",
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Queue deliveries that failed for good "
+                           "again (the next watcher run sends them).")
+    ] = False,
+    db: DbOpt = None,
+) -> None:
+    """List the monitors' alerts, newest first, with each delivery's state."""
+    from vncaudit.watch.records import MonitorDb
+
+    if output not in ("table", "json"):
+        raise _fail(f"alerts are printed as table or json, not {output}")
+    try:
+        with _open_store(db) as store:
+            records = MonitorDb(store)
+            if retry_failed:
+                count = records.retry_failed(monitor)
+                err.print(f"{count} failed deliveries queued again", markup=False)
+                return
+            found = records.alerts(monitor, limit)
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+    if output == "json":
+        doc = [{**r.alert.to_dict(), "text": r.alert.text,
+                "deliveries": [d.to_dict() for d in r.deliveries]} for r in found]
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    if not found:
+        err.print("no alerts yet", markup=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for column in ("when", "monitor", "service", "alert", "severity", "deliveries"):
+        table.add_column(column, overflow="fold")
+    for r in found:
+        states = ", ".join(f"{d.channel}: {d.state}" + (f" ({d.last_error})"
+                                                         if d.state != "delivered"
+                                                         and d.last_error else "")
+                           for d in r.deliveries)
+        table.add_row(r.alert.created.replace("T", " ")[:19], r.alert.monitor,
+                      r.alert.address, r.alert.title, r.alert.severity or "-", states or "-")
+    Console(highlight=False).print(table)
+
+
+@app.command(epilog="""Examples:
+
+  vncaudit prune --older-than 90d             delete scans older than 90 days
+  vncaudit prune --older-than 30d --dry-run   only count what would go""")
+def prune(
+    older_than: Annotated[
+        str, typer.Option("--older-than", metavar="DURATION",
+                          help="Delete scans that started longer ago than this (90d, 12w).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="FORMAT", help="table or json.")
+    ] = "table",
+    db: DbOpt = None,
+) -> None:
+    """Delete old scans with their results and screenshots.
+
+    Each monitor's latest cycle (and the one its next cycle is compared with) is always kept,
+    and so is any alert not yet delivered."""
+    from vncaudit.watch.prune import prune as run_prune
+
+    if output not in ("table", "json"):
+        raise _fail(f"prune prints table or json, not {output}")
+    seconds = _duration(older_than, "--older-than")
+    assert seconds is not None
+    try:
+        with _open_store(db) as store:
+            report = run_prune(store, seconds, dry_run=dry_run)
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+    if output == "json":
+        sys.stdout.write(json.dumps({**report.to_dict(), "dry_run": dry_run}) + "\n")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {report.describe()}")

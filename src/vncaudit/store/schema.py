@@ -1,0 +1,180 @@
+"""The database schema and its migrations (docs/design.md, "The store: schema, writes,
+durability").
+
+Owns: the tables, `MIGRATIONS` (``PRAGMA user_version`` n → n + 1), `migrate` and the SQL
+spelling of `SILENT_STATES`. A new table (a ledger, an outbox) is a new entry appended to
+`MIGRATIONS`; an entry is never edited once landed. Must not: read or write scan data.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from vncaudit.models import SILENT_STATES
+from vncaudit.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SILENT_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(SILENT_STATES)) + ")"
+"""`SILENT_STATES` as an SQL list, for ``state IN``/``NOT IN``: ``('closed', 'filtered')``."""
+
+_SCHEMA_V1: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE scans (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted')),
+        started TEXT NOT NULL,
+        finished TEXT,
+        updated TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        ports TEXT NOT NULL,
+        options TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        position INTEGER,
+        counts TEXT
+    )""",
+    "CREATE INDEX scans_started ON scans (started)",
+    """CREATE TABLE done (
+        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (scan_id, host, port)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        auth_required INTEGER,
+        product TEXT,
+        severity TEXT,
+        severity_rank INTEGER,
+        diff_key TEXT NOT NULL,
+        observed_at TEXT NOT NULL,
+        result TEXT NOT NULL,
+        UNIQUE (scan_id, host, port)
+    )""",
+    "CREATE INDEX results_host ON results (host, port)",
+    """CREATE TABLE findings (
+        scan_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        finding_id TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        title TEXT NOT NULL,
+        FOREIGN KEY (scan_id, host, port) REFERENCES results (scan_id, host, port)
+            ON DELETE CASCADE
+    )""",
+    "CREATE INDEX findings_result ON findings (scan_id, host, port)",
+    "CREATE INDEX findings_id ON findings (finding_id, severity)",
+)
+
+# Monitors (vncaudit.watch): each cycle is an ordinary scan linked here to its monitor; alerts
+# and their deliveries (the outbox) outlive pruned scans, so they carry no foreign key to them.
+_MONITORS: tuple[str, ...] = (
+    """CREATE TABLE monitors (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        next_due TEXT,
+        runner TEXT,
+        heartbeat TEXT
+    )""",
+    """CREATE TABLE monitor_cycles (
+        scan_id TEXT PRIMARY KEY REFERENCES scans (id) ON DELETE CASCADE,
+        monitor TEXT NOT NULL,
+        started TEXT NOT NULL,
+        finished TEXT,
+        status TEXT NOT NULL,
+        previous_scan_id TEXT,
+        evaluated TEXT,
+        alerts INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    )""",
+    "CREATE INDEX monitor_cycles_monitor ON monitor_cycles (monitor, started)",
+    """CREATE TABLE monitor_services (
+        monitor TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        open_since TEXT NOT NULL,
+        last_alert TEXT,
+        PRIMARY KEY (monitor, host, port)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE alerts (
+        key TEXT PRIMARY KEY,
+        monitor TEXT NOT NULL,
+        scan_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT,
+        created TEXT NOT NULL,
+        alert TEXT NOT NULL
+    )""",
+    "CREATE INDEX alerts_monitor ON alerts (monitor, created)",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        alert_key TEXT NOT NULL REFERENCES alerts (key) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT,
+        last_attempt TEXT,
+        created TEXT NOT NULL,
+        delivered TEXT,
+        UNIQUE (alert_key, channel)
+    )""",
+    "CREATE INDEX outbox_due ON outbox (state, next_attempt)",
+)
+
+Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _MONITORS)
+"""`MIGRATIONS[n]` takes a database from ``user_version`` n to n + 1. Append; never edit."""
+
+DB_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to `DB_VERSION` in one transaction; returns the version found.
+
+    Safe when several processes open a fresh file at once: the version is re-read under the
+    write lock. A database newer than this code raises `StoreError`.
+    """
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == DB_VERSION:
+        return found
+    if found > DB_VERSION:
+        raise StoreError(
+            f"database schema version {found} is newer than this vncaudit supports "
+            f"({DB_VERSION}); upgrade vncaudit"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for version in range(found, DB_VERSION):
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step:
+                    conn.execute(statement)
+            log.debug("store: migrated schema %d -> %d", version, version + 1)
+        conn.execute(f"PRAGMA user_version = {DB_VERSION:d}")
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_version', ?)", (str(DB_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found

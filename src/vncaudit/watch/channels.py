@@ -1,0 +1,257 @@
+"""Sending one alert to one channel: a webhook, an e-mail recipient, or standard output.
+
+Owns: the wire formats and `deliver`, which always returns a `Outcome` (delivered, or the
+failure as one line) and never raises for anything the receiver or the network does.
+
+- Webhook: ``POST`` of a JSON object whose ``text`` is the one-line message Slack, Mattermost
+  and Teams incoming webhooks display, with the whole alert under ``alert``. Headers:
+  ``Idempotency-Key`` (the alert's key, the same on every retry), ``X-Vncaudit-Timestamp``
+  (Unix seconds) and, when the channel has a secret, ``X-Vncaudit-Signature:
+  sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>``. Only 2xx is delivered;
+  redirects are not followed (a 3xx is a failure naming where it points, as a signed POST must
+  not be re-sent elsewhere); the response body is never read. One deadline covers the whole
+  request, so a receiver that trickles bytes cannot hold a delivery.
+- E-mail: SMTP with STARTTLS (or implicit TLS, or none) and login, through the standard
+  library in a worker thread. ``Message-ID`` is derived from the alert's key, so a retry is
+  the same message to a mail system that drops duplicates; ``X-Vncaudit-Idempotency-Key``
+  carries the key too.
+- Stdout: one JSON object per line, flushed.
+
+Must not: decide about retries (that is `outbox`), read the store, or log secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import smtplib
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from vncaudit import __version__
+from vncaudit.watch.alerts import Alert
+from vncaudit.watch.config import Channel, EmailChannel, SmtpSettings, WebhookChannel
+
+SIGNATURE_HEADER = "X-Vncaudit-Signature"
+TIMESTAMP_HEADER = "X-Vncaudit-Timestamp"
+KEY_HEADER = "Idempotency-Key"
+MAIL_KEY_HEADER = "X-Vncaudit-Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    error: str | None = None  # one line, when not delivered
+    retry_after: float | None = None  # seconds the receiver asked us to wait (429, 503)
+
+
+def webhook_body(alert: Alert) -> bytes:
+    doc = {"text": alert.text, "source": "vncaudit", "version": __version__,
+           "idempotency_key": alert.key, "alert": alert.to_dict()}
+    return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header's value: ``sha256=`` and the hex HMAC of ``timestamp.body``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver runs: constant-time check of the signature header."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return _one_line(getattr(seen, "verify_message", None) or seen.reason or str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), 3600.0)
+    except ValueError:
+        return None
+
+
+async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
+    import httpx
+
+    body = webhook_body(alert)
+    stamp = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "User-Agent": f"vncaudit/{__version__}",
+               KEY_HEADER: alert.key, TIMESTAMP_HEADER: stamp}
+    if channel.secret is not None:
+        headers[SIGNATURE_HEADER] = sign(channel.secret, stamp, body)
+    host = urlsplit(channel.url).netloc
+    try:
+        verify_with: ssl.SSLContext | bool = (ssl.create_default_context(cafile=channel.ca_file)
+                                              if channel.ca_file else True)
+    except (OSError, ssl.SSLError) as exc:
+        return Outcome(False, f"cannot read ca_file {channel.ca_file}: {exc}")
+    try:
+        async with asyncio.timeout(channel.timeout):
+            async with httpx.AsyncClient(timeout=channel.timeout, verify=verify_with,
+                                         follow_redirects=False, trust_env=False) as client:
+                async with client.stream("POST", channel.url, content=body,
+                                         headers=headers) as response:
+                    status = response.status_code
+                    reason = response.reason_phrase
+                    location = response.headers.get("location")
+                    wait = _retry_after(response.headers.get("retry-after"))
+    except TimeoutError:
+        return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
+    except httpx.HTTPError as exc:
+        tls = _tls_reason(exc)
+        if tls is not None:
+            return Outcome(False, f"{host}: TLS error: {tls}")
+        if isinstance(exc, httpx.TimeoutException):
+            return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
+        return Outcome(False, f"{host}: {_one_line(str(exc) or type(exc).__name__)}")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        tls = _tls_reason(exc)
+        return Outcome(False, f"{host}: TLS error: {tls}" if tls else f"{host}: {exc}")
+    if 200 <= status < 300:
+        return Outcome(True)
+    if 300 <= status < 400:
+        where = urlsplit(location).netloc or location if location else "nowhere"
+        return Outcome(False, f"{host}: answered {status} {reason}, a redirect to "
+                       f"{_one_line(where or '?', 80)} (not followed: configure the final URL)")
+    return Outcome(False, f"{host}: answered {status} {reason}",
+                   wait if status in (429, 503) else None)
+
+
+def mail_message(alert: Alert, to: str, sender: str) -> EmailMessage:
+    msg = EmailMessage()
+    sev = f" [{alert.severity}]" if alert.severity else ""
+    msg["Subject"] = _one_line(f"vncaudit {alert.monitor}: {alert.address} {alert.title}{sev}",
+                               200)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = f"<{alert.key}@vncaudit.invalid>"
+    msg[MAIL_KEY_HEADER] = alert.key
+    lines = [alert.text, "", f"monitor:  {alert.monitor}", f"service:  {alert.address}",
+             f"rules:    {', '.join(alert.rules)}", f"severity: {alert.severity or 'none'}"]
+    if alert.product:
+        lines.append(f"product:  {alert.product}")
+    lines.append(f"scan:     {alert.scan_id} (previous: {alert.previous_scan_id or 'none'})")
+    if alert.details:
+        lines += ["", "What changed:", *(f"  {d}" for d in alert.details)]
+    if alert.findings:
+        lines += ["", "Findings now: " + ", ".join(alert.findings)]
+    lines += ["", f"See: vncaudit results {alert.scan_id}"]
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
+def _smtp_send(smtp: SmtpSettings, msg: EmailMessage) -> None:
+    context = ssl.create_default_context(cafile=smtp.ca_file) if smtp.security != "none" \
+        else None
+    client: smtplib.SMTP
+    if smtp.security == "tls":
+        client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+    else:
+        client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+    with client:
+        client.ehlo()
+        if smtp.security == "starttls":
+            if not client.has_extn("starttls"):
+                raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
+            client.starttls(context=context)
+            client.ehlo()
+        if smtp.username:
+            client.login(smtp.username, smtp.password or "")
+        client.send_message(msg)
+
+
+def _smtp_error(smtp: SmtpSettings, exc: BaseException) -> str:
+    where = f"{smtp.host}:{smtp.port}"
+    tls = _tls_reason(exc)
+    if tls is not None:
+        return f"{where}: TLS error: {tls}"
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return f"{where}: login refused: {exc.smtp_code} {_smtp_text(exc.smtp_error)}"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        (code, text), = list(exc.recipients.values())[:1] or [(0, b"")]
+        return f"{where}: recipient refused: {code} {_smtp_text(text)}"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{where}: {exc.smtp_code} {_smtp_text(exc.smtp_error)}"
+    if isinstance(exc, TimeoutError):
+        return f"{where}: no answer within {smtp.timeout:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{where}: cannot connect: {exc.strerror}"
+    return f"{where}: {_one_line(str(exc) or type(exc).__name__)}"
+
+
+def _smtp_text(value: bytes | str) -> str:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return _one_line(text, 200)
+
+
+async def send_mail(channel: EmailChannel, alert: Alert) -> Outcome:
+    msg = mail_message(alert, channel.to, channel.smtp.sender)
+    try:
+        # The thread ends by itself on the socket timeout; this bounds the wait for it.
+        async with asyncio.timeout(channel.smtp.timeout * 3):
+            await asyncio.to_thread(_smtp_send, channel.smtp, msg)
+    except TimeoutError:
+        return Outcome(False, f"{channel.smtp.host}:{channel.smtp.port}: no answer within "
+                       f"{channel.smtp.timeout * 3:g} s")
+    except (smtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+        return Outcome(False, _smtp_error(channel.smtp, exc))
+    return Outcome(True)
+
+
+def stdout_line(alert: Alert) -> str:
+    doc: dict[str, Any] = {"type": "alert", "text": alert.text, **alert.to_dict()}
+    return json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+async def write_stdout(alert: Alert, stream: TextIO | None = None) -> Outcome:
+    out = stream or sys.stdout
+    line = stdout_line(alert)
+
+    def write() -> None:
+        out.write(line)
+        out.flush()
+
+    try:
+        # A full pipe must block a thread, not the event loop the scans run on.
+        async with asyncio.timeout(60):
+            await asyncio.to_thread(write)
+    except TimeoutError:
+        return Outcome(False, "standard output did not take the line within 60 s")
+    except (OSError, ValueError) as exc:
+        return Outcome(False, f"cannot write to standard output: {exc}")
+    return Outcome(True)
+
+
+async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None) -> Outcome:
+    """Send `alert` through `channel`; never raises for the receiver's faults."""
+    if isinstance(channel, WebhookChannel):
+        return await post_webhook(channel, alert)
+    if isinstance(channel, EmailChannel):
+        return await send_mail(channel, alert)
+    return await write_stdout(alert, stdout)

@@ -1,0 +1,180 @@
+"""One cycle of one monitor: an ordinary stored scan, linked to the monitor, then compared with
+the monitor's previous cycle and its alerts queued in the outbox.
+
+Owns: `run_cycle` (scan, record, evaluate) and `evaluate_cycle` (the diff between the
+monitor's baseline and a finished cycle, turned into alerts by `alerts.evaluate` and committed
+with `records.MonitorDb.commit_evaluation`). Must not: send anything (the outbox worker does),
+parse options, or print.
+
+A cycle that did not finish (interrupted, failed) is recorded but never evaluated and never
+becomes a baseline: what it did not probe would otherwise look "gone" and then "newly
+reachable" again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from vncaudit import __version__
+from vncaudit.exceptions import VncAuditError
+from vncaudit.models import ServiceResult, State
+from vncaudit.store import Store
+from vncaudit.watch.alerts import REACHABLE, Alert, Change, evaluate
+from vncaudit.watch.config import Monitor
+from vncaudit.watch.records import MonitorDb
+
+log = logging.getLogger(__name__)
+
+SILENT = frozenset({State.CLOSED, State.FILTERED})
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    monitor: str
+    scan_id: str
+    status: str  # finished | interrupted | failed
+    previous_scan_id: str | None
+    alerts: tuple[Alert, ...]
+    services: int
+    probed: int
+    elapsed: float
+    error: str | None = None
+    finished_at: float = 0.0  # time.time() when the cycle's alerts were queued
+
+
+def scan_options(monitor: Monitor) -> dict[str, object]:
+    """The stored options of a cycle's scan: the `vncaudit scan` spec (so `results`, `diff`
+    and the web pages read it like any scan) plus the monitor's name."""
+    return {
+        "source": "watch", "monitor": monitor.name,
+        "expressions": list(monitor.targets), "ports": monitor.ports,
+        "input_files": [], "nmap_xml": [], "masscan": [],
+        "excludes": list(monitor.excludes), "exclude_files": [], "allow_special": False,
+        "resolved": {}, "timeout": monitor.scan.timeout,
+        "concurrency": monitor.scan.concurrency, "rate": monitor.scan.rate,
+        "discovery_mode": monitor.scan.discovery, "retries": monitor.scan.retries,
+        "no_init": False,
+    }
+
+
+def target_space(monitor: Monitor) -> object:
+    """The monitor's targets, checked (and host names resolved) now; `UsageError` if bad."""
+    from vncaudit.targets import build_target_space, parse_ports
+
+    return build_target_space(monitor.targets, parse_ports(monitor.ports),
+                              excludes=monitor.excludes)
+
+
+async def _scan(store: Store, monitor: Monitor, on_created: Callable[[str], None]) -> str:
+    """Run the monitor's scan into the store; returns its id. Raises VncAuditError when it
+    cannot run (bad targets), CancelledError when stopped (the scan is then interrupted)."""
+    from vncaudit.engine import ScanOptions, scan_async
+    from vncaudit.probe import ProbeOptions
+    from vncaudit.targets import build_target_space, parse_ports
+
+    space = build_target_space(monitor.targets, parse_ports(monitor.ports),
+                               excludes=monitor.excludes)
+    options = scan_options(monitor)
+    options["seed"] = space.seed
+    scan_id = store.create_scan(space.describe(), monitor.ports, options,
+                                tool=f"vncaudit {__version__}")
+    on_created(scan_id)
+    engine_options = ScanOptions(
+        concurrency=monitor.scan.concurrency, rate=monitor.scan.rate,
+        discovery=monitor.scan.discovery, retries=monitor.scan.retries,
+        probe=ProbeOptions(timeout=monitor.scan.timeout))
+    marks: list[tuple[str, int, State]] = []
+    found: list[ServiceResult] = []
+
+    def flush() -> None:
+        if marks:
+            store.mark_done_many(scan_id, marks)
+            marks.clear()
+        if found:
+            store.add_results(scan_id, found)
+            found.clear()
+
+    def save(result: ServiceResult) -> None:
+        (marks.append((result.host, result.port, result.state)) if result.state in SILENT
+         else found.append(result))
+        if len(marks) >= 1024 or len(found) >= 256:
+            flush()
+
+    try:
+        await scan_async(space.iter_targets(), engine_options, on_result=save, collect=False)
+    finally:
+        flush()
+        store.flush()
+    return scan_id
+
+
+async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutcome:
+    """Scan, record, evaluate. A failure to scan is a `failed` cycle, not an exception."""
+    started = time.monotonic()
+    created: list[str] = []
+
+    def linked(scan_id: str) -> None:
+        created.append(scan_id)
+        db.start_cycle(monitor.name, scan_id)
+
+    try:
+        scan_id = await _scan(store, monitor, linked)
+    except asyncio.CancelledError:
+        if created:
+            store.finish_scan(created[0], "interrupted")
+            db.finish_cycle(created[0], "interrupted", "stopped during the cycle")
+        raise
+    except VncAuditError as exc:
+        error = " ".join(str(exc).split())
+        if not created:
+            return CycleOutcome(monitor.name, "", "failed", None, (), 0, 0,
+                                time.monotonic() - started, error)
+        store.finish_scan(created[0], "interrupted")
+        db.finish_cycle(created[0], "failed", error)
+        return CycleOutcome(monitor.name, created[0], "failed", None, (), 0, 0,
+                            time.monotonic() - started, error)
+    record = store.finish_scan(scan_id)
+    db.finish_cycle(scan_id, "finished")
+    previous, alerts = evaluate_cycle(store, db, monitor, scan_id)
+    return CycleOutcome(monitor.name, scan_id, "finished", previous, alerts,
+                        int(record.counts.get("vnc", 0)), int(record.counts.get("done", 0)),
+                        time.monotonic() - started, finished_at=time.time())
+
+
+def changes_between(store: Store, previous: str | None,
+                    current: str) -> tuple[list[Change], list[tuple[str, int]]]:
+    """The services that differ (all of `current`'s when there is no previous cycle), and the
+    previous cycle's services that `current` did not probe."""
+    if previous is None:
+        return [Change(r.host, r.port, None, r, (f"+ {_address(r.host, r.port)} "
+                                                 f"{r.state.value} (first cycle)",))
+                for r in store.results(current)], []
+    diff = store.diff(previous, current)
+    out = [Change(d.host, d.port, d.before, d.after, tuple(d.lines()))
+           for group in (diff.appeared, diff.disappeared, diff.changed) for d in group]
+    return out, list(diff.not_rescanned)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def evaluate_cycle(store: Store, db: MonitorDb, monitor: Monitor,
+                   scan_id: str) -> tuple[str | None, tuple[Alert, ...]]:
+    """Compare a finished cycle with the monitor's baseline and queue its alerts (all in one
+    transaction). Running it again for the same cycle queues nothing twice."""
+    previous = db.baseline(monitor.name)
+    if previous == scan_id:
+        return previous, ()
+    changes, not_probed = changes_between(store, previous, scan_id)
+    open_now = {(r.host, r.port): r for r in store.results(scan_id) if r.state in REACHABLE}
+    evaluation = evaluate(monitor.name, monitor.rules, scan_id, previous, changes, open_now,
+                          not_probed, db.tracked(monitor.name), datetime.now(UTC))
+    db.commit_evaluation(monitor.name, scan_id, previous, evaluation,
+                         [c.name for c in monitor.channels])
+    return previous, evaluation.alerts
