@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from vncaudit.web.security import host_allowed, same_origin, split_host_header
+from vncaudit.web.security import cross_origin, host_allowed, same_origin, split_host_header
 from vncaudit.web.settings import Settings
 
 import servers
@@ -67,6 +67,7 @@ class Serve:
         assert self.proc.stderr is not None
         self.banner = self.proc.stderr.readline()
         assert "web service on" in self.banner, self.banner + self.proc.stderr.read()
+        self.banner += self.proc.stderr.readline()  # the Host names it answers
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         deadline = time.monotonic() + 30
         while True:
@@ -126,6 +127,14 @@ def test_host_and_origin_rules() -> None:
     assert not same_origin("http://evil.example:8080", "127.0.0.1:8080")
     assert not same_origin("null", "127.0.0.1:8080")
     assert not same_origin("http://127.0.0.1:8081", "127.0.0.1:8080")
+    # Our pages are Referrer-Policy: no-referrer, so their forms post "Origin: null"; the
+    # browser's Sec-Fetch-Site then says whose page it was.
+    host = "127.0.0.1:8080"
+    assert not cross_origin("null", "same-origin", host)
+    assert cross_origin("null", "cross-site", host) and cross_origin("null", None, host)
+    assert cross_origin("http://evil.example", "same-origin", host)  # Origin decides
+    assert not cross_origin(None, None, host)  # curl, scripts
+    assert cross_origin(None, "cross-site", host) and cross_origin(None, "same-site", host)
     with pytest.raises(ValueError, match="scheme, port or path"):
         Settings(allowed_hosts=("https://vnc.example.org/",))
     with pytest.raises(ValueError, match="wildcard"):
@@ -252,19 +261,26 @@ def test_cross_site_posts_are_refused(tmp_path: Path, hostile_farm: Farm) -> Non
         assert token and client.cookies.get("vncaudit_csrf")
         form = {"target": "127.0.0.1", "preset": "custom", "ports": port,
                 "csrf_token": token.group(1)}
-        for origin in ("http://evil.example", "null", f"http://127.0.0.1:{web.port + 1}"):
-            refused = client.post(web.url + "/scans", data=form, headers={"Origin": origin})
-            assert refused.status_code == 403, (origin, refused.text)
+        for sent in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                     {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+                     {"Origin": f"http://127.0.0.1:{web.port + 1}"},
+                     {"Sec-Fetch-Site": "cross-site"}):
+            refused = client.post(web.url + "/scans", data=form, headers=sent)
+            assert refused.status_code == 403, (sent, refused.text)
             assert refused.json()["code"] == "cross-origin"
             api = client.post(web.url + "/api/scans", json={"target": "127.0.0.1",
-                                                            "ports": port},
-                              headers={"Origin": origin})
+                                                            "ports": port}, headers=sent)
             assert api.status_code == 403
         assert client.get(web.url + "/api/scans").json() == []  # nothing was submitted
         ours = client.post(web.url + "/scans", data=form,
                            headers={"Origin": f"http://127.0.0.1:{web.port}"},
                            follow_redirects=False)
         assert ours.status_code == 303 and ours.headers["location"].startswith("/scans/")
+        # What Chromium sends for our own form (no-referrer policy): null + same-origin.
+        form["ports"] = str(hostile_farm.ports["vnc-auth"])
+        ours = client.post(web.url + "/scans", data=form, follow_redirects=False,
+                           headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"})
+        assert ours.status_code == 303, ours.text
         plain = client.post(web.url + "/api/scans", json={"target": "127.0.0.1",
                                                           "ports": port})
         assert plain.status_code == 201  # scripts send no Origin

@@ -24,15 +24,15 @@ from vncaudit.cli import DbOpt, _fail, _setup_logging, app, finite
 
 @app.command(epilog="""Examples:
 
-  vncaudit serve                              http://127.0.0.1:8080/, own-address checks only
+  vncaudit serve                                  http://127.0.0.1:8080/
   vncaudit serve --config /etc/vncaudit/serve.toml
-  vncaudit serve --host 0.0.0.0 --allowed-host vnc-check.example.org \
-      --tls-cert /etc/vncaudit/cert.pem --tls-key /etc/vncaudit/key.pem --port 8443
-  vncaudit serve --new-token                  mint an API token for --token-file
+  vncaudit serve --tls-cert c.pem --tls-key k.pem HTTPS, HSTS, Secure cookie
+  vncaudit serve --allowed-host vnc.example.org   answer to this name only
+  vncaudit serve --new-token                      a token for --token-file
 
-Every setting can also come from the environment: VNCAUDIT_SERVE_<SETTING> (e.g.
-VNCAUDIT_SERVE_ALLOWED_HOSTS=a.example,b.example); options beat the environment, which
-beats --config.""")
+Settings also come from VNCAUDIT_SERVE_<SETTING> variables, e.g.
+VNCAUDIT_SERVE_WORKERS=8 (lists comma-separated); options beat them,
+and they beat --config. Deployment: docs/deploy.md.""")
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8080,
@@ -172,8 +172,9 @@ def serve(
     sock = _listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if settings.tls_cert else "http"
-    typer.echo(f"vncaudit web service on {scheme}://{shown}:{port}/ (Ctrl-C stops); "
-               f"answers to Host: {', '.join(settings.hosts())}", err=True)
+    typer.echo(f"vncaudit web service on {scheme}://{shown}:{port}/ (Ctrl-C stops)", err=True)
+    typer.echo(f"answers to Host: {', '.join(settings.hosts())} (set by --allowed-host)",
+               err=True)
     tls: dict[str, object] = ({"ssl_certfile": settings.tls_cert,
                                "ssl_keyfile": settings.tls_key} if settings.tls_cert else {})
     server_config = uvicorn.Config(create_app(settings), host=host, port=port,

@@ -1,7 +1,7 @@
 """The web service as people deploy it: ASGI middlewares around the app.
 
 Owns: `HostGuard` (only the Host names of `allowed_hosts` are answered: a page on a name that
-rebinds to our address gets 400, not our pages), `OriginGuard` (a POST whose Origin is another
+rebinds to our address gets 400, not our pages), `OriginGuard` (a POST a browser sent from another
 site is refused, whatever its content type), `ForwardedScheme` (the scheme a trusted reverse
 proxy reports in X-Forwarded-Proto, and HSTS on HTTPS responses), `AccessLog` (one line per
 request, plain or JSON, to a file or stderr) and opening that log. Must not: route, check
@@ -26,9 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import IPNetwork
 from vncaudit.web.security import (
+    cross_origin,
     forwarded_client,
     host_allowed,
-    same_origin,
     split_host_header,
     within,
 )
@@ -86,12 +86,14 @@ class OriginGuard:
             await self.app(scope, receive, send)
             return
         origin = _header(scope, b"origin")
-        if origin is None or same_origin(origin, _header(scope, b"host")):
+        site = _header(scope, b"sec-fetch-site")
+        if not cross_origin(origin, site, _header(scope, b"host")):
             await self.app(scope, receive, send)
             return
         self.metrics.refused.labels("cross-origin").inc()
+        sender = f"Origin {origin[:100]!r}" if origin is not None else f"Sec-Fetch-Site {site!r}"
         response = JSONResponse(
-            {"detail": f"cross-origin request refused (Origin {origin[:100]!r} is not this "
+            {"detail": f"cross-origin request refused ({sender}: not a page of this "
                        "service)", "code": "cross-origin"}, status_code=403)
         await response(scope, receive, send)
 

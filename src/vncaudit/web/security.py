@@ -242,3 +242,18 @@ def same_origin(origin: str, host_header: str | None) -> bool:
     if _canonical(parts.hostname) != host:
         return False
     return port is None or origin_port == port
+
+
+def cross_origin(origin: str | None, fetch_site: str | None, host_header: str | None) -> bool:
+    """True when a browser sent this unsafe request from a page that is not ours.
+
+    Origin decides when it names a site. A form posted from a page whose Referrer-Policy is
+    no-referrer (ours) carries `Origin: null`, as does a sandboxed frame: then the browser's
+    Sec-Fetch-Site tells them apart (same-origin for ours). A request with neither header is
+    no browser's cross-site request (curl, scripts) and passes."""
+    site = (fetch_site or "").strip().lower()
+    if origin is not None and origin.strip().lower() != "null":
+        return not same_origin(origin, host_header)
+    if origin is not None:  # "null"
+        return site != "same-origin"
+    return site in ("cross-site", "same-site")
