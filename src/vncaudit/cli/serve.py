@@ -77,6 +77,17 @@ def serve(
         typer.Option("--allow-screenshots", help="Offer the screenshot proof (one PNG of each "
                      "service that needs no password; off by default: the images are stored)."),
     ] = False,
+    monitors: Annotated[
+        Path | None,
+        typer.Option("--monitors", metavar="FILE", help="Also run the monitors of this "
+                     "monitors.toml (as vncaudit watch does); off by default. The /monitors "
+                     "page and /api/monitors show them."),
+    ] = None,
+    retention: Annotated[
+        str | None,
+        typer.Option("--retention", metavar="DURATION", help="Delete scans older than this "
+                     "daily (e.g. 90d); each monitor's latest cycle is kept."),
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Scans at once (4).")] = None,
     max_ports: Annotated[
         int | None, typer.Option("--max-ports", help="Ports per scan at most (65535).")] = None,
@@ -144,6 +155,10 @@ def serve(
         overrides["allow_screenshots"] = True
     if allowed_host:
         overrides["allowed_hosts"] = tuple(allowed_host)
+    if monitors is not None:
+        overrides["monitors"] = str(monitors.expanduser().absolute())
+    if retention is not None:
+        overrides["retention"] = retention
     for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
                        ("max_ports", max_ports), ("rate_per_minute", rate),
                        ("probe_timeout", timeout), ("access_log", access_log),
@@ -164,6 +179,14 @@ def serve(
         raise _fail(f"bad settings: {exc}") from None
     _check_tls(settings.tls_cert, settings.tls_key)
     _check_access_log(settings.access_log)
+    if settings.monitors:
+        from vncaudit.watch import ConfigError, load
+
+        try:
+            load(settings.monitors)  # a mistake is one line now, not a failed start-up
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        _check_runner_lock(settings.db_path)
 
     import uvicorn
 
@@ -243,6 +266,19 @@ def _check_access_log(target: str) -> None:
             pass
     except OSError as exc:
         raise _fail(f"access log {target}: {exc.strerror or exc}") from None
+
+
+def _check_runner_lock(db_path: str) -> None:
+    """Another process running these monitors is one line here, not a failed start-up."""
+    from vncaudit.store import StoreError, default_db_path
+    from vncaudit.watch.runner import RunnerLock
+
+    lock = RunnerLock(Path(db_path).expanduser() if db_path else default_db_path())
+    try:
+        lock.acquire()
+    except StoreError as exc:
+        raise _fail(str(exc), 3) from None
+    lock.release()
 
 
 def _token_lines(path: Path) -> list[str]:

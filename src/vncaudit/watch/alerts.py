@@ -236,14 +236,15 @@ def evaluate(
     skipped = set(not_probed)
     new_tracked: dict[tuple[str, int], Tracked] = {
         k: v for k, v in tracked.items() if k in skipped and k not in open_now}
-    for key, result in open_now.items():
+    for key in open_now:  # the keys only: a result is read when a reminder needs it
         seen = tracked.get(key)
         since = seen.open_since if seen is not None else stamp
         last = seen.last_alert if seen is not None else None
         if key in alerted:
             last = stamp
         elif rules.remind_every and _due(since, last, rules.remind_every, now):
-            alerts.append(_reminder(monitor, scan_id, previous_scan_id, result, since, stamp))
+            alerts.append(_reminder(monitor, scan_id, previous_scan_id, open_now[key], since,
+                                    stamp))
             last = stamp
         new_tracked[key] = Tracked(since, last)
     alerts.sort(key=lambda x: (-_sev_rank(x.severity), x.host, x.port))

@@ -95,7 +95,18 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
+def webhook_client(channel: WebhookChannel) -> Any:
+    """An `httpx.AsyncClient` for one webhook channel, kept by the outbox worker so that a
+    burst of alerts reuses one connection (and one TLS context)."""
+    import httpx
+
+    verify_with: ssl.SSLContext | bool = (ssl.create_default_context(cafile=channel.ca_file)
+                                          if channel.ca_file else True)
+    return httpx.AsyncClient(timeout=channel.timeout, verify=verify_with,
+                             follow_redirects=False, trust_env=False)
+
+
+async def post_webhook(channel: WebhookChannel, alert: Alert, client: Any = None) -> Outcome:
     import httpx
 
     body = webhook_body(alert)
@@ -105,21 +116,20 @@ async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
     if channel.secret is not None:
         headers[SIGNATURE_HEADER] = sign(channel.secret, stamp, body)
     host = urlsplit(channel.url).netloc
+    own = client is None
     try:
-        verify_with: ssl.SSLContext | bool = (ssl.create_default_context(cafile=channel.ca_file)
-                                              if channel.ca_file else True)
+        if own:
+            client = webhook_client(channel)
     except (OSError, ssl.SSLError) as exc:
         return Outcome(False, f"cannot read ca_file {channel.ca_file}: {exc}")
     try:
         async with asyncio.timeout(channel.timeout):
-            async with httpx.AsyncClient(timeout=channel.timeout, verify=verify_with,
-                                         follow_redirects=False, trust_env=False) as client:
-                async with client.stream("POST", channel.url, content=body,
-                                         headers=headers) as response:
-                    status = response.status_code
-                    reason = response.reason_phrase
-                    location = response.headers.get("location")
-                    wait = _retry_after(response.headers.get("retry-after"))
+            async with client.stream("POST", channel.url, content=body,
+                                     headers=headers) as response:
+                status = response.status_code
+                reason = response.reason_phrase
+                location = response.headers.get("location")
+                wait = _retry_after(response.headers.get("retry-after"))
     except TimeoutError:
         return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
     except httpx.HTTPError as exc:
@@ -132,6 +142,9 @@ async def post_webhook(channel: WebhookChannel, alert: Alert) -> Outcome:
     except (OSError, ssl.SSLError, ValueError) as exc:
         tls = _tls_reason(exc)
         return Outcome(False, f"{host}: TLS error: {tls}" if tls else f"{host}: {exc}")
+    finally:
+        if own:
+            await client.aclose()
     if 200 <= status < 300:
         return Outcome(True)
     if 300 <= status < 400:
@@ -248,10 +261,12 @@ async def write_stdout(alert: Alert, stream: TextIO | None = None) -> Outcome:
     return Outcome(True)
 
 
-async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None) -> Outcome:
-    """Send `alert` through `channel`; never raises for the receiver's faults."""
+async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None,
+                  client: Any = None) -> Outcome:
+    """Send `alert` through `channel` (a webhook through `client` when given); never raises
+    for the receiver's faults."""
     if isinstance(channel, WebhookChannel):
-        return await post_webhook(channel, alert)
+        return await post_webhook(channel, alert, client)
     if isinstance(channel, EmailChannel):
         return await send_mail(channel, alert)
     return await write_stdout(alert, stdout)

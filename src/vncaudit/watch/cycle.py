@@ -14,9 +14,10 @@ reachable" again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,6 +46,7 @@ class CycleOutcome:
     elapsed: float
     error: str | None = None
     finished_at: float = 0.0  # time.time() when the cycle's alerts were queued
+    scan_finished_at: float = 0.0  # time.time() when its scan ended (before evaluation)
 
 
 def scan_options(monitor: Monitor) -> dict[str, object]:
@@ -138,12 +140,14 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
         db.finish_cycle(created[0], "failed", error)
         return CycleOutcome(monitor.name, created[0], "failed", None, (), 0, 0,
                             time.monotonic() - started, error)
+    scan_end = time.time()
     record = store.finish_scan(scan_id)
     db.finish_cycle(scan_id, "finished")
     previous, alerts = evaluate_cycle(store, db, monitor, scan_id)
     return CycleOutcome(monitor.name, scan_id, "finished", previous, alerts,
                         int(record.counts.get("vnc", 0)), int(record.counts.get("done", 0)),
-                        time.monotonic() - started, finished_at=time.time())
+                        time.monotonic() - started, finished_at=time.time(),
+                        scan_finished_at=scan_end)
 
 
 def changes_between(store: Store, previous: str | None,
@@ -160,6 +164,31 @@ def changes_between(store: Store, previous: str | None,
     return out, list(diff.not_rescanned)
 
 
+class _OpenServices(Mapping[tuple[str, int], ServiceResult]):
+    """The cycle's reachable services by (host, port); a result's JSON is decoded only when
+    it is looked up (a reminder), not for the thousands that are merely tracked."""
+
+    def __init__(self, store: Store, scan_id: str) -> None:
+        self.store = store
+        states = ",".join(f"'{s.value}'" for s in REACHABLE)
+        with store.reading("cannot read results") as db:
+            rows = db.execute(f"SELECT host, port, id FROM results WHERE scan_id = ? AND "
+                              f"state IN ({states})", (scan_id,)).fetchall()
+        self.ids = {(str(h), int(p)): int(i) for h, p, i in rows}
+
+    def __getitem__(self, key: tuple[str, int]) -> ServiceResult:
+        with self.store.reading("cannot read results") as db:
+            (text,) = db.execute("SELECT result FROM results WHERE id = ?",
+                                 (self.ids[key],)).fetchone()
+        return ServiceResult.from_dict(json.loads(text))
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -172,7 +201,7 @@ def evaluate_cycle(store: Store, db: MonitorDb, monitor: Monitor,
     if previous == scan_id:
         return previous, ()
     changes, not_probed = changes_between(store, previous, scan_id)
-    open_now = {(r.host, r.port): r for r in store.results(scan_id) if r.state in REACHABLE}
+    open_now = _OpenServices(store, scan_id)
     evaluation = evaluate(monitor.name, monitor.rules, scan_id, previous, changes, open_now,
                           not_probed, db.tracked(monitor.name), datetime.now(UTC))
     db.commit_evaluation(monitor.name, scan_id, previous, evaluation,

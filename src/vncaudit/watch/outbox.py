@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
 from vncaudit.exceptions import VncAuditError
 from vncaudit.watch.alerts import Alert
-from vncaudit.watch.channels import Outcome, deliver
-from vncaudit.watch.config import Channel
+from vncaudit.watch.channels import Outcome, deliver, webhook_client
+from vncaudit.watch.config import Channel, WebhookChannel
 from vncaudit.watch.records import Delivery, MonitorDb
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Deliverer:
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[int]] = {}
+        self._clients: dict[str, Any] = {}
 
     def wake(self) -> None:
         """New rows were queued: look now."""
@@ -66,6 +68,7 @@ class Deliverer:
                         await self._wake.wait()
         finally:
             await self._cancel_busy()
+            await self.close()
 
     def _wait_time(self) -> float:
         due = self.db.next_due(exclude=tuple(self._busy))
@@ -100,6 +103,7 @@ class Deliverer:
                 await asyncio.sleep(max(due - time.time(), 0.05))
         finally:
             await self._cancel_busy()
+            await self.close()
 
     def start_due(self) -> None:
         """Start a task for each channel with due rows that has none running."""
@@ -128,7 +132,7 @@ class Deliverer:
                 self._report(delivery, alert, Outcome(False, why))
                 continue
             try:
-                outcome = await deliver(channel, alert, self.stdout)
+                outcome = await deliver(channel, alert, self.stdout, self._client(channel))
             except Exception as exc:  # a bug in a channel must not stop the others
                 log.exception("outbox: delivery through %s failed", name)
                 outcome = Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
@@ -145,6 +149,24 @@ class Deliverer:
             self.db.postpone([d.id for d, _ in items[index + 1:]], recorded.next_attempt)
             break
         return delivered
+
+    def _client(self, channel: Channel) -> Any:
+        if not isinstance(channel, WebhookChannel):
+            return None
+        client = self._clients.get(channel.name)
+        if client is None:
+            try:
+                client = webhook_client(channel)
+            except (OSError, ssl.SSLError):
+                return None  # post_webhook reports the bad ca_file itself
+            self._clients[channel.name] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def _report(self, delivery: Delivery, alert: Alert, outcome: Outcome) -> None:
         if outcome.delivered:

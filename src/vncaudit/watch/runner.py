@@ -162,6 +162,9 @@ class Watcher:
         started = datetime.fromisoformat(last.started) if last is not None else None
         return monitor.schedule.next_after(started, now)
 
+    def monitor_names(self) -> set[str]:
+        return {m.name for m in self.config.monitors}
+
     def request(self, name: str) -> bool:
         """Run this monitor's next cycle now (the web's "run now"); False if unknown."""
         if name not in {m.name for m in self.config.monitors}:

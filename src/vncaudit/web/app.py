@@ -13,6 +13,8 @@ from a CDN, are off).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -41,7 +43,7 @@ from vncaudit.web.deploy import (
 from vncaudit.web.deps import AppContext, open_store
 from vncaudit.web.jobs import JobManager
 from vncaudit.web.metrics import Metrics
-from vncaudit.web.routes import api, docs, health, pages
+from vncaudit.web.routes import api, docs, health, monitors, pages
 from vncaudit.web.security import CSP, SECURITY_HEADERS, Csrf, RateLimiter
 from vncaudit.web.settings import Settings
 
@@ -146,6 +148,45 @@ def _document_without_tokens(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def start_monitors(cfg: Settings, store: Any, ctx: AppContext) -> list[asyncio.Task[None]]:
+    """With `monitors` set: run them beside the scan workers (their lock, recovery and
+    outbox as in `vncaudit watch`). With `retention`: prune daily. Returns the tasks."""
+    tasks: list[asyncio.Task[None]] = []
+    retention = None
+    if cfg.retention:
+        from vncaudit.watch.schedule import parse_duration
+
+        retention = parse_duration(cfg.retention, "retention")
+    if cfg.monitors:
+        from dataclasses import replace
+
+        from vncaudit.watch import Watcher, load
+
+        config = load(cfg.monitors)
+        if retention is not None and config.retention is None:
+            config = replace(config, retention=retention)
+        watcher = Watcher(store, config)
+        watcher.start()  # StoreError (another watcher holds the lock) stops the start-up
+        ctx.watcher = watcher
+        tasks.append(asyncio.create_task(watcher.run_forever(), name="monitors"))
+    elif retention is not None:
+        tasks.append(asyncio.create_task(_prune_daily(store, retention), name="retention"))
+    return tasks
+
+
+async def _prune_daily(store: Any, retention: float) -> None:
+    from vncaudit.watch import prune
+
+    while True:
+        try:
+            report = await asyncio.to_thread(prune, store, retention)
+            if report.scans:
+                log.info("web: retention: %s", report.describe())
+        except VncAuditError as exc:
+            log.warning("web: retention: %s", exc)
+        await asyncio.sleep(86400)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own store (settings.db_path), workers, limiter and metrics."""
     cfg = settings or Settings()
@@ -161,11 +202,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter=RateLimiter(cfg.rate_per_minute, cfg.rate_burst),
             csrf=Csrf(cfg.secret_key), templates=templates(), proxies=cfg.proxy_networks())
         await jobs.start()
+        background = start_monitors(cfg, store, app.state.ctx)
         log.info("web: serving with store %s, %d workers", store.path or ":memory:",
                  cfg.workers)
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(BaseException):
+                    await task
+            if app.state.ctx.watcher is not None:
+                app.state.ctx.watcher.stop()
             await jobs.stop()
             store.close()
             if getattr(app.state, "access_log", None) is not None:
@@ -183,6 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(health.router)
     app.include_router(pages.router)
+    app.include_router(monitors.router)
+    app.include_router(monitors.pages)
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.assets_directory()),

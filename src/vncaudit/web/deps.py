@@ -7,8 +7,9 @@ CSRF signer, templates), the dependency aliases routes use (`CtxDep`, `ClientDep
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +19,7 @@ from vncaudit.store import ScanRecord, Store
 from vncaudit.web.jobs import JobManager
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import IPNetwork, Policy
-from vncaudit.web.security import Csrf, RateLimiter, forwarded_client, token_matches
+from vncaudit.web.security import Csrf, RateLimiter, forwarded_client, token_matches, within
 from vncaudit.web.settings import Settings
 
 
@@ -33,6 +34,7 @@ class AppContext:
     csrf: Csrf
     templates: Environment
     proxies: tuple[IPNetwork, ...] = ()
+    watcher: Any = None  # a vncaudit.watch.Watcher when this service runs the monitors
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -80,6 +82,9 @@ def can_view(ctx: AppContext, record: ScanRecord, client: str, token: bool = Fal
     operator made history public."""
     if token:
         return True
+    if record.options.get("source") == "watch":
+        # A monitor's cycle: shown where the monitors page is (the operator's networks).
+        return may_see_monitors(ctx, client)
     if record.options.get("source") != "web":
         # A CLI scan in a store shared with the service (the default path is the same) is
         # the operator's, not public history: only token holders may read it.
@@ -87,6 +92,13 @@ def can_view(ctx: AppContext, record: ScanRecord, client: str, token: bool = Fal
     if ctx.settings.public_history:
         return True
     return bool(record.options.get("client") == client)
+
+
+def may_see_monitors(ctx: AppContext, client: str) -> bool:
+    """Whether this client address may open the monitors page and their cycles' scans."""
+    networks = tuple(ipaddress.ip_network(n, strict=False)
+                     for n in ctx.settings.monitors_page_networks)
+    return within(client, networks)
 
 
 def viewable_scan(ctx: AppContext, scan_id: str, client: str, token: bool) -> ScanRecord:

@@ -87,6 +87,12 @@ class Settings:
     allow_screenshots: bool = False
     screenshot_dir: str = ""
     max_screenshots_per_scan: int = 4
+    # Monitors (vncaudit.watch): a monitors.toml this service runs ("" = none; off by
+    # default), who may open the /monitors page (it describes the operator's own networks),
+    # and how long scans are kept ("" = for ever; e.g. "90d"; pruned daily).
+    monitors: str = ""
+    monitors_page_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    retention: str = ""
     # Host header names answered (see the module docstring); "*.example.org" matches
     # subdomains, "*" everything (not behind a proxy that checks the name itself: unsafe).
     allowed_hosts: tuple[str, ...] = ()
@@ -208,6 +214,18 @@ def _validate(s: Settings) -> None:
             raise SettingError(key, f"{key} {value}: cannot be read")
     if s.hsts_max_age < 0:
         raise SettingError("hsts_max_age", "hsts_max_age must be >= 0 (0: no HSTS header)")
+    try:
+        for net in s.monitors_page_networks:
+            ipaddress.ip_network(net, strict=False)
+    except ValueError as exc:
+        raise SettingError("monitors_page_networks", f"monitors_page_networks: {exc}") from None
+    if s.retention:
+        from vncaudit.watch.schedule import ScheduleError, parse_duration
+
+        try:
+            parse_duration(s.retention, "retention")
+        except ScheduleError as exc:
+            raise SettingError("retention", str(exc)) from None
 
 
 def _toml_values(path: str | Path) -> dict[str, Any]:
