@@ -228,6 +228,124 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Send rate, counted where the packets arrive
+
+RATE_RANGES = ("198.18.0.0/16", "198.19.0.0/17")  # 196,608 addresses, all local in the target
+POLLER = r"""
+import json, sys, time
+name = sys.argv[1] + ":"
+idle = float(sys.argv[2])
+def read():  # /proc/net is the namespace's own, whatever /sys shows
+    with open("/proc/net/dev") as fh:
+        for line in fh:
+            if line.strip().startswith(name):
+                return int(line.split(":", 1)[1].split()[1])
+    raise SystemExit("no interface " + name)
+base = prev = read()
+print("ready", flush=True)
+samples = []
+first = last = None
+while True:
+    now = time.monotonic()
+    value = read()
+    if value != prev:
+        first = now if first is None else first
+        last = now
+        samples.append((now, value - base))
+        prev = value
+    elif first is not None and now - last > idle:
+        break
+    time.sleep(0.0005)
+total = prev - base
+def at(share):
+    return next(t for t, c in samples if c >= share * total)
+span = (last - first) if samples else 0.0
+mid = at(0.9) - at(0.1) if samples else 0.0
+print(json.dumps({"received": total, "span_s": span,
+                  "rate": total / span if span > 0 else 0.0,
+                  "rate_10_90": 0.8 * total / mid if mid > 0 else 0.0}), flush=True)
+"""
+
+
+def syn_counter(bed: netns.Bed) -> int:
+    """SYNs to port 5900 the target namespace has taken in (its raw PREROUTING counter)."""
+    out = bed.run(bed.tgt, "iptables", "-t", "raw", "-nvxL", "PREROUTING").stdout
+    for line in out.splitlines():
+        if "dpt:5900" in line:
+            return int(line.split()[0])
+    return 0
+
+
+def rate_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    """Each sender, uncapped, on the same range: the rate the target namespace received."""
+    tools = opts.tools.split(",") if opts.tools else ["zmap", "vncaudit-syn"]
+    total = sum(ipaddress.ip_network(r).num_addresses for r in RATE_RANGES)
+    rows: list[dict[str, Any]] = []
+    with netns.netns_bed() as bed, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        bed.run(bed.tgt, "ip", "route", "add", "local", RATE_RANGES[1], "dev", "lo")
+        bed.run(bed.tgt, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport",
+                str(PORT), "--syn", "-j", "ACCEPT")
+        blocklist = tmp / "empty-blocklist"
+        blocklist.write_text("")
+        for round_ in range(opts.repeat):
+            for tool in tools:
+                if tool == "zmap" or tool.startswith("zmap-T"):
+                    threads = tool[len("zmap-T"):] if tool.startswith("zmap-T") else ""
+                    cmd = in_ns(bed, "zmap", "-p", str(PORT), *RATE_RANGES, "-i", bed.veth_s,
+                                "-S", netns.SCN_ADDR, "-G", bed.gateway_mac(), "-r", "0",
+                                "-c", "1", "-b", str(blocklist), "-q", "-o", "/dev/null",
+                                *(["-T", threads] if threads else []))
+                elif tool == "vncaudit-syn":
+                    cmd = in_ns(bed, sys.executable, "-m", "vncaudit", "scan", *RATE_RANGES,
+                                "-p", str(PORT), "--discovery", "syn", "--rate", "100000000",
+                                "--retries", "0", "--timeout", "1", "--db",
+                                str(tmp / f"rate-{round_}.db"), "-o", "json", "--output-file",
+                                str(tmp / f"rate-{round_}.json"))
+                else:
+                    raise SystemExit(f"unknown tool {tool!r} for --send-rate")
+                load = loadavg()
+                before = syn_counter(bed)
+                poller = subprocess.Popen(["ip", "netns", "exec", bed.tgt, sys.executable, "-c",
+                                           POLLER, bed.veth_t, "0.5"],
+                                          stdout=subprocess.PIPE, text=True)
+                assert poller.stdout is not None
+                poller.stdout.readline()
+                wall, cpu, rss, code, err = measured(cmd, 300)
+                seen = json.loads(poller.stdout.readline())
+                poller.wait(30)
+                if code != 0:
+                    raise RuntimeError(f"{tool} failed ({code}): {err[-2000:]}")
+                row = {"tool": tool, "wall_s": wall, "cpu_s": cpu, "syns_received":
+                       syn_counter(bed) - before, "expected": total, "load": load,
+                       "summary": [line for line in err.splitlines() if "SYN" in line][-1:],
+                       **seen}
+                rows.append(row)
+                print(f"  {tool}: {row['rate']:,.0f} packets/s received "
+                      f"(10-90 %: {row['rate_10_90']:,.0f}), {row['syns_received']:,} of "
+                      f"{total:,} SYNs, load {load}", file=sys.stderr, flush=True)
+    medians = {}
+    for tool in tools:
+        mine = [r for r in rows if r["tool"] == tool]
+        medians[tool] = {key: statistics.median(r[key] for r in mine)
+                         for key in ("rate", "rate_10_90", "syns_received", "wall_s", "cpu_s")}
+    return {"mode": "send-rate", "ranges": RATE_RANGES, "targets": total, "rows": rows,
+            "medians": medians, "cpus": os.cpu_count()}
+
+
+def print_rate_table(result: dict[str, Any]) -> None:
+    print(f"{'tool':<14} {'received/s':>12} {'10-90 %/s':>12} {'SYNs in':>10} {'wall s':>7} "
+          f"{'CPU s':>6}  load")
+    for r in result["rows"]:
+        print(f"{r['tool']:<14} {r['rate']:12,.0f} {r['rate_10_90']:12,.0f} "
+              f"{r['syns_received']:>10,} {r['wall_s']:7.2f} {r['cpu_s']:6.2f}  {r['load']}")
+    print("medians:")
+    for tool, m in result["medians"].items():
+        print(f"  {tool:<12} {m['rate']:12,.0f} {m['rate_10_90']:12,.0f} "
+              f"{m['syns_received']:>10,.0f} {m['wall_s']:7.2f} {m['cpu_s']:6.2f}")
+
+
 def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
     n = opts.throughput
     hosts = netns.live_hosts("198.18.0.0/16", n, seed=2000)
@@ -373,6 +491,9 @@ def main() -> None:
                         help="instead: N live servers, every address live; fingerprints/s")
     parser.add_argument("--ports-per-host", type=int, default=5)
     parser.add_argument("--modes", default="connect,syn", help="--throughput modes")
+    parser.add_argument("--send-rate", action="store_true",
+                        help="instead: each sender uncapped on 196,608 addresses, the rate "
+                        "the target namespace received (tools: zmap, zmap-T2, vncaudit-syn)")
     parser.add_argument("--repeat", type=int, default=1, help="run the tool list N times")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--handshake-driver", help=argparse.SUPPRESS)  # hosts file; internal
@@ -385,8 +506,12 @@ def main() -> None:
     problem = netns.netns_problem()
     if problem:
         raise SystemExit(f"scan_bench: {problem}")
-    result = throughput_bench(opts) if opts.throughput else range_bench(opts)
-    print_table(result)
+    if opts.send_rate:
+        result = rate_bench(opts)
+        print_rate_table(result)
+    else:
+        result = throughput_bench(opts) if opts.throughput else range_bench(opts)
+        print_table(result)
     if opts.json:
         opts.json.write_text(json.dumps(result, indent=2))
 

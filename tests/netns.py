@@ -209,6 +209,89 @@ def netns_bed(tag: str = "") -> Iterator[Bed]:
                            timeout=30)
 
 
+# ---------------------------------------------------------------------------------------------
+# What arrives in the target namespace
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One IPv4 packet that arrived at the target namespace's interface."""
+
+    at: float  # kernel receive timestamp, seconds
+    proto: int
+    dst: str
+    dport: int  # 0 unless TCP or UDP
+    flags: int  # TCP flags, 0 otherwise
+
+
+class Sniffer:
+    """Every IPv4 packet arriving on `bed.veth_t` (an AF_PACKET socket in the target namespace,
+    kernel timestamps), in a subprocess; `stop()` returns them. Raises if the socket itself
+    dropped any (a capture that lost packets proves nothing)."""
+
+    def __init__(self, bed: Bed, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", bed.tgt, sys.executable, str(HERE), "sniff", bed.veth_t,
+             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"sniffer did not start: {self.proc.communicate()[1][-2000:]}")
+
+    def stop(self) -> list[Seen]:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=60)
+        doc = json.loads(self.out.read_text())
+        if doc["dropped"]:
+            raise RuntimeError(f"the sniffer's socket dropped {doc['dropped']} packets {err}")
+        return [Seen(*row) for row in doc["packets"]]
+
+
+def _sniff(ifname: str, out: str) -> None:
+    import signal
+    import socket
+    import struct
+
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+    sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+    sock.bind((ifname, 0))
+    sock.settimeout(0.1)
+    rows: list[list[object]] = []
+    print("ready", flush=True)
+    while True:
+        try:
+            data, anc, _, addr = sock.recvmsg(256, 64)
+        except TimeoutError:
+            if stop:
+                break
+            continue
+        except InterruptedError:
+            continue
+        if addr[2] == 4 or len(data) < 34 or data[12:14] != b"\x08\x00":
+            continue  # our own outgoing packets, or not IPv4
+        at = 0.0
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == 35:
+                sec, nsec = struct.unpack("qq", value[:16])
+                at = sec + nsec / 1e9
+        ip = data[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        proto = ip[9]
+        dport = flags = 0
+        if proto in (6, 17) and len(ip) >= ihl + 4:
+            dport = int.from_bytes(ip[ihl + 2:ihl + 4], "big")
+        if proto == 6 and len(ip) >= ihl + 14:
+            flags = ip[ihl + 13]
+        rows.append([at, proto, socket.inet_ntoa(ip[16:20]), dport, flags])
+    stats = sock.getsockopt(263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS: packets, drops
+    _, drops = struct.unpack("II", stats)
+    Path(out).write_text(json.dumps({"packets": rows, "dropped": drops}))
+
+
 def live_hosts(network: str, n: int, seed: int) -> list[str]:
     """`n` distinct random host addresses of `network`, sorted (same seed, same hosts)."""
     net = ipaddress.ip_network(network)
@@ -218,7 +301,9 @@ def live_hosts(network: str, n: int, seed: int) -> list[str]:
                   key=lambda h: ipaddress.ip_address(h))
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "sniff":
+    _sniff(sys.argv[2], sys.argv[3])
+elif __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
     try:
         import uvloop
 

@@ -28,7 +28,7 @@ from vncaudit.engine import Progress, ScanOptions, scan_async
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions
 
-from netns import Bed, fake_servers, live_hosts, netns_bed, require_netns, types_for
+from netns import Bed, Sniffer, fake_servers, live_hosts, netns_bed, require_netns, types_for
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -161,9 +161,9 @@ def test_retries_option_is_per_mode() -> None:
         ScanOptions(discovery="udp").discovery_options()
 
 
-def test_syn_packet_is_a_valid_tcp_syn_with_our_cookie() -> None:
-    """What goes on the wire: a 24-byte SYN (MSS option) from our port, the cookie as the
-    sequence number, and a TCP checksum that verifies over the pseudo-header."""
+def test_syn_sweep_cookie_is_keyed_per_sweep() -> None:
+    """The sequence number of a SYN is the sweep's cookie of (address, port): different per
+    port and per sweep (a fresh key each), the same when recomputed for a reply."""
 
     class Nowhere:
         def found(self, target: Target, sock: socket.socket | None) -> None: ...
@@ -173,19 +173,7 @@ def test_syn_packet_is_a_valid_tcp_syn_with_our_cookie() -> None:
 
     sweep = discovery.SynSweep([], Nowhere(), discovery.DiscoveryOptions(discovery.Mode.SYN))
     dst = socket.inet_aton("127.0.0.1")
-    segment = sweep.packet(dst, 5900)
-    assert len(segment) == 24
-    sport, dport, seq, ack = (int.from_bytes(segment[i:i + n], "big")
-                              for i, n in ((0, 2), (2, 2), (4, 4), (8, 4)))
-    assert (sport, dport, seq, ack) == (sweep.port, 5900, sweep.cookie(dst, 5900), 0)
-    assert segment[13] == 0x02 and segment[12] >> 4 == 6
-    src = sweep._source_for(dst)
-    pseudo = src + dst + bytes([0, socket.IPPROTO_TCP]) + len(segment).to_bytes(2, "big")
-    data = pseudo + segment
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    assert total == 0xFFFF  # a correct checksum sums to all ones
+    assert sweep.cookie(dst, 5900) == sweep.cookie(dst, 5900)
     assert sweep.cookie(dst, 5901) != sweep.cookie(dst, 5900)
     other = discovery.SynSweep([], Nowhere(), discovery.DiscoveryOptions(discovery.Mode.SYN))
     assert other.cookie(dst, 5900) != sweep.cookie(dst, 5900)  # a fresh secret per sweep
@@ -330,3 +318,121 @@ def test_netns_syn_resume_keeps_one_row_per_pair(bed: tuple[Bed, list[str]],
                                (scan_id,)).fetchone()
     assert rows == 1024
     assert {h for (h, _), s in services.items() if s["state"] == "vnc"} == {*hosts, FLAKY_HOST}
+
+
+# ---------------------------------------------------------------------------------------------
+# Namespace bed: what reaches the targets (captured in the target namespace)
+
+
+CAP_NET = "198.18.32.0/20"  # 4,096 silent addresses, away from the live ones
+
+
+def _syn_summary(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("syn: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _most_in_window(times: list[float], width: float) -> int:
+    """The largest number of `times` (sorted) inside any window [t, t + width)."""
+    most = j = 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] < start + width:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode,rate", [("syn", 2000), ("connect", 500)])
+def test_netns_rate_cap_holds_at_the_target(bed: tuple[Bed, list[str]], mode: str, rate: int,
+                                            tmp_path: Path) -> None:
+    """--rate is a promise to the scanned networks: the SYNs that arrive at the targets, by the
+    kernel's timestamps, never exceed rate × t (+ the bucket's burst for syn) in any window,
+    every target still gets its SYN, and the summary states the rate reached. (Arrival times
+    lag the moment each packet was allowed by a varying few hundred microseconds, so the
+    windows get 5 ms of slack.)"""
+    testbed, _ = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    net = CAP_NET if mode == "syn" else "198.18.32.0/22"  # connect: 1,024 at 500/s
+    count = 4096 if mode == "syn" else 1024
+    sniffer = Sniffer(testbed, tmp_path / "seen.json")
+    out = _cli(net, "-p", "5900", "--timeout", "0.5", "--retries", "0", "--discovery", mode,
+               "--rate", str(rate), "-o", "json", "--db", str(tmp_path / "r.db"),
+               netns=testbed.scn)
+    seen = sniffer.stop()
+    assert out.returncode == 0, out.stderr
+    syns = sorted(p.at for p in seen if p.proto == 6 and p.dport == 5900 and p.flags == 0x02)
+    assert len(syns) == count  # one SYN each (no retries), none lost
+    burst = discovery.rate_burst(rate)
+    for width in (0.05, 0.25, 1.0):
+        assert _most_in_window(syns, width) <= rate * (width + 0.005) + burst, width
+    assert (syns[-1] - syns[0]) >= (count - burst) / rate * 0.95  # not sent all at once
+    if mode == "syn":
+        summary = _syn_summary(out.stderr)
+        achieved = float(summary.split(" at ")[1].split("/s")[0].replace(",", ""))
+        assert achieved <= rate * 1.05, summary
+        assert f"asked {rate:,}/s" in summary
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode", ["connect", "syn"])
+def test_netns_no_packet_to_anything_outside_the_targets(bed: tuple[Bed, list[str]], mode: str,
+                                                         tmp_path: Path) -> None:
+    """Every packet that reaches the target namespace during a scan with exclusions (SYNs,
+    the probes' connections, the scanner's RSTs) is TCP to a declared, not excluded (host,
+    port): an excluded live server hears nothing, every other target is reached."""
+    testbed, hosts = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    excluded_live = hosts[0]
+    excludes = [excluded_live, "198.18.6.0/25"]
+    sniffer = Sniffer(testbed, tmp_path / "seen.json")
+    out = _cli(NET, "-p", "5900,7777", "--timeout", "0.5", "--retries", "0", "--discovery", mode,
+               "--rate", "20000", *(x for e in excludes for x in ("--exclude", e)), "-o", "json",
+               "--db", str(tmp_path / "s.db"), netns=testbed.scn)
+    seen = sniffer.stop()
+    assert out.returncode == 0, out.stderr
+    import ipaddress
+
+    cut = [ipaddress.ip_network(e) for e in excludes]
+    allowed = {(str(a), port) for a in ipaddress.ip_network(NET)
+               if not any(a in c for c in cut) for port in (5900, 7777)}
+    strays = [p for p in seen if p.proto != 6 or (p.dst, p.dport) not in allowed]
+    assert strays == []
+    reached = {(p.dst, p.dport) for p in seen if p.flags == 0x02}
+    assert reached == allowed
+    assert excluded_live not in {p.dst for p in seen}
+    vnc = {(s["host"], s["port"]) for s in json.loads(out.stdout)["services"]
+           if s["state"] == "vnc"}
+    assert vnc and all(pair in allowed for pair in vnc)
+
+
+@pytest.mark.netns
+def test_netns_syn_refused_packets_are_counted_and_sent_again(bed: tuple[Bed, list[str]],
+                                                              tmp_path: Path) -> None:
+    """A scanner whose interface queue overflows (a 2 Mbit/s token-bucket qdisc, far below the
+    rate asked): the kernel refuses SYNs, the sweep counts them in its summary and sends them
+    again, and every target still gets its SYN and its verdict."""
+    testbed, _ = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    testbed.run(testbed.scn, "tc", "qdisc", "add", "dev", testbed.veth_s, "root", "tbf", "rate",
+                "2mbit", "burst", "4kb", "limit", "8kb")
+    try:
+        sniffer = Sniffer(testbed, tmp_path / "seen.json")
+        out = _cli(CAP_NET, "-p", "5900", "--timeout", "0.5", "--retries", "0", "--discovery",
+                   "syn", "--rate", "200000", "-o", "json", "--all", "--db",
+                   str(tmp_path / "q.db"), netns=testbed.scn)
+        seen = sniffer.stop()
+    finally:
+        testbed.run(testbed.scn, "tc", "qdisc", "del", "dev", testbed.veth_s, "root",
+                    check=False)
+    assert out.returncode == 0, out.stderr
+    summary = _syn_summary(out.stderr)
+    import re
+
+    refused = int(re.search(r"; ([\d,]+) refused", summary)[1].replace(",", ""))  # type: ignore[index]
+    assert refused > 0, summary
+    assert "this machine sent no faster" in summary
+    syns = {p.dst for p in seen if p.dport == 5900 and p.flags == 0x02}
+    assert len(syns) == 4096
+    assert len(_by_pair(json.loads(out.stdout))) == 4096

@@ -46,7 +46,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -271,11 +271,9 @@ class ShardJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_interval: float = DEFAULT_BATCH_INTERVAL
 
-    def targets(self, skip: Collection[tuple[str, int]] | None = None) -> Iterator[Target]:
-        it = self.space.iter_targets(self.seed, shard=(self.index, self.count))
-        if skip:
-            return (t for t in it if (t.host, t.port) not in skip)
-        return it
+    def targets(self, skip: Collection[tuple[str, int]] | None = None) -> Iterable[Target]:
+        # A walk, not a generator: the SYN sender reads it in blocks.
+        return self.space.walk(self.seed, (self.index, self.count), skip or ())
 
 
 Sender = Callable[[dict[str, Any]], None]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vncaudit import discovery
-from vncaudit.discovery import DiscoveryOptions, Mode, raise_fd_limit
+from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
@@ -84,6 +84,7 @@ class Progress:
     open: int = 0  # anything that accepted a connection
     live: int = 0  # pairs discovery found answering (probed or being probed)
     retried: int = 0  # extra discovery attempts for silent pairs
+    syn: discovery.SynCounters | None = None  # the SYN sender's counters (--discovery syn)
 
     def add(self, result: ServiceResult) -> None:
         self.done += 1
@@ -98,14 +99,16 @@ class _Pipeline:
     once, the rest wait with their connection open and their deadline not yet started), and
     queues every result for the consumer."""
 
-    def __init__(self, options: ScanOptions, budget: int, progress: Progress | None) -> None:
+    def __init__(self, options: ScanOptions, budget: int, progress: Progress | None,
+                 take_marks: bool = False) -> None:
         self.options = options
+        self.take_marks = take_marks
         self.budget = budget
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
         self.probing: set[asyncio.Task[None]] = set()
-        self.results: deque[ServiceResult] = deque()
+        self.results: deque[ServiceResult | Marks] = deque()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
         self.sweep: discovery.Sweep | None = None
@@ -120,6 +123,13 @@ class _Pipeline:
 
     def finished(self, result: ServiceResult) -> None:
         self.results.append(result)
+        self.ready.set()
+
+    def finished_marks(self, marks: Marks) -> None:
+        if self.take_marks:
+            self.results.append(marks)
+        else:
+            self.results.extend(marks.results())
         self.ready.set()
 
     def room(self) -> int:
@@ -157,7 +167,7 @@ class _Pipeline:
 
     # -- consumer ----------------------------------------------------------------------------
 
-    def take(self) -> ServiceResult | None:
+    def take(self) -> ServiceResult | Marks | None:
         if not self.results:
             return None
         result = self.results.popleft()
@@ -184,14 +194,20 @@ async def iter_results(
     targets: Iterable[Target],
     options: ScanOptions | None = None,
     progress: Progress | None = None,
+    on_marks: Callable[[Marks], None] | None = None,
 ) -> AsyncIterator[ServiceResult]:
-    """Discover and probe every target; yield one result per target as each completes."""
+    """Discover and probe every target; yield one result per target as each completes.
+
+    `on_marks`: closed and filtered verdicts that discovery gives in bulk (a SYN sweep's silent
+    pairs) go there as `Marks`, in order with the rest, instead of one result each."""
     options = options or ScanOptions()
     limit = raise_fd_limit()
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
-    pipeline = _Pipeline(options, budget, progress)
+    pipeline = _Pipeline(options, budget, progress, take_marks=on_marks is not None)
     sweep = discovery.make_sweep(targets, pipeline, options.discovery_options())
     pipeline.sweep = sweep
+    if progress is not None:
+        progress.syn = getattr(sweep, "counters", None)
     sweep_done = False
 
     async def run_sweep() -> None:
@@ -208,6 +224,12 @@ async def iter_results(
     try:
         while True:
             result = pipeline.take()
+            if isinstance(result, Marks):
+                if progress is not None:
+                    progress.done += len(result.pairs)
+                assert on_marks is not None
+                on_marks(result)
+                continue
             if result is not None:
                 if progress is not None:
                     progress.add(result)
@@ -284,15 +306,17 @@ async def scan_async(
     progress: Progress | None = None,
     assess_results: bool = True,
     collect: bool = True,
+    on_marks: Callable[[Marks], None] | None = None,
 ) -> list[ServiceResult]:
     """Probe all targets and return the results (assessed when `assess_results`).
 
     `collect=False`: return [] and keep nothing; for callers that take each result through
-    `on_result` (the CLI stores them), so memory stays flat on a large range.
+    `on_result` (the CLI stores them), so memory stays flat on a large range. `on_marks`: see
+    `iter_results` (those verdicts are then neither collected nor given to `on_result`).
     """
     grade = _assessor() if assess_results else None
     results: list[ServiceResult] = []
-    async for result in iter_results(targets, options, progress):
+    async for result in iter_results(targets, options, progress, on_marks):
         if grade is not None and result.state not in _UNGRADED:
             result = grade(result)
         if collect:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vncaudit import report
+from vncaudit.discovery import Marks
 from vncaudit.engine import Progress
 from vncaudit.models import ServiceResult, Severity
 
@@ -200,6 +201,17 @@ class LiveOutput:
         def both(result: ServiceResult) -> None:
             save(result)
             self.result(result)
+        return both
+
+    def saving_marks(self, save: Callable[[Marks], None]) -> Callable[[Marks], None]:
+        """The same for the closed/filtered verdicts discovery gives in bulk: lines only
+        with --all, as for single results."""
+        def both(batch: Marks) -> None:
+            save(batch)
+            if self.lines is not None and self.include_all:
+                self.lines.write_all(batch.results())
+            if self.status is not None and self.status.failure is not None:
+                raise self.status.failure
         return both
 
     def end(self, status: str, results: Iterable[ServiceResult]) -> None:

@@ -46,6 +46,7 @@ from vncaudit.cli.scan_inputs import (
     _space_from_spec,
 )
 from vncaudit.cli.scan_run import _run_sharded, _run_with_progress, _sigterm_as_interrupt
+from vncaudit.discovery import Marks
 from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
@@ -323,7 +324,7 @@ def scan(
             probe=probe_options,
             post_probe=_post_probe(active, probe_options, web),
         )
-        pending = (t for t in space.iter_targets() if (t.host, t.port) not in done)
+        pending = space.walk(skip=done)
         progress_state = EngineProgress(total=len(space) - len(done))
 
         marks: list[tuple[str, int, State]] = []
@@ -350,6 +351,12 @@ def scan(
                     or time.monotonic() - marked_at[0] > 0.5):
                 flush_marks()
 
+        def save_marks(batch: Marks) -> None:
+            state = batch.state
+            marks.extend((host, port, state) for host, port in batch.pairs)
+            if len(marks) >= 1024 or time.monotonic() - marked_at[0] > 0.5:
+                flush_marks()
+
         terminated: list[int] = []
         show = err.is_terminal and not quiet and str(status_file) != "-"
         try:
@@ -369,7 +376,7 @@ def scan(
                                      quiet=quiet)
                     else:
                         _run_with_progress(pending, options, progress_state, show,
-                                           live.saving(save))
+                                           live.saving(save), live.saving_marks(save_marks))
             finally:
                 flush_marks()
         except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from vncaudit import cli as _cli
 from vncaudit.cli.common import (
     err,
 )
+from vncaudit.discovery import Marks, SynCounters
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.engine import ScanOptions, scan_async
 from vncaudit.engine import run as run_loop
@@ -48,6 +49,7 @@ def _progress_bar(console: Console) -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>7.0f}/s"),
         TextColumn("vnc: {task.fields[vnc]}"),
+        TextColumn("{task.fields[syn]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -82,6 +84,7 @@ def _run_with_progress(
     state: EngineProgress,
     show: bool,
     on_result: Callable[[ServiceResult], None],
+    on_marks: Callable[[Marks], None] | None = None,
 ) -> None:
     # Looked up through the package, as before the split, so a patch of
     # `vncaudit.cli._progress_bar` still takes effect.
@@ -90,7 +93,8 @@ def _run_with_progress(
     async def run() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0,
+                               syn="") if bar else None
         shown = [started]
 
         def draw() -> None:
@@ -98,7 +102,8 @@ def _run_with_progress(
                 now = loop.time()
                 shown[0] = now
                 bar.update(task_id, completed=state.done,
-                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc)
+                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc,
+                           syn=_syn_rate(state.syn))
 
         def update(result: ServiceResult) -> None:
             on_result(result)
@@ -107,14 +112,42 @@ def _run_with_progress(
             if bar is not None and loop.time() - shown[0] >= 0.1:
                 draw()
 
-        await scan_async(pending, options, on_result=update, progress=state, collect=False)
+        await scan_async(pending, options, on_result=update, progress=state, collect=False,
+                         on_marks=on_marks)
         draw()
 
-    if bar is None:
-        run_loop(run())
-        return
-    with bar:
-        run_loop(run())
+    try:
+        if bar is None:
+            run_loop(run())
+        else:
+            with bar:
+                run_loop(run())
+    finally:
+        if state.syn is not None and state.syn.sent:
+            err.print(syn_summary(state.syn), style="dim", markup=False, soft_wrap=True)
+
+
+def _syn_rate(counters: SynCounters | None) -> str:
+    """The progress bar's SYN column: the rate over the last second, while SYNs go out."""
+    if counters is None:
+        return ""
+    rate = counters.recent_rate()
+    return f"SYN {rate / 1000:,.0f}k/s" if rate >= 10_000 else f"SYN {rate:,.0f}/s"
+
+
+def syn_summary(counters: SynCounters) -> str:
+    """One line on what the SYN sender did: the rate it reached against the cap, and every
+    packet the kernel refused, rejected or dropped (none is lost silently)."""
+    rate = counters.send_rate
+    line = f"syn: {counters.sent:,} SYNs sent"
+    if rate:
+        line += f" at {rate:,.0f}/s (asked {counters.asked:,.0f}/s"
+        line += "; this machine sent no faster)" if rate < 0.9 * counters.asked else ")"
+    line += (f"; {counters.refused:,} refused for lack of buffer space (sent again), "
+             f"{counters.dropped:,} dropped by the outgoing interface")
+    if counters.failed:
+        line += f", {counters.failed:,} rejected by the kernel (filtered, with the reason)"
+    return line
 
 
 def _run_sharded(
@@ -138,7 +171,8 @@ def _run_sharded(
 
     bar = _cli._progress_bar(err) if show else None  # via the package: see _run_with_progress
     started = time.monotonic()
-    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0) if bar else None
+    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0,
+                           syn="") if bar else None
 
     def update(result: ServiceResult) -> None:
         if on_result is not None:

@@ -185,8 +185,8 @@ def watch(
                                  help="Mail server for --email (port 587 by default).")
     ] = None,
     smtp_security: Annotated[
-        str, typer.Option("--smtp-security", metavar="starttls|tls|none",
-                          rich_help_panel=_ALERT, help="How to reach the mail server.")
+        str, typer.Option("--smtp-security", metavar="MODE", rich_help_panel=_ALERT,
+                          help="starttls, tls (implicit, port 465) or none.")
     ] = "starttls",
     smtp_user: Annotated[
         str | None, typer.Option("--smtp-user", metavar="USER", rich_help_panel=_ALERT,
@@ -225,8 +225,8 @@ def watch(
                                    help="Max new connections (syn: packets) per second.")
     ] = None,
     discovery: Annotated[
-        str, typer.Option("--discovery", metavar="connect|syn", rich_help_panel=_SCAN,
-                          help="How to find answering ports, as for scan.")
+        str, typer.Option("--discovery", metavar="MODE", rich_help_panel=_SCAN,
+                          help="connect or syn, as for scan.")
     ] = "connect",
     retention: Annotated[
         str | None, typer.Option("--retention", metavar="DURATION",
@@ -240,9 +240,8 @@ def watch(
 ) -> None:
     """Watch targets on a schedule and alert on what changed.
 
-    Each cycle is a stored scan, compared with the monitor's previous cycle; alerts go to
-    webhooks, e-mail or JSON lines on stdout. Runs in the foreground for a service manager;
-    --once runs one cycle for cron or a timer."""
+    Each cycle is a stored scan, compared with the monitor's previous one.
+    Runs in the foreground; --once runs one cycle and exits (cron, timers)."""
     _setup_logging(verbose)
     from vncaudit.watch import config as cfg
 
@@ -385,6 +384,7 @@ def alerts(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_lines=False)
     for column in ("when", "monitor", "service", "alert", "severity", "deliveries"):
@@ -394,9 +394,11 @@ def alerts(
                                                          if d.state != "delivered"
                                                          and d.last_error else "")
                            for d in r.deliveries)
-        table.add_row(r.alert.created.replace("T", " ")[:19], r.alert.monitor,
-                      r.alert.address, r.alert.title, r.alert.severity or "-", states or "-")
-    Console(highlight=False).print(table)
+        cells = (r.alert.created.replace("T", " ")[:19], r.alert.monitor, r.alert.address,
+                 r.alert.title, r.alert.severity or "-", states or "-")
+        # Text, not markup: "webhook:pager:" must not become an emoji, nor "[x]" a style.
+        table.add_row(*(Text(c) for c in cells))
+    Console(highlight=False, emoji=False).print(table)
 
 
 @app.command(epilog="""Examples:
@@ -418,8 +420,7 @@ def prune(
 ) -> None:
     """Delete old scans with their results and screenshots.
 
-    Each monitor's latest cycle (and the one its next cycle is compared with) is always kept,
-    and so is any alert not yet delivered."""
+    Kept: each monitor's latest cycle and its baseline, and any alert not yet delivered."""
     from vncaudit.watch.prune import prune as run_prune
 
     if output not in ("table", "json"):

@@ -15,7 +15,9 @@ import ipaddress
 import logging
 import secrets
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vncaudit.models import Target
 from vncaudit.targets.addresses import (
@@ -40,7 +42,13 @@ from vncaudit.targets.inputs import PathLike, _read_masscan, _read_nmap_xml, _so
 from vncaudit.targets.permutation import _CyclicPermutation
 from vncaudit.targets.ports import _check_ports, format_ports
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 log = logging.getLogger(__name__)
+
+_V4_END = 1 << 32  # IPv4 keys are below this (see addresses._key)
 
 class TargetSpace:
     """The validated set of (address, port) targets of a scan; build it with
@@ -133,6 +141,15 @@ class TargetSpace:
         perm = _CyclicPermutation(self.count, self.seed if seed is None else seed)
         return map(self._target, perm.indices(index, count))
 
+    def walk(self, seed: int | None = None, shard: tuple[int, int] | None = None,
+             skip: Collection[tuple[str, int]] = ()) -> TargetWalk:
+        """The walk of `iter_targets(seed, shard)` minus the (host, port) pairs in *skip* (those
+        a resumed scan has done), readable one `Target` at a time or in blocks (`TargetWalk`)."""
+        index, count = shard if shard is not None else (0, 1)
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise _err(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
+        return TargetWalk(self, self.seed if seed is None else seed, (index, count), skip)
+
     def shard(self, index: int, count: int, seed: int | None = None) -> Iterator[Target]:
         """Shorthand for `iter_targets(seed, shard=(index, count))`."""
         return self.iter_targets(seed, (index, count))
@@ -149,6 +166,126 @@ class TargetSpace:
         host = _host_string(key)
         zone = self._zones.get(key)
         return Target(f"{host}%{zone}" if zone else host, port, self._hostnames.get(key))
+
+
+@dataclass(frozen=True)
+class TargetBlock:
+    """A stretch of a walk: its IPv4 targets as one array of `(address << 16) | port` (the
+    order of the walk), every other target (IPv6) as a `Target`."""
+
+    pairs: npt.NDArray[np.uint64]
+    others: tuple[Target, ...]
+
+
+class TargetWalk:
+    """One walk over a `TargetSpace` (seed, shard), minus pairs already done.
+
+    Iterating gives `Target`s (as `iter_targets`); `blocks()` gives the same targets in
+    `TargetBlock`s, computed with numpy a block at a time, for a sender that handles thousands
+    of targets per call and must not build an object per silent address. `target(pair)` turns
+    an IPv4 pair of a block back into its `Target` (with the host name it was given by).
+    """
+
+    def __init__(self, space: TargetSpace, seed: int, shard: tuple[int, int],
+                 skip: Collection[tuple[str, int]]) -> None:
+        self.space = space
+        self.seed = seed
+        self.shard = shard
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[Target]:
+        targets = self.space.iter_targets(self.seed, self.shard)
+        if not self.skip:
+            return targets
+        skip = self.skip
+        return (t for t in targets if (t.host, t.port) not in skip)
+
+    def __len__(self) -> int:
+        """Targets of the whole space (not of the shard, nor minus the skipped ones)."""
+        return self.space.count
+
+    def target(self, pair: int) -> Target:
+        key = pair >> _PORT_BITS
+        return Target(_host_string(key), pair & 0xFFFF, self.space._hostnames.get(key))
+
+    def blocks(self, size: int = 4096) -> Iterator[TargetBlock]:
+        import numpy as np
+
+        space = self.space
+        perm = _CyclicPermutation(space.count, self.seed)
+        if perm.p >= 1 << 48:  # beyond the vector walk (huge IPv6 spaces): same order, slower
+            yield from self._blocks_from_targets(size)
+            return
+        skip = self._skip_pairs()
+        v4 = bisect_left(space._firsts, _V4_END)
+        offsets = np.array(space._offsets[:v4 + 1], dtype=np.uint64)
+        firsts = np.array(space._firsts[:v4], dtype=np.uint64)
+        ports = np.array(space.ports or (0,), dtype=np.uint64)
+        nports = np.uint64(max(1, len(space.ports)))
+        v4_end = int(offsets[-1]) * len(space.ports)
+        sixteen = np.uint64(_PORT_BITS)
+        for indices in perm.index_blocks(*self.shard, size=size):
+            v4_mask = indices < np.uint64(v4_end)
+            main = indices[v4_mask]
+            rows = main // nports
+            which = np.searchsorted(offsets, rows, side="right") - 1
+            keys = firsts[which] + (rows - offsets[which])
+            pairs = (keys << sixteen) | ports[main % nports]
+            others: list[Target] = []
+            if not v4_mask.all():
+                # The rest: IPv6 (as Targets) and explicit pairs; IPv4 pairs keep their place.
+                placed = np.zeros(len(indices), dtype=np.uint64)
+                placed[v4_mask] = pairs
+                keep = v4_mask.copy()
+                for at in np.flatnonzero(~v4_mask).tolist():
+                    i = int(indices[at])
+                    pair = space._pairs[i - space._main] if i >= space._main else -1
+                    if 0 <= pair < _V4_END << _PORT_BITS:
+                        placed[at] = pair
+                        keep[at] = True
+                    else:
+                        others.append(space._target(i))
+                pairs = placed[keep]
+            if skip is not None and len(pairs):
+                at = np.minimum(np.searchsorted(skip, pairs), len(skip) - 1)
+                pairs = pairs[skip[at] != pairs]
+            if self.skip and others:
+                others = [t for t in others if (t.host, t.port) not in self.skip]
+            if len(pairs) or others:
+                yield TargetBlock(pairs, tuple(others))
+
+    def _skip_pairs(self) -> npt.NDArray[np.uint64] | None:
+        """The skipped IPv4 pairs, sorted, for a vector membership test (None when none)."""
+        import numpy as np
+
+        pairs: list[int] = []
+        for host, port in self.skip:
+            parts = host.split(".")
+            if len(parts) == 4 and all(p.isdigit() for p in parts):
+                a, b, c, d = (int(p) for p in parts)
+                pairs.append((((a << 24) | (b << 16) | (c << 8) | d) << _PORT_BITS) | port)
+        if not pairs:
+            return None
+        out = np.array(pairs, dtype=np.uint64)
+        out.sort()  # duplicates do no harm to the membership test
+        return out
+
+    def _blocks_from_targets(self, size: int) -> Iterator[TargetBlock]:
+        import numpy as np
+
+        pairs: list[int] = []
+        others: list[Target] = []
+        for target in self:
+            ip = _ip_or_none(target.host)
+            if ip is not None and ip.version == 4:
+                pairs.append((int(ip) << _PORT_BITS) | target.port)
+            else:
+                others.append(target)
+            if len(pairs) + len(others) >= size:
+                yield TargetBlock(np.array(pairs, dtype=np.uint64), tuple(others))
+                pairs, others = [], []
+        if pairs or others:
+            yield TargetBlock(np.array(pairs, dtype=np.uint64), tuple(others))
 
 
 def build_target_space(

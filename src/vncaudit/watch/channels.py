@@ -26,7 +26,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import smtplib
+import socket
 import ssl
 import sys
 import time
@@ -86,6 +88,22 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _os_reason(exc: BaseException) -> str | None:
+    """The operating system's words (Connection refused, Name or service not known) from
+    somewhere in an exception's chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and not isinstance(seen, socket.gaierror) \
+                and seen.errno and seen.errno > 0:
+            return os.strerror(seen.errno)  # asyncio's text names the address, not why
+        if isinstance(seen, OSError) and seen.strerror:
+            return _one_line(seen.strerror)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
@@ -138,7 +156,10 @@ async def post_webhook(channel: WebhookChannel, alert: Alert, client: Any = None
             return Outcome(False, f"{host}: TLS error: {tls}")
         if isinstance(exc, httpx.TimeoutException):
             return Outcome(False, f"{host}: no answer within {channel.timeout:g} s")
-        return Outcome(False, f"{host}: {_one_line(str(exc) or type(exc).__name__)}")
+        reason = _os_reason(exc)
+        if reason is not None and isinstance(exc, httpx.ConnectError):
+            return Outcome(False, f"{host}: cannot connect: {reason}")
+        return Outcome(False, f"{host}: {_one_line(reason or str(exc) or type(exc).__name__)}")
     except (OSError, ssl.SSLError, ValueError) as exc:
         tls = _tls_reason(exc)
         return Outcome(False, f"{host}: TLS error: {tls}" if tls else f"{host}: {exc}")

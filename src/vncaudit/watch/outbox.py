@@ -169,14 +169,11 @@ class Deliverer:
                 await client.aclose()
 
     def _report(self, delivery: Delivery, alert: Alert, outcome: Outcome) -> None:
+        # INFO: the watcher turns failures into its own status lines (`on_outcome`).
         if outcome.delivered:
             log.info("outbox: alert %s delivered to %s", alert.key, delivery.channel)
-        elif delivery.state == "failed":
-            log.warning("outbox: alert %s to %s failed for good: %s", alert.key,
-                        delivery.channel, outcome.error)
         else:
-            log.warning("outbox: alert %s to %s not delivered (attempt %d, next try in "
-                        "%.0f s): %s", alert.key, delivery.channel, delivery.attempts,
-                        max(delivery.next_attempt - time.time(), 0), outcome.error)
+            log.info("outbox: alert %s to %s not delivered (%s): %s", alert.key,
+                     delivery.channel, delivery.state, outcome.error)
         if self.on_outcome is not None:
             self.on_outcome(delivery, alert, outcome)

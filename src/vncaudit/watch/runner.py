@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from vncaudit.store import Store, StoreError
+from vncaudit.watch.alerts import Alert
+from vncaudit.watch.channels import Outcome
 from vncaudit.watch.config import Monitor, WatchConfig
 from vncaudit.watch.cycle import CycleOutcome, evaluate_cycle, run_cycle
 from vncaudit.watch.outbox import Deliverer
-from vncaudit.watch.records import MonitorDb
+from vncaudit.watch.records import Delivery, MonitorDb
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ class Watcher:
         self.store = store
         self.config = config
         self.db = MonitorDb(store)
-        self.deliverer = Deliverer(self.db, config.channels(), stdout=stdout)
+        self.deliverer = Deliverer(self.db, config.channels(), stdout=stdout,
+                                   on_outcome=self._delivery)
         self.on_event = on_event
         self.on_cycle = on_cycle
         self.runner = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -110,6 +113,18 @@ class Watcher:
         log.log(level, "%s", text)
         if self.on_event is not None:
             self.on_event(Event(text, monitor, level))
+
+    def _delivery(self, delivery: Delivery, alert: Alert, outcome: Outcome) -> None:
+        if outcome.delivered:
+            return
+        if delivery.state == "failed":
+            self._say(f"{alert.monitor}: alert for {alert.address} to {delivery.channel} "
+                      f"failed for good: {outcome.error}", alert.monitor, logging.ERROR)
+            return
+        wait = max(delivery.next_attempt - time.time(), 0)
+        self._say(f"{alert.monitor}: alert for {alert.address} to {delivery.channel} not "
+                  f"delivered (try {delivery.attempts}, next in {wait:.0f} s): "
+                  f"{outcome.error}", alert.monitor, logging.WARNING)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -206,6 +221,9 @@ class Watcher:
         """One cycle of every monitor, then deliver (retrying for up to `deliver_within`
         seconds); what is still undelivered stays queued for the next run."""
         outcomes = [await self.cycle(m) for m in self.config.monitors]
+        now = datetime.now(UTC)
+        for m in self.config.monitors:
+            self.db.set_next_due(m.name, self.next_due(m, now), self.runner)
         await self.deliverer.drain(deliver_within)
         self._retention(force=True)
         return outcomes

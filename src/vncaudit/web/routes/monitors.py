@@ -28,6 +28,7 @@ pages = APIRouter(include_in_schema=False)
 MonitorName = Annotated[str, Path(min_length=1, max_length=200,
                                   description="The monitor's name (its [monitor.NAME] table)")]
 STALE_AFTER = 300.0  # seconds without a heartbeat after which a runner is taken for gone
+OVERDUE_AFTER = 600.0  # seconds past its next cycle after which a monitor is "overdue"
 
 
 class DeliveryPublic(BaseModel):
@@ -74,7 +75,9 @@ class CyclePublic(BaseModel):
 
 class MonitorPublic(BaseModel):
     name: str
-    state: Literal["running", "waiting", "failing", "stopped"]
+    state: Literal["running", "waiting", "failing", "overdue"] = Field(
+        description="running: a cycle now; failing: the last cycle failed; overdue: the next "
+        "cycle is more than 10 minutes late (nothing runs the monitor); waiting otherwise")
     targets: list[str]
     ports: str
     schedule: str
@@ -113,15 +116,21 @@ def _state(ctx: AppContext, record: MonitorRecord, last: Any) -> str:
     watcher = getattr(ctx, "watcher", None)
     if watcher is not None and record.name in watcher.running:
         return "running"
-    if last is not None and last.status == "running":
-        alive = _fresh(record.heartbeat)
-        return "running" if alive else "stopped"
-    if not _fresh(record.heartbeat) and (watcher is None or
-                                         record.name not in watcher.monitor_names()):
-        return "stopped"
+    if last is not None and last.status == "running" and _fresh(record.heartbeat):
+        return "running"
     if last is not None and last.status == "failed":
         return "failing"
+    if record.next_due is not None and _late(record.next_due):
+        return "overdue"
     return "waiting"
+
+
+def _late(stamp: str) -> bool:
+    try:
+        due = datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return (datetime.now(UTC) - due).total_seconds() > OVERDUE_AFTER
 
 
 def _fresh(stamp: str | None) -> bool:

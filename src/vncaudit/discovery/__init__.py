@@ -1,21 +1,20 @@
 """Discovery: which (host, port) pairs answer at all, found cheaply, before any RFB is spoken.
 
-Owns the two sweeps behind `--discovery`, one interface (`Sweep.run()`, feeding a `Sink`):
+Owns the two sweeps behind `--discovery`, one interface (`Sweep.run()`, feeding a `Sink`), and
+what they share (options, the verdict plumbing, the counters):
 
-* `connect` (default, no root): non-blocking `connect()` on plain sockets watched by the event
-  loop's writer callbacks, many in flight, no task or stream per attempt, so thousands of silent
-  addresses cost a file descriptor and a deque entry each. A connection that succeeds is handed,
-  still open, to the sink: the probe then runs on *that* connection (one connection per port,
-  DESIGN.md "Probing etiquette"), with a deadline that starts when the connection exists.
-* `syn` (root, IPv4): a stateless SYN sender and SYN-ACK/RST receiver on one raw socket
-  (AF_INET, SOCK_RAW, IPPROTO_TCP; the kernel builds the IP header), as zmap and masscan do.
-  One random source port per sweep; the SYN's sequence number is a keyed hash of the
-  destination (address, port), so a reply is validated by recomputing it, with no table
-  lookup for forged or stale packets. A BPF filter on the socket drops, in the kernel, every
-  packet that is not a SYN-ACK or RST to our source port. The kernel answers each SYN-ACK
-  with a RST (it has no socket for that port): harmless, the probe opens a real connection
-  afterwards. IPv6 and unresolved names are handed to the probe as they are (it connects
-  itself).
+* `connect` (default, no root; `ConnectSweep`, here): non-blocking `connect()` on plain sockets
+  watched by the event loop's writer callbacks, many in flight, no task or stream per attempt,
+  so thousands of silent addresses cost a file descriptor and a deque entry each. A connection
+  that succeeds is handed, still open, to the sink: the probe then runs on *that* connection
+  (one connection per port, DESIGN.md "Probing etiquette"), with a deadline that starts when the
+  connection exists.
+* `syn` (root, IPv4; `discovery.syn`, imported only when asked for: it needs numpy): stateless
+  SYNs with a keyed cookie as sequence number, built and sent in batches by sender threads under
+  a shared rate cap, as zmap and masscan do; `discovery.wire` makes the bytes,
+  `discovery.route` says which way each destination leaves. The kernel answers each SYN-ACK
+  with a RST (it has no socket for our port): harmless, the probe opens a real connection
+  afterwards. IPv6 and unresolved names are handed to the probe as they are.
 
 Both sweeps keep a window of attempts in flight (bounded by `--concurrency` for connect, by
 rate × timeout for syn) so that every target ends with a verdict: live (handed on), `closed`
@@ -30,28 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
-import hashlib
 import logging
 import os
-import random
 import resource
 import socket
-import struct
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 from vncaudit.exceptions import UsageError
 from vncaudit.models import ServiceResult, State, Target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYN_RATE = 50_000.0  # packets/s when --rate is not given (zmap's default is ~15,000)
-SYN_BATCH = 256  # packets sent between two turns of the event loop
 TURN_BATCH = 256  # connects started (or given up) between two turns of the event loop
 SYN_ERROR = "--discovery syn needs root (CAP_NET_RAW); use --discovery connect"
 NO_ANSWER = "no answer to the connection attempt"
@@ -90,7 +84,24 @@ class Sink(Protocol):
         """A final closed / filtered verdict."""
 
     def room(self) -> int:
-        """How many more sockets the sweep may hold open now (connect) / pairs it may add."""
+        """How many more sockets the sweep may hold open now (connect) / pairs it may add.
+        The SYN sweep's sender threads call this too: it must stay a cheap read of counters."""
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Closed or filtered verdicts for many pairs at once (what a SYN sweep gives up on in one
+    window): a consumer that records only (host, port, state) for these takes them as they are,
+    instead of one `ServiceResult` each. A sink opts in with a `finished_marks(marks)` method;
+    to any other sink the sweep gives one `ServiceResult` per pair."""
+
+    state: State
+    error: str | None
+    pairs: list[tuple[str, int]]
+
+    def results(self) -> Iterator[ServiceResult]:
+        for host, port in self.pairs:
+            yield ServiceResult(host, port, self.state, error=self.error)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,37 @@ class SweepStats:
     closed: int = 0
     filtered: int = 0
     retried: int = 0
+
+
+@dataclass
+class SynCounters:
+    """What the SYN sender did, live (the progress line reads it while the sweep runs)."""
+
+    asked: float  # the rate cap, packets/s
+    sent: int = 0  # SYNs the kernel took, retries included
+    refused: int = 0  # times the kernel had no buffer for a SYN (each was sent again later)
+    failed: int = 0  # SYNs it rejected for good (no route ...): filtered, with the reason
+    dropped: int = 0  # packets the outgoing interfaces dropped while the sweep ran
+    fresh: int = 0  # first SYNs (not retries) sent
+    cpu: float = 0.0  # CPU seconds the sender threads used (their own and the kernel's for them)
+    started: float = 0.0  # time.monotonic() of the first SYN
+    fresh_done: float = 0.0  # ... of the last first SYN
+    _marks: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=8))
+
+    @property
+    def send_rate(self) -> float:
+        """First SYNs per second, from the first to the last one sent so far (0 before)."""
+        span = self.fresh_done - self.started
+        return self.fresh / span if span > 0 and self.fresh > 1 else 0.0
+
+    def recent_rate(self, now: float | None = None) -> float:
+        """SYNs per second over the last second or so (for a progress line)."""
+        now = time.monotonic() if now is None else now
+        marks = self._marks
+        if not marks or now - marks[-1][0] >= 0.25:
+            marks.append((now, self.sent))
+        then, count = marks[0]
+        return (self.sent - count) / (now - then) if now - then > 0.2 else 0.0
 
 
 def raise_fd_limit() -> int:
@@ -123,22 +165,41 @@ def check_syn_allowed() -> None:
     probe.close()
 
 
+# --rate is a cap in any window, not just on average: a token bucket that holds this much of
+# the rate (at least one token), enough that a turn of the loop or a thread woken a few
+# milliseconds late keeps the average, too little for any network to see more than the cap.
+RATE_BURST_SECONDS = 0.02
+
+
+def rate_burst(rate: float) -> int:
+    """The most starts (connect) or SYNs a rate cap lets out at once."""
+    return max(1, int(rate * RATE_BURST_SECONDS))
+
+
 class _Pacer:
-    """Token bucket without burst: the n-th start happens no earlier than n / rate."""
+    """The connect sweep's rate cap: at most `burst` + rate × t starts in any t seconds."""
 
     def __init__(self, rate: float | None, now: float) -> None:
         self.rate = rate
-        self.start = now
-        self.used = 0
+        self.burst = rate_burst(rate) if rate else 0
+        self.tokens = float(self.burst)
+        self.last = now
 
     def allowed(self, now: float) -> int:
         if not self.rate:
             return 1 << 30
-        return max(0, int((now - self.start) * self.rate) + 1 - self.used)
+        self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return int(self.tokens)
+
+    def spend(self) -> None:
+        if self.rate:
+            self.tokens -= 1
 
     def next_at(self) -> float:
+        """When the next start is allowed."""
         assert self.rate
-        return self.start + self.used / self.rate
+        return self.last + max(0.0, 1 - self.tokens) / self.rate
 
 
 class _Sweep:
@@ -244,7 +305,7 @@ class ConnectSweep(_Sweep):
                     item = self.next_target()
                     if item is None:
                         break
-                    pacer.used += 1
+                    pacer.spend()
                     batch -= self._start(loop, *item)
                 if self.exhausted and not self.retry and not self.inflight:
                     return self.stats
@@ -351,253 +412,27 @@ class ConnectSweep(_Sweep):
         attempt.sock.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# syn
+if TYPE_CHECKING:
+    from vncaudit.discovery.syn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
+    from vncaudit.discovery.syn import SynSweep
 
-_TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
-_MSS_OPTION = struct.pack("!BBH", 2, 4, 1460)
-_SYN_LEN = 24  # 20-byte header + the MSS option
-_SYN_OFFSET_FLAGS = (6 << 12) | _TCP_SYN  # data offset 6 words, SYN
-SO_ATTACH_FILTER = 26
-
-
-def _bpf_replies_to(port: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF for a raw IPv4 TCP socket: keep SYN-ACK and RST-ACK segments to `port`."""
-    return [
-        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf)   x = IP header length
-        (0x48, 0, 0, 2),  # ldh [x+2]          TCP destination port
-        (0x15, 0, 5, port),  # jeq #port, else drop
-        (0x50, 0, 0, 13),  # ldb [x+13]        TCP flags
-        (0x54, 0, 0, _TCP_SYN | _TCP_RST | _TCP_ACK),
-        (0x15, 1, 0, _TCP_SYN | _TCP_ACK),  # SYN-ACK: keep
-        (0x15, 0, 1, _TCP_RST | _TCP_ACK),  # RST-ACK: keep, else drop
-        (0x06, 0, 0, 0xFFFF),
-        (0x06, 0, 0, 0),
-    ]
-
-
-def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
-    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-def _source_port() -> int:
-    """A random port outside the kernel's ephemeral range, so no local socket ever uses it."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            low, high = (int(x) for x in fh.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    if high < 65000:
-        return random.randint(high + 1, 65535)
-    return random.randint(1024, max(1025, low - 1))
-
-
-class _SynAttempt:
-    """One SYN in flight (a slotted class: tens of thousands are made per second)."""
-
-    __slots__ = ("target", "made", "sent_at", "done")
-
-    def __init__(self, target: Target, made: int, sent_at: float) -> None:
-        self.target = target
-        self.made = made
-        self.sent_at = sent_at
-        self.done = False
-
-
-class SynSweep(_Sweep):
-    """Stateless SYN scan: a cookie in the sequence number validates replies; a window of
-    attempts in flight gives every silent pair its retries and its filtered verdict."""
-
-    def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:
-        super().__init__(targets, sink, options)
-        self.port = _source_port()
-        self.secret = os.urandom(16)
-        self.pending: dict[tuple[bytes, int], _SynAttempt] = {}
-        self.window: deque[tuple[float, tuple[bytes, int], _SynAttempt]] = deque()
-        self.sources: dict[bytes, bytes] = {}  # destination /24 → our source address
-        self._bases: dict[bytes, int] = {}  # source address → constant part of the checksum
-        self.sock: socket.socket | None = None
-        rate = options.rate or DEFAULT_SYN_RATE
-        self.rate = rate
-
-    def cookie(self, address: bytes, port: int) -> int:
-        digest = hashlib.blake2b(address + port.to_bytes(2, "big"), key=self.secret,
-                                 digest_size=4).digest()
-        return int.from_bytes(digest, "big")
-
-    def _source_for(self, address: bytes) -> bytes:
-        net = address[:3]
-        source = self.sources.get(net)
-        if source is None:
-            # The kernel picks the IP source address by route; ask it the same way (a UDP
-            # connect sends nothing). One lookup per /24 is enough for any sane routing table.
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.connect((socket.inet_ntoa(address), 9))
-                source = socket.inet_aton(udp.getsockname()[0])
-            self.sources[net] = source
-        return source
-
-    def packet(self, address: bytes, port: int) -> bytes:
-        """The TCP segment of our SYN to (address, port); the kernel adds the IP header."""
-        seq = self.cookie(address, port)
-        src = self._source_for(address)
-        base = self._bases.get(src)
-        if base is None:
-            # The checksum's constant part: source address, protocol and length, our port,
-            # offset/flags, window and the MSS option (RFC 1071: a sum of 16-bit words).
-            constant = src + struct.pack("!BBHHHHH", 0, socket.IPPROTO_TCP, _SYN_LEN,
-                                         self.port, _SYN_OFFSET_FLAGS, 65535, 0) + _MSS_OPTION
-            base = sum(struct.unpack(f"!{len(constant) // 2}H", constant))
-            self._bases[src] = base
-        d1, d2 = struct.unpack("!HH", address)
-        total = base + d1 + d2 + port + (seq >> 16) + (seq & 0xFFFF)
-        total = (total & 0xFFFF) + (total >> 16)
-        total = (total & 0xFFFF) + (total >> 16)
-        return struct.pack("!HHIIHHHH", self.port, port, seq, 0, _SYN_OFFSET_FLAGS, 65535,
-                           ~total & 0xFFFF, 0) + _MSS_OPTION
-
-    async def run(self) -> SweepStats:
-        loop = asyncio.get_running_loop()
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-        except PermissionError:
-            raise UsageError(SYN_ERROR) from None
-        self.sock = sock
-        try:
-            sock.setblocking(False)
-            for opt, size in ((getattr(socket, "SO_RCVBUFFORCE", 33), 32 << 20),
-                              (getattr(socket, "SO_SNDBUFFORCE", 32), 8 << 20)):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
-            _attach_filter(sock, _bpf_replies_to(self.port))
-            with contextlib.suppress(BlockingIOError):
-                while True:  # anything queued before the filter was attached
-                    sock.recv(65535)
-            loop.add_reader(sock.fileno(), self._readable)
-            try:
-                return await self._send_all(loop, sock)
-            finally:
-                loop.remove_reader(sock.fileno())
-        finally:
-            sock.close()
-
-    async def _send_all(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> SweepStats:
-        pacer = _Pacer(self.rate, loop.time())
-        while True:
-            now = loop.time()
-            self._expire(now)
-            tokens = pacer.allowed(now)
-            room = self.sink.room()
-            budget = min(tokens, SYN_BATCH, max(0, room))
-            while budget > 0:
-                item = self.next_target()
-                if item is None:
-                    break
-                if not self._send(now, sock, *item):
-                    self.retry.appendleft(item)
-                    await asyncio.sleep(0.001)  # the device queue is full: let it drain
-                    break
-                pacer.used += 1
-                budget -= 1
-            more = bool(self.retry) or not self.exhausted
-            if not more and not self.pending:
-                return self.stats
-            until = self.window[0][0] if self.window else None
-            if more and room > 0:
-                # Out of tokens or at the end of a batch: let replies and probes run, then go
-                # on when the next token is due.
-                at = pacer.next_at()
-                until = at if until is None else min(until, at)
-                if until <= loop.time():
-                    await asyncio.sleep(0)
-                    continue
-            await self.pause(until)
-
-    def _send(self, now: float, sock: socket.socket, target: Target, made: int) -> bool:
-        try:
-            address = socket.inet_aton(target.host) if ":" not in target.host else b""
-        except OSError:
-            address = b""
-        if len(address) != 4:
-            # IPv6 or a name: no raw path here; the probe connects to it itself.
-            self.sent += 1
-            self.live += 1
-            self.sink.found(target, None)
-            return True
-        try:
-            sock.sendto(self.packet(address, target.port), (target.host, 0))
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                return False
-            self.sent += 1
-            self.verdict(target, State.FILTERED, exc.strerror or str(exc))
-            return True
-        self.sent += 1
-        key = (address, target.port)
-        attempt = _SynAttempt(target, made + 1, now)
-        self.pending[key] = attempt
-        self.window.append((now + self.options.timeout, key, attempt))
-        return True
-
-    def _readable(self) -> None:
-        assert self.sock is not None
-        for _ in range(4096):  # bounded, so a flood cannot starve the loop
-            try:
-                data = self.sock.recv(128)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            self._reply(data)
-
-    def _reply(self, data: bytes) -> None:
-        if len(data) < 20:
-            return
-        ihl = (data[0] & 0x0F) * 4
-        if len(data) < ihl + 14:
-            return
-        sport, dport, _seq, ack = struct.unpack_from("!HHII", data, ihl)
-        if dport != self.port:
-            return
-        address = data[12:16]
-        if ack != (self.cookie(address, sport) + 1) & 0xFFFFFFFF:
-            return  # not an answer to a SYN of ours (stale, forged, or another scan's)
-        attempt = self.pending.pop((address, sport), None)
-        if attempt is None or attempt.done:
-            return  # duplicate, or an answer after its verdict
-        attempt.done = True
-        flags = data[ihl + 13]
-        loop = asyncio.get_running_loop()
-        if flags & _TCP_SYN:
-            self.live += 1
-            self.sink.found(attempt.target, None)
-        else:
-            self.verdict(attempt.target, State.CLOSED, elapsed=loop.time() - attempt.sent_at)
-        self.wake()
-
-    def _expire(self, now: float) -> None:
-        window = self.window
-        while window and window[0][0] <= now:
-            _, key, attempt = window.popleft()
-            if attempt.done:
-                continue
-            attempt.done = True
-            if self.pending.get(key) is attempt:
-                del self.pending[key]
-            self.silent(attempt.target, attempt.made)
-
-
-Sweep = ConnectSweep | SynSweep
+Sweep = Union[ConnectSweep, "SynSweep"]
 
 
 def make_sweep(targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> Sweep:
     """The sweep for `options.mode`; raises UsageError for syn without raw-socket rights."""
     if options.mode is Mode.SYN:
         check_syn_allowed()
+        from vncaudit.discovery.syn import SynSweep
+
         return SynSweep(targets, sink, options)
     return ConnectSweep(targets, sink, options)
+
+
+def __getattr__(name: str) -> object:
+    # The SYN sweep needs numpy: imported when first asked for, not by a connect scan.
+    if name in ("SynSweep", "DEFAULT_SYN_RATE"):
+        from vncaudit.discovery import syn
+
+        return getattr(syn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,627 @@
+"""SYN discovery (`--discovery syn`, root): a stateless sweep that sends as fast as the rate cap
+and the machine allow, and turns the answers into verdicts.
+
+Owns: `SynSweep`. Sender threads (`senders`; two on a machine with two or more cores when the
+rate asks for more than one core sends) each take a block of targets (a `TargetWalk` block, or
+Targets read from any iterable), compute its cookies and packets in one pass (`wire`), and hand
+them to the kernel with sendmmsg in chunks as the shared token bucket allows: the kernel's work
+per SYN (the larger part) runs outside the GIL, on both cores. The event loop's thread reads the
+replies on a raw socket (a BPF filter keeps only SYN-ACK and RST segments to our port), checks
+each acknowledgement against the cookie, and gives the verdicts: live (handed to the sink, the
+probe connects), closed, or, when a window of `timeout` passes in silence, a retry or filtered.
+
+What the threads share: `pending` (pairs taken and not yet answered or given up; a pair is in it
+from the moment a thread takes it until its verdict, so a late answer still counts and a pair is
+never in flight twice), `window` (the chunks sent, in send order, with their deadlines),
+`retries` and the counters, under `lock` where a test and an update must go together.
+
+The rate cap (`--rate`) is a token bucket shared by all senders: in any t seconds at most
+rate × t + `burst` SYNs (burst: 20 ms worth, 1 to 4096). What the kernel refuses for lack of
+buffer space is counted and sent again; what it rejects for good (no route) is a filtered
+verdict with the reason; what the outgoing interfaces drop is read from their counters; the
+rate achieved is measured (`SynCounters`). IPv6 and unresolved names go to the probe as they
+are (it connects itself).
+
+Must not: speak RFB, block the event loop (sending happens in the threads), send before the
+cap allows, or send to anything but the targets it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from vncaudit.discovery import (
+    NO_ANSWER,
+    SYN_ERROR,
+    DiscoveryOptions,
+    Marks,
+    Sink,
+    SweepStats,
+    SynCounters,
+    _Sweep,
+    rate_burst,
+    wire,
+)
+from vncaudit.discovery import route as routes
+from vncaudit.exceptions import UsageError
+from vncaudit.models import State, Target
+
+log = logging.getLogger(__name__)
+
+U64 = npt.NDArray[np.uint64]
+
+DEFAULT_SYN_RATE: Final = 50_000.0  # packets/s when --rate is not given (zmap: ~15,000)
+ONE_SENDER_RATE: Final = 100_000.0  # above this a second sender thread helps (measured here)
+EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
+NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
+REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
+LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late
+
+
+class TargetBlocks(Protocol):
+    """A target source that can be read in blocks (`vncaudit.targets.TargetWalk`)."""
+
+    def blocks(self, size: int = ...) -> Iterator[_Block]: ...
+
+    def target(self, pair: int) -> Target: ...
+
+
+class _Block(Protocol):
+    @property
+    def pairs(self) -> U64: ...
+
+    @property
+    def others(self) -> tuple[Target, ...]: ...
+
+
+@dataclass(frozen=True)
+class _Flight:
+    deadline: float  # time.monotonic()
+    pairs: U64
+    made: int  # attempts made for these pairs, this one included
+
+
+class TokenBucket:
+    """The rate cap, shared by the sender threads: at most `burst` + rate × t packets in any t
+    seconds. `take(n)` waits until min(n, burst / 4) tokens are there and takes up to n: a
+    thread woken late finds the difference still in the bucket, up to `burst`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = min(wire.MAX_BATCH, rate_burst(rate))
+        self.tokens = float(self.burst)
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, want: int, stopping: threading.Event) -> int:
+        while not stopping.is_set():
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
+                self.last = now
+                need = min(want, max(1, self.burst // 4))
+                if self.tokens >= need:
+                    granted = min(want, int(self.tokens))
+                    self.tokens -= granted
+                    return granted
+                wait = (need - self.tokens) / self.rate
+            stopping.wait(wait)
+        return 0
+
+    def late(self, seconds: float) -> None:
+        """The packets of a grant went out `seconds` after it (the thread was preempted): what
+        the bucket gained meanwhile is void, or the next grant would follow them at once and
+        the two together exceed the cap at the wire."""
+        with self.lock:
+            self.tokens -= seconds * self.rate
+
+
+def _bpf_replies_to(port: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for a raw IPv4 TCP socket: keep SYN-ACK and RST-ACK segments to `port`."""
+    syn, rst, ack = wire.TCP_SYN, wire.TCP_RST, wire.TCP_ACK
+    return [
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf)   x = IP header length
+        (0x48, 0, 0, 2),  # ldh [x+2]          TCP destination port
+        (0x15, 0, 5, port),  # jeq #port, else drop
+        (0x50, 0, 0, 13),  # ldb [x+13]        TCP flags
+        (0x54, 0, 0, syn | rst | ack),
+        (0x15, 1, 0, syn | ack),  # SYN-ACK: keep
+        (0x15, 0, 1, rst | ack),  # RST-ACK: keep, else drop
+        (0x06, 0, 0, 0xFFFF),
+        (0x06, 0, 0, 0),
+    ]
+
+
+def _source_port() -> int:
+    """A random port outside the kernel's ephemeral range, so no local socket ever uses it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low, high = (int(x) for x in fh.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if high < 65000:
+        return random.randint(high + 1, 65535)
+    return random.randint(1024, max(1025, low - 1))
+
+
+def _host(address: int) -> str:
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+
+
+def _tx_dropped(ifindexes: set[int]) -> int:
+    """Packets the interfaces dropped on the way out, so far (/proc/net/dev: the namespace's
+    own view)."""
+    names = set()
+    for ifindex in ifindexes:
+        with contextlib.suppress(OSError):
+            names.add(socket.if_indextoname(ifindex))
+    total = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+            name, _, numbers = line.partition(":")
+            if name.strip() in names:
+                total += int(numbers.split()[11])
+    return total
+
+
+def default_senders(rate: float) -> int:
+    return 2 if rate > ONE_SENDER_RATE and (os.cpu_count() or 1) >= 2 else 1
+
+
+class SynSweep(_Sweep):
+    """Stateless SYN scan: a cookie in the sequence number validates replies; a window of chunks
+    in flight gives every silent pair its retries and its filtered verdict."""
+
+    def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions,
+                 senders: int | None = None) -> None:
+        super().__init__(targets, sink, options)
+        self.port = _source_port()
+        self.secret = os.urandom(16)
+        self.cookies = wire.Cookies(self.secret)
+        self.rate = options.rate or DEFAULT_SYN_RATE
+        self.senders = senders or default_senders(self.rate)
+        self.counters = SynCounters(asked=self.rate)
+        self.bucket = TokenBucket(self.rate)
+        self.walk: TargetBlocks | None = None
+        if callable(getattr(targets, "blocks", None)) and callable(getattr(targets, "target",
+                                                                           None)):
+            self.walk = targets  # type: ignore[assignment]
+        self.blocks: Iterator[_Block] | None = None
+        self.named: dict[int, Target] = {}  # pairs of Targets from an iterable with a name
+        self.repeats: dict[int, int] = {}  # a pair given again while still pending
+        self.pending: set[int] = set()
+        self.window: deque[_Flight] = deque()
+        self.retries: deque[tuple[U64, int]] = deque()
+        self.others: deque[Target] = deque()  # IPv6 / names, for the event loop to hand on
+        self.failures: deque[tuple[int, str]] = deque()  # (pair, why the kernel refused it)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.busy = 0
+        self.error: BaseException | None = None
+        self.plan: routes.RoutePlan | None = None
+        self.plan_lock = threading.Lock()
+        self.primed: set[bytes] = set()
+        self.sources: dict[int, int] = {}  # /24 → source word sum, when the plan has none
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.rx: socket.socket | None = None
+        self.marks = getattr(sink, "finished_marks", None)
+
+    # -- the event loop's side -------------------------------------------------------------
+
+    def cookie(self, address: bytes, port: int) -> int:
+        """The sequence number of our SYN to (address, port)."""
+        return self.cookies.cookie((int.from_bytes(address, "big") << 16) | port)
+
+    async def run(self) -> SweepStats:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        try:
+            rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        except PermissionError:
+            raise UsageError(SYN_ERROR) from None
+        self.rx = rx
+        threads: list[threading.Thread] = []
+        try:
+            rx.setblocking(False)
+            with contextlib.suppress(OSError):
+                rx.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 32 << 20)
+            wire.attach_filter(rx, _bpf_replies_to(self.port))
+            with contextlib.suppress(BlockingIOError):
+                while True:  # anything queued before the filter was attached
+                    rx.recv(65535)
+            loop.add_reader(rx.fileno(), self._readable)
+            self.plan = routes.plan()
+            interfaces = self.plan.interfaces()
+            dropped_before = _tx_dropped(interfaces)
+            for i in range(self.senders):
+                thread = threading.Thread(target=self._sender, name=f"vncaudit-syn-{i}",
+                                          daemon=True)
+                thread.start()
+                threads.append(thread)
+            try:
+                await self._settle(loop, interfaces, dropped_before)
+            finally:
+                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+            return self.stats
+        finally:
+            self.stopping.set()
+            for thread in threads:
+                thread.join(1.0)
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(rx.fileno())
+            rx.close()
+
+    async def _settle(self, loop: asyncio.AbstractEventLoop, interfaces: set[int],
+                      dropped_before: int) -> None:
+        """Hand on, expire and give verdicts until every target has its verdict."""
+        next_count = time.monotonic() + 0.5
+        while True:
+            if self.error is not None:
+                raise self.error
+            self._drain()
+            now = time.monotonic()
+            more = self._expire(now)
+            if now >= next_count:
+                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+                next_count = now + 0.5
+            if self._finished():
+                return
+            if more:
+                await asyncio.sleep(0)
+                continue
+            until = min(self.window[0].deadline if self.window else now + 0.05, now + 0.05)
+            await self.pause(loop.time() + max(0.0, until - time.monotonic()))
+
+    def _finished(self) -> bool:
+        with self.lock:
+            return (self.exhausted and not self.retries and self.busy == 0 and not self.window
+                    and not self.others and not self.failures)
+
+    def _drain(self) -> None:
+        while self.others:
+            target = self.others.popleft()
+            with self.lock:
+                self.sent += 1
+            self.live += 1
+            self.sink.found(target, None)
+        while self.failures:
+            pair, why = self.failures.popleft()
+            with self.lock:
+                copies = 1 + self.repeats.pop(pair, 0)
+            for _ in range(copies):
+                self.verdict(self._target(pair), State.FILTERED, why)
+
+    def _target(self, pair: int) -> Target:
+        if self.walk is not None:
+            return self.walk.target(pair)
+        named = self.named.get(pair)
+        return named if named is not None else Target(_host(pair >> 16), pair & 0xFFFF)
+
+    def _expire(self, now: float) -> bool:
+        """Give up on the chunks past their deadline (at most EXPIRE_FLIGHTS); True when more
+        are due."""
+        window = self.window
+        for _ in range(EXPIRE_FLIGHTS):
+            if not window or window[0].deadline > now:
+                return False
+            flight = window.popleft()
+            keys = flight.pairs.tolist()
+            final = flight.made >= self.options.attempts
+            with self.lock:
+                silent = self.pending.intersection(keys)
+                if not silent:
+                    continue
+                if not final:
+                    self.retries.append((np.fromiter(silent, np.uint64, len(silent)),
+                                         flight.made))
+                    self.retried += len(silent)
+                    continue
+                self.pending.difference_update(silent)
+                copies = {k: self.repeats.pop(k) for k in silent if k in self.repeats} \
+                    if self.repeats else {}
+            self._give_up(silent, copies)
+        return bool(window) and window[0].deadline <= now
+
+    def _give_up(self, silent: set[int], copies: dict[int, int]) -> None:
+        """Filtered verdicts for pairs that never answered."""
+        marks = self.marks
+        if marks is None or copies:
+            target = self._target
+            for pair in silent:
+                for _ in range(1 + copies.get(pair, 0)):
+                    self.verdict(target(pair), State.FILTERED, NO_ANSWER)
+            return
+        # One mark per pair, no object per target: most of a large sweep ends here.
+        pairs = [(f"{k >> 40}.{(k >> 32) & 255}.{(k >> 24) & 255}.{(k >> 16) & 255}",
+                  k & 0xFFFF) for k in silent]
+        self.filtered += len(pairs)
+        marks(Marks(State.FILTERED, NO_ANSWER, pairs))
+
+    def _readable(self) -> None:
+        assert self.rx is not None
+        packets: list[bytes] = []
+        recv = self.rx.recv
+        for _ in range(4096):  # bounded, so a flood cannot starve the loop
+            try:
+                packets.append(recv(128))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+        if packets:
+            self._replies(packets)
+
+    def _replies(self, packets: list[bytes]) -> None:
+        pairs, acks, flags = wire.parse_replies(packets, self.port)
+        if not pairs:
+            return
+        if len(pairs) <= 8:
+            cookies = [self.cookies.cookie(p) for p in pairs]
+        else:
+            cookies = self.cookies.cookies(np.array(pairs, dtype=np.uint64)).tolist()
+        answered = False
+        for pair, ack, flag, cookie in zip(pairs, acks, flags, cookies, strict=True):
+            if ack != (cookie + 1) & 0xFFFFFFFF:
+                continue  # not an answer to a SYN of ours (stale, forged, or another scan's)
+            with self.lock:
+                if pair not in self.pending:
+                    continue  # a duplicate, or an answer after its verdict
+                self.pending.discard(pair)
+                copies = 1 + self.repeats.pop(pair, 0)
+            answered = True
+            target = self._target(pair)
+            for _ in range(copies):
+                if flag & wire.TCP_SYN:
+                    self.live += 1
+                    self.sink.found(target, None)
+                else:
+                    self.verdict(target, State.CLOSED)
+        if answered:
+            self.wake()
+
+    def _poke(self) -> None:
+        """From a sender thread: let the event loop look at the queues now."""
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self.wake)
+
+    # -- the sender threads' side ----------------------------------------------------------
+
+    def _sender(self) -> None:
+        txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx] = {}
+        bucket = self.bucket
+        cpu = time.thread_time()
+        try:
+            while not self.stopping.is_set():
+                work = self._take()
+                if work is None:
+                    if self.exhausted:
+                        self._poke()
+                    self.stopping.wait(0.002)
+                    continue
+                pairs, made = work
+                try:
+                    self._send_block(pairs, made, txs, bucket)
+                finally:
+                    with self.lock:
+                        self.busy -= 1
+        except BaseException as exc:  # surfaced by the event loop's side
+            self.error = exc
+            self._poke()
+        finally:
+            for tx in txs.values():
+                tx.close()
+            with self.lock:
+                self.counters.cpu += time.thread_time() - cpu
+
+    def _take(self) -> tuple[U64, int] | None:
+        """The next pairs to send (retries first) and the attempts already made for them; the
+        pairs go into `pending` here, under the lock."""
+        with self.lock:
+            while self.retries:
+                pairs, made = self.retries.popleft()
+                keep = self.pending.intersection(pairs.tolist())  # answered late: no retry
+                if keep:
+                    self.busy += 1
+                    return np.fromiter(keep, np.uint64, len(keep)), made
+            while not self.exhausted:
+                block = self._next_block()
+                if block is None:
+                    self.exhausted = True
+                    break
+                pairs, others = block
+                if others:
+                    self.others.extend(others)
+                if len(pairs):
+                    self.pending.update(pairs.tolist())
+                    self.busy += 1
+                    return pairs, 0
+        return None
+
+    def _next_block(self) -> tuple[U64, tuple[Target, ...]] | None:
+        """Called under the lock."""
+        if self.walk is not None:
+            if self.blocks is None:
+                self.blocks = self.walk.blocks(wire.MAX_BATCH)
+            block = next(self.blocks, None)
+            return None if block is None else (block.pairs, block.others)
+        pairs: list[int] = []
+        others: list[Target] = []
+        taken: set[int] = set()
+        for target in self.source:
+            try:
+                packed = socket.inet_pton(socket.AF_INET, target.host)
+            except OSError:
+                others.append(target)  # IPv6 or a name: the probe connects itself
+            else:
+                pair = (int.from_bytes(packed, "big") << 16) | target.port
+                if pair in self.pending or pair in taken:
+                    self.repeats[pair] = self.repeats.get(pair, 0) + 1
+                else:
+                    taken.add(pair)
+                    pairs.append(pair)
+                    if target.hostname is not None:
+                        self.named[pair] = target
+            if len(pairs) + len(others) >= wire.MAX_BATCH:
+                break
+        if not pairs and not others:
+            return None
+        return np.array(pairs, dtype=np.uint64), tuple(others)
+
+    def _send_block(self, pairs: U64, made: int,
+                    txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx],
+                    bucket: TokenBucket) -> None:
+        seqs = self.cookies.cookies(pairs)
+        plan = self.plan
+        assert plan is not None
+        index = plan.paths_of(pairs >> np.uint64(16))
+        low, high = int(index.min()), int(index.max())
+        # (np.unique would do, but its first call imports numpy.ma: 0.1 s before the first SYN)
+        groups = [low] if low == high else [g for g in range(low, high + 1)
+                                             if (index == g).any()]
+        for group in groups:
+            chosen: slice | npt.NDArray[np.bool_] = (
+                slice(None) if len(groups) == 1 else index == group)
+            sel, sel_seqs = pairs[chosen], seqs[chosen]
+            path = plan.paths[group]
+            if path.link is None and path.gateway and path.gateway not in self.primed:
+                sel, sel_seqs = self._prime(path, sel, sel_seqs, made, txs, bucket)
+                if not len(sel):
+                    continue
+                path = self._replan(group)
+            tx: wire.KernelTx | wire.LinkTx
+            if path.link is not None:
+                key = (group, True)
+                if key not in txs:
+                    assert path.ifindex is not None
+                    txs[key] = wire.LinkTx(self.port, path.source, *path.link,
+                                           sock=wire.packet_socket(path.ifindex))
+                tx = txs[key]
+                tx.load(sel, sel_seqs, 0)
+            else:
+                tx = self._kernel_tx(txs)
+                tx.load(sel, sel_seqs, self._source_sums(path, sel))
+            self._send_loaded(tx, sel, made, bucket)
+
+    def _kernel_tx(self, txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]
+                   ) -> wire.KernelTx | wire.LinkTx:
+        if (-1, False) not in txs:
+            txs[(-1, False)] = wire.KernelTx(self.port, wire.raw_tcp_socket())
+        return txs[(-1, False)]
+
+    def _prime(self, path: routes.Path, pairs: U64, seqs: U64, made: int,
+               txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx],
+               bucket: TokenBucket) -> tuple[U64, U64]:
+        """The gateway of `path` is not resolved yet: send the first SYN through the kernel
+        (which resolves it, as for any packet) and wait a little for the neighbour entry, so
+        the rest can go out as frames. Returns the pairs still to send."""
+        with self.plan_lock:
+            if path.gateway in self.primed:
+                return pairs, seqs
+            self.primed.add(path.gateway)
+        tx = self._kernel_tx(txs)
+        tx.load(pairs[:1], seqs[:1], self._source_sums(path, pairs[:1]))
+        self._send_loaded(tx, pairs[:1], made, bucket)
+        deadline = time.monotonic() + NEIGHBOUR_WAIT
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if (path.gateway, path.ifindex) in routes.neighbours():
+                break
+            self.stopping.wait(0.002)
+        return pairs[1:], seqs[1:]
+
+    def _replan(self, group: int) -> routes.Path:
+        with self.plan_lock:
+            fresh = routes.plan()
+            assert self.plan is not None
+            if len(fresh.paths) == len(self.plan.paths):
+                self.plan = fresh
+            return self.plan.paths[group]
+
+    def _source_sums(self, path: routes.Path, pairs: U64) -> U64 | int:
+        """Word sums of our source address for each destination (the plan's, or the kernel's
+        answer per /24 when the plan could not say)."""
+        if path.source:
+            return wire.word_sum(path.source)
+        sums = []
+        for net in (pairs >> np.uint64(24)).tolist():
+            known = self.sources.get(net)
+            if known is None:
+                if len(self.sources) > 65536:
+                    self.sources.clear()
+                source = routes.kernel_source(net << 8 | 1)
+                known = self.sources[net] = wire.word_sum(source) if source else 0
+            sums.append(known)
+        return np.array(sums, dtype=np.uint64)
+
+    def _send_loaded(self, tx: wire.KernelTx | wire.LinkTx, pairs: U64, made: int,
+                     bucket: TokenBucket) -> None:
+        """Send the packets loaded in `tx` for `pairs`, in chunks the bucket allows, recording
+        each chunk in the window."""
+        n = len(pairs)
+        i = 0
+        counters = self.counters
+        while i < n:
+            while self.sink.room() <= 0 and not self.stopping.is_set():
+                self.stopping.wait(0.001)  # the probes or the consumer are behind
+            granted = bucket.take(min(n - i, wire.MAX_CALL), self.stopping)
+            granted_at = time.monotonic()
+            if not granted:
+                return
+            done = refused = 0
+            failed: list[tuple[int, str]] = []
+            again = False
+            late = time.monotonic() - granted_at
+            if late > LATE:
+                bucket.late(late)
+            while done < granted and not self.stopping.is_set():
+                sent, code = tx.send(i + done, granted - done)
+                if sent:
+                    done += sent
+                    again = False
+                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
+                    refused += 1
+                    self.stopping.wait(REFUSED_PAUSE)
+                elif not again:
+                    # A raw IP socket also reports, once, an ICMP error that arrived for any
+                    # earlier segment: the same packet again tells that from its own failure.
+                    again = True
+                else:
+                    failed.append((int(pairs[i + done]), os.strerror(code)))
+                    done += 1
+                    again = False
+            now = time.monotonic()
+            self.window.append(_Flight(now + self.options.timeout, pairs[i:i + done], made + 1))
+            with self.lock:
+                ok = done - len(failed)
+                self.sent += ok
+                counters.sent += ok
+                counters.refused += refused
+                counters.failed += len(failed)
+                if not counters.started:
+                    counters.started = now
+                if made == 0:
+                    counters.fresh += ok
+                    counters.fresh_done = now
+                for pair, why in failed:
+                    self.pending.discard(pair)
+                    self.failures.append((pair, why))
+            if failed:
+                self._poke()
+            i += done
