@@ -183,3 +183,27 @@ def test_bad_status_file_is_refused_before_any_packet(tmp_path: Path, value: str
     assert out.returncode == 2
     assert out.stderr.startswith("vncaudit: error: --status-file") and message in out.stderr
     assert not out_file.exists()
+
+
+
+def test_jsonl_all_streams_bulk_verdicts(tmp_path: Path) -> None:
+    """Discovery may hand closed/filtered verdicts over in bulk (`Marks`, a SYN sweep's
+    silent window) instead of one result each: with --all they are lines like any other,
+    without it they are not, and the store's own sink sees every batch either way."""
+    from vncaudit.cli.live import LiveOutput
+    from vncaudit.discovery import Marks
+    from vncaudit.engine import Progress
+    from vncaudit.models import State
+
+    batch = Marks(State.FILTERED, "no answer", [("127.0.0.1", 5900), ("127.0.0.2", 5901)])
+    for include_all, expected in ((True, 2), (False, 0)):
+        out = tmp_path / f"all-{include_all}.jsonl"
+        stored: list[Marks] = []
+        live = LiveOutput("jsonl", out, include_all, None, "s-test", Progress(total=2))
+        live.saving_marks(stored.append)(batch)
+        live.end("finished", [])
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert stored == [batch] and len(lines) == expected
+        assert all(d["state"] == "filtered" and d["error"] == "no answer" for d in lines)
+        validator = service_validator()
+        assert all(not list(validator.iter_errors(d)) for d in lines)
