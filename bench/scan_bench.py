@@ -346,6 +346,84 @@ def print_rate_table(result: dict[str, Any]) -> None:
               f"{m['syns_received']:>10,.0f} {m['wall_s']:7.2f} {m['cpu_s']:6.2f}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Start-up: from the process start to its first packet, seen where it arrives
+
+PY_ONE_SYN = ("import socket; s = socket.socket(); s.setblocking(False); "
+              "s.connect_ex((__import__('sys').argv[1], 5900))")
+
+
+def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    """Each tool aims at one silent address of its own; the target namespace's kernel stamps
+    the first packet to it. Time = that stamp - the moment just before the tool is started
+    (`ip netns exec` included, the same for every tool). vncaudit runs from compiled modules
+    (PYTHONPYCACHEPREFIX, warmed once), as an installed package does."""
+    tools = opts.tools.split(",") if opts.tools else [
+        "python -S (one connect)", "python (one connect)", "vncaudit-connect", "vncaudit-syn",
+        "zmap", "nmap"]
+    runs: list[dict[str, Any]] = []
+    with netns.netns_bed() as bed, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        blocklist = tmp / "empty-blocklist"
+        blocklist.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        subprocess.run([sys.executable, "-m", "vncaudit", "--help"], env=env, check=True,
+                       capture_output=True)  # compile once
+        sniffer = netns.Sniffer(bed, tmp / "seen.json")
+        address = 0
+        try:
+            for round_ in range(opts.repeat):
+                for tool in tools:
+                    address += 1
+                    target = f"198.18.{address // 250}.{address % 250 + 1}"
+                    db = str(tmp / f"s{address}.db")
+                    cmd = {
+                        "python -S (one connect)": [sys.executable, "-S", "-c", PY_ONE_SYN,
+                                                    target],
+                        "python (one connect)": [sys.executable, "-c", PY_ONE_SYN, target],
+                        "vncaudit-connect": [sys.executable, "-m", "vncaudit", "scan", target,
+                                             "-p", "5900", "--timeout", "0.3", "--db", db],
+                        "vncaudit-syn": [sys.executable, "-m", "vncaudit", "scan", target,
+                                         "-p", "5900", "--timeout", "0.3", "--retries", "0",
+                                         "--discovery", "syn", "--db", db],
+                        "zmap": ["zmap", "-p", "5900", f"{target}/32", "-i", bed.veth_s, "-S",
+                                 netns.SCN_ADDR, "-G", bed.gateway_mac(), "-c", "0", "-b",
+                                 str(blocklist), "-q", "-o", "/dev/null"],
+                        "nmap": ["nmap", "-sT", "-Pn", "-n", "-p5900", "--max-retries", "0",
+                                 "--host-timeout", "2s", target],
+                    }[tool]
+                    load = loadavg()
+                    started = time.time()
+                    subprocess.run(in_ns(bed, *cmd), env=env, capture_output=True,
+                                   timeout=120, check=False)
+                    runs.append({"tool": tool, "round": round_, "target": target,
+                                 "started": started, "load": load})
+        finally:
+            seen = sniffer.stop()
+    first: dict[str, float] = {}
+    for packet in seen:
+        if packet.proto == 6 and packet.dport == 5900:
+            first[packet.dst] = min(first.get(packet.dst, packet.at), packet.at)
+    for run in runs:
+        arrived = first.get(run["target"])
+        run["first_packet_ms"] = (arrived - run["started"]) * 1000 if arrived else None
+        print(f"  {run['tool']}: {run['first_packet_ms']:.1f} ms (load {run['load']})"
+              if arrived else f"  {run['tool']}: no packet seen", file=sys.stderr)
+    medians = {tool: statistics.median(r["first_packet_ms"] for r in runs
+                                       if r["tool"] == tool and r["first_packet_ms"])
+               for tool in tools}
+    return {"mode": "startup", "runs": runs, "medians_ms": medians, "cpus": os.cpu_count()}
+
+
+def print_startup_table(result: dict[str, Any]) -> None:
+    print(f"{'tool':<26} {'first packet ms (median)':>24}   runs")
+    for tool, median in result["medians_ms"].items():
+        runs = [f"{r['first_packet_ms']:.0f}" for r in result["runs"]
+                if r["tool"] == tool and r["first_packet_ms"]]
+        print(f"{tool:<26} {median:24.1f}   {' / '.join(runs)}")
+
+
 def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
     n = opts.throughput
     hosts = netns.live_hosts("198.18.0.0/16", n, seed=2000)
@@ -494,6 +572,8 @@ def main() -> None:
     parser.add_argument("--send-rate", action="store_true",
                         help="instead: each sender uncapped on 196,608 addresses, the rate "
                         "the target namespace received (tools: zmap, zmap-T2, vncaudit-syn)")
+    parser.add_argument("--startup", action="store_true",
+                        help="instead: from the start of each tool to its first packet")
     parser.add_argument("--repeat", type=int, default=1, help="run the tool list N times")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--handshake-driver", help=argparse.SUPPRESS)  # hosts file; internal
@@ -509,6 +589,9 @@ def main() -> None:
     if opts.send_rate:
         result = rate_bench(opts)
         print_rate_table(result)
+    elif opts.startup:
+        result = startup_bench(opts)
+        print_startup_table(result)
     else:
         result = throughput_bench(opts) if opts.throughput else range_bench(opts)
         print_table(result)

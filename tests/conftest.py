@@ -19,6 +19,12 @@ Real VNC servers (``tests/servers.py``) on loopback:
 When a binary is missing the test is skipped, except under CI (env var ``CI``
 set), where it FAILS: real-server tests must never silently skip in CI.
 Mark real-server tests ``@pytest.mark.realserver``.
+
+Marks that keep a test out of ``make check`` (the fast lane: ``-m "not slow and not
+realserver and not netns and not load and not soak"``): a test file may set them itself;
+``pytest_collection_modifyitems`` below also sets them by module (`_MODULE_MARKS`), by the
+real-server fixtures a test uses, and by test name (`_SLOW_TESTS`: each took seconds of CPU),
+so the fast lane stays fast without moving tests between files.
 """
 
 from __future__ import annotations
@@ -146,3 +152,59 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and every `vncaudit` it runs) writes to its own store, never the user's."""
     monkeypatch.setenv("VNCAUDIT_DB", str(tmp_path_factory.mktemp("store") / "vncaudit.db"))
+
+
+# Whole modules: the Dask clusters, Chromium, property-based fuzzing, schema fuzzing of the
+# API, throughput runs, and the load and soak tests.
+_MODULE_MARKS: dict[str, tuple[str, ...]] = {
+    "test_cluster": ("slow",),
+    "test_rfb_fuzz": ("slow",),
+    "test_report_html_browser": ("slow",),
+    "test_web_browser": ("slow",),
+    "test_web_schemathesis": ("slow",),
+    "test_throughput_paths": ("slow",),
+    "test_systemd_units": ("slow",),
+    "test_web_load": ("load",),
+    "test_soak": ("soak",),
+}
+# Tests that start a real VNC server (tests/servers.py) through these fixtures.
+_REAL_SERVER_FIXTURES = frozenset({
+    "tigervnc_none", "tigervnc_vncauth", "tigervnc_vencrypt", "tigervnc_default", "x11vnc_none",
+    "x11vnc_password", "xtightvnc", "xtightvnc_none", "vnc_server_factory", "probe_once",
+})
+# Single tests of otherwise fast modules: kill -9 and restart loops, many processes or
+# threads, signals sent to a running scan, DNS servers answering slowly on purpose.
+_SLOW_TESTS = frozenset({
+    "test_kill9_mid_write_then_resume_equals_uninterrupted",
+    "test_reader_while_writer_process_writes",
+    "test_one_store_shared_by_threads",
+    "test_many_processes_opening_a_fresh_file_at_once",
+    "test_kill9_with_an_open_batch_loses_only_that_batch",
+    "test_kill9_with_time_based_commits",
+    "test_kill_9_then_resume_equals_uninterrupted",
+    "test_results_and_diff_commands",
+    "test_signal_during_scan_stores_and_prints_resume",
+    "test_serve_port_in_use_is_one_line_exit_3",
+    "test_serve_stops_on_ctrl_c_without_an_error",
+    "test_no_rule_raises_and_findings_keep_their_promises",
+    "test_rate_is_respected_server_side",
+    "test_cname_wildcard_is_detected_by_its_target",
+    "test_wildcard_zone_gives_no_flood_but_keeps_real_records",
+    "test_axfr_refused_falls_back_to_the_wordlist",
+    "test_scan_domain_skips_names_no_target_parser_takes",
+    "test_public_history_never_publishes_the_operators_cli_scans",
+    "test_bash_completion_of_commands_options_and_formats",
+    "test_install_completion_for_bash",
+    "test_a_huge_pattern_is_intervals_not_addresses",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else ""
+        for mark in _MODULE_MARKS.get(module, ()):
+            item.add_marker(mark)
+        if _REAL_SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker("realserver")
+        if getattr(item, "originalname", item.name) in _SLOW_TESTS:
+            item.add_marker("slow")

@@ -53,7 +53,7 @@ CASES: list[tuple[list[str], int, str]] = [
     # targets
     (["scan", "999.1.1.1"], 2, "'999.1.1.1'"),
     (["scan", "10.0.0.0/33"], 2, "prefix length must be a number 0-32"),  # was: input twice
-    (["scan", "host.test/24"], 2, "'host.test' is not an IP address"),
+    (["scan", "host.test/24"], 2, "cannot resolve host.test"),  # nmap's name/prefix
     # habits from other tools get a hint (were: "invalid IPv6 address", "not a network")
     (["scan", "127.0.0.1:5900"], 2, "a port goes in -p, not after the host (127.0.0.1 -p 5900)"),
     (["scan", "[::1]:5901"], 2, "(::1 -p 5901)"),

@@ -180,7 +180,9 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:  # an optional dependency: say how to get it
-        raise UsageError("sharded scans need Dask: pip install 'dask[distributed]'") from exc
+        raise UsageError("sharded scans (--workers, --cluster) need Dask: install the "
+                         "'cluster' extra: pipx install --force '.[cluster]' from the source "
+                         "tree (in a venv: pip install '.[cluster]')") from exc
     # Dask logs every worker start and stop at INFO; the scan's own log is what users read.
     dask_log = logging.getLogger("distributed")
     level = dask_log.level

@@ -314,11 +314,14 @@ async def scan_async(
     `on_result` (the CLI stores them), so memory stays flat on a large range. `on_marks`: see
     `iter_results` (those verdicts are then neither collected nor given to `on_result`).
     """
-    grade = _assessor() if assess_results else None
+    grade: Callable[[ServiceResult], ServiceResult] | None = None
     results: list[ServiceResult] = []
     async for result in iter_results(targets, options, progress, on_marks):
-        if grade is not None and result.state not in _UNGRADED:
-            result = grade(result)
+        if assess_results and result.state not in _UNGRADED:
+            # Imported with the first result to grade, not before the first packet.
+            grade = grade or _assessor()
+            if grade is not None:
+                result = grade(result)
         if collect:
             results.append(result)
         if on_result is not None:

@@ -2,20 +2,26 @@
 
 Owns: the typer `app`, its top-level callback (--version), the `version` command, the console
 script entry point `main` (DESIGN.md §5 exit codes: 0 ok, 1 findings at or above --fail-on,
-2 usage/input error, 3 runtime failure, every error one line on stderr) and the registration
-of the command modules of this package, whose import order is the order of `vncaudit --help`.
-Re-exports the shared helpers (`cli/common.py`, `cli/output.py`, `cli/scan.py`) under their
-old names, so `from vncaudit.cli import _fail, app, results_table ...` keeps working. Must
-not: hold scanning, grading or formatting logic of its own, or command code (each command
-lives in its own module).
+2 usage/input error, 3 runtime failure, every error one line on stderr) and the table of the
+command modules of this package (`COMMAND_MODULES`), whose order is the order of
+`vncaudit --help`. A module is imported when its commands are first needed: `vncaudit scan …`
+imports the scan command's code and no other command's (start-up is time before the first
+packet); the help, an unknown command or the `app` used directly import them all. The shared
+helpers (`cli/common.py`, `cli/output.py`, `cli/scan*.py`) are re-exported under their old
+names, imported when first asked for, so `from vncaudit.cli import _fail, app, results_table`
+keeps working. Must not: hold scanning, grading or formatting logic of its own, or command
+code (each command lives in its own module).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.models import CommandInfo
 
 from vncaudit import __version__
 from vncaudit.cli.common import (
@@ -40,19 +46,64 @@ from vncaudit.cli.common import (
     finite,
     log,
 )
-from vncaudit.cli.output import (
-    _EVIDENCE_SHOWN,
-    _SEVERITY_STYLE,
-    _WHY_SHOWN,
-    _cell,
-    _emit,
-    _host_key,
-    _plain,
-    _security_summary,
-    print_findings,
-    results_table,
-)
 from vncaudit.exceptions import VncAuditError
+
+if TYPE_CHECKING:  # imported when first asked for (module __getattr__ below)
+    from vncaudit.cli.output import (
+        _EVIDENCE_SHOWN,
+        _SEVERITY_STYLE,
+        _WHY_SHOWN,
+        _cell,
+        _emit,
+        _host_key,
+        _plain,
+        _security_summary,
+        print_findings,
+        results_table,
+    )
+    from vncaudit.cli.scan import _SCAN_EXAMPLES, DEFAULT_PORTS_SPEC
+    from vncaudit.cli.scan_inputs import (
+        _MAX_STREAM_INPUT,
+        _MAX_WORDLIST_LINE,
+        _active_options,
+        _check_discovery,
+        _domain_targets,
+        _kept_input,
+        _plain_target_name,
+        _post_probe,
+        _read_password_list,
+        _space_from_spec,
+    )
+    from vncaudit.cli.scan_run import (
+        _progress_bar,
+        _run_sharded,
+        _run_with_progress,
+        _sigterm_as_interrupt,
+    )
+
+_REEXPORTED = {
+    "vncaudit.cli.output": ("_EVIDENCE_SHOWN", "_SEVERITY_STYLE", "_WHY_SHOWN", "_cell",
+                            "_emit", "_host_key", "_plain", "_security_summary",
+                            "print_findings", "results_table"),
+    "vncaudit.cli.scan": ("DEFAULT_PORTS_SPEC", "_SCAN_EXAMPLES"),
+    "vncaudit.cli.scan_inputs": ("_MAX_STREAM_INPUT", "_MAX_WORDLIST_LINE", "_active_options",
+                                 "_check_discovery", "_domain_targets", "_kept_input",
+                                 "_plain_target_name", "_post_probe", "_read_password_list",
+                                 "_space_from_spec"),
+    "vncaudit.cli.scan_run": ("_progress_bar", "_run_sharded", "_run_with_progress",
+                              "_sigterm_as_interrupt"),
+}
+_REEXPORT_FROM = {name: module for module, names in _REEXPORTED.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _REEXPORT_FROM.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: a later monkeypatch of the name replaces this
+    return value
+
 
 # What other modules and the tests import from `vncaudit.cli` (explicit for mypy --strict).
 __all__ = [
@@ -106,22 +157,87 @@ __all__ = [
     "main",
 ]
 
-app: typer.Typer = typer.Typer(
+# The modules that define commands and their commands, in the order of `vncaudit --help`.
+# A new command module goes here (tests/test_cli_startup.py checks the table is complete).
+COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("vncaudit.cli.scan", ("scan",)),
+    ("vncaudit.cli.subdomains", ("subdomains",)),
+    ("vncaudit.cli.history", ("results", "diff")),
+    ("vncaudit.cli.watch", ("watch", "alerts", "prune")),
+    ("vncaudit.cli.schema", ("schema",)),
+    ("vncaudit.cli", ("version",)),
+    ("vncaudit.cli.local", ("local", "harden", "check")),
+    ("vncaudit.cli.serve", ("serve",)),
+    ("vncaudit.cli.manpage", ("manpage",)),
+)
+_ORDER = {name: i for i, (_, names) in enumerate(COMMAND_MODULES) for name in names}
+
+
+class _CommandsOnDemand(typer.Typer):
+    """The app: its command modules are imported when typer first reads the command list, in
+    `COMMAND_MODULES` order; with `only` set (by `main`, for one run), just that command's."""
+
+    only: str | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._commands: list[CommandInfo] = []
+        self._loading = False
+        self._loaded: set[str] = set()
+        super().__init__(**kwargs)
+
+    @property
+    def registered_commands(self) -> list[CommandInfo]:
+        if not self._loading:
+            self._load()
+        return self._commands
+
+    @registered_commands.setter
+    def registered_commands(self, value: list[CommandInfo]) -> None:
+        self._commands = value
+
+    def _load(self) -> None:
+        wanted = [module for module, names in COMMAND_MODULES
+                  if (self.only is None or self.only in names) and module not in self._loaded]
+        if not wanted:
+            return
+        self._loading = True
+        try:
+            for module in wanted:
+                self._loaded.add(module)
+                if module == __name__:
+                    self.command()(version)
+                else:
+                    importlib.import_module(module)
+        finally:
+            self._loading = False
+        self._commands.sort(key=lambda info: _ORDER.get(_name(info), len(_ORDER)))
+
+
+def _name(info: CommandInfo) -> str:
+    """A registered command's name, as typer derives it when none is given."""
+    callback = info.callback
+    return info.name or (callback.__name__.replace("_", "-") if callback else "")
+
+
+app: _CommandsOnDemand = _CommandsOnDemand(
     cls=_OneLineErrors,
     name="vncaudit",
     context_settings={"help_option_names": ["-h", "--help"]},  # -h, as nmap users type it
     epilog="""Examples:
 
-  vncaudit scan 10.0.0.0/24                   VNC on the default ports of a subnet
-  vncaudit local                              this machine's VNC listeners and firewall
-  vncaudit COMMAND --help                     every option of a command, with examples
+  vncaudit scan 10.0.0.0/24    VNC on the default ports of a subnet
+  vncaudit local               this machine's VNC listeners and firewall
+  vncaudit COMMAND --help      every option of a command, with examples
 
 Exit codes: 0 ok, 1 a finding at or above --fail-on, 2 usage or input error (one line on
 stderr), 3 runtime failure, 130 interrupted.""",
     help="Find exposed VNC services, read what each offers through the RFB handshake without "
     "logging in, grade the risk and show the fix. Scans only the targets you name.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: rich's boxed three-column layout left the help text some 20 characters
+    # wide at 80 columns; click's two columns read like nmap's and man pages.
+    rich_markup_mode=None,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )
 
@@ -143,44 +259,28 @@ def _global_options(
     pass
 
 
-# Commands that live in their own modules register themselves on `app` when imported; the
-# order of these imports is the order of `vncaudit --help` (scan ... diff, then version).
-from vncaudit.cli import scan as _scan  # noqa: E402,F401,I001
-from vncaudit.cli import subdomains as _subdomains  # noqa: E402,F401
-from vncaudit.cli import history as _history  # noqa: E402,F401
-from vncaudit.cli import watch as _watch  # noqa: E402,F401
-from vncaudit.cli import schema as _schema  # noqa: E402,F401
-from vncaudit.cli.scan import DEFAULT_PORTS_SPEC, _SCAN_EXAMPLES  # noqa: E402
-from vncaudit.cli.scan_inputs import (  # noqa: E402
-    _MAX_STREAM_INPUT,
-    _MAX_WORDLIST_LINE,
-    _active_options,
-    _check_discovery,
-    _domain_targets,
-    _kept_input,
-    _plain_target_name,
-    _post_probe,
-    _read_password_list,
-    _space_from_spec,
-)
-from vncaudit.cli.scan_run import (  # noqa: E402
-    _progress_bar,
-    _run_sharded,
-    _run_with_progress,
-    _sigterm_as_interrupt,
-)
-
-
-@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"vncaudit {__version__}")
 
 
+def _named_command(args: list[str]) -> str | None:
+    """The command a command line names first thing (`vncaudit scan …`), if any; None when
+    every command may be needed (the help, completion, global options, a typo)."""
+    if not args or args[0] not in _ORDER:
+        return None
+    if any(key.startswith("_VNCAUDIT_COMPLETE") for key in os.environ):
+        return None
+    return args[0]
+
+
 def main() -> None:
     """Console-script entry point: map any escaping error to one line and exit code 3."""
+    app.only = _named_command(sys.argv[1:])
     try:
-        app()
+        # The name in usage lines and in the shell completion script, also under
+        # `python -m vncaudit` (whose completion would otherwise be bound to "python -m ...").
+        app(prog_name="vncaudit")
     except VncAuditError as exc:
         _error_line(str(exc))
         sys.exit(3)
@@ -192,9 +292,5 @@ def main() -> None:
         log.debug("unexpected error", exc_info=True)
         _error_line(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)")
         sys.exit(3)
-
-
-# Commands that live in their own modules register themselves on `app` when imported.
-# (Each module imports `app` and the shared helpers above from this package.)
-from vncaudit.cli import local as _local  # noqa: E402,F401
-from vncaudit.cli import serve as _serve  # noqa: E402,F401
+    finally:
+        app.only = None

@@ -2,8 +2,9 @@
 
 Owns: the command group class that turns click's usage errors into one `vncaudit: error:`
 line (exit 2), `_error_line` / `_fail`, logging set-up, the stderr console `err`, the option
-aliases every command shares (`OutputOpt`, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`,
-`TrustedOpt`), value checks refused before any packet (`finite`, `--trusted`, output file) and
+aliases every command shares (`OutputOpt`, `output_option` / `output_format` and the
+`--json` alias, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`, `TrustedOpt`, the password
+options), value checks refused before any packet (`finite`, `--trusted`, output file) and
 opening the store. Must not: define commands, import `vncaudit.cli` (it is imported by it), or
 hold scanning, grading or formatting logic.
 """
@@ -14,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,6 +43,9 @@ class _OneLineErrors(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        from vncaudit.cli import coercion
+
+        coercion.install()  # start-up: no pydantic model per option (see there)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -64,6 +69,29 @@ class _OneLineErrors(TyperGroup):
             return code
         sys.exit(code)
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.epilog:
+            command.epilog = keep_layout(command.epilog)
+        return command
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        if self.epilog:
+            self.epilog = keep_layout(self.epilog)
+        super().format_epilog(ctx, formatter)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        # Each command's first sentence whole, wrapped, where click would cut it at "...".
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                first = (command.short_help or command.help or "").strip().split("\n\n")[0]
+                rows.append((name, " ".join(first.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -72,6 +100,35 @@ class _OneLineErrors(TyperGroup):
             # the same one line, instead of exiting 130 silently.
             _error_line("interrupted")
             raise typer.Exit(130) from None
+
+
+_EPILOG_WIDTH = 76  # click's help is at most 80 wide: 78 columns, the epilog indented by 2
+
+
+def keep_layout(text: str) -> str:
+    """Mark each indented paragraph of an epilog (the examples) for click to print as it is
+    written (a `\\b` line), instead of re-flowing its aligned columns into one paragraph;
+    when a comment would pass 80 columns, each comment goes on a line under its command."""
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
+        lines = paragraph.splitlines()
+        if lines[0] == "\b" or not any(line[:1].isspace() for line in lines):
+            out.append(paragraph)
+            continue
+        examples = [re.fullmatch(r"(\s*)(\S.*?)\s{2,}(\S.*)", line) for line in lines]
+        # One comment too long for its line puts every comment of the paragraph under its
+        # command, so the examples still line up.
+        split = any(m and len(line) > _EPILOG_WIDTH for m, line in zip(examples, lines,
+                                                                        strict=True))
+        kept = ["\b"]
+        for example, line in zip(examples, lines, strict=True):
+            if example and split:
+                indent, command, comment = example.groups()
+                kept += [indent + command, f"{indent}    {comment}"]
+            else:
+                kept.append(line)
+        out.append("\n".join(kept))
+    return "\n\n".join(out)
 
 
 err = Console(stderr=True, highlight=False)
@@ -103,10 +160,41 @@ def _setup_logging(verbose: int) -> None:
 OUTPUTS = ("table", *report.FORMATS)
 
 
-OutputOpt = Annotated[
-    str, typer.Option("-o", "--output", metavar="FORMAT",
-                      help=f"Output format: {', '.join(OUTPUTS)}.")
+def _completer(formats: Sequence[str]) -> Any:
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in formats if name.startswith(incomplete)]
+
+    return complete
+
+
+def output_option(formats: Sequence[str], note: str = "") -> Any:
+    """`-o/--output FORMAT` of a command whose output comes in *formats* (the first is the
+    default), completed by the shell. Check the value with `output_format`."""
+    names = ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
+    return typer.Option("-o", "--output", metavar="FORMAT", autocompletion=_completer(formats),
+                        help=f"Output format: {names}{note}.")
+
+
+# `--json`, which diff, harden, check and subdomains took before they had -o: kept working.
+JsonAliasOpt = Annotated[
+    bool, typer.Option("--json", hidden=True, help="Same as -o json.")
 ]
+
+
+def output_format(output: str, as_json: bool, formats: Sequence[str]) -> str:
+    """The format asked for by -o and the --json alias; one line, exit 2, when it is none of
+    *formats* or the two disagree."""
+    if as_json:
+        if output not in (formats[0], "json"):
+            raise _fail(f"--json is -o json; it cannot go with -o {output}")
+        output = "json"
+    if output not in formats:
+        raise _fail(f"unknown output format {output!r}; choose "
+                    f"{', '.join(formats[:-1])} or {formats[-1]}")
+    return output
+
+
+OutputOpt = Annotated[str, output_option(OUTPUTS)]
 OutputFileOpt = Annotated[
     Path | None, typer.Option("--output-file", metavar="FILE",
                               help="Write the report here, not stdout.")
@@ -168,6 +256,51 @@ def _check_not_everyone(network: str, option: str) -> None:
                     f"internet; list your own networks (/{limit} or narrower)")
 
 
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option("--password", metavar="PASSWORD",
+                 help="Active: authenticate with this known password to read the desktop name "
+                 "(and --screenshot) on protected servers. It shows in ps and shell history: "
+                 "prefer --password-file or $VNCAUDIT_PASSWORD."),
+]
+PasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option("--password-file", metavar="FILE",
+                 help="Active: as --password, read from the first line of FILE "
+                 "(/dev/stdin for a pipe). Without either: $VNCAUDIT_PASSWORD."),
+]
+_MAX_PASSWORD_FILE = 4096  # bytes read; a password file is one short line
+
+
+def known_password(password: str | None, password_file: Path | None) -> str | None:
+    """The known password from --password, --password-file or $VNCAUDIT_PASSWORD (in that
+    order; an empty variable is none). Every way a file is not a password is one line."""
+    if password is not None and password_file is not None:
+        raise _fail("give --password or --password-file, not both")
+    if password is not None:
+        return password
+    if password_file is None:
+        return os.environ.get("VNCAUDIT_PASSWORD") or None
+    try:
+        with open(password_file, "rb") as stream:
+            data = stream.read(_MAX_PASSWORD_FILE)
+    except OSError as exc:
+        raise _fail(f"--password-file {password_file}: cannot read: "
+                    f"{exc.strerror or exc}") from None
+    line = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if b"\n" not in data and len(data) == _MAX_PASSWORD_FILE:
+        raise _fail(f"--password-file {password_file}: no line break in the first "
+                    f"{_MAX_PASSWORD_FILE} bytes; the password goes on the first line")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(f"--password-file {password_file}: not UTF-8 text") from None
+    if not text:
+        raise _fail(f"--password-file {password_file}: the first line is empty; the password "
+                    "goes there")
+    return text
+
+
 FixOpt = Annotated[
     bool,
     typer.Option("--fix/--no-fix", help="Table output: after the table, list every finding "
@@ -203,6 +336,22 @@ def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()
     writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
     if not writable:
         raise _fail(f"--output-file {shown}: permission denied")
+
+
+def extra_hint(extra: str) -> str:
+    """How to add an optional part (a pyproject extra) to the install the README made."""
+    return (f"install the '{extra}' extra: pipx install --force '.[{extra}]' from the source "
+            f"tree (in a venv: pip install '.[{extra}]')")
+
+
+def require_extra(extra: str, modules: Sequence[str], what: str) -> None:
+    """Refuse *what* in one line, before any work, when a module of *extra* is missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise _fail(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed);"
+                    f" {extra_hint(extra).removeprefix(f'install the {extra!r} extra: ')}", 3)
 
 
 def _open_store(db: Path | None) -> Store:

@@ -19,6 +19,7 @@ from vncaudit.cli.common import (
     AllOpt,
     DbOpt,
     FixOpt,
+    JsonAliasOpt,
     OutputFileOpt,
     OutputOpt,
     TrustedOpt,
@@ -28,6 +29,8 @@ from vncaudit.cli.common import (
     _open_store,
     _write_out,
     err,
+    output_format,
+    output_option,
 )
 from vncaudit.cli.output import _emit
 from vncaudit.models import ServiceResult, Severity
@@ -109,14 +112,16 @@ def results(
 
 @app.command(epilog="""Example:
 
-  vncaudit diff s-20261124-ab12cd s-20261125-cd34ef --json""")
+  vncaudit diff s-20261124-ab12cd s-20261125-cd34ef -o json""")
 def diff(
     scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
     scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[str, output_option(("table", "json"))] = "table",
+    as_json: JsonAliasOpt = False,
     db: DbOpt = None,
 ) -> None:
     """What changed between two scans: services that appeared, disappeared or changed."""
+    as_json = output_format(output, as_json, ("table", "json")) == "json"
     try:
         with _open_store(db) as store:
             changes = store.diff(scan_a, scan_b)

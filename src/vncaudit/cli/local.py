@@ -33,6 +33,7 @@ from vncaudit.cli import (
     err,
     finite,
 )
+from vncaudit.cli.common import JsonAliasOpt, output_format, output_option
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
 
@@ -171,11 +172,9 @@ def local_cmd(
         bool, typer.Option("--no-probe", help="Do not probe the VNC listeners on loopback.")
     ] = False,
     timeout: TimeoutOpt = 5.0,
-    output: Annotated[
-        str, typer.Option("-o", "--output", metavar="FORMAT",
-                          help="Output format: table or json (the file "
-                          "`vncaudit check --inside` reads).")
-    ] = "table",
+    output: Annotated[str, output_option(("table", "json"),
+                                         " (json: the file `vncaudit check --inside` reads)")
+                      ] = "table",
     output_file: Annotated[
         Path | None, typer.Option("--output-file", metavar="FILE",
                                   help="Write the report here, not stdout.")
@@ -189,8 +188,7 @@ def local_cmd(
 ) -> None:
     """Audit THIS machine: VNC listeners, bind addresses, processes, configs, firewall."""
     _setup_logging(verbose)
-    if output not in ("table", "json"):
-        raise _fail(f"unknown output format {output!r}; choose table or json")
+    output_format(output, False, ("table", "json"))
     threshold = _threshold(fail_on)
     _check_output_file(output_file)
     audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout)
@@ -252,11 +250,13 @@ def harden_cmd(
     ports: PortsOpt = DEFAULT_LOCAL_PORTS,
     only_port: OnlyPortOpt = None,
     timeout: TimeoutOpt = 5.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    output: Annotated[str, output_option(("table", "json"), " (the plan)")] = "table",
+    as_json: JsonAliasOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Print the exact fix commands for this host; --apply runs the firewall part."""
     _setup_logging(verbose)
+    as_json = output_format(output, as_json, ("table", "json")) == "json"
     if backend not in harden.BACKENDS:
         raise _fail(f"unknown backend {backend!r}; choose {', '.join(harden.BACKENDS)}")
     if do_rollback:
@@ -406,7 +406,8 @@ def check_cmd(
     ] = None,
     only_port: OnlyPortOpt = None,
     timeout: TimeoutOpt = 3.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: Annotated[str, output_option(("table", "json"))] = "table",
+    as_json: JsonAliasOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Inside vs outside: compare the host's own audit with a scan of HOST from here.
@@ -414,6 +415,7 @@ def check_cmd(
     Exit code 1 when a port is EXPOSED (reachable from outside), else 0.
     """
     _setup_logging(verbose)
+    as_json = output_format(output, as_json, ("table", "json")) == "json"
     _check_only_ports(only_port)
     _check_one_host(host)
     if inside is not None:

@@ -24,6 +24,8 @@ from vncaudit.cli.common import (
     FixOpt,
     OutputFileOpt,
     OutputOpt,
+    PasswordFileOpt,
+    PasswordOpt,
     QuietOpt,
     StatusFileOpt,
     TrustedOpt,
@@ -34,6 +36,7 @@ from vncaudit.cli.common import (
     _setup_logging,
     err,
     finite,
+    known_password,
 )
 from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
 from vncaudit.cli.output import _emit
@@ -58,8 +61,9 @@ _SCAN_EXAMPLES = """Examples:
 
   vncaudit scan 10.1.2.3                      the default VNC ports (5800, 5900-5910)
   vncaudit scan 10.0.0.0/24 -p 5900-5999,5800
+  vncaudit scan 10.0.0-3.1-254 10.9.0.1,5     nmap's octet ranges and lists
   vncaudit scan host.example.org -p :0-:9     display numbers: ports 5900-5909
-  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json --output-file report.json
+  vncaudit scan -iL hosts.txt --exclude 10.0.0.7 -o json > report.json
   vncaudit scan 10.0.0.0/24 --fail-on high    exit 1 when a finding is high or worse
   vncaudit scan --resume s-20261124-ab12cd    continue an interrupted scan
 
@@ -72,7 +76,9 @@ def scan(
     targets: Annotated[
         list[str] | None,
         typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
-                       "(10.0.0.1-10.0.0.50), hostnames. Nothing is scanned without targets."),
+                       "(10.0.0.1-10.0.0.50), nmap patterns (10.0.0.*, 10.0.0-1.1-254, "
+                       "10.0.0.1,3, host.example/30), hostnames. Nothing is scanned without "
+                       "targets."),
     ] = None,
     ports: Annotated[
         str | None,
@@ -159,12 +165,8 @@ def scan(
         typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
                      "is needed (or with --password); tells login screen from live desktop."),
     ] = False,
-    password: Annotated[
-        str | None,
-        typer.Option("--password", metavar="PASSWORD",
-                     help="Active: authenticate with this known password to read "
-                     "the desktop name (and --screenshot) on protected servers."),
-    ] = None,
+    password: PasswordOpt = None,
+    password_file: PasswordFileOpt = None,
     check_passwords: Annotated[
         bool,
         typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
@@ -272,6 +274,7 @@ def scan(
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
     check_status_file(status_file, [output_file, db, wordlist, *(input_list or ())])
+    password = known_password(password, password_file)
     try:
         active = _active_options(screenshot, password, check_passwords, wordlist,
                                  max_attempts, show_passwords, active_checks, output_file)

@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from vncaudit.cli import DbOpt, _fail, _setup_logging, app, finite
+from vncaudit.cli.common import require_extra
 
 
 @app.command(epilog="""Examples:
@@ -132,6 +133,8 @@ def serve(
     """Run the web service: a check form, live progress, results with fix commands, history,
     and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics)."""
     _setup_logging(verbose)
+    require_extra("web", ("fastapi", "uvicorn", "multipart", "prometheus_client"),
+                  "vncaudit serve")
     from vncaudit.web.settings import Settings, hash_token, tokens_from
     from vncaudit.web.settings import new_token as make_token
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vncaudit.cli import app
-from vncaudit.cli.common import _fail, err, finite
+from vncaudit.cli.common import JsonAliasOpt, _fail, err, finite, output_format, output_option
 from vncaudit.cli.output import _cell
 from vncaudit.exceptions import NetworkError, UsageError
 
@@ -23,7 +23,8 @@ from vncaudit.exceptions import NetworkError, UsageError
 @app.command(epilog="""Examples:
 
   vncaudit subdomains example.org
-  vncaudit subdomains example.org --resolver 192.0.2.53 --wordlist labels.txt --json
+  vncaudit subdomains example.org --wordlist labels.txt -o json
+  vncaudit subdomains example.org --resolver 192.0.2.53   ask this DNS server
   vncaudit scan --domain example.org          find the hosts and scan them""")
 def subdomains(
     domain: Annotated[str, typer.Argument(help="The domain whose hosts to find.")],
@@ -48,10 +49,15 @@ def subdomains(
         float, typer.Option("--dns-timeout", min=0.1, callback=finite,
                              help="Seconds per DNS query.")
     ] = 3.0,
-    axfr_port: Annotated[int, typer.Option("--axfr-port", hidden=True)] = 53,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    axfr_port: Annotated[
+        int, typer.Option("--axfr-port", hidden=True, help="Name servers' port for zone "
+                          "transfers (tests run their DNS server on another port).")
+    ] = 53,
+    output: Annotated[str, output_option(("table", "json"))] = "table",
+    as_json: JsonAliasOpt = False,
 ) -> None:
     """Find a domain's hosts by DNS: zone transfer, a wordlist of common labels, wildcard aware."""
+    as_json = output_format(output, as_json, ("table", "json")) == "json"
     import json
 
     from vncaudit import subdomains as sub

@@ -1,7 +1,8 @@
 """Target expressions: addresses, CIDRs, ranges and hostnames, parsed into key intervals.
 
 Owns: `_parse_expression` (one expression to a `_Parsed`), the range forms (`10.0.0.1-50`,
-`2001:db8::1-ff`), the hostname check that keeps broken addresses away from the resolver, IPv6
+`2001:db8::1-ff`), nmap's IPv4 octet patterns (`10.0.0.*`, `10.0.0-1.1-254`, `10.0.0.1,3`) and
+`hostname/prefix`, the hostname check that keeps broken addresses away from the resolver, IPv6
 zone indexes, the IPv6 size limit (`MAX_IPV6_EXPRESSION`), and hostname resolution: the
 injectable `Resolver`, `default_resolver` (getaddrinfo), `canonical_resolver` (the same with
 the CNAME chain's last name) and `_CachingResolver` (each name once per build, every failure a
@@ -28,14 +29,18 @@ from vncaudit.targets.errors import _err, _show
 log = logging.getLogger(__name__)
 
 MAX_IPV6_EXPRESSION: Final = 2**24  # addresses; a bigger IPv6 expression is refused
+# Intervals one octet pattern may split into: `10.*.*.1-254` is 65,536 of them (a few MB); a
+# pattern such as `*.*.*.1` (16.7 million separate addresses) is refused, not materialised.
+MAX_PATTERN_BLOCKS: Final = 2**16
 Resolver = Callable[[str], list[str]]
 
 @dataclass
 class _Parsed:
     norm: str  # normalised expression for describe()
     blocks: list[tuple[int, int]]  # key intervals
-    hostname: str | None = None
+    hostname: str | None = None  # every block is an address of this name
     zones: dict[int, str] = field(default_factory=dict)  # IPv6 zone index, e.g. fe80::1%eth0
+    names: dict[int, str] = field(default_factory=dict)  # name of some addresses (name/prefix)
 
 
 def default_resolver(name: str) -> list[str]:
@@ -146,6 +151,9 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
         raise _err(f"invalid target {shown}: give the host, not a URL (vnc://host:5901 is "
                    "host -p 5901)")
     if "/" in expr:
+        named = _named_network(expr, resolve)
+        if named is not None:
+            return named
         try:
             net = ipaddress.ip_network(expr, strict=False)
         except ValueError as exc:
@@ -156,8 +164,10 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
     if "-" in expr:
         left, _, right = expr.partition("-")
         start = _ip_or_none(left)
-        if start is not None:
+        if start is not None and right.strip():  # 10.0.0.1- is nmap's 10.0.0.1-255: below
             return _parse_range(expr, start, right.strip())
+    if _OCTET_PATTERN.fullmatch(expr):
+        return _parse_octets(expr)
     bare = expr[1:-1] if expr.startswith("[") and expr.endswith("]") else expr
     ip = _ip_or_none(bare)
     if ip is not None:
@@ -172,6 +182,100 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
         raise _err(f"invalid target {shown}: not an IP address, CIDR, range or hostname")
     addrs = resolve(name)
     return _Parsed(name, [(_key(a), _key(a)) for a in addrs], hostname=name, zones=_zones(addrs))
+
+
+_OCTET_PATTERN = re.compile(r"[0-9*,-]+(?:\.[0-9*,-]+){3}")
+
+
+def _parse_octets(expr: str) -> _Parsed:
+    """nmap's IPv4 octet pattern: each of the four octets a comma list of `N`, `N-M`, `-M`
+    (0-M), `N-` (N-255) or `*` (0-255), e.g. `10.0.0-1.1-254`, `192.168.*.1,3`. The addresses
+    are the product of the four octet sets; they are kept as intervals, never one by one."""
+    shown = _show(expr)
+    octets = [_octet_set(part, i, shown) for i, part in enumerate(expr.split("."), 1)]
+    # Octets after `k` that are all 0-255 make each value of octet k one contiguous interval.
+    k = 3
+    while k > 0 and octets[k] == [(0, 255)]:
+        k -= 1
+    shift = 8 * (3 - k)
+    leading = 1
+    for values in octets[:k]:
+        leading *= sum(hi - lo + 1 for lo, hi in values)
+    count = leading * len(octets[k])
+    if count > MAX_PATTERN_BLOCKS:
+        raise _err(f"invalid target {shown}: it splits into {count:,} separate ranges (at most "
+                   f"{MAX_PATTERN_BLOCKS:,} per expression); use fewer values in the first "
+                   "octets, or a CIDR")
+    prefixes = [0]
+    for values in octets[:k]:
+        prefixes = [(p << 8) | v for p in prefixes for lo, hi in values for v in range(lo, hi + 1)]
+    blocks = [(((p << 8) | lo) << shift, (((p << 8) | hi) + 1 << shift) - 1)
+              for p in prefixes for lo, hi in octets[k]]
+    norm = ".".join(",".join("*" if (lo, hi) == (0, 255) else str(lo) if lo == hi
+                             else f"{lo}-{hi}" for lo, hi in values) for values in octets)
+    return _Parsed(norm, blocks)
+
+
+def _octet_set(part: str, index: int, shown: str) -> list[tuple[int, int]]:
+    """One octet of an nmap pattern as sorted, merged (low, high) runs."""
+    runs: list[tuple[int, int]] = []
+    for item in part.split(","):
+        where = f"invalid target {shown}: octet {index}"
+        if item == "*":
+            runs.append((0, 255))
+            continue
+        low_text, dash, high_text = item.partition("-")
+        if not item or item == "-" or not all(t.isdigit() or not t for t in (low_text,
+                                                                            high_text)):
+            raise _err(f"{where} has {_show(item)}; give N, N-M, -M, N- or *")
+        for number in (low_text, high_text):
+            if len(number) > 1 and number.startswith("0"):  # inet_aton reads 010 as 8
+                raise _err(f"{where} has {number}: a leading zero is ambiguous (octal or "
+                           "decimal?); write it without")
+        low = int(low_text) if low_text else 0
+        high = (int(high_text) if high_text else 255) if dash else low
+        for value in (low, high):
+            if value > 255:
+                raise _err(f"{where}: {value} is over 255")
+        if high < low:
+            raise _err(f"{where}: {low}-{high} runs backwards")
+        runs.append((low, high))
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(runs):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _named_network(expr: str, resolve: _CachingResolver) -> _Parsed | None:
+    """`host.example/30` (nmap): the network of that prefix around each address of the name
+    (its IPv4 addresses for a prefix up to 32, else its IPv6 ones). None when the part before
+    the slash is no host name."""
+    text, _, prefix = expr.rpartition("/")
+    name = _hostname(text)
+    if name is None:
+        return None
+    shown = _show(expr)
+    if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > 128:
+        raise _err(f"invalid network {shown}: the prefix length must be a number 0-128, not "
+                   f"{_show(prefix)}")
+    bits = int(prefix)
+    version = 4 if bits <= 32 else 6
+    family = [a for a in resolve(name) if a.version == version]
+    if not family:
+        raise _err(f"invalid network {shown}: {name} has no IPv4 address (an IPv6 network "
+                   "of a name needs a prefix of /33-/128)" if version == 4 else
+                   f"invalid network {shown}: {name} has no IPv6 address, and /{bits} is "
+                   "longer than an IPv4 prefix (/0-/32)")
+    blocks: list[tuple[int, int]] = []
+    for addr in family:
+        kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+        net = kind((int(addr), bits), strict=False)
+        blocks.append((_key(net.network_address), _key(net.broadcast_address)))
+    return _Parsed(f"{name}/{bits}", blocks, names={_key(a): name for a in family},
+                   zones=_zones(family))
 
 
 def _check_zone(zone: str, shown: str) -> None:

@@ -303,8 +303,10 @@ def build_target_space(
     """Validate every target before anything is sent and return the `TargetSpace`.
 
     *expressions* and the lines of *input_files* (`-iL`; "-" reads stdin) are addresses, CIDRs,
-    ranges (`10.0.0.1-10.0.0.50`, `10.0.0.1-50`) or hostnames (resolved once through *resolve*,
-    default `socket.getaddrinfo`; every address kept, each target carrying the name). Their
+    ranges (`10.0.0.1-10.0.0.50`, `10.0.0.1-50`), nmap octet patterns (`10.0.0.*`,
+    `10.0.0-1.1-254`, `10.0.0.1,3`), `hostname/prefix` or hostnames (resolved once through
+    *resolve*, default `socket.getaddrinfo`; every address kept, each target carrying the
+    name; `hostname/prefix` names only the name's own addresses). Their
     addresses are scanned on *ports*. *nmap_xml* and *masscan* files add their live hosts: with
     the (host, port) pairs they report open when they list ports, else on *ports*. *excludes*
     and *exclude_files* take the same syntax and are removed from everything. The same address
@@ -347,6 +349,8 @@ def build_target_space(
             blocks.append((first, last))
         for key, zone in parsed.zones.items():
             zones.setdefault(key, zone)
+        for key, name in parsed.names.items():
+            hostnames.setdefault(key, name)
 
     for path, reader in [*((p, _read_nmap_xml) for p in nmap_xml),
                          *((p, _read_masscan) for p in masscan)]:

@@ -247,6 +247,20 @@ def normalise_hostname(text: str) -> str:
     return name
 
 
+# Forms the command line reads as many addresses: a network (10.0.0.0/24, host.example/30),
+# a range (10.0.0.1-50, fd00::1-ff) or an nmap octet pattern (10.0.0.*, 10.0.0.1,3). Some of
+# them are valid host names ("10.0.0-1.1-254"): without this they would go to the resolver.
+_MANY = re.compile(r"[^/]+/[0-9]+|[0-9.,*-]*[,*-][0-9.,*-]*|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*-[^/]*")
+
+
+def _refuse_many(target: str) -> None:
+    t = target.strip().strip("[]")
+    if "://" not in t and _MANY.fullmatch(t):
+        raise InvalidTarget("bad-target", f"{_show(target)} names many addresses (a network, "
+                            "range or nmap pattern); this service scans one address or host "
+                            "name per request (ranges: `vncaudit scan` on the command line)")
+
+
 def _show(text: str, limit: int = 60) -> str:
     shown = repr(text)
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
@@ -394,6 +408,7 @@ class Policy:
         if not target.strip():
             raise InvalidTarget("bad-target", "no target: give an IP address or a host name")
         port_list = self.check_ports(ports)
+        _refuse_many(target)
         who = _requester(requester)
         ip = parse_address(target)
         name = normalise_hostname(target) if ip is None else ""

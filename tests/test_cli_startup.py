@@ -1,0 +1,113 @@
+"""What `vncaudit scan` does before its first packet, kept short without changing anything a
+user sees: only the scan command's module is imported for a scan, the command table names
+every command, the help is the same however the app was loaded, and the plain option
+converters (vncaudit.cli.coercion) give typer's own values and error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from vncaudit import cli
+
+SRC = str(Path(cli.__file__).resolve().parents[2])
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "80",
+                                            **(env or {})})
+
+
+def test_the_command_table_names_every_command_in_help_order() -> None:
+    group = typer.main.get_command(cli.app)
+    listed = [name for _, names in cli.COMMAND_MODULES for name in names]
+    assert list(group.commands) == listed  # type: ignore[attr-defined]
+    for module, names in cli.COMMAND_MODULES:
+        for name in names:
+            callback = group.commands[name].callback  # type: ignore[attr-defined]
+            assert callback.__module__ == module, name
+
+
+def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None:
+    """`vncaudit scan` (a closed loopback port) imports the scan command's code only: not the
+    other commands, the web service, the host audit, or pydantic (typer's per-option models)."""
+    args = ["vncaudit", "scan", "127.0.0.1", "-p", "1", "--timeout", "1", "--db",
+            str(tmp_path / "s.db")]
+    out = _run("-c", "import contextlib, runpy, sys; sys.argv = " + repr(args) + "\n"
+               "with contextlib.suppress(SystemExit):\n"
+               "    runpy.run_module('vncaudit', run_name='__main__')\n"
+               "sys.stderr.write('MODULES ' + ' '.join(sys.modules))")
+    assert "MODULES" in out.stderr, out.stderr
+    imported = set(out.stderr.split("MODULES ")[1].split())
+    assert "vncaudit.cli.scan" in imported and "vncaudit.engine" in imported
+    for module in ("vncaudit.cli.local", "vncaudit.cli.serve", "vncaudit.cli.watch",
+                   "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "pydantic"):
+        assert module not in imported, module
+
+
+@pytest.mark.parametrize("command", [name for _, names in cli.COMMAND_MODULES
+                                     for name in names] + [None])
+def test_help_is_the_same_loaded_on_demand_or_whole(command: str | None) -> None:
+    args = ["vncaudit", command, "--help"] if command else ["vncaudit", "--help"]
+    code = "import sys; from vncaudit.cli import app, main; sys.argv = " + repr(args) + "; "
+    on_demand = _run("-c", code + "main()")
+    whole = _run("-c", code + "[c for c in app.registered_commands]; main()")
+    assert on_demand.returncode == whole.returncode == 0, on_demand.stderr + whole.stderr
+    assert on_demand.stdout == whole.stdout and on_demand.stdout
+
+
+SAMPLES: dict[type, list[Any]] = {
+    int: ["0", "7", "007", "-1", "+3", " 5", "5 ", "1_000", "1e3", "12.0", "", "abc",
+          "99999999999999999999", "1", "4", "5", 5, 0, True, 2.5],
+    float: ["0.1", "1", "1.5", "0", "0.05", "-0.5", "1e-3", "inf", "nan", ".5", "5.", "00.5",
+            " 2", "", "x", "3.000000000000001", 3, 2.5, True],
+    str: ["x", "", "-", "a b", 5],
+    Path: ["a/b", "", "-", "~/x", "/", Path("q"), 5],
+    bool: [True, False, "true", "no", "", 1, 0],
+}
+
+
+def _outcome(convert: Any, value: Any, param: Any, ctx: Any) -> tuple[str, Any]:
+    try:
+        result = convert(value, param, ctx)
+    except Exception as exc:  # the message the user would read
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        return type(exc).__name__, text
+    return type(result).__name__, repr(result)  # repr: nan equals nan
+
+
+def test_plain_converters_give_typers_values_and_errors() -> None:
+    from typer._click import Context
+    from typer._coercion import build_runtime_param
+
+    from vncaudit.cli.coercion import _Plain, _plain_kind, install
+
+    assert install()  # the hook works with the typer in use (else the test is moot)
+    group = typer.main.get_command(cli.app)
+    checked = 0
+    for command in group.commands.values():  # type: ignore[attr-defined]
+        ctx = Context(command, info_name=command.name)
+        for param in command.params:
+            kind = _plain_kind(param)
+            if kind is None:
+                continue
+            plain = param.get_runtime_param()
+            assert isinstance(plain, _Plain)
+            typers = build_runtime_param(param.type_descriptor)
+            element, many = kind
+            samples = SAMPLES[element]
+            values = [tuple(samples[i:i + 2]) for i in range(len(samples))] if many else samples
+            for value in values:
+                expected = _outcome(typers._coerce_value, value, param, ctx)
+                assert _outcome(plain._coerce_value, value, param, ctx) == expected, \
+                    (command.name, param.name, value)
+                checked += 1
+    assert checked > 500
