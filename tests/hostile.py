@@ -144,6 +144,18 @@ async def reason_huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await drain_until_closed(reader)
 
 
+BINARY_REASON = bytes((i * 53 + 7) % 256 for i in range(400)) + b"\x1b[2J\x1b]0;owned\x07"
+
+
+async def reason_binary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An RFB 3.3 server refusing with a 400-byte binary reason (control bytes, an ANSI clear
+    screen and a title change among them): a valid message, unreadable to a person."""
+    await send(writer, b"RFB 003.003\n")
+    await reader.readexactly(12)
+    await send(writer, u32(0, len(BINARY_REASON)) + BINARY_REASON)
+    await drain_until_closed(reader)
+
+
 async def reason_never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Count 0 and a reason length of 100, then the reason never arrives."""
     await greet(reader, writer)
@@ -317,6 +329,7 @@ BEHAVIOURS: dict[str, Handler] = {
     "count255-garbage": count255_garbage,
     "reason-huge": reason_huge,
     "reason-never": reason_never,
+    "reason-binary": reason_binary,
     "vencrypt-absurd": vencrypt_absurd,
     "vencrypt-truncated": vencrypt_truncated,
     "tight-huge": tight_huge,

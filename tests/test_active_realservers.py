@@ -272,3 +272,33 @@ def test_held_out_sessions(
     finally:
         session.stop()
     assert verdict.kind == "desktop", verdict
+
+
+@pytest.mark.parametrize(("terminal", "corner"), [((), True),
+                                                  (("-geometry", "70x20+100+150"), False)])
+def test_xterm_on_a_bare_x_server_is_a_desktop_in_plain_words(
+    vnc_server_factory: Any, tmp_path: Path, terminal: Any, corner: bool
+) -> None:
+    """An xterm with no window manager (undecorated; in the corner by default): a program
+    whoever connects can type into, not "undetermined"."""
+    require("xterm", "xwininfo")
+    srv = vnc_server_factory("x11vnc-none", geometry=(1024, 768))
+    session = xsession.start_session(srv, tmp_path, wm=None, terminals=[terminal])
+    try:
+        verdict = classify(srv, tmp_path / "bare-xterm.png")
+    finally:
+        session.stop()
+    assert verdict.kind == "desktop", verdict
+    assert "no window manager" in verdict.seen, verdict.seen
+    assert any("no window manager" in e for e in verdict.evidence), verdict.evidence
+    assert any("at the screen's edge" in e for e in verdict.evidence) is corner
+
+
+def test_an_empty_x_screen_is_called_empty(vnc_server_factory: Any, tmp_path: Path) -> None:
+    srv = vnc_server_factory("x11vnc-none", geometry=(800, 600))
+    verdict = classify(srv, tmp_path / "empty.png")
+    assert verdict.kind == "blank", verdict
+    assert verdict.seen.startswith("nothing but its background"), verdict.seen
+    from vncaudit.desktop import KIND_WORDS
+
+    assert KIND_WORDS["blank"][0] == "Empty screen"

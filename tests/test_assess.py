@@ -117,7 +117,7 @@ def test_no_auth_confirmed_by_security_result_on_real_tigervnc() -> None:
     assert f.severity is Severity.CRITICAL
     ev = text(f)
     assert 'type 1 "None"' in ev
-    assert "confirmed by SecurityResult ok" in ev
+    assert "the session was granted without a credential" in ev
     assert 'desktop name "tiger-none"' in ev and "640x480" in ev
     assert f.why and "set-password" in f.remediation
 
@@ -127,7 +127,7 @@ def test_no_auth_rfb33_confirmed_by_server_init_without_security_result() -> Non
     assert f.severity is Severity.CRITICAL
     assert "chosen by the server" in text(f)
     assert "ServerInit received without any credential" in text(f)
-    assert "confirmed by SecurityResult ok" not in text(f)  # 3.3 sends none
+    assert "the session was granted without a credential" not in text(f)  # 3.3 sends none
 
 
 def test_no_auth_offered_but_not_read_is_not_called_confirmed() -> None:
@@ -160,12 +160,18 @@ def test_no_auth_text_follows_the_desktop_kind() -> None:
         "screenshot": {"status": "ok", "width": 640, "height": 480, "path": "/tmp/x.png"}})
     f = one(grade(live), "no-auth")
     assert "full control of a logged-in desktop" in f.title
-    assert 'screen classified as "desktop"' in text(f) and "3 windows" in text(f)
+    assert "screen classified as live desktop, confidence 90%" in text(f)
+    assert "3 windows" in text(f)  # a stored verdict without words: its evidence
     assert "screenshot taken without a password: 640x480, saved to /tmp/x.png" in text(f)
     login = replay("x11vnc-none-38", active={"desktop_kind": {"kind": "login-screen",
                                                               "confidence": 0.8}})
     f = one(grade(login), "no-auth")
     assert "login screen" in f.title and "password guessing" in f.why
+    worded = replay("x11vnc-none-38", active={"desktop_kind": {
+        "kind": "desktop", "confidence": 0.5, "seen": "a program's window with no window "
+        "manager around it", "evidence": ["geometry 640x480"]}})
+    assert ("the screen shows a program's window with no window manager around it (live "
+            "desktop, confidence 50%)") in text(one(grade(worded), "no-auth"))
     plain = one(grade(replay("x11vnc-none-38")), "no-auth")
     assert "logged-in" not in plain.title and "login screen" not in plain.title
 
@@ -184,7 +190,8 @@ def test_tls_no_auth_confirmed_when_the_probe_completed_it() -> None:
                       desktop_name="d", framebuffer=Framebuffer(800, 600, 24)),
                 tls={"version": "TLSv1.2", "cipher": "ADH-AES256-GCM-SHA384"})
     ev = text(one(grade(r), "tls-no-auth"))
-    assert "confirmed by SecurityResult ok" in ev and "TLSv1.2" in ev and "800x600" in ev
+    assert "the session was granted without a credential" in ev
+    assert "TLSv1.2" in ev and "800x600" in ev
 
 
 def test_x509none_and_anonymous_tls_inner_none_are_tls_no_auth() -> None:
@@ -196,7 +203,7 @@ def test_x509none_and_anonymous_tls_inner_none_are_tls_no_auth() -> None:
 def test_anonymous_tls_inner_none_confirmed_through_the_inner_selection() -> None:
     r = service(facts(18, inner=(1, 2), selected_type=1, security_result="ok"))
     found = grade(r)
-    assert "confirmed by SecurityResult ok" in text(one(found, "tls-no-auth"))
+    assert "the session was granted without a credential" in text(one(found, "tls-no-auth"))
     assert "inner type 2" in text(one(found, "anonymous-tls"))
     assert "no-auth" not in ids(found)
 
@@ -762,3 +769,47 @@ def test_no_rule_raises_and_findings_keep_their_promises(case: tuple[ServiceResu
             assert isinstance(f.severity, Severity) and f.title and f.why
         if result.state is not State.VNC:
             assert not ids(tuple(found)) & AUTH_IDS
+
+
+# -- a person must accept: approval-gated sessions (TigerVNC QueryConnect, vino's prompt) ----
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("x0vncserver-queryconnect-38", "Connection rejected by local user"),
+    ("tigervnc-queryconnect-38", "The attempt to prompt the user to accept the connection "
+                                 "failed"),
+    ("tigervnc-queryconnect-novncconfig-38", "Unable to query the local user to accept the "
+                                             "connection."),
+])
+def test_a_query_reason_is_its_own_finding_not_no_auth(name: str, reason: str) -> None:
+    found = grade(replay(name))
+    assert "no-auth" not in ids(found)
+    f = one(found, "approval-required")
+    assert f.title == "No password, but a person at the desktop must accept each connection"
+    assert f'SecurityResult "failed" after selecting it: "{reason}"' in text(f)
+    assert "that reason: TigerVNC" in text(f)
+    assert "nobody is asked" not in f.why and "clicking Accept" in f.why
+    assert f.severity is Severity.HIGH  # a private address: the base severity
+    assert one(grade(replay(name), A.Exposure.PUBLIC), "approval-required").severity \
+        is Severity.CRITICAL
+
+
+def test_a_session_held_before_the_security_result_is_graded_held() -> None:
+    held = replace(service(facts(1, selected_type=1)),
+                   error="deadline of 5 s reached while awaiting SecurityResult")
+    found = grade(held)
+    assert "no-auth" not in ids(found)
+    f = one(found, "approval-required")
+    assert "held the session" in f.title
+    assert "no SecurityResult after selecting it (deadline of 5 s" in text(f)
+
+
+def test_nobody_is_asked_only_where_the_wire_showed_it() -> None:
+    granted = one(grade(replay("tigervnc-none-38")), "no-auth")
+    assert "nobody is asked" in granted.why
+    # RFB 3.7: ServerInit comes even from vino while it holds the session for its prompt.
+    for name in ("tigervnc-none-37", "x11vnc-none-33"):
+        f = one(grade(replay(name)), "no-auth")
+        assert "nobody is asked" not in f.why and "was not seen" in f.why, name
+    vino = one(grade(replay("vino-37")), "tls-no-auth")
+    assert "was not seen" in vino.why

@@ -60,7 +60,7 @@ def test_no_auth_is_critical_when_exposed_and_lowered_on_loopback(
         graded = assess(probed, exposure)
         f = one(graded, "no-auth")
         assert f.severity is Severity.CRITICAL, exposure
-        assert "confirmed by SecurityResult ok" in evidence(f)
+        assert "the session was granted without a credential" in evidence(f)
         assert_evidence_everywhere(graded)
     assert "exposed-public" in {f.id for f in assess(probed, Exposure.PUBLIC).findings}
     local = assess(probed)  # 127.0.0.1
@@ -97,7 +97,8 @@ def test_vencrypt_with_tlsnone_is_critical(tigervnc_vencrypt: servers.VncServer,
     f = one(graded, "tls-no-auth")
     assert f.severity is Severity.CRITICAL
     assert "TLSNone" in evidence(f)
-    assert "confirmed by SecurityResult ok" in evidence(f)  # the probe went through TLS
+    # the probe went through TLS:
+    assert "the session was granted without a credential" in evidence(f)
     assert {"vncauth-plaintext", "downgrade"} <= {x.id for x in graded.findings}
     assert_evidence_everywhere(graded)
 
@@ -182,3 +183,30 @@ def test_cli_active_checks_become_findings(x11vnc_password: servers.VncServer,
     assert service["extra"]["active"]["unoffered_none"]["status"] == "not-vulnerable"
     assert "auth-bypass" not in findings
     assert not any("CVE-2006-2450" in e for f in service["findings"] for e in f["evidence"])
+
+
+# -- approval-gated sessions: real servers that ask the desktop's user ---------------------
+
+
+@pytest.mark.parametrize(("kind", "options", "how"), [
+    ("tigervnc-queryconnect", {"vncconfig": False}, "asked"),  # refused at once: nobody to ask
+    ("x0vncserver-queryconnect", {}, "held"),  # its dialog is up while the probe waits
+    ("tigervnc-queryconnect", {}, "held"),  # vncconfig shows the dialog
+])
+def test_query_connect_servers_are_graded_approval_required(
+    vnc_server_factory: Any, kind: str, options: dict[str, Any], how: str
+) -> None:
+    import asyncio
+
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions, probe
+
+    srv = vnc_server_factory(kind, **options)
+    probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=3.0)))
+    graded = assess(probed)
+    ids = {f.id for f in graded.findings}
+    assert "no-auth" not in ids, [f.id for f in graded.findings]
+    f = one(graded, "approval-required")
+    assert ("held the session" in f.title) is (how == "held"), f.title
+    assert "nobody is asked" not in f.why
+    assert f.severity is Severity.MEDIUM  # loopback: one step below the base (high)

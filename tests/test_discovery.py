@@ -408,15 +408,20 @@ def test_netns_no_packet_to_anything_outside_the_targets(bed: tuple[Bed, list[st
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("path", ["frames", "kernel"])
 def test_netns_syn_refused_packets_are_counted_and_sent_again(bed: tuple[Bed, list[str]],
-                                                              tmp_path: Path) -> None:
+                                                              path: str, tmp_path: Path) -> None:
     """A scanner whose interface queue overflows (a 2 Mbit/s token-bucket qdisc, far below the
     rate asked): the kernel refuses SYNs, the sweep counts them in its summary and sends them
-    again, and every target still gets its SYN and its verdict."""
+    again, and every target still gets its SYN and its verdict. Both ways out: frames to the
+    gateway, and the kernel's raw socket (a policy rule makes the route inexact, so the sweep
+    leaves routing to the kernel)."""
     testbed, _ = bed
     testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
     testbed.run(testbed.scn, "tc", "qdisc", "add", "dev", testbed.veth_s, "root", "tbf", "rate",
                 "2mbit", "burst", "4kb", "limit", "8kb")
+    if path == "kernel":
+        testbed.run(testbed.scn, "ip", "rule", "add", "priority", "100", "lookup", "main")
     try:
         sniffer = Sniffer(testbed, tmp_path / "seen.json")
         out = _cli(CAP_NET, "-p", "5900", "--timeout", "0.5", "--retries", "0", "--discovery",
@@ -426,6 +431,7 @@ def test_netns_syn_refused_packets_are_counted_and_sent_again(bed: tuple[Bed, li
     finally:
         testbed.run(testbed.scn, "tc", "qdisc", "del", "dev", testbed.veth_s, "root",
                     check=False)
+        testbed.run(testbed.scn, "ip", "rule", "del", "priority", "100", check=False)
     assert out.returncode == 0, out.stderr
     summary = _syn_summary(out.stderr)
     import re

@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[State, str | None, bool]] = {
     "count255-garbage": (State.MALFORMED, "security type 0 (Invalid) in a list of 255", QUICK),
     "reason-huge": (State.MALFORMED, "failure reason length 4294967295 exceeds cap", QUICK),
     "reason-never": (State.MALFORMED, "incomplete message at the deadline", SLOW),
+    "reason-binary": (State.VNC, None, QUICK),
     "vencrypt-absurd": (State.VNC, None, QUICK),
     "vencrypt-truncated": (State.MALFORMED, "incomplete message at the deadline", SLOW),
     "tight-huge": (State.MALFORMED, "Tight tunnel count 2147483647 exceeds cap", QUICK),

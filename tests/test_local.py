@@ -384,3 +384,37 @@ def test_known_process_reasons_read_as_english() -> None:
     assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
     assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is a UltraVNC server"
     assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+
+
+def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:
+    """`check 127.0.0.1` scans from this host itself: a listener bound to loopback answering
+    there is as it should be, not "another host or a port forward"."""
+    srv = vnc_server_factory("tigervnc-none")
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "check", "127.0.0.1", "--only-port",
+                          str(srv.port), "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    [row] = json.loads(run.stdout)["ports"]
+    assert row["scope"] == "loopback" and row["outside"] == "vnc"
+    assert row["verdict"].startswith("loopback only: answers on this host, as it should")
+    assert "port forward" not in row["verdict"]
+
+
+def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
+    from vncaudit.cli.local import compare, is_loopback_host
+    from vncaudit.models import ServiceResult
+
+    inside = [{"address": "127.0.0.1", "port": 5901, "scope": "loopback"},
+              {"address": "0.0.0.0", "port": 5902, "scope": "all-interfaces"}]
+    outside = [ServiceResult("127.0.0.1", 5901, State.VNC),
+               ServiceResult("127.0.0.1", 5902, State.VNC),
+               ServiceResult("127.0.0.1", 5903, State.VNC)]
+    rows = {r["port"]: r["verdict"] for r in compare(inside, outside, over_loopback=True)}
+    assert rows[5901].startswith("loopback only")
+    assert not rows[5902].startswith("EXPOSED") and "from another machine" in rows[5902]
+    assert "NAT" not in rows[5903] and "no listener seen inside" in rows[5903]
+    # From another host the same facts mean something else.
+    rows = {r["port"]: r["verdict"] for r in compare(inside, outside)}
+    assert rows[5901].startswith("open outside but bound to loopback here")
+    assert rows[5902].startswith("EXPOSED")
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
+    assert is_loopback_host("localhost") and not is_loopback_host("192.0.2.1")

@@ -146,11 +146,37 @@ def test_known_product_keeps_its_own_steps_and_generic_ones() -> None:
 
 
 @pytest.mark.parametrize("product", [None, "unknown", ""])
-def test_unknown_product_shows_every_product(product: str | None) -> None:
-    fix = remedy("bind-localhost", host="127.0.0.1", port=5900, product=product)
-    assert {"tigervnc", "x11vnc", "tightvnc", "realvnc", "ultravnc", "qemu",
-            "macos"} <= platforms(fix)
-    assert "any" in platforms(fix)  # the generic fallback too
+def test_unknown_product_gets_the_generic_steps_and_each_product_apart(
+        product: str | None) -> None:
+    fix = remedy("bind-localhost", host="198.51.100.7", port=5900, product=product)
+    assert platforms(fix) == {"any"}  # only what fits any server is a step of its own
+    assert {"TigerVNC", "x11vnc", "TightVNC", "RealVNC", "UltraVNC", "QEMU",
+            "macOS Screen Sharing"} <= {g.product for g in fix.by_product}
+    tiger = next(g for g in fix.by_product if g.product == "TigerVNC")
+    assert "vncserver -localhost yes :0" in [c for st in tiger.steps for c in st.commands]
+    # The fingerprint's candidates narrow the folded products to those.
+    narrow = remedy("bind-localhost", host="198.51.100.7", port=5900, product=product,
+                    candidates=["QEMU", "TigerVNC"])
+    assert [g.product for g in narrow.by_product] == ["TigerVNC", "QEMU"]
+    assert fix.to_dict()["by_product"][0]["steps"]
+
+
+def test_candidates_come_from_the_fingerprint_evidence() -> None:
+    from vncaudit.remedies import candidate_products
+
+    assert candidate_products(["banner RFB 003.008", "security types [1]",
+                               "weak evidence; candidates: LibVNCServer (score 0.75), QEMU "
+                               "(score 0.75), TigerVNC (score 0.75)"]) == (
+        "LibVNCServer", "QEMU", "TigerVNC")
+    assert candidate_products(["no signature matched"]) == ()
+
+
+def test_websockify_bind_step_names_no_backend_it_cannot_know() -> None:
+    fix = remedy("bind-localhost", host="198.51.100.7", port=6080, product="noVNC/websockify")
+    assert commands(fix) == ["websockify --web /usr/share/novnc 127.0.0.1:6080 <vnc-server>"]
+    from vncaudit.remedies import PLACEHOLDERS
+
+    assert "<vnc-server>" in PLACEHOLDERS  # harden --apply refuses a command carrying it
 
 
 def test_product_without_own_steps_gets_the_fallback() -> None:
@@ -971,6 +997,66 @@ def test_websockify_printed_command_listens_on_loopback_only(lab: Lab) -> None:
 
     fix = remedy("bind-localhost", host="127.0.0.1", port=lab.port, product="noVNC/websockify")
     (command,) = commands(fix)
+    # The reader fills in the VNC server websockify relays to (the step says where to find it).
+    assert command.endswith(" <vnc-server>")
+    command = command.replace("<vnc-server>", "127.0.0.1:5999")
     with printed(command, lab.env, lab.port) as pid:
         assert [a for a, p in servers.tcp_listen_addresses(pid) if p == lab.port] \
             == ["127.0.0.1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The guide a person reads: only steps that fit, candidates folded (issue: 200 lines for one
+# loopback service of an unknown product)
+
+
+@pytest.mark.realserver
+def test_fix_guide_for_a_loopback_service_of_an_unknown_product(vnc_server_factory,
+                                                                  tmp_path) -> None:
+    srv = vnc_server_factory("tigervnc-none", desktop="lab-desktop")  # unknown: [1], a name
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "127.0.0.1", "-p",
+                          str(srv.port)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "100",
+                              "VNCAUDIT_DB": str(tmp_path / "s.db")})
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    fix = out[out.index("  fix:"):]
+    # Bound to loopback already: no "listen on localhost only", no firewall or tunnel for it.
+    for never in ("listen on localhost only", "ufw", "iptables", "nft ", "ssh -N -L",
+                  "Allow the VNC port only from"):
+        assert never not in fix, (never, fix)
+    assert "Require authentication" in fix and "[set-password]" in fix
+    # The candidates' own steps: one line each, and where to see them.
+    for name in ("QEMU", "TigerVNC"):  # the candidates with steps of their own for this fix
+        assert re.search(rf"^ +{name}: \d+ steps?$", fix, re.M), fix
+    assert re.search(r"vncaudit results s-\S+ -o html --output-file fix\.html", fix)
+    assert "vncpasswd" not in fix  # TigerVNC's commands stay folded
+    assert len(out.splitlines()) <= 60, out
+
+
+def test_fix_guide_of_an_unknown_product_reachable_from_a_network_is_short() -> None:
+    from vncaudit.assess import assess
+    from vncaudit.fingerprint import identify
+    from vncaudit.models import NamedType, RfbFacts
+
+    facts = RfbFacts("RFB 003.008\n", "3.8", "3.8", (NamedType(1, "None"),), auth_required=False,
+                     desktop_name="lab-desktop", selected_type=1, security_result="ok")
+    result = ServiceResult("198.51.100.7", 5901, State.VNC, rfb=facts)
+    result = assess(result)
+    assert result.product is not None and result.product.name == "unknown", identify(result)
+    fixes = remedies_for(result)
+    ids = [f.id for f in fixes]
+    assert "bind-localhost" in ids and "firewall-allowlist" in ids  # a network can reach it
+    steps = sum(len(f.steps) for f in fixes)
+    folded = {g.product for f in fixes for g in f.by_product}
+    assert folded == {"LibVNCServer", "QEMU", "TigerVNC"} & folded and "TigerVNC" in folded
+    assert not folded & {"UltraVNC", "RealVNC", "macOS Screen Sharing"}  # not candidates
+    assert steps <= 16, [(f.id, [s.platform for s in f.steps]) for f in fixes]
+    # The HTML report folds them: one <details> per candidate product and fix.
+    from vncaudit import report
+
+    html = report.render("html", report.ScanMeta("s-x", "2026-01-01T00:00:00+00:00", None,
+                                                 ["198.51.100.7"], "5901", "vncaudit"),
+                         [result])
+    assert html.count('<details class="candidate" data-product="TigerVNC">') >= 2
+    assert "The product was not identified" in html

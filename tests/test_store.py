@@ -850,7 +850,8 @@ def test_diff_appeared_and_disappeared(store: Store) -> None:
     assert "(not probed by" in lines[0]
     assert lines[1] == ("- 10.0.0.2:5900 disappeared (now closed; was vnc, no auth, "
                         "types 19,2, TigerVNC 1.12, worst high)")
-    assert lines[2].startswith("? 1 service(s)")
+    assert lines[2] == (f"? not probed by {sb}: 10.0.0.3:5900 (found by {sa}; nothing to "
+                        "compare)")
     json.dumps(d.to_dict())
 
 

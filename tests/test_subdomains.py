@@ -341,6 +341,11 @@ def test_unanswered_names_are_errors_not_failures(servers: list[DnsServer]) -> N
     assert "vnc.open.test" not in _hosts(result)
     assert "v6only.open.test" in _hosts(result)
     assert any(e.startswith("vnc.open.test A: timeout") for e in result.errors)
+    # The words say the real rule and the real time, not the timeout of one try.
+    line = next(e for e in result.errors if e.startswith("vnc.open.test A:"))
+    assert "no answer to 2 tries of 0.2 s each (" in line, line
+    spent = float(line.rsplit("(", 1)[1].split(" s in all")[0])
+    assert 0.4 <= spent < 2.0, line
     assert server.stats.names().count("vnc.open.test") == 4  # A and AAAA, each tried twice
 
 

@@ -219,3 +219,51 @@ def test_kill_9_during_delivery_then_restart_delivers_once(tmp_path: Path) -> No
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
             assert conn.execute("SELECT count(*) FROM monitor_cycles").fetchone() == (1,)
+
+
+@pytest.mark.xfail(strict=True, reason="needs the blacklist ledger's gate in the scan path "
+                   "(issue 14): without it TigerVNC refuses the 6th connection; strict, so "
+                   "the marker must go when the gate lands")
+def test_short_period_monitor_never_arms_tigervnc_blacklist(tmp_path: Path) -> None:
+    """A monitor every second over TigerVNC with VncAuth (which refuses an address after 5
+    unauthenticated connections): every cycle still reports the service, none reports it
+    blacklisted, nothing is alerted after the first cycle, and a plain client from the same
+    address still gets the security-type list afterwards."""
+    import asyncio
+
+    from vncaudit.models import State, Target
+    from vncaudit.probe import probe
+
+    require_binaries("tigervnc-vncauth")
+    db = tmp_path / "watch.db"
+    with servers.running("tigervnc-vncauth") as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "vncaudit", "watch", "127.0.0.1", "-p",
+                                 str(srv.port), "--every", "1s", "--db", str(db), "--stdout",
+                                 "--timeout", "3"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                try:
+                    with sqlite3.connect(db) as conn:
+                        (n,) = conn.execute("SELECT count(*) FROM monitor_cycles WHERE "
+                                            "status = 'finished'").fetchone()
+                except sqlite3.OperationalError:
+                    continue  # the watcher has not created its tables yet
+                if n >= 12:
+                    break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        with sqlite3.connect(db) as conn:
+            states = conn.execute("SELECT r.state FROM monitor_cycles c JOIN results r ON "
+                                  "r.scan_id = c.scan_id ORDER BY c.started").fetchall()
+            cycles = conn.execute("SELECT count(*) FROM monitor_cycles WHERE status = "
+                                  "'finished'").fetchone()[0]
+        assert cycles >= 12, err
+        assert [s for (s,) in states] == ["vnc"] * cycles
+        assert len([line for line in out.splitlines() if line.strip()]) == 1  # first cycle
+        after = asyncio.run(probe(Target(srv.host, srv.port)))
+        assert after.state is State.VNC and after.rfb is not None
+        assert [t.id for t in after.rfb.security_types] == [2]

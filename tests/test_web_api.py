@@ -342,6 +342,26 @@ def test_history_diff_to_previous_scan(client: TestClient) -> None:
     assert f'href="/scans/{first["id"]}"' in page and "appeared" in page
 
 
+def test_scans_of_one_host_on_other_ports_are_not_called_unchanged(
+        client: TestClient, hostile_farm: Farm) -> None:  # noqa: F811
+    """The previous scan of 127.0.0.1 found VNC on one port; this one probed another port,
+    where nothing listens: nothing was compared, so neither page may say "no change"."""
+    vnc = hostile_farm.ports["vnc-none"]
+    first = wait_final(client, submit(client, "127.0.0.1", vnc)["id"])
+    assert first["services"][0]["state"] == "vnc"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    closed = listener.getsockname()[1]
+    listener.close()
+    second = wait_final(client, submit(client, "127.0.0.1", closed)["id"])
+    told = f"? not probed by {second['id']}: 127.0.0.1:{vnc} (found by {first['id']}; " \
+           "nothing to compare)"
+    page = client.get(f"/scans/{second['id']}").text
+    assert "No change" not in page and told in page
+    history = client.get("/history").text
+    assert "no change since" not in history and told in history
+
+
 def test_settings_reject_unsafe_configuration(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Settings(allow=("no such network",))
@@ -532,7 +552,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         assert mine.get(page_url).content == png.content  # the page's rule: the requester
         page = mine.get(f"/scans/{scan_id}").text
         assert f'src="{page_url}"' in page and 'data-kind="blank"' in page
-        assert "Blank screen" in page
+        assert "Empty screen" in page and "Seen: nothing but its background" in page
         assert "No screenshot: authentication required" in page  # the protected service's card
         assert mine.get(f"/api/scans/{scan_id}/screenshots/nothing.png",
                         headers=auth).status_code == 404

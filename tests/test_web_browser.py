@@ -110,7 +110,7 @@ def test_check_page_in_chromium(tmp_path: Path, vnc_server_factory: VncServerFac
             return Array.from(g.getImageData(0, 0, 1, 1).data.slice(0, 3)); }""")
         assert pixel == [0x2e, 0x8b, 0x57]
         expect(card.locator("p.desktop-kind")).to_have_attribute("data-kind", "blank")
-        expect(card.locator("p.desktop-kind")).to_contain_text("Blank screen")
+        expect(card.locator("p.desktop-kind")).to_contain_text("Empty screen")
         card.screenshot(path=str(ARTIFACTS / "check-screenshot-card.png"))
 
         shot = ARTIFACTS / "check-result.png"

@@ -144,24 +144,27 @@ def start_session(
     server: servers.VncServer,
     workdir: Path,
     *,
-    wm: str = "twm",
+    wm: str | None = "twm",
     terminals: Sequence[Sequence[str]] = ((),),
     root_colour: str | None = None,
     settle: float = 1.5,
     timeout: float = 20.0,
 ) -> XClients:
-    """A window manager plus one xterm per entry of `terminals` (extra xterm arguments).
+    """A window manager (None: none, a bare X server) plus one xterm per entry of `terminals`
+    (extra xterm arguments).
 
     twm places a window without a position interactively, grabbing the server until a click
-    that never comes, so every terminal gets a -geometry with a position under twm.
+    that never comes, so every terminal gets a -geometry with a position under twm. Without a
+    window manager xterm opens undecorated at its geometry (default: the top-left corner).
     """
     d = workdir / f"session-{server.display}"
     d.mkdir(parents=True, exist_ok=True)
     clients = XClients(log_path=d / "session.log")
     if root_colour:
         subprocess.run(["xsetroot", "-solid", root_colour], env=server.env, check=True, timeout=10)
-    clients.procs.append(_spawn([wm], server, d / "session.log"))
-    time.sleep(0.5)
+    if wm is not None:
+        clients.procs.append(_spawn([wm], server, d / "session.log"))
+        time.sleep(0.5)
     before = client_windows(server)
     for i, args in enumerate(terminals):
         if wm == "twm" and "-geometry" not in args:

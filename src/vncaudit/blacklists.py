@@ -230,6 +230,8 @@ def rule_for(
     if not known or len(known) < len(candidates):
         # A candidate the file says nothing about could count connections.
         known.append(rules.unknown)
+    # Among equally strict rules the [unknown] one is named: it is the documented default.
+    known.sort(key=lambda r: r is not rules.unknown)
     best = strictest(known)
     assert best is not None
     return best

@@ -30,6 +30,10 @@ How the pieces fit (see docs/scale.md for the census-scale version):
   scan ends "interrupted" and a resume reruns exactly the unfinished shards.
 * Resume: finished shards are skipped; pairs already in `done` are shipped once to every worker
   (`scatter(broadcast=True)`) and skipped inside the unfinished shards.
+* Connection ledger (`vncaudit.budget`): the client decides before the shards start (a worker
+  writes no store), ships the decisions with each shard (`ShippedDecisions`: pairs not to
+  connect to, pairs to connect to from another loopback address) and records every result
+  as it stores it; a denied pair is stored as the ledger's answer (`_BudgetPlan`).
 """
 
 # Dask's Client, Queue and LocalCluster are only partly annotated (untyped __init__, get, cancel,
@@ -50,6 +54,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from vncaudit.budget import (
+    GATE_BATCH,
+    Decision,
+    Ledger,
+    ShippedDecisions,
+    ShippedGate,
+)
 from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
@@ -272,6 +283,7 @@ class ShardJob:
     queue: str
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_interval: float = DEFAULT_BATCH_INTERVAL
+    budget: ShippedDecisions | None = None  # the client's ledger decisions (vncaudit.budget)
 
     def targets(self, skip: Collection[tuple[str, int]] | None = None) -> Iterable[Target]:
         # A walk, not a generator: the SYN sender reads it in blocks.
@@ -317,7 +329,8 @@ async def scan_shard(
     # "start" lets the client count reruns (a lost worker's shard starts twice).
     await loop.run_in_executor(None, send, {"shard": job.index, "attempt": attempt,
                                             "start": True})
-    async for result in iter_results(job.targets(skip), job.options):
+    gate = ShippedGate(job.budget) if job.budget else None
+    async for result in iter_results(job.targets(skip), job.options, gate=gate):
         sent += 1
         if result.state in SILENT_STATES:
             marks.append([result.host, result.port, result.state.value])
@@ -367,12 +380,14 @@ class _Collector:
         run: ShardedRun,
         on_result: Callable[[ServiceResult], None] | None,
         progress: Progress | None,
+        budget: _BudgetPlan | None = None,
     ) -> None:
         self.store = store
         self.scan_id = scan_id
         self.run = run
         self.on_result = on_result
         self.progress = progress
+        self.budget = budget
         self.started: set[int] = set()  # shards that sent a "start" in this run
 
     def handle(self, message: Mapping[str, Any]) -> int | None:
@@ -395,13 +410,21 @@ class _Collector:
                 "count": self.run.shards, "done": format_indices(self.run.done)}})
             log.debug("shard %d/%d done (%d targets)", index, self.run.shards, message["end"])
             return index
+        budget = self.budget
         for host, port, state in message.get("marks", ()):
             new = self.store.mark_done(self.scan_id, host, int(port), state)
-            self._count(ServiceResult(host, int(port), State(state)), new)
+            result = ServiceResult(host, int(port), State(state))
+            if budget is not None:
+                budget.settle(result)
+            self._count(result, new)
         for data in message.get("services", ()):
             result = ServiceResult.from_dict(data)
+            if budget is not None:
+                result = budget.settle(result)
             new = self.store.add_result(self.scan_id, result)
             self._count(result, new)
+        if budget is not None:
+            budget.flush(self.scan_id)
         return None
 
     def _count(self, result: ServiceResult, new: bool) -> None:
@@ -415,6 +438,43 @@ class _Collector:
             self.on_result(result)
 
 
+class _BudgetPlan:
+    """The client's side of the connection ledger for a sharded run. Workers write no store,
+    so the client admits, before any shard starts, every pair of the scan the ledger has
+    connected to before (one intent), ships the decisions with the shards, and records each
+    result as it arrives; a pair denied here comes back as a placeholder and is stored as the
+    ledger's answer. A pair the ledger has never seen is first contact: the worker connects
+    (one connection per pair and scan) and the client records it."""
+
+    def __init__(self, ledger: Ledger, space: TargetSpace, done: Collection[tuple[str, int]]):
+        self.ledger = ledger
+        seen = [Target(h, p) for h, p in ledger.history()
+                if (h, p) not in done and Target(h, p) in space]
+        self.admitted: dict[tuple[str, int], Decision] = {}
+        for i in range(0, len(seen), GATE_BATCH):
+            for decision in ledger.admit(seen[i:i + GATE_BATCH]):
+                key = (decision.target.host, decision.target.port)
+                self.admitted[key] = decision
+        self.decisions = ShippedDecisions(
+            frozenset(k for k, d in self.admitted.items() if not d.allowed),
+            tuple((*k, d.bind) for k, d in self.admitted.items() if d.allowed and d.bind))
+        self._records: list[tuple[Decision, ServiceResult]] = []
+
+    def settle(self, result: ServiceResult) -> ServiceResult:
+        key = (result.host, result.port)
+        decision = self.admitted.pop(key, None)
+        if decision is not None and not decision.allowed:
+            note = result.extra.get("budget") or {}
+            return self.ledger.answer(decision, note.get("liveness"))
+        self._records.append((decision or self.ledger.unreserved(Target(*key)), result))
+        return result
+
+    def flush(self, scan_id: str) -> None:
+        if self._records:
+            self.ledger.record(self._records, scan_id)
+            self._records = []
+
+
 def scan_sharded(
     space: TargetSpace,
     options: ScanOptions,
@@ -422,6 +482,7 @@ def scan_sharded(
     scan_id: str,
     spec: ClusterSpec,
     *,
+    ledger: Ledger | None = None,
     shards: int | None = None,
     assess_results: bool = True,
     on_result: Callable[[ServiceResult], None] | None = None,
@@ -455,13 +516,16 @@ def scan_sharded(
         log.info("scan %s: %d shards (%d done before) on %d worker threads",
                  scan_id, count, len(done), workers.slots)
         token = uuid.uuid4().hex[:8]  # keys and queue unique per run, even on a shared cluster
+        already = store.done_pairs(scan_id)
+        plan = _BudgetPlan(ledger, space, already) if ledger is not None else None
+        shipped = plan.decisions if plan is not None and plan.decisions else None
         jobs = [ShardJob(space, space.seed, index, count, shard_options, assess_results,
-                         f"vncaudit-{scan_id}-{token}", batch_size, batch_interval)
+                         f"vncaudit-{scan_id}-{token}", batch_size, batch_interval, shipped)
                 for index in range(count) if index not in done]
         if jobs:
             try:
-                _run_jobs(client, jobs, _Collector(store, scan_id, run, on_result, progress),
-                          store.done_pairs(scan_id))
+                _run_jobs(client, jobs, _Collector(store, scan_id, run, on_result, progress,
+                                                   plan), already)
             except OSError as exc:  # distributed's CommClosedError is one
                 raise ClusterError(f"lost the Dask scheduler: {exc}") from exc
     store.flush()

@@ -13,8 +13,12 @@ which holds across greeters, themes and geometries:
     (a pointer drawn into the framebuffer) are ignored;
   * a greeter shows ONE panel, centred horizontally, away from the edges, with no title bar;
   * a desktop shows windows placed anywhere, with title bars (a full-width band at the top of
-    a window in a colour of its own), several windows, or panels along a screen edge.
+    a window in a colour of its own), several windows, or panels along a screen edge;
+  * a window with no title bar away from the centre (an xterm in the corner of a bare X
+    server) is a program running without a window manager: a session, not a greeter.
 The desktop name only adds evidence (words like "login"/"greeter"), never decides alone.
+`DesktopKind.seen` says in plain words what the screen shows; `KIND_WORDS` holds the label and
+meaning every report shows for each kind.
 """
 
 from __future__ import annotations
@@ -54,20 +58,40 @@ class Component:
 
 @dataclass(frozen=True)
 class DesktopKind:
-    """The verdict: kind is "login-screen" | "desktop" | "blank" | "unknown"."""
+    """The verdict: kind is "login-screen" | "desktop" | "blank" | "unknown"; `seen` is what
+    the screen shows, in words a person understands."""
 
     kind: str
     confidence: float = 0.0
     evidence: tuple[str, ...] = ()
     features: dict[str, Any] = field(default_factory=dict)
+    seen: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "confidence": round(self.confidence, 2),
+            "seen": self.seen,
             "evidence": list(self.evidence),
             "features": dict(self.features),
         }
+
+
+# Per kind: the label, the severity colour it is shown with, and what it means for whoever
+# connects. The HTML report and the web pages show these; `seen` says what was on the screen.
+KIND_WORDS: Final[dict[str, tuple[str, str, str]]] = {
+    "desktop": ("Live desktop", "critical",
+                "Whoever connects sees and controls a running session: its programs, files and "
+                "whatever the user can do."),
+    "login-screen": ("Login screen", "medium",
+                     "A system password is still needed, but the screen and the greeter are "
+                     "exposed."),
+    "blank": ("Empty screen", "low",
+              "An idle X server, or a display that is off or blanked: nothing to read now, but "
+              "a program started on it later is open to whoever connects."),
+    "unknown": ("Not recognised", "info",
+                "Neither a login prompt nor a usual desktop layout: look at the screenshot."),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +224,8 @@ def classify_desktop(
 ) -> DesktopKind:
     """Classify a screenshot given as packed RGB (3 bytes per pixel)."""
     if width < CELL * 4 or height < CELL * 4 or len(rgb) < width * height * 3:
-        return DesktopKind("unknown", 0.0, ("screenshot too small or incomplete",))
+        return DesktopKind("unknown", 0.0, ("screenshot too small or incomplete",),
+                           seen="a picture too small or incomplete to read")
     img = _Image(rgb, width, height)
     evidence: list[str] = [f"geometry {width}x{height}"]
     name_hint = bool(desktop_name and _NAME_HINTS.search(desktop_name))
@@ -224,10 +249,14 @@ def classify_desktop(
         # No recognisable background (a photo wallpaper, video): layout cannot be read.
         evidence.append("no uniform or tiled background on the screen border")
         kind = "login-screen" if name_hint else "unknown"
-        return DesktopKind(kind, 0.3 if name_hint else 0.0, tuple(evidence), features)
+        return DesktopKind(kind, 0.3 if name_hint else 0.0, tuple(evidence), features,
+                           seen="a picture or moving image fills the screen (no plain "
+                                "background to read a layout from)")
     if not comps:
         evidence.append("uniform screen: no window, panel or dialog")
-        return DesktopKind("blank", 0.6, tuple(evidence), features)
+        return DesktopKind("blank", 0.6, tuple(evidence), features,
+                           seen="nothing but its background: no window, panel or login "
+                                "prompt")
 
     main = comps[0]
     cx = (main.x0 + main.x1) / 2
@@ -257,9 +286,17 @@ def classify_desktop(
     else:
         desk += 1.0 + 0.25 * min(len(comps) - 2, 4)
         evidence.append(f"{len(comps)} separate windows or panels")
+    bare = not bars and not docked and offset > CENTRE_TOLERANCE
     if bars:
         desk += 4.0  # window-manager decoration: greeters have none; decisive on its own
         evidence.append(f"{len(bars)} window(s) with a title bar")
+    elif bare:
+        # An undecorated window away from the centre: a program on an X server with no
+        # window manager (xterm starts in the top-left corner). Greeters centre their panel.
+        desk += 2.0
+        corner = main.x0 == 0 or main.y0 == 0
+        evidence.append("no title bar on a window away from the centre" + (
+            ", at the screen's edge" if corner else "") + ": no window manager")
     else:
         login += 1.0
         evidence.append("no title bar")
@@ -271,7 +308,29 @@ def classify_desktop(
     score = login - desk
     features["score"] = round(score, 2)
     if score > 0.5:
-        return DesktopKind("login-screen", min(1.0, score / 4), tuple(evidence), features)
+        return DesktopKind("login-screen", min(1.0, score / 4), tuple(evidence), features,
+                           seen="a single panel centred on the screen, without a title bar: "
+                                "a login prompt or lock screen")
     if score < -0.5:
-        return DesktopKind("desktop", min(1.0, -score / 4), tuple(evidence), features)
-    return DesktopKind("unknown", 0.0, tuple(evidence), features)
+        return DesktopKind("desktop", min(1.0, -score / 4), tuple(evidence), features,
+                           seen=_desktop_words(len(windows), len(bars), len(docked), bare))
+    return DesktopKind("unknown", 0.0, tuple(evidence), features,
+                       seen=f"{_count(len(comps), 'window or panel', 'windows or panels')} "
+                            "that fit neither a login prompt nor a usual desktop")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"one {one}" if n == 1 else f"{n} {many}"
+
+
+def _desktop_words(windows: int, titled: int, docked: int, bare: bool) -> str:
+    if bare and windows <= 1:
+        return ("a program's window with no window manager around it (no title bar, away from "
+                "the centre), e.g. a terminal on a bare X server: whoever connects can use it")
+    parts = [_count(windows, "window", "windows") if windows else "no window"]
+    if titled:
+        parts.append(f"{titled} with a title bar" if windows > 1 else "with a title bar")
+    text = " ".join(parts[:1]) + (f", {parts[1]}" if len(parts) > 1 else "")
+    if docked:
+        text += f" and {_count(docked, 'bar', 'bars')} along a screen edge (a taskbar or panel)"
+    return text + ": a logged-in desktop"

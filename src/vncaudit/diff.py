@@ -88,15 +88,24 @@ class ScanDiff:
     def __bool__(self) -> bool:
         return bool(self.appeared or self.disappeared or self.changed)
 
+    @property
+    def to_tell(self) -> bool:
+        """Anything to say: a change, or services of A that B never probed. "No change" is
+        true only without either (two scans of one host on other ports compare nothing)."""
+        return bool(self) or bool(self.not_rescanned)
+
     def lines(self) -> list[str]:
         out: list[str] = []
         for group in (self.appeared, self.disappeared, self.changed):
             for item in group:
                 out.extend(item.lines())
         if self.not_rescanned:
+            shown = ", ".join(address(h, p) for h, p in self.not_rescanned[:3])
+            more = len(self.not_rescanned) - 3
             out.append(
-                f"? {len(self.not_rescanned)} service(s) of {self.scan_a} "
-                f"not probed by {self.scan_b}"
+                f"? not probed by {self.scan_b}: {shown}"
+                + (f" and {more} more" if more > 0 else "")
+                + f" (found by {self.scan_a}; nothing to compare)"
             )
         return out
 

@@ -30,12 +30,17 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
+from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
+
+if TYPE_CHECKING:
+    from vncaudit.budget import Decision, Gate
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -100,10 +105,21 @@ class _Pipeline:
     queues every result for the consumer."""
 
     def __init__(self, options: ScanOptions, budget: int, progress: Progress | None,
-                 take_marks: bool = False) -> None:
+                 gate: Gate | None = None, take_marks: bool = False) -> None:
         self.options = options
         self.take_marks = take_marks
         self.budget = budget
+        self.gate = gate
+        # syn mode: live pairs are admitted as they are found, a batch per turn of the loop.
+        self.admit_found = False
+        self.unadmitted: list[Target] = []
+        # Denied pairs a half-open SYN still checks (connect mode with raw-socket rights): a
+        # SYN-ACK is answered with the facts read last, not with a probe.
+        self.denied: dict[tuple[str, int], Decision] = {}
+        self.binds: dict[tuple[str, int], str] = {}  # connect from another loopback address
+        # connect mode with raw-socket rights: denied IPv4 pairs, checked with a half-open SYN
+        # once the sweep is done (None: no such rights, they are answered at once).
+        self.liveness: list[Target] | None = None
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
@@ -118,10 +134,50 @@ class _Pipeline:
     def found(self, target: Target, sock: socket.socket | None) -> None:
         if self.progress is not None:
             self.progress.live += 1
+        if self.denied:
+            decision = self.denied.pop((target.host, target.port), None)
+            if decision is not None and self.gate is not None:
+                if sock is not None:
+                    sock.close()
+                self.finished(self.gate.answer(decision, "open"))
+                return
+        if self.admit_found and sock is None and (target.host, target.port) not in self.binds:
+            if not self.unadmitted:
+                asyncio.get_running_loop().call_soon(self._admit_found)
+            self.unadmitted.append(target)
+            return
+        if self.gate is not None:
+            self.gate.started(target)
         self.waiting.append((target, sock))
         self._dispatch()
 
+    def _admit_found(self) -> None:
+        """Ask the ledger about the pairs found live since the last turn of the loop, at once."""
+        batch, self.unadmitted = self.unadmitted, []
+        if not batch or self.gate is None:
+            return
+        try:
+            decisions = self.gate.admit(batch)
+        except Exception as exc:  # the consumer re-raises it instead of waiting forever
+            self.failure = self.failure or exc
+            self.ready.set()
+            return
+        for target, decision in zip(batch, decisions, strict=True):
+            if decision is not None and not decision.allowed:
+                # A SYN-ACK answered our half-open SYN: the port is there now.
+                self.finished(self.gate.answer(decision, "open" if _ipv4(target.host)
+                                               else None))
+                continue
+            if decision is not None and decision.bind is not None:
+                self.binds[(target.host, target.port)] = decision.bind
+            self.gate.started(target)
+            self.waiting.append((target, None))
+        self._dispatch()
+        self.ready.set()
+
     def finished(self, result: ServiceResult) -> None:
+        if self.denied:
+            self.denied.pop((result.host, result.port), None)  # closed/filtered now: a fact
         self.results.append(result)
         self.ready.set()
 
@@ -147,7 +203,8 @@ class _Pipeline:
             task.add_done_callback(self._probe_done)
 
     async def _probe(self, target: Target, sock: socket.socket | None) -> None:
-        result = await probe(target, self.options.probe, sock=sock)
+        source = self.binds.pop((target.host, target.port), None) if self.binds else None
+        result = await probe(target, self.options.probe, sock=sock, source=source)
         if self.options.post_probe is not None:
             result = await self.options.post_probe(result)
         self.finished(result)
@@ -176,7 +233,7 @@ class _Pipeline:
         return result
 
     def idle(self) -> bool:
-        return not self.waiting and not self.probing
+        return not self.waiting and not self.probing and not self.unadmitted
 
     async def close(self) -> None:
         for task in list(self.probing):
@@ -190,21 +247,77 @@ class _Pipeline:
                 sock.close()
 
 
+def _gated(targets: Iterable[Target], gate: Gate, pipeline: _Pipeline) -> Iterator[Target]:
+    """connect mode: the targets the connection ledger lets discovery see (its connect is the
+    probe's connection), admitted a batch at a time. A denied pair never reaches discovery:
+    its result is the ledger's answer, after a half-open SYN where this process may send one.
+    A pair to be connected from another loopback address skips discovery, which cannot bind:
+    the probe connects."""
+    from vncaudit.budget import GATE_BATCH
+
+    source = iter(targets)
+    while batch := list(islice(source, GATE_BATCH)):
+        for target, decision in zip(batch, gate.admit(batch), strict=True):
+            if decision is None or (decision.allowed and decision.bind is None):
+                yield target
+            elif decision.allowed:
+                assert decision.bind is not None
+                pipeline.binds[(target.host, target.port)] = decision.bind
+                pipeline.found(target, None)
+            elif pipeline.liveness is not None and _ipv4(target.host):
+                pipeline.denied[(target.host, target.port)] = decision
+                pipeline.liveness.append(target)
+            else:
+                pipeline.finished(gate.answer(decision))
+
+
+def _raw_sockets() -> bool:
+    """Whether this process may send a half-open SYN (root, or CAP_NET_RAW)."""
+    try:
+        discovery.check_syn_allowed()
+    except VncAuditError:
+        return False
+    return True
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
 async def iter_results(
     targets: Iterable[Target],
     options: ScanOptions | None = None,
     progress: Progress | None = None,
     on_marks: Callable[[Marks], None] | None = None,
+    gate: Gate | None = None,
 ) -> AsyncIterator[ServiceResult]:
     """Discover and probe every target; yield one result per target as each completes.
 
     `on_marks`: closed and filtered verdicts that discovery gives in bulk (a SYN sweep's silent
-    pairs) go there as `Marks`, in order with the rest, instead of one result each."""
+    pairs) go there as `Marks`, in order with the rest, instead of one result each.
+
+    `gate`: the connection ledger (`vncaudit.budget`). Every connection is admitted first and
+    every result recorded; a denied pair's result is the ledger's answer (the facts read last,
+    with their age). connect: targets are admitted before discovery, whose connect counts.
+    syn: the SYN counts for no server, so live pairs are admitted as they are found. Without
+    a gate nothing is counted."""
     options = options or ScanOptions()
     limit = raise_fd_limit()
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
-    pipeline = _Pipeline(options, budget, progress, take_marks=on_marks is not None)
-    sweep = discovery.make_sweep(targets, pipeline, options.discovery_options())
+    pipeline = _Pipeline(options, budget, progress, gate, take_marks=on_marks is not None)
+    discovery_options = options.discovery_options()
+    if gate is not None:
+        if discovery_options.mode is Mode.SYN:
+            pipeline.admit_found = True
+        else:
+            if _raw_sockets():
+                pipeline.liveness = []
+            targets = _gated(targets, gate, pipeline)
+    sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
     if progress is not None:
         progress.syn = getattr(sweep, "counters", None)
@@ -214,6 +327,12 @@ async def iter_results(
         nonlocal sweep_done
         try:
             await sweep.run()
+            if pipeline.liveness:
+                # Liveness without a mark: a SYN never completed reaches no server's accept().
+                check = discovery.make_sweep(pipeline.liveness, pipeline, DiscoveryOptions(
+                    Mode.SYN, discovery_options.timeout, None, discovery_options.rate))
+                pipeline.sweep = check
+                await check.run()
         finally:
             sweep_done = True
             if progress is not None:
@@ -231,6 +350,8 @@ async def iter_results(
                 on_marks(result)
                 continue
             if result is not None:
+                if gate is not None:
+                    result = gate.settle(result)
                 if progress is not None:
                     progress.add(result)
                     progress.retried = sweep.retried
@@ -253,6 +374,8 @@ async def iter_results(
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         await pipeline.close()
+        if gate is not None:
+            gate.close()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -307,6 +430,7 @@ async def scan_async(
     assess_results: bool = True,
     collect: bool = True,
     on_marks: Callable[[Marks], None] | None = None,
+    gate: Gate | None = None,
 ) -> list[ServiceResult]:
     """Probe all targets and return the results (assessed when `assess_results`).
 
@@ -316,7 +440,7 @@ async def scan_async(
     """
     grade: Callable[[ServiceResult], ServiceResult] | None = None
     results: list[ServiceResult] = []
-    async for result in iter_results(targets, options, progress, on_marks):
+    async for result in iter_results(targets, options, progress, on_marks, gate=gate):
         if assess_results and result.state not in _UNGRADED:
             # Imported with the first result to grade, not before the first packet.
             grade = grade or _assessor()

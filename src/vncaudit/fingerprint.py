@@ -236,16 +236,24 @@ def _regex(value: str | None, pattern: str, flags: int = 0) -> re.Match[str] | N
     return None if value is None else _compiled(pattern, flags).search(value)
 
 
+def _r(text: str, limit: int = 160) -> str:
+    """repr() of a server's string, bounded: evidence is read by people, and a reason or a
+    desktop name may be 64 KiB."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… (+{len(text) - limit} characters)"
+
+
 def _failure(f: Facts, pattern: str, cfg: Config) -> Hit | None:
     if _regex(f.failure, pattern, re.IGNORECASE) is None:
         return None
-    return (1.0, f"failure text {f.failure!r}", None)
+    return (1.0, f"failure text {_r(f.failure or '')}", None)
 
 
 def _desktop(f: Facts, pattern: str, cfg: Config) -> Hit | None:
     if _regex(f.desktop, pattern) is None:
         return None
-    return (1.0, f"desktop name {f.desktop!r}", None)
+    return (1.0, f"desktop name {_r(f.desktop or '')}", None)
 
 
 def _notes(f: Facts, pattern: str, cfg: Config) -> Hit | None:
@@ -536,9 +544,9 @@ def _observed(f: Facts) -> list[str]:
     if f.tight_auth is not None:
         out.append(f"Tight auth capabilities {list(f.tight_auth)}")
     if f.failure:
-        out.append(f"failure text {f.failure!r}")
+        out.append(f"failure text {_r(f.failure)}")
     if f.desktop is not None:
-        out.append(f"desktop name {f.desktop!r}")
+        out.append(f"desktop name {_r(f.desktop)}")
     return out
 
 
@@ -626,7 +634,8 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
 
 
 def _with_desktop(product: Product, seen: str | None, desktop: str | None) -> Product:
-    old, new = f"desktop name {seen!r}", f"desktop name {desktop!r}"
+    old = f"desktop name {_r(seen) if seen is not None else None!r}"
+    new = f"desktop name {_r(desktop) if desktop is not None else None!r}"
     return Product(product.name, product.version, product.confidence,
                    tuple(new if e == old else e for e in product.evidence))
 

@@ -38,7 +38,10 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; used at its boundary only
 
 from vncaudit import firewall
-from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit import rfb as rfb_mod
+from vncaudit.budget import Decision, Ledger
+from vncaudit.budget.clock import process_start
+from vncaudit.models import Product, RfbFacts, ServiceResult, Severity, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
 log = logging.getLogger(__name__)
@@ -635,19 +638,71 @@ def probe_address(address: str) -> str:
 
 async def sniff_rfb(host: str, port: int) -> bool:
     """Does the socket speak first with an RFB banner? One short connection."""
+    return _is_banner((await read_banner(host, port))[1])
+
+
+def _is_banner(data: bytes | None) -> bool:
+    return data is not None and bool(re.fullmatch(rb"RFB \d{3}\.\d{3}\n", data))
+
+
+async def read_banner(host: str, port: int, source: str | None = None
+                      ) -> tuple[bool, bytes | None]:
+    """(connected, the first 12 bytes the socket said or None): one short connection, from
+    `source` when given."""
     writer: asyncio.StreamWriter | None = None
+    connected = False
     try:
         async with asyncio.timeout(SNIFF_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host, port, local_addr=(source, 0) if source is not None else None)
+            connected = True
             data = await reader.read(12)
     except (OSError, TimeoutError):
-        return False
+        return connected, None
     finally:
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-    return bool(re.fullmatch(rb"RFB \d{3}\.\d{3}\n", data))
+    return True, data
+
+
+async def _sniff_all(socks: Sequence[Socket], ledger: Ledger | None) -> list[bool]:
+    """Which of these listeners answer with an RFB banner; through the connection ledger when
+    there is one (a banner read is a connection a blacklisting server counts), answering
+    from the banner read last when one more would arm the server's blacklist."""
+    targets = [Target(probe_address(s.address), s.port) for s in socks]
+    if ledger is None:
+        return list(await asyncio.gather(*(sniff_rfb(t.host, t.port) for t in targets)))
+    decisions = ledger.admit(targets, kind="banner check")
+
+    async def one(decision: Decision) -> tuple[bool, bytes | None]:
+        if not decision.allowed:
+            return False, None
+        return await read_banner(decision.target.host, decision.target.port, decision.bind)
+
+    reads = await asyncio.gather(*(one(d) for d in decisions))
+    outcomes: list[tuple[Decision, ServiceResult]] = []
+    hits: list[bool] = []
+    for decision, (connected, data) in zip(decisions, reads, strict=True):
+        target = decision.target
+        if not decision.allowed:
+            last = decision.last
+            hits.append(last is not None and last.result is not None
+                        and last.result.rfb is not None)
+            continue
+        hits.append(_is_banner(data))
+        state = (State.VNC if _is_banner(data) else State.OPEN_NOT_VNC) if connected \
+            else State.FILTERED
+        rfb = None
+        if _is_banner(data):
+            assert data is not None
+            banner = data.decode("latin-1")
+            version = rfb_mod.format_version(int(banner[4:7]), int(banner[8:11]))
+            rfb = RfbFacts(banner=banner, server_version=version)
+        outcomes.append((decision, ServiceResult(target.host, target.port, state, rfb=rfb)))
+    ledger.record(outcomes)
+    return hits
 
 
 def _exposure(listener: Listener) -> Any:
@@ -681,11 +736,14 @@ def audit(
     timeout: float = 5.0,
     read_firewall: bool = True,
     runner: firewall.Runner = firewall.run_command,
+    ledger: Ledger | None = None,
 ) -> LocalAudit:
-    """Audit this machine. `only_ports` limits everything (listing, probing) to those ports."""
+    """Audit this machine. `only_ports` limits everything (listing, probing) to those ports.
+    `ledger`: count every banner read and probe there (`vncaudit.budget`); without one
+    nothing is counted."""
     return asyncio.run(audit_async(ports, only_ports=only_ports, sniff=sniff,
                                    probe_listeners=probe_listeners, timeout=timeout,
-                                   read_firewall=read_firewall, runner=runner))
+                                   read_firewall=read_firewall, runner=runner, ledger=ledger))
 
 
 async def audit_async(
@@ -697,6 +755,7 @@ async def audit_async(
     timeout: float = 5.0,
     read_firewall: bool = True,
     runner: firewall.Runner = firewall.run_command,
+    ledger: Ledger | None = None,
 ) -> LocalAudit:
     vnc_ports = set(ports)
     only = set(only_ports) if only_ports is not None else None
@@ -733,7 +792,7 @@ async def audit_async(
         if len(others) > SNIFF_LIMIT:
             blind.append(f"{len(others) - SNIFF_LIMIT} other listeners not checked for an RFB "
                          "banner")
-        hits = await asyncio.gather(*(sniff_rfb(probe_address(s.address), s.port) for s in sniffed))
+        hits = await _sniff_all(sniffed, ledger)
         for s, hit in zip(sniffed, hits, strict=True):
             if hit:
                 candidates.append((s, ["answers with an RFB banner"]))
@@ -766,10 +825,7 @@ async def audit_async(
         listeners.append(lst)
 
     if probe_listeners and listeners:
-        opts = ProbeOptions(timeout=timeout)
-        results = await asyncio.gather(*(
-            probe(Target(probe_address(x.address), x.port),
-                  opts) for x in listeners))
+        results = await _probe_all(listeners, ProbeOptions(timeout=timeout), ledger)
         graded: list[Listener] = []
         for x, r in zip(listeners, results, strict=True):
             r = replace(r, extra={**r.extra, "local": {"bind": x.address, "scope": x.scope}})
@@ -788,6 +844,37 @@ async def audit_async(
         sockets_seen=total,
         other_listeners=[(s.address, s.port, s.pid) for s in others],
     )
+
+
+async def _probe_all(listeners: Sequence[Listener], options: ProbeOptions,
+                     ledger: Ledger | None) -> list[ServiceResult]:
+    """One probe per listener, through the connection ledger when there is one: a listener
+    whose server counts connections is probed from another loopback address once
+    127.0.0.1's budget is spent (the listener's users come from 127.0.0.1), or, when none
+    is left, reported with the facts read last. A server process that started after the
+    ledger's connections has a fresh tally."""
+    targets = [Target(probe_address(x.address), x.port) for x in listeners]
+    if ledger is None:
+        return list(await asyncio.gather(*(probe(t, options) for t in targets)))
+    starts = {}
+    for t, x in zip(targets, listeners, strict=True):
+        start = process_start(x.process.pid) if x.process is not None else None
+        if start is not None:
+            starts[(t.host, t.port)] = start
+    decisions = ledger.admit(targets, restarted=starts)
+
+    async def one(decision: Decision) -> ServiceResult:
+        if not decision.allowed:
+            return ledger.answer(decision)
+        return await probe(decision.target, options, source=decision.bind)
+
+    results = list(await asyncio.gather(*(one(d) for d in decisions)))
+    # The process names the product where the handshake alone may not (TigerVNC with [2]):
+    # the ledger then knows which blacklist rule applies.
+    ledger.record([(d, r if r.product is not None or x.product is None
+                    else replace(r, product=Product(x.product)))
+                   for d, r, x in zip(decisions, results, listeners, strict=True) if d.allowed])
+    return results
 
 
 def from_dict(doc: dict[str, Any]) -> list[dict[str, Any]]:

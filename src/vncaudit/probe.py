@@ -360,12 +360,18 @@ class _Session:
 
 
 async def probe(
-    target: Target, options: ProbeOptions | None = None, *, sock: socket.socket | None = None
+    target: Target,
+    options: ProbeOptions | None = None,
+    *,
+    sock: socket.socket | None = None,
+    source: str | None = None,
 ) -> ServiceResult:
     """Probe one (host, port) with one connection and one deadline; never raises.
 
     `sock`: a connection to the target that is already established (the engine's discovery
     made it); the probe takes it over, and its deadline starts now, not at the connect.
+    `source`: connect from this local address (another loopback address, when the connection
+    ledger says 127.0.0.1's budget on this server is spent).
     """
     options = options or ProbeOptions()
     session = _Session(target, options)
@@ -378,7 +384,9 @@ async def probe(
                 if sock is not None:
                     reader, writer = await asyncio.open_connection(sock=sock)
                 else:
-                    reader, writer = await asyncio.open_connection(target.host, target.port)
+                    reader, writer = await asyncio.open_connection(
+                        target.host, target.port,
+                        local_addr=(source, 0) if source is not None else None)
             except ConnectionRefusedError:
                 session.state = State.CLOSED
                 return session.result(loop.time() - started)

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import tomllib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -28,7 +29,8 @@ TRUSTED_PLACEHOLDER = "<trusted-cidr>"
 DISPLAY_PLACEHOLDER = "<display>"
 HOST_PLACEHOLDER = "<host>"
 # Fill-in markers a reader must replace before running a command (harden --apply refuses them).
-PLACEHOLDERS = (TRUSTED_PLACEHOLDER, DISPLAY_PLACEHOLDER, HOST_PLACEHOLDER, "<vm-name>")
+PLACEHOLDERS = (TRUSTED_PLACEHOLDER, DISPLAY_PLACEHOLDER, HOST_PLACEHOLDER, "<vm-name>",
+                "<vnc-server>")
 
 _FIELDS = frozenset({"host", "port", "trusted", "display", "ip_family", "iptables"})
 _FIELD_RE = re.compile(r"\{([A-Za-z_]+)\}")
@@ -54,15 +56,34 @@ class FixStep:
 
 
 @dataclass(frozen=True)
+class ProductSteps:
+    """The steps of one product that the service may be (its product was not identified)."""
+
+    product: str
+    steps: tuple[FixStep, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"product": self.product, "steps": [s.to_dict() for s in self.steps]}
+
+
+@dataclass(frozen=True)
 class Remedy:
-    """A remediation id with its title and the steps that fit the service."""
+    """A remediation id with its title and the steps that fit the service.
+
+    `steps` apply as they are. When the product is unknown, `by_product` holds the steps of each
+    candidate product apart, for a reader to open the one that fits (folded in every view)."""
 
     id: str
     title: str
     steps: tuple[FixStep, ...]
+    by_product: tuple[ProductSteps, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "steps": [s.to_dict() for s in self.steps]}
+        d: dict[str, Any] = {"id": self.id, "title": self.title,
+                             "steps": [s.to_dict() for s in self.steps]}
+        if self.by_product:
+            d["by_product"] = [p.to_dict() for p in self.by_product]
+        return d
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,7 @@ class _Template:
     commands: tuple[str, ...]
     products: frozenset[str]  # casefolded product families; empty = any product
     fallback: bool
+    names: tuple[str, ...] = ()  # the product names as written (for headings)
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,7 @@ def _parse(doc: dict[str, Any]) -> dict[str, _Entry]:
                 commands=tuple(str(c) for c in raw.get("commands", ())),
                 products=frozenset(str(p).casefold() for p in raw.get("products", ())),
                 fallback=bool(raw.get("fallback", False)),
+                names=tuple(str(p) for p in raw.get("products", ())),
             )
             for piece in (template.text, *template.commands):
                 unknown = set(_FIELD_RE.findall(piece)) - _FIELDS
@@ -198,16 +221,20 @@ def remedy(
     product: str | None = None,
     trusted: str | None = None,
     display: int | None = None,
+    candidates: Sequence[str] | None = None,
 ) -> Remedy:
     """The fix `remedy_id` for `host`:`port`, its commands filled in.
 
     With a known `product` (a fingerprint family such as "TigerVNC") only that product's
-    steps are kept, plus the steps for any product; with None or "unknown", every product's
-    steps are. `trusted` is the network allowed to keep access (firewall-allowlist); without
-    it the commands carry the placeholder `<trusted-cidr>`. Raises KeyError for an unknown id
-    and UnsafeValueError for a host, trusted value or port that is not plain. `display` is the
-    X display number when the caller knows it (a local listener's command line); otherwise it
-    is port - 5900 for the ports 5900-5999, and a placeholder for any other port.
+    steps are kept, plus the steps for any product. With None or "unknown", `steps` are the
+    steps for any product (and the generic fallback), and each product's own steps go to
+    `by_product`: those of the `candidates` the fingerprint named, or of every product when
+    it named none. `trusted` is the network allowed to keep access (firewall-allowlist);
+    without it the commands carry the placeholder `<trusted-cidr>`. Raises KeyError for an
+    unknown id and UnsafeValueError for a host, trusted value or port that is not plain.
+    `display` is the X display number when the caller knows it (a local listener's command
+    line); otherwise it is port - 5900 for the ports 5900-5999, and a placeholder for any
+    other port.
     """
     entry = _guide()[remedy_id]
     values = {
@@ -219,23 +246,44 @@ def remedy(
     v6 = trusted is not None and _is_ipv6(trusted)
     values["ip_family"] = "ip6" if v6 else "ip"
     values["iptables"] = "ip6tables" if v6 else "iptables"
-    chosen = _select(entry.steps, product)
-    steps = tuple(
-        FixStep(t.platform, _fill(t.text, values), tuple(_fill(c, values) for c in t.commands))
-        for t in chosen
-    )
-    return Remedy(remedy_id, entry.title, steps)
+    def filled(chosen: Iterable[_Template]) -> tuple[FixStep, ...]:
+        return tuple(FixStep(t.platform, _fill(t.text, values),
+                             tuple(_fill(c, values) for c in t.commands)) for t in chosen)
 
-
-def _select(templates: tuple[_Template, ...], product: str | None) -> list[_Template]:
     wanted = (product or "").strip().casefold()
-    if not wanted or wanted == "unknown":
-        return list(templates)
+    if wanted and wanted != "unknown":
+        return Remedy(remedy_id, entry.title, filled(_select(entry.steps, wanted)))
+    general = [t for t in entry.steps if not t.products]
+    groups: dict[str, list[_Template]] = {}
+    for t in entry.steps:
+        for name in t.names:
+            groups.setdefault(name, []).append(t)
+    if candidates:
+        wanted_names = {c.casefold() for c in candidates}
+        groups = {n: ts for n, ts in groups.items() if n.casefold() in wanted_names}
+    by_product = tuple(ProductSteps(name, filled(ts)) for name, ts in groups.items())
+    return Remedy(remedy_id, entry.title, filled(general), by_product)
+
+
+def _select(templates: tuple[_Template, ...], wanted: str) -> list[_Template]:
     specific = [t for t in templates if wanted in t.products]
     keep = [t for t in templates
             if (not t.products and not t.fallback) or wanted in t.products
             or (t.fallback and not specific)]
     return keep
+
+
+def candidate_products(evidence: Iterable[str]) -> tuple[str, ...]:
+    """The product names an "unknown" identification lists as its candidates (the fingerprint's
+    "...; candidates: TigerVNC (score 0.75), QEMU (score 0.75)"), in its order."""
+    for line in evidence:
+        _, found, rest = line.partition("candidates: ")
+        if found:
+            return tuple(m.group(1) for m in _CANDIDATE_RE.finditer(rest))
+    return ()
+
+
+_CANDIDATE_RE = re.compile(r"(?:^|, )(.+?) \(score [0-9.]+\)")
 
 
 def remedies_for(result: ServiceResult, *, trusted: str | None = None) -> list[Remedy]:
@@ -247,6 +295,8 @@ def remedies_for(result: ServiceResult, *, trusted: str | None = None) -> list[R
             if rid not in ids:
                 ids.append(rid)
     product = result.product.name if result.product is not None else None
+    candidates = (candidate_products(result.product.evidence)
+                  if result.product is not None and result.product.name == "unknown" else ())
     try:
         host = check_host(result.host)
     except UnsafeValueError:
@@ -260,7 +310,7 @@ def remedies_for(result: ServiceResult, *, trusted: str | None = None) -> list[R
                         result.host, result.port, rid)
             continue
         fixed = remedy(rid, host=host or "placeholder.invalid", port=result.port,
-                       product=product, trusted=trusted)
+                       product=product, trusted=trusted, candidates=candidates)
         if host is None:
             fixed = _replace_host(fixed, "placeholder.invalid")
         out.append(fixed)
@@ -271,6 +321,9 @@ def _replace_host(fixed: Remedy, stand_in: str) -> Remedy:
     def swap(text: str) -> str:
         return text.replace(stand_in, HOST_PLACEHOLDER)
 
-    steps = tuple(FixStep(s.platform, swap(s.text), tuple(swap(c) for c in s.commands))
-                  for s in fixed.steps)
-    return Remedy(fixed.id, fixed.title, steps)
+    def swapped(steps: tuple[FixStep, ...]) -> tuple[FixStep, ...]:
+        return tuple(FixStep(s.platform, swap(s.text), tuple(swap(c) for c in s.commands))
+                     for s in steps)
+
+    return Remedy(fixed.id, fixed.title, swapped(fixed.steps),
+                  tuple(ProductSteps(p.product, swapped(p.steps)) for p in fixed.by_product))

@@ -624,12 +624,15 @@ async def probe_web(
     paths: Sequence[str] = WEBSOCKET_PATHS,
     tls: bool = False,
     fetch_page: bool = True,
+    require_http: bool = False,
 ) -> ServiceResult:
     """Probe a web front end: GET / (identify), then RFB through the first accepted WebSocket.
 
     `options` is a `probe.ProbeOptions` (its `timeout` is the one deadline for everything).
     Returns the RFB facts exactly as a direct probe would report them, plus
-    `extra["web"]` (see module docs / report). Never raises.
+    `extra["web"]` (see module docs / report). With `require_http` (a port not known for web
+    front ends) nothing more is tried when GET / gets no HTTP answer: one request, no more.
+    Never raises.
     """
     from vncaudit.probe import ProbeOptions
 
@@ -651,6 +654,10 @@ async def probe_web(
             return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
         except (OSError, WebSocketError) as exc:
             web["http"] = {"kind": "none", "error": str(exc)}
+    if require_http and http_facts is None:
+        return ServiceResult(target.host, target.port, State.OPEN_NOT_VNC,
+                             error="no HTTP answer to GET /", hostname=target.hostname,
+                             elapsed=loop.time() - started, extra={"web": web})
     if http_facts is not None and http_facts.kind == "java-viewer":
         # The classic viewer page only points at the RFB port; there is no WebSocket to open.
         web["transport"] = "http-java-viewer"

@@ -50,19 +50,22 @@ class ActiveOptions:
 
 
 async def run_active(
-    result: ServiceResult, options: ActiveOptions, connector: Connector | None = None
+    result: ServiceResult, options: ActiveOptions, connector: Connector | None = None,
+    *, connections_used: int = 1,
 ) -> dict[str, Any]:
     """Run the requested checks against one probed service; returns `extra["active"]`.
 
     Order keeps the lockout count low: checks that authenticate successfully (which clear
     TigerVNC's marks) go first, the CVE check and the password audit last.
+    `connections_used`: unauthenticated connections this address already made to the server
+    (the probe's, and what the connection ledger counted before it).
     """
     active: dict[str, Any] = {}
     if not options.enabled or result.state is not State.VNC or result.rfb is None:
         return active
     target = Target(result.host, result.port, result.hostname)
     facts = result.rfb
-    used = 1  # the probe's connection
+    used = connections_used
     password = options.password
     if password is not None:
         active["auth"] = await authenticate(

@@ -62,6 +62,12 @@ class Knowledge:
     cves: tuple[Cve, ...]
     possible_severity: Severity
     min_confidence: float
+    # Remediations that only make sense for a service reachable from a network (bind it to
+    # loopback, firewall it, tunnel to it): left out for one reachable only from this host.
+    network_only_fixes: frozenset[str] = frozenset()
+    standard_web_ports: tuple[tuple[int, int], ...] = ()
+    # SecurityResult reasons that show an approval prompt: (pattern, what it proves).
+    approval_reasons: tuple[tuple[re.Pattern[str], str], ...] = ()
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -130,7 +136,12 @@ def knowledge() -> Knowledge:
     ports = tuple((int(a), int(b)) for a, b in doc["exposure"]["standard_ports"])
     texts = {k: str(v) for k, v in doc["exposure"].items() if isinstance(v, str)}
     entries, possible, min_conf = parse_cves(_read("cves.toml"))
-    return Knowledge(specs, classes, tight, ports, texts, entries, possible, min_conf)
+    network_only = frozenset(str(r) for r in doc["exposure"].get("network_only_fixes", ()))
+    web_ports = tuple((int(a), int(b)) for a, b in doc["exposure"].get("standard_web_ports", ()))
+    approval = tuple((re.compile(str(d["pattern"]), re.IGNORECASE), str(d["note"]))
+                     for d in doc.get("approval_reason", ()))
+    return Knowledge(specs, classes, tight, ports, texts, entries, possible, min_conf,
+                     network_only, web_ports, approval)
 
 
 def cves() -> tuple[Cve, ...]:

@@ -8,7 +8,6 @@ mutate the result; texts and severities come from the knowledge files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,6 +16,8 @@ from vncaudit import rfb
 from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
 from vncaudit.assess.knowledge import Cve, Knowledge, knowledge
 from vncaudit.assess.versions import match_versions
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import quoted
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +44,9 @@ _VNCAUTH_IN_TLS: Final = frozenset({258, 261})
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # Server strings (reasons, desktop names) are quoted escaped and bounded: an evidence line
+    # is read by a person, and a reason may be 64 KiB of binary.
+    return quoted(text)
 
 
 def offers(facts: RfbFacts, kb: Knowledge | None = None) -> list[Offer]:
@@ -168,8 +171,10 @@ class Context:
                 line += f"; severity {verb} from {sev.value} to {moved.value}"
             ev.append(line)
             sev = moved
-        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why,
-                       tuple(remediation if remediation is not None else spec.remediation))
+        fixes = tuple(remediation if remediation is not None else spec.remediation)
+        if self.exposure is Exposure.LOOPBACK:
+            fixes = tuple(r for r in fixes if r not in self.kb.network_only_fixes)
+        return Finding(fid, sev, title or spec.title, tuple(ev), why or spec.why, fixes)
 
 
 Rule = Callable[[Context], list[Finding]]
@@ -187,7 +192,8 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
     """What reading past the security handshake showed (the proof that no auth is needed)."""
     lines = []
     if facts.security_result == "ok" and confirmed_by_result:
-        lines.append("SecurityResult \"ok\" after selecting it: confirmed by SecurityResult ok")
+        lines.append("SecurityResult \"ok\" right after selecting it: the session was granted "
+                     "without a credential")
     elif facts.security_result == "failed" and confirmed_by_result:
         reason = f": {_q(facts.failure_reason)}" if facts.failure_reason else ""
         lines.append(f"SecurityResult \"failed\"{reason}: offered, but refused this time")
@@ -195,11 +201,44 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
         fb = facts.framebuffer
         name = _q(facts.desktop_name) if facts.desktop_name is not None else "(none)"
         if facts.security_result is None:
-            lines.append("ServerInit received without any credential (no SecurityResult is "
-                         "sent for None before RFB 3.8): confirmed")
+            lines.append("ServerInit received without any credential (RFB 3.7 and older send "
+                         "no SecurityResult for None)")
         lines.append(f"ServerInit read: desktop name {name}, framebuffer "
                      f"{fb.width}x{fb.height}, depth {fb.depth}")
     return lines
+
+
+def _granted_at_once(ctx: Context) -> bool:
+    """Evidence that nobody was asked: an RFB 3.8 SecurityResult "ok" right after None (a
+    server that asks the desktop's user sends it only once the user accepts), or a screenshot
+    taken without a password."""
+    facts = ctx.facts
+    if facts is not None and facts.security_result == "ok":
+        return True
+    return ctx.section("screenshot").get("status") == "ok"
+
+
+def _approval_signs(ctx: Context) -> tuple[str, list[str]] | None:
+    """("asked", evidence) when the server's own reason says it asked the desktop's user,
+    ("held", evidence) when it kept the session back after None was selected; else None."""
+    facts = ctx.facts
+    if facts is None:
+        return None
+    free = [o for o in ctx.of(NO_AUTH | TLS_NO_AUTH) if o.selected]
+    if not free or _granted_at_once(ctx):
+        return None
+    reason = facts.failure_reason
+    if facts.security_result == "failed" and reason:
+        for pattern, note in ctx.kb.approval_reasons:
+            if pattern.search(reason):
+                return "asked", [f"SecurityResult \"failed\" after selecting it: {_q(reason)}",
+                                 f"that reason: {note}"]
+    error = ctx.result.error or ""
+    if (facts.security_result is None and facts.framebuffer is None
+            and facts.client_version == "3.8" and "awaiting SecurityResult" in error):
+        return "held", [f"no SecurityResult after selecting it ({error}): the session was "
+                        "neither granted nor refused while the probe waited"]
+    return None
 
 
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
@@ -213,19 +252,25 @@ def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     kind = ctx.section("desktop_kind")
     verdict = kind.get("kind")
     if verdict:
-        notes = kind.get("evidence")
-        why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
-        lines.append(f"screen classified as {_q(str(verdict))} (confidence "
-                     f"{kind.get('confidence', 0)}){': ' + why if why else ''}")
+        label = KIND_WORDS.get(str(verdict), KIND_WORDS["unknown"])[0].lower()
+        sure = f", confidence {float(kind.get('confidence') or 0):.0%}" if kind.get(
+            "confidence") else ""
+        if kind.get("seen"):
+            lines.append(f"the screen shows {kind['seen']} ({label}{sure})")
+        else:
+            notes = kind.get("evidence")
+            why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
+            lines.append(f"screen classified as {label}{sure}{': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
 
 
 def rule_no_auth(ctx: Context) -> list[Finding]:
-    """None, or Tight without/with NOAUTH: no credential at all."""
+    """None, or Tight without/with NOAUTH: no credential at all (unless the server showed
+    that a person must accept the session: `rule_approval_required`)."""
     if not ctx.is_vnc or ctx.facts is None:
         return []
     found = ctx.of(NO_AUTH)
-    if not found:
+    if not found or _approval_signs(ctx) is not None:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
@@ -233,7 +278,25 @@ def rule_no_auth(ctx: Context) -> list[Finding]:
     ev += proof
     spec = ctx.kb.specs["no-auth"]
     suffix = {"desktop": "_desktop", "login-screen": "_login"}.get(verdict or "", "")
+    if not suffix and not _granted_at_once(ctx):
+        suffix = "_unconfirmed"  # "nobody is asked" only where the wire showed it
     return [ctx.finding("no-auth", ev, title=spec.texts.get("title" + suffix),
+                        why=spec.texts.get("why" + suffix))]
+
+
+def rule_approval_required(ctx: Context) -> list[Finding]:
+    """No credential, but the server asks (or held the session as servers that ask do)."""
+    if not ctx.is_vnc:
+        return []
+    signs = _approval_signs(ctx)
+    if signs is None:
+        return []
+    how, lines = signs
+    found = [o for o in ctx.of(NO_AUTH | TLS_NO_AUTH) if o.selected]
+    spec = ctx.kb.specs["approval-required"]
+    suffix = "_held" if how == "held" else ""
+    return [ctx.finding("approval-required", [_offered_line(found), *lines],
+                        title=spec.texts.get("title" + suffix),
                         why=spec.texts.get("why" + suffix))]
 
 
@@ -242,7 +305,7 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
     if not ctx.is_vnc or ctx.facts is None:
         return []
     found = ctx.of(TLS_NO_AUTH)
-    if not found:
+    if not found or _approval_signs(ctx) is not None:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
@@ -251,7 +314,10 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
         detail = ", ".join(f"{k} {tls[k]}" for k in ("version", "cipher") if tls.get(k))
         if detail:
             ev.append(f"TLS negotiated: {detail}")
-    return [ctx.finding("tls-no-auth", ev)]
+    spec = ctx.kb.specs["tls-no-auth"]
+    unconfirmed = not _granted_at_once(ctx) and "why_unconfirmed" in spec.texts
+    return [ctx.finding("tls-no-auth", ev,
+                        why=spec.texts["why_unconfirmed"] if unconfirmed else None)]
 
 
 def _offer_rule(fid: str, classes: frozenset[str]) -> Rule:
@@ -474,14 +540,21 @@ def rule_blacklisting_active(ctx: Context) -> list[Finding]:
     return [ctx.finding("blacklisting-active", ev)]
 
 
+def _ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 def rule_nonstandard_port(ctx: Context) -> list[Finding]:
     port = ctx.result.port
     if ctx.result.state not in _SERVICE_STATES:
         return []
-    if any(lo <= port <= hi for lo, hi in ctx.kb.standard_ports):
+    web = as_mapping(ctx.result.extra.get("web")).get("transport") == "websocket"
+    # Reached through a web front end, the usual ports are the web ones (noVNC's 6080 ...).
+    usual = ctx.kb.standard_web_ports if web else ctx.kb.standard_ports
+    if any(lo <= port <= hi for lo, hi in usual):
         return []
-    usual = ", ".join(f"{lo}-{hi}" for lo, hi in ctx.kb.standard_ports)
-    return [ctx.finding("nonstandard-port", [f"RFB answered on port {port} (usual: {usual})"])]
+    how = "RFB over WebSocket answered" if web else "RFB answered"
+    return [ctx.finding("nonstandard-port", [f"{how} on port {port} (usual: {_ranges(usual)})"])]
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:
@@ -503,6 +576,7 @@ def rule_malformed_handshake(ctx: Context) -> list[Finding]:
 # One row per finding family; order only matters for readability (findings are sorted).
 RULES: Final[tuple[tuple[str, Rule], ...]] = (
     ("no-auth", rule_no_auth),
+    ("approval-required", rule_approval_required),
     ("tls-no-auth", rule_tls_no_auth),
     ("vncauth-plaintext", rule_vncauth_plaintext),
     ("plaintext-password", rule_plaintext_password),

@@ -256,6 +256,14 @@ def _check_not_everyone(network: str, option: str) -> None:
                     f"internet; list your own networks (/{limit} or narrower)")
 
 
+RiskLockoutOpt = Annotated[
+    bool,
+    typer.Option("--risk-lockout", help="Connect even where the connection ledger says the "
+                 "connection would arm the server's blacklist: TigerVNC and RealVNC then "
+                 "refuse every connection from this address (yours, and everyone's behind "
+                 "the same NAT, jump host or SSH tunnel) for 10 s, doubling each time. "
+                 "Without it such servers report the facts read last, with their age."),
+]
 PasswordOpt = Annotated[
     str | None,
     typer.Option("--password", metavar="PASSWORD",

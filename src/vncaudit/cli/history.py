@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from vncaudit.cli import app
 from vncaudit.cli.common import (
@@ -32,7 +32,7 @@ from vncaudit.cli.common import (
     output_format,
     output_option,
 )
-from vncaudit.cli.output import _emit
+from vncaudit.cli.output import Column, _emit, fitted_table
 from vncaudit.models import ServiceResult, Severity
 from vncaudit.store import StoreError, UnknownScanError, default_db_path
 
@@ -85,29 +85,44 @@ def results(
 
         _write_out(output_file, json.dumps([r.to_dict() for r in records], indent=2) + "\n")
         return
-    table = Table()
-    for col in ("scan", "status", "started", "targets", "ports", "probed", "vnc", "no auth",
-                "worst"):
-        table.add_column(col, overflow="fold")
+    rows: list[list[str | Text]] = []
     for r in records:
         c = r.counts
         worst = next((sev.value for sev in Severity if c.get(sev.value)), "")
-        table.add_row(r.id, r.status, r.started, " ".join(r.targets)[:60], r.ports,
-                      str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
-                      worst)
+        rows.append([r.id, r.status, _minute(r.started), " ".join(r.targets)[:60], r.ports,
+                     str(c.get("done", "")), str(c.get("vnc", "")), str(c.get("no_auth", "")),
+                     worst])
     if not records and output_file is None:
         where = db or default_db_path()
         err.print(f"no scans stored{' of ' + target if target else ''} in {where}",
                   markup=False, soft_wrap=True)
         return
     if output_file is None:
-        Console(highlight=False).print(table)
+        console = Console(highlight=False)
+        console.print(fitted_table(SCAN_LIST_COLUMNS, rows, console.width))
         return
     import io
 
     buffer = io.StringIO()
-    Console(file=buffer, highlight=False, width=200).print(table)
+    Console(file=buffer, highlight=False, width=200).print(fitted_table(SCAN_LIST_COLUMNS, rows,
+                                                                        200))
     _write_out(output_file, buffer.getvalue())
+
+
+# A scan id is what the next command needs: never broken; the columns that matter least give way
+# on a narrow terminal.
+SCAN_LIST_COLUMNS = (
+    # The id carries the date, so "started" may go first after the two least needed columns.
+    Column("scan", whole=True), Column("status", whole=True),
+    Column("started", whole=True, drop=2), Column("targets"), Column("ports", drop=4),
+    Column("probed", whole=True, drop=1), Column("vnc", whole=True),
+    Column("no auth", whole=True, drop=3), Column("worst", whole=True),
+)
+
+
+def _minute(iso: str) -> str:
+    """"2026-12-06T15:35:42+00:00" as "2026-12-06 15:35" (the list's start column)."""
+    return iso[:16].replace("T", " ") if len(iso) >= 16 and iso[10:11] == "T" else iso
 
 
 @app.command(epilog="""Example:

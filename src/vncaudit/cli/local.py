@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from rich.text import Text
 
 from vncaudit import firewall, harden
 from vncaudit import local as local_mod
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.cli import (
     _SEVERITY_STYLE,
     _cell,
@@ -33,9 +35,11 @@ from vncaudit.cli import (
     err,
     finite,
 )
-from vncaudit.cli.common import JsonAliasOpt, output_format, output_option
+from vncaudit.cli.common import DbOpt, JsonAliasOpt, RiskLockoutOpt, output_format, output_option
+from vncaudit.cli.output import Column, fitted_table
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.store import Store, StoreError
 
 PortsOpt = Annotated[
     str, typer.Option("-p", "--ports", metavar="PORTS",
@@ -73,13 +77,47 @@ def _check_only_ports(only_port: list[int] | None) -> None:
 
 
 def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool,
-               timeout: float) -> local_mod.LocalAudit:
+               timeout: float, db: Path | None = None,
+               risk_lockout: bool = False) -> local_mod.LocalAudit:
+    """The local audit, its banner reads and probes counted in the store's connection ledger.
+    A store that cannot be opened costs the connections, not the audit: listeners, processes
+    and the firewall are still read, and the report says what was not probed and why."""
     _check_only_ports(only_port)
+    parsed = _ports(ports)
+    store: Store | None = None
+    unprobed: str | None = None
+    if sniff or probe:
+        where = _checked_db(db)
+        try:
+            store = Store.open(where)
+        except StoreError as exc:
+            unprobed = (f"no listener probed or banner read: the connection ledger cannot be "
+                        f"opened ({exc}), so a connection could not be counted")
+            sniff = probe = False
     try:
-        return local_mod.audit(_ports(ports), only_ports=only_port, sniff=sniff,
-                               probe_listeners=probe, timeout=timeout)
+        if store is None:
+            audit = local_mod.audit(parsed, only_ports=only_port, sniff=sniff,
+                                    probe_listeners=probe, timeout=timeout)
+        else:
+            with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
+                audit = local_mod.audit(parsed, only_ports=only_port, sniff=sniff,
+                                        probe_listeners=probe, timeout=timeout, ledger=ledger)
     except VncAuditError as exc:
         raise _fail(str(exc), 3) from None
+    if unprobed is not None:
+        audit = replace(audit, blind_spots=[*audit.blind_spots, unprobed])
+    return audit
+
+
+def _checked_db(db: Path | None) -> Path | None:
+    """A --db the user typed must name a file in a directory that exists (as for scan)."""
+    if db is not None and str(db) != ":memory:":
+        where = db.expanduser()
+        if where.is_dir():
+            raise _fail(f"--db {db}: is a directory; give the database file's path")
+        if not where.parent.is_dir():
+            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+    return db
 
 
 def _verdict_text(x: local_mod.Listener) -> str:
@@ -93,40 +131,47 @@ def _verdict_text(x: local_mod.Listener) -> str:
     return "\n".join(parts) or "[dim]not read[/]"
 
 
-def local_table(audit: local_mod.LocalAudit) -> Table:
-    table = Table(show_lines=True)
-    for col in ("bind", "port", "process", "user", "product", "security", "auth",
-                "firewall", "risk"):
-        table.add_column(col, overflow="fold")
+LOCAL_COLUMNS = (
+    Column("bind", whole=True), Column("port", whole=True), Column("process"),
+    Column("user", drop=2), Column("product", drop=3), Column("security", drop=1),
+    Column("auth", whole=True), Column("firewall"), Column("risk", whole=True),
+)
+
+
+def local_table(audit: local_mod.LocalAudit, width: int | None = None) -> Table:
+    """The listeners, one row each; at `width` columns an address is never broken and the
+    columns that matter least give way."""
+    rows: list[list[str | Text]] = []
     for x in audit.listeners:
         r = x.result
         bind = f"[{x.address}]" if ":" in x.address else x.address
-        scope = {"all-interfaces": "[bold red]all interfaces[/]", "loopback": "loopback only",
-                 "address": "one address"}[x.scope]
+        scope = {"all-interfaces": Text("all interfaces", style="bold red"),
+                 "loopback": Text("loopback only"), "address": Text("one address")}[x.scope]
         if x.family == firewall.IPV6 and x.scope == "all-interfaces":
-            scope += "\n[bold]IPv6 wildcard[/]"
+            scope.append("\nIPv6 wildcard", style="bold")
         # Process names, user names and what the server sent are anyone's text: cells, never
         # markup ("[/]" as a process name would crash the table, escapes reach the terminal).
-        proc: str | Text = "[dim]not visible[/]"
+        proc: Text = Text("not visible", style="dim")
         if x.process is not None:
             proc = _cell(f"{x.process.pid} {x.process.name or '?'}")
-        auth = ""
+        auth = Text("")
         if r is not None and r.rfb is not None:
-            auth = {True: "required", False: "[bold red]NONE[/]", None: "?"}[r.rfb.auth_required]
+            auth = {True: Text("required"), False: Text("NONE", style="bold red"),
+                    None: Text("?")}[r.rfb.auth_required]
         elif r is not None:
-            auth = f"[dim]{r.state.value}[/]"
+            auth = Text(r.state.value, style="dim")
         worst = x.severity
-        risk = f"[{_SEVERITY_STYLE[worst]}]{worst.value}[/]" if worst else ""
-        table.add_row(f"{bind}\n{scope}", str(x.port), proc,
-                      _cell(x.process.user or "" if x.process else ""), _cell(x.product or ""),
-                      _cell(_security_summary(r) if r is not None else ""), auth,
-                      _verdict_text(x), risk)
-    return table
+        risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
+        rows.append([Text(bind + "\n").append_text(scope), str(x.port), proc,
+                     _cell(x.process.user or "" if x.process else ""), _cell(x.product or ""),
+                     _cell(_security_summary(r) if r is not None else ""), auth,
+                     Text.from_markup(_verdict_text(x)), risk])
+    return fitted_table(LOCAL_COLUMNS, rows, width, show_lines=True)
 
 
 def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
     if audit.listeners:
-        out.print(local_table(audit))
+        out.print(local_table(audit, out.width))
     else:
         out.print("no VNC listener found on this machine", markup=False)
     for x in audit.listeners:
@@ -138,6 +183,9 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
         lines += [f"  {c.source}: {c.setting} {c.value} — {c.meaning}".replace("  —", " —")
                   for c in x.config]
         lines.append(f"  counted as VNC because: {'; '.join(x.reasons)}")
+        ledger_note = (x.result.extra.get("budget") or {}) if x.result is not None else {}
+        if ledger_note.get("reason"):
+            lines.append(f"  connection ledger: {ledger_note['reason']}")
         if x.result is not None:
             for f in x.result.findings:
                 if f.severity.rank >= Severity.LOW.rank:
@@ -172,6 +220,8 @@ def local_cmd(
         bool, typer.Option("--no-probe", help="Do not probe the VNC listeners on loopback.")
     ] = False,
     timeout: TimeoutOpt = 5.0,
+    risk_lockout: RiskLockoutOpt = False,
+    db: DbOpt = None,
     output: Annotated[str, output_option(("table", "json"),
                                          " (json: the file `vncaudit check --inside` reads)")
                       ] = "table",
@@ -191,7 +241,7 @@ def local_cmd(
     output_format(output, False, ("table", "json"))
     threshold = _threshold(fail_on)
     _check_output_file(output_file)
-    audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout)
+    audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout, db, risk_lockout)
     if output == "json":
         _write_out(output_file, json.dumps(audit.to_dict(), indent=2) + "\n")
     elif output_file is None:
@@ -336,8 +386,13 @@ def _rollback(backup_dir: Path, backup_id: str | None, yes: bool) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[dict[str, Any]]:
-    """Per port: what the host sees (listener, firewall) next to what the scan saw."""
+def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
+            over_loopback: bool = False) -> list[dict[str, Any]]:
+    """Per port: what the host sees (listener, firewall) next to what the scan saw.
+
+    `over_loopback`: the "outside" scan went to a loopback address (`check 127.0.0.1`), so it
+    came from this host itself: a loopback listener answering is what it should do, and an
+    answer says nothing about what other hosts reach."""
     by_port: dict[int, ServiceResult] = {}
     for r in outside:
         if r.port not in by_port or r.state is State.VNC:
@@ -357,7 +412,9 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
         open_out = seen_out is not None and seen_out.state not in (State.CLOSED, State.FILTERED)
-        if seen_out is None:
+        if over_loopback:
+            verdict = _loopback_verdict(seen_out, open_out, local_only, outside_state)
+        elif seen_out is None:
             verdict = "not scanned from outside"
         elif open_out and local_only:
             verdict = "open outside but bound to loopback here: another host or a port forward"
@@ -373,11 +430,48 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult]) -> list[
     for port, r in sorted(by_port.items()):
         if port in seen or r.state in (State.CLOSED, State.FILTERED):
             continue
+        verdict = ("answers over loopback, but no listener seen inside: a process hidden from "
+                   "this audit (another user's, or in a container)" if over_loopback else
+                   "open outside, no listener seen inside: NAT/port forward, another host, or a "
+                   "process hidden from this audit")
         rows.append({"port": port, "inside": "", "scope": "", "firewall": "",
-                     "outside": r.state.value,
-                     "verdict": "open outside, no listener seen inside: NAT/port forward, "
-                                "another host, or a process hidden from this audit"})
+                     "outside": r.state.value, "verdict": verdict})
     return sorted(rows, key=lambda d: d["port"])
+
+
+def _loopback_verdict(seen_out: ServiceResult | None, open_out: bool, local_only: bool,
+                      state: str) -> str:
+    if seen_out is None:
+        return "not scanned"
+    if open_out and local_only:
+        return "loopback only: answers on this host, as it should (scanned over loopback)"
+    if open_out:
+        return ("bound beyond loopback: the scan went over loopback, which cannot tell what "
+                "other hosts reach; check the host's network address from another machine")
+    if local_only:
+        return f"bound to loopback, but {state} over loopback: the server stopped or refuses"
+    return (f"listening, but {state} over loopback: a firewall rule on lo, or the server "
+            "stopped")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is a loopback address, or a name that resolves to loopback only."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host.partition("%")[0].strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    found = {str(i[4][0]).partition("%")[0] for i in infos}
+    try:
+        return bool(found) and all(ipaddress.ip_address(a).is_loopback for a in found)
+    except ValueError:
+        return False
 
 
 @app.command("check", epilog="""Examples:
@@ -406,6 +500,8 @@ def check_cmd(
     ] = None,
     only_port: OnlyPortOpt = None,
     timeout: TimeoutOpt = 3.0,
+    risk_lockout: RiskLockoutOpt = False,
+    db: DbOpt = None,
     output: Annotated[str, output_option(("table", "json"))] = "table",
     as_json: JsonAliasOpt = False,
     verbose: VerboseOpt = 0,
@@ -427,8 +523,8 @@ def check_cmd(
         except ValueError as exc:
             raise _fail(f"--inside {inside}: {exc}") from None
     else:
-        listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout).to_dict()[
-            "listeners"]
+        listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout, db,
+                               risk_lockout).to_dict()["listeners"]
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
     if outside is not None:
@@ -444,7 +540,7 @@ def check_cmd(
         results = [r for r in results if r.host == host or r.hostname == host]
         if only_port:
             results = [r for r in results if r.port in only_port]
-        _show_check(host, compare(listeners, results), as_json)
+        _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
         return
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
@@ -461,8 +557,15 @@ def check_cmd(
     from vncaudit.probe import ProbeOptions
 
     targets: list[Target] = list(space.iter_targets())
-    results = asyncio.run(scan_async(targets, ScanOptions(probe=ProbeOptions(timeout=timeout))))
-    _show_check(host, compare(listeners, results), as_json)
+    options = ScanOptions(probe=ProbeOptions(timeout=timeout))
+    try:
+        store = Store.open(_checked_db(db))
+    except StoreError as exc:
+        raise _fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
+                    "a connection could not be counted", 3) from None
+    with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
+        results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
+    _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -502,20 +605,27 @@ def _check_one_host(host: str) -> None:
                     "one address or host name")
 
 
+CHECK_COLUMNS = (Column("port", whole=True), Column("inside (bind)", head=True),
+                 Column("firewall here", drop=1), Column("outside", whole=True),
+                 Column("verdict"))
+
+
 def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
     else:
-        table = Table()
-        for col in ("port", "inside (bind)", "firewall here", "outside", "verdict"):
-            table.add_column(col, overflow="fold")
+        cells: list[list[str | Text]] = []
         for row in rows:
             style = "bold red" if row["verdict"].startswith("EXPOSED") else ""
             # --inside / --outside are files anyone may have written: cells, never markup.
-            where = "\n".join(_plain(str(row[k])) for k in ("inside", "scope") if row[k])
-            table.add_row(str(row["port"]), Text(where), _cell(row["firewall"]),
-                          _cell(row["outside"]),
-                          Text(_plain(row["verdict"]), style=style))
-        Console(highlight=False).print(table)
+            # One address a line, so that an address is never broken.
+            where = [a.strip() for a in str(row["inside"]).split(",") if a.strip()]
+            if row["scope"]:
+                where.append(str(row["scope"]))
+            cells.append([str(row["port"]), Text("\n".join(_plain(w) for w in where)),
+                          _cell(row["firewall"]), _cell(row["outside"]),
+                          Text(_plain(row["verdict"]), style=style)])
+        console = Console(highlight=False)
+        console.print(fitted_table(CHECK_COLUMNS, cells, console.width))
     if any(row["verdict"].startswith("EXPOSED") for row in rows):
         raise typer.Exit(1)

@@ -9,14 +9,19 @@ sent). Must not: define commands, scan, grade or build report documents (that is
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from vncaudit import report
+from vncaudit.budget import table_note
 from vncaudit.cli.common import _fail, err
+from vncaudit.display import escape, shown
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanRecord
 
@@ -50,8 +55,12 @@ def _plain(text: str) -> str:
     """Server-supplied text (desktop names, reasons, Tight signatures) made inert for a terminal:
     control and format characters (ANSI escapes, bidi overrides, newlines that could forge a
     line of the fix list) become visible escapes."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
-                   else f"\\u{ord(c):04x}" for c in text)
+    return escape(text)
+
+
+def _reason_cell(text: str) -> Text:
+    # A reason can be 64 KiB of binary (a 3.3 failure full of garbage): a cell shows its head.
+    return Text(shown(text, 60), style="dim")
 
 
 def _cell(text: str, second: str | None = None) -> Text:
@@ -62,11 +71,83 @@ def _cell(text: str, second: str | None = None) -> Text:
     return cell
 
 
-def results_table(results: list[ServiceResult]) -> Table:
-    """The human summary printed at the end of a scan."""
-    table = Table(title=None, show_lines=False, expand=False)
-    for col in ("host", "port", "state", "version", "security", "auth", "desktop", "risk"):
-        table.add_column(col, overflow="fold")
+@dataclass(frozen=True)
+class Column:
+    """A table column and how it behaves when the terminal is narrow."""
+
+    name: str
+    whole: bool = False  # never broken across lines: ids, addresses, ports, short words
+    drop: int = 0  # 0: always shown; otherwise dropped when too narrow, highest first
+    head: bool = False  # the first line is never broken (an address, a state), notes fold
+
+
+_FLEX_MIN = 10  # a column that may fold still needs room for a word
+
+
+_LONGEST_WORD = 40  # an IPv6 address is at most 39 characters
+
+
+def _text_width(cell: str | Text, first_line: bool = False) -> int:
+    lines = (cell.plain if isinstance(cell, Text) else cell).split("\n")
+    return max((len(line) for line in (lines[:1] if first_line else lines)), default=0)
+
+
+def _head_width(cell: str | Text) -> int:
+    """What a `head` cell needs: its first line whole, and no word of the lines under it (an
+    address among several) broken, up to an address's length."""
+    plain = cell.plain if isinstance(cell, Text) else cell
+    words = [len(w) for w in plain.split()]
+    return max(_text_width(cell, True), min(max(words, default=0), _LONGEST_WORD))
+
+
+def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]],
+                 width: int | None, *, show_lines: bool = False) -> Table:
+    """A table that never breaks a `whole` cell (a scan id, an address): at `width` columns,
+    optional columns are dropped (highest `drop` first) until the whole ones fit, and the
+    others fold. A whole cell's first line is what must fit (an address, a state word); a
+    note under it (a host name, a server's reason) is cut with "…" rather than widen the
+    column. `width` None: every column, as wide as it likes."""
+    need = [max(_text_width(c.name), *(_text_width(r[i], True) for r in rows)) if c.whole
+            else max(_text_width(c.name), *(_head_width(r[i]) for r in rows)) if c.head
+            else min(_FLEX_MIN, max(_text_width(c.name), *(_text_width(r[i]) for r in rows)))
+            for i, c in enumerate(columns)]
+    shown = list(range(len(columns)))
+
+    def total() -> int:
+        return sum(need[i] for i in shown) + 3 * len(shown) + 1  # padding and rules
+
+    if width is not None:
+        for i in sorted((i for i, c in enumerate(columns) if c.drop),
+                        key=lambda i: -columns[i].drop):
+            if total() <= width:
+                break
+            shown.remove(i)
+    table = Table(title=None, show_lines=show_lines, expand=False)
+    for i in shown:
+        c = columns[i]
+        if c.whole:
+            table.add_column(c.name, no_wrap=True, min_width=need[i], max_width=need[i],
+                             overflow="ellipsis")
+        elif c.head:
+            table.add_column(c.name, min_width=need[i], overflow="fold")
+        else:
+            table.add_column(c.name, overflow="fold")
+    for r in rows:
+        table.add_row(*(r[i] for i in shown))
+    return table
+
+
+RESULT_COLUMNS: Final = (
+    Column("host", head=True), Column("port", whole=True), Column("state", head=True),
+    Column("version", whole=True, drop=3), Column("security", drop=2), Column("auth", whole=True),
+    Column("desktop", drop=1), Column("risk", whole=True),
+)
+
+
+def results_table(results: list[ServiceResult], width: int | None = None) -> Table:
+    """The human summary printed at the end of a scan; at `width` columns the host (an address)
+    stays on one line and the columns that matter least give way."""
+    rows: list[list[str | Text]] = []
     for r in results:
         facts = r.rfb
         auth = ""
@@ -79,22 +160,26 @@ def results_table(results: list[ServiceResult]) -> Table:
                 desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
         worst = r.worst_severity
         risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
-        note = None
-        if r.error and r.state is not State.VNC:
+        note = table_note(r)  # the ledger answered: say how old the facts are
+        if note is None and r.error and r.state is not State.VNC:
             note = r.error
-        elif r.rfb and r.rfb.failure_reason:
+        elif note is None and r.rfb and r.rfb.failure_reason:
             note = r.rfb.failure_reason
-        table.add_row(
+        state = _cell(r.state.value)
+        if note:
+            state.append("\n")
+            state.append_text(_reason_cell(note))
+        rows.append([
             _cell(r.host, r.hostname),
             str(r.port),
-            _cell(r.state.value, note),
+            state,
             _cell(facts.server_version or "" if facts else ""),
             _cell(_security_summary(r)),
             auth,
-            _cell(desktop),
+            _cell(shown(desktop, 80) if len(desktop) > 80 else desktop),
             risk,
-        )
-    return table
+        ])
+    return fitted_table(RESULT_COLUMNS, rows, width)
 
 
 _EVIDENCE_SHOWN = 4  # the terminal list stays short; the reports keep every line
@@ -103,13 +188,15 @@ _WHY_SHOWN = 400
 
 def print_findings(
     out: Console, results: list[ServiceResult], show_fix: bool = True, *,
-    trusted: str | None = None,
+    trusted: str | None = None, scan_id: str | None = None,
 ) -> None:
     """After the table: per service with findings, each finding (severity, title, evidence,
     why) and, with `show_fix`, the fix guide's steps and commands for that host and port.
 
-    Prose wraps with its indent kept; commands are printed unwrapped (soft wrap) so that a copy
-    from the terminal stays one line. Nothing is read as markup.
+    When the product is unknown, the candidate products' own steps are not printed: one line
+    per product says how many there are, and how to see them (the HTML report of `scan_id`
+    folds them per product). Prose wraps with its indent kept; commands are printed unwrapped
+    (soft wrap) so that a copy from the terminal stays one line. Nothing is read as markup.
     """
     from vncaudit.remedies import remedies_for
 
@@ -160,6 +247,20 @@ def print_findings(
                 for command in step.commands:
                     out.print(Text("          " + _plain(command), style="cyan"),
                               soft_wrap=True)
+        folded: dict[str, int] = {}
+        for fix in fixes:
+            for group in fix.by_product:
+                folded[group.product] = folded.get(group.product, 0) + len(group.steps)
+        if folded:
+            prose(Text("product not identified; its own steps, if it is one of these:",
+                       style="bold"), 4)
+            for name, count in folded.items():
+                prose(Text(f"{_plain(name)}: {count} step{'' if count == 1 else 's'}"), 6)
+            prose(Text("each product's steps, folded, are in the HTML report:", style="dim"),
+                  6)
+            where = (f"vncaudit results {scan_id} -o html --output-file fix.html"
+                     if scan_id else "vncaudit results SCAN-ID -o html --output-file fix.html")
+            out.print(Text("          " + _plain(where), style="cyan"), soft_wrap=True)
 
 
 def _emit(
@@ -171,8 +272,14 @@ def _emit(
     *,
     show_fix: bool = True,
     trusted: str | None = None,
+    exit_reason: str | None = None,
     quiet: bool = False,
+    written: bool = False,
 ) -> None:
+    """Write the report, then ONE summary line on stderr: the scan id, what was found, where
+    the report went and, when the command is about to exit 1, why (`exit_reason`). `quiet`
+    (-q): no summary. `written`: the report went out already (-o jsonl, streamed while the
+    scan ran); only the summary is left."""
     meta = report.ScanMeta(
         id=record.id,
         started=record.started,
@@ -193,8 +300,8 @@ def _emit(
         buffer = io.StringIO() if output_file else None
         out = Console(file=buffer, highlight=False)
         if shown:
-            out.print(results_table(shown))
-            print_findings(out, shown, show_fix, trusted=trusted)
+            out.print(results_table(shown, width=out.width))
+            print_findings(out, shown, show_fix, trusted=trusted, scan_id=record.id)
         elif record.counts.get("done"):
             out.print("nothing answered on the probed ports (--all lists closed and "
                       "filtered)")
@@ -204,11 +311,12 @@ def _emit(
             except OSError as exc:
                 raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
                             f"are kept: vncaudit results {record.id}", 3) from None
-        counts = record.counts
-        if quiet:
-            return
-        err.print(f"scan {record.id}: {counts.get('done', len(results))} ports probed, "
-                  f"{counts.get('vnc', 0)} VNC, {len(shown)} shown", style="dim", markup=False)
+        if not quiet:
+            _summary(record, results, shown, output, output_file, exit_reason)
+        return
+    if written:
+        if not quiet and (output_file or exit_reason):
+            _summary(record, results, shown, output, output_file, exit_reason)
         return
     text = report.render(output, meta, results, include_all)
     if output_file:
@@ -218,8 +326,52 @@ def _emit(
         except OSError as exc:
             raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
                         f"kept: vncaudit results {record.id} -o {output}", 3) from None
+        if not quiet:
+            _summary(record, results, shown, output, output_file, exit_reason)
     else:
         sys.stdout.write(text)
+        if exit_reason and not quiet:  # the report is on stdout; the reason is not in it
+            _summary(record, results, shown, output, None, exit_reason)
+
+
+def summary_line(
+    record: ScanRecord,
+    results: list[ServiceResult],
+    shown: list[ServiceResult],
+    output: str,
+    output_file: Path | None,
+    exit_reason: str | None = None,
+) -> str:
+    """"scan ID: 3 ports probed, 1 VNC (1 high, 1 info), 1 shown; report (json) written to F;
+    exit 1: ..." -- what a person or a CI log needs when the report itself went elsewhere."""
+    probed = record.counts.get("done", len(results))
+    line = (f"scan {record.id}: {probed} port{'' if probed == 1 else 's'} probed, "
+            f"{record.counts.get('vnc', 0)} VNC")
+    worst: dict[str, int] = {}
+    for r in results:
+        for f in r.findings:
+            worst[f.severity.value] = worst.get(f.severity.value, 0) + 1
+    if worst:
+        order = sorted(worst, key=lambda s: -Severity(s).rank)
+        line += " (" + ", ".join(f"{worst[s]} {s}" for s in order) + ")"
+    line += f", {len(shown)} shown"
+    if output_file is not None:
+        what = "report" if output == "table" else f"report ({output})"
+        line += f"; {what} written to {output_file}"
+    if exit_reason:
+        line += f"; exit 1: {exit_reason}"
+    return line
+
+
+def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[ServiceResult],
+             output: str, output_file: Path | None, exit_reason: str | None) -> None:
+    err.print(summary_line(record, results, shown, output, output_file, exit_reason),
+              style="dim", markup=False, soft_wrap=True)
+    answered = sum(1 for r in results if (r.extra.get("budget") or {}).get("probed") is False)
+    if answered:
+        err.print(f"{answered} not re-probed: one more connection from this address would arm "
+                  "the server's blacklist; their facts are the last ones read (-o json: "
+                  "extra.budget; --risk-lockout connects anyway)", style="yellow", markup=False)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:

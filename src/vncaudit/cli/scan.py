@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vncaudit import __version__, report
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
@@ -27,6 +28,7 @@ from vncaudit.cli.common import (
     PasswordFileOpt,
     PasswordOpt,
     QuietOpt,
+    RiskLockoutOpt,
     StatusFileOpt,
     TrustedOpt,
     _check_output_file,
@@ -194,6 +196,7 @@ def scan(
                      "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
                      "that did not answer RFB."),
     ] = True,
+    risk_lockout: RiskLockoutOpt = False,
     db: DbOpt = None,
     resume: Annotated[
         str | None,
@@ -319,13 +322,19 @@ def scan(
                                      read_server_init=not spec["no_init"],
                                      active_checks=active_checks)
         _check_discovery(spec.get("discovery_mode", "connect"))
+        # Every connection is counted in the store's ledger and none is made that would arm
+        # a server's blacklist (unless --risk-lockout): vncaudit.budget.
+        ledger = Ledger(store, risk_lockout=risk_lockout)
         options = ScanOptions(
             concurrency=int(spec["concurrency"]),
             rate=spec["rate"],
             discovery=spec.get("discovery_mode", "connect"),
             retries=spec.get("retries"),
             probe=probe_options,
-            post_probe=_post_probe(active, probe_options, web),
+            # A sharded run ships these options to workers, which write no store: there the
+            # checks after the probe are not counted (README, Connection budget).
+            post_probe=_post_probe(active, probe_options, web,
+                                   ledger if cluster_spec is None else None),
         )
         pending = space.walk(skip=done)
         progress_state = EngineProgress(total=len(space) - len(done))
@@ -361,11 +370,15 @@ def scan(
                 flush_marks()
 
         terminated: list[int] = []
+        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
+        # together with the probe's own or not at all.
+        gate = ScanGate(ledger, scan_id, extra=3 if active_checks else 0)
         show = err.is_terminal and not quiet and str(status_file) != "-"
         try:
             live = LiveOutput(output, output_file, include_all, status_file, scan_id,
                               progress_state)
         except StreamWriteError as exc:
+            ledger.close()
             store.finish_scan(scan_id, "interrupted")
             raise _fail(str(exc), 3) from None
         try:
@@ -375,13 +388,15 @@ def scan(
                 with _sigterm_as_interrupt(terminated):
                     if cluster_spec is not None:
                         _run_sharded(space, options, store, scan_id, cluster_spec,
-                                     progress_state, show, on_result=live.result,
+                                     progress_state, show, ledger, on_result=live.result,
                                      quiet=quiet)
                     else:
                         _run_with_progress(pending, options, progress_state, show,
-                                           live.saving(save), live.saving_marks(save_marks))
+                                           live.saving(save), live.saving_marks(save_marks),
+                                           gate)
             finally:
                 flush_marks()
+                ledger.close()
         except KeyboardInterrupt:
             store.finish_scan(scan_id, "interrupted")
             live.end("interrupted", store.results(scan_id, include_closed=include_all))
@@ -401,12 +416,16 @@ def scan(
         results = store.results(scan_id, include_closed=include_all)
         live.end("finished", results)
 
-    if output != "jsonl":  # jsonl went out line by line while the scan ran
-        _emit(record, results, output, output_file, include_all, show_fix=show_fix,
-              trusted=trusted, quiet=quiet)
-    if threshold is not None and any(
-        f.severity.rank >= threshold.rank for r in results for f in r.findings
-    ):
+    failing = [f for r in results for f in r.findings
+               if threshold is not None and f.severity.rank >= threshold.rank]
+    reason = None
+    if threshold is not None and failing:
+        reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
+                  f"{threshold.value} or worse (--fail-on {threshold.value})")
+    # -o jsonl went out line by line while the scan ran: only the summary is left.
+    _emit(record, results, output, output_file, include_all, show_fix=show_fix,
+          trusted=trusted, exit_reason=reason, quiet=quiet, written=output == "jsonl")
+    if reason is not None:
         raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vncaudit.budget import Ledger
 from vncaudit.cli.common import (
     _fail,
     err,
@@ -148,31 +149,63 @@ def _read_password_list(path: Path) -> list[str]:
         return active.read_wordlist(lines(fh))
 
 
+def _maybe_http(result: ServiceResult) -> bool:
+    """Could an HTTP server be behind this non-RFB answer? Silence (HTTP waits for the client),
+    a close before any byte, or text that looks like HTTP; not SSH, SMTP and the like."""
+    if result.state is State.TARPIT:
+        return True
+    guess = result.extra.get("protocol_guess")
+    return result.state is State.OPEN_NOT_VNC and guess in (None, "http", "xml/html", "json")
+
+
 def _post_probe(
-    active_options: Any, probe_options: ProbeOptions, web: bool
+    active_options: Any, probe_options: ProbeOptions, web: bool, ledger: Ledger | None = None
 ) -> Callable[[ServiceResult], Awaitable[ServiceResult]] | None:
-    """What runs after each probe: web front-end detection, then the opt-in active checks."""
+    """What runs after each probe: web front-end detection, then the opt-in active checks;
+    with a `ledger`, every connection they make is granted and counted there first."""
     from dataclasses import replace
 
     from vncaudit import active, websocket
+    from vncaudit.budget.extra import checked
 
     if not web and not active_options.enabled:
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
-        if (web and result.port in websocket.WEB_PORTS
-                and result.state in (State.TARPIT, State.OPEN_NOT_VNC)):
+        listed = result.port in websocket.WEB_PORTS
+        if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
+                                                                         State.OPEN_NOT_VNC):
+            # VNC is found on any port by its banner; a web front end on any port by one GET
+            # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
-            found = await websocket.probe_web(target, probe_options)
-            if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
-                result = found
+            # Through websockify, a WebSocket session is a connection to the VNC server
+            # behind it, from the proxy's address that every user of the front end shares.
+            (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
+            if grant is None or grant.allowed:
+                found = await websocket.probe_web(target, probe_options,
+                                                  require_http=not listed)
+                if ledger is not None and grant is not None:
+                    ledger.record([(grant, found)])
+                if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+                    result = found
         if active_options.enabled and result.state is State.VNC:
             connector = None
             ws = (result.extra.get("web") or {}).get("websocket") or {}
             if ws.get("path"):
                 connector = websocket.connector(ws["path"])
+            wanted = (active_options.password is not None) + bool(active_options.screenshot) \
+                + bool(active_options.active_checks)
+
+            async def run(used: int) -> dict[str, Any]:
+                out: dict[str, Any] = await active.run_active(
+                    result, active_options, connector, connections_used=used)
+                return out
+
             try:
-                checks = await active.run_active(result, active_options, connector)
+                if ledger is None:
+                    checks = await active.run_active(result, active_options, connector)
+                else:
+                    checks = await checked(ledger, result, run, required=wanted)
             except Exception as exc:  # an active check must never cost the probe's result
                 log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
                 checks = {"error": f"{type(exc).__name__}: {exc}"}

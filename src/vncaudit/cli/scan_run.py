@@ -37,6 +37,7 @@ from vncaudit.models import ServiceResult, Target
 from vncaudit.store import Store
 
 if TYPE_CHECKING:
+    from vncaudit.budget import Ledger, ScanGate
     from vncaudit.cluster import ClusterSpec
     from vncaudit.targets import TargetSpace
 
@@ -85,6 +86,7 @@ def _run_with_progress(
     show: bool,
     on_result: Callable[[ServiceResult], None],
     on_marks: Callable[[Marks], None] | None = None,
+    gate: ScanGate | None = None,
 ) -> None:
     # Looked up through the package, as before the split, so a patch of
     # `vncaudit.cli._progress_bar` still takes effect.
@@ -113,7 +115,7 @@ def _run_with_progress(
                 draw()
 
         await scan_async(pending, options, on_result=update, progress=state, collect=False,
-                         on_marks=on_marks)
+                         on_marks=on_marks, gate=gate)
         draw()
 
     try:
@@ -140,6 +142,9 @@ def syn_summary(counters: SynCounters) -> str:
     packet the kernel refused, rejected or dropped (none is lost silently)."""
     rate = counters.send_rate
     line = f"syn: {counters.sent:,} SYNs sent"
+    span = counters.fresh_done - counters.started
+    if span > 0 and not rate:
+        line += f" in {span:.2f} s (asked {counters.asked:,.0f}/s)"
     if rate:
         line += f" at {rate:,.0f}/s (asked {counters.asked:,.0f}/s"
         line += "; this machine sent no faster)" if rate < 0.9 * counters.asked else ")"
@@ -158,6 +163,7 @@ def _run_sharded(
     spec: ClusterSpec,
     state: EngineProgress,
     show: bool,
+    ledger: Ledger | None = None,
     on_result: Callable[[ServiceResult], None] | None = None,
     quiet: bool = False,
 ) -> None:
@@ -183,7 +189,7 @@ def _run_sharded(
 
     with bar if bar is not None else contextlib.nullcontext():
         run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
-                                   progress=state)
+                                   progress=state, ledger=ledger)
     if not quiet:
         err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
                   f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "

@@ -40,7 +40,7 @@ def serve(
     db: DbOpt = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="TOML file with the service settings ([serve] table; "
+        typer.Option("--config", help="TOML file with the service settings (a [serve] table; "
                      "see README)."),
     ] = None,
     allow: Annotated[

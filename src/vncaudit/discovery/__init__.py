@@ -124,15 +124,17 @@ class SynCounters:
     dropped: int = 0  # packets the outgoing interfaces dropped while the sweep ran
     fresh: int = 0  # first SYNs (not retries) sent
     cpu: float = 0.0  # CPU seconds the sender threads used (their own and the kernel's for them)
-    started: float = 0.0  # time.monotonic() of the first SYN
-    fresh_done: float = 0.0  # ... of the last first SYN
+    started: float = 0.0  # time.monotonic() when the first chunk of SYNs had gone out
+    opening: int = 0  # SYNs in that chunk (the bucket's burst, at most)
+    fresh_done: float = 0.0  # ... when the last first SYN had
     _marks: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=8))
 
     @property
     def send_rate(self) -> float:
-        """First SYNs per second, from the first to the last one sent so far (0 before)."""
+        """First SYNs per second after the opening chunk (which the cap lets out at once), to
+        the last one sent so far; 0 while that is too short to tell (under 50 ms)."""
         span = self.fresh_done - self.started
-        return self.fresh / span if span > 0 and self.fresh > 1 else 0.0
+        return (self.fresh - self.opening) / span if span >= 0.05 else 0.0
 
     def recent_rate(self, now: float | None = None) -> float:
         """SYNs per second over the last second or so (for a progress line)."""

@@ -614,8 +614,9 @@ class SynSweep(_Sweep):
                 counters.sent += ok
                 counters.refused += refused
                 counters.failed += len(failed)
-                if not counters.started:
+                if not counters.started and made == 0:
                     counters.started = now
+                    counters.opening = ok
                 if made == 0:
                     counters.fresh += ok
                     counters.fresh_done = now

@@ -238,10 +238,12 @@ def _tcp_template(sport: int) -> bytes:
 
 def raw_tcp_socket() -> socket.socket:
     """A raw IPPROTO_TCP socket for sending only: it would get a copy of every TCP segment the
-    host receives, so a filter drops them all in the kernel."""
+    host receives, so a filter drops them all in the kernel. IP_RECVERR, or a packet the
+    device queue drops would be reported as sent (the sweep counts and resends those)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     try:
         attach_filter(sock, [(0x06, 0, 0, 0)])  # ret #0: keep nothing
+        sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11), 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 4 << 20)
         # Blocking sends, bounded: a full queue waits for the device, never forever.

@@ -33,6 +33,8 @@ from typing import Any, Final
 
 import jinja2
 
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import shown as bounded
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.report import ScanMeta, severity_counts, sorted_findings
 
@@ -55,16 +57,7 @@ SEVERITY_LABEL: Final = {
     Severity.INFO: "Info",
 }
 
-DESKTOP_VERDICT: Final = {
-    "desktop": ("Live desktop", "critical",
-                "Whoever connects sees and controls a logged-in session."),
-    "login-screen": ("Login screen", "medium",
-                     "The display shows a greeter or lock screen: a system password is "
-                     "still needed, but the screen and the greeter are exposed."),
-    "blank": ("Blank screen", "low", "The framebuffer is uniform: nothing to read on it now."),
-    "unknown": ("Undetermined", "info", "The picture does not tell a login screen from a "
-                "desktop."),
-}
+DESKTOP_VERDICT: Final = KIND_WORDS  # label, severity class, meaning (vncaudit.desktop)
 
 
 def shown(value: object) -> str:
@@ -100,6 +93,7 @@ class Shot:
     note: str | None = None
     coverage: float | None = None
     verdict: tuple[str, str, str] | None = None  # (label, severity class, explanation)
+    seen: str = ""  # what the screen shows, in words
     confidence: float | None = None
     evidence: list[str] = field(default_factory=list)
 
@@ -152,7 +146,7 @@ def _facts(result: ServiceResult) -> list[Fact]:
         out.append(Fact("Web front end", str(web["transport"])))
     if facts is None:
         if result.error:
-            out.append(Fact("Detail", result.error))
+            out.append(Fact("Detail", bounded(result.error)))
         return out
     if facts.banner:
         out.append(Fact("Banner", facts.banner.strip(), mono=True))
@@ -182,17 +176,17 @@ def _facts(result: ServiceResult) -> list[Fact]:
     if facts.security_result:
         out.append(Fact("SecurityResult", facts.security_result))
     if facts.failure_reason:
-        out.append(Fact("Server's reason", facts.failure_reason, alert=True))
+        out.append(Fact("Server's reason", bounded(facts.failure_reason), alert=True))
     if facts.desktop_name is not None:
-        out.append(Fact("Desktop name", facts.desktop_name, mono=True))
+        out.append(Fact("Desktop name", bounded(facts.desktop_name), mono=True))
     if facts.framebuffer is not None:
         fb = facts.framebuffer
         out.append(Fact("Geometry", f"{fb.width} × {fb.height}, depth {fb.depth}"
                         + (f", {fb.bits_per_pixel} bpp" if fb.bits_per_pixel else "")))
     if facts.notes:
-        out.append(Fact("Notes", list(facts.notes)))
+        out.append(Fact("Notes", [bounded(n) for n in facts.notes]))
     if result.error:
-        out.append(Fact("Detail", result.error))
+        out.append(Fact("Detail", bounded(result.error)))
     out.append(Fact("Probe time", f"{result.elapsed * 1000:.0f} ms"))
     return out
 
@@ -236,6 +230,7 @@ def _shot(active: dict[str, Any]) -> Shot | None:
     if isinstance(kind, dict):
         shot.verdict = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
         shot.confidence = float(kind.get("confidence") or 0.0)
+        shot.seen = str(kind.get("seen") or "")
         shot.evidence = [str(e) for e in kind.get("evidence") or []]
     return shot
 

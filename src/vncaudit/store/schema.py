@@ -136,9 +136,43 @@ _MONITORS: tuple[str, ...] = (
     "CREATE INDEX outbox_due ON outbox (state, next_attempt)",
 )
 
+# The connection ledger (vncaudit.budget): per (our source address, server address, port), the
+# connections vncaudit made without authenticating, and the connections running processes have
+# been granted but not yet recorded (their intents), so that concurrent scans never both spend
+# the last free connection of a server that blacklists (data/blacklists.toml).
+_BUDGET_V3: tuple[str, ...] = (
+    """CREATE TABLE budget_ledger (
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        spent INTEGER NOT NULL DEFAULT 0,
+        passes INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        blocked INTEGER NOT NULL DEFAULT 0,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        last_boot TEXT NOT NULL DEFAULT '',
+        last_uptime REAL,
+        cleared_at REAL,
+        read_at REAL,
+        read_state TEXT,
+        scan_id TEXT,
+        result TEXT,
+        history TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (dst, port, src)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE budget_intents (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created REAL NOT NULL,
+        pairs TEXT NOT NULL
+    )""",
+)
+
 Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _MONITORS)
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _MONITORS, _BUDGET_V3)
 """`MIGRATIONS[n]` takes a database from ``user_version`` n to n + 1. Append; never edit."""
 
 DB_VERSION = len(MIGRATIONS)

@@ -97,6 +97,9 @@ class _Dns:
         """The resolver's response (any rcode); `_QueryFailed` when none came after retries."""
         q = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         why = "no answer"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeouts = 0
         for attempt in range(self._retries + 1):
             # Rotate through the system's resolvers on failure; a given --resolver is alone.
             ip, port = self.servers[attempt % len(self.servers)]
@@ -106,7 +109,12 @@ class _Dns:
                         q, ip, timeout=self.timeout, port=port)
                 return response
             except dns.exception.Timeout:
-                why = f"timeout after {self.timeout:g} s"
+                timeouts += 1
+                # The real rule and the real time: each try waits `timeout`, retries add up,
+                # and so does waiting for a slot under --dns-rate.
+                tries = f"{timeouts} tr{'y' if timeouts == 1 else 'ies'}"
+                why = (f"timeout: no answer to {tries} of {self.timeout:g} s each "
+                       f"({loop.time() - started:.1f} s in all)")
             except (dns.exception.DNSException, OSError, EOFError) as exc:
                 why = _describe(exc)
         raise _QueryFailed(why)

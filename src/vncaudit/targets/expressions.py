@@ -147,9 +147,9 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
     shown = _show(expr)
     if not expr:
         raise _err("empty target expression")
-    if "://" in expr:
-        raise _err(f"invalid target {shown}: give the host, not a URL (vnc://host:5901 is "
-                   "host -p 5901)")
+    problem = target_form_problem(expr)
+    if problem is not None and "://" in expr:
+        raise _err(f"invalid target {shown}: {problem}")
     if "/" in expr:
         named = _named_network(expr, resolve)
         if named is not None:
@@ -307,15 +307,39 @@ def _network_problem(expr: str, exc: ValueError) -> str:
 def _refuse_host_port(expr: str, shown: str) -> None:
     """HOST:PORT (or [IPv6]:PORT) is a common habit from other tools: say where the port goes
     instead of calling it a broken IPv6 address."""
-    host, _, port = expr.rpartition(":")
+    problem = target_form_problem(expr)
+    if problem is not None:
+        raise _err(f"invalid target {shown}: {problem}")
+
+
+def target_form_problem(text: str, where: str = "-p", form: str = "{host} -p {port}"
+                        ) -> str | None:
+    """The words for a target written as a URL or as HOST:PORT (habits from other tools), or
+    None when it is neither. `where` names where ports go and `form` shows the right way for
+    the caller ("-p" and "{host} -p {port}" on the command line; the web form and the API say
+    "ports"), so every interface explains the same mistake the same way."""
+    if "://" in text:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(text.strip())
+            url_host, url_port = parts.hostname, parts.port
+        except ValueError:
+            url_host, url_port = None, None
+        if url_host and url_port:
+            return f"give the host, not a URL ({form.format(host=url_host, port=url_port)})"
+        return (f"give the host, not a URL ({url_host})" if url_host
+                else "give the host, not a URL")
+    host, _, port = text.rpartition(":")
     if not (port.isascii() and port.isdigit()):
-        return
+        return None
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else None
     ip = _ip_or_none(bare if bare is not None else host)
     if (bare is not None and ip is not None) or (ip is not None and ip.version == 4) or (
             bare is None and ip is None and _hostname(host) is not None):
-        raise _err(f"invalid target {shown}: a port goes in -p, not after the host "
-                   f"({bare or host} -p {port})")
+        return (f"a port goes in {where}, not after the host "
+                f"({form.format(host=bare or host, port=port)})")
+    return None
 
 
 def _zones(addrs: Iterable[IPAddress]) -> dict[int, str]:

@@ -107,8 +107,14 @@ async def _scan(store: Store, monitor: Monitor, on_created: Callable[[str], None
         if len(marks) >= 1024 or len(found) >= 256:
             flush()
 
+    from vncaudit.budget import Ledger, ScanGate
+
     try:
-        await scan_async(space.iter_targets(), engine_options, on_result=save, collect=False)
+        # Every cycle probes through the store's connection ledger: however often it runs, no
+        # server's blacklist is armed; a spent budget reports the facts read last.
+        with Ledger(store) as ledger:
+            await scan_async(space.iter_targets(), engine_options, on_result=save,
+                             collect=False, gate=ScanGate(ledger, scan_id))
     finally:
         flush()
         store.flush()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vncaudit import __version__
+from vncaudit.budget import Ledger, ScanGate
 from vncaudit.engine import ScanOptions, iter_results
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
@@ -327,14 +328,19 @@ class JobManager:
         return replace(graded, extra=swapped(shot["path"]).extra)
 
     async def _probe_all(self, job: Job, options: ScanOptions) -> None:
-        async for result in iter_results(self._targets(job), options):
-            graded = self._graded(job, result)
-            if graded.state in HIDDEN:
-                self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
-            else:
-                self.store.add_result(job.scan_id, graded)
-            job.done += 1
-            self.metrics.probes.labels(graded.state.value).inc()
+        # The store's connection ledger gates every probe (vncaudit.budget): however often
+        # the public asks, no server's blacklist is armed; a spent budget answers with the
+        # facts read last.
+        with Ledger(self.store) as ledger:
+            gate = ScanGate(ledger, job.scan_id)
+            async for result in iter_results(self._targets(job), options, gate=gate):
+                graded = self._graded(job, result)
+                if graded.state in HIDDEN:
+                    self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
+                else:
+                    self.store.add_result(job.scan_id, graded)
+                job.done += 1
+                self.metrics.probes.labels(graded.state.value).inc()
 
     async def _run(self, job: Job) -> None:
         job.status = "running"
@@ -356,7 +362,8 @@ class JobManager:
                 self.store.finish_scan(job.scan_id, "interrupted")
                 job.status = "interrupted"
                 job.error = (f"stopped after the {self.settings.scan_deadline:g} s deadline; "
-                             f"{job.done} of {job.total} ports probed")
+                             f"{job.done} of {job.total} "
+                             f"port{'' if job.total == 1 else 's'} probed")
                 self.metrics.finished.labels("interrupted").inc()
                 return
             self.store.finish_scan(job.scan_id)

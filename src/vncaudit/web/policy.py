@@ -35,7 +35,7 @@ from vncaudit.exceptions import UsageError
 
 # canonical_resolver blocks (getaddrinfo): the web layer runs it in a thread.
 from vncaudit.targets import format_ports, parse_ports
-from vncaudit.targets.expressions import canonical_resolver
+from vncaudit.targets.expressions import canonical_resolver, target_form_problem
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -407,6 +407,10 @@ class Policy:
             raise InvalidTarget("bad-target", "target is longer than 255 characters")
         if not target.strip():
             raise InvalidTarget("bad-target", "no target: give an IP address or a host name")
+        problem = target_form_problem(target, "ports", 'target "{host}", ports "{port}"')
+        if problem is not None:
+            # The command line's words for the same mistake (targets.expressions).
+            raise InvalidTarget("bad-target", f"invalid target {_show(target)}: {problem}")
         port_list = self.check_ports(ports)
         _refuse_many(target)
         who = _requester(requester)
@@ -436,7 +440,11 @@ class Policy:
                 raise TargetRefused("address-refused", f"{name} is a CNAME to {canonical}, "
                                     f"outside the allow-listed domains: {refusal}")
             if refusal:
-                raise TargetRefused("address-refused", f"{name} resolves to {refusal}")
+                # The refusal names the address first ("127.0.0.1 is loopback ..."): say it
+                # once, as a sentence.
+                rest = refusal.removeprefix(f"{addr} ")
+                raise TargetRefused("address-refused", f"{name} resolves to {addr}, which "
+                                    f"{rest}" if rest != refusal else f"{name}: {refusal}")
         return Decision(name, name, tuple(str(a) for a in addresses), port_list)
 
     def decide_discovery(self, target: str, ports: str, requester: str | None) -> Decision:

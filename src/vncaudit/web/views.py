@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vncaudit.desktop import KIND_WORDS
+from vncaudit.display import shown
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanDiff, ScanRecord, Store
 from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
@@ -92,17 +94,17 @@ def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
         if facts.security_result:
             rows.append(("Security result", facts.security_result))
         if facts.desktop_name is not None:
-            rows.append(("Desktop name", facts.desktop_name))
+            rows.append(("Desktop name", shown(facts.desktop_name)))
         if facts.framebuffer is not None:
             fb = facts.framebuffer
             rows.append(("Screen", f"{fb.width}×{fb.height}, depth {fb.depth}"))
         if facts.failure_reason:
-            rows.append(("Server said", facts.failure_reason))
+            rows.append(("Server said", shown(facts.failure_reason)))
     tls = r.extra.get("tls") if isinstance(r.extra, dict) else None
     if isinstance(tls, dict) and tls.get("version"):
         rows.append(("TLS", f"{tls.get('version')} {tls.get('cipher') or ''}".strip()))
     if r.error:
-        rows.append(("Note", r.error))
+        rows.append(("Note", shown(r.error)))
     return rows
 
 
@@ -120,12 +122,9 @@ def fix_guide(r: ServiceResult) -> list[Any]:
 
 
 def remedy_dict(remedy: Any) -> dict[str, Any]:
-    return {
-        "id": remedy.id,
-        "title": remedy.title,
-        "steps": [{"platform": s.platform, "text": s.text, "commands": list(s.commands)}
-                  for s in remedy.steps],
-    }
+    d: dict[str, Any] = remedy.to_dict()
+    d.setdefault("by_product", [])
+    return d
 
 
 def scan_status(record: ScanRecord, job: Job | None) -> str:
@@ -164,17 +163,8 @@ def diff_to_previous(store: Store, record: ScanRecord,
 
 
 SCREENSHOT_PAGE_URL = "/scans/{scan_id}/screenshots/{name}"
-# The page's wording for `vncaudit.active.desktop_kind` (as in the HTML report).
-DESKTOP_VERDICT: dict[str, tuple[str, str, str]] = {
-    "desktop": ("Live desktop", "critical",
-                "Whoever connects sees and controls a logged-in session."),
-    "login-screen": ("Login screen", "medium",
-                     "The display shows a greeter or lock screen: a system password is still "
-                     "needed, but the screen and the greeter are exposed."),
-    "blank": ("Blank screen", "low", "The framebuffer is uniform: nothing to read on it now."),
-    "unknown": ("Undetermined", "info",
-                "The picture does not tell a login screen from a desktop."),
-}
+# The page's wording for `vncaudit.active.desktop_kind`: the HTML report's (vncaudit.desktop).
+DESKTOP_VERDICT: dict[str, tuple[str, str, str]] = KIND_WORDS
 
 
 def _shot_info(r: ServiceResult) -> dict[str, Any] | None:
@@ -216,6 +206,7 @@ def screenshot_card(r: ServiceResult, scan_id: str) -> dict[str, Any] | None:
     if name is not None and isinstance(kind, dict):
         label, css, why = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
         verdict_ = {"kind": str(kind.get("kind")), "label": label, "css": css, "why": why,
+                    "seen": str(kind.get("seen") or ""),
                     "confidence": float(kind.get("confidence") or 0.0),
                     "evidence": [str(e) for e in kind.get("evidence") or []]}
     return {

@@ -17,6 +17,8 @@ function startProgress(box) {
         bar.value = s.done;
         done.textContent = String(s.done);
         total.textContent = String(s.total);
+        const unit = document.getElementById("progress-unit");
+        if (unit) unit.textContent = s.total === 1 ? "port" : "ports";
         status.textContent = s.phase === "discovering" ? "discovering subdomains" : s.status;
         box.dataset.done = String(s.done);
         showVerdict(s.verdict);

@@ -1,0 +1,227 @@
+"""The ledger as a scan uses it: targets are admitted a batch at a time before any connection,
+results come back to be recorded, and a run cut short settles what it leaves.
+
+Owns: `ScanGate` (what the engine calls), with the record batching (one ledger write per
+`RECORD_BATCH` results or `RECORD_INTERVAL` seconds, and at the end) and the note a probed
+result carries when it spent a server's last free connection, used another source address, or
+was granted only by --risk-lockout. Must not: open connections or decide anything itself
+(`Ledger` decides).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
+
+from vncaudit.blacklists import shipped as shipped_rules
+from vncaudit.budget.ledger import Admission, BudgetNote, Decision, Key, Ledger
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+
+__all__ = ["GATE_BATCH", "PENDING", "RECORD_BATCH", "RECORD_INTERVAL", "Gate", "ScanGate",
+           "ShippedDecisions", "ShippedGate"]
+
+GATE_BATCH: Final = 1024  # targets admitted per ledger transaction
+RECORD_BATCH: Final = 256  # results recorded per ledger transaction
+RECORD_INTERVAL: Final = 0.5  # seconds a result may wait for its record
+
+# A grant waiting for its result: the batch it came from, and its index there.
+_Grant = tuple[Admission, int]
+
+
+class Gate(Protocol):
+    """What the engine asks of a connection ledger (`ScanGate`, or `ShippedGate` on a cluster
+    worker): admit targets before connecting, hear of connections started, settle results,
+    answer for denied pairs, close at the end."""
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]: ...
+
+    def started(self, target: Target) -> None: ...
+
+    def settle(self, result: ServiceResult) -> ServiceResult: ...
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShippedDecisions:
+    """The client's ledger decisions for one cluster run, sent with every shard (a worker
+    writes no store): pairs not to connect to, and pairs to connect to from another address.
+    Every other pair is a plain grant; its result is recorded by the client."""
+
+    denied: frozenset[tuple[str, int]] = frozenset()
+    binds: tuple[tuple[str, int, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.denied or self.binds)
+
+
+PENDING: Final = "decided by the client's connection ledger"
+
+
+class ShippedGate:
+    """A cluster worker's gate: applies `ShippedDecisions`, counts nothing itself. A denied
+    pair's result is a placeholder the client replaces with its ledger's answer."""
+
+    def __init__(self, decisions: ShippedDecisions) -> None:
+        self.denied = decisions.denied
+        self.binds = {(h, p): b for h, p, b in decisions.binds}
+        self.rule = shipped_rules().unknown
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]:
+        out: list[Decision | None] = []
+        for target in targets:
+            key = (target.host, target.port)
+            if key in self.denied:
+                out.append(Decision(target, False, "", self.rule, 0, reason=PENDING))
+            elif key in self.binds:
+                out.append(Decision(target, True, "", self.rule, 0, bind=self.binds[key]))
+            else:
+                out.append(None)
+        return out
+
+    def started(self, target: Target) -> None:
+        return None
+
+    def settle(self, result: ServiceResult) -> ServiceResult:
+        return result
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
+        target = decision.target
+        note = {"probed": False, "reason": PENDING, "liveness": liveness}
+        return ServiceResult(target.host, target.port, State.TARPIT, hostname=target.hostname,
+                             extra={"budget": note})
+
+    def close(self) -> None:
+        return None
+
+
+class ScanGate:
+    """One scan's (or one job's) use of a `Ledger`. `scan_id`: where the results are stored,
+    so the ledger links to them instead of keeping a copy."""
+
+    def __init__(self, ledger: Ledger, scan_id: str | None = None, *, extra: int = 0) -> None:
+        self.ledger = ledger
+        self.scan_id = scan_id
+        # Connections a probe may make after its own (the probe's honeypot checks): granted
+        # with it, or the pair is not probed at all.
+        self.need = 1 + max(0, extra)
+        self._pending: dict[tuple[str, int], list[_Grant]] = {}
+        self._started: set[tuple[str, int]] = set()
+        self._records: list[tuple[Decision, ServiceResult]] = []
+        self._settled: list[tuple[int, Key]] = []
+        self._flushed = time.monotonic()
+        self.granted = self.denied = self.forced = 0
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]:
+        """Decide these targets, in order: None is a plain grant (connect as usual), a
+        `Decision` says more (denied; connect from `bind`; granted only by --risk-lockout)."""
+        admission = self.ledger.admit_batch(targets, need=self.need)
+        out: list[Decision | None] = []
+        pending = self._pending
+        for i, target in enumerate(targets):
+            decision = admission.special.get(i)
+            if decision is None or decision.allowed:
+                key = (target.host, target.port)
+                waiting = pending.get(key)
+                if waiting is None:
+                    pending[key] = [(admission, i)]
+                else:
+                    waiting.append((admission, i))
+                self.granted += 1
+                if decision is not None:
+                    self.forced += decision.forced
+            else:
+                self.denied += 1
+            out.append(decision)
+        return out
+
+    def started(self, target: Target) -> None:
+        """A connection to `target` exists or is being made (a run cut short charges it)."""
+        self._started.add((target.host, target.port))
+
+    def settle(self, result: ServiceResult) -> ServiceResult:
+        """Queue the record of a granted pair's result; returns the result, with a note when
+        the ledger has something to say about it."""
+        key = (result.host, result.port)
+        waiting = self._pending.get(key)
+        if waiting is None:
+            return result  # not granted here: the answer for a denied pair
+        admission, i = waiting.pop(0)
+        if not waiting:
+            del self._pending[key]
+        self._started.discard(key)
+        special = admission.special.get(i)
+        need = admission.need
+        made = 0 if result.state in SILENT_STATES else 1 + min(need - 1, _extra_made(result))
+        if special is None and made == 0:
+            if admission.intent is not None:
+                self._settled.extend([(admission.intent, (admission.srcs[i], result.host,
+                                                          result.port))] * need)
+        else:
+            decision = special or admission.decision(i)
+            self._records.extend([(decision, result)] * max(made, 1))
+            if decision.intent is not None and need > max(made, 1):
+                self._settled.extend([(decision.intent, decision.key)] * (need - max(made, 1)))
+        if (len(self._records) + len(self._settled) >= RECORD_BATCH
+                or time.monotonic() - self._flushed >= RECORD_INTERVAL):
+            self.flush()
+        note = _note(special) if special is not None else None
+        if note is None:
+            return result
+        return replace(result, extra={**result.extra, "budget": note.to_dict()})
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
+        return self.ledger.answer(decision, liveness)
+
+    def flush(self) -> None:
+        if self._records or self._settled:
+            self.ledger.record(self._records, self.scan_id, self._settled)
+            self._records, self._settled = [], []
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Record what is buffered; grants whose connection was started but never recorded
+        are charged, the others given back."""
+        self.flush()
+        made: list[Decision] = []
+        unused: list[Decision] = []
+        for key, waiting in self._pending.items():
+            for admission, i in waiting:
+                (made if key in self._started else unused).append(admission.decision(i))
+        self._pending.clear()
+        self._started.clear()
+        self.ledger.abandon(made, unused)
+
+
+def _extra_made(result: ServiceResult) -> int:
+    """Connections the probe made after its own (its honeypot checks report how many)."""
+    checks = result.extra.get("honeypot_checks")
+    made = checks.get("connections") if isinstance(checks, dict) else None
+    return made if isinstance(made, int) and made > 0 else 0
+
+
+def _note(decision: Decision) -> BudgetNote | None:
+    """What a probed result says about its grant, when there is something worth saying."""
+    rule = decision.rule
+    spent = decision.spent + decision.in_flight + 1
+    source = decision.bind or decision.src
+    if decision.forced:
+        block = rule.block_after(max(0, spent - rule.free - 1))
+        why = (f"connected only because --risk-lockout was given: this connection from "
+               f"{source} may have made the server refuse it, and everyone else coming from "
+               f"it, for {block:g} s")
+    elif decision.bind is not None:
+        why = decision.reason
+    elif rule.limits_probes and spent >= rule.free:
+        why = (f"the last of {rule.free} connections from {source} that arm nothing on this "
+               "server; later runs report these facts, with their age, instead of connecting")
+    else:
+        return None
+    nxt = None
+    if rule.limits_probes and spent >= rule.free:
+        nxt = rule.block_after(spent - rule.free)
+    return BudgetNote(True, why, source, rule.id, spent, rule.free, nxt)
