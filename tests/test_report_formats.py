@@ -399,3 +399,24 @@ def test_web_api_scan_document_and_reports_validate(tmp_path: Path,
         assert "no-auth" in {r["ruleId"] for r in got.json()["runs"][0]["results"]}
         dojo = client.get(body["reports"]["defectdojo"]).json()
         assert defectdojo_problems(dojo) == [] and dojo["findings"]
+
+
+def test_unidentified_product_keeps_every_candidates_fix(graded: list[ServiceResult]) -> None:
+    """The fix guide splits the steps by candidate product when the product is unknown; the
+    import formats keep them (DefectDojo's mitigation, SARIF's properties.fix)."""
+    from vncaudit.models import NamedType, RfbFacts
+
+    bare = assess(ServiceResult("127.0.0.1", 5900, State.VNC, rfb=RfbFacts(
+        banner="RFB 003.008\n", server_version="3.8", security_types=(NamedType(1, "None"),),
+        auth_required=False)), exposure=Exposure.PUBLIC)
+    assert bare.product is not None and bare.product.name == "unknown"
+    dojo = json.loads(report.render("defectdojo", META, [bare]))
+    assert defectdojo_problems(dojo) == []
+    (no_auth,) = [f for f in dojo["findings"] if f["vuln_id_from_tool"] == "no-auth"]
+    assert "*If it is TigerVNC:*" in no_auth["mitigation"] and "vncpasswd" in no_auth["mitigation"]
+    log = json.loads(report.render("sarif", META, [bare]))
+    assert not list(sarif_validator().iter_errors(log))
+    (item,) = [i for i in log["runs"][0]["results"] if i["ruleId"] == "no-auth"]
+    products = {p["product"] for f in item["properties"]["fix"] for p in f.get("by_product", [])}
+    assert "TigerVNC" in products
+    assert_valid_report(json.loads(report.render("json", META, [bare])))

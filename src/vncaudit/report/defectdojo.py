@@ -76,10 +76,10 @@ def _finding(result: ServiceResult, finding: Finding, fixes: Sequence[Any],
     mitigation: list[str] = []
     for fix in mine:
         mitigation += [f"**{fix.title}**", ""]
-        for step in fix.steps:
-            mitigation.append(f"- {step.platform}: {step.text}")
-            if step.commands:
-                mitigation += ["", "```", *step.commands, "```", ""]
+        mitigation += _steps(fix.steps)
+        for product in fix.by_product:  # the product is not identified: each candidate's
+            mitigation += [f"*If it is {product.product}:*", ""]
+            mitigation += _steps(product.steps)
         mitigation.append("")
     item: dict[str, Any] = {
         "title": finding.title[:_TITLE_MAX],
@@ -110,6 +110,15 @@ def _finding(result: ServiceResult, finding: Finding, fixes: Sequence[Any],
     if links:
         item["references"] = "\n".join(links)
     return item
+
+
+def _steps(steps: Sequence[Any]) -> list[str]:
+    lines: list[str] = []
+    for step in steps:
+        lines.append(f"- {step.platform}: {step.text}")
+        if step.commands:
+            lines += ["", "```", *step.commands, "```", ""]
+    return lines
 
 
 def _date(text: str) -> str | None:
