@@ -221,9 +221,6 @@ def test_kill_9_during_delivery_then_restart_delivers_once(tmp_path: Path) -> No
             assert conn.execute("SELECT count(*) FROM monitor_cycles").fetchone() == (1,)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the blacklist ledger's gate in the scan path "
-                   "(issue 14): without it TigerVNC refuses the 6th connection; strict, so "
-                   "the marker must go when the gate lands")
 def test_short_period_monitor_never_arms_tigervnc_blacklist(tmp_path: Path) -> None:
     """A monitor every second over TigerVNC with VncAuth (which refuses an address after 5
     unauthenticated connections): every cycle still reports the service, none reports it

@@ -189,6 +189,8 @@ class _CommandsOnDemand(typer.Typer):
     def registered_commands(self) -> list[CommandInfo]:
         if not self._loading:
             self._load()
+            # (also when a module was imported directly, its commands appended last)
+            self._commands.sort(key=lambda info: _ORDER.get(_name(info), len(_ORDER)))
         return self._commands
 
     @registered_commands.setter
@@ -210,7 +212,6 @@ class _CommandsOnDemand(typer.Typer):
                     importlib.import_module(module)
         finally:
             self._loading = False
-        self._commands.sort(key=lambda info: _ORDER.get(_name(info), len(_ORDER)))
 
 
 def _name(info: CommandInfo) -> str:

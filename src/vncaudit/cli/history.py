@@ -44,7 +44,8 @@ from vncaudit.store import StoreError, UnknownScanError, default_db_path
   vncaudit results s-20261124-ab12cd -o html --output-file report.html""")
 def results(
     scan_id: Annotated[
-        str | None, typer.Argument(help="A scan id to show; without it, list recent scans.")
+        str | None, typer.Argument(metavar="SCAN_ID",
+                                   help="A scan id to show; without it, list recent scans.")
     ] = None,
     output: OutputOpt = "table",
     output_file: OutputFileOpt = None,
@@ -129,8 +130,8 @@ def _minute(iso: str) -> str:
 
   vncaudit diff s-20261124-ab12cd s-20261125-cd34ef -o json""")
 def diff(
-    scan_a: Annotated[str, typer.Argument(help="The earlier scan id.")],
-    scan_b: Annotated[str, typer.Argument(help="The later scan id.")],
+    scan_a: Annotated[str, typer.Argument(metavar="SCAN_A", help="The earlier scan id.")],
+    scan_b: Annotated[str, typer.Argument(metavar="SCAN_B", help="The later scan id.")],
     output: Annotated[str, output_option(("table", "json"))] = "table",
     as_json: JsonAliasOpt = False,
     db: DbOpt = None,

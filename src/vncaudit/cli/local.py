@@ -480,7 +480,8 @@ def is_loopback_host(host: str) -> bool:
   vncaudit check 10.1.2.3 --inside inside.json    inside view saved by `vncaudit local -o json`
   vncaudit check 10.1.2.3 --outside scan.json     outside view from `vncaudit scan -o json`""")
 def check_cmd(
-    host: Annotated[str, typer.Argument(help="The host's address as seen from here.")],
+    host: Annotated[str, typer.Argument(metavar="HOST",
+                                        help="The host's address as seen from here.")],
     inside: Annotated[
         Path | None,
         typer.Option("--inside", metavar="FILE",

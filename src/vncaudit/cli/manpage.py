@@ -115,7 +115,8 @@ def render() -> str:
 
 @app.command(epilog="""Examples:
 
-  vncaudit manpage > ~/.local/share/man/man1/vncaudit.1 && man vncaudit
+  mkdir -p ~/.local/share/man/man1
+  vncaudit manpage --output-file ~/.local/share/man/man1/vncaudit.1
   vncaudit manpage | man -l -                 read it once""")
 def manpage(
     output_file: Annotated[

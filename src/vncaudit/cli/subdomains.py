@@ -27,7 +27,8 @@ from vncaudit.exceptions import NetworkError, UsageError
   vncaudit subdomains example.org --resolver 192.0.2.53   ask this DNS server
   vncaudit scan --domain example.org          find the hosts and scan them""")
 def subdomains(
-    domain: Annotated[str, typer.Argument(help="The domain whose hosts to find.")],
+    domain: Annotated[str, typer.Argument(metavar="DOMAIN",
+                                          help="The domain whose hosts to find.")],
     resolver: Annotated[
         str | None, typer.Option("--resolver", help="DNS server to ask, IP[:PORT].")
     ] = None,

@@ -1,0 +1,274 @@
+"""The layers of the package import only what docs/design.md §3 allows.
+
+Reads every module of `src/vncaudit` with `ast` (nothing is imported): its imports at module
+level and inside functions, and `importlib.import_module("vncaudit.…")` calls with a literal
+name. Imports under `if TYPE_CHECKING:` name a type for an annotation only and are not counted.
+Each rule below is the "Must not" line of a module's docstring, and the table in
+docs/design.md §3 says the same in words.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vncaudit"
+
+DATA = ("models", "exceptions")
+
+# module (or package) -> what it may import of vncaudit besides its own package. The most
+# specific entry wins; a module without an entry falls under LIBRARY_DEFAULT.
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "models": (),
+    "exceptions": (),
+    "display": (),
+    "desktop": (),
+    "vncauth": (),
+    "firewall": (),
+    "rfb": DATA,
+    "framebuffer": (*DATA, "rfb"),
+    "fingerprint": DATA,
+    "assess": (*DATA, "rfb", "fingerprint", "desktop", "display"),
+    "remedies": DATA,
+    "diff": DATA,
+    "targets": DATA,
+    "discovery": DATA,
+    "subdomains": ("exceptions",),
+    "store": (*DATA, "diff"),
+    "probe": (*DATA, "rfb"),
+    "websocket": (*DATA, "rfb", "probe"),
+    "blacklists": (*DATA, "fingerprint"),
+    "budget": (*DATA, "fingerprint", "blacklists", "store"),
+    "active": (*DATA, "rfb", "framebuffer", "vncauth", "probe", "desktop"),
+    "active.transport": ("models",),
+    "report": (*DATA, "desktop", "display", "remedies"),
+    "engine": (*DATA, "targets", "discovery", "probe", "budget", "assess"),
+    "cluster": (*DATA, "targets", "engine", "store", "budget", "assess"),
+    "local": (*DATA, "rfb", "probe", "assess", "budget", "firewall"),
+    "harden": (*DATA, "local", "firewall", "remedies"),
+    "web.policy": ("exceptions", "targets"),
+    "__main__": ("cli",),
+}
+
+# Layers that may import anything of the package except these.
+ANYTHING_BUT: dict[str, tuple[str, ...]] = {
+    "cli": (),
+    "web": ("cli",),
+    "watch": ("cli", "web"),
+}
+LIBRARY_DEFAULT: tuple[str, ...] = ("cli", "web", "watch")
+
+WEB_FRAMEWORK = ("web.app", "web.deps", "web.routes")
+
+# Third-party modules, and the layers that may import them.
+ONLY_IN: dict[str, tuple[str, ...]] = {
+    "typer": ("cli",),
+    "click": ("cli",),
+    "rich": ("cli",),
+    # The rest of web/ (jobs, policy, security, settings, views, metrics) stays free of the
+    # framework, so it is testable without an app.
+    "fastapi": WEB_FRAMEWORK,
+    "starlette": WEB_FRAMEWORK,
+    "pydantic": WEB_FRAMEWORK,
+    "uvicorn": ("cli", "web"),
+}
+
+# Modules that do no I/O: no sockets, TLS, event loop, processes, HTTP, mail or DNS.
+NO_IO = ("models", "exceptions", "rfb", "framebuffer", "fingerprint", "assess", "desktop",
+         "display", "vncauth", "diff", "remedies", "report", "firewall._model",
+         "firewall.iptables", "firewall.nft", "firewall.ufw", "web.policy",
+         "targets.permutation")
+IO_MODULES = frozenset({"socket", "ssl", "asyncio", "select", "selectors", "subprocess", "http",
+                        "urllib", "smtplib", "httpx", "dns", "uvloop", "psutil"})
+
+# The store uses the standard library only (docs/design.md §10).
+STDLIB_ONLY = ("store",)
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # dotted name as imported ("vncaudit.rfb", "socket")
+    line: int
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # "rfb", "active.transport", "vncaudit" for the package itself
+    path: Path
+    imports: tuple[Import, ...]
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "vncaudit"
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node under `node`, leaving out the bodies of `if TYPE_CHECKING:`."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for other in child.orelse:
+                yield other
+                yield from _walk(other)
+            continue
+        yield child
+        yield from _walk(child)
+
+
+def _imports(path: Path, name: str, known: set[str]) -> tuple[Import, ...]:
+    """The imports of the module `name` (read from `path`); `known`: every module's full name,
+    to tell `from vncaudit import rfb` (a module) from `from vncaudit.rfb import X`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    parts = [] if name == "vncaudit" else name.split(".")
+    package = ["vncaudit", *(parts if path.name == "__init__.py" else parts[:-1])]
+    found: list[Import] = []
+    for node in _walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(Import(alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                # `from vncaudit import rfb` imports the module vncaudit.rfb.
+                full = f"{module}.{alias.name}"
+                found.append(Import(full if full in known else module, node.lineno))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)):
+            found.append(Import(node.args[0].value, node.lineno))
+    return tuple(found)
+
+
+def _modules() -> list[Module]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    known = {"vncaudit." + _name(p) if _name(p) != "vncaudit" else "vncaudit" for p in paths}
+    return [Module(_name(p), p, _imports(p, _name(p), known)) for p in paths]
+
+
+MODULES = _modules()
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _rule(name: str, table: dict[str, tuple[str, ...]]) -> str | None:
+    """The most specific key of `table` that `name` falls under."""
+    keys = [key for key in table if _under(name, key)]
+    return max(keys, key=len) if keys else None
+
+
+def _internal(module: Module) -> Iterator[tuple[str, int]]:
+    """The package modules `module` imports, relative to the package ("rfb"), outside its
+    own top-level package."""
+    own = module.name.split(".")[0]
+    for imp in module.imports:
+        if imp.module == "vncaudit":
+            if module.name != "vncaudit":
+                yield "vncaudit", imp.line
+            continue
+        if not imp.module.startswith("vncaudit."):
+            continue
+        target = imp.module.removeprefix("vncaudit.")
+        if target.split(".")[0] != own:
+            yield target, imp.line
+
+
+def _violations(module: Module) -> list[str]:
+    where = f"{module.path.relative_to(PACKAGE.parents[1])}"
+    problems: list[str] = []
+    allowed_key = _rule(module.name, ALLOWED)
+    but_key = _rule(module.name, ANYTHING_BUT)
+    for target, line in _internal(module):
+        if target == "vncaudit":
+            # The package root loads only `models` when imported (`scan` and `__version__` are
+            # looked up on first use), so importing it is importing `models`.
+            target = "models"
+        if allowed_key is not None and (but_key is None or len(allowed_key) >= len(but_key)):
+            if not any(_under(target, ok) for ok in ALLOWED[allowed_key]):
+                problems.append(f"{where}:{line}: `{module.name}` imports `{target}` "
+                                f"(allowed: {', '.join(ALLOWED[allowed_key]) or 'nothing'})")
+        else:
+            banned = ANYTHING_BUT[but_key] if but_key is not None else LIBRARY_DEFAULT
+            if any(_under(target, bad) for bad in banned):
+                problems.append(f"{where}:{line}: `{module.name}` imports `{target}` "
+                                f"(must not import {', '.join(banned)})")
+    for imp in module.imports:
+        top = imp.module.split(".")[0]
+        layers = ONLY_IN.get(top)
+        if layers is not None and not any(_under(module.name, layer) for layer in layers):
+            problems.append(f"{where}:{imp.line}: `{module.name}` imports `{top}` "
+                            f"(only {', '.join(layers)} may)")
+        if any(_under(module.name, m) for m in NO_IO) and top in IO_MODULES:
+            problems.append(f"{where}:{imp.line}: `{module.name}` must do no I/O but imports "
+                            f"`{top}`")
+        if (any(_under(module.name, m) for m in STDLIB_ONLY) and top != "vncaudit"
+                and top not in sys.stdlib_module_names):
+            problems.append(f"{where}:{imp.line}: `{module.name}` may use the standard "
+                            f"library only but imports `{top}`")
+    return problems
+
+
+def test_the_package_is_read() -> None:
+    names = {m.name for m in MODULES}
+    assert {"rfb", "probe", "engine", "store", "cli", "web", "assess.rules"} <= names
+    rfb = next(m for m in MODULES if m.name == "rfb")
+    assert {"vncaudit.models", "vncaudit.exceptions"} <= {i.module for i in rfb.imports}
+
+
+@pytest.mark.parametrize("module", MODULES, ids=[m.name for m in MODULES])
+def test_layer_imports(module: Module) -> None:
+    problems = _violations(module)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_rule_names_a_module() -> None:
+    """A rule for a module that no longer exists would silently check nothing."""
+    names = {m.name for m in MODULES}
+    for key in (*ALLOWED, *ANYTHING_BUT, *NO_IO, *STDLIB_ONLY):
+        assert any(_under(n, key) for n in names), key
+    for allowed in ALLOWED.values():
+        for target in allowed:
+            assert any(_under(n, target) for n in names), target
+
+
+def _fake(name: str, source: str, tmp_path: Path) -> Module:
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    known = {"vncaudit." + m.name for m in MODULES}
+    return Module(name, PACKAGE / (name.replace(".", "/") + ".py"), _imports(path, name, known))
+
+
+def test_the_rules_catch_what_they_forbid(tmp_path: Path) -> None:
+    """The checker itself: each kind of breach is reported, a type-only import is not."""
+    rfb = _fake("rfb", "import socket\nfrom vncaudit import probe\n", tmp_path)
+    assert len(_violations(rfb)) == 2
+    store = _fake("store.database", "import numpy\nfrom vncaudit.engine import scan\n",
+                  tmp_path)
+    assert len(_violations(store)) == 2
+    engine = _fake("engine", "import rich\nfrom vncaudit.cli import app\n", tmp_path)
+    assert len(_violations(engine)) == 2
+    lazy = _fake("report.html", "import importlib\nimportlib.import_module('vncaudit.store')\n",
+                 tmp_path)
+    assert len(_violations(lazy)) == 1
+    typed = _fake("store.database", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                  "    from vncaudit.discovery import Marks\n", tmp_path)
+    assert _violations(typed) == []
+    web = _fake("web.jobs", "from vncaudit.cli import app\nimport fastapi\n", tmp_path)
+    assert len(_violations(web)) == 2
