@@ -6,7 +6,7 @@ site is refused, whatever its content type), `ForwardedScheme` (the scheme a tru
 proxy reports in X-Forwarded-Proto, and HSTS on HTTPS responses), `AccessLog` (one line per
 request, plain or JSON, to a file or stderr) and opening that log. Must not: route, check
 tokens or CSRF, or decide targets (`routes`, `deps`, `policy` do); the pure tests live in
-`security`.
+`security`. Plain ASGI (no web framework import), so `app` can wrap any ASGI app with them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import logging
 import logging.handlers
 import sys
 import time
-from collections.abc import Iterable
-
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import IPNetwork
@@ -33,7 +31,28 @@ from vncaudit.web.security import (
     within,
 )
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
+                 code: str) -> None:
+    """Answer with the service's error shape, {"detail", "code"}; a WebSocket handshake is
+    closed instead (policy violation)."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"detail": detail, "code": code}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -66,11 +85,9 @@ class HostGuard:
             return
         self.metrics.refused.labels("host").inc()
         shown = (given or "")[:100]
-        response = JSONResponse(
-            {"detail": f"this service does not answer to the host name {shown!r} (the "
-                       "operator lists the names it answers in allowed_hosts)",
-             "code": "host-not-allowed"}, status_code=400)
-        await response(scope, receive, send)
+        await refuse(scope, receive, send, 400,
+                     f"this service does not answer to the host name {shown!r} (the operator "
+                     "lists the names it answers in allowed_hosts)", "host-not-allowed")
 
 
 class OriginGuard:
@@ -92,10 +109,9 @@ class OriginGuard:
             return
         self.metrics.refused.labels("cross-origin").inc()
         sender = f"Origin {origin[:100]!r}" if origin is not None else f"Sec-Fetch-Site {site!r}"
-        response = JSONResponse(
-            {"detail": f"cross-origin request refused ({sender}: not a page of this "
-                       "service)", "code": "cross-origin"}, status_code=403)
-        await response(scope, receive, send)
+        await refuse(scope, receive, send, 403,
+                     f"cross-origin request refused ({sender}: not a page of this service)",
+                     "cross-origin")
 
 
 class ForwardedScheme:
