@@ -1,6 +1,6 @@
 """Benchmark row for sharded scans: wall time of `vncaudit scan --workers N` on the /16 bench.
 
-Builds the namespace test bed of DESIGN.md §4 (needs root): N live fake RFB servers at random
+Builds the namespace test bed of docs/design.md §4 (needs root): N live fake RFB servers at random
 addresses of 198.18.0.0/16, every other address silent, then runs in the scanning namespace, on
 the same range and port, each configuration `--repeat` times:
 

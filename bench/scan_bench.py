@@ -1,6 +1,6 @@
 """Benchmark: vncaudit (connect and syn discovery) against nmap and zmap, same range, same run.
 
-Builds the namespace test bed of DESIGN.md §4 (tests/netns.py; needs root): `--live` fake RFB
+Builds the namespace test bed of docs/design.md §4 (tests/netns.py; needs root): `--live` fake RFB
 servers (mixed security types; None offered on some, so their fingerprint goes to ServerInit) at
 random addresses of 198.18.0.0/SIZE, every other address silent. Then runs, in the scanning
 namespace, one after the other on the same range and port:

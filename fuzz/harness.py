@@ -13,8 +13,9 @@ Invariants (each violation raises AssertionError or lets the unexpected exceptio
    the same error (for streams that fit in the buffer cap);
 4. whatever was read becomes a `ServiceResult` whose schema dict survives JSON and
    `from_dict` (the honeypot check runs inside `result()`);
-5. etiquette (DESIGN.md): no-auth types are selected only when offered, a SecurityResult "ok"
-   only follows such a selection, and nothing is ever sent after a VNC challenge.
+5. etiquette (docs/design.md "Probing etiquette"): no-auth types are selected only when
+   offered, a SecurityResult "ok" only follows such a selection, and nothing is ever sent after
+   a VNC challenge.
 
 `tests/test_rfb_fuzz.py` replays `fuzz/corpus/` and `fuzz/regressions/` through this function, so
 every finding stays a regression test without atheris installed.

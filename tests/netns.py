@@ -1,4 +1,4 @@
-"""Network-namespace test hosts (DESIGN.md §4) and the fake RFB servers that live in them.
+"""Network-namespace test hosts (docs/design.md §4) and the fake RFB servers that live in them.
 
 Owns: building and deleting the two-namespace bed (scanner `scn`, targets `tgt`, one veth; tgt
 owns 198.18.0.0/16 and answers nothing but its listening sockets, so every other address is

@@ -1,6 +1,6 @@
 """Any number of runs against a real TigerVNC (VncAuth) and nobody is ever refused.
 
-The series of issue 14, on real Xvnc servers: thirty scans one second apart in connect mode
+The series, on real Xvnc servers: thirty scans one second apart in connect mode
 and with --discovery syn, on loopback (this host: another loopback address takes over when
 127.0.0.1's four free connections are spent) and across network namespaces (a remote server:
 after four, the facts read last are reported with their age), and twelve runs of `local` on

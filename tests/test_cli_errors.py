@@ -106,9 +106,9 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", "127.0.0.1", "--exclude-file", "{d}/missing.txt"], 2, "No such file"),
     (["scan", "127.0.0.1", "--check-passwords", "--wordlist", "{d}/missing.txt"], 2,
      "missing.txt"),
-    # files without line breaks are refused, never loaded whole (/dev/zero was a MemoryError
-    # after eating all memory; a bounded file stands in for it here, so that a regression
-    # cannot take the test machine down)
+    # files without line breaks are refused, never loaded whole (/dev/zero would eat all
+    # memory; a bounded file stands in for it here, so that a failing check cannot take the
+    # test machine down)
     (["scan", "-iL", "{d}/longline.txt"], 2, "longline.txt:1: line longer than"),
     (["scan", "--masscan", "{d}/longline.txt"], 2, "line longer than"),
     (["scan", "127.0.0.1", "--exclude-file", "{d}/longline.txt"], 2, "line longer than"),
@@ -131,6 +131,9 @@ CASES: list[tuple[list[str], int, str]] = [
     # stored scans
     (["scan", "--resume", "s-19990101-000000"], 2, "unknown scan id"),  # was: exit 3
     (["scan", "--resume", "s-19990101-000000", "127.0.0.1"], 2, "takes no targets"),
+    # a resume runs with the stored settings: one typed again would be ignored, so it is refused
+    (["scan", "--resume", "s-19990101-000000", "--timeout", "3", "--no-web"], 2,
+     "leave out --timeout, --no-web"),
     (["results", "s-19990101-000000"], 2, "unknown scan id"),
     (["results", "-o", "csv"], 2, "table or json"),  # was: JSON, whatever -o said
     (["results", "-o", "bogus"], 2, "bogus"),
@@ -149,7 +152,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["local", "--timeout", "0"], 2, "--timeout"),
     (["harden", "--backend", "bogus"], 2, "bogus"),
     (["harden", "--only-port", "70000"], 2, "--only-port 70000"),
-    # an allow-list of everyone is no fix (was: a plan that reads as fixed)
+    # an allow-list of everyone is no fix, however fixed the plan would read
     (["harden", "--allow", "0.0.0.0/0"], 2, "open to the internet"),
     (["harden", "--allow", "::/0"], 2, "open to the internet"),
     (["harden", "--rollback", "--backup-dir", "{d}/no-backups"], 2, "harden"),
@@ -206,8 +209,8 @@ def test_bad_input_is_one_error_line(files: Path, args: list[str], code: int,
     assert lines[0].startswith(ERROR), (argv, stderr)
     assert needle in lines[0], (argv, lines[0])
     assert "Traceback" not in stderr
-    # Nothing half-done: a refused scan leaves no scan record behind (a "running" scan that
-    # never ran used to be left by a bad --wordlist), and a mistyped --db creates nothing.
+    # Nothing half-done: a refused scan leaves no scan record behind (no "running" scan that
+    # never ran, whatever input was refused), and a mistyped --db creates nothing.
     if db.exists():
         with Store.open(db) as store:
             assert store.list_scans() == [], argv
@@ -226,7 +229,8 @@ def test_stdin_list_errors_name_stdin(files: Path) -> None:
 def test_report_write_failing_after_the_scan_is_exit_3_and_keeps_results(
         files: Path, output: str) -> None:
     """A disk that fills up (/dev/full) while the report is written: one line, exit 3, and the
-    results stay in the store (the table path was an internal error from inside rich)."""
+    results stay in the store (the table is written through rich, whose write error must
+    become the same one line)."""
     db = files / "s.db"
     code, _, stderr = _invoke(["scan", _QUIET_TARGET, "-p", "20000", "-o", output,
                                "--output-file", "/dev/full", "--timeout", "2"], db)
@@ -415,7 +419,7 @@ def test_signal_during_scan_stores_and_prints_resume(tmp_path: Path, signum: int
                                                      word: str, from_stdin: bool) -> None:
     """Ctrl-C (or SIGTERM: kill, systemd, timeout) mid-scan: one line with the resume command,
     the scan stored as interrupted, and the resume finishes it. A target list read from stdin
-    is kept with the scan (it used to be read again on resume, and found empty)."""
+    is kept with the scan: stdin cannot be read a second time on resume."""
     db = tmp_path / "s.db"
     proc = _start_scan(db, from_stdin)
     try:

@@ -186,24 +186,28 @@ def test_bad_status_file_is_refused_before_any_packet(tmp_path: Path, value: str
 
 
 
-def test_jsonl_all_streams_bulk_verdicts(tmp_path: Path) -> None:
-    """Discovery may hand closed/filtered verdicts over in bulk (`Marks`, a SYN sweep's
-    silent window) instead of one result each: with --all they are lines like any other,
-    without it they are not, and the store's own sink sees every batch either way."""
-    from vncaudit.cli.live import LiveOutput
-    from vncaudit.discovery import Marks
-    from vncaudit.engine import Progress
-    from vncaudit.models import State
 
-    batch = Marks(State.FILTERED, "no answer", [("127.0.0.1", 5900), ("127.0.0.2", 5901)])
-    for include_all, expected in ((True, 2), (False, 0)):
-        out = tmp_path / f"all-{include_all}.jsonl"
-        stored: list[Marks] = []
-        live = LiveOutput("jsonl", out, include_all, None, "s-test", Progress(total=2))
-        live.saving_marks(stored.append)(batch)
-        live.end("finished", [])
+def test_jsonl_all_streams_bulk_verdicts_at_the_end(tmp_path: Path) -> None:
+    """A SYN sweep hands closed/filtered verdicts to the store in bulk, never as results: with
+    --all their lines come when the scan ends, each verdict exactly once; without --all, none;
+    an interrupted scan adds none (the resume repeats what was found)."""
+    from vncaudit.cli.live import LiveOutput
+    from vncaudit.engine import Progress
+    from vncaudit.models import ServiceResult, State
+
+    streamed = ServiceResult("127.0.0.1", 5900, State.CLOSED)
+    bulk = ServiceResult("127.0.0.2", 5901, State.FILTERED, error="no answer")
+    vnc = ServiceResult("127.0.0.3", 5902, State.TARPIT, error="no banner")
+    stored = [streamed, bulk, vnc]
+    for include_all, status, expected in ((True, "finished", [5900, 5902, 5901]),
+                                          (False, "finished", [5902]),
+                                          (True, "interrupted", [5900, 5902])):
+        out = tmp_path / f"{include_all}-{status}.jsonl"
+        live = LiveOutput("jsonl", out, include_all, None, "s-test", Progress(total=3))
+        live.result(streamed)
+        live.result(vnc)
+        live.end(status, stored)
         lines = [json.loads(line) for line in out.read_text().splitlines()]
-        assert stored == [batch] and len(lines) == expected
-        assert all(d["state"] == "filtered" and d["error"] == "no answer" for d in lines)
+        assert [d["port"] for d in lines] == expected, (include_all, status)
         validator = service_validator()
         assert all(not list(validator.iter_errors(d)) for d in lines)

@@ -3,7 +3,7 @@ the store, finished shards are skipped on restart, a killed worker's shard rerun
 the store keeps one verdict per (scan, host, port).
 
 Fast tests run on loopback (127.88.0.0/22, a few fake RFB servers, every other address refuses).
-The `netns` tests build the namespace test bed of DESIGN.md §4 (fake RFB servers inside a
+The `netns` tests build the namespace test bed of docs/design.md §4 (fake RFB servers inside a
 target namespace, every other address of 198.18.0.0/16 silent) and run `vncaudit scan --workers
 2` inside the scanning namespace, so the Dask workers live there too. They need root: skipped
 without it, failed under CI.
@@ -482,7 +482,7 @@ def test_cli_unreachable_scheduler_is_exit_3(tmp_path: Path) -> None:
 
 NETNS_RANGE = "198.18.0.0/18"
 NETNS_PORT = 5900
-NETNS_LIVE = 157  # as in the nmap measurement of DESIGN.md §4
+NETNS_LIVE = 157  # as in the nmap measurement of docs/design.md §4
 NETNS_BASE = [NETNS_RANGE, "-p", str(NETNS_PORT), "--timeout", "1"]
 # Sharded: 1024 sockets per worker, so the /18 splits into 16 shards (a shard is never smaller
 # than its socket budget). The single-process reference may hold more: the verdicts are the same.

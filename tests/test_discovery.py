@@ -3,7 +3,7 @@ filtered are told apart, VNC is recognised on any port by its banner, retries re
 SYN, every target ends with one verdict, and `--discovery syn` without CAP_NET_RAW is one line.
 
 Loopback tests need nothing (every 127/8 address without a listener refuses: closed). The
-`netns` tests build the namespace bed of DESIGN.md §4 (tests/netns.py: fake RFB servers in a
+`netns` tests build the namespace bed of docs/design.md §4 (tests/netns.py: fake RFB servers in a
 target namespace, every other address silent; one address allowed to answer RST) and run
 `vncaudit scan` in the scanning namespace in both modes. They need root: skipped without it,
 failed under CI.
@@ -240,7 +240,7 @@ def test_netns_exact_live_set_and_states(bed: tuple[Bed, list[str]], mode: str,
                                          tmp_path: Path) -> None:
     testbed, hosts = bed
     _drop_first_syn(testbed)
-    # More sockets than targets: the case that used to lose live servers to loop delays.
+    # More sockets than targets: loop delays must not eat a live server's deadline.
     out = _cli(NET, "-p", ",".join(map(str, PORTS)), "--timeout", "0.5", "--retries", "1",
                "--discovery", mode, "--concurrency", "8192", "-o", "json", "--all",
                "--db", str(tmp_path / "s.db"), netns=testbed.scn)

@@ -1,6 +1,6 @@
 """`local` → `harden --apply` → re-scan → `--rollback`, for real, in network namespaces.
 
-DESIGN.md §4 bed (tests/netns.py): the scanner namespace `scn` reaches 198.18.0.0/16 in the
+docs/design.md §4 bed (tests/netns.py): the scanner namespace `scn` reaches 198.18.0.0/16 in the
 target namespace `tgt` over one veth. A real TigerVNC Xvnc (security type None) listens on
 0.0.0.0 inside `tgt`; RSTs from the target address are let through, so a closed port answers
 "closed" and only a firewall DROP makes a port "filtered". Every vncaudit command runs as

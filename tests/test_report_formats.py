@@ -30,7 +30,7 @@ from test_report import META, NO_AUTH, TRANSCRIPTS, replayed
 from vncaudit import report
 from vncaudit.assess import Exposure, assess
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import Finding, ServiceResult, Severity, State
+from vncaudit.models import SILENT_STATES, Finding, ServiceResult, Severity, State
 from vncaudit.report import sarif
 from vncaudit.report.schema import report_schema, schema_text
 
@@ -247,7 +247,7 @@ def test_sarif_validates_against_the_official_schema(graded: list[ServiceResult]
     (run,) = log["runs"]
     rules = run["tool"]["driver"]["rules"]
     assert [r["id"] for r in rules] == sorted({f.id for r in graded for f in r.findings
-                                               if r.state not in report.HIDDEN_BY_DEFAULT})
+                                               if r.state not in SILENT_STATES})
     results = run["results"]
     shown = report.visible(graded)
     assert len(results) == sum(len(r.findings) for r in shown)

@@ -1,6 +1,6 @@
-"""Regression tests from the security review of the web checker, `harden` / `local` and the
-fix guide: each test reproduces one way a crafted input got through, against the real code
-(web app over its ASGI interface, real sockets on 127.0.0.1, the real rich tables).
+"""Crafted input against the web checker, `harden` / `local` and the fix guide: each test
+feeds one kind of hostile input to the real code (web app over its ASGI interface, real
+sockets on 127.0.0.1, the real rich tables) and checks that it gets nowhere.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ while True:
 
 @pytest.mark.realserver
 def test_local_table_prints_process_names_and_command_lines_as_text(tmp_path: Path) -> None:
-    """A process named "[/]vnc" crashed root's `vncaudit local` with a rich MarkupError
-    traceback, and ESC sequences in its command line reached root's terminal."""
+    """A process named "[/]vnc" is shown as text, not read as rich markup (a MarkupError
+    traceback in root's `vncaudit local`), and ESC sequences in its command line never reach
+    root's terminal."""
     import subprocess
     import sys
 
@@ -146,7 +147,7 @@ def test_local_table_prints_process_names_and_command_lines_as_text(tmp_path: Pa
 
 def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
     """`check --inside/--outside` read files someone else may have written (a colleague's
-    `local -o json`): their strings used to be parsed as rich markup ("[/]" crashed it)."""
+    `local -o json`): their strings are text, never rich markup ("[/]" would crash it)."""
     import json
     import subprocess
     import sys
@@ -167,7 +168,8 @@ def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
 
 
 def test_subdomains_table_prints_zone_names_as_text() -> None:
-    """A zone transfer may carry any label: "[/]x" (valid in DNS) crashed the table."""
+    """A zone transfer may carry any label: "[/]x" (valid in DNS) is shown, not read as
+    markup."""
     import subprocess
     import sys
 
@@ -297,9 +299,9 @@ def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: P
 
 @pytest.mark.parametrize("display", [":\u00b2", ":99999999999"])
 def test_a_crafted_xvnc_command_line_cannot_stop_the_harden_plan(display: str) -> None:
-    """Any local user may run a process called Xvnc on a VNC port. Its ":²" argument crashed
-    root's `harden` (ValueError from int()), ":99999999999" refused the whole plan (display
-    out of range); the plan now keeps the <display> placeholder for that listener."""
+    """Any local user may run a process called Xvnc on a VNC port. Its ":²" argument (int()
+    raises ValueError) or ":99999999999" (a display out of range) must not stop root's
+    `harden` plan: the plan keeps the <display> placeholder for that listener."""
     from vncaudit import firewall, harden
     from vncaudit import local as local_mod
 

@@ -31,6 +31,7 @@ import pytest
 from vncaudit.diff import diff_key
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import (
+    SILENT_STATES,
     Capability,
     Finding,
     Framebuffer,
@@ -212,7 +213,7 @@ def index_of(host: str, port: int) -> int:
 
 def write_item(store: Store, scan_id: str, i: int) -> bool:
     result = make_result(i)
-    if result.state in (State.CLOSED, State.FILTERED):
+    if result.state in SILENT_STATES:
         return store.mark_done(scan_id, result.host, result.port, result.state)
     return store.add_result(scan_id, result)
 

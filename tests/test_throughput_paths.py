@@ -226,7 +226,7 @@ def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeyp
 
     from vncaudit import cli
     from vncaudit.engine import Progress as EngineProgress
-    from vncaudit.engine import ScanOptions
+    from vncaudit.engine import ScanOptions, run, scan_async
     from vncaudit.models import Target
     from vncaudit.probe import ProbeOptions
 
@@ -251,8 +251,14 @@ def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeyp
     state = EngineProgress(total=len(targets))
     seen: list[ServiceResult] = []
     started = time.monotonic()
-    cli._run_with_progress(iter(targets), ScanOptions(probe=ProbeOptions(timeout=1.0)), state,
-                           True, seen.append)
+    with cli._progress(state, True) as update:
+
+        def each(result: ServiceResult) -> None:
+            seen.append(result)
+            update(result)
+
+        run(scan_async(iter(targets), ScanOptions(probe=ProbeOptions(timeout=1.0)),
+                       on_result=each, progress=state, collect=False))
     elapsed = time.monotonic() - started
     assert len(seen) == len(targets) == state.done
     assert 1 <= len(draws) <= 2 + int(elapsed / 0.1) < len(targets)

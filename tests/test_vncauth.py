@@ -1,4 +1,4 @@
-"""VNC Authentication DES: the rfb.md §5 test vectors, truncation, and real vncpasswd files."""
+"""VNC Authentication DES: the docs/rfb.md §5 test vectors, truncation, and real vncpasswd files."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_key_reverses_the_bits_of_each_byte() -> None:
 @pytest.mark.parametrize(
     ("password", "challenge", "response"),
     [
-        # rfb.md §5, matching nmap's vnc.lua unit test and John-the-Ripper vectors.
+        # docs/rfb.md §5, matching nmap's vnc.lua unit test and John-the-Ripper vectors.
         ("1234567890", "2f7532b3efd17eea5dd3a0949ffdf1d8", "0eb42d4d9ac1ef1b6ef6647b9594a621"),
         ("123", "7963f9bb7ba6a42a085763808156f570", "475b10d05648e4110d77f03916106f98"),
     ],

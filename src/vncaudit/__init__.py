@@ -37,12 +37,44 @@ def __getattr__(name: str) -> Any:
     if name == "__version__":
         # One source for the version: pyproject.toml, read back from the installed package's
         # metadata (`--version`, scan records, reports); looked up when first asked for.
-        from importlib import metadata
-
-        try:
-            version = metadata.version("vncaudit")
-        except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
-            version = "0+unknown"
+        version = _installed_version()
         globals()["__version__"] = version
         return version
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _installed_version() -> str:
+    """The installed package's version, as `importlib.metadata.version("vncaudit")` finds it
+    (the first vncaudit-*.dist-info along sys.path), read from its METADATA header without
+    importing importlib.metadata and the e-mail parser it loads (a scan record needs the
+    version before the first packet); importlib.metadata itself for any other layout."""
+    import os
+    import sys
+
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("vncaudit-") and name.endswith(".dist-info"):
+                try:
+                    with open(os.path.join(entry or ".", name, "METADATA"),
+                              encoding="utf-8") as fh:
+                        for line in fh:
+                            if line.startswith("Version:"):
+                                return line.split(":", 1)[1].strip()
+                            if not line.strip():
+                                break
+                except OSError:
+                    pass
+                break
+        else:
+            continue
+        break
+    from importlib import metadata
+
+    try:
+        return metadata.version("vncaudit")
+    except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+        return "0+unknown"

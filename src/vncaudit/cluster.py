@@ -65,6 +65,7 @@ from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.store import Store
+from vncaudit.store.writer import ResultWriter
 from vncaudit.targets import TargetSpace
 
 if TYPE_CHECKING:
@@ -281,6 +282,7 @@ class ShardJob:
     options: ScanOptions
     assess_results: bool
     queue: str
+    exposure: str | None = None  # grade as reachable from here (assess.Exposure)
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_interval: float = DEFAULT_BATCH_INTERVAL
     budget: ShippedDecisions | None = None  # the client's ledger decisions (vncaudit.budget)
@@ -293,14 +295,13 @@ class ShardJob:
 Sender = Callable[[dict[str, Any]], None]
 
 
-def _assessor() -> Callable[[ServiceResult], ServiceResult] | None:
-    # As the engine does: grading is optional at this layer (imported lazily, may be absent).
-    try:
-        module = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        return None
-    grade: Callable[[ServiceResult], ServiceResult] = module.assess
-    return grade
+def _assessor(exposure: str | None) -> Callable[[ServiceResult], ServiceResult]:
+    from vncaudit.assess import Exposure, assess
+
+    if exposure is None:
+        return assess
+    chosen = Exposure(exposure)
+    return lambda result: assess(result, exposure=chosen)
 
 
 async def scan_shard(
@@ -311,7 +312,7 @@ async def scan_shard(
     runs in a thread and the probes in flight keep their deadlines meanwhile."""
     loop = asyncio.get_running_loop()
     attempt = uuid.uuid4().hex[:12]
-    grade = _assessor() if job.assess_results else None
+    grade = _assessor(job.exposure) if job.assess_results else None
     services: list[dict[str, Any]] = []
     marks: list[list[Any]] = []
     sent = 0
@@ -371,7 +372,8 @@ def run_shard(job: ShardJob, skip: Collection[tuple[str, int]] | None = None) ->
 
 
 class _Collector:
-    """Writes what the workers send into the store and records finished shards."""
+    """Writes what the workers send into the store (through one `ResultWriter`) and records
+    finished shards."""
 
     def __init__(
         self,
@@ -389,6 +391,7 @@ class _Collector:
         self.progress = progress
         self.budget = budget
         self.started: set[int] = set()  # shards that sent a "start" in this run
+        self.writer = ResultWriter(store, scan_id, on_stored=self._stored)
 
     def handle(self, message: Mapping[str, Any]) -> int | None:
         """Store one message; returns the shard index when it was that shard's end marker
@@ -410,27 +413,21 @@ class _Collector:
                 "count": self.run.shards, "done": format_indices(self.run.done)}})
             log.debug("shard %d/%d done (%d targets)", index, self.run.shards, message["end"])
             return index
+        marks = [ServiceResult(host, int(port), State(state))
+                 for host, port, state in message.get("marks", ())]
+        services = [ServiceResult.from_dict(data) for data in message.get("services", ())]
         budget = self.budget
-        for host, port, state in message.get("marks", ()):
-            new = self.store.mark_done(self.scan_id, host, int(port), state)
-            result = ServiceResult(host, int(port), State(state))
-            if budget is not None:
+        if budget is not None:
+            for result in marks:
                 budget.settle(result)
-            self._count(result, new)
-        for data in message.get("services", ()):
-            result = ServiceResult.from_dict(data)
-            if budget is not None:
-                result = budget.settle(result)
-            new = self.store.add_result(self.scan_id, result)
-            self._count(result, new)
+            services = [budget.settle(result) for result in services]
+        self.writer.add_many([*marks, *services])
         if budget is not None:
             budget.flush(self.scan_id)
+        self.run.duplicates = self.writer.repeated
         return None
 
-    def _count(self, result: ServiceResult, new: bool) -> None:
-        if not new:
-            self.run.duplicates += 1
-            return
+    def _stored(self, result: ServiceResult) -> None:
         self.run.stored += 1
         if self.progress is not None:
             self.progress.add(result)
@@ -485,6 +482,7 @@ def scan_sharded(
     ledger: Ledger | None = None,
     shards: int | None = None,
     assess_results: bool = True,
+    exposure: str | None = None,
     on_result: Callable[[ServiceResult], None] | None = None,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -520,7 +518,8 @@ def scan_sharded(
         plan = _BudgetPlan(ledger, space, already) if ledger is not None else None
         shipped = plan.decisions if plan is not None and plan.decisions else None
         jobs = [ShardJob(space, space.seed, index, count, shard_options, assess_results,
-                         f"vncaudit-{scan_id}-{token}", batch_size, batch_interval, shipped)
+                         f"vncaudit-{scan_id}-{token}", exposure, batch_size, batch_interval,
+                         shipped)
                 for index in range(count) if index not in done]
         if jobs:
             try:

@@ -1,4 +1,4 @@
-"""Login screen or live desktop? A classifier over one screenshot (issue 8, item 5).
+"""Login screen or live desktop? A classifier over one screenshot.
 
 Owns: `classify_desktop()`, which tells a display-manager greeter or lock dialog ("login-screen")
 from a logged-in session ("desktop"), a uniform screen ("blank") or a picture it cannot read

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import socket
 import threading
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import ServiceResult, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
 if TYPE_CHECKING:
@@ -62,21 +61,23 @@ class ScanOptions:
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     # Runs after each probe (opt-in active checks, VNC-over-web); must never raise.
     post_probe: Callable[[ServiceResult], Awaitable[ServiceResult]] | None = None
-    discovery: str = "connect"  # "connect" | "syn"
+    discovery: Mode = Mode.CONNECT
     retries: int | None = None  # extra attempts for silent pairs; None: the mode's default
     discovery_timeout: float | None = None  # wait for an answer; None: probe.timeout
     probe_slots: int | None = None  # handshakes at once; None: min(concurrency, 1024)
 
-    def discovery_options(self) -> DiscoveryOptions:
-        try:
-            mode = Mode(self.discovery)
+    def __post_init__(self) -> None:
+        try:  # a mode given by name ("syn") is taken as the enum
+            object.__setattr__(self, "discovery", Mode(self.discovery))
         except ValueError:
             from vncaudit.exceptions import UsageError
 
             raise UsageError(f"unknown discovery mode {self.discovery!r}; "
                              "use connect or syn") from None
+
+    def discovery_options(self) -> DiscoveryOptions:
         timeout = self.discovery_timeout or self.probe.timeout
-        return DiscoveryOptions(mode, timeout, self.retries, self.rate)
+        return DiscoveryOptions(self.discovery, timeout, self.retries, self.rate)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Progress:
         self.done += 1
         if result.state in (State.VNC, State.BLACKLISTED):
             self.vnc += 1
-        if result.state not in (State.CLOSED, State.FILTERED):
+        if result.state not in SILENT_STATES:
             self.open += 1
 
 
@@ -441,11 +442,10 @@ async def scan_async(
     grade: Callable[[ServiceResult], ServiceResult] | None = None
     results: list[ServiceResult] = []
     async for result in iter_results(targets, options, progress, on_marks, gate=gate):
-        if assess_results and result.state not in _UNGRADED:
+        if assess_results and result.state not in SILENT_STATES:
             # Imported with the first result to grade, not before the first packet.
             grade = grade or _assessor()
-            if grade is not None:
-                result = grade(result)
+            result = grade(result)
         if collect:
             results.append(result)
         if on_result is not None:
@@ -453,18 +453,11 @@ async def scan_async(
     return results
 
 
-# Nothing answered: no facts to grade (the store keeps only the verdict of these).
-_UNGRADED = frozenset({State.CLOSED, State.FILTERED})
+def _assessor() -> Callable[[ServiceResult], ServiceResult]:
+    # Imported here: a scan that does not grade does not pay for loading the rules and data.
+    from vncaudit.assess import assess
 
-
-def _assessor() -> Callable[[ServiceResult], ServiceResult] | None:
-    # Imported lazily: grading is optional at this layer and must not slow plain probing.
-    try:
-        module = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        return None
-    grade: Callable[[ServiceResult], ServiceResult] = module.assess
-    return grade
+    return assess
 
 
 def scan(

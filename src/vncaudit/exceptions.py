@@ -1,4 +1,4 @@
-"""Typed errors for the whole package, in three families: protocol, network, timeout.
+"""Typed errors for the whole package: usage, protocol and network.
 
 Owns: the exception hierarchy and nothing else. Errors say whose fault it was
 (`LocalProtocolError`: we misused the protocol object; `RemoteProtocolError`: the peer sent
@@ -44,6 +44,3 @@ class LimitExceededError(RemoteProtocolError):
 class NetworkError(VncAuditError):
     """Connecting, reading or writing failed at the socket level."""
 
-
-class ProbeTimeoutError(VncAuditError):
-    """The probe's one deadline ran out."""

@@ -598,13 +598,6 @@ def _version(matches: list[Match], cfg: Config) -> tuple[str | None, str | None]
     return top, None
 
 
-def identify_backend(result: ServiceResult, data: Signatures | None = None) -> Product:
-    """The product the RFB-level facts point to (a web front end ignored)."""
-    data = data or shipped()
-    facts = facts_of(result)
-    return _decide(_explain(facts, "rfb", data), facts, data.config)
-
-
 def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     """Identify the product behind *result* (see the module docstring for how).
 

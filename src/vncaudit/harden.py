@@ -27,18 +27,35 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from vncaudit import firewall, remedies
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.local import Listener, LocalAudit, probe_address, sniff_rfb
-from vncaudit.models import State
+from vncaudit.models import SILENT_STATES, State
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKUP_DIR = Path(os.environ.get("VNCAUDIT_BACKUP_DIR", "/var/lib/vncaudit/harden"))
-BACKENDS = ("auto", "ufw", "nftables", "iptables")
+
+
+class Backend(StrEnum):
+    """The firewall a plan's commands are written for."""
+
+    UFW = "ufw"
+    NFTABLES = "nftables"
+    IPTABLES = "iptables"
+    WINDOWS = "windows"
+    MACOS = "macos"
+    NONE = "none"  # no firewall tool found: the plan has no firewall commands
+
+
+APPLIABLE: frozenset[Backend] = frozenset({Backend.NFTABLES, Backend.IPTABLES})
+"""The backends whose commands --apply runs."""
+BACKENDS = ("auto", Backend.UFW.value, Backend.NFTABLES.value, Backend.IPTABLES.value)
+"""What --backend accepts."""
 NFT_TABLE = ("inet", "vncaudit")  # the table the fix guide's nftables steps create
 _APPLY_TOOLS = {"iptables", "ip6tables", "nft", "ufw"}
 _SHELL_TOKENS = {">", ">>", "<", "|", "||", "&&", ";", "&"}
@@ -69,7 +86,7 @@ class Section:
 
 @dataclass
 class Plan:
-    backend: str  # "ufw" | "nftables" | "iptables" | "windows" | "macos" | "none"
+    backend: Backend
     hostname: str
     targets: list[Listener]
     ports: tuple[int, ...]
@@ -81,7 +98,7 @@ class Plan:
 
     @property
     def can_apply(self) -> bool:
-        return self.backend in ("nftables", "iptables") and bool(self.firewall_commands)
+        return self.backend in APPLIABLE and bool(self.firewall_commands)
 
     def render(self) -> str:
         """The plan as plain text, commands indented so they can be copied."""
@@ -107,7 +124,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "backend": self.backend,
+            "backend": self.backend.value,
             "hostname": self.hostname,
             "targets": [{"address": x.address, "port": x.port, "family": x.family,
                          "product": x.product} for x in self.targets],
@@ -120,21 +137,21 @@ class Plan:
         }
 
 
-def choose_backend(state: firewall.FirewallState | None, system: str | None = None) -> str:
+def choose_backend(state: firewall.FirewallState | None, system: str | None = None) -> Backend:
     system = system or platform.system()
     if system == "Windows":
-        return "windows"
+        return Backend.WINDOWS
     if system == "Darwin":
-        return "macos"
+        return Backend.MACOS
     if state is None:
-        return "none"
+        return Backend.NONE
     if state.ufw_active:
-        return "ufw"
+        return Backend.UFW
     if "nft" not in state.absent and not any(u.tool == "nftables" for u in state.unreadable):
-        return "nftables"
+        return Backend.NFTABLES
     if "iptables" not in state.absent:
-        return "iptables"
-    return "none"
+        return Backend.IPTABLES
+    return Backend.NONE
 
 
 def ssh_ports(audit: LocalAudit) -> tuple[int, ...]:
@@ -164,7 +181,7 @@ def needs_fix(x: Listener) -> bool:
     """A VNC listener that other machines can (or may) reach."""
     if x.scope == "loopback":
         return False
-    if x.result is not None and x.result.state in (State.CLOSED, State.FILTERED):
+    if x.result is not None and x.result.state in SILENT_STATES:
         return False
     return x.reachable_from_outside is not False
 
@@ -221,7 +238,7 @@ def build_plan(
     """The commands for this host, from the local findings (nothing is run here)."""
     for cidr in allow:
         remedies.check_trusted(cidr)  # UsageError for anything but a plain network
-    chosen = choose_backend(audit.firewall, system) if backend == "auto" else backend
+    chosen = choose_backend(audit.firewall, system) if backend == "auto" else Backend(backend)
     protected = ssh_ports(audit)
     targets = [x for x in audit.listeners if needs_fix(x)]
     plan = Plan(chosen, audit.hostname, targets, (), tuple(allow), (), protected_ports=protected)
@@ -578,7 +595,7 @@ def apply(
 ) -> ApplyReport:
     """Back up, run `plan.firewall_commands` in order, re-verify; undo everything on failure."""
     require_root("harden --apply")
-    if plan.backend not in ("nftables", "iptables"):
+    if plan.backend not in APPLIABLE:
         raise UsageError(f"--apply works with nftables or iptables; this plan is for "
                          f"{plan.backend} (run its commands yourself, or pass --backend)")
     if not plan.firewall_commands:

@@ -706,10 +706,8 @@ async def _sniff_all(socks: Sequence[Socket], ledger: Ledger | None) -> list[boo
 
 
 def _exposure(listener: Listener) -> Any:
-    try:
-        from vncaudit import assess
-    except ImportError:
-        return None
+    from vncaudit import assess
+
     if listener.scope == "all-interfaces":
         return assess.Exposure.ALL_INTERFACES
     if listener.scope == "loopback":
@@ -719,11 +717,8 @@ def _exposure(listener: Listener) -> Any:
 
 def grade(result: ServiceResult, listener: Listener) -> ServiceResult:
     """assess() with this listener's exposure ("all interfaces" raises, loopback lowers)."""
-    try:
-        from vncaudit import assess
-    except ImportError:
-        log.info("vncaudit.assess not available: listeners are not graded")
-        return result
+    from vncaudit import assess
+
     return assess.assess(result, _exposure(listener))
 
 

@@ -30,7 +30,7 @@ from vncaudit.exceptions import (
 from vncaudit.models import Capability
 
 # --------------------------------------------------------------------------------------------
-# Registry (IANA RFB security types, rfbproto §7.2; vendor numbers from shared/reference/rfb.md)
+# Registry (IANA RFB security types, rfbproto §7.2; vendor numbers from docs/rfb.md)
 
 SECURITY_TYPE_NAMES: Final[dict[int, str]] = {
     0: "Invalid",
@@ -73,7 +73,7 @@ SECURITY_TYPE_NAMES: Final[dict[int, str]] = {
     0xFFFFFFFA: "UltraVNC MS-Logon (legacy)",
 }
 
-# 263/264 are swapped between rfbproto (used here) and QEMU/LibVNCServer/nmap; see rfb.md §3.2.
+# 263/264 are swapped between rfbproto (used here) and QEMU/LibVNCServer/nmap; see docs/rfb.md §3.2.
 VENCRYPT_SUBTYPE_NAMES: Final[dict[int, str]] = {
     256: "Plain",
     257: "TLSNone",
@@ -123,7 +123,7 @@ def vencrypt_subtype_name(number: int) -> str:
 
 
 def client_version_for(major: int, minor: int) -> tuple[int, int] | None:
-    """The version a client should answer with (rfb.md §1.1), or None if we must not answer.
+    """The version a client should answer with (docs/rfb.md §1.1), or None if we must not answer.
 
     3.3-3.6 and UltraVNC's legacy 3.14/3.16 (its 3.4/3.6 plus 10) speak 3.3; 3.7 is 3.7; 3.8 and
     everything above it that is RFB-shaped (3.889 Apple, 4.x RealVNC, 5.0 VNC Connect) gets 3.8,
@@ -601,7 +601,7 @@ class RfbClient:
         if not self._need(1):
             return NEED_DATA
         (ack,) = self._take(1)
-        # Polarity is reversed from the version ack: 1 means accepted (rfb.md §3.1).
+        # Polarity is reversed from the version ack: 1 means accepted (docs/rfb.md §3.1).
         if ack != 1:
             self.state = State.CLOSED
             return Unsupported(f"server refused VeNCrypt sub-type {self._vencrypt_subtype}")

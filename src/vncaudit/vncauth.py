@@ -1,7 +1,7 @@
 """VNC Authentication (security type 2): the DES challenge-response (rfbproto §7.2.2).
 
 Owns: key derivation (password truncated to 8 bytes, NUL-padded, the bits of every key byte
-reversed — rfb.md §5), the 16-byte response to a challenge, and the fixed-key obfuscation of
+reversed — docs/rfb.md §5), the 16-byte response to a challenge, and the fixed-key obfuscation of
 stored password files (`~/.vnc/passwd`, TigerVNC `obfuscate.cxx`), so `local` audits can tell
 what a password file holds.
 
@@ -17,7 +17,8 @@ from typing import Any, Final
 CHALLENGE_LENGTH: Final = 16
 MAX_PASSWORD_BYTES: Final = 8
 
-# The fixed key every VNC implementation uses to "encrypt" stored passwords (rfb.md §5, item 6).
+# The fixed key every VNC implementation uses to "encrypt" stored passwords
+# (docs/rfb.md §5, item 6).
 PASSWD_FILE_KEY: Final = bytes([23, 82, 107, 6, 35, 78, 88, 7])
 
 # Bit-reversal table: the spec takes the lowest bit of each key byte as DES's first bit.

@@ -1,16 +1,16 @@
 """Command line: `vncaudit scan …` and friends. Thin: parse, call the library, render.
 
 Owns: the typer `app`, its top-level callback (--version), the `version` command, the console
-script entry point `main` (DESIGN.md §5 exit codes: 0 ok, 1 findings at or above --fail-on,
+script entry point `main` (docs/design.md §5 exit codes: 0 ok, 1 findings at or above --fail-on,
 2 usage/input error, 3 runtime failure, every error one line on stderr) and the table of the
 command modules of this package (`COMMAND_MODULES`), whose order is the order of
 `vncaudit --help`. A module is imported when its commands are first needed: `vncaudit scan …`
 imports the scan command's code and no other command's (start-up is time before the first
 packet); the help, an unknown command or the `app` used directly import them all. The shared
-helpers (`cli/common.py`, `cli/output.py`, `cli/scan*.py`) are re-exported under their old
-names, imported when first asked for, so `from vncaudit.cli import _fail, app, results_table`
-keeps working. Must not: hold scanning, grading or formatting logic of its own, or command
-code (each command lives in its own module).
+helpers (`cli/common.py`, `cli/output.py`, `cli/scan*.py`) are re-exported here too, imported
+when first asked for, so `from vncaudit.cli import _fail, app, results_table` works. Must
+not: hold scanning, grading or formatting logic of its own, or command code (each command
+lives in its own module).
 """
 
 from __future__ import annotations
@@ -64,20 +64,14 @@ if TYPE_CHECKING:  # imported when first asked for (module __getattr__ below)
     from vncaudit.cli.scan import _SCAN_EXAMPLES, DEFAULT_PORTS_SPEC
     from vncaudit.cli.scan_inputs import (
         _MAX_STREAM_INPUT,
-        _MAX_WORDLIST_LINE,
-        _active_options,
         _check_discovery,
         _domain_targets,
         _kept_input,
         _plain_target_name,
-        _post_probe,
-        _read_password_list,
-        _space_from_spec,
     )
     from vncaudit.cli.scan_run import (
+        _progress,
         _progress_bar,
-        _run_sharded,
-        _run_with_progress,
         _sigterm_as_interrupt,
     )
 
@@ -86,12 +80,9 @@ _REEXPORTED = {
                             "_emit", "_host_key", "_plain", "_security_summary",
                             "print_findings", "results_table"),
     "vncaudit.cli.scan": ("DEFAULT_PORTS_SPEC", "_SCAN_EXAMPLES"),
-    "vncaudit.cli.scan_inputs": ("_MAX_STREAM_INPUT", "_MAX_WORDLIST_LINE", "_active_options",
-                                 "_check_discovery", "_domain_targets", "_kept_input",
-                                 "_plain_target_name", "_post_probe", "_read_password_list",
-                                 "_space_from_spec"),
-    "vncaudit.cli.scan_run": ("_progress_bar", "_run_sharded", "_run_with_progress",
-                              "_sigterm_as_interrupt"),
+    "vncaudit.cli.scan_inputs": ("_MAX_STREAM_INPUT", "_check_discovery", "_domain_targets",
+                                 "_kept_input", "_plain_target_name"),
+    "vncaudit.cli.scan_run": ("_progress", "_progress_bar", "_sigterm_as_interrupt"),
 }
 _REEXPORT_FROM = {name: module for module, names in _REEXPORTED.items() for name in names}
 
@@ -139,20 +130,14 @@ __all__ = [
     "results_table",
     "DEFAULT_PORTS_SPEC",
     "_MAX_STREAM_INPUT",
-    "_MAX_WORDLIST_LINE",
     "_SCAN_EXAMPLES",
-    "_active_options",
     "_check_discovery",
     "_domain_targets",
     "_kept_input",
     "_plain_target_name",
-    "_post_probe",
+    "_progress",
     "_progress_bar",
-    "_read_password_list",
-    "_run_sharded",
-    "_run_with_progress",
     "_sigterm_as_interrupt",
-    "_space_from_spec",
     "app",
     "main",
 ]

@@ -19,15 +19,17 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
 from typer._click import exceptions as click_errors  # typer vendors click (0.29+)
 from typer.core import TyperGroup
 
 from vncaudit import report
 from vncaudit.store import Store, StoreError, default_db_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class _OneLineErrors(TyperGroup):
@@ -131,7 +133,22 @@ def keep_layout(text: str) -> str:
     return "\n\n".join(out)
 
 
-err = Console(stderr=True, highlight=False)
+class _Stderr:
+    """The stderr console, made (and rich imported: tens of ms) the first time it is used, not
+    by every command at start-up: a scan asks it for nothing before its first packet."""
+
+    _console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        console = self._console
+        if console is None:
+            from rich.console import Console
+
+            console = _Stderr._console = Console(stderr=True, highlight=False)
+        return getattr(console, name)
+
+
+err: Console = cast("Console", _Stderr())
 log = logging.getLogger("vncaudit")
 
 
@@ -217,8 +234,8 @@ DbOpt = Annotated[
 ]
 def finite(value: float | None) -> float | None:
     """Option callback: `inf` passes click's range check (and `nan` any comparison), but no
-    deadline or rate is infinite; `inf` used to fail later as "options are not
-    JSON-serialisable" (exit 3), or wait forever."""
+    deadline or rate is infinite, and the stored options are JSON, which has no `inf`: refused
+    here, before any packet, instead of failing later (exit 3) or waiting forever."""
     import math
 
     if value is not None and not math.isfinite(value):
@@ -228,9 +245,9 @@ def finite(value: float | None) -> float | None:
 
 def _check_trusted(trusted: str | None) -> None:
     """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
-    from vncaudit.remedies import UnsafeValueError, check_trusted
-
     if trusted is not None:
+        from vncaudit.remedies import UnsafeValueError, check_trusted
+
         try:
             check_trusted(trusted)
         except UnsafeValueError as exc:

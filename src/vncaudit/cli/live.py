@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from vncaudit import report
-from vncaudit.discovery import Marks
 from vncaudit.engine import Progress
-from vncaudit.models import ServiceResult, Severity
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity
 
 STATUS_INTERVAL = 1.0  # seconds between two progress lines
 
@@ -97,7 +96,7 @@ class ResultLines:
         self.written = 0
 
     def write(self, result: ServiceResult) -> None:
-        if self.include_all or result.state not in report.HIDDEN_BY_DEFAULT:
+        if self.include_all or result.state not in SILENT_STATES:
             self._out.write(report.jsonl_line(result))
             self.written += 1
 
@@ -174,52 +173,54 @@ class StatusLines:
 
 class LiveOutput:
     """The scan command's live streams: result lines for `-o jsonl`, status lines for
-    `--status-file`; either may be absent."""
+    `--status-file`; either may be absent.
+
+    A SYN sweep hands its closed and filtered verdicts to the store in bulk, not one result
+    each; with --all those lines come when the scan ends (`end`), each verdict once."""
 
     def __init__(self, output: str, output_file: Path | None, include_all: bool,
                  status_file: Path | None, scan_id: str, state: Progress) -> None:
         self.include_all = include_all
+        self.state = state
         self.lines = ResultLines(output_file, include_all) if output == "jsonl" else None
         self.status = (StatusLines(status_file, scan_id, state) if status_file is not None
                        else None)
+        self._silent_written: set[tuple[str, int]] = set()  # closed/filtered lines so far
         if self.status is not None:
             self.status.start()
 
     def resumed(self, results: Iterable[ServiceResult]) -> None:
         """What a resumed scan found before: streamed first, so the lines are the whole scan."""
-        if self.lines is not None:
-            self.lines.write_all(results)
+        for result in results:
+            self.result(result)
 
     def result(self, result: ServiceResult) -> None:
         if self.lines is not None:
             self.lines.write(result)
+            if self.include_all and result.state in SILENT_STATES:
+                self._silent_written.add((result.host, result.port))
         if self.status is not None and self.status.failure is not None:
             raise self.status.failure
 
-    def saving(self, save: Callable[[ServiceResult], None]) -> Callable[[ServiceResult], None]:
-        """*save* (the store), then the streams: a stored result is never only on a pipe."""
+    def chain(self, then: Callable[[ServiceResult], None]) -> Callable[[ServiceResult], None]:
+        """The streams, then *then* (the progress bar's callback)."""
         def both(result: ServiceResult) -> None:
-            save(result)
             self.result(result)
-        return both
-
-    def saving_marks(self, save: Callable[[Marks], None]) -> Callable[[Marks], None]:
-        """The same for the closed/filtered verdicts discovery gives in bulk: lines only
-        with --all, as for single results."""
-        def both(batch: Marks) -> None:
-            save(batch)
-            if self.lines is not None and self.include_all:
-                self.lines.write_all(batch.results())
-            if self.status is not None and self.status.failure is not None:
-                raise self.status.failure
+            then(result)
         return both
 
     def end(self, status: str, results: Iterable[ServiceResult]) -> None:
-        """Close the streams; the status stream's last line says how the scan ended. A
+        """Close the streams; with --all, first the bulk verdicts not streamed yet (from
+        *results*, the store's). The status stream's last line says how the scan ended; a
         failure to write it is left to the line that says why the scan stopped."""
         results = list(results)
         if self.lines is not None:
-            self.lines.close()
+            try:
+                if self.include_all and status == "finished":
+                    self.lines.write_all(r for r in results if r.state in SILENT_STATES and
+                                         (r.host, r.port) not in self._silent_written)
+            finally:
+                self.lines.close()
         if self.status is not None:
             shown = len(report.visible(results, self.include_all))
             try:

@@ -38,7 +38,7 @@ from vncaudit.cli import (
 from vncaudit.cli.common import DbOpt, JsonAliasOpt, RiskLockoutOpt, output_format, output_option
 from vncaudit.cli.output import Column, fitted_table
 from vncaudit.exceptions import UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State, Target
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State, Target
 from vncaudit.store import Store, StoreError
 
 PortsOpt = Annotated[
@@ -411,7 +411,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
         seen_out: ServiceResult | None = by_port.get(port)
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
-        open_out = seen_out is not None and seen_out.state not in (State.CLOSED, State.FILTERED)
+        open_out = seen_out is not None and seen_out.state not in SILENT_STATES
         if over_loopback:
             verdict = _loopback_verdict(seen_out, open_out, local_only, outside_state)
         elif seen_out is None:
@@ -428,7 +428,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
                      "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
                      "verdict": verdict})
     for port, r in sorted(by_port.items()):
-        if port in seen or r.state in (State.CLOSED, State.FILTERED):
+        if port in seen or r.state in SILENT_STATES:
             continue
         verdict = ("answers over loopback, but no listener seen inside: a process hidden from "
                    "this audit (another user's, or in a container)" if over_loopback else

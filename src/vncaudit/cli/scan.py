@@ -1,22 +1,22 @@
-"""The `vncaudit scan` command: its options, turned into `ScanOptions` and a target space,
-the scan record in the store, the run (`cli/scan_run.py`) and the output.
+"""The `vncaudit scan` command: its options turned into a `ScanSpec`, the scan run by
+`vncaudit.runner.StoredScan` (with a progress bar, `cli/scan_run.py`) and the output.
 
-Owns: the scan command's options, help and exit codes. Must not: hold probing, grading or
-report formatting of its own (engine, assess, report do that); input and active-check
-plumbing lives in `cli/scan_inputs.py`, running with progress in `cli/scan_run.py`.
+Owns: the scan command's options, help and exit codes, and which options a resume refuses.
+Must not: hold probing, grading, storing or report formatting of its own (runner, engine,
+assess, store and report do that); input plumbing lives in `cli/scan_inputs.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer._click.core import ParameterSource  # typer vendors click (0.29+)
 
-from vncaudit import __version__, report
-from vncaudit.budget import Ledger, ScanGate
+from vncaudit import __version__
 from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
@@ -41,23 +41,24 @@ from vncaudit.cli.common import (
     known_password,
 )
 from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
-from vncaudit.cli.output import _emit
-from vncaudit.cli.scan_inputs import (
-    _active_options,
-    _check_discovery,
-    _domain_targets,
-    _kept_input,
-    _post_probe,
-    _space_from_spec,
-)
-from vncaudit.cli.scan_run import _run_sharded, _run_with_progress, _sigterm_as_interrupt
-from vncaudit.discovery import Marks
-from vncaudit.engine import DEFAULT_CONCURRENCY, ScanOptions
+from vncaudit.cli.scan_inputs import _check_discovery, _domain_targets, _kept_input
+from vncaudit.cli.scan_run import _progress, _sigterm_as_interrupt
+from vncaudit.discovery import Mode
+from vncaudit.engine import DEFAULT_CONCURRENCY
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity, State
-from vncaudit.probe import ProbeOptions
-from vncaudit.store import StoreError, UnknownScanError
+from vncaudit.models import ServiceResult, Severity
+from vncaudit.runner import StoredScan, read_wordlist
+from vncaudit.spec import DEFAULT_PORTS, ActiveSpec, ScanSpec
+from vncaudit.store import Store, StoreError, UnknownScanError
+
+if TYPE_CHECKING:  # importing the cluster module pulls in Dask
+    from vncaudit.cluster import ClusterSpec
+    from vncaudit.store import ScanRecord
+
+_SCAN_HELP = """Scan targets for VNC: one connection per port, no password ever sent.
+
+Every result is recorded in the store as it arrives; a killed scan continues with --resume."""
 
 _SCAN_EXAMPLES = """Examples:
 
@@ -72,179 +73,202 @@ _SCAN_EXAMPLES = """Examples:
 Exit codes: 0 done, 1 a finding at or above --fail-on, 2 usage or input error, 3 runtime
 failure, 130 interrupted (Ctrl-C; the resume command is printed)."""
 
+DEFAULT_PORTS_SPEC = DEFAULT_PORTS
 
-@app.command(epilog=_SCAN_EXAMPLES)
+# -- the options, one alias each (their help is the command's --help) ------------------------
+
+TargetsArg = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
+                   "(10.0.0.1-10.0.0.50), nmap patterns (10.0.0.*, 10.0.0-1.1-254, "
+                   "10.0.0.1,3, host.example/30), hostnames. Nothing is scanned without "
+                   "targets."),
+]
+PortsOpt = Annotated[
+    str | None,
+    typer.Option("-p", "--ports", metavar="PORTS",
+                 help="Ports: 5900-5910,5800; display numbers :0-:9; "
+                 "'-' for all 65535. Default: 5800,5900-5910."),
+]
+InputListOpt = Annotated[
+    list[Path] | None,
+    typer.Option("-iL", "--input-list", metavar="FILE",
+                 help="File of target expressions, one per line."),
+]
+NmapXmlOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--nmap-xml", metavar="FILE",
+                 help="Hosts (and open ports) from an nmap -oX file."),
+]
+MasscanOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--masscan", metavar="FILE",
+                 help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
+]
+DomainOpt = Annotated[
+    list[str] | None,
+    typer.Option("--domain", metavar="DOMAIN",
+                 help="Find this domain's hosts by DNS (zone transfer, "
+                 "wordlist) and scan them (repeatable)."),
+]
+ResolverOpt = Annotated[
+    str | None, typer.Option("--resolver", metavar="IP[:PORT]",
+                             help="DNS server for --domain, IP[:PORT].")
+]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", metavar="TARGET",
+                                   help="Targets to leave out (repeatable).")
+]
+ExcludeFileOpt = Annotated[
+    list[Path] | None, typer.Option("--exclude-file", metavar="FILE",
+                                    help="File of targets to leave out.")
+]
+AllowSpecialOpt = Annotated[
+    bool, typer.Option("--allow-special", help="Allow multicast/reserved/broadcast ranges.")
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", min=0.1, metavar="SECONDS", callback=finite,
+                        help="One deadline per probe, in seconds.")
+]
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", min=1, metavar="N", help="Probes in flight at once.")
+]
+RateOpt = Annotated[
+    float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND", callback=finite,
+                               help="Max new connections per second "
+                               "(--discovery syn: SYN packets per second, default 50000).")
+]
+DiscoveryOpt = Annotated[
+    str, typer.Option("--discovery", metavar="connect|syn",
+                      help="How to find answering ports: connect (no root) "
+                      "or syn (root: raw SYN scan; IPv6 falls back to connect).")
+]
+RetriesOpt = Annotated[
+    int | None, typer.Option("--retries", min=0, metavar="N",
+                             help="Extra attempts for ports that did "
+                             "not answer (default: connect 0, syn 1).")
+]
+NoInitOpt = Annotated[
+    bool, typer.Option("--no-init", help="Do not select an offered no-auth type (skips "
+                       "SecurityResult and desktop name).")
+]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option("--fail-on", metavar="SEVERITY",
+                 help="Exit 1 if any finding is at or above this severity "
+                 "(critical, high, medium, low, info)."),
+]
+ScreenshotOpt = Annotated[
+    bool,
+    typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
+                 "is needed (or with --password); tells login screen from live desktop."),
+]
+CheckPasswordsOpt = Annotated[
+    bool,
+    typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
+                 "--max-attempts per server, stopping before the server's lockout."),
+]
+WordlistOpt = Annotated[
+    Path | None, typer.Option("--wordlist", metavar="FILE",
+                              help="Passwords for --check-passwords.")
+]
+MaxAttemptsOpt = Annotated[
+    int, typer.Option("--max-attempts", min=1, max=4, metavar="N",
+                      help="Password tries per server.")
+]
+ShowPasswordsOpt = Annotated[
+    bool, typer.Option("--show-passwords", help="Print found passwords (masked otherwise).")
+]
+ActiveChecksOpt = Annotated[
+    bool,
+    typer.Option("--active-checks", help="Active: extra connections for auth-bypass "
+                 "(CVE-2006-2369: un-offered None) and honeypot checks."),
+]
+WebOpt = Annotated[
+    bool,
+    typer.Option("--web/--no-web", help="Look for noVNC/websockify and Java-viewer web "
+                 "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
+                 "that did not answer RFB."),
+]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option("--resume", metavar="SCAN_ID",
+                 help="Continue an interrupted scan by its id: nothing lost, "
+                 "nothing probed twice."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", metavar="N", help="Split the scan into shards and run them on a "
+                 "Dask LocalCluster of N worker processes on this machine."),
+]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", metavar="tcp://HOST:PORT",
+                 help="Run the shards on an existing Dask cluster, e.g. "
+                 "tcp://scheduler:8786 (workers need the same vncaudit version)."),
+]
+VerboseOpt = Annotated[
+    int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr "
+                      "(-vv: debug).")
+]
+
+# Options that are part of the stored spec: a resume runs with the stored values, so giving
+# one of them again would be silently ignored; it is refused instead.
+_SPEC_OPTIONS = ("ports", "exclude", "exclude_file", "allow_special", "timeout", "concurrency",
+                 "rate", "discovery_mode", "retries", "no_init", "screenshot",
+                 "check_passwords", "wordlist", "max_attempts", "show_passwords",
+                 "active_checks", "web", "risk_lockout")
+
+
+@app.command(help=_SCAN_HELP, epilog=_SCAN_EXAMPLES)
 def scan(
-    targets: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="TARGET", help="IPs, CIDRs (10.0.0.0/24, fd00::/120), ranges "
-                       "(10.0.0.1-10.0.0.50), nmap patterns (10.0.0.*, 10.0.0-1.1-254, "
-                       "10.0.0.1,3, host.example/30), hostnames. Nothing is scanned without "
-                       "targets."),
-    ] = None,
-    ports: Annotated[
-        str | None,
-        typer.Option("-p", "--ports", metavar="PORTS",
-                     help="Ports: 5900-5910,5800; display numbers :0-:9; "
-                     "'-' for all 65535. Default: 5800,5900-5910."),
-    ] = None,
-    input_list: Annotated[
-        list[Path] | None,
-        typer.Option("-iL", "--input-list", metavar="FILE",
-                     help="File of target expressions, one per line."),
-    ] = None,
-    nmap_xml: Annotated[
-        list[Path] | None,
-        typer.Option("--nmap-xml", metavar="FILE",
-                     help="Hosts (and open ports) from an nmap -oX file."),
-    ] = None,
-    masscan: Annotated[
-        list[Path] | None,
-        typer.Option("--masscan", metavar="FILE",
-                     help="Open ports from masscan output (-oJ, -oD, -oL, -oX)."),
-    ] = None,
-    domain: Annotated[
-        list[str] | None,
-        typer.Option("--domain", metavar="DOMAIN",
-                     help="Find this domain's hosts by DNS (zone transfer, "
-                     "wordlist) and scan them (repeatable)."),
-    ] = None,
-    resolver: Annotated[
-        str | None, typer.Option("--resolver", metavar="IP[:PORT]",
-                                 help="DNS server for --domain, IP[:PORT].")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", metavar="TARGET",
-                                       help="Targets to leave out (repeatable).")
-    ] = None,
-    exclude_file: Annotated[
-        list[Path] | None, typer.Option("--exclude-file", metavar="FILE",
-                                        help="File of targets to leave out.")
-    ] = None,
-    allow_special: Annotated[
-        bool, typer.Option("--allow-special", help="Allow multicast/reserved/broadcast ranges.")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", callback=finite,
-                            help="One deadline per probe, in seconds.")
-    ] = 5.0,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, metavar="N", help="Probes in flight at once.")
-    ] = DEFAULT_CONCURRENCY,
-    rate: Annotated[
-        float | None, typer.Option("--rate", min=0.1, metavar="PER_SECOND", callback=finite,
-                                   help="Max new connections per second "
-                                   "(--discovery syn: SYN packets per second, default 50000).")
-    ] = None,
-    discovery_mode: Annotated[
-        str, typer.Option("--discovery", metavar="connect|syn",
-                          help="How to find answering ports: connect (no root) "
-                          "or syn (root: raw SYN scan; IPv6 falls back to connect).")
-    ] = "connect",
-    retries: Annotated[
-        int | None, typer.Option("--retries", min=0, metavar="N",
-                                 help="Extra attempts for ports that did "
-                                 "not answer (default: connect 0, syn 1).")
-    ] = None,
-    no_init: Annotated[
-        bool,
-        typer.Option("--no-init", help="Do not select an offered no-auth type (skips "
-                     "SecurityResult and desktop name)."),
-    ] = False,
+    ctx: typer.Context,
+    targets: TargetsArg = None,
+    ports: PortsOpt = None,
+    input_list: InputListOpt = None,
+    nmap_xml: NmapXmlOpt = None,
+    masscan: MasscanOpt = None,
+    domain: DomainOpt = None,
+    resolver: ResolverOpt = None,
+    exclude: ExcludeOpt = None,
+    exclude_file: ExcludeFileOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    timeout: TimeoutOpt = 5.0,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    rate: RateOpt = None,
+    discovery_mode: DiscoveryOpt = "connect",
+    retries: RetriesOpt = None,
+    no_init: NoInitOpt = False,
     output: OutputOpt = "table",
     output_file: OutputFileOpt = None,
     include_all: AllOpt = False,
     show_fix: FixOpt = True,
     trusted: TrustedOpt = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option("--fail-on", metavar="SEVERITY",
-                     help="Exit 1 if any finding is at or above this severity "
-                     "(critical, high, medium, low, info)."),
-    ] = None,
-    screenshot: Annotated[
-        bool,
-        typer.Option("--screenshot", help="Active: save a PNG of the desktop where no password "
-                     "is needed (or with --password); tells login screen from live desktop."),
-    ] = False,
+    fail_on: FailOnOpt = None,
+    screenshot: ScreenshotOpt = False,
     password: PasswordOpt = None,
     password_file: PasswordFileOpt = None,
-    check_passwords: Annotated[
-        bool,
-        typer.Option("--check-passwords", help="Active: try common VNC passwords, at most "
-                     "--max-attempts per server, stopping before the server's lockout."),
-    ] = False,
-    wordlist: Annotated[
-        Path | None, typer.Option("--wordlist", metavar="FILE",
-                                  help="Passwords for --check-passwords.")
-    ] = None,
-    max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=1, max=4, metavar="N",
-                          help="Password tries per server.")
-    ] = 3,
-    show_passwords: Annotated[
-        bool, typer.Option("--show-passwords", help="Print found passwords (masked otherwise).")
-    ] = False,
-    active_checks: Annotated[
-        bool,
-        typer.Option("--active-checks", help="Active: extra connections for auth-bypass "
-                     "(CVE-2006-2369: un-offered None) and honeypot checks."),
-    ] = False,
-    web: Annotated[
-        bool,
-        typer.Option("--web/--no-web", help="Look for noVNC/websockify and Java-viewer web "
-                     "front ends on web ports (6080, 6901, 5800-5803, 80, 443, 8080, 8443) "
-                     "that did not answer RFB."),
-    ] = True,
+    check_passwords: CheckPasswordsOpt = False,
+    wordlist: WordlistOpt = None,
+    max_attempts: MaxAttemptsOpt = 3,
+    show_passwords: ShowPasswordsOpt = False,
+    active_checks: ActiveChecksOpt = False,
+    web: WebOpt = True,
     risk_lockout: RiskLockoutOpt = False,
     db: DbOpt = None,
-    resume: Annotated[
-        str | None,
-        typer.Option("--resume", metavar="SCAN_ID",
-                     help="Continue an interrupted scan by its id: nothing lost, "
-                     "nothing probed twice."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", metavar="N", help="Split the scan into shards and run them on a "
-                     "Dask LocalCluster of N worker processes on this machine."),
-    ] = None,
-    cluster: Annotated[
-        str | None,
-        typer.Option("--cluster", metavar="tcp://HOST:PORT",
-                     help="Run the shards on an existing Dask cluster, e.g. "
-                     "tcp://scheduler:8786 (workers need the same vncaudit version)."),
-    ] = None,
+    resume: ResumeOpt = None,
+    workers: WorkersOpt = None,
+    cluster: ClusterOpt = None,
     quiet: QuietOpt = False,
     status_file: StatusFileOpt = None,
-    verbose: Annotated[
-        int, typer.Option("-v", "--verbose", count=True, help="More log lines on stderr "
-                          "(-vv: debug).")
-    ] = 0,
+    verbose: VerboseOpt = 0,
 ) -> None:
-    """Scan targets for VNC: one connection per port, no password ever sent.
-
-    Every result is recorded in the store as it arrives; a killed scan continues with --resume.
-    """
+    """`vncaudit scan`: one parameter per option (typer reads the options from this
+    signature, so it is as long as the option list); the body checks what was typed in the
+    order a user meets the errors, builds the `ScanSpec` and hands it to the runner."""
     _setup_logging(-1 if quiet else verbose)
-    if output not in OUTPUTS:
-        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
-    _check_trusted(trusted)
-    threshold: Severity | None = None
-    if fail_on is not None:
-        try:
-            threshold = Severity(fail_on.lower())
-        except ValueError:
-            raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
-    cluster_spec = None
-    if workers is not None or cluster is not None:
-        from vncaudit.cluster import ClusterSpec
-
-        try:
-            dask_level = logging.WARNING if verbose else logging.CRITICAL
-            cluster_spec = ClusterSpec(workers=workers, address=cluster, silence_logs=dask_level)
-        except UsageError as exc:
-            raise _fail(str(exc)) from None
+    threshold = _report_checks(output, trusted, fail_on)
+    cluster_spec = _cluster_spec(workers, cluster, verbose)
     if resume is None:
         _check_discovery(discovery_mode)
     if resolver is not None and not domain:
@@ -253,167 +277,38 @@ def scan(
     if resume is not None:
         if targets or domain or input_list or nmap_xml or masscan:
             raise _fail("--resume takes no targets: it continues the stored scan as it was")
-    else:
-        spec: dict[str, Any] = {
-            "expressions": list(targets or []),
-            # `-p ""` is a mistake, not a request for the defaults.
-            "ports": ports if ports is not None else DEFAULT_PORTS_SPEC,
-            "input_files": [str(p) for p in input_list or []],
-            "nmap_xml": [str(p) for p in nmap_xml or []],
-            "masscan": [str(p) for p in masscan or []],
-            "excludes": list(exclude or []),
-            "exclude_files": [str(p) for p in exclude_file or []],
-            "allow_special": allow_special,
-            "resolved": {},
-            "timeout": timeout,
-            "concurrency": concurrency,
-            "rate": rate,
-            "discovery_mode": discovery_mode,
-            "retries": retries,
-            "no_init": no_init,
-        }
+        _refuse_settings(ctx, resume)
     # Everything the user typed is checked before the store gets a scan record: a bad
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
     check_status_file(status_file, [output_file, db, wordlist, *(input_list or ())])
     password = known_password(password, password_file)
-    try:
-        active = _active_options(screenshot, password, check_passwords, wordlist,
-                                 max_attempts, show_passwords, active_checks, output_file)
-    except UsageError as exc:
-        raise _fail(str(exc)) from None
-    store = _open_store(db)
-    copies: dict[str, str] = {}
-    with store:
+    draft: ScanSpec | None = None
+    words: list[str] | None = None
+    if resume is None:
         try:
-            if resume is not None:
-                record = store.require_scan(resume)
-                if record.status == "finished":
-                    raise _fail(f"scan {resume} is already finished; nothing to resume")
-                spec = dict(record.options)
-                space = _space_from_spec(spec)
-                scan_id = record.id
-                store.reopen_scan(scan_id)
-            else:
-                if domain:
-                    names, resolved, discovery = _domain_targets(domain, resolver)
-                    spec["expressions"] = [*spec["expressions"], *names]
-                    spec["resolved"] = resolved
-                    spec["discovery"] = discovery
-                for key in ("input_files", "nmap_xml", "masscan"):
-                    kept = [_kept_input(p, store) for p in spec[key]]
-                    copies.update((k, p) for k, p in zip(kept, spec[key], strict=True) if k != p)
-                    spec[key] = kept
-                space = _space_from_spec(spec)
-                spec["seed"] = space.seed
-                scan_id = store.create_scan(space.describe(), spec["ports"], spec,
-                                            tool=f"vncaudit {__version__}")
-            done = store.done_pairs(scan_id)
-        except (UsageError, UnknownScanError) as exc:
-            message = str(exc)
-            for copy, given in copies.items():  # name the input as the user gave it
-                message = message.replace(copy, given)
-            raise _fail(message) from None
-        except (NetworkError, StoreError) as exc:
-            raise _fail(str(exc), 3) from None
-
-        probe_options = ProbeOptions(timeout=float(spec["timeout"]),
-                                     read_server_init=not spec["no_init"],
-                                     active_checks=active_checks)
-        _check_discovery(spec.get("discovery_mode", "connect"))
-        # Every connection is counted in the store's ledger and none is made that would arm
-        # a server's blacklist (unless --risk-lockout): vncaudit.budget.
-        ledger = Ledger(store, risk_lockout=risk_lockout)
-        options = ScanOptions(
-            concurrency=int(spec["concurrency"]),
-            rate=spec["rate"],
-            discovery=spec.get("discovery_mode", "connect"),
-            retries=spec.get("retries"),
-            probe=probe_options,
-            # A sharded run ships these options to workers, which write no store: there the
-            # checks after the probe are not counted (README, Connection budget).
-            post_probe=_post_probe(active, probe_options, web,
-                                   ledger if cluster_spec is None else None),
-        )
-        pending = space.walk(skip=done)
-        progress_state = EngineProgress(total=len(space) - len(done))
-
-        marks: list[tuple[str, int, State]] = []
-        found: list[ServiceResult] = []
-        marked_at = [time.monotonic()]
-
-        def flush_marks() -> None:
-            if marks:
-                store.mark_done_many(scan_id, marks)
-                marks.clear()
-            if found:
-                store.add_results(scan_id, found)
-                found.clear()
-            marked_at[0] = time.monotonic()
-
-        def save(result: ServiceResult) -> None:
-            # Thousands per second on a big range: one store call per batch, not per pair (a
-            # pair not yet written when the scan is killed is simply probed again on resume).
-            if result.state in report.HIDDEN_BY_DEFAULT:
-                marks.append((result.host, result.port, result.state))
-            else:
-                found.append(result)
-            if (len(marks) >= 1024 or len(found) >= 256
-                    or time.monotonic() - marked_at[0] > 0.5):
-                flush_marks()
-
-        def save_marks(batch: Marks) -> None:
-            state = batch.state
-            marks.extend((host, port, state) for host, port in batch.pairs)
-            if len(marks) >= 1024 or time.monotonic() - marked_at[0] > 0.5:
-                flush_marks()
-
-        terminated: list[int] = []
-        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
-        # together with the probe's own or not at all.
-        gate = ScanGate(ledger, scan_id, extra=3 if active_checks else 0)
-        show = err.is_terminal and not quiet and str(status_file) != "-"
-        try:
-            live = LiveOutput(output, output_file, include_all, status_file, scan_id,
-                              progress_state)
-        except StreamWriteError as exc:
-            ledger.close()
-            store.finish_scan(scan_id, "interrupted")
-            raise _fail(str(exc), 3) from None
-        try:
-            try:
-                if resume is not None:  # what the scan found before: the stream is complete
-                    live.resumed(store.results(scan_id, include_closed=include_all))
-                with _sigterm_as_interrupt(terminated):
-                    if cluster_spec is not None:
-                        _run_sharded(space, options, store, scan_id, cluster_spec,
-                                     progress_state, show, ledger, on_result=live.result,
-                                     quiet=quiet)
-                    else:
-                        _run_with_progress(pending, options, progress_state, show,
-                                           live.saving(save), live.saving_marks(save_marks),
-                                           gate)
-            finally:
-                flush_marks()
-                ledger.close()
-        except KeyboardInterrupt:
-            store.finish_scan(scan_id, "interrupted")
-            live.end("interrupted", store.results(scan_id, include_closed=include_all))
-            how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
-            raise _fail(f"{how}; {progress_state.done} ports recorded. Resume with: "
-                        f"vncaudit scan --resume {scan_id}", code) from None
-        except StreamWriteError as exc:
-            store.finish_scan(scan_id, "interrupted")
-            live.end("interrupted", store.results(scan_id, include_closed=include_all))
-            raise _fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
-                        f"{scan_id}", 3) from None
-        except VncAuditError as exc:
-            store.finish_scan(scan_id, "interrupted")
-            live.end("failed", store.results(scan_id, include_closed=include_all))
-            raise _fail(str(exc), 3) from None
-        record = store.finish_scan(scan_id)
-        results = store.results(scan_id, include_closed=include_all)
+            draft = ScanSpec(
+                expressions=tuple(targets or ()),
+                # `-p ""` is a mistake, not a request for the defaults.
+                ports=ports if ports is not None else DEFAULT_PORTS,
+                input_files=_names(input_list), nmap_xml=_names(nmap_xml),
+                masscan=_names(masscan), excludes=tuple(exclude or ()),
+                exclude_files=_names(exclude_file), allow_special=allow_special,
+                domains=tuple(domain or ()), resolver=resolver, timeout=timeout,
+                concurrency=concurrency, rate=rate, discovery=Mode(discovery_mode),
+                retries=retries, no_init=no_init, web=web, risk_lockout=risk_lockout,
+                active=_active_spec(screenshot, password, check_passwords, wordlist,
+                                    max_attempts, show_passwords, active_checks, output_file))
+            words = read_wordlist(wordlist) if wordlist is not None else None
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
+    with _open_store(db) as store:
+        stored = _open_scan(store, resume, draft, password, words)
+        live = _live(stored, output, output_file, include_all, status_file,
+                     resumed=resume is not None)
+        record = _run(stored, cluster_spec, live, quiet, str(status_file) == "-")
+        results = store.results(stored.scan_id, include_closed=include_all)
         live.end("finished", results)
 
     failing = [f for r in results for f in r.findings
@@ -422,6 +317,8 @@ def scan(
     if threshold is not None and failing:
         reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
                   f"{threshold.value} or worse (--fail-on {threshold.value})")
+    from vncaudit.cli.output import _emit  # rich and the report: after the scan, not before
+
     # -o jsonl went out line by line while the scan ran: only the summary is left.
     _emit(record, results, output, output_file, include_all, show_fix=show_fix,
           trusted=trusted, exit_reason=reason, quiet=quiet, written=output == "jsonl")
@@ -429,4 +326,159 @@ def scan(
         raise typer.Exit(1)
 
 
-DEFAULT_PORTS_SPEC = "5800,5900-5910"
+def _names(paths: list[Path] | None) -> tuple[str, ...]:
+    return tuple(str(p) for p in paths or ())
+
+
+def _report_checks(output: str, trusted: str | None, fail_on: str | None) -> Severity | None:
+    """-o, --trusted and --fail-on, checked first; returns the --fail-on threshold."""
+    if output not in OUTPUTS:
+        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    _check_trusted(trusted)
+    if fail_on is None:
+        return None
+    try:
+        return Severity(fail_on.lower())
+    except ValueError:
+        raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+
+
+def _cluster_spec(workers: int | None, address: str | None, verbose: int) -> ClusterSpec | None:
+    if workers is None and address is None:
+        return None
+    from vncaudit.cluster import ClusterSpec
+
+    try:
+        dask_level = logging.WARNING if verbose else logging.CRITICAL
+        return ClusterSpec(workers=workers, address=address, silence_logs=dask_level)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _refuse_settings(ctx: typer.Context, scan_id: str) -> None:
+    """A resume runs with the settings stored with the scan; an option that would change
+    them is refused (one line, exit 2) rather than silently ignored."""
+    given = [p for p in ctx.command.params if p.name in _SPEC_OPTIONS
+             and ctx.get_parameter_source(p.name or "") in (ParameterSource.COMMANDLINE,
+                                                            ParameterSource.ENVIRONMENT)]
+    if given:
+        # As typed: --no-web, not --web, when the flag's off side was given.
+        flags = ", ".join(p.secondary_opts[0] if p.secondary_opts and ctx.params[p.name or ""]
+                          is False else max(p.opts, key=len) for p in given)
+        raise _fail(f"--resume continues scan {scan_id} with the settings it was started "
+                    f"with; leave out {flags}")
+
+
+def _active_spec(
+    screenshot: bool,
+    password: str | None,
+    check_passwords: bool,
+    wordlist: Path | None,
+    max_attempts: int,
+    show_passwords: bool,
+    active_checks: bool,
+    output_file: Path | None,
+) -> ActiveSpec:
+    # Absolute, so a report rendered later from the store (`results -o html`) finds the PNGs.
+    shots = ((output_file.parent if output_file else Path.cwd()) / "screenshots").absolute()
+    return ActiveSpec(
+        screenshot=screenshot,
+        screenshot_dir=str(shots) if screenshot else None,
+        check_passwords=check_passwords,
+        wordlist=str(wordlist) if wordlist is not None else None,
+        max_attempts=max_attempts,
+        show_passwords=show_passwords,
+        active_checks=active_checks,
+        uses_password=password is not None,
+    )
+
+
+def _open_scan(store: Store, resume: str | None, draft: ScanSpec | None,
+               password: str | None, words: list[str] | None) -> StoredScan:
+    """The scan to run: reopened (--resume), or created from `draft` once --domain names are
+    found and piped inputs kept. Every failure is one line: exit 2 for input, 3 otherwise."""
+    copies: dict[str, str] = {}
+    try:
+        if resume is not None:
+            return StoredScan.resume(store, resume, password=password)
+        assert draft is not None
+        spec, labels = draft, {}
+        if draft.domains:
+            names, resolved, found = _domain_targets(list(draft.domains), draft.resolver)
+            spec = replace(spec, expressions=(*spec.expressions, *names),
+                           resolved=tuple((n, tuple(a)) for n, a in resolved.items()))
+            labels = {"discovery": found}
+
+        def keep(given: tuple[str, ...]) -> tuple[str, ...]:
+            kept = tuple(_kept_input(p, store) for p in given)
+            copies.update((k, p) for k, p in zip(kept, given, strict=True) if k != p)
+            return kept
+
+        spec = replace(spec, input_files=keep(spec.input_files), nmap_xml=keep(spec.nmap_xml),
+                       masscan=keep(spec.masscan))
+        return StoredScan.create(store, spec, password=password, wordlist=words,
+                                 labels=labels, tool=f"vncaudit {__version__}")
+    except (UsageError, UnknownScanError) as exc:
+        message = str(exc)
+        for copy, given_name in copies.items():  # name the input as the user gave it
+            message = message.replace(copy, given_name)
+        raise _fail(message) from None
+    except (NetworkError, StoreError) as exc:
+        raise _fail(str(exc), 3) from None
+
+
+def _live(stored: StoredScan, output: str, output_file: Path | None, include_all: bool,
+          status_file: Path | None, *, resumed: bool) -> LiveOutput:
+    """The streams of a running scan (`cli/live.py`): -o jsonl lines and --status-file; a
+    resumed scan's earlier results go out first, so the stream is the whole scan."""
+    state = EngineProgress(total=stored.remaining)
+    try:
+        live = LiveOutput(output, output_file, include_all, status_file, stored.scan_id, state)
+        if resumed:
+            live.resumed(stored.store.results(stored.scan_id, include_closed=include_all))
+    except StreamWriteError as exc:
+        stored.store.finish_scan(stored.scan_id, "interrupted")
+        raise _fail(f"{exc}; resume with: vncaudit scan --resume {stored.scan_id}", 3) from None
+    return live
+
+
+def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
+         quiet: bool = False, status_on_stderr: bool = False) -> ScanRecord:
+    """Run the scan with a progress bar (none with -q, or when the status stream is on
+    stderr); Ctrl-C and SIGTERM end it interrupted, with the resume command (exit 130 / 143),
+    a stream that cannot be written too (exit 3), any other failure is one line (exit 3)."""
+    state = live.state
+    terminated: list[int] = []
+    show = False if quiet or status_on_stderr else (lambda: err.is_terminal)
+
+    def stored_results() -> list[ServiceResult]:
+        return stored.store.results(stored.scan_id, include_closed=live.include_all)
+
+    try:
+        with _sigterm_as_interrupt(terminated), _progress(state, show) as update:
+            record = stored.run(on_result=live.chain(update), progress=state,
+                                cluster=cluster_spec)
+    except KeyboardInterrupt:
+        live.end("interrupted", stored_results())
+        how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
+        raise _fail(f"{how}; {state.done} ports recorded. Resume with: "
+                    f"vncaudit scan --resume {stored.scan_id}", code) from None
+    except StreamWriteError as exc:
+        live.end("interrupted", stored_results())
+        raise _fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
+                    f"{stored.scan_id}", 3) from None
+    except VncAuditError as exc:
+        live.end("failed", stored_results())
+        _shards_line(stored, quiet)
+        raise _fail(str(exc), 3) from None
+    _shards_line(stored, quiet)
+    return record
+
+
+def _shards_line(stored: StoredScan, quiet: bool = False) -> None:
+    run = stored.sharded
+    if run is not None and not quiet:
+        err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
+                  f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
+                  f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
+                  soft_wrap=True)

@@ -1,48 +1,42 @@
-"""Running a scan from the command line: the rich progress bar (redrawn at most every 0.1 s),
-the local and the sharded (cluster) run, and SIGTERM handled like Ctrl-C so the resume command
-is printed.
+"""Running a scan from the command line: the rich progress bar (redrawn at most every 0.1 s)
+and SIGTERM handled like Ctrl-C so the resume command is printed.
 
-Owns: driving the engine with progress. Must not: define commands, parse options or render
-results. `_progress_bar` is looked up through `vncaudit.cli`, so patching it there works.
+Owns: what a terminal shows while a scan runs. Must not: define commands, parse options, run
+the scan (`vncaudit.runner`) or render results. `_progress_bar` is looked up through
+`vncaudit.cli`, so patching it there works.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from vncaudit import cli as _cli
-from vncaudit.cli.common import (
-    err,
-)
-from vncaudit.discovery import Marks, SynCounters
+from vncaudit.cli.common import err
+from vncaudit.discovery import SynCounters
 from vncaudit.engine import Progress as EngineProgress
-from vncaudit.engine import ScanOptions, scan_async
-from vncaudit.engine import run as run_loop
-from vncaudit.models import ServiceResult, Target
-from vncaudit.store import Store
+from vncaudit.models import ServiceResult
 
 if TYPE_CHECKING:
-    from vncaudit.budget import Ledger, ScanGate
-    from vncaudit.cluster import ClusterSpec
-    from vncaudit.targets import TargetSpace
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 def _progress_bar(console: Console) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]scanning"),
@@ -79,54 +73,80 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_with_progress(
-    pending: Iterable[Target],
-    options: ScanOptions,
-    state: EngineProgress,
-    show: bool,
-    on_result: Callable[[ServiceResult], None],
-    on_marks: Callable[[Marks], None] | None = None,
-    gate: ScanGate | None = None,
-) -> None:
-    # Looked up through the package, as before the split, so a patch of
-    # `vncaudit.cli._progress_bar` still takes effect.
-    bar = _cli._progress_bar(err) if show else None
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0,
-                               syn="") if bar else None
-        shown = [started]
-
-        def draw() -> None:
-            if bar is not None and task_id is not None:
-                now = loop.time()
-                shown[0] = now
-                bar.update(task_id, completed=state.done,
-                           rate=state.done / max(now - started, 1e-6), vnc=state.vnc,
-                           syn=_syn_rate(state.syn))
-
-        def update(result: ServiceResult) -> None:
-            on_result(result)
-            # The bar redraws a few times a second anyway: thousands of updates a second
-            # would cost the scan, not show more.
-            if bar is not None and loop.time() - shown[0] >= 0.1:
-                draw()
-
-        await scan_async(pending, options, on_result=update, progress=state, collect=False,
-                         on_marks=on_marks, gate=gate)
-        draw()
-
+@contextlib.contextmanager
+def _progress(state: EngineProgress,
+              show: bool | Callable[[], bool]) -> Iterator[Callable[[ServiceResult], None]]:
+    """The progress bar while a scan runs (when `show`, or what it returns): redrawn from
+    `state` ten times a second by a thread of its own (so SYN marks, which come in bulk and
+    not as results, move it too), ending on the last state, the real total; then the SYN
+    sender's summary line when it sent anything. Yields the per-result callback (nothing to do
+    there now). The bar, and rich, come 0.2 s after the start: a scan sends its first packets
+    first."""
+    stop = threading.Event()
+    bar = _Bar(state, show)
+    thread = threading.Thread(target=bar.run, args=(stop,), name="vncaudit-progress",
+                              daemon=True)
+    thread.start()
     try:
-        if bar is None:
-            run_loop(run())
-        else:
-            with bar:
-                run_loop(run())
+        try:
+            yield _ignore
+        finally:
+            stop.set()
+            thread.join()
+            bar.finish()
     finally:
         if state.syn is not None and state.syn.sent:
             err.print(syn_summary(state.syn), style="dim", markup=False, soft_wrap=True)
+
+
+class _Bar:
+    """The rich progress bar over an engine `Progress`, made on first draw if `show` says so."""
+
+    START = 0.2  # seconds before the bar appears
+    EVERY = 0.1  # seconds between redraws
+
+    def __init__(self, state: EngineProgress, show: bool | Callable[[], bool]) -> None:
+        self.state = state
+        self.show = show
+        self.started = time.monotonic()
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.decided = False
+
+    def run(self, stop: threading.Event) -> None:
+        if stop.wait(self.START):
+            return
+        while True:
+            self.draw()
+            if not self.bar or stop.wait(self.EVERY):
+                return
+
+    def draw(self) -> None:
+        if not self.decided:
+            self.decided = True
+            if self.show() if callable(self.show) else self.show:
+                # Looked up through the package: a patch of `vncaudit.cli._progress_bar`
+                # takes effect.
+                self.bar = _cli._progress_bar(err)
+                self.bar.start()
+                self.task = self.bar.add_task("scan", total=self.state.total, rate=0.0, vnc=0,
+                                              syn="")
+        if self.bar is None or self.task is None:
+            return
+        state = self.state
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.bar.update(self.task, completed=state.done, rate=state.done / elapsed,
+                        vnc=state.vnc, syn=_syn_rate(state.syn))
+
+    def finish(self) -> None:
+        """The last state, the real total (a scan shorter than START gets it too)."""
+        self.draw()
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _ignore(result: ServiceResult) -> None:
+    del result
 
 
 def _syn_rate(counters: SynCounters | None) -> str:
@@ -153,50 +173,3 @@ def syn_summary(counters: SynCounters) -> str:
     if counters.failed:
         line += f", {counters.failed:,} rejected by the kernel (filtered, with the reason)"
     return line
-
-
-def _run_sharded(
-    space: TargetSpace,
-    options: ScanOptions,
-    store: Store,
-    scan_id: str,
-    spec: ClusterSpec,
-    state: EngineProgress,
-    show: bool,
-    ledger: Ledger | None = None,
-    on_result: Callable[[ServiceResult], None] | None = None,
-    quiet: bool = False,
-) -> None:
-    """--workers / --cluster: the same scan, sharded over Dask (vncaudit.cluster), which
-    stores the results itself (`on_result` sees each stored one); raises VncAuditError when
-    shards are left unfinished."""
-    import contextlib
-    import time
-
-    from vncaudit import cluster
-
-    bar = _cli._progress_bar(err) if show else None  # via the package: see _run_with_progress
-    started = time.monotonic()
-    task_id = bar.add_task("scan", total=state.total, rate=0.0, vnc=0,
-                           syn="") if bar else None
-
-    def update(result: ServiceResult) -> None:
-        if on_result is not None:
-            on_result(result)
-        if bar is not None and task_id is not None:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            bar.update(task_id, completed=state.done, rate=state.done / elapsed, vnc=state.vnc)
-
-    with bar if bar is not None else contextlib.nullcontext():
-        run = cluster.scan_sharded(space, options, store, scan_id, spec, on_result=update,
-                                   progress=state, ledger=ledger)
-    if not quiet:
-        err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
-                  f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
-                  f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,
-                  soft_wrap=True)
-    if run.failed:
-        index, why = sorted(run.failed.items())[0]
-        raise cluster.ClusterError(f"{len(run.failed)} of {run.shards} shards did not finish "
-                                   f"(shard {index}: {why}); resume with: vncaudit scan "
-                                   f"--resume {scan_id} --workers N")

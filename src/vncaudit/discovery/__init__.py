@@ -7,8 +7,8 @@ what they share (options, the verdict plumbing, the counters):
   watched by the event loop's writer callbacks, many in flight, no task or stream per attempt,
   so thousands of silent addresses cost a file descriptor and a deque entry each. A connection
   that succeeds is handed, still open, to the sink: the probe then runs on *that* connection
-  (one connection per port, DESIGN.md "Probing etiquette"), with a deadline that starts when the
-  connection exists.
+  (one connection per port, docs/design.md "Probing etiquette"), with a deadline that starts
+  when the connection exists.
 * `syn` (root, IPv4; `discovery.syn`, imported only when asked for: it needs numpy): stateless
   SYNs with a keyed cookie as sequence number, built and sent in batches by sender threads under
   a shared rate cap, as zmap and masscan do; `discovery.wire` makes the bytes,

@@ -1,10 +1,11 @@
 """Render a scan (its metadata and service results) into the output formats.
 
-Owns: turning `ScanMeta` + `ServiceResult`s into text: json and jsonl (schema v1, DESIGN.md
-§7; its JSON Schema is `schema`) here, csv (`csv_report`), nmap-compatible XML (`nmap_xml`), a
-self-contained HTML page (`html`, with the fix guide and embedded screenshots), SARIF 2.1.0
-(`sarif`) and DefectDojo's Generic Findings Import (`defectdojo`) in their own modules, plus
-the small helpers they share. Must not: probe, grade, or touch the store; it only formats what it is
+Owns: turning `ScanMeta` + `ServiceResult`s into text: json and jsonl (schema v1,
+docs/design.md §7; its JSON Schema is `schema`) here, csv (`csv_report`), nmap-compatible XML
+(`nmap_xml`), a self-contained HTML page (`html`, with the fix guide and embedded
+screenshots), SARIF 2.1.0 (`sarif`) and DefectDojo's Generic Findings Import (`defectdojo`) in
+their own modules, plus the small helpers they share. Must not: probe, grade, or touch the
+store; it only formats what it is
 given. Every string a server sent (desktop names, reasons, banners) is hostile input: each
 format neutralises it in its own way (CSV formula prefixes, XML-illegal characters, HTML
 autoescaping).
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vncaudit.models import SCHEMA_VERSION, Finding, ServiceResult, Severity, State
+from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
 
 if TYPE_CHECKING:
     from vncaudit.remedies import Remedy
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "csv", "xml", "html", "sarif", "defectdojo")
-
-HIDDEN_BY_DEFAULT = frozenset({State.CLOSED, State.FILTERED})
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,13 @@ class ScanMeta:
 
 def visible(results: Iterable[ServiceResult], include_all: bool = False) -> list[ServiceResult]:
     """The services a report shows: all of them with --all, else not closed/filtered."""
-    return [r for r in results if include_all or r.state not in HIDDEN_BY_DEFAULT]
+    return [r for r in results if include_all or r.state not in SILENT_STATES]
 
 
 def to_document(
     meta: ScanMeta, results: Iterable[ServiceResult], include_all: bool = False
 ) -> dict[str, Any]:
-    """The schema-v1 document (DESIGN.md §7)."""
+    """The schema-v1 document (docs/design.md §7)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "scan": meta.to_dict(),

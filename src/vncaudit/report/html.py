@@ -35,7 +35,7 @@ import jinja2
 
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown as bounded
-from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.report import ScanMeta, severity_counts, sorted_findings
 
 log = logging.getLogger(__name__)
@@ -359,8 +359,8 @@ def _script_hash(script: str) -> str:
 def render_html(meta: ScanMeta, results: Iterable[ServiceResult]) -> str:
     """The self-contained HTML page for these (already filtered) services."""
     results = list(results)
-    listed = [r for r in results if r.state not in (State.CLOSED, State.FILTERED)]
-    quiet = [r for r in results if r.state in (State.CLOSED, State.FILTERED)]
+    listed = [r for r in results if r.state not in SILENT_STATES]
+    quiet = [r for r in results if r.state in SILENT_STATES]
     services = _order([_service(r) for r in listed])
     counts = severity_counts(listed)
     worst = next((sev for sev, n in counts.items() if n), None)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -105,10 +104,9 @@ def _now() -> str:
 
 
 def _tool_version() -> str:
-    try:
-        return f"vncaudit {metadata.version('vncaudit')}"
-    except metadata.PackageNotFoundError:
-        return "vncaudit (unknown version)"
+    import vncaudit  # the one version source (read once, without importlib.metadata)
+
+    return f"vncaudit {vncaudit.__version__}"
 
 
 def _new_scan_id() -> str:
@@ -143,6 +141,7 @@ _INSERT_FINDING = (
     "INSERT INTO findings (scan_id, host, port, finding_id, severity, title) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_DONE = "INSERT OR IGNORE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)"
 _REPLACE_DONE = "INSERT OR REPLACE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)"
 
 
@@ -578,11 +577,12 @@ class Store:
         self._conn.execute(_REPLACE_DONE, (scan_id, result.host, result.port, result.state.value))
         return True
 
-    def _add_many(self, scan_id: str, results: Sequence[ServiceResult], now: str) -> int:
-        """`_add_one` for each result, in three statements when none of them is stored yet
-        (a fresh scan); one by one, in order, when some are (a resume, a repeat)."""
+    def _add_each(self, scan_id: str, results: Sequence[ServiceResult], now: str) -> list[bool]:
+        """`_add_one` for each result (whether it was new), in three statements when none of
+        them is stored yet (a fresh scan); one by one, in order, when some are (a resume, a
+        repeat)."""
         if len(results) < 2:
-            return sum(self._add_one(scan_id, r, now) for r in results)
+            return [self._add_one(scan_id, r, now) for r in results]
         rows = [self._result_row(scan_id, r, now) for r in results]
         self._conn.execute("SAVEPOINT store_many")
         before = self._conn.total_changes
@@ -592,7 +592,7 @@ class Store:
             # path decide which write is first, as `add_result` would.
             self._conn.execute("ROLLBACK TO store_many")
             self._conn.execute("RELEASE store_many")
-            return sum(self._add_one(scan_id, r, now) for r in results)
+            return [self._add_one(scan_id, r, now) for r in results]
         self._conn.executemany(_INSERT_FINDING, [
             (scan_id, r.host, r.port, f.id, f.severity.value, f.title)
             for r in results for f in r.findings
@@ -601,7 +601,7 @@ class Store:
             (scan_id, r.host, r.port, r.state.value) for r in results
         ])
         self._conn.execute("RELEASE store_many")
-        return len(rows)
+        return [True] * len(rows)
 
     def add_result(self, scan_id: str, result: ServiceResult) -> bool:
         """Store one result and mark its pair done; False (and nothing written) if this
@@ -613,9 +613,13 @@ class Store:
 
     def add_results(self, scan_id: str, results: Iterable[ServiceResult]) -> int:
         """Store many results (same rule as `add_result`); returns how many were new."""
+        return sum(self.add_results_each(scan_id, results))
+
+    def add_results_each(self, scan_id: str, results: Iterable[ServiceResult]) -> list[bool]:
+        """`add_results`, telling for each result whether it was new (stored)."""
         batch = list(results)
         with self._write("cannot store results", scan_id):
-            added = self._add_many(scan_id, batch, _now())
+            added = self._add_each(scan_id, batch, _now())
             self._pending += len(batch)
         return added
 
@@ -658,12 +662,29 @@ class Store:
         if not rows:
             return 0
         with self._write("cannot mark targets done", scan_id):
-            cur = self._conn.executemany(
-                "INSERT OR IGNORE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)",
-                rows,
-            )
+            cur = self._conn.executemany(_INSERT_DONE, rows)
             self._pending += len(rows)
         return max(cur.rowcount, 0)
+
+    def mark_done_each(
+        self, scan_id: str, pairs: Iterable[tuple[str, int, State | str]]
+    ) -> list[bool]:
+        """`mark_done_many`, telling for each pair whether it was new: one statement when all
+        are, one per pair (in order) when some pair was done before."""
+        rows = [(scan_id, h, int(p), State(s).value) for h, p, s in pairs]
+        if not rows:
+            return []
+        with self._write("cannot mark targets done", scan_id):
+            self._conn.execute("SAVEPOINT store_many")
+            cur = self._conn.executemany(_INSERT_DONE, rows)
+            if cur.rowcount == len(rows):
+                new = [True] * len(rows)
+            else:
+                self._conn.execute("ROLLBACK TO store_many")
+                new = [self._conn.execute(_INSERT_DONE, row).rowcount == 1 for row in rows]
+            self._conn.execute("RELEASE store_many")
+            self._pending += len(rows)
+        return new
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ The package re-exports its public names; the parts live in:
 Each part imports only parts listed before it (`results` and `names` none).
 """
 
-# `NAME as NAME`: the limits stay importable from here, as before, without joining `__all__`.
+# `NAME as NAME`: the limits are importable from here without joining `__all__`.
 from vncaudit.subdomains.axfr import AXFR_LIFETIME_FACTOR as AXFR_LIFETIME_FACTOR
 from vncaudit.subdomains.axfr import MAX_AXFR_RECORDS as MAX_AXFR_RECORDS
 from vncaudit.subdomains.axfr import MAX_AXFR_TARGETS as MAX_AXFR_TARGETS

@@ -22,17 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from vncaudit import __version__
+from vncaudit.discovery import Mode
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import ServiceResult, State
-from vncaudit.store import Store
+from vncaudit.models import ServiceResult
+from vncaudit.spec import ScanSpec
+from vncaudit.store import ScanRecord, Store
 from vncaudit.watch.alerts import REACHABLE, Alert, Change, evaluate
 from vncaudit.watch.config import Monitor
 from vncaudit.watch.records import MonitorDb
 
 log = logging.getLogger(__name__)
-
-SILENT = frozenset({State.CLOSED, State.FILTERED})
-
 
 @dataclass(frozen=True)
 class CycleOutcome:
@@ -49,19 +48,14 @@ class CycleOutcome:
     scan_finished_at: float = 0.0  # time.time() when its scan ended (before evaluation)
 
 
-def scan_options(monitor: Monitor) -> dict[str, object]:
-    """The stored options of a cycle's scan: the `vncaudit scan` spec (so `results`, `diff`
-    and the web pages read it like any scan) plus the monitor's name."""
-    return {
-        "source": "watch", "monitor": monitor.name,
-        "expressions": list(monitor.targets), "ports": monitor.ports,
-        "input_files": [], "nmap_xml": [], "masscan": [],
-        "excludes": list(monitor.excludes), "exclude_files": [], "allow_special": False,
-        "resolved": {}, "timeout": monitor.scan.timeout,
-        "concurrency": monitor.scan.concurrency, "rate": monitor.scan.rate,
-        "discovery_mode": monitor.scan.discovery, "retries": monitor.scan.retries,
-        "no_init": False,
-    }
+def scan_spec(monitor: Monitor) -> ScanSpec:
+    """The settings of a cycle's scan: an ordinary `ScanSpec`, so `results`, `diff` and the
+    web pages read a cycle like any scan (its options also name the monitor)."""
+    return ScanSpec(
+        expressions=tuple(monitor.targets), ports=monitor.ports,
+        excludes=tuple(monitor.excludes), timeout=monitor.scan.timeout,
+        concurrency=monitor.scan.concurrency, rate=monitor.scan.rate,
+        discovery=Mode(monitor.scan.discovery), retries=monitor.scan.retries, web=False)
 
 
 def target_space(monitor: Monitor) -> object:
@@ -72,53 +66,20 @@ def target_space(monitor: Monitor) -> object:
                               excludes=monitor.excludes)
 
 
-async def _scan(store: Store, monitor: Monitor, on_created: Callable[[str], None]) -> str:
-    """Run the monitor's scan into the store; returns its id. Raises VncAuditError when it
-    cannot run (bad targets), CancelledError when stopped (the scan is then interrupted)."""
-    from vncaudit.engine import ScanOptions, scan_async
-    from vncaudit.probe import ProbeOptions
-    from vncaudit.targets import build_target_space, parse_ports
+async def _scan(store: Store, monitor: Monitor,
+                on_created: Callable[[str], None]) -> ScanRecord:
+    """Run the monitor's scan into the store as a stored scan; returns its finished record.
+    Raises VncAuditError when it cannot run (bad targets), CancelledError when stopped (the
+    scan is then interrupted). Every cycle probes through the store's connection ledger (the
+    runner's): however often it runs, no server's blacklist is armed; a spent budget reports
+    the facts read last."""
+    from vncaudit.runner import StoredScan
 
-    space = build_target_space(monitor.targets, parse_ports(monitor.ports),
-                               excludes=monitor.excludes)
-    options = scan_options(monitor)
-    options["seed"] = space.seed
-    scan_id = store.create_scan(space.describe(), monitor.ports, options,
-                                tool=f"vncaudit {__version__}")
-    on_created(scan_id)
-    engine_options = ScanOptions(
-        concurrency=monitor.scan.concurrency, rate=monitor.scan.rate,
-        discovery=monitor.scan.discovery, retries=monitor.scan.retries,
-        probe=ProbeOptions(timeout=monitor.scan.timeout))
-    marks: list[tuple[str, int, State]] = []
-    found: list[ServiceResult] = []
-
-    def flush() -> None:
-        if marks:
-            store.mark_done_many(scan_id, marks)
-            marks.clear()
-        if found:
-            store.add_results(scan_id, found)
-            found.clear()
-
-    def save(result: ServiceResult) -> None:
-        (marks.append((result.host, result.port, result.state)) if result.state in SILENT
-         else found.append(result))
-        if len(marks) >= 1024 or len(found) >= 256:
-            flush()
-
-    from vncaudit.budget import Ledger, ScanGate
-
-    try:
-        # Every cycle probes through the store's connection ledger: however often it runs, no
-        # server's blacklist is armed; a spent budget reports the facts read last.
-        with Ledger(store) as ledger:
-            await scan_async(space.iter_targets(), engine_options, on_result=save,
-                             collect=False, gate=ScanGate(ledger, scan_id))
-    finally:
-        flush()
-        store.flush()
-    return scan_id
+    scan = StoredScan.create(store, scan_spec(monitor),
+                             labels={"source": "watch", "monitor": monitor.name},
+                             tool=f"vncaudit {__version__}")
+    on_created(scan.scan_id)
+    return await scan.run_async()
 
 
 async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutcome:
@@ -131,7 +92,7 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
         db.start_cycle(monitor.name, scan_id)
 
     try:
-        scan_id = await _scan(store, monitor, linked)
+        record = await _scan(store, monitor, linked)
     except asyncio.CancelledError:
         if created:
             store.finish_scan(created[0], "interrupted")
@@ -147,7 +108,7 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
         return CycleOutcome(monitor.name, created[0], "failed", None, (), 0, 0,
                             time.monotonic() - started, error)
     scan_end = time.time()
-    record = store.finish_scan(scan_id)
+    scan_id = record.id
     db.finish_cycle(scan_id, "finished")
     previous, alerts = evaluate_cycle(store, db, monitor, scan_id)
     return CycleOutcome(monitor.name, scan_id, "finished", previous, alerts,

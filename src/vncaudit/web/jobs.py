@@ -14,6 +14,9 @@ Subdomain discovery (a decision with `discover` set, only ever made for an allow
 domain) runs here too, before any probe: the domain's hosts are found through DNS, and
 `Policy.decide_discovered` checks each address; the refused ones are kept with the scan.
 
+Each job is an ordinary stored scan (`vncaudit.runner.StoredScan`): its settings a `ScanSpec`,
+its results written through the store's one `ResultWriter`.
+
 Must not: decide by itself whether a target may be scanned — a `Job` is only ever built from a
 policy `Decision`, and the engine is handed exactly the decision's literal addresses (never a
 host name to resolve again); talk HTTP; or import FastAPI.
@@ -23,22 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import tempfile
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from vncaudit import __version__
-from vncaudit.budget import Ledger, ScanGate
-from vncaudit.engine import ScanOptions, iter_results
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions
+from vncaudit.runner import StoredScan
+from vncaudit.spec import ActiveSpec, ScanSpec
 from vncaudit.store import Store
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import Decision, Policy, PolicyError
@@ -47,7 +49,6 @@ from vncaudit.web.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HIDDEN = frozenset({State.CLOSED, State.FILTERED})
 KEEP_FINISHED = 2000  # finished jobs kept in memory for fast polling; the store has them all
 
 
@@ -59,13 +60,23 @@ class TooManyActiveError(VncAuditError):
     """This client already has its share of queued and running scans."""
 
 
+class JobStatus(StrEnum):
+    """queued → running → finished | failed | interrupted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
 @dataclass
 class Job:
-    scan_id: str
+    scan: StoredScan
     decision: Decision
     client: str
     total: int
-    status: str = "queued"  # queued → running → finished | failed | interrupted
+    status: JobStatus = JobStatus.QUEUED
     phase: str = "scanning"  # or "discovering" (subdomain discovery before the scan)
     done: int = 0
     error: str | None = None
@@ -74,8 +85,11 @@ class Job:
     screenshot: bool = False
     shots: int = 0  # screenshots attempted so far (capped by max_screenshots_per_scan)
 
+    @property
+    def scan_id(self) -> str:
+        return self.scan.scan_id
 
-Grader = Callable[[ServiceResult], ServiceResult]
+
 PostProbe = Callable[[ServiceResult], Awaitable[ServiceResult]]
 SCREENSHOT_API_URL = "/api/scans/{scan_id}/screenshots/{name}"
 
@@ -88,26 +102,6 @@ def screenshot_root(settings: Settings, store: Store) -> Path:
     if store.path is not None:
         return Path(store.path).absolute().parent / "screenshots"
     return Path(tempfile.mkdtemp(prefix="vncaudit-screenshots-"))
-
-
-def make_grader(exposure: str | None) -> Grader:
-    """`vncaudit.assess.assess` with the configured exposure (or its own default), or the
-    identity while the assessment module is not installed."""
-    try:
-        module: Any = importlib.import_module("vncaudit.assess")
-    except ImportError:
-        log.warning("vncaudit.assess is not available: results are not graded")
-        return lambda r: r
-    if exposure is None:
-        grade: Grader = module.assess
-        return grade
-    chosen = module.Exposure(exposure)
-
-    def with_exposure(result: ServiceResult) -> ServiceResult:
-        graded: ServiceResult = module.assess(result, exposure=chosen)
-        return graded
-
-    return with_exposure
 
 
 class JobManager:
@@ -123,7 +117,6 @@ class JobManager:
         self._active: Counter[str] = Counter()  # queued + running scans per client
         self._queue: asyncio.Queue[Job] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._grade = make_grader(settings.assume_exposure)
         self.screenshots = screenshot_root(settings, store)
 
     async def start(self) -> None:
@@ -139,8 +132,8 @@ class JobManager:
                 await task
         self._tasks = []
         for job in self._jobs.values():
-            if job.status in ("queued", "running"):
-                job.status = "interrupted"
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                job.status = JobStatus.INTERRUPTED
                 self.store.finish_scan(job.scan_id, "interrupted")
                 self._ended(job)
         self.store.flush()
@@ -160,23 +153,19 @@ class JobManager:
             # One client must not hold every worker (say, with "all 65535 ports" scans).
             raise TooManyActiveError(f"you already have {active} scans queued or running; "
                                      "wait until one is done")
-        options = {
-            "source": "web",
-            "client": client,
-            "target": decision.target,
-            "hostname": decision.hostname,
-            "addresses": list(decision.addresses),
-            "ports": decision.ports_spec,
-            "timeout": self.settings.probe_timeout,
-            "exposure": self.settings.assume_exposure,
-            "subdomains": decision.discover,
-            "screenshot": screenshot,
-        }
-        scan_id = self.store.create_scan([decision.target], decision.ports_spec, options,
-                                         tool=f"vncaudit {__version__}")
-        job = Job(scan_id, decision, client, len(decision.addresses) * len(decision.ports),
-                  screenshot=screenshot)
-        self._jobs[scan_id] = job
+        total = len(decision.addresses) * len(decision.ports)
+        spec = ScanSpec(
+            expressions=decision.addresses, ports=decision.ports_spec,
+            timeout=self.settings.probe_timeout,
+            concurrency=max(1, min(self.settings.scan_concurrency, total)), web=False,
+            exposure=self.settings.assume_exposure, active=ActiveSpec(screenshot=screenshot))
+        labels = {"source": "web", "client": client, "target": decision.target,
+                  "hostname": decision.hostname, "addresses": list(decision.addresses),
+                  "subdomains": decision.discover, "screenshot": screenshot}
+        scan = StoredScan.create(self.store, spec, labels=labels, targets=[decision.target],
+                                 tool=f"vncaudit {__version__}")
+        job = Job(scan, decision, client, total, screenshot=screenshot)
+        self._jobs[job.scan_id] = job
         self._active[bucket_key(client)] += 1
         self._queue.put_nowait(job)
         self.metrics.submitted.inc()
@@ -191,7 +180,7 @@ class JobManager:
         """(queued, running) scans right now."""
         queued = self._queue.qsize() if self._queue is not None else 0
         # list(): routes read this from the thread pool while the loop may add jobs.
-        running = sum(1 for j in list(self._jobs.values()) if j.status == "running")
+        running = sum(1 for j in list(self._jobs.values()) if j.status is JobStatus.RUNNING)
         return queued, running
 
     def _ended(self, job: Job) -> None:
@@ -220,7 +209,7 @@ class JobManager:
                 raise
             except Exception as exc:  # one broken scan must not stop the worker
                 log.exception("scan %s failed", job.scan_id)
-                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                job.status, job.error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
                     self.store.finish_scan(job.scan_id, "interrupted")
                 self.metrics.finished.labels("failed").inc()
@@ -244,7 +233,7 @@ class JobManager:
                                    axfr_port=self.settings.dns_axfr_port,
                                    timeout=self.settings.dns_timeout, concurrency=20)
         except VncAuditError as exc:
-            job.status, job.error = "failed", f"subdomain discovery failed: {exc}"
+            job.status, job.error = JobStatus.FAILED, f"subdomain discovery failed: {exc}"
             self.store.finish_scan(job.scan_id, "interrupted")
             self.metrics.finished.labels("failed").inc()
             return False
@@ -257,13 +246,14 @@ class JobManager:
         except PolicyError as exc:
             job.error = str(exc)
         self.store.update_options(job.scan_id, {
+            "expressions": list(job.decision.addresses),
             "addresses": list(job.decision.addresses),
             "names": list(job.decision.names),
             "refused": refused,
             "discovery": found.to_dict(),
         })
         if job.error is not None:
-            job.status = "failed"
+            job.status = JobStatus.FAILED
             self.store.finish_scan(job.scan_id, "interrupted")
             self.metrics.finished.labels("failed").inc()
             return False
@@ -313,10 +303,11 @@ class JobManager:
     def _graded(self, job: Job, result: ServiceResult) -> ServiceResult:
         """Grade a result; a screenshot's evidence names it by its URL on this service, while
         the stored result keeps the file's path (the HTML report embeds the file)."""
+        grade = job.scan.grader()
         active = result.extra.get("active")
         shot = active.get("screenshot") if isinstance(active, dict) else None
         if not isinstance(shot, dict) or not shot.get("path"):
-            return self._grade(result)
+            return grade(result)
         assert isinstance(active, dict)
         url = SCREENSHOT_API_URL.format(scan_id=job.scan_id, name=Path(shot["path"]).name)
 
@@ -324,50 +315,36 @@ class JobManager:
             extra = {**result.extra, "active": {**active, "screenshot": {**shot, "path": path}}}
             return replace(result, extra=extra)
 
-        graded = self._grade(swapped(url))
+        graded = grade(swapped(url))
         return replace(graded, extra=swapped(shot["path"]).extra)
 
-    async def _probe_all(self, job: Job, options: ScanOptions) -> None:
-        # The store's connection ledger gates every probe (vncaudit.budget): however often
-        # the public asks, no server's blacklist is armed; a spent budget answers with the
-        # facts read last.
-        with Ledger(self.store) as ledger:
-            gate = ScanGate(ledger, job.scan_id)
-            async for result in iter_results(self._targets(job), options, gate=gate):
-                graded = self._graded(job, result)
-                if graded.state in HIDDEN:
-                    self.store.mark_done(job.scan_id, graded.host, graded.port, graded.state)
-                else:
-                    self.store.add_result(job.scan_id, graded)
-                job.done += 1
-                self.metrics.probes.labels(graded.state.value).inc()
-
     async def _run(self, job: Job) -> None:
-        job.status = "running"
+        job.status = JobStatus.RUNNING
         self.metrics.running.inc()
         started = time.monotonic()
+
+        def probed(result: ServiceResult) -> None:
+            job.done += 1
+            self.metrics.probes.labels(result.state.value).inc()
+
         try:
             if job.decision.discover and not await self._discover(job):
                 return
-            options = ScanOptions(
-                concurrency=max(1, min(self.settings.scan_concurrency, job.total)),
-                probe=ProbeOptions(timeout=self.settings.probe_timeout),
-                post_probe=self._post_probe(job),
-            )
             try:
                 async with asyncio.timeout(self.settings.scan_deadline):
-                    await self._probe_all(job, options)
+                    # What was probed is stored; the rest is left, as after an interrupted scan
+                    # (the runner marks it so when the deadline stops it).
+                    await job.scan.run_async(
+                        targets=self._targets(job), post_probe=self._post_probe(job),
+                        grade=lambda result: self._graded(job, result), on_result=probed)
             except TimeoutError:
-                # What was probed is stored; the rest is left, as after an interrupted scan.
-                self.store.finish_scan(job.scan_id, "interrupted")
-                job.status = "interrupted"
+                job.status = JobStatus.INTERRUPTED
                 job.error = (f"stopped after the {self.settings.scan_deadline:g} s deadline; "
                              f"{job.done} of {job.total} "
                              f"port{'' if job.total == 1 else 's'} probed")
                 self.metrics.finished.labels("interrupted").inc()
                 return
-            self.store.finish_scan(job.scan_id)
-            job.status = "finished"
+            job.status = JobStatus.FINISHED
             self.metrics.finished.labels("finished").inc()
         finally:
             self.metrics.running.dec()

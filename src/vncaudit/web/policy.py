@@ -2,25 +2,15 @@
 
 Owns: turning what a web user typed (an IP address in any spelling, or a host name) and a port
 list into a `Decision` — the literal addresses and ports the scan may touch — or a typed
-refusal, before any packet is sent. The rules (README, "Web service"):
-
-- exotic address spellings are normalised first: decimal (2130706433), hex (0x7f000001),
-  octal (017700000001), short dotted forms (127.1), mixed radix (0177.0.0.0x1), IPv4-mapped
-  and IPv4-translated IPv6 (::ffff:127.0.0.1), brackets and trailing dots;
-- a host name is resolved ONCE through the injected resolver; every address it gave is checked,
-  and the scan later connects to exactly those checked literals (never to the name again, so a
-  second, different DNS answer cannot reach the engine: no DNS rebinding);
-- loopback, private, link-local, shared (CGNAT), multicast, documentation, benchmarking and
-  reserved addresses (and IPv6 forms that embed IPv4: 6to4, Teredo, NAT64) are refused unless
-  an operator CIDR entry allows them — even when they are the requester's own address;
-- otherwise an address is allowed when it is the requester's own address (the default, as
-  public port-check sites do), or inside an allow-listed CIDR, or the requested name falls
-  under an allow-listed domain (for a discovered name: the last name of its CNAME chain);
-- caps on ports and addresses per scan, and optionally a fixed set of scannable ports.
+refusal, before any packet is sent. The rules are docs/design.md §11 (and the README, "What
+the service will scan"): exotic spellings normalised, a name resolved once and only its checked
+literals scanned, special addresses refused unless an operator CIDR allows them, otherwise the
+requester's own address or an allow-listed network or domain, and caps.
 
 Must not: open sockets (resolution goes through the `resolve` callable it is given, which the
 web layer runs in a thread), import FastAPI, or depend on anything of the package but
-`exceptions` and `targets.parse_ports`. Pure and synchronous, so every bypass is unit-testable.
+`exceptions` and the parsers of `targets`. Pure and synchronous, so every bypass is
+unit-testable.
 """
 
 from __future__ import annotations

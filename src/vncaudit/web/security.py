@@ -41,7 +41,6 @@ SECURITY_HEADERS: dict[str, str] = {
 }
 
 CSRF_COOKIE = "vncaudit_csrf"
-CSRF_FIELD = "csrf_token"
 
 
 def token_matches(token: str, hashes: Iterable[str]) -> bool:

@@ -10,7 +10,6 @@ Must not: write to the store, run scans, or import FastAPI.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,13 +18,12 @@ from typing import Any
 
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown
-from vncaudit.models import ServiceResult, Severity, State
+from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.store import ScanDiff, ScanRecord, Store
 from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
 
 log = logging.getLogger(__name__)
 
-_NOT_OPEN = (State.CLOSED, State.FILTERED)
 SMALL_SCAN = 256
 
 
@@ -48,7 +46,7 @@ class Verdict:
 
 def verdict(results: list[ServiceResult], finished: bool) -> Verdict:
     """The one-line answer to "is VNC reachable here, and how bad is it?"."""
-    open_ = [r for r in results if r.state not in _NOT_OPEN]
+    open_ = [r for r in results if r.state not in SILENT_STATES]
     findings = [f for r in results for f in r.findings]
     worst = max(findings, key=lambda f: f.severity.rank) if findings else None
     severity = worst.severity.value if worst else None
@@ -109,16 +107,12 @@ def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
 
 
 def fix_guide(r: ServiceResult) -> list[Any]:
-    """The fix guide's remedies for this result (`vncaudit.remedies.remedies_for`), or an
-    empty list while that module is not installed."""
+    """The fix guide's remedies for this result (`vncaudit.remedies.remedies_for`)."""
     if not r.findings:
         return []
-    try:
-        module: Any = importlib.import_module("vncaudit.remedies")
-    except ImportError:
-        return []
-    remedies: list[Any] = list(module.remedies_for(r))
-    return remedies
+    from vncaudit.remedies import remedies_for
+
+    return list(remedies_for(r))
 
 
 def remedy_dict(remedy: Any) -> dict[str, Any]:

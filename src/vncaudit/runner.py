@@ -1,0 +1,393 @@
+"""Run a stored scan end to end: the library entry point behind ``vncaudit scan``, the web
+service's jobs and ``vncaudit watch`` cycles.
+
+Owns: `StoredScan` (create the scan record from a `ScanSpec`, or reopen one for a resume; run
+the engine, or the cluster, with the spec's options; write every verdict through one
+`ResultWriter`; mark the record finished, or interrupted when the run stops early), and the
+step after each probe that the spec asks for (web front-end detection, active checks).
+
+Must not: parse command-line options, print, or draw progress (callers pass `on_result` and
+`progress`); decide whether a target may be scanned (the caller built the spec or targets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from vncaudit.discovery import Mode
+from vncaudit.engine import Progress, ScanOptions, iter_results
+from vncaudit.engine import run as run_loop
+from vncaudit.exceptions import UsageError
+from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+from vncaudit.probe import ProbeOptions
+from vncaudit.spec import ScanSpec
+from vncaudit.store import ScanRecord, Store, StoreError
+from vncaudit.store.writer import MAX_AGE, ResultWriter
+
+if TYPE_CHECKING:
+    from vncaudit.active import ActiveOptions
+    from vncaudit.budget import Ledger
+    from vncaudit.cluster import ClusterSpec, ShardedRun
+    from vncaudit.targets import TargetSpace
+
+__all__ = ["Grader", "OnResult", "PostProbe", "StoredScan", "read_wordlist"]
+
+log = logging.getLogger(__name__)
+
+PostProbe = Callable[[ServiceResult], Awaitable[ServiceResult]]
+Grader = Callable[[ServiceResult], ServiceResult]
+OnResult = Callable[[ServiceResult], None]
+
+MAX_WORDLIST_LINE: Final = 4096  # a VNC password counts 8 bytes; a longer line is not one
+
+
+class ScanFinishedError(UsageError):
+    """A resume of a scan that already finished."""
+
+
+@dataclass
+class StoredScan:
+    """A scan record in the store with its spec, ready to run (`run` / `run_async`).
+
+    Build it with `create` (a new scan) or `resume` (an interrupted or killed one). `done`
+    holds the pairs already recorded (empty for a new scan); `sharded` is what a cluster
+    run did, once it ran.
+    """
+
+    store: Store
+    scan_id: str
+    spec: ScanSpec
+    space: TargetSpace | None
+    done: frozenset[tuple[str, int]]
+    active: ActiveOptions
+    sharded: ShardedRun | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        store: Store,
+        spec: ScanSpec,
+        *,
+        password: str | None = None,
+        wordlist: Sequence[str] | None = None,
+        labels: Mapping[str, Any] | None = None,
+        targets: Sequence[str] | None = None,
+        tool: str | None = None,
+    ) -> StoredScan:
+        """Check everything (raw-socket rights for syn, the password list, every target),
+        then record a new running scan. Nothing is written when a check fails.
+
+        `password` (never stored) and `wordlist` (the words, when the caller has read
+        `spec.active.wordlist` already) go with the run. `labels` are kept beside the spec in
+        the scan's options (``{"source": "watch", "monitor": name}``). `targets` replaces the
+        spec's target space by a description of targets the caller iterates itself (the web
+        service: the policy's literal addresses, given to `run_async`).
+        """
+        _check_rights(spec)
+        active = active_options(spec, password, wordlist)
+        space = None
+        if targets is None:
+            space = spec.target_space()
+            spec = replace(spec, seed=space.seed)
+            targets = space.describe()
+        options = {**(labels or {}), **spec.to_options()}
+        scan_id = store.create_scan(targets, spec.ports, options, tool=tool)
+        return cls(store, scan_id, spec, space, frozenset(), active)
+
+    @classmethod
+    def resume(cls, store: Store, scan_id: str, *, password: str | None = None) -> StoredScan:
+        """Reopen an interrupted or killed scan with the spec it was stored with. Raises
+        `UnknownScanError`, `ScanFinishedError`, or `UsageError` (targets no longer readable,
+        a password needed again)."""
+        record = store.require_scan(scan_id)
+        if record.status == "finished":
+            raise ScanFinishedError(f"scan {scan_id} is already finished; nothing to resume")
+        spec = ScanSpec.from_options(record.options)
+        if spec.active.uses_password and password is None:
+            raise UsageError(f"scan {scan_id} was started with --password, which is not "
+                             "stored; give it again to resume")
+        _check_rights(spec)
+        active = active_options(spec, password, None)
+        space = spec.target_space()
+        store.reopen_scan(scan_id)
+        done = frozenset(store.done_pairs(scan_id))
+        return cls(store, scan_id, spec, space, done, active)
+
+    # -- what it runs ----------------------------------------------------------------------
+
+    @property
+    def remaining(self) -> int:
+        """Targets still to probe."""
+        return len(self.space) - len(self.done) if self.space is not None else 0
+
+    def pending(self) -> Iterable[Target]:
+        """The targets still to probe, in the scan's seeded order (a walk the SYN sender
+        reads in blocks)."""
+        if self.space is None:
+            return ()
+        return self.space.walk(skip=self.done)
+
+    def engine_options(self, post_probe: PostProbe | None = None,
+                       ledger: Ledger | None = None) -> ScanOptions:
+        """The engine's options for this spec; `post_probe` replaces the spec's own step,
+        whose connections are counted in `ledger` when one is given."""
+        spec = self.spec
+        probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init,
+                             active_checks=spec.active.active_checks)
+        return ScanOptions(
+            concurrency=spec.concurrency, rate=spec.rate, discovery=spec.discovery,
+            retries=spec.retries, probe=probe,
+            post_probe=post_probe or post_probe_for(spec, self.active, probe, ledger))
+
+    def ledger(self) -> Ledger:
+        """The store's connection ledger (`vncaudit.budget`) with the spec's --risk-lockout:
+        every connection of a run is admitted there first, none arms a server's blacklist."""
+        from vncaudit.budget import Ledger
+
+        return Ledger(self.store, risk_lockout=self.spec.risk_lockout)
+
+    def grader(self) -> Grader:
+        """`vncaudit.assess.assess` with the spec's exposure (by address when it has none)."""
+        from vncaudit.assess import Exposure, assess
+
+        if self.spec.exposure is None:
+            return assess
+        chosen = Exposure(self.spec.exposure)
+        return lambda result: assess(result, exposure=chosen)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run_async(
+        self,
+        *,
+        targets: Iterable[Target] | None = None,
+        post_probe: PostProbe | None = None,
+        grade: Grader | None = None,
+        on_result: OnResult | None = None,
+        progress: Progress | None = None,
+        max_age: float = MAX_AGE,
+    ) -> ScanRecord:
+        """Probe `targets` (default: `pending()`), grade each answer (`grade`, default
+        `grader()`), hand it to `on_result`, write it; then mark the scan finished and return
+        its record. If anything stops the run (an error, cancellation, Ctrl-C) what was probed
+        is written, the scan is marked interrupted and the exception goes on. Closed and
+        filtered verdicts a SYN sweep gives in bulk go straight to the store, not through
+        `on_result` (`progress` counts them).
+
+        A verdict waits at most `max_age` seconds before it is written and committed, even
+        when the results pause (a reader, the web page, sees it by then). Every connection
+        goes through the connection ledger (`ledger()`), a denied pair's result being the
+        ledger's answer."""
+        from vncaudit.budget import ScanGate
+
+        ledger = self.ledger()
+        options = self.engine_options(post_probe, ledger)
+        # --active-checks: the probe's honeypot checks make up to 3 more connections, granted
+        # together with the probe's own or not at all.
+        gate = ScanGate(ledger, self.scan_id, extra=3 if self.spec.active.active_checks else 0)
+        loop = asyncio.get_running_loop()
+        writer = ResultWriter(self.store, self.scan_id, max_age=max_age)
+        timer: list[asyncio.TimerHandle | None] = [None]
+
+        def written() -> None:
+            timer[0] = None
+            if writer.pending:
+                writer.flush(commit=True)
+
+        try:
+            async for result in iter_results(self.pending() if targets is None else targets,
+                                             options, progress, writer.add_marks, gate=gate):
+                if result.state not in SILENT_STATES:
+                    # Imported with the first result to grade, not before the first packet.
+                    grade = grade or self.grader()
+                    result = grade(result)
+                if on_result is not None:
+                    on_result(result)
+                writer.add(result)
+                if timer[0] is None:
+                    timer[0] = loop.call_later(max_age, written)
+            writer.flush()
+        except BaseException:
+            self._interrupted(writer)
+            raise
+        finally:
+            if timer[0] is not None:
+                timer[0].cancel()
+            ledger.close()
+        return self.store.finish_scan(self.scan_id)
+
+    def run(
+        self,
+        *,
+        on_result: OnResult | None = None,
+        progress: Progress | None = None,
+        cluster: ClusterSpec | None = None,
+    ) -> ScanRecord:
+        """`run_async` in an event loop of its own (`engine.run`: uvloop, lean GC), or, with
+        `cluster`, sharded over Dask (`vncaudit.cluster`; `sharded` says what it did). Raises
+        `ClusterError` when shards are left unfinished (the scan is then interrupted)."""
+        if cluster is None:
+            return run_loop(self.run_async(on_result=on_result, progress=progress))
+        from vncaudit import cluster as cluster_mod
+
+        if self.space is None:
+            raise UsageError("a sharded scan needs the spec's own targets")
+        ledger = self.ledger()
+        try:
+            # The options go to workers, which write no store: there the checks after the
+            # probe are not counted (README, Connection budget); the probes themselves are.
+            self.sharded = run = cluster_mod.scan_sharded(
+                self.space, self.engine_options(), self.store, self.scan_id, cluster,
+                ledger=ledger, on_result=on_result, progress=progress,
+                exposure=self.spec.exposure)
+        except BaseException:
+            self._interrupted(None)
+            raise
+        finally:
+            ledger.close()
+        if run.failed:
+            self._interrupted(None)
+            index, why = sorted(run.failed.items())[0]
+            raise cluster_mod.ClusterError(
+                f"{len(run.failed)} of {run.shards} shards did not finish (shard {index}: "
+                f"{why}); resume with: vncaudit scan --resume {self.scan_id} --workers N")
+        return self.store.finish_scan(self.scan_id)
+
+    def _interrupted(self, writer: ResultWriter | None) -> None:
+        # The exception on its way out matters more than a store that fails now as well.
+        with contextlib.suppress(StoreError):
+            if writer is not None:
+                writer.flush()
+        with contextlib.suppress(StoreError):
+            self.store.finish_scan(self.scan_id, "interrupted")
+
+
+def _check_rights(spec: ScanSpec) -> None:
+    if spec.discovery is Mode.SYN:
+        from vncaudit import discovery
+
+        discovery.check_syn_allowed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Active checks
+
+
+def active_options(spec: ScanSpec, password: str | None,
+                   wordlist: Sequence[str] | None) -> ActiveOptions:
+    """The active checks' options for a spec: the password given now, and the password list
+    (`wordlist`, else read from `spec.active.wordlist`; `UsageError` if it cannot be)."""
+    from vncaudit import active
+
+    wanted = spec.active
+    words = list(wordlist) if wordlist is not None else None
+    if words is None and wanted.wordlist is not None:
+        words = read_wordlist(Path(wanted.wordlist))
+    return active.ActiveOptions(
+        screenshot=wanted.screenshot,
+        screenshot_dir=Path(wanted.screenshot_dir) if wanted.screenshot_dir else None,
+        password=password,
+        check_passwords=wanted.check_passwords,
+        wordlist=words,
+        wordlist_source="wordlist" if words else "builtin",
+        max_attempts=wanted.max_attempts,
+        show_passwords=wanted.show_passwords,
+        active_checks=wanted.active_checks,
+    )
+
+
+def read_wordlist(path: Path) -> list[str]:
+    """A password list, line by line with a bound (a binary file or /dev/zero is refused, never
+    loaded whole); bytes that are not UTF-8 are kept as replacement characters. `UsageError`
+    (one line) when it cannot be read."""
+    from vncaudit import active
+
+    def lines(stream: IO[str]) -> Iterator[str]:
+        lineno = 0
+        while line := stream.readline(MAX_WORDLIST_LINE + 1):
+            lineno += 1
+            if len(line) > MAX_WORDLIST_LINE:
+                raise UsageError(f"{path}:{lineno}: line longer than {MAX_WORDLIST_LINE} "
+                                 "characters; not a password list")
+            yield line
+
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return active.read_wordlist(lines(fh))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options: ProbeOptions,
+                   ledger: Ledger | None = None) -> PostProbe | None:
+    """What runs after each probe: web front-end detection (`spec.web`), then the active
+    checks the spec asks for; None when neither is wanted. With a `ledger`, every connection
+    they make is granted and counted there first."""
+    web = spec.web
+    if not web and not active_options.enabled:
+        return None
+
+    async def post(result: ServiceResult) -> ServiceResult:
+        # Imported with the first result, not before the first packet (start-up).
+        from vncaudit import active, websocket
+        from vncaudit.budget.extra import checked
+
+        listed = result.port in websocket.WEB_PORTS
+        if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
+                                                                         State.OPEN_NOT_VNC):
+            # VNC is found on any port by its banner; a web front end on any port by one GET
+            # (an HTTP server waits silently for it); on the usual web ports, always.
+            target = Target(result.host, result.port, result.hostname)
+            # Through websockify, a WebSocket session is a connection to the VNC server
+            # behind it, from the proxy's address that every user of the front end shares.
+            (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
+            if grant is None or grant.allowed:
+                found = await websocket.probe_web(target, probe_options,
+                                                  require_http=not listed)
+                if ledger is not None and grant is not None:
+                    ledger.record([(grant, found)])
+                if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+                    result = found
+        if active_options.enabled and result.state is State.VNC:
+            connector = None
+            ws = (result.extra.get("web") or {}).get("websocket") or {}
+            if ws.get("path"):
+                connector = websocket.connector(ws["path"])
+            wanted = (active_options.password is not None) + bool(active_options.screenshot) \
+                + bool(active_options.active_checks)
+
+            async def run(used: int) -> dict[str, Any]:
+                out: dict[str, Any] = await active.run_active(
+                    result, active_options, connector, connections_used=used)
+                return out
+
+            try:
+                if ledger is None:
+                    checks = await active.run_active(result, active_options, connector)
+                else:
+                    checks = await checked(ledger, result, run, required=wanted)
+            except Exception as exc:  # an active check must never cost the probe's result
+                log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
+                checks = {"error": f"{type(exc).__name__}: {exc}"}
+            if checks:
+                result = replace(result, extra={**result.extra, "active": checks})
+        return result
+
+    return post
+
+
+def _maybe_http(result: ServiceResult) -> bool:
+    """Could an HTTP server be behind this non-RFB answer? Silence (HTTP waits for the client),
+    a close before any byte, or text that looks like HTTP; not SSH, SMTP and the like."""
+    if result.state is State.TARPIT:
+        return True
+    guess = result.extra.get("protocol_guess")
+    return result.state is State.OPEN_NOT_VNC and guess in (None, "http", "xml/html", "json")
