@@ -18,6 +18,7 @@ from typing import Any
 
 from vncaudit import active
 from vncaudit.models import NamedType, RfbFacts, State, Target
+from vncaudit.payloads import ScreenSize
 from vncaudit.vncauth import vnc_auth_response
 
 
@@ -141,11 +142,11 @@ VNCAUTH_FACTS = RfbFacts(
 async def test_cve_2006_2369_detected_on_a_realvnc_411_like_server() -> None:
     async with fake_server(realvnc_411) as (target, conns):
         out = await active.check_unoffered_none(target, facts=VNCAUTH_FACTS)
-    assert out["status"] == "vulnerable"
-    assert out["offered_types"] == [2]
-    assert "CVE-2006-2369" in out["cves"]
-    assert out["handshake"]["desktop_name"] == "realvnc-4.1.1-fake"
-    assert "ServerInit received" in out["evidence"]
+    assert out.status == "vulnerable"
+    assert out.offered_types == (2,)
+    assert "CVE-2006-2369" in out.cves
+    assert out.handshake is not None and out.handshake.desktop_name == "realvnc-4.1.1-fake"
+    assert out.evidence is not None and "ServerInit received" in out.evidence
     assert conns[0] == 1
 
 
@@ -153,10 +154,10 @@ async def test_cve_2006_2369_detected_on_a_realvnc_411_like_server() -> None:
 async def test_cve_check_on_a_sound_server_and_when_not_applicable() -> None:
     async with fake_server(vncauth_server("x")) as (target, conns):
         out = await active.check_unoffered_none(target, facts=VNCAUTH_FACTS)
-        assert out["status"] == "not-vulnerable"
+        assert out.status == "not-vulnerable"
         none_facts = RfbFacts("RFB 003.008\n", security_types=(NamedType(1, "None"),))
         skipped = await active.check_unoffered_none(target, facts=none_facts)
-        assert skipped["status"] == "not-applicable"
+        assert skipped.status == "not-applicable"
         assert conns[0] == 1  # nothing sent when None is offered openly
 
 
@@ -167,11 +168,11 @@ async def test_password_found_and_masked() -> None:
         shown = await active.check_passwords(
             target, ["letmein1"], facts=VNCAUTH_FACTS, show_passwords=True
         )
-    assert out["status"] == "found" and out["found"] is True
-    assert out["password"] == active.MASK and out["attempts"] == 2
-    assert out["server_init"]["desktop_name"] == "fake-protected"
-    assert "letmein1" not in repr(out)
-    assert shown["password"] == "letmein1" and shown["password_shown"] is True
+    assert out.status == "found" and out.found is True
+    assert out.password == active.MASK and out.attempts == 2
+    assert out.server_init is not None and out.server_init.desktop_name == "fake-protected"
+    assert "letmein1" not in repr(out) and "letmein1" not in repr(out.to_dict())
+    assert shown.password == "letmein1" and shown.password_shown is True
     assert conns[0] == 3
 
 
@@ -184,9 +185,9 @@ async def test_budget_counts_the_probe_and_never_reaches_the_fifth_connection() 
             target, [f"w{i}" for i in range(10)], facts=VNCAUTH_FACTS
         )
         assert conns[0] == 4
-    assert out["status"] == "not-found" and out["attempts"] == 3 and out["budget"] == 3
-    assert "budget of 3" in out["stop_reason"]
-    assert [r["outcome"] for r in out["results"]] == ["auth-failed"] * 3
+    assert out.status == "not-found" and out.attempts == 3 and out.budget == 3
+    assert out.stop_reason is not None and "budget of 3" in out.stop_reason
+    assert [r.outcome for r in out.results] == ["auth-failed"] * 3
     assert active.attempt_budget(3, 2) == 2 and active.attempt_budget(10, 1) == 3
     assert active.attempt_budget(3, 4) == 0
 
@@ -198,8 +199,8 @@ async def test_stops_at_the_first_lockout_message() -> None:
             target, ["a", "b", "c"], facts=VNCAUTH_FACTS, connections_used=0
         )
         assert conns[0] == 2
-    assert out["status"] == "stopped" and out["attempts"] == 2
-    assert "Too many security failures" in out["stop_reason"]
+    assert out.status == "stopped" and out.attempts == 2
+    assert out.stop_reason is not None and "Too many security failures" in out.stop_reason
 
 
 @sync
@@ -207,8 +208,8 @@ async def test_stops_when_the_remaining_budget_is_unknown() -> None:
     async with fake_server(hangs_up_after_challenge) as (target, conns):
         out = await active.check_passwords(target, ["a", "b", "c"], facts=VNCAUTH_FACTS)
         assert conns[0] == 1
-    assert out["status"] == "stopped"
-    assert "remaining budget is unknown" in out["stop_reason"]
+    assert out.status == "stopped"
+    assert out.stop_reason is not None and "remaining budget is unknown" in out.stop_reason
 
 
 @sync
@@ -216,12 +217,12 @@ async def test_no_attempt_when_not_needed_or_already_refused() -> None:
     none = RfbFacts("RFB 003.008\n", security_types=(NamedType(1, "None"),), auth_required=False)
     ra2 = RfbFacts("RFB 005.000\n", security_types=(NamedType(13, "RA2r"),), auth_required=True)
     target = Target("127.0.0.1", 9)  # never contacted
-    assert (await active.check_passwords(target, ["x"], facts=none))["status"] == "not-applicable"
-    assert (await active.check_passwords(target, ["x"], facts=ra2))["status"] == "not-applicable"
+    assert (await active.check_passwords(target, ["x"], facts=none)).status == "not-applicable"
+    assert (await active.check_passwords(target, ["x"], facts=ra2)).status == "not-applicable"
     out = await active.check_passwords(target, ["x"], facts=VNCAUTH_FACTS, state=State.BLACKLISTED)
-    assert out["status"] == "skipped" and out["attempts"] == 0
+    assert out.status == "skipped" and out.attempts == 0
     out = await active.check_passwords(target, ["x"], facts=VNCAUTH_FACTS, connections_used=4)
-    assert out["status"] == "skipped"
+    assert out.status == "skipped"
 
 
 def test_wordlists() -> None:
@@ -244,7 +245,7 @@ async def test_run_active_does_nothing_by_default(tmp_path: Path) -> None:
     from vncaudit.models import ServiceResult
 
     result = ServiceResult("127.0.0.1", 9, State.VNC, rfb=VNCAUTH_FACTS)
-    assert await active.run_active(result, active.ActiveOptions()) == {}
+    assert await active.run_active(result, active.ActiveOptions()) is result
 
 
 @sync
@@ -252,7 +253,9 @@ async def test_authenticate_with_a_known_password() -> None:
     async with fake_server(vncauth_server("known")) as (target, _):
         ok = await active.authenticate(target, "known")
         bad = await active.authenticate(target, "wrong")
-    assert ok["outcome"] == "ok" and ok["desktop_name"] == "fake-protected"
-    assert ok["framebuffer"] == {"width": 64, "height": 48, "depth": 24}
-    assert bad["outcome"] == "auth-failed" and bad["reason"] == "Authentication failure"
-    assert ok["password"] == active.MASK
+    assert ok.handshake.outcome == "ok" and ok.handshake.desktop_name == "fake-protected"
+    assert ok.handshake.framebuffer == ScreenSize(64, 48, 24)
+    assert bad.handshake.outcome == "auth-failed"
+    assert bad.handshake.reason == "Authentication failure"
+    assert ok.password == active.MASK
+    assert ok.to_dict()["framebuffer"] == {"width": 64, "height": 48, "depth": 24}

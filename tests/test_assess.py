@@ -8,9 +8,9 @@ recorded, and from `RfbFacts` built by hand for security types no test server of
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +30,14 @@ from vncaudit.models import (
     State,
     TightInfo,
     VeNCryptInfo,
+)
+from vncaudit.payloads import (
+    ActiveChecks,
+    BypassCheck,
+    DesktopVerdict,
+    Extras,
+    PasswordAudit,
+    ScreenshotCheck,
 )
 from vncaudit.probe import ProbeOptions
 from vncaudit.rfb import security_type_name, vencrypt_subtype_name
@@ -60,7 +68,8 @@ def replay(name: str, host: str = PRIVATE, port: int = 5901, **extra: Any) -> Se
     except RemoteProtocolError:
         pass  # the recording stopped where the probe would have gone on (e.g. into TLS)
     result = session.result(0.0)
-    return replace(result, host=host, port=port, extra={**result.extra, **extra})
+    return replace(result, host=host, port=port,
+                   extra=Extras.from_dict({**result.extra.to_dict(), **extra}))
 
 
 def facts(*types: int, vencrypt: tuple[int, ...] | None = None,
@@ -82,7 +91,7 @@ def facts(*types: int, vencrypt: tuple[int, ...] | None = None,
 
 def service(f: RfbFacts | None, host: str = PRIVATE, port: int = 5900,
             state: State = State.VNC, **extra: Any) -> ServiceResult:
-    return ServiceResult(host=host, port=port, state=state, rfb=f, extra=dict(extra))
+    return ServiceResult(host=host, port=port, state=state, rfb=f, extra=Extras.from_dict(extra))
 
 
 def grade(result: ServiceResult, exposure: A.Exposure | None = None,
@@ -421,7 +430,7 @@ def test_suspected_honeypot_is_info_and_needs_reasons() -> None:
     assert "suspected-honeypot" not in ids(grade(replay("tigervnc-none-38")))
 
 
-# -- active checks (extra["active"], shapes from vncaudit.active) -------------------------------
+# -- active checks (extra.active, read from their JSON shape) -------------------------------------
 
 
 def test_weak_password_found() -> None:
@@ -706,17 +715,27 @@ def test_parse_cves_rejects_bad_entries() -> None:
         A.parse_cves({"cve": [good, good]})
 
 
-# -- robustness: no rule raises on any facts or extra[] shape -----------------------------------
+# -- robustness: no rule raises on any facts or payloads -----------------------------------------
 
 
 _TYPES = [0, 1, 2, 5, 6, 13, 16, 17, 18, 19, 21, 22, 30, 113, 129, 130, 192, 255]
 _SUBS = [1, 2, 256, 257, 258, 259, 260, 261, 262, 263, 264, 265, 266, 267, 300]
-_JUNK = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers()),
-                  st.dictionaries(st.sampled_from(["status", "found", "kind", "evidence",
-                                                   "password", "security_path", "cves",
-                                                   "reasons", "server_init"]),
-                                  st.one_of(st.none(), st.text(max_size=5), st.booleans(),
-                                            st.lists(st.text(max_size=3))), max_size=4))
+
+
+def _any(payload: type, **fixed: Any) -> st.SearchStrategy[Any]:
+    """Any value of a payload type (every field drawn), with some fields' strategies given."""
+    hints = get_type_hints(payload)
+    drawn = {f.name: st.from_type(hints[f.name]) for f in fields(payload)}
+    return st.builds(payload, **{**drawn, **fixed})
+
+
+_STATUS = st.sampled_from(["ok", "found", "not-found", "vulnerable", "not-vulnerable",
+                           "skipped", "failed"])
+_KIND = st.sampled_from(["desktop", "login-screen", "blank", "unknown", ""])
+_ACTIVE = _any(ActiveChecks, screenshot=st.none() | _any(ScreenshotCheck, status=_STATUS),
+               desktop_kind=st.none() | _any(DesktopVerdict, kind=_KIND),
+               unoffered_none=st.none() | _any(BypassCheck, status=_STATUS),
+               password_audit=st.none() | _any(PasswordAudit, status=_STATUS))
 
 
 @st.composite
@@ -738,9 +757,7 @@ def _results(draw: st.DrawFn) -> tuple[ServiceResult, Product]:
         security_types_server_chosen=draw(st.booleans()) and len(types) == 1,
         notes=tuple(draw(st.lists(st.text(max_size=5), max_size=2))),
     )
-    extra = {"active": draw(st.dictionaries(st.sampled_from(
-        ["password_audit", "unoffered_none", "screenshot", "desktop_kind", "auth"]), _JUNK)),
-        "suspected_honeypot": draw(_JUNK), "tls": draw(_JUNK)}
+    extra = replace(draw(st.from_type(Extras)), active=draw(st.none() | _ACTIVE))
     r = ServiceResult(host=draw(st.sampled_from(["127.0.0.1", PRIVATE, PUBLIC, "::", "h.example"])),
                       port=draw(st.integers(1, 65535)), state=draw(st.sampled_from(list(State))),
                       rfb=draw(st.none() | st.just(f)), extra=extra)
@@ -760,7 +777,7 @@ def test_no_rule_raises_and_findings_keep_their_promises(case: tuple[ServiceResu
     for exposure in (None, A.Exposure.LOOPBACK, A.Exposure.PUBLIC):
         ctx = A.Context(result, product, exposure or A.exposure_of(result.host), A.knowledge(),
                         tuple(A.offers(result.rfb)) if result.rfb else (),
-                        A.as_mapping(result.extra.get("active")))
+                        result.extra.active or ActiveChecks())
         found: list[Finding] = []
         for _name, rule in A.RULES:
             found += rule(ctx)  # raises straight into the test: no guard here

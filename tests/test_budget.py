@@ -64,9 +64,10 @@ def test_four_free_connections_then_the_facts_read_last(store: Store) -> None:
         assert denied.next_block() == 10
         answer = ledger.answer(denied)
     assert answer.state is State.VNC and answer.rfb is not None  # the facts read last
-    note = answer.extra["budget"]
-    assert note["probed"] is False and note["read_at"] and note["age"] >= 0
-    assert note["spent"] == 4 and note["free"] == 4 and note["rule"] == "tigervnc"
+    note = answer.extra.budget
+    assert note is not None and note.probed is False and note.read_at
+    assert note.age is not None and note.age >= 0
+    assert note.spent == 4 and note.free == 4 and note.rule == "tigervnc"
 
 
 def test_a_server_that_counts_nothing_is_never_limited(store: Store) -> None:
@@ -220,7 +221,8 @@ def test_a_store_that_cannot_be_written_grants_nothing(tmp_path: Path) -> None:
         assert decision.reason.startswith("not probed: the connection ledger cannot be written")
         answer = ledger.answer(decision)
     assert answer.state is State.VNC  # the facts read before, still readable
-    assert "cannot be written" in answer.extra["budget"]["reason"]
+    assert answer.extra.budget is not None
+    assert "cannot be written" in answer.extra.budget.reason
 
 
 def test_ages_and_orderings_survive_a_wall_clock_jump() -> None:
@@ -257,7 +259,7 @@ def test_budget_note_round_trips_through_json(store: Store) -> None:
         (decision,) = ledger.admit([SERVER])
         answer = ledger.answer(decision, liveness="open")
     again = ServiceResult.from_dict(json.loads(json.dumps(answer.to_dict())))
-    assert again.extra["budget"]["liveness"] == "open"
+    assert again.extra.budget is not None and again.extra.budget.liveness == "open"
     assert budget.table_note(again).startswith("not re-probed; read")
 
 
@@ -301,9 +303,10 @@ def test_a_sharded_scan_ships_the_ledger_s_decisions(tmp_path: Path) -> None:
             results = {r.host: r for r in store.results(scan_id)}
             with store.reading("test") as conn:
                 rows = dict(conn.execute("SELECT dst, spent FROM budget_ledger").fetchall())
-    assert results[spent].extra["budget"]["probed"] is False  # answered, not connected
+    answered = results[spent].extra.budget
+    assert answered is not None and answered.probed is False  # answered, not connected
     assert results[spent].state is State.VNC
-    assert results[fresh].state is State.VNC and "budget" not in results[fresh].extra
+    assert results[fresh].state is State.VNC and results[fresh].extra.budget is None
     assert rows == {spent: 4, fresh: 1}
 
 

@@ -5,7 +5,7 @@ recording (`probe._Session`), never by hand-written facts:
 * REAL transcripts (`tests/transcripts/*.json`, recorded from TigerVNC 1.12, x11vnc 0.9.16 and
   Xtightvnc 1.3.10), replayed with the recorded client's choices;
 * the fuzz corpus (`fuzz/corpus/`) and bytes measured here (QEMU 7.2);
-* byte streams built from the handshakes documented in shared/reference/rfb.md, for products
+* byte streams built from the handshakes documented in docs/rfb.md, for products
   that cannot run here (RealVNC, UltraVNC, macOS, VirtualBox, TurboVNC); each cites its source.
 `test_every_signature_has_a_fixture` fails when a signature is added without a fixture.
 """
@@ -22,6 +22,13 @@ import pytest
 
 from vncaudit import fingerprint, rfb
 from vncaudit.models import Product, ServiceResult, State
+from vncaudit.payloads import (
+    ActiveChecks,
+    AuthCheck,
+    HandshakeRecord,
+    WebFrontEnd,
+    WebSocketEndpoint,
+)
 from vncaudit.probe import ProbeOptions
 from vncaudit.websocket import HttpResponse, identify_http
 
@@ -118,19 +125,17 @@ def corpus(name: str) -> ServiceResult:
 
 def with_web(result: ServiceResult, *, status: int, headers: dict[str, str], body: bytes = b"",
              websocket: bool = True) -> ServiceResult:
-    """Add the extra["web"] that websocket.probe_web records for this HTTP answer."""
+    """Add the extra.web that websocket.probe_web records for this HTTP answer."""
     page = HttpResponse(status, "", tuple((k.lower(), v) for k, v in headers.items()), body)
-    web: dict[str, Any] = {"transport": "websocket" if websocket else None,
-                           "http": identify_http(page).to_dict(), "websocket": None,
-                           "attempts": []}
-    if websocket:
-        web["websocket"] = {"url": "ws://127.0.0.1:6080/websockify", "path": "/websockify",
-                            "subprotocol": None, "server": headers.get("Server")}
-    return replace(result, extra={**result.extra, "web": web})
+    endpoint = WebSocketEndpoint("ws://127.0.0.1:6080/websockify", "/websockify", None,
+                                 headers.get("Server"))
+    return result.with_extra(web=WebFrontEnd("websocket" if websocket else None,
+                                             identify_http(page),
+                                             endpoint if websocket else None))
 
 
 def none_server(name: bytes, version: tuple[int, int] = (3, 8)) -> ServiceResult:
-    """A server offering only None, as TigerVNC/LibVNCServer/QEMU do (rfb.md §1.5 trace)."""
+    """A server offering only None, as TigerVNC/LibVNCServer/QEMU do (docs/rfb.md §1.5 trace)."""
     return stream(banner(*version) + type_list(1), u32(0) + server_init(name=name))
 
 
@@ -141,14 +146,14 @@ def failure(text: bytes, version: tuple[int, int] = (3, 8)) -> ServiceResult:
 
 
 def vencrypt(types: tuple[int, ...], subtypes: tuple[int, ...]) -> ServiceResult:
-    """The probe picks 19, answers 0.2, reads ack 0 and the sub-type list (rfb.md §3.1)."""
+    """The probe picks 19, answers 0.2, reads ack 0 and the sub-type list (docs/rfb.md §3.1)."""
     sub = bytes([len(subtypes)]) + u32(*subtypes)
     return stream(banner() + type_list(*types), b"\x00\x02", b"\x00" + sub)
 
 
 def tight(types: tuple[int, ...], caps: list[bytes], version: tuple[int, int] = (3, 8)) -> (
         ServiceResult):
-    """The probe picks 16; no tunnels, then the auth capabilities (rfb.md §4.2)."""
+    """The probe picks 16; no tunnels, then the auth capabilities (docs/rfb.md §4.2)."""
     return stream(banner(*version) + type_list(*types), u32(0) + u32(len(caps)) + b"".join(caps))
 
 
@@ -194,7 +199,7 @@ CASES = [
     Case("x11vnc-none-38", lambda: replay("x11vnc-none-38"), "x11vnc", None,
          ("x11vnc-desktop", "x11vnc-desktop-libvncserver", "libvncserver-none",
           "libvncserver-true-colour-ff"), ("desktop name 'vm:40'",)),
-    # x11vnc -desktop NAME: the name no longer tells, LibVNCServer's 0xff true-colour byte does.
+    # x11vnc -desktop NAME: the name does not tell, LibVNCServer's 0xff true-colour byte does.
     Case("x11vnc-none-38-renamed", lambda: _renamed(replay("x11vnc-none-38"), "lab-desktop"),
          "LibVNCServer", None, ("libvncserver-true-colour-ff", "libvncserver-none"),
          ("ServerInit true-colour flag 0xff",)),
@@ -246,36 +251,36 @@ CASES = [
     Case("ultravnc-3.14-mslogon", lambda: corpus("ultra-3.14"), "UltraVNC", None,
          ("ultravnc-singleclick-banner", "ultravnc-mslogon-legacy-33"),
          ("banner RFB 003.014",)),
-    # ---- documented handshakes (shared/reference/rfb.md)
-    # rfb.md §6.2 TigerVNC: vncserver's "-desktop host:N (user)"
+    # ---- documented handshakes (docs/rfb.md)
+    # docs/rfb.md §6.2 TigerVNC: vncserver's "-desktop host:N (user)"
     Case("tigervnc-vncserver-name", lambda: none_server(b"vm:1 (root)"), "TigerVNC", None,
          ("tigervnc-xvnc-desktop",)),
-    # rfb.md §6.2 TigerVNC: RA2 types (5, 6, 129, 130) with nettle, on RFB 3.8
+    # docs/rfb.md §6.2 TigerVNC: RA2 types (5, 6, 129, 130) with nettle, on RFB 3.8
     Case("tigervnc-ra2", lambda: stream(banner() + type_list(5, 6, 129, 130, 2)), "TigerVNC",
          None, ("tigervnc-ra2",)),
-    # rfb.md §6.2 TigerVNC "-SecurityTypes X509Vnc" vs QEMU tls-creds: [19] + one sub-type
+    # docs/rfb.md §6.2 TigerVNC "-SecurityTypes X509Vnc" vs QEMU tls-creds: [19] + one sub-type
     Case("vencrypt-single", lambda: vencrypt((19,), (261,)), "unknown", None,
          ("tigervnc-vencrypt-single", "qemu-vencrypt-single"), ("TigerVNC", "QEMU")),
-    # rfb.md §6.2 RealVNC 5+: Raspberry Pi list (vncdotool #248, libvncserver #135)
+    # docs/rfb.md §6.2 RealVNC 5+: Raspberry Pi list (vncdotool #248, libvncserver #135)
     Case("realvnc-pi", lambda: stream(banner(5, 0) + type_list(13, 5, 6, 130, 192)), "RealVNC",
          ">= 5.3", ("realvnc-5-banner", "realvnc-5-types", "realvnc-proprietary-types"),
          ("banner RFB 005.000",)),
-    # rfb.md §6.2 RealVNC 6.9.1 on Windows (noVNC #1651)
+    # docs/rfb.md §6.2 RealVNC 6.9.1 on Windows (noVNC #1651)
     Case("realvnc-windows", lambda: stream(banner(5, 0) + type_list(13, 133, 5, 129, 192)),
          "RealVNC", ">= 5.3", ("realvnc-5-types",)),
-    # rfb.md §2: 13/133/192 are RealVNC's own, whatever the banner says
+    # docs/rfb.md §2: 13/133/192 are RealVNC's own, whatever the banner says
     Case("realvnc-types-only", lambda: stream(banner() + type_list(13, 5)), "RealVNC", ">= 5",
          ("realvnc-proprietary-types",)),
-    # rfb.md §6.1: RFB 004.000 / 004.001 (nmap probes; noVNC)
+    # docs/rfb.md §6.1: RFB 004.000 / 004.001 (nmap probes; noVNC)
     Case("realvnc-4.0", lambda: stream(banner(4, 0) + type_list(2)), "RealVNC", "4",
          ("realvnc-4-personal",), ("Intel AMT",)),
     Case("realvnc-4.1", lambda: stream(banner(4, 1) + type_list(2)), "RealVNC", "4",
          ("realvnc-4-enterprise",)),
-    # rfb.md §6.2 RealVNC 4.x licence failure (nmap probes)
+    # docs/rfb.md §6.2 RealVNC 4.x licence failure (nmap probes)
     Case("realvnc-licence", lambda: failure(
         b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid "
         b"license key is applied.", (3, 3)), "RealVNC", None, ("realvnc-licence",)),
-    # rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
+    # docs/rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
     Case("realvnc-http", lambda: with_web(
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "RealVNC/4.1.3"}, websocket=False,
@@ -286,35 +291,35 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
-    # rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
+    # docs/rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
     Case("tightvnc-2-loopback", lambda: failure(b"Sorry, loopback connections are not enabled"),
          "TightVNC", "2", ("tightvnc-2-rejected",)),
-    # fuzz corpus tight-auth / rfb.md §6.2 [TIGHT13]: RFB 3.7 with Tight
+    # fuzz corpus tight-auth / docs/rfb.md §6.2 [TIGHT13]: RFB 3.7 with Tight
     Case("tightvnc-1.3-rfb37", lambda: tight((16,), [VNCAUTH], (3, 7)), "TightVNC", "1.3",
          ("tightvnc-1.3-rfb37",)),
-    # rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
+    # docs/rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
     Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259)), "TurboVNC", None,
          ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
-    # rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
+    # docs/rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
     Case("turbovnc-tight", lambda: tight((2, 16), [VNCAUTH, cap(129, b"TGHT", b"ULGNAUTH")]),
          "TurboVNC", None, ("turbovnc-tight-caps", "turbovnc-vnc-only"),
          ("Tight auth capability TGHT ULGNAUTH",)),
-    # rfb.md §6.2 TurboVNC lockout (two spaces)
+    # docs/rfb.md §6.2 TurboVNC lockout (two spaces)
     Case("turbovnc-blocked", lambda: failure(
         b"Too many authentication failures.  Client temporarily blocked"), "TurboVNC", None,
         ("turbovnc-blocked",)),
-    # rfb.md §6.2 LibVNCServer default name and failure strings
+    # docs/rfb.md §6.2 LibVNCServer default name and failure strings
     Case("libvncserver-name", lambda: none_server(b"LibVNCServer"), "LibVNCServer", None,
          ("libvncserver-desktop",)),
     Case("libvncserver-no-auth-mode", lambda: failure(b"No authentication mode is registered!"),
          "LibVNCServer", None, ("libvncserver-failure",)),
-    # rfb.md §6.2 VirtualBox VNC extension pack (VBoxVNC.cpp)
+    # docs/rfb.md §6.2 VirtualBox VNC extension pack (VBoxVNC.cpp)
     Case("virtualbox", lambda: none_server(b"VBoxVNC"), "VirtualBox", None,
          ("virtualbox-desktop",), ("desktop name 'VBoxVNC'",)),
-    # rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
+    # docs/rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
     Case("qemu-sasl", lambda: stream(banner() + type_list(20)), "QEMU", None, ("qemu-sasl",)),
     Case("qemu-plain-name", lambda: none_server(b"QEMU"), "QEMU", None, ("qemu-desktop",)),
-    # rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
+    # docs/rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
     Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
          ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),
     Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
@@ -322,7 +327,7 @@ CASES = [
     Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),
          "UltraVNC", ">= 1.4.0.1", ("ultravnc-mslogon", "ultravnc-current"),
          ("113 (MS-Logon II)",)),
-    # rfb.md §6.1 legacy UltraVNC banners: 3.4 (MS-Logon), 3.6; the probe answers 3.3
+    # docs/rfb.md §6.1 legacy UltraVNC banners: 3.4 (MS-Logon), 3.6; the probe answers 3.3
     Case("ultravnc-3.4", lambda: stream(banner(3, 4) + u32(2) + bytes(16)), "UltraVNC",
          "< 1.0.9", ("ultravnc-legacy-banner",)),
     Case("ultravnc-3.6", lambda: stream(banner(3, 6) + u32(2) + bytes(16)), "UltraVNC",
@@ -334,19 +339,19 @@ CASES = [
     Case("ultravnc-no-password", lambda: failure(
         b"This server does not have a valid password enabled.Until a password is set, incoming "
         b"connections cannot be accepted."), "UltraVNC", None, ("ultravnc-failure",)),
-    # rfb.md §6.2 Apple: [30, 33, 36] (vm0-ai #35867) and [30, 35] (nmap vnc-info example)
+    # docs/rfb.md §6.2 Apple: [30, 33, 36] (vm0-ai #35867) and [30, 35] (nmap vnc-info example)
     Case("macos-26", lambda: stream(banner(3, 889) + type_list(30, 33, 36)),
          "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
     Case("macos-old", lambda: stream(banner(3, 889) + type_list(30, 35)),
          "macOS Screen Sharing", None, ("macos-ard-types",)),
-    # rfb.md §8.2/§8.4: noVNC page served by websockify --web, TigerVNC behind it
+    # docs/rfb.md §8.2/§8.4: noVNC page served by websockify --web, TigerVNC behind it
     Case("novnc-tigervnc", lambda: with_web(
         replay("tigervnc-default-38"), status=200,
         headers={"Server": "WebSockify Python/3.11.2"},
         body=b"<html><head><title>noVNC</title></head></html>"),
         "noVNC/websockify", None, ("novnc-page", "websockify-server", "tigervnc-default"),
         ("web front end: novnc", "backend TigerVNC")),
-    # rfb.md §8.2: websockify without --web answers GET / with 405
+    # docs/rfb.md §8.2: websockify without --web answers GET / with 405
     Case("websockify-bare", lambda: with_web(
         replay("x11vnc-password-38"), status=405, headers={"Server": "WebSockify Python/3.11.2"}),
         "noVNC/websockify", None, ("websockify-kind", "websockify-server"),
@@ -504,10 +509,10 @@ def test_shipped_file_loads_once_and_result_is_a_product() -> None:
 
 
 def test_active_check_desktop_name_is_used() -> None:
-    # A ServerInit read by an active check after authenticating (extra["active"]["auth"]).
+    # A ServerInit read by an active check after authenticating (extra.active.auth).
     result = replay("tigervnc-vncauth-38")
     assert fingerprint.identify(result).name == "unknown"
-    authed = replace(result, extra={"active": {"auth": {"outcome": "ok",
-                                                         "desktop_name": "QEMU (vm1)"}}})
+    authed = result.with_extra(active=ActiveChecks(auth=AuthCheck(
+        HandshakeRecord("ok", desktop_name="QEMU (vm1)"), "********", False)))
     product = fingerprint.identify(authed)
     assert product.name == "QEMU" and "desktop name 'QEMU (vm1)'" in product.evidence

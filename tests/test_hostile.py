@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from vncaudit.models import ServiceResult, State, Target
+from vncaudit.payloads import HoneypotChecks, SuspectedHoneypot
 from vncaudit.probe import ProbeOptions, close_writer, honeypot_signals, probe
 
 from hostile import BEHAVIOURS, Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
@@ -116,7 +117,7 @@ def test_protocol_guess(
     name: str, guess: str, farm_results: dict[str, list[ServiceResult]]
 ) -> None:
     (result,) = farm_results[name]
-    assert result.extra["protocol_guess"] == guess
+    assert result.extra.protocol_guess == guess
 
 
 def test_every_other_connection(farm_results: dict[str, list[ServiceResult]]) -> None:
@@ -137,7 +138,8 @@ def test_vencrypt_absurd_is_kept_and_suspected(
     (result,) = farm_results["vencrypt-absurd"]
     assert result.rfb is not None and result.rfb.vencrypt is not None
     assert len(result.rfb.vencrypt.subtypes) == 255
-    reasons = result.extra["suspected_honeypot"]["reasons"]
+    assert result.extra.suspected_honeypot is not None
+    reasons = result.extra.suspected_honeypot.reasons
     assert any("255 VeNCrypt sub-types" in r for r in reasons)
 
 
@@ -145,15 +147,15 @@ def test_honeypot_any_from_one_connection(farm_results: dict[str, list[ServiceRe
     (result,) = farm_results["honeypot-any"]
     assert result.rfb is not None and result.rfb.auth_required is False
     assert result.rfb.desktop_name == "honeypot"
-    assert result.extra["suspected_honeypot"]["reasons"] == [
-        "types of products never seen together: Apple, TLS (Vino), Tight, UltraVNC, VeNCrypt"
-    ]
-    assert "active_checks" not in result.extra  # no extra connection by default
+    assert result.extra.suspected_honeypot == SuspectedHoneypot((
+        "types of products never seen together: Apple, TLS (Vino), Tight, UltraVNC, VeNCrypt",))
+    assert result.extra.honeypot_checks is None  # no extra connection by default
 
 
 def test_honeypot_every_type(farm_results: dict[str, list[ServiceResult]]) -> None:
     (result,) = farm_results["honeypot-every-type"]
-    reasons = result.extra["suspected_honeypot"]["reasons"]
+    assert result.extra.suspected_honeypot is not None
+    reasons = result.extra.suspected_honeypot.reasons
     assert "every security type from 1 to 40 offered" in reasons
     assert any(r.startswith("40 security types offered") for r in reasons)
 
@@ -164,7 +166,7 @@ def test_plausible_servers_are_not_suspected_by_default(
     name: str, farm_results: dict[str, list[ServiceResult]]
 ) -> None:
     (result,) = farm_results[name]
-    assert "suspected_honeypot" not in result.extra
+    assert result.extra.suspected_honeypot is None
 
 
 def test_realvnc_411_offers_only_vnc_auth(farm_results: dict[str, list[ServiceResult]]) -> None:
@@ -210,11 +212,9 @@ def active_results(hostile_farm: Farm) -> dict[str, ServiceResult]:  # noqa: F81
 def test_active_checks_expose_the_quiet_honeypot(active_results: dict[str, ServiceResult]) -> None:
     result = active_results["honeypot-quiet"]
     assert result.state is State.VNC
-    assert result.extra["honeypot_checks"] == {
-        "unassigned_type_77": "accepted", "challenge_random": True, "challenge_repeated": True,
-        "connections": 3,
-    }
-    assert result.extra["suspected_honeypot"]["reasons"] == [
+    assert result.extra.honeypot_checks == HoneypotChecks(77, "accepted", 3, True, True)
+    assert result.extra.suspected_honeypot is not None
+    assert list(result.extra.suspected_honeypot.reasons) == [
         "accepted unassigned security type 77",
         "the same VNC authentication challenge on two connections "
         "(000102030405060708090a0b0c0d0e0f)",
@@ -224,11 +224,9 @@ def test_active_checks_expose_the_quiet_honeypot(active_results: dict[str, Servi
 
 def test_active_checks_expose_a_static_challenge(active_results: dict[str, ServiceResult]) -> None:
     result = active_results["honeypot-static-challenge"]
-    assert result.extra["honeypot_checks"] == {
-        "unassigned_type_77": "closed", "challenge_random": False, "challenge_repeated": True,
-        "connections": 3,
-    }
-    assert result.extra["suspected_honeypot"]["reasons"] == [
+    assert result.extra.honeypot_checks == HoneypotChecks(77, "closed", 3, False, True)
+    assert result.extra.suspected_honeypot is not None
+    assert list(result.extra.suspected_honeypot.reasons) == [
         "VNC authentication challenge is not random (b'AAAAAAAAAAAAAAAA')",
         "the same VNC authentication challenge on two connections "
         "(41414141414141414141414141414141)",
@@ -245,8 +243,9 @@ def test_active_checks_cost_honest_servers_one_or_two_connections(
     name: str, checks: dict[str, Any], active_results: dict[str, ServiceResult]
 ) -> None:
     result = active_results[name]
-    assert result.extra["honeypot_checks"] == checks
-    assert "suspected_honeypot" not in result.extra
+    assert result.extra.honeypot_checks is not None
+    assert result.extra.honeypot_checks.to_dict() == checks  # the report's shape
+    assert result.extra.suspected_honeypot is None
     assert result.rfb is not None and result.rfb.selected_type in (None, 1)  # facts unchanged
 
 
@@ -254,10 +253,12 @@ def test_active_checks_add_to_the_one_connection_reasons(
     active_results: dict[str, ServiceResult],
 ) -> None:
     result = active_results["honeypot-any"]
-    reasons = result.extra["suspected_honeypot"]["reasons"]
+    assert result.extra.suspected_honeypot is not None
+    reasons = result.extra.suspected_honeypot.reasons
     assert reasons[0].startswith("types of products never seen together")
     assert reasons[1] == "accepted unassigned security type 77"
-    assert result.extra["honeypot_checks"]["challenge_repeated"] is False  # random challenges
+    assert result.extra.honeypot_checks is not None
+    assert result.extra.honeypot_checks.challenge_repeated is False  # random challenges
 
 
 @pytest.mark.parametrize(("name", "status"), [("realvnc-4.1.1", "vulnerable"),
@@ -267,11 +268,11 @@ def test_unoffered_none_check_on_the_farm(name: str, status: str, hostile_farm: 
     """The farm's RealVNC 4.1.1 double for `active.check_unoffered_none` (CVE-2006-2369).
 
     A honeypot that accepts anything looks "vulnerable" too: assess tells them apart by
-    `extra["honeypot_checks"]` (an unassigned type accepted as well)."""
+    `extra.honeypot_checks` (an unassigned type accepted as well)."""
     active = pytest.importorskip("vncaudit.active")
     target = Target(hostile_farm.host, hostile_farm.ports[name])
     out = asyncio.run(active.check_unoffered_none(target, timeout=TIMEOUT))
-    assert out["status"] == status, out
+    assert out.status == status, out
 
 
 # -- memory --------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def test_memory_stays_bounded(name: str, hostile_farm: Farm) -> None:  # noqa: F
     assert peak < MEMORY_CAP, f"{name}: tracemalloc peak {peak} bytes"
 
 
-# -- honeypot signals never fire on what real products send (rfb.md §6.2) ------------------------
+# -- honeypot signals never fire on what real products send (docs/rfb.md §6.2) ---------------
 
 REAL_LISTS: list[tuple[list[int], list[int] | None]] = [
     ([19, 2], [258, 2]),  # TigerVNC default

@@ -75,7 +75,7 @@ def test_tigervnc_vencrypt(tigervnc_vencrypt: servers.VncServer, probe_once: Any
     assert f.auth_required is False
     assert f.security_result == "ok"
     assert f.desktop_name == "tiger-vencrypt"
-    assert r.extra["tls"]["anonymous"] is True
+    assert r.extra.tls is not None and r.extra.tls.anonymous is True
     assert_no_duplicates_or_unknowns(r)
 
 

@@ -30,6 +30,7 @@ from libnmap.parser import NmapParser
 
 from vncaudit import report
 from vncaudit.models import Finding, Product, ServiceResult, Severity, State
+from vncaudit.payloads import ActiveChecks, WebFrontEnd, WebSocketEndpoint
 from vncaudit.report import csv_report, html, nmap_xml
 from vncaudit.report.schema import report_schema
 
@@ -349,8 +350,8 @@ def test_other_states_and_web_transport_in_every_format(services: list[ServiceRe
         ServiceResult("127.0.0.1", 5910, State.TARPIT, error="no banner within 5 s"),
         ServiceResult("127.0.0.1", 5911, State.OPEN_NOT_VNC, error="speaks HTTP"),
         ServiceResult("127.0.0.1", 5912, State.MALFORMED, error="bad banner b'RFB 0x'"),
-        replace(x11, port=6080, extra={"web": {"transport": "websocket", "websocket": {
-            "url": "ws://127.0.0.1:6080/websockify", "path": "/websockify"}}}),
+        replace(x11, port=6080).with_extra(web=WebFrontEnd("websocket", websocket=(
+            WebSocketEndpoint("ws://127.0.0.1:6080/websockify", "/websockify", None, None)))),
     ]
     port_el = _xml_services(report.render("xml", META, odd))
     services_xml = {p: el.find("service") for (_, p), el in port_el.items()}
@@ -488,7 +489,8 @@ def real_png(tmp_path: Path) -> Iterator[tuple[Path, bytes]]:
 
 
 def _with_active(result: ServiceResult, active: dict[str, Any]) -> ServiceResult:
-    return replace(result, extra={**result.extra, "active": active})
+    """`result` with the active checks given in their JSON shape (as a store row holds them)."""
+    return result.with_extra(active=ActiveChecks.from_dict(active))
 
 
 def test_html_embeds_the_screenshot_and_shows_the_verdict(

@@ -44,6 +44,7 @@ from vncaudit.models import (
     TightInfo,
     VeNCryptInfo,
 )
+from vncaudit.payloads import Extras, TlsSession
 from vncaudit.store import (
     DB_VERSION,
     Store,
@@ -114,7 +115,7 @@ def tigervnc_vencrypt(host: str = "127.0.0.1", port: int = 5903) -> ServiceResul
         transcript_hex="524642203030332e3030380a0213020002",
         hostname="vnc.lab.test",
         elapsed=0.0123,
-        extra={"probe": {"attempts": 1}},
+        extra=Extras(tls=TlsSession("TLSv1.2", "AECDH-AES256-SHA", True, False)),
     )
 
 
@@ -219,7 +220,7 @@ def write_item(store: Store, scan_id: str, i: int) -> bool:
 
 
 def same(a: ServiceResult, b: ServiceResult) -> bool:
-    """Equality including the `extra` dict (which the dataclass leaves out of ==)."""
+    """Equality, and the same schema-v1 dict (`extra`'s payloads included)."""
     return a == b and a.extra == b.extra and a.to_dict() == b.to_dict()
 
 

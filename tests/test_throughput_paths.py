@@ -5,8 +5,8 @@ by the patterns it matches), and `vncaudit.assess` the findings of a set of fact
 address and the desktop name left out (stand-ins replaced by each service's own). These
 tests grade neighbouring facts on different addresses, warm and cold, and compare with the
 uncached computation (`fingerprint._identify`, `assess._evaluate`), including facts that
-contain the stand-ins themselves, desktop names that need quoting, `extra` values that
-compare equal but print differently (True and 1), and exposures given by the caller.
+contain the stand-ins themselves, desktop names that need quoting, `extra` payloads that
+differ in one value or carry a stand-in, and exposures given by the caller.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from vncaudit import assess as A
 from vncaudit import fingerprint as F
 from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import Framebuffer, NamedType, ServiceResult, State
+from vncaudit.payloads import ActiveChecks, DesktopVerdict, Extras, SuspectedHoneypot
 from vncaudit.probe import ProbeOptions
 from vncaudit.rfb import security_type_name
 
@@ -58,12 +59,13 @@ TEXT = st.sampled_from([
 ]) | st.text(max_size=12)
 EXTRA = st.sampled_from([
     {}, {"suspected_honeypot": {"reasons": ["security types listed more than once: [2]"]}},
-    {"suspected_honeypot": {"reasons": [True]}}, {"suspected_honeypot": {"reasons": [1]}},
-    {"tls": {"version": "TLSv1.3"}}, {"active": {"unoffered_none": {"status": "vulnerable"}}},
+    {"suspected_honeypot": {"reasons": [A.HOST_MARK]}}, {"tls": {"version": "TLSv1.3"}},
+    {"active": {"unoffered_none": {"status": "vulnerable"}}},
     {"active": {"unoffered_none": {"status": "not-vulnerable"}}},
+    {"active": {"desktop_kind": {"kind": "desktop", "confidence": 0.8, "evidence": ["a"]}}},
+    {"active": {"desktop_kind": {"kind": "desktop", "confidence": 0.9, "evidence": ["a"]}}},
     {"web": {"http": {"server": "WebSockify Python/3.11", "kind": "novnc"}}},
-    {"odd": object()},
-])
+]).map(Extras.from_dict)
 
 
 @st.composite
@@ -86,7 +88,7 @@ def results(draw: st.DrawFn) -> ServiceResult:
         base, rfb=rfb, port=draw(st.sampled_from([5900, 5901, 443, 6080])),
         state=draw(st.sampled_from([base.state, State.VNC, State.BLACKLISTED,
                                     State.MALFORMED])),
-        error=draw(st.none() | TEXT), extra=dict(draw(EXTRA)),
+        error=draw(st.none() | TEXT), extra=draw(EXTRA),
     )
 
 
@@ -132,7 +134,7 @@ def neighbours(draw: st.DrawFn) -> tuple[ServiceResult, ServiceResult]:
         return a, replace(a, port=draw(st.sampled_from([5900, 5901, 443, 6080])))
     if what == "state":
         return a, replace(a, state=draw(st.sampled_from(list(State))))
-    return a, replace(a, extra=dict(draw(EXTRA)))
+    return a, replace(a, extra=draw(EXTRA))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -205,15 +207,15 @@ def test_facts_holding_the_stand_in_are_never_memoised() -> None:
     _both_ways(replace(broken, host="8.8.8.8"), replace(broken, host="10.1.2.3"))
 
 
-def test_extra_values_that_compare_equal_but_print_differently_get_their_own_findings() -> None:
+def test_payloads_that_differ_in_one_value_get_their_own_findings() -> None:
     base = next(r for r in RECORDED if r.rfb is not None)
-    truthy = replace(base, extra={"suspected_honeypot": {"reasons": [True]}})
-    one = replace(base, extra={"suspected_honeypot": {"reasons": [1]}})
-    _both_ways(truthy, one)
-    _both_ways(one, truthy)
-    listed = replace(base, extra={"suspected_honeypot": {"reasons": ["a", "b"]}})
-    mapped = replace(base, extra={"suspected_honeypot": {"reasons": {"a": "b"}}})
-    _both_ways(listed, mapped)
+    two = base.with_extra(suspected_honeypot=SuspectedHoneypot(("a", "b")))
+    one = base.with_extra(suspected_honeypot=SuspectedHoneypot(("a",)))
+    _both_ways(two, one)
+    _both_ways(one, two)
+    sure = base.with_extra(active=ActiveChecks(desktop_kind=DesktopVerdict("desktop", 0.9)))
+    unsure = base.with_extra(active=ActiveChecks(desktop_kind=DesktopVerdict("desktop", 0.8)))
+    _both_ways(sure, unsure)
 
 
 def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeypatch: Any) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
+from vncaudit.payloads import ActiveChecks, Extras, ScreenshotCheck
 from vncaudit.store import Store
 from vncaudit.watch import config as cfg
 from vncaudit.watch.alerts import Change, Tracked, alert_key, evaluate
@@ -308,7 +309,8 @@ def test_prune_keeps_each_monitors_latest_and_baseline_cycles(tmp_path: Path) ->
         shot.write_bytes(b"\x89PNG")
         pictured = vnc()
         pictured = ServiceResult(pictured.host, pictured.port, pictured.state, pictured.rfb,
-                                 extra={"active": {"screenshot": {"path": str(shot)}}})
+                                 extra=Extras(active=ActiveChecks(screenshot=ScreenshotCheck(
+                                     "ok", path=str(shot), outcome="ok"))))
         plain = store.create_scan(["10.0.0.9"], "5900", {})
         store.add_result(plain, pictured)
         store.finish_scan(plain)

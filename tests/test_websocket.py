@@ -163,10 +163,11 @@ def test_probe_through_a_websocket_with_split_frames() -> None:
     assert result.state is State.VNC, result.error
     assert [t.id for t in result.rfb.security_types] == [2, 16]
     assert [c.code for c in result.rfb.tight.auth] == [2]
-    web = result.extra["web"]
-    assert web["transport"] == "websocket" and web["websocket"]["path"] == "/"
-    assert web["websocket"]["subprotocol"] == "binary"
-    assert [a.get("status") for a in web["attempts"]] == [404, 101]
+    web = result.extra.web
+    assert web is not None and web.websocket is not None
+    assert web.transport == "websocket" and web.websocket.path == "/"
+    assert web.websocket.subprotocol == "binary"
+    assert [a.status for a in web.attempts] == [404, 101]
     # Our pong echoes the ping; then the client version and the Tight selection, each masked
     # (the fake's parser unmasks them).
     assert received[:3] == [b"hi", b"RFB 003.008\n", b"\x10"]
@@ -179,7 +180,8 @@ def test_a_wrong_accept_key_is_refused() -> None:
 
     result = asyncio.run(run())
     assert result.state is State.OPEN_NOT_VNC
-    assert "does not match" in result.extra["web"]["attempts"][0]["error"]
+    assert result.extra.web is not None
+    assert "does not match" in str(result.extra.web.attempts[0].error)
 
 
 # ------------------------------------------------------------------------------ real websockify
@@ -231,12 +233,13 @@ def test_websockify_in_front_of_a_real_server(
         plain = asyncio.run(probe(front, ProbeOptions(timeout=1.0)))
     assert through.state is State.VNC, through.error
     assert through.rfb == direct.rfb  # the same facts, TLS inside the WebSocket included
-    assert through.extra.get("tls", {}).keys() == direct.extra.get("tls", {}).keys()
-    info = through.extra["web"]
-    assert info["transport"] == "websocket"
-    assert info["websocket"]["url"] == f"ws://127.0.0.1:{front.port}/websockify"
-    assert info["http"]["kind"] in ("websockify", "novnc")
-    assert info["http"]["server"].startswith("WebSockify")
+    assert through.extra.tls == direct.extra.tls  # TLS inside the WebSocket: the same session
+    info = through.extra.web
+    assert info is not None and info.websocket is not None and info.http is not None
+    assert info.transport == "websocket"
+    assert info.websocket.url == f"ws://127.0.0.1:{front.port}/websockify"
+    assert info.http.kind in ("websockify", "novnc")
+    assert str(info.http.server).startswith("WebSockify")
     # A plain RFB probe of the gateway hears nothing: that is the cue to try the web probe.
     assert plain.state in (State.TARPIT, State.OPEN_NOT_VNC)
 
@@ -272,8 +275,9 @@ def test_classic_java_viewer_http_server(vnc_server_factory: Any) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     result = asyncio.run(ws.probe_web(Target("127.0.0.1", http_port)))
-    web = result.extra["web"]
-    assert web["transport"] == "http-java-viewer"
-    assert web["http"]["kind"] == "java-viewer"
-    assert web["http"]["applet_port"] == srv.port
-    assert web["attempts"] == []  # no WebSocket tried on a Java-viewer page
+    web = result.extra.web
+    assert web is not None and web.http is not None
+    assert web.transport == "http-java-viewer"
+    assert web.http.kind == "java-viewer"
+    assert web.http.applet_port == srv.port
+    assert web.attempts == ()  # no WebSocket tried on a Java-viewer page

@@ -12,28 +12,8 @@ scheduler) share one code path: only `connect()` differs.
 Must not: parse RFB, grade, render or print; import typer/rich; write to the store from a
 worker (the client process is the single writer of a scan, as the store's design asks).
 
-How the pieces fit (see docs/scale.md for the census-scale version):
-
-* Shard count: fixed when the scan first runs sharded and kept in the scan's options, because
-  shard i of n is only the same set of targets for the same n and seed. Resume keeps it.
-* Streaming: a worker sends `{"shard", "attempt", "start"}`, then `{"shard", "attempt",
-  "services": [result dicts], "marks": [[host, port, state]]}` every `batch_size` results or
-  `batch_interval` seconds, then `{"shard", "attempt", "end": n}`. Data goes through the
-  scheduler (the queue lives there), so a batch already sent survives the worker that sent it.
-  The queue is bounded: a slow client stalls the workers instead of growing the scheduler's
-  memory.
-* Shard done: recorded when its end marker is handled, in the same store transaction as every
-  result before it (the queue is FIFO per sender), so "shard done" never outlives its results.
-* Worker lost: Dask reschedules the running shard on another worker (its "allowed failures");
-  the rerun sends the shard's results again and `Store.add_result` / `mark_done` keep the first
-  write of each (scan, host, port): no duplicates. A shard that still fails is reported; the
-  scan ends "interrupted" and a resume reruns exactly the unfinished shards.
-* Resume: finished shards are skipped; pairs already in `done` are shipped once to every worker
-  (`scatter(broadcast=True)`) and skipped inside the unfinished shards.
-* Connection ledger (`vncaudit.budget`): the client decides before the shards start (a worker
-  writes no store), ships the decisions with each shard (`ShippedDecisions`: pairs not to
-  connect to, pairs to connect to from another loopback address) and records every result
-  as it stores it; a denied pair is stored as the ledger's answer (`_BudgetPlan`).
+How the pieces fit (shard count, the queue's messages, shard done, a lost worker, resume, the
+connection ledger) is docs/scale.md §1.
 """
 
 # Dask's Client, Queue and LocalCluster are only partly annotated (untyped __init__, get, cancel,
@@ -461,8 +441,8 @@ class _BudgetPlan:
         key = (result.host, result.port)
         decision = self.admitted.pop(key, None)
         if decision is not None and not decision.allowed:
-            note = result.extra.get("budget") or {}
-            return self.ledger.answer(decision, note.get("liveness"))
+            note = result.extra.budget
+            return self.ledger.answer(decision, note.liveness if note is not None else None)
         self._records.append((decision or self.ledger.unreserved(Target(*key)), result))
         return result
 

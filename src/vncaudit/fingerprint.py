@@ -3,15 +3,15 @@
 Owns: a small, data-driven matcher over the signatures of `data/products.toml` (read once with
 `tomllib`). Each signature is a conjunction of clauses over what a probe observed — banner,
 security-type list and order, VeNCrypt sub-types, Tight auth capabilities, failure text,
-desktop name, probe notes, and a web front end's HTTP facts from `ServiceResult.extra["web"]`.
+desktop name, probe notes, and a web front end's HTTP facts from `ServiceResult.extra.web`.
 A product's score is the summed weight of the distinct facts its matching signatures rest on;
 the best product wins only when it beats the best rival product by the file's margin, and its
 confidence grows with that margin. Ties and weak evidence give `Product("unknown", ...)` with
 the candidates as evidence: an unknown server stays unknown, never a guess dressed as fact.
 
 Must not: do I/O beyond reading its data file once, import anything of the package but the
-`models` data types, parse RFB bytes (the facts come from `rfb` via `probe`), or grade anything
-(that is `assess`). Knowledge lives in the data file, not in `if`s here.
+`models`/`payloads` data types, parse RFB bytes (the facts come from `rfb` via `probe`), or
+grade anything (that is `assess`). Knowledge lives in the data file, not in `if`s here.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from importlib import resources
 from typing import Any, Final
 
 from vncaudit.models import Product, RfbFacts, ServiceResult
+from vncaudit.payloads import ActiveChecks, WebFrontEnd
 
 UNKNOWN: Final = "unknown"
 LAYERS: Final = ("rfb", "web")
 
 
 # --------------------------------------------------------------------------------------------
-# Facts: what the matcher reads from a result (schema v1 fields and extra["web"])
+# Facts: what the matcher reads from a result (schema v1 fields and extra.web)
 
 
 @dataclass(frozen=True)
@@ -55,46 +56,32 @@ class Facts:
     true_colour_flag: int | None = None  # ServerInit's raw byte, when it was read
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _web_facts(extra: Mapping[str, Any]) -> tuple[tuple[str, ...], str | None]:
-    web = extra.get("web")
-    if not isinstance(web, Mapping):
+def _web_facts(web: WebFrontEnd | None) -> tuple[tuple[str, ...], str | None]:
+    if web is None:
         return (), None
-    servers: list[str] = []
-    http: Mapping[str, Any] = _mapping(web.get("http"))
-    parts = [http, _mapping(web.get("websocket"))]
-    attempts = web.get("attempts")
-    parts += [_mapping(a) for a in attempts] if isinstance(attempts, list) else []
-    for source in parts:
-        server = source.get("server")
-        if isinstance(server, str) and server and server not in servers:
-            servers.append(server)
-    kind = http.get("kind")
-    return tuple(servers), kind if isinstance(kind, str) and kind != "none" else None
+    kind = web.http.kind if web.http is not None else None
+    return web.servers, kind if kind != "none" else None
 
 
-def _active_desktop(extra: Mapping[str, Any]) -> str | None:
+def _active_desktop(active: ActiveChecks | None) -> str | None:
     # A ServerInit read by an active check (with --password or --screenshot) names the desktop
     # of a server that needs authentication, which the probe alone never reaches.
-    active = extra.get("active")
-    if not isinstance(active, Mapping):
+    if active is None:
         return None
-    for key in ("auth", "screenshot"):
-        part = active.get(key)
-        if isinstance(part, Mapping) and isinstance(part.get("desktop_name"), str):
-            return str(part["desktop_name"])
+    if active.auth is not None and active.auth.handshake.desktop_name is not None:
+        return active.auth.handshake.desktop_name
+    if active.screenshot is not None:
+        return active.screenshot.desktop_name
     return None
 
 
 def facts_of(result: ServiceResult) -> Facts:
     """Flatten a result into the facts the signatures read."""
-    servers, kind = _web_facts(result.extra)
+    servers, kind = _web_facts(result.extra.web)
     rfb: RfbFacts | None = result.rfb
     if rfb is None:
-        return Facts(http_servers=servers, web_kind=kind, desktop=_active_desktop(result.extra))
+        return Facts(http_servers=servers, web_kind=kind,
+                     desktop=_active_desktop(result.extra.active))
     tight = None
     if rfb.tight is not None:
         tight = tuple(f"{c.vendor} {c.signature}" for c in rfb.tight.auth)
@@ -108,7 +95,7 @@ def facts_of(result: ServiceResult) -> Facts:
         tight_auth=tight,
         failure=rfb.failure_reason,
         desktop=rfb.desktop_name if rfb.desktop_name is not None
-        else _active_desktop(result.extra),
+        else _active_desktop(result.extra.active),
         notes=rfb.notes,
         http_servers=servers,
         web_kind=kind,

@@ -42,6 +42,7 @@ from vncaudit import rfb as rfb_mod
 from vncaudit.budget import Decision, Ledger
 from vncaudit.budget.clock import process_start
 from vncaudit.models import Product, RfbFacts, ServiceResult, Severity, State, Target
+from vncaudit.payloads import LocalBinding
 from vncaudit.probe import ProbeOptions, probe
 
 log = logging.getLogger(__name__)
@@ -823,7 +824,7 @@ async def audit_async(
         results = await _probe_all(listeners, ProbeOptions(timeout=timeout), ledger)
         graded: list[Listener] = []
         for x, r in zip(listeners, results, strict=True):
-            r = replace(r, extra={**r.extra, "local": {"bind": x.address, "scope": x.scope}})
+            r = r.with_extra(local=LocalBinding(x.address, x.scope))
             if r.state is State.VNC:
                 r = grade(r, x)
             graded.append(replace(x, result=r))

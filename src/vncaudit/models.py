@@ -1,15 +1,18 @@
 """Plain data shared by every layer: targets, observed RFB facts, results, findings.
 
 Owns: the frozen dataclasses and enums that flow through the pipeline, and their conversion to
-and from the result schema v1 (DESIGN.md §7). Must not: do I/O, import anything else of the
-package, or hold protocol logic (that is `rfb`) or grading knowledge (that is `assess`).
+and from the result schema v1 (docs/design.md §7). The payloads of `ServiceResult.extra` are
+`payloads`'. Must not: do I/O, import anything of the package but `payloads`, or hold protocol
+logic (that is `rfb`) or grading knowledge (that is `assess`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
+
+from vncaudit.payloads import Extras
 
 SCHEMA_VERSION = 1
 
@@ -265,7 +268,7 @@ class ServiceResult:
     error: str | None = None
     hostname: str | None = None
     elapsed: float = 0.0  # seconds from connect attempt to verdict
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    extra: Extras = Extras()  # what was learnt beyond the handshake (`vncaudit.payloads`)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -281,7 +284,7 @@ class ServiceResult:
             "elapsed": round(self.elapsed, 4),
         }
         if self.extra:
-            d["extra"] = self.extra
+            d["extra"] = self.extra.to_dict()
         return d
 
     @classmethod
@@ -299,8 +302,12 @@ class ServiceResult:
             error=d.get("error"),
             hostname=d.get("hostname"),
             elapsed=float(d.get("elapsed") or 0.0),
-            extra=dict(d.get("extra") or {}),
+            extra=Extras.from_dict(d.get("extra") or {}),
         )
+
+    def with_extra(self, **payloads: Any) -> ServiceResult:
+        """A copy with the named payloads of `extra` set (`Extras` field names)."""
+        return replace(self, extra=replace(self.extra, **payloads))
 
     @property
     def worst_severity(self) -> Severity | None:

@@ -36,6 +36,7 @@ from vncaudit.models import (
     TightInfo,
     VeNCryptInfo,
 )
+from vncaudit.payloads import Extras, HoneypotChecks, SuspectedHoneypot, TlsSession
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +173,11 @@ class _Session:
         self.banner_done = False
         self.state: State | None = None
         self.error: str | None = None
-        self.tls_info: dict[str, Any] = {}
+        self.tls_info: TlsSession | None = None
         self.raw_types: tuple[int, ...] = ()  # the main list as sent (duplicates kept)
         self.raw_subtypes: tuple[int, ...] | None = None
         self.honeypot: list[str] = []  # reasons found by active checks
-        self.active: dict[str, Any] = {}  # their outcomes: extra["honeypot_checks"]
+        self.active: HoneypotChecks | None = None  # their outcomes
         self.protocol_guess: str | None = None  # open-not-vnc: what the first bytes look like
 
     def record(self, data: bytes) -> None:
@@ -336,16 +337,13 @@ class _Session:
             facts = RfbFacts(**self.facts)
             facts = replace(facts, auth_required=self.auth_required())
         state = self.state or (State.VNC if self.banner_done else State.TARPIT)
-        extra: dict[str, Any] = {}
-        if self.tls_info:
-            extra["tls"] = self.tls_info
-        if self.active:
-            extra["honeypot_checks"] = self.active
-        if self.protocol_guess:
-            extra["protocol_guess"] = self.protocol_guess
-        reasons = [*honeypot_signals(self.raw_types, self.raw_subtypes), *self.honeypot]
-        if reasons:
-            extra["suspected_honeypot"] = {"reasons": reasons}
+        reasons = (*honeypot_signals(self.raw_types, self.raw_subtypes), *self.honeypot)
+        extra = Extras(
+            tls=self.tls_info,
+            honeypot_checks=self.active,
+            protocol_guess=self.protocol_guess or None,
+            suspected_honeypot=SuspectedHoneypot(reasons) if reasons else None,
+        )
         return ServiceResult(
             host=self.target.host,
             port=self.target.port,
@@ -511,12 +509,12 @@ async def _start_tls(session: _Session, writer: asyncio.StreamWriter, anonymous:
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is not None:
         cipher = ssl_object.cipher()
-        session.tls_info = {
-            "version": ssl_object.version(),
-            "cipher": cipher[0] if cipher else None,
-            "anonymous": anonymous,
-            "certificate": bool(ssl_object.getpeercert(binary_form=True)),
-        }
+        session.tls_info = TlsSession(
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            anonymous=anonymous,
+            certificate=bool(ssl_object.getpeercert(binary_form=True)),
+        )
     session.client.tls_established()
     return True
 
@@ -562,26 +560,28 @@ async def _active_checks(session: _Session) -> None:
     if 2 in offered:
         tries.append(_try_type(target, options, 2))
     outcomes = await asyncio.gather(*tries)
-    checks: dict[str, Any] = {f"unassigned_type_{UNASSIGNED_TYPE}": outcomes[0][0]}
     accepted = outcomes[0][0] == "accepted"
     if accepted:
         session.honeypot.append(f"accepted unassigned security type {UNASSIGNED_TYPE}")
     first = outcomes[1][1] if len(outcomes) > 1 else None
+    random: bool | None = None
+    repeated: bool | None = None
     if first is not None:
-        checks["challenge_random"] = not _not_random(first)
-        if _not_random(first):
+        random = not _not_random(first)
+        if not random:
             session.honeypot.append(f"VNC authentication challenge is not random ({first!r})")
-        if accepted or _not_random(first):
+        if accepted or not random:
             _, second = await _try_type(target, options, 2)
             if second is not None:
-                checks["challenge_repeated"] = first == second
-                if first == second:
+                repeated = first == second
+                if repeated:
                     session.honeypot.append(
                         f"the same VNC authentication challenge on two connections "
                         f"({first.hex()})"
                     )
-    checks["connections"] = len(outcomes) + ("challenge_repeated" in checks)
-    session.active = checks
+    session.active = HoneypotChecks(
+        UNASSIGNED_TYPE, outcomes[0][0], len(outcomes) + (repeated is not None), random, repeated
+    )
 
 
 async def _try_type(

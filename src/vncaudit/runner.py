@@ -339,6 +339,7 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
         # Imported with the first result, not before the first packet (start-up).
         from vncaudit import active, websocket
         from vncaudit.budget.extra import checked
+        from vncaudit.payloads import ActiveChecks
 
         listed = result.port in websocket.WEB_PORTS
         if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
@@ -354,31 +355,31 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
                                                   require_http=not listed)
                 if ledger is not None and grant is not None:
                     ledger.record([(grant, found)])
-                if found.state is State.VNC or (found.extra.get("web") or {}).get("transport"):
+                if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
                     result = found
         if active_options.enabled and result.state is State.VNC:
             connector = None
-            ws = (result.extra.get("web") or {}).get("websocket") or {}
-            if ws.get("path"):
-                connector = websocket.connector(ws["path"])
+            ws = result.extra.web.websocket if result.extra.web else None
+            if ws is not None and ws.path:
+                connector = websocket.connector(ws.path)
             wanted = (active_options.password is not None) + bool(active_options.screenshot) \
                 + bool(active_options.active_checks)
+            probed = result
 
-            async def run(used: int) -> dict[str, Any]:
-                out: dict[str, Any] = await active.run_active(
-                    result, active_options, connector, connections_used=used)
-                return out
+            async def run(used: int) -> ServiceResult:
+                done: ServiceResult = await active.run_active(
+                    probed, active_options, connector, connections_used=used)
+                return done
 
             try:
                 if ledger is None:
-                    checks = await active.run_active(result, active_options, connector)
+                    result = await active.run_active(result, active_options, connector)
                 else:
-                    checks = await checked(ledger, result, run, required=wanted)
+                    result = await checked(ledger, result, run, required=wanted)
             except Exception as exc:  # an active check must never cost the probe's result
                 log.warning("active checks on %s:%s failed: %s", result.host, result.port, exc)
-                checks = {"error": f"{type(exc).__name__}: {exc}"}
-            if checks:
-                result = replace(result, extra={**result.extra, "active": checks})
+                error = f"{type(exc).__name__}: {exc}"
+                result = result.with_extra(active=ActiveChecks(error=error))
         return result
 
     return post
@@ -389,5 +390,5 @@ def _maybe_http(result: ServiceResult) -> bool:
     a close before any byte, or text that looks like HTTP; not SSH, SMTP and the like."""
     if result.state is State.TARPIT:
         return True
-    guess = result.extra.get("protocol_guess")
+    guess = result.extra.protocol_guess
     return result.state is State.OPEN_NOT_VNC and guess in (None, "http", "xml/html", "json")

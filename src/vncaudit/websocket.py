@@ -6,9 +6,9 @@ gateway); the client side of the WebSocket opening handshake (RFC 6455 §4.1, wi
 Sec-WebSocket-Accept check of §4.2.2) and of its framing (§5: client frames masked, server
 frames not; ping answered, close ends the stream); `WebSocketStream`, a byte-stream adapter
 shaped like asyncio's StreamReader/StreamWriter, so the SAME `rfb` client and probe logic runs
-through it (rfb.md §8.4: RFB messages may be split across or merged within frames), including
+through it (docs/rfb.md §8.4: RFB messages may be split across or merged within frames), including
 RFB's own TLS (types 18/19) layered inside the WebSocket on memory BIOs; and
-`probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra["web"]`.
+`probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra.web`.
 
 Must not: parse RFB itself (that is `rfb`, driven by `probe`), send anything but GET and the
 upgrade, or open more connections than needed. Each WebSocket that is accepted makes the
@@ -35,6 +35,8 @@ from typing import Any, Final
 
 from vncaudit.exceptions import NotRfbError, RemoteProtocolError
 from vncaudit.models import ServiceResult, State, Target
+from vncaudit.payloads import Extras, UpgradeAttempt, WebFrontEnd, WebSocketEndpoint
+from vncaudit.payloads import WebFacts as WebFacts
 from vncaudit.probe import close_writer
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Paths tried for the WebSocket, in order: noVNC's default, then the root (websockify without
 # --web, QEMU, LibVNCServer accept any path).
 WEBSOCKET_PATHS: Final = ("/websockify", "/")
-# Ports where web front ends for VNC are commonly found (rfb.md §8.1).
+# Ports where web front ends for VNC are commonly found (docs/rfb.md §8.1).
 WEB_PORTS: Final = (6080, 6901, 5800, 5801, 5802, 5803, 80, 443, 8080, 8443)
 
 MAX_HEADER_BYTES: Final = 16384
@@ -178,33 +180,11 @@ async def http_get(
             await close_writer(writer)
 
 
-@dataclass(frozen=True)
-class WebFacts:
-    """What the HTTP side says about a web front end."""
-
-    kind: str  # "websockify" | "novnc" | "java-viewer" | "proxmox" | "http" | "none"
-    server: str | None = None
-    title: str | None = None
-    status: int | None = None
-    applet_port: int | None = None  # the RFB port the Java applet is told to use
-    evidence: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "server": self.server,
-            "title": self.title,
-            "status": self.status,
-            "applet_port": self.applet_port,
-            "evidence": list(self.evidence),
-        }
-
-
 _APPLET_PORT = re.compile(rb"<param\s+name\s*=\s*\"?port\"?\s+value\s*=\s*\"?(\d{1,5})", re.I)
 
 
 def identify_http(response: HttpResponse) -> WebFacts:
-    """Classify a GET answer (rfb.md §8.1, §8.4 step 6; nmap `vnc-http` signatures)."""
+    """Classify a GET answer (docs/rfb.md §8.1, §8.4 step 6; nmap `vnc-http` signatures)."""
     server = response.header("server")
     title = response.title
     body = response.body
@@ -629,10 +609,9 @@ async def probe_web(
     """Probe a web front end: GET / (identify), then RFB through the first accepted WebSocket.
 
     `options` is a `probe.ProbeOptions` (its `timeout` is the one deadline for everything).
-    Returns the RFB facts exactly as a direct probe would report them, plus
-    `extra["web"]` (see module docs / report). With `require_http` (a port not known for web
-    front ends) nothing more is tried when GET / gets no HTTP answer: one request, no more.
-    Never raises.
+    Returns the RFB facts exactly as a direct probe would report them, plus `extra.web`
+    (`payloads.WebFrontEnd`). With `require_http` (a port not known for web front ends)
+    nothing more is tried when GET / gets no HTTP answer: one request, no more. Never raises.
     """
     from vncaudit.probe import ProbeOptions
 
@@ -640,84 +619,68 @@ async def probe_web(
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + options.timeout
-    web: dict[str, Any] = {"transport": None, "http": None, "websocket": None, "attempts": []}
-    http_facts: WebFacts | None = None
+    http: WebFacts | None = None
     if fetch_page:
         try:
             async with asyncio.timeout_at(deadline):
                 page = await http_get(target, "/", timeout=options.timeout, tls=tls)
-            http_facts = identify_http(page)
-            web["http"] = http_facts.to_dict()
+            http = identify_http(page)
         except TimeoutError:
-            web["http"] = {"kind": "none", "error": "no HTTP answer before the deadline"}
+            http = WebFacts("none", error="no HTTP answer before the deadline")
         except ConnectionRefusedError:
             return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
         except (OSError, WebSocketError) as exc:
-            web["http"] = {"kind": "none", "error": str(exc)}
-    if require_http and http_facts is None:
+            http = WebFacts("none", error=str(exc))
+    if require_http and (http is None or http.error is not None):
         return ServiceResult(target.host, target.port, State.OPEN_NOT_VNC,
                              error="no HTTP answer to GET /", hostname=target.hostname,
-                             elapsed=loop.time() - started, extra={"web": web})
-    if http_facts is not None and http_facts.kind == "java-viewer":
+                             elapsed=loop.time() - started, extra=Extras(web=WebFrontEnd(
+                                 None, http)))
+    if http is not None and http.kind == "java-viewer":
         # The classic viewer page only points at the RFB port; there is no WebSocket to open.
-        web["transport"] = "http-java-viewer"
         return ServiceResult(
             target.host,
             target.port,
             State.OPEN_NOT_VNC,
             error="HTTP server handing out a Java VNC viewer"
-            + (f" for RFB port {http_facts.applet_port}" if http_facts.applet_port else ""),
+            + (f" for RFB port {http.applet_port}" if http.applet_port else ""),
             hostname=target.hostname,
             elapsed=loop.time() - started,
-            extra={"web": web},
+            extra=Extras(web=WebFrontEnd("http-java-viewer", http)),
         )
+    attempts: list[UpgradeAttempt] = []
     for path in paths:
-        attempt: dict[str, Any] = {"path": path}
-        web["attempts"].append(attempt)
         try:
             async with asyncio.timeout_at(deadline):
                 stream = await open_websocket(target, path, tls=tls)
         except UpgradeRefused as exc:
-            attempt.update(status=exc.response.status, error=str(exc))
-            server = exc.response.header("server")
-            if server:
-                attempt["server"] = server
-            if exc.response.status in (401, 403):
-                attempt["auth_required"] = True  # token/ticket gateways (rfb.md §8.4 step 5)
+            status = exc.response.status
+            # 401/403: token or ticket gateways (docs/rfb.md §8.4 step 5)
+            attempts.append(UpgradeAttempt(path, status, str(exc), exc.response.header("server")
+                                           or None, True if status in (401, 403) else None))
             continue
         except TimeoutError:
-            attempt["error"] = "no answer to the upgrade before the deadline"
+            attempts.append(UpgradeAttempt(path, error="no answer to the upgrade before the "
+                                           "deadline"))
             break
         except (OSError, WebSocketError) as exc:
-            attempt["error"] = str(exc)
+            attempts.append(UpgradeAttempt(path, error=str(exc)))
             continue
-        attempt["status"] = 101
-        web["transport"] = "websocket"
-        web["websocket"] = {
-            "url": stream.url,
-            "path": path,
-            "subprotocol": stream.subprotocol,
-            "server": stream.response.header("server"),
-        }
+        attempts.append(UpgradeAttempt(path, 101))
         result = await _rfb_through(target, stream, options, deadline)
-        web["websocket"]["frames_received"] = stream.frames_received
-        extra = dict(result.extra)
-        extra["web"] = web
-        return _with(result, extra, loop.time() - started)
-    state = State.OPEN_NOT_VNC
+        endpoint = WebSocketEndpoint(stream.url, path, stream.subprotocol,
+                                     stream.response.header("server"), stream.frames_received)
+        web = WebFrontEnd("websocket", http, endpoint, tuple(attempts))
+        return replace(result.with_extra(web=web), elapsed=loop.time() - started)
     error = "no WebSocket accepted on " + ", ".join(paths)
-    if http_facts is None and web["http"] and "error" in web["http"]:
-        error = f"{error}; HTTP: {web['http']['error']}"
+    if http is not None and http.error is not None:
+        error = f"{error}; HTTP: {http.error}"
     return ServiceResult(
         target.host,
         target.port,
-        state,
+        State.OPEN_NOT_VNC,
         error=error,
         hostname=target.hostname,
         elapsed=loop.time() - started,
-        extra={"web": web},
+        extra=Extras(web=WebFrontEnd(None, http, None, tuple(attempts))),
     )
-
-
-def _with(result: ServiceResult, extra: dict[str, Any], elapsed: float) -> ServiceResult:
-    return replace(result, extra=extra, elapsed=elapsed)

@@ -10,7 +10,7 @@ caller (the engine, on an explicit CLI flag) asks for it:
   * `check_unoffered_none()` — CVE-2006-2369/CVE-2006-2450: select None although it was not
                            offered (`--active-checks`);
   * `desktop_kind()`     — login screen or live desktop, from a screenshot (`desktop`).
-Results are plain dicts in the shape documented for `ServiceResult.extra["active"]`.
+Each returns its payload (`vncaudit.payloads`); `run_active` gathers them in `extra.active`.
 
 Must not: run anything by default, send input events (KeyEvent/PointerEvent) or a non-shared
 ClientInit (a connected user must never be kicked), parse RFB bytes itself (that is `rfb` and
@@ -39,6 +39,7 @@ from vncaudit.active.bypass import CVE_UNOFFERED_NONE, check_unoffered_none
 from vncaudit.active.capture import (
     Screenshot,
     desktop_kind,
+    desktop_verdict,
     encode_png,
     save_screenshot,
     screenshot,
@@ -86,6 +87,7 @@ __all__ = [
     "check_passwords",
     "check_unoffered_none",
     "desktop_kind",
+    "desktop_verdict",
     "encode_png",
     "load_wordlist",
     "mask_password",

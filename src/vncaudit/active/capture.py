@@ -1,9 +1,10 @@
 """Screenshots: one full framebuffer update as PNG, and what the picture shows.
 
 Owns: `screenshot` (`--screenshot`: shared ClientInit, full update requests until every pixel
-is painted, then incremental ones until the server is quiet), `Screenshot` and its dict form,
-PNG encoding (Pillow, imported only when a picture is taken), safe file names and saving, and
-`desktop_kind` (login screen or live desktop, through `desktop.classify_desktop`).
+is painted, then incremental ones until the server is quiet), `Screenshot` and its payload
+(`ScreenshotCheck`), PNG encoding (Pillow, imported only when a picture is taken), safe file
+names and saving, and `desktop_kind` / `desktop_verdict` (login screen or live desktop, through
+`desktop.classify_desktop`).
 
 Must not: send input events (KeyEvent/PointerEvent), decode framebuffer bytes itself (that is
 `framebuffer`), or accept a framebuffer over `max_pixels`.
@@ -15,7 +16,6 @@ import asyncio
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vncaudit import framebuffer as fb
 from vncaudit import rfb
@@ -23,6 +23,7 @@ from vncaudit.active.handshake import Handshake, _connect_and_handshake, _Connec
 from vncaudit.active.transport import READ_CHUNK, Connector
 from vncaudit.desktop import DesktopKind, classify_desktop
 from vncaudit.models import Target
+from vncaudit.payloads import DesktopFeatures, DesktopVerdict, ScreenshotCheck
 
 
 @dataclass
@@ -40,23 +41,24 @@ class Screenshot:
     updates: int = 0
     error: str | None = None
 
-    def to_dict(self, path: str | None = None) -> dict[str, Any]:
+    def check(self, path: str | None = None) -> ScreenshotCheck:
+        """The payload; `path` is where the PNG was saved (None: not saved)."""
         si = self.handshake.server_init
-        return {
-            "status": "ok" if self.png is not None else "failed",
-            "path": path,
-            "width": self.width,
-            "height": self.height,
-            "coverage": round(self.coverage, 4),
-            "desktop_name": si.name if si else None,
-            "security_path": list(self.handshake.security_path),
-            "outcome": self.handshake.outcome,
-            "reason": self.error or self.handshake.reason,
-            "encodings": dict(self.encodings),
-            "bytes_received": self.bytes_received,
-            "updates": self.updates,
-            "elapsed": round(self.handshake.elapsed, 4),
-        }
+        return ScreenshotCheck(
+            status="ok" if self.png is not None else "failed",
+            path=path,
+            width=self.width,
+            height=self.height,
+            coverage=round(self.coverage, 4),
+            desktop_name=si.name if si else None,
+            security_path=tuple(self.handshake.security_path),
+            outcome=self.handshake.outcome,
+            reason=self.error or self.handshake.reason,
+            encodings=tuple(self.encodings.items()),
+            bytes_received=self.bytes_received,
+            updates=self.updates,
+            elapsed=round(self.handshake.elapsed, 4),
+        )
 
 
 def encode_png(rgb: bytes, width: int, height: int) -> bytes:
@@ -187,3 +189,10 @@ def desktop_kind(shot: Screenshot) -> DesktopKind:
     return classify_desktop(
         shot.rgb or b"", shot.width, shot.height, desktop_name=si.name if si else None
     )
+
+
+def desktop_verdict(shot: Screenshot) -> DesktopVerdict:
+    """`desktop_kind` as the payload of `extra.active.desktop_kind`."""
+    kind = desktop_kind(shot)
+    return DesktopVerdict(kind.kind, round(kind.confidence, 2), kind.evidence,
+                          DesktopFeatures.from_dict(kind.features), kind.seen)

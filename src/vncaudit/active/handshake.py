@@ -1,6 +1,6 @@
 """One RFB connection of an active check, driven up to ServerInit (or to why it stopped).
 
-Owns: `Handshake` (what one connection achieved, as a dict for `extra["active"]`), the
+Owns: `Handshake` (what one connection achieved; `record()` is its payload), the
 `NonePolicy` and `Outcome` vocabularies, `_Connection` (moves bytes between a stream and an
 `rfb.RfbClient`), the choice of security type and sub-type per policy and password, TLS for
 VeNCrypt/anonymous TLS, lockout recognition, and `_connect_and_handshake` (one connection, one
@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from vncaudit import rfb
 from vncaudit.active.transport import (
@@ -30,6 +30,7 @@ from vncaudit.active.transport import (
 )
 from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
 from vncaudit.models import Target
+from vncaudit.payloads import HandshakeRecord, ScreenSize
 from vncaudit.probe import tls_context
 from vncaudit.vncauth import vnc_auth_response
 
@@ -65,23 +66,19 @@ class Handshake:
     def locked_out(self) -> bool:
         return self.outcome == "locked-out"
 
-    def to_dict(self) -> dict[str, Any]:
+    def record(self) -> HandshakeRecord:
         si = self.server_init
-        return {
-            "outcome": self.outcome,
-            "server_version": self.server_version,
-            "offered_types": list(self.offered_types),
-            "security_path": list(self.security_path),
-            "security_result": self.security_result,
-            "reason": self.reason,
-            "desktop_name": si.name if si else None,
-            "framebuffer": (
-                {"width": si.width, "height": si.height, "depth": si.pixel_format.depth}
-                if si
-                else None
-            ),
-            "elapsed": round(self.elapsed, 4),
-        }
+        return HandshakeRecord(
+            outcome=self.outcome,
+            server_version=self.server_version,
+            offered_types=self.offered_types,
+            security_path=tuple(self.security_path),
+            security_result=self.security_result,
+            reason=self.reason,
+            desktop_name=si.name if si else None,
+            framebuffer=ScreenSize(si.width, si.height, si.pixel_format.depth) if si else None,
+            elapsed=round(self.elapsed, 4),
+        )
 
 
 def _lockout_text(text: str | None) -> bool:

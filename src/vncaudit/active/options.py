@@ -3,7 +3,7 @@
 Owns: the option plumbing from the CLI flags to the checks, the order the checks run in (those
 that authenticate successfully first, as they clear TigerVNC's marks; the CVE check and the
 password audit last), the count of connections already made that the audit's budget needs, and
-the `extra["active"]` dict.
+the `extra.active` payload (`payloads.ActiveChecks`).
 
 Must not: run any check that was not asked for, or any check on a service that is not VNC.
 """
@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vncaudit import framebuffer as fb
 from vncaudit.active.bypass import check_unoffered_none
-from vncaudit.active.capture import desktop_kind, save_screenshot, screenshot
+from vncaudit.active.capture import desktop_verdict, save_screenshot, screenshot
 from vncaudit.active.passwords import (
     DEFAULT_MAX_ATTEMPTS,
     authenticate,
@@ -26,6 +25,7 @@ from vncaudit.active.passwords import (
 )
 from vncaudit.active.transport import Connector
 from vncaudit.models import ServiceResult, State, Target
+from vncaudit.payloads import ActiveChecks, ScreenshotCheck
 
 
 @dataclass(frozen=True)
@@ -52,38 +52,36 @@ class ActiveOptions:
 async def run_active(
     result: ServiceResult, options: ActiveOptions, connector: Connector | None = None,
     *, connections_used: int = 1,
-) -> dict[str, Any]:
-    """Run the requested checks against one probed service; returns `extra["active"]`.
+) -> ServiceResult:
+    """Run the requested checks against one probed service: `result` with `extra.active` set
+    (unchanged when nothing was asked, or the service is not VNC).
 
     Order keeps the lockout count low: checks that authenticate successfully (which clear
     TigerVNC's marks) go first, the CVE check and the password audit last.
     `connections_used`: unauthenticated connections this address already made to the server
     (the probe's, and what the connection ledger counted before it).
     """
-    active: dict[str, Any] = {}
     if not options.enabled or result.state is not State.VNC or result.rfb is None:
-        return active
+        return result
     target = Target(result.host, result.port, result.hostname)
     facts = result.rfb
     used = connections_used
     password = options.password
+    auth = shot = kind = bypass = audit = None
     if password is not None:
-        active["auth"] = await authenticate(
+        auth = await authenticate(
             target,
             password,
             timeout=options.timeout,
             connector=connector,
             show_passwords=options.show_passwords,
         )
-        used = 0 if active["auth"]["outcome"] == "ok" else used + 1
+        used = 0 if auth.handshake.outcome == "ok" else used + 1
     if options.screenshot:
         if facts.auth_required and password is None:
-            active["screenshot"] = {
-                "status": "skipped",
-                "reason": "authentication required; give --password",
-            }
+            shot = ScreenshotCheck("skipped", "authentication required; give --password")
         else:
-            shot = await screenshot(
+            taken = await screenshot(
                 target,
                 password,
                 timeout=options.timeout,
@@ -91,23 +89,22 @@ async def run_active(
                 connector=connector,
             )
             # Any completed authentication (None included) clears TigerVNC's marks.
-            used = 0 if shot.handshake.outcome == "ok" else used + 1
+            used = 0 if taken.handshake.outcome == "ok" else used + 1
             path: str | None = None
-            if shot.png is not None and options.screenshot_dir is not None:
-                path = str(save_screenshot(shot.png, options.screenshot_dir, target))
-            active["screenshot"] = shot.to_dict(path)
-            if shot.png is not None:
-                active["desktop_kind"] = desktop_kind(shot).to_dict()
+            if taken.png is not None and options.screenshot_dir is not None:
+                path = str(save_screenshot(taken.png, options.screenshot_dir, target))
+            shot = taken.check(path)
+            if taken.png is not None:
+                kind = desktop_verdict(taken)
     if options.active_checks:
-        active["unoffered_none"] = await check_unoffered_none(
+        bypass = await check_unoffered_none(
             target, facts=facts, timeout=options.timeout, connector=connector
         )
-        probe_h = active["unoffered_none"]["handshake"]
-        if probe_h is not None:
-            used = 0 if probe_h["outcome"] == "ok" else used + 1
+        if bypass.handshake is not None:
+            used = 0 if bypass.handshake.outcome == "ok" else used + 1
     if options.check_passwords:
         words = options.wordlist if options.wordlist is not None else builtin_passwords()
-        active["password_audit"] = await check_passwords(
+        audit = await check_passwords(
             target,
             words,
             max_attempts=options.max_attempts,
@@ -119,4 +116,5 @@ async def run_active(
             show_passwords=options.show_passwords,
             source=options.wordlist_source,
         )
-    return active
+    checks = ActiveChecks(auth, shot, kind, bypass, audit)
+    return result.with_extra(active=checks) if checks else result

@@ -5,11 +5,11 @@ budget below the lockout threshold (`attempt_budget`, `LOCKOUT_CONNECTIONS`), th
 (`data/passwords.txt`, read through `importlib.resources`), reading wordlists with duplicates
 as the server sees them removed, and masking (`MASK`, `mask_password`).
 
-Lockout etiquette (DESIGN.md "Probing etiquette", rfb.md §6.2): TigerVNC and RealVNC 4 count
-EVERY connection from an address that ends before a successful authentication and start a
-block at the 5th; a successful authentication clears the count. Each password attempt is one
-connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1` connections per server
-per scan including the ones the scan already made (the probe's), never more than
+Lockout etiquette (docs/design.md "Probing etiquette", docs/rfb.md §6.2 and §10): TigerVNC and
+RealVNC count EVERY connection from an address that ends before a successful authentication
+and block the address at the 5th; a successful authentication clears the count. Each password
+attempt is one connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1`
+connections per server including the ones already made (the probe's), never more than
 `max_attempts` (3) attempts, and stops at the first sign of throttling.
 
 Must not: log a password, return one unmasked unless `show_passwords` is set, or make an
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from vncaudit.active.handshake import _connect_and_handshake, _lockout_text
 from vncaudit.active.transport import Connector
 from vncaudit.models import RfbFacts, State, Target
+from vncaudit.payloads import AuthCheck, PasswordAttempt, PasswordAudit
 from vncaudit.vncauth import password_bytes
 
 log = logging.getLogger(__name__)
@@ -77,19 +79,16 @@ async def authenticate(
     timeout: float = 10.0,
     connector: Connector | None = None,
     show_passwords: bool = False,
-) -> dict[str, Any]:
+) -> AuthCheck:
     """Authenticate with a known password (`--password`) and read ServerInit.
 
     None is used instead when the server offers it (no secret is sent where none is needed).
-    Returns `Handshake.to_dict()` plus "password" (masked unless `show_passwords`).
+    The password in the result is masked unless `show_passwords`.
     """
     h = await _connect_and_handshake(
         target, password=password, none_policy="if-offered", timeout=timeout, connector=connector
     )
-    out = h.to_dict()
-    out["password"] = mask_password(password, show_passwords)
-    out["password_shown"] = show_passwords
-    return out
+    return AuthCheck(h.record(), mask_password(password, show_passwords), show_passwords)
 
 
 def attempt_budget(max_attempts: int, connections_used: int) -> int:
@@ -127,7 +126,7 @@ async def check_passwords(
     connector: Connector | None = None,
     show_passwords: bool = False,
     source: str = "builtin",
-) -> dict[str, Any]:
+) -> PasswordAudit:
     """Weak-password audit over VNC Authentication, lockout-aware (`--check-passwords`).
 
     `connections_used` is how many connections this scan already made to the server (the probe:
@@ -138,72 +137,42 @@ async def check_passwords(
     """
     candidates = read_wordlist(passwords)
     budget = attempt_budget(max_attempts, connections_used)
-    out: dict[str, Any] = {
-        "status": "not-found",
-        "found": False,
-        "password": None,
-        "password_shown": show_passwords,
-        "source": source,
-        "candidates": len(candidates),
-        "attempts": 0,
-        "max_attempts": max_attempts,
-        "budget": budget,
-        "connections_before": connections_used,
-        "stop_reason": None,
-        "security_path": None,
-        "results": [],
-        "server_init": None,
-        "tried_all": False,
-    }
+    out = PasswordAudit(status="not-found", source=source, candidates=len(candidates),
+                        max_attempts=max_attempts, budget=budget,
+                        connections_before=connections_used, password_shown=show_passwords)
     reachable, why = _vncauth_reachable(facts)
     if state is State.BLACKLISTED or (facts and _lockout_text(facts.failure_reason)):
-        out.update(status="skipped", stop_reason="the server is already refusing this address")
-        return out
+        return replace(out, status="skipped",
+                       stop_reason="the server is already refusing this address")
     if not reachable:
-        out.update(status="not-applicable", stop_reason=why)
-        return out
+        return replace(out, status="not-applicable", stop_reason=why)
     if budget == 0:
-        out.update(
-            status="skipped",
-            stop_reason=(
-                f"no attempt left below the lockout threshold ({connections_used} connections "
-                f"already made; a block starts at the {LOCKOUT_CONNECTIONS}th)"
-            ),
-        )
-        return out
+        return replace(out, status="skipped", stop_reason=(
+            f"no attempt left below the lockout threshold ({connections_used} connections "
+            f"already made; a block starts at the {LOCKOUT_CONNECTIONS}th)"
+        ))
+    results: list[PasswordAttempt] = []
     for index, candidate in enumerate(candidates[:budget]):
         h = await _connect_and_handshake(
             target, password=candidate, none_policy="never", timeout=timeout, connector=connector
         )
-        out["attempts"] = index + 1
-        out["security_path"] = h.security_path or out["security_path"]
-        out["results"].append(
-            {
-                "attempt": index + 1,
-                "outcome": h.outcome,
-                "reason": h.reason,
-                "elapsed": round(h.elapsed, 4),
-            }
-        )
+        results.append(PasswordAttempt(index + 1, h.outcome, h.reason, round(h.elapsed, 4)))
+        out = replace(out, attempts=index + 1, results=tuple(results),
+                      security_path=tuple(h.security_path) or out.security_path)
         if h.outcome == "ok":
             log.info(
                 "password audit: %s:%d accepted attempt %d", target.host, target.port, index + 1
             )
-            out.update(
-                status="found",
-                found=True,
-                password=mask_password(candidate, show_passwords),
-                server_init=h.to_dict(),
-                stop_reason="password accepted",
-            )
-            return out
+            return replace(out, status="found", found=True,
+                           password=mask_password(candidate, show_passwords),
+                           server_init=h.record(), stop_reason="password accepted")
         if h.outcome == "locked-out":
-            out.update(status="stopped", stop_reason=f"lockout reported: {h.reason}")
-            return out
+            return replace(out, status="stopped", stop_reason=f"lockout reported: {h.reason}")
         if h.outcome != "auth-failed":
             # Anything but a plain failure: the server's remaining budget is unknown; stop.
             status = {"auth-required": "not-applicable", "unsupported": "not-applicable"}
-            out.update(
+            return replace(
+                out,
                 status=status.get(h.outcome, "error" if h.outcome == "not-vnc" else "stopped"),
                 stop_reason=(
                     f"attempt {index + 1} ended with {h.outcome}"
@@ -211,12 +180,8 @@ async def check_passwords(
                     + ": the server's remaining budget is unknown"
                 ),
             )
-            return out
     if len(candidates) > budget:
-        out["stop_reason"] = (
-            f"attempt budget of {budget} reached ({len(candidates) - budget} candidates untried)"
-        )
+        stop = f"attempt budget of {budget} reached ({len(candidates) - budget} candidates untried)"
     else:
-        out["stop_reason"] = "every candidate tried"
-    out["tried_all"] = len(candidates) <= budget
-    return out
+        stop = "every candidate tried"
+    return replace(out, stop_reason=stop, tried_all=len(candidates) <= budget)

@@ -23,10 +23,11 @@ from typing import Any, Final
 
 from vncaudit.assess.exposure import Exposure, exposure_of, shift
 from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
-from vncaudit.assess.rules import RULES, Context, Offer, Rule, _q, as_mapping, offers
+from vncaudit.assess.rules import RULES, Context, Offer, Rule, _q, offers
 from vncaudit.assess.versions import VersionRange, match_versions, parse_range, parse_version
 from vncaudit.fingerprint import identify
 from vncaudit.models import Finding, Product, ServiceResult
+from vncaudit.payloads import ActiveChecks
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def evaluate(
     derived = exposure_of(result.host)
     chosen = Exposure(exposure) if exposure is not None else derived
     given = chosen is not derived
-    extra = _frozen(result.extra) if result.extra else ()
-    if extra is None or _MARK_HEAD in result.host:
+    extra = result.extra
+    if _MARK_HEAD in result.host:
         return _evaluate(result, product, chosen, given, result.host)
     rfb, desktop, graded = result.rfb, None, product
     if rfb is not None and rfb.desktop_name is not None:
@@ -111,7 +112,7 @@ def _evaluate(
         exposure=chosen,
         kb=kb,
         offers=tuple(offers(result.rfb, kb)) if result.rfb is not None else (),
-        active=as_mapping(result.extra.get("active")),
+        active=result.extra.active or ActiveChecks(),
         exposure_given=given,
     )
     findings: list[Finding] = []
@@ -129,8 +130,8 @@ def _evaluate(
 # desktop name. The rules read those only to name them in a text, so the findings of a set of
 # facts are computed once with HOST_MARK / DESKTOP_MARK standing in for them (the desktop line
 # of the product too), and the marks are replaced by each service's own. The key is
-# everything else the rules read (`extra` frozen by `_frozen`, or not memoised when it holds
-# anything but JSON values). Never memoised: facts whose own strings contain a mark (so a
+# everything else the rules read (`extra` included: its payloads are frozen and hashable).
+# Never memoised: facts whose own strings contain a mark (so a
 # replacement only ever hits a stand-in), and findings that show the desktop mark in any
 # other form than the two known ones (a rule changed: computed directly instead).
 
@@ -173,31 +174,6 @@ class _Memo:
 
 
 _MEMO: Final = _Memo(MEMO_SIZE)
-
-
-_SCALARS: Final = (str, int, float, bool, type(None))
-
-
-def _frozen(value: Any, depth: int = 0) -> Any:
-    """`value` (JSON-like `extra`) as a hashable key that keeps types and order, so equal keys
-    mean equal texts (True and 1 compare equal, but print differently); None if it has
-    anything else."""
-    if isinstance(value, _SCALARS):
-        return (type(value).__name__, value)
-    if depth > 8:
-        return None
-    if isinstance(value, dict):
-        items = []
-        for k, v in value.items():
-            fv = _frozen(v, depth + 1)
-            if fv is None or not isinstance(k, str):
-                return None
-            items.append((k, fv))
-        return ("dict", tuple(items))
-    if isinstance(value, list | tuple):
-        out = [_frozen(v, depth + 1) for v in value]
-        return None if any(v is None for v in out) else (type(value).__name__, tuple(out))
-    return None
 
 
 @cache

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from vncaudit import rfb
 from vncaudit.assess.exposure import EXPOSURE_STEP, Exposure, shift
@@ -19,6 +19,7 @@ from vncaudit.assess.versions import match_versions
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import quoted
 from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State
+from vncaudit.payloads import ActiveChecks
 
 # --------------------------------------------------------------------------------------------
 # What the server offers: every authentication path, classified
@@ -92,7 +93,7 @@ def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]
     if facts.tight is None:
         return [Offer("unread", "type 16 \"Tight\": capability list not read")]
     if not facts.tight.auth:
-        # Zero auth capabilities: the protocol goes on as None (rfb.md §4.2).
+        # Zero auth capabilities: the protocol goes on as None (docs/rfb.md §4.2).
         return [Offer("none", "type 16 \"Tight\" with zero authentication capabilities",
                       selected=selected)]
     return [
@@ -110,11 +111,6 @@ def _tight_offers(facts: RfbFacts, kb: Knowledge, selected: bool) -> list[Offer]
 _SERVICE_STATES: Final = frozenset({State.VNC, State.BLACKLISTED})
 
 
-def as_mapping(value: Any) -> dict[str, Any]:
-    # extra[] comes from other layers and from stored JSON: read it defensively.
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass(frozen=True)
 class Context:
     result: ServiceResult
@@ -122,7 +118,7 @@ class Context:
     exposure: Exposure
     kb: Knowledge
     offers: tuple[Offer, ...]
-    active: dict[str, Any]
+    active: ActiveChecks  # the opt-in checks' payloads (all None when none ran)
     exposure_given: bool = False  # stated by the caller, not read from the address
 
     def exposure_reason(self) -> str:
@@ -137,10 +133,6 @@ class Context:
     def is_vnc(self) -> bool:
         """Auth rules apply: an RFB server whose security handshake was read."""
         return self.result.state is State.VNC and self.result.rfb is not None
-
-    def section(self, name: str) -> dict[str, Any]:
-        """One check's outcome in extra["active"] (shapes: vncaudit.active), or {}."""
-        return as_mapping(self.active.get(name))
 
     def of(self, classes: Iterable[str]) -> list[Offer]:
         wanted = frozenset(classes)
@@ -215,7 +207,7 @@ def _granted_at_once(ctx: Context) -> bool:
     facts = ctx.facts
     if facts is not None and facts.security_result == "ok":
         return True
-    return ctx.section("screenshot").get("status") == "ok"
+    return ctx.active.screenshot is not None and ctx.active.screenshot.taken
 
 
 def _approval_signs(ctx: Context) -> tuple[str, list[str]] | None:
@@ -244,22 +236,19 @@ def _approval_signs(ctx: Context) -> tuple[str, list[str]] | None:
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
     """Evidence from the opt-in screenshot/desktop checks and the desktop kind, if any."""
     lines: list[str] = []
-    shot = ctx.section("screenshot")
-    if shot.get("status") == "ok":
-        where = f", saved to {shot['path']}" if shot.get("path") else ""
-        lines.append(f"screenshot taken without a password: {shot.get('width')}x"
-                     f"{shot.get('height')}{where}")
-    kind = ctx.section("desktop_kind")
-    verdict = kind.get("kind")
-    if verdict:
-        label = KIND_WORDS.get(str(verdict), KIND_WORDS["unknown"])[0].lower()
-        sure = f", confidence {float(kind.get('confidence') or 0):.0%}" if kind.get(
-            "confidence") else ""
-        if kind.get("seen"):
-            lines.append(f"the screen shows {kind['seen']} ({label}{sure})")
+    shot = ctx.active.screenshot
+    if shot is not None and shot.taken:
+        where = f", saved to {shot.path}" if shot.path else ""
+        lines.append(f"screenshot taken without a password: {shot.width}x{shot.height}{where}")
+    kind = ctx.active.desktop_kind
+    verdict = kind.kind if kind is not None else None
+    if kind is not None and verdict:
+        label = KIND_WORDS.get(verdict, KIND_WORDS["unknown"])[0].lower()
+        sure = f", confidence {kind.confidence:.0%}" if kind.confidence else ""
+        if kind.seen:
+            lines.append(f"the screen shows {kind.seen} ({label}{sure})")
         else:
-            notes = kind.get("evidence")
-            why = "; ".join(str(e) for e in notes[:3]) if isinstance(notes, list) else ""
+            why = "; ".join(kind.evidence[:3])
             lines.append(f"screen classified as {label}{sure}{': ' + why if why else ''}")
     return lines, verdict if verdict in ("desktop", "login-screen") else None
 
@@ -309,9 +298,10 @@ def rule_tls_no_auth(ctx: Context) -> list[Finding]:
         return []
     ev = [_offered_line(found)]
     ev += _session_facts(ctx.facts, any(o.selected for o in found))
-    tls = as_mapping(ctx.result.extra.get("tls"))
-    if tls:
-        detail = ", ".join(f"{k} {tls[k]}" for k in ("version", "cipher") if tls.get(k))
+    tls = ctx.result.extra.tls
+    if tls is not None:
+        detail = ", ".join(f"{k} {v}" for k, v in (("version", tls.version),
+                                                    ("cipher", tls.cipher)) if v)
         if detail:
             ev.append(f"TLS negotiated: {detail}")
     spec = ctx.kb.specs["tls-no-auth"]
@@ -375,38 +365,33 @@ def rule_auth_unknown(ctx: Context) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------------------------
-# Rules: results of active checks (extra["active"], only present on explicit flags)
+# Rules: results of active checks (extra.active, only present on explicit flags)
 
 
 def rule_weak_password_found(ctx: Context) -> list[Finding]:
-    audit = ctx.section("password_audit")
-    if not (audit.get("found") or audit.get("status") == "found"):
+    audit = ctx.active.password_audit
+    if audit is None or not (audit.found or audit.status == "found"):
         return []
     source = {"builtin": "the built-in list", "wordlist": "the given wordlist"}.get(
-        str(audit.get("source", "builtin")), str(audit.get("source")))
-    ev = [f"password audit: attempt {audit.get('attempts')} of at most {audit.get('budget')} "
-          f"accepted a password from {source} (password {_q(str(audit.get('password')))})"]
-    if audit.get("security_path"):
-        path = audit["security_path"]
-        ev.append("authenticated via " + (" → ".join(map(str, path)) if isinstance(
-            path, list) else str(path)))
-    init = as_mapping(audit.get("server_init"))
-    if init.get("desktop_name") is not None:
-        ev.append(f"ServerInit read: desktop name {_q(str(init['desktop_name']))}")
+        audit.source, audit.source)
+    ev = [f"password audit: attempt {audit.attempts} of at most {audit.budget} "
+          f"accepted a password from {source} (password {_q(str(audit.password))})"]
+    if audit.security_path:
+        ev.append("authenticated via " + " → ".join(audit.security_path))
+    init = audit.server_init
+    if init is not None and init.desktop_name is not None:
+        ev.append(f"ServerInit read: desktop name {_q(init.desktop_name)}")
     return [ctx.finding("weak-password-found", ev)]
 
 
 def rule_auth_bypass(ctx: Context) -> list[Finding]:
-    check = ctx.section("unoffered_none")
-    if check.get("status") != "vulnerable":
+    check = ctx.active.unoffered_none
+    if check is None or check.status != "vulnerable":
         return []
-    ev = [f"active check (un-offered None): {check.get('evidence')}"]
-    if check.get("offered_types") is not None:
-        ev.append(f"offered security types: {check['offered_types']}")
-    cves_named = check.get("cves")
-    if not isinstance(cves_named, list) or not cves_named:
-        cves_named = ["CVE-2006-2369", "CVE-2006-2450"]
-    ev.append("matches " + ", ".join(map(str, cves_named)))
+    ev = [f"active check (un-offered None): {check.evidence}"]
+    if check.offered_types is not None:
+        ev.append(f"offered security types: {list(check.offered_types)}")
+    ev.append("matches " + ", ".join(check.cves or ("CVE-2006-2369", "CVE-2006-2450")))
     return [ctx.finding("auth-bypass", ev)]
 
 
@@ -426,7 +411,7 @@ def rule_known_cves(ctx: Context) -> list[Finding]:
     if ctx.result.state not in _SERVICE_STATES or p.name == "unknown":
         return []
     name = p.name.lower()
-    bypass = ctx.section("unoffered_none").get("status")
+    bypass = ctx.active.unoffered_none.status if ctx.active.unoffered_none else None
     out: list[Finding] = []
     possible: list[Cve] = []
     for cve in ctx.kb.cves:
@@ -548,7 +533,7 @@ def rule_nonstandard_port(ctx: Context) -> list[Finding]:
     port = ctx.result.port
     if ctx.result.state not in _SERVICE_STATES:
         return []
-    web = as_mapping(ctx.result.extra.get("web")).get("transport") == "websocket"
+    web = ctx.result.extra.web is not None and ctx.result.extra.web.transport == "websocket"
     # Reached through a web front end, the usual ports are the web ones (noVNC's 6080 ...).
     usual = ctx.kb.standard_web_ports if web else ctx.kb.standard_ports
     if any(lo <= port <= hi for lo, hi in usual):
@@ -558,10 +543,11 @@ def rule_nonstandard_port(ctx: Context) -> list[Finding]:
 
 
 def rule_suspected_honeypot(ctx: Context) -> list[Finding]:
-    reasons = as_mapping(ctx.result.extra.get("suspected_honeypot")).get("reasons")
-    if not isinstance(reasons, list) or not reasons:
+    suspected = ctx.result.extra.suspected_honeypot
+    if suspected is None or not suspected.reasons:
         return []
-    return [ctx.finding("suspected-honeypot", [f"honeypot signal: {r}" for r in reasons])]
+    return [ctx.finding("suspected-honeypot",
+                        [f"honeypot signal: {r}" for r in suspected.reasons])]
 
 
 def rule_malformed_handshake(ctx: Context) -> list[Finding]:

@@ -8,63 +8,63 @@ itself or know what one does beyond the connection counts it reports.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Final
 
 from vncaudit.budget.ledger import Ledger
 from vncaudit.models import ServiceResult, Target
+from vncaudit.payloads import ActiveChecks
 
 __all__ = ["EXTRA_AT_MOST", "checked", "connections_made"]
 
 EXTRA_AT_MOST: Final = 4  # connections a round of active checks may ask for
 
 
-def connections_made(active: Mapping[str, Any]) -> tuple[int, int]:
-    """(connections, of which authenticated) an `extra["active"]` dict reports."""
+def connections_made(active: ActiveChecks) -> tuple[int, int]:
+    """(connections, of which authenticated) the active checks report."""
     made = authenticated = 0
-    auth = active.get("auth")
-    if isinstance(auth, Mapping):
+    if active.auth is not None:
         made += 1
-        authenticated += auth.get("outcome") == "ok"
-    shot = active.get("screenshot")
-    if isinstance(shot, Mapping) and shot.get("status") != "skipped":
+        authenticated += active.auth.handshake.outcome == "ok"
+    shot = active.screenshot
+    if shot is not None and shot.status != "skipped":
         made += 1
-        authenticated += shot.get("outcome") == "ok"
-    bypass = active.get("unoffered_none")
-    if isinstance(bypass, Mapping) and isinstance(bypass.get("handshake"), Mapping):
+        authenticated += shot.outcome == "ok"
+    bypass = active.unoffered_none.handshake if active.unoffered_none is not None else None
+    if bypass is not None:
         made += 1
-        authenticated += bypass["handshake"].get("outcome") == "ok"
-    audit = active.get("password_audit")
-    if isinstance(audit, Mapping) and isinstance(audit.get("attempts"), int):
-        made += audit["attempts"]
+        authenticated += bypass.outcome == "ok"
+    if active.password_audit is not None:
+        made += active.password_audit.attempts
     return made, authenticated
 
 
 async def checked(
     ledger: Ledger,
     result: ServiceResult,
-    run: Callable[[int], Awaitable[dict[str, Any]]],
+    run: Callable[[int], Awaitable[ServiceResult]],
     *,
     required: int,
-) -> dict[str, Any]:
+) -> ServiceResult:
     """Grant up to `EXTRA_AT_MOST` more connections to `result`'s server and run the checks
     with them: `run(used)` gets the count of connections to consider already spent, so that
-    `EXTRA_AT_MOST - used` are left for it. Fewer than `required` granted: the checks are
-    skipped, and the returned dict says why."""
+    `EXTRA_AT_MOST - used` are left for it, and returns `result` with the checks' payloads.
+    Fewer than `required` granted: the checks are skipped, and `extra.active` says why."""
     target = Target(result.host, result.port, result.hostname)
     decisions = ledger.admit([target] * EXTRA_AT_MOST, kind="active checks")
     granted = [d for d in decisions if d.allowed]
     if len(granted) < max(1, required):
         ledger.release(granted)
         reason = next((d.reason for d in decisions if not d.allowed), "")
-        return {"skipped": reason or "the connection budget cannot take these checks"}
+        skipped = reason or "the connection budget cannot take these checks"
+        return result.with_extra(active=ActiveChecks(skipped=skipped))
     try:
-        active = await run(EXTRA_AT_MOST - len(granted))
+        done = await run(EXTRA_AT_MOST - len(granted))
     except BaseException:
         ledger.close_grants(granted)
         raise
-    made, authenticated = connections_made(active)
+    made, authenticated = connections_made(done.extra.active or ActiveChecks())
     facts = result.rfb
     outcomes = []
     for i in range(made):
@@ -76,4 +76,4 @@ async def checked(
                          if ok and facts is not None else result))
     ledger.record(outcomes)
     ledger.release(granted[made:])
-    return active
+    return done

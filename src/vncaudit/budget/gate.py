@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from vncaudit.blacklists import shipped as shipped_rules
 from vncaudit.budget.ledger import Admission, BudgetNote, Decision, Key, Ledger
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+from vncaudit.payloads import Extras
 
 __all__ = ["GATE_BATCH", "PENDING", "RECORD_BATCH", "RECORD_INTERVAL", "Gate", "ScanGate",
            "ShippedDecisions", "ShippedGate"]
@@ -91,9 +92,9 @@ class ShippedGate:
 
     def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
         target = decision.target
-        note = {"probed": False, "reason": PENDING, "liveness": liveness}
+        note = BudgetNote(False, PENDING, "", "", 0, 0, liveness=liveness)
         return ServiceResult(target.host, target.port, State.TARPIT, hostname=target.hostname,
-                             extra={"budget": note})
+                             extra=Extras(budget=note))
 
     def close(self) -> None:
         return None
@@ -172,7 +173,7 @@ class ScanGate:
         note = _note(special) if special is not None else None
         if note is None:
             return result
-        return replace(result, extra={**result.extra, "budget": note.to_dict()})
+        return result.with_extra(budget=note)
 
     def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
         return self.ledger.answer(decision, liveness)
@@ -199,9 +200,8 @@ class ScanGate:
 
 def _extra_made(result: ServiceResult) -> int:
     """Connections the probe made after its own (its honeypot checks report how many)."""
-    checks = result.extra.get("honeypot_checks")
-    made = checks.get("connections") if isinstance(checks, dict) else None
-    return made if isinstance(made, int) and made > 0 else 0
+    checks = result.extra.honeypot_checks
+    return max(0, checks.connections) if checks is not None else 0
 
 
 def _note(decision: Decision) -> BudgetNote | None:

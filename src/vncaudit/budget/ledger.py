@@ -41,6 +41,7 @@ from vncaudit.budget.clock import (
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
+from vncaudit.payloads import BudgetNote as BudgetNote
 from vncaudit.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -139,50 +140,19 @@ class Decision:
         return self.rule.block_after(self.spent + self.in_flight - self.rule.free)
 
 
-@dataclass(frozen=True)
-class BudgetNote:
-    """What a result says about the ledger: `ServiceResult.extra["budget"]`."""
-
-    probed: bool
-    reason: str
-    source: str
-    rule: str
-    spent: int
-    free: int
-    next_block: float | None = None
-    read_at: str | None = None  # ISO time of the facts reported, when not probed now
-    age: float | None = None  # seconds since then (None: the clock cannot tell)
-    liveness: str | None = None  # "open" (SYN-ACK to a half-open SYN), "closed", or None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "probed": self.probed,
-            "reason": self.reason,
-            "source": self.source,
-            "rule": self.rule,
-            "spent": self.spent,
-            "free": self.free,
-            "next_block": self.next_block,
-            "read_at": self.read_at,
-            "age": None if self.age is None else round(self.age, 1),
-            "liveness": self.liveness,
-        }
-
-
 def table_note(result: ServiceResult) -> str | None:
     """The short line a results table shows under the state of a result the ledger answered
     (or that used another source address / --risk-lockout); None for an ordinary one."""
-    note = result.extra.get("budget")
-    if not isinstance(note, Mapping):
+    note = result.extra.budget
+    if note is None:
         return None
-    if note.get("probed"):
-        if str(note.get("reason", "")).startswith("connected only because --risk-lockout"):
+    if note.probed:
+        if note.reason.startswith("connected only because --risk-lockout"):
             return "probed despite its blacklist (--risk-lockout)"
         return None
-    age = note.get("age")
-    when = _age_text(float(age)) if isinstance(age, int | float) else "earlier"
-    if note.get("read_at") is None:
-        if "cannot be written" in str(note.get("reason", "")):
+    when = _age_text(float(note.age)) if note.age is not None else "earlier"
+    if note.read_at is None:
+        if "cannot be written" in note.reason:
             return "not probed (the ledger cannot be written)"
         return "not probed (blacklist budget spent)"
     return f"not re-probed; read {when}"
@@ -768,9 +738,8 @@ class Ledger:
             state = State(last.state) if last is not None else State.FILTERED
             base = ServiceResult(target.host, target.port, state,
                                  error=None if last is not None else reason)
-        extra = {**base.extra, "budget": note.to_dict()}
-        return replace(base, host=target.host, port=target.port, hostname=target.hostname,
-                       elapsed=0.0, error=base.error, extra=extra)
+        return replace(base.with_extra(budget=note), host=target.host, port=target.port,
+                       hostname=target.hostname, elapsed=0.0, error=base.error)
 
     # -- closing ------------------------------------------------------------------------------
 

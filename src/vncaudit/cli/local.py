@@ -183,9 +183,9 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
         lines += [f"  {c.source}: {c.setting} {c.value} — {c.meaning}".replace("  —", " —")
                   for c in x.config]
         lines.append(f"  counted as VNC because: {'; '.join(x.reasons)}")
-        ledger_note = (x.result.extra.get("budget") or {}) if x.result is not None else {}
-        if ledger_note.get("reason"):
-            lines.append(f"  connection ledger: {ledger_note['reason']}")
+        ledger_note = x.result.extra.budget if x.result is not None else None
+        if ledger_note is not None and ledger_note.reason:
+            lines.append(f"  connection ledger: {ledger_note.reason}")
         if x.result is not None:
             for f in x.result.findings:
                 if f.severity.rank >= Severity.LOW.rank:

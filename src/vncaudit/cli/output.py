@@ -367,7 +367,7 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
-    answered = sum(1 for r in results if (r.extra.get("budget") or {}).get("probed") is False)
+    answered = sum(1 for r in results if r.extra.budget is not None and not r.extra.budget.probed)
     if answered:
         err.print(f"{answered} not re-probed: one more connection from this address would arm "
                   "the server's blacklist; their facts are the last ones read (-o json: "

@@ -36,6 +36,7 @@ import jinja2
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown as bounded
 from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
+from vncaudit.payloads import ActiveChecks, WebFrontEnd
 from vncaudit.report import ScanMeta, severity_counts, sorted_findings
 
 log = logging.getLogger(__name__)
@@ -138,12 +139,11 @@ def _facts(result: ServiceResult) -> list[Fact]:
     if result.hostname:
         out.append(Fact("Host name", result.hostname))
     out.append(Fact("State", result.state.value, alert=result.state is not State.VNC))
-    web = result.extra.get("web") or {}
-    if web.get("transport") == "websocket" and web.get("websocket"):
-        out.append(Fact("Transport", f"RFB over WebSocket ({web['websocket'].get('url')})",
-                        mono=True))
-    elif web.get("transport"):
-        out.append(Fact("Web front end", str(web["transport"])))
+    web = result.extra.web or WebFrontEnd()
+    if web.transport == "websocket" and web.websocket:
+        out.append(Fact("Transport", f"RFB over WebSocket ({web.websocket.url})", mono=True))
+    elif web.transport:
+        out.append(Fact("Web front end", web.transport))
     if facts is None:
         if result.error:
             out.append(Fact("Detail", bounded(result.error)))
@@ -205,67 +205,60 @@ def _load_png(path_text: str) -> tuple[bytes | None, str | None]:
     return data, None
 
 
-def _shot(active: dict[str, Any]) -> Shot | None:
-    info = active.get("screenshot")
-    if not isinstance(info, dict):
+def _shot(active: ActiveChecks) -> Shot | None:
+    info = active.screenshot
+    if info is None:
         return None
-    status = str(info.get("status", "unknown"))
-    shot = Shot(status=status, width=int(info.get("width") or 0),
-                height=int(info.get("height") or 0))
-    if status != "ok":
-        shot.note = str(info.get("reason") or "no screenshot was taken")
+    shot = Shot(status=info.status, width=info.width, height=info.height)
+    if not info.taken:
+        shot.note = info.reason or "no screenshot was taken"
         return shot
-    if info.get("coverage") is not None:
-        shot.coverage = float(info["coverage"])
-    if info.get("path"):
-        data, problem = _load_png(str(info["path"]))
+    shot.coverage = info.coverage
+    if info.path:
+        data, problem = _load_png(info.path)
         if data is not None:
             shot.data_uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         shot.note = problem
     else:
         shot.note = "the screenshot was taken but not saved (no screenshot directory)"
-    if info.get("reason") and shot.note is None:
-        shot.note = str(info["reason"])  # e.g. a partial image
-    kind = active.get("desktop_kind")
-    if isinstance(kind, dict):
-        shot.verdict = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
-        shot.confidence = float(kind.get("confidence") or 0.0)
-        shot.seen = str(kind.get("seen") or "")
-        shot.evidence = [str(e) for e in kind.get("evidence") or []]
+    if info.reason and shot.note is None:
+        shot.note = info.reason  # e.g. a partial image
+    kind = active.desktop_kind
+    if kind is not None:
+        shot.verdict = DESKTOP_VERDICT.get(kind.kind, DESKTOP_VERDICT["unknown"])
+        shot.confidence = kind.confidence
+        shot.seen = kind.seen or ""
+        shot.evidence = list(kind.evidence)
     return shot
 
 
-def _checks(active: dict[str, Any]) -> list[Check]:
+def _checks(active: ActiveChecks) -> list[Check]:
     out: list[Check] = []
-    auth = active.get("auth")
-    if isinstance(auth, dict):
-        ok = auth.get("outcome") == "ok"
+    auth = active.auth.handshake if active.auth is not None else None
+    if auth is not None:
+        ok = auth.outcome == "ok"
         detail = "authenticated with the given password" if ok else \
-            f"{auth.get('outcome')}: {auth.get('reason') or ''}".strip(": ")
-        if ok and auth.get("desktop_name") is not None:
-            detail += f"; desktop name {auth['desktop_name']!r}"
-        out.append(Check("Login with --password", str(auth.get("outcome")),
-                         "info" if ok else "low", detail))
-    audit = active.get("password_audit")
-    if isinstance(audit, dict):
-        status = str(audit.get("status"))
-        level = {"found": "critical", "not-found": "info"}.get(status, "low")
-        detail = (f"{audit.get('attempts', 0)} of at most {audit.get('budget', '?')} attempts "
-                  f"({audit.get('source', 'builtin')} list)")
-        if audit.get("found"):
-            detail = f"password accepted: {audit.get('password')}; " + detail
-        if audit.get("stop_reason"):
-            detail += f"; {audit['stop_reason']}"
-        out.append(Check("Weak-password audit", status, level, detail))
-    bypass = active.get("unoffered_none")
-    if isinstance(bypass, dict):
-        status = str(bypass.get("status"))
-        level = {"vulnerable": "critical", "not-vulnerable": "info"}.get(status, "low")
-        cves = ", ".join(bypass.get("cves") or [])
-        out.append(Check(f"Auth bypass ({cves})" if cves else "Auth bypass", status, level,
-                         str(bypass.get("evidence") or "")))
-    if active.get("error"):
-        out.append(Check("Active checks", "error", "low", str(active["error"])))
+            f"{auth.outcome}: {auth.reason or ''}".strip(": ")
+        if ok and auth.desktop_name is not None:
+            detail += f"; desktop name {auth.desktop_name!r}"
+        out.append(Check("Login with --password", auth.outcome, "info" if ok else "low", detail))
+    audit = active.password_audit
+    if audit is not None:
+        level = {"found": "critical", "not-found": "info"}.get(audit.status, "low")
+        detail = f"{audit.attempts} of at most {audit.budget} attempts ({audit.source} list)"
+        if audit.found:
+            detail = f"password accepted: {audit.password}; " + detail
+        if audit.stop_reason:
+            detail += f"; {audit.stop_reason}"
+        out.append(Check("Weak-password audit", audit.status, level, detail))
+    bypass = active.unoffered_none
+    if bypass is not None:
+        level = {"vulnerable": "critical", "not-vulnerable": "info"}.get(bypass.status, "low")
+        cves = ", ".join(bypass.cves)
+        out.append(Check(f"Auth bypass ({cves})" if cves else "Auth bypass", bypass.status,
+                         level, bypass.evidence or ""))
+    if active.error:
+        out.append(Check("Active checks", "error", "low", active.error))
     return out
 
 
@@ -284,8 +277,7 @@ def _remedies(result: ServiceResult) -> list[Any] | None:
 
 
 def _service(result: ServiceResult) -> Service:
-    active = result.extra.get("active")
-    active = active if isinstance(active, dict) else {}
+    active = result.extra.active or ActiveChecks()
     findings = sorted_findings(result)
     ids = list(dict.fromkeys(rid for f in findings for rid in f.remediation))
     transcript = result.transcript_hex

@@ -229,8 +229,7 @@ def _service(port: ET.Element, result: ServiceResult) -> None:
     extra: list[str] = []
     if facts is not None and facts.server_version:
         extra.append(f"protocol {facts.server_version}")
-    web = result.extra.get("web") or {}
-    if web.get("transport") == "websocket":
+    if result.extra.web is not None and result.extra.web.transport == "websocket":
         extra.append("over WebSocket")
     name = "vnc"
     if result.state is State.OPEN_NOT_VNC:

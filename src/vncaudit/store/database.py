@@ -82,7 +82,8 @@ class ScanRecord:
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``scan`` object of the result schema v1 (docs/design.md), plus status and counts."""
+        """The ``scan`` object of the result schema v1 (docs/design.md §7), plus status and
+        counts."""
         return {
             "id": self.id,
             "started": self.started,

@@ -34,11 +34,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from vncaudit import __version__
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State, Target
+from vncaudit.payloads import ActiveChecks, ScreenshotCheck
 from vncaudit.runner import StoredScan
 from vncaudit.spec import ActiveSpec, ScanSpec
 from vncaudit.store import Store
@@ -271,32 +271,27 @@ class JobManager:
                                        screenshot_dir=self.screenshots / job.scan_id)
         cap = self.settings.max_screenshots_per_scan
 
+        def skipped(result: ServiceResult, status: str, reason: str) -> ServiceResult:
+            return result.with_extra(active=ActiveChecks(screenshot=ScreenshotCheck(status,
+                                                                                    reason)))
+
         async def post(result: ServiceResult) -> ServiceResult:
             if result.state is not State.VNC or result.rfb is None:
                 return result
-            checks: dict[str, Any]
             if result.rfb.auth_required:
                 # The service never takes a password, so it never logs in anywhere.
-                checks = {"screenshot": {"status": "skipped", "reason": "authentication "
-                                         "required: screenshots are taken only where no "
-                                         "password is needed"}}
-            elif job.shots >= cap:
+                return skipped(result, "skipped", "authentication required: screenshots are "
+                               "taken only where no password is needed")
+            if job.shots >= cap:
                 # A target answering RFB on every port must not fill the disk with pictures.
-                checks = {"screenshot": {"status": "skipped", "reason": f"at most {cap} "
-                                         "screenshots per scan"}}
-            else:
-                job.shots += 1
-                try:
-                    # No password is ever given: a protected service is only marked skipped.
-                    checks = await active.run_active(result, options)
-                except Exception as exc:  # a screenshot must never cost the probe's result
-                    log.warning("screenshot of %s:%s failed: %s", result.host, result.port,
-                                exc)
-                    checks = {"screenshot": {"status": "failed",
-                                             "reason": f"{type(exc).__name__}: {exc}"}}
-            if checks:
-                result = replace(result, extra={**result.extra, "active": checks})
-            return result
+                return skipped(result, "skipped", f"at most {cap} screenshots per scan")
+            job.shots += 1
+            try:
+                # No password is ever given: a protected service is only marked skipped.
+                return await active.run_active(result, options)
+            except Exception as exc:  # a screenshot must never cost the probe's result
+                log.warning("screenshot of %s:%s failed: %s", result.host, result.port, exc)
+                return skipped(result, "failed", f"{type(exc).__name__}: {exc}")
 
         return post
 
@@ -304,19 +299,14 @@ class JobManager:
         """Grade a result; a screenshot's evidence names it by its URL on this service, while
         the stored result keeps the file's path (the HTML report embeds the file)."""
         grade = job.scan.grader()
-        active = result.extra.get("active")
-        shot = active.get("screenshot") if isinstance(active, dict) else None
-        if not isinstance(shot, dict) or not shot.get("path"):
+        active = result.extra.active
+        shot = active.screenshot if active is not None else None
+        if active is None or shot is None or not shot.path:
             return grade(result)
-        assert isinstance(active, dict)
-        url = SCREENSHOT_API_URL.format(scan_id=job.scan_id, name=Path(shot["path"]).name)
-
-        def swapped(path: str) -> ServiceResult:
-            extra = {**result.extra, "active": {**active, "screenshot": {**shot, "path": path}}}
-            return replace(result, extra=extra)
-
-        graded = grade(swapped(url))
-        return replace(graded, extra=swapped(shot["path"]).extra)
+        url = SCREENSHOT_API_URL.format(scan_id=job.scan_id, name=Path(shot.path).name)
+        graded = grade(result.with_extra(
+            active=replace(active, screenshot=replace(shot, path=url))))
+        return replace(graded, extra=result.extra)
 
     async def _run(self, job: Job) -> None:
         job.status = JobStatus.RUNNING

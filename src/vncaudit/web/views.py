@@ -19,6 +19,7 @@ from typing import Any
 from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown
 from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
+from vncaudit.payloads import ScreenshotCheck
 from vncaudit.store import ScanDiff, ScanRecord, Store
 from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
 
@@ -98,9 +99,9 @@ def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
             rows.append(("Screen", f"{fb.width}×{fb.height}, depth {fb.depth}"))
         if facts.failure_reason:
             rows.append(("Server said", shown(facts.failure_reason)))
-    tls = r.extra.get("tls") if isinstance(r.extra, dict) else None
-    if isinstance(tls, dict) and tls.get("version"):
-        rows.append(("TLS", f"{tls.get('version')} {tls.get('cipher') or ''}".strip()))
+    tls = r.extra.tls
+    if tls is not None and tls.version:
+        rows.append(("TLS", f"{tls.version} {tls.cipher or ''}".strip()))
     if r.error:
         rows.append(("Note", shown(r.error)))
     return rows
@@ -161,56 +162,50 @@ SCREENSHOT_PAGE_URL = "/scans/{scan_id}/screenshots/{name}"
 DESKTOP_VERDICT: dict[str, tuple[str, str, str]] = KIND_WORDS
 
 
-def _shot_info(r: ServiceResult) -> dict[str, Any] | None:
-    active = r.extra.get("active") if isinstance(r.extra, dict) else None
-    info = active.get("screenshot") if isinstance(active, dict) else None
-    return info if isinstance(info, dict) else None
+def _shot_info(r: ServiceResult) -> ScreenshotCheck | None:
+    return r.extra.active.screenshot if r.extra.active is not None else None
 
 
 def screenshot_name(r: ServiceResult) -> str | None:
     """The file name of the service's stored screenshot (what its URL ends in), or None."""
     info = _shot_info(r)
-    if info is None or info.get("status") != "ok" or not info.get("path"):
+    if info is None or not info.taken or not info.path:
         return None
-    return Path(str(info["path"])).name
+    return Path(info.path).name
 
 
 def with_screenshot_urls(r: ServiceResult, scan_id: str) -> ServiceResult:
     """A copy for clients: the screenshot's server path replaced by its API URL."""
     info = _shot_info(r)
-    if info is None:
+    if info is None or r.extra.active is None:
         return r
     name = screenshot_name(r)
-    shown = {k: v for k, v in info.items() if k != "path"}
-    shown["url"] = (SCREENSHOT_API_URL.format(scan_id=scan_id, name=name)
-                    if name is not None else None)
-    active = {**r.extra["active"], "screenshot": shown}
-    return replace(r, extra={**r.extra, "active": active})
+    url = SCREENSHOT_API_URL.format(scan_id=scan_id, name=name) if name is not None else None
+    shown = replace(info, path=None, url=url, client_view=True)
+    return r.with_extra(active=replace(r.extra.active, screenshot=shown))
 
 
 def screenshot_card(r: ServiceResult, scan_id: str) -> dict[str, Any] | None:
     """What the result page shows of a service's screenshot, or None when none was asked."""
     info = _shot_info(r)
-    if info is None:
+    if info is None or r.extra.active is None:
         return None
     name = screenshot_name(r)
-    active: dict[str, Any] = r.extra["active"]
-    kind = active.get("desktop_kind")
+    kind = r.extra.active.desktop_kind
     verdict_ = None
-    if name is not None and isinstance(kind, dict):
-        label, css, why = DESKTOP_VERDICT.get(str(kind.get("kind")), DESKTOP_VERDICT["unknown"])
-        verdict_ = {"kind": str(kind.get("kind")), "label": label, "css": css, "why": why,
-                    "seen": str(kind.get("seen") or ""),
-                    "confidence": float(kind.get("confidence") or 0.0),
-                    "evidence": [str(e) for e in kind.get("evidence") or []]}
+    if name is not None and kind is not None:
+        label, css, why = DESKTOP_VERDICT.get(kind.kind, DESKTOP_VERDICT["unknown"])
+        verdict_ = {"kind": kind.kind, "label": label, "css": css, "why": why,
+                    "seen": kind.seen or "", "confidence": kind.confidence,
+                    "evidence": list(kind.evidence)}
     return {
-        "status": str(info.get("status")),
+        "status": info.status,
         "url": (SCREENSHOT_PAGE_URL.format(scan_id=scan_id, name=name)
                 if name is not None else None),
-        "width": int(info.get("width") or 0),
-        "height": int(info.get("height") or 0),
-        "coverage": info.get("coverage"),
-        "note": info.get("reason"),
+        "width": info.width,
+        "height": info.height,
+        "coverage": info.coverage if info.outcome is not None else None,
+        "note": info.reason,
         "verdict": verdict_,
     }
 
@@ -224,8 +219,8 @@ def screenshot_file(store: Store, root: Path, scan_id: str, name: str) -> Path |
         if screenshot_name(r) != name:
             continue
         info = _shot_info(r)
-        assert info is not None
-        path = Path(str(info["path"])).resolve()
+        assert info is not None and info.path is not None
+        path = Path(info.path).resolve()
         if path.parent == folder and path.is_file():
             return path
     return None
