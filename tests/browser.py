@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ def artifacts(sub: str) -> Path:
     return root / sub
 
 
-def launch_chromium() -> Iterator[Any]:
-    """Yield a headless Playwright Browser on Debian's chromium; skip without it (fail in CI)."""
+def launch_chromium(extra_args: Sequence[str] = ()) -> Iterator[Any]:
+    """Yield a headless Playwright Browser on Debian's chromium (with *extra_args* on its
+    command line); skip without it (fail in CI)."""
     if not Path(CHROMIUM).exists():
         message = f"Debian's chromium is not installed at {CHROMIUM}"
         if in_ci():
@@ -42,7 +43,8 @@ def launch_chromium() -> Iterator[Any]:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking"])
+                                    args=["--no-sandbox", "--disable-background-networking",
+                                          *extra_args])
         try:
             yield browser
         finally:

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from libnmap.parser import NmapParser
 
@@ -31,6 +32,7 @@ from vncaudit import report
 from vncaudit.models import Finding, Product, ServiceResult, Severity, State
 from vncaudit.payloads import ActiveChecks, WebFrontEnd, WebSocketEndpoint
 from vncaudit.report import csv_report, html, nmap_xml
+from vncaudit.report.schema import report_schema
 
 from rfb_helpers import drive_events
 
@@ -95,7 +97,7 @@ def test_replayed_facts_are_the_recorded_ones(services: list[ServiceResult]) -> 
 
 
 def test_formats_and_unknown_format() -> None:
-    assert report.FORMATS == ("json", "jsonl", "csv", "xml", "html")
+    assert report.FORMATS == ("json", "jsonl", "csv", "xml", "html", "sarif", "defectdojo")
     with pytest.raises(ValueError, match="yaml"):
         report.render("yaml", META, [])
 
@@ -115,6 +117,14 @@ def test_json_and_jsonl_carry_product_and_findings(services: list[ServiceResult]
     lines = report.render("jsonl", META, services, include_all=True).splitlines()
     back = [ServiceResult.from_dict(json.loads(line)) for line in lines]
     assert back == services
+    # Both against the published schema (test_report_formats validates many more).
+    schema = report_schema()
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+    service = {**schema, "$ref": "#/$defs/service"}
+    for key in ("type", "required", "properties", "additionalProperties"):
+        service.pop(key)
+    for line in lines:
+        jsonschema.validate(json.loads(line), service, cls=jsonschema.Draft202012Validator)
 
 
 # -- csv --------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ with warnings.catch_warnings():  # starlette nags about httpx; the pinned client
 
 from vncaudit.web import Settings, create_app
 
+# The Host the service answers by default (allowed_hosts: the localhost names).
+LOCAL = "http://localhost"
+
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
 PROXY = ("127.0.0.1", 40002)
@@ -54,7 +57,7 @@ def test_diff_to_previous_scan_never_shows_another_clients_scan(tmp_path: Path) 
     alice = {"X-Forwarded-For": "198.51.100.10"}
     bob = {"X-Forwarded-For": "198.51.100.20"}
     port = _closed_port()
-    with TestClient(create_app(settings), client=PROXY) as c:
+    with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
         def scan(who: dict[str, str]) -> str:
             r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
                        headers=who)
@@ -196,7 +199,7 @@ def test_request_bodies_are_capped(tmp_path: Path) -> None:
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
                         rate_burst=50, rate_per_minute=600)
     big = b'{"target": "127.0.0.1", "ports": "1", "x": "' + b"a" * (2 << 20) + b'"}'
-    with TestClient(create_app(settings), client=("127.0.0.1", 40003)) as c:
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40003)) as c:
         r = c.post("/api/scans", content=big, headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["code"] == "body-too-large"
         assert r.headers["x-content-type-options"] == "nosniff"
@@ -224,7 +227,7 @@ def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
     the rate limit answers first."""
     settings = Settings(db_path=str(tmp_path / "web.db"), rate_burst=2, rate_per_minute=1,
                         trusted_proxies=("127.0.0.1/32",))
-    with TestClient(create_app(settings), client=PROXY) as c:
+    with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
         codes = []
         for i in range(1, 4):
             me = f"2001:db8:1:2::{i}"
@@ -380,11 +383,11 @@ def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) 
         store.close()
     settings = Settings(db_path=str(db), allow=("127.0.0.1/32",), public_history=True,
                         rate_burst=50, rate_per_minute=600)
-    with TestClient(create_app(settings), client=("127.0.0.1", 40004)) as c:
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40004)) as c:
         web = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
         assert web.status_code == 201
         _final(c, web.json()["id"], {})
-    with TestClient(create_app(settings), client=("127.0.0.2", 40005)) as other:
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.2", 40005)) as other:
         # The control: public history shows another client's web scan …
         assert other.get(f"/api/scans/{web.json()['id']}").status_code == 200
         # … but never the operator's CLI scan, by any route.
@@ -405,7 +408,7 @@ def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None
     tarpit.listen(8)
     port = tarpit.getsockname()[1]
     try:
-        with TestClient(create_app(settings), client=PROXY) as c:
+        with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
             def submit(me: str) -> int:
                 r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
                            headers={"X-Forwarded-For": me})
@@ -468,7 +471,7 @@ def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> N
                             "127.0.0.1/32"), dns_resolver=dns.resolver,
                             dns_axfr_port=dns.port, dns_timeout=1.0, probe_timeout=2.0,
                             rate_burst=50, rate_per_minute=600)
-        with TestClient(create_app(settings), client=("127.0.0.1", 40006)) as c:
+        with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40006)) as c:
             r = c.post("/api/scans", json={"target": "corp.test", "ports": str(port),
                                            "subdomains": True})
             assert r.status_code == 201, r.text
@@ -593,7 +596,7 @@ def test_scan_domain_skips_names_no_target_parser_takes(tmp_path: Path) -> None:
 def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) -> None:
     """hmac.compare_digest raises TypeError for non-ASCII str: the form answered 500."""
     settings = Settings(db_path=str(tmp_path / "web.db"))
-    with TestClient(create_app(settings), client=("127.0.0.1", 40007),
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40007),
                     raise_server_exceptions=False) as c:
         c.get("/")  # sets the CSRF cookie
         for token in ("é", "\u202e" * 10, "a" * 64 + "ü"):
@@ -608,7 +611,7 @@ def test_a_lone_surrogate_in_the_json_body_is_a_422_not_a_500(tmp_path: Path) ->
     import json
 
     settings = Settings(db_path=str(tmp_path / "web.db"))
-    with TestClient(create_app(settings), client=("127.0.0.1", 40008),
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40008),
                     raise_server_exceptions=False) as c:
         for body in ({"target": "\udcff", "ports": "5900"},
                      {"target": "a\ud800.example", "ports": "5900", "subdomains": True},

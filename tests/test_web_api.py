@@ -27,6 +27,9 @@ from vncaudit.web.settings import hash_token, new_token
 
 from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 
+# The Host the service answers by default (allowed_hosts: the localhost names).
+LOCAL = "http://localhost"
+
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
 ME = ("127.0.0.1", 40001)
@@ -42,7 +45,7 @@ def settings(tmp_path: Path, **changes: Any) -> Settings:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(tmp_path)), client=ME) as c:
+    with TestClient(create_app(settings(tmp_path)), base_url=LOCAL, client=ME) as c:
         yield c
 
 
@@ -81,7 +84,8 @@ def test_health_openapi_and_security_headers(client: TestClient) -> None:
     for path in ("/api/scans", "/api/scans/{scan_id}", "/api/scans/{scan_id}/report.{fmt}",
                  "/api/health"):
         assert path in spec["paths"], path
-    assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
+    docs = client.get("/docs")  # Swagger UI, its assets served here (test_web_deploy)
+    assert docs.status_code == 200 and not re.search(r"(src|href)=\"(https?:)?//", docs.text)
     page = client.get("/")
     assert page.status_code == 200
     assert "<script>" not in page.text and "http://" not in page.text.split("<body>")[0]
@@ -150,7 +154,7 @@ def test_hostname_target_is_scanned_by_its_checked_address(tmp_path: Path,
         return ["127.0.0.1"] if name == "vnc.example.test" else []
 
     app = create_app(settings(tmp_path, resolver=resolver))
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         body = wait_final(c, submit(c, "VNC.example.test.", hostile_farm.ports["vnc-auth"])["id"])
         assert body["target"] == "vnc.example.test" and body["hostname"] == "vnc.example.test"
         (service,) = body["services"]
@@ -180,11 +184,11 @@ def test_input_errors(client: TestClient) -> None:
 
 def test_scans_are_private_to_their_requester(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
     app = create_app(settings(tmp_path))
-    with TestClient(app, client=ME) as mine:
+    with TestClient(app, base_url=LOCAL, client=ME) as mine:
         scan_id = submit(mine, "127.0.0.1", hostile_farm.ports["vnc-auth"])["id"]
         wait_final(mine, scan_id)
         assert [s["id"] for s in mine.get("/api/scans").json()] == [scan_id]
-        other = TestClient(app, client=("127.0.0.2", 40002))
+        other = TestClient(app, base_url=LOCAL, client=("127.0.0.2", 40002))
         assert other.get(f"/api/scans/{scan_id}").status_code == 404
         assert other.get(f"/api/scans/{scan_id}/report.json").status_code == 404
         assert other.get(f"/scans/{scan_id}").status_code == 404
@@ -199,7 +203,7 @@ def test_api_tokens_hashed_at_rest(tmp_path: Path, hostile_farm: Farm) -> None: 
     assert not token_matches(token + "x", [stored])
     app = create_app(settings(tmp_path, token_hashes=(hash_token(new_token()), stored)))
     body = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["vnc-auth"])}
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         assert c.get("/api/health").status_code == 200  # liveness stays open
         missing = c.post("/api/scans", json=body)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -212,19 +216,19 @@ def test_api_tokens_hashed_at_rest(tmp_path: Path, hostile_farm: Farm) -> None: 
         assert wait_final(c, scan_id, headers=auth)["status"] == "finished"
         assert c.get("/metrics", headers=auth).status_code == 200
         # A token holder sees scans of any requester.
-        other = TestClient(app, client=("127.0.0.3", 40003))
+        other = TestClient(app, base_url=LOCAL, client=("127.0.0.3", 40003))
         assert other.get(f"/api/scans/{scan_id}", headers=auth).status_code == 200
 
 
 def test_rate_limit_per_client(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
     app = create_app(settings(tmp_path, rate_burst=2, rate_per_minute=1))
     body = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["vnc-auth"])}
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         assert [c.post("/api/scans", json=body).status_code for _ in range(3)] == [201, 201, 429]
         limited = c.post("/api/scans", json=body)
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
         # Another address has its own bucket (refused by the policy, not the limiter).
-        other = TestClient(app, client=("127.0.0.9", 40009))
+        other = TestClient(app, base_url=LOCAL, client=("127.0.0.9", 40009))
         assert other.post("/api/scans", json={**body, "target": "10.0.0.1"}).status_code == 403
 
 
@@ -242,7 +246,7 @@ def test_token_bucket_refills() -> None:
 def test_queue_full_answers_503(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
     app = create_app(settings(tmp_path, workers=1, queue_size=1, probe_timeout=4.0))
     silent = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])}
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         first = submit(c, silent["target"], silent["ports"])["id"]
         deadline = time.monotonic() + 5
         while c.get(f"/api/scans/{first}").json()["status"] != "running":
@@ -259,11 +263,11 @@ def test_one_client_cannot_hold_every_worker(tmp_path: Path,
                                              hostile_farm: Farm) -> None:  # noqa: F811
     app = create_app(settings(tmp_path, max_active_per_client=1, probe_timeout=2.0))
     silent = {"target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])}
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         first = submit(c, silent["target"], silent["ports"])["id"]
         busy = c.post("/api/scans", json=silent)
         assert busy.status_code == 429 and busy.json()["code"] == "too-many-active"
-        other = TestClient(app, client=("127.0.0.7", 40007))
+        other = TestClient(app, base_url=LOCAL, client=("127.0.0.7", 40007))
         assert other.post("/api/scans", json=silent).status_code == 201
         wait_final(c, first)
         assert c.post("/api/scans", json=silent).status_code == 201  # done: a new one is fine
@@ -272,7 +276,7 @@ def test_one_client_cannot_hold_every_worker(tmp_path: Path,
 def test_scan_deadline_stops_a_long_scan(tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
     app = create_app(settings(tmp_path, scan_deadline=1.0, probe_timeout=4.0))
     ports = f"{hostile_farm.ports['vnc-auth']},{hostile_farm.ports['silent']}"
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         t0 = time.monotonic()
         body = wait_final(c, submit(c, "127.0.0.1", ports)["id"])
         assert time.monotonic() - t0 < 3.5  # not the 4 s probe deadline of the silent port
@@ -391,7 +395,7 @@ def test_domain_with_subdomain_discovery(tmp_path: Path, hostile_farm: Farm) -> 
         app = create_app(settings(tmp_path, allow=("corp.test", "127.0.0.1/32"),
                                   dns_resolver=dns.resolver, dns_axfr_port=dns.port,
                                   dns_timeout=1.0))
-        with TestClient(app, client=ME) as c:
+        with TestClient(app, base_url=LOCAL, client=ME) as c:
             page = c.get("/")
             assert 'name="subdomains"' in page.text  # offered: a domain is allow-listed
             created = c.post("/api/scans", json={"target": "corp.test", "ports": str(port),
@@ -428,11 +432,11 @@ def test_discovery_refused_by_default_policy(client: TestClient) -> None:
 def test_forwarded_for_only_from_trusted_proxies(tmp_path: Path) -> None:
     forged = {"X-Forwarded-For": "9.9.9.9, 1.1.1.1"}
     shown = re.compile(r'id="client-address">([^<]+)<')
-    with TestClient(create_app(settings(tmp_path)), client=ME) as c:
+    with TestClient(create_app(settings(tmp_path)), base_url=LOCAL, client=ME) as c:
         match = shown.search(c.get("/", headers=forged).text)
         assert match and match.group(1) == "127.0.0.1"  # no proxy trusted: header ignored
     app = create_app(settings(tmp_path, trusted_proxies=("127.0.0.0/8",)))
-    with TestClient(app, client=ME) as c:
+    with TestClient(app, base_url=LOCAL, client=ME) as c:
         match = shown.search(c.get("/", headers=forged).text)
         assert match and match.group(1) == "1.1.1.1"  # right-most hop the proxy wrote
         refused = c.post("/api/scans", json={"target": "9.9.9.9", "ports": "5900"},
@@ -518,7 +522,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
     app = create_app(settings(tmp_path, allow_screenshots=True, screenshot_dir=str(shots),
                               token_hashes=(hash_token(token),)))
     auth = {"Authorization": f"Bearer {token}"}
-    with TestClient(app, client=ME) as mine:
+    with TestClient(app, base_url=LOCAL, client=ME) as mine:
         created = mine.post("/api/scans", headers=auth, json={
             "target": "127.0.0.1", "ports": f"{vnc.port},{protected}", "screenshot": True})
         assert created.status_code == 201, created.text
@@ -554,7 +558,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
                         headers=auth).status_code == 404
         assert mine.get(f"/scans/{scan_id}/screenshots/..%2Fweb.db").status_code == 404
 
-        other = TestClient(app, client=("127.0.0.2", 40002))
+        other = TestClient(app, base_url=LOCAL, client=("127.0.0.2", 40002))
         assert other.get(page_url).status_code == 404
         assert other.get(url).status_code == 401
         assert other.get(url, headers=auth).status_code == 200  # token holders see all scans
@@ -568,7 +572,7 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         assert str(shots) not in js and url in js
 
     # Off (the embedded default): the field is refused with a clear message, nothing queued.
-    with TestClient(create_app(settings(tmp_path / "off")), client=ME) as off:
+    with TestClient(create_app(settings(tmp_path / "off")), base_url=LOCAL, client=ME) as off:
         refused = off.post("/api/scans", json={"target": "127.0.0.1", "ports": str(vnc.port),
                                                "screenshot": True})
         assert refused.status_code == 400

@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.t
               pytest.mark.timeout(120)]
 
 ME = ("127.0.0.1", 40001)
+# The Host the service answers by default (allowed_hosts: the localhost names).
+LOCAL = "http://localhost"
 TOKEN = new_token()
 
 
@@ -41,7 +43,7 @@ def served(tmp_path: Path) -> Iterator[tuple[TestClient, receivers.Receiver, int
                           "timeout = 2\n")
         cfg = Settings(db_path=str(tmp_path / "web.db"), monitors=str(config),
                        token_hashes=(hash_token(TOKEN),))
-        with TestClient(create_app(cfg), client=ME) as client:
+        with TestClient(create_app(cfg), base_url=LOCAL, client=ME) as client:
             yield client, hook, port
 
 
@@ -110,12 +112,12 @@ def test_monitors_api_needs_a_token_and_is_documented(
 
 def test_page_and_cycles_hidden_from_other_addresses(tmp_path: Path) -> None:
     cfg = Settings(db_path=str(tmp_path / "web.db"))
-    with TestClient(create_app(cfg), client=("203.0.113.9", 5000)) as client:
+    with TestClient(create_app(cfg), base_url=LOCAL, client=("203.0.113.9", 5000)) as client:
         assert client.get("/monitors").status_code == 404
         # Without configured tokens the monitors API is closed, not open.
         response = client.get("/api/monitors")
         assert response.status_code == 403 and "token" in response.json()["detail"]
-    with TestClient(create_app(cfg), client=ME) as client:
+    with TestClient(create_app(cfg), base_url=LOCAL, client=ME) as client:
         page = client.get("/monitors")
         assert page.status_code == 200 and "No monitors yet" in page.text
         assert client.post("/api/monitors/x/run").status_code == 403

@@ -25,6 +25,9 @@ from vncaudit.web.policy import (
     special_reason,
 )
 
+# The Host the service answers by default (allowed_hosts: the localhost names).
+LOCAL = "http://localhost"
+
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
 PUBLIC = "1.1.1.1"  # only ever an argument to decide(): no test connects to it
@@ -295,7 +298,7 @@ def _client(tmp_path: Path, **settings: object) -> object:
 
     app = create_app(Settings(db_path=str(tmp_path / "web.db"), probe_timeout=1.0,
                               rate_burst=100, **settings))  # type: ignore[arg-type]
-    return TestClient(app, client=("127.0.0.1", 40000))
+    return TestClient(app, base_url=LOCAL, client=("127.0.0.1", 40000))
 
 
 def _wait_final(client: object, scan_id: str, timeout: float = 15.0) -> dict[str, object]:

@@ -29,6 +29,11 @@ from vncaudit.web.settings import hash_token, new_token
 
 from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 
+# The Host the service answers by default (allowed_hosts: the localhost names).
+LOCAL = "http://localhost"
+# schemathesis' in-process client names the service "testserver" in every Host header.
+FUZZER_HOSTS = ("testserver",)
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 MAX_EXAMPLES = 20
@@ -45,6 +50,7 @@ def web_schema(hostile_farm: Farm) -> schemathesis.BaseSchema:  # noqa: F811
     ports = f"{hostile_farm.ports['vnc-none']},{hostile_farm.ports['vnc-auth']}"
     db = Path(tempfile.mkdtemp(prefix="vncaudit-schemathesis-")) / "web.db"
     settings = Settings(db_path=str(db), allow=("127.0.0.1/32",), allow_own_address=False,
+                        allowed_hosts=FUZZER_HOSTS,
                         allowed_ports=ports, max_ports=2, probe_timeout=2.0,
                         rate_burst=10000, rate_per_minute=60000, resolver=_resolver)
     with warnings.catch_warnings():
@@ -109,6 +115,7 @@ def test_api_with_tokens_conforms(tmp_path: Path) -> None:
     """With tokens configured the spec declares bearer auth, and every call without a valid
     token gets the documented 401 (schemathesis' ignored-auth check)."""
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        allowed_hosts=FUZZER_HOSTS,
                         token_hashes=(hash_token(new_token()),), resolver=_resolver,
                         allowed_ports="5900", rate_burst=10000)
     with warnings.catch_warnings():
@@ -132,7 +139,7 @@ def test_fuzzer_reached_a_real_scan(hostile_farm: Farm, tmp_path: Path) -> None:
                         resolver=_resolver)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        client = TestClient(create_app(settings))
+        client = TestClient(create_app(settings), base_url=LOCAL)
     with client:
         assert client.post("/api/scans", json={"target": "farm.test", "ports": ports}
                            ).status_code == 201

@@ -149,6 +149,7 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vncaudit.cli.subdomains", ("subdomains",)),
     ("vncaudit.cli.history", ("results", "diff")),
     ("vncaudit.cli.watch", ("watch", "alerts", "prune")),
+    ("vncaudit.cli.schema", ("schema",)),
     ("vncaudit.cli", ("version",)),
     ("vncaudit.cli.local", ("local", "harden", "check")),
     ("vncaudit.cli.serve", ("serve",)),

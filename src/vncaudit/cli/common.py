@@ -167,7 +167,9 @@ def _now() -> str:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    """-v counts up; a negative count is -q (errors only)."""
+    level = (logging.ERROR if verbose < 0 else logging.WARNING if verbose == 0
+             else logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
@@ -213,6 +215,16 @@ OutputOpt = Annotated[str, output_option(OUTPUTS)]
 OutputFileOpt = Annotated[
     Path | None, typer.Option("--output-file", metavar="FILE",
                               help="Write the report here, not stdout.")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("-q", "--quiet", help="Nothing on stderr but errors: no progress bar, "
+                       "no summary line, no warnings.")
+]
+StatusFileOpt = Annotated[
+    Path | None,
+    typer.Option("--status-file", metavar="FILE",
+                 help="Write progress as JSON lines (start, progress every second, end) to "
+                 "FILE, or to stderr with '-', for wrappers."),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Also list closed and filtered ports.")]
 DbOpt = Annotated[

@@ -273,9 +273,13 @@ def _emit(
     show_fix: bool = True,
     trusted: str | None = None,
     exit_reason: str | None = None,
+    quiet: bool = False,
+    written: bool = False,
 ) -> None:
     """Write the report, then ONE summary line on stderr: the scan id, what was found, where
-    the report went and, when the command is about to exit 1, why (`exit_reason`)."""
+    the report went and, when the command is about to exit 1, why (`exit_reason`). `quiet`
+    (-q): no summary. `written`: the report went out already (-o jsonl, streamed while the
+    scan ran); only the summary is left."""
     meta = report.ScanMeta(
         id=record.id,
         started=record.started,
@@ -307,7 +311,12 @@ def _emit(
             except OSError as exc:
                 raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
                             f"are kept: vncaudit results {record.id}", 3) from None
-        _summary(record, results, shown, output, output_file, exit_reason)
+        if not quiet:
+            _summary(record, results, shown, output, output_file, exit_reason)
+        return
+    if written:
+        if not quiet and (output_file or exit_reason):
+            _summary(record, results, shown, output, output_file, exit_reason)
         return
     text = report.render(output, meta, results, include_all)
     if output_file:
@@ -317,10 +326,11 @@ def _emit(
         except OSError as exc:
             raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
                         f"kept: vncaudit results {record.id} -o {output}", 3) from None
-        _summary(record, results, shown, output, output_file, exit_reason)
+        if not quiet:
+            _summary(record, results, shown, output, output_file, exit_reason)
     else:
         sys.stdout.write(text)
-        if exit_reason:  # the report is on stdout; the reason for the exit code is not in it
+        if exit_reason and not quiet:  # the report is on stdout; the reason is not in it
             _summary(record, results, shown, output, None, exit_reason)
 
 

@@ -27,7 +27,9 @@ from vncaudit.cli.common import (
     OutputOpt,
     PasswordFileOpt,
     PasswordOpt,
+    QuietOpt,
     RiskLockoutOpt,
+    StatusFileOpt,
     TrustedOpt,
     _check_output_file,
     _check_trusted,
@@ -38,13 +40,14 @@ from vncaudit.cli.common import (
     finite,
     known_password,
 )
+from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
 from vncaudit.cli.scan_inputs import _check_discovery, _domain_targets, _kept_input
 from vncaudit.cli.scan_run import _progress, _sigterm_as_interrupt
 from vncaudit.discovery import Mode
 from vncaudit.engine import DEFAULT_CONCURRENCY
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
-from vncaudit.models import Severity
+from vncaudit.models import ServiceResult, Severity
 from vncaudit.runner import StoredScan, read_wordlist
 from vncaudit.spec import DEFAULT_PORTS, ActiveSpec, ScanSpec
 from vncaudit.store import Store, StoreError, UnknownScanError
@@ -256,12 +259,14 @@ def scan(
     resume: ResumeOpt = None,
     workers: WorkersOpt = None,
     cluster: ClusterOpt = None,
+    quiet: QuietOpt = False,
+    status_file: StatusFileOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """`vncaudit scan`: one parameter per option (typer reads the options from this
     signature, so it is as long as the option list); the body checks what was typed in the
     order a user meets the errors, builds the `ScanSpec` and hands it to the runner."""
-    _setup_logging(verbose)
+    _setup_logging(-1 if quiet else verbose)
     threshold = _report_checks(output, trusted, fail_on)
     cluster_spec = _cluster_spec(workers, cluster, verbose)
     if resume is None:
@@ -277,6 +282,7 @@ def scan(
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
+    check_status_file(status_file, [output_file, db, wordlist, *(input_list or ())])
     password = known_password(password, password_file)
     draft: ScanSpec | None = None
     words: list[str] | None = None
@@ -299,8 +305,11 @@ def scan(
             raise _fail(str(exc)) from None
     with _open_store(db) as store:
         stored = _open_scan(store, resume, draft, password, words)
-        record = _run(stored, cluster_spec)
+        live = _live(stored, output, output_file, include_all, status_file,
+                     resumed=resume is not None)
+        record = _run(stored, cluster_spec, live, quiet, str(status_file) == "-")
         results = store.results(stored.scan_id, include_closed=include_all)
+        live.end("finished", results)
 
     failing = [f for r in results for f in r.findings
                if threshold is not None and f.severity.rank >= threshold.rank]
@@ -310,8 +319,9 @@ def scan(
                   f"{threshold.value} or worse (--fail-on {threshold.value})")
     from vncaudit.cli.output import _emit  # rich and the report: after the scan, not before
 
+    # -o jsonl went out line by line while the scan ran: only the summary is left.
     _emit(record, results, output, output_file, include_all, show_fix=show_fix,
-          trusted=trusted, exit_reason=reason)
+          trusted=trusted, exit_reason=reason, quiet=quiet, written=output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
 
@@ -417,28 +427,57 @@ def _open_scan(store: Store, resume: str | None, draft: ScanSpec | None,
         raise _fail(str(exc), 3) from None
 
 
-def _run(stored: StoredScan, cluster_spec: ClusterSpec | None) -> ScanRecord:
-    """Run the scan with a progress bar; Ctrl-C and SIGTERM end it interrupted, with the
-    resume command (exit 130 / 143), any other failure is one line (exit 3)."""
+def _live(stored: StoredScan, output: str, output_file: Path | None, include_all: bool,
+          status_file: Path | None, *, resumed: bool) -> LiveOutput:
+    """The streams of a running scan (`cli/live.py`): -o jsonl lines and --status-file; a
+    resumed scan's earlier results go out first, so the stream is the whole scan."""
     state = EngineProgress(total=stored.remaining)
-    terminated: list[int] = []
     try:
-        with _sigterm_as_interrupt(terminated), _progress(state, lambda: err.is_terminal) as update:
-            record = stored.run(on_result=update, progress=state, cluster=cluster_spec)
+        live = LiveOutput(output, output_file, include_all, status_file, stored.scan_id, state)
+        if resumed:
+            live.resumed(stored.store.results(stored.scan_id, include_closed=include_all))
+    except StreamWriteError as exc:
+        stored.store.finish_scan(stored.scan_id, "interrupted")
+        raise _fail(f"{exc}; resume with: vncaudit scan --resume {stored.scan_id}", 3) from None
+    return live
+
+
+def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
+         quiet: bool = False, status_on_stderr: bool = False) -> ScanRecord:
+    """Run the scan with a progress bar (none with -q, or when the status stream is on
+    stderr); Ctrl-C and SIGTERM end it interrupted, with the resume command (exit 130 / 143),
+    a stream that cannot be written too (exit 3), any other failure is one line (exit 3)."""
+    state = live.state
+    terminated: list[int] = []
+    show = False if quiet or status_on_stderr else (lambda: err.is_terminal)
+
+    def stored_results() -> list[ServiceResult]:
+        return stored.store.results(stored.scan_id, include_closed=live.include_all)
+
+    try:
+        with _sigterm_as_interrupt(terminated), _progress(state, show) as update:
+            record = stored.run(on_result=live.chain(update), progress=state,
+                                cluster=cluster_spec)
     except KeyboardInterrupt:
+        live.end("interrupted", stored_results())
         how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
         raise _fail(f"{how}; {state.done} ports recorded. Resume with: "
                     f"vncaudit scan --resume {stored.scan_id}", code) from None
+    except StreamWriteError as exc:
+        live.end("interrupted", stored_results())
+        raise _fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
+                    f"{stored.scan_id}", 3) from None
     except VncAuditError as exc:
-        _shards_line(stored)
+        live.end("failed", stored_results())
+        _shards_line(stored, quiet)
         raise _fail(str(exc), 3) from None
-    _shards_line(stored)
+    _shards_line(stored, quiet)
     return record
 
 
-def _shards_line(stored: StoredScan) -> None:
+def _shards_line(stored: StoredScan, quiet: bool = False) -> None:
     run = stored.sharded
-    if run is not None:
+    if run is not None and not quiet:
         err.print(f"{run.shards} shards ({run.ran} run now, {run.skipped} done before) on "
                   f"{run.workers} workers in {run.elapsed:.1f} s; {run.reruns} reruns, "
                   f"{run.duplicates} repeated verdicts ignored", style="dim", markup=False,

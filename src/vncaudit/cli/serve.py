@@ -1,14 +1,17 @@
 """`vncaudit serve`: run the web service (online VNC port checker + JSON API) with uvicorn.
 
-Owns: the command's options, reading the TOML config and token-hash file into
-`vncaudit.web.Settings`, minting a new API token (`--new-token`), and starting uvicorn on the
-embedded default (the SQLite store, in-process workers). Must not: hold web logic (that is
-`vncaudit.web`) or print anything but what the command is asked for.
+Owns: the command's options, reading the TOML config, the `VNCAUDIT_SERVE_*` environment and
+the token-hash file into `vncaudit.web.Settings`, the default Host names (the bound address
+and the localhost names), checking the TLS files and the access log before the banner, minting
+a new API token (`--new-token`), and starting uvicorn on the embedded default (the SQLite
+store, in-process workers), over TLS when given a certificate. Must not: hold web logic (that
+is `vncaudit.web`) or print anything but what the command is asked for.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
 from pathlib import Path
@@ -22,9 +25,15 @@ from vncaudit.cli.common import require_extra
 
 @app.command(epilog="""Examples:
 
-  vncaudit serve                              http://127.0.0.1:8080/, own-address checks only
+  vncaudit serve                                  http://127.0.0.1:8080/
   vncaudit serve --config /etc/vncaudit/serve.toml
-  vncaudit serve --new-token                  mint an API token for --token-file""")
+  vncaudit serve --tls-cert c.pem --tls-key k.pem HTTPS, HSTS, Secure cookie
+  vncaudit serve --allowed-host vnc.example.org   answer to this name only
+  vncaudit serve --new-token                      a token for --token-file
+
+Settings also come from VNCAUDIT_SERVE_<SETTING> variables, e.g.
+VNCAUDIT_SERVE_WORKERS=8 (lists comma-separated); options beat them,
+and they beat --config. Deployment: docs/deploy.md.""")
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8080,
@@ -91,6 +100,32 @@ def serve(
     timeout: Annotated[
         float | None, typer.Option("--timeout", callback=finite,
                                    help="Probe deadline in seconds (5).")] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-host", metavar="NAME",
+                     help="A Host name the service answers to (repeatable; *.example.org for "
+                     "subdomains). Default: the --host address and localhost names; others "
+                     "get 400 (DNS rebinding)."),
+    ] = None,
+    access_log: Annotated[
+        str | None,
+        typer.Option("--access-log", metavar="FILE|-",
+                     help="Log one line per request to FILE (appended) or stderr (-)."),
+    ] = None,
+    access_log_format: Annotated[
+        str | None,
+        typer.Option("--access-log-format", metavar="plain|json",
+                     help="Access log lines: plain (combined log format) or json."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate "
+                     "(chain) file; needs --tls-key. Adds HSTS and Secure cookies."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", metavar="PEM", help="The private key of --tls-cert."),
+    ] = None,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
     ] = 0,
@@ -121,24 +156,32 @@ def serve(
         overrides["allow_own_address"] = False
     if allow_screenshots:
         overrides["allow_screenshots"] = True
+    if allowed_host:
+        overrides["allowed_hosts"] = tuple(allowed_host)
     if monitors is not None:
         overrides["monitors"] = str(monitors.expanduser().absolute())
     if retention is not None:
         overrides["retention"] = retention
     for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
                        ("max_ports", max_ports), ("rate_per_minute", rate),
-                       ("probe_timeout", timeout)):
+                       ("probe_timeout", timeout), ("access_log", access_log),
+                       ("access_log_format", access_log_format),
+                       ("tls_cert", str(tls_cert) if tls_cert is not None else None),
+                       ("tls_key", str(tls_key) if tls_key is not None else None)):
         if value is not None:
             overrides[key] = value
     try:
         if token_file is not None:
             overrides["token_hashes"] = tokens_from(_token_lines(token_file))
-        settings = (Settings.from_toml(config, **overrides) if config is not None
-                    else Settings(**overrides))  # type: ignore[arg-type]
+        settings = Settings.load(config, os.environ, **overrides)
+        if not settings.allowed_hosts:
+            settings = settings.with_changes(allowed_hosts=default_hosts(host))
     except OSError as exc:
         raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
         raise _fail(f"bad settings: {exc}") from None
+    _check_tls(settings.tls_cert, settings.tls_key)
+    _check_access_log(settings.access_log)
     if settings.monitors:
         from vncaudit.watch import ConfigError, load
 
@@ -154,9 +197,15 @@ def serve(
 
     sock = _listen(host, port)
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"vncaudit web service on http://{shown}:{port}/ (Ctrl-C stops)", err=True)
+    scheme = "https" if settings.tls_cert else "http"
+    typer.echo(f"vncaudit web service on {scheme}://{shown}:{port}/ (Ctrl-C stops)", err=True)
+    typer.echo(f"answers to Host: {', '.join(settings.hosts())} (set by --allowed-host)",
+               err=True)
+    tls: dict[str, object] = ({"ssl_certfile": settings.tls_cert,
+                               "ssl_keyfile": settings.tls_key} if settings.tls_cert else {})
     server_config = uvicorn.Config(create_app(settings), host=host, port=port,
-                                   log_level="warning", proxy_headers=False, server_header=False)
+                                   log_level="warning", proxy_headers=False, server_header=False,
+                                   **tls)  # type: ignore[arg-type]
     try:
         uvicorn.Server(server_config).run(sockets=[sock])
     except KeyboardInterrupt:
@@ -164,6 +213,62 @@ def serve(
         # the normal way to stop, not an error.
         pass
     typer.echo("vncaudit web service stopped", err=True)
+
+
+def default_hosts(bind: str) -> tuple[str, ...]:
+    """The Host names answered when none are configured: the localhost names and the bound
+    address; for a wildcard bind (0.0.0.0, ::) every address of this machine's interfaces and
+    its host name, since any of them reaches the socket."""
+    import ipaddress
+
+    from vncaudit.web.security import LOCAL_HOSTS
+
+    names = list(LOCAL_HOSTS)
+    try:
+        ip = ipaddress.ip_address(bind.strip("[]"))
+    except ValueError:
+        names.append(bind)  # a name given as --host
+        return tuple(dict.fromkeys(names))
+    if not ip.is_unspecified:
+        names.append(str(ip))
+        return tuple(dict.fromkeys(names))
+    import psutil  # type: ignore[import-untyped]
+
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                text = address.address.split("%", 1)[0]  # fe80::1%eth0: the zone is no name
+                names.append(text)
+    names.append(socket.gethostname().lower())
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _check_tls(cert: str, key: str) -> None:
+    """Load the certificate and key once now, so a wrong file is one line before the
+    banner, not a traceback from inside uvicorn."""
+    if not cert:
+        return
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise _fail(f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and "
+                    f"its private key ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise _fail(f"--tls-cert/--tls-key: cannot read {exc.filename or cert}: "
+                    f"{exc.strerror}") from None
+
+
+def _check_access_log(target: str) -> None:
+    if not target or target == "-":
+        return
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise _fail(f"access log {target}: {exc.strerror or exc}") from None
 
 
 def _check_runner_lock(db_path: str) -> None:

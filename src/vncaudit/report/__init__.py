@@ -1,9 +1,11 @@
 """Render a scan (its metadata and service results) into the output formats.
 
-Owns: turning `ScanMeta` + `ServiceResult`s into text: json and jsonl (schema v1, docs/design.md
-§7) here, csv (`csv_report`), nmap-compatible XML (`nmap_xml`) and a self-contained HTML page
-(`html`, with the fix guide and embedded screenshots) in their own modules, plus the small
-helpers they share. Must not: probe, grade, or touch the store; it only formats what it is
+Owns: turning `ScanMeta` + `ServiceResult`s into text: json and jsonl (schema v1,
+docs/design.md §7; its JSON Schema is `schema`) here, csv (`csv_report`), nmap-compatible XML
+(`nmap_xml`), a self-contained HTML page (`html`, with the fix guide and embedded
+screenshots), SARIF 2.1.0 (`sarif`) and DefectDojo's Generic Findings Import (`defectdojo`) in
+their own modules, plus the small helpers they share. Must not: probe, grade, or touch the
+store; it only formats what it is
 given. Every string a server sent (desktop names, reasons, banners) is hostile input: each
 format neutralises it in its own way (CSV formula prefixes, XML-illegal characters, HTML
 autoescaping).
@@ -12,14 +14,19 @@ autoescaping).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
 
-FORMATS = ("json", "jsonl", "csv", "xml", "html")
+if TYPE_CHECKING:
+    from vncaudit.remedies import Remedy
 
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "jsonl", "csv", "xml", "html", "sarif", "defectdojo")
 
 
 @dataclass(frozen=True)
@@ -68,10 +75,7 @@ def render(
     if fmt == "json":
         return json.dumps(to_document(meta, results, include_all), indent=2) + "\n"
     if fmt == "jsonl":
-        return "".join(
-            json.dumps(r.to_dict(), separators=(",", ":")) + "\n"
-            for r in visible(results, include_all)
-        )
+        return "".join(jsonl_line(r) for r in visible(results, include_all))
     if fmt == "csv":
         from vncaudit.report import csv_report
 
@@ -84,10 +88,43 @@ def render(
         from vncaudit.report import html
 
         return html.render_html(meta, visible(results, include_all))
+    if fmt == "sarif":
+        from vncaudit.report import sarif
+
+        return sarif.render_sarif(meta, visible(results, include_all))
+    if fmt == "defectdojo":
+        from vncaudit.report import defectdojo
+
+        return defectdojo.render_defectdojo(meta, visible(results, include_all))
     raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 # -- helpers shared by the formats ---------------------------------------------------------------
+
+
+def jsonl_line(result: ServiceResult) -> str:
+    """One `-o jsonl` line: the service in schema v1, compact, newline-terminated."""
+    return json.dumps(result.to_dict(), separators=(",", ":")) + "\n"
+
+
+def endpoint_text(result: ServiceResult) -> str:
+    """'10.0.0.5:5900', '[2001:db8::5]:5900': the address and port as one would type them."""
+    host = f"[{result.host}]" if ":" in result.host else result.host
+    return f"{host}:{result.port}"
+
+
+def fix_guide(result: ServiceResult) -> list[Remedy]:
+    """The fix guide for the service (steps and commands filled with its host and port); a
+    remediation id the guide does not know is left out with a warning, not an error."""
+    from vncaudit.remedies import remedies_for
+
+    if not result.findings:
+        return []
+    try:
+        return list(remedies_for(result))
+    except (KeyError, ValueError) as exc:
+        log.warning("fix guide for %s: %s", endpoint_text(result), exc)
+        return []
 
 
 def security_types_text(result: ServiceResult) -> str:

@@ -1,11 +1,14 @@
 """The web service's FastAPI application: `create_app(settings)`.
 
 Owns: wiring — the lifespan that opens this instance's store and starts its scan workers, the
-routers, static files and templates, the security-header middleware and the error handlers.
-Must not: contain route logic, policy or scanning (see `routes/`, `policy`, `jobs`).
+routers, static files and templates, the middlewares (security headers, body limit, and the
+deployment ones of `deploy`: Host allow-list, Origin check, proxy scheme and HSTS, access log)
+and the error handlers. Must not: contain route logic, policy or scanning (see `routes/`,
+`policy`, `jobs`).
 
-No external resources: the interactive docs pages (which load scripts from a CDN) are
-disabled; the OpenAPI document is served at /openapi.json.
+No external resources: the OpenAPI document is served at /openapi.json and browsable at /docs,
+whose Swagger UI assets this service serves itself (FastAPI's own docs pages, which load them
+from a CDN, are off).
 """
 
 from __future__ import annotations
@@ -29,10 +32,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vncaudit import __version__
 from vncaudit.exceptions import VncAuditError
+from vncaudit.web.deploy import (
+    AccessLog,
+    ForwardedScheme,
+    HostGuard,
+    OriginGuard,
+    close_access_log,
+    open_access_log,
+)
 from vncaudit.web.deps import AppContext, open_store
 from vncaudit.web.jobs import JobManager
 from vncaudit.web.metrics import Metrics
-from vncaudit.web.routes import api, health, monitors, pages
+from vncaudit.web.routes import api, docs, health, monitors, pages
 from vncaudit.web.security import CSP, SECURITY_HEADERS, Csrf, RateLimiter
 from vncaudit.web.settings import Settings
 
@@ -206,6 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.ctx.watcher.stop()
             await jobs.stop()
             store.close()
+            if getattr(app.state, "access_log", None) is not None:
+                close_access_log(app.state.access_log)
 
     app = FastAPI(
         title="vncaudit",
@@ -221,7 +234,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(monitors.router)
     app.include_router(monitors.pages)
+    app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.assets_directory()),
+              name="docs-assets")
 
     @app.exception_handler(VncAuditError)
     async def library_error(request: Request, exc: VncAuditError) -> JSONResponse:
@@ -236,6 +252,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
         return Response(body, status_code=422, media_type="application/json")
 
+    # Outermost last: the access log sees every request, refusals included; HostGuard and
+    # OriginGuard answer inside SecurityHeaders, so refusals carry the headers too.
+    proxies = cfg.proxy_networks()
     app.add_middleware(BodyLimit)
+    app.add_middleware(OriginGuard, metrics=metrics)
+    app.add_middleware(HostGuard, hosts=cfg.hosts(), metrics=metrics)
     app.add_middleware(SecurityHeaders, metrics=metrics)
+    app.add_middleware(ForwardedScheme, proxies=proxies, hsts_max_age=cfg.hsts_max_age)
+    if cfg.access_log:
+        logger = open_access_log(cfg.access_log)
+        app.state.access_log = logger
+        app.add_middleware(AccessLog, logger=logger, fmt=cfg.access_log_format,
+                           proxies=proxies)
     return app

@@ -19,7 +19,7 @@ from vncaudit.store import ScanRecord, Store
 from vncaudit.web.jobs import JobManager
 from vncaudit.web.metrics import Metrics
 from vncaudit.web.policy import IPNetwork, Policy
-from vncaudit.web.security import Csrf, RateLimiter, token_matches
+from vncaudit.web.security import Csrf, RateLimiter, forwarded_client, token_matches, within
 from vncaudit.web.settings import Settings
 
 
@@ -43,29 +43,11 @@ def get_ctx(request: Request) -> AppContext:
 
 
 def client_address(request: Request) -> str:
-    """The requester's address: the TCP peer, or — when the peer is a trusted reverse proxy —
-    the right-most X-Forwarded-For entry that is not itself a trusted proxy (entries left of
-    it were written by the client and prove nothing)."""
+    """The requester's address: the TCP peer, or the client a trusted reverse proxy names
+    (`security.forwarded_client`)."""
     peer = request.client.host if request.client is not None else ""
-    proxies = get_ctx(request).proxies
-    if not proxies or not _within(peer, proxies):
-        return peer
-    hops = [h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")]
-    for hop in reversed(hops):
-        if not _within(hop, proxies):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # garbage from the proxy chain: fall back to the proxy itself
-    return peer
-
-
-def _within(text: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return any(ip.version == n.version and ip in n for n in networks)
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"),
+                            get_ctx(request).proxies)
 
 
 _bearer = HTTPBearer(auto_error=False, description="API token (only when the operator "
@@ -116,7 +98,7 @@ def may_see_monitors(ctx: AppContext, client: str) -> bool:
     """Whether this client address may open the monitors page and their cycles' scans."""
     networks = tuple(ipaddress.ip_network(n, strict=False)
                      for n in ctx.settings.monitors_page_networks)
-    return _within(client, networks)
+    return within(client, networks)
 
 
 def viewable_scan(ctx: AppContext, scan_id: str, client: str, token: bool) -> ScanRecord:

@@ -1,27 +1,39 @@
 """Configuration of the web service (`vncaudit serve`): one frozen `Settings` per app instance.
 
-Owns: every operator knob with its safe default, and reading them from a TOML file
-(`Settings.from_toml`). Must not: import FastAPI or open anything; the app reads these values.
+Owns: every operator knob with its safe default, its validation (each error a `SettingError`
+naming the setting), and reading the settings from a TOML file and from `VNCAUDIT_SERVE_*`
+environment variables with the same checks (`Settings.load`: defaults < TOML < environment <
+command line; an error names the file or the variable it came from). Must not: import FastAPI
+or open anything but the TOML file; the app reads these values.
 
 Exposure decision (README, "Web service"): the service reports what the world sees of the
 checked address. By default (`assume_exposure = None`) `vncaudit.assess` grades each result by
 the address itself (`exposure_of`), which for the requester's own public address is "public".
 An operator who allow-lists an address that stands in for a public host (tests allow-list
 127.0.0.1) sets `assume_exposure = "public"` so findings are graded as for the internet.
+
+Host names (`allowed_hosts`): the service answers only requests whose Host header names one of
+them, so a page on a name that rebinds to the service's address (DNS rebinding) cannot use a
+browser as a client. Empty means the localhost names; `serve` adds the address it binds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
+import os
 import secrets
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from vncaudit.exceptions import UsageError
+from vncaudit.targets import parse_ports
 from vncaudit.web.policy import DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_PORTS, Policy, Resolver
+from vncaudit.web.security import LOCAL_HOSTS, host_pattern_problem
 
 EXPOSURES = ("loopback", "private", "public", "all-interfaces", "unknown")
 
@@ -81,41 +93,32 @@ class Settings:
     monitors: str = ""
     monitors_page_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     retention: str = ""
+    # Host header names answered (see the module docstring); "*.example.org" matches
+    # subdomains, "*" everything (not behind a proxy that checks the name itself: unsafe).
+    allowed_hosts: tuple[str, ...] = ()
+    # One line per request: "" off, "-" stderr, else a file (appended, reopened when a log
+    # rotation moves it); "plain" (combined log format + seconds) or "json" lines.
+    access_log: str = ""
+    access_log_format: str = "plain"
+    # TLS served directly (both PEM files), else plain HTTP (behind a TLS proxy, or local).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Strict-Transport-Security on responses served over HTTPS (directly, or by a trusted
+    # proxy that says so in X-Forwarded-Proto); 0 sends none.
+    hsts_max_age: int = 31536000
 
     def __post_init__(self) -> None:
-        if self.assume_exposure is not None and self.assume_exposure not in EXPOSURES:
-            raise ValueError(f"assume_exposure must be one of {', '.join(EXPOSURES)}")
-        for h in self.token_hashes:
-            if not (h.startswith("sha256:") and len(h) == 71):
-                raise ValueError("token hashes look like sha256:<64 hex digits>")
-        if min(self.workers, self.queue_size, self.scan_concurrency,
-               self.max_active_per_client, self.max_screenshots_per_scan) < 1:
-            raise ValueError("workers, queue_size, scan_concurrency, max_active_per_client "
-                             "and max_screenshots_per_scan must be >= 1")
-        if (not self.probe_timeout > 0 or not self.rate_per_minute > 0 or self.rate_burst < 1
-                or not self.scan_deadline > 0):
-            raise ValueError("probe_timeout, scan_deadline and rate_per_minute must be > 0, "
-                             "rate_burst >= 1")
-        self.policy()  # validates the allow-list now, not at the first request
-        self.proxy_networks()
-        try:
-            for net in self.monitors_page_networks:
-                ipaddress.ip_network(net, strict=False)
-        except ValueError as exc:
-            raise ValueError(f"monitors_page_networks: {exc}") from None
-        if self.retention:
-            from vncaudit.watch.schedule import ScheduleError, parse_duration
-
-            try:
-                parse_duration(self.retention, "retention")
-            except ScheduleError as exc:
-                raise ValueError(str(exc)) from None
+        _validate(self)
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         try:
             return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
         except ValueError as exc:
-            raise ValueError(f"trusted_proxies: {exc}") from None
+            raise SettingError("trusted_proxies", f"trusted_proxies: {exc}") from None
+
+    def hosts(self) -> tuple[str, ...]:
+        """The Host names answered: `allowed_hosts`, else the localhost names."""
+        return self.allowed_hosts or LOCAL_HOSTS
 
     def policy(self) -> Policy:
         return Policy.build(self.allow, allow_own_address=self.allow_own_address,
@@ -129,27 +132,169 @@ class Settings:
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
         """Read a TOML file of the same keys (a ``[serve]`` table or top level). Unknown keys
         are an error, so a typo never silently weakens the policy."""
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not UTF-8 text (a TOML file was expected)") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from None
-        table = data.get("serve", data)
-        if not isinstance(table, dict):
-            raise ValueError(f"{path}: [serve] must be a table")
-        known = {f.name for f in fields(cls)} - {"resolver"}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+        return cls.load(path, {}, **overrides)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+             **overrides: Any) -> Settings:
+        """Defaults, then the TOML file at *path*, then `VNCAUDIT_SERVE_*` variables of
+        *environ* (by default none), then *overrides* (command-line options; None = not
+        given). A wrong value is a ValueError whose one line names where it came from."""
         values: dict[str, Any] = {}
-        for key, value in table.items():
-            _check_type(path, key, value)
-            values[key] = tuple(value) if isinstance(value, list) else value
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        sources: dict[str, str] = {}
+        if path is not None:
+            for key, value in _toml_values(path).items():
+                values[key], sources[key] = value, str(path)
+        for key, (variable, value) in env_values(environ or {}).items():
+            values[key], sources[key] = value, variable
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+                sources.pop(key, None)
+        try:
+            return cls(**values)
+        except SettingError as exc:
+            where = sources.get(exc.key)
+            raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+class SettingError(ValueError):
+    """A setting's value is wrong; `key` names the setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+ACCESS_LOG_FORMATS = ("plain", "json")
+_AT_LEAST_ONE = ("workers", "queue_size", "scan_concurrency", "max_active_per_client",
+                 "max_screenshots_per_scan", "rate_burst", "max_ports", "max_addresses")
+_POSITIVE = ("probe_timeout", "scan_deadline", "rate_per_minute", "dns_timeout")
+
+
+def _validate(s: Settings) -> None:
+    if s.assume_exposure is not None and s.assume_exposure not in EXPOSURES:
+        raise SettingError("assume_exposure",
+                           f"assume_exposure must be one of {', '.join(EXPOSURES)}")
+    for h in s.token_hashes:
+        if not (h.startswith("sha256:") and len(h) == 71):
+            raise SettingError("token_hashes", "token hashes look like sha256:<64 hex digits>")
+    for key in _AT_LEAST_ONE:
+        if getattr(s, key) < 1:
+            raise SettingError(key, f"{key} must be >= 1")
+    for key in _POSITIVE:
+        value = getattr(s, key)
+        if not (value > 0 and math.isfinite(value)):
+            raise SettingError(key, f"{key} must be a number > 0")
+    if not 1 <= s.dns_axfr_port <= 65535:
+        raise SettingError("dns_axfr_port", "dns_axfr_port must be 1-65535")
+    if s.allowed_ports:
+        try:
+            parse_ports(s.allowed_ports)
+        except (ValueError, UsageError) as exc:
+            raise SettingError("allowed_ports", f"allowed_ports: {exc}") from None
+    try:
+        s.policy()  # validates the allow-list now, not at the first request
+    except ValueError as exc:
+        raise SettingError("allow", str(exc)) from None
+    s.proxy_networks()
+    for entry in s.allowed_hosts:
+        if (problem := host_pattern_problem(entry)) is not None:
+            raise SettingError("allowed_hosts", f"allowed_hosts entry {entry!r}: {problem}")
+    if s.access_log_format not in ACCESS_LOG_FORMATS:
+        raise SettingError("access_log_format",
+                           f"access_log_format must be one of {', '.join(ACCESS_LOG_FORMATS)}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise SettingError("tls_cert" if s.tls_cert else "tls_key",
+                           "tls_cert and tls_key go together (the certificate chain and its "
+                           "private key, PEM)")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(s, key)
+        if value and not os.access(value, os.R_OK):
+            raise SettingError(key, f"{key} {value}: cannot be read")
+    if s.hsts_max_age < 0:
+        raise SettingError("hsts_max_age", "hsts_max_age must be >= 0 (0: no HSTS header)")
+    try:
+        for net in s.monitors_page_networks:
+            ipaddress.ip_network(net, strict=False)
+    except ValueError as exc:
+        raise SettingError("monitors_page_networks", f"monitors_page_networks: {exc}") from None
+    if s.retention:
+        from vncaudit.watch.schedule import ScheduleError, parse_duration
+
+        try:
+            parse_duration(s.retention, "retention")
+        except ScheduleError as exc:
+            raise SettingError("retention", str(exc)) from None
+
+
+def _toml_values(path: str | Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (a TOML file was expected)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    table = data.get("serve", data)
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [serve] must be a table")
+    unknown = sorted(set(table) - _KNOWN)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        _check_type(path, key, value)
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+ENV_PREFIX = "VNCAUDIT_SERVE_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Settings from `VNCAUDIT_SERVE_<KEY>` variables: {key: (variable, value)}. Lists are
+    comma-separated; booleans true/false (1/0, yes/no, on/off); an empty optional string is
+    unset. An unknown variable or a value of the wrong type is a ValueError naming it."""
+    out: dict[str, tuple[str, Any]] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        key = variable[len(ENV_PREFIX):].lower()
+        raw = environ[variable]
+        if key not in _KNOWN:
+            raise ValueError(f"{variable}: unknown setting {key!r} (see README, "
+                             "'Web service settings')")
+        annotation = _annotation(key)
+        text = raw.strip()
+        value: Any
+        if annotation == "bool":
+            if text.lower() not in _TRUE | _FALSE:
+                raise ValueError(f"{variable}: {key} must be true or false, not {raw!r}")
+            value = text.lower() in _TRUE
+        elif annotation == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{variable}: {key} must be an integer, not {raw!r}") from None
+        elif annotation == "float":
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"{variable}: {key} must be a number, not {raw!r}")
+        elif annotation == "tuple[str, ...]":
+            value = tuple(item.strip() for item in raw.split(",") if item.strip())
+        elif annotation == "str | None":
+            value = text or None
+        else:
+            value = raw if key == "secret_key" else text
+        out[key] = (variable, value)
+    return out
 
 
 # What a TOML value of each setting must be (by the field's annotation), so that a wrong type
@@ -164,8 +309,15 @@ _TOML_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
 }
 
 
+_KNOWN = frozenset(f.name for f in fields(Settings)) - {"resolver"}
+
+
+def _annotation(key: str) -> str:
+    return str(next(f.type for f in fields(Settings) if f.name == key))
+
+
 def _check_type(path: str | Path, key: str, value: Any) -> None:
-    annotation = str(next(f.type for f in fields(Settings) if f.name == key))
+    annotation = _annotation(key)
     if annotation not in _TOML_TYPES:
         return
     what, types = _TOML_TYPES[annotation]

@@ -253,8 +253,8 @@ def scan_public(store: Store, record: ScanRecord, job: Job | None,
         "verdict": verdict(results, finished).to_dict(),
         "error": job.error if job is not None else None,
         "services": services,
-        "reports": {fmt: f"/api/scans/{record.id}/report.{fmt}" for fmt in ("json", "html",
-                                                                              "xml")},
+        "reports": {fmt: f"/api/scans/{record.id}/report.{fmt}"
+                    for fmt in ("json", "html", "xml", "sarif", "defectdojo")},
         "phase": job.phase if job is not None else "scanning",
         "refused": [dict(r) for r in record.options.get("refused") or []],
     }

@@ -1,11 +1,11 @@
 """The JSON scans API: submit a scan, poll it, fetch its report.
 
 Owns: `POST /api/scans`, `GET /api/scans`, `GET /api/scans/{id}`,
-`GET /api/scans/{id}/report.{json,html,xml}`, `GET /api/scans/{id}/screenshots/{name}` (a
-stored PNG, under the same visibility rule as the scan) and their public models. Every
-submission goes rate limit → target policy → job queue, in that order, so nothing reaches the
-engine that the policy did not turn into literal addresses. Must not: probe, resolve names
-itself, or render HTML pages.
+`GET /api/scans/{id}/report.{json,html,xml,sarif,defectdojo}`,
+`GET /api/scans/{id}/screenshots/{name}` (a stored PNG, under the same visibility rule as the
+scan) and their public models. Every submission goes rate limit → target policy → job queue,
+in that order, so nothing reaches the engine that the policy did not turn into literal
+addresses. Must not: probe, resolve names itself, or render HTML pages.
 """
 
 from __future__ import annotations
@@ -216,17 +216,19 @@ def get_scan(scan_id: ScanId, ctx: CtxDep, client: ClientDep, token: TokenDep) -
 
 
 _MEDIA = {"json": "application/json", "html": "text/html; charset=utf-8",
-          "xml": "application/xml"}
+          "xml": "application/xml", "sarif": "application/sarif+json",
+          "defectdojo": "application/json"}
 
 
 @router.get("/scans/{scan_id}/report.{fmt}", response_class=Response,
             responses={200: {"content": {"application/json": {}, "text/html": {},
-                                         "application/xml": {}},
+                                         "application/xml": {}, "application/sarif+json": {}},
                              "description": "The report in the asked format"},
                        401: _ERRORS[401], 404: {"model": ErrorPublic}})
-def get_report(scan_id: ScanId, fmt: Literal["json", "html", "xml"], ctx: CtxDep,
-               client: ClientDep, token: TokenDep) -> Response:
-    """The scan's report: JSON (result schema v1), HTML or XML (nmap-compatible)."""
+def get_report(scan_id: ScanId, fmt: Literal["json", "html", "xml", "sarif", "defectdojo"],
+               ctx: CtxDep, client: ClientDep, token: TokenDep) -> Response:
+    """The scan's report: JSON (result schema v1), HTML, XML (nmap-compatible), SARIF 2.1.0, or
+    DefectDojo's Generic Findings Import JSON (`report.defectdojo`)."""
     record = viewable_scan(ctx, scan_id, client, token)
     if fmt not in report.FORMATS:
         raise HTTPException(404, f"the {fmt} report format is not available in this version")
