@@ -143,3 +143,27 @@ def test_the_checker_catches_a_missing_section(tmp_path: Path) -> None:
     assert [c.section for c in found] == ["6.2", "99.1", "Probing etiquette", "No such part",
                                           "4.3", "6.2", "The store: schema, writes, durability"]
     assert [_resolves(c) for c in found] == [True, False, True, False, True, True, True]
+
+
+# References that point outside the repository, or at files that are not in it: the design is
+# docs/design.md, the reference notes docs/rfb.md and docs/peers.md.
+OUTSIDE = re.compile(r"\.\./shared|shared/reference|shared/DESIGN|design-store\.md"
+                     r"|(?<![\w/.-])(?:DESIGN|rfb|peers)\.md")
+
+
+def test_no_reference_leaves_the_repository() -> None:
+    found = []
+    for path in _files():
+        for number, line in enumerate(
+                path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if OUTSIDE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "references outside the repository:\n" + "\n".join(found)
+
+
+def test_the_outside_pattern() -> None:
+    for bad in ("see ../shared/reference/rfb.md", "(DESIGN.md §4)", "rfb.md §6.2", "peers.md §6",
+                "docs/design-store.md"):
+        assert OUTSIDE.search(bad), bad
+    for good in ("docs/rfb.md §6.2", "docs/design.md §4", "docs/peers.md §6", "rfbproto §7.2"):
+        assert not OUTSIDE.search(good), good
