@@ -4,8 +4,8 @@ Owns: the builders for SetPixelFormat (rfbproto §7.5.1) and SetEncodings (§7.5
 `rfb`'s FramebufferUpdateRequest (§7.5.3) at hand under the same name; a parser for the
 server-to-client messages (§7.6: FramebufferUpdate, SetColourMapEntries, Bell, ServerCutText)
 that decodes the Raw (§7.7.1), CopyRect (§7.7.2) and Zlib (encoding 6) rectangles and the
-DesktopSize/LastRect pseudo-encodings into a `Canvas`; and the size caps that keep a hostile server from making us allocate or inflate
-without bound.
+DesktopSize/LastRect pseudo-encodings into a `Canvas`; and the size caps that keep a hostile
+server from making us allocate or inflate without bound.
 
 Must not: touch a socket, a clock, asyncio or Pillow (PNG writing is `active`'s), and never
 build input events (KeyEvent/PointerEvent): a screenshot must not change what is on the screen.
