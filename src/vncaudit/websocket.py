@@ -565,7 +565,7 @@ async def _rfb_through(
         if not session.banner_done:
             session.state = State.TARPIT
             session.error = "WebSocket open, no complete RFB banner before the deadline"
-        else:
+        elif not session.update_pending():
             session.error = f"deadline reached while {session.client.state.value}"
     except NotRfbError as exc:
         session.state = State.OPEN_NOT_VNC
