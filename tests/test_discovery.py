@@ -152,6 +152,34 @@ print(sorted(set(r.state.value for r in results)))
     assert "cannot open a socket" in out.stderr
 
 
+def test_connect_rate_cap_holds_when_the_target_source_stalls() -> None:
+    """--rate holds for the moments SYNs leave, not for the moments they were allowed: a target
+    source that stalls between the bucket's check and the connect (the ledger writing a chunk
+    of admissions, a thread descheduled) must not let a full bucket's worth out right after
+    the stall on top of the starts it delayed."""
+    import time
+
+    rate, stall_every, stall = 1000.0, 200, 0.04
+    port = _free_port()  # nothing listens: refused at once
+    left: list[float] = []
+
+    def targets() -> Iterator[Target]:
+        for i in range(600):
+            if i % stall_every == 0:
+                time.sleep(stall)
+            left.append(time.monotonic())  # the connect follows within microseconds
+            yield Target("127.0.0.1", port)
+
+    results = asyncio.run(scan_async(
+        targets(), ScanOptions(concurrency=64, rate=rate, probe=ProbeOptions(timeout=1)),
+        assess_results=False))
+    assert len(results) == 600 and all(r.state is State.CLOSED for r in results)
+    burst = discovery.rate_burst(rate)
+    for width in (0.005, 0.02, 0.1):
+        assert _most_in_window(left, width) <= rate * width + burst + 1, width
+    assert left[-1] - left[0] >= (600 - burst) / rate * 0.95
+
+
 def test_retries_option_is_per_mode() -> None:
     assert discovery.DiscoveryOptions(discovery.Mode.CONNECT).attempts == 1
     assert discovery.DiscoveryOptions(discovery.Mode.SYN).attempts == 2
