@@ -132,7 +132,7 @@ class _Bar:
         state = self.state
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.bar.update(self.task, completed=state.done, rate=state.done / elapsed,
-                        vnc=state.vnc, syn=_syn_rate(state.syn))
+                        vnc=state.vnc, syn=syn_progress(state.syn))
 
     def finish(self) -> None:
         """The last state, the real total (a scan shorter than START gets it too)."""
@@ -145,12 +145,25 @@ def _ignore(result: ServiceResult) -> None:
     del result
 
 
-def _syn_rate(counters: SynCounters | None) -> str:
-    """The progress bar's SYN column: the rate over the last second, while SYNs go out."""
+def _per_second(rate: float) -> str:
+    return f"{rate / 1000:,.0f}k" if rate >= 10_000 else f"{rate:,.0f}"
+
+
+def syn_progress(counters: SynCounters | None, now: float | None = None) -> str:
+    """The progress bar's SYN column while SYNs go out: the rate over the last second, the cap
+    beside it when the machine sends slower than asked, and the packets the kernel refused
+    (sent again) or the interface dropped, once there are any."""
     if counters is None:
         return ""
-    rate = counters.recent_rate()
-    return f"SYN {rate / 1000:,.0f}k/s" if rate >= 10_000 else f"SYN {rate:,.0f}/s"
+    rate = counters.recent_rate(now)
+    text = f"SYN {_per_second(rate)}/s"
+    if 0 < rate < 0.9 * counters.asked:
+        text += f" (cap {_per_second(counters.asked)})"
+    if counters.refused:
+        text += f", {counters.refused:,} refused"
+    if counters.dropped:
+        text += f", {counters.dropped:,} dropped"
+    return text
 
 
 def syn_summary(counters: SynCounters) -> str:
