@@ -2,8 +2,7 @@
 and SIGTERM handled like Ctrl-C so the resume command is printed.
 
 Owns: what a terminal shows while a scan runs. Must not: define commands, parse options, run
-the scan (`vncaudit.runner`) or render results. `_progress_bar` is looked up through
-`vncaudit.cli`, so patching it there works.
+the scan (`vncaudit.runner`) or render results.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from vncaudit import cli as _cli
 from vncaudit.cli.common import err
 from vncaudit.discovery import SynCounters
 from vncaudit.engine import Progress as EngineProgress
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-def _progress_bar(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -53,7 +51,7 @@ def _progress_bar(console: Console) -> Progress:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
+def sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
     """While a scan runs, SIGTERM (kill, systemd, timeout(1)) stops it the way Ctrl-C does:
     what is done is stored, the scan is marked interrupted and the resume command printed,
     instead of dying with the scan left "running". A handler someone else set is kept."""
@@ -74,7 +72,7 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress(state: EngineProgress,
+def scan_progress(state: EngineProgress,
               show: bool | Callable[[], bool]) -> Iterator[Callable[[ServiceResult], None]]:
     """The progress bar while a scan runs (when `show`, or what it returns): redrawn from
     `state` ten times a second by a thread of its own (so SYN marks, which come in bulk and
@@ -125,9 +123,7 @@ class _Bar:
         if not self.decided:
             self.decided = True
             if self.show() if callable(self.show) else self.show:
-                # Looked up through the package: a patch of `vncaudit.cli._progress_bar`
-                # takes effect.
-                self.bar = _cli._progress_bar(err)
+                self.bar = progress_bar(err)
                 self.bar.start()
                 self.task = self.bar.add_task("scan", total=self.state.total, rate=0.0, vnc=0,
                                               syn="")
