@@ -147,6 +147,14 @@ class _Stderr:
             console = _Stderr._console = Console(stderr=True, highlight=False)
         return getattr(console, name)
 
+    # A with-statement looks these up on the type, past __getattr__; rich's Live (the
+    # progress display) enters its console to draw the last frame.
+    def __enter__(self) -> Console:
+        return cast("Console", self.__getattr__("__enter__")())
+
+    def __exit__(self, *exc: object) -> None:
+        self.__getattr__("__exit__")(*exc)
+
 
 err: Console = cast("Console", _Stderr())
 log = logging.getLogger("vncaudit")
