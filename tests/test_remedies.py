@@ -535,7 +535,7 @@ def render_table_output(results: list[ServiceResult], show_fix: bool = True) -> 
 
     from rich.console import Console
 
-    from vncaudit.cli import print_findings, results_table
+    from vncaudit.cli.output import print_findings, results_table
 
     buf = io.StringIO()
     console = Console(file=buf, width=100, force_terminal=True, highlight=False)

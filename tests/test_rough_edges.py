@@ -134,7 +134,7 @@ def test_binary_reason_is_escaped_and_bounded_everywhere(hostile_farm: Farm,  # 
     assert reason == BINARY_REASON.decode("utf-8", errors="replace")
     # The web page shows the same bounded text.
     app = create_app(Settings(db_path=str(db), allow=("127.0.0.1/32",)))
-    with TestClient(app, client=("127.0.0.1", 40001)) as client:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 40001)) as client:
         created = client.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
         assert created.status_code == 201, created.text
         web_id = created.json()["id"]
@@ -165,7 +165,7 @@ def test_url_and_host_port_get_the_same_words(target: str, cli: str, api: str,
         Policy.build().decide(target, "5900", "198.51.100.7")
     assert api in str(info.value) and "IPv6 address" not in str(info.value)
     app = create_app(Settings(db_path=str(tmp_path / "w.db")))
-    with TestClient(app, client=("127.0.0.1", 40001)) as client:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 40001)) as client:
         answer = client.post("/api/scans", json={"target": target, "ports": "5900"})
     assert answer.status_code == 400 and api in answer.json()["detail"], answer.text
 
@@ -227,7 +227,7 @@ def test_a_name_resolving_to_loopback_reads_as_a_sentence() -> None:
 def test_index_note_has_a_space_after_the_policy(tmp_path: Path) -> None:
     app = create_app(Settings(db_path=str(tmp_path / "w.db"), allow_screenshots=True,
                               screenshot_dir=str(tmp_path / "shots")))
-    with TestClient(app, client=("127.0.0.1", 40001)) as client:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 40001)) as client:
         page = client.get("/").text
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
     assert "checked against the policy. A screenshot takes" in text
@@ -239,7 +239,7 @@ def test_one_port_is_one_port_in_the_web_progress(hostile_farm: Farm,  # noqa: F
     page says "0 of 1 port probed"."""
     app = create_app(Settings(db_path=str(tmp_path / "w.db"), allow=("127.0.0.1/32",),
                               probe_timeout=3.0))
-    with TestClient(app, client=("127.0.0.1", 40001)) as client:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 40001)) as client:
         created = client.post("/api/scans", json={
             "target": "127.0.0.1", "ports": str(hostile_farm.ports["silent"])})
         assert created.status_code == 201, created.text

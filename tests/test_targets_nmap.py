@@ -172,7 +172,7 @@ def test_web_api_refuses_nmap_syntax_with_a_clear_message(tmp_path: Path) -> Non
 
     app = create_app(Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.0/8",),
                               rate_burst=50, rate_per_minute=600, resolver=resolver))
-    with TestClient(app, client=("127.0.0.1", 40001)) as c:
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 40001)) as c:
         for target in ("127.0.0.*", "127.0.0-1.1-254", "127.0.0.1,3", "localhost.test/30",
                        "127.0.0.0/30", "127.0.0.1-5"):
             response = c.post("/api/scans", json={"target": target, "ports": "5900"})

@@ -19,12 +19,12 @@ ClientInit (a connected user must never be kicked), parse RFB bytes itself (that
 `framebuffer`), or grade (that is `assess`). Passwords are masked in every result unless
 `show_passwords` is set, and never logged.
 
-Lockout etiquette (docs/design.md "Probing etiquette", docs/rfb.md §6.2): TigerVNC and RealVNC 4 count
-EVERY connection from an address that ends before a successful authentication and start a
-block at the 5th; a successful authentication clears the count. Each password attempt is one
-connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1` connections per server
-per scan including the ones the scan already made (the probe's), never more than
-`max_attempts` (3) attempts, and stops at the first sign of throttling.
+Lockout etiquette (docs/design.md "Probing etiquette", docs/rfb.md §6.2): TigerVNC and
+RealVNC 4 count EVERY connection from an address that ends before a successful authentication
+and start a block at the 5th; a successful authentication clears the count. Each password
+attempt is one connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1`
+connections per server per scan including the ones the scan already made (the probe's), never
+more than `max_attempts` (3) attempts, and stops at the first sign of throttling.
 The budget lives in `passwords`; `run_active` orders the checks to keep the count low.
 
 The package re-exports its public names; the parts live in:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Final, NoReturn
 from xml.parsers import expat
 
 from vncaudit.exceptions import UsageError
@@ -99,62 +99,8 @@ def _read_nmap_xml(path: PathLike) -> Iterator[_Host]:
     accepted; any DTD with an internal subset or external id, and any entity declaration, is
     refused, so no entity is ever expanded or fetched.
     """
-    done: list[_Host] = []
-    state: dict[str, Any] = {"host": None, "status": None, "in_port": None, "root": None}
-
-    def refuse(*_: object) -> NoReturn:
-        raise _err(f"{path}: refusing XML with a DTD or entities (nmap XML needs neither)")
-
-    def doctype(_name: str, sysid: str | None, pubid: str | None, subset: int) -> None:
-        if sysid or pubid or subset:
-            refuse()
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        if state["root"] is None:
-            state["root"] = tag
-            if tag != "nmaprun":
-                raise _err(f"{path}: not nmap XML (root element <{tag[:40]}>)")
-        host: _Host | None = state["host"]
-        if tag == "host":
-            state["host"], state["status"] = _Host("", None), None
-            state["addrs"] = []
-        elif host is None:
-            return
-        elif tag == "status":
-            state["status"] = attrs.get("state")
-        elif tag == "address" and attrs.get("addrtype") in ("ipv4", "ipv6"):
-            state["addrs"].append(attrs.get("addr", ""))
-        elif tag == "hostname" and attrs.get("type") == "user" and host.hostname is None:
-            host.hostname = _hostname(attrs.get("name", ""))
-        elif tag == "ports":
-            host.ports = host.ports or []
-        elif tag == "port":
-            state["in_port"] = (attrs.get("protocol"), attrs.get("portid", ""))
-        elif tag == "state" and state["in_port"] is not None:
-            proto, portid = state["in_port"]
-            if proto == "tcp" and attrs.get("state") == "open":
-                if host.ports is None:
-                    host.ports = []
-                host.ports.append(_file_port(portid, f"{path}: port"))
-
-    def end(tag: str) -> None:
-        if tag == "port":
-            state["in_port"] = None
-        elif tag == "host" and state["host"] is not None:
-            host: _Host = state["host"]
-            if state["status"] in (None, "up"):
-                for addr in state["addrs"]:
-                    done.append(_Host(addr, host.ports, host.hostname))
-            state["host"] = None
-
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = doctype
-    parser.EntityDeclHandler = refuse
-    parser.UnparsedEntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
+    reader = _NmapXmlReader(path)
+    parser = reader.parser()
     try:
         stream = open(path, "rb")
     except OSError as exc:
@@ -168,12 +114,82 @@ def _read_nmap_xml(path: PathLike) -> Iterator[_Host]:
                 raise _err(f"{path}: not valid nmap XML: {exc}") from None
             except OSError as exc:
                 raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
-            yield from done
-            done.clear()
+            yield from reader.done
+            reader.done.clear()
             if not chunk:
                 break
-    if state["root"] is None:
+    if reader.root is None:
         raise _err(f"{path}: not nmap XML (empty document)")
+
+
+class _NmapXmlReader:
+    """The expat handlers for nmap XML: `done` collects each finished host that is up, one
+    `_Host` per address, until the reader takes them."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self.done: list[_Host] = []
+        self.root: str | None = None  # the document's root element, once seen
+        self.host: _Host | None = None  # the <host> being read
+        self.status: str | None = None  # its <status state=...>
+        self.addrs: list[str] = []  # its IPv4 and IPv6 addresses
+        self.in_port: tuple[str | None, str] | None = None  # (protocol, portid) of a <port>
+
+    def parser(self) -> expat.XMLParserType:
+        parser = expat.ParserCreate()
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartDoctypeDeclHandler = self.doctype
+        parser.EntityDeclHandler = self.refuse
+        parser.UnparsedEntityDeclHandler = self.refuse
+        parser.ExternalEntityRefHandler = self.refuse
+        parser.StartElementHandler = self.start
+        parser.EndElementHandler = self.end
+        return parser
+
+    def refuse(self, *_: object) -> NoReturn:
+        raise _err(f"{self.path}: refusing XML with a DTD or entities (nmap XML needs neither)")
+
+    def doctype(self, _name: str, sysid: str | None, pubid: str | None, subset: int) -> None:
+        if sysid or pubid or subset:
+            self.refuse()
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if self.root is None:
+            self.root = tag
+            if tag != "nmaprun":
+                raise _err(f"{self.path}: not nmap XML (root element <{tag[:40]}>)")
+        host = self.host
+        if tag == "host":
+            self.host, self.status = _Host("", None), None
+            self.addrs = []
+        elif host is None:
+            return
+        elif tag == "status":
+            self.status = attrs.get("state")
+        elif tag == "address" and attrs.get("addrtype") in ("ipv4", "ipv6"):
+            self.addrs.append(attrs.get("addr", ""))
+        elif tag == "hostname" and attrs.get("type") == "user" and host.hostname is None:
+            host.hostname = _hostname(attrs.get("name", ""))
+        elif tag == "ports":
+            host.ports = host.ports or []
+        elif tag == "port":
+            self.in_port = (attrs.get("protocol"), attrs.get("portid", ""))
+        elif tag == "state" and self.in_port is not None:
+            proto, portid = self.in_port
+            if proto == "tcp" and attrs.get("state") == "open":
+                if host.ports is None:
+                    host.ports = []
+                host.ports.append(_file_port(portid, f"{self.path}: port"))
+
+    def end(self, tag: str) -> None:
+        if tag == "port":
+            self.in_port = None
+        elif tag == "host" and self.host is not None:
+            host = self.host
+            if self.status in (None, "up"):
+                for addr in self.addrs:
+                    self.done.append(_Host(addr, host.ports, host.hostname))
+            self.host = None
 
 
 def _file_port(value: object, where: str) -> int:

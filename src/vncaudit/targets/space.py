@@ -16,7 +16,7 @@ import logging
 import secrets
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vncaudit.models import Target
@@ -317,41 +317,87 @@ def build_target_space(
     resolver = _CachingResolver(resolve or default_resolver)
     port_tuple = _check_ports(ports)
     expressions = [expressions] if isinstance(expressions, str) else list(expressions)
+    exclusions = _read_exclusions(excludes, exclude_files, resolver, allow_special)
+    gathered = _Gathered()
+    _gather_expressions(gathered, expressions, input_files, resolver, exclusions)
+    _gather_scan_files(gathered, nmap_xml, masscan, exclusions)
+    if not gathered.blocks and not gathered.pairs:
+        if not (expressions or input_files or nmap_xml or masscan):
+            raise _err("no targets given: name IPs, CIDRs, ranges or hostnames (or use -iL)")
+        raise _err("no targets given: the input files list no target")
+    if gathered.blocks and not port_tuple:
+        raise _err("no ports given")
+    space = _space(gathered, port_tuple, exclusions)
+    log.debug("target space: %r", space)
+    return space
 
-    excluded_blocks: list[tuple[int, int]] = []
-    excluded_norms: dict[str, None] = {}
+
+@dataclass(frozen=True)
+class _Exclusions:
+    """What the exclusions cover (merged intervals, and the same for lookups), their
+    normalised expressions, and whether special networks are let through."""
+
+    merged: list[tuple[int, int]]
+    intervals: _Intervals
+    norms: list[str]
+    allow_special: bool
+
+    def admit(self, first: int, last: int, where: str) -> None:
+        """Raise UsageError when keys first..last reach a special network not excluded."""
+        if not self.allow_special:
+            _check_special(first, last, self.intervals, where)
+
+
+def _read_exclusions(excludes: Iterable[str], exclude_files: Sequence[PathLike],
+                     resolver: _CachingResolver, allow_special: bool) -> _Exclusions:
+    blocks: list[tuple[int, int]] = []
+    norms: dict[str, None] = {}
     for location, expr in _sources(excludes, exclude_files):
         parsed, _ = _parse_at(location, expr, resolver, "exclusion")
-        excluded_blocks += parsed.blocks
-        excluded_norms[parsed.norm] = None
-    excluded_merged = _merge(excluded_blocks)
-    excluded = _Intervals.of(excluded_merged)
+        blocks += parsed.blocks
+        norms[parsed.norm] = None
+    merged = _merge(blocks)
+    return _Exclusions(merged, _Intervals.of(merged), list(norms), allow_special)
 
-    def admit(first: int, last: int, where: str) -> None:
-        if not allow_special:
-            _check_special(first, last, excluded, where)
 
-    blocks: list[tuple[int, int]] = []
-    pair_set: set[int] = set()
-    hostnames: dict[int, str] = {}
-    zones: dict[int, str] = {}
-    described: dict[str, None] = {}
+@dataclass(frozen=True)
+class _Gathered:
+    """Everything the targets name, before exclusions: address intervals to scan on the -p
+    ports, (address << 16 | port) pairs from scan files, the first name and IPv6 zone seen
+    for an address key, and the normalised expressions in order (a dict as an ordered set)."""
+
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+    pairs: set[int] = field(default_factory=set)
+    hostnames: dict[int, str] = field(default_factory=dict)
+    zones: dict[int, str] = field(default_factory=dict)
+    described: dict[str, None] = field(default_factory=dict)
+
+
+def _gather_expressions(gathered: _Gathered, expressions: Iterable[str],
+                        input_files: Sequence[PathLike], resolver: _CachingResolver,
+                        exclusions: _Exclusions) -> None:
+    """The target expressions and the lines of the -iL files."""
     for location, expr in _sources(expressions, input_files):
         parsed, where = _parse_at(location, expr, resolver, "target")
         _check_v6_size(parsed, where)
-        described[parsed.norm] = None
+        gathered.described[parsed.norm] = None
         for first, last in parsed.blocks:
             if parsed.hostname:
-                admit(first, last, f"{where} (resolves to {_host_string(first)})")
-                hostnames.setdefault(first, parsed.hostname)
+                exclusions.admit(first, last, f"{where} (resolves to {_host_string(first)})")
+                gathered.hostnames.setdefault(first, parsed.hostname)
             else:
-                admit(first, last, where)
-            blocks.append((first, last))
+                exclusions.admit(first, last, where)
+            gathered.blocks.append((first, last))
         for key, zone in parsed.zones.items():
-            zones.setdefault(key, zone)
+            gathered.zones.setdefault(key, zone)
         for key, name in parsed.names.items():
-            hostnames.setdefault(key, name)
+            gathered.hostnames.setdefault(key, name)
 
+
+def _gather_scan_files(gathered: _Gathered, nmap_xml: Sequence[PathLike],
+                       masscan: Sequence[PathLike], exclusions: _Exclusions) -> None:
+    """The live hosts of nmap XML and masscan files: their open ports where they list ports,
+    else the whole address (scanned on the -p ports)."""
     for path, reader in [*((p, _read_nmap_xml) for p in nmap_xml),
                          *((p, _read_masscan) for p in masscan)]:
         for host in reader(path):
@@ -359,25 +405,25 @@ def build_target_space(
             if ip is None or (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id):
                 raise _err(f"{path}: invalid host address {_show(host.addr)}")
             key = _key(ip)
-            admit(key, key, f"{path}: host {ip}")
+            exclusions.admit(key, key, f"{path}: host {ip}")
             if host.ports != []:
-                described[str(ip)] = None
+                gathered.described[str(ip)] = None
             if host.hostname:
-                hostnames.setdefault(key, host.hostname)
+                gathered.hostnames.setdefault(key, host.hostname)
             if host.ports is None:
-                blocks.append((key, key))
+                gathered.blocks.append((key, key))
             else:
-                pair_set.update((key << _PORT_BITS) | port for port in host.ports)
+                gathered.pairs.update((key << _PORT_BITS) | port for port in host.ports)
 
-    if not blocks and not pair_set:
-        if not (expressions or input_files or nmap_xml or masscan):
-            raise _err("no targets given: name IPs, CIDRs, ranges or hostnames (or use -iL)")
-        raise _err("no targets given: the input files list no target")
-    if blocks and not port_tuple:
-        raise _err("no ports given")
-    merged = _subtract(_merge(blocks), excluded_merged)
+
+def _space(gathered: _Gathered, port_tuple: tuple[int, ...],
+           exclusions: _Exclusions) -> TargetSpace:
+    """The space left once the exclusions are taken out; a pair a scan file gave is kept
+    only where the intervals on the -p ports do not already hold it."""
+    merged = _subtract(_merge(gathered.blocks), exclusions.merged)
     space_main = _Intervals.of(merged)
     port_set = frozenset(port_tuple)
+    excluded = exclusions.intervals
 
     def extra(pair: int) -> bool:
         key = pair >> _PORT_BITS
@@ -385,13 +431,11 @@ def build_target_space(
             return False
         return not (space_main.covers(key, key) and (pair & 0xFFFF) in port_set)
 
-    pairs = sorted(filter(extra, pair_set))
+    pairs = sorted(filter(extra, gathered.pairs))
     if not merged and not pairs:
         raise _err("no targets left: the exclusions cover every target given")
-    space = TargetSpace(
+    return TargetSpace(
         merged, port_tuple, pairs,
-        {k: v for k, v in hostnames.items() if not excluded.covers(k, k)},
-        zones, list(described), list(excluded_norms), secrets.randbits(64),
+        {k: v for k, v in gathered.hostnames.items() if not excluded.covers(k, k)},
+        gathered.zones, list(gathered.described), exclusions.norms, secrets.randbits(64),
     )
-    log.debug("target space: %r", space)
-    return space
