@@ -193,6 +193,9 @@ def test_twelve_local_runs_on_the_server_s_host(tmp_path: Path) -> None:
             (listener,) = json.loads(proc.stdout)["listeners"]
             seen.append(summary(listener["service"]))
         check_series(seen, "local", fresh_at_least=12)
+        # Each loopback address spends its four; the listener's users' 127.0.0.1 keeps one.
+        sources = [r["budget"]["source"] if r["budget"] else "127.0.0.1" for r in seen]
+        assert sources == ["127.0.0.1"] * 4 + ["127.0.0.2"] * 4 + ["127.0.0.3"] * 4, sources
         assert _in(ns, "plain", "127.0.0.1", "5901") == VNCAUTH
         assert "blacklisted" not in log.read_text(errors="replace").lower()
 
