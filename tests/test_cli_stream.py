@@ -244,3 +244,41 @@ def test_jsonl_all_streams_bulk_verdicts_at_the_end(tmp_path: Path) -> None:
         assert [d["port"] for d in lines] == expected, (include_all, status)
         validator = service_validator()
         assert all(not list(validator.iter_errors(d)) for d in lines)
+
+
+def test_progress_bar_draws_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here, 80 columns) a scan that lasts a while draws its
+    progress bar on stderr, and takes it away at the end: the bar's live display holds the
+    lazily made stderr console as a context manager."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    env.pop("NO_COLOR", None)
+    # 1,024 closed loopback ports at 500 new connections a second: about two seconds.
+    proc = subprocess.Popen(vncaudit("scan", "127.0.0.1", "-p", "20000-21023", "--rate", "500",
+                                 "--timeout", "1", "--db", str(tmp_path / "bar.db"), "-o",
+                                 "json", "--output-file", str(tmp_path / "bar.json")),
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(30) == 0, seen.decode(errors="replace")[-2000:]
+    text = seen.decode(errors="replace")
+    assert "scanning" in text and "/1024" in text, text[-2000:]
+    assert "Traceback" not in text

@@ -382,8 +382,9 @@ def test_desktop_sharing_servers_are_named_by_their_process(
 def test_known_process_reasons_read_as_english() -> None:
     assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
     assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
-    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is a UltraVNC server"
+    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
     assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod._known_reason(None, "x11vnc") == "the process is an x11vnc server"
 
 
 def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:

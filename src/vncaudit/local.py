@@ -243,8 +243,8 @@ def _known_reason(name: str | None, product: str) -> str:
 
 
 def _article(word: str) -> str:
-    # Product names are spoken as written: "an x11vnc", "an UltraVNC" is "a UltraVNC" (you-).
-    return "an" if word[:1].lower() in "aeiox" and not word.lower().startswith("ultra") else "a"
+    # Product names are spoken as written: "an x11vnc" (ex-), "an UltraVNC" (ul-), "a TigerVNC".
+    return "an" if word[:1].lower() in "aeioux" else "a"
 
 
 def known_server(proc: ProcessInfo | None) -> KnownServer | None:

@@ -29,7 +29,7 @@ The budget lives in `passwords`; `run_active` orders the checks to keep the coun
 
 The package re-exports its public names; the parts live in:
   * `transport`  — `Connector`, `tcp_connector` (the stream shapes are `pump`'s);
-  * `handshake`  — one connection up to ServerInit (`Handshake`, `_connect_and_handshake`);
+  * `handshake`  — one connection up to ServerInit (`Handshake`, `connect_and_handshake`);
   * `honeypot`   — `check_honeypot`;
   * `passwords`  — `authenticate`, `check_passwords`, wordlists, masking, the attempt budget;
   * `bypass`     — `check_unoffered_none` (CVE-2006-2369 / CVE-2006-2450);

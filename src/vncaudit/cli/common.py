@@ -138,13 +138,24 @@ class _Stderr:
 
     _console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def _made(self) -> Console:
         console = self._console
         if console is None:
             from rich.console import Console
 
             console = _Stderr._console = Console(stderr=True, highlight=False)
-        return getattr(console, name)
+        return console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    # A live display (the progress bar, a status spinner) holds the console as a context
+    # manager, and `with` looks these up on the type, past __getattr__.
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._made().__exit__(*exc)
 
     # A with-statement looks these up on the type, past __getattr__; rich's Live (the
     # progress display) enters its console to draw the last frame.
