@@ -157,14 +157,6 @@ class _Stderr:
     def __exit__(self, *exc: Any) -> None:
         self._made().__exit__(*exc)
 
-    # A with-statement looks these up on the type, past __getattr__; rich's Live (the
-    # progress display) enters its console to draw the last frame.
-    def __enter__(self) -> Console:
-        return cast("Console", self.__getattr__("__enter__")())
-
-    def __exit__(self, *exc: object) -> None:
-        self.__getattr__("__exit__")(*exc)
-
 
 err: Console = cast("Console", _Stderr())
 log = logging.getLogger("vncaudit")
