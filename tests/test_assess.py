@@ -834,6 +834,8 @@ def test_nobody_is_asked_only_where_the_wire_showed_it() -> None:
     for name in ("tigervnc-none-37", "x11vnc-none-33"):
         f = one(grade(replay(name)), "no-auth")
         assert "nobody is asked" not in f.why and "was not seen" in f.why, name
+        assert f.title == "No authentication offered: the server asks no password of " \
+                          "whoever connects", name  # not "gets the desktop": not seen
     vino = one(grade(replay("vino-noprompt-37")), "tls-no-auth")
     assert "was not seen" not in vino.why
     assert "answered within" in text(vino) and "nobody was asked" in text(vino)
