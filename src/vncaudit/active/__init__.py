@@ -1,6 +1,6 @@
 """Active checks: proof on request (screenshot, password audit, authentication, auth bypass).
 
-Owns: the opt-in checks of issue 8, each of which opens its OWN connection and only when the
+Owns: the opt-in checks, each of which opens its OWN connection and only when the
 caller (the engine, on an explicit CLI flag) asks for it:
   * `screenshot()`       — one full framebuffer update as PNG (`--screenshot`; with `--password`
                            on protected servers);
