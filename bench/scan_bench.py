@@ -54,6 +54,25 @@ sys.path.insert(0, str(ROOT / "tests"))
 import netns  # noqa: E402  (after the path set-up above)
 
 PORT = 5900
+PYCACHE = Path(tempfile.gettempdir()) / "vncaudit-bench-pycache"
+
+
+def compiled_env() -> dict[str, str]:
+    """The environment every tool runs in: vncaudit from compiled modules (a pycache of its
+    own, written once here), as an installed package runs; without it a process started with
+    PYTHONDONTWRITEBYTECODE compiles every module of the package on each run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    env["PYTHONPATH"] = os.pathsep.join(  # this checkout's package, not an installed one
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
+                    str(ROOT / "src" / "vncaudit")], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "vncaudit", "--help"], env=env, check=True,
+                   capture_output=True)  # and what it imports from elsewhere
+    return env
+
+
+ENV: dict[str, str] = dict(os.environ)
 
 
 @dataclass
@@ -73,7 +92,7 @@ def measured(cmd: list[str], timeout: float) -> tuple[float, float, float, int, 
     `ip netns exec` execs the command in place, so the rusage is the tool's own."""
     with tempfile.TemporaryFile("w+") as errfile:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile, env=ENV)
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -317,7 +336,8 @@ def rate_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 poller.wait(30)
                 if code != 0:
                     raise RuntimeError(f"{tool} failed ({code}): {err[-2000:]}")
-                row = {"tool": tool, "wall_s": wall, "cpu_s": cpu, "syns_received":
+                row = {"tool": tool, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss,
+                       "syns_received":
                        syn_counter(bed) - before, "expected": total, "load": load,
                        "summary": [line for line in err.splitlines() if "SYN" in line][-1:],
                        **seen}
@@ -357,7 +377,7 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
     """Each tool aims at one silent address of its own; the target namespace's kernel stamps
     the first packet to it. Time = that stamp - the moment just before the tool is started
     (`ip netns exec` included, the same for every tool). vncaudit runs from compiled modules
-    (PYTHONPYCACHEPREFIX, warmed once), as an installed package does."""
+    (`compiled_env`), as an installed package does."""
     tools = opts.tools.split(",") if opts.tools else [
         "python -S (one connect)", "python (one connect)", "vncaudit-connect", "vncaudit-syn",
         "zmap", "nmap"]
@@ -366,10 +386,7 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpdir)
         blocklist = tmp / "empty-blocklist"
         blocklist.write_text("")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-        subprocess.run([sys.executable, "-m", "vncaudit", "--help"], env=env, check=True,
-                       capture_output=True)  # compile once
+        env = ENV
         sniffer = netns.Sniffer(bed, tmp / "seen.json")
         address = 0
         try:
@@ -441,11 +458,11 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpdir)
         listing = tmp / "hosts.txt"
         listing.write_text("\n".join(hosts) + "\n")
-        for mode in opts.modes.split(","):
+        for mode in opts.modes.split(",") if opts.engine_rows else []:
             rows.append(handshake_row(bed, listing, ports, mode, expected, opts, tmp))
             print(f"  {rows[-1].tool}: {rows[-1].wall_s:.2f} s, {rows[-1].found}/{expected}",
                   file=sys.stderr)
-        for mode in opts.modes.split(","):
+        for mode in opts.modes.split(",") * opts.repeat:
             args = ["-iL", str(listing), "-p", f"{ports[0]}-{ports[-1]}", "--timeout",
                     str(opts.timeout), "--discovery", mode, "--concurrency",
                     str(opts.concurrency)]
@@ -456,7 +473,8 @@ def throughput_bench(opts: argparse.Namespace) -> dict[str, Any]:
             # JSON report of every service) is what `vncaudit results ID -o json` spends.
             after, report_rss = report_cost(bed, tmp, f"vncaudit-{mode}")
             scan_phase = max(row.wall_s - after, 1e-3)
-            row.note += f"; the report alone: {after:.2f} s, {report_rss:.0f} MB"
+            row.note += (f"; the report alone: {after:.2f} s, {report_rss:.0f} MB; "
+                         f"load {loadavg()}")
             row.extra = {"fingerprints_per_s": row.found / row.wall_s,
                          "scan_phase_s": scan_phase,
                          "scan_phase_fingerprints_per_s": row.found / scan_phase}
@@ -551,6 +569,128 @@ def print_table(result: dict[str, Any]) -> None:
           f"({result['cpus']} CPUs)")
 
 
+# ---------------------------------------------------------------------------------------------
+# The five goals of docs/scale.md in one run
+
+
+def all_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    """Every goal, one after the other in one run, each tool `--repeat` times (interleaved)."""
+    def with_(**changes: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(opts), **changes})
+
+    out: dict[str, Any] = {"mode": "all", "cpus": os.cpu_count(), "repeat": opts.repeat,
+                           "load_before": loadavg()}
+    steps: list[tuple[str, Any]] = [
+        ("send_rate", lambda: rate_bench(with_(tools="zmap,vncaudit-syn"))),
+        ("startup", lambda: startup_bench(with_(tools=None))),
+        ("range16", lambda: range_bench(with_(size=16, live=300, timeout=2.0,
+                                              tools="vncaudit-syn,zmap"))),
+        ("range18", lambda: range_bench(with_(size=18, live=157, timeout=1.25,
+                                              tools="vncaudit-syn,nmap"))),
+        # The CLI's default deadline (5 s): on a loaded machine the fake servers answer 10,000
+        # handshakes late, and a 1 s deadline measures lost handshakes, not throughput.
+        ("throughput", lambda: throughput_bench(with_(throughput=2000, modes="syn,connect",
+                                                      engine_rows=False, timeout=5.0))),
+    ]
+    only = set(opts.goals.split(",")) if opts.goals else None
+    for name, step in steps:
+        if only and name not in only:
+            continue
+        print(f"== {name} (load {loadavg()})", file=sys.stderr, flush=True)
+        out[name] = step()
+        if opts.json:  # what is done so far survives a later failure
+            opts.json.write_text(json.dumps(out, indent=2))
+    out["load_after"] = loadavg()
+    return out
+
+
+def _runs(values: list[float], fmt: str) -> str:
+    each = " / ".join(format(v, fmt) for v in values)
+    return f"{format(statistics.median(values), fmt)} ({each})"
+
+
+def print_all_table(result: dict[str, Any]) -> None:
+    """The goals table of bench/README.md, in Markdown: medians, every run in brackets."""
+    print("| goal | vncaudit | peer | result | load |")
+    print("| --- | --- | --- | --- | --- |")
+    rate = result.get("send_rate")
+    if rate:
+        rows = rate["rows"]
+        ours = [r["rate_10_90"] for r in rows if r["tool"] == "vncaudit-syn"]
+        zmap = [r["rate_10_90"] for r in rows if r["tool"] == "zmap"]
+        loads = sorted({r["load"].split()[0] for r in rows})
+        cpu = statistics.median(r["cpu_s"] for r in rows if r["tool"] == "vncaudit-syn")
+        cpu_zmap = statistics.median(r["cpu_s"] for r in rows if r["tool"] == "zmap")
+        print(f"| 1. SYNs/s received (10-90 %), {rate['targets']:,} addresses, uncapped | "
+              f"{_runs(ours, ',.0f')}; whole run CPU {cpu:.2f} s | zmap {_runs(zmap, ',.0f')}; "
+              f"CPU {cpu_zmap:.2f} s | "
+              f"{statistics.median(ours) / statistics.median(zmap):.2f}x zmap (goal ≥ 1) | "
+              f"{loads[0]}-{loads[-1]} |")
+    for key, peer, goal in (("range16", "zmap", "≤ 1.0x zmap"),
+                            ("range18", "nmap -T4 vnc-info", "≥ 100x faster")):
+        part = result.get(key)
+        if not part:
+            continue
+        rows = part["rows"]
+        ours = [r["wall_s"] for r in rows if r["tool"] == "vncaudit-syn"]
+        theirs = [r["wall_s"] for r in rows if r["tool"] == peer]
+        cpu = statistics.median(r["cpu_s"] for r in rows if r["tool"] == "vncaudit-syn")
+        cpu_peer = statistics.median(r["cpu_s"] for r in rows if r["tool"] == peer)
+        found = f"{min(r['found'] for r in rows if r['tool'] == 'vncaudit-syn')}/{part['live']}"
+        found_peer = f"{min(r['found'] for r in rows if r['tool'] == peer)}/{part['live']}"
+        ratio = statistics.median(theirs) / statistics.median(ours)
+        verdict = (f"vncaudit/zmap = {1 / ratio:.2f} ({goal})" if key == "range16"
+                   else f"{ratio:.0f}x faster ({goal})")
+        print(f"| {'2' if key == 'range16' else '3'}. {part['range']}, {part['live']} live, "
+              f"--timeout {part['timeout']:g}: wall s | {_runs(ours, '.2f')}, {found} stored, "
+              f"CPU {cpu:.2f} s | {peer} {_runs(theirs, '.2f')}, {found_peer}, CPU "
+              f"{cpu_peer:.2f} s | {verdict} | "
+              f"{part['load_before'].split()[0]}-{part['load_after'].split()[0]} |")
+    start = result.get("startup")
+    if start:
+        runs = start["runs"]
+
+        def ms(tool: str) -> list[float]:
+            return [r["first_packet_ms"] for r in runs
+                    if r["tool"] == tool and r["first_packet_ms"]]
+
+        loads = sorted({r["load"].split()[0] for r in runs})
+        print(f"| 4. start to first packet, ms (python -S alone: "
+              f"{_runs(ms('python -S (one connect)'), '.0f')}) | "
+              f"connect {_runs(ms('vncaudit-connect'), '.0f')}; "
+              f"syn {_runs(ms('vncaudit-syn'), '.0f')} | zmap {_runs(ms('zmap'), '.0f')}; "
+              f"nmap {_runs(ms('nmap'), '.0f')}; "
+              f"python -c {_runs(ms('python (one connect)'), '.0f')}"
+              f" | goal ≤ 100 | {loads[0]}-{loads[-1]} |")
+    tput = result.get("throughput")
+    if tput:
+        for mode in ("syn", "connect"):
+            rows = [r for r in tput["rows"] if r["tool"] == f"vncaudit-{mode}"]
+            if not rows:
+                continue
+            whole = [r["extra"]["fingerprints_per_s"] for r in rows]
+            phase = [r["extra"]["scan_phase_fingerprints_per_s"] for r in rows]
+            rss = [r["peak_rss_mb"] for r in rows]
+            per_cpu = [r["found"] / r["cpu_s"] for r in rows]
+            found = min(r["found"] for r in rows)
+            print(f"| 5. fingerprints/s, whole CLI ({mode}), {tput['expected']:,} live | "
+                  f"{_runs(whole, ',.0f')}; scan phase {_runs(phase, ',.0f')}; per CPU s "
+                  f"{_runs(per_cpu, ',.0f')}; {found:,}+ found; peak RSS {_runs(rss, '.0f')} MB"
+                  f" | - | goal ≥ 5,000 | "
+                  f"{tput['load_before'].split()[0]}-{tput['load_after'].split()[0]} |")
+    sizes = []
+    for key in ("range18", "range16"):
+        part = result.get(key)
+        if part:
+            rss = [r["peak_rss_mb"] for r in part["rows"] if r["tool"] == "vncaudit-syn"]
+            sizes.append(f"{part['targets']:,} targets {statistics.median(rss):.0f} MB")
+    if rate:
+        rss = [r["peak_rss_mb"] for r in rate["rows"] if r["tool"] == "vncaudit-syn"]
+        sizes.append(f"{rate['targets']:,} targets {statistics.median(rss):.0f} MB")
+    if sizes:
+        print(f"| 5. peak RSS of vncaudit-syn by range size | {'; '.join(sizes)} | - | - | - |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="prefix length of 198.18.0.0/N")
@@ -574,6 +714,11 @@ def main() -> None:
                         "the target namespace received (tools: zmap, zmap-T2, vncaudit-syn)")
     parser.add_argument("--startup", action="store_true",
                         help="instead: from the start of each tool to its first packet")
+    parser.add_argument("--all", action="store_true",
+                        help="instead: every goal in one run (send rate, start-up, /16 vs zmap, "
+                        "/18 vs nmap, throughput), each tool --repeat times; a Markdown table")
+    parser.add_argument("--goals", help="with --all: only these (send_rate,startup,range16,"
+                        "range18,throughput)")
     parser.add_argument("--repeat", type=int, default=1, help="run the tool list N times")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--handshake-driver", help=argparse.SUPPRESS)  # hosts file; internal
@@ -586,7 +731,13 @@ def main() -> None:
     problem = netns.netns_problem()
     if problem:
         raise SystemExit(f"scan_bench: {problem}")
-    if opts.send_rate:
+    global ENV
+    ENV = compiled_env()
+    opts.engine_rows = True
+    if opts.all:
+        result = all_bench(opts)
+        print_all_table(result)
+    elif opts.send_rate:
         result = rate_bench(opts)
         print_rate_table(result)
     elif opts.startup:

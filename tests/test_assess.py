@@ -67,7 +67,13 @@ def replay(name: str, host: str = PRIVATE, port: int = 5901, **extra: Any) -> Se
         drive_events(chunks, session=session)
     except RemoteProtocolError:
         pass  # the recording stopped where the probe would have gone on (e.g. into TLS)
+    after = [e for e in doc.get("after_init", ()) if e["dir"] == "s2c"]
+    if after and session.update_check_due:  # the recorded answer to one update request
+        session.update_asked()
+        session.update_seen(any(e["hex"] for e in after), any(e["closed"] for e in after))
     result = session.result(0.0)
+    if after and result.rfb is not None and result.rfb.update_answered is False:
+        result = replace(result, rfb=replace(result.rfb, update_seconds=after[-1]["waited_s"]))
     return replace(result, host=host, port=port,
                    extra=Extras.from_dict({**result.extra.to_dict(), **extra}))
 
@@ -828,5 +834,37 @@ def test_nobody_is_asked_only_where_the_wire_showed_it() -> None:
     for name in ("tigervnc-none-37", "x11vnc-none-33"):
         f = one(grade(replay(name)), "no-auth")
         assert "nobody is asked" not in f.why and "was not seen" in f.why, name
-    vino = one(grade(replay("vino-37")), "tls-no-auth")
-    assert "was not seen" in vino.why
+        assert f.title == "No authentication offered: the server asks no password of " \
+                          "whoever connects", name  # not "gets the desktop": not seen
+    vino = one(grade(replay("vino-noprompt-37")), "tls-no-auth")
+    assert "was not seen" not in vino.why
+    assert "answered within" in text(vino) and "nobody was asked" in text(vino)
+
+
+def test_vino_holding_the_update_for_its_prompt_is_graded_held() -> None:
+    """vino's default prompt: ServerInit comes (RFB 3.7), the update request never does."""
+    found = grade(replay("vino-37"))
+    assert not {"no-auth", "tls-no-auth"} & ids(found), ids(found)
+    f = one(found, "approval-required")
+    assert "held the session" in f.title and "nobody is asked" not in f.why
+    assert "ServerInit read without a credential: desktop name \"root@vm\"" in text(f)
+    assert "was not answered (no answer within 3 s)" in text(f)
+    # A probe deadline that left only a short wait proves nothing either way.
+    short = replace(replay("vino-37"), rfb=replace(replay("vino-37").rfb, update_seconds=0.3))
+    assert "approval-required" not in ids(grade(short))
+    assert "was not seen" in one(grade(short), "tls-no-auth").why
+    # The same server without the prompt answers at once: no-auth, nobody asked.
+    assert "approval-required" not in ids(grade(replay("vino-noprompt-plain-37")))
+
+
+def test_a_3_7_server_that_never_sends_server_init_is_held() -> None:
+    f37 = replace(facts(1, selected_type=1), banner="RFB 003.007\n", server_version="3.7",
+                  client_version="3.7")
+    held = replace(service(f37),
+                   error="deadline of 5 s reached while awaiting ServerInit")
+    f = one(grade(held), "approval-required")
+    assert "no ServerInit after selecting it (deadline of 5 s" in text(f)
+    # A deadline before anything was selected is no sign of a prompt.
+    early = replace(service(replace(f37, selected_type=None)),
+                    error="deadline of 5 s reached while awaiting security types")
+    assert "approval-required" not in ids(grade(early))

@@ -212,3 +212,35 @@ def test_query_connect_servers_are_graded_approval_required(
     assert ("held the session" in f.title) is (how == "held"), f.title
     assert "nobody is asked" not in f.why
     assert f.severity is Severity.MEDIUM  # loopback: one step below the base (high)
+
+
+@pytest.mark.parametrize(("kind", "held"), [
+    ("vino", True),  # its default prompt: ServerInit, then the update request is never answered
+    ("vino-noprompt", False),  # the same server without the prompt answers at once
+])
+def test_vino_is_graded_by_whether_its_session_is_live(
+    vnc_server_factory: Any, kind: str, held: bool
+) -> None:
+    import asyncio
+
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions, probe
+
+    srv = vnc_server_factory(kind)
+    probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=5.0)))
+    assert probed.state is State.VNC and probed.rfb is not None, probed.error
+    assert probed.rfb.desktop_name is not None  # RFB 3.7: ServerInit comes either way
+    assert probed.rfb.update_answered is (not held), probed.rfb
+    graded = assess(probed)
+    ids = {f.id for f in graded.findings}
+    if held:
+        assert not {"no-auth", "tls-no-auth"} & ids, ids
+        f = one(graded, "approval-required")
+        assert "held the session" in f.title and "nobody is asked" not in f.why
+        assert "one pixel of the screen was not answered (no answer within 2 s)" \
+            in evidence(f), f.evidence
+        assert probed.error is None and probed.elapsed < 4.5
+    else:
+        assert "approval-required" not in ids, ids
+        f = one(graded, "tls-no-auth")
+        assert "was not seen" not in f.why and "nobody was asked" in evidence(f)

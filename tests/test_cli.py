@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from vncaudit.cli import results_table
+from vncaudit.cli.output import results_table
 from vncaudit.models import NamedType, RfbFacts, ServiceResult, State
 
 

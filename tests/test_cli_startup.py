@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import typer.main
 
-from vncaudit import cli
+from vncaudit.cli import program
 
-SRC = str(Path(cli.__file__).resolve().parents[2])
+SRC = str(Path(program.__file__).resolve().parents[2])
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,10 +27,10 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_the_command_table_names_every_command_in_help_order() -> None:
-    group = typer.main.get_command(cli.app)
-    listed = [name for _, names in cli.COMMAND_MODULES for name in names]
+    group = typer.main.get_command(program.app)
+    listed = [name for _, names in program.COMMAND_MODULES for name in names]
     assert list(group.commands) == listed  # type: ignore[attr-defined]
-    for module, names in cli.COMMAND_MODULES:
+    for module, names in program.COMMAND_MODULES:
         for name in names:
             callback = group.commands[name].callback  # type: ignore[attr-defined]
             assert callback.__module__ == module, name
@@ -53,7 +53,7 @@ def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None
         assert module not in imported, module
 
 
-@pytest.mark.parametrize("command", [name for _, names in cli.COMMAND_MODULES
+@pytest.mark.parametrize("command", [name for _, names in program.COMMAND_MODULES
                                      for name in names] + [None])
 def test_help_is_the_same_loaded_on_demand_or_whole(command: str | None) -> None:
     args = ["vncaudit", command, "--help"] if command else ["vncaudit", "--help"]
@@ -88,19 +88,19 @@ def test_plain_converters_give_typers_values_and_errors() -> None:
     from typer._click import Context
     from typer._coercion import build_runtime_param
 
-    from vncaudit.cli.coercion import _Plain, _plain_kind, install
+    from vncaudit.cli.coercion import PlainConverter, install, plain_kind
 
     assert install()  # the hook works with the typer in use (else the test is moot)
-    group = typer.main.get_command(cli.app)
+    group = typer.main.get_command(program.app)
     checked = 0
     for command in group.commands.values():  # type: ignore[attr-defined]
         ctx = Context(command, info_name=command.name)
         for param in command.params:
-            kind = _plain_kind(param)
+            kind = plain_kind(param)
             if kind is None:
                 continue
             plain = param.get_runtime_param()
-            assert isinstance(plain, _Plain)
+            assert isinstance(plain, PlainConverter)
             typers = build_runtime_param(param.type_descriptor)
             element, many = kind
             samples = SAMPLES[element]

@@ -152,6 +152,58 @@ print(sorted(set(r.state.value for r in results)))
     assert "cannot open a socket" in out.stderr
 
 
+def test_connect_rate_cap_holds_when_the_target_source_stalls() -> None:
+    """--rate holds for the moments SYNs leave, not for the moments they were allowed: a target
+    source that stalls between the bucket's check and the connect (the ledger writing a chunk
+    of admissions, a thread descheduled) must not let a full bucket's worth out right after
+    the stall on top of the starts it delayed."""
+    import time
+
+    rate, stall_every, stall = 1000.0, 200, 0.04
+    port = _free_port()  # nothing listens: refused at once
+    left: list[float] = []
+
+    def targets() -> Iterator[Target]:
+        for i in range(600):
+            if i % stall_every == 0:
+                time.sleep(stall)
+            left.append(time.monotonic())  # the connect follows within microseconds
+            yield Target("127.0.0.1", port)
+
+    results = asyncio.run(scan_async(
+        targets(), ScanOptions(concurrency=64, rate=rate, probe=ProbeOptions(timeout=1)),
+        assess_results=False))
+    assert len(results) == 600 and all(r.state is State.CLOSED for r in results)
+    burst = discovery.rate_burst(rate)
+    for width in (0.005, 0.02, 0.1):
+        assert _most_in_window(left, width) <= rate * width + burst + 1, width
+    assert left[-1] - left[0] >= (600 - burst) / rate * 0.95
+
+
+def test_progress_and_summary_say_the_rate_reached_and_every_lost_packet() -> None:
+    """A sender slower than its cap: the progress column gives the rate over the last second
+    with the cap beside it, and the packets refused or dropped so far; the summary line the
+    rate reached against the rate asked and the same counts. At the cap, with nothing lost,
+    the column is the rate alone."""
+    from vncaudit.cli.scan_run import syn_progress, syn_summary
+
+    slow = discovery.SynCounters(asked=200_000)
+    slow.recent_rate(now=100.0)  # the mark the next reading is measured from
+    slow.sent, slow.refused, slow.dropped = 60_000, 35, 2
+    assert syn_progress(slow, now=100.5) == "SYN 120k/s (cap 200k), 35 refused, 2 dropped"
+    slow.started, slow.fresh_done, slow.fresh, slow.opening = 100.0, 100.5, 60_000, 0
+    summary = syn_summary(slow)
+    assert "60,000 SYNs sent at 120,000/s (asked 200,000/s; this machine sent no faster)" in (
+        summary)
+    assert "35 refused for lack of buffer space (sent again), 2 dropped" in summary
+
+    fast = discovery.SynCounters(asked=2_000)
+    fast.recent_rate(now=50.0)
+    fast.sent = 1_000
+    assert syn_progress(fast, now=50.5) == "SYN 2,000/s"
+    assert syn_progress(None) == ""
+
+
 def test_retries_option_is_per_mode() -> None:
     assert discovery.DiscoveryOptions(discovery.Mode.CONNECT).attempts == 1
     assert discovery.DiscoveryOptions(discovery.Mode.SYN).attempts == 2

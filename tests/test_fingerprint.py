@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -516,3 +517,18 @@ def test_active_check_desktop_name_is_used() -> None:
         HandshakeRecord("ok", desktop_name="QEMU (vm1)"), "********", False)))
     product = fingerprint.identify(authed)
     assert product.name == "QEMU" and "desktop name 'QEMU (vm1)'" in product.evidence
+
+
+def test_the_memo_gives_each_server_its_own_desktop_name() -> None:
+    """Two QEMU VMs differ only in -name: the second is answered from the memo, and its
+    evidence must name its own desktop, not the first one's."""
+    first = stream(QEMU_72)  # "QEMU (vncaudit-qemu)"
+    assert first.rfb is not None
+    second = replace(first, rfb=replace(first.rfb, desktop_name="QEMU (vncaudit-vm)"))
+    data = fingerprint.load(
+        resources.files("vncaudit").joinpath("data/products.toml").read_text("utf-8"))
+    a, b = fingerprint.identify(first, data), fingerprint.identify(second, data)
+    assert len(data.memo.data) == 1  # one entry: the names match the same patterns
+    assert "desktop name 'QEMU (vncaudit-qemu)'" in a.evidence
+    assert "desktop name 'QEMU (vncaudit-vm)'" in b.evidence
+    assert not any("vncaudit-qemu" in e for e in b.evidence), b.evidence

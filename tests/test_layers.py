@@ -1,8 +1,10 @@
-"""The layers of the package import only what docs/design.md §3 allows.
+"""The layers of the package import only what docs/design.md §3 allows, and no module uses
+another's private (`_`-prefixed) names.
 
 Reads every module of `src/vncaudit` with `ast` (nothing is imported): its imports at module
 level and inside functions, and `importlib.import_module("vncaudit.…")` calls with a literal
-name. Imports under `if TYPE_CHECKING:` name a type for an annotation only and are not counted.
+name. Imports under `if TYPE_CHECKING:` name a type for an annotation only and are not counted
+for the layers (they are for private names: a type another module names is public too).
 Each rule below is the "Must not" line of a module's docstring, and the table in
 docs/design.md §3 says the same in words.
 """
@@ -278,3 +280,85 @@ def test_the_rules_catch_what_they_forbid(tmp_path: Path) -> None:
     assert _violations(typed) == []
     web = _fake("web.jobs", "from vncaudit.cli import app\nimport fastapi\n", tmp_path)
     assert len(_violations(web)) == 2
+
+
+def _private_uses(path: Path, name: str, known: set[str]) -> list[str]:
+    """Where the module `name` (read from `path`) uses a `_`-prefixed name of another module of
+    the package: `from vncaudit.x import _y` (also relative), or `x._y` with `x` bound to a
+    package module by an import. A name another module uses is API: it drops the underscore
+    (docs/design.md §3)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    parts = [] if name == "vncaudit" else name.split(".")
+    package = ["vncaudit", *(parts if path.name == "__init__.py" else parts[:-1])]
+    itself = "vncaudit" if name == "vncaudit" else f"vncaudit.{name}"
+    where = path.relative_to(PACKAGE.parents[1]) if path.is_relative_to(PACKAGE) else path
+
+    def private(attr: str) -> bool:
+        return attr.startswith("_") and not attr.startswith("__")
+
+    found: list[tuple[int, str]] = []
+    modules: dict[str, str] = {}  # local name -> package module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "vncaudit" or alias.name.startswith("vncaudit."):
+                    modules[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module != "vncaudit" and not module.startswith("vncaudit."):
+                continue
+            for alias in node.names:
+                if f"{module}.{alias.name}" in known:
+                    modules[alias.asname or alias.name] = f"{module}.{alias.name}"
+                if private(alias.name) and module != itself:
+                    found.append((node.lineno, f"imports `{alias.name}` from `{module}`"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            owner = modules.get(ast.unparse(node.value))
+            if owner is not None and owner != itself:
+                found.append((node.lineno, f"uses `{node.attr}` of `{owner}`"))
+    return [f"{where}:{line}: {what}" for line, what in sorted(found)]
+
+
+# Packages whose modules still reach into each other's private names; each entry goes when its
+# names are made public.
+PRIVATE_PENDING: tuple[str, ...] = ()
+
+
+def _known() -> set[str]:
+    return {"vncaudit." + m.name if m.name != "vncaudit" else "vncaudit" for m in MODULES}
+
+
+@pytest.mark.parametrize("module", MODULES, ids=[m.name for m in MODULES])
+def test_no_module_uses_another_modules_private_names(module: Module) -> None:
+    if any(_under(module.name, pending) for pending in PRIVATE_PENDING):
+        pytest.skip("private names not yet made public")
+    problems = _private_uses(module.path, module.name, _known())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_private_name_check_catches_what_it_forbids(tmp_path: Path) -> None:
+    """The checker itself: each way of reaching a private name of another module is reported;
+    a module's own names, dunders and public names are not."""
+    path = tmp_path / "m.py"
+    path.write_text("from vncaudit.rfb import _NeedData, RfbClient\n"
+                    "from ..store import _write\n"
+                    "from vncaudit import probe\n"
+                    "import vncaudit.engine as engine\n"
+                    "from vncaudit import __version__\n"
+                    "from vncaudit.targets.space import _own\n"
+                    "probe._connect()\n"
+                    "engine._Pipeline\n"
+                    "probe.connect()\n"
+                    "other._private()\n")
+    found = _private_uses(path, "targets.space", _known())
+    assert [line.split(": ", 1)[1] for line in found] == [
+        "imports `_NeedData` from `vncaudit.rfb`",
+        "imports `_write` from `vncaudit.store`",
+        "uses `_connect` of `vncaudit.probe`",
+        "uses `_Pipeline` of `vncaudit.engine`",
+    ]

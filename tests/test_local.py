@@ -382,8 +382,9 @@ def test_desktop_sharing_servers_are_named_by_their_process(
 def test_known_process_reasons_read_as_english() -> None:
     assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
     assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
-    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is a UltraVNC server"
+    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
     assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod._known_reason(None, "x11vnc") == "the process is an x11vnc server"
 
 
 def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:
@@ -418,3 +419,29 @@ def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
     assert rows[5902].startswith("EXPOSED")
     assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
     assert is_loopback_host("localhost") and not is_loopback_host("192.0.2.1")
+
+
+def test_check_never_reads_a_ledger_answer_as_a_firewall_verdict() -> None:
+    """A port the connection ledger answered for (nothing sent): with facts read before, the
+    outside cell says how old they are; without any, it is "not probed" (never "filtered
+    outside: the firewall works") unless a half-open SYN saw it open."""
+    from vncaudit.cli.local import compare
+    from vncaudit.models import ServiceResult
+    from vncaudit.payloads import BudgetNote
+
+    def answered(port: int, state: State, read_at: str | None,
+                 liveness: str | None = None) -> ServiceResult:
+        note = BudgetNote(False, "not re-probed: ...", "198.18.0.1", "tigervnc", 4, 4, 10.0,
+                          read_at, 42.0 if read_at else None, liveness)
+        return ServiceResult("198.18.0.9", port, state).with_extra(budget=note)
+
+    inside = [{"address": "0.0.0.0", "port": p, "scope": "all-interfaces"}
+              for p in (5901, 5902, 5903)]
+    outside = [answered(5901, State.VNC, "2026-01-01T00:00:00+00:00"),
+               answered(5902, State.FILTERED, None),
+               answered(5903, State.FILTERED, None, liveness="open")]
+    rows = {r["port"]: r for r in compare(inside, outside)}
+    assert rows[5901]["outside"] == "vnc" and rows[5901]["verdict"].startswith("EXPOSED")
+    assert rows[5901]["outside_note"] == "not re-probed; read 42 s ago"
+    assert rows[5902]["outside"] == "not probed" and "firewall" not in rows[5902]["verdict"]
+    assert rows[5903]["outside"] == "open" and rows[5903]["verdict"].startswith("EXPOSED")

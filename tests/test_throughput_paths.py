@@ -227,14 +227,14 @@ def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeyp
 
     from rich.console import Console
 
-    from vncaudit import cli
+    from vncaudit.cli import scan_run
     from vncaudit.engine import Progress as EngineProgress
     from vncaudit.engine import ScanOptions, run, scan_async
     from vncaudit.models import Target
     from vncaudit.probe import ProbeOptions
 
     made: list[Any] = []
-    real = cli._progress_bar
+    real = scan_run.progress_bar
 
     draws: list[int] = []
 
@@ -249,12 +249,12 @@ def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeyp
         made[-1].update = counted
         return made[-1]
 
-    monkeypatch.setattr(cli, "_progress_bar", bar)
+    monkeypatch.setattr(scan_run, "progress_bar", bar)
     targets = [Target(f"127.83.0.{h}", p) for h in range(1, 41) for p in (5900, 5901)]
     state = EngineProgress(total=len(targets))
     seen: list[ServiceResult] = []
     started = time.monotonic()
-    with cli._progress(state, True) as update:
+    with scan_run.scan_progress(state, True) as update:
 
         def each(result: ServiceResult) -> None:
             seen.append(result)

@@ -231,8 +231,54 @@ def classify_desktop(
     name_hint = bool(desktop_name and _NAME_HINTS.search(desktop_name))
     if name_hint:
         evidence.append(f"desktop name {desktop_name!r} mentions a login")
+    layout = _segment(img)
+    features: dict[str, Any] = {
+        "background_share_of_border": round(layout.border_share, 3),
+        "foreground_share": round(layout.foreground_share, 3),
+        "components": [c.to_dict() for c in layout.components[:8]],
+    }
+    if layout.border_share < 0.5:
+        # No recognisable background (a photo wallpaper, video): layout cannot be read.
+        evidence.append("no uniform or tiled background on the screen border")
+        kind = "login-screen" if name_hint else "unknown"
+        return DesktopKind(kind, 0.3 if name_hint else 0.0, tuple(evidence), features,
+                           seen="a picture or moving image fills the screen (no plain "
+                                "background to read a layout from)")
+    if not layout.components:
+        evidence.append("uniform screen: no window, panel or dialog")
+        return DesktopKind("blank", 0.6, tuple(evidence), features,
+                           seen="nothing but its background: no window, panel or login "
+                                "prompt")
+    arrangement = _arrange(img, layout)
+    features.update(
+        {
+            "main_centre_offset": round(arrangement.offset, 3),
+            "main_area_share": round(arrangement.main.width * arrangement.main.height
+                                     / (width * height), 3),
+            "title_bars": len(arrangement.titled),
+            "docked_bars": len(arrangement.docked),
+        }
+    )
+    weighing = _weigh(arrangement, name_hint)
+    evidence.extend(weighing.evidence)
+    features["score"] = round(weighing.score, 2)
+    return _verdict(weighing.score, tuple(evidence), features, arrangement)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The screen segmented: how much of its border the background explains, the background's
+    colour, the share of foreground cells, and the components large enough to count, biggest
+    first."""
+
+    border_share: float
+    background: bytes | None
+    foreground_share: float
+    components: tuple[Component, ...]
+
+
+def _segment(img: _Image) -> _Layout:
     mask, border_share, background = _background_mask(img)
-    total_cells = img.rows * img.cols
     fg_cells = sum(sum(row) for row in mask)
     comps = [
         c
@@ -240,82 +286,108 @@ def classify_desktop(
         if c.width >= MIN_COMPONENT_PX and c.height >= MIN_COMPONENT_PX
     ]
     comps.sort(key=lambda c: c.cells, reverse=True)
-    features: dict[str, Any] = {
-        "background_share_of_border": round(border_share, 3),
-        "foreground_share": round(fg_cells / total_cells, 3),
-        "components": [c.to_dict() for c in comps[:8]],
-    }
-    if border_share < 0.5:
-        # No recognisable background (a photo wallpaper, video): layout cannot be read.
-        evidence.append("no uniform or tiled background on the screen border")
-        kind = "login-screen" if name_hint else "unknown"
-        return DesktopKind(kind, 0.3 if name_hint else 0.0, tuple(evidence), features,
-                           seen="a picture or moving image fills the screen (no plain "
-                                "background to read a layout from)")
-    if not comps:
-        evidence.append("uniform screen: no window, panel or dialog")
-        return DesktopKind("blank", 0.6, tuple(evidence), features,
-                           seen="nothing but its background: no window, panel or login "
-                                "prompt")
+    return _Layout(border_share, background, fg_cells / (img.rows * img.cols), tuple(comps))
 
+
+@dataclass(frozen=True)
+class _Arrangement:
+    """Where the components sit: the biggest (`main`) and its offset from the horizontal
+    centre as a share of the width, the bars docked along an edge, the other components
+    (windows) and those of them with a title bar."""
+
+    components: tuple[Component, ...]
+    offset: float
+    docked: tuple[Component, ...]
+    windows: tuple[Component, ...]
+    titled: tuple[Component, ...]
+
+    @property
+    def main(self) -> Component:
+        return self.components[0]
+
+    @property
+    def bare(self) -> bool:
+        """An undecorated window away from the centre, with nothing docked."""
+        return not self.titled and not self.docked and self.offset > CENTRE_TOLERANCE
+
+
+def _arrange(img: _Image, layout: _Layout) -> _Arrangement:
+    comps = layout.components
     main = comps[0]
-    cx = (main.x0 + main.x1) / 2
-    offset = abs(cx - width / 2) / width
-    docked = [c for c in comps if _docked(c, width, height)]
-    windows = [c for c in comps if c not in docked]
-    bars = [c for c in windows if _title_bar(img, c, background)]
-    features.update(
-        {
-            "main_centre_offset": round(offset, 3),
-            "main_area_share": round(main.width * main.height / (width * height), 3),
-            "title_bars": len(bars),
-            "docked_bars": len(docked),
-        }
-    )
+    offset = abs((main.x0 + main.x1) / 2 - img.width / 2) / img.width
+    docked = tuple(c for c in comps if _docked(c, img.width, img.height))
+    windows = tuple(c for c in comps if c not in docked)
+    titled = tuple(c for c in windows if _title_bar(img, c, layout.background))
+    return _Arrangement(comps, offset, docked, windows, titled)
+
+
+@dataclass(frozen=True)
+class _Weighing:
+    """Points for a login screen and for a desktop, and the evidence for each point given."""
+
+    login: float
+    desk: float
+    evidence: tuple[str, ...]
+
+    @property
+    def score(self) -> float:
+        """Above 0.5: a login screen; below -0.5: a desktop; between: unknown."""
+        return self.login - self.desk
+
+
+def _weigh(arrangement: _Arrangement, name_hint: bool) -> _Weighing:
+    """Weigh the layout's signs: a centred single panel without a title bar for a login
+    screen; off-centre, several, titled, docked or bare windows for a desktop."""
+    a = arrangement
     login = 0.0
     desk = 0.0
-    if offset <= CENTRE_TOLERANCE:
+    evidence: list[str] = []
+    if a.offset <= CENTRE_TOLERANCE:
         login += 2.0
-        evidence.append(f"main panel centred horizontally (offset {offset:.1%} of the width)")
+        evidence.append(f"main panel centred horizontally (offset {a.offset:.1%} of the width)")
     else:
         desk += 1.5
-        evidence.append(f"main window off-centre (offset {offset:.1%} of the width)")
-    if len(comps) == 1:
+        evidence.append(f"main window off-centre (offset {a.offset:.1%} of the width)")
+    if len(a.components) == 1:
         login += 1.0
         evidence.append("a single panel on the background")
     else:
-        desk += 1.0 + 0.25 * min(len(comps) - 2, 4)
-        evidence.append(f"{len(comps)} separate windows or panels")
-    bare = not bars and not docked and offset > CENTRE_TOLERANCE
-    if bars:
+        desk += 1.0 + 0.25 * min(len(a.components) - 2, 4)
+        evidence.append(f"{len(a.components)} separate windows or panels")
+    if a.titled:
         desk += 4.0  # window-manager decoration: greeters have none; decisive on its own
-        evidence.append(f"{len(bars)} window(s) with a title bar")
-    elif bare:
+        evidence.append(f"{len(a.titled)} window(s) with a title bar")
+    elif a.bare:
         # An undecorated window away from the centre: a program on an X server with no
         # window manager (xterm starts in the top-left corner). Greeters centre their panel.
         desk += 2.0
-        corner = main.x0 == 0 or main.y0 == 0
+        corner = a.main.x0 == 0 or a.main.y0 == 0
         evidence.append("no title bar on a window away from the centre" + (
             ", at the screen's edge" if corner else "") + ": no window manager")
     else:
         login += 1.0
         evidence.append("no title bar")
-    if docked:
+    if a.docked:
         desk += 1.0
-        evidence.append(f"{len(docked)} bar(s) docked along a screen edge")
+        evidence.append(f"{len(a.docked)} bar(s) docked along a screen edge")
     if name_hint:
         login += 1.0
-    score = login - desk
-    features["score"] = round(score, 2)
+    return _Weighing(login, desk, tuple(evidence))
+
+
+def _verdict(score: float, evidence: tuple[str, ...], features: dict[str, Any],
+             arrangement: _Arrangement) -> DesktopKind:
+    a = arrangement
     if score > 0.5:
-        return DesktopKind("login-screen", min(1.0, score / 4), tuple(evidence), features,
+        return DesktopKind("login-screen", min(1.0, score / 4), evidence, features,
                            seen="a single panel centred on the screen, without a title bar: "
                                 "a login prompt or lock screen")
     if score < -0.5:
-        return DesktopKind("desktop", min(1.0, -score / 4), tuple(evidence), features,
-                           seen=_desktop_words(len(windows), len(bars), len(docked), bare))
-    return DesktopKind("unknown", 0.0, tuple(evidence), features,
-                       seen=f"{_count(len(comps), 'window or panel', 'windows or panels')} "
+        return DesktopKind("desktop", min(1.0, -score / 4), evidence, features,
+                           seen=_desktop_words(len(a.windows), len(a.titled), len(a.docked),
+                                               a.bare))
+    return DesktopKind("unknown", 0.0, evidence, features,
+                       seen=f"{_count(len(a.components), 'window or panel', 'windows or panels')} "
                             "that fit neither a login prompt nor a usual desktop")
 
 

@@ -129,6 +129,7 @@ class _Pipeline:
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
         self.sweep: discovery.Sweep | None = None
+        self.sweep_done = False  # the sweep (and the liveness check after it) has ended
 
     # -- Sink --------------------------------------------------------------------------------
 
@@ -311,6 +312,31 @@ async def iter_results(
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
     pipeline = _Pipeline(options, budget, progress, gate, take_marks=on_marks is not None)
     discovery_options = options.discovery_options()
+    sweep = _make_sweep(targets, pipeline, discovery_options, gate)
+    if progress is not None:
+        progress.syn = getattr(sweep, "counters", None)
+    delivery = _Delivery(sweep, progress, on_marks, gate)
+    runner = asyncio.create_task(_run_sweeps(pipeline, sweep, discovery_options, progress))
+    try:
+        while True:
+            taken = pipeline.take()
+            if taken is None:
+                if await _wait_for_more(pipeline, runner):
+                    break
+                continue
+            result = delivery.deliver(taken)
+            if result is not None:
+                yield result
+        await runner
+    finally:
+        await _shut_down(pipeline, runner, gate)
+
+
+def _make_sweep(targets: Iterable[Target], pipeline: _Pipeline,
+                discovery_options: DiscoveryOptions, gate: Gate | None) -> discovery.Sweep:
+    """The discovery sweep over `targets`, with the ledger's part set up on the pipeline:
+    syn admits live pairs as they are found; connect admits targets before discovery and,
+    with raw-socket rights, keeps denied IPv4 pairs for a half-open check."""
     if gate is not None:
         if discovery_options.mode is Mode.SYN:
             pipeline.admit_found = True
@@ -320,63 +346,76 @@ async def iter_results(
             targets = _gated(targets, gate, pipeline)
     sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
-    if progress is not None:
-        progress.syn = getattr(sweep, "counters", None)
-    sweep_done = False
+    return sweep
 
-    async def run_sweep() -> None:
-        nonlocal sweep_done
-        try:
-            await sweep.run()
-            if pipeline.liveness:
-                # Liveness without a mark: a SYN never completed reaches no server's accept().
-                check = discovery.make_sweep(pipeline.liveness, pipeline, DiscoveryOptions(
-                    Mode.SYN, discovery_options.timeout, None, discovery_options.rate))
-                pipeline.sweep = check
-                await check.run()
-        finally:
-            sweep_done = True
-            if progress is not None:
-                progress.retried = sweep.retried
-            pipeline.ready.set()
 
-    runner = asyncio.create_task(run_sweep())
+async def _run_sweeps(pipeline: _Pipeline, sweep: discovery.Sweep,
+                      discovery_options: DiscoveryOptions, progress: Progress | None) -> None:
+    """Run the sweep, then the half-open liveness check of denied pairs, if any; mark the
+    pipeline's sweeps done whatever happens, so the consumer stops waiting."""
     try:
-        while True:
-            result = pipeline.take()
-            if isinstance(result, Marks):
-                if progress is not None:
-                    progress.done += len(result.pairs)
-                assert on_marks is not None
-                on_marks(result)
-                continue
-            if result is not None:
-                if gate is not None:
-                    result = gate.settle(result)
-                if progress is not None:
-                    progress.add(result)
-                    progress.retried = sweep.retried
-                yield result
-                continue
-            if pipeline.failure is not None:
-                raise pipeline.failure
-            if runner.done() and runner.exception() is not None:
-                await runner  # re-raise the sweep's error instead of losing it
-            if sweep_done and pipeline.idle():
-                if pipeline.results:
-                    continue
-                break
-            pipeline.ready.clear()
-            await pipeline.ready.wait()
-        await runner
+        await sweep.run()
+        if pipeline.liveness:
+            # Liveness without a mark: a SYN never completed reaches no server's accept().
+            check = discovery.make_sweep(pipeline.liveness, pipeline, DiscoveryOptions(
+                Mode.SYN, discovery_options.timeout, None, discovery_options.rate))
+            pipeline.sweep = check
+            await check.run()
     finally:
-        if not runner.done():
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        await pipeline.close()
-        if gate is not None:
-            gate.close()
+        pipeline.sweep_done = True
+        if progress is not None:
+            progress.retried = sweep.retried
+        pipeline.ready.set()
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """What the consumer does with each item the pipeline gives: marks go to `on_marks`,
+    results are settled with the ledger and counted before they are yielded."""
+
+    sweep: discovery.Sweep
+    progress: Progress | None
+    on_marks: Callable[[Marks], None] | None
+    gate: Gate | None
+
+    def deliver(self, taken: ServiceResult | Marks) -> ServiceResult | None:
+        """The result to yield, or None when `taken` were marks (handed to `on_marks`)."""
+        if isinstance(taken, Marks):
+            if self.progress is not None:
+                self.progress.done += len(taken.pairs)
+            assert self.on_marks is not None
+            self.on_marks(taken)
+            return None
+        result = taken if self.gate is None else self.gate.settle(taken)
+        if self.progress is not None:
+            self.progress.add(result)
+            self.progress.retried = self.sweep.retried
+        return result
+
+
+async def _wait_for_more(pipeline: _Pipeline, runner: asyncio.Task[None]) -> bool:
+    """Nothing to take now: raise what failed, return True when the scan is over, or wait
+    for the pipeline's next event and return False."""
+    if pipeline.failure is not None:
+        raise pipeline.failure
+    if runner.done() and runner.exception() is not None:
+        await runner  # re-raise the sweep's error instead of losing it
+    if pipeline.sweep_done and pipeline.idle():
+        return not pipeline.results
+    pipeline.ready.clear()
+    await pipeline.ready.wait()
+    return False
+
+
+async def _shut_down(pipeline: _Pipeline, runner: asyncio.Task[None], gate: Gate | None) -> None:
+    """Stop the sweep if it still runs, cancel the probes in flight, release the ledger."""
+    if not runner.done():
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    await pipeline.close()
+    if gate is not None:
+        gate.close()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -1,11 +1,11 @@
 """Sans-IO RFB framebuffer: client messages for one screenshot and a FramebufferUpdate parser.
 
-Owns: the builders for SetPixelFormat (rfbproto §7.5.1), SetEncodings (§7.5.2) and
-FramebufferUpdateRequest (§7.5.3); a parser for the server-to-client messages (§7.6:
-FramebufferUpdate, SetColourMapEntries, Bell, ServerCutText) that decodes the Raw (§7.7.1),
-CopyRect (§7.7.2) and Zlib (encoding 6) rectangles and the DesktopSize/LastRect pseudo-encodings
-into a `Canvas`; and the size caps that keep a hostile server from making us allocate or inflate
-without bound.
+Owns: the builders for SetPixelFormat (rfbproto §7.5.1) and SetEncodings (§7.5.2), with
+`rfb`'s FramebufferUpdateRequest (§7.5.3) at hand under the same name; a parser for the
+server-to-client messages (§7.6: FramebufferUpdate, SetColourMapEntries, Bell, ServerCutText)
+that decodes the Raw (§7.7.1), CopyRect (§7.7.2) and Zlib (encoding 6) rectangles and the
+DesktopSize/LastRect pseudo-encodings into a `Canvas`; and the size caps that keep a hostile
+server from making us allocate or inflate without bound.
 
 Must not: touch a socket, a clock, asyncio or Pillow (PNG writing is `active`'s), and never
 build input events (KeyEvent/PointerEvent): a screenshot must not change what is on the screen.
@@ -24,6 +24,7 @@ from typing import Final, Literal
 
 from vncaudit.exceptions import LimitExceededError, RemoteProtocolError
 from vncaudit.rfb import NEED_DATA, NeedData, PixelFormat
+from vncaudit.rfb import framebuffer_update_request as framebuffer_update_request
 
 # Encoding numbers (rfbproto §7.7, §7.8; IANA "RFB encoding types").
 RAW: Final = 0
@@ -87,13 +88,6 @@ def set_encodings(encodings: Iterable[int] = DEFAULT_ENCODINGS) -> bytes:
     """SetEncodings (message type 2); encodings are signed 32-bit numbers."""
     values = list(encodings)
     return struct.pack(f">BxH{len(values)}i", 2, len(values), *values)
-
-
-def framebuffer_update_request(
-    x: int, y: int, width: int, height: int, incremental: bool = False
-) -> bytes:
-    """FramebufferUpdateRequest (message type 3); non-incremental asks for every pixel."""
-    return struct.pack(">BBHHHH", 3, int(incremental), x, y, width, height)
 
 
 # --------------------------------------------------------------------------------------------

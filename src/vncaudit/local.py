@@ -39,7 +39,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs pinned; used at its bo
 
 from vncaudit import firewall
 from vncaudit import rfb as rfb_mod
-from vncaudit.budget import Decision, Ledger
+from vncaudit.budget import Decision, Ledger, grant_note
 from vncaudit.budget.clock import process_start
 from vncaudit.models import Product, RfbFacts, ServiceResult, Severity, State, Target
 from vncaudit.payloads import LocalBinding
@@ -243,8 +243,8 @@ def _known_reason(name: str | None, product: str) -> str:
 
 
 def _article(word: str) -> str:
-    # Product names are spoken as written: "an x11vnc", "an UltraVNC" is "a UltraVNC" (you-).
-    return "an" if word[:1].lower() in "aeiox" and not word.lower().startswith("ultra") else "a"
+    # Product names are spoken as written: "an x11vnc" (ex-), "an UltraVNC" (ul-), "a TigerVNC".
+    return "an" if word[:1].lower() in "aeioux" else "a"
 
 
 def known_server(proc: ProcessInfo | None) -> KnownServer | None:
@@ -878,13 +878,18 @@ async def _probe_all(listeners: Sequence[Listener], options: ProbeOptions,
             return ledger.answer(decision)
         return await probe(decision.target, options, source=decision.bind)
 
+    def noted(decision: Decision, result: ServiceResult) -> ServiceResult:
+        # A probe from another loopback address (or by --risk-lockout) says so.
+        note = grant_note(decision) if decision.allowed else None
+        return result if note is None else result.with_extra(budget=note)
+
     results = list(await asyncio.gather(*(one(d) for d in decisions)))
     # The process names the product where the handshake alone may not (TigerVNC with [2]):
     # the ledger then knows which blacklist rule applies.
     ledger.record([(d, r if r.product is not None or x.product is None
                     else replace(r, product=Product(x.product)))
                    for d, r, x in zip(decisions, results, listeners, strict=True) if d.allowed])
-    return results
+    return [noted(d, r) for d, r in zip(decisions, results, strict=True)]
 
 
 def from_dict(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -150,6 +150,11 @@ class RfbFacts:
     framebuffer: Framebuffer | None = None
     selected_type: int | None = None  # the security type we chose, if any
     notes: tuple[str, ...] = ()  # sub-negotiations that failed, e.g. "anonymous TLS failed"
+    # After a ServerInit that no SecurityResult "ok" vouched for (RFB 3.3/3.7 None): whether the
+    # one FramebufferUpdateRequest for a pixel was answered (None: not asked), and the seconds
+    # until the answer or, unanswered, that the probe waited.
+    update_answered: bool | None = None
+    update_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +177,8 @@ class RfbFacts:
             "framebuffer": self.framebuffer.to_dict() if self.framebuffer else None,
             "selected_type": self.selected_type,
             "notes": list(self.notes),
+            "update_answered": self.update_answered,
+            "update_seconds": self.update_seconds,
         }
 
     @classmethod
@@ -205,6 +212,8 @@ class RfbFacts:
             framebuffer=Framebuffer(**fb) if fb else None,
             selected_type=d.get("selected_type"),
             notes=tuple(d.get("notes") or ()),
+            update_answered=d.get("update_answered"),
+            update_seconds=d.get("update_seconds"),
         )
 
 

@@ -11,7 +11,9 @@ Must not: parse RFB bytes itself (that is `rfb`), grade anything (that is `asses
 second connection to the same port (checks that need more are `active`'s, on request).
 Etiquette (docs/design.md): never authenticate by default; select None (or Tight NOAUTH, or
 VeNCrypt TLSNone/X509None) only when the server offered it; ClientInit is always shared so no
-connected user is kicked.
+connected user is kicked; after a ServerInit that no SecurityResult vouched for, one
+FramebufferUpdateRequest for one pixel (whether the session is live or held for a person's
+Accept), never an input event.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,6 +57,9 @@ class ProbeOptions:
     limits: rfb.Limits = field(default_factory=rfb.Limits)
     transcript_limit: int = 4096
     read_server_init: bool = True  # select an offered no-auth type, read SecurityResult+ServerInit
+    # After a ServerInit with no SecurityResult "ok" before it, how long to wait for the answer
+    # to one FramebufferUpdateRequest (within `timeout`); 0: do not ask.
+    update_wait: float = 2.0
     tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
     client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
 
@@ -170,6 +176,7 @@ class Session:
         self.raw_types: tuple[int, ...] = ()  # the main list as sent (duplicates kept)
         self.raw_subtypes: tuple[int, ...] | None = None
         self.protocol_guess: str | None = None  # open-not-vnc: what the first bytes look like
+        self._update_asked: float | None = None  # monotonic time of the update request
 
     def record(self, data: bytes) -> None:
         self.received += len(data)
@@ -291,6 +298,38 @@ class Session:
         if self.client.state is rfb.State.CLIENT_INIT:
             self.client.send_client_init(shared=True)
 
+    # -- after ServerInit: is the session live? ------------------------------------------
+
+    @property
+    def update_check_due(self) -> bool:
+        """ServerInit came with nothing to vouch for the session (RFB 3.3/3.7 send no
+        SecurityResult for None): a server that holds the session for a person's Accept (vino's
+        prompt) still sends ServerInit, but answers no update request (docs/rfb.md §1.3)."""
+        fb: Framebuffer | None = self.facts.get("framebuffer")
+        return (self.options.update_wait > 0 and fb is not None and fb.width > 0
+                and fb.height > 0 and "security_result" not in self.facts)
+
+    def update_asked(self) -> None:
+        self._update_asked = time.monotonic()
+
+    def update_seen(self, answered: bool, closed: bool = False) -> None:
+        """Record the answer to the update request (or its absence)."""
+        if self._update_asked is None or "update_answered" in self.facts:
+            return
+        self.facts["update_answered"] = answered
+        self.facts["update_seconds"] = round(time.monotonic() - self._update_asked, 3)
+        if closed and not answered:
+            self.notes.append("connection closed after ServerInit; the update request was "
+                              "not answered")
+
+    def update_pending(self) -> bool:
+        """The deadline struck while waiting for the update: that wait was the last step, so
+        it is recorded as unanswered rather than as a broken probe."""
+        if self._update_asked is None or "update_answered" in self.facts:
+            return False
+        self.update_seen(False)
+        return True
+
     # -- outcome -------------------------------------------------------------------------
 
     def auth_required(self) -> bool | None:
@@ -321,6 +360,8 @@ class Session:
     def deadline_reached(self) -> None:
         """The state and error when the deadline struck after the connection was made."""
         timeout, client = self.options.timeout, self.client
+        if self.update_pending():
+            return
         if not self.banner_done:
             if _UNTERMINATED_BANNER.fullmatch(self.transcript):
                 # All of "RFB xxx.yyy" but the "\n", then nothing: broken, not slow.
@@ -471,7 +512,24 @@ async def converse(session: Session, reader: ByteReader, writer: ByteWriter) -> 
         if not session.on_event(event):
             await pump.flush()
             client.close()
+            if session.update_check_due:
+                await _ask_for_update(session, pump)
             return
+
+
+async def _ask_for_update(session: Session, pump: RfbPump) -> None:
+    """One FramebufferUpdateRequest for one pixel, then wait (at most `update_wait`) for any
+    server message: the session is live, or held for a person's Accept."""
+    session.update_asked()
+    await pump.send(rfb.framebuffer_update_request(0, 0, 1, 1))
+    data = pump.take_trailing()
+    closed = session.client.trailing_data[1] and not data
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(session.options.update_wait):
+            while not data and not closed:
+                data = await pump.read()
+                closed = not data
+    session.update_seen(bool(data), closed)
 
 
 async def _start_tls(session: Session, pump: RfbPump, anonymous: bool) -> bool:

@@ -3,7 +3,8 @@
 Owns: the client side of the RFB handshake as a state machine — ProtocolVersion (§7.1.1),
 security negotiation for 3.3 and 3.7+ (§7.1.2), SecurityResult (§7.1.3), the VeNCrypt (§7.2.4)
 and Tight (§7.2.3) sub-negotiations, the nested list of the TLS type (18), VNC Authentication's
-challenge (§7.2.2), ClientInit/ServerInit (§7.3.1-§7.3.2) and the registry of type names.
+challenge (§7.2.2), ClientInit/ServerInit (§7.3.1-§7.3.2), the registry of type names, and the
+FramebufferUpdateRequest (§7.5.3) that asks whether a session is live.
 
 Must not: touch a socket, a clock, asyncio or TLS. Like h11's `Connection`, the caller feeds
 `receive_data()`, pulls events with `next_event()` until `NEED_DATA`, writes whatever
@@ -804,6 +805,14 @@ class RfbClient:
         """We are done; further data is ignored."""
         if self.state is not State.ERROR:
             self.state = State.CLOSED
+
+
+def framebuffer_update_request(
+    x: int, y: int, width: int, height: int, incremental: bool = False
+) -> bytes:
+    """FramebufferUpdateRequest (message type 3, rfbproto §7.5.3), the first message after
+    ServerInit; non-incremental asks for every pixel of the region."""
+    return struct.pack(">BBHHHH", 3, int(incremental), x, y, width, height)
 
 
 _HANDLERS = {

@@ -565,7 +565,7 @@ async def _rfb_through(
         if not session.banner_done:
             session.state = State.TARPIT
             session.error = "WebSocket open, no complete RFB banner before the deadline"
-        else:
+        elif not session.update_pending():
             session.error = f"deadline reached while {session.client.state.value}"
     except NotRfbError as exc:
         session.state = State.OPEN_NOT_VNC
@@ -619,20 +619,47 @@ async def probe_web(
     http: WebFacts | None = None
     if fetch_page:
         try:
-            async with asyncio.timeout_at(deadline):
-                page = await http_get(target, "/", timeout=options.timeout, tls=tls)
-            http = identify_http(page)
-        except TimeoutError:
-            http = WebFacts("none", error="no HTTP answer before the deadline")
+            http = await _front_page(target, options.timeout, deadline, tls)
         except ConnectionRefusedError:
             return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
-        except (OSError, WebSocketError) as exc:
-            http = WebFacts("none", error=str(exc))
+    early = _no_websocket_to_try(target, http, require_http, loop.time() - started)
+    if early is not None:
+        return early
+    upgrades = await _open_first_websocket(target, paths, tls, deadline)
+    if upgrades.accepted is None:
+        return _no_websocket_accepted(target, paths, http, upgrades.attempts,
+                                      loop.time() - started)
+    stream = upgrades.accepted.stream
+    result = await _rfb_through(target, stream, options, deadline)
+    endpoint = WebSocketEndpoint(stream.url, upgrades.accepted.path, stream.subprotocol,
+                                 stream.response.header("server"), stream.frames_received)
+    web = WebFrontEnd("websocket", http, endpoint, upgrades.attempts)
+    return replace(result.with_extra(web=web), elapsed=loop.time() - started)
+
+
+async def _front_page(target: Target, timeout: float, deadline: float, tls: bool) -> WebFacts:
+    """GET / and what the page identifies; a failure is a `WebFacts` with its error, except
+    a refused connection, which propagates (the port is closed: nothing more to try)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            page = await http_get(target, "/", timeout=timeout, tls=tls)
+        return identify_http(page)
+    except TimeoutError:
+        return WebFacts("none", error="no HTTP answer before the deadline")
+    except ConnectionRefusedError:
+        raise
+    except (OSError, WebSocketError) as exc:
+        return WebFacts("none", error=str(exc))
+
+
+def _no_websocket_to_try(target: Target, http: WebFacts | None, require_http: bool,
+                         elapsed: float) -> ServiceResult | None:
+    """The result when GET / rules out a WebSocket (no HTTP where HTTP was required, or a
+    Java viewer page); None when the upgrades are worth trying."""
     if require_http and (http is None or http.error is not None):
         return ServiceResult(target.host, target.port, State.OPEN_NOT_VNC,
                              error="no HTTP answer to GET /", hostname=target.hostname,
-                             elapsed=loop.time() - started, extra=Extras(web=WebFrontEnd(
-                                 None, http)))
+                             elapsed=elapsed, extra=Extras(web=WebFrontEnd(None, http)))
     if http is not None and http.kind == "java-viewer":
         # The classic viewer page only points at the RFB port; there is no WebSocket to open.
         return ServiceResult(
@@ -642,9 +669,31 @@ async def probe_web(
             error="HTTP server handing out a Java VNC viewer"
             + (f" for RFB port {http.applet_port}" if http.applet_port else ""),
             hostname=target.hostname,
-            elapsed=loop.time() - started,
+            elapsed=elapsed,
             extra=Extras(web=WebFrontEnd("http-java-viewer", http)),
         )
+    return None
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """The WebSocket an upgrade opened, and the path it was opened on."""
+
+    stream: WebSocketStream
+    path: str
+
+
+@dataclass(frozen=True)
+class _Upgrades:
+    """The first WebSocket a path accepted (None: none did), and every upgrade tried."""
+
+    accepted: _Accepted | None
+    attempts: tuple[UpgradeAttempt, ...]
+
+
+async def _open_first_websocket(target: Target, paths: Sequence[str], tls: bool,
+                                deadline: float) -> _Upgrades:
+    """Try the upgrade on each path in turn until one is accepted or the deadline passes."""
     attempts: list[UpgradeAttempt] = []
     for path in paths:
         try:
@@ -664,11 +713,12 @@ async def probe_web(
             attempts.append(UpgradeAttempt(path, error=str(exc)))
             continue
         attempts.append(UpgradeAttempt(path, 101))
-        result = await _rfb_through(target, stream, options, deadline)
-        endpoint = WebSocketEndpoint(stream.url, path, stream.subprotocol,
-                                     stream.response.header("server"), stream.frames_received)
-        web = WebFrontEnd("websocket", http, endpoint, tuple(attempts))
-        return replace(result.with_extra(web=web), elapsed=loop.time() - started)
+        return _Upgrades(_Accepted(stream, path), tuple(attempts))
+    return _Upgrades(None, tuple(attempts))
+
+
+def _no_websocket_accepted(target: Target, paths: Sequence[str], http: WebFacts | None,
+                           attempts: tuple[UpgradeAttempt, ...], elapsed: float) -> ServiceResult:
     error = "no WebSocket accepted on " + ", ".join(paths)
     if http is not None and http.error is not None:
         error = f"{error}; HTTP: {http.error}"
@@ -678,6 +728,6 @@ async def probe_web(
         State.OPEN_NOT_VNC,
         error=error,
         hostname=target.hostname,
-        elapsed=loop.time() - started,
-        extra=Extras(web=WebFrontEnd(None, http, None, tuple(attempts))),
+        elapsed=elapsed,
+        extra=Extras(web=WebFrontEnd(None, http, None, attempts)),
     )

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from vncaudit.active.handshake import _connect_and_handshake, _lockout_text
+from vncaudit.active.handshake import connect_and_handshake, lockout_text
 from vncaudit.active.transport import Connector
 from vncaudit.models import RfbFacts, State, Target
 from vncaudit.payloads import AuthCheck, PasswordAttempt, PasswordAudit
@@ -85,7 +85,7 @@ async def authenticate(
     None is used instead when the server offers it (no secret is sent where none is needed).
     The password in the result is masked unless `show_passwords`.
     """
-    h = await _connect_and_handshake(
+    h = await connect_and_handshake(
         target, password=password, none_policy="if-offered", timeout=timeout, connector=connector
     )
     return AuthCheck(h.record(), mask_password(password, show_passwords), show_passwords)
@@ -145,7 +145,7 @@ async def check_passwords(
                         max_attempts=max_attempts, budget=budget,
                         connections_before=connections_used or 0, password_shown=show_passwords)
     reachable, why = _vncauth_reachable(facts)
-    if state is State.BLACKLISTED or (facts and _lockout_text(facts.failure_reason)):
+    if state is State.BLACKLISTED or (facts and lockout_text(facts.failure_reason)):
         return replace(out, status="skipped",
                        stop_reason="the server is already refusing this address")
     if not reachable:
@@ -157,7 +157,7 @@ async def check_passwords(
         ))
     results: list[PasswordAttempt] = []
     for index, candidate in enumerate(candidates[:budget]):
-        h = await _connect_and_handshake(
+        h = await connect_and_handshake(
             target, password=candidate, none_policy="never", timeout=timeout, connector=connector
         )
         results.append(PasswordAttempt(index + 1, h.outcome, h.reason, round(h.elapsed, 4)))

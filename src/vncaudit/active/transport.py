@@ -1,10 +1,9 @@
 """How an active check gets its connection: TCP by default, or anything shaped like a stream.
 
 Owns: `Connector` (how a check gets its connection), the default `tcp_connector`, one from a
-given local address (`bound_connector`), and `_close`, which never waits on a peer that does
-not answer the close. The stream shapes themselves
-(`ByteReader` / `ByteWriter`, so `websocket.WebSocketStream` can stand in for TCP) are
-`pump`'s, re-exported here.
+given local address (`bound_connector`), and `close_writer`, which never waits on a peer that
+does not answer the close. The stream shapes themselves (`ByteReader` / `ByteWriter`, so
+`websocket.WebSocketStream` can stand in for TCP) are `pump`'s, re-exported here.
 
 Must not: speak RFB, decide anything about a handshake, or import anything of the package but
 `models` and `pump`.
@@ -43,7 +42,7 @@ def bound_connector(local: str) -> Connector:
     return connect
 
 
-async def _close(writer: ByteWriter) -> None:
+async def close_writer(writer: ByteWriter) -> None:
     writer.close()
     try:
         async with asyncio.timeout(0.5):

@@ -197,15 +197,24 @@ def _session_facts(facts: RfbFacts, confirmed_by_result: bool) -> list[str]:
                          "no SecurityResult for None)")
         lines.append(f"ServerInit read: desktop name {name}, framebuffer "
                      f"{fb.width}x{fb.height}, depth {fb.depth}")
+        if facts.update_answered:
+            lines.append(f"a request for one pixel of the screen was answered within "
+                         f"{_seconds(facts.update_seconds)}: the session is live, nobody "
+                         "was asked")
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2g} s" if value is not None else "the probe's wait"
 
 
 def _granted_at_once(ctx: Context) -> bool:
     """Evidence that nobody was asked: an RFB 3.8 SecurityResult "ok" right after None (a
-    server that asks the desktop's user sends it only once the user accepts), or a screenshot
-    taken without a password."""
+    server that asks the desktop's user sends it only once the user accepts), an answered
+    update request after ServerInit (vino's prompt holds it), or a screenshot taken without a
+    password."""
     facts = ctx.facts
-    if facts is not None and facts.security_result == "ok":
+    if facts is not None and (facts.security_result == "ok" or facts.update_answered):
         return True
     return ctx.active.screenshot is not None and ctx.active.screenshot.taken
 
@@ -225,12 +234,40 @@ def _approval_signs(ctx: Context) -> tuple[str, list[str]] | None:
             if pattern.search(reason):
                 return "asked", [f"SecurityResult \"failed\" after selecting it: {_q(reason)}",
                                  f"that reason: {note}"]
-    error = ctx.result.error or ""
-    if (facts.security_result is None and facts.framebuffer is None
-            and facts.client_version == "3.8" and "awaiting SecurityResult" in error):
-        return "held", [f"no SecurityResult after selecting it ({error}): the session was "
-                        "neither granted nor refused while the probe waited"]
-    return None
+    return _held(facts, ctx.result.error or "")
+
+
+# The shortest unanswered wait for an update that counts as a hold: servers answer within a
+# round trip (milliseconds on vino without its prompt; docs/rfb.md §1.3).
+_HOLD_SECONDS: Final = 1.0
+
+
+def _held(facts: RfbFacts, error: str) -> tuple[str, list[str]] | None:
+    """("held", evidence) when the session was neither granted nor refused: no SecurityResult
+    (RFB 3.8) or no ServerInit (3.3/3.7) before the deadline, or ServerInit but no answer to
+    the update request (vino's prompt; docs/rfb.md §1.3)."""
+    if facts.security_result is not None:
+        return None
+    fb = facts.framebuffer
+    if fb is None:
+        waited = "SecurityResult" if facts.client_version == "3.8" else "ServerInit"
+        if f"awaiting {waited}" in error:
+            return "held", [f"no {waited} after selecting it ({error}): the session was "
+                            "neither granted nor refused while the probe waited"]
+        return None
+    if facts.update_answered is not False:
+        return None
+    closed = any(n.startswith("connection closed after ServerInit") for n in facts.notes)
+    if not closed and (facts.update_seconds or 0.0) < _HOLD_SECONDS:
+        return None  # the deadline left too short a wait: a slow link, not yet a hold
+    name = _q(facts.desktop_name) if facts.desktop_name is not None else "(none)"
+    how = ("the server closed the connection instead" if closed
+           else f"no answer within {_seconds(facts.update_seconds)}")
+    return "held", [f"ServerInit read without a credential: desktop name {name}, framebuffer "
+                    f"{fb.width}x{fb.height}",
+                    f"a request for one pixel of the screen was not answered ({how}): the "
+                    "session was held, as a server that waits for the desktop's user to "
+                    "accept holds it"]
 
 
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:

@@ -55,7 +55,7 @@ def _number(kind: type[Any], value: Any, low: Any, high: Any) -> Any:
 if RuntimeParam is not None:
 
     @dataclass(frozen=True)
-    class _Plain(RuntimeParam):
+    class PlainConverter(RuntimeParam):
         """A plain option's converter; typer's own takes over for anything unusual."""
 
         kind: type[Any]
@@ -90,8 +90,8 @@ if RuntimeParam is not None:
                                                                                ctx)
 
 
-def _plain_kind(param: Any) -> tuple[type[Any], bool] | None:
-    """(element type, is a list) for an option `_Plain` can take, else None."""
+def plain_kind(param: Any) -> tuple[type[Any], bool] | None:
+    """(element type, is a list) for an option `PlainConverter` can take, else None."""
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is None or descriptor.file_annotation is not None:
         return None
@@ -112,7 +112,7 @@ def _plain_kind(param: Any) -> tuple[type[Any], bool] | None:
 
 
 def install() -> bool:
-    """From now on, typer builds a `_Plain` converter for every plain option (its converters
+    """From now on, typer builds a `PlainConverter` converter for every plain option (its converters
     are built lazily, on first use; the help option is made afresh per run), typer's own for
     the rest. Once per process; False with a typer that has no such hook."""
     if RuntimeParam is None:
@@ -129,11 +129,11 @@ def install() -> bool:
 
     def get_runtime_param(self: Any) -> Any:
         if getattr(self, "_runtime_param", None) is None:
-            kind = _plain_kind(self)
+            kind = plain_kind(self)
             if kind is not None:
                 descriptor = self.type_descriptor
-                self._runtime_param = _Plain(descriptor.parameter_info, descriptor.annotation,
-                                             *kind)
+                self._runtime_param = PlainConverter(descriptor.parameter_info,
+                                                     descriptor.annotation, *kind)
         return original(self)
 
     get_runtime_param.plain = True  # type: ignore[attr-defined]

@@ -1,18 +1,17 @@
 """Shared command line plumbing, independent of `app`: the one-line error handling.
 
 Owns: the command group class that turns click's usage errors into one `vncaudit: error:`
-line (exit 2), `_error_line` / `_fail`, logging set-up, the stderr console `err`, the option
+line (exit 2), `error_line` / `fail`, logging set-up, the stderr console `err`, the option
 aliases every command shares (`OutputOpt`, `output_option` / `output_format` and the
 `--json` alias, `OutputFileOpt`, `DbOpt`, `AllOpt`, `FixOpt`, `TrustedOpt`, the password
 options), value checks refused before any packet (`finite`, `--trusted`, output file) and
-opening the store. Must not: define commands, import `vncaudit.cli` (it is imported by it), or
-hold scanning, grading or formatting logic.
+opening the store. Must not: define commands, import `vncaudit.cli.program` (which imports
+it), or hold scanning, grading or formatting logic.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-class _OneLineErrors(TyperGroup):
+class OneLineErrors(TyperGroup):
     """The command group, with click's own usage errors (unknown option, a value out of range,
     a missing argument) printed as one `vncaudit: error:` line like every other failure,
     instead of a usage box. A user's script can then rely on one line and exit code 2."""
@@ -60,10 +59,10 @@ class _OneLineErrors(TyperGroup):
         except click_errors.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-            _error_line(exc.format_message() + hint)
+            error_line(exc.format_message() + hint)
             code = exc.exit_code
         except typer.Abort:  # Ctrl-C or end of input at a prompt
-            _error_line("aborted; nothing changed")
+            error_line("aborted; nothing changed")
             code = 130
         else:
             code = rv if isinstance(rv, int) else 0
@@ -100,7 +99,7 @@ class _OneLineErrors(TyperGroup):
         except KeyboardInterrupt:
             # Ctrl-C outside a scan's own handler (check, local, subdomains ...): say so, in
             # the same one line, instead of exiting 130 silently.
-            _error_line("interrupted")
+            error_line("interrupted")
             raise typer.Exit(130) from None
 
 
@@ -139,34 +138,41 @@ class _Stderr:
 
     _console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def _made(self) -> Console:
         console = self._console
         if console is None:
             from rich.console import Console
 
             console = _Stderr._console = Console(stderr=True, highlight=False)
-        return getattr(console, name)
+        return console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    # A live display (the progress bar, a status spinner) holds the console as a context
+    # manager, and `with` looks these up on the type, past __getattr__.
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._made().__exit__(*exc)
 
 
 err: Console = cast("Console", _Stderr())
 log = logging.getLogger("vncaudit")
 
 
-def _error_line(message: str) -> None:
+def error_line(message: str) -> None:
     # Plain write: rich would wrap a long message onto two lines.
     sys.stderr.write("vncaudit: error: " + " ".join(message.split()) + "\n")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    _error_line(message)
+def fail(message: str, code: int = 2) -> typer.Exit:
+    error_line(message)
     return typer.Exit(code)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int) -> None:
     """-v counts up; a negative count is -q (errors only)."""
     level = (logging.ERROR if verbose < 0 else logging.WARNING if verbose == 0
              else logging.INFO if verbose == 1 else logging.DEBUG)
@@ -203,10 +209,10 @@ def output_format(output: str, as_json: bool, formats: Sequence[str]) -> str:
     *formats* or the two disagree."""
     if as_json:
         if output not in (formats[0], "json"):
-            raise _fail(f"--json is -o json; it cannot go with -o {output}")
+            raise fail(f"--json is -o json; it cannot go with -o {output}")
         output = "json"
     if output not in formats:
-        raise _fail(f"unknown output format {output!r}; choose "
+        raise fail(f"unknown output format {output!r}; choose "
                     f"{', '.join(formats[:-1])} or {formats[-1]}")
     return output
 
@@ -243,7 +249,7 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-def _check_trusted(trusted: str | None) -> None:
+def check_trusted_option(trusted: str | None) -> None:
     """--trusted goes into commands meant for a root shell: refuse it before any scanning."""
     if trusted is not None:
         from vncaudit.remedies import UnsafeValueError, check_trusted
@@ -251,11 +257,11 @@ def _check_trusted(trusted: str | None) -> None:
         try:
             check_trusted(trusted)
         except UnsafeValueError as exc:
-            raise _fail(f"--trusted: {exc}") from None
-        _check_not_everyone(trusted, "--trusted")
+            raise fail(f"--trusted: {exc}") from None
+        check_not_everyone(trusted, "--trusted")
 
 
-def _check_not_everyone(network: str, option: str) -> None:
+def check_not_everyone(network: str, option: str) -> None:
     """An allow-list entry as broad as 0.0.0.0/0 (or anything past /8, IPv6 past /16) keeps
     the port open to the internet while the plan reads as fixed: refuse it, as the web
     service's allow-list does."""
@@ -269,17 +275,18 @@ def _check_not_everyone(network: str, option: str) -> None:
     if net.prefixlen < limit:
         bits = net.max_prefixlen - net.prefixlen
         what = "every address" if net.prefixlen == 0 else f"2**{bits} addresses"
-        raise _fail(f"{option} {network}: allows {what}, which keeps the port open to the "
+        raise fail(f"{option} {network}: allows {what}, which keeps the port open to the "
                     f"internet; list your own networks (/{limit} or narrower)")
 
 
 RiskLockoutOpt = Annotated[
     bool,
     typer.Option("--risk-lockout", help="Connect even where the connection ledger says the "
-                 "connection would arm the server's blacklist: TigerVNC and RealVNC then "
-                 "refuse every connection from this address (yours, and everyone's behind "
-                 "the same NAT, jump host or SSH tunnel) for 10 s, doubling each time. "
-                 "Without it such servers report the facts read last, with their age."),
+                 "server would start refusing this address: TigerVNC and RealVNC allow four "
+                 "connections that do not log in, then refuse every connection from the "
+                 "address (yours, and everyone's behind the same NAT, jump host or SSH "
+                 "tunnel) for 10 s, doubling each time. Without it such servers are reported "
+                 "with the facts read last, and their age."),
 ]
 PasswordOpt = Annotated[
     str | None,
@@ -301,7 +308,7 @@ def known_password(password: str | None, password_file: Path | None) -> str | No
     """The known password from --password, --password-file or $VNCAUDIT_PASSWORD (in that
     order; an empty variable is none). Every way a file is not a password is one line."""
     if password is not None and password_file is not None:
-        raise _fail("give --password or --password-file, not both")
+        raise fail("give --password or --password-file, not both")
     if password is not None:
         return password
     if password_file is None:
@@ -310,18 +317,18 @@ def known_password(password: str | None, password_file: Path | None) -> str | No
         with open(password_file, "rb") as stream:
             data = stream.read(_MAX_PASSWORD_FILE)
     except OSError as exc:
-        raise _fail(f"--password-file {password_file}: cannot read: "
+        raise fail(f"--password-file {password_file}: cannot read: "
                     f"{exc.strerror or exc}") from None
     line = data.split(b"\n", 1)[0].removesuffix(b"\r")
     if b"\n" not in data and len(data) == _MAX_PASSWORD_FILE:
-        raise _fail(f"--password-file {password_file}: no line break in the first "
+        raise fail(f"--password-file {password_file}: no line break in the first "
                     f"{_MAX_PASSWORD_FILE} bytes; the password goes on the first line")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        raise _fail(f"--password-file {password_file}: not UTF-8 text") from None
+        raise fail(f"--password-file {password_file}: not UTF-8 text") from None
     if not text:
-        raise _fail(f"--password-file {password_file}: the first line is empty; the password "
+        raise fail(f"--password-file {password_file}: the first line is empty; the password "
                     "goes there")
     return text
 
@@ -339,7 +346,7 @@ TrustedOpt = Annotated[
 ]
 
 
-def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()) -> None:
+def check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()) -> None:
     """--output-file is checked before any work, so a long scan never ends in "cannot write"
     (the store keeps the results either way). The file itself is not created yet. *keep*:
     files the report must not overwrite (the store, the input lists)."""
@@ -350,17 +357,17 @@ def _check_output_file(path: Path | None, keep: Iterable[Path | str | None] = ()
             continue
         with contextlib.suppress(OSError):
             if path.exists() and os.path.samefile(path, Path(other).expanduser()):
-                raise _fail(f"--output-file {path} would overwrite {other} (the store or an "
+                raise fail(f"--output-file {path} would overwrite {other} (the store or an "
                             "input of this command); write the report elsewhere")
     shown = str(path) or "''"
     if not str(path).strip() or path.is_dir():
-        raise _fail(f"--output-file {shown}: is a directory; give a file name")
+        raise fail(f"--output-file {shown}: is a directory; give a file name")
     parent = path.parent
     if not parent.is_dir():
-        raise _fail(f"--output-file {shown}: directory {parent} does not exist")
+        raise fail(f"--output-file {shown}: directory {parent} does not exist")
     writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
     if not writable:
-        raise _fail(f"--output-file {shown}: permission denied")
+        raise fail(f"--output-file {shown}: permission denied")
 
 
 def extra_hint(extra: str) -> str:
@@ -375,27 +382,27 @@ def require_extra(extra: str, modules: Sequence[str], what: str) -> None:
 
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise _fail(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed);"
+        raise fail(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed);"
                     f" {extra_hint(extra).removeprefix(f'install the {extra!r} extra: ')}", 3)
 
 
-def _open_store(db: Path | None) -> Store:
+def open_store(db: Path | None) -> Store:
     """Open the store for a command; a --db the user typed must name a file in a directory
     that exists (only the default location is created), so a typo is an error, not a new
     empty database somewhere."""
     if db is not None and str(db) != ":memory:":
         where = db.expanduser()
         if where.is_dir():
-            raise _fail(f"--db {db}: is a directory; give the database file's path")
+            raise fail(f"--db {db}: is a directory; give the database file's path")
         if not where.parent.is_dir():
-            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+            raise fail(f"--db {db}: directory {where.parent} does not exist")
     try:
         return Store.open(db)
     except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
 
 
-def _write_out(output_file: Path | None, text: str) -> None:
+def write_out(output_file: Path | None, text: str) -> None:
     """*text* to --output-file (UTF-8) or stdout; a failure to write is one line, exit 3."""
     if output_file is None:
         sys.stdout.write(text)
@@ -403,4 +410,4 @@ def _write_out(output_file: Path | None, text: str) -> None:
     try:
         output_file.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
+        raise fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None

@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
     AllOpt,
@@ -23,16 +22,17 @@ from vncaudit.cli.common import (
     OutputFileOpt,
     OutputOpt,
     TrustedOpt,
-    _check_output_file,
-    _check_trusted,
-    _fail,
-    _open_store,
-    _write_out,
+    check_output_file,
+    check_trusted_option,
     err,
+    fail,
+    open_store,
     output_format,
     output_option,
+    write_out,
 )
-from vncaudit.cli.output import Column, _emit, fitted_table
+from vncaudit.cli.output import Column, emit, fitted_table
+from vncaudit.cli.program import app
 from vncaudit.models import ServiceResult, Severity
 from vncaudit.store import StoreError, UnknownScanError, default_db_path
 
@@ -61,14 +61,14 @@ def results(
 ) -> None:
     """List past scans, or show / export one of them in any output format."""
     if output not in OUTPUTS:
-        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+        raise fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
     if scan_id is None and output not in ("table", "json"):
-        raise _fail(f"the list of scans is printed as table or json, not {output}; give a scan "
+        raise fail(f"the list of scans is printed as table or json, not {output}; give a scan "
                     f"id to export that scan as {output}")
-    _check_trusted(trusted)
-    _check_output_file(output_file, [db])
+    check_trusted_option(trusted)
+    check_output_file(output_file, [db])
     try:
-        with _open_store(db) as store:
+        with open_store(db) as store:
             if scan_id is None:
                 records = store.list_scans(limit=limit, target=target)
                 stored: list[ServiceResult] = []
@@ -76,15 +76,15 @@ def results(
                 record = store.require_scan(scan_id)
                 stored = store.results(scan_id, include_closed=include_all)
     except StoreError as exc:
-        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+        raise fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
     if scan_id is not None:
-        _emit(record, stored, output, output_file, include_all, show_fix=show_fix,
+        emit(record, stored, output, output_file, include_all, show_fix=show_fix,
               trusted=trusted)
         return
     if output != "table":
         import json
 
-        _write_out(output_file, json.dumps([r.to_dict() for r in records], indent=2) + "\n")
+        write_out(output_file, json.dumps([r.to_dict() for r in records], indent=2) + "\n")
         return
     rows: list[list[str | Text]] = []
     for r in records:
@@ -107,7 +107,7 @@ def results(
     buffer = io.StringIO()
     Console(file=buffer, highlight=False, width=200).print(fitted_table(SCAN_LIST_COLUMNS, rows,
                                                                         200))
-    _write_out(output_file, buffer.getvalue())
+    write_out(output_file, buffer.getvalue())
 
 
 # A scan id is what the next command needs: never broken; the columns that matter least give way
@@ -139,10 +139,10 @@ def diff(
     """What changed between two scans: services that appeared, disappeared or changed."""
     as_json = output_format(output, as_json, ("table", "json")) == "json"
     try:
-        with _open_store(db) as store:
+        with open_store(db) as store:
             changes = store.diff(scan_a, scan_b)
     except StoreError as exc:
-        raise _fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
+        raise fail(str(exc), 2 if isinstance(exc, UnknownScanError) else 3) from None
     if as_json:
         import json
 

@@ -233,20 +233,20 @@ class LiveOutput:
 def check_status_file(path: Path | None, keep: Iterable[Path | str | None]) -> None:
     """--status-file: '-' (stderr), a FIFO, or a file that can be written and is none of the
     command's other files; refused before any packet."""
-    from vncaudit.cli.common import _fail
+    from vncaudit.cli.common import fail
 
     if path is None or str(path) == "-":
         return
     for other in keep:
         if other is not None and str(other) not in ("", "-") and Path(other) == path:
-            raise _fail(f"--status-file {path}: is also another file of this command; give "
+            raise fail(f"--status-file {path}: is also another file of this command; give "
                         "it its own file (or - for stderr)")
     if path.is_fifo():
         return
     if not str(path).strip() or path.is_dir():
-        raise _fail(f"--status-file {str(path) or repr('')}: is a directory; give a file name")
+        raise fail(f"--status-file {str(path) or repr('')}: is a directory; give a file name")
     if not path.parent.is_dir():
-        raise _fail(f"--status-file {path}: directory {path.parent} does not exist")
+        raise fail(f"--status-file {path}: directory {path.parent} does not exist")
     if not os.access(path if path.exists() else path.parent,
                      os.W_OK if path.exists() else os.W_OK | os.X_OK):
-        raise _fail(f"--status-file {path}: permission denied")
+        raise fail(f"--status-file {path}: permission denied")

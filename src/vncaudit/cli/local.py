@@ -20,23 +20,30 @@ from rich.text import Text
 
 from vncaudit import firewall, harden
 from vncaudit import local as local_mod
-from vncaudit.budget import Ledger, ScanGate
-from vncaudit.cli import (
-    _SEVERITY_STYLE,
-    _cell,
-    _check_not_everyone,
-    _check_output_file,
-    _fail,
-    _plain,
-    _security_summary,
-    _setup_logging,
-    _write_out,
-    app,
+from vncaudit.budget import Ledger, ScanGate, table_note
+from vncaudit.cli.common import (
+    DbOpt,
+    JsonAliasOpt,
+    RiskLockoutOpt,
+    check_not_everyone,
+    check_output_file,
     err,
+    fail,
     finite,
+    output_format,
+    output_option,
+    setup_logging,
+    write_out,
 )
-from vncaudit.cli.common import DbOpt, JsonAliasOpt, RiskLockoutOpt, output_format, output_option
-from vncaudit.cli.output import Column, fitted_table
+from vncaudit.cli.output import (
+    SEVERITY_STYLE,
+    Column,
+    fitted_table,
+    security_summary,
+    text_cell,
+)
+from vncaudit.cli.program import app
+from vncaudit.display import escape
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State, Target
 from vncaudit.store import Store, StoreError
@@ -67,13 +74,13 @@ def _ports(spec: str) -> tuple[int, ...]:
     try:
         return parse_ports(spec)
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _check_only_ports(only_port: list[int] | None) -> None:
     for port in only_port or ():
         if not 1 <= port <= 65535:
-            raise _fail(f"invalid --only-port {port}: ports are 1-65535")
+            raise fail(f"invalid --only-port {port}: ports are 1-65535")
 
 
 def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool,
@@ -103,7 +110,7 @@ def _run_audit(ports: str, only_port: list[int] | None, sniff: bool, probe: bool
                 audit = local_mod.audit(parsed, only_ports=only_port, sniff=sniff,
                                         probe_listeners=probe, timeout=timeout, ledger=ledger)
     except VncAuditError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     if unprobed is not None:
         audit = replace(audit, blind_spots=[*audit.blind_spots, unprobed])
     return audit
@@ -114,9 +121,9 @@ def _checked_db(db: Path | None) -> Path | None:
     if db is not None and str(db) != ":memory:":
         where = db.expanduser()
         if where.is_dir():
-            raise _fail(f"--db {db}: is a directory; give the database file's path")
+            raise fail(f"--db {db}: is a directory; give the database file's path")
         if not where.parent.is_dir():
-            raise _fail(f"--db {db}: directory {where.parent} does not exist")
+            raise fail(f"--db {db}: directory {where.parent} does not exist")
     return db
 
 
@@ -153,7 +160,7 @@ def local_table(audit: local_mod.LocalAudit, width: int | None = None) -> Table:
         # markup ("[/]" as a process name would crash the table, escapes reach the terminal).
         proc: Text = Text("not visible", style="dim")
         if x.process is not None:
-            proc = _cell(f"{x.process.pid} {x.process.name or '?'}")
+            proc = text_cell(f"{x.process.pid} {x.process.name or '?'}")
         auth = Text("")
         if r is not None and r.rfb is not None:
             auth = {True: Text("required"), False: Text("NONE", style="bold red"),
@@ -161,10 +168,11 @@ def local_table(audit: local_mod.LocalAudit, width: int | None = None) -> Table:
         elif r is not None:
             auth = Text(r.state.value, style="dim")
         worst = x.severity
-        risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
+        risk = Text(worst.value, style=SEVERITY_STYLE[worst]) if worst else Text("")
         rows.append([Text(bind + "\n").append_text(scope), str(x.port), proc,
-                     _cell(x.process.user or "" if x.process else ""), _cell(x.product or ""),
-                     _cell(_security_summary(r) if r is not None else ""), auth,
+                     text_cell(x.process.user or "" if x.process else ""),
+                     text_cell(x.product or ""),
+                     text_cell(security_summary(r) if r is not None else ""), auth,
                      Text.from_markup(_verdict_text(x)), risk])
     return fitted_table(LOCAL_COLUMNS, rows, width, show_lines=True)
 
@@ -193,13 +201,14 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
         out.print(f"{x.address}:{x.port}", markup=False, style="bold")
         for line in lines:
             # markup=False leaves ESC sequences from a command line or config file intact.
-            out.print(_plain(line), markup=False, soft_wrap=True)
+            out.print(escape(line), markup=False, soft_wrap=True)
     if audit.firewall is not None:
         err.print("firewall: " + "; ".join(audit.firewall.describe()), style="dim",
                   markup=False, soft_wrap=True)
     for b in audit.blind_spots:
         err.print(f"could not see: {b}", style="yellow", markup=False, soft_wrap=True)
-    err.print(f"{audit.sockets_seen} listening TCP sockets seen, {len(audit.listeners)} VNC"
+    sockets = "socket" if audit.sockets_seen == 1 else "sockets"
+    err.print(f"{audit.sockets_seen} listening TCP {sockets} seen, {len(audit.listeners)} VNC"
               + ("" if audit.root else " (not root: other users' processes are hidden)"),
               style="dim", markup=False)
 
@@ -237,13 +246,13 @@ def local_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Audit THIS machine: VNC listeners, bind addresses, processes, configs, firewall."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     output_format(output, False, ("table", "json"))
     threshold = _threshold(fail_on)
-    _check_output_file(output_file)
+    check_output_file(output_file)
     audit = _run_audit(ports, only_port, not no_sniff, not no_probe, timeout, db, risk_lockout)
     if output == "json":
-        _write_out(output_file, json.dumps(audit.to_dict(), indent=2) + "\n")
+        write_out(output_file, json.dumps(audit.to_dict(), indent=2) + "\n")
     elif output_file is None:
         _print_local(audit, Console(highlight=False))
     else:
@@ -251,7 +260,7 @@ def local_cmd(
             with output_file.open("w", encoding="utf-8") as handle:
                 _print_local(audit, Console(file=handle, highlight=False))
         except OSError as exc:
-            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
+            raise fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
     if threshold is not None and audit.worst is not None and audit.worst.rank >= threshold.rank:
         raise typer.Exit(1)
 
@@ -262,7 +271,7 @@ def _threshold(fail_on: str | None) -> Severity | None:
     try:
         return Severity(fail_on.lower())
     except ValueError:
-        raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+        raise fail(f"unknown severity {fail_on!r} for --fail-on") from None
 
 
 @app.command("harden", epilog="""Examples:
@@ -305,10 +314,10 @@ def harden_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Print the exact fix commands for this host; --apply runs the firewall part."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     as_json = output_format(output, as_json, ("table", "json")) == "json"
     if backend not in harden.BACKENDS:
-        raise _fail(f"unknown backend {backend!r}; choose {', '.join(harden.BACKENDS)}")
+        raise fail(f"unknown backend {backend!r}; choose {', '.join(harden.BACKENDS)}")
     if do_rollback:
         _rollback(backup_dir, backup, yes)
         return
@@ -316,17 +325,17 @@ def harden_cmd(
         try:
             harden.require_root("harden --apply")
         except UsageError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         if not yes and not sys.stdin.isatty():
-            raise _fail("--apply asks before changing the firewall; pass --yes when there is "
+            raise fail("--apply asks before changing the firewall; pass --yes when there is "
                         "no terminal")
     for network in allow or ():
-        _check_not_everyone(network, "--allow")
+        check_not_everyone(network, "--allow")
     audit = _run_audit(ports, only_port, True, True, timeout)
     try:
         plan = harden.build_plan(audit, allow=allow or (), backend=backend)
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
     else:
@@ -337,16 +346,16 @@ def harden_cmd(
         reason = ("nothing to apply" if not plan.firewall_commands
                   else f"--apply does not change {plan.backend}; run the commands above "
                        "yourself or pass --backend nftables|iptables")
-        raise _fail(reason)
+        raise fail(reason)
     if not yes and not typer.confirm(f"Run the {len(plan.firewall_commands)} firewall "
                                      "commands above now?", default=False, err=True):
-        raise _fail("nothing changed")
+        raise fail("nothing changed")
     try:
         report = harden.apply(plan, backup_dir=backup_dir)
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except VncAuditError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     err.print(f"applied {len(report.ran)} commands; backup: {report.backup.path}",
               markup=False, soft_wrap=True)
     for key, v in report.verdicts.items():
@@ -364,19 +373,19 @@ def _rollback(backup_dir: Path, backup_id: str | None, yes: bool) -> None:
         harden.require_root("harden --rollback")
         b = harden.load_backup(backup_dir, backup_id)
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     sys.stdout.write(f"Restoring {b.backend} rules from {b.path}:\n")
     for cmd in harden.rollback_commands(b):
         sys.stdout.write(f"     {cmd}\n")
     if not yes and (not sys.stdin.isatty() or not typer.confirm("Restore now?", default=False,
                                                                 err=True)):
-        raise _fail("nothing changed (pass --yes to restore without asking)")
+        raise fail("nothing changed (pass --yes to restore without asking)")
     try:
         diff = harden.rollback(b)
     except VncAuditError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     if diff:
-        raise _fail(f"restored, but {len(diff)} rule lines differ from the backup: "
+        raise fail(f"restored, but {len(diff)} rule lines differ from the backup: "
                     + "; ".join(diff[:3]), 3)
     err.print("restored: the rules are exactly as before --apply", markup=False)
 
@@ -412,6 +421,14 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
         open_out = seen_out is not None and seen_out.state not in SILENT_STATES
+        outside_note = table_note(seen_out) if seen_out is not None else None
+        ledger = seen_out.extra.budget if seen_out is not None else None
+        if ledger is not None and not ledger.probed and ledger.read_at is None:
+            # The ledger answered without any facts: nothing was sent, so the state it gives
+            # says nothing about the path; only a half-open SYN's answer does.
+            open_out = ledger.liveness == "open"
+            outside_state = "open" if open_out else "not probed"
+            seen_out = seen_out if open_out else None
         if over_loopback:
             verdict = _loopback_verdict(seen_out, open_out, local_only, outside_state)
         elif seen_out is None:
@@ -426,7 +443,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
             verdict = f"open inside, {outside_state} outside: the firewall (or the path) works"
         rows.append({"port": port, "inside": ", ".join(f"{y['address']}" for y in same_port),
                      "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
-                     "verdict": verdict})
+                     "outside_note": outside_note, "verdict": verdict})
     for port, r in sorted(by_port.items()):
         if port in seen or r.state in SILENT_STATES:
             continue
@@ -435,7 +452,8 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
                    "open outside, no listener seen inside: NAT/port forward, another host, or a "
                    "process hidden from this audit")
         rows.append({"port": port, "inside": "", "scope": "", "firewall": "",
-                     "outside": r.state.value, "verdict": verdict})
+                     "outside": r.state.value, "outside_note": table_note(r),
+                     "verdict": verdict})
     return sorted(rows, key=lambda d: d["port"])
 
 
@@ -511,7 +529,7 @@ def check_cmd(
 
     Exit code 1 when a port is EXPOSED (reachable from outside), else 0.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     as_json = output_format(output, as_json, ("table", "json")) == "json"
     _check_only_ports(only_port)
     _check_one_host(host)
@@ -522,7 +540,7 @@ def check_cmd(
                 raise ValueError("not a `vncaudit local -o json` document")
             listeners = local_mod.from_dict(doc)
         except ValueError as exc:
-            raise _fail(f"--inside {inside}: {exc}") from None
+            raise fail(f"--inside {inside}: {exc}") from None
     else:
         listeners = _run_audit(DEFAULT_LOCAL_PORTS, only_port, True, True, timeout, db,
                                risk_lockout).to_dict()["listeners"]
@@ -531,12 +549,12 @@ def check_cmd(
     if outside is not None:
         doc = _read_json(outside, "--outside")
         if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
-            raise _fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
+            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
                         "\"services\" list)")
         try:
             results = [ServiceResult.from_dict(d) for d in doc["services"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise _fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
+            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
                 from None
         results = [r for r in results if r.host == host or r.hostname == host]
         if only_port:
@@ -553,7 +571,7 @@ def check_cmd(
     try:
         space = build_target_space([host], tuple(sorted(scan_ports)))
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from vncaudit.engine import ScanOptions, scan_async
     from vncaudit.probe import ProbeOptions
 
@@ -562,7 +580,7 @@ def check_cmd(
     try:
         store = Store.open(_checked_db(db))
     except StoreError as exc:
-        raise _fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
+        raise fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
                     "a connection could not be counted", 3) from None
     with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
         results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
@@ -574,13 +592,13 @@ def _read_json(path: Path, option: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
+        raise fail(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise _fail(f"{option} {path}: not UTF-8 text (a JSON report was expected)") from None
+        raise fail(f"{option} {path}: not UTF-8 text (a JSON report was expected)") from None
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise _fail(f"{option} {path}: not JSON ({exc})") from None
+        raise fail(f"{option} {path}: not JSON ({exc})") from None
 
 
 def _check_one_host(host: str) -> None:
@@ -600,15 +618,24 @@ def _check_one_host(host: str) -> None:
     try:
         space = build_target_space([host], (1,))
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if len(space) > 1:
-        raise _fail(f"check takes one host, not the {len(space)} addresses of {host!r}; give "
+        raise fail(f"check takes one host, not the {len(space)} addresses of {host!r}; give "
                     "one address or host name")
 
 
 CHECK_COLUMNS = (Column("port", whole=True), Column("inside (bind)", head=True),
                  Column("firewall here", drop=1), Column("outside", whole=True),
                  Column("verdict"))
+
+
+def _verdict_cell(verdict: str, outside_note: str | None, style: str) -> Text:
+    """The verdict, and under it what the connection ledger says of the outside facts (the
+    outside column stays one word wide)."""
+    cell = Text(escape(verdict), style=style)
+    if outside_note:
+        cell.append("\noutside: " + escape(outside_note), style="dim")
+    return cell
 
 
 def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -623,9 +650,9 @@ def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
             where = [a.strip() for a in str(row["inside"]).split(",") if a.strip()]
             if row["scope"]:
                 where.append(str(row["scope"]))
-            cells.append([str(row["port"]), Text("\n".join(_plain(w) for w in where)),
-                          _cell(row["firewall"]), _cell(row["outside"]),
-                          Text(_plain(row["verdict"]), style=style)])
+            cells.append([str(row["port"]), Text("\n".join(escape(w) for w in where)),
+                          text_cell(row["firewall"]), text_cell(row["outside"]),
+                          _verdict_cell(row["verdict"], row.get("outside_note"), style)])
         console = Console(highlight=False)
         console.print(fitted_table(CHECK_COLUMNS, cells, console.width))
     if any(row["verdict"].startswith("EXPOSED") for row in rows):

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from vncaudit import __version__
-from vncaudit.cli import _fail, app
+from vncaudit.cli.common import fail
+from vncaudit.cli.program import app
 
 # What the program reads besides its options (each also named in an option's help).
 _ENVIRONMENT = (
@@ -132,4 +133,4 @@ def manpage(
     try:
         output_file.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None
+        raise fail(f"cannot write {output_file}: {exc.strerror or exc}", 3) from None

@@ -1,5 +1,5 @@
 """Terminal rendering of results: the results table, findings with their fix commands, and
-`_emit`, which writes a scan's results as a table or any `report.FORMATS` format.
+`emit`, which writes a scan's results as a table or any `report.FORMATS` format.
 
 Owns: how results look on a terminal (rich tables, severity styles, escaping of text a server
 sent). Must not: define commands, scan, grade or build report documents (that is
@@ -19,14 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from vncaudit import report
-from vncaudit.budget import table_note
-from vncaudit.cli.common import _fail, err
+from vncaudit.budget import summary_note, table_note
+from vncaudit.cli.common import err, fail
 from vncaudit.display import escape, shown
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanRecord
 
 
-def _security_summary(result: ServiceResult) -> str:
+def security_summary(result: ServiceResult) -> str:
     facts = result.rfb
     if facts is None:
         return ""
@@ -42,7 +42,7 @@ def _security_summary(result: ServiceResult) -> str:
     return text
 
 
-_SEVERITY_STYLE = {
+SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
     Severity.HIGH: "bold red",
     Severity.MEDIUM: "yellow",
@@ -63,7 +63,7 @@ def _reason_cell(text: str) -> Text:
     return Text(shown(text, 60), style="dim")
 
 
-def _cell(text: str, second: str | None = None) -> Text:
+def text_cell(text: str, second: str | None = None) -> Text:
     # Text, never markup: a desktop name such as "[bold]x" or "[/]" must print as it is.
     cell = Text(_plain(text))
     if second:
@@ -159,24 +159,24 @@ def results_table(results: list[ServiceResult], width: int | None = None) -> Tab
             if facts.framebuffer:
                 desktop += f" ({facts.framebuffer.width}x{facts.framebuffer.height})"
         worst = r.worst_severity
-        risk = Text(worst.value, style=_SEVERITY_STYLE[worst]) if worst else Text("")
+        risk = Text(worst.value, style=SEVERITY_STYLE[worst]) if worst else Text("")
         note = table_note(r)  # the ledger answered: say how old the facts are
         if note is None and r.error and r.state is not State.VNC:
             note = r.error
         elif note is None and r.rfb and r.rfb.failure_reason:
             note = r.rfb.failure_reason
-        state = _cell(r.state.value)
+        state = text_cell(r.state.value)
         if note:
             state.append("\n")
             state.append_text(_reason_cell(note))
         rows.append([
-            _cell(r.host, r.hostname),
+            text_cell(r.host, r.hostname),
             str(r.port),
             state,
-            _cell(facts.server_version or "" if facts else ""),
-            _cell(_security_summary(r)),
+            text_cell(facts.server_version or "" if facts else ""),
+            text_cell(security_summary(r)),
             auth,
-            _cell(shown(desktop, 80) if len(desktop) > 80 else desktop),
+            text_cell(shown(desktop, 80) if len(desktop) > 80 else desktop),
             risk,
         ])
     return fitted_table(RESULT_COLUMNS, rows, width)
@@ -217,7 +217,7 @@ def print_findings(
         out.print()
         out.print(head)
         for f in sorted(r.findings, key=lambda f: -f.severity.rank):
-            line = Text(f"{f.severity.value:<8} ", style=_SEVERITY_STYLE[f.severity])
+            line = Text(f"{f.severity.value:<8} ", style=SEVERITY_STYLE[f.severity])
             line.append(_plain(f.title), style="bold")
             line.append(_plain(f"  [{f.id}]"), style="dim")
             prose(line, 2)
@@ -263,7 +263,7 @@ def print_findings(
             out.print(Text("          " + _plain(where), style="cyan"), soft_wrap=True)
 
 
-def _emit(
+def emit(
     record: ScanRecord,
     results: list[ServiceResult],
     output: str,
@@ -309,7 +309,7 @@ def _emit(
             try:
                 output_file.write_text(buffer.getvalue(), encoding="utf-8")
             except OSError as exc:
-                raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
+                raise fail(f"cannot write {output_file}: {exc.strerror or exc}; the results "
                             f"are kept: vncaudit results {record.id}", 3) from None
         if not quiet:
             _summary(record, results, shown, output, output_file, exit_reason)
@@ -324,7 +324,7 @@ def _emit(
             # UTF-8 whatever the locale: the HTML page declares it, and server strings vary.
             output_file.write_text(text, encoding="utf-8")
         except OSError as exc:
-            raise _fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
+            raise fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
                         f"kept: vncaudit results {record.id} -o {output}", 3) from None
         if not quiet:
             _summary(record, results, shown, output, output_file, exit_reason)
@@ -367,11 +367,9 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
-    answered = sum(1 for r in results if r.extra.budget is not None and not r.extra.budget.probed)
-    if answered:
-        err.print(f"{answered} not re-probed: one more connection from this address would arm "
-                  "the server's blacklist; their facts are the last ones read (-o json: "
-                  "extra.budget; --risk-lockout connects anyway)", style="yellow", markup=False)
+    note = summary_note(r.extra.budget for r in results)
+    if note:
+        err.print(note, style="yellow", markup=False)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:

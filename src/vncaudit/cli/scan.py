@@ -17,7 +17,6 @@ import typer
 from typer._click.core import ParameterSource  # typer vendors click (0.29+)
 
 from vncaudit import __version__
-from vncaudit.cli import app
 from vncaudit.cli.common import (
     OUTPUTS,
     AllOpt,
@@ -31,18 +30,19 @@ from vncaudit.cli.common import (
     RiskLockoutOpt,
     StatusFileOpt,
     TrustedOpt,
-    _check_output_file,
-    _check_trusted,
-    _fail,
-    _open_store,
-    _setup_logging,
+    check_output_file,
+    check_trusted_option,
     err,
+    fail,
     finite,
     known_password,
+    open_store,
+    setup_logging,
 )
 from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
-from vncaudit.cli.scan_inputs import _check_discovery, _domain_targets, _kept_input
-from vncaudit.cli.scan_run import _progress, _sigterm_as_interrupt
+from vncaudit.cli.program import app
+from vncaudit.cli.scan_inputs import check_discovery, domain_targets, kept_input
+from vncaudit.cli.scan_run import scan_progress, sigterm_as_interrupt
 from vncaudit.discovery import Mode
 from vncaudit.engine import DEFAULT_CONCURRENCY
 from vncaudit.engine import Progress as EngineProgress
@@ -266,21 +266,21 @@ def scan(
     """`vncaudit scan`: one parameter per option (typer reads the options from this
     signature, so it is as long as the option list); the body checks what was typed in the
     order a user meets the errors, builds the `ScanSpec` and hands it to the runner."""
-    _setup_logging(-1 if quiet else verbose)
+    setup_logging(-1 if quiet else verbose)
     threshold = _report_checks(output, trusted, fail_on)
     cluster_spec = _cluster_spec(workers, cluster, verbose)
     if resume is None:
-        _check_discovery(discovery_mode)
+        check_discovery(discovery_mode)
     if resolver is not None and not domain:
-        raise _fail("--resolver is the DNS server of --domain; add --domain (host names "
+        raise fail("--resolver is the DNS server of --domain; add --domain (host names "
                     "given as targets use the system resolver)")
     if resume is not None:
         if targets or domain or input_list or nmap_xml or masscan:
-            raise _fail("--resume takes no targets: it continues the stored scan as it was")
+            raise fail("--resume takes no targets: it continues the stored scan as it was")
         _refuse_settings(ctx, resume)
     # Everything the user typed is checked before the store gets a scan record: a bad
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
-    _check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
+    check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
                                      *(masscan or ()), *(exclude_file or ())])
     check_status_file(status_file, [output_file, db, wordlist, *(input_list or ())])
     password = known_password(password, password_file)
@@ -302,8 +302,8 @@ def scan(
                                     max_attempts, show_passwords, active_checks, output_file))
             words = read_wordlist(wordlist) if wordlist is not None else None
         except UsageError as exc:
-            raise _fail(str(exc)) from None
-    with _open_store(db) as store:
+            raise fail(str(exc)) from None
+    with open_store(db) as store:
         stored = _open_scan(store, resume, draft, password, words)
         live = _live(stored, output, output_file, include_all, status_file,
                      resumed=resume is not None)
@@ -317,10 +317,10 @@ def scan(
     if threshold is not None and failing:
         reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
                   f"{threshold.value} or worse (--fail-on {threshold.value})")
-    from vncaudit.cli.output import _emit  # rich and the report: after the scan, not before
+    from vncaudit.cli.output import emit  # rich and the report: after the scan, not before
 
     # -o jsonl went out line by line while the scan ran: only the summary is left.
-    _emit(record, results, output, output_file, include_all, show_fix=show_fix,
+    emit(record, results, output, output_file, include_all, show_fix=show_fix,
           trusted=trusted, exit_reason=reason, quiet=quiet, written=output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
@@ -333,14 +333,14 @@ def _names(paths: list[Path] | None) -> tuple[str, ...]:
 def _report_checks(output: str, trusted: str | None, fail_on: str | None) -> Severity | None:
     """-o, --trusted and --fail-on, checked first; returns the --fail-on threshold."""
     if output not in OUTPUTS:
-        raise _fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
-    _check_trusted(trusted)
+        raise fail(f"unknown output format {output!r}; choose one of {', '.join(OUTPUTS)}")
+    check_trusted_option(trusted)
     if fail_on is None:
         return None
     try:
         return Severity(fail_on.lower())
     except ValueError:
-        raise _fail(f"unknown severity {fail_on!r} for --fail-on") from None
+        raise fail(f"unknown severity {fail_on!r} for --fail-on") from None
 
 
 def _cluster_spec(workers: int | None, address: str | None, verbose: int) -> ClusterSpec | None:
@@ -352,7 +352,7 @@ def _cluster_spec(workers: int | None, address: str | None, verbose: int) -> Clu
         dask_level = logging.WARNING if verbose else logging.CRITICAL
         return ClusterSpec(workers=workers, address=address, silence_logs=dask_level)
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _refuse_settings(ctx: typer.Context, scan_id: str) -> None:
@@ -365,7 +365,7 @@ def _refuse_settings(ctx: typer.Context, scan_id: str) -> None:
         # As typed: --no-web, not --web, when the flag's off side was given.
         flags = ", ".join(p.secondary_opts[0] if p.secondary_opts and ctx.params[p.name or ""]
                           is False else max(p.opts, key=len) for p in given)
-        raise _fail(f"--resume continues scan {scan_id} with the settings it was started "
+        raise fail(f"--resume continues scan {scan_id} with the settings it was started "
                     f"with; leave out {flags}")
 
 
@@ -404,13 +404,13 @@ def _open_scan(store: Store, resume: str | None, draft: ScanSpec | None,
         assert draft is not None
         spec, labels = draft, {}
         if draft.domains:
-            names, resolved, found = _domain_targets(list(draft.domains), draft.resolver)
+            names, resolved, found = domain_targets(list(draft.domains), draft.resolver)
             spec = replace(spec, expressions=(*spec.expressions, *names),
                            resolved=tuple((n, tuple(a)) for n, a in resolved.items()))
             labels = {"discovery": found}
 
         def keep(given: tuple[str, ...]) -> tuple[str, ...]:
-            kept = tuple(_kept_input(p, store) for p in given)
+            kept = tuple(kept_input(p, store) for p in given)
             copies.update((k, p) for k, p in zip(kept, given, strict=True) if k != p)
             return kept
 
@@ -422,9 +422,9 @@ def _open_scan(store: Store, resume: str | None, draft: ScanSpec | None,
         message = str(exc)
         for copy, given_name in copies.items():  # name the input as the user gave it
             message = message.replace(copy, given_name)
-        raise _fail(message) from None
+        raise fail(message) from None
     except (NetworkError, StoreError) as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
 
 
 def _live(stored: StoredScan, output: str, output_file: Path | None, include_all: bool,
@@ -438,7 +438,7 @@ def _live(stored: StoredScan, output: str, output_file: Path | None, include_all
             live.resumed(stored.store.results(stored.scan_id, include_closed=include_all))
     except StreamWriteError as exc:
         stored.store.finish_scan(stored.scan_id, "interrupted")
-        raise _fail(f"{exc}; resume with: vncaudit scan --resume {stored.scan_id}", 3) from None
+        raise fail(f"{exc}; resume with: vncaudit scan --resume {stored.scan_id}", 3) from None
     return live
 
 
@@ -455,22 +455,22 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
         return stored.store.results(stored.scan_id, include_closed=live.include_all)
 
     try:
-        with _sigterm_as_interrupt(terminated), _progress(state, show) as update:
+        with sigterm_as_interrupt(terminated), scan_progress(state, show) as update:
             record = stored.run(on_result=live.chain(update), progress=state,
                                 cluster=cluster_spec)
     except KeyboardInterrupt:
         live.end("interrupted", stored_results())
         how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
-        raise _fail(f"{how}; {state.done} ports recorded. Resume with: "
+        raise fail(f"{how}; {state.done} ports recorded. Resume with: "
                     f"vncaudit scan --resume {stored.scan_id}", code) from None
     except StreamWriteError as exc:
         live.end("interrupted", stored_results())
-        raise _fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
+        raise fail(f"{exc}; the results are kept. Resume with: vncaudit scan --resume "
                     f"{stored.scan_id}", 3) from None
     except VncAuditError as exc:
         live.end("failed", stored_results())
         _shards_line(stored, quiet)
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     _shards_line(stored, quiet)
     return record
 

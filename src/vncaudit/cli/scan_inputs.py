@@ -13,31 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from vncaudit.cli.common import (
-    _fail,
     err,
+    fail,
 )
 from vncaudit.display import escape
 from vncaudit.exceptions import UsageError
 from vncaudit.store import Store
 
 
-def _check_discovery(mode: str) -> None:
+def check_discovery(mode: str) -> None:
     """--discovery: a known mode, and raw-socket rights for syn (exit 2 before any packet)."""
     from vncaudit import discovery
 
     if mode not in tuple(discovery.Mode):
-        raise _fail(f"unknown --discovery {mode!r}; use connect or syn")
+        raise fail(f"unknown --discovery {mode!r}; use connect or syn")
     if mode == discovery.Mode.SYN:
         try:
             discovery.check_syn_allowed()
         except UsageError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
 
 
 _MAX_STREAM_INPUT = 64 * 1024 * 1024  # bytes of an -iL/--nmap-xml/--masscan stream kept
 
 
-def _kept_input(name: str, store: Store) -> str:
+def kept_input(name: str, store: Store) -> str:
     """An input file that cannot be read twice (`-` for stdin, a pipe, `<(cmd)`, /dev/stdin) is
     copied next to the store first, and the copy is what the scan records: --resume must see
     the same targets in the same order, and the masscan reader looks at a file twice."""
@@ -86,7 +86,7 @@ def _kept_input(name: str, store: Store) -> str:
     return str(final)
 
 
-def _domain_targets(
+def domain_targets(
     domains: list[str], resolver: str | None
 ) -> tuple[list[str], dict[str, list[str]], list[dict[str, Any]]]:
     """Discover each domain's hosts: their names, the addresses each resolved to, and the

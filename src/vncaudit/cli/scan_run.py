@@ -2,8 +2,7 @@
 and SIGTERM handled like Ctrl-C so the resume command is printed.
 
 Owns: what a terminal shows while a scan runs. Must not: define commands, parse options, run
-the scan (`vncaudit.runner`) or render results. `_progress_bar` is looked up through
-`vncaudit.cli`, so patching it there works.
+the scan (`vncaudit.runner`) or render results.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from vncaudit import cli as _cli
 from vncaudit.cli.common import err
 from vncaudit.discovery import SynCounters
 from vncaudit.engine import Progress as EngineProgress
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-def _progress_bar(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -53,7 +51,7 @@ def _progress_bar(console: Console) -> Progress:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
+def sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
     """While a scan runs, SIGTERM (kill, systemd, timeout(1)) stops it the way Ctrl-C does:
     what is done is stored, the scan is marked interrupted and the resume command printed,
     instead of dying with the scan left "running". A handler someone else set is kept."""
@@ -74,7 +72,7 @@ def _sigterm_as_interrupt(seen: list[int]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress(state: EngineProgress,
+def scan_progress(state: EngineProgress,
               show: bool | Callable[[], bool]) -> Iterator[Callable[[ServiceResult], None]]:
     """The progress bar while a scan runs (when `show`, or what it returns): redrawn from
     `state` ten times a second by a thread of its own (so SYN marks, which come in bulk and
@@ -125,9 +123,7 @@ class _Bar:
         if not self.decided:
             self.decided = True
             if self.show() if callable(self.show) else self.show:
-                # Looked up through the package: a patch of `vncaudit.cli._progress_bar`
-                # takes effect.
-                self.bar = _cli._progress_bar(err)
+                self.bar = progress_bar(err)
                 self.bar.start()
                 self.task = self.bar.add_task("scan", total=self.state.total, rate=0.0, vnc=0,
                                               syn="")
@@ -136,7 +132,7 @@ class _Bar:
         state = self.state
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.bar.update(self.task, completed=state.done, rate=state.done / elapsed,
-                        vnc=state.vnc, syn=_syn_rate(state.syn))
+                        vnc=state.vnc, syn=syn_progress(state.syn))
 
     def finish(self) -> None:
         """The last state, the real total (a scan shorter than START gets it too)."""
@@ -149,12 +145,25 @@ def _ignore(result: ServiceResult) -> None:
     del result
 
 
-def _syn_rate(counters: SynCounters | None) -> str:
-    """The progress bar's SYN column: the rate over the last second, while SYNs go out."""
+def _per_second(rate: float) -> str:
+    return f"{rate / 1000:,.0f}k" if rate >= 10_000 else f"{rate:,.0f}"
+
+
+def syn_progress(counters: SynCounters | None, now: float | None = None) -> str:
+    """The progress bar's SYN column while SYNs go out: the rate over the last second, the cap
+    beside it when the machine sends slower than asked, and the packets the kernel refused
+    (sent again) or the interface dropped, once there are any."""
     if counters is None:
         return ""
-    rate = counters.recent_rate()
-    return f"SYN {rate / 1000:,.0f}k/s" if rate >= 10_000 else f"SYN {rate:,.0f}/s"
+    rate = counters.recent_rate(now)
+    text = f"SYN {_per_second(rate)}/s"
+    if 0 < rate < 0.9 * counters.asked:
+        text += f" (cap {_per_second(counters.asked)})"
+    if counters.refused:
+        text += f", {counters.refused:,} refused"
+    if counters.dropped:
+        text += f", {counters.dropped:,} dropped"
+    return text
 
 
 def syn_summary(counters: SynCounters) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from vncaudit.cli import app
+from vncaudit.cli.program import app
 
 
 @app.command(epilog="""Examples:

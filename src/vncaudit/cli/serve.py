@@ -19,8 +19,8 @@ from typing import Annotated
 
 import typer
 
-from vncaudit.cli import DbOpt, _fail, _setup_logging, app, finite
-from vncaudit.cli.common import require_extra
+from vncaudit.cli.common import DbOpt, fail, finite, require_extra, setup_logging
+from vncaudit.cli.program import app
 
 
 @app.command(epilog="""Examples:
@@ -132,7 +132,7 @@ def serve(
 ) -> None:
     """Run the web service: a check form, live progress, results with fix commands, history,
     and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics)."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     require_extra("web", ("fastapi", "uvicorn", "multipart", "prometheus_client"),
                   "vncaudit serve")
     from vncaudit.web.settings import Settings, hash_token, tokens_from
@@ -144,7 +144,7 @@ def serve(
         typer.echo(f"hash:  {hash_token(token)}   # put this line in the --token-file")
         return
     if not 1 <= port <= 65535:
-        raise _fail(f"invalid --port {port}: must be 1-65535")
+        raise fail(f"invalid --port {port}: must be 1-65535")
     overrides: dict[str, object] = {}
     if db is not None:
         overrides["db_path"] = str(db)
@@ -177,18 +177,18 @@ def serve(
         if not settings.allowed_hosts:
             settings = settings.with_changes(allowed_hosts=default_hosts(host))
     except OSError as exc:
-        raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+        raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
-        raise _fail(f"bad settings: {exc}") from None
+        raise fail(f"bad settings: {exc}") from None
     _check_tls(settings.tls_cert, settings.tls_key)
     _check_access_log(settings.access_log)
     if settings.monitors:
         from vncaudit.watch import ConfigError, load
 
         try:
-            load(settings.monitors)  # a mistake is one line now, not a failed start-up
+            load(settings.monitors)  # checked here: a mistake is one line, not a failed start-up
         except ConfigError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         _check_runner_lock(settings.db_path)
 
     import uvicorn
@@ -254,10 +254,10 @@ def _check_tls(cert: str, key: str) -> None:
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
-        raise _fail(f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and "
+        raise fail(f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and "
                     f"its private key ({exc.reason or exc})") from None
     except OSError as exc:
-        raise _fail(f"--tls-cert/--tls-key: cannot read {exc.filename or cert}: "
+        raise fail(f"--tls-cert/--tls-key: cannot read {exc.filename or cert}: "
                     f"{exc.strerror}") from None
 
 
@@ -268,7 +268,7 @@ def _check_access_log(target: str) -> None:
         with open(target, "a", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise _fail(f"access log {target}: {exc.strerror or exc}") from None
+        raise fail(f"access log {target}: {exc.strerror or exc}") from None
 
 
 def _check_runner_lock(db_path: str) -> None:
@@ -280,7 +280,7 @@ def _check_runner_lock(db_path: str) -> None:
     try:
         lock.acquire()
     except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     lock.release()
 
 
@@ -289,13 +289,13 @@ def _token_lines(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise _fail(f"--token-file {path}: not UTF-8 text") from None
+        raise fail(f"--token-file {path}: not UTF-8 text") from None
     for number, line in enumerate(lines, 1):
         entry = line.split("#", 1)[0].strip()
         if entry and not re.fullmatch(r"sha256:[0-9a-f]{64}", entry):
             hint = (" (that is a token itself: the file holds its hash line, as printed by "
                      "--new-token)" if entry.startswith("vnca_") else "")
-            raise _fail(f"--token-file {path}:{number}: not a token hash "
+            raise fail(f"--token-file {path}:{number}: not a token hash "
                         f"(sha256:<64 hex digits>){hint}")
     return lines
 
@@ -308,7 +308,7 @@ def _listen(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except (socket.gaierror, UnicodeError) as exc:
         why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise _fail(f"invalid --host {host!r}: {why}") from None
+        raise fail(f"invalid --host {host!r}: {why}") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -320,6 +320,6 @@ def _listen(host: str, port: int) -> socket.socket:
                 errno.EADDRINUSE: " (another process listens there; choose another --port)",
                 errno.EADDRNOTAVAIL: " (no interface of this machine has that address)",
                 }.get(exc.errno or 0, "")
-        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", 3) from None
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", 3) from None
     sock.set_inheritable(True)
     return sock

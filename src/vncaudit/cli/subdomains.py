@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vncaudit.cli import app
-from vncaudit.cli.common import JsonAliasOpt, _fail, err, finite, output_format, output_option
-from vncaudit.cli.output import _cell
+from vncaudit.cli.common import JsonAliasOpt, err, fail, finite, output_format, output_option
+from vncaudit.cli.output import text_cell
+from vncaudit.cli.program import app
 from vncaudit.exceptions import NetworkError, UsageError
 
 
@@ -73,9 +73,9 @@ def subdomains(
             axfr_port=axfr_port,
         )
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except NetworkError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     if as_json:
         sys.stdout.write(json.dumps(found.to_dict(), indent=2) + "\n")
         return
@@ -85,8 +85,8 @@ def subdomains(
         table.add_column(col, overflow="fold")
     for host in found.hosts:
         # Names come from the zone's servers (AXFR): "[/]x" is a valid label, not markup.
-        table.add_row(_cell(host.name), "\n".join(host.addresses) or "[dim](none)[/]",
-                      _cell(" -> ".join(host.cnames)), ", ".join(host.sources))
+        table.add_row(text_cell(host.name), "\n".join(host.addresses) or "[dim](none)[/]",
+                      text_cell(" -> ".join(host.cnames)), ", ".join(host.sources))
     out.print(table)
     if found.wildcard is not None:
         out.print(f"wildcard DNS: random names resolve to {', '.join(found.wildcard)}; "

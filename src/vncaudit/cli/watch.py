@@ -19,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from vncaudit.cli import app
-from vncaudit.cli.common import DbOpt, _fail, _open_store, _setup_logging, err, finite
+from vncaudit.cli.common import DbOpt, err, fail, finite, open_store, setup_logging
+from vncaudit.cli.program import app
 from vncaudit.exceptions import UsageError, VncAuditError
 from vncaudit.store import StoreError
 
@@ -54,7 +54,7 @@ def _duration(value: str | None, option: str) -> float | None:
     try:
         return parse_duration(value, option)
     except ScheduleError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _config_from_options(
@@ -73,7 +73,7 @@ def _config_from_options(
 
     if every is None and cron is None:
         if not once:
-            raise _fail("give a schedule: --every 6h (or --cron '0 */6 * * *'), or --once "
+            raise fail("give a schedule: --every 6h (or --cron '0 */6 * * *'), or --once "
                         "for one cycle")
         every = "1d"  # only recorded, for the monitors page: a timer runs --once
     schedule = Schedule.parse(every=every, cron=cron)
@@ -91,15 +91,15 @@ def _config_from_options(
                                            secret.encode() if secret else None))
     if emails:
         if smtp is None:
-            raise _fail("--email needs --smtp HOST[:PORT] (the mail server that sends it)")
+            raise fail("--email needs --smtp HOST[:PORT] (the mail server that sends it)")
         if smtp_security not in cfg.SMTP_SECURITY:
-            raise _fail(f"--smtp-security must be one of {', '.join(cfg.SMTP_SECURITY)}")
+            raise fail(f"--smtp-security must be one of {', '.join(cfg.SMTP_SECURITY)}")
         host, port = cfg.parse_smtp_address(smtp)
         password = (cfg.read_secret(smtp_password_file, "--smtp-password-file")
                     if smtp_password_file is not None
                     else os.environ.get(cfg.SMTP_PASSWORD_ENV) or None)
         if password and not smtp_user:
-            raise _fail("an SMTP password needs --smtp-user")
+            raise fail("an SMTP password needs --smtp-user")
         sender = cfg.check_email(smtp_from or "vncaudit@localhost", "--smtp-from")
         settings = cfg.SmtpSettings(host=host, port=port or cfg.default_smtp_port(smtp_security),
                                     security=smtp_security, username=smtp_user,
@@ -108,7 +108,7 @@ def _config_from_options(
             to = cfg.check_email(address, "--email")
             channels.append(cfg.EmailChannel(f"email:{to}", to, settings))
     elif smtp is not None:
-        raise _fail("--smtp is the server for --email; add --email ADDRESS")
+        raise fail("--smtp is the server for --email; add --email ADDRESS")
     if stdout or (stdout is None and not channels):
         channels.append(cfg.StdoutChannel())
     monitor = cfg.Monitor(
@@ -242,22 +242,22 @@ def watch(
 
     Each cycle is a stored scan, compared with the monitor's previous one.
     Runs in the foreground; --once runs one cycle and exits (cron, timers)."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from vncaudit.watch import config as cfg
 
     given = [targets, exclude, webhook, email, smtp, every, cron, name, remind_every]
     try:
         if config is not None:
             if any(given):
-                raise _fail("--config holds the monitors: give targets, schedule and "
+                raise fail("--config holds the monitors: give targets, schedule and "
                             "channels there, not on the command line")
             watch_config = cfg.load(config)
         elif not targets:
-            raise _fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
+            raise fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
                         "6h) or --config monitors.toml")
         else:
             if discovery not in cfg.DISCOVERY_MODES:
-                raise _fail(f"unknown discovery mode {discovery!r}; use connect or syn")
+                raise fail(f"unknown discovery mode {discovery!r}; use connect or syn")
             watch_config = _config_from_options(
                 targets, ports, every, cron, once, name, exclude or [], alerts, remind_every,
                 webhook or [], webhook_secret_file, email or [], smtp, smtp_security,
@@ -269,9 +269,9 @@ def watch(
             try:
                 target_space(monitor)
             except UsageError as exc:
-                raise _fail(f"monitor {monitor.name}: {exc}") from None
+                raise fail(f"monitor {monitor.name}: {exc}") from None
     except UsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
                        if isinstance(c, cfg.WebhookChannel) and c.secret is None})
     if unsigned:
@@ -280,10 +280,10 @@ def watch(
                   markup=False, soft_wrap=True)
     if watch_config.db is not None and db is None:
         db = Path(watch_config.db)
-    store = _open_store(db)
+    store = open_store(db)
     with store:
         if store.path is None:
-            raise _fail("watch needs a database file (--db FILE), not :memory:")
+            raise fail("watch needs a database file (--db FILE), not :memory:")
         _run(store, watch_config, once, deliver_for)
 
 
@@ -303,7 +303,7 @@ def _run(store: Any, watch_config: Any, once: bool, deliver_for: float) -> None:
     try:
         watcher.start()
     except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -328,7 +328,7 @@ def _run(store: Any, watch_config: Any, once: bool, deliver_for: float) -> None:
     except asyncio.CancelledError:
         _status(_event("vncaudit watch stopped; undelivered alerts stay queued in the store"))
     except VncAuditError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     finally:
         watcher.stop()
 
@@ -363,9 +363,9 @@ def alerts(
     from vncaudit.watch.records import MonitorDb
 
     if output not in ("table", "json"):
-        raise _fail(f"alerts are printed as table or json, not {output}")
+        raise fail(f"alerts are printed as table or json, not {output}")
     try:
-        with _open_store(db) as store:
+        with open_store(db) as store:
             records = MonitorDb(store)
             if retry_failed:
                 count = records.retry_failed(monitor)
@@ -373,7 +373,7 @@ def alerts(
                 return
             found = records.alerts(monitor, limit)
     except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     if output == "json":
         doc = [{**r.alert.to_dict(), "text": r.alert.text,
                 "deliveries": [d.to_dict() for d in r.deliveries]} for r in found]
@@ -424,14 +424,14 @@ def prune(
     from vncaudit.watch.prune import prune as run_prune
 
     if output not in ("table", "json"):
-        raise _fail(f"prune prints table or json, not {output}")
+        raise fail(f"prune prints table or json, not {output}")
     seconds = _duration(older_than, "--older-than")
     assert seconds is not None
     try:
-        with _open_store(db) as store:
+        with open_store(db) as store:
             report = run_prune(store, seconds, dry_run=dry_run)
     except StoreError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     if output == "json":
         sys.stdout.write(json.dumps({**report.to_dict(), "dry_run": dry_run}) + "\n")
         return

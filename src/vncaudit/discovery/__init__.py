@@ -178,8 +178,11 @@ def rate_burst(rate: float) -> int:
     return max(1, int(rate * RATE_BURST_SECONDS))
 
 
-class _Pacer:
-    """The connect sweep's rate cap: at most `burst` + rate × t starts in any t seconds."""
+class Pacer:
+    """The connect sweep's rate cap: at most `burst` + rate × t SYNs in any t seconds, by the
+    moments they leave. A start is let through on the clock read just before it (`ready`),
+    and the bucket gains nothing until the clock read just after it (`sent`): the thread can
+    be descheduled between the two, and a SYN let out late must not count as sent early."""
 
     def __init__(self, rate: float | None, now: float) -> None:
         self.rate = rate
@@ -190,13 +193,20 @@ class _Pacer:
     def allowed(self, now: float) -> int:
         if not self.rate:
             return 1 << 30
-        self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
-        self.last = now
+        if now > self.last:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
+            self.last = now
         return int(self.tokens)
 
-    def spend(self) -> None:
+    def ready(self, now: float) -> bool:
+        """A token is there at `now` (taken by `sent`)."""
+        return not self.rate or self.allowed(now) >= 1
+
+    def sent(self, after: float) -> None:
+        """One start went out at some moment up to `after`."""
         if self.rate:
             self.tokens -= 1
+            self.last = max(self.last, after)
 
     def next_at(self) -> float:
         """When the next start is allowed."""
@@ -204,7 +214,7 @@ class _Pacer:
         return self.last + max(0.0, 1 - self.tokens) / self.rate
 
 
-class _Sweep:
+class BaseSweep:
     """What both sweeps share: the target source, retries queue, expiry window and pacing."""
 
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:
@@ -285,7 +295,7 @@ def _literal_family(host: str) -> socket.AddressFamily | None:
     return family
 
 
-class ConnectSweep(_Sweep):
+class ConnectSweep(BaseSweep):
     """Non-blocking connects, watched by writer callbacks; at most `sink.room()` in flight."""
 
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:
@@ -296,19 +306,20 @@ class ConnectSweep(_Sweep):
 
     async def run(self) -> SweepStats:
         loop = asyncio.get_running_loop()
-        pacer = _Pacer(self.options.rate, loop.time())
+        pacer = Pacer(self.options.rate, loop.time())
         try:
             while True:
                 now = loop.time()
                 expired_all = self._expire(now)
                 room = min(self.sink.room() - len(self.inflight), pacer.allowed(now))
                 batch = min(room, TURN_BATCH)
-                while batch > 0:
+                clock = loop.time
+                while batch > 0 and pacer.ready(clock()):
                     item = self.next_target()
                     if item is None:
                         break
-                    pacer.spend()
                     batch -= self._start(loop, *item)
+                    pacer.sent(clock())
                 if self.exhausted and not self.retry and not self.inflight:
                     return self.stats
                 if self.stalled_until > now:

@@ -5,7 +5,7 @@ names through a pool of `concurrency` workers), dropping wordlist names that ans
 wildcard, skipping names a complete transfer answered, progress callbacks, and the sorted
 `DiscoveryResult`.
 
-Must not: send DNS messages itself (every message goes through `query._Dns`), probe VNC, print,
+Must not: send DNS messages itself (every message goes through `query.DnsSender`), probe VNC, print,
 or import anything of the package but `exceptions`.
 """
 
@@ -14,21 +14,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import dns.name
 
 from vncaudit.subdomains.axfr import (
     MAX_AXFR_TARGETS,
-    _Zone,
+    Zone,
     skip_after_transfer,
     transfer,
     zone_hosts,
 )
-from vncaudit.subdomains.lookup import _Discovery
-from vncaudit.subdomains.names import _err, _format_server, normalize_domain, parse_resolver
-from vncaudit.subdomains.query import _check_limits, _Dns, _Errors, _system_servers
+from vncaudit.subdomains.lookup import Discovery
+from vncaudit.subdomains.names import fail, format_server, normalize_domain, parse_resolver
+from vncaudit.subdomains.query import DnsSender, ErrorLines, check_limits, system_servers
 from vncaudit.subdomains.results import (
     SOURCE_APEX,
     SOURCE_NS,
@@ -37,7 +38,7 @@ from vncaudit.subdomains.results import (
     DiscoveryResult,
     FoundHost,
 )
-from vncaudit.subdomains.wordlist import _candidate, builtin_wordlist, wildcard
+from vncaudit.subdomains.wordlist import builtin_wordlist, candidate_name, wildcard
 
 log = logging.getLogger(__name__)
 
@@ -76,57 +77,117 @@ async def discover(
     after each wordlist name.
     """
     name = normalize_domain(domain)
-    _check_limits(concurrency, rate, timeout, retries)
+    check_limits(concurrency, rate, timeout, retries)
     if not 1 <= axfr_port <= 65535:
-        raise _err(f"invalid AXFR port {axfr_port}: must be 1-65535")
-    entries: list[str] = list(builtin_wordlist()) if builtin else []
-    if wordlist is not None:
-        if isinstance(wordlist, str):
-            raise _err("wordlist must be a list of labels, not one string")
-        entries += list(wordlist)
-    candidates = list(dict.fromkeys(c for e in entries if (c := _candidate(e, name))))
-    servers = [parse_resolver(resolver)] if resolver is not None else _system_servers()
-    shown = ", ".join(_format_server(ip, port) for ip, port in servers)
+        raise fail(f"invalid AXFR port {axfr_port}: must be 1-65535")
+    candidates = _candidates(name, wordlist, builtin)
+    servers = [parse_resolver(resolver)] if resolver is not None else system_servers()
+    shown = ", ".join(format_server(ip, port) for ip, port in servers)
     if resolver is None:
         shown = f"system ({shown})"
 
-    errors = _Errors()
-    run = _Discovery(name, _Dns(servers, concurrency, rate, timeout, retries), axfr_port, errors)
+    errors = ErrorLines()
+    sender = DnsSender(servers, concurrency, rate, timeout, retries)
+    run = Discovery(name, sender, axfr_port, errors)
     log.info("discovering hosts of %s via %s: %d wordlist names, AXFR %s", name, shown,
              len(candidates), "on" if axfr else "off")
     ns_names = await run.apex_ns()
     if not ns_names:
         errors.add(f"{name} has no NS records (not a zone apex): no zone transfer tried")
+    transfers, (wild_addresses, wild_targets), _ = await asyncio.gather(
+        _transfers(run, ns_names, axfr), wildcard(run), run.apex())
+    wild = _Wildcard(frozenset(wild_addresses), frozenset(wild_targets))
 
-    async def transfers() -> tuple[_Zone, dict[str, str]]:
-        zone = _Zone()
-        statuses: dict[str, str] = {}
-        # NS names are resolved even without AXFR: in-domain ones are hosts (source "ns").
-        ns_addresses = await run.ns_addresses(ns_names)
-        if not axfr:
-            return zone, statuses
-        attempts: list[tuple[str, str]] = []
-        for ns, addresses in ns_addresses.items():
-            if not addresses:
-                statuses[ns] = AxfrStatus.NO_ADDRESS
-                errors.add(f"AXFR {ns}: the NS name has no address")
-            attempts += [(ns, a) for a in addresses]
-        if len(attempts) > MAX_AXFR_TARGETS:
-            errors.add(f"{len(attempts)} NS addresses: zone transfer tried on the first "
-                       f"{MAX_AXFR_TARGETS} only")
-            attempts = attempts[:MAX_AXFR_TARGETS]
-        results = await asyncio.gather(*(transfer(run, ns, a, zone) for ns, a in attempts))
-        statuses.update({f"{ns}@{a}": s for (ns, a), s in zip(attempts, results, strict=True)})
-        await zone_hosts(run, zone)
-        return zone, statuses
-
-    (zone, statuses), (wild_addresses, wild_targets), _ = await asyncio.gather(
-        transfers(), wildcard(run), run.apex())
-
-    todo = [c for c in candidates if not skip_after_transfer(zone, dns.name.from_text(c))]
+    todo = [c for c in candidates
+            if not skip_after_transfer(transfers.zone, dns.name.from_text(c))]
     if len(todo) < len(candidates):
         log.info("zone transfer answered %d wordlist names; not asked again",
                  len(candidates) - len(todo))
+    dropped = await _ask_wordlist(run, todo, concurrency, wild, progress)
+
+    hosts = tuple(
+        FoundHost(h.name, h.addresses, h.cnames, tuple(sorted(h.sources, key=_source_key)))
+        for h in sorted(run.hosts.values(), key=lambda h: _name_key(h.name)))
+    log.info("%s: %d hosts, %d queries, %d wildcard-like names dropped", name, len(hosts),
+             run.dns.queries, dropped)
+    return DiscoveryResult(
+        domain=name,
+        hosts=hosts,
+        wildcard=(tuple(sorted(wild.addresses, key=_address_key))
+                  if wild.addresses or wild.targets else None),
+        axfr=transfers.statuses,
+        queries=run.dns.queries,
+        errors=errors.result(),
+        resolver=shown,
+        wildcard_cnames=tuple(sorted(wild.targets)),
+        wildcard_dropped=dropped,
+    )
+
+
+def _candidates(domain: str, wordlist: Iterable[str] | None, builtin: bool) -> list[str]:
+    """The wordlist's names in the domain, once each, in order: the built-in labels (unless
+    *builtin* is False), then *wordlist*."""
+    entries: list[str] = list(builtin_wordlist()) if builtin else []
+    if wordlist is not None:
+        if isinstance(wordlist, str):
+            raise fail("wordlist must be a list of labels, not one string")
+        entries += list(wordlist)
+    return list(dict.fromkeys(c for e in entries if (c := candidate_name(e, domain))))
+
+
+@dataclass(frozen=True)
+class _Transfers:
+    """The zone merged from every transfer, and each attempt's status by "ns@address" (or by
+    NS name when it has no address)."""
+
+    zone: Zone
+    statuses: dict[str, str]
+
+
+async def _transfers(run: Discovery, ns_names: list[dns.name.Name], axfr: bool) -> _Transfers:
+    """Resolve the NS names, then (when *axfr*) try a zone transfer from each address, at
+    most MAX_AXFR_TARGETS of them, all at once."""
+    zone = Zone()
+    statuses: dict[str, str] = {}
+    # NS names are resolved even without AXFR: in-domain ones are hosts (source "ns").
+    ns_addresses = await run.ns_addresses(ns_names)
+    if not axfr:
+        return _Transfers(zone, statuses)
+    attempts: list[tuple[str, str]] = []
+    for ns, addresses in ns_addresses.items():
+        if not addresses:
+            statuses[ns] = AxfrStatus.NO_ADDRESS
+            run.errors.add(f"AXFR {ns}: the NS name has no address")
+        attempts += [(ns, a) for a in addresses]
+    if len(attempts) > MAX_AXFR_TARGETS:
+        run.errors.add(f"{len(attempts)} NS addresses: zone transfer tried on the first "
+                       f"{MAX_AXFR_TARGETS} only")
+        attempts = attempts[:MAX_AXFR_TARGETS]
+    results = await asyncio.gather(*(transfer(run, ns, a, zone) for ns, a in attempts))
+    statuses.update({f"{ns}@{a}": s for (ns, a), s in zip(attempts, results, strict=True)})
+    await zone_hosts(run, zone)
+    return _Transfers(zone, statuses)
+
+
+@dataclass(frozen=True)
+class _Wildcard:
+    """What random labels resolve to: addresses and first CNAME targets (both empty: no
+    wildcard)."""
+
+    addresses: frozenset[str]
+    targets: frozenset[str]
+
+    def answers_like(self, addresses: Iterable[str], cnames: Sequence[str]) -> bool:
+        """Whether an answer is indistinguishable from the wildcard's."""
+        found = set(addresses)
+        return ((bool(found) and found <= self.addresses)
+                or (bool(cnames) and cnames[0] in self.targets))
+
+
+async def _ask_wordlist(run: Discovery, todo: list[str], concurrency: int, wild: _Wildcard,
+                        progress: Callable[[int, int], None] | None) -> int:
+    """Look up each name through `concurrency` workers and add those that answer unlike the
+    wildcard; return how many were dropped for answering like it."""
     dropped = 0
     done = 0
     names = iter(todo)
@@ -140,10 +201,7 @@ async def discover(
                 progress(done, len(todo))
             if not (found.addresses or found.cnames):
                 continue
-            like_wildcard = (
-                (bool(found.addresses) and set(found.addresses) <= wild_addresses)
-                or (bool(found.cnames) and found.cnames[0] in wild_targets))
-            if like_wildcard and fqdn not in run.hosts:
+            if wild.answers_like(found.addresses, found.cnames) and fqdn not in run.hosts:
                 dropped += 1  # indistinguishable from a random name: not evidence of a host
                 continue
             run.add(fqdn, found.addresses, found.cnames, SOURCE_WORDLIST)
@@ -151,24 +209,7 @@ async def discover(
     async with asyncio.TaskGroup() as group:
         for _ in range(min(concurrency, len(todo))):
             group.create_task(worker())
-
-    hosts = tuple(
-        FoundHost(h.name, h.addresses, h.cnames, tuple(sorted(h.sources, key=_source_key)))
-        for h in sorted(run.hosts.values(), key=lambda h: _name_key(h.name)))
-    has_wildcard = bool(wild_addresses or wild_targets)
-    log.info("%s: %d hosts, %d queries, %d wildcard-like names dropped", name, len(hosts),
-             run.dns.queries, dropped)
-    return DiscoveryResult(
-        domain=name,
-        hosts=hosts,
-        wildcard=tuple(sorted(wild_addresses, key=_address_key)) if has_wildcard else None,
-        axfr=statuses,
-        queries=run.dns.queries,
-        errors=errors.result(),
-        resolver=shown,
-        wildcard_cnames=tuple(sorted(wild_targets)),
-        wildcard_dropped=dropped,
-    )
+    return dropped
 
 
 def discover_sync(
