@@ -396,8 +396,17 @@ def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_fac
     assert run.returncode == 0, run.stderr
     [row] = json.loads(run.stdout)["ports"]
     assert row["scope"] == "loopback" and row["outside"] == "vnc"
-    assert row["verdict"].startswith("loopback only: answers on this host, as it should")
+    assert row["verdict"] == "loopback only, as it should be"
     assert "port forward" not in row["verdict"]
+    # In the table, what a scan over loopback cannot tell is said once, under it.
+    table = subprocess.run([sys.executable, "-m", "vncaudit", "check", "127.0.0.1",
+                            "--only-port", str(srv.port)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    said = " ".join(table.stdout.split())
+    assert said.count("Scanned over loopback (127.0.0.1)") == 1, table.stdout
+    assert "not what other hosts reach" in said and "--outside FILE" in said
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
 
 
 def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:

@@ -462,7 +462,7 @@ def _loopback_verdict(seen_out: ServiceResult | None, open_out: bool, local_only
     if seen_out is None:
         return "not scanned"
     if open_out and local_only:
-        return "loopback only: answers on this host, as it should (scanned over loopback)"
+        return "loopback only, as it should be"
     if open_out:
         return ("bound beyond loopback: the scan went over loopback, which cannot tell what "
                 "other hosts reach; check the host's network address from another machine")
@@ -559,7 +559,7 @@ def check_cmd(
         results = [r for r in results if r.host == host or r.hostname == host]
         if only_port:
             results = [r for r in results if r.port in only_port]
-        _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
+        _show_check(host, listeners, results, as_json)
         return
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
@@ -584,7 +584,7 @@ def check_cmd(
                     "a connection could not be counted", 3) from None
     with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
         results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
-    _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
+    _show_check(host, listeners, results, as_json)
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -638,7 +638,10 @@ def _verdict_cell(verdict: str, outside_note: str | None, style: str) -> Text:
     return cell
 
 
-def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+def _show_check(host: str, listeners: list[dict[str, Any]], results: list[ServiceResult],
+                as_json: bool) -> None:
+    over_loopback = is_loopback_host(host)
+    rows = compare(listeners, results, over_loopback)
     if as_json:
         sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
     else:
@@ -655,5 +658,9 @@ def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
                           _verdict_cell(row["verdict"], row.get("outside_note"), style)])
         console = Console(highlight=False)
         console.print(fitted_table(CHECK_COLUMNS, cells, console.width))
+        if over_loopback and rows:
+            console.print(Text(f"Scanned over loopback ({host}): this shows what answers on "
+                               "this host, not what other hosts reach; scan the host's network "
+                               "address from another machine and compare with --outside FILE."))
     if any(row["verdict"].startswith("EXPOSED") for row in rows):
         raise typer.Exit(1)
