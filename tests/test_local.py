@@ -127,18 +127,18 @@ def test_tigervnc_config_files_both_formats(tmp_path: Path) -> None:
     new_style.write_text("# TigerVNC 1.11+\nlocalhost\nsecuritytypes=vncauth\n")
     debian = tmp_path / "vncserver-config-mandatory"
     debian.write_text('$localhost = "no";\n$SecurityTypes = "None";\n')
-    got = local_mod._tigervnc_file(new_style) + local_mod._tigervnc_file(debian)
+    got = local_mod.tigervnc_file(new_style) + local_mod.tigervnc_file(debian)
     assert [(c.setting, c.value, c.meaning) for c in got] == [
         ("localhost", "(set)", "loopback only"),
         ("securitytypes", "vncauth", "security types offered"),
         ("localhost", "no", "every interface"),
         ("securitytypes", "None", "security types offered"),
     ]
-    assert local_mod._tigervnc_file(tmp_path / "absent") == []
+    assert local_mod.tigervnc_file(tmp_path / "absent") == []
 
 
 def test_xvnc_parameters_and_x11vnc_flags() -> None:
-    params = local_mod._xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
+    params = local_mod.xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
                                      "-SecurityTypes=None", "desktop=x", "-AlwaysShared"])
     assert params == {"localhost": "0", "rfbport": "5901", "securitytypes": "None",
                       "desktop": "x", "alwaysshared": "1"}
@@ -312,7 +312,7 @@ def test_systemd_template_unit_and_its_execstart(tmp_path: Path, monkeypatch) ->
     unit_dir.mkdir()
     (unit_dir / "vncserver@.service").write_text(
         "[Service]\nType=forking\nExecStart=/usr/bin/vncserver -localhost no %i\n")
-    monkeypatch.setattr(local_mod, "_UNIT_DIRS", (str(unit_dir),))
+    monkeypatch.setattr(local_mod, "UNIT_DIRS", (str(unit_dir),))
     assert local_mod.unit_file("vncserver@:1.service") == unit_dir / "vncserver@.service"
     proc = local_mod.ProcessInfo(4242, "Xvnc", "/usr/bin/Xtigervnc", ("Xvnc", ":1"), "alice",
                                  unit="vncserver@:1.service")
@@ -380,11 +380,11 @@ def test_desktop_sharing_servers_are_named_by_their_process(
 
 
 def test_known_process_reasons_read_as_english() -> None:
-    assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
-    assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
-    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
-    assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
-    assert local_mod._known_reason(None, "x11vnc") == "the process is an x11vnc server"
+    assert local_mod.known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
+    assert local_mod.known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
+    assert local_mod.known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
+    assert local_mod.known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod.known_reason(None, "x11vnc") == "the process is an x11vnc server"
 
 
 def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:
