@@ -510,8 +510,8 @@ def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
 
 
 def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: Path) -> None:
-    """meta.json named the files rollback feeds to `nft -f` / iptables-restore as root: a
-    tampered one ran `nft -f /etc/shadow`; a backup others could write was used as is."""
+    """meta.json names the files rollback feeds to `nft -f` / iptables-restore as root: a
+    tampered one (`nft -f /etc/shadow`) is refused, and so is a backup others could write."""
     import json
     import subprocess
     import sys
@@ -596,8 +596,8 @@ time.sleep(60)
 @pytest.mark.realserver
 @pytest.mark.parametrize("user", ["nobody", "root"])
 def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
-    """Any user could name a process "sshd" and listen on [::1]:<VNC port>: harden then
-    took the port for SSH and left the VNC server on it unfirewalled."""
+    """Any user can name a process "sshd" and listen on [::1]:<VNC port>: only root's sshd
+    makes harden take the port for SSH and leave it out of the firewall."""
     import subprocess
     import sys
 

@@ -548,8 +548,9 @@ c:d A 127.0.0.1
 
 @pytest.mark.netns
 def test_scan_domain_skips_names_no_target_parser_takes(tmp_path: Path) -> None:
-    """A zone transfer may carry any label; "a/b.corp.test" aborted the whole `scan
-    --domain` (exit 2, nothing scanned), so a zone could keep its hosts from being audited."""
+    """A zone transfer may carry any label; "a/b.corp.test" is skipped with a warning, not an
+    abort of the whole `scan --domain` (exit 2, nothing scanned) by which a zone could keep its
+    hosts from being audited."""
     import json
     import secrets
     import subprocess

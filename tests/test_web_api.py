@@ -628,8 +628,8 @@ def test_diff_to_previous_scan_never_shows_another_clients_scan(tmp_path: Path) 
 
 
 def test_request_bodies_are_capped(tmp_path: Path) -> None:
-    """POST /api/scans read any body whole into memory (20 MB were accepted with 201): one
-    client could exhaust the server's memory. Declared and chunked bodies are refused."""
+    """A body over the cap is refused, declared or chunked, before it is read into memory:
+    otherwise one client could exhaust the server's memory."""
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
                         rate_burst=50, rate_per_minute=600)
     big = b'{"target": "127.0.0.1", "ports": "1", "x": "' + b"a" * (2 << 20) + b'"}'
@@ -656,9 +656,9 @@ def test_request_bodies_are_capped(tmp_path: Path) -> None:
 
 
 def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
-    """One bucket per /128 let an IPv6 client with its /64 (2^64 source addresses) submit
-    without limit. The policy refuses these documentation addresses, so nothing is probed:
-    the rate limit answers first."""
+    """An IPv6 client's whole /64 (2^64 source addresses) shares one rate-limit bucket. The
+    policy refuses these documentation addresses, so nothing is probed: the rate limit
+    answers first."""
     settings = Settings(db_path=str(tmp_path / "web.db"), rate_burst=2, rate_per_minute=1,
                         trusted_proxies=("127.0.0.1/32",))
     with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
@@ -683,7 +683,8 @@ def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
 
 def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) -> None:
     """The service opens the CLI's store by default. With public_history on, a CLI scan of
-    the operator's own networks was readable by anyone who guessed its short id."""
+    the operator's own networks stays unreadable by any route, even to one who guesses its
+    short id."""
     import subprocess
     import sys
 
@@ -717,8 +718,9 @@ def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) 
 
 
 def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
-    """max_active_per_client counted per /128: one /64 could hold every worker and the
-    queue. The scans go to a loopback listener that never speaks, so they stay running."""
+    """max_active_per_client counts an IPv6 client's whole /64, so one /64 cannot hold every
+    worker and the queue. The scans go to a loopback listener that never speaks, so they stay
+    running."""
     settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
                         probe_timeout=3.0, rate_burst=50, rate_per_minute=600,
                         max_active_per_client=1, trusted_proxies=("127.0.0.1/32",))
@@ -741,7 +743,8 @@ def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None
 
 
 def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) -> None:
-    """hmac.compare_digest raises TypeError for non-ASCII str: the form answered 500."""
+    """hmac.compare_digest raises TypeError for a non-ASCII str: such a token is a 403 (form
+    expired), not a 500."""
     settings = Settings(db_path=str(tmp_path / "web.db"))
     with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40007),
                     raise_server_exceptions=False) as c:
@@ -754,7 +757,8 @@ def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) ->
 
 
 def test_a_lone_surrogate_in_the_json_body_is_a_422_not_a_500(tmp_path: Path) -> None:
-    """FastAPI's validation error echoes the input; encoding "\\udcff" as UTF-8 failed."""
+    """FastAPI's validation error echoes the input, and "\\udcff" has no UTF-8 encoding: the
+    answer is a 422 all the same."""
     import json
 
     settings = Settings(db_path=str(tmp_path / "web.db"))

@@ -400,9 +400,10 @@ def _closed_port() -> int:
 
 
 def test_discovered_cname_out_of_the_domain_gets_no_domain_privilege() -> None:
-    """Allow-listing corp.example let discovery scan every address its names lead to, also
-    through a CNAME to someone else's host (a CDN, or a dangling CNAME an attacker claimed
-    and points at any victim). Pure policy check: nothing is sent to these addresses."""
+    """Allow-listing corp.example does not let discovery scan every address its names lead
+    to: not through a CNAME to someone else's host (a CDN, or a dangling CNAME an attacker
+    claimed and points at any victim). Pure policy check: nothing is sent to these
+    addresses."""
     from vncaudit.web.policy import Policy, TargetRefused
 
     policy = Policy.build(["corp.example", "partner.example"])
@@ -465,9 +466,9 @@ def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> N
 
 
 def test_a_typed_name_whose_cname_leaves_the_domain_gets_no_domain_privilege() -> None:
-    """decide("shop.corp.example") allowed whatever the name's CNAME led to: with a dangling
-    CNAME claimed by someone else, any public address. Pure policy check (injected resolver,
-    nothing is sent)."""
+    """decide("shop.corp.example") refuses what the name's CNAME leads out of the domain to
+    (with a dangling CNAME claimed by someone else, any public address). Pure policy check
+    (injected resolver, nothing is sent)."""
     from vncaudit.targets.expressions import Resolution, canonical_resolver
     from vncaudit.web.policy import Policy, TargetRefused
 
@@ -496,8 +497,8 @@ def test_a_typed_name_whose_cname_leaves_the_domain_gets_no_domain_privilege() -
 
 @pytest.mark.parametrize("entry", ["com", "*.org", "COM.", "localhost"])
 def test_a_top_level_domain_is_no_allow_list_entry(entry: str) -> None:
-    """CIDRs broader than /8 were refused as an open scanner, but "com" allowed every public
-    host under .com."""
+    """CIDRs broader than /8 are refused as an open scanner, and so is "com", which would
+    allow every public host under .com."""
     from vncaudit.web import Settings
 
     with pytest.raises(ValueError, match="top-level domain"):
