@@ -308,6 +308,9 @@ class VncServer:
     commands: list[list[str]] = field(default_factory=list)
     rfb_index: int = -1  # which of `procs` serves RFB (Xvnc + vncconfig: the first)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    # The desktop user's session (vino: its GSettings keyfile and session bus), for the
+    # commands a person would run in it.
+    session_env: dict[str, str] = field(default_factory=dict)
     _reservation: DisplayReservation | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -1098,6 +1101,7 @@ def start_vino(
                 subprocess.run(["gsettings", "set", "org.gnome.Vino", key, value], env=env,
                                check=True, capture_output=True, timeout=30)
             env["DISPLAY"] = f":{server.display}"
+            server.session_env = dict(env)
             cmd = [_vino_binary()]
             _add(server, cmd, log, env)
             server.command = cmd

@@ -9,6 +9,7 @@ report's published schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -142,6 +143,38 @@ def test_status_on_stderr_replaces_the_progress_bar(hostile_farm: Farm) -> None:
     assert json.loads(out.stdout)["port"] == int(port)
 
 
+def test_a_progress_bar_on_a_terminal_and_the_report_on_a_pipe(tmp_path: Path) -> None:
+    """`vncaudit scan ... -o json > file` typed at a terminal: the progress bar draws on
+    stderr (a terminal), ends cleanly, and the report on stdout is whole."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    drawn: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                drawn.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        # A closed port of an address nothing listens on: no server is involved.
+        proc = subprocess.run(vncaudit("scan", "127.0.91.17", "-p", "1", "--db",
+                                       str(tmp_path / "v.db"), "-o", "json"),
+                              stdout=subprocess.PIPE, stderr=slave, timeout=60, check=False)
+    finally:
+        os.close(slave)
+        reader.join(timeout=5)
+        os.close(master)
+    screen = b"".join(drawn).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen[-1500:]
+    assert "scanning" in screen and "Traceback" not in screen and "lost sys.stderr" not in screen
+    report = json.loads(proc.stdout)
+    assert report["scan"]["ports"] == "1" and report["services"] == []
+
+
 def test_interrupted_scan_says_so_and_resume_streams_the_whole_scan(
         tmp_path: Path, hostile_farm: Farm) -> None:  # noqa: F811
     fast, slow = hostile_farm.ports["vnc-none"], hostile_farm.ports["silent"]
@@ -211,3 +244,41 @@ def test_jsonl_all_streams_bulk_verdicts_at_the_end(tmp_path: Path) -> None:
         assert [d["port"] for d in lines] == expected, (include_all, status)
         validator = service_validator()
         assert all(not list(validator.iter_errors(d)) for d in lines)
+
+
+def test_progress_bar_draws_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here, 80 columns) a scan that lasts a while draws its
+    progress bar on stderr, and takes it away at the end: the bar's live display holds the
+    lazily made stderr console as a context manager."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    env.pop("NO_COLOR", None)
+    # 1,024 closed loopback ports at 500 new connections a second: about two seconds.
+    proc = subprocess.Popen(vncaudit("scan", "127.0.0.1", "-p", "20000-21023", "--rate", "500",
+                                 "--timeout", "1", "--db", str(tmp_path / "bar.db"), "-o",
+                                 "json", "--output-file", str(tmp_path / "bar.json")),
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(30) == 0, seen.decode(errors="replace")[-2000:]
+    text = seen.decode(errors="replace")
+    assert "scanning" in text and "/1024" in text, text[-2000:]
+    assert "Traceback" not in text

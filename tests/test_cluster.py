@@ -198,7 +198,7 @@ def test_update_options_commits_with_the_batch(tmp_path: Path) -> None:
 def test_collector_ignores_a_rerun_shard(tmp_path: Path) -> None:
     """A worker lost mid-shard: the partial attempt and the full rerun both arrive; the store
     keeps one verdict per pair and the shard is recorded done once."""
-    from vncaudit.cluster import ShardedRun, _Collector
+    from vncaudit.cluster import ShardCollector, ShardedRun
     from vncaudit.engine import Progress
     from vncaudit.models import RfbFacts, ServiceResult, State
     from vncaudit.store import Store
@@ -213,7 +213,7 @@ def test_collector_ignores_a_rerun_shard(tmp_path: Path) -> None:
         run = ShardedRun(scan_id, 4)
         progress = Progress(total=3)
         seen: list[ServiceResult] = []
-        collector = _Collector(store, scan_id, run, seen.append, progress)
+        collector = ShardCollector(store, scan_id, run, seen.append, progress)
         assert collector.handle({"shard": 3, "attempt": "a", "start": True}) is None
         assert collector.handle(partial) is None
         assert collector.handle({"shard": 3, "attempt": "b", "start": True}) is None

@@ -327,7 +327,7 @@ def _private_uses(path: Path, name: str, known: set[str]) -> list[str]:
 
 # Packages whose modules still reach into each other's private names; each entry goes when its
 # names are made public.
-PRIVATE_PENDING = ("active", "assess", "discovery", "firewall", "subdomains", "targets", "web")
+PRIVATE_PENDING: tuple[str, ...] = ()
 
 
 def _known() -> set[str]:

@@ -128,18 +128,18 @@ def test_tigervnc_config_files_both_formats(tmp_path: Path) -> None:
     new_style.write_text("# TigerVNC 1.11+\nlocalhost\nsecuritytypes=vncauth\n")
     debian = tmp_path / "vncserver-config-mandatory"
     debian.write_text('$localhost = "no";\n$SecurityTypes = "None";\n')
-    got = local_mod._tigervnc_file(new_style) + local_mod._tigervnc_file(debian)
+    got = local_mod.tigervnc_file(new_style) + local_mod.tigervnc_file(debian)
     assert [(c.setting, c.value, c.meaning) for c in got] == [
         ("localhost", "(set)", "loopback only"),
         ("securitytypes", "vncauth", "security types offered"),
         ("localhost", "no", "every interface"),
         ("securitytypes", "None", "security types offered"),
     ]
-    assert local_mod._tigervnc_file(tmp_path / "absent") == []
+    assert local_mod.tigervnc_file(tmp_path / "absent") == []
 
 
 def test_xvnc_parameters_and_x11vnc_flags() -> None:
-    params = local_mod._xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
+    params = local_mod.xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
                                      "-SecurityTypes=None", "desktop=x", "-AlwaysShared"])
     assert params == {"localhost": "0", "rfbport": "5901", "securitytypes": "None",
                       "desktop": "x", "alwaysshared": "1"}
@@ -313,7 +313,7 @@ def test_systemd_template_unit_and_its_execstart(tmp_path: Path, monkeypatch) ->
     unit_dir.mkdir()
     (unit_dir / "vncserver@.service").write_text(
         "[Service]\nType=forking\nExecStart=/usr/bin/vncserver -localhost no %i\n")
-    monkeypatch.setattr(local_mod, "_UNIT_DIRS", (str(unit_dir),))
+    monkeypatch.setattr(local_mod, "UNIT_DIRS", (str(unit_dir),))
     assert local_mod.unit_file("vncserver@:1.service") == unit_dir / "vncserver@.service"
     proc = local_mod.ProcessInfo(4242, "Xvnc", "/usr/bin/Xtigervnc", ("Xvnc", ":1"), "alice",
                                  unit="vncserver@:1.service")
@@ -381,10 +381,11 @@ def test_desktop_sharing_servers_are_named_by_their_process(
 
 
 def test_known_process_reasons_read_as_english() -> None:
-    assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
-    assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
-    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is a UltraVNC server"
-    assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod.known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
+    assert local_mod.known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
+    assert local_mod.known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
+    assert local_mod.known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod.known_reason(None, "x11vnc") == "the process is an x11vnc server"
 
 
 def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:
@@ -396,8 +397,17 @@ def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_fac
     assert run.returncode == 0, run.stderr
     [row] = json.loads(run.stdout)["ports"]
     assert row["scope"] == "loopback" and row["outside"] == "vnc"
-    assert row["verdict"].startswith("loopback only: answers on this host, as it should")
+    assert row["verdict"] == "loopback only, as it should be"
     assert "port forward" not in row["verdict"]
+    # In the table, what a scan over loopback cannot tell is said once, under it.
+    table = subprocess.run([sys.executable, "-m", "vncaudit", "check", "127.0.0.1",
+                            "--only-port", str(srv.port)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    said = " ".join(table.stdout.split())
+    assert said.count("Scanned over loopback (127.0.0.1)") == 1, table.stdout
+    assert "not what other hosts reach" in said and "--outside FILE" in said
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
 
 
 def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
@@ -622,3 +632,29 @@ def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
         fake.kill()
         fake.wait()
     assert (port in protected) is (user == "root")
+
+
+def test_check_never_reads_a_ledger_answer_as_a_firewall_verdict() -> None:
+    """A port the connection ledger answered for (nothing sent): with facts read before, the
+    outside cell says how old they are; without any, it is "not probed" (never "filtered
+    outside: the firewall works") unless a half-open SYN saw it open."""
+    from vncaudit.cli.local import compare
+    from vncaudit.models import ServiceResult
+    from vncaudit.payloads import BudgetNote
+
+    def answered(port: int, state: State, read_at: str | None,
+                 liveness: str | None = None) -> ServiceResult:
+        note = BudgetNote(False, "not re-probed: ...", "198.18.0.1", "tigervnc", 4, 4, 10.0,
+                          read_at, 42.0 if read_at else None, liveness)
+        return ServiceResult("198.18.0.9", port, state).with_extra(budget=note)
+
+    inside = [{"address": "0.0.0.0", "port": p, "scope": "all-interfaces"}
+              for p in (5901, 5902, 5903)]
+    outside = [answered(5901, State.VNC, "2026-01-01T00:00:00+00:00"),
+               answered(5902, State.FILTERED, None),
+               answered(5903, State.FILTERED, None, liveness="open")]
+    rows = {r["port"]: r for r in compare(inside, outside)}
+    assert rows[5901]["outside"] == "vnc" and rows[5901]["verdict"].startswith("EXPOSED")
+    assert rows[5901]["outside_note"] == "not re-probed; read 42 s ago"
+    assert rows[5902]["outside"] == "not probed" and "firewall" not in rows[5902]["verdict"]
+    assert rows[5903]["outside"] == "open" and rows[5903]["verdict"].startswith("EXPOSED")

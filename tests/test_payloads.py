@@ -27,6 +27,7 @@ from vncaudit.payloads import (
     LocalBinding,
     PasswordAttempt,
     PasswordAudit,
+    PayloadHolder,
     ScreenRegion,
     ScreenshotCheck,
     ScreenSize,
@@ -36,7 +37,6 @@ from vncaudit.payloads import (
     WebFacts,
     WebFrontEnd,
     WebSocketEndpoint,
-    _Holder,
 )
 
 
@@ -218,7 +218,7 @@ class NotReprobed:
 
 
 @dataclass(frozen=True)
-class MoreExtras(_Holder):
+class MoreExtras(PayloadHolder):
     tls: TlsSession | None = None
     not_reprobed: NotReprobed | None = None
 

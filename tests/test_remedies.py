@@ -39,7 +39,7 @@ BRIEF_IDS = {
     "disable-ipv6-listener",
 }
 PRODUCT_PLATFORMS = {"tigervnc", "x11vnc", "tightvnc", "realvnc", "ultravnc", "qemu",
-                     "turbovnc", "virtualbox", "websockify"}
+                     "turbovnc", "virtualbox", "websockify", "vino", "wayvnc"}
 
 
 def commands(fix: Remedy) -> list[str]:
@@ -1060,3 +1060,35 @@ def test_fix_guide_of_an_unknown_product_reachable_from_a_network_is_short() -> 
                          [result])
     assert html.count('<details class="candidate" data-product="TigerVNC">') >= 2
     assert "The product was not identified" in html
+
+
+@pytest.mark.realserver
+def test_vino_printed_commands_require_a_password(vnc_server_factory) -> None:
+    """The GNOME vino steps, run as printed in the desktop user's session (the password typed
+    on stdin): the running vino asks for the password from then on, and nobody is let in on
+    an Accept alone."""
+    import asyncio
+    import time
+
+    from vncaudit.assess import assess
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions, probe
+
+    srv = vnc_server_factory("vino")
+    fix = remedy("set-password", host=srv.host, port=srv.port, product="GNOME vino")
+    assert platforms(fix) == {"vino"}
+    for command in commands(fix):
+        subprocess.run(["bash", "-c", command], env=srv.session_env, input="secret12\n",
+                       text=True, check=True, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while True:
+        result = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=5)))
+        inner = [t.id for t in result.rfb.tls_inner_types or ()] if result.rfb else []
+        if inner == [2] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert inner == [2], result
+    ids = {f.id for f in assess(result).findings}
+    assert not ids & {"no-auth", "tls-no-auth", "approval-required"}, ids
+    bind = remedy("bind-localhost", host=srv.host, port=srv.port, product="GNOME vino")
+    assert commands(bind) == ["gsettings set org.gnome.Vino network-interface lo"]

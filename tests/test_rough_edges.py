@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,32 @@ def test_novnc_default_port_is_not_nonstandard() -> None:
     # Plain RFB on 6080 is still unusual: the web list is for web front ends.
     plain = assess(ServiceResult("127.0.0.1", 6080, State.VNC, rfb=facts))
     assert "nonstandard-port" in {f.id for f in plain.findings}
+
+
+def test_a_held_session_is_not_called_open_to_anyone_and_counts_are_english() -> None:
+    """A server that held the session (approval-required) has no password, but neither the web
+    card nor the HTML report may say "anyone can connect"; the banner counts in English."""
+    from vncaudit import report
+    from vncaudit.assess import assess
+    from vncaudit.models import Framebuffer, NamedType, RfbFacts, ServiceResult, State
+    from vncaudit.web.views import service_facts, verdict
+
+    held = RfbFacts("RFB 003.007\n", "3.7", "3.7", (NamedType(1, "None"),), auth_required=False,
+                    selected_type=1, desktop_name="root@vm",
+                    framebuffer=Framebuffer(800, 600, 24, 32, False, True),
+                    update_answered=False, update_seconds=2.0)
+    graded = assess(ServiceResult("127.0.0.1", 5900, State.VNC, rfb=held))
+    assert "approval-required" in {f.id for f in graded.findings}
+    [auth] = [v for k, v in service_facts(graded) if k == "Authentication"]
+    assert auth.startswith("NONE — no password, but the session was not handed out at once")
+    html = report.render("html", report.ScanMeta("s-x", "2026-01-01T00:00:00+00:00", None,
+                                                 ["127.0.0.1"], "5900", "vncaudit"), [graded])
+    assert "not handed out at once" in html and "anyone can connect" not in html
+    granted = assess(ServiceResult("127.0.0.1", 5901, State.VNC, rfb=replace(
+        held, update_answered=True, update_seconds=0.01)))
+    assert dict(service_facts(granted))["Authentication"] == "NONE — no password needed"
+    assert verdict([graded], True).text.startswith("Open: 1 VNC service reachable")
+    assert verdict([graded, granted], True).text.startswith("Open: 2 VNC services reachable")
+    closed = [ServiceResult("127.0.0.1", p, State.CLOSED) for p in (1, 2)]
+    assert verdict(closed[:1], True).text == "Closed: the port refused the connection"
+    assert verdict(closed, True).text == "Closed: 2 ports refused the connection"

@@ -15,7 +15,7 @@ import pytest
 
 from vncaudit.models import Target
 from vncaudit.targets import build_target_space
-from vncaudit.targets.permutation import _CyclicPermutation
+from vncaudit.targets.permutation import CyclicPermutation
 
 
 def _resolver(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -84,7 +84,7 @@ def test_shards_of_blocks_are_disjoint_and_complete(mixed: object) -> None:
                                           ((1 << 32) + 5, 5, (0, 1)),
                                           ((1 << 32) * 65535, 6, (1, 7))])
 def test_index_blocks_are_the_scalar_walk(n: int, seed: int, shard: tuple[int, int]) -> None:
-    perm = _CyclicPermutation(n, seed)
+    perm = CyclicPermutation(n, seed)
     scalar = list(itertools.islice(perm.indices(*shard), 30_000))
     blocks = itertools.islice(perm.index_blocks(*shard, size=997), 40)
     vector = np.concatenate(list(blocks))[:len(scalar)]

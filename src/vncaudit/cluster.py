@@ -351,7 +351,7 @@ def run_shard(job: ShardJob, skip: Collection[tuple[str, int]] | None = None) ->
 # Client side
 
 
-class _Collector:
+class ShardCollector:
     """Writes what the workers send into the store (through one `ResultWriter`) and records
     finished shards."""
 
@@ -503,7 +503,7 @@ def scan_sharded(
                 for index in range(count) if index not in done]
         if jobs:
             try:
-                _run_jobs(client, jobs, _Collector(store, scan_id, run, on_result, progress,
+                _run_jobs(client, jobs, ShardCollector(store, scan_id, run, on_result, progress,
                                                    plan), already)
             except OSError as exc:  # distributed's CommClosedError is one
                 raise ClusterError(f"lost the Dask scheduler: {exc}") from exc
@@ -513,7 +513,7 @@ def scan_sharded(
 
 
 def _run_jobs(
-    client: Client, jobs: list[ShardJob], collector: _Collector, already: set[tuple[str, int]]
+    client: Client, jobs: list[ShardJob], collector: ShardCollector, already: set[tuple[str, int]]
 ) -> None:
     """Submit the shards, store what they send until every task has ended, and note in
     `collector.run.failed` the shards that did not finish."""

@@ -32,7 +32,7 @@ def _opt_strings(items: Any) -> tuple[str, ...] | None:
     return None if items is None else tuple(items)
 
 
-class _Holder:
+class PayloadHolder:
     """A dataclass whose fields are optional payloads: None fields are left out of the dict,
     the others are written in field order under their field name."""
 
@@ -627,7 +627,7 @@ class PasswordAudit:
 
 
 @dataclass(frozen=True)
-class ActiveChecks(_Holder):
+class ActiveChecks(PayloadHolder):
     """The opt-in checks that ran on one service (`extra.active`), in the order they ran;
     `error` alone when running them failed, `skipped` alone when they were not run."""
 
@@ -645,7 +645,7 @@ class ActiveChecks(_Holder):
 
 
 @dataclass(frozen=True)
-class Extras(_Holder):
+class Extras(PayloadHolder):
     """`ServiceResult.extra`: every payload a result carries; None: not observed or not asked.
     Frozen and hashable all the way down (tuples, not lists), so results can key a memo."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
-from vncaudit.active.handshake import _connect_and_handshake
+from vncaudit.active.handshake import connect_and_handshake
 from vncaudit.active.transport import Connector
 from vncaudit.models import RfbFacts, Target
 from vncaudit.payloads import BypassCheck
@@ -46,7 +46,7 @@ async def check_unoffered_none(
             return replace(not_applicable, evidence="None is offered openly; no bypass to test")
         if not facts.security_types:
             return replace(not_applicable, evidence="the probe read no security types")
-    h = await _connect_and_handshake(
+    h = await connect_and_handshake(
         target, password=None, none_policy="force", timeout=timeout, connector=connector
     )
     tried = replace(not_applicable, offered_types=h.offered_types, handshake=h.record())

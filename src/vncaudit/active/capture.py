@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vncaudit import framebuffer as fb
 from vncaudit import rfb
-from vncaudit.active.handshake import Handshake, _connect_and_handshake
+from vncaudit.active.handshake import Handshake, connect_and_handshake
 from vncaudit.active.transport import Connector
 from vncaudit.desktop import DesktopKind, classify_desktop
 from vncaudit.models import Target
@@ -107,7 +107,7 @@ async def screenshot(
     shot = Screenshot(Handshake())
 
     try:
-        shot.handshake = await _connect_and_handshake(
+        shot.handshake = await connect_and_handshake(
             target,
             password=password,
             none_policy="if-offered",

@@ -2,7 +2,7 @@
 
 Owns: `Handshake` (what one connection achieved; `record()` is its payload), the
 `NonePolicy` and `Outcome` vocabularies, the decisions of one handshake (what `pump.Selection`
-allows for a policy and a password), lockout recognition, and `_connect_and_handshake` (one
+allows for a policy and a password), lockout recognition, and `connect_and_handshake` (one
 connection, one deadline, every failure an outcome).
 
 Must not: parse RFB bytes itself (that is `rfb`), move bytes itself (that is `pump`), send input
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vncaudit import rfb
-from vncaudit.active.transport import ByteWriter, Connector, _close, tcp_connector
+from vncaudit.active.transport import ByteWriter, Connector, close_writer, tcp_connector
 from vncaudit.exceptions import LocalProtocolError, NotRfbError, RemoteProtocolError
 from vncaudit.models import Target
 from vncaudit.payloads import HandshakeRecord, ScreenSize
@@ -74,7 +74,7 @@ class Handshake:
         )
 
 
-def _lockout_text(text: str | None) -> bool:
+def lockout_text(text: str | None) -> bool:
     low = (text or "").lower()
     return any(t in low for t in rfb.BLACKLIST_REASONS) or "too many" in low
 
@@ -175,7 +175,7 @@ def _settled(client: rfb.RfbClient, h: Handshake, event: rfb.Event) -> bool:
         if event.ok:
             client.send_client_init(shared=True)
             return True
-        if event.status == 2 or _lockout_text(event.reason):
+        if event.status == 2 or lockout_text(event.reason):
             h.outcome = "locked-out"
         else:
             h.outcome = "auth-failed"
@@ -192,7 +192,7 @@ def _settled(client: rfb.RfbClient, h: Handshake, event: rfb.Event) -> bool:
     return False
 
 
-async def _connect_and_handshake(
+async def connect_and_handshake(
     target: Target,
     *,
     password: str | None,
@@ -226,6 +226,6 @@ async def _connect_and_handshake(
         h.outcome, h.reason = "network-error", str(exc) or type(exc).__name__
     finally:
         if writer is not None:
-            await _close(writer)
+            await close_writer(writer)
     h.elapsed = time.monotonic() - started
     return h

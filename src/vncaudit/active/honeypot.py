@@ -16,7 +16,7 @@ import asyncio
 from typing import Final
 
 from vncaudit import rfb
-from vncaudit.active.transport import ByteWriter, Connector, _close, tcp_connector
+from vncaudit.active.transport import ByteWriter, Connector, close_writer, tcp_connector
 from vncaudit.exceptions import LocalProtocolError, RemoteProtocolError
 from vncaudit.models import RfbFacts, Target
 from vncaudit.payloads import HoneypotChecks
@@ -110,7 +110,7 @@ async def _try_type(
         return f"error: {exc}", None
     finally:
         if writer is not None:
-            await _close(writer)
+            await close_writer(writer)
 
 
 def _outcome(event: rfb.Event) -> tuple[str, bytes | None]:

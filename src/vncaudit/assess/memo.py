@@ -22,9 +22,9 @@ from dataclasses import replace
 from functools import cache
 from typing import Any, Final
 
+from vncaudit import display
 from vncaudit.assess.exposure import Exposure
 from vncaudit.assess.knowledge import knowledge
-from vncaudit.assess.rules import _q
 from vncaudit.models import Finding, Product, ServiceResult
 
 __all__ = ["DESKTOP_MARK", "HOST_MARK", "MEMO", "MEMO_SIZE", "Compute", "Memo", "memoised"]
@@ -66,7 +66,7 @@ DESKTOP_MARK: Final = "{vncaudit:desktop}"
 _MARK_HEAD: Final = "{vncaudit:"
 # The only two ways a desktop name reaches a finding's text: JSON-quoted by a rule
 # ("ServerInit read: desktop name \"...\"") and repr()'d in the product's evidence.
-_DESKTOP_FORMS: Final = (_q(DESKTOP_MARK), repr(DESKTOP_MARK))
+_DESKTOP_FORMS: Final = (display.quoted(DESKTOP_MARK), repr(DESKTOP_MARK))
 MEMO_SIZE: Final = 4096
 
 MemoKey = tuple[Any, ...]
@@ -140,7 +140,7 @@ def _filled(findings: tuple[Finding, ...], host: str, desktop: str | None) -> tu
     out = _with_host(findings, host)
     if desktop is None:
         return out
-    quoted, shown = _q(desktop), repr(desktop)
+    quoted, shown = display.quoted(desktop), repr(desktop)
 
     def fill(text: str) -> str:
         if DESKTOP_MARK not in text:

@@ -138,13 +138,24 @@ class _Stderr:
 
     _console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def _made(self) -> Console:
         console = self._console
         if console is None:
             from rich.console import Console
 
             console = _Stderr._console = Console(stderr=True, highlight=False)
-        return getattr(console, name)
+        return console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    # A live display (the progress bar, a status spinner) holds the console as a context
+    # manager, and `with` looks these up on the type, past __getattr__.
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._made().__exit__(*exc)
 
 
 err: Console = cast("Console", _Stderr())
@@ -271,10 +282,11 @@ def check_not_everyone(network: str, option: str) -> None:
 RiskLockoutOpt = Annotated[
     bool,
     typer.Option("--risk-lockout", help="Connect even where the connection ledger says the "
-                 "connection would arm the server's blacklist: TigerVNC and RealVNC then "
-                 "refuse every connection from this address (yours, and everyone's behind "
-                 "the same NAT, jump host or SSH tunnel) for 10 s, doubling each time. "
-                 "Without it such servers report the facts read last, with their age."),
+                 "server would start refusing this address: TigerVNC and RealVNC allow four "
+                 "connections that do not log in, then refuse every connection from the "
+                 "address (yours, and everyone's behind the same NAT, jump host or SSH "
+                 "tunnel) for 10 s, doubling each time. Without it such servers are reported "
+                 "with the facts read last, and their age."),
 ]
 PasswordOpt = Annotated[
     str | None,

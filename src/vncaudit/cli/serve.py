@@ -247,7 +247,7 @@ def _check_before_start(settings: Settings) -> None:
         from vncaudit.watch import ConfigError, load
 
         try:
-            load(settings.monitors)  # a mistake is one line now, not a failed start-up
+            load(settings.monitors)  # checked here: a mistake is one line, not a failed start-up
         except ConfigError as exc:
             raise fail(str(exc)) from None
         _check_runner_lock(settings.db_path)

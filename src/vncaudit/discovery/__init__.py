@@ -214,7 +214,7 @@ class Pacer:
         return self.last + max(0.0, 1 - self.tokens) / self.rate
 
 
-class _Sweep:
+class BaseSweep:
     """What both sweeps share: the target source, retries queue, expiry window and pacing."""
 
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:
@@ -295,7 +295,7 @@ def _literal_family(host: str) -> socket.AddressFamily | None:
     return family
 
 
-class ConnectSweep(_Sweep):
+class ConnectSweep(BaseSweep):
     """Non-blocking connects, watched by writer callbacks; at most `sink.room()` in flight."""
 
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions) -> None:

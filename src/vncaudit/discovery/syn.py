@@ -49,12 +49,12 @@ import numpy.typing as npt
 from vncaudit.discovery import (
     NO_ANSWER,
     SYN_ERROR,
+    BaseSweep,
     DiscoveryOptions,
     Marks,
     Sink,
     SweepStats,
     SynCounters,
-    _Sweep,
     rate_burst,
     wire,
 )
@@ -184,7 +184,7 @@ def default_senders(rate: float) -> int:
     return 2 if rate > ONE_SENDER_RATE and (os.cpu_count() or 1) >= 2 else 1
 
 
-class SynSweep(_Sweep):
+class SynSweep(BaseSweep):
     """Stateless SYN scan: a cookie in the sequence number validates replies; a window of chunks
     in flight gives every silent pair its retries and its filtered verdict."""
 

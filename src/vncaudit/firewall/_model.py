@@ -86,7 +86,7 @@ class Cond:
     text: str
 
 
-def _neg(t: Tri, negate: bool) -> Tri:
+def negated(t: Tri, negate: bool) -> Tri:
     if not negate:
         return t
     return {Tri.YES: Tri.NO, Tri.NO: Tri.YES}.get(t, t)
@@ -95,7 +95,7 @@ def _neg(t: Tri, negate: bool) -> Tri:
 def port_cond(ranges: Sequence[tuple[int, int]], negate: bool, text: str) -> Cond:
     def test(p: Packet) -> Tri:
         hit = any(lo <= p.port <= hi for lo, hi in ranges)
-        return _neg(Tri.YES if hit else Tri.NO, negate)
+        return negated(Tri.YES if hit else Tri.NO, negate)
 
     return Cond(test, text)
 
@@ -105,7 +105,7 @@ def proto_cond(protos: Iterable[str], negate: bool, text: str) -> Cond:
     hit = bool(names & {"tcp", "6", "all", "0"})
 
     def test(p: Packet) -> Tri:
-        return _neg(Tri.YES if hit else Tri.NO, negate)
+        return negated(Tri.YES if hit else Tri.NO, negate)
 
     return Cond(test, text)
 
@@ -118,11 +118,11 @@ def source_cond(nets: Sequence[Network], negate: bool, text: str) -> Cond:
         if not same:
             return Tri.NO  # an address of the other family never matches (nft adds nfproto)
         if p.source is None:
-            return _neg(Tri.NO, negate)
+            return negated(Tri.NO, negate)
         if p.source.version != same[0].version:
             return Tri.NO
         hit = any(_subnet(p.source, n) for n in same)
-        return _neg(Tri.YES if hit else Tri.NO, negate)
+        return negated(Tri.YES if hit else Tri.NO, negate)
 
     return Cond(test, text)
 
@@ -156,13 +156,13 @@ _NEW_STATES = {"new"}
 
 def ctstate_cond(states: Iterable[str], negate: bool, text: str) -> Cond:
     hit = bool({s.strip().lower() for s in states} & _NEW_STATES)
-    return const_cond(_neg(Tri.YES if hit else Tri.NO, negate), text)
+    return const_cond(negated(Tri.YES if hit else Tri.NO, negate), text)
 
 
 _TCP_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")
 
 
-def _flag_bits(names: Iterable[str]) -> int:
+def flag_bits(names: Iterable[str]) -> int:
     bits = 0
     for n in names:
         n = n.strip().lower()
@@ -173,7 +173,7 @@ def _flag_bits(names: Iterable[str]) -> int:
     return bits
 
 
-_SYN = _flag_bits(["syn"])
+SYN_FLAG = flag_bits(["syn"])
 
 
 # --------------------------------------------------------------------------- #
@@ -332,7 +332,7 @@ def combine_all(results: Sequence[Outcome]) -> Outcome:
 # --------------------------------------------------------------------------- #
 
 
-def _port_ranges(spec: str) -> list[tuple[int, int]]:
+def parse_port_ranges(spec: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
@@ -350,5 +350,5 @@ def _port_ranges(spec: str) -> list[tuple[int, int]]:
     return out
 
 
-def _nets(spec: str) -> list[Network]:
+def parse_nets(spec: str) -> list[Network]:
     return [ipaddress.ip_network(s.strip(), strict=False) for s in spec.split(",") if s.strip()]

@@ -12,21 +12,21 @@ import shlex
 from collections.abc import Callable
 
 from vncaudit.firewall._model import (
-    _SYN,
     IPV4,
+    SYN_FLAG,
     Cond,
     Network,
     Packet,
     Rule,
     Ruleset,
     Tri,
-    _flag_bits,
-    _neg,
-    _nets,
-    _port_ranges,
     const_cond,
     ctstate_cond,
+    flag_bits,
     iface_cond,
+    negated,
+    parse_nets,
+    parse_port_ranges,
     port_cond,
     proto_cond,
     source_cond,
@@ -124,17 +124,17 @@ class _RuleReader:
             got: list[Network] = list(ipaddress.summarize_address_range(
                 ipaddress.ip_address(lo_s), ipaddress.ip_address(hi_s)))
         else:
-            got = _nets(v)
+            got = parse_nets(v)
         self.nets.extend(got)
         self.conds.append(source_cond(got, self.negate, f"{self.bang()}{a} {v}"))
 
     def destination(self, a: str) -> None:
         v = self.val()
         if a == "--dst-type":
-            t = _neg(Tri.YES if "LOCAL" in v.split(",") else Tri.NO, self.negate)
+            t = negated(Tri.YES if "LOCAL" in v.split(",") else Tri.NO, self.negate)
             self.conds.append(const_cond(t, f"--dst-type {v}"))
         elif a == "--src-type":
-            t = _neg(Tri.NO if v.split(",") == ["LOCAL"] else Tri.MAYBE, self.negate)
+            t = negated(Tri.NO if v.split(",") == ["LOCAL"] else Tri.MAYBE, self.negate)
             self.conds.append(const_cond(t, f"--src-type {v}"))
         else:
             self.conds.append(const_cond(Tri.ANY, f"{a} {v}"))
@@ -150,7 +150,7 @@ class _RuleReader:
 
     def destination_port(self, a: str) -> None:
         v = self.val()
-        self.conds.append(port_cond(_port_ranges(v), self.negate, f"{a} {v}"))
+        self.conds.append(port_cond(parse_port_ranges(v), self.negate, f"{a} {v}"))
 
     def source_port(self, a: str) -> None:
         v = self.val()
@@ -160,19 +160,20 @@ class _RuleReader:
         v = self.val()
         # --ports matches the source OR the destination port, and the sender picks the
         # source port.
-        self.conds.append(_either_port(port_cond(_port_ranges(v), self.negate, f"--ports {v}")))
+        ports = port_cond(parse_port_ranges(v), self.negate, f"--ports {v}")
+        self.conds.append(_either_port(ports))
 
     def ctstate(self, a: str) -> None:
         v = self.val()
         self.conds.append(ctstate_cond(v.split(","), self.negate, f"{a} {v}"))
 
     def syn(self, a: str) -> None:
-        self.conds.append(const_cond(_neg(Tri.YES, self.negate), "--syn"))
+        self.conds.append(const_cond(negated(Tri.YES, self.negate), "--syn"))
 
     def tcp_flags(self, a: str) -> None:
-        mask = _flag_bits(self.val().split(","))
-        comp = _flag_bits(self.val().split(","))
-        self.conds.append(const_cond(_neg(Tri.YES if (_SYN & mask) == comp else Tri.NO,
+        mask = flag_bits(self.val().split(","))
+        comp = flag_bits(self.val().split(","))
+        self.conds.append(const_cond(negated(Tri.YES if (SYN_FLAG & mask) == comp else Tri.NO,
                                           self.negate), f"--tcp-flags {mask:#x} {comp:#x}"))
 
     def module(self, a: str) -> None:
@@ -198,10 +199,10 @@ class _RuleReader:
 
     def connlimit_above(self, a: str) -> None:
         v = self.val()
-        self.conds.append(const_cond(_neg(Tri.NO, self.negate), f"--connlimit-above {v}"))
+        self.conds.append(const_cond(negated(Tri.NO, self.negate), f"--connlimit-above {v}"))
 
     def fragment(self, a: str) -> None:
-        self.conds.append(const_cond(_neg(Tri.NO, self.negate), "-f"))
+        self.conds.append(const_cond(negated(Tri.NO, self.negate), "-f"))
 
     def jump(self, a: str) -> None:
         v = self.val()

@@ -12,21 +12,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from vncaudit.firewall._model import (
-    _SYN,
     FAMILIES,
     IPV4,
     IPV6,
+    SYN_FLAG,
     Cond,
     Network,
     Packet,
     Rule,
     Ruleset,
     Tri,
-    _flag_bits,
-    _neg,
     const_cond,
     ctstate_cond,
+    flag_bits,
     iface_cond,
+    negated,
     port_cond,
     proto_cond,
     source_cond,
@@ -209,10 +209,10 @@ class _NftCtx:
                 return proto_cond([str(v) for v in vals], negate, text), []
             if key == "nfproto":
                 fams = {str(v) for v in vals}
-                return Cond(lambda p: _neg(Tri.YES if p.family in fams else Tri.NO, negate),
+                return Cond(lambda p: negated(Tri.YES if p.family in fams else Tri.NO, negate),
                             text), []
             if key == "pkttype":
-                return const_cond(_neg(Tri.YES if "host" in vals else Tri.NO, negate), text), []
+                return const_cond(negated(Tri.YES if "host" in vals else Tri.NO, negate), text), []
             return const_cond(Tri.MAYBE, text), []
         if "payload" in left:
             proto = left["payload"].get("protocol")
@@ -249,9 +249,9 @@ class _NftCtx:
             parts = left["&"]
             if (isinstance(parts, list) and len(parts) == 2 and isinstance(parts[0], dict)
                     and parts[0].get("payload", {}).get("field") == "flags"):
-                mask = _flag_bits(_names(parts[1]))
-                comp = _flag_bits(_names(right))
-                return const_cond(_neg(Tri.YES if (_SYN & mask) == comp else Tri.NO, negate),
+                mask = flag_bits(_names(parts[1]))
+                comp = flag_bits(_names(right))
+                return const_cond(negated(Tri.YES if (SYN_FLAG & mask) == comp else Tri.NO, negate),
                                   text), []
         return const_cond(Tri.MAYBE, text), []
 

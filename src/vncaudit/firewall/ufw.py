@@ -19,10 +19,10 @@ from vncaudit.firewall._model import (
     Rule,
     Ruleset,
     Tri,
-    _nets,
-    _port_ranges,
     const_cond,
     iface_cond,
+    parse_nets,
+    parse_port_ranges,
     port_cond,
     proto_cond,
     source_cond,
@@ -109,7 +109,7 @@ def _ufw_rule(line: str, header: str) -> tuple[bool, Rule] | None:
         spec = " ".join(port_tok)
         m = re.fullmatch(r"([\d,:]+)(?:/(\w+))?", spec)
         if m:
-            conds.append(port_cond(_port_ranges(m.group(1)), False, spec))
+            conds.append(port_cond(parse_port_ranges(m.group(1)), False, spec))
             if m.group(2):
                 conds.append(proto_cond([m.group(2)], False, spec))
         else:
@@ -122,7 +122,7 @@ def _ufw_rule(line: str, header: str) -> tuple[bool, Rule] | None:
         conds.append(iface_cond([ftoks[k + 1]], False, f"on {ftoks[k + 1]}"))
         ftoks = ftoks[:k] + ftoks[k + 2:]
     if ftoks and ftoks[0] != "Anywhere" and _is_addr(ftoks[0]):
-        got = _nets(ftoks[0])
+        got = parse_nets(ftoks[0])
         nets.extend(got)
         conds.append(source_cond(got, False, f"from {ftoks[0]}"))
     if len(ftoks) > 1:

@@ -133,6 +133,16 @@ def _anchor(result: ServiceResult) -> str:
     return "svc-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{result.host}-{result.port}").strip("-")
 
 
+def authentication_words(result: ServiceResult) -> str:
+    """The "Authentication" fact of a service, as the report and the web page word it."""
+    facts = result.rfb
+    need = facts.auth_required if facts is not None else None
+    if need is False and any(f.id == "approval-required" for f in result.findings):
+        return "NONE — no password, but the session was not handed out at once " \
+               "(approval-required)"
+    return {True: "required", False: "NONE — no password needed", None: "unknown"}[need]
+
+
 def _facts(result: ServiceResult) -> list[Fact]:
     facts = result.rfb
     out: list[Fact] = []
@@ -170,8 +180,7 @@ def _facts(result: ServiceResult) -> list[Fact]:
     if facts.tls_inner_types is not None:
         out.append(Fact("Inside TLS", [f"{t.name} ({t.id})" for t in facts.tls_inner_types]
                         or ["none"]))
-    auth = {True: "required", False: "NONE — no password needed", None: "unknown"}
-    out.append(Fact("Authentication", auth[facts.auth_required],
+    out.append(Fact("Authentication", authentication_words(result),
                     alert=facts.auth_required is False))
     if facts.security_result:
         out.append(Fact("SecurityResult", facts.security_result))

@@ -17,8 +17,8 @@ raised.
 The package re-exports its public names; the parts live in:
   * `results`  — `FoundHost`, `DiscoveryResult`, `AxfrStatus`, the hand-over to `targets`;
   * `names`    — validating the domain and the resolver address;
-  * `query`    — `_Dns`, the one sender of DNS messages (limits, retries, counting);
-  * `lookup`   — A/AAAA with CNAME chasing, the apex and its NS (`_Discovery`);
+  * `query`    — `DnsSender`, the one sender of DNS messages (limits, retries, counting);
+  * `lookup`   — A/AAAA with CNAME chasing, the apex and its NS (`Discovery`);
   * `axfr`     — zone transfers and the hosts a zone lists;
   * `wordlist` — the built-in and user wordlists, wildcard detection;
   * `run`      — `discover` / `discover_sync`: the steps in order.

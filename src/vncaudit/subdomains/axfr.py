@@ -2,12 +2,12 @@
 
 Owns: `transfer` (one AXFR attempt over TCP, read by hand: partial data kept, record count
 capped at MAX_AXFR_RECORDS, whole transfer bounded by AXFR_LIFETIME_FACTOR timeouts, outcome an
-`AxfrStatus`), `_Zone` (records merged from every transfer), `zone_hosts` (the zone's names as
+`AxfrStatus`), `Zone` (records merged from every transfer), `zone_hosts` (the zone's names as
 hosts, CNAMEs that leave the zone chased by query) and `skip_after_transfer` (which wordlist
 names a complete transfer already answered).
 
 Must not: connect anywhere but an address of one of the domain's NS names, take more than one
-`_Dns.slot` per transfer, keep records outside the domain, raise for a failed transfer (it is a
+`DnsSender.slot` per transfer, keep records outside the domain, raise for a failed transfer (it is a
 status and an error line), or import anything of the package but `exceptions`.
 """
 
@@ -27,8 +27,8 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from vncaudit.subdomains.lookup import MAX_CNAME_CHAIN, _Discovery
-from vncaudit.subdomains.query import _ADDRESS_TYPES, _describe, _text
+from vncaudit.subdomains.lookup import MAX_CNAME_CHAIN, Discovery
+from vncaudit.subdomains.query import ADDRESS_TYPES, describe_error, name_text
 from vncaudit.subdomains.results import SOURCE_AXFR_PREFIX, AxfrStatus
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ AXFR_LIFETIME_FACTOR: Final = 10  # a whole transfer may take this many per-read
 
 
 @dataclass
-class _Zone:
+class Zone:
     """Records of the domain's zone, merged from every transfer that gave some."""
 
     addresses: dict[dns.name.Name, list[str]] = field(default_factory=dict)
@@ -50,7 +50,7 @@ class _Zone:
     complete: bool = False  # at least one transfer ran to its closing SOA
 
 
-async def transfer(run: _Discovery, ns: str, address: str, zone: _Zone) -> AxfrStatus:
+async def transfer(run: Discovery, ns: str, address: str, zone: Zone) -> AxfrStatus:
     """Try AXFR from one server over TCP and merge what came into *zone*.
 
     Read by hand rather than with dns.asyncquery.inbound_xfr: this keeps partial data from
@@ -63,7 +63,7 @@ class _Transfer:
     """One AXFR attempt: the query, where it goes, and how far the answer got (records
     merged, whether the opening SOA came, how many SOAs were seen)."""
 
-    def __init__(self, run: _Discovery, ns: str, address: str, zone: _Zone) -> None:
+    def __init__(self, run: Discovery, ns: str, address: str, zone: Zone) -> None:
         self.run = run
         self.address = address
         self.zone = zone
@@ -89,7 +89,7 @@ class _Transfer:
                         reader, stream = await asyncio.wait_for(
                             asyncio.open_connection(self.address, run.axfr_port), timeout)
                     except OSError as exc:
-                        run.errors.add(f"{where}: unreachable ({_describe(exc)})")
+                        run.errors.add(f"{where}: unreachable ({describe_error(exc)})")
                         return AxfrStatus.UNREACHABLE
                     writer = stream
                     stream.write(struct.pack("!H", len(wire)) + wire)
@@ -100,7 +100,7 @@ class _Transfer:
                                                       if self.started else ""))
                 return AxfrStatus.TIMEOUT
             except (dns.exception.DNSException, OSError, ValueError) as exc:
-                run.errors.add(f"{where}: {_describe(exc)}")
+                run.errors.add(f"{where}: {describe_error(exc)}")
                 return AxfrStatus.ERROR
             finally:
                 if writer is not None:
@@ -160,7 +160,7 @@ class _Transfer:
         return None
 
 
-def _zone_rrset(run: _Discovery, zone: _Zone, rrset: Any, source: str) -> None:
+def _zone_rrset(run: Discovery, zone: Zone, rrset: Any, source: str) -> None:
     name: dns.name.Name = rrset.name
     if not name.is_subdomain(run.origin):
         return  # a server may send anything; only the domain's own names count
@@ -168,7 +168,7 @@ def _zone_rrset(run: _Discovery, zone: _Zone, rrset: Any, source: str) -> None:
     zone.sources.setdefault(name, [])
     if source not in zone.sources[name]:
         zone.sources[name].append(source)
-    if rrset.rdtype in _ADDRESS_TYPES:
+    if rrset.rdtype in ADDRESS_TYPES:
         known = zone.addresses.setdefault(name, [])
         known += [rd.address for rd in rrset if rd.address not in known]
     elif rrset.rdtype == dns.rdatatype.CNAME:
@@ -177,10 +177,10 @@ def _zone_rrset(run: _Discovery, zone: _Zone, rrset: Any, source: str) -> None:
         zone.delegations.add(name)
 
 
-async def zone_hosts(run: _Discovery, zone: _Zone) -> None:
+async def zone_hosts(run: Discovery, zone: Zone) -> None:
     """Turn transferred records into hosts; CNAMEs leaving the zone are chased by query."""
     for name in sorted(zone.names):
-        if "*" in _text(name).split("."):
+        if "*" in name_text(name).split("."):
             continue  # a wildcard owner is no host (wildcard() reports it)
         if name not in zone.addresses and name not in zone.cname:
             continue  # NS, MX, TXT-only names: nothing to scan
@@ -192,7 +192,7 @@ async def zone_hosts(run: _Discovery, zone: _Zone) -> None:
             chain.append(target)
             if target in chain[:-1] or target == name or len(chain) > MAX_CNAME_CHAIN:
                 run.errors.add("CNAME loop or overlong chain in zone: "
-                               + " -> ".join(map(_text, [name, *chain])))
+                               + " -> ".join(map(name_text, [name, *chain])))
                 break
             current = target
             addresses = list(zone.addresses.get(current, ()))
@@ -202,10 +202,10 @@ async def zone_hosts(run: _Discovery, zone: _Zone) -> None:
                 addresses = list(found.addresses)
                 chain += [dns.name.from_text(c) for c in found.cnames]
         for source in zone.sources[name]:
-            run.add(_text(name), addresses, map(_text, chain), source)
+            run.add(name_text(name), addresses, map(name_text, chain), source)
 
 
-def skip_after_transfer(zone: _Zone, name: dns.name.Name) -> bool:
+def skip_after_transfer(zone: Zone, name: dns.name.Name) -> bool:
     """A complete transfer already answers for *name* unless it lies at or below a
     delegation (its records then live in the child zone, which was not transferred)."""
     if not zone.complete:

@@ -1,12 +1,12 @@
 """Name lookups of one discovery run: A and AAAA with CNAME chasing, the apex and its NS.
 
-Owns: `_Discovery`, the state one run of `discover` shares (the domain, the `_Dns`, the errors,
+Owns: `Discovery`, the state one run of `discover` shares (the domain, the `DnsSender`, the errors,
 the hosts found so far, merged by `add`), `chase` (one record type, CNAMEs followed through the
 answer and by new queries, MAX_CNAME_CHAIN links at most, loops stopped), `lookup` (A and AAAA
 together), the apex's NS records (NXDOMAIN is a `UsageError`, no usable answer a
 `NetworkError`), the apex's own addresses and the addresses of its NS names.
 
-Must not: send a query other than through `_Dns.query`, raise for a failure on one name (it is
+Must not: send a query other than through `DnsSender.query`, raise for a failure on one name (it is
 recorded in the errors), or import anything of the package but `exceptions`.
 """
 
@@ -24,8 +24,8 @@ import dns.rdataclass
 import dns.rdatatype
 
 from vncaudit.exceptions import NetworkError
-from vncaudit.subdomains.names import _err, _format_server
-from vncaudit.subdomains.query import _ADDRESS_TYPES, _Dns, _Errors, _QueryFailed, _text
+from vncaudit.subdomains.names import fail, format_server
+from vncaudit.subdomains.query import ADDRESS_TYPES, DnsSender, ErrorLines, QueryFailed, name_text
 from vncaudit.subdomains.results import SOURCE_APEX, SOURCE_NS, FoundHost
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ class _Lookup:
     cnames: tuple[str, ...]
 
 
-class _Discovery:
+class Discovery:
     """One run of `discover`: the state its steps share."""
 
-    def __init__(self, domain: str, dns_: _Dns, axfr_port: int, errors: _Errors) -> None:
+    def __init__(self, domain: str, dns_: DnsSender, axfr_port: int, errors: ErrorLines) -> None:
         self.domain = domain
         self.origin = dns.name.from_text(domain)
         self.dns = dns_
@@ -76,12 +76,12 @@ class _Discovery:
         while True:
             try:
                 response = await self.dns.query(current, rdtype)
-            except _QueryFailed as exc:
-                out.error = f"{_text(current)} {rdtype.name}: {exc}"
+            except QueryFailed as exc:
+                out.error = f"{name_text(current)} {rdtype.name}: {exc}"
                 break
             rcode = response.rcode()
             if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                out.error = f"{_text(current)} {rdtype.name}: {dns.rcode.to_text(rcode)}"
+                out.error = f"{name_text(current)} {rdtype.name}: {dns.rcode.to_text(rcode)}"
                 break
             cnames: dict[dns.name.Name, dns.name.Name] = {}
             found: dict[dns.name.Name, list[str]] = {}
@@ -99,10 +99,10 @@ class _Discovery:
                 target = cnames[current]
                 chain.append(target)
                 if target in seen:
-                    out.error = "CNAME loop: " + " -> ".join(map(_text, [name, *chain]))
+                    out.error = "CNAME loop: " + " -> ".join(map(name_text, [name, *chain]))
                     break
                 if len(chain) > MAX_CNAME_CHAIN:
-                    out.error = (f"{_text(name)}: CNAME chain longer than {MAX_CNAME_CHAIN}, "
+                    out.error = (f"{name_text(name)}: CNAME chain longer than {MAX_CNAME_CHAIN}, "
                                  "not followed further")
                     break
                 seen.add(target)
@@ -112,12 +112,12 @@ class _Discovery:
                 break
             if current == queried or rcode == dns.rcode.NXDOMAIN:
                 break  # no data here, or the chain's last target does not exist
-        out.cnames = tuple(map(_text, chain))
+        out.cnames = tuple(map(name_text, chain))
         return out
 
     async def lookup(self, name: dns.name.Name) -> _Lookup:
         """A and AAAA of *name* (both asked at once), CNAMEs chased; errors recorded."""
-        v4, v6 = await asyncio.gather(*(self.chase(name, t) for t in _ADDRESS_TYPES))
+        v4, v6 = await asyncio.gather(*(self.chase(name, t) for t in ADDRESS_TYPES))
         for part in (v4, v6):
             if part.error:
                 self.errors.add(part.error)
@@ -143,15 +143,15 @@ class _Discovery:
     async def apex_ns(self) -> list[dns.name.Name]:
         """The domain's NS names; refuses a domain that does not exist (NXDOMAIN) or that the
         resolver cannot answer for at all."""
-        server = ", ".join(_format_server(ip, port) for ip, port in self.dns.servers)
+        server = ", ".join(format_server(ip, port) for ip, port in self.dns.servers)
         try:
             response = await self.dns.query(self.origin, dns.rdatatype.NS)
-        except _QueryFailed as exc:
+        except QueryFailed as exc:
             raise NetworkError(f"resolver {server} gave no answer for {self.domain}: {exc}"
                                ) from None
         rcode = response.rcode()
         if rcode == dns.rcode.NXDOMAIN:
-            raise _err(f"domain {self.domain} does not exist (NXDOMAIN from {server})")
+            raise fail(f"domain {self.domain} does not exist (NXDOMAIN from {server})")
         if rcode != dns.rcode.NOERROR:
             raise NetworkError(f"resolver {server} answered {dns.rcode.to_text(rcode)} for "
                                f"{self.domain}; choose another --resolver")
@@ -171,7 +171,7 @@ class _Discovery:
         lookups = await asyncio.gather(*(self.lookup(ns) for ns in ns_names))
         out: dict[str, tuple[str, ...]] = {}
         for ns, found in zip(ns_names, lookups, strict=True):
-            out[_text(ns)] = found.addresses
+            out[name_text(ns)] = found.addresses
             if found.addresses and ns.is_subdomain(self.origin):
-                self.add(_text(ns), found.addresses, found.cnames, SOURCE_NS)
+                self.add(name_text(ns), found.addresses, found.cnames, SOURCE_NS)
         return out

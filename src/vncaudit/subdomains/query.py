@@ -1,9 +1,10 @@
 """DNS traffic: the one place that sends queries, limits them and counts them.
 
-Owns: `_Dns` (one concurrency limit on messages in flight, one evenly spaced rate limit, retries
-rotating through the resolvers, the count of every message sent, AXFR included through `slot`),
-`_Errors` (one line per problem, capped at MAX_ERRORS), the system resolver list used when none
-was given (`_system_servers`), and the check of the limits the user gave (`_check_limits`).
+Owns: `DnsSender` (one concurrency limit on messages in flight, one evenly spaced rate limit,
+retries rotating through the resolvers, the count of every message sent, AXFR included through
+`slot`), `ErrorLines` (one line per problem, capped at MAX_ERRORS), the system resolver list
+used when none was given (`system_servers`), and the check of the limits the user gave
+(`check_limits`).
 
 Must not: send to any server but the chosen resolvers (zone transfers take a `slot` here but
 connect in `axfr`), interpret answers (that is `lookup` and `axfr`), or import anything of the
@@ -27,7 +28,7 @@ import dns.rdatatype
 import dns.resolver
 
 from vncaudit.exceptions import NetworkError
-from vncaudit.subdomains.names import _err
+from vncaudit.subdomains.names import fail
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ MAX_ERRORS: Final = 50  # the rest are counted: a dead resolver must not make 10
 EDNS_PAYLOAD: Final = 1232  # the DNS flag day 2020 size: no IP fragmentation
 
 
-class _QueryFailed(Exception):
+class QueryFailed(Exception):
     """No usable answer from the resolver (after retries); the text says why."""
 
 
-class _Errors:
+class ErrorLines:
     """One line per problem, deduplicated, capped at MAX_ERRORS (the rest counted)."""
 
     def __init__(self) -> None:
@@ -62,7 +63,7 @@ class _Errors:
         return self.lines + more
 
 
-class _Dns:
+class DnsSender:
     """Sends queries under one concurrency limit (in-flight messages) and one rate limit
     (messages per second, evenly spaced), and counts every message sent."""
 
@@ -94,7 +95,7 @@ class _Dns:
 
     async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
                     ) -> dns.message.Message:
-        """The resolver's response (any rcode); `_QueryFailed` when none came after retries."""
+        """The resolver's response (any rcode); `QueryFailed` when none came after retries."""
         q = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         why = "no answer"
         loop = asyncio.get_running_loop()
@@ -116,23 +117,23 @@ class _Dns:
                 why = (f"timeout: no answer to {tries} of {self.timeout:g} s each "
                        f"({loop.time() - started:.1f} s in all)")
             except (dns.exception.DNSException, OSError, EOFError) as exc:
-                why = _describe(exc)
-        raise _QueryFailed(why)
+                why = describe_error(exc)
+        raise QueryFailed(why)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = str(exc).strip().replace("\n", " ")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _text(name: dns.name.Name) -> str:
+def name_text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
-_ADDRESS_TYPES: Final = (dns.rdatatype.A, dns.rdatatype.AAAA)
+ADDRESS_TYPES: Final = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
-def _system_servers() -> list[tuple[str, int]]:
+def system_servers() -> list[tuple[str, int]]:
     """The system's resolvers (/etc/resolv.conf); used only when no resolver was given."""
     try:
         resolver = dns.resolver.Resolver(configure=True)
@@ -150,12 +151,12 @@ def _system_servers() -> list[tuple[str, int]]:
     return servers
 
 
-def _check_limits(concurrency: int, rate: float | None, timeout: float, retries: int) -> None:
+def check_limits(concurrency: int, rate: float | None, timeout: float, retries: int) -> None:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise _err(f"invalid DNS concurrency {concurrency!r}: must be a whole number >= 1")
+        raise fail(f"invalid DNS concurrency {concurrency!r}: must be a whole number >= 1")
     if rate is not None and not rate > 0:
-        raise _err(f"invalid DNS rate {rate!r}: must be > 0 queries per second")
+        raise fail(f"invalid DNS rate {rate!r}: must be > 0 queries per second")
     if not timeout > 0:
-        raise _err(f"invalid DNS timeout {timeout!r}: must be > 0 seconds")
+        raise fail(f"invalid DNS timeout {timeout!r}: must be > 0 seconds")
     if retries < 0:
-        raise _err(f"invalid DNS retries {retries!r}: must be >= 0")
+        raise fail(f"invalid DNS retries {retries!r}: must be >= 0")

@@ -5,7 +5,7 @@ names through a pool of `concurrency` workers), dropping wordlist names that ans
 wildcard, skipping names a complete transfer answered, progress callbacks, and the sorted
 `DiscoveryResult`.
 
-Must not: send DNS messages itself (every message goes through `query._Dns`), probe VNC, print,
+Must not: send DNS messages itself (every message goes through `query.DnsSender`), probe VNC, print,
 or import anything of the package but `exceptions`.
 """
 
@@ -22,14 +22,14 @@ import dns.name
 
 from vncaudit.subdomains.axfr import (
     MAX_AXFR_TARGETS,
-    _Zone,
+    Zone,
     skip_after_transfer,
     transfer,
     zone_hosts,
 )
-from vncaudit.subdomains.lookup import _Discovery
-from vncaudit.subdomains.names import _err, _format_server, normalize_domain, parse_resolver
-from vncaudit.subdomains.query import _check_limits, _Dns, _Errors, _system_servers
+from vncaudit.subdomains.lookup import Discovery
+from vncaudit.subdomains.names import fail, format_server, normalize_domain, parse_resolver
+from vncaudit.subdomains.query import DnsSender, ErrorLines, check_limits, system_servers
 from vncaudit.subdomains.results import (
     SOURCE_APEX,
     SOURCE_NS,
@@ -38,7 +38,7 @@ from vncaudit.subdomains.results import (
     DiscoveryResult,
     FoundHost,
 )
-from vncaudit.subdomains.wordlist import _candidate, builtin_wordlist, wildcard
+from vncaudit.subdomains.wordlist import builtin_wordlist, candidate_name, wildcard
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +77,18 @@ async def discover(
     after each wordlist name.
     """
     name = normalize_domain(domain)
-    _check_limits(concurrency, rate, timeout, retries)
+    check_limits(concurrency, rate, timeout, retries)
     if not 1 <= axfr_port <= 65535:
-        raise _err(f"invalid AXFR port {axfr_port}: must be 1-65535")
+        raise fail(f"invalid AXFR port {axfr_port}: must be 1-65535")
     candidates = _candidates(name, wordlist, builtin)
-    servers = [parse_resolver(resolver)] if resolver is not None else _system_servers()
-    shown = ", ".join(_format_server(ip, port) for ip, port in servers)
+    servers = [parse_resolver(resolver)] if resolver is not None else system_servers()
+    shown = ", ".join(format_server(ip, port) for ip, port in servers)
     if resolver is None:
         shown = f"system ({shown})"
 
-    errors = _Errors()
-    run = _Discovery(name, _Dns(servers, concurrency, rate, timeout, retries), axfr_port, errors)
+    errors = ErrorLines()
+    sender = DnsSender(servers, concurrency, rate, timeout, retries)
+    run = Discovery(name, sender, axfr_port, errors)
     log.info("discovering hosts of %s via %s: %d wordlist names, AXFR %s", name, shown,
              len(candidates), "on" if axfr else "off")
     ns_names = await run.apex_ns()
@@ -129,9 +130,9 @@ def _candidates(domain: str, wordlist: Iterable[str] | None, builtin: bool) -> l
     entries: list[str] = list(builtin_wordlist()) if builtin else []
     if wordlist is not None:
         if isinstance(wordlist, str):
-            raise _err("wordlist must be a list of labels, not one string")
+            raise fail("wordlist must be a list of labels, not one string")
         entries += list(wordlist)
-    return list(dict.fromkeys(c for e in entries if (c := _candidate(e, domain))))
+    return list(dict.fromkeys(c for e in entries if (c := candidate_name(e, domain))))
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,14 @@ class _Transfers:
     """The zone merged from every transfer, and each attempt's status by "ns@address" (or by
     NS name when it has no address)."""
 
-    zone: _Zone
+    zone: Zone
     statuses: dict[str, str]
 
 
-async def _transfers(run: _Discovery, ns_names: list[dns.name.Name], axfr: bool) -> _Transfers:
+async def _transfers(run: Discovery, ns_names: list[dns.name.Name], axfr: bool) -> _Transfers:
     """Resolve the NS names, then (when *axfr*) try a zone transfer from each address, at
     most MAX_AXFR_TARGETS of them, all at once."""
-    zone = _Zone()
+    zone = Zone()
     statuses: dict[str, str] = {}
     # NS names are resolved even without AXFR: in-domain ones are hosts (source "ns").
     ns_addresses = await run.ns_addresses(ns_names)
@@ -183,7 +184,7 @@ class _Wildcard:
                 or (bool(cnames) and cnames[0] in self.targets))
 
 
-async def _ask_wordlist(run: _Discovery, todo: list[str], concurrency: int, wild: _Wildcard,
+async def _ask_wordlist(run: Discovery, todo: list[str], concurrency: int, wild: _Wildcard,
                         progress: Callable[[int, int], None] | None) -> int:
     """Look up each name through `concurrency` workers and add those that answer unlike the
     wildcard; return how many were dropped for answering like it."""

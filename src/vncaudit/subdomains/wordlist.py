@@ -2,7 +2,7 @@
 
 Owns: the built-in labels (`data/subdomain_labels.txt`, read once through
 `importlib.resources`), reading a user's wordlist file, turning an entry into a name under the
-domain (`_candidate`), and `wildcard`: WILDCARD_PROBES random labels, whose answers tell which
+domain (`candidate_name`), and `wildcard`: WILDCARD_PROBES random labels, whose answers tell which
 wordlist hits are indistinguishable from a wildcard record.
 
 Must not: send a query other than through the run's `lookup`, read any file but the built-in
@@ -23,8 +23,8 @@ from typing import Final
 
 import dns.name
 
-from vncaudit.subdomains.lookup import _Discovery
-from vncaudit.subdomains.names import _ascii_labels, _err, _show
+from vncaudit.subdomains.lookup import Discovery
+from vncaudit.subdomains.names import ascii_labels, fail, quote
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +53,25 @@ def read_wordlist(path: str | Path) -> list[str]:
         with open(path, encoding="utf-8") as fh:
             return list(_entries(fh))
     except (OSError, UnicodeError) as exc:
-        raise _err(f"cannot read wordlist {path}: {exc}") from None
+        raise fail(f"cannot read wordlist {path}: {exc}") from None
 
 
-def _candidate(entry: str, domain: str) -> str | None:
+def candidate_name(entry: str, domain: str) -> str | None:
     """The fully qualified name a wordlist entry names under *domain*, None for the apex."""
     text = entry.strip().lower().removesuffix(".")
     if text == domain:
         return None
     # A list made for this domain may hold full names; "vnc.example.com" means label "vnc".
     text = text.removesuffix("." + domain)
-    labels = _ascii_labels(text, "wordlist entry")
+    labels = ascii_labels(text, "wordlist entry")
     name = ".".join(labels) + "." + domain
     if len(name) > 253:
-        raise _err(f"invalid wordlist entry {_show(entry)}: {name} is longer than 253 "
+        raise fail(f"invalid wordlist entry {quote(entry)}: {name} is longer than 253 "
                    "characters")
     return name
 
 
-async def wildcard(run: _Discovery) -> tuple[set[str], set[str]]:
+async def wildcard(run: Discovery) -> tuple[set[str], set[str]]:
     """(addresses, first CNAME targets) random labels resolve to; both empty: none."""
     alphabet = string.ascii_lowercase + string.digits
     labels = ["".join(secrets.choice(alphabet) for _ in range(WILDCARD_LABEL_LENGTH))

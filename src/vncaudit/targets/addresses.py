@@ -1,8 +1,9 @@
 """Address keys, merged key intervals, and the special networks a scan refuses by default.
 
-Owns: the single integer key space of IPv4 and IPv6 addresses (`_key`, `_host_string`), merging
-and subtracting key intervals (`_merge`, `_subtract`, `_Intervals`), `SPECIAL_NETWORKS` and the
-check that refuses them (`_check_special`) unless an exclusion covers the overlap.
+Owns: the single integer key space of IPv4 and IPv6 addresses (`address_key`, `host_string`),
+merging and subtracting key intervals (`merge_blocks`, `subtract_blocks`, `Intervals`),
+`SPECIAL_NETWORKS` and the check that refuses them (`check_special`) unless an exclusion covers
+the overlap.
 
 Must not: do any I/O, or hold one entry per address (intervals only: memory stays flat in the
 size of a range); import anything of the package but `exceptions` (through `targets.errors`).
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from vncaudit.targets.errors import _err
+from vncaudit.targets.errors import fail
 
 # Networks refused unless allow_special=True: (network, why). Checked in this order; the first
 # overlap not covered by an exclusion is named in the error. Loopback, private (RFC 1918, ULA),
@@ -38,23 +39,23 @@ SPECIAL_NETWORKS: Final[tuple[tuple[str, str], ...]] = (
 
 # Addresses are handled as one integer "key" space: IPv4 keys are the address, IPv6 keys have bit
 # 128 set. IPv4 sorts before IPv6 and the two never touch, so one interval list holds both.
-_V6: Final = 1 << 128
-_MASK128: Final = _V6 - 1
-_PORT_BITS: Final = 16
+V6_BIT: Final = 1 << 128
+_MASK128: Final = V6_BIT - 1
+PORT_BITS: Final = 16
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _key(ip: IPAddress) -> int:
-    return int(ip) | (_V6 if ip.version == 6 else 0)
+def address_key(ip: IPAddress) -> int:
+    return int(ip) | (V6_BIT if ip.version == 6 else 0)
 
 
-def _host_string(key: int) -> str:
-    if key < _V6:
+def host_string(key: int) -> str:
+    if key < V6_BIT:
         return f"{key >> 24}.{(key >> 16) & 255}.{(key >> 8) & 255}.{key & 255}"
     return str(ipaddress.IPv6Address(key & _MASK128))
 
 
-def _merge(blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_blocks(blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sorted, disjoint, non-adjacent intervals covering the same keys."""
     out: list[tuple[int, int]] = []
     for first, last in sorted(blocks):
@@ -66,8 +67,9 @@ def _merge(blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _subtract(blocks: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """*blocks* minus *cut*; both merged (see `_merge`)."""
+def subtract_blocks(blocks: list[tuple[int, int]],
+                    cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """*blocks* minus *cut*; both merged (see `merge_blocks`)."""
     out: list[tuple[int, int]] = []
     j = 0
     for first, last in blocks:
@@ -86,14 +88,14 @@ def _subtract(blocks: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list
 
 
 @dataclass
-class _Intervals:
+class Intervals:
     """Merged intervals with O(log n) membership."""
 
     firsts: list[int] = field(default_factory=list)
     lasts: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, merged: list[tuple[int, int]]) -> _Intervals:
+    def of(cls, merged: list[tuple[int, int]]) -> Intervals:
         return cls([a for a, _ in merged], [b for _, b in merged])
 
     def covers(self, first: int, last: int) -> bool:
@@ -102,16 +104,16 @@ class _Intervals:
 
 
 _SPECIAL: Final = tuple(
-    (_key(net.network_address), _key(net.broadcast_address), f"{net} ({why})")
+    (address_key(net.network_address), address_key(net.broadcast_address), f"{net} ({why})")
     for net, why in ((ipaddress.ip_network(n), w) for n, w in SPECIAL_NETWORKS)
 )
 
 
-def _check_special(first: int, last: int, excluded: _Intervals, where: str) -> None:
+def check_special(first: int, last: int, excluded: Intervals, where: str) -> None:
     for s_first, s_last, name in _SPECIAL:
         if first > s_last or last < s_first:  # the common case, without min/max calls: an
             continue                          # nmap pattern may bring 65,536 intervals
         lo, hi = max(first, s_first), min(last, s_last)
         if not excluded.covers(lo, hi):
             verb = "is in" if first == last else "overlaps"
-            raise _err(f"{where} {verb} {name}; use --allow-special to scan it anyway")
+            raise fail(f"{where} {verb} {name}; use --allow-special to scan it anyway")

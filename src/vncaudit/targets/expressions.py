@@ -5,7 +5,7 @@ Owns: `_parse_expression` (one expression to a `_Parsed`), the range forms (`10.
 `hostname/prefix`, the hostname check that keeps broken addresses away from the resolver, IPv6
 zone indexes, the IPv6 size limit (`MAX_IPV6_EXPRESSION`), and hostname resolution: the
 injectable `Resolver`, `default_resolver` (getaddrinfo), `canonical_resolver` (the same with
-the CNAME chain's last name) and `_CachingResolver` (each name once per build, every failure a
+the CNAME chain's last name) and `CachingResolver` (each name once per build, every failure a
 `UsageError`).
 
 Must not: open sockets other than through the resolver it is given, resolve a name twice in one
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from vncaudit.exceptions import UsageError
-from vncaudit.targets.addresses import _V6, IPAddress, _host_string, _key
-from vncaudit.targets.errors import _err, _show
+from vncaudit.targets.addresses import V6_BIT, IPAddress, address_key, host_string
+from vncaudit.targets.errors import fail, quote
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def canonical_resolver(name: str) -> Resolution:
     return out
 
 
-class _CachingResolver:
+class CachingResolver:
     """Resolves each name once per build and turns every failure into a UsageError."""
 
     def __init__(self, resolve: Resolver) -> None:
@@ -88,22 +88,22 @@ class _CachingResolver:
             try:
                 raw = self._resolve(name)
             except (OSError, UnicodeError) as exc:
-                raise _err(f"cannot resolve {name}: {exc}") from None
+                raise fail(f"cannot resolve {name}: {exc}") from None
             addrs: list[IPAddress] = []
             for text in raw:
-                ip = _ip_or_none(str(text))
+                ip = ip_or_none(str(text))
                 if ip is None:
-                    raise _err(f"cannot resolve {name}: resolver returned {_show(str(text))}")
+                    raise fail(f"cannot resolve {name}: resolver returned {quote(str(text))}")
                 if ip not in addrs:
                     addrs.append(ip)
             if not addrs:
-                raise _err(f"cannot resolve {name}: no IPv4 or IPv6 address")
+                raise fail(f"cannot resolve {name}: no IPv4 or IPv6 address")
             log.debug("resolved %s to %s", name, ", ".join(map(str, addrs)))
             self._cache[name] = addrs
         return self._cache[name]
 
 
-def _ip_or_none(text: str) -> IPAddress | None:
+def ip_or_none(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
@@ -115,7 +115,7 @@ _HEX_GROUP = re.compile(r"[0-9a-fA-F]{1,4}")
 _OCTET = re.compile(r"[0-9]{1,3}")
 
 
-def _hostname(expr: str) -> str | None:
+def hostname_or_none(expr: str) -> str | None:
     """The lower-case hostname *expr* names, or None when it is not a plausible hostname."""
     name = expr.lower().removesuffix(".")
     try:
@@ -132,24 +132,24 @@ def _hostname(expr: str) -> str | None:
     return name
 
 
-def _check_v6_size(parsed: _Parsed, where: str) -> None:
+def check_v6_size(parsed: _Parsed, where: str) -> None:
     for first, last in parsed.blocks:
         size = last - first + 1
-        if first >= _V6 and size > MAX_IPV6_EXPRESSION:
+        if first >= V6_BIT and size > MAX_IPV6_EXPRESSION:
             shown = f"2**{size.bit_length() - 1}" if size & (size - 1) == 0 else str(size)
-            raise _err(
+            raise fail(
                 f"{where} spans {shown} IPv6 addresses; scanning that is meaningless, give a "
                 f"smaller prefix (/104 or longer: at most 2**24 addresses per IPv6 expression)"
             )
 
 
-def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
-    shown = _show(expr)
+def _parse_expression(expr: str, resolve: CachingResolver) -> _Parsed:
+    shown = quote(expr)
     if not expr:
-        raise _err("empty target expression")
+        raise fail("empty target expression")
     problem = target_form_problem(expr)
     if problem is not None and "://" in expr:
-        raise _err(f"invalid target {shown}: {problem}")
+        raise fail(f"invalid target {shown}: {problem}")
     if "/" in expr:
         named = _named_network(expr, resolve)
         if named is not None:
@@ -157,31 +157,32 @@ def _parse_expression(expr: str, resolve: _CachingResolver) -> _Parsed:
         try:
             net = ipaddress.ip_network(expr, strict=False)
         except ValueError as exc:
-            raise _err(f"invalid network {shown}: {_network_problem(expr, exc)}") from None
-        first, last = _key(net.network_address), _key(net.broadcast_address)
+            raise fail(f"invalid network {shown}: {_network_problem(expr, exc)}") from None
+        first, last = address_key(net.network_address), address_key(net.broadcast_address)
         norm = str(net.network_address) if first == last else str(net)
         return _Parsed(norm, [(first, last)])
     if "-" in expr:
         left, _, right = expr.partition("-")
-        start = _ip_or_none(left)
+        start = ip_or_none(left)
         if start is not None and right.strip():  # 10.0.0.1- is nmap's 10.0.0.1-255: below
             return _parse_range(expr, start, right.strip())
     if _OCTET_PATTERN.fullmatch(expr):
         return _parse_octets(expr)
     bare = expr[1:-1] if expr.startswith("[") and expr.endswith("]") else expr
-    ip = _ip_or_none(bare)
+    ip = ip_or_none(bare)
     if ip is not None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
             _check_zone(ip.scope_id, shown)
-        return _Parsed(str(ip), [(_key(ip), _key(ip))], zones=_zones([ip]))
+        return _Parsed(str(ip), [(address_key(ip), address_key(ip))], zones=_zones([ip]))
     if ":" in expr:
         _refuse_host_port(expr, shown)
-        raise _err(f"invalid IPv6 address {shown}")
-    name = _hostname(expr)
+        raise fail(f"invalid IPv6 address {shown}")
+    name = hostname_or_none(expr)
     if name is None:
-        raise _err(f"invalid target {shown}: not an IP address, CIDR, range or hostname")
+        raise fail(f"invalid target {shown}: not an IP address, CIDR, range or hostname")
     addrs = resolve(name)
-    return _Parsed(name, [(_key(a), _key(a)) for a in addrs], hostname=name, zones=_zones(addrs))
+    return _Parsed(name, [(address_key(a), address_key(a)) for a in addrs], hostname=name,
+                   zones=_zones(addrs))
 
 
 _OCTET_PATTERN = re.compile(r"[0-9*,-]+(?:\.[0-9*,-]+){3}")
@@ -191,7 +192,7 @@ def _parse_octets(expr: str) -> _Parsed:
     """nmap's IPv4 octet pattern: each of the four octets a comma list of `N`, `N-M`, `-M`
     (0-M), `N-` (N-255) or `*` (0-255), e.g. `10.0.0-1.1-254`, `192.168.*.1,3`. The addresses
     are the product of the four octet sets; they are kept as intervals, never one by one."""
-    shown = _show(expr)
+    shown = quote(expr)
     octets = [_octet_set(part, i, shown) for i, part in enumerate(expr.split("."), 1)]
     # Octets after `k` that are all 0-255 make each value of octet k one contiguous interval.
     k = 3
@@ -203,7 +204,7 @@ def _parse_octets(expr: str) -> _Parsed:
         leading *= sum(hi - lo + 1 for lo, hi in values)
     count = leading * len(octets[k])
     if count > MAX_PATTERN_BLOCKS:
-        raise _err(f"invalid target {shown}: it splits into {count:,} separate ranges (at most "
+        raise fail(f"invalid target {shown}: it splits into {count:,} separate ranges (at most "
                    f"{MAX_PATTERN_BLOCKS:,} per expression); use fewer values in the first "
                    "octets, or a CIDR")
     prefixes = [0]
@@ -227,18 +228,18 @@ def _octet_set(part: str, index: int, shown: str) -> list[tuple[int, int]]:
         low_text, dash, high_text = item.partition("-")
         if not item or item == "-" or not all(t.isdigit() or not t for t in (low_text,
                                                                             high_text)):
-            raise _err(f"{where} has {_show(item)}; give N, N-M, -M, N- or *")
+            raise fail(f"{where} has {quote(item)}; give N, N-M, -M, N- or *")
         for number in (low_text, high_text):
             if len(number) > 1 and number.startswith("0"):  # inet_aton reads 010 as 8
-                raise _err(f"{where} has {number}: a leading zero is ambiguous (octal or "
+                raise fail(f"{where} has {number}: a leading zero is ambiguous (octal or "
                            "decimal?); write it without")
         low = int(low_text) if low_text else 0
         high = (int(high_text) if high_text else 255) if dash else low
         for value in (low, high):
             if value > 255:
-                raise _err(f"{where}: {value} is over 255")
+                raise fail(f"{where}: {value} is over 255")
         if high < low:
-            raise _err(f"{where}: {low}-{high} runs backwards")
+            raise fail(f"{where}: {low}-{high} runs backwards")
         runs.append((low, high))
     merged: list[tuple[int, int]] = []
     for low, high in sorted(runs):
@@ -249,23 +250,23 @@ def _octet_set(part: str, index: int, shown: str) -> list[tuple[int, int]]:
     return merged
 
 
-def _named_network(expr: str, resolve: _CachingResolver) -> _Parsed | None:
+def _named_network(expr: str, resolve: CachingResolver) -> _Parsed | None:
     """`host.example/30` (nmap): the network of that prefix around each address of the name
     (its IPv4 addresses for a prefix up to 32, else its IPv6 ones). None when the part before
     the slash is no host name."""
     text, _, prefix = expr.rpartition("/")
-    name = _hostname(text)
+    name = hostname_or_none(text)
     if name is None:
         return None
-    shown = _show(expr)
+    shown = quote(expr)
     if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > 128:
-        raise _err(f"invalid network {shown}: the prefix length must be a number 0-128, not "
-                   f"{_show(prefix)}")
+        raise fail(f"invalid network {shown}: the prefix length must be a number 0-128, not "
+                   f"{quote(prefix)}")
     bits = int(prefix)
     version = 4 if bits <= 32 else 6
     family = [a for a in resolve(name) if a.version == version]
     if not family:
-        raise _err(f"invalid network {shown}: {name} has no IPv4 address (an IPv6 network "
+        raise fail(f"invalid network {shown}: {name} has no IPv4 address (an IPv6 network "
                    "of a name needs a prefix of /33-/128)" if version == 4 else
                    f"invalid network {shown}: {name} has no IPv6 address, and /{bits} is "
                    "longer than an IPv4 prefix (/0-/32)")
@@ -273,8 +274,8 @@ def _named_network(expr: str, resolve: _CachingResolver) -> _Parsed | None:
     for addr in family:
         kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
         net = kind((int(addr), bits), strict=False)
-        blocks.append((_key(net.network_address), _key(net.broadcast_address)))
-    return _Parsed(f"{name}/{bits}", blocks, names={_key(a): name for a in family},
+        blocks.append((address_key(net.network_address), address_key(net.broadcast_address)))
+    return _Parsed(f"{name}/{bits}", blocks, names={address_key(a): name for a in family},
                    zones=_zones(family))
 
 
@@ -288,19 +289,19 @@ def _check_zone(zone: str, shown: str) -> None:
     except OSError:  # the interface list cannot be read here: let the connect decide
         return
     if zone not in names:
-        raise _err(f"invalid target {shown}: no network interface {_show(zone)} on this "
+        raise fail(f"invalid target {shown}: no network interface {quote(zone)} on this "
                    f"machine (interfaces: {', '.join(sorted(names))})")
 
 
 def _network_problem(expr: str, exc: ValueError) -> str:
     """What is wrong with ADDRESS/PREFIX, in words (ipaddress only repeats the input)."""
     address, _, prefix = expr.partition("/")
-    ip = _ip_or_none(address)
+    ip = ip_or_none(address)
     if ip is None:
-        return f"{_show(address)} is not an IP address (a network is ADDRESS/PREFIX)"
+        return f"{quote(address)} is not an IP address (a network is ADDRESS/PREFIX)"
     top = 32 if ip.version == 4 else 128
     if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > top:
-        return f"the prefix length must be a number 0-{top}, not {_show(prefix)}"
+        return f"the prefix length must be a number 0-{top}, not {quote(prefix)}"
     return str(exc)
 
 
@@ -309,7 +310,7 @@ def _refuse_host_port(expr: str, shown: str) -> None:
     instead of calling it a broken IPv6 address."""
     problem = target_form_problem(expr)
     if problem is not None:
-        raise _err(f"invalid target {shown}: {problem}")
+        raise fail(f"invalid target {shown}: {problem}")
 
 
 def target_form_problem(text: str, where: str = "-p", form: str = "{host} -p {port}"
@@ -334,9 +335,9 @@ def target_form_problem(text: str, where: str = "-p", form: str = "{host} -p {po
     if not (port.isascii() and port.isdigit()):
         return None
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else None
-    ip = _ip_or_none(bare if bare is not None else host)
+    ip = ip_or_none(bare if bare is not None else host)
     if (bare is not None and ip is not None) or (ip is not None and ip.version == 4) or (
-            bare is None and ip is None and _hostname(host) is not None):
+            bare is None and ip is None and hostname_or_none(host) is not None):
         return (f"a port goes in {where}, not after the host "
                 f"({form.format(host=bare or host, port=port)})")
     return None
@@ -344,44 +345,44 @@ def target_form_problem(text: str, where: str = "-p", form: str = "{host} -p {po
 
 def _zones(addrs: Iterable[IPAddress]) -> dict[int, str]:
     return {
-        _key(a): a.scope_id
+        address_key(a): a.scope_id
         for a in addrs
         if isinstance(a, ipaddress.IPv6Address) and a.scope_id
     }
 
 
 def _parse_range(expr: str, start: IPAddress, right: str) -> _Parsed:
-    shown = _show(expr)
+    shown = quote(expr)
     if isinstance(start, ipaddress.IPv6Address) and start.scope_id:
-        raise _err(f"invalid range {shown}: a zone index is allowed on a single address only")
-    end = _ip_or_none(right)
+        raise fail(f"invalid range {shown}: a zone index is allowed on a single address only")
+    end = ip_or_none(right)
     first = int(start)
     if end is not None:
         if end.version != start.version:
-            raise _err(f"invalid range {shown}: mixes IPv4 and IPv6")
+            raise fail(f"invalid range {shown}: mixes IPv4 and IPv6")
         if isinstance(end, ipaddress.IPv6Address) and end.scope_id:
-            raise _err(f"invalid range {shown}: a zone index is allowed on a single address only")
+            raise fail(f"invalid range {shown}: a zone index is allowed on a single address only")
         last = int(end)
     elif start.version == 4 and _OCTET.fullmatch(right) and int(right) <= 255:
         last = (first & ~0xFF) | int(right)  # 10.0.0.1-50: the last octet
     elif start.version == 6 and _HEX_GROUP.fullmatch(right):
         last = (first & ~0xFFFF) | int(right, 16)  # 2001:db8::1-ff: the last 16-bit group
     else:
-        raise _err(f"invalid range {shown}: end {_show(right)} is not an address or last octet")
+        raise fail(f"invalid range {shown}: end {quote(right)} is not an address or last octet")
     if last < first:
-        raise _err(f"invalid range {shown}: the end comes before the start")
-    tag = _V6 if start.version == 6 else 0
-    norm = _host_string(first | tag)
+        raise fail(f"invalid range {shown}: the end comes before the start")
+    tag = V6_BIT if start.version == 6 else 0
+    norm = host_string(first | tag)
     if last != first:
-        norm += "-" + _host_string(last | tag)
+        norm += "-" + host_string(last | tag)
     return _Parsed(norm, [(first | tag, last | tag)])
 
-def _parse_at(
-    location: str, expr: str, resolver: _CachingResolver, what: str
+def parse_at(
+    location: str, expr: str, resolver: CachingResolver, what: str
 ) -> tuple[_Parsed, str]:
     """Parse one expression; return it and its name for messages, e.g. "a.txt:3: target '…'"."""
     try:
         parsed = _parse_expression(expr.strip(), resolver)
     except UsageError as exc:
-        raise _err(f"{location}{exc}") from None
-    return parsed, f"{location}{what} {_show(expr.strip())}"
+        raise fail(f"{location}{exc}") from None
+    return parsed, f"{location}{what} {quote(expr.strip())}"

@@ -1,8 +1,9 @@
 """Input files: `-iL` lists (or stdin), nmap XML and masscan output.
 
 Owns: reading the files the user named, line by line or in chunks, as `(location, expression)`
-pairs (`_sources`, `_list_file`) or as `_Host`s with their open TCP ports (`_read_nmap_xml`,
-`_read_masscan` for -oJ, -oD, -oL and -oX); refusing XML with a DTD or entities.
+pairs (`expression_sources`, `_list_file`) or as `_Host`s with their open TCP ports
+(`read_nmap_xml`, `read_masscan` for -oJ, -oD, -oL and -oX); refusing XML with a DTD or
+entities.
 
 Must not: read any file the user did not name, load a whole file when it can be streamed (the
 masscan JSON fallback aside), expand an XML entity, or import anything of the package but
@@ -21,9 +22,9 @@ from typing import IO, Final, NoReturn
 from xml.parsers import expat
 
 from vncaudit.exceptions import UsageError
-from vncaudit.targets.errors import _err, _show
-from vncaudit.targets.expressions import _hostname
-from vncaudit.targets.ports import _NUMBER
+from vncaudit.targets.errors import fail, quote
+from vncaudit.targets.expressions import hostname_or_none
+from vncaudit.targets.ports import PORT_NUMBER
 
 PathLike = str | Path
 
@@ -33,7 +34,7 @@ def _open_text(path: PathLike) -> IO[str]:
     try:
         return open(path, encoding="utf-8")  # closed by the caller
     except OSError as exc:
-        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 MAX_LINE: Final = 65536  # characters; a target list's line is never near this long
@@ -54,13 +55,13 @@ def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
         while line := stream.readline(MAX_LINE + 1):
             lineno += 1
             if len(line) > MAX_LINE:
-                raise _LongLine(str(_err(f"{path}:{lineno}: line longer than {MAX_LINE} "
+                raise _LongLine(str(fail(f"{path}:{lineno}: line longer than {MAX_LINE} "
                                          "characters; not a text list of targets")))
             yield lineno, line
     except OSError as exc:
-        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise _err(f"cannot read {path}: not UTF-8 text") from None
+        raise fail(f"cannot read {path}: not UTF-8 text") from None
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -74,7 +75,7 @@ def _list_file(path: PathLike) -> Iterator[tuple[str, str]]:
             yield f"{path}:{lineno}: ", expr
 
 
-def _sources(
+def expression_sources(
     expressions: Iterable[str], paths: Sequence[PathLike]
 ) -> Iterator[tuple[str, str]]:
     """(location, expression): location is "" for an argument, "path:line: " for a file."""
@@ -92,7 +93,7 @@ class _Host:
     hostname: str | None = None
 
 
-def _read_nmap_xml(path: PathLike) -> Iterator[_Host]:
+def read_nmap_xml(path: PathLike) -> Iterator[_Host]:
     """Hosts that are up (or have no status, as in masscan -oX) and their open TCP ports.
 
     Parsed with expat, streamed in chunks. A bare `<!DOCTYPE nmaprun>` (nmap writes one) is
@@ -104,22 +105,22 @@ def _read_nmap_xml(path: PathLike) -> Iterator[_Host]:
     try:
         stream = open(path, "rb")
     except OSError as exc:
-        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
     with stream:
         while True:
             try:
                 chunk = stream.read(1 << 16)
                 parser.Parse(chunk, not chunk)
             except expat.ExpatError as exc:
-                raise _err(f"{path}: not valid nmap XML: {exc}") from None
+                raise fail(f"{path}: not valid nmap XML: {exc}") from None
             except OSError as exc:
-                raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+                raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
             yield from reader.done
             reader.done.clear()
             if not chunk:
                 break
     if reader.root is None:
-        raise _err(f"{path}: not nmap XML (empty document)")
+        raise fail(f"{path}: not nmap XML (empty document)")
 
 
 class _NmapXmlReader:
@@ -147,7 +148,7 @@ class _NmapXmlReader:
         return parser
 
     def refuse(self, *_: object) -> NoReturn:
-        raise _err(f"{self.path}: refusing XML with a DTD or entities (nmap XML needs neither)")
+        raise fail(f"{self.path}: refusing XML with a DTD or entities (nmap XML needs neither)")
 
     def doctype(self, _name: str, sysid: str | None, pubid: str | None, subset: int) -> None:
         if sysid or pubid or subset:
@@ -157,7 +158,7 @@ class _NmapXmlReader:
         if self.root is None:
             self.root = tag
             if tag != "nmaprun":
-                raise _err(f"{self.path}: not nmap XML (root element <{tag[:40]}>)")
+                raise fail(f"{self.path}: not nmap XML (root element <{tag[:40]}>)")
         host = self.host
         if tag == "host":
             self.host, self.status = _Host("", None), None
@@ -169,7 +170,7 @@ class _NmapXmlReader:
         elif tag == "address" and attrs.get("addrtype") in ("ipv4", "ipv6"):
             self.addrs.append(attrs.get("addr", ""))
         elif tag == "hostname" and attrs.get("type") == "user" and host.hostname is None:
-            host.hostname = _hostname(attrs.get("name", ""))
+            host.hostname = hostname_or_none(attrs.get("name", ""))
         elif tag == "ports":
             host.ports = host.ports or []
         elif tag == "port":
@@ -193,19 +194,19 @@ class _NmapXmlReader:
 
 
 def _file_port(value: object, where: str) -> int:
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+    if isinstance(value, str) and PORT_NUMBER.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _err(f"{where} {_show(str(value))} is not a port number 1-65535")
+        raise fail(f"{where} {quote(str(value))} is not a port number 1-65535")
     return value
 
 
-def _read_masscan(path: PathLike) -> Iterator[_Host]:
+def read_masscan(path: PathLike) -> Iterator[_Host]:
     """Open TCP ports from masscan -oJ (JSON list), -oD (one object per line), -oL (list
     lines `open tcp 5900 1.2.3.4 1700000000`) or -oX (nmap-style XML) output."""
     first = _first_char(path)
     if first == "<":
-        yield from _read_nmap_xml(path)
+        yield from read_nmap_xml(path)
     elif first and first in "[{":
         yield from _read_masscan_json(path)
     else:
@@ -216,7 +217,7 @@ def _read_masscan(path: PathLike) -> Iterator[_Host]:
             if fields[0] in ("closed", "banner"):
                 continue
             if fields[0] != "open" or len(fields) < 4:
-                raise _err(f"{path}:{lineno}: not a masscan list line: {_show(line.strip())}")
+                raise fail(f"{path}:{lineno}: not a masscan list line: {quote(line.strip())}")
             if fields[1] == "tcp":
                 yield _Host(fields[3], [_file_port(fields[2], f"{path}:{lineno}: port")])
 
@@ -234,9 +235,9 @@ def _first_char(path: PathLike) -> str:
                 return text[0]
         return ""
     except OSError as exc:
-        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise _err(f"cannot read {path}: not UTF-8 text") from None
+        raise fail(f"cannot read {path}: not UTF-8 text") from None
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -260,25 +261,25 @@ def _read_masscan_json(path: PathLike) -> Iterator[_Host]:
         with open(path, encoding="utf-8") as stream:
             document = json.load(stream)
     except OSError as exc:
-        raise _err(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise _err(f"{path}: not valid masscan JSON: {exc}") from None
+        raise fail(f"{path}: not valid masscan JSON: {exc}") from None
     for i, record in enumerate(document if isinstance(document, list) else [document], 1):
         yield from _masscan_record(record, f"{path}: record {i}")
 
 
 def _masscan_record(record: object, where: str) -> Iterator[_Host]:
     if not isinstance(record, dict):
-        raise _err(f"{where}: masscan record is not a JSON object")
+        raise fail(f"{where}: masscan record is not a JSON object")
     if "ip" not in record:
         return  # e.g. the {"finished": 1} trailer of old masscan versions
     ip = record["ip"]
     entries = record.get("ports", [record])
     if not isinstance(ip, str) or not isinstance(entries, list):
-        raise _err(f"{where}: masscan record needs a string 'ip' and a 'ports' list")
+        raise fail(f"{where}: masscan record needs a string 'ip' and a 'ports' list")
     for entry in entries:
         if not isinstance(entry, dict):
-            raise _err(f"{where}: masscan port entry is not a JSON object")
+            raise fail(f"{where}: masscan port entry is not a JSON object")
         data = entry.get("data")
         status = entry.get("status", data.get("status") if isinstance(data, dict) else None)
         if entry.get("proto", "tcp") == "tcp" and status in (None, "open"):

@@ -1,6 +1,6 @@
 """The zmap-style cyclic group permutation that orders and shards a scan.
 
-Owns: `_CyclicPermutation` (a permutation of range(n) stored in a few integers), the prime test
+Owns: `CyclicPermutation` (a permutation of range(n) stored in a few integers), the prime test
 and factorisation it needs, and `_derive`, which turns a seed into its generator and start the
 same way in every process and Python version.
 
@@ -87,7 +87,7 @@ def _derive(seed: int, label: str, n: int = 0) -> int:
     return int.from_bytes(digest, "big")
 
 
-class _CyclicPermutation:
+class CyclicPermutation:
     """A permutation of range(n) without storing it, as zmap does (Adrian et al., 2014).
 
     p is the smallest prime > n; a primitive root g generates the multiplicative group of Z_p,

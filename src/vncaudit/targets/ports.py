@@ -14,12 +14,12 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from vncaudit.exceptions import UsageError
-from vncaudit.targets.errors import _err, _show
+from vncaudit.targets.errors import fail, quote
 
 DEFAULT_PORTS: Final = "5800,5900-5910"
 VNC_DISPLAY_BASE: Final = 5900  # display :N listens on 5900 + N (5900: RFB's IANA port)
 
-_NUMBER = re.compile(r"[0-9]{1,7}")  # ASCII digits only, bounded (int() takes "٥" and "5_9")
+PORT_NUMBER = re.compile(r"[0-9]{1,7}")  # ASCII digits only, bounded (int() takes "٥" and "5_9")
 
 
 def parse_ports(spec: str) -> tuple[int, ...]:
@@ -29,7 +29,7 @@ def parse_ports(spec: str) -> tuple[int, ...]:
     `-` / `all` (1-65535), and VNC displays `:0` (5900) or `:0-:9` / `:0-9` (5900-5909).
     """
     if not spec.strip():
-        raise _err("empty port list; give ports like 5900-5910,5800 or displays like :0-:9")
+        raise fail("empty port list; give ports like 5900-5910,5800 or displays like :0-:9")
     ports: set[int] = set()
     for item in spec.split(","):
         first, last = _port_item(item.strip(), spec)
@@ -39,11 +39,11 @@ def parse_ports(spec: str) -> tuple[int, ...]:
 
 def _port_item(item: str, spec: str) -> tuple[int, int]:
     def bad(why: str) -> UsageError:
-        return _err(f"invalid port list {_show(spec)}: {why}")
+        return fail(f"invalid port list {quote(spec)}: {why}")
 
     def number(text: str, what: str) -> int:
-        if not _NUMBER.fullmatch(text):
-            raise bad(f"{_show(text)} is not a {what}")
+        if not PORT_NUMBER.fullmatch(text):
+            raise bad(f"{quote(text)} is not a {what}")
         return int(text)
 
     def port(text: str) -> int:
@@ -71,7 +71,7 @@ def _port_item(item: str, spec: str) -> tuple[int, int]:
         first = port(left) if left.strip() else 1
         last = (port(right) if right.strip() else 65535) if dash else first
     if last < first:
-        raise bad(f"range {_show(item)} is reversed")
+        raise bad(f"range {quote(item)} is reversed")
     return first, last
 
 
@@ -89,8 +89,8 @@ def format_ports(ports: Iterable[int]) -> str:
     return ",".join(items)
 
 
-def _check_ports(ports: Sequence[int]) -> tuple[int, ...]:
+def check_ports(ports: Sequence[int]) -> tuple[int, ...]:
     for p in ports:
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-            raise _err(f"invalid port {p!r}: ports are integers 1-65535")
+            raise fail(f"invalid port {p!r}: ports are integers 1-65535")
     return tuple(sorted(set(ports)))

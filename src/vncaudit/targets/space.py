@@ -21,26 +21,26 @@ from typing import TYPE_CHECKING
 
 from vncaudit.models import Target
 from vncaudit.targets.addresses import (
-    _PORT_BITS,
-    _check_special,
-    _host_string,
-    _Intervals,
-    _key,
-    _merge,
-    _subtract,
+    PORT_BITS,
+    Intervals,
+    address_key,
+    check_special,
+    host_string,
+    merge_blocks,
+    subtract_blocks,
 )
-from vncaudit.targets.errors import _err, _show
+from vncaudit.targets.errors import fail, quote
 from vncaudit.targets.expressions import (
+    CachingResolver,
     Resolver,
-    _CachingResolver,
-    _check_v6_size,
-    _ip_or_none,
-    _parse_at,
+    check_v6_size,
     default_resolver,
+    ip_or_none,
+    parse_at,
 )
-from vncaudit.targets.inputs import PathLike, _read_masscan, _read_nmap_xml, _sources
-from vncaudit.targets.permutation import _CyclicPermutation
-from vncaudit.targets.ports import _check_ports, format_ports
+from vncaudit.targets.inputs import PathLike, expression_sources, read_masscan, read_nmap_xml
+from vncaudit.targets.permutation import CyclicPermutation
+from vncaudit.targets.ports import check_ports, format_ports
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_V4_END = 1 << 32  # IPv4 keys are below this (see addresses._key)
+_V4_END = 1 << 32  # IPv4 keys are below this (see addresses.address_key)
 
 class TargetSpace:
     """The validated set of (address, port) targets of a scan; build it with
@@ -83,8 +83,8 @@ class TargetSpace:
         self._zones = zones
         self._described = described
         self._main = self._offsets[-1] * len(ports)
-        main = _Intervals.of(blocks)
-        extra = {key for key in (pair >> _PORT_BITS for pair in pairs) if not main.covers(key, key)}
+        main = Intervals.of(blocks)
+        extra = {key for key in (pair >> PORT_BITS for pair in pairs) if not main.covers(key, key)}
         self._addresses = self._offsets[-1] + len(extra)
 
     @property
@@ -114,16 +114,16 @@ class TargetSpace:
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, Target):
             return False
-        ip = _ip_or_none(item.host)
+        ip = ip_or_none(item.host)
         if ip is None:
             return False
-        key = _key(ip)
+        key = address_key(ip)
         k = bisect_right(self._firsts, key) - 1
         if k >= 0 and key - self._firsts[k] < self._offsets[k + 1] - self._offsets[k]:
             i = bisect_left(self.ports, item.port)
             if i < len(self.ports) and self.ports[i] == item.port:
                 return True
-        pair = (key << _PORT_BITS) | item.port
+        pair = (key << PORT_BITS) | item.port
         j = bisect_left(self._pairs, pair)
         return j < len(self._pairs) and self._pairs[j] == pair
 
@@ -137,8 +137,8 @@ class TargetSpace:
         """
         index, count = shard if shard is not None else (0, 1)
         if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-            raise _err(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
-        perm = _CyclicPermutation(self.count, self.seed if seed is None else seed)
+            raise fail(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
+        perm = CyclicPermutation(self.count, self.seed if seed is None else seed)
         return map(self._target, perm.indices(index, count))
 
     def walk(self, seed: int | None = None, shard: tuple[int, int] | None = None,
@@ -147,7 +147,7 @@ class TargetSpace:
         a resumed scan has done), readable one `Target` at a time or in blocks (`TargetWalk`)."""
         index, count = shard if shard is not None else (0, 1)
         if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-            raise _err(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
+            raise fail(f"invalid shard {index!r}/{count!r}: need 0 <= index < count")
         return TargetWalk(self, self.seed if seed is None else seed, (index, count), skip)
 
     def shard(self, index: int, count: int, seed: int | None = None) -> Iterator[Target]:
@@ -162,8 +162,8 @@ class TargetSpace:
             port = self.ports[port_index]
         else:
             pair = self._pairs[i - self._main]
-            key, port = pair >> _PORT_BITS, pair & 0xFFFF
-        host = _host_string(key)
+            key, port = pair >> PORT_BITS, pair & 0xFFFF
+        host = host_string(key)
         zone = self._zones.get(key)
         return Target(f"{host}%{zone}" if zone else host, port, self._hostnames.get(key))
 
@@ -205,14 +205,14 @@ class TargetWalk:
         return self.space.count
 
     def target(self, pair: int) -> Target:
-        key = pair >> _PORT_BITS
-        return Target(_host_string(key), pair & 0xFFFF, self.space._hostnames.get(key))
+        key = pair >> PORT_BITS
+        return Target(host_string(key), pair & 0xFFFF, self.space._hostnames.get(key))
 
     def blocks(self, size: int = 4096) -> Iterator[TargetBlock]:
         import numpy as np
 
         space = self.space
-        perm = _CyclicPermutation(space.count, self.seed)
+        perm = CyclicPermutation(space.count, self.seed)
         if perm.p >= 1 << 48:  # beyond the vector walk (huge IPv6 spaces): same order, slower
             yield from self._blocks_from_targets(size)
             return
@@ -223,7 +223,7 @@ class TargetWalk:
         ports = np.array(space.ports or (0,), dtype=np.uint64)
         nports = np.uint64(max(1, len(space.ports)))
         v4_end = int(offsets[-1]) * len(space.ports)
-        sixteen = np.uint64(_PORT_BITS)
+        sixteen = np.uint64(PORT_BITS)
         for indices in perm.index_blocks(*self.shard, size=size):
             v4_mask = indices < np.uint64(v4_end)
             main = indices[v4_mask]
@@ -240,7 +240,7 @@ class TargetWalk:
                 for at in np.flatnonzero(~v4_mask).tolist():
                     i = int(indices[at])
                     pair = space._pairs[i - space._main] if i >= space._main else -1
-                    if 0 <= pair < _V4_END << _PORT_BITS:
+                    if 0 <= pair < _V4_END << PORT_BITS:
                         placed[at] = pair
                         keep[at] = True
                     else:
@@ -263,7 +263,7 @@ class TargetWalk:
             parts = host.split(".")
             if len(parts) == 4 and all(p.isdigit() for p in parts):
                 a, b, c, d = (int(p) for p in parts)
-                pairs.append((((a << 24) | (b << 16) | (c << 8) | d) << _PORT_BITS) | port)
+                pairs.append((((a << 24) | (b << 16) | (c << 8) | d) << PORT_BITS) | port)
         if not pairs:
             return None
         out = np.array(pairs, dtype=np.uint64)
@@ -276,9 +276,9 @@ class TargetWalk:
         pairs: list[int] = []
         others: list[Target] = []
         for target in self:
-            ip = _ip_or_none(target.host)
+            ip = ip_or_none(target.host)
             if ip is not None and ip.version == 4:
-                pairs.append((int(ip) << _PORT_BITS) | target.port)
+                pairs.append((int(ip) << PORT_BITS) | target.port)
             else:
                 others.append(target)
             if len(pairs) + len(others) >= size:
@@ -314,8 +314,8 @@ def build_target_space(
     special network (see `SPECIAL_NETWORKS`) unless *allow_special*, on an IPv6 expression over
     2**24 addresses, and when no target is given or left.
     """
-    resolver = _CachingResolver(resolve or default_resolver)
-    port_tuple = _check_ports(ports)
+    resolver = CachingResolver(resolve or default_resolver)
+    port_tuple = check_ports(ports)
     expressions = [expressions] if isinstance(expressions, str) else list(expressions)
     exclusions = _read_exclusions(excludes, exclude_files, resolver, allow_special)
     gathered = _Gathered()
@@ -323,10 +323,10 @@ def build_target_space(
     _gather_scan_files(gathered, nmap_xml, masscan, exclusions)
     if not gathered.blocks and not gathered.pairs:
         if not (expressions or input_files or nmap_xml or masscan):
-            raise _err("no targets given: name IPs, CIDRs, ranges or hostnames (or use -iL)")
-        raise _err("no targets given: the input files list no target")
+            raise fail("no targets given: name IPs, CIDRs, ranges or hostnames (or use -iL)")
+        raise fail("no targets given: the input files list no target")
     if gathered.blocks and not port_tuple:
-        raise _err("no ports given")
+        raise fail("no ports given")
     space = _space(gathered, port_tuple, exclusions)
     log.debug("target space: %r", space)
     return space
@@ -338,26 +338,26 @@ class _Exclusions:
     normalised expressions, and whether special networks are let through."""
 
     merged: list[tuple[int, int]]
-    intervals: _Intervals
+    intervals: Intervals
     norms: list[str]
     allow_special: bool
 
     def admit(self, first: int, last: int, where: str) -> None:
         """Raise UsageError when keys first..last reach a special network not excluded."""
         if not self.allow_special:
-            _check_special(first, last, self.intervals, where)
+            check_special(first, last, self.intervals, where)
 
 
 def _read_exclusions(excludes: Iterable[str], exclude_files: Sequence[PathLike],
-                     resolver: _CachingResolver, allow_special: bool) -> _Exclusions:
+                     resolver: CachingResolver, allow_special: bool) -> _Exclusions:
     blocks: list[tuple[int, int]] = []
     norms: dict[str, None] = {}
-    for location, expr in _sources(excludes, exclude_files):
-        parsed, _ = _parse_at(location, expr, resolver, "exclusion")
+    for location, expr in expression_sources(excludes, exclude_files):
+        parsed, _ = parse_at(location, expr, resolver, "exclusion")
         blocks += parsed.blocks
         norms[parsed.norm] = None
-    merged = _merge(blocks)
-    return _Exclusions(merged, _Intervals.of(merged), list(norms), allow_special)
+    merged = merge_blocks(blocks)
+    return _Exclusions(merged, Intervals.of(merged), list(norms), allow_special)
 
 
 @dataclass(frozen=True)
@@ -374,16 +374,16 @@ class _Gathered:
 
 
 def _gather_expressions(gathered: _Gathered, expressions: Iterable[str],
-                        input_files: Sequence[PathLike], resolver: _CachingResolver,
+                        input_files: Sequence[PathLike], resolver: CachingResolver,
                         exclusions: _Exclusions) -> None:
     """The target expressions and the lines of the -iL files."""
-    for location, expr in _sources(expressions, input_files):
-        parsed, where = _parse_at(location, expr, resolver, "target")
-        _check_v6_size(parsed, where)
+    for location, expr in expression_sources(expressions, input_files):
+        parsed, where = parse_at(location, expr, resolver, "target")
+        check_v6_size(parsed, where)
         gathered.described[parsed.norm] = None
         for first, last in parsed.blocks:
             if parsed.hostname:
-                exclusions.admit(first, last, f"{where} (resolves to {_host_string(first)})")
+                exclusions.admit(first, last, f"{where} (resolves to {host_string(first)})")
                 gathered.hostnames.setdefault(first, parsed.hostname)
             else:
                 exclusions.admit(first, last, where)
@@ -398,13 +398,13 @@ def _gather_scan_files(gathered: _Gathered, nmap_xml: Sequence[PathLike],
                        masscan: Sequence[PathLike], exclusions: _Exclusions) -> None:
     """The live hosts of nmap XML and masscan files: their open ports where they list ports,
     else the whole address (scanned on the -p ports)."""
-    for path, reader in [*((p, _read_nmap_xml) for p in nmap_xml),
-                         *((p, _read_masscan) for p in masscan)]:
+    for path, reader in [*((p, read_nmap_xml) for p in nmap_xml),
+                         *((p, read_masscan) for p in masscan)]:
         for host in reader(path):
-            ip = _ip_or_none(host.addr)
+            ip = ip_or_none(host.addr)
             if ip is None or (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id):
-                raise _err(f"{path}: invalid host address {_show(host.addr)}")
-            key = _key(ip)
+                raise fail(f"{path}: invalid host address {quote(host.addr)}")
+            key = address_key(ip)
             exclusions.admit(key, key, f"{path}: host {ip}")
             if host.ports != []:
                 gathered.described[str(ip)] = None
@@ -413,27 +413,27 @@ def _gather_scan_files(gathered: _Gathered, nmap_xml: Sequence[PathLike],
             if host.ports is None:
                 gathered.blocks.append((key, key))
             else:
-                gathered.pairs.update((key << _PORT_BITS) | port for port in host.ports)
+                gathered.pairs.update((key << PORT_BITS) | port for port in host.ports)
 
 
 def _space(gathered: _Gathered, port_tuple: tuple[int, ...],
            exclusions: _Exclusions) -> TargetSpace:
     """The space left once the exclusions are taken out; a pair a scan file gave is kept
     only where the intervals on the -p ports do not already hold it."""
-    merged = _subtract(_merge(gathered.blocks), exclusions.merged)
-    space_main = _Intervals.of(merged)
+    merged = subtract_blocks(merge_blocks(gathered.blocks), exclusions.merged)
+    space_main = Intervals.of(merged)
     port_set = frozenset(port_tuple)
     excluded = exclusions.intervals
 
     def extra(pair: int) -> bool:
-        key = pair >> _PORT_BITS
+        key = pair >> PORT_BITS
         if excluded.covers(key, key):
             return False
         return not (space_main.covers(key, key) and (pair & 0xFFFF) in port_set)
 
     pairs = sorted(filter(extra, gathered.pairs))
     if not merged and not pairs:
-        raise _err("no targets left: the exclusions cover every target given")
+        raise fail("no targets left: the exclusions cover every target given")
     return TargetSpace(
         merged, port_tuple, pairs,
         {k: v for k, v in gathered.hostnames.items() if not excluded.covers(k, k)},

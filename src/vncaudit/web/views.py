@@ -20,6 +20,7 @@ from vncaudit.desktop import KIND_WORDS
 from vncaudit.display import shown
 from vncaudit.models import SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.payloads import ScreenshotCheck
+from vncaudit.report.html import authentication_words
 from vncaudit.store import ScanDiff, ScanRecord, Store
 from vncaudit.web.jobs import SCREENSHOT_API_URL, Job
 
@@ -53,19 +54,25 @@ def verdict(results: list[ServiceResult], finished: bool) -> Verdict:
     severity = worst.severity.value if worst else None
     if open_:
         vnc = [r for r in open_ if r.state in (State.VNC, State.BLACKLISTED)]
-        what = (f"{len(vnc)} VNC service(s) reachable" if vnc
-                else f"{len(open_)} port(s) open, no VNC service")
+        what = (f"{_count(len(vnc), 'VNC service')} reachable" if vnc
+                else f"{_count(len(open_), 'port')} open, no VNC service")
         text = f"Open: {what}"
         if worst is not None:
             text += f" — {worst.severity.value}: {worst.title}"
         return Verdict("open", severity, text)
     if not finished:
         return Verdict("pending", None, "Scanning…")
-    if any(r.state is State.CLOSED for r in results):
-        return Verdict("closed", None, "Closed: the port(s) refused the connection")
+    closed = [r for r in results if r.state is State.CLOSED]
+    if closed:
+        which = "the port" if len(results) == 1 else _count(len(closed), "port")
+        return Verdict("closed", None, f"Closed: {which} refused the connection")
     if results:
         return Verdict("filtered", None, "Filtered: no answer (a firewall drops the traffic)")
     return Verdict("filtered", None, "Nothing was probed")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
@@ -88,8 +95,7 @@ def service_facts(r: ServiceResult) -> list[tuple[str, str]]:
                          or "no sub-types"))
         if facts.tls_inner_types is not None:
             rows.append(("Inside TLS", ", ".join(t.name for t in facts.tls_inner_types)))
-        auth = {True: "required", False: "NONE — anyone can connect", None: "unknown"}
-        rows.append(("Authentication", auth[facts.auth_required]))
+        rows.append(("Authentication", authentication_words(r)))
         if facts.security_result:
             rows.append(("Security result", facts.security_result))
         if facts.desktop_name is not None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from vncaudit.watch.records import AlertRecord, MonitorDb, MonitorRecord
 from vncaudit.web.deps import AppContext, ClientDep, CtxDep, TokenDep, may_see_monitors
-from vncaudit.web.routes.pages import _page
+from vncaudit.web.routes.pages import render_page
 
 router = APIRouter(tags=["monitors"])
 pages = APIRouter(include_in_schema=False)
@@ -236,10 +236,10 @@ def run_monitor(name: MonitorName, ctx: CtxDep, token: TokenDep) -> Any:
 @pages.get("/monitors", response_class=HTMLResponse)
 def monitors_page(request: Request, ctx: CtxDep, client: ClientDep) -> HTMLResponse:
     if not may_see_monitors(ctx, client):
-        return _page(ctx, request, "error.html", 404, title="Not found",
+        return render_page(ctx, request, "error.html", 404, title="Not found",
                      message="There is no such page.")
     db = MonitorDb(ctx.store)
     monitors = [_monitor(ctx, db, r) for r in db.monitors()]
     history = [_alert(r) for r in db.alerts(None, 100)]
-    return _page(ctx, request, "monitors.html", monitors=monitors, alerts=history,
+    return render_page(ctx, request, "monitors.html", monitors=monitors, alerts=history,
                  runs_here=getattr(ctx, "watcher", None) is not None)

@@ -43,7 +43,7 @@ PRESETS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _page(ctx: AppContext, request: Request, name: str, http_status: int = 200,
+def render_page(ctx: AppContext, request: Request, name: str, http_status: int = 200,
           **values: Any) -> HTMLResponse:
     cookie = request.cookies.get(CSRF_COOKIE)
     fresh = not cookie or len(cookie) > 100
@@ -62,7 +62,7 @@ def _page(ctx: AppContext, request: Request, name: str, http_status: int = 200,
 def _form_page(ctx: AppContext, request: Request, client: str, status: int = 200,
                error: str | None = None, target: str | None = None, preset: str = "5900",
                ports: str = "", screenshot: bool = False) -> HTMLResponse:
-    return _page(ctx, request, "index.html", status, client=client, error=error,
+    return render_page(ctx, request, "index.html", status, client=client, error=error,
                  target=client if target is None else target, preset=preset, ports=ports,
                  presets=PRESETS, own_only=ctx.settings.allow_own_address and not
                  ctx.settings.allow, discovery=bool(ctx.policy.domains),
@@ -102,7 +102,7 @@ async def submit_form(
 
 
 def _not_found(ctx: AppContext, request: Request, scan_id: str) -> HTMLResponse:
-    return _page(ctx, request, "error.html", 404, title="Not found",
+    return render_page(ctx, request, "error.html", 404, title="Not found",
                  message=f"There is no scan {scan_id} that you may see.")
 
 
@@ -130,7 +130,7 @@ def scan_page(scan_id: ScanId, request: Request, ctx: CtxDep,
         the_verdict = verdict(results, False)
     prev, diff = (None, None) if running else diff_to_previous(
         ctx.store, record, lambda other: can_view(ctx, other, client))
-    return _page(ctx, request, "scan.html", record=record, status=status, running=running,
+    return render_page(ctx, request, "scan.html", record=record, status=status, running=running,
                  scan=public, verdict=the_verdict, cards=cards, previous=prev, diff=diff)
 
 
@@ -198,5 +198,5 @@ def history(request: Request, ctx: CtxDep, client: ClientDep) -> HTMLResponse:
         rows.append({"record": record, "status": status, "state": state,
                      "severity": severity, "previous": prev, "diff": diff})
     rows.reverse()
-    return _page(ctx, request, "history.html", rows=rows,
+    return render_page(ctx, request, "history.html", rows=rows,
                  public=ctx.settings.public_history)
