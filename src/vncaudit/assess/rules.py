@@ -266,8 +266,8 @@ def _held(facts: RfbFacts, error: str) -> tuple[str, list[str]] | None:
     return "held", [f"ServerInit read without a credential: desktop name {name}, framebuffer "
                     f"{fb.width}x{fb.height}",
                     f"a request for one pixel of the screen was not answered ({how}): the "
-                    "session was held, as a server that waits for the desktop's user to "
-                    "accept holds it"]
+                    "session was held, as servers hold it while they ask the desktop's user "
+                    "to accept"]
 
 
 def _active_proof(ctx: Context) -> tuple[list[str], str | None]:
