@@ -168,7 +168,9 @@ def test_cli_fail_on(x11vnc_none: servers.VncServer, tmp_path: Path) -> None:
 def test_cli_active_checks_become_findings(x11vnc_password: servers.VncServer,
                                            tmp_path: Path) -> None:
     words = tmp_path / "words.txt"
-    words.write_text(f"wrongpw1\n{servers.DEFAULT_PASSWORD}\n")
+    # x11vnc's handshake (3.8, [2]) fits TigerVNC too, so the ledger keeps TigerVNC's count:
+    # after the probe, the honeypot checks and the bypass check one attempt is left.
+    words.write_text(f"{servers.DEFAULT_PASSWORD}\nwrongpw1\n")
     proc = _scan(x11vnc_password, tmp_path, "--check-passwords", "--wordlist", str(words),
                  "--active-checks", "--fail-on", "critical")
     assert proc.returncode == 0, proc.stderr  # loopback: weak-password-found is high here
@@ -197,12 +199,20 @@ def test_query_connect_servers_are_graded_approval_required(
     vnc_server_factory: Any, kind: str, options: dict[str, Any], how: str
 ) -> None:
     import asyncio
+    import time
 
     from vncaudit.models import Target
     from vncaudit.probe import ProbeOptions, probe
 
     srv = vnc_server_factory(kind, **options)
-    probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=3.0)))
+    for _ in range(5):
+        probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=3.0)))
+        reason = probed.rfb.failure_reason if probed.rfb is not None else None
+        if how == "asked" or reason is None or not reason.startswith("Unable to query"):
+            break
+        # vncconfig had not yet told Xvnc that it shows the dialog (a machine under load):
+        # nobody was asked and no dialog is pending, so asking again is clean.
+        time.sleep(1.0)
     graded = assess(probed)
     ids = {f.id for f in graded.findings}
     assert "no-auth" not in ids, [f.id for f in graded.findings]

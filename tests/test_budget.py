@@ -261,6 +261,30 @@ def test_budget_note_round_trips_through_json(store: Store) -> None:
     again = ServiceResult.from_dict(json.loads(json.dumps(answer.to_dict())))
     assert again.extra.budget is not None and again.extra.budget.liveness == "open"
     assert budget.table_note(again).startswith("not re-probed; read")
+    assert budget.table_note(again).endswith("; port open now")
+
+
+def test_the_summary_says_what_the_ledger_answered_in_plain_words(store: Store) -> None:
+    """The line under a scan's summary: how many services were answered from the ledger, what
+    one more connection would cost (the block's length, the address), what is shown."""
+    fresh = Target("198.18.7.8", 5901)  # nothing read from it before
+    with Ledger(store, alternates=()) as ledger:
+        spend(ledger, 4)
+        for _ in range(4):  # four connections charged, none read (a run killed mid-way)
+            (d,) = ledger.admit([fresh])
+            ledger.abandon([d], [])
+        read, unread = ledger.admit([SERVER, fresh])
+        answers = [ledger.answer(read), ledger.answer(unread)]
+    notes = [a.extra.budget for a in answers]
+    assert budget.summary_note([None, *[n for n in notes if n and n.probed]]) is None
+    line = budget.summary_note(notes[:1])
+    assert line is not None and line.startswith("1 service not re-probed: one more connection ")
+    assert "would make the server refuse our address (" in line and "it, for 10 s;" in line
+    assert "shown with the facts read last and their age" in line and "\n" not in line
+    both = budget.summary_note(notes)
+    assert both is not None and both.startswith("2 services not re-probed")
+    assert "1 shown with the facts read last and their age, 1 without facts" in both
+    assert budget.table_note(answers[1]) == "not probed (blacklist budget spent)"
 
 
 def test_local_destinations_get_another_loopback_source(store: Store) -> None:
@@ -273,6 +297,24 @@ def test_local_destinations_get_another_loopback_source(store: Store) -> None:
             ledger.record([(d, vnc_result(local))])
     assert [d.bind for d in decisions] == [None] * 4 + ["127.0.0.2"] * 2
     assert all(d.allowed for d in decisions)
+
+
+def test_a_local_server_is_answered_once_every_loopback_budget_is_spent(store: Store) -> None:
+    local = Target("127.0.0.1", 5998)
+    with Ledger(store, alternates=("127.0.0.2", "127.0.0.3")) as ledger:
+        decisions = []
+        for _ in range(13):
+            (d,) = ledger.admit([local])
+            decisions.append(d)
+            if d.allowed:
+                ledger.record([(d, vnc_result(local))])
+    assert [d.bind for d in decisions[:12]] == [None] * 4 + ["127.0.0.2"] * 4 + \
+        ["127.0.0.3"] * 4
+    last = decisions[12]
+    assert not last.allowed and last.src == "127.0.0.1"
+    assert "the next connection from 127.0.0.1 would make" in last.reason
+    assert last.reason.endswith("so would one from any other loopback address (each has "
+                                "spent its budget)")
 
 
 def test_a_sharded_scan_ships_the_ledger_s_decisions(tmp_path: Path) -> None:

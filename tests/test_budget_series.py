@@ -1,9 +1,10 @@
 """Any number of runs against a real TigerVNC (VncAuth) and nobody is ever refused.
 
 The series, on real Xvnc servers: thirty scans one second apart in connect mode
-and with --discovery syn, on loopback (this host: another loopback address takes over when
-127.0.0.1's four free connections are spent) and across network namespaces (a remote server:
-after four, the facts read last are reported with their age), and twelve runs of `local` on
+and with --discovery syn, on loopback through the library (this host: another loopback
+address takes over when 127.0.0.1's four free connections are spent) and across network
+namespaces through the CLI (a remote server: after four, the facts read last are reported
+with their age), and twelve runs of `local` on
 the server's host. No run may report `blacklisted`, every run must report the service, and a
 plain client from the same address right after each series must still read the security-type
 list. Then the bad inputs: a store that cannot be written, a wall clock that jumps.
@@ -124,8 +125,10 @@ def loopback_ns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
-def check_series(runs: list[dict[str, Any]], *, fresh_at_least: int = 4) -> None:
-    """No run blacklisted; every run reports the service (fresh, or answered with its age)."""
+def check_series(runs: list[dict[str, Any]], name: str, *, fresh_at_least: int = 4) -> None:
+    """No run blacklisted; every run reports the service (fresh, or answered with its age).
+    Prints the series' numbers (seen with pytest -s): runs read fresh, answered from the
+    ledger, the ages those answers gave, the source addresses used."""
     assert all(r["state"] != "blacklisted" for r in runs), runs
     assert all(r["state"] == "vnc" and r["types"] == VNCAUTH for r in runs), runs
     answered = [r for r in runs if r["budget"] is not None and r["budget"]["probed"] is False]
@@ -133,6 +136,12 @@ def check_series(runs: list[dict[str, Any]], *, fresh_at_least: int = 4) -> None
         assert r["budget"]["read_at"] and r["budget"]["age"] is not None, r
         assert "not re-probed" in r["budget"]["reason"], r
     assert len(runs) - len(answered) >= fresh_at_least
+    ages = [float(r["budget"]["age"]) for r in answered]
+    sources = sorted({r["budget"]["source"] if r["budget"] else "default" for r in runs})
+    print(f"series {name}: {len(runs)} runs, {len(runs) - len(answered)} fresh, "
+          f"{len(answered)} from the ledger"
+          + (f" (ages {min(ages):.0f}-{max(ages):.0f} s)" if ages else "")
+          + f", sources {', '.join(sources)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +168,7 @@ def test_thirty_runs_on_loopback_in_connect_and_syn_mode(tmp_path: Path) -> None
             t.join()
         for (mode, port), log in zip(modes.items(), (log_a, log_b), strict=True):
             runs = found[mode]
-            check_series(runs, fresh_at_least=30)  # every run read fresh facts
+            check_series(runs, f"{mode}, loopback", fresh_at_least=30)  # every run read fresh facts
             sources = [r["budget"]["source"] if r["budget"] else "127.0.0.1" for r in runs]
             assert sources[:4] == ["127.0.0.1"] * 4, sources
             assert sources[4:8] == ["127.0.0.2"] * 4, sources
@@ -183,9 +192,77 @@ def test_twelve_local_runs_on_the_server_s_host(tmp_path: Path) -> None:
             assert proc.returncode in (0, 1), proc.stderr
             (listener,) = json.loads(proc.stdout)["listeners"]
             seen.append(summary(listener["service"]))
-        check_series(seen, fresh_at_least=12)
+        check_series(seen, "local", fresh_at_least=12)
+        # Each loopback address spends its four; the listener's users' 127.0.0.1 keeps one.
+        sources = [r["budget"]["source"] if r["budget"] else "127.0.0.1" for r in seen]
+        assert sources == ["127.0.0.1"] * 4 + ["127.0.0.2"] * 4 + ["127.0.0.3"] * 4, sources
         assert _in(ns, "plain", "127.0.0.1", "5901") == VNCAUTH
         assert "blacklisted" not in log.read_text(errors="replace").lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# SYN mode: a pair is admitted when its SYN-ACK comes back, not before
+
+
+def syn_range(runs: int, count: int) -> list[dict[str, Any]]:
+    """`runs` SYN scans of 127.0.0.1-`count` (one port) with a counting listener on 127.0.0.1
+    only, each with its own store handle and ledger (no other loopback source: the ledger
+    must deny). Per run: what the gate granted and denied, the live pair's summary, how many
+    connections the listener had accepted by then, the ledger's pairs, intents left."""
+    from vncaudit import engine
+    from vncaudit.budget import Ledger, ScanGate
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions
+    from vncaudit.store import Store
+
+    listener = _Listener("127.0.0.1")
+    db = f"/tmp/vncaudit-synrange-{os.getpid()}.db"
+    targets = [Target(f"127.0.0.{n}", listener.port) for n in range(1, count + 1)]
+    out = []
+    try:
+        for _ in range(runs):
+            with Store.open(db) as store:
+                with Ledger(store, alternates=()) as ledger:
+                    gate = ScanGate(ledger)
+                    options = engine.ScanOptions(discovery="syn",
+                                                 probe=ProbeOptions(timeout=3))
+                    results = engine.run(engine.scan_async(targets, options, gate=gate))
+                with store.reading("test") as conn:
+                    pairs = sorted(f"{s}>{d}:{p}" for s, d, p in conn.execute(
+                        "SELECT src, dst, port FROM budget_ledger"))
+                    intents = conn.execute("SELECT count(*) FROM budget_intents").fetchone()[0]
+            live = [r for r in results if r.host == "127.0.0.1"]
+            others = {r.state.value for r in results if r.host != "127.0.0.1"}
+            out.append({"granted": gate.granted, "denied": gate.denied, "states": sorted(others),
+                        "live": summary(live[0].to_dict()), "results": len(results),
+                        "port": listener.port, "accepted": listener.accepted,
+                        "pairs": pairs, "intents": intents})
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db)
+    return out
+
+
+@pytest.mark.netns
+def test_syn_mode_admits_a_pair_when_its_syn_ack_is_found(tmp_path: Path) -> None:
+    """Sixteen targets, one listening: each run asks the ledger for the one pair that answered
+    (never for the fifteen that did not), four runs connect, the fifth and sixth do not and
+    say the port answers a half-open SYN now."""
+    with loopback_ns() as ns:
+        runs = _in(ns, "synrange", "6", "16")
+    for i, run in enumerate(runs):
+        assert run["results"] == 16 and run["states"] == ["closed"], run
+        assert run["granted"] + run["denied"] == 1, run  # only the pair found live was asked
+        assert run["pairs"] == [f"127.0.0.1>127.0.0.1:{run['port']}"], run
+        assert run["intents"] == 0, run
+        if i < 4:
+            assert run["granted"] == 1 and run["accepted"] == i + 1, run
+        else:
+            assert run["denied"] == 1 and run["accepted"] == 4, run
+            note = run["live"]["budget"]
+            assert note["probed"] is False and note["liveness"] == "open", run
+            assert "the next connection from 127.0.0.1 would make" in note["reason"], run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,38 +311,36 @@ def require_xvnc() -> None:
 
 @pytest.mark.netns
 @pytest.mark.realserver
-def test_thirty_runs_of_a_remote_server_cli_connect_and_library_syn(tmp_path: Path) -> None:
+def test_thirty_runs_of_a_remote_server_cli_connect_and_syn(tmp_path: Path) -> None:
     netns.require_netns()
     require_xvnc()
+    modes = {"connect": 5901, "syn": 5902}
     with netns.netns_bed() as bed, xvnc(bed.tgt, 5901, tmp_path) as log_a, \
             xvnc(bed.tgt, 5902, tmp_path) as log_b:
         results: dict[str, Any] = {}
 
-        def cli_series() -> None:
+        def cli_series(mode: str) -> None:
             runs = []
             for i in range(30):
                 if i:
                     time.sleep(1)
                 proc = bed.run(bed.scn, sys.executable, "-m", "vncaudit", "scan", REMOTE, "-p",
-                               "5901", "--db", str(tmp_path / "cli.db"), "-o", "json",
-                               "--timeout", "5", check=False)
+                               str(modes[mode]), "--discovery", mode, "--db",
+                               str(tmp_path / f"{mode}.db"), "-o", "json", "--timeout", "5",
+                               check=False)
                 assert proc.returncode in (0, 1), proc.stderr
                 (service,) = json.loads(proc.stdout)["services"]
                 runs.append(summary(service))
-            results["connect"] = runs
+            results[mode] = runs
 
-        def syn_series() -> None:
-            results["syn"] = _in(bed.scn, "series", str(tmp_path / "syn.db"), REMOTE, "5902",
-                                 "syn", "30")
-
-        threads = [threading.Thread(target=f) for f in (cli_series, syn_series)]
+        threads = [threading.Thread(target=cli_series, args=(m,)) for m in modes]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for mode, port, log in (("connect", 5901, log_a), ("syn", 5902, log_b)):
+        for (mode, port), log in zip(modes.items(), (log_a, log_b), strict=True):
             runs = results[mode]
-            check_series(runs)
+            check_series(runs, f"{mode}, remote")
             assert all(r["budget"] is None or r["budget"]["probed"] for r in runs[:4]), mode
             assert all(r["budget"]["probed"] is False for r in runs[4:]), mode
             # A half-open SYN (root: both modes) says the port is there now.
@@ -281,10 +356,10 @@ def test_thirty_runs_of_a_remote_server_cli_connect_and_library_syn(tmp_path: Pa
 class _Listener:
     """A plain TCP listener that counts the connections it accepts."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None = None) -> None:
         # An address of its own: other scans of this machine's loopback must not count here.
         octets = (random.randrange(1, 255), random.randrange(255), random.randrange(1, 255))
-        self.host = "127.{}.{}.{}".format(*octets)
+        self.host = host or "127.{}.{}.{}".format(*octets)
         self.sock = socket.create_server((self.host, 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -396,6 +471,8 @@ if __name__ == "__main__":
     if what == "series":
         db, host, port, mode, runs = args
         print(json.dumps(series(db, host, int(port), mode, int(runs))))
+    elif what == "synrange":
+        print(json.dumps(syn_range(int(args[0]), int(args[1]))))
     elif what == "plain":
         print(json.dumps(plain_client(args[0], int(args[1]))))
     else:

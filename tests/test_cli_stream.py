@@ -9,6 +9,7 @@ report's published schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -140,6 +141,38 @@ def test_status_on_stderr_replaces_the_progress_bar(hostile_farm: Farm) -> None:
     events = read_events(out.stderr)  # every stderr line is a JSON event
     assert events[-1]["status"] == "finished" and events[-1]["vnc"] == 1
     assert json.loads(out.stdout)["port"] == int(port)
+
+
+def test_a_progress_bar_on_a_terminal_and_the_report_on_a_pipe(tmp_path: Path) -> None:
+    """`vncaudit scan ... -o json > file` typed at a terminal: the progress bar draws on
+    stderr (a terminal), ends cleanly, and the report on stdout is whole."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    drawn: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                drawn.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        # A closed port of an address nothing listens on: no server is involved.
+        proc = subprocess.run(vncaudit("scan", "127.0.91.17", "-p", "1", "--db",
+                                       str(tmp_path / "v.db"), "-o", "json"),
+                              stdout=subprocess.PIPE, stderr=slave, timeout=60, check=False)
+    finally:
+        os.close(slave)
+        reader.join(timeout=5)
+        os.close(master)
+    screen = b"".join(drawn).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen[-1500:]
+    assert "scanning" in screen and "Traceback" not in screen and "lost sys.stderr" not in screen
+    report = json.loads(proc.stdout)
+    assert report["scan"]["ports"] == "1" and report["services"] == []
 
 
 def test_interrupted_scan_says_so_and_resume_streams_the_whole_scan(

@@ -17,13 +17,21 @@ Must not: open connections or speak RFB (the engine and the probe do, after aski
 from __future__ import annotations
 
 from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed
-from vncaudit.budget.gate import GATE_BATCH, Gate, ScanGate, ShippedDecisions, ShippedGate
+from vncaudit.budget.gate import (
+    GATE_BATCH,
+    Gate,
+    ScanGate,
+    ShippedDecisions,
+    ShippedGate,
+    grant_note,
+)
 from vncaudit.budget.ledger import (
     BudgetNote,
     Decision,
     LastRead,
     Ledger,
     LedgerError,
+    summary_note,
     table_note,
 )
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
@@ -45,5 +53,7 @@ __all__ = [
     "SourceResolver",
     "clock_jump",
     "elapsed",
+    "grant_note",
+    "summary_note",
     "table_note",
 ]

@@ -21,7 +21,7 @@ from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
 from vncaudit.payloads import Extras
 
 __all__ = ["GATE_BATCH", "PENDING", "RECORD_BATCH", "RECORD_INTERVAL", "Gate", "ScanGate",
-           "ShippedDecisions", "ShippedGate"]
+           "ShippedDecisions", "ShippedGate", "grant_note"]
 
 GATE_BATCH: Final = 1024  # targets admitted per ledger transaction
 RECORD_BATCH: Final = 256  # results recorded per ledger transaction
@@ -174,7 +174,7 @@ class ScanGate:
         if (len(self._records) + len(self._settled) >= RECORD_BATCH
                 or time.monotonic() - self._flushed >= RECORD_INTERVAL):
             self.flush()
-        note = _note(special) if special is not None else None
+        note = grant_note(special) if special is not None else None
         if note is None:
             return result
         return result.with_extra(budget=note)
@@ -211,7 +211,7 @@ def _extra_made(result: ServiceResult) -> int:
     return max(0, checks.connections) if checks is not None else 0
 
 
-def _note(decision: Decision) -> BudgetNote | None:
+def grant_note(decision: Decision) -> BudgetNote | None:
     """What a probed result says about its grant, when there is something worth saying."""
     rule = decision.rule
     spent = decision.spent + decision.in_flight + 1
@@ -224,8 +224,11 @@ def _note(decision: Decision) -> BudgetNote | None:
     elif decision.bind is not None:
         why = decision.reason
     elif rule.limits_probes and spent >= rule.free:
-        why = (f"the last of {rule.free} connections from {source} that arm nothing on this "
-               "server; later runs report these facts, with their age, instead of connecting")
+        later = ("connect from another loopback address while one has connections left"
+                 if decision.local else
+                 "report these facts, with their age, instead of connecting")
+        why = (f"the last of {rule.free} connections from {source} this server lets pass "
+               f"before it starts refusing the address; later runs {later}")
     else:
         return None
     nxt = None

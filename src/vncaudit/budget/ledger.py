@@ -47,6 +47,7 @@ from vncaudit.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 HISTORY_KEPT: Final = 20  # connections remembered per key (the tally itself is exact)
+UNWRITABLE: Final = "connection ledger cannot be written"  # in the reason of such a denial
 
 
 class LedgerError(VncAuditError):
@@ -128,6 +129,7 @@ class Decision:
     forced: bool = False  # granted only because the user accepted the lockout risk
     last: LastRead | None = None
     need: int = 1  # connections granted together (a probe and the checks that follow it)
+    local: bool = False  # the server is on this host: other loopback addresses can take over
 
     @property
     def key(self) -> Key:
@@ -151,11 +153,46 @@ def table_note(result: ServiceResult) -> str | None:
             return "probed despite its blacklist (--risk-lockout)"
         return None
     when = _age_text(float(note.age)) if note.age is not None else "earlier"
+    now = "; port open now" if note.liveness == "open" else ""
     if note.read_at is None:
-        if "cannot be written" in note.reason:
+        if UNWRITABLE in note.reason:
             return "not probed (the ledger cannot be written)"
-        return "not probed (blacklist budget spent)"
-    return f"not re-probed; read {when}"
+        return "not probed (blacklist budget spent)" + now
+    return f"not re-probed; read {when}{now}"
+
+
+def summary_note(notes: Iterable[BudgetNote | None]) -> str | None:
+    """The line under a scan's summary when the ledger answered for some of its services
+    instead of connecting (None when it answered for none): how many, why, in plain words."""
+    answered = [n for n in notes if n is not None and not n.probed]
+    if not answered:
+        return None
+    unwritable = [n for n in answered if UNWRITABLE in n.reason]
+    spent = [n for n in answered if UNWRITABLE not in n.reason]
+    lines = []
+    if spent:
+        count = len(spent)
+        sources = sorted({n.source for n in spent if n.source})
+        ours = f"our address ({sources[0]})" if len(sources) == 1 else "our address"
+        blocks = sorted({n.next_block for n in spent if n.next_block})
+        block = "" if not blocks else f", for {blocks[0]:g} s" if len(blocks) == 1 else \
+            f", for {blocks[0]:g} s or longer"
+        read = sum(n.read_at is not None for n in spent)
+        if read == count:
+            shown = "shown with the facts read last and their age"
+        elif read == 0:
+            shown = "nothing was read from them before, so no facts are shown"
+        else:
+            shown = (f"{read} shown with the facts read last and their age, {count - read} "
+                     "without facts (none were read before)")
+        lines.append(
+            f"{count} service{'' if count == 1 else 's'} not re-probed: one more connection "
+            f"would make the server refuse {ours}, and everyone else coming from it{block}; "
+            f"{shown} (-o json: extra.budget; --risk-lockout connects anyway, at that cost)")
+    if unwritable:
+        lines.append(f"{len(unwritable)} not probed: the connection ledger cannot be written, "
+                     "so a connection could not be counted")
+    return "\n".join(lines)
 
 
 def _product_words(rule: Rule, identified: bool) -> str:
@@ -413,10 +450,13 @@ class Ledger:
         rule = self._rule(row)
         spent = row.spent if row is not None else 0
         in_flight = self._in_flight.get(key, 0) + pending.get(key, 0)
+        local = bool(self.alternates) and self.sources.is_this_host(target.host) and \
+            ":" not in target.host
         if not rule.limits_probes or spent + in_flight + need <= rule.free:
-            return Decision(target, True, src, rule, spent, in_flight, intent=intent, need=need)
+            return Decision(target, True, src, rule, spent, in_flight, intent=intent, need=need,
+                            local=local)
         last = self._last_read(conn, row)
-        if self.sources.is_this_host(target.host) and ":" not in target.host:
+        if local:
             for alt in self.alternates:
                 if alt == src:
                     continue
@@ -428,9 +468,13 @@ class Ledger:
                 if not alt_rule.limits_probes or alt_spent + alt_flight + need <= alt_rule.free:
                     return Decision(target, True, src, alt_rule, alt_spent, alt_flight,
                                     reason=f"{src}'s budget is spent; connecting from {alt}",
-                                    bind=alt, intent=intent, last=last, need=need)
-        decision = Decision(target, False, src, rule, spent, in_flight, last=last, need=need)
+                                    bind=alt, intent=intent, last=last, need=need, local=True)
+        decision = Decision(target, False, src, rule, spent, in_flight, last=last, need=need,
+                            local=local)
         why = self._why(decision, row, kind)
+        if local and any(alt != src for alt in self.alternates):
+            why += ("; so would one from any other loopback address (each has spent its "
+                    "budget)")
         if self.risk_lockout:
             return replace(decision, allowed=True, forced=True, reason=why, intent=intent)
         return replace(decision, reason=why)
@@ -545,8 +589,8 @@ class Ledger:
                 rows = self._rows(conn, {(target.host, target.port)})
                 last = self._last_read(conn, rows.get((src, target.host, target.port)))
         return Decision(target, False, src, self.rules.unknown, 0, last=last,
-                        reason=f"not probed: the connection ledger cannot be written ({why}), "
-                        "so a connection could not be counted")
+                        reason=f"not probed: the {UNWRITABLE} ({why}), so a connection could "
+                        "not be counted")
 
     def _check_clock(self, conn: Any, now: Instant) -> None:
         """Once per ledger: one log line when the wall clock jumped since the last entry."""

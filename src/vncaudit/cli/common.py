@@ -282,10 +282,11 @@ def check_not_everyone(network: str, option: str) -> None:
 RiskLockoutOpt = Annotated[
     bool,
     typer.Option("--risk-lockout", help="Connect even where the connection ledger says the "
-                 "connection would arm the server's blacklist: TigerVNC and RealVNC then "
-                 "refuse every connection from this address (yours, and everyone's behind "
-                 "the same NAT, jump host or SSH tunnel) for 10 s, doubling each time. "
-                 "Without it such servers report the facts read last, with their age."),
+                 "server would start refusing this address: TigerVNC and RealVNC allow four "
+                 "connections that do not log in, then refuse every connection from the "
+                 "address (yours, and everyone's behind the same NAT, jump host or SSH "
+                 "tunnel) for 10 s, doubling each time. Without it such servers are reported "
+                 "with the facts read last, and their age."),
 ]
 PasswordOpt = Annotated[
     str | None,

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from vncaudit import firewall, harden
 from vncaudit import local as local_mod
-from vncaudit.budget import Ledger, ScanGate
+from vncaudit.budget import Ledger, ScanGate, table_note
 from vncaudit.cli.common import (
     DbOpt,
     JsonAliasOpt,
@@ -207,7 +207,8 @@ def _print_local(audit: local_mod.LocalAudit, out: Console) -> None:
                   markup=False, soft_wrap=True)
     for b in audit.blind_spots:
         err.print(f"could not see: {b}", style="yellow", markup=False, soft_wrap=True)
-    err.print(f"{audit.sockets_seen} listening TCP sockets seen, {len(audit.listeners)} VNC"
+    sockets = "socket" if audit.sockets_seen == 1 else "sockets"
+    err.print(f"{audit.sockets_seen} listening TCP {sockets} seen, {len(audit.listeners)} VNC"
               + ("" if audit.root else " (not root: other users' processes are hidden)"),
               style="dim", markup=False)
 
@@ -321,13 +322,7 @@ def harden_cmd(
         _rollback(backup_dir, backup, yes)
         return
     if apply:
-        try:
-            harden.require_root("harden --apply")
-        except UsageError as exc:
-            raise fail(str(exc)) from None
-        if not yes and not sys.stdin.isatty():
-            raise fail("--apply asks before changing the firewall; pass --yes when there is "
-                        "no terminal")
+        _check_may_apply(yes)
     for network in allow or ():
         check_not_everyone(network, "--allow")
     audit = _run_audit(ports, only_port, True, True, timeout)
@@ -339,8 +334,24 @@ def harden_cmd(
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
     else:
         sys.stdout.write(plan.render())
-    if not apply:
-        return
+    if apply:
+        _apply(plan, yes, backup_dir)
+
+
+def _check_may_apply(yes: bool) -> None:
+    """--apply needs root, and a terminal to ask on unless --yes: checked before the audit."""
+    try:
+        harden.require_root("harden --apply")
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    if not yes and not sys.stdin.isatty():
+        raise fail("--apply asks before changing the firewall; pass --yes when there is "
+                   "no terminal")
+
+
+def _apply(plan: harden.Plan, yes: bool, backup_dir: Path) -> None:
+    """Run the plan's firewall commands (after asking, unless --yes) and say what changed
+    and how to undo it."""
     if not plan.can_apply:
         reason = ("nothing to apply" if not plan.firewall_commands
                   else f"--apply does not change {plan.backend}; run the commands above "
@@ -420,6 +431,14 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
         outside_state = seen_out.state.value if seen_out is not None else "not scanned"
         local_only = scopes == ["loopback"]
         open_out = seen_out is not None and seen_out.state not in SILENT_STATES
+        outside_note = table_note(seen_out) if seen_out is not None else None
+        ledger = seen_out.extra.budget if seen_out is not None else None
+        if ledger is not None and not ledger.probed and ledger.read_at is None:
+            # The ledger answered without any facts: nothing was sent, so the state it gives
+            # says nothing about the path; only a half-open SYN's answer does.
+            open_out = ledger.liveness == "open"
+            outside_state = "open" if open_out else "not probed"
+            seen_out = seen_out if open_out else None
         if over_loopback:
             verdict = _loopback_verdict(seen_out, open_out, local_only, outside_state)
         elif seen_out is None:
@@ -434,7 +453,7 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
             verdict = f"open inside, {outside_state} outside: the firewall (or the path) works"
         rows.append({"port": port, "inside": ", ".join(f"{y['address']}" for y in same_port),
                      "scope": ", ".join(scopes), "firewall": fw, "outside": outside_state,
-                     "verdict": verdict})
+                     "outside_note": outside_note, "verdict": verdict})
     for port, r in sorted(by_port.items()):
         if port in seen or r.state in SILENT_STATES:
             continue
@@ -443,7 +462,8 @@ def compare(inside: list[dict[str, Any]], outside: list[ServiceResult],
                    "open outside, no listener seen inside: NAT/port forward, another host, or a "
                    "process hidden from this audit")
         rows.append({"port": port, "inside": "", "scope": "", "firewall": "",
-                     "outside": r.state.value, "verdict": verdict})
+                     "outside": r.state.value, "outside_note": table_note(r),
+                     "verdict": verdict})
     return sorted(rows, key=lambda d: d["port"])
 
 
@@ -452,7 +472,7 @@ def _loopback_verdict(seen_out: ServiceResult | None, open_out: bool, local_only
     if seen_out is None:
         return "not scanned"
     if open_out and local_only:
-        return "loopback only: answers on this host, as it should (scanned over loopback)"
+        return "loopback only, as it should be"
     if open_out:
         return ("bound beyond loopback: the scan went over loopback, which cannot tell what "
                 "other hosts reach; check the host's network address from another machine")
@@ -523,6 +543,17 @@ def check_cmd(
     as_json = output_format(output, as_json, ("table", "json")) == "json"
     _check_only_ports(only_port)
     _check_one_host(host)
+    listeners = _inside_view(inside, only_port, timeout, db, risk_lockout)
+    if outside is not None:
+        results = _outside_view(outside, host, only_port)
+    else:
+        results = _scan_from_here(host, ports, only_port, listeners, timeout, db, risk_lockout)
+    _show_check(host, listeners, results, as_json)
+
+
+def _inside_view(inside: Path | None, only_port: list[int] | None, timeout: float,
+                 db: Path | None, risk_lockout: bool) -> list[dict[str, Any]]:
+    """The host's listeners: from a `local -o json` file, or audited here."""
     if inside is not None:
         doc = _read_json(inside, "--inside")
         try:
@@ -536,21 +567,31 @@ def check_cmd(
                                risk_lockout).to_dict()["listeners"]
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
-    if outside is not None:
-        doc = _read_json(outside, "--outside")
-        if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
-            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
-                        "\"services\" list)")
-        try:
-            results = [ServiceResult.from_dict(d) for d in doc["services"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
-                from None
-        results = [r for r in results if r.host == host or r.hostname == host]
-        if only_port:
-            results = [r for r in results if r.port in only_port]
-        _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
-        return
+    return listeners
+
+
+def _outside_view(outside: Path, host: str, only_port: list[int] | None) -> list[ServiceResult]:
+    """HOST's results in a `scan -o json` file made elsewhere."""
+    doc = _read_json(outside, "--outside")
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
+        raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
+                   "\"services\" list)")
+    try:
+        results = [ServiceResult.from_dict(d) for d in doc["services"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
+            from None
+    results = [r for r in results if r.host == host or r.hostname == host]
+    if only_port:
+        results = [r for r in results if r.port in only_port]
+    return results
+
+
+def _scan_from_here(host: str, ports: str | None, only_port: list[int] | None,
+                    listeners: list[dict[str, Any]], timeout: float, db: Path | None,
+                    risk_lockout: bool) -> list[ServiceResult]:
+    """Scan HOST from here on --only-port and -p, else on the inside listeners' ports and
+    the default ones; every connection counted in the ledger."""
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
     scan_ports: set[int] = set(only_port or ())
@@ -571,10 +612,9 @@ def check_cmd(
         store = Store.open(_checked_db(db))
     except StoreError as exc:
         raise fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
-                    "a connection could not be counted", 3) from None
+                   "a connection could not be counted", 3) from None
     with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
-        results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
-    _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
+        return asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -619,7 +659,19 @@ CHECK_COLUMNS = (Column("port", whole=True), Column("inside (bind)", head=True),
                  Column("verdict"))
 
 
-def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+def _verdict_cell(verdict: str, outside_note: str | None, style: str) -> Text:
+    """The verdict, and under it what the connection ledger says of the outside facts (the
+    outside column stays one word wide)."""
+    cell = Text(escape(verdict), style=style)
+    if outside_note:
+        cell.append("\noutside: " + escape(outside_note), style="dim")
+    return cell
+
+
+def _show_check(host: str, listeners: list[dict[str, Any]], results: list[ServiceResult],
+                as_json: bool) -> None:
+    over_loopback = is_loopback_host(host)
+    rows = compare(listeners, results, over_loopback)
     if as_json:
         sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
     else:
@@ -633,8 +685,12 @@ def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
                 where.append(str(row["scope"]))
             cells.append([str(row["port"]), Text("\n".join(escape(w) for w in where)),
                           text_cell(row["firewall"]), text_cell(row["outside"]),
-                          Text(escape(row["verdict"]), style=style)])
+                          _verdict_cell(row["verdict"], row.get("outside_note"), style)])
         console = Console(highlight=False)
         console.print(fitted_table(CHECK_COLUMNS, cells, console.width))
+        if over_loopback and rows:
+            console.print(Text(f"Scanned over loopback ({host}): this shows what answers on "
+                               "this host, not what other hosts reach; scan the host's network "
+                               "address from another machine and compare with --outside FILE."))
     if any(row["verdict"].startswith("EXPOSED") for row in rows):
         raise typer.Exit(1)

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vncaudit import report
-from vncaudit.budget import table_note
+from vncaudit.budget import summary_note, table_note
 from vncaudit.cli.common import err, fail
 from vncaudit.display import escape, shown
 from vncaudit.models import ServiceResult, Severity, State
@@ -367,11 +367,9 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
-    answered = sum(1 for r in results if r.extra.budget is not None and not r.extra.budget.probed)
-    if answered:
-        err.print(f"{answered} not re-probed: one more connection from this address would arm "
-                  "the server's blacklist; their facts are the last ones read (-o json: "
-                  "extra.budget; --risk-lockout connects anyway)", style="yellow", markup=False)
+    note = summary_note(r.extra.budget for r in results)
+    if note:
+        err.print(note, style="yellow", markup=False)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:
