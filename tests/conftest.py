@@ -155,14 +155,13 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory,
 
 
 # Whole modules: the Dask clusters, Chromium, property-based fuzzing, schema fuzzing of the
-# API, throughput runs, and the load and soak tests.
+# API, and the load and soak tests.
 _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_cluster": ("slow",),
     "test_rfb_fuzz": ("slow",),
     "test_report_html_browser": ("slow",),
     "test_web_browser": ("slow",),
     "test_web_schemathesis": ("slow",),
-    "test_throughput_paths": ("slow",),
     "test_systemd_units": ("slow",),
     "test_cli": ("slow",),  # command-line runs in subprocesses
     "test_cli_startup": ("slow",),  # start-up times of fresh processes

@@ -191,6 +191,8 @@ async def test_budget_counts_the_probe_and_never_reaches_the_fifth_connection() 
     assert [r.outcome for r in out.results] == ["auth-failed"] * 3
     assert active.attempt_budget(3, 2) == 2 and active.attempt_budget(10, 1) == 3
     assert active.attempt_budget(3, 4) == 0
+    # A product that counts no connections (LibVNCServer, QEMU): only the ask limits.
+    assert active.attempt_budget(10, None) == 10 and active.attempt_budget(3, None) == 3
 
 
 @sync

@@ -834,6 +834,8 @@ def test_nobody_is_asked_only_where_the_wire_showed_it() -> None:
     for name in ("tigervnc-none-37", "x11vnc-none-33"):
         f = one(grade(replay(name)), "no-auth")
         assert "nobody is asked" not in f.why and "was not seen" in f.why, name
+        assert f.title == "No authentication offered: the server asks no password of " \
+                          "whoever connects", name  # not "gets the desktop": not seen
     vino = one(grade(replay("vino-noprompt-37")), "tls-no-auth")
     assert "was not seen" not in vino.why
     assert "answered within" in text(vino) and "nobody was asked" in text(vino)
@@ -847,6 +849,10 @@ def test_vino_holding_the_update_for_its_prompt_is_graded_held() -> None:
     assert "held the session" in f.title and "nobody is asked" not in f.why
     assert "ServerInit read without a credential: desktop name \"root@vm\"" in text(f)
     assert "was not answered (no answer within 3 s)" in text(f)
+    # A probe deadline that left only a short wait proves nothing either way.
+    short = replace(replay("vino-37"), rfb=replace(replay("vino-37").rfb, update_seconds=0.3))
+    assert "approval-required" not in ids(grade(short))
+    assert "was not seen" in one(grade(short), "tls-no-auth").why
     # The same server without the prompt answers at once: no-auth, nobody asked.
     assert "approval-required" not in ids(grade(replay("vino-noprompt-plain-37")))
 

@@ -8,9 +8,13 @@ the server answers with TigerVNC's unsolicited 3.3 failure "Too many security fa
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import VncServerFactory
@@ -175,3 +179,23 @@ def test_servers_without_a_connection_tally_never_refuse(
             "qemu": "qemu", "qemu-password": "qemu"}[kind]
     found = blacklists.shipped().by_id(rule)
     assert found is not None and not found.limits_probes
+
+
+def test_active_checks_spend_the_ledger_with_every_connection_they_make(
+    vnc_server_factory: VncServerFactory, tmp_path: Path
+) -> None:
+    """`--active-checks` makes more connections than the probe (the honeypot checks' two, the
+    bypass check's one): the ledger counts each, so two such scans in a row never reach
+    TigerVNC's block, and a plain client from the same address still gets the type list."""
+    srv = vnc_server_factory("tigervnc-vncauth")
+    host, port = srv.address
+    env = {**os.environ, "VNCAUDIT_DB": str(tmp_path / "scan.db")}
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vncaudit", "scan", host, "-p", str(port), "-o", "json",
+             "--active-checks"], capture_output=True, text=True, timeout=120, env=env,
+            check=False)
+        assert proc.returncode == 0, proc.stderr
+        [service] = json.loads(proc.stdout)["services"]
+        assert service["state"] == "vnc", service
+    assert connect(host, port) == "ok"

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -153,3 +154,50 @@ def test_scan_screenshot_and_password_audit_flags(
 def test_missing_wordlist_is_usage_error() -> None:
     out = run("scan", "127.0.0.1", "--check-passwords", "--wordlist", "/nonexistent/w.txt")
     assert out.returncode == 2 and "/nonexistent/w.txt" in out.stderr
+
+
+def test_the_progress_bar_is_drawn_throttled_and_ends_on_the_final_count(monkeypatch: Any) -> None:
+    """The scan's progress bar is redrawn at most every 0.1 s, not per result, and its last
+    state is the real total (127.83.0.x: local addresses nothing listens on, so every port
+    answers 'closed' at once)."""
+    from vncaudit.cli import scan_run
+    from vncaudit.engine import Progress as EngineProgress
+    from vncaudit.engine import ScanOptions, run, scan_async
+    from vncaudit.models import Target
+    from vncaudit.probe import ProbeOptions
+
+    made: list[Any] = []
+    real = scan_run.progress_bar
+
+    draws: list[int] = []
+
+    def bar(console: Any) -> Any:
+        made.append(real(Console(file=io.StringIO(), force_terminal=True)))
+        update = made[-1].update
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            draws.append(1)
+            update(*args, **kwargs)
+
+        made[-1].update = counted
+        return made[-1]
+
+    monkeypatch.setattr(scan_run, "progress_bar", bar)
+    targets = [Target(f"127.83.0.{h}", p) for h in range(1, 41) for p in (5900, 5901)]
+    state = EngineProgress(total=len(targets))
+    seen: list[ServiceResult] = []
+    started = time.monotonic()
+    with scan_run.scan_progress(state, True) as update:
+
+        def each(result: ServiceResult) -> None:
+            seen.append(result)
+            update(result)
+
+        run(scan_async(iter(targets), ScanOptions(probe=ProbeOptions(timeout=1.0)),
+                       on_result=each, progress=state, collect=False))
+    elapsed = time.monotonic() - started
+    assert len(seen) == len(targets) == state.done
+    assert 1 <= len(draws) <= 2 + int(elapsed / 0.1) < len(targets)
+    task = made[0].tasks[0]
+    assert task.completed == len(targets)
+    assert task.fields["vnc"] == 0

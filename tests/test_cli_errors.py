@@ -3,7 +3,7 @@ on stderr starting with `vncaudit: error:`, exit 2 for usage/input errors and 3 
 failures, never a traceback, and nothing half-done left in the store.
 
 Most cases run in-process through typer's CliRunner (the same click entry point the console
-script uses, so the one-line handler of `vncaudit.cli` is what is tested); the entry point,
+script uses, so the one-line handler of `vncaudit.cli.common` is what is tested); the entry point,
 signals and the web server's socket are tested as subprocesses. Every case is refused before
 any packet is sent, except the interrupt tests, which scan closed ports of a loopback address
 no test server uses, at a capped rate.
@@ -52,9 +52,9 @@ def files(tmp_path: Path) -> Path:
 CASES: list[tuple[list[str], int, str]] = [
     # targets
     (["scan", "999.1.1.1"], 2, "'999.1.1.1'"),
-    (["scan", "10.0.0.0/33"], 2, "prefix length must be a number 0-32"),  # was: input twice
+    (["scan", "10.0.0.0/33"], 2, "prefix length must be a number 0-32"),  # the input once
     (["scan", "host.test/24"], 2, "cannot resolve host.test"),  # nmap's name/prefix
-    # habits from other tools get a hint (were: "invalid IPv6 address", "not a network")
+    # habits from other tools get a hint, not a bare "invalid IPv6 address" / "not a network"
     (["scan", "127.0.0.1:5900"], 2, "a port goes in -p, not after the host (127.0.0.1 -p 5900)"),
     (["scan", "[::1]:5901"], 2, "(::1 -p 5901)"),
     (["scan", "vnc://127.0.0.1:5900"], 2, "not a URL"),
@@ -62,23 +62,23 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", ""], 2, "empty target"),
     (["scan", "127.0.0.1-127.0.0.0"], 2, "before the start"),
     (["scan", "127.0.0.1", "--exclude", "bad..name"], 2, "bad..name"),
-    (["scan", "fe80::1%nosuchif9", "-p", "1"], 2, "no network interface"),  # was: "filtered"
+    (["scan", "fe80::1%nosuchif9", "-p", "1"], 2, "no network interface"),  # not "filtered"
     # ports
     (["scan", "127.0.0.1", "-p", "70000"], 2, "70000"),
     (["scan", "127.0.0.1", "-p", "5900-5800"], 2, "reversed"),
     (["scan", "127.0.0.1", "-p", "abc"], 2, "'abc'"),
     (["scan", "127.0.0.1", "-p", ":"], 2, "display number"),
-    (["scan", "127.0.0.1", "-p", ""], 2, "empty port list"),  # was: the default ports
+    (["scan", "127.0.0.1", "-p", ""], 2, "empty port list"),  # not the default ports
     (["scan", "127.0.0.1", "-p", ","], 2, "empty item"),
     (["scan", "127.0.0.1", "-p"], 2, "'-p' requires an argument"),
-    # option values and click's own errors (were a multi-line usage box)
+    # option values and click's own errors: one line, not click's usage box
     (["scan", "127.0.0.1", "--timeout", "0"], 2, "--timeout"),
     (["scan", "127.0.0.1", "--concurrency", "0"], 2, "--concurrency"),
     (["scan", "127.0.0.1", "--rate", "-1"], 2, "--rate"),
     (["scan", "127.0.0.1", "--retries", "-1"], 2, "--retries"),
     (["scan", "127.0.0.1", "--max-attempts", "9"], 2, "--max-attempts"),
     (["scan", "127.0.0.1", "--timeout", "soon"], 2, "--timeout"),
-    # inf passes click's range check (was: exit 3 "not JSON-serialisable", or a wait forever)
+    # inf passes click's range check: refused here, not exit 3 later or a wait forever
     (["scan", "127.0.0.1", "--timeout", "inf"], 2, "not a finite number"),
     (["scan", "127.0.0.1", "--rate", "inf"], 2, "not a finite number"),
     (["local", "--timeout", "inf"], 2, "not a finite number"),
@@ -114,13 +114,13 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", "127.0.0.1", "--exclude-file", "{d}/longline.txt"], 2, "line longer than"),
     (["scan", "127.0.0.1", "--check-passwords", "--wordlist", "{d}/longline.txt"], 2,
      "not a password list"),
-    # options that only mean something with another one (were read, then silently ignored)
+    # options that only mean something with another one: refused, never silently ignored
     (["scan", "127.0.0.1", "--wordlist", "{d}/words.txt"], 2, "--check-passwords"),
     (["scan", "127.0.0.1", "--resolver", "127.0.0.1:1"], 2, "--domain"),
-    # where the report and the store go (were: checked after the scan / dirs created)
+    # where the report and the store go: checked before the scan, no directory created
     (["scan", "127.0.0.1", "--output-file", "{d}/no/such/dir/r.json"], 2, "does not exist"),
     (["scan", "127.0.0.1", "--output-file", "{d}/subdir"], 2, "is a directory"),
-    # the report must not overwrite the store or the target list (was: overwritten, lost)
+    # the report must not overwrite the store or the target list (they would be lost)
     (["scan", "127.0.0.1", "--output-file", "{d}/notdb.db", "--db", "{d}/notdb.db"], 2,
      "would overwrite"),
     (["scan", "-iL", "{d}/words.txt", "--output-file", "{d}/words.txt"], 2, "would overwrite"),
@@ -129,22 +129,22 @@ CASES: list[tuple[list[str], int, str]] = [
     (["scan", "127.0.0.1", "--db", "{d}/notdb.db"], 3, "not a database"),
     (["results", "--db", "{d}/notdb.db"], 3, "not a database"),
     # stored scans
-    (["scan", "--resume", "s-19990101-000000"], 2, "unknown scan id"),  # was: exit 3
+    (["scan", "--resume", "s-19990101-000000"], 2, "unknown scan id"),  # a usage error, exit 2
     (["scan", "--resume", "s-19990101-000000", "127.0.0.1"], 2, "takes no targets"),
     # a resume runs with the stored settings: one typed again would be ignored, so it is refused
     (["scan", "--resume", "s-19990101-000000", "--timeout", "3", "--no-web"], 2,
      "leave out --timeout, --no-web"),
     (["results", "s-19990101-000000"], 2, "unknown scan id"),
-    (["results", "-o", "csv"], 2, "table or json"),  # was: JSON, whatever -o said
+    (["results", "-o", "csv"], 2, "table or json"),  # not JSON whatever -o says
     (["results", "-o", "bogus"], 2, "bogus"),
     (["results", "--limit", "0"], 2, "--limit"),
     (["results", "--output-file", "{d}/no/such/dir/list.txt"], 2, "does not exist"),
     (["diff", "s-19990101-000000", "s-19990101-000001"], 2, "unknown scan id"),
     (["diff", "s-19990101-000000"], 2, "Missing argument"),
     # the host's own view
-    (["local", "--output-file", "{d}/no/such/dir/l.txt"], 2, "does not exist"),  # traceback
+    (["local", "--output-file", "{d}/no/such/dir/l.txt"], 2, "does not exist"),  # no traceback
     (["local", "-o", "json", "--output-file", "{d}/no/such/dir/l.json"], 2, "does not exist"),
-    (["local", "--only-port", "0"], 2, "--only-port 0"),  # was: accepted, nothing audited
+    (["local", "--only-port", "0"], 2, "--only-port 0"),  # not an audit of nothing
     (["local", "--only-port", "70000"], 2, "--only-port 70000"),
     (["local", "--only-port", "x"], 2, "--only-port"),
     (["local", "-o", "bogus"], 2, "bogus"),
@@ -160,7 +160,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["check", "127.0.0.1", "--outside", "{d}/binary.dat"], 2, "not UTF-8"),
     (["check", "127.0.0.1", "--outside", "{d}/list.json"], 2, "services"),
     (["check", "127.0.0.1", "--inside", "{d}/list.json", "--outside", "{d}/empty.json"], 2,
-     "--inside"),  # was: internal error (AttributeError)
+     "--inside"),  # a usage error, not an internal one
     (["check", "127.0.0.1", "--inside", "{d}/empty.json"], 2, "local -o json"),
     (["check", "127.0.0.0/24", "--outside", "{d}/empty.json"], 2, "one host"),
     (["check", "127.0.0.1-9", "--outside", "{d}/empty.json"], 2, "one host"),
@@ -256,7 +256,7 @@ def test_results_of_an_empty_store_say_so(files: Path) -> None:
 
 
 def test_ctrl_c_outside_a_scan_is_one_line_exit_130(tmp_path: Path) -> None:
-    """Ctrl-C while `subdomains` waits on DNS: one line, exit 130 (was: silent). The resolver
+    """Ctrl-C while `subdomains` waits on DNS: one line, exit 130, never a silent exit. The resolver
     is a UDP socket of this test that never answers."""
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))

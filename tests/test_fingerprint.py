@@ -532,3 +532,16 @@ def test_the_memo_gives_each_server_its_own_desktop_name() -> None:
     assert "desktop name 'QEMU (vncaudit-qemu)'" in a.evidence
     assert "desktop name 'QEMU (vncaudit-vm)'" in b.evidence
     assert not any("vncaudit-qemu" in e for e in b.evidence), b.evidence
+
+
+@pytest.mark.slow  # CACHE_SIZE + 10 identifications: about 3 s
+def test_the_product_memo_is_bounded_and_per_signature_set() -> None:
+    shipped = Path(fingerprint.__file__).parent / "data" / "products.toml"
+    data = fingerprint.load(shipped.read_text("utf-8"))
+    assert data.memo is not fingerprint.shipped().memo
+    base = replay("tigervnc-blacklisted")
+    assert base.rfb is not None
+    for i in range(fingerprint.CACHE_SIZE + 10):
+        rfb = replace(base.rfb, failure_reason=f"fail {i}") if base.rfb else None
+        fingerprint.identify(replace(base, rfb=rfb), data)
+    assert len(data.memo.data) == fingerprint.CACHE_SIZE

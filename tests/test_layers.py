@@ -1,5 +1,6 @@
-"""The layers of the package import only what docs/design.md §3 allows, and no module uses
-another's private (`_`-prefixed) names.
+"""The layers of the package import only what docs/design.md §3 allows, no module uses
+another's private (`_`-prefixed) names, and no function is over 80 lines unless its docstring
+says why.
 
 Reads every module of `src/vncaudit` with `ast` (nothing is imported): its imports at module
 level and inside functions, and `importlib.import_module("vncaudit.…")` calls with a literal
@@ -362,3 +363,56 @@ def test_the_private_name_check_catches_what_it_forbids(tmp_path: Path) -> None:
         "uses `_connect` of `vncaudit.probe`",
         "uses `_Pipeline` of `vncaudit.engine`",
     ]
+
+
+# -- function length ------------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+# A longer function says why in its docstring, in a paragraph that starts with this word. In
+# a typer command it goes after a form feed, which --help and the man page leave out.
+LENGTH_REASON = "Length:"
+REASON_WORDS = 6  # a reason, not the word alone
+
+
+def _long_functions(source: str, where: str) -> list[str]:
+    """The functions (and methods, nested ones too) over MAX_FUNCTION_LINES lines, from `def`
+    to their last line, whose docstring does not say why."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        assert node.end_lineno is not None
+        lines = node.end_lineno - node.lineno + 1
+        if lines <= MAX_FUNCTION_LINES:
+            continue
+        reason = (ast.get_docstring(node) or "").partition(LENGTH_REASON)[2]
+        if len(reason.split()) < REASON_WORDS:
+            found.append(f"{where}:{node.lineno}: {node.name} is {lines} lines; split it, or "
+                         f"say why in its docstring ({LENGTH_REASON} ...)")
+    return found
+
+
+def test_no_function_is_over_80_lines_unless_its_docstring_says_why() -> None:
+    found = [problem for path in sorted(PACKAGE.rglob("*.py"))
+             for problem in _long_functions(path.read_text("utf-8"),
+                                            str(path.relative_to(PACKAGE.parent)))]
+    assert not found, "\n".join(found)
+
+
+def test_the_length_check_catches_a_long_function() -> None:
+    """The checker itself: 81 lines without a reason are reported (a function, an async
+    method, the word alone); 80 lines, or a docstring that says why, are not."""
+    def function(lines: int, doc: str = "", head: str = "def f() -> None:",
+                 indent: str = "    ") -> str:
+        body = [f'{indent}"""{doc}"""'] if doc else []
+        body += [f"{indent}x{i} = {i}" for i in range(lines - 1 - len(body))]
+        return "\n".join([indent[4:] + head, *body]) + "\n"
+
+    assert _long_functions(function(80), "m.py") == []
+    assert [p.split(": ", 1)[1] for p in _long_functions(function(81), "m.py")] == [
+        "f is 81 lines; split it, or say why in its docstring (Length: ...)"]
+    method = "class C:\n" + function(90, head="async def g(self) -> None:", indent=" " * 8)
+    assert [p.split(":")[1] for p in _long_functions(method, "m.py")] == ["2"]
+    assert _long_functions(function(81, "Do it.\n\nLength: long."), "m.py") != []
+    why = "Do it.\n\f\nLength: the declarations are the interface typer reads."
+    assert _long_functions(function(81, why), "m.py") == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,18 +128,18 @@ def test_tigervnc_config_files_both_formats(tmp_path: Path) -> None:
     new_style.write_text("# TigerVNC 1.11+\nlocalhost\nsecuritytypes=vncauth\n")
     debian = tmp_path / "vncserver-config-mandatory"
     debian.write_text('$localhost = "no";\n$SecurityTypes = "None";\n')
-    got = local_mod._tigervnc_file(new_style) + local_mod._tigervnc_file(debian)
+    got = local_mod.tigervnc_file(new_style) + local_mod.tigervnc_file(debian)
     assert [(c.setting, c.value, c.meaning) for c in got] == [
         ("localhost", "(set)", "loopback only"),
         ("securitytypes", "vncauth", "security types offered"),
         ("localhost", "no", "every interface"),
         ("securitytypes", "None", "security types offered"),
     ]
-    assert local_mod._tigervnc_file(tmp_path / "absent") == []
+    assert local_mod.tigervnc_file(tmp_path / "absent") == []
 
 
 def test_xvnc_parameters_and_x11vnc_flags() -> None:
-    params = local_mod._xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
+    params = local_mod.xvnc_params([":1", "-localhost", "0", "-rfbport", "5901",
                                      "-SecurityTypes=None", "desktop=x", "-AlwaysShared"])
     assert params == {"localhost": "0", "rfbport": "5901", "securitytypes": "None",
                       "desktop": "x", "alwaysshared": "1"}
@@ -312,7 +313,7 @@ def test_systemd_template_unit_and_its_execstart(tmp_path: Path, monkeypatch) ->
     unit_dir.mkdir()
     (unit_dir / "vncserver@.service").write_text(
         "[Service]\nType=forking\nExecStart=/usr/bin/vncserver -localhost no %i\n")
-    monkeypatch.setattr(local_mod, "_UNIT_DIRS", (str(unit_dir),))
+    monkeypatch.setattr(local_mod, "UNIT_DIRS", (str(unit_dir),))
     assert local_mod.unit_file("vncserver@:1.service") == unit_dir / "vncserver@.service"
     proc = local_mod.ProcessInfo(4242, "Xvnc", "/usr/bin/Xtigervnc", ("Xvnc", ":1"), "alice",
                                  unit="vncserver@:1.service")
@@ -380,11 +381,11 @@ def test_desktop_sharing_servers_are_named_by_their_process(
 
 
 def test_known_process_reasons_read_as_english() -> None:
-    assert local_mod._known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
-    assert local_mod._known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
-    assert local_mod._known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
-    assert local_mod._known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
-    assert local_mod._known_reason(None, "x11vnc") == "the process is an x11vnc server"
+    assert local_mod.known_reason("Xvnc", "TigerVNC") == "process Xvnc is a TigerVNC server"
+    assert local_mod.known_reason("x11vnc", "x11vnc") == "process x11vnc is a VNC server"
+    assert local_mod.known_reason("winvnc", "UltraVNC") == "process winvnc is an UltraVNC server"
+    assert local_mod.known_reason("qemu-kvm", "QEMU") == "process qemu-kvm is a QEMU server"
+    assert local_mod.known_reason(None, "x11vnc") == "the process is an x11vnc server"
 
 
 def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_factory) -> None:
@@ -396,8 +397,17 @@ def test_check_over_loopback_calls_a_loopback_listener_what_it_is(vnc_server_fac
     assert run.returncode == 0, run.stderr
     [row] = json.loads(run.stdout)["ports"]
     assert row["scope"] == "loopback" and row["outside"] == "vnc"
-    assert row["verdict"].startswith("loopback only: answers on this host, as it should")
+    assert row["verdict"] == "loopback only, as it should be"
     assert "port forward" not in row["verdict"]
+    # In the table, what a scan over loopback cannot tell is said once, under it.
+    table = subprocess.run([sys.executable, "-m", "vncaudit", "check", "127.0.0.1",
+                            "--only-port", str(srv.port)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    said = " ".join(table.stdout.split())
+    assert said.count("Scanned over loopback (127.0.0.1)") == 1, table.stdout
+    assert "not what other hosts reach" in said and "--outside FILE" in said
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
 
 
 def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
@@ -419,6 +429,209 @@ def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
     assert rows[5902].startswith("EXPOSED")
     assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
     assert is_loopback_host("localhost") and not is_loopback_host("192.0.2.1")
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# A no-auth RFB 3.8 server in its own process, so the process name and command line are what
+# an unprivileged local user can choose (prctl / argv), as seen by root's `vncaudit local`.
+_CRAFTED_SERVER = r"""
+import ctypes, socket, struct, sys, threading
+ctypes.CDLL(None).prctl(15, b"[/]vnc", 0, 0, 0)  # PR_SET_NAME: what psutil reports as name
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+print(srv.getsockname()[1], flush=True)
+
+def serve(c):
+    try:
+        c.sendall(b"RFB 003.008\n"); c.recv(12)
+        c.sendall(b"\x01\x01"); c.recv(1)
+        c.sendall(struct.pack(">I", 0)); c.recv(1)
+        name = b"[bold]desk[/]"
+        c.sendall(struct.pack(">HH", 64, 48) + bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255,
+                  16, 8, 0, 0, 0, 0]) + struct.pack(">I", len(name)) + name)
+        c.recv(100)
+    except OSError:
+        pass
+    finally:
+        c.close()
+
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.mark.realserver
+def test_local_table_prints_process_names_and_command_lines_as_text(tmp_path: Path) -> None:
+    """A process named "[/]vnc" is shown as text, not read as rich markup (a MarkupError
+    traceback in root's `vncaudit local`), and ESC sequences in its command line never reach
+    root's terminal."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "crafted.py"
+    script.write_text(_CRAFTED_SERVER)
+    server = subprocess.Popen([sys.executable, str(script), "\x1b]0;owned\x07", "[/]",
+                               "[link=http://x]y"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        run = subprocess.run([sys.executable, "-m", "vncaudit", "local", "--only-port",
+                              str(port), "--timeout", "2"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "COLUMNS": "250"})
+    finally:
+        server.kill()
+        server.wait()
+    assert "Traceback" not in run.stderr and run.returncode == 0, run.stderr[-2000:]
+    assert f"{server.pid} [/]vnc" in run.stdout  # the name as it is, not swallowed as markup
+    assert "\x1b" not in run.stdout  # not a terminal: any ESC would be the injected one
+    assert "\\x1b]0;owned" in run.stdout  # shown, made inert
+    assert "[link=http://x]y" in run.stdout
+
+
+def test_check_table_prints_saved_views_as_text(tmp_path: Path) -> None:
+    """`check --inside/--outside` read files someone else may have written (a colleague's
+    `local -o json`): their strings are text, never rich markup ("[/]" would crash it)."""
+    import json
+    import subprocess
+    import sys
+
+    inside = tmp_path / "inside.json"
+    inside.write_text(json.dumps({"kind": "local-audit", "listeners": [{
+        "address": "[/]0.0.0.0", "port": 5901, "scope": "[bold]all-interfaces",
+        "firewall": {"ipv4": {"text": "[/]open \x1b[2J"}}}]}))
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"services": [{"host": "192.0.2.1", "port": 5901,
+                                                 "state": "vnc"}]}))
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "check", "192.0.2.1", "--inside",
+                          str(inside), "--outside", str(outside)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 1, run.stderr  # EXPOSED, and no crash (exit 3)
+    assert "[/]0.0.0.0" in run.stdout and "[bold]all-interfaces" in run.stdout
+    assert "\x1b" not in run.stdout and "EXPOSED" in run.stdout
+
+
+def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: Path) -> None:
+    """meta.json names the files rollback feeds to `nft -f` / iptables-restore as root: a
+    tampered one (`nft -f /etc/shadow`) is refused, and so is a backup others could write."""
+    import json
+    import subprocess
+    import sys
+
+    from vncaudit import harden
+
+    if os.geteuid() != 0:
+        pytest.skip("rollback backups belong to root")
+    root = tmp_path / "backups"
+    good = harden._save("nftables", root, harden.run)  # reads the ruleset; changes nothing
+    harden._write_meta(good)
+    for f in good.path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert good.path.stat().st_mode & 0o777 == 0o700
+    assert harden.load_backup(root).path == good.path  # the control: a real backup loads
+
+    evil = root / "29991231T000000.000000Z-nftables"  # the newest: rollback's default
+    evil.mkdir(mode=0o700)
+    meta = {"backend": "nftables", "files": {"ruleset": "nft.ruleset", "table": "/etc/shadow"}}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    (evil / "meta.json").chmod(0o600)
+    (evil / "nft.ruleset").write_text("")
+    (evil / "nft.ruleset").chmod(0o600)
+    with pytest.raises(harden.UsageError, match="does not describe"):
+        harden.load_backup(root)
+    meta["files"] = {"ruleset": "../../../etc/passwd"}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(harden.UsageError, match="does not describe"):
+        harden.load_backup(root, evil.name)
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "harden", "--rollback",
+                          "--backup-dir", str(root)], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "/etc/passwd" not in run.stdout and "does not describe" in run.stderr
+
+    meta["files"] = {"ruleset": "nft.ruleset"}
+    (evil / "meta.json").write_text(json.dumps(meta))
+    assert harden.load_backup(root).path == evil  # well-formed and private: accepted
+    evil.chmod(0o777)  # a backup anyone may have written is not restored
+    with pytest.raises(harden.UsageError, match="writable by others"):
+        harden.load_backup(root)
+    evil.chmod(0o700)
+    (evil / "nft.ruleset").chmod(0o666)
+    with pytest.raises(harden.UsageError, match="writable by others"):
+        harden.load_backup(root)
+
+
+@pytest.mark.parametrize("display", [":\u00b2", ":99999999999"])
+def test_a_crafted_xvnc_command_line_cannot_stop_the_harden_plan(display: str) -> None:
+    """Any local user may run a process called Xvnc on a VNC port. Its ":²" argument (int()
+    raises ValueError) or ":99999999999" (a display out of range) must not stop root's
+    `harden` plan: the plan keeps the <display> placeholder for that listener."""
+    from vncaudit import firewall, harden
+    from vncaudit import local as local_mod
+
+    st = firewall.FirewallState()
+    proc = local_mod.ProcessInfo(4242, name="Xvnc", cmdline=("/tmp/Xvnc", display,
+                                                             "-rfbport", "15931"))
+    x = local_mod.Listener("0.0.0.0", 15931, firewall.IPV4, proc, ("port",), "TigerVNC",
+                           firewall={firewall.IPV4: st.verdict(firewall.IPV4, 15931)})
+    assert x.display is None
+    audit = local_mod.LocalAudit("vnchost.example", "Linux", True, [x], [], st)
+    plan = harden.build_plan(audit, backend="nftables")
+    assert plan.ports == (15931,) and plan.can_apply
+    assert "<display>" in plan.render()
+    real = local_mod.Listener("0.0.0.0", 15931, firewall.IPV4, local_mod.ProcessInfo(
+        4243, name="Xvnc", cmdline=("/usr/bin/Xvnc", ":31")), ("port",), "TigerVNC")
+    assert real.display == 31  # the control: a real display number is still read
+
+
+_FAKE_SSHD = r"""
+import ctypes, socket, sys, time
+ctypes.CDLL(None).prctl(15, b"sshd", 0, 0, 0)
+s = socket.socket(socket.AF_INET6)
+s.bind(("::1", int(sys.argv[1])))
+s.listen(1)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.realserver
+@pytest.mark.parametrize("user", ["nobody", "root"])
+def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
+    """Any user can name a process "sshd" and listen on [::1]:<VNC port>: only root's sshd
+    makes harden take the port for SSH and leave it out of the firewall."""
+    import subprocess
+    import sys
+
+    from vncaudit import harden
+    from vncaudit import local as local_mod
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    port = _closed_port()
+    # The system interpreter: another user may not be able to run this test's one.
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    fake = subprocess.Popen([python, "-c", _FAKE_SSHD, str(port)], stdout=subprocess.PIPE,
+                            text=True, user=user)
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
+        audit = local_mod.audit(ports=(), only_ports=[port], probe_listeners=False,
+                                read_firewall=False, timeout=1.0)
+        assert (("::1", port, fake.pid) in audit.other_listeners
+                or any(x.port == port for x in audit.listeners))
+        protected = harden.ssh_ports(audit)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert (port in protected) is (user == "root")
 
 
 def test_check_never_reads_a_ledger_answer_as_a_firewall_verdict() -> None:

@@ -192,3 +192,46 @@ def test_hostile_strings_stay_text_in_chromium(chromium: Any, tmp_path: Path) ->
             assert watched.errors == []
         finally:
             context.close()
+
+
+def test_fix_guide_of_two_unknown_services_is_short_in_chromium(
+    chromium: Any, tmp_path: Path
+) -> None:
+    """Two services of an unidentified product, one reachable from a network and one bound to
+    loopback: each gets the steps that fit it, the candidates' own steps folded (closed
+    <details>), and the page stays a few screens long."""
+    from playwright.sync_api import expect
+
+    from vncaudit.assess import assess
+
+    network = assess(replace(replayed("tigervnc-none-38", 5901), host="198.51.100.7"))
+    loopback = assess(replace(replayed("tigervnc-none-38", 5902), host="127.0.0.1"))
+    for r in (network, loopback):
+        assert r.product is not None and r.product.name == "unknown", r.product
+    page_file = tmp_path / "two-unknown.html"
+    page_file.write_text(report.render("html", META, [network, loopback]))
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        watched = Watched(context)
+        watched.open(page_file)
+        page = watched.page
+        cards = page.locator("article.card")
+        expect(cards).to_have_count(2)
+        folded = page.locator("details.candidate")
+        assert folded.count() >= 2
+        assert all(not o for o in folded.evaluate_all("els => els.map(e => e.open)"))
+        # Loopback: no firewall, no tunnel, no "listen on localhost only" for it.
+        fix_text = [cards.nth(i).locator(".fix").inner_text() for i in range(2)]
+        lo = next(t for i, t in enumerate(fix_text)
+                  if "127.0.0.1" in cards.nth(i).locator("h2, h3").first.inner_text())
+        for never in ("ufw", "iptables", "nft ", "ssh -N -L", "listen on localhost only"):
+            assert never not in lo, (never, lo)
+        height = page.evaluate("document.documentElement.scrollHeight")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report-two-unknown.png"), full_page=True)
+        assert height < 4500, height  # every product's steps unfolded made 6,354 px
+        candidate = folded.first
+        candidate.locator("summary").click()
+        expect(candidate.locator("pre code").first).to_be_visible()
+    finally:
+        context.close()

@@ -320,7 +320,7 @@ def test_fuzz_inputs_replay(path: Path) -> None:
     harness.check(path.read_bytes())
 
 
-# -- focused tests for what the hostile farm and the fuzzer changed in rfb ----------------------
+# -- focused tests of the rfb behaviours the hostile farm and the fuzzer exercise -------------
 
 
 def _events(client: rfb.RfbClient, data: bytes) -> list[object]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.resolver
@@ -480,3 +482,97 @@ def test_results_feed_targets_and_round_trip(servers: list[DnsServer]) -> None:
                                 "sources": ["apex"]}
     assert data["axfr"]["ns1.open.test@127.0.0.1"] == "refused"
     assert DiscoveryResult.from_dict(data) == result
+
+
+def test_subdomains_table_prints_zone_names_as_text() -> None:
+    """A zone transfer may carry any label: "[/]x" (valid in DNS) is shown, not read as
+    markup."""
+    import subprocess
+    import sys
+
+    zone = make_zone("corp.test", """
+@ NS ns1
+ns1 A 127.0.0.1
+[/]x A 127.0.0.9
+y CNAME [bold]z
+[bold]z A 127.0.0.8
+""")
+    with DnsServer([zone], hosts=("127.0.0.1",),
+                   axfr={"corp.test": {"127.0.0.1": "allow"}}) as dns:
+        run = subprocess.run([sys.executable, "-m", "vncaudit", "subdomains", "corp.test",
+                              "--resolver", dns.resolver, "--axfr-port", str(dns.port),
+                              "--no-builtin-wordlist"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr
+    assert "[/]x.corp.test" in run.stdout
+    assert "y.corp.test" in run.stdout and "[bold]z.corp.test" in run.stdout
+
+
+# Runs inside a namespace of its own, where 127.0.0.1:53 is free: `scan --domain` sends its
+# zone transfer to the zone's name servers on port 53, and those are the test's server here.
+_AXFR_CHILD = r"""
+import asyncio, functools, json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from dns_server import DnsServer, _Udp, make_zone
+
+class Port53(DnsServer):
+    async def _bind(self):
+        loop = asyncio.get_running_loop()
+        self._closers = []
+        for host in self.hosts:
+            udp, _ = await loop.create_datagram_endpoint(
+                functools.partial(_Udp, self, host), local_addr=(host, 53))
+            tcp = await asyncio.start_server(functools.partial(self._tcp, local=host), host, 53)
+            self._closers += [udp, tcp]
+        self.port = 53
+
+zone = make_zone("corp.test", sys.argv[2])
+with Port53([zone], hosts=("127.0.0.1",), axfr={"corp.test": {"127.0.0.1": "allow"}}):
+    run = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "--domain", "corp.test",
+                          "--resolver", "127.0.0.1:53", "-p", "1", "--db", sys.argv[3],
+                          "--timeout", "1", "--all", "-o", "json"],
+                         capture_output=True, text=True, timeout=120)
+print(json.dumps({"rc": run.returncode, "out": run.stdout, "err": run.stderr}))
+"""
+
+
+AXFR_ZONE = """
+@ NS ns1
+ns1 A 127.0.0.1
+vnc A 127.0.0.1
+[/]x A 127.0.0.1
+a/b A 127.0.0.1
+c:d A 127.0.0.1
+"""
+
+
+@pytest.mark.netns
+def test_scan_domain_skips_names_no_target_parser_takes(tmp_path: Path) -> None:
+    """A zone transfer may carry any label; "a/b.corp.test" is skipped with a warning, not an
+    abort of the whole `scan --domain` (exit 2, nothing scanned) by which a zone could keep its
+    hosts from being audited."""
+    import json
+    import secrets
+    import subprocess
+    import sys
+
+    from netns import require_netns
+
+    require_netns()
+    ns = f"vncaudit-sec-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        child = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _AXFR_CHILD,
+             str(Path(__file__).parent), AXFR_ZONE, str(tmp_path / "scan.db")],
+            capture_output=True, text=True, timeout=180)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    run = json.loads(child.stdout)
+    assert run["rc"] == 0, run["err"]
+    doc = json.loads(run["out"])
+    assert doc["scan"]["targets"] == ["ns1.corp.test", "vnc.corp.test"]  # the plain names
+    assert [s["host"] for s in doc["services"]] == ["127.0.0.1"]  # … were probed
+    assert "not a plain host name" in run["err"] and "a/b.corp.test" in run["err"]

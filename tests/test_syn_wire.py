@@ -117,9 +117,9 @@ def test_replies_are_parsed_and_junk_left_out() -> None:
 
 
 def _route(first: str, prefix: int, table: int = route.TABLE_MAIN, metric: int = 0,
-           gateway: str = "", kind: int = route.RTN_UNICAST) -> route._Route:
+           gateway: str = "", kind: int = route.RTN_UNICAST) -> route.Route:
     start = int.from_bytes(socket.inet_aton(first), "big")
-    return route._Route(start, start + (1 << (32 - prefix)) - 1, prefix, metric, table, kind, 2,
+    return route.Route(start, start + (1 << (32 - prefix)) - 1, prefix, metric, table, kind, 2,
                         socket.inet_aton(gateway) if gateway else b"", b"", 0, False)
 
 
@@ -136,8 +136,8 @@ def test_route_choice_is_the_kernels() -> None:
     twin_b = _route("192.168.0.0", 16, gateway="192.0.2.6")
     routes = [default, lan, host, local, worse, better, twin_a, twin_b]
 
-    def best(address: str) -> route._Route | None | bool:
-        return route._best(routes, int.from_bytes(socket.inet_aton(address), "big"))
+    def best(address: str) -> route.Route | None | bool:
+        return route.best_route(routes, int.from_bytes(socket.inet_aton(address), "big"))
 
     assert best("8.8.8.8") is default
     assert best("10.1.9.9") is lan
@@ -145,7 +145,7 @@ def test_route_choice_is_the_kernels() -> None:
     assert best("10.1.0.5") is local
     assert best("172.20.0.1") is better
     assert best("192.168.3.3") is False
-    assert route._best([lan], int.from_bytes(socket.inet_aton("8.8.8.8"), "big")) is None
+    assert route.best_route([lan], int.from_bytes(socket.inet_aton("8.8.8.8"), "big")) is None
 
 
 def test_plan_for_loopback_leaves_it_to_the_kernel() -> None:

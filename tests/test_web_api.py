@@ -33,6 +33,7 @@ LOCAL = "http://localhost"
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
 ME = ("127.0.0.1", 40001)
+PROXY = ("127.0.0.1", 40002)  # a reverse proxy the settings trust
 
 
 def settings(tmp_path: Path, **changes: Any) -> Settings:
@@ -585,3 +586,190 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
         assert field["type"] == "boolean" and field["default"] is False
         assert "/api/scans/{scan_id}/screenshots/{name}" in spec["paths"]
     assert Settings().allow_screenshots is False
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_diff_to_previous_scan_never_shows_another_clients_scan(tmp_path: Path) -> None:
+    """Two clients (behind a trusted proxy) check the same allow-listed target: the second
+    client's result page and history must not name or diff the first client's scan."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        assume_exposure="public", probe_timeout=2.0, rate_burst=50,
+                        rate_per_minute=600, trusted_proxies=("127.0.0.1/32",))
+    alice = {"X-Forwarded-For": "198.51.100.10"}
+    bob = {"X-Forwarded-For": "198.51.100.20"}
+    port = _closed_port()
+    with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
+        def scan(who: dict[str, str]) -> str:
+            r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
+                       headers=who)
+            assert r.status_code == 201, r.text
+            scan_id: str = r.json()["id"]
+            assert wait_final(c, scan_id, headers=who)["status"] == "finished"
+            return scan_id
+
+        a1 = scan(alice)
+        a2 = scan(alice)
+        b1 = scan(bob)
+        # Control: the same client does get the diff to its own previous scan.
+        assert f'href="/scans/{a1}"' in c.get(f"/scans/{a2}", headers=alice).text
+        page = c.get(f"/scans/{b1}", headers=bob).text
+        assert a1 not in page and a2 not in page
+        assert "This is the first scan of 127.0.0.1" in page
+        history = c.get("/history", headers=bob).text
+        assert b1 in history and a1 not in history and a2 not in history
+        assert c.get(f"/api/scans/{a2}", headers=bob).status_code == 404
+
+
+def test_request_bodies_are_capped(tmp_path: Path) -> None:
+    """A body over the cap is refused, declared or chunked, before it is read into memory:
+    otherwise one client could exhaust the server's memory."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        rate_burst=50, rate_per_minute=600)
+    big = b'{"target": "127.0.0.1", "ports": "1", "x": "' + b"a" * (2 << 20) + b'"}'
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40003)) as c:
+        r = c.post("/api/scans", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "body-too-large"
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+        def chunks() -> Any:
+            yield b'{"target": "127.0.0.1", "ports": "1", "x": "'
+            for _ in range(64):
+                yield b"a" * 32768
+            yield b'"}'
+
+        r = c.post("/api/scans", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        r = c.post("/scans", content=b"target=" + b"a" * (1 << 20),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+        port = _closed_port()
+        ok = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
+        assert ok.status_code == 201, ok.text  # an ordinary request still goes through
+        assert wait_final(c, ok.json()["id"])["status"] == "finished"
+
+
+def test_rate_limit_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
+    """An IPv6 client's whole /64 (2^64 source addresses) shares one rate-limit bucket. The
+    policy refuses these documentation addresses, so nothing is probed: the rate limit
+    answers first."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), rate_burst=2, rate_per_minute=1,
+                        trusted_proxies=("127.0.0.1/32",))
+    with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
+        codes = []
+        for i in range(1, 4):
+            me = f"2001:db8:1:2::{i}"
+            r = c.post("/api/scans", json={"target": me, "ports": "5900"},
+                       headers={"X-Forwarded-For": me})
+            codes.append(r.status_code)
+        assert codes == [403, 403, 429]
+        other = "2001:db8:1:3::1"  # another /64 has its own bucket
+        r = c.post("/api/scans", json={"target": other, "ports": "5900"},
+                   headers={"X-Forwarded-For": other})
+        assert r.status_code == 403
+        mapped = c.post("/api/scans", json={"target": "192.0.2.1", "ports": "5900"},
+                        headers={"X-Forwarded-For": "::ffff:192.0.2.1"})
+        plain = [c.post("/api/scans", json={"target": "192.0.2.1", "ports": "5900"},
+                        headers={"X-Forwarded-For": "192.0.2.1"}).status_code
+                 for _ in range(2)]
+        assert mapped.status_code == 403 and plain == [403, 429]  # one bucket for both spellings
+
+
+def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) -> None:
+    """The service opens the CLI's store by default. With public_history on, a CLI scan of
+    the operator's own networks stays unreadable by any route, even to one who guesses its
+    short id."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.db"
+    port = _closed_port()
+    cli = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "127.0.0.1", "-p",
+                          str(port), "--db", str(db), "--all", "-o", "json", "--timeout", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode in (0, 1), cli.stderr
+    from vncaudit.store import Store
+
+    store = Store.open(db)
+    try:
+        (cli_scan,) = store.list_scans()
+    finally:
+        store.close()
+    settings = Settings(db_path=str(db), allow=("127.0.0.1/32",), public_history=True,
+                        rate_burst=50, rate_per_minute=600)
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40004)) as c:
+        web = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
+        assert web.status_code == 201
+        wait_final(c, web.json()["id"])
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.2", 40005)) as other:
+        # The control: public history shows another client's web scan …
+        assert other.get(f"/api/scans/{web.json()['id']}").status_code == 200
+        # … but never the operator's CLI scan, by any route.
+        for path in (f"/api/scans/{cli_scan.id}", f"/api/scans/{cli_scan.id}/report.json",
+                     f"/scans/{cli_scan.id}", f"/scans/{cli_scan.id}/status"):
+            assert other.get(path).status_code == 404, path
+        assert cli_scan.id not in other.get("/history").text
+
+
+def test_active_scan_cap_covers_an_ipv6_clients_whole_64(tmp_path: Path) -> None:
+    """max_active_per_client counts an IPv6 client's whole /64, so one /64 cannot hold every
+    worker and the queue. The scans go to a loopback listener that never speaks, so they stay
+    running."""
+    settings = Settings(db_path=str(tmp_path / "web.db"), allow=("127.0.0.1/32",),
+                        probe_timeout=3.0, rate_burst=50, rate_per_minute=600,
+                        max_active_per_client=1, trusted_proxies=("127.0.0.1/32",))
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)
+    port = tarpit.getsockname()[1]
+    try:
+        with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
+            def submit(me: str) -> int:
+                r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
+                           headers={"X-Forwarded-For": me})
+                return r.status_code
+
+            assert submit("2001:db8:1:2::1") == 201
+            assert submit("2001:db8:1:2::2") == 429  # same /64: already has its one scan
+            assert submit("2001:db8:1:3::1") == 201  # another /64 is another client
+    finally:
+        tarpit.close()
+
+
+def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    """hmac.compare_digest raises TypeError for a non-ASCII str: such a token is a 403 (form
+    expired), not a 500."""
+    settings = Settings(db_path=str(tmp_path / "web.db"))
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40007),
+                    raise_server_exceptions=False) as c:
+        c.get("/")  # sets the CSRF cookie
+        for token in ("é", "\u202e" * 10, "a" * 64 + "ü"):
+            r = c.post("/scans", data={"target": "192.0.2.1", "csrf_token": token},
+                       follow_redirects=False)
+            assert r.status_code == 403, (token, r.status_code)
+            assert "form expired" in r.text
+
+
+def test_a_lone_surrogate_in_the_json_body_is_a_422_not_a_500(tmp_path: Path) -> None:
+    """FastAPI's validation error echoes the input, and "\\udcff" has no UTF-8 encoding: the
+    answer is a 422 all the same."""
+    import json
+
+    settings = Settings(db_path=str(tmp_path / "web.db"))
+    with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40008),
+                    raise_server_exceptions=False) as c:
+        for body in ({"target": "\udcff", "ports": "5900"},
+                     {"target": "a\ud800.example", "ports": "5900", "subdomains": True},
+                     {"target": "192.0.2.1", "ports": "\udcff"}):
+            r = c.post("/api/scans", content=json.dumps(body),
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 422, (body, r.status_code)
+            assert r.json()["detail"]
+        ok = c.post("/api/scans", json={"target": 5, "ports": "5900"})
+        assert ok.status_code == 422 and ok.json()["detail"][0]["loc"] == ["body", "target"]

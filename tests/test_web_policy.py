@@ -389,3 +389,120 @@ def test_discovery_only_for_allow_listed_domains_and_checked_per_address() -> No
     assert "allow-list" in reasons["1.0.0.4"] or "own address" in reasons["1.0.0.4"]
     with pytest.raises(TargetRefused, match="nothing under corp.example"):
         policy.decide_discovered(pending, [("x.corp.example", ["192.168.1.1"])], PUBLIC)
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_discovered_cname_out_of_the_domain_gets_no_domain_privilege() -> None:
+    """Allow-listing corp.example does not let discovery scan every address its names lead
+    to: not through a CNAME to someone else's host (a CDN, or a dangling CNAME an attacker
+    claimed and points at any victim). Pure policy check: nothing is sent to these
+    addresses."""
+    from vncaudit.web.policy import Policy, TargetRefused
+
+    policy = Policy.build(["corp.example", "partner.example"])
+    pending = policy.decide_discovery("corp.example", "5900", "9.9.9.9")
+    hosts = [("www.corp.example", ["1.0.0.1"], ()),
+             ("shop.corp.example", ["1.0.0.2"], ("shops.saas.example",)),
+             ("old.corp.example", ["1.0.0.3"], ("x.corp.example", "gone.cloud.example")),
+             ("in.corp.example", ["1.0.0.4"], ("edge.partner.example",)),
+             ("me.corp.example", ["9.9.9.9"], ("home.dyn.example",))]
+    decision, refused = policy.decide_discovered(pending, hosts, "9.9.9.9")
+    # Plain names and chains that stay in allow-listed domains keep the domain's privilege;
+    # the requester's own address stays allowed whatever name leads to it.
+    assert decision.addresses == ("1.0.0.1", "1.0.0.4", "9.9.9.9")
+    reasons = {r["address"]: r["reason"] for r in refused}
+    assert set(reasons) == {"1.0.0.2", "1.0.0.3"}
+    assert "CNAME to shops.saas.example" in reasons["1.0.0.2"]
+    assert "CNAME to gone.cloud.example" in reasons["1.0.0.3"]
+    with pytest.raises(TargetRefused):
+        policy.decide_discovered(pending, hosts[1:2], "9.9.9.9")
+    # The two-element form (no chain known) is still accepted.
+    plain, _ = policy.decide_discovered(pending, [("a.corp.example", ["1.0.0.9"])], None)
+    assert plain.addresses == ("1.0.0.9",)
+
+
+CNAME_ZONE = """
+@ NS ns1
+ns1 A 127.0.0.1
+vnc A 127.0.0.1
+shop CNAME www.other.test.
+"""
+
+
+def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> None:
+    """End to end through the scan job: the refused list names the CNAME that leaves the
+    domain (its address is private, so no version of the code would probe it)."""
+    from starlette.testclient import TestClient
+
+    from vncaudit.web import Settings, create_app
+
+    from dns_server import DnsServer, make_zone
+
+    port = _closed_port()
+    zones = [make_zone("corp.test", CNAME_ZONE),
+             make_zone("other.test", "@ NS ns1.corp.test.\nwww A 10.0.0.7\n")]
+    with DnsServer(zones, hosts=("127.0.0.1",),
+                   axfr={"corp.test": {"127.0.0.1": "allow"}}) as dns:
+        settings = Settings(db_path=str(tmp_path / "web.db"), allow=("corp.test",
+                            "127.0.0.1/32"), dns_resolver=dns.resolver,
+                            dns_axfr_port=dns.port, dns_timeout=1.0, probe_timeout=2.0,
+                            rate_burst=50, rate_per_minute=600)
+        with TestClient(create_app(settings), base_url=LOCAL, client=("127.0.0.1", 40006)) as c:
+            r = c.post("/api/scans", json={"target": "corp.test", "ports": str(port),
+                                           "subdomains": True})
+            assert r.status_code == 201, r.text
+            body = _wait_final(c, r.json()["id"])
+    refused = {x["name"]: x for x in body["refused"]}
+    assert refused["shop.corp.test"]["address"] == "10.0.0.7"
+    assert "CNAME to www.other.test" in refused["shop.corp.test"]["reason"]
+    assert "127.0.0.1" in body["addresses"]
+
+
+def test_a_typed_name_whose_cname_leaves_the_domain_gets_no_domain_privilege() -> None:
+    """decide("shop.corp.example") refuses what the name's CNAME leads out of the domain to
+    (with a dangling CNAME claimed by someone else, any public address). Pure policy check
+    (injected resolver, nothing is sent)."""
+    from vncaudit.targets.expressions import Resolution, canonical_resolver
+    from vncaudit.web.policy import Policy, TargetRefused
+
+    def answer(addresses: list[str], canonical: str | None) -> Resolution:
+        r = Resolution(addresses)
+        r.canonical = canonical
+        return r
+
+    table = {"shop.corp.example": answer(["1.0.0.2"], "shops.saas.example"),
+             "www.corp.example": answer(["1.0.0.1"], "www.corp.example"),
+             "in.corp.example": answer(["1.0.0.4"], "Edge.Partner.Example."),
+             "me.corp.example": answer(["9.9.9.9"], "home.dyn.example"),
+             "old.corp.example": ["1.0.0.5"]}  # a resolver that reports no canonical name
+    policy = Policy.build(["corp.example", "partner.example"], resolve=lambda n: table[n])
+    with pytest.raises(TargetRefused, match="CNAME to shops.saas.example"):
+        policy.decide("shop.corp.example", "5900", "8.8.4.4")
+    assert policy.decide("www.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.1",)
+    assert policy.decide("in.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.4",)
+    assert policy.decide("me.corp.example", "5900", "9.9.9.9").addresses == ("9.9.9.9",)
+    assert policy.decide("old.corp.example", "5900", "8.8.4.4").addresses == ("1.0.0.5",)
+    # The default resolver reports the canonical name (from /etc/hosts here: no network).
+    local = canonical_resolver("localhost")
+    assert "127.0.0.1" in local and local.canonical == "localhost"
+    assert Policy().resolve is canonical_resolver
+
+
+@pytest.mark.parametrize("entry", ["com", "*.org", "COM.", "localhost"])
+def test_a_top_level_domain_is_no_allow_list_entry(entry: str) -> None:
+    """CIDRs broader than /8 are refused as an open scanner, and so is "com", which would
+    allow every public host under .com."""
+    from vncaudit.web import Settings
+
+    with pytest.raises(ValueError, match="top-level domain"):
+        Policy.build([entry])
+    with pytest.raises(ValueError, match="top-level domain"):
+        Settings(allow=(entry,))
+    assert Policy.build(["corp.example"]).domains == ("corp.example",)  # the control

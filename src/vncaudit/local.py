@@ -233,7 +233,7 @@ def known_servers() -> tuple[KnownServer, ...]:
                  for s in doc.get("server", []))
 
 
-def _known_reason(name: str | None, product: str) -> str:
+def known_reason(name: str | None, product: str) -> str:
     """Why a process counts as a VNC server: "process Xvnc is a TigerVNC server"."""
     if name is None:
         return f"the process is {_article(product)} {product} server"
@@ -399,7 +399,7 @@ def systemd_unit(pid: int) -> str | None:
     return None
 
 
-_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
               "/lib/systemd/system", "/usr/lib/systemd/system")
 
 
@@ -408,7 +408,7 @@ def unit_file(unit: str) -> Path | None:
     m = re.fullmatch(r"(.+@)[^.]*(\.service)", unit)
     if m:
         candidates.append(m.group(1) + m.group(2))  # the template vncserver@.service
-    for d in _UNIT_DIRS:
+    for d in UNIT_DIRS:
         for name in candidates:
             p = Path(d) / name
             if p.is_file():
@@ -421,7 +421,7 @@ def unit_file(unit: str) -> Path | None:
 # --------------------------------------------------------------------------- #
 
 
-def _xvnc_params(args: Sequence[str]) -> dict[str, str]:
+def xvnc_params(args: Sequence[str]) -> dict[str, str]:
     """Xvnc-style parameters: `-name value`, `-name=value`, `name=value`, bare `-flag`."""
     out: dict[str, str] = {}
     i = 0
@@ -457,7 +457,7 @@ def _truthy(v: str) -> bool:
 
 def tigervnc_config(proc: ProcessInfo) -> list[ConfigFact]:
     facts: list[ConfigFact] = []
-    params = _xvnc_params(proc.cmdline[1:])
+    params = xvnc_params(proc.cmdline[1:])
     for key, meaning_on, meaning_off in (
         ("localhost", "listens on loopback only", "listens on every interface"),
         ("useipv6", "also listens on IPv6", "IPv6 listening off"),
@@ -479,7 +479,7 @@ def tigervnc_config(proc: ProcessInfo) -> list[ConfigFact]:
     files += [Path("/etc/tigervnc/vncserver-config-defaults"),
               Path("/etc/tigervnc/vncserver-config-mandatory")]
     for f in files:
-        facts += _tigervnc_file(f)
+        facts += tigervnc_file(f)
     return facts
 
 
@@ -491,7 +491,7 @@ _TIGER_MEANING = {
 }
 
 
-def _tigervnc_file(path: Path) -> list[ConfigFact]:
+def tigervnc_file(path: Path) -> list[ConfigFact]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -778,7 +778,7 @@ async def audit_async(
         if s.port in vnc_ports:
             reasons.append(f"port {s.port} is in the VNC range")
         if server is not None:
-            reasons.append(_known_reason(proc.name if proc else None, server.product))
+            reasons.append(known_reason(proc.name if proc else None, server.product))
         if reasons:
             candidates.append((s, reasons))
         else:

@@ -189,9 +189,9 @@ class StoredScan:
 
         ledger = self.ledger()
         options = self.engine_options(post_probe, ledger)
-        # --active-checks: the honeypot checks that follow the probe make up to 3 more
-        # connections, granted together with the probe's own or not at all.
-        gate = ScanGate(ledger, self.scan_id, extra=3 if self.spec.active.active_checks else 0)
+        # The connections after the probe (the active checks, the honeypot checks among them)
+        # are granted by `post_probe_for`'s own admission, from one source address.
+        gate = ScanGate(ledger, self.scan_id)
         loop = asyncio.get_running_loop()
         writer = ResultWriter(self.store, self.scan_id, max_age=max_age)
         timer: list[asyncio.TimerHandle | None] = [None]
@@ -365,9 +365,13 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
                 + bool(active_options.active_checks)
             probed = result
 
-            async def run(used: int) -> ServiceResult:
+            async def run(used: int | None, bind: str | None) -> ServiceResult:
+                # The ledger's grant names the source address its count is kept for.
+                via: active.Connector | None = connector
+                if via is None and bind is not None:
+                    via = active.bound_connector(bind)
                 done: ServiceResult = await active.run_active(
-                    probed, active_options, connector, connections_used=used)
+                    probed, active_options, via, connections_used=used)
                 return done
 
             try:

@@ -1,6 +1,6 @@
 """Active checks: proof on request (screenshot, password audit, authentication, auth bypass).
 
-Owns: the opt-in checks of issue 8, each of which opens its OWN connection and only when the
+Owns: the opt-in checks, each of which opens its OWN connection and only when the
 caller (the engine, on an explicit CLI flag) asks for it:
   * `screenshot()`       — one full framebuffer update as PNG (`--screenshot`; with `--password`
                            on protected servers);
@@ -24,11 +24,13 @@ RealVNC 4 count EVERY connection from an address that ends before a successful a
 and start a block at the 5th; a successful authentication clears the count. Each password
 attempt is one connection, so the audit never makes more than `LOCKOUT_CONNECTIONS - 1`
 connections per server per scan including the ones the scan already made (the probe's), never
-more than `max_attempts` (3) attempts, and stops at the first sign of throttling.
+more than `max_attempts` (3) attempts, and stops at the first sign of throttling. A product
+that counts no connections (docs/rfb.md §10) gets every attempt asked for.
 The budget lives in `passwords`; `run_active` orders the checks to keep the count low.
 
 The package re-exports its public names; the parts live in:
-  * `transport`  — `Connector`, `tcp_connector` (the stream shapes are `pump`'s);
+  * `transport`  — `Connector`, `tcp_connector`, `bound_connector` (the stream shapes are
+                   `pump`'s);
   * `handshake`  — one connection up to ServerInit (`Handshake`, `connect_and_handshake`);
   * `honeypot`   — `check_honeypot`;
   * `passwords`  — `authenticate`, `check_passwords`, wordlists, masking, the attempt budget;
@@ -68,6 +70,7 @@ from vncaudit.active.transport import (
     ByteReader,
     ByteWriter,
     Connector,
+    bound_connector,
     tcp_connector,
 )
 
@@ -102,5 +105,6 @@ __all__ = [
     "save_screenshot",
     "screenshot",
     "screenshot_filename",
+    "bound_connector",
     "tcp_connector",
 ]

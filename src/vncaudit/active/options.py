@@ -55,7 +55,7 @@ class ActiveOptions:
 
 async def run_active(
     result: ServiceResult, options: ActiveOptions, connector: Connector | None = None,
-    *, connections_used: int = 1,
+    *, connections_used: int | None = 1,
 ) -> ServiceResult:
     """Run the requested checks against one probed service: `result` with their payloads set
     (unchanged when nothing was asked, or the service is not VNC).
@@ -64,13 +64,15 @@ async def run_active(
     authenticate successfully (which clear TigerVNC's marks) next, the CVE check and the
     password audit last. `connections_used`: unauthenticated connections this address already
     made to the server (the probe's, and what the connection ledger counted before it); the
-    honeypot checks' own are added to it.
+    honeypot checks' own are added to it. None: the server's product counts no connections
+    (LibVNCServer, QEMU), so the password audit gets every attempt asked for.
     """
     if not options.enabled or result.state is not State.VNC or result.rfb is None:
         return result
     target = Target(result.host, result.port, result.hostname)
     facts = result.rfb
-    used = connections_used
+    counted = connections_used is not None
+    used = connections_used or 0
     if options.active_checks and result.error is None and result.extra.web is None:
         result, spent = await _honeypot(result, target, options.timeout, connector)
         used += spent
@@ -116,7 +118,7 @@ async def run_active(
             target,
             words,
             max_attempts=options.max_attempts,
-            connections_used=used,
+            connections_used=used if counted else None,
             facts=facts,
             state=result.state,
             timeout=options.timeout,

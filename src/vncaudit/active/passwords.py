@@ -91,8 +91,11 @@ async def authenticate(
     return AuthCheck(h.record(), mask_password(password, show_passwords), show_passwords)
 
 
-def attempt_budget(max_attempts: int, connections_used: int) -> int:
-    """Password attempts allowed: never reach the 5th connection, never more than asked."""
+def attempt_budget(max_attempts: int, connections_used: int | None) -> int:
+    """Password attempts allowed: never reach the 5th connection, never more than asked
+    (`connections_used` None: the server counts no connections, only the ask limits)."""
+    if connections_used is None:
+        return max(0, max_attempts)
     return max(0, min(max_attempts, LOCKOUT_CONNECTIONS - 1 - connections_used))
 
 
@@ -119,7 +122,7 @@ async def check_passwords(
     passwords: Sequence[str],
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    connections_used: int = 1,
+    connections_used: int | None = 1,
     facts: RfbFacts | None = None,
     state: State | None = None,
     timeout: float = 10.0,
@@ -130,8 +133,9 @@ async def check_passwords(
     """Weak-password audit over VNC Authentication, lockout-aware (`--check-passwords`).
 
     `connections_used` is how many connections this scan already made to the server (the probe:
-    1); `facts`/`state` are the probe's, used to skip servers that need no password, cannot do
-    VNC Authentication or are already refusing us. One connection per attempt; stops at the
+    1; None when the server's product counts none); `facts`/`state` are the probe's, used to
+    skip servers that need no password, cannot do VNC Authentication or are already refusing
+    us. One connection per attempt; stops at the
     first success, at the first lockout sign, and at any answer other than a plain failure
     (the server's remaining budget is then unknown).
     """
@@ -139,7 +143,7 @@ async def check_passwords(
     budget = attempt_budget(max_attempts, connections_used)
     out = PasswordAudit(status="not-found", source=source, candidates=len(candidates),
                         max_attempts=max_attempts, budget=budget,
-                        connections_before=connections_used, password_shown=show_passwords)
+                        connections_before=connections_used or 0, password_shown=show_passwords)
     reachable, why = _vncauth_reachable(facts)
     if state is State.BLACKLISTED or (facts and lockout_text(facts.failure_reason)):
         return replace(out, status="skipped",

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Final
 
-from vncaudit.budget.ledger import Ledger
+from vncaudit.budget.ledger import Decision, Ledger
 from vncaudit.models import ServiceResult, Target
 from vncaudit.payloads import ActiveChecks
 
@@ -43,37 +43,50 @@ def connections_made(active: ActiveChecks) -> tuple[int, int]:
 async def checked(
     ledger: Ledger,
     result: ServiceResult,
-    run: Callable[[int], Awaitable[ServiceResult]],
+    run: Callable[[int | None, str | None], Awaitable[ServiceResult]],
     *,
     required: int,
 ) -> ServiceResult:
-    """Grant up to `EXTRA_AT_MOST` more connections to `result`'s server and run the checks
-    with them: `run(used)` gets the count of connections to consider already spent, so that
-    `EXTRA_AT_MOST - used` are left for it, and returns `result` with the checks' payloads.
-    Fewer than `required` granted: the checks are skipped, and `extra.active` says why."""
+    """Grant up to `EXTRA_AT_MOST` more connections to `result`'s server, all from one source
+    address, and run the checks with them: `run(used, bind)` gets the count of connections to
+    consider already spent, so that `EXTRA_AT_MOST - used` are left for it (None when the
+    server's product counts no connections: the ledger is then not the checks' limit), and
+    the local address to connect from (None: the kernel's choice); it returns `result` with
+    the checks' payloads. Fewer than `required` grantable: the checks are skipped, and
+    `extra.active` says why."""
     target = Target(result.host, result.port, result.hostname)
-    decisions = ledger.admit([target] * EXTRA_AT_MOST, kind="active checks")
-    granted = [d for d in decisions if d.allowed]
-    if len(granted) < max(1, required):
-        ledger.release(granted)
-        reason = next((d.reason for d in decisions if not d.allowed), "")
-        skipped = reason or "the connection budget cannot take these checks"
+    grant: Decision | None = None
+    denied = ""
+    for need in range(EXTRA_AT_MOST, max(1, required) - 1, -1):
+        (decision,) = ledger.admit([target], kind="active checks", need=need)
+        if decision.allowed:
+            grant = decision
+            break
+        denied = denied or decision.reason
+    if grant is None:
+        skipped = denied or "the connection budget cannot take these checks"
         return result.with_extra(active=ActiveChecks(skipped=skipped))
+    counted = grant.rule.counts != "none"
     try:
-        done = await run(EXTRA_AT_MOST - len(granted))
+        done = await run(EXTRA_AT_MOST - grant.need if counted else None, grant.bind)
     except BaseException:
-        ledger.close_grants(granted)
+        ledger.close_grants([grant])
         raise
     made, authenticated = connections_made(done.extra.active or ActiveChecks())
+    honeypot = done.extra.honeypot_checks
+    if honeypot is not None and result.extra.honeypot_checks is None:
+        made += honeypot.connections  # none of them authenticates
     facts = result.rfb
     outcomes = []
+    beyond = replace(grant, intent=None)
     for i in range(made):
         # More than granted only after an authentication cleared the server's tally (the
         # checks that authenticate run first): those connections are recorded all the same.
-        decision = granted[i] if i < len(granted) else ledger.unreserved(target)
         ok = i < authenticated and facts is not None
-        outcomes.append((decision, replace(result, rfb=replace(facts, security_result="ok"))
+        outcomes.append((grant if i < grant.need else beyond,
+                         replace(result, rfb=replace(facts, security_result="ok"))
                          if ok and facts is not None else result))
     ledger.record(outcomes)
-    ledger.release(granted[made:])
+    if made < grant.need:
+        ledger.release([grant], count=grant.need - made)
     return done

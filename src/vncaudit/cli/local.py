@@ -322,13 +322,7 @@ def harden_cmd(
         _rollback(backup_dir, backup, yes)
         return
     if apply:
-        try:
-            harden.require_root("harden --apply")
-        except UsageError as exc:
-            raise fail(str(exc)) from None
-        if not yes and not sys.stdin.isatty():
-            raise fail("--apply asks before changing the firewall; pass --yes when there is "
-                        "no terminal")
+        _check_may_apply(yes)
     for network in allow or ():
         check_not_everyone(network, "--allow")
     audit = _run_audit(ports, only_port, True, True, timeout)
@@ -340,8 +334,24 @@ def harden_cmd(
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
     else:
         sys.stdout.write(plan.render())
-    if not apply:
-        return
+    if apply:
+        _apply(plan, yes, backup_dir)
+
+
+def _check_may_apply(yes: bool) -> None:
+    """--apply needs root, and a terminal to ask on unless --yes: checked before the audit."""
+    try:
+        harden.require_root("harden --apply")
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    if not yes and not sys.stdin.isatty():
+        raise fail("--apply asks before changing the firewall; pass --yes when there is "
+                   "no terminal")
+
+
+def _apply(plan: harden.Plan, yes: bool, backup_dir: Path) -> None:
+    """Run the plan's firewall commands (after asking, unless --yes) and say what changed
+    and how to undo it."""
     if not plan.can_apply:
         reason = ("nothing to apply" if not plan.firewall_commands
                   else f"--apply does not change {plan.backend}; run the commands above "
@@ -462,7 +472,7 @@ def _loopback_verdict(seen_out: ServiceResult | None, open_out: bool, local_only
     if seen_out is None:
         return "not scanned"
     if open_out and local_only:
-        return "loopback only: answers on this host, as it should (scanned over loopback)"
+        return "loopback only, as it should be"
     if open_out:
         return ("bound beyond loopback: the scan went over loopback, which cannot tell what "
                 "other hosts reach; check the host's network address from another machine")
@@ -533,6 +543,17 @@ def check_cmd(
     as_json = output_format(output, as_json, ("table", "json")) == "json"
     _check_only_ports(only_port)
     _check_one_host(host)
+    listeners = _inside_view(inside, only_port, timeout, db, risk_lockout)
+    if outside is not None:
+        results = _outside_view(outside, host, only_port)
+    else:
+        results = _scan_from_here(host, ports, only_port, listeners, timeout, db, risk_lockout)
+    _show_check(host, listeners, results, as_json)
+
+
+def _inside_view(inside: Path | None, only_port: list[int] | None, timeout: float,
+                 db: Path | None, risk_lockout: bool) -> list[dict[str, Any]]:
+    """The host's listeners: from a `local -o json` file, or audited here."""
     if inside is not None:
         doc = _read_json(inside, "--inside")
         try:
@@ -546,21 +567,31 @@ def check_cmd(
                                risk_lockout).to_dict()["listeners"]
     if only_port:
         listeners = [x for x in listeners if int(x["port"]) in only_port]
-    if outside is not None:
-        doc = _read_json(outside, "--outside")
-        if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
-            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
-                        "\"services\" list)")
-        try:
-            results = [ServiceResult.from_dict(d) for d in doc["services"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
-                from None
-        results = [r for r in results if r.host == host or r.hostname == host]
-        if only_port:
-            results = [r for r in results if r.port in only_port]
-        _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
-        return
+    return listeners
+
+
+def _outside_view(outside: Path, host: str, only_port: list[int] | None) -> list[ServiceResult]:
+    """HOST's results in a `scan -o json` file made elsewhere."""
+    doc = _read_json(outside, "--outside")
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), list):
+        raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file (no "
+                   "\"services\" list)")
+    try:
+        results = [ServiceResult.from_dict(d) for d in doc["services"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise fail(f"--outside {outside}: not a `vncaudit scan -o json` file ({exc})") \
+            from None
+    results = [r for r in results if r.host == host or r.hostname == host]
+    if only_port:
+        results = [r for r in results if r.port in only_port]
+    return results
+
+
+def _scan_from_here(host: str, ports: str | None, only_port: list[int] | None,
+                    listeners: list[dict[str, Any]], timeout: float, db: Path | None,
+                    risk_lockout: bool) -> list[ServiceResult]:
+    """Scan HOST from here on --only-port and -p, else on the inside listeners' ports and
+    the default ones; every connection counted in the ledger."""
     from vncaudit.targets import DEFAULT_PORTS, build_target_space, parse_ports
 
     scan_ports: set[int] = set(only_port or ())
@@ -581,10 +612,9 @@ def check_cmd(
         store = Store.open(_checked_db(db))
     except StoreError as exc:
         raise fail(f"{host} not scanned: the connection ledger cannot be opened ({exc}), so "
-                    "a connection could not be counted", 3) from None
+                   "a connection could not be counted", 3) from None
     with store, Ledger(store, risk_lockout=risk_lockout) as ledger:
-        results = asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
-    _show_check(host, compare(listeners, results, is_loopback_host(host)), as_json)
+        return asyncio.run(scan_async(targets, options, gate=ScanGate(ledger)))
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -638,7 +668,10 @@ def _verdict_cell(verdict: str, outside_note: str | None, style: str) -> Text:
     return cell
 
 
-def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+def _show_check(host: str, listeners: list[dict[str, Any]], results: list[ServiceResult],
+                as_json: bool) -> None:
+    over_loopback = is_loopback_host(host)
+    rows = compare(listeners, results, over_loopback)
     if as_json:
         sys.stdout.write(json.dumps({"host": host, "ports": rows}, indent=2) + "\n")
     else:
@@ -655,5 +688,9 @@ def _show_check(host: str, rows: list[dict[str, Any]], as_json: bool) -> None:
                           _verdict_cell(row["verdict"], row.get("outside_note"), style)])
         console = Console(highlight=False)
         console.print(fitted_table(CHECK_COLUMNS, cells, console.width))
+        if over_loopback and rows:
+            console.print(Text(f"Scanned over loopback ({host}): this shows what answers on "
+                               "this host, not what other hosts reach; scan the host's network "
+                               "address from another machine and compare with --outside FILE."))
     if any(row["verdict"].startswith("EXPOSED") for row in rows):
         raise typer.Exit(1)

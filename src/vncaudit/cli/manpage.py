@@ -40,6 +40,11 @@ def _roff(text: str) -> str:
     return re.sub(r"^([.'])", r"\\&\1", text, flags=re.M)
 
 
+def _shown(help_text: str | None) -> str:
+    """The part of a docstring --help shows: what comes before a form feed (click's rule)."""
+    return (help_text or "").partition("\f")[0]
+
+
 def _paragraphs(text: str) -> list[str]:
     out: list[str] = []
     for block in re.split(r"\n\s*\n", text.strip()):
@@ -98,7 +103,7 @@ def render() -> str:
             continue
         ctx = click.Context(command, info_name=name, parent=root)
         usage = " ".join(command.collect_usage_pieces(ctx))
-        lines += [f'.SS "vncaudit {name} {_roff(usage)}"', *_paragraphs(command.help or "")]
+        lines += [f'.SS "vncaudit {name} {_roff(usage)}"', *_paragraphs(_shown(command.help))]
         lines += _options(command, ctx)
         if command.epilog:
             lines += _preformatted(command.epilog)

@@ -9,7 +9,7 @@ assess, store and report do that); input plumbing lives in `cli/scan_inputs.py`.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -267,17 +267,11 @@ def scan(
     signature, so it is as long as the option list); the body checks what was typed in the
     order a user meets the errors, builds the `ScanSpec` and hands it to the runner."""
     setup_logging(-1 if quiet else verbose)
-    threshold = _report_checks(output, trusted, fail_on)
+    report = _Report(output, output_file, include_all, show_fix, trusted, quiet, status_file,
+                     _report_checks(output, trusted, fail_on))
     cluster_spec = _cluster_spec(workers, cluster, verbose)
-    if resume is None:
-        check_discovery(discovery_mode)
-    if resolver is not None and not domain:
-        raise fail("--resolver is the DNS server of --domain; add --domain (host names "
-                    "given as targets use the system resolver)")
-    if resume is not None:
-        if targets or domain or input_list or nmap_xml or masscan:
-            raise fail("--resume takes no targets: it continues the stored scan as it was")
-        _refuse_settings(ctx, resume)
+    _check_resume(ctx, resume, discovery_mode, resolver, domain,
+                  bool(targets or domain or input_list or nmap_xml or masscan))
     # Everything the user typed is checked before the store gets a scan record: a bad
     # --wordlist or --output-file must not leave a "running" scan that never ran behind.
     check_output_file(output_file, [db, wordlist, *(input_list or ()), *(nmap_xml or ()),
@@ -305,12 +299,54 @@ def scan(
             raise fail(str(exc)) from None
     with open_store(db) as store:
         stored = _open_scan(store, resume, draft, password, words)
-        live = _live(stored, output, output_file, include_all, status_file,
-                     resumed=resume is not None)
-        record = _run(stored, cluster_spec, live, quiet, str(status_file) == "-")
-        results = store.results(stored.scan_id, include_closed=include_all)
-        live.end("finished", results)
+        record, results = _run_stored(stored, cluster_spec, report, resumed=resume is not None)
+    _report(record, results, report)
 
+
+@dataclass(frozen=True)
+class _Report:
+    """How the results go out: -o, --output-file, --all, --fix, --trusted, -q,
+    --status-file, and the --fail-on threshold (None: none given)."""
+
+    output: str
+    output_file: Path | None
+    include_all: bool
+    show_fix: bool
+    trusted: str | None
+    quiet: bool
+    status_file: Path | None
+    threshold: Severity | None
+
+
+def _check_resume(ctx: typer.Context, resume: str | None, discovery_mode: str,
+                  resolver: str | None, domain: list[str] | None, has_targets: bool) -> None:
+    """--discovery and --resolver for a new scan; for --resume, no targets and none of the
+    settings stored with the scan."""
+    if resume is None:
+        check_discovery(discovery_mode)
+    if resolver is not None and not domain:
+        raise fail("--resolver is the DNS server of --domain; add --domain (host names "
+                   "given as targets use the system resolver)")
+    if resume is not None:
+        if has_targets:
+            raise fail("--resume takes no targets: it continues the stored scan as it was")
+        _refuse_settings(ctx, resume)
+
+
+def _run_stored(stored: StoredScan, cluster_spec: ClusterSpec | None, report: _Report, *,
+                resumed: bool) -> tuple[ScanRecord, list[ServiceResult]]:
+    """Run the scan with its live streams; the record and the results as stored."""
+    live = _live(stored, report.output, report.output_file, report.include_all,
+                 report.status_file, resumed=resumed)
+    record = _run(stored, cluster_spec, live, report.quiet, str(report.status_file) == "-")
+    results = stored.store.results(stored.scan_id, include_closed=report.include_all)
+    live.end("finished", results)
+    return record, results
+
+
+def _report(record: ScanRecord, results: list[ServiceResult], report: _Report) -> None:
+    """Print or write the report; exit 1 when a finding is at or above --fail-on."""
+    threshold = report.threshold
     failing = [f for r in results for f in r.findings
                if threshold is not None and f.severity.rank >= threshold.rank]
     reason = None
@@ -320,8 +356,9 @@ def scan(
     from vncaudit.cli.output import emit  # rich and the report: after the scan, not before
 
     # -o jsonl went out line by line while the scan ran: only the summary is left.
-    emit(record, results, output, output_file, include_all, show_fix=show_fix,
-          trusted=trusted, exit_reason=reason, quiet=quiet, written=output == "jsonl")
+    emit(record, results, report.output, report.output_file, report.include_all,
+         show_fix=report.show_fix, trusted=report.trusted, exit_reason=reason,
+         quiet=report.quiet, written=report.output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
 

@@ -14,13 +14,17 @@ import errno
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vncaudit.cli.common import DbOpt, fail, finite, require_extra, setup_logging
 from vncaudit.cli.program import app
+
+if TYPE_CHECKING:  # the web extra may be missing: `serve` says how to get it
+    from vncaudit.web.settings import Settings
 
 
 @app.command(epilog="""Examples:
@@ -131,48 +135,99 @@ def serve(
     ] = 0,
 ) -> None:
     """Run the web service: a check form, live progress, results with fix commands, history,
-    and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics)."""
+    and the JSON API (OpenAPI at /openapi.json, Prometheus metrics at /metrics).
+
+    \f
+    Length: the option declarations are the command's interface (typer reads them from the
+    signature); the body is a few calls to helpers."""
     setup_logging(verbose)
     require_extra("web", ("fastapi", "uvicorn", "multipart", "prometheus_client"),
                   "vncaudit serve")
-    from vncaudit.web.settings import Settings, hash_token, tokens_from
-    from vncaudit.web.settings import new_token as make_token
-
     if new_token:
-        token = make_token()
-        typer.echo(f"token: {token}")
-        typer.echo(f"hash:  {hash_token(token)}   # put this line in the --token-file")
+        _print_new_token()
         return
     if not 1 <= port <= 65535:
         raise fail(f"invalid --port {port}: must be 1-65535")
-    overrides: dict[str, object] = {}
-    if db is not None:
-        overrides["db_path"] = str(db)
-    if allow:
-        overrides["allow"] = tuple(allow)
-    if trusted_proxy:
-        overrides["trusted_proxies"] = tuple(trusted_proxy)
-    if only_allow_list:
-        overrides["allow_own_address"] = False
-    if allow_screenshots:
-        overrides["allow_screenshots"] = True
-    if allowed_host:
-        overrides["allowed_hosts"] = tuple(allowed_host)
-    if monitors is not None:
-        overrides["monitors"] = str(monitors.expanduser().absolute())
-    if retention is not None:
-        overrides["retention"] = retention
-    for key, value in (("assume_exposure", assume_exposure), ("workers", workers),
-                       ("max_ports", max_ports), ("rate_per_minute", rate),
-                       ("probe_timeout", timeout), ("access_log", access_log),
-                       ("access_log_format", access_log_format),
-                       ("tls_cert", str(tls_cert) if tls_cert is not None else None),
-                       ("tls_key", str(tls_key) if tls_key is not None else None)):
-        if value is not None:
-            overrides[key] = value
+    settings = _settings(config, host, _SettingsOptions(
+        db, tuple(allow or ()), tuple(trusted_proxy or ()), only_allow_list, allow_screenshots,
+        tuple(allowed_host or ()), monitors, retention, assume_exposure, workers, max_ports,
+        rate, timeout, access_log, access_log_format, tls_cert, tls_key, token_file))
+    _check_before_start(settings)
+    _serve(settings, host, port)
+
+
+def _print_new_token() -> None:
+    from vncaudit.web.settings import hash_token, new_token
+
+    token = new_token()
+    typer.echo(f"token: {token}")
+    typer.echo(f"hash:  {hash_token(token)}   # put this line in the --token-file")
+
+
+@dataclass(frozen=True)
+class _SettingsOptions:
+    """The options of `serve` that set a service setting; each beats the environment and the
+    --config file when given (an empty tuple, False or None: not given)."""
+
+    db: Path | None
+    allow: tuple[str, ...]
+    trusted_proxy: tuple[str, ...]
+    only_allow_list: bool
+    allow_screenshots: bool
+    allowed_host: tuple[str, ...]
+    monitors: Path | None
+    retention: str | None
+    assume_exposure: str | None
+    workers: int | None
+    max_ports: int | None
+    rate: float | None
+    timeout: float | None
+    access_log: str | None
+    access_log_format: str | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    token_file: Path | None
+
+    def overrides(self) -> dict[str, object]:
+        """The given options as `Settings.load` keywords, the token file not yet read."""
+        overrides: dict[str, object] = {}
+        if self.db is not None:
+            overrides["db_path"] = str(self.db)
+        if self.allow:
+            overrides["allow"] = self.allow
+        if self.trusted_proxy:
+            overrides["trusted_proxies"] = self.trusted_proxy
+        if self.only_allow_list:
+            overrides["allow_own_address"] = False
+        if self.allow_screenshots:
+            overrides["allow_screenshots"] = True
+        if self.allowed_host:
+            overrides["allowed_hosts"] = self.allowed_host
+        if self.monitors is not None:
+            overrides["monitors"] = str(self.monitors.expanduser().absolute())
+        if self.retention is not None:
+            overrides["retention"] = self.retention
+        for key, value in (
+                ("assume_exposure", self.assume_exposure), ("workers", self.workers),
+                ("max_ports", self.max_ports), ("rate_per_minute", self.rate),
+                ("probe_timeout", self.timeout), ("access_log", self.access_log),
+                ("access_log_format", self.access_log_format),
+                ("tls_cert", str(self.tls_cert) if self.tls_cert is not None else None),
+                ("tls_key", str(self.tls_key) if self.tls_key is not None else None)):
+            if value is not None:
+                overrides[key] = value
+        return overrides
+
+
+def _settings(config: Path | None, host: str, options: _SettingsOptions) -> Settings:
+    """The service settings: the options over the environment over --config; the Host
+    names default to the bound address and the localhost names."""
+    from vncaudit.web.settings import Settings, tokens_from
+
+    overrides = options.overrides()
     try:
-        if token_file is not None:
-            overrides["token_hashes"] = tokens_from(_token_lines(token_file))
+        if options.token_file is not None:
+            overrides["token_hashes"] = tokens_from(_token_lines(options.token_file))
         settings = Settings.load(config, os.environ, **overrides)
         if not settings.allowed_hosts:
             settings = settings.with_changes(allowed_hosts=default_hosts(host))
@@ -180,17 +235,26 @@ def serve(
         raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
         raise fail(f"bad settings: {exc}") from None
+    return settings
+
+
+def _check_before_start(settings: Settings) -> None:
+    """What can be checked before the banner: the TLS files, the access log, the monitors
+    file and the lock of another watcher."""
     _check_tls(settings.tls_cert, settings.tls_key)
     _check_access_log(settings.access_log)
     if settings.monitors:
         from vncaudit.watch import ConfigError, load
 
         try:
-            load(settings.monitors)  # a mistake is one line now, not a failed start-up
+            load(settings.monitors)  # checked here: a mistake is one line, not a failed start-up
         except ConfigError as exc:
             raise fail(str(exc)) from None
         _check_runner_lock(settings.db_path)
 
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    """Listen, print where, and run uvicorn until Ctrl-C."""
     import uvicorn
 
     from vncaudit.web import create_app

@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,67 +58,145 @@ def _duration(value: str | None, option: str) -> float | None:
         raise fail(str(exc)) from None
 
 
-def _config_from_options(
-    targets: list[str], ports: str, every: str | None, cron: str | None, once: bool,
-    name: str | None, exclude: list[str], alerts: str, remind_every: str | None,
-    webhooks: list[str], webhook_secret_file: Path | None, emails: list[str],
-    smtp: str | None, smtp_security: str, smtp_user: str | None,
-    smtp_password_file: Path | None, smtp_from: str | None, stdout: bool | None,
-    timeout: float, concurrency: int, rate: float | None, discovery: str,
-    retention: str | None,
-) -> Any:
-    import os
+@dataclass(frozen=True)
+class _MonitorOptions:
+    """The one monitor `watch` options define on the command line (without --config)."""
 
+    targets: tuple[str, ...]
+    ports: str
+    every: str | None
+    cron: str | None
+    once: bool
+    name: str | None
+    exclude: tuple[str, ...]
+    alerts: str
+    remind_every: str | None
+    webhooks: tuple[str, ...]
+    webhook_secret_file: Path | None
+    emails: tuple[str, ...]
+    smtp: str | None
+    smtp_security: str
+    smtp_user: str | None
+    smtp_password_file: Path | None
+    smtp_from: str | None
+    stdout: bool | None
+    timeout: float
+    concurrency: int
+    rate: float | None
+    discovery: str
+    retention: str | None
+
+    def define_a_monitor(self) -> bool:
+        """Whether any option that only a command-line monitor takes was given."""
+        return any((self.targets, self.exclude, self.webhooks, self.emails, self.smtp,
+                    self.every, self.cron, self.name, self.remind_every))
+
+
+def _watch_config(config: Path | None, options: _MonitorOptions) -> Any:
+    """The monitors to run: from --config, or the one the options define; each monitor's
+    targets checked now, so a mistake is one line before anything starts."""
+    from vncaudit.watch import config as cfg
+    from vncaudit.watch.cycle import target_space
+
+    try:
+        if config is not None:
+            if options.define_a_monitor():
+                raise fail("--config holds the monitors: give targets, schedule and "
+                           "channels there, not on the command line")
+            watch_config = cfg.load(config)
+        elif not options.targets:
+            raise fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
+                       "6h) or --config monitors.toml")
+        else:
+            if options.discovery not in cfg.DISCOVERY_MODES:
+                raise fail(f"unknown discovery mode {options.discovery!r}; use connect or syn")
+            watch_config = _config_from_options(options)
+        for monitor in watch_config.monitors:
+            try:
+                target_space(monitor)
+            except UsageError as exc:
+                raise fail(f"monitor {monitor.name}: {exc}") from None
+    except UsageError as exc:
+        raise fail(str(exc)) from None
+    return watch_config
+
+
+def _config_from_options(options: _MonitorOptions) -> Any:
     from vncaudit.watch import config as cfg
     from vncaudit.watch.schedule import Schedule
 
-    if every is None and cron is None:
-        if not once:
+    every = options.every
+    if every is None and options.cron is None:
+        if not options.once:
             raise fail("give a schedule: --every 6h (or --cron '0 */6 * * *'), or --once "
-                        "for one cycle")
+                       "for one cycle")
         every = "1d"  # only recorded, for the monitors page: a timer runs --once
-    schedule = Schedule.parse(every=every, cron=cron)
-    rules = cfg.AlertRules.from_names(alerts.split(","), _duration(remind_every,
-                                                                   "--remind-every"))
-    channels: list[cfg.Channel] = []
+    schedule = Schedule.parse(every=every, cron=options.cron)
+    rules = cfg.AlertRules.from_names(options.alerts.split(","),
+                                      _duration(options.remind_every, "--remind-every"))
+    channels = [*_webhook_channels(options), *_email_channels(options)]
+    if options.stdout or (options.stdout is None and not channels):
+        channels.append(cfg.StdoutChannel())
+    monitor = cfg.Monitor(
+        name=options.name or f"{','.join(options.targets)} -p {options.ports}"[:200],
+        targets=options.targets, ports=options.ports, schedule=schedule, rules=rules,
+        channels=tuple(channels),
+        scan=cfg.ScanSettings(timeout=options.timeout, concurrency=options.concurrency,
+                              rate=options.rate, discovery=options.discovery),
+        excludes=options.exclude)
+    return cfg.WatchConfig((monitor,), retention=_duration(options.retention, "--retention"))
+
+
+def _webhook_channels(options: _MonitorOptions) -> list[Any]:
+    """--webhook channels, signed with the key of --webhook-secret-file or the environment."""
+    import os
+
+    from vncaudit.watch import config as cfg
+
     secret: str | None = None
-    if webhook_secret_file is not None:
-        secret = cfg.read_secret(webhook_secret_file, "--webhook-secret-file")
+    if options.webhook_secret_file is not None:
+        secret = cfg.read_secret(options.webhook_secret_file, "--webhook-secret-file")
     elif os.environ.get(cfg.WEBHOOK_SECRET_ENV):
         secret = os.environ[cfg.WEBHOOK_SECRET_ENV]
-    for url in webhooks:
+    channels: list[Any] = []
+    for url in options.webhooks:
         checked = cfg.check_url(url, "--webhook")
         channels.append(cfg.WebhookChannel(cfg.webhook_name(checked), checked,
                                            secret.encode() if secret else None))
-    if emails:
-        if smtp is None:
-            raise fail("--email needs --smtp HOST[:PORT] (the mail server that sends it)")
-        if smtp_security not in cfg.SMTP_SECURITY:
-            raise fail(f"--smtp-security must be one of {', '.join(cfg.SMTP_SECURITY)}")
-        host, port = cfg.parse_smtp_address(smtp)
-        password = (cfg.read_secret(smtp_password_file, "--smtp-password-file")
-                    if smtp_password_file is not None
-                    else os.environ.get(cfg.SMTP_PASSWORD_ENV) or None)
-        if password and not smtp_user:
-            raise fail("an SMTP password needs --smtp-user")
-        sender = cfg.check_email(smtp_from or "vncaudit@localhost", "--smtp-from")
-        settings = cfg.SmtpSettings(host=host, port=port or cfg.default_smtp_port(smtp_security),
-                                    security=smtp_security, username=smtp_user,
-                                    password=password, sender=sender)
-        for address in emails:
-            to = cfg.check_email(address, "--email")
-            channels.append(cfg.EmailChannel(f"email:{to}", to, settings))
-    elif smtp is not None:
-        raise fail("--smtp is the server for --email; add --email ADDRESS")
-    if stdout or (stdout is None and not channels):
-        channels.append(cfg.StdoutChannel())
-    monitor = cfg.Monitor(
-        name=name or f"{','.join(targets)} -p {ports}"[:200], targets=tuple(targets),
-        ports=ports, schedule=schedule, rules=rules, channels=tuple(channels),
-        scan=cfg.ScanSettings(timeout=timeout, concurrency=concurrency, rate=rate,
-                              discovery=discovery),
-        excludes=tuple(exclude))
-    return cfg.WatchConfig((monitor,), retention=_duration(retention, "--retention"))
+    return channels
+
+
+def _email_channels(options: _MonitorOptions) -> list[Any]:
+    """--email channels through the --smtp server (its password from --smtp-password-file
+    or the environment)."""
+    import os
+
+    from vncaudit.watch import config as cfg
+
+    smtp, security = options.smtp, options.smtp_security
+    if not options.emails:
+        if smtp is not None:
+            raise fail("--smtp is the server for --email; add --email ADDRESS")
+        return []
+    if smtp is None:
+        raise fail("--email needs --smtp HOST[:PORT] (the mail server that sends it)")
+    if security not in cfg.SMTP_SECURITY:
+        raise fail(f"--smtp-security must be one of {', '.join(cfg.SMTP_SECURITY)}")
+    host, port = cfg.parse_smtp_address(smtp)
+    password = (cfg.read_secret(options.smtp_password_file, "--smtp-password-file")
+                if options.smtp_password_file is not None
+                else os.environ.get(cfg.SMTP_PASSWORD_ENV) or None)
+    if password and not options.smtp_user:
+        raise fail("an SMTP password needs --smtp-user")
+    sender = cfg.check_email(options.smtp_from or "vncaudit@localhost", "--smtp-from")
+    settings = cfg.SmtpSettings(host=host, port=port or cfg.default_smtp_port(security),
+                                security=security, username=options.smtp_user,
+                                password=password, sender=sender)
+    channels: list[Any] = []
+    for address in options.emails:
+        to = cfg.check_email(address, "--email")
+        channels.append(cfg.EmailChannel(f"email:{to}", to, settings))
+    return channels
 
 
 @app.command(epilog=_WATCH_EXAMPLES)
@@ -241,43 +320,17 @@ def watch(
     """Watch targets on a schedule and alert on what changed.
 
     Each cycle is a stored scan, compared with the monitor's previous one.
-    Runs in the foreground; --once runs one cycle and exits (cron, timers)."""
+    Runs in the foreground; --once runs one cycle and exits (cron, timers).
+    \f
+    Length: the option declarations are the command's interface (typer reads them from the
+    signature); the body is a few calls to helpers."""
     setup_logging(verbose)
-    from vncaudit.watch import config as cfg
-
-    given = [targets, exclude, webhook, email, smtp, every, cron, name, remind_every]
-    try:
-        if config is not None:
-            if any(given):
-                raise fail("--config holds the monitors: give targets, schedule and "
-                            "channels there, not on the command line")
-            watch_config = cfg.load(config)
-        elif not targets:
-            raise fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
-                        "6h) or --config monitors.toml")
-        else:
-            if discovery not in cfg.DISCOVERY_MODES:
-                raise fail(f"unknown discovery mode {discovery!r}; use connect or syn")
-            watch_config = _config_from_options(
-                targets, ports, every, cron, once, name, exclude or [], alerts, remind_every,
-                webhook or [], webhook_secret_file, email or [], smtp, smtp_security,
-                smtp_user, smtp_password_file, smtp_from, stdout, timeout, concurrency,
-                rate, discovery, retention)
-        from vncaudit.watch.cycle import target_space
-
-        for monitor in watch_config.monitors:
-            try:
-                target_space(monitor)
-            except UsageError as exc:
-                raise fail(f"monitor {monitor.name}: {exc}") from None
-    except UsageError as exc:
-        raise fail(str(exc)) from None
-    unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
-                       if isinstance(c, cfg.WebhookChannel) and c.secret is None})
-    if unsigned:
-        err.print(f"note: {', '.join(unsigned)} not signed (no secret_file, "
-                  f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", style="dim",
-                  markup=False, soft_wrap=True)
+    watch_config = _watch_config(config, _MonitorOptions(
+        tuple(targets or ()), ports, every, cron, once, name, tuple(exclude or ()), alerts,
+        remind_every, tuple(webhook or ()), webhook_secret_file, tuple(email or ()), smtp,
+        smtp_security, smtp_user, smtp_password_file, smtp_from, stdout, timeout, concurrency,
+        rate, discovery, retention))
+    _note_unsigned(watch_config)
     if watch_config.db is not None and db is None:
         db = Path(watch_config.db)
     store = open_store(db)
@@ -285,6 +338,18 @@ def watch(
         if store.path is None:
             raise fail("watch needs a database file (--db FILE), not :memory:")
         _run(store, watch_config, once, deliver_for)
+
+
+def _note_unsigned(watch_config: Any) -> None:
+    """One dim line naming the webhooks that send without a signature."""
+    from vncaudit.watch import config as cfg
+
+    unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
+                       if isinstance(c, cfg.WebhookChannel) and c.secret is None})
+    if unsigned:
+        err.print(f"note: {', '.join(unsigned)} not signed (no secret_file, "
+                  f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", style="dim",
+                  markup=False, soft_wrap=True)
 
 
 def _status(event: Any) -> None:

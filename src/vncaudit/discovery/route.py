@@ -61,7 +61,10 @@ class Path:
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
+    """One IPv4 route of the kernel's table: the addresses `first`-`last` it covers and what
+    `best_route` and the path planning read of it."""
+
     first: int
     last: int
     prefix: int
@@ -137,8 +140,8 @@ def _attributes(payload: bytes, offset: int) -> dict[int, bytes]:
     return attrs
 
 
-def _routes() -> list[_Route]:
-    out: list[_Route] = []
+def _routes() -> list[Route]:
+    out: list[Route] = []
     for mtype, payload in _dump(RTM_GETROUTE, struct.pack("=BBBBBBBBL", socket.AF_INET,
                                                           0, 0, 0, 0, 0, 0, 0, 0)):
         if mtype != RTM_NEWROUTE or len(payload) < 12:
@@ -155,7 +158,7 @@ def _routes() -> list[_Route]:
         first = dst & ~(size - 1) & 0xFFFFFFFF
         oif = attrs.get(RTA_OIF)
         metric = attrs.get(RTA_PRIORITY)
-        out.append(_Route(
+        out.append(Route(
             first=first, last=first + size - 1, prefix=dst_len,
             metric=struct.unpack("=L", metric[:4])[0] if metric else 0, table=table, kind=kind,
             ifindex=struct.unpack("=i", oif[:4])[0] if oif else None,
@@ -237,7 +240,7 @@ def kernel_source(address: int) -> bytes:
 # The plan
 
 
-def _best(routes: list[_Route], address: int) -> _Route | None | bool:
+def best_route(routes: list[Route], address: int) -> Route | None | bool:
     """The route the kernel takes to `address` from `routes` (tables local, main, default);
     None when none matches, False when it cannot be told exactly."""
     for table in (TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT):
@@ -271,15 +274,15 @@ def plan(for_addresses: tuple[int, int] = (0, ADDRESS_END - 1)) -> RoutePlan:
     starts = sorted(c for c in cuts if c < ADDRESS_END)
     known = neighbours()
     paths = [Path(None, b"")]  # 0: outside the scan (never used), or the kernel's to decide
-    by_route: dict[_Route, int] = {}
+    by_route: dict[Route, int] = {}
     segment_paths: list[int] = []
     for i, start in enumerate(starts):
         end = (starts[i + 1] if i + 1 < len(starts) else ADDRESS_END) - 1
         if end < low or start > high:
             segment_paths.append(0)
             continue
-        best = _best(routes, start)
-        if isinstance(best, _Route):
+        best = best_route(routes, start)
+        if isinstance(best, Route):
             if best not in by_route:
                 by_route[best] = len(paths)
                 paths.append(_path(best, start + (end - start) // 2, known))
@@ -290,7 +293,7 @@ def plan(for_addresses: tuple[int, int] = (0, ADDRESS_END - 1)) -> RoutePlan:
     return RoutePlan(starts, segment_paths, paths)
 
 
-def _path(route: _Route, sample: int, known: dict[tuple[bytes, int], bytes]) -> Path:
+def _path(route: Route, sample: int, known: dict[tuple[bytes, int], bytes]) -> Path:
     source = route.source or kernel_source(sample)
     if (route.kind != RTN_UNICAST or route.multipath or not route.gateway
             or route.ifindex is None or route.flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)
