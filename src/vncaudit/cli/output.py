@@ -366,6 +366,8 @@ def emit(
         sys.stdout.write(text)
         if exit_reason and not quiet:  # the report is on stdout; the reason is not in it
             _summary(record, results, shown, output, None, exit_reason)
+        elif not quiet:  # services the ledger answered for: said on stderr in any format
+            _ledger_note(results)
 
 
 def summary_line(
@@ -401,9 +403,13 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
+    _ledger_note(results)
+
+
+def _ledger_note(results: list[ServiceResult]) -> None:
     note = summary_note(r.extra.budget for r in results)
     if note:
-        err.print(note, style="yellow", markup=False)
+        err.print(note, style="yellow", markup=False, soft_wrap=True)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:
