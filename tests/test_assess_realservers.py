@@ -199,12 +199,20 @@ def test_query_connect_servers_are_graded_approval_required(
     vnc_server_factory: Any, kind: str, options: dict[str, Any], how: str
 ) -> None:
     import asyncio
+    import time
 
     from vncaudit.models import Target
     from vncaudit.probe import ProbeOptions, probe
 
     srv = vnc_server_factory(kind, **options)
-    probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=3.0)))
+    for _ in range(5):
+        probed = asyncio.run(probe(Target(srv.host, srv.port), ProbeOptions(timeout=3.0)))
+        reason = probed.rfb.failure_reason if probed.rfb is not None else None
+        if how == "asked" or reason is None or not reason.startswith("Unable to query"):
+            break
+        # vncconfig had not yet told Xvnc that it shows the dialog (a machine under load):
+        # nobody was asked and no dialog is pending, so asking again is clean.
+        time.sleep(1.0)
     graded = assess(probed)
     ids = {f.id for f in graded.findings}
     assert "no-auth" not in ids, [f.id for f in graded.findings]

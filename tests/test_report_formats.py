@@ -31,6 +31,7 @@ from vncaudit import report
 from vncaudit.assess import Exposure, assess
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import SILENT_STATES, Finding, ServiceResult, Severity, State
+from vncaudit.payloads import Extras, WebFrontEnd, WebSocketEndpoint
 from vncaudit.report import sarif
 from vncaudit.report.schema import report_schema, schema_text
 
@@ -172,8 +173,8 @@ def graded() -> list[ServiceResult]:
         ServiceResult("127.0.0.1", 5991, State.OPEN_NOT_VNC, error="speaks HTTP"),
         ServiceResult("127.0.0.1", 5992, State.CLOSED),
         ServiceResult("127.0.0.1", 5993, State.FILTERED),
-        replace(x11, port=6080, extra={"web": {"transport": "websocket", "websocket": {
-            "url": "ws://127.0.0.1:6080/websockify", "path": "/websockify"}}}),
+        replace(x11, port=6080, extra=Extras(web=WebFrontEnd("websocket", websocket=(
+            WebSocketEndpoint("ws://127.0.0.1:6080/websockify", "/websockify", None, None))))),
         replace(x11, host="::1", port=5901, hostname="lab.example.test"),
         replace(x11, port=5999, findings=(replace(
             NO_AUTH, title='=cmd|"/c calc"!A1 \u202e\x1b[31m', evidence=("\x00\udcff",)),)),
