@@ -570,7 +570,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The five goals of docs/scale.md in one run
+# The five line-rate goals of bench/README.md in one run
 
 
 def all_bench(opts: argparse.Namespace) -> dict[str, Any]:

@@ -86,8 +86,12 @@ def test_a_refusal_seen_means_the_budget_is_gone(store: Store) -> None:
     with Ledger(store) as ledger:
         assert spend(ledger, 1, vnc_result(state=State.BLACKLISTED)) == [True]
         (decision,) = ledger.admit([SERVER])
+        answer = ledger.answer(decision)
     assert not decision.allowed
     assert "was refused by this server's blacklist" in decision.reason
+    # The refusal is the only fact read (another program had armed the block): reported.
+    assert answer.state is State.BLACKLISTED and answer.extra.budget is not None
+    assert budget.table_note(answer).startswith("not re-probed; read")
 
 
 def test_risk_lockout_grants_and_says_so(store: Store) -> None:
@@ -223,6 +227,10 @@ def test_a_store_that_cannot_be_written_grants_nothing(tmp_path: Path) -> None:
     assert answer.state is State.VNC  # the facts read before, still readable
     assert answer.extra.budget is not None
     assert "cannot be written" in answer.extra.budget.reason
+    line = budget.summary_note([answer.extra.budget])
+    assert line is not None and line.startswith("1 not probed: the connection ledger cannot be "
+                                                "written (cannot reserve connections in the ")
+    assert line.endswith("), so a connection could not be counted"), line
 
 
 def test_ages_and_orderings_survive_a_wall_clock_jump() -> None:
@@ -284,7 +292,22 @@ def test_the_summary_says_what_the_ledger_answered_in_plain_words(store: Store) 
     both = budget.summary_note(notes)
     assert both is not None and both.startswith("2 services not re-probed")
     assert "1 shown with the facts read last and their age, 1 without facts" in both
-    assert budget.table_note(answers[1]) == "not probed (blacklist budget spent)"
+    assert answers[1].state is State.NOT_PROBED and answers[1].rfb is None
+    import jsonschema
+
+    from vncaudit.report.schema import report_schema
+
+    schema = report_schema()
+    for key in ("type", "required", "properties", "additionalProperties"):
+        schema.pop(key)  # the document's own; what is left validates one service
+    service = jsonschema.Draft202012Validator({**schema, "$ref": "#/$defs/service"})
+    for answer in answers:
+        service.validate(answer.to_dict())
+    from vncaudit.web.views import verdict
+
+    assert verdict(answers[1:], True).text.startswith("Not probed: 1 port, to keep the server")
+    assert verdict(answers, True).text.startswith("Open: 1 VNC service reachable")
+    assert budget.table_note(answers[1]) == "blacklist budget spent"
 
 
 def test_local_destinations_get_another_loopback_source(store: Store) -> None:

@@ -349,6 +349,34 @@ def test_thirty_runs_of_a_remote_server_cli_connect_and_syn(tmp_path: Path) -> N
             assert "blacklisted" not in log.read_text(errors="replace").lower(), mode
 
 
+@pytest.mark.netns
+@pytest.mark.realserver
+def test_concurrent_cli_scans_sharing_a_store_spend_four_in_all(tmp_path: Path) -> None:
+    """Three rounds of three `vncaudit scan` processes started at once, one store: the ledger
+    is shared, so four connections are made in all (round 1: three, round 2: one), every
+    other run reports the facts read last, and the server never refuses anyone."""
+    netns.require_netns()
+    require_xvnc()
+    db = str(tmp_path / "shared.db")
+    runs: list[dict[str, Any]] = []
+    with netns.netns_bed() as bed, xvnc(bed.tgt, 5901, tmp_path) as log:
+        cmd = ["ip", "netns", "exec", bed.scn, sys.executable, "-m", "vncaudit", "scan", REMOTE,
+               "-p", "5901", "--db", db, "-o", "json", "--timeout", "5"]
+        for _ in range(3):
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(3)]
+            for proc in procs:
+                out, err = proc.communicate(timeout=120)
+                assert proc.returncode in (0, 1) and "Traceback" not in err, err
+                (service,) = json.loads(out)["services"]
+                runs.append(summary(service))
+        check_series(runs, "concurrent CLI scans, one store", fresh_at_least=4)
+        fresh = [r for r in runs if r["budget"] is None or r["budget"]["probed"]]
+        assert len(fresh) == 4, runs
+        assert _in(bed.scn, "plain", REMOTE, "5901") == VNCAUTH
+        assert "blacklisted" not in log.read_text(errors="replace").lower()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: a store that cannot be written, a wall clock that jumps
 
@@ -412,6 +440,40 @@ def test_a_store_on_a_read_only_mount_is_one_line_and_no_connection(tmp_path: Pa
         assert local.returncode == 0, local.stderr
         blind = json.loads(local.stdout)["blind_spots"]
         assert any("connection ledger cannot be opened" in b for b in blind), blind
+        time.sleep(0.5)
+        assert listener.accepted == 0
+    finally:
+        listener.close()
+
+
+def test_a_store_whose_ledger_is_damaged_is_one_line_and_no_connection(tmp_path: Path) -> None:
+    """The store opens but its ledger cannot be written (a table gone): the listener is
+    reported `not-probed`, one line on stderr says why, in the table and in JSON; nothing
+    connects."""
+    import sqlite3
+
+    from vncaudit.store import Store
+
+    db = tmp_path / "damaged.db"
+    Store.open(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP TABLE budget_intents")
+        conn.commit()
+    listener = _Listener()
+    try:
+        for output in ("table", "json"):
+            proc = subprocess.run([sys.executable, "-m", "vncaudit", "scan", listener.host,
+                                   "-p", str(listener.port), "--db", str(db), "-o", output],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+            lines = [line for line in proc.stderr.splitlines() if "not probed" in line]
+            assert len(lines) == 1, proc.stderr
+            assert lines[0].startswith("1 not probed: the connection ledger cannot be written")
+            if output == "json":
+                (service,) = json.loads(proc.stdout)["services"]
+                assert service["state"] == "not-probed", service
+            else:
+                assert "not-probed" in proc.stdout, proc.stdout
         time.sleep(0.5)
         assert listener.accepted == 0
     finally:

@@ -82,6 +82,23 @@ def test_table_renders_facts() -> None:
     assert "5901" in text and "1 None" in text and "NONE" in text and "lab" in text
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_table_keeps_words_whole_at_80_and_100_columns(width: int) -> None:
+    """A folding column (security, desktop) gets room for its longest word up to 14 characters:
+    "Authentication" is never cut in two, and no line is wider than the terminal."""
+    facts = RfbFacts("RFB 003.008\n", "3.8", "3.8", (NamedType(2, "VNC Authentication"),),
+                     auth_required=True)
+    results = [ServiceResult("127.0.0.1", 48077, State.VNC, facts),
+               ServiceResult("127.0.0.1", 45359, State.VNC, RfbFacts(
+                   "RFB 003.008\n", "3.8", "3.8", (NamedType(1, "None"),), auth_required=False,
+                   security_result="ok", desktop_name="vm:97 (800x600)"))]
+    buf = io.StringIO()
+    Console(file=buf, width=width).print(results_table(results, width))
+    lines = buf.getvalue().splitlines()
+    assert any("Authentication" in line for line in lines), buf.getvalue()
+    assert max(len(line) for line in lines) <= width, buf.getvalue()
+
+
 @pytest.fixture
 def unused_port() -> int:
     import socket

@@ -190,7 +190,7 @@ def test_progress_and_summary_say_the_rate_reached_and_every_lost_packet() -> No
     slow = discovery.SynCounters(asked=200_000)
     slow.recent_rate(now=100.0)  # the mark the next reading is measured from
     slow.sent, slow.refused, slow.dropped = 60_000, 35, 2
-    assert syn_progress(slow, now=100.5) == "SYN 120k/s (cap 200k), 35 refused, 2 dropped"
+    assert syn_progress(slow, now=100.5) == "SYN 120k of 200k/s, 35 refused, 2 dropped"
     slow.started, slow.fresh_done, slow.fresh, slow.opening = 100.0, 100.5, 60_000, 0
     summary = syn_summary(slow)
     assert "60,000 SYNs sent at 120,000/s (asked 200,000/s; this machine sent no faster)" in (

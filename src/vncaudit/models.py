@@ -27,6 +27,10 @@ class State(StrEnum):
     MALFORMED = "malformed"  # started like RFB, then broke the protocol
     FILTERED = "filtered"  # no answer to the connection attempt
     CLOSED = "closed"  # actively refused (RST)
+    # Not connected to: the connection ledger kept the connection that would make the server
+    # refuse our address, and nothing was read from it before (extra.budget says why, and
+    # whether a half-open SYN found the port open).
+    NOT_PROBED = "not-probed"
 
 
 SILENT_STATES: frozenset[State] = frozenset({State.CLOSED, State.FILTERED})

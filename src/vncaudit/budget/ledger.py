@@ -154,10 +154,10 @@ def table_note(result: ServiceResult) -> str | None:
         return None
     when = _age_text(float(note.age)) if note.age is not None else "earlier"
     now = "; port open now" if note.liveness == "open" else ""
-    if note.read_at is None:
+    if note.read_at is None:  # the state says "not-probed"; this says why
         if UNWRITABLE in note.reason:
-            return "not probed (the ledger cannot be written)"
-        return "not probed (blacklist budget spent)" + now
+            return "the connection ledger cannot be written"
+        return "blacklist budget spent" + now
     return f"not re-probed; read {when}{now}"
 
 
@@ -190,8 +190,8 @@ def summary_note(notes: Iterable[BudgetNote | None]) -> str | None:
             f"would make the server refuse {ours}, and everyone else coming from it{block}; "
             f"{shown} (-o json: extra.budget; --risk-lockout connects anyway, at that cost)")
     if unwritable:
-        lines.append(f"{len(unwritable)} not probed: the connection ledger cannot be written, "
-                     "so a connection could not be counted")
+        why = unwritable[0].reason.split(": ", 1)[-1].split("; ")[0]  # the ledger's error
+        lines.append(f"{len(unwritable)} not probed: {why}")
     return "\n".join(lines)
 
 
@@ -695,7 +695,8 @@ class Ledger:
                 spent += 1
                 if rule.limits_probes and spent > rule.free:
                     passes += 1
-            if result.state is not State.BLACKLISTED:
+            if result.state is not State.BLACKLISTED or read_at is None:
+                # A refusal is a fact worth reporting only when it is the only one read.
                 read_at, read_state = now.wall, result.state.value
                 link = scan_id
                 kept = None if scan_id is not None else json.dumps(
@@ -795,8 +796,8 @@ class Ledger:
         base = last.result if last is not None else None
         if base is None:
             # Nothing read before: no state can be claimed but the one the ledger kept, or,
-            # with none, "filtered" with the reason as its error (nothing was sent).
-            state = State(last.state) if last is not None else State.FILTERED
+            # with none, "not-probed" with the reason as its error (nothing was sent).
+            state = State(last.state) if last is not None else State.NOT_PROBED
             base = ServiceResult(target.host, target.port, state,
                                  error=None if last is not None else reason)
         return replace(base.with_extra(budget=note), host=target.host, port=target.port,

@@ -9,7 +9,7 @@ sent). Must not: define commands, scan, grade or build report documents (that is
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -85,6 +85,7 @@ _FLEX_MIN = 10  # a column that may fold still needs room for a word
 
 
 _LONGEST_WORD = 40  # an IPv6 address is at most 39 characters
+_KEPT_WORD = 14  # a folding column keeps words up to this long whole ("Authentication")
 
 
 def _text_width(cell: str | Text, first_line: bool = False) -> int:
@@ -122,6 +123,7 @@ def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]]
             if total() <= width:
                 break
             shown.remove(i)
+    flex = _flex_widths(columns, rows, shown, need, width)
     table = Table(title=None, show_lines=show_lines, expand=False)
     for i in shown:
         c = columns[i]
@@ -130,11 +132,43 @@ def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]]
                              overflow="ellipsis")
         elif c.head:
             table.add_column(c.name, min_width=need[i], overflow="fold")
+        elif i in flex:
+            table.add_column(c.name, min_width=flex[i], max_width=flex[i], overflow="fold")
         else:
             table.add_column(c.name, overflow="fold")
     for r in rows:
         table.add_row(*(r[i] for i in shown))
     return table
+
+
+def _longest_word(cells: Iterable[str | Text]) -> int:
+    return max((len(w) for c in cells for w in (c.plain if isinstance(c, Text) else c).split()),
+               default=0)
+
+
+def _flex_widths(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]],
+                 shown: list[int], need: list[int], width: int | None) -> dict[int, int]:
+    """Widths for the folding columns at `width` columns, each with room for its words up to
+    `_KEPT_WORD` long ("Authentication" is not cut in two), the rest of the line shared out
+    up to what each cell needs. Empty when they cannot all have that: rich folds as it can."""
+    flex = [i for i in shown if not columns[i].whole and not columns[i].head]
+    if width is None or not flex:
+        return {}
+    room = width - sum(need[i] for i in shown if i not in flex) - 3 * len(shown) - 1
+    natural = {i: max(_text_width(columns[i].name), *(_text_width(r[i]) for r in rows))
+               for i in flex}
+    got = {i: min(natural[i], max(_text_width(columns[i].name),
+                                  min(_KEPT_WORD, _longest_word(r[i] for r in rows))))
+           for i in flex}
+    if sum(got.values()) > room:
+        return {}
+    spare = room - sum(got.values())
+    while spare > 0 and any(got[i] < natural[i] for i in flex):
+        for i in flex:
+            if spare > 0 and got[i] < natural[i]:
+                got[i] += 1
+                spare -= 1
+    return got
 
 
 RESULT_COLUMNS: Final = (
@@ -332,6 +366,8 @@ def emit(
         sys.stdout.write(text)
         if exit_reason and not quiet:  # the report is on stdout; the reason is not in it
             _summary(record, results, shown, output, None, exit_reason)
+        elif not quiet:  # services the ledger answered for: said on stderr in any format
+            _ledger_note(results)
 
 
 def summary_line(
@@ -367,9 +403,13 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
              output: str, output_file: Path | None, exit_reason: str | None) -> None:
     err.print(summary_line(record, results, shown, output, output_file, exit_reason),
               style="dim", markup=False, soft_wrap=True)
+    _ledger_note(results)
+
+
+def _ledger_note(results: list[ServiceResult]) -> None:
     note = summary_note(r.extra.budget for r in results)
     if note:
-        err.print(note, style="yellow", markup=False)
+        err.print(note, style="yellow", markup=False, soft_wrap=True)
 
 
 def _host_key(host: str) -> tuple[int, bytes]:

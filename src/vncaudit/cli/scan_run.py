@@ -37,12 +37,13 @@ def progress_bar(console: Console) -> Progress:
 
     return Progress(
         SpinnerColumn(),
-        TextColumn("[bold]scanning"),
+        # "scanning", or while SYNs go out what the sender does (`syn_progress`): in the
+        # label's place, so the counts stay whole at 80 columns.
+        TextColumn("[bold]{task.fields[what]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>7.0f}/s"),
         TextColumn("vnc: {task.fields[vnc]}"),
-        TextColumn("{task.fields[syn]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -126,13 +127,13 @@ class _Bar:
                 self.bar = progress_bar(err)
                 self.bar.start()
                 self.task = self.bar.add_task("scan", total=self.state.total, rate=0.0, vnc=0,
-                                              syn="")
+                                              what="scanning")
         if self.bar is None or self.task is None:
             return
         state = self.state
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.bar.update(self.task, completed=state.done, rate=state.done / elapsed,
-                        vnc=state.vnc, syn=syn_progress(state.syn))
+                        vnc=state.vnc, what=_label(state.syn))
 
     def finish(self) -> None:
         """The last state, the real total (a scan shorter than START gets it too)."""
@@ -150,20 +151,26 @@ def _per_second(rate: float) -> str:
 
 
 def syn_progress(counters: SynCounters | None, now: float | None = None) -> str:
-    """The progress bar's SYN column while SYNs go out: the rate over the last second, the cap
-    beside it when the machine sends slower than asked, and the packets the kernel refused
-    (sent again) or the interface dropped, once there are any."""
+    """The progress bar's SYN column while SYNs go out: the rate over the last second ("of"
+    the cap when the machine sends slower than asked; short, for 80 columns), and the packets
+    the kernel refused (sent again) or the interface dropped, once there are any."""
     if counters is None:
         return ""
     rate = counters.recent_rate(now)
-    text = f"SYN {_per_second(rate)}/s"
     if 0 < rate < 0.9 * counters.asked:
-        text += f" (cap {_per_second(counters.asked)})"
+        text = f"SYN {_per_second(rate)} of {_per_second(counters.asked)}/s"
+    else:
+        text = f"SYN {_per_second(rate)}/s"
     if counters.refused:
         text += f", {counters.refused:,} refused"
     if counters.dropped:
         text += f", {counters.dropped:,} dropped"
     return text
+
+
+def _label(counters: SynCounters | None) -> str:
+    text = syn_progress(counters)
+    return text if text and text != "SYN 0/s" else "scanning"
 
 
 def syn_summary(counters: SynCounters) -> str:

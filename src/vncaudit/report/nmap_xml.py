@@ -45,6 +45,7 @@ _OPEN_STATES: Final = frozenset(
 _PORT_STATE: Final = {
     State.CLOSED: ("closed", "conn-refused"),
     State.FILTERED: ("filtered", "no-response"),
+    State.NOT_PROBED: ("unknown", "not-probed"),  # vncaudit's connection ledger said no
 }
 
 
