@@ -32,6 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "payloads": (),
     "exceptions": (),
     "display": (),
+    "tomlfile": (),
     "desktop": (),
     "vncauth": (),
     "firewall": (),
@@ -87,7 +88,7 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
 
 # Modules that do no I/O: no sockets, TLS, event loop, processes, HTTP, mail or DNS.
 NO_IO = ("models", "exceptions", "rfb", "framebuffer", "fingerprint", "assess", "desktop",
-         "display", "vncauth", "diff", "remedies", "report", "firewall._model",
+         "display", "tomlfile", "vncauth", "diff", "remedies", "report", "firewall._model",
          "firewall.iptables", "firewall.nft", "firewall.ufw", "web.policy",
          "targets.permutation")
 IO_MODULES = frozenset({"socket", "ssl", "asyncio", "select", "selectors", "subprocess", "http",
