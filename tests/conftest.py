@@ -166,6 +166,8 @@ _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_cli": ("slow",),  # command-line runs in subprocesses
     "test_cli_startup": ("slow",),  # start-up times of fresh processes
     "test_watch_errors": ("slow",),  # watch command lines in subprocesses
+    "test_web_deploy": ("slow",),  # `vncaudit serve` in subprocesses, behind a real proxy
+    "test_cli_stream": ("slow",),  # scans in subprocesses, read while they run
     "test_web_load": ("load",),
     "test_soak": ("soak",),
 }
@@ -179,19 +181,25 @@ _REAL_SERVER_FIXTURES = frozenset({
 # property-based searches, DNS servers answering slowly on purpose).
 _SLOW_TESTS = frozenset({
     "test_a_huge_pattern_is_intervals_not_addresses",
+    "test_a_sharded_scan_ships_the_ledger_s_decisions",
+    "test_a_store_on_a_read_only_mount_is_one_line_and_no_connection",
     "test_any_expression_parses_or_is_a_usage_error",
+    "test_any_payload_survives_json",
     "test_arbitrary_bytes_only_protocol_errors",
     "test_axfr_refused_falls_back_to_the_wordlist",
     "test_bad_input_is_one_error_line",
     "test_bad_monitors_setting_is_one_line",
     "test_bash_completion_of_commands_options_and_formats",
+    "test_binary_reason_is_escaped_and_bounded_everywhere",
     "test_blocks_hold_exactly_the_targets_of_the_walk",
     "test_check_table_prints_saved_views_as_text",
     "test_cli_refuses_an_unsafe_trusted_value_before_doing_anything",
+    "test_cli_resumes_a_scan_stored_in_the_unversioned_form",
     "test_cli_scans_an_nmap_pattern_and_refuses_a_bad_one",
     "test_cli_unwritable_output_file_is_one_line_and_keeps_the_results",
     "test_cname_wildcard_is_detected_by_its_target",
     "test_concurrency_is_respected_server_side",
+    "test_concurrent_processes_never_both_spend_the_last_connection",
     "test_connect_discovery_finds_exactly_the_live_set",
     "test_console_entry_point_prints_one_line",
     "test_ctrl_c_outside_a_scan_is_one_line_exit_130",
@@ -206,6 +214,7 @@ _SLOW_TESTS = frozenset({
     "test_fragmentation_does_not_change_events",
     "test_garbage_never_escapes_as_another_exception",
     "test_health_openapi_and_security_headers",
+    "test_help_at_80_columns_keeps_examples_and_whole_first_sentences",
     "test_history_diff_to_previous_scan",
     "test_html_escapes_hostile_strings",
     "test_html_is_self_contained_with_a_strict_policy",
@@ -235,6 +244,7 @@ _SLOW_TESTS = frozenset({
     "test_queue_full_answers_503",
     "test_rate_is_respected_server_side",
     "test_reader_while_writer_process_writes",
+    "test_readme_serve_examples_say_what_a_test_on_one_machine_needs",
     "test_results_and_diff_commands",
     "test_rollback_only_restores_private_backups_with_their_own_files",
     "test_scan_deadline_stops_a_long_scan",
@@ -251,6 +261,8 @@ _SLOW_TESTS = frozenset({
     "test_syn_without_raw_socket_rights_is_one_line",
     "test_unix_commands_are_valid_shell",
     "test_unknown_discovery_mode_is_usage_error",
+    "test_url_and_host_port_get_the_same_words",
+    "test_verdicts_are_committed_while_the_results_pause",
     "test_vncaudit_serve_command",
     "test_whatever_passes_the_check_is_inert_in_a_shell",
     "test_wildcard_zone_gives_no_flood_but_keeps_real_records",

@@ -106,10 +106,10 @@ def _clear() -> None:
 
 def _reference(result: ServiceResult, exposure: A.Exposure | None) -> ServiceResult:
     """The plain computation: no memo anywhere."""
-    product = F._identify(F.facts_of(result), result.rfb is None, F.shipped())
+    product = F.identify_unmemoised(F.facts_of(result), result.rfb is None, F.shipped())
     derived = A.exposure_of(result.host)
     chosen = A.Exposure(exposure) if exposure is not None else derived
-    findings = A._evaluate(result, product, chosen, chosen is not derived, result.host)
+    findings = A.evaluate_unmemoised(result, product, chosen, chosen is not derived, result.host)
     return replace(result, product=product, findings=findings)
 
 

@@ -303,6 +303,10 @@ def test_the_summary_says_what_the_ledger_answered_in_plain_words(store: Store) 
     service = jsonschema.Draft202012Validator({**schema, "$ref": "#/$defs/service"})
     for answer in answers:
         service.validate(answer.to_dict())
+    from vncaudit.web.views import verdict
+
+    assert verdict(answers[1:], True).text.startswith("Not probed: 1 port, to keep the server")
+    assert verdict(answers, True).text.startswith("Open: 1 VNC service reachable")
     assert budget.table_note(answers[1]) == "blacklist budget spent"
 
 

@@ -531,8 +531,8 @@ def test_rollback_only_restores_private_backups_with_their_own_files(tmp_path: P
     if os.geteuid() != 0:
         pytest.skip("rollback backups belong to root")
     root = tmp_path / "backups"
-    good = harden._save("nftables", root, harden.run)  # reads the ruleset; changes nothing
-    harden._write_meta(good)
+    good = harden.save_backup("nftables", root, harden.run)  # reads the ruleset; changes nothing
+    harden.write_backup_meta(good)
     for f in good.path.iterdir():
         assert f.stat().st_mode & 0o777 == 0o600, f
     assert good.path.stat().st_mode & 0o777 == 0o700

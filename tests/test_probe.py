@@ -404,3 +404,24 @@ def test_a_handed_over_connection_gets_its_whole_deadline_from_now() -> None:
     assert result.state is State.VNC and result.error is None
     assert result.rfb is not None and result.rfb.desktop_name == "scripted"
     assert seconds < 0.5 + SLACK
+
+
+# -- after an unvouched ServerInit: the one update request ---------------------------------------
+
+
+def test_a_deadline_during_the_update_wait_records_it_unanswered_not_broken() -> None:
+    run = run_script([banner(3, 3), 12, u32(1), 1, server_init(800, 600, b"held"), HOLD],
+                     timeout=1.0, update_wait=5.0)
+    facts = run.result.rfb
+    assert facts is not None and facts.update_answered is False
+    assert facts.update_seconds is not None and facts.update_seconds < 1.0 + SLACK
+    assert run.result.state is State.VNC and run.result.error is None
+    assert run.seconds < 1.0 + SLACK
+
+
+def test_a_close_after_server_init_is_an_unanswered_update_with_a_note() -> None:
+    run = run_script([banner(3, 7), 12, type_list(1), 2, server_init(800, 600, b"shut"), 10])
+    facts = run.result.rfb
+    assert facts is not None and facts.update_answered is False
+    assert any(n.startswith("connection closed after ServerInit") for n in facts.notes)
+    assert run.seconds < 1.0  # the close ends the wait at once

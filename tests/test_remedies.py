@@ -253,7 +253,7 @@ def test_data_file_placeholders_are_checked() -> None:
     bad = {"x": {"title": "t", "steps": [{"platform": "any", "text": "t",
                                           "commands": ["echo {hots}"]}]}}
     with pytest.raises(ValueError, match="hots"):
-        remedies._parse(bad)
+        remedies.parse_guide(bad)
 
 
 def test_unix_commands_are_valid_shell() -> None:

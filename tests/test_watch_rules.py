@@ -329,3 +329,22 @@ def test_prune_keeps_each_monitors_latest_and_baseline_cycles(tmp_path: Path) ->
         assert db.baseline("lab") == cycles[-1]
         # The alert of the first cycle is still pending (never delivered): kept.
         assert db.alert_count("lab") == 1
+
+
+def test_a_cycle_the_ledger_kept_from_probing_raises_no_alert(tmp_path: Path) -> None:
+    """`not-probed` (the connection ledger let nothing be sent) is not "gone", and the cycle
+    after it, which reads the service again, does not call it newly reachable."""
+    gone = cfg.AlertRules.from_names(cfg.RULES)
+    with Store.open(tmp_path / "s.db") as store:
+        db = MonitorDb(store)
+        db.register(monitor())
+        lab = cfg.Monitor("lab", ("10.0.0.5",), "5900", Schedule(every=3600), gone,
+                          (cfg.StdoutChannel(),))
+        first = stored_cycle(store, db, [vnc()])
+        assert [a.rules for a in evaluate_cycle(store, db, lab, first)[1]] == [("reachable",)]
+        skipped = stored_cycle(store, db, [vnc(state=State.NOT_PROBED)])
+        assert not evaluate_cycle(store, db, lab, skipped)[1]
+        again = stored_cycle(store, db, [vnc()])
+        assert not evaluate_cycle(store, db, lab, again)[1]
+        closed = stored_cycle(store, db, [vnc(state=State.CLOSED)])
+        assert [a.rules for a in evaluate_cycle(store, db, lab, closed)[1]] == [("gone",)]

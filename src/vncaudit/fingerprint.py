@@ -616,7 +616,7 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     if hit is not None:
         product, seen = hit
         return product if seen == desktop else _with_desktop(product, seen, desktop)
-    product = _identify(facts, result.rfb is None, data)
+    product = identify_unmemoised(facts, result.rfb is None, data)
     data.memo.put(key, (product, desktop))
     return product
 
@@ -628,7 +628,8 @@ def _with_desktop(product: Product, seen: str | None, desktop: str | None) -> Pr
                    tuple(new if e == old else e for e in product.evidence))
 
 
-def _identify(facts: Facts, no_rfb: bool, data: Signatures) -> Product:
+def identify_unmemoised(facts: Facts, no_rfb: bool, data: Signatures) -> Product:
+    """`identify` without the memo: the product the facts point to under `data`."""
     cfg = data.config
     web = _explain(facts, "web", data)
     backend = _decide(_explain(facts, "rfb", data), facts, cfg)

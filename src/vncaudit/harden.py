@@ -408,7 +408,8 @@ class Backup:
                 "created": self.created}
 
 
-def _save(backend: str, directory: Path, runner: Run) -> Backup:
+def save_backup(backend: str, directory: Path, runner: Run) -> Backup:
+    """Save the current ruleset of `backend` into a new private directory under `directory`."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     path = directory / f"{stamp}-{backend}"
     path.mkdir(parents=True, mode=0o700)
@@ -434,7 +435,8 @@ def _save(backend: str, directory: Path, runner: Run) -> Backup:
     return Backup(path, backend, files, created=stamp)
 
 
-def _write_meta(b: Backup) -> None:
+def write_backup_meta(b: Backup) -> None:
+    """Write the backup's meta.json (what `load_backup` and `rollback` read), owner-only."""
     _write_private(b.path / "meta.json", json.dumps(b.to_dict(), indent=2) + "\n")
 
 
@@ -603,9 +605,9 @@ def apply(
     before = read_state()
     ssh_before = {f"{f}/{p}": str(before.verdict(f, p))
                   for p in plan.protected_ports for f in firewall.FAMILIES}
-    backup = _save(plan.backend, backup_dir, runner)
+    backup = save_backup(plan.backend, backup_dir, runner)
     backup.commands = plan.firewall_commands
-    _write_meta(backup)
+    write_backup_meta(backup)
     ran: list[str] = []
     try:
         for cmd in plan.firewall_commands:

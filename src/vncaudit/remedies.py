@@ -105,10 +105,10 @@ class _Entry:
 @cache
 def _guide() -> dict[str, _Entry]:
     text = resources.files("vncaudit").joinpath("data/remedies.toml").read_text("utf-8")
-    return _parse(tomllib.loads(text))
+    return parse_guide(tomllib.loads(text))
 
 
-def _parse(doc: dict[str, Any]) -> dict[str, _Entry]:
+def parse_guide(doc: dict[str, Any]) -> dict[str, _Entry]:
     """Check the data file's shape once, so a typo fails on load, not in a user's report."""
     guide: dict[str, _Entry] = {}
     for rid, entry in doc.items():

@@ -78,12 +78,14 @@ def evaluate(
     """The findings for `result` given its product: every rule of `RULES`, worst first."""
     derived = exposure_of(result.host)
     chosen = Exposure(exposure) if exposure is not None else derived
-    return memoised(result, product, chosen, chosen is not derived, _evaluate, RULES)
+    return memoised(result, product, chosen, chosen is not derived, evaluate_unmemoised, RULES)
 
 
-def _evaluate(
+def evaluate_unmemoised(
     result: ServiceResult, product: Product, chosen: Exposure, given: bool, host: str
 ) -> tuple[Finding, ...]:
+    """Every rule of `RULES` on `result`, worst first, without the memo (what the memo
+    stores; `host` names the service in a failed rule's log line)."""
     kb = knowledge()
     ctx = Context(
         result=result,

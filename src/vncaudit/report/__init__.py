@@ -13,6 +13,7 @@ autoescaping).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "csv", "xml", "html", "sarif", "defectdojo")
+
+
+def utc_time(text: str | None) -> dt.datetime | None:
+    """A scan's ISO-8601 time (`ScanMeta.started`, `finished`) as an aware UTC datetime; a
+    time without a zone is taken as UTC. None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
 
 
 @dataclass(frozen=True)

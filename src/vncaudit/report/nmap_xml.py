@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from vncaudit.models import Product, RfbFacts, ServiceResult, State
-from vncaudit.report import ScanMeta, sorted_findings
+from vncaudit.report import ScanMeta, sorted_findings, utc_time
 
 XML_OUTPUT_VERSION: Final = "1.05"
 
@@ -68,15 +68,8 @@ def _table(parent: ET.Element, key: str | None = None) -> ET.Element:
 
 
 def _iso_to_epoch(value: str | None) -> int | None:
-    if not value:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
+    moment = utc_time(value)
+    return int(moment.timestamp()) if moment is not None else None
 
 
 def _timestr(epoch: int | None) -> str | None:

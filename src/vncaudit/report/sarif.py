@@ -14,7 +14,6 @@ info.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vncaudit.models import Finding, ServiceResult, Severity
-from vncaudit.report import ScanMeta, endpoint_text, fix_guide, sorted_findings
+from vncaudit.report import ScanMeta, endpoint_text, fix_guide, sorted_findings, utc_time
 
 SARIF_VERSION = "2.1.0"
 # The OASIS errata01 schema (what validators resolve the `$schema` of a log to).
@@ -154,10 +153,5 @@ def _result(result: ServiceResult, finding: Finding, fixes: Sequence[Any]) -> di
 
 def _utc(text: str) -> str | None:
     """An ISO-8601 time as SARIF writes it (UTC, trailing Z), or None when unparseable."""
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = utc_time(text)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else None

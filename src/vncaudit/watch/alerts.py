@@ -216,6 +216,10 @@ def evaluate(
     alerts: list[Alert] = []
     alerted: set[tuple[str, int]] = set()
     for change in changes:
+        before = change.before
+        if (before is not None and before.state is State.NOT_PROBED and _reachable(change.after)
+                and (change.host, change.port) in tracked):
+            continue  # reachable before the cycle that could not probe it, and still is
         matched, title = _match(change, rules)
         if not matched:
             continue

@@ -36,7 +36,6 @@ import difflib
 import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vncaudit.exceptions import UsageError
+from vncaudit.tomlfile import parse_toml
 from vncaudit.watch.schedule import Schedule, ScheduleError, parse_duration
 
 WEBHOOK_SECRET_ENV = "VNCAUDIT_WEBHOOK_SECRET"
@@ -245,11 +245,9 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> WatchCon
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text (a TOML file was expected)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        doc = parse_toml(raw, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return _Reader(where, env).read(doc)
 
 

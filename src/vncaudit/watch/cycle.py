@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from vncaudit import __version__
 from vncaudit.discovery import Mode
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import ServiceResult
+from vncaudit.models import ServiceResult, State
 from vncaudit.spec import ScanSpec
 from vncaudit.store import ScanRecord, Store
 from vncaudit.watch.alerts import REACHABLE, Alert, Change, evaluate
@@ -120,15 +120,23 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
 def changes_between(store: Store, previous: str | None,
                     current: str) -> tuple[list[Change], list[tuple[str, int]]]:
     """The services that differ (all of `current`'s when there is no previous cycle), and the
-    previous cycle's services that `current` did not probe."""
+    previous cycle's services that `current` did not probe (`not-probed` ones included: the
+    connection ledger let nothing be sent to them)."""
     if previous is None:
         return [Change(r.host, r.port, None, r, (f"+ {_address(r.host, r.port)} "
                                                  f"{r.state.value} (first cycle)",))
                 for r in store.results(current)], []
     diff = store.diff(previous, current)
-    out = [Change(d.host, d.port, d.before, d.after, tuple(d.lines()))
-           for group in (diff.appeared, diff.disappeared, diff.changed) for d in group]
-    return out, list(diff.not_rescanned)
+    out: list[Change] = []
+    skipped = list(diff.not_rescanned)
+    for group in (diff.appeared, diff.disappeared, diff.changed):
+        for d in group:
+            if d.after is not None and d.after.state is State.NOT_PROBED:
+                # The ledger let nothing be sent: nothing is known of the pair this cycle.
+                skipped.append((d.host, d.port))
+            else:
+                out.append(Change(d.host, d.port, d.before, d.after, tuple(d.lines())))
+    return out, skipped
 
 
 class _OpenServices(Mapping[tuple[str, int], ServiceResult]):

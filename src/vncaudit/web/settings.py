@@ -24,7 +24,6 @@ import ipaddress
 import math
 import os
 import secrets
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from vncaudit.exceptions import UsageError
 from vncaudit.targets import parse_ports
+from vncaudit.tomlfile import parse_toml
 from vncaudit.web.policy import DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_PORTS, Policy, Resolver
 from vncaudit.web.security import LOCAL_HOSTS, host_pattern_problem
 
@@ -231,12 +231,7 @@ def _validate(s: Settings) -> None:
 def _toml_values(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         raw = fh.read()
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text (a TOML file was expected)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    data = parse_toml(raw, path)
     table = data.get("serve", data)
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [serve] must be a table")

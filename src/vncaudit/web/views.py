@@ -54,9 +54,14 @@ def verdict(results: list[ServiceResult], finished: bool) -> Verdict:
     severity = worst.severity.value if worst else None
     if open_:
         vnc = [r for r in open_ if r.state in (State.VNC, State.BLACKLISTED)]
-        what = (f"{_count(len(vnc), 'VNC service')} reachable" if vnc
-                else f"{_count(len(open_), 'port')} open, no VNC service")
-        text = f"Open: {what}"
+        unprobed = [r for r in open_ if r.state is State.NOT_PROBED]
+        if vnc:
+            text = f"Open: {_count(len(vnc), 'VNC service')} reachable"
+        elif len(unprobed) == len(open_):  # nothing read, nothing sent: no claim about VNC
+            text = (f"Not probed: {_count(len(unprobed), 'port')}, to keep the server from "
+                    "refusing this address (see the service)")
+        else:
+            text = f"Open: {_count(len(open_), 'port')} open, no VNC service"
         if worst is not None:
             text += f" — {worst.severity.value}: {worst.title}"
         return Verdict("open", severity, text)
