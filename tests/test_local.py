@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ import pytest
 from vncaudit import firewall
 from vncaudit import local as local_mod
 from vncaudit.models import Severity, State
+
+from servers import free_port
 
 pytestmark = pytest.mark.realserver
 
@@ -431,14 +432,6 @@ def test_check_verdicts_over_loopback_never_claim_the_outside() -> None:
     assert is_loopback_host("localhost") and not is_loopback_host("192.0.2.1")
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # A no-auth RFB 3.8 server in its own process, so the process name and command line are what
 # an unprivileged local user can choose (prctl / argv), as seen by root's `vncaudit local`.
 _CRAFTED_SERVER = r"""
@@ -616,7 +609,7 @@ def test_only_roots_sshd_keeps_a_port_out_of_the_firewall(user: str) -> None:
 
     if os.geteuid() != 0:
         pytest.skip("needs root to start a process as another user")
-    port = _closed_port()
+    port = free_port()
     # The system interpreter: another user may not be able to run this test's one.
     python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     fake = subprocess.Popen([python, "-c", _FAKE_SSHD, str(port)], stdout=subprocess.PIPE,

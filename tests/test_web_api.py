@@ -26,6 +26,7 @@ from vncaudit.web.security import RateLimiter, token_matches
 from vncaudit.web.settings import hash_token, new_token
 
 from hostile import Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
+from servers import free_port
 
 # The Host the service answers by default (allowed_hosts: the localhost names).
 LOCAL = "http://localhost"
@@ -588,14 +589,6 @@ def test_screenshot_of_a_no_auth_server(tmp_path: Path, vnc_server_factory: Any,
     assert Settings().allow_screenshots is False
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_diff_to_previous_scan_never_shows_another_clients_scan(tmp_path: Path) -> None:
     """Two clients (behind a trusted proxy) check the same allow-listed target: the second
     client's result page and history must not name or diff the first client's scan."""
@@ -604,7 +597,7 @@ def test_diff_to_previous_scan_never_shows_another_clients_scan(tmp_path: Path) 
                         rate_per_minute=600, trusted_proxies=("127.0.0.1/32",))
     alice = {"X-Forwarded-For": "198.51.100.10"}
     bob = {"X-Forwarded-For": "198.51.100.20"}
-    port = _closed_port()
+    port = free_port()
     with TestClient(create_app(settings), base_url=LOCAL, client=PROXY) as c:
         def scan(who: dict[str, str]) -> str:
             r = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)},
@@ -649,7 +642,7 @@ def test_request_bodies_are_capped(tmp_path: Path) -> None:
         r = c.post("/scans", content=b"target=" + b"a" * (1 << 20),
                    headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 413
-        port = _closed_port()
+        port = free_port()
         ok = c.post("/api/scans", json={"target": "127.0.0.1", "ports": str(port)})
         assert ok.status_code == 201, ok.text  # an ordinary request still goes through
         assert wait_final(c, ok.json()["id"])["status"] == "finished"
@@ -689,7 +682,7 @@ def test_public_history_never_publishes_the_operators_cli_scans(tmp_path: Path) 
     import sys
 
     db = tmp_path / "shared.db"
-    port = _closed_port()
+    port = free_port()
     cli = subprocess.run([sys.executable, "-m", "vncaudit", "scan", "127.0.0.1", "-p",
                           str(port), "--db", str(db), "--all", "-o", "json", "--timeout", "2"],
                          capture_output=True, text=True, timeout=60)

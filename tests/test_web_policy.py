@@ -25,6 +25,8 @@ from vncaudit.web.policy import (
     special_reason,
 )
 
+from servers import free_port
+
 # The Host the service answers by default (allowed_hosts: the localhost names).
 LOCAL = "http://localhost"
 
@@ -391,14 +393,6 @@ def test_discovery_only_for_allow_listed_domains_and_checked_per_address() -> No
         policy.decide_discovered(pending, [("x.corp.example", ["192.168.1.1"])], PUBLIC)
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_discovered_cname_out_of_the_domain_gets_no_domain_privilege() -> None:
     """Allow-listing corp.example does not let discovery scan every address its names lead
     to: not through a CNAME to someone else's host (a CDN, or a dangling CNAME an attacker
@@ -445,7 +439,7 @@ def test_web_discovery_passes_the_cname_chain_to_the_policy(tmp_path: Path) -> N
 
     from dns_server import DnsServer, make_zone
 
-    port = _closed_port()
+    port = free_port()
     zones = [make_zone("corp.test", CNAME_ZONE),
              make_zone("other.test", "@ NS ns1.corp.test.\nwww A 10.0.0.7\n")]
     with DnsServer(zones, hosts=("127.0.0.1",),
