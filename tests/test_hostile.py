@@ -17,7 +17,8 @@ import pytest
 from vncaudit import active
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.payloads import HoneypotChecks, SuspectedHoneypot
-from vncaudit.probe import ProbeOptions, close_writer, honeypot_signals, probe
+from vncaudit.probe import ProbeOptions, honeypot_signals, probe
+from vncaudit.pump import close_writer
 
 from hostile import BEHAVIOURS, Farm, hostile_farm  # noqa: F401  (hostile_farm is a fixture)
 

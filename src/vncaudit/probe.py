@@ -43,7 +43,7 @@ from vncaudit.models import (
     VeNCryptInfo,
 )
 from vncaudit.payloads import Extras, SuspectedHoneypot, TlsSession
-from vncaudit.pump import ByteReader, ByteWriter, RfbPump, Selection
+from vncaudit.pump import ByteReader, ByteWriter, RfbPump, Selection, close_writer
 from vncaudit.pump import tls_context as tls_context
 
 log = logging.getLogger(__name__)
@@ -540,15 +540,3 @@ async def _start_tls(session: Session, pump: RfbPump, anonymous: bool) -> bool:
         session.client.close()
         return False
     return True
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close politely, but never wait more than 0.5 s for a peer that does not read."""
-    writer.close()
-    try:
-        async with asyncio.timeout(0.5):
-            await writer.wait_closed()
-    except (TimeoutError, OSError, ssl.SSLError):
-        # A peer that never reads keeps our send buffer full; do not wait for it.
-        with contextlib.suppress(Exception):
-            writer.transport.abort()

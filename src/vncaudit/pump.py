@@ -7,12 +7,14 @@ security type, a VeNCrypt sub-type and a Tight auth capability are chosen. The p
 checks and the probe through a WebSocket all talk RFB through it.
 
 Must not: decide what an event means or when to stop (the probe's `Session` and the active
-checks do), parse RFB (that is `rfb`), open or close connections, or keep a clock: callers
-wrap it in their own deadline.
+checks do), parse RFB (that is `rfb`), open connections, or keep a clock: callers wrap it in
+their own deadline. Closing one is `close_writer`, shared by every caller.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,3 +182,17 @@ class Selection:
         if 2 in codes and self.vnc_auth:
             return 2
         return None
+
+
+async def close_writer(writer: ByteWriter) -> None:
+    """Close politely, but never wait more than 0.5 s for a peer that does not read (it keeps
+    our send buffer full): the transport, where the stream has one, is then aborted."""
+    writer.close()
+    try:
+        async with asyncio.timeout(0.5):
+            await writer.wait_closed()
+    except (TimeoutError, OSError, ssl.SSLError):
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.abort()

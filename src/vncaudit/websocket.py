@@ -37,7 +37,7 @@ from vncaudit.exceptions import NotRfbError, RemoteProtocolError
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.payloads import Extras, UpgradeAttempt, WebFrontEnd, WebSocketEndpoint
 from vncaudit.payloads import WebFacts as WebFacts
-from vncaudit.probe import close_writer
+from vncaudit.pump import close_writer
 
 log = logging.getLogger(__name__)
 
