@@ -50,7 +50,8 @@ def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None
     imported = set(out.stderr.split("MODULES ")[1].split())
     assert "vncaudit.cli.scan" in imported and "vncaudit.engine" in imported
     for module in ("vncaudit.cli.local", "vncaudit.cli.serve", "vncaudit.cli.watch",
-                   "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "vncaudit.active", "pydantic"):
+                   "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "vncaudit.active",
+                   "pydantic"):
         assert module not in imported, module
 
 
