@@ -38,7 +38,8 @@ def test_the_command_table_names_every_command_in_help_order() -> None:
 
 def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None:
     """`vncaudit scan` (a closed loopback port) imports the scan command's code only: not the
-    other commands, the web service, the host audit, or pydantic (typer's per-option models)."""
+    other commands, the web service, the host audit, the active checks (none asked for), or
+    pydantic (typer's per-option models)."""
     args = ["vncaudit", "scan", "127.0.0.1", "-p", "1", "--timeout", "1", "--db",
             str(tmp_path / "s.db")]
     out = _run("-c", "import contextlib, runpy, sys; sys.argv = " + repr(args) + "\n"
@@ -49,7 +50,8 @@ def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None
     imported = set(out.stderr.split("MODULES ")[1].split())
     assert "vncaudit.cli.scan" in imported and "vncaudit.engine" in imported
     for module in ("vncaudit.cli.local", "vncaudit.cli.serve", "vncaudit.cli.watch",
-                   "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "pydantic"):
+                   "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "vncaudit.active",
+                   "pydantic"):
         assert module not in imported, module
 
 

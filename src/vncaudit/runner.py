@@ -65,7 +65,7 @@ class StoredScan:
     spec: ScanSpec
     space: TargetSpace | None
     done: frozenset[tuple[str, int]]
-    active: ActiveOptions
+    active: ActiveOptions | None  # None: no active check asked for
     sharded: ShardedRun | None = None
 
     # -- opening ---------------------------------------------------------------------------
@@ -281,12 +281,15 @@ def _check_rights(spec: ScanSpec) -> None:
 
 
 def active_options(spec: ScanSpec, password: str | None,
-                   wordlist: Sequence[str] | None) -> ActiveOptions:
+                   wordlist: Sequence[str] | None) -> ActiveOptions | None:
     """The active checks' options for a spec: the password given now, and the password list
-    (`wordlist`, else read from `spec.active.wordlist`; `UsageError` if it cannot be)."""
+    (`wordlist`, else read from `spec.active.wordlist`; `UsageError` if it cannot be). None
+    when no check is asked for: the `active` package is then never imported (start-up)."""
+    wanted = spec.active
+    if not (wanted.screenshot or wanted.check_passwords or wanted.active_checks or password):
+        return None
     from vncaudit import active
 
-    wanted = spec.active
     words = list(wordlist) if wordlist is not None else None
     if words is None and wanted.wordlist is not None:
         words = read_wordlist(Path(wanted.wordlist))
@@ -325,13 +328,15 @@ def read_wordlist(path: Path) -> list[str]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options: ProbeOptions,
-                   ledger: Ledger | None = None) -> PostProbe | None:
+def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
+                   probe_options: ProbeOptions, ledger: Ledger | None = None
+                   ) -> PostProbe | None:
     """What runs after each probe: web front-end detection (`spec.web`), then the active
     checks the spec asks for; None when neither is wanted. With a `ledger`, every connection
     they make is granted and counted there first."""
     web = spec.web
-    if not web and not active_options.enabled:
+    checks = active_options if active_options is not None and active_options.enabled else None
+    if not web and checks is None:
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
@@ -356,13 +361,13 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
                     ledger.record([(grant, found)])
                 if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
                     result = found
-        if active_options.enabled and result.state is State.VNC:
+        if checks is not None and result.state is State.VNC:
             connector = None
             ws = result.extra.web.websocket if result.extra.web else None
             if ws is not None and ws.path:
                 connector = websocket.connector(ws.path)
-            wanted = (active_options.password is not None) + bool(active_options.screenshot) \
-                + bool(active_options.active_checks)
+            wanted = (checks.password is not None) + bool(checks.screenshot) \
+                + bool(checks.active_checks)
             probed = result
 
             async def run(used: int | None, bind: str | None) -> ServiceResult:
@@ -371,12 +376,12 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions, probe_options:
                 if via is None and bind is not None:
                     via = active.bound_connector(bind)
                 done: ServiceResult = await active.run_active(
-                    probed, active_options, via, connections_used=used)
+                    probed, checks, via, connections_used=used)
                 return done
 
             try:
                 if ledger is None:
-                    result = await active.run_active(result, active_options, connector)
+                    result = await active.run_active(result, checks, connector)
                 else:
                     result = await checked(ledger, result, run, required=wanted)
             except Exception as exc:  # an active check must never cost the probe's result

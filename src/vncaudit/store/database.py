@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -111,7 +110,8 @@ def _tool_version() -> str:
 
 
 def _new_scan_id() -> str:
-    return f"s-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
+    # os.urandom is what secrets.token_hex reads; hmac and hashlib stay out of start-up
+    return f"s-{datetime.now(UTC):%Y%m%d}-{os.urandom(3).hex()}"
 
 
 def _canonical_host(text: str) -> str:

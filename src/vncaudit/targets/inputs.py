@@ -18,13 +18,15 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, NoReturn
-from xml.parsers import expat
+from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 from vncaudit.exceptions import UsageError
 from vncaudit.targets.errors import fail, quote
 from vncaudit.targets.expressions import hostname_or_none
 from vncaudit.targets.ports import PORT_NUMBER
+
+if TYPE_CHECKING:
+    from xml.parsers import expat
 
 PathLike = str | Path
 
@@ -100,6 +102,8 @@ def read_nmap_xml(path: PathLike) -> Iterator[_Host]:
     accepted; any DTD with an internal subset or external id, and any entity declaration, is
     refused, so no entity is ever expanded or fetched.
     """
+    from xml.parsers import expat  # only with --nmap-xml/--masscan, not on every scan
+
     reader = _NmapXmlReader(path)
     parser = reader.parser()
     try:
@@ -137,6 +141,8 @@ class _NmapXmlReader:
         self.in_port: tuple[str | None, str] | None = None  # (protocol, portid) of a <port>
 
     def parser(self) -> expat.XMLParserType:
+        from xml.parsers import expat
+
         parser = expat.ParserCreate()
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         parser.StartDoctypeDeclHandler = self.doctype

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
+import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -434,8 +434,10 @@ def _space(gathered: _Gathered, port_tuple: tuple[int, ...],
     pairs = sorted(filter(extra, gathered.pairs))
     if not merged and not pairs:
         raise fail("no targets left: the exclusions cover every target given")
+    # 64 bits from os.urandom, as secrets.randbits(64) reads them, without hmac and hashlib
+    seed = int.from_bytes(os.urandom(8), "big")
     return TargetSpace(
         merged, port_tuple, pairs,
         {k: v for k, v in gathered.hostnames.items() if not excluded.covers(k, k)},
-        gathered.zones, list(gathered.described), exclusions.norms, secrets.randbits(64),
+        gathered.zones, list(gathered.described), exclusions.norms, seed,
     )
