@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vncaudit.jsontext import dumps_indented
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
-from vncaudit.report.jsontext import dumps_indented
 
 if TYPE_CHECKING:
     from vncaudit.remedies import Remedy

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from vncaudit.diff import ScanDiff, diff_key, diff_scans, host_sort_key
+from vncaudit.jsontext import dumps_compact
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.store.errors import StoreError, UnknownScanError
 from vncaudit.store.schema import SILENT_SQL, migrate
@@ -123,14 +124,10 @@ def _canonical_host(text: str) -> str:
 
 
 
-# ensure_ascii keeps lone surrogates (surrogateescape'd server strings) encodable as UTF-8.
-# One encoder for every call: json.dumps with options builds a new one each time (measured:
-# ~3 µs of the ~20 µs a stored result's JSON costs).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
 def _dumps(obj: Any) -> str:
-    return _ENCODER.encode(obj)
+    # ensure_ascii (as json writes it) keeps lone surrogates (surrogateescape'd server strings)
+    # encodable as UTF-8; orjson writes the same text in a third of the time.
+    return dumps_compact(obj)
 
 
 _INSERT_OR_IGNORE = (

@@ -1,4 +1,4 @@
-"""report/jsontext.py: its indented JSON is json.dumps(indent=2)'s text, byte for byte."""
+"""jsontext.py: its JSON is the standard library's text, byte for byte."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vncaudit.report.jsontext import dumps_indented
+from vncaudit.jsontext import dumps_compact, dumps_indented
 
 _SCALARS = (
     st.none() | st.booleans() | st.text() | st.integers(min_value=-(2**80), max_value=2**80)
@@ -27,6 +28,13 @@ _VALUES = st.recursive(
 @given(_VALUES)
 def test_same_text_as_json_dumps(value: Any) -> None:
     assert dumps_indented(value) == json.dumps(value, indent=2)
+    try:
+        expected = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        with pytest.raises(ValueError):
+            dumps_compact(value)
+    else:
+        assert dumps_compact(value) == expected
 
 
 def test_hostile_strings_and_edge_values() -> None:
@@ -36,3 +44,5 @@ def test_hostile_strings_and_edge_values() -> None:
         {"desktop": text}, [math.nan], [math.inf], {1: "int key"}, (1, 2), [], {}, "x", 5,
     ):
         assert dumps_indented(value) == json.dumps(value, indent=2)
+        if value not in ([math.nan], [math.inf]):
+            assert dumps_compact(value) == json.dumps(value, separators=(",", ":"))
