@@ -62,7 +62,7 @@ venv:
 test: test-deps
 	$(VPY) -m ruff check src tests fuzz
 	$(VPY) -m mypy
-	@rc=0; $(VPY) -m pytest -q || rc=$$?; \
+	@rc=0; $(VPY) -m pytest -q --durations=25 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,13 +107,20 @@ def test_paint_root_reaches_the_framebuffer(
         assert (width, height, bpp, depth, big_endian) == (64, 48, 32, 24, 0)
         red_shift, green_shift, blue_shift = init[14:17]
         sock.sendall(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings [Raw]
-        sock.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, 1, 1))  # update 1x1 at 0,0
-        header = _recv_exactly(sock, 4)
-        assert header[0] == 0  # FramebufferUpdate
-        rect = struct.unpack(">HHHHi", _recv_exactly(sock, 12))
-        assert rect == (0, 0, 1, 1, 0)
-        (pixel,) = struct.unpack("<I", _recv_exactly(sock, 4))
-    rgb = tuple((pixel >> s) & 0xFF for s in (red_shift, green_shift, blue_shift))
+        # x11vnc polls the X screen for changes: on a busy machine the first update can come
+        # before the poll that sees the new root, so ask again (a full update) for a while.
+        deadline = time.monotonic() + 10
+        while True:
+            sock.sendall(struct.pack(">BBHHHH", 3, 0, 0, 0, 1, 1))  # update 1x1 at 0,0
+            header = _recv_exactly(sock, 4)
+            assert header[0] == 0  # FramebufferUpdate
+            rect = struct.unpack(">HHHHi", _recv_exactly(sock, 12))
+            assert rect == (0, 0, 1, 1, 0)
+            (pixel,) = struct.unpack("<I", _recv_exactly(sock, 4))
+            rgb = tuple((pixel >> s) & 0xFF for s in (red_shift, green_shift, blue_shift))
+            if rgb == (0x33, 0x66, 0x99) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     assert rgb == (0x33, 0x66, 0x99)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
+from vncaudit.report.jsontext import dumps_indented
 
 if TYPE_CHECKING:
     from vncaudit.remedies import Remedy
@@ -88,7 +89,7 @@ def render(
 ) -> str:
     """Render to one of FORMATS; raises ValueError for an unknown format."""
     if fmt == "json":
-        return json.dumps(to_document(meta, results, include_all), indent=2) + "\n"
+        return dumps_indented(to_document(meta, results, include_all)) + "\n"
     if fmt == "jsonl":
         return "".join(jsonl_line(r) for r in visible(results, include_all))
     if fmt == "csv":

@@ -1,0 +1,38 @@
+"""report/jsontext.py: its indented JSON is json.dumps(indent=2)'s text, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vncaudit.report.jsontext import dumps_indented
+
+_SCALARS = (
+    st.none() | st.booleans() | st.text() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=1e-4, max_value=1e16)
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_VALUES)
+def test_same_text_as_json_dumps(value: Any) -> None:
+    assert dumps_indented(value) == json.dumps(value, indent=2)
+
+
+def test_hostile_strings_and_edge_values() -> None:
+    text = "".join(chr(c) for c in range(0x100)) + "\u2028\U0001f600\ud800"
+    for value in (
+        {"desktop": text[:-1], "n": [1.5, 0.0001, 1e-05, 1e16, -0.0, 2**63, 2**64]},
+        {"desktop": text}, [math.nan], [math.inf], {1: "int key"}, (1, 2), [], {}, "x", 5,
+    ):
+        assert dumps_indented(value) == json.dumps(value, indent=2)
