@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
-from vncaudit.report.jsontext import dumps_indented
 
 if TYPE_CHECKING:
     from vncaudit.remedies import Remedy
@@ -89,6 +88,8 @@ def render(
 ) -> str:
     """Render to one of FORMATS; raises ValueError for an unknown format."""
     if fmt == "json":
+        from vncaudit.report.jsontext import dumps_indented  # orjson: not before a scan's packets
+
         return dumps_indented(to_document(meta, results, include_all)) + "\n"
     if fmt == "jsonl":
         return "".join(jsonl_line(r) for r in visible(results, include_all))
