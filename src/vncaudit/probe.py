@@ -27,7 +27,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from vncaudit import rfb
@@ -401,8 +401,7 @@ class Session:
         facts: RfbFacts | None = None
         if self.banner_done:
             self.facts["notes"] = tuple(self.notes)
-            facts = RfbFacts(**self.facts)
-            facts = replace(facts, auth_required=self.auth_required())
+            facts = RfbFacts(**self.facts, auth_required=self.auth_required())
         state = self.state or (State.VNC if self.banner_done else State.TARPIT)
         reasons = tuple(honeypot_signals(self.raw_types, self.raw_subtypes))
         extra = Extras(
