@@ -89,6 +89,8 @@ def render(
 ) -> str:
     """Render to one of FORMATS; raises ValueError for an unknown format."""
     if fmt == "json":
+        from vncaudit.report.jsontext import dumps_indented  # orjson: not before a scan's packets
+
         return dumps_indented(to_document(meta, results, include_all)) + "\n"
     if fmt == "jsonl":
         return "".join(jsonl_line(r) for r in visible(results, include_all))
