@@ -18,24 +18,22 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from typing import Any
-
-import orjson
 
 __all__ = ["dumps_compact", "dumps_indented"]
 
 _NOT_ASCII = re.compile(r"[^\n -~]")
-# Dataclasses and datetimes are refused, as json.dumps refuses them, not written orjson's way.
-_COMPACT_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-_OPTIONS = orjson.OPT_INDENT_2 | _COMPACT_OPTIONS
 
 
 def dumps_indented(obj: Any) -> str:
     """`json.dumps(obj, indent=2)`, the same text."""
     if not _plain(obj):
         return json.dumps(obj, indent=2)
+    import orjson  # on first use: not before a scan's packets
+
     try:
-        text = orjson.dumps(obj, option=_OPTIONS).decode("utf-8")
+        text = orjson.dumps(obj, option=_options() | orjson.OPT_INDENT_2).decode("utf-8")
     except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(obj, indent=2)
     if not text.isascii() or "\x7f" in text:
@@ -54,13 +52,23 @@ def dumps_compact(obj: Any) -> str:
     ValueError for NaN or an infinity)."""
     if not _plain(obj):
         return _COMPACT.encode(obj)
+    import orjson
+
     try:
-        text = orjson.dumps(obj, option=_COMPACT_OPTIONS).decode("utf-8")
+        text = orjson.dumps(obj, option=_options()).decode("utf-8")
     except TypeError:  # orjson.JSONEncodeError is one
         return _COMPACT.encode(obj)
     if not text.isascii() or "\x7f" in text:
         text = _NOT_ASCII.sub(_escaped, text)
     return text
+
+
+@cache
+def _options() -> int:
+    """Dataclasses and datetimes refused, as json.dumps refuses them, not written orjson's way."""
+    import orjson
+
+    return orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _escaped(match: re.Match[str]) -> str:

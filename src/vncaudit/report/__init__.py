@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vncaudit.jsontext import dumps_indented
 from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def render(
 ) -> str:
     """Render to one of FORMATS; raises ValueError for an unknown format."""
     if fmt == "json":
-        from vncaudit.report.jsontext import dumps_indented  # orjson: not before a scan's packets
+        from vncaudit.jsontext import dumps_indented  # orjson: not before a scan's packets
 
         return dumps_indented(to_document(meta, results, include_all)) + "\n"
     if fmt == "jsonl":
