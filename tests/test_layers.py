@@ -33,6 +33,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "exceptions": (),
     "display": (),
     "tomlfile": (),
+    "jsontext": (),
     "desktop": (),
     "vncauth": (),
     "firewall": (),
@@ -45,7 +46,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "targets": DATA,
     "discovery": DATA,
     "subdomains": ("exceptions",),
-    "store": (*DATA, "diff"),
+    "store": (*DATA, "diff", "jsontext"),
     "pump": (*DATA, "rfb"),
     "probe": (*DATA, "rfb", "pump"),
     "websocket": (*DATA, "rfb", "pump", "probe"),
@@ -53,7 +54,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "budget": (*DATA, "fingerprint", "blacklists", "store"),
     "active": (*DATA, "rfb", "framebuffer", "vncauth", "pump", "desktop"),
     "active.transport": ("models", "pump"),
-    "report": (*DATA, "desktop", "display", "remedies"),
+    "report": (*DATA, "desktop", "display", "remedies", "jsontext"),
     "engine": (*DATA, "targets", "discovery", "probe", "budget", "assess"),
     "spec": (*DATA, "targets", "discovery", "engine", "assess"),
     "cluster": (*DATA, "targets", "engine", "store", "budget", "assess"),
@@ -88,8 +89,8 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
 
 # Modules that do no I/O: no sockets, TLS, event loop, processes, HTTP, mail or DNS.
 NO_IO = ("models", "exceptions", "rfb", "framebuffer", "fingerprint", "assess", "desktop",
-         "display", "tomlfile", "vncauth", "diff", "remedies", "report", "firewall._model",
-         "firewall.iptables", "firewall.nft", "firewall.ufw", "web.policy",
+         "display", "tomlfile", "jsontext", "vncauth", "diff", "remedies", "report",
+         "firewall._model", "firewall.iptables", "firewall.nft", "firewall.ufw", "web.policy",
          "targets.permutation")
 IO_MODULES = frozenset({"socket", "ssl", "asyncio", "select", "selectors", "subprocess", "http",
                         "urllib", "smtplib", "httpx", "dns", "uvloop", "psutil"})
