@@ -33,13 +33,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, probe
+from vncaudit.probe_options import ProbeOptions
 
 if TYPE_CHECKING:
     from vncaudit.budget import Decision, Gate
+    from vncaudit.models import ServiceResult
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -205,6 +206,10 @@ class _Pipeline:
             task.add_done_callback(self._probe_done)
 
     async def _probe(self, target: Target, sock: socket.socket | None) -> None:
+        # The probe (the RFB parser, the result types) is imported for the first pair that
+        # answers, not before the sweep's first packet.
+        from vncaudit.probe import probe
+
         source = self.binds.pop((target.host, target.port), None) if self.binds else None
         result = await probe(target, self.options.probe, sock=sock, source=source)
         if self.options.post_probe is not None:

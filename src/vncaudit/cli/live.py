@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from vncaudit import report
+from vncaudit.basics import SILENT_STATES, Severity
 from vncaudit.engine import Progress
-from vncaudit.models import SILENT_STATES, ServiceResult, Severity
+
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
 
 STATUS_INTERVAL = 1.0  # seconds between two progress lines
 
