@@ -125,6 +125,9 @@ def stored_fingerprints(db: Path, hosts: set[str]) -> tuple[int, int]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT host, result FROM results WHERE state = 'vnc'").fetchall()
         (done,) = conn.execute("SELECT count(*) FROM done").fetchone()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'done_packed'").fetchone():
+            (packed,) = conn.execute("SELECT coalesce(sum(count), 0) FROM done_packed").fetchone()
+            done += packed  # a SYN sweep's silent pairs, recorded in bulk
     good = 0
     for host, text in rows:
         result = json.loads(text)

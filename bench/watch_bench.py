@@ -71,6 +71,9 @@ def driver(opts: argparse.Namespace) -> None:
         with store.reading("bench") as conn:
             states = dict(conn.execute("SELECT state, count(*) FROM done WHERE scan_id = ? "
                                        "GROUP BY state", (outcome.scan_id,)).fetchall())
+            for state, n in conn.execute("SELECT state, sum(count) FROM done_packed WHERE "
+                                         "scan_id = ? GROUP BY state", (outcome.scan_id,)):
+                states[state] = states.get(state, 0) + n  # a SYN sweep's bulk verdicts
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"states": states, "started": started, "scan_end": outcome.scan_finished_at,
                       "queued": outcome.finished_at, "elapsed": outcome.elapsed,

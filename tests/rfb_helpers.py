@@ -7,10 +7,14 @@ choices a real probe makes, without sockets. TLS is modelled as the identity tra
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from vncaudit import rfb
+from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import Target
 from vncaudit.probe import ProbeOptions, Session
 
@@ -72,3 +76,17 @@ def drive_events(
         sent += client.data_to_send()
     sent += client.data_to_send()
     return events, bytes(sent), session
+
+
+def replayed_session(transcript: Path) -> tuple[Session, dict[str, Any]]:
+    """A recorded real-server transcript (tests/transcripts/*.json) fed to a probe `Session`
+    with the recorded client version; returns the session and the transcript document."""
+    doc = json.loads(transcript.read_text())
+    chunks = [bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c"]
+    cv = doc["client_version"]
+    session = new_session(ProbeOptions(client_version=(int(cv[:3]), int(cv[4:])) if cv else None))
+    try:
+        drive_events(chunks, session=session)
+    except RemoteProtocolError:
+        pass  # the recording stopped where the probe would have gone on (e.g. into TLS)
+    return session, doc

@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vncaudit import assess as A
-from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import (
     Capability,
     Finding,
@@ -39,10 +38,9 @@ from vncaudit.payloads import (
     PasswordAudit,
     ScreenshotCheck,
 )
-from vncaudit.probe import ProbeOptions
 from vncaudit.rfb import security_type_name, vencrypt_subtype_name
 
-from rfb_helpers import drive_events, new_session
+from rfb_helpers import replayed_session
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 PRIVATE = "192.168.7.20"  # graded at base severity (a network address); never contacted
@@ -59,14 +57,7 @@ BRIEF_REMEDY_IDS = {
 
 def replay(name: str, host: str = PRIVATE, port: int = 5901, **extra: Any) -> ServiceResult:
     """The probe's result for a recorded real-server transcript, as seen on `host`."""
-    doc = json.loads((TRANSCRIPTS / f"{name}.json").read_text())
-    chunks = [bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c"]
-    cv = doc["client_version"]
-    session = new_session(ProbeOptions(client_version=(int(cv[:3]), int(cv[4:])) if cv else None))
-    try:
-        drive_events(chunks, session=session)
-    except RemoteProtocolError:
-        pass  # the recording stopped where the probe would have gone on (e.g. into TLS)
+    session, doc = replayed_session(TRANSCRIPTS / f"{name}.json")
     after = [e for e in doc.get("after_init", ()) if e["dir"] == "s2c"]
     if after and session.update_check_due:  # the recorded answer to one update request
         session.update_asked()

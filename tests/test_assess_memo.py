@@ -12,7 +12,6 @@ differ in one value or carry a stand-in, and exposures given by the caller.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,17 @@ from hypothesis import strategies as st
 from vncaudit import assess as A
 from vncaudit import fingerprint as F
 from vncaudit.assess import memo as M
-from vncaudit.exceptions import RemoteProtocolError
 from vncaudit.models import Framebuffer, NamedType, ServiceResult, State
 from vncaudit.payloads import ActiveChecks, DesktopVerdict, Extras, SuspectedHoneypot
-from vncaudit.probe import ProbeOptions
 from vncaudit.rfb import security_type_name
 
-from rfb_helpers import drive_events, new_session
+from rfb_helpers import replayed_session
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 
 
 def _replayed(name: str) -> ServiceResult:
-    doc = json.loads((TRANSCRIPTS / name).read_text())
-    chunks = [bytes.fromhex(e["hex"]) for e in doc["exchanges"] if e["dir"] == "s2c"]
-    cv = doc["client_version"]
-    session = new_session(ProbeOptions(client_version=(int(cv[:3]), int(cv[4:])) if cv else None))
-    try:
-        drive_events(chunks, session=session)
-    except RemoteProtocolError:
-        pass  # the recording stopped where the probe would have gone on
+    session, _ = replayed_session(TRANSCRIPTS / name)
     return session.result(0.0)
 
 

@@ -70,6 +70,25 @@ def test_json_of_closed_port_with_all(unused_port: int) -> None:
     assert json.loads(out.stdout)["services"] == []
 
 
+def test_the_process_exit_keeps_every_line_code_and_atexit_step(tmp_path: Any) -> None:
+    """`python -m vncaudit` ends without the interpreter's teardown (`cli.program.exit_now`):
+    its output, however long, arrives whole, its exit code is the command's, its log lines
+    and the atexit steps of the libraries it loaded still run (here: one of our own, added
+    with `-c` to a program that then runs `run`, as the console script does)."""
+    out = run("scan", "127.0.0.1-199", "-p", "1", "--timeout", "1", "-o", "json", "--all", "-vv",
+              "--db", str(tmp_path / "s.db"))
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["services"]) == 199
+    assert "store: scan" in out.stderr  # a debug log line of the store, written at the end
+    code = ("import atexit, sys; atexit.register(lambda: print('atexit ran', flush=True)); "
+            "sys.argv = ['vncaudit', 'scan', '127.0.0.1', '-p', '70000']; "
+            "from vncaudit.cli import run; run()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 2 and "70000" in out.stderr
+    assert out.stdout == "atexit ran\n"
+
+
 def test_table_renders_facts() -> None:
     result = ServiceResult(
         "127.0.0.1", 5901, State.VNC,

@@ -42,9 +42,10 @@ def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None
     pydantic (typer's per-option models)."""
     args = ["vncaudit", "scan", "127.0.0.1", "-p", "1", "--timeout", "1", "--db",
             str(tmp_path / "s.db")]
-    out = _run("-c", "import contextlib, runpy, sys; sys.argv = " + repr(args) + "\n"
+    out = _run("-c", "import contextlib, sys; sys.argv = " + repr(args) + "\n"
+               "from vncaudit.cli import main\n"
                "with contextlib.suppress(SystemExit):\n"
-               "    runpy.run_module('vncaudit', run_name='__main__')\n"
+               "    main()\n"
                "sys.stderr.write('MODULES ' + ' '.join(sys.modules))")
     assert "MODULES" in out.stderr, out.stderr
     imported = set(out.stderr.split("MODULES ")[1].split())

@@ -136,6 +136,14 @@ def _walk(node: ast.AST) -> Iterator[ast.AST]:
         yield from _walk(child)
 
 
+
+def _from_module(node: ast.ImportFrom, package: list[str]) -> str:
+    """The absolute module name of `from X import ...` written in `package`."""
+    if not node.level:
+        return node.module or ""
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
 def _imports(path: Path, name: str, known: set[str]) -> tuple[Import, ...]:
     """The imports of the module `name` (read from `path`); `known`: every module's full name,
     to tell `from vncaudit import rfb` (a module) from `from vncaudit.rfb import X`."""
@@ -147,11 +155,7 @@ def _imports(path: Path, name: str, known: set[str]) -> tuple[Import, ...]:
         if isinstance(node, ast.Import):
             found.extend(Import(alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
+            module = _from_module(node, package)
             for alias in node.names:
                 # `from vncaudit import rfb` imports the module vncaudit.rfb.
                 full = f"{module}.{alias.name}"
@@ -308,11 +312,7 @@ def _private_uses(path: Path, name: str, known: set[str]) -> list[str]:
                 if alias.name == "vncaudit" or alias.name.startswith("vncaudit."):
                     modules[alias.asname or alias.name] = alias.name
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
+            module = _from_module(node, package)
             if module != "vncaudit" and not module.startswith("vncaudit."):
                 continue
             for alias in node.names:

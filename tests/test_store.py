@@ -13,6 +13,7 @@ take 3.7-4.1 s one by one with `add_result` (24,000-27,000/s, default batch of 5
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -555,6 +556,80 @@ def test_mark_done_and_closed_results(store: Store) -> None:
         ("10.0.0.1", State.CLOSED), ("10.0.0.2", State.VNC), ("10.0.0.3", State.CLOSED)
     ]
     assert everything[2].elapsed == 0.001  # the stored one, not a bare stand-in
+
+
+def _packed(*pairs: tuple[str, int]) -> bytes:
+    """Pairs as `Marks.keys` / `PACKED_PAIR`: address << 16 | port, little-endian, ascending."""
+    keys = sorted(int(ipaddress.IPv4Address(h)) << 16 | p for h, p in pairs)
+    return b"".join(k.to_bytes(8, "little") for k in keys)
+
+
+def test_packed_silent_verdicts_read_back_as_rows_do(store: Store, db: Path) -> None:
+    """A SYN sweep's bulk verdicts (one row for many pairs): every reader of recorded pairs
+    sees them as it sees `done` rows: resume, counts, --all, diff, the host filter, delete."""
+    a = new_scan(store, ["192.0.2.0/24"])
+    store.add_result(a, x11vnc_none("192.0.2.1", 5900))
+    store.mark_done(a, "192.0.2.2", 5900, State.CLOSED)
+    silent = [("192.0.2.3", 5900), ("192.0.2.200", 5901), ("192.0.2.4", 5900)]
+    assert store.mark_done_packed(a, State.FILTERED, _packed(*silent)) == 3
+    assert store.mark_done_packed(a, State.FILTERED, b"") == 0
+    with pytest.raises(StoreError):
+        store.mark_done_packed(a, State.VNC, _packed(("192.0.2.9", 5900)))
+    with pytest.raises(StoreError):
+        store.mark_done_packed(a, State.FILTERED, b"\x01\x02")
+
+    assert store.done_pairs(a) == {("192.0.2.1", 5900), ("192.0.2.2", 5900), *silent}
+    assert store.is_done(a, "192.0.2.200", 5901)
+    assert not store.is_done(a, "192.0.2.200", 5900)
+    assert not store.is_done(a, "::1", 5900)
+    assert store.get_scan(a).counts["done"] == 5  # type: ignore[union-attr]
+    assert store.finish_scan(a).counts["done"] == 5
+    assert [(r.host, r.state) for r in store.results(a)] == [("192.0.2.1", State.VNC)]
+    everything = store.results(a, include_closed=True)
+    assert [(r.host, r.port, r.state) for r in everything] == [
+        ("192.0.2.1", 5900, State.VNC), ("192.0.2.2", 5900, State.CLOSED),
+        ("192.0.2.3", 5900, State.FILTERED), ("192.0.2.4", 5900, State.FILTERED),
+        ("192.0.2.200", 5901, State.FILTERED)]
+    # a host probed only in bulk is found by `history --target`
+    assert [s.id for s in store.list_scans(target="192.0.2.200")] == [a]
+    assert [s.id for s in store.list_scans(target="192.0.2.5")] == []
+
+    # diff: the service of A is filtered in B (gone), not "not scanned"
+    b = new_scan(store, ["192.0.2.0/24"])
+    store.mark_done_packed(b, State.FILTERED, _packed(("192.0.2.1", 5900)))
+    changes = store.diff(a, b)
+    assert [(c.host, c.port) for c in changes.disappeared] == [("192.0.2.1", 5900)]
+    assert not changes.not_rescanned
+
+    store.delete_scan(a)
+    store.flush()
+    assert raw(db).execute("SELECT count(*) FROM done_packed WHERE scan_id = ?",
+                           (a,)).fetchone()[0] == 0
+
+
+def test_result_writer_writes_marks_in_bulk(store: Store) -> None:
+    """`ResultWriter.add_marks`: one packed row per `Marks`, counted as stored; with
+    `on_stored` each pair is still told one by one."""
+    from vncaudit.discovery import Marks
+    from vncaudit.store.writer import ResultWriter
+
+    scan_id = new_scan(store)
+    silent = [("10.1.0.1", 5900), ("10.1.0.2", 5900)]
+    with ResultWriter(store, scan_id) as writer:
+        writer.add_marks(Marks(State.FILTERED, None, _packed(*silent)))
+        assert writer.pending == 2
+    assert writer.stored == 2 and writer.repeated == 0
+    assert store.done_pairs(scan_id) == set(silent)
+    with store.reading("test") as conn:
+        assert conn.execute("SELECT count(*) FROM done").fetchone()[0] == 0
+
+    told: list[ServiceResult] = []
+    other = new_scan(store)
+    with ResultWriter(store, other, on_stored=told.append) as writer:
+        writer.add_marks(Marks(State.FILTERED, None, _packed(*silent)))
+    assert sorted((r.host, r.port, r.state) for r in told) == [
+        (h, p, State.FILTERED) for h, p in silent]
+    assert store.done_pairs(other) == set(silent)
 
 
 # -- batching -------------------------------------------------------------------------------------

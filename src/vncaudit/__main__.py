@@ -1,5 +1,5 @@
 """`python -m vncaudit` runs the command line."""
 
-from vncaudit.cli import main
+from vncaudit.cli import run
 
-main()
+run()

@@ -406,7 +406,7 @@ class _Delivery:
         """The result to yield, or None when `taken` were marks (handed to `on_marks`)."""
         if isinstance(taken, Marks):
             if self.progress is not None:
-                self.progress.done += len(taken.pairs)
+                self.progress.done += len(taken)
             assert self.on_marks is not None
             self.on_marks(taken)
             return None

@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from vncaudit import report
 from vncaudit.engine import Progress
 from vncaudit.models import SILENT_STATES, ServiceResult, Severity
+
+if TYPE_CHECKING:
+    from vncaudit.report.spool import JsonSpool, Tally
 
 STATUS_INTERVAL = 1.0  # seconds between two progress lines
 
@@ -154,7 +157,8 @@ class StatusLines:
                 return
 
     def end(self, status: str, results: Iterable[ServiceResult] = (), shown: int = 0,
-            resume: bool = False) -> None:
+            resume: bool = False, tally: Tally | None = None) -> None:
+        """The last line; the findings counted over `results`, or taken from `tally`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -162,6 +166,9 @@ class StatusLines:
         for r in results:
             for f in r.findings:
                 findings[f.severity.value] += 1
+        if tally is not None:
+            for severity, count in tally.findings.items():
+                findings[severity.value] += count
         extra: dict[str, Any] = {}
         if resume:
             extra["resume"] = f"vncaudit scan --resume {self.scan_id}"
@@ -179,9 +186,11 @@ class LiveOutput:
     each; with --all those lines come when the scan ends (`end`), each verdict once."""
 
     def __init__(self, output: str, output_file: Path | None, include_all: bool,
-                 status_file: Path | None, scan_id: str, state: Progress) -> None:
+                 status_file: Path | None, scan_id: str, state: Progress,
+                 spool: JsonSpool | None = None) -> None:
         self.include_all = include_all
         self.state = state
+        self.spool = spool  # -o json built as results come (the shown ones; not with --all)
         self.lines = ResultLines(output_file, include_all) if output == "jsonl" else None
         self.status = (StatusLines(status_file, scan_id, state) if status_file is not None
                        else None)
@@ -195,6 +204,8 @@ class LiveOutput:
             self.result(result)
 
     def result(self, result: ServiceResult) -> None:
+        if self.spool is not None and result.state not in SILENT_STATES:
+            self.spool.add(result)
         if self.lines is not None:
             self.lines.write(result)
             if self.include_all and result.state in SILENT_STATES:
@@ -209,10 +220,23 @@ class LiveOutput:
             then(result)
         return both
 
-    def end(self, status: str, results: Iterable[ServiceResult]) -> None:
+    def end(self, status: str, results: Iterable[ServiceResult] | None = None) -> None:
         """Close the streams; with --all, first the bulk verdicts not streamed yet (from
         *results*, the store's). The status stream's last line says how the scan ended; a
-        failure to write it is left to the line that says why the scan stopped."""
+        failure to write it is left to the line that says why the scan stopped. Without
+        *results* (a spooled -o json), the status line counts what the spool was given."""
+        if results is None:
+            if self.status is not None:
+                tally = self.spool.tally if self.spool is not None else None
+                try:
+                    self.status.end(status, (), tally.shown if tally else 0,
+                                    resume=status != "finished", tally=tally)
+                except StreamWriteError:
+                    if status == "finished":
+                        raise
+            if self.lines is not None:
+                self.lines.close()
+            return
         results = list(results)
         if self.lines is not None:
             try:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +24,9 @@ from vncaudit.cli.common import err, fail
 from vncaudit.display import escape, shown
 from vncaudit.models import ServiceResult, Severity, State
 from vncaudit.store import ScanRecord
+
+if TYPE_CHECKING:
+    from vncaudit.report.spool import JsonSpool
 
 
 def security_summary(result: ServiceResult) -> str:
@@ -314,16 +317,7 @@ def emit(
     the report went and, when the command is about to exit 1, why (`exit_reason`). `quiet`
     (-q): no summary. `written`: the report went out already (-o jsonl, streamed while the
     scan ran); only the summary is left."""
-    meta = report.ScanMeta(
-        id=record.id,
-        started=record.started,
-        finished=record.finished,
-        targets=list(record.targets),
-        ports=record.ports,
-        tool=record.tool,
-        extra={"discovery": record.options["discovery"]} if record.options.get("discovery")
-        else {},
-    )
+    meta = _meta(record)
     results = sorted(results, key=lambda r: (_host_key(r.host), r.port))
     shown = report.visible(results, include_all)
     if output == "table":
@@ -370,6 +364,52 @@ def emit(
             _ledger_note(results)
 
 
+def emit_spooled(
+    record: ScanRecord,
+    spool: JsonSpool,
+    output_file: Path | None,
+    *,
+    exit_reason: str | None = None,
+    quiet: bool = False,
+) -> None:
+    """`emit` for -o json built while the scan ran (`report.spool`): the same report and
+    summary line, written a service at a time from the spool."""
+    meta = _meta(record)
+    tally = spool.tally
+    if output_file:
+        try:
+            with output_file.open("w", encoding="utf-8") as out:
+                spool.write(meta, out)
+        except OSError as exc:
+            raise fail(f"cannot write {output_file}: {exc.strerror or exc}; the results are "
+                        f"kept: vncaudit results {record.id} -o json", 3) from None
+    else:
+        spool.write(meta, sys.stdout)
+        if not exit_reason:
+            if not quiet:
+                _note(summary_note(tally.budget_notes))
+            return
+    if not quiet:
+        counts = {s.value: n for s, n in tally.findings.items() if n}
+        line = _summary_text(record, len(spool), counts, tally.shown, "json", output_file,
+                             exit_reason)
+        err.print(line, style="dim", markup=False, soft_wrap=True)
+        _note(summary_note(tally.budget_notes))
+
+
+def _meta(record: ScanRecord) -> report.ScanMeta:
+    return report.ScanMeta(
+        id=record.id,
+        started=record.started,
+        finished=record.finished,
+        targets=list(record.targets),
+        ports=record.ports,
+        tool=record.tool,
+        extra={"discovery": record.options["discovery"]} if record.options.get("discovery")
+        else {},
+    )
+
+
 def summary_line(
     record: ScanRecord,
     results: list[ServiceResult],
@@ -380,17 +420,23 @@ def summary_line(
 ) -> str:
     """"scan ID: 3 ports probed, 1 VNC (1 high, 1 info), 1 shown; report (json) written to F;
     exit 1: ..." -- what a person or a CI log needs when the report itself went elsewhere."""
-    probed = record.counts.get("done", len(results))
-    line = (f"scan {record.id}: {probed} port{'' if probed == 1 else 's'} probed, "
-            f"{record.counts.get('vnc', 0)} VNC")
     worst: dict[str, int] = {}
     for r in results:
         for f in r.findings:
             worst[f.severity.value] = worst.get(f.severity.value, 0) + 1
+    return _summary_text(record, len(results), worst, len(shown), output, output_file,
+                         exit_reason)
+
+
+def _summary_text(record: ScanRecord, results: int, worst: dict[str, int], shown: int,
+                  output: str, output_file: Path | None, exit_reason: str | None) -> str:
+    probed = record.counts.get("done", results)
+    line = (f"scan {record.id}: {probed} port{'' if probed == 1 else 's'} probed, "
+            f"{record.counts.get('vnc', 0)} VNC")
     if worst:
         order = sorted(worst, key=lambda s: -Severity(s).rank)
         line += " (" + ", ".join(f"{worst[s]} {s}" for s in order) + ")"
-    line += f", {len(shown)} shown"
+    line += f", {shown} shown"
     if output_file is not None:
         what = "report" if output == "table" else f"report ({output})"
         line += f"; {what} written to {output_file}"
@@ -407,7 +453,10 @@ def _summary(record: ScanRecord, results: list[ServiceResult], shown: list[Servi
 
 
 def _ledger_note(results: list[ServiceResult]) -> None:
-    note = summary_note(r.extra.budget for r in results)
+    _note(summary_note(r.extra.budget for r in results))
+
+
+def _note(note: str | None) -> None:
     if note:
         err.print(note, style="yellow", markup=False, soft_wrap=True)
 

@@ -54,6 +54,7 @@ from vncaudit.store import Store, StoreError, UnknownScanError
 
 if TYPE_CHECKING:  # importing the cluster module pulls in Dask
     from vncaudit.cluster import ClusterSpec
+    from vncaudit.report.spool import JsonSpool
     from vncaudit.store import ScanRecord
 
 _SCAN_HELP = """Scan targets for VNC: one connection per port, no password ever sent.
@@ -334,31 +335,55 @@ def _check_resume(ctx: typer.Context, resume: str | None, discovery_mode: str,
 
 
 def _run_stored(stored: StoredScan, cluster_spec: ClusterSpec | None, report: _Report, *,
-                resumed: bool) -> tuple[ScanRecord, list[ServiceResult]]:
-    """Run the scan with its live streams; the record and the results as stored."""
-    live = _live(stored, report.output, report.output_file, report.include_all,
-                 report.status_file, resumed=resumed)
-    record = _run(stored, cluster_spec, live, report.quiet, str(report.status_file) == "-")
+                resumed: bool) -> tuple[ScanRecord, list[ServiceResult] | JsonSpool]:
+    """Run the scan with its live streams; the record and the results as stored, or, for
+    -o json, the report's spool (`report.spool`: built as the results came, nothing read
+    back from the store)."""
+    spool = None
+    if report.output == "json" and not report.include_all:
+        from vncaudit.report.spool import JsonSpool
+
+        spool = JsonSpool()
+    try:
+        live = _live(stored, report.output, report.output_file, report.include_all,
+                     report.status_file, resumed=resumed, spool=spool)
+        record = _run(stored, cluster_spec, live, report.quiet, str(report.status_file) == "-")
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    if spool is not None:
+        live.end("finished")
+        return record, spool
     results = stored.store.results(stored.scan_id, include_closed=report.include_all)
     live.end("finished", results)
     return record, results
 
 
-def _report(record: ScanRecord, results: list[ServiceResult], report: _Report) -> None:
+def _report(record: ScanRecord, results: list[ServiceResult] | JsonSpool,
+            report: _Report) -> None:
     """Print or write the report; exit 1 when a finding is at or above --fail-on."""
     threshold = report.threshold
-    failing = [f for r in results for f in r.findings
-               if threshold is not None and f.severity.rank >= threshold.rank]
+    if isinstance(results, list):
+        failing = sum(1 for r in results for f in r.findings
+                      if threshold is not None and f.severity.rank >= threshold.rank)
+    else:
+        failing = results.tally.at_or_above(threshold) if threshold is not None else 0
     reason = None
     if threshold is not None and failing:
-        reason = (f"{len(failing)} finding{'' if len(failing) == 1 else 's'} at "
+        reason = (f"{failing} finding{'' if failing == 1 else 's'} at "
                   f"{threshold.value} or worse (--fail-on {threshold.value})")
-    from vncaudit.cli.output import emit  # rich and the report: after the scan, not before
+    from vncaudit.cli.output import emit, emit_spooled  # rich and the report: after the scan
 
-    # -o jsonl went out line by line while the scan ran: only the summary is left.
-    emit(record, results, report.output, report.output_file, report.include_all,
-         show_fix=report.show_fix, trusted=report.trusted, exit_reason=reason,
-         quiet=report.quiet, written=report.output == "jsonl")
+    if not isinstance(results, list):
+        with results:
+            emit_spooled(record, results, report.output_file, exit_reason=reason,
+                         quiet=report.quiet)
+    else:
+        # -o jsonl went out line by line while the scan ran: only the summary is left.
+        emit(record, results, report.output, report.output_file, report.include_all,
+             show_fix=report.show_fix, trusted=report.trusted, exit_reason=reason,
+             quiet=report.quiet, written=report.output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
 
@@ -465,12 +490,14 @@ def _open_scan(store: Store, resume: str | None, draft: ScanSpec | None,
 
 
 def _live(stored: StoredScan, output: str, output_file: Path | None, include_all: bool,
-          status_file: Path | None, *, resumed: bool) -> LiveOutput:
+          status_file: Path | None, *, resumed: bool, spool: JsonSpool | None = None
+          ) -> LiveOutput:
     """The streams of a running scan (`cli/live.py`): -o jsonl lines and --status-file; a
     resumed scan's earlier results go out first, so the stream is the whole scan."""
     state = EngineProgress(total=stored.remaining)
     try:
-        live = LiveOutput(output, output_file, include_all, status_file, stored.scan_id, state)
+        live = LiveOutput(output, output_file, include_all, status_file, stored.scan_id, state,
+                          spool)
         if resumed:
             live.resumed(stored.store.results(stored.scan_id, include_closed=include_all))
     except StreamWriteError as exc:

@@ -34,6 +34,7 @@ import logging
 import os
 import resource
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -90,14 +91,31 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Marks:
-    """Closed or filtered verdicts for many pairs at once (what a SYN sweep gives up on in one
-    window): a consumer that records only (host, port, state) for these takes them as they are,
-    instead of one `ServiceResult` each. A sink opts in with a `finished_marks(marks)` method;
-    to any other sink the sweep gives one `ServiceResult` per pair."""
+    """Closed or filtered verdicts for many IPv4 pairs at once (what a SYN sweep gives up on in
+    one turn of its window): a consumer that records only (host, port, state) for these stores
+    `keys` as they are (`Store.mark_done_packed`), instead of one `ServiceResult` or one row
+    each. A sink opts in with a `finished_marks(marks)` method; to any other sink the sweep
+    gives one `ServiceResult` per pair.
+
+    `keys`: the pairs as address << 16 | port, little-endian unsigned 64 bits, ascending (the
+    store's `PACKED_PAIR`), each pair once."""
 
     state: State
     error: str | None
-    pairs: list[tuple[str, int]]
+    keys: bytes
+
+    def __len__(self) -> int:
+        return len(self.keys) // 8
+
+    @property
+    def pairs(self) -> list[tuple[str, int]]:
+        """(host, port) of each pair, in `keys`' order."""
+        out = []
+        for (key,) in struct.iter_unpack("<Q", self.keys):
+            address = key >> 16
+            out.append((f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}."
+                        f"{address & 255}", key & 0xFFFF))
+        return out
 
     def results(self) -> Iterator[ServiceResult]:
         for host, port in self.pairs:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import random
@@ -317,41 +318,52 @@ class SynSweep(BaseSweep):
         """Give up on the chunks past their deadline (at most EXPIRE_FLIGHTS); True when more
         are due."""
         window = self.window
-        for _ in range(EXPIRE_FLIGHTS):
-            if not window or window[0].deadline > now:
-                return False
-            flight = window.popleft()
-            keys = flight.pairs.tolist()
-            final = flight.made >= self.options.attempts
-            with self.lock:
-                silent = self.pending.intersection(keys)
-                if not silent:
-                    continue
-                if not final:
-                    self.retries.append((np.fromiter(silent, np.uint64, len(silent)),
-                                         flight.made))
-                    self.retried += len(silent)
-                    continue
-                self.pending.difference_update(silent)
-                copies = {k: self.repeats.pop(k) for k in silent if k in self.repeats} \
-                    if self.repeats else {}
-            self._give_up(silent, copies)
-        return bool(window) and window[0].deadline <= now
+        given_up: list[set[int]] = []
+        try:
+            for _ in range(EXPIRE_FLIGHTS):
+                if not window or window[0].deadline > now:
+                    return False
+                flight = window.popleft()
+                keys = flight.pairs.tolist()
+                final = flight.made >= self.options.attempts
+                with self.lock:
+                    silent = self.pending.intersection(keys)
+                    if not silent:
+                        continue
+                    if not final:
+                        self.retries.append((np.fromiter(silent, np.uint64, len(silent)),
+                                             flight.made))
+                        self.retried += len(silent)
+                        continue
+                    self.pending.difference_update(silent)
+                    copies = {k: self.repeats.pop(k) for k in silent if k in self.repeats} \
+                        if self.repeats else {}
+                if copies or self.marks is None:
+                    self._give_up_each(silent, copies)
+                else:
+                    given_up.append(silent)
+            return bool(window) and window[0].deadline <= now
+        finally:
+            if given_up:
+                self._give_up(given_up)
 
-    def _give_up(self, silent: set[int], copies: dict[int, int]) -> None:
-        """Filtered verdicts for pairs that never answered."""
-        marks = self.marks
-        if marks is None or copies:
-            target = self._target
-            for pair in silent:
-                for _ in range(1 + copies.get(pair, 0)):
-                    self.verdict(target(pair), State.FILTERED, NO_ANSWER)
-            return
-        # One mark per pair, no object per target: most of a large sweep ends here.
-        pairs = [(f"{k >> 40}.{(k >> 32) & 255}.{(k >> 24) & 255}.{(k >> 16) & 255}",
-                  k & 0xFFFF) for k in silent]
-        self.filtered += len(pairs)
-        marks(Marks(State.FILTERED, NO_ANSWER, pairs))
+    def _give_up(self, silent: list[set[int]]) -> None:
+        """Filtered verdicts for pairs that never answered, as one `Marks`: no object or
+        string per target (most of a large sweep ends here)."""
+        assert self.marks is not None
+        count = sum(map(len, silent))
+        keys = np.fromiter(itertools.chain.from_iterable(silent), np.uint64, count)
+        keys.sort()
+        self.filtered += count
+        self.marks(Marks(State.FILTERED, NO_ANSWER, keys.astype("<u8").tobytes()))
+
+    def _give_up_each(self, silent: set[int], copies: dict[int, int]) -> None:
+        """Filtered verdicts one result each: for a sink without `finished_marks`, and for
+        pairs given more than once (each copy has its verdict)."""
+        target = self._target
+        for pair in silent:
+            for _ in range(1 + copies.get(pair, 0)):
+                self.verdict(target(pair), State.FILTERED, NO_ANSWER)
 
     def _readable(self) -> None:
         assert self.rx is not None

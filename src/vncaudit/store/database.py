@@ -9,14 +9,17 @@ durability". Must not: probe, grade, render or print; import package modules oth
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,6 +144,40 @@ _INSERT_FINDING = (
 )
 _INSERT_DONE = "INSERT OR IGNORE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)"
 _REPLACE_DONE = "INSERT OR REPLACE INTO done (scan_id, host, port, state) VALUES (?, ?, ?, ?)"
+_INSERT_PACKED = "INSERT INTO done_packed (scan_id, state, count, pairs) VALUES (?, ?, ?, ?)"
+
+
+def _unpacked(blob: bytes) -> array[int]:
+    """The pairs of one `done_packed` row (`PACKED_PAIR`), as address << 16 | port."""
+    keys = array("Q")
+    if keys.itemsize != 8 or len(blob) % 8:
+        raise sqlite3.DataError("a done_packed row is not a list of 64-bit pairs")
+    keys.frombytes(blob)
+    if sys.byteorder != "little":
+        keys.byteswap()
+    return keys
+
+
+def _host_of(address: int) -> str:
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+
+
+def _ipv4_number(host: str) -> int | None:
+    try:
+        return int(ipaddress.IPv4Address(host))
+    except ValueError:
+        return None
+
+
+def _packed_has_host(blob: bytes, host: str) -> bool:
+    """SQL function `packed_has_host(pairs, host)`: whether a `done_packed` row holds a pair of
+    `host` (any port); its pairs are in ascending order."""
+    address = _ipv4_number(host) if isinstance(host, str) else None
+    if address is None or not isinstance(blob, bytes):
+        return False
+    keys = _unpacked(blob)
+    i = bisect.bisect_left(keys, address << 16)
+    return i < len(keys) and keys[i] >> 16 == address
 
 
 @contextlib.contextmanager
@@ -217,6 +254,8 @@ class Store:
                     log.warning("store: %s is in journal mode %r, not WAL", target, mode)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
+                conn.create_function("packed_has_host", 2, _packed_has_host,
+                                     deterministic=True)
                 migrate(conn)
             except BaseException:
                 conn.close()
@@ -478,7 +517,8 @@ class Store:
 
     def _live_counts(self, scan_id: str) -> dict[str, int]:
         (done,) = self._conn.execute(
-            "SELECT count(*) FROM done WHERE scan_id = ?", (scan_id,)
+            "SELECT (SELECT count(*) FROM done WHERE scan_id = ?1) + "
+            "(SELECT coalesce(sum(count), 0) FROM done_packed WHERE scan_id = ?1)", (scan_id,)
         ).fetchone()
         counts: dict[str, int] = {"done": int(done), "results": 0, "services": 0, "vnc": 0,
                                   "no_auth": 0, "findings": 0}
@@ -514,7 +554,7 @@ class Store:
         params: list[Any] = []
         if target is not None:
             where.append(self._TARGET_FILTER)
-            params += [target, _canonical_host(target)]
+            params += [target, _canonical_host(target), _canonical_host(target)]
         if status is not None:
             where.append("s.status = ?")
             params.append(status)
@@ -529,7 +569,9 @@ class Store:
 
     _TARGET_FILTER = (
         "(EXISTS (SELECT 1 FROM json_each(s.targets) WHERE value = ?)"
-        " OR EXISTS (SELECT 1 FROM done d WHERE d.scan_id = s.id AND d.host = ?))"
+        " OR EXISTS (SELECT 1 FROM done d WHERE d.scan_id = s.id AND d.host = ?)"
+        " OR EXISTS (SELECT 1 FROM done_packed b WHERE b.scan_id = s.id"
+        " AND packed_has_host(b.pairs, ?)))"
     )
 
     def latest_scan_for(self, target: str) -> ScanRecord | None:
@@ -667,6 +709,30 @@ class Store:
             self._pending += len(rows)
         return max(cur.rowcount, 0)
 
+    def mark_done_packed(self, scan_id: str, state: State, pairs: bytes) -> int:
+        """Record closed or filtered verdicts in bulk: `pairs` packed as `PACKED_PAIR`
+        (IPv4 address << 16 | port, little-endian u64, ascending), none of them recorded
+        before in this scan (the caller's walk skipped every recorded pair: nothing here
+        checks, that is what makes it cheap). One row for all of them; returns their count."""
+        if state not in SILENT_STATES:
+            raise StoreError(f"cannot mark targets done: {state.value!r} is not a silent state")
+        if len(pairs) % 8:
+            raise StoreError("cannot mark targets done: pairs are not 64-bit values")
+        count = len(pairs) // 8
+        if not count:
+            return 0
+        with self._write("cannot mark targets done", scan_id):
+            self._conn.execute(_INSERT_PACKED, (scan_id, state.value, count, pairs))
+            self._pending += 1
+        return count
+
+    def _packed(self, scan_id: str) -> Iterator[tuple[str, int, str]]:
+        """(host, port, state) of every pair in the scan's `done_packed` rows."""
+        for state, blob in self._conn.execute(
+                "SELECT state, pairs FROM done_packed WHERE scan_id = ?", (scan_id,)).fetchall():
+            for key in _unpacked(blob):
+                yield _host_of(key >> 16), key & 0xFFFF, str(state)
+
     def mark_done_each(
         self, scan_id: str, pairs: Iterable[tuple[str, int, State | str]]
     ) -> list[bool]:
@@ -696,7 +762,19 @@ class Store:
                 "SELECT 1 FROM done WHERE scan_id = ? AND host = ? AND port = ?",
                 (scan_id, host, port),
             ).fetchone()
-        return row is not None
+            if row is not None:
+                return True
+            address = _ipv4_number(host)
+            if address is None:
+                return False
+            key = address << 16 | port
+            for (blob,) in self._conn.execute(
+                    "SELECT pairs FROM done_packed WHERE scan_id = ?", (scan_id,)):
+                keys = _unpacked(blob)
+                i = bisect.bisect_left(keys, key)
+                if i < len(keys) and keys[i] == key:
+                    return True
+        return False
 
     def done_pairs(self, scan_id: str) -> set[tuple[str, int]]:
         """Every (host, port) whose verdict is recorded: what a resume must skip."""
@@ -705,7 +783,8 @@ class Store:
             rows = self._conn.execute(
                 "SELECT host, port FROM done WHERE scan_id = ?", (scan_id,)
             ).fetchall()
-        return {(str(h), int(p)) for h, p in rows}
+            packed = [(h, p) for h, p, _ in self._packed(scan_id)]
+        return {(str(h), int(p)) for h, p in rows} | set(packed)
 
     def results(self, scan_id: str, include_closed: bool = False) -> list[ServiceResult]:
         """The scan's results sorted by address. By default only services (not closed or
@@ -725,6 +804,8 @@ class Store:
                     (scan_id,),
                 )
                 out += [ServiceResult(host=h, port=int(p), state=State(s)) for h, p, s in bare]
+                out += [ServiceResult(host=h, port=p, state=State(s))
+                        for h, p, s in self._packed(scan_id)]
         out.sort(key=lambda r: host_sort_key(r.host, r.port))
         return out
 
@@ -751,6 +832,7 @@ class Store:
             rows = self._conn.execute(
                 "SELECT host, port, state FROM done WHERE scan_id = ?", (scan_id,)
             ).fetchall()
+            rows += self._packed(scan_id)
         return {(str(h), int(p)): str(s) for h, p, s in rows}
 
     def diff(self, scan_a: str, scan_b: str) -> ScanDiff:

@@ -1,7 +1,8 @@
 """`ResultWriter`: one scan's verdicts into the store, in batches.
 
 Owns: buffering results as they arrive and writing them with one `executemany` per batch
-(silent pairs as ``done`` marks, the rest as full results), the batch limits, and telling
+(silent pairs as ``done`` marks, a sweep's bulk `Marks` as packed rows, the rest as full
+results), the batch limits, and telling
 which verdicts were new (a rerun shard sends some again: the store keeps the first). Every
 writer of scan results (the runner, the web jobs, the cluster client) goes through it.
 Must not: grade, print, or decide when a scan ends.
@@ -56,6 +57,8 @@ class ResultWriter:
         self.stored = 0  # verdicts newly recorded by this writer
         self.repeated = 0  # verdicts the store already had (first write wins)
         self._marks: list[tuple[str, int, State]] = []
+        self._packed: list[Marks] = []
+        self._packed_count = 0
         self._results: list[ServiceResult] = []
         self._since = time.monotonic()
 
@@ -70,10 +73,16 @@ class ResultWriter:
             self.flush()
 
     def add_marks(self, marks: Marks) -> None:
-        """Buffer the closed or filtered verdicts a discovery sweep gives in bulk."""
-        state = marks.state
-        self._marks.extend((host, port, state) for host, port in marks.pairs)
-        if (len(self._marks) >= self.max_marks
+        """Buffer the closed or filtered verdicts a discovery sweep gives in bulk: written as
+        they came (one packed row, no row per pair), or, when `on_stored` must see each
+        verdict, one mark each."""
+        if self.on_stored is None:
+            self._packed.append(marks)
+            self._packed_count += len(marks)
+        else:
+            state = marks.state
+            self._marks.extend((host, port, state) for host, port in marks.pairs)
+        if (len(self._marks) + self._packed_count >= self.max_marks
                 or time.monotonic() - self._since >= self.max_age):
             self.flush()
 
@@ -89,16 +98,19 @@ class ResultWriter:
     @property
     def pending(self) -> int:
         """Verdicts buffered and not yet written."""
-        return len(self._marks) + len(self._results)
+        return len(self._marks) + self._packed_count + len(self._results)
 
     def flush(self, *, commit: bool = False) -> None:
         """Write what is buffered into the store's open batch (with `commit`, commit that
         batch too: for a pause in the results, so a reader sees them)."""
-        marks, results = self._marks, self._results
-        self._marks, self._results = [], []
+        marks, results, packed = self._marks, self._results, self._packed
+        self._marks, self._results, self._packed = [], [], []
+        self._packed_count = 0
         self._since = time.monotonic()
         if self.on_stored is None:
             stored = self.store.mark_done_many(self.scan_id, marks) if marks else 0
+            for bulk in packed:  # never recorded before: the sweep skipped recorded pairs
+                self.stored += self.store.mark_done_packed(self.scan_id, bulk.state, bulk.keys)
             if results:
                 stored += self.store.add_results(self.scan_id, results)
             self.stored += stored
