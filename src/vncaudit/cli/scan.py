@@ -521,7 +521,7 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
     try:
         with sigterm_as_interrupt(terminated), scan_progress(state, show) as update:
             record = stored.run(on_result=live.chain(update), progress=state,
-                                cluster=cluster_spec)
+                                cluster=cluster_spec, spool=live.spool)
     except KeyboardInterrupt:
         live.end("interrupted", stored_results())
         how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)

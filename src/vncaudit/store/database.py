@@ -582,7 +582,8 @@ class Store:
     # -- writes -------------------------------------------------------------------------------
 
     @staticmethod
-    def _result_row(scan_id: str, result: ServiceResult, now: str) -> tuple[Any, ...]:
+    def _result_row(scan_id: str, result: ServiceResult, now: str,
+                    text: str | None = None) -> tuple[Any, ...]:
         worst = result.worst_severity
         auth = result.rfb.auth_required if result.rfb is not None else None
         return (
@@ -596,7 +597,7 @@ class Store:
             worst.rank if worst is not None else None,
             diff_key(result),
             now,
-            _dumps(result.to_dict()),
+            _dumps(result.to_dict()) if text is None else text,
         )
 
     def _insert_findings(self, scan_id: str, result: ServiceResult) -> None:
@@ -607,8 +608,10 @@ class Store:
                  for f in result.findings],
             )
 
-    def _add_one(self, scan_id: str, result: ServiceResult, now: str) -> bool:
-        cur = self._conn.execute(_INSERT_OR_IGNORE, self._result_row(scan_id, result, now))
+    def _add_one(self, scan_id: str, result: ServiceResult, now: str,
+                 text: str | None = None) -> bool:
+        cur = self._conn.execute(_INSERT_OR_IGNORE,
+                                 self._result_row(scan_id, result, now, text))
         if cur.rowcount != 1:
             return False  # first write wins (resume idempotency)
         self._insert_findings(scan_id, result)
@@ -617,13 +620,14 @@ class Store:
         self._conn.execute(_REPLACE_DONE, (scan_id, result.host, result.port, result.state.value))
         return True
 
-    def _add_each(self, scan_id: str, results: Sequence[ServiceResult], now: str) -> list[bool]:
+    def _add_each(self, scan_id: str, results: Sequence[ServiceResult], now: str,
+                  texts: Sequence[str | None]) -> list[bool]:
         """`_add_one` for each result (whether it was new), in three statements when none of
         them is stored yet (a fresh scan); one by one, in order, when some are (a resume, a
         repeat)."""
         if len(results) < 2:
-            return [self._add_one(scan_id, r, now) for r in results]
-        rows = [self._result_row(scan_id, r, now) for r in results]
+            return [self._add_one(scan_id, r, now, t) for r, t in zip(results, texts, strict=True)]
+        rows = [self._result_row(scan_id, r, now, t) for r, t in zip(results, texts, strict=True)]
         self._conn.execute("SAVEPOINT store_many")
         before = self._conn.total_changes
         self._conn.executemany(_INSERT_OR_IGNORE, rows)
@@ -632,7 +636,8 @@ class Store:
             # path decide which write is first, as `add_result` would.
             self._conn.execute("ROLLBACK TO store_many")
             self._conn.execute("RELEASE store_many")
-            return [self._add_one(scan_id, r, now) for r in results]
+            return [self._add_one(scan_id, r, now, row[-1]) for r, row in zip(results, rows,
+                                                                              strict=True)]
         self._conn.executemany(_INSERT_FINDING, [
             (scan_id, r.host, r.port, f.id, f.severity.value, f.title)
             for r in results for f in r.findings
@@ -651,15 +656,20 @@ class Store:
             self._pending += 1
         return added
 
-    def add_results(self, scan_id: str, results: Iterable[ServiceResult]) -> int:
-        """Store many results (same rule as `add_result`); returns how many were new."""
-        return sum(self.add_results_each(scan_id, results))
+    def add_results(self, scan_id: str, results: Iterable[ServiceResult],
+                    texts: Sequence[str | None] | None = None) -> int:
+        """Store many results (same rule as `add_result`); returns how many were new.
+        `texts`, when given, has each result's `to_dict()` as `jsontext.dumps_compact` writes
+        it (computed already by the caller), or None, in order."""
+        return sum(self.add_results_each(scan_id, results, texts))
 
-    def add_results_each(self, scan_id: str, results: Iterable[ServiceResult]) -> list[bool]:
+    def add_results_each(self, scan_id: str, results: Iterable[ServiceResult],
+                         texts: Sequence[str | None] | None = None) -> list[bool]:
         """`add_results`, telling for each result whether it was new (stored)."""
         batch = list(results)
         with self._write("cannot store results", scan_id):
-            added = self._add_each(scan_id, batch, _now())
+            added = self._add_each(scan_id, batch, _now(),
+                                   texts if texts is not None else [None] * len(batch))
             self._pending += len(batch)
         return added
 
