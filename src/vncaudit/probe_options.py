@@ -9,6 +9,7 @@ level (the limits' defaults are `rfb`'s, the selection is `pump`'s, both looked 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,9 +32,10 @@ class ProbeOptions:
     tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
     client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
 
-    @property
+    @functools.cached_property
     def selection(self) -> Selection:
-        """What the probe may select: offered no-auth paths only, never a password."""
+        """What the probe may select: offered no-auth paths only, never a password (made
+        once per options: every probe asks)."""
         from vncaudit.pump import Selection
 
         return Selection(no_auth=self.read_server_init, tls=self.tls)
