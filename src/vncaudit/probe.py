@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import re
 import socket
@@ -32,7 +31,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from vncaudit import rfb
@@ -49,7 +47,7 @@ from vncaudit.models import (
 )
 from vncaudit.payloads import Extras, SuspectedHoneypot, TlsSession
 from vncaudit.probe_options import ProbeOptions as ProbeOptions
-from vncaudit.pump import ByteReader, ByteWriter, RfbPump, Selection, tls_session
+from vncaudit.pump import ByteReader, ByteWriter, RfbPump, tls_session
 from vncaudit.pump import tls_context as tls_context
 
 log = logging.getLogger(__name__)
