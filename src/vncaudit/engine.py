@@ -2,8 +2,9 @@
 
 Owns: the pipeline between a lazy target iterator and the caller. A discovery sweep
 (`vncaudit.discovery`: `connect` or `syn`) finds the pairs that answer, cheaply; only those go
-to the full RFB probe (`vncaudit.probe.probe`), whose deadline starts when its connection exists
-(connect mode hands over the connected socket: still one connection per port). Silent and
+to the full RFB probe (`vncaudit.probe.TcpProbe`, a protocol on the loop, no task of its own),
+whose deadline starts when its connection exists (connect mode hands over the connected
+socket: still one connection per port). Silent and
 refused pairs end as `filtered` / `closed` results straight from discovery, so every target
 still yields exactly one result. Also: the socket budget (`concurrency`, within RLIMIT_NOFILE),
 the probe slots, back-pressure from a slow consumer, progress counters, uvloop and the
@@ -36,7 +37,7 @@ from vncaudit import discovery
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, probe
+from vncaudit.probe import ProbeOptions, TcpProbe
 
 if TYPE_CHECKING:
     from vncaudit.budget import Decision, Gate
@@ -124,7 +125,8 @@ class _Pipeline:
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
-        self.probing: set[asyncio.Task[None]] = set()
+        # Probes in flight, and the post-probe steps after them (each holds a slot).
+        self.probing: set[TcpProbe | asyncio.Task[None]] = set()
         self.results: deque[ServiceResult | Marks] = deque()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
@@ -198,27 +200,46 @@ class _Pipeline:
     # -- probes ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self.waiting and len(self.probing) < self.slots:
-            target, sock = self.waiting.popleft()
-            task = asyncio.create_task(self._probe(target, sock))
-            self.probing.add(task)
-            task.add_done_callback(self._probe_done)
+        probing, waiting, options = self.probing, self.waiting, self.options.probe
+        while waiting and len(probing) < self.slots:
+            target, sock = waiting.popleft()
+            source = self.binds.pop((target.host, target.port), None) if self.binds else None
+            run = TcpProbe(target, options, self._probe_done)
+            probing.add(run)
+            run.start(sock, source)
 
-    async def _probe(self, target: Target, sock: socket.socket | None) -> None:
-        source = self.binds.pop((target.host, target.port), None) if self.binds else None
-        result = await probe(target, self.options.probe, sock=sock, source=source)
-        if self.options.post_probe is not None:
-            result = await self.options.post_probe(result)
-        self.finished(result)
+    def _probe_done(self, run: TcpProbe) -> None:
+        if run.failure is not None or self.options.post_probe is None:
+            self.probing.discard(run)
+            if run.failure is not None:
+                self.failure = self.failure or run.failure
+            else:
+                assert run.result is not None
+                self.finished(run.result)
+            self._next()
+            return
+        # The post-probe step holds the slot: it may open connections of its own.
+        task = asyncio.create_task(self._post_probe(run))
+        self.probing.add(task)
+        self.probing.discard(run)
+        task.add_done_callback(self._post_probe_done)
 
-    def _probe_done(self, task: asyncio.Task[None]) -> None:
+    async def _post_probe(self, run: TcpProbe) -> None:
+        assert run.result is not None and self.options.post_probe is not None
+        self.finished(await self.options.post_probe(run.result))
+
+    def _post_probe_done(self, task: asyncio.Task[None]) -> None:
         self.probing.discard(task)
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
-            self.ready.set()
+        self._next()
+
+    def _next(self) -> None:
+        """A slot is free: start the next probe, let the sweep go on, wake the consumer (it
+        may be waiting for the pipeline to go idle)."""
         self._dispatch()
         self._wake_sweep()
-        self.ready.set()  # the consumer may be waiting for the pipeline to go idle
+        self.ready.set()
 
     def _wake_sweep(self) -> None:
         if self.sweep is not None:
@@ -238,11 +259,14 @@ class _Pipeline:
         return not self.waiting and not self.probing and not self.unadmitted
 
     async def close(self) -> None:
-        for task in list(self.probing):
-            task.cancel()
-        for task in list(self.probing):
-            with contextlib.suppress(BaseException):
-                await task
+        running = list(self.probing)
+        for item in running:
+            item.cancel()
+        for item in running:
+            if isinstance(item, asyncio.Task):
+                with contextlib.suppress(BaseException):
+                    await item
+        self.probing.clear()
         while self.waiting:
             _, sock = self.waiting.popleft()
             if sock is not None:
