@@ -203,3 +203,23 @@ def test_payloads_that_differ_in_one_value_get_their_own_findings() -> None:
     sure = base.with_extra(active=ActiveChecks(desktop_kind=DesktopVerdict("desktop", 0.9)))
     unsure = base.with_extra(active=ActiveChecks(desktop_kind=DesktopVerdict("desktop", 0.8)))
     _both_ways(sure, unsure)
+
+
+def test_copied_is_dataclasses_replace() -> None:
+    from vncaudit.models import Finding, Product, Severity
+
+    for base in RECORDED:
+        assert base.rfb is not None
+        full = replace(base, product=Product("x", "1", 0.5, ("e",)), hostname="h.example",
+                       error="e", elapsed=1.25,
+                       findings=(Finding("f", Severity.HIGH, "t", ("ev",), "w", ("r",)),))
+        for changes in ({"product": None, "findings": ()}, {"host": "10.0.0.1"}):
+            got = M.copied(full, **changes)
+            assert got == replace(full, **changes) and got.to_dict() == replace(
+                full, **changes).to_dict() and type(got) is ServiceResult
+            assert hash(got) == hash(replace(full, **changes))
+        rfb = M.copied(base.rfb, desktop_name=M.DESKTOP_MARK)
+        assert rfb == replace(base.rfb, desktop_name=M.DESKTOP_MARK) and base.rfb.desktop_name \
+            != M.DESKTOP_MARK
+    with pytest.raises(TypeError):  # a field the type does not have: replace's own error
+        M.copied(RECORDED[0], nonsense=1)

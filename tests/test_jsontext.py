@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vncaudit.jsontext import dumps_compact, dumps_indented
+from vncaudit.jsontext import dumps_both, dumps_compact, dumps_indented
 
 _SCALARS = (
     st.none() | st.booleans() | st.text() | st.integers(min_value=-(2**80), max_value=2**80)
@@ -28,6 +28,7 @@ _VALUES = st.recursive(
 @given(_VALUES)
 def test_same_text_as_json_dumps(value: Any) -> None:
     assert dumps_indented(value) == json.dumps(value, indent=2)
+    expected: str | None = None
     try:
         expected = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except ValueError:
@@ -35,6 +36,8 @@ def test_same_text_as_json_dumps(value: Any) -> None:
             dumps_compact(value)
     else:
         assert dumps_compact(value) == expected
+    # Both at once: the same two texts, the compact one None where dumps_compact raises.
+    assert dumps_both(value) == (expected, json.dumps(value, indent=2))
 
 
 def test_hostile_strings_and_edge_values() -> None:
@@ -46,3 +49,6 @@ def test_hostile_strings_and_edge_values() -> None:
         assert dumps_indented(value) == json.dumps(value, indent=2)
         if value not in ([math.nan], [math.inf]):
             assert dumps_compact(value) == json.dumps(value, separators=(",", ":"))
+            assert dumps_both(value) == (dumps_compact(value), dumps_indented(value))
+        else:
+            assert dumps_both(value) == (None, json.dumps(value, indent=2))

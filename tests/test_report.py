@@ -26,6 +26,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libnmap.parser import NmapParser
 
 from vncaudit import report
@@ -658,3 +660,24 @@ def test_cli_html_from_the_store_later_still_embeds_the_screenshot(
     assert later.returncode == 0, later.stderr
     (uri,) = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', later.stdout)
     assert base64.b64decode(uri) == path.read_bytes()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(), st.integers(min_value=0, max_value=200))
+def test_display_text_is_escaped_and_cut_per_character(text: str, limit: int) -> None:
+    from vncaudit import display
+
+    def escaped(c: str) -> str:
+        return c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 \
+            else f"\\u{ord(c):04x}"
+
+    assert display.escape(text) == "".join(escaped(c) for c in text)
+    used, kept = 0, 0
+    for c in text:
+        if used + len(escaped(c)) > limit:
+            break
+        used += len(escaped(c))
+        kept += 1
+    head = "".join(escaped(c) for c in text[:kept])
+    left = len(text) - kept
+    assert display.shown(text, limit) == (head if not left else f"{head}… (+{left} characters)")

@@ -1045,3 +1045,18 @@ def test_a_new_database_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path: 
         assert store.get_scan(scan_id) is not None
     assert raw(old).execute("PRAGMA page_size").fetchone()[0] == 4096
     assert raw(old).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_row_text_made_by_the_caller_is_the_row_the_store_makes(store: Store, db: Path) -> None:
+    from vncaudit.jsontext import dumps_both
+
+    plain, given = new_scan(store), new_scan(store)
+    originals = [f("10.0.0.10", 5900 + n) for n, f in enumerate(REALISTIC)]
+    store.add_results(plain, originals)
+    texts = [dumps_both(r.to_dict())[0] for r in originals]
+    assert store.add_results(given, originals, [*texts[:-1], None]) == len(originals)
+    store.flush()
+    rows = {scan: raw(db).execute("SELECT host, port, result FROM results WHERE scan_id = ? "
+                                  "ORDER BY port", (scan,)).fetchall() for scan in (plain, given)}
+    assert rows[plain] == rows[given] and len(rows[plain]) == len(originals)
+    assert all(same(a, b) for a, b in zip(store.results(given), originals, strict=True))

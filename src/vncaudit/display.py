@@ -18,6 +18,8 @@ SHOWN_CHARS: Final = 160  # what a table cell or an evidence line shows of a ser
 def escape(text: str) -> str:
     """`text` with every character a terminal would act on (control and format characters:
     ANSI escapes, bidi overrides, line breaks) written as a visible escape (\\x1b, \\u202e)."""
+    if text.isprintable():  # the common case, checked in C: nothing to escape
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
                    else f"\\u{ord(c):04x}" for c in text)
 
@@ -25,6 +27,8 @@ def escape(text: str) -> str:
 def _cut(text: str, limit: int) -> tuple[str, int]:
     """The longest prefix of `text` whose escaped form fits `limit`, and how many characters
     were left out (never half an escape)."""
+    if len(text) <= limit and text.isprintable():  # every character is its own escape
+        return text, 0
     out: list[str] = []
     used = 0
     for i, c in enumerate(text):

@@ -2,8 +2,9 @@
 
 Owns: the pipeline between a lazy target iterator and the caller. A discovery sweep
 (`vncaudit.discovery`: `connect` or `syn`) finds the pairs that answer, cheaply; only those go
-to the full RFB probe (`vncaudit.probe.probe`), whose deadline starts when its connection exists
-(connect mode hands over the connected socket: still one connection per port). Silent and
+to the full RFB probe (`vncaudit.probe.TcpProbe`, a protocol on the loop, no task of its own),
+whose deadline starts when its connection exists (connect mode hands over the connected
+socket: still one connection per port). Silent and
 refused pairs end as `filtered` / `closed` results straight from discovery, so every target
 still yields exactly one result. Also: the socket budget (`concurrency`, within RLIMIT_NOFILE),
 the probe slots, back-pressure from a slow consumer, progress counters, uvloop and the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import socket
@@ -33,13 +35,15 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, probe
+from vncaudit.probe_options import ProbeOptions
 
 if TYPE_CHECKING:
     from vncaudit.budget import Decision, Gate
+    from vncaudit.models import ServiceResult
+    from vncaudit.probe import TcpProbe
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -100,6 +104,15 @@ class Progress:
             self.open += 1
 
 
+@functools.cache
+def tcp_probe() -> type[TcpProbe]:
+    """`probe.TcpProbe`, imported for the first pair that answers: the probe, the RFB parser
+    and the result types are not needed before the sweep's first packet."""
+    from vncaudit.probe import TcpProbe
+
+    return TcpProbe
+
+
 class _Pipeline:
     """The sink of a discovery sweep: starts a probe for each live pair (at most `slots` at
     once, the rest wait with their connection open and their deadline not yet started), and
@@ -125,7 +138,8 @@ class _Pipeline:
         self.slots = max(1, min(budget, options.probe_slots or DEFAULT_PROBE_SLOTS))
         self.progress = progress
         self.waiting: deque[tuple[Target, socket.socket | None]] = deque()
-        self.probing: set[asyncio.Task[None]] = set()
+        # Probes in flight, and the post-probe steps after them (each holds a slot).
+        self.probing: set[TcpProbe | asyncio.Task[None]] = set()
         self.results: deque[ServiceResult | Marks] = deque()
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
@@ -249,27 +263,46 @@ class _Pipeline:
             return
         if not self.unadmitted:
             self.held_since = None  # nothing held now: the next pair found starts a new wait
-        while self.waiting and len(self.probing) < self.slots:
-            target, sock = self.waiting.popleft()
-            task = asyncio.create_task(self._probe(target, sock))
-            self.probing.add(task)
-            task.add_done_callback(self._probe_done)
+        probing, waiting, options = self.probing, self.waiting, self.options.probe
+        while waiting and len(probing) < self.slots:
+            target, sock = waiting.popleft()
+            source = self.binds.pop((target.host, target.port), None) if self.binds else None
+            run = tcp_probe()(target, options, self._probe_done)
+            probing.add(run)
+            run.start(sock, source)
 
-    async def _probe(self, target: Target, sock: socket.socket | None) -> None:
-        source = self.binds.pop((target.host, target.port), None) if self.binds else None
-        result = await probe(target, self.options.probe, sock=sock, source=source)
-        if self.options.post_probe is not None:
-            result = await self.options.post_probe(result)
-        self.finished(result)
+    def _probe_done(self, run: TcpProbe) -> None:
+        if run.failure is not None or self.options.post_probe is None:
+            self.probing.discard(run)
+            if run.failure is not None:
+                self.failure = self.failure or run.failure
+            else:
+                assert run.result is not None
+                self.finished(run.result)
+            self._next()
+            return
+        # The post-probe step holds the slot: it may open connections of its own.
+        task = asyncio.create_task(self._post_probe(run))
+        self.probing.add(task)
+        self.probing.discard(run)
+        task.add_done_callback(self._post_probe_done)
 
-    def _probe_done(self, task: asyncio.Task[None]) -> None:
+    async def _post_probe(self, run: TcpProbe) -> None:
+        assert run.result is not None and self.options.post_probe is not None
+        self.finished(await self.options.post_probe(run.result))
+
+    def _post_probe_done(self, task: asyncio.Task[None]) -> None:
         self.probing.discard(task)
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
-            self.ready.set()
+        self._next()
+
+    def _next(self) -> None:
+        """A slot is free: start the next probe, let the sweep go on, wake the consumer (it
+        may be waiting for the pipeline to go idle)."""
         self._dispatch()
         self._wake_sweep()
-        self.ready.set()  # the consumer may be waiting for the pipeline to go idle
+        self.ready.set()
 
     def _wake_sweep(self) -> None:
         if self.sweep is not None:
@@ -291,11 +324,14 @@ class _Pipeline:
     async def close(self) -> None:
         if self.hold_timer is not None:
             self.hold_timer.cancel()
-        for task in list(self.probing):
-            task.cancel()
-        for task in list(self.probing):
-            with contextlib.suppress(BaseException):
-                await task
+        running = list(self.probing)
+        for item in running:
+            item.cancel()
+        for item in running:
+            if isinstance(item, asyncio.Task):
+                with contextlib.suppress(BaseException):
+                    await item
+        self.probing.clear()
         while self.waiting:
             _, sock = self.waiting.popleft()
             if sock is not None:

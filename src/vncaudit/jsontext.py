@@ -11,7 +11,8 @@ null). A value holding such a float, or anything but dicts, lists, tuples, str, 
 None and float, is written by the standard library itself, as are those orjson refuses (lone
 surrogates, integers wider than 64 bits, keys that are not strings).
 
-Owns: `dumps_indented`, `dumps_compact`. Must not: know any schema (any JSON-compatible value).
+Owns: `dumps_indented`, `dumps_compact`, `dumps_both`. Must not: know any schema (any
+JSON-compatible value).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 from functools import cache
 from typing import Any
 
-__all__ = ["dumps_compact", "dumps_indented"]
+__all__ = ["dumps_both", "dumps_compact", "dumps_indented"]
 
 _NOT_ASCII = re.compile(r"[^\n -~]")
 
@@ -61,6 +62,33 @@ def dumps_compact(obj: Any) -> str:
     if not text.isascii() or "\x7f" in text:
         text = _NOT_ASCII.sub(_escaped, text)
     return text
+
+
+def dumps_both(obj: Any) -> tuple[str | None, str]:
+    """(`dumps_compact(obj)`, `dumps_indented(obj)`), `obj` looked through once; the compact
+    text is None where `dumps_compact` would raise (NaN, an infinity, a type json refuses)."""
+    if not _plain(obj):
+        try:
+            compact: str | None = _COMPACT.encode(obj)
+        except (TypeError, ValueError):
+            compact = None
+        return compact, json.dumps(obj, indent=2)
+    import orjson
+
+    options = _options()
+    try:
+        compact = orjson.dumps(obj, option=options).decode("utf-8")
+        indented = orjson.dumps(obj, option=options | orjson.OPT_INDENT_2).decode("utf-8")
+    except TypeError:  # orjson.JSONEncodeError is one
+        try:
+            compact = _COMPACT.encode(obj)
+        except (TypeError, ValueError):
+            compact = None
+        return compact, json.dumps(obj, indent=2)
+    if not compact.isascii() or "\x7f" in compact:
+        compact = _NOT_ASCII.sub(_escaped, compact)
+        indented = _NOT_ASCII.sub(_escaped, indented)
+    return compact, indented
 
 
 @cache

@@ -2,9 +2,10 @@
 
 Owns: `RfbPump` (write what the client queued, read until it has an event, TLS when it asks for
 it, the bytes after ServerInit), the stream shapes it drives (`ByteReader`/`ByteWriter`: asyncio
-streams and `websocket.WebSocketStream`), `tls_context`, and `Selection`, the one place where a
-security type, a VeNCrypt sub-type and a Tight auth capability are chosen. The probe, the active
-checks and the probe through a WebSocket all talk RFB through it.
+streams and `websocket.WebSocketStream`), `tls_context` and `tls_session` (shared with the
+probe's own TCP protocol), and `Selection`, the one place where a security type, a VeNCrypt
+sub-type and a Tight auth capability are chosen. The active checks and the probe through a
+WebSocket talk RFB through it; the probe over TCP feeds the client from its own protocol.
 
 Must not: decide what an event means or when to stop (the probe's `Session` and the active
 checks do), parse RFB (that is `rfb`), open connections, or keep a clock: callers wrap it in
@@ -56,6 +57,19 @@ def tls_context(anonymous: bool) -> ssl.SSLContext:
     else:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
+
+
+def tls_session(ssl_object: Any, anonymous: bool) -> TlsSession | None:
+    """What a finished TLS handshake negotiated (None without an `ssl.SSLObject`)."""
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return TlsSession(
+        version=ssl_object.version(),
+        cipher=cipher[0] if cipher else None,
+        anonymous=anonymous,
+        certificate=bool(ssl_object.getpeercert(binary_form=True)),
+    )
 
 
 class RfbPump:
@@ -115,16 +129,7 @@ class RfbPump:
         stream. Raises ssl.SSLError/OSError (NotImplementedError where the stream cannot)."""
         await self.flush()
         await self.writer.start_tls(tls_context(anonymous))
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        session = None
-        if ssl_object is not None:
-            cipher = ssl_object.cipher()
-            session = TlsSession(
-                version=ssl_object.version(),
-                cipher=cipher[0] if cipher else None,
-                anonymous=anonymous,
-                certificate=bool(ssl_object.getpeercert(binary_form=True)),
-            )
+        session = tls_session(self.writer.get_extra_info("ssl_object"), anonymous)
         self.client.tls_established()
         return session
 

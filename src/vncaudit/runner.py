@@ -20,12 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import Mode
 from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.engine import run as run_loop
 from vncaudit.exceptions import UsageError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions
+from vncaudit.jsontext import dumps_both
+from vncaudit.probe_options import ProbeOptions
 from vncaudit.spec import ScanSpec
 from vncaudit.store import ScanRecord, Store, StoreError
 from vncaudit.store.writer import MAX_AGE, ResultWriter
@@ -34,15 +35,18 @@ if TYPE_CHECKING:
     from vncaudit.active import ActiveOptions
     from vncaudit.budget import Ledger
     from vncaudit.cluster import ClusterSpec, ShardedRun
+    from vncaudit.models import ServiceResult
+    from vncaudit.report.spool import JsonSpool
     from vncaudit.targets import TargetSpace
 
 __all__ = ["Grader", "OnResult", "PostProbe", "StoredScan", "read_wordlist"]
 
 log = logging.getLogger(__name__)
 
-PostProbe = Callable[[ServiceResult], Awaitable[ServiceResult]]
-Grader = Callable[[ServiceResult], ServiceResult]
-OnResult = Callable[[ServiceResult], None]
+# The result type by name: it is imported with the first result, not before the first packet.
+PostProbe = Callable[["ServiceResult"], Awaitable["ServiceResult"]]
+Grader = Callable[["ServiceResult"], "ServiceResult"]
+OnResult = Callable[["ServiceResult"], None]
 
 MAX_WORDLIST_LINE: Final = 4096  # a VNC password counts 8 bytes; a longer line is not one
 
@@ -173,6 +177,7 @@ class StoredScan:
         on_result: OnResult | None = None,
         progress: Progress | None = None,
         max_age: float = MAX_AGE,
+        spool: JsonSpool | None = None,
     ) -> ScanRecord:
         """Probe `targets` (default: `pending()`), grade each answer (`grade`, default
         `grader()`), hand it to `on_result`, write it; then mark the scan finished and return
@@ -184,7 +189,9 @@ class StoredScan:
         A verdict waits at most `max_age` seconds before it is written and committed, even
         when the results pause (a reader, the web page, sees it by then). Every connection
         goes through the connection ledger (`ledger()`), a denied pair's result being the
-        ledger's answer."""
+        ledger's answer. With `spool` (the -o json report built as the scan runs) every
+        result that is not closed or filtered goes there too, its JSON made once for the
+        report and the stored row."""
         from vncaudit.budget import ScanGate
 
         ledger = self.ledger()
@@ -210,7 +217,12 @@ class StoredScan:
                     result = grade(result)
                 if on_result is not None:
                     on_result(result)
-                writer.add(result)
+                if spool is not None and result.state not in SILENT_STATES:
+                    compact, indented = dumps_both(result.to_dict())
+                    spool.add(result, indented)
+                    writer.add(result, compact)
+                else:
+                    writer.add(result)
                 if timer[0] is None:
                     timer[0] = loop.call_later(max_age, written)
             writer.flush()
@@ -229,12 +241,17 @@ class StoredScan:
         on_result: OnResult | None = None,
         progress: Progress | None = None,
         cluster: ClusterSpec | None = None,
+        spool: JsonSpool | None = None,
     ) -> ScanRecord:
         """`run_async` in an event loop of its own (`engine.run`: uvloop, lean GC), or, with
         `cluster`, sharded over Dask (`vncaudit.cluster`; `sharded` says what it did). Raises
-        `ClusterError` when shards are left unfinished (the scan is then interrupted)."""
+        `ClusterError` when shards are left unfinished (the scan is then interrupted).
+        `spool`: see `run_async` (on a cluster, it gets each newly stored result)."""
         if cluster is None:
-            return run_loop(self.run_async(on_result=on_result, progress=progress))
+            return run_loop(self.run_async(on_result=on_result, progress=progress,
+                                           spool=spool))
+        if spool is not None:
+            on_result = _spooling(spool, on_result)
         from vncaudit import cluster as cluster_mod
 
         if self.space is None:
@@ -267,6 +284,15 @@ class StoredScan:
                 writer.flush()
         with contextlib.suppress(StoreError):
             self.store.finish_scan(self.scan_id, "interrupted")
+
+
+def _spooling(spool: JsonSpool, then: OnResult | None) -> OnResult:
+    def both(result: ServiceResult) -> None:
+        if result.state not in SILENT_STATES:
+            spool.add(result)
+        if then is not None:
+            then(result)
+    return both
 
 
 def _check_rights(spec: ScanSpec) -> None:

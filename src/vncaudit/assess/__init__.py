@@ -18,11 +18,10 @@ and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from vncaudit.assess.exposure import Exposure, exposure_of, shift
 from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
-from vncaudit.assess.memo import memoised
+from vncaudit.assess.memo import copied, memoised
 from vncaudit.assess.rules import RULES, Context, Offer, Rule, offers
 from vncaudit.assess.versions import VersionRange, match_versions, parse_range, parse_version
 from vncaudit.fingerprint import identify
@@ -113,4 +112,4 @@ def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceRe
     address (`exposure_of(result.host)`). Pure: no I/O beyond reading the data files once.
     """
     product = identify_product(result)
-    return replace(result, product=product, findings=evaluate(result, product, exposure))
+    return copied(result, product=product, findings=evaluate(result, product, exposure))

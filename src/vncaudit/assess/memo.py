@@ -10,7 +10,8 @@ whose own strings contain a mark (so a replacement only ever hits a stand-in), a
 that show the desktop mark in any other form than the two known ones (a rule changed: they are
 computed directly instead).
 
-Owns: `memoised`, `MEMO` and the marks. Must not: hold rules or grading knowledge (the caller
+Owns: `memoised`, `MEMO` and the marks, and `copied` (the copies grading makes of every
+service). Must not: hold rules or grading knowledge (the caller
 passes the computation), or change what a finding says: a memoised answer is the computed one.
 """
 
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import is_dataclass, replace
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from vncaudit import display
 from vncaudit.assess.exposure import Exposure
 from vncaudit.assess.knowledge import knowledge
 from vncaudit.models import Finding, Product, ServiceResult
 
-__all__ = ["DESKTOP_MARK", "HOST_MARK", "MEMO", "MEMO_SIZE", "Compute", "Memo", "memoised"]
+__all__ = ["DESKTOP_MARK", "HOST_MARK", "MEMO", "MEMO_SIZE", "Compute", "Memo", "Plan",
+           "copied", "memoised"]
 
 Compute = Callable[[ServiceResult, Product, Exposure, bool, str], tuple[Finding, ...]]
 """The plain computation: (result, product, exposure, exposure given, address for logs)."""
@@ -45,21 +47,44 @@ def memoised(result: ServiceResult, product: Product, chosen: Exposure, given: b
         desktop = rfb.desktop_name
         if _MARK_HEAD in desktop:
             return compute(result, product, chosen, given, result.host)
-        rfb = replace(rfb, desktop_name=DESKTOP_MARK)
+        rfb = copied(rfb, desktop_name=DESKTOP_MARK)
         product = _product_with_desktop(product, desktop, DESKTOP_MARK)
     extra = result.extra
     key = (rfb, result.state, result.port, result.error, product, chosen, given, extra)
-    found = MEMO.get(key, rules, knowledge())
-    if found is None:
+    plan = MEMO.get(key, rules, knowledge())
+    if plan is None:
         if _memo_unsafe((result.rfb, result.state, result.port, result.error, graded, extra)):
             return compute(result, graded, chosen, given, result.host)
         template = replace(result, host=HOST_MARK, rfb=rfb)
         found = compute(template, product, chosen, given, result.host)
         if desktop is not None and not _desktop_only_as_expected(found):
             return compute(result, graded, chosen, given, result.host)
-        MEMO.put(key, found)
-    return _filled(found, result.host, desktop)
+        plan = _plan(found)
+        MEMO.put(key, plan)
+    return _filled(plan, result.host, desktop)
 
+
+T = TypeVar("T")
+
+
+def copied(obj: T, **changes: Any) -> T:
+    """`dataclasses.replace(obj, **changes)` for the frozen result types (no `__slots__`, no
+    `__post_init__`: checked, else `replace` itself): the fields are copied as they are
+    instead of going through `__init__` again, several times faster. Grading copies every
+    service and its facts this way."""
+    kind = type(obj)
+    if kind not in _PLAIN_COPY:
+        _PLAIN_COPY[kind] = (is_dataclass(kind) and not hasattr(kind, "__slots__")
+                             and not hasattr(kind, "__post_init__"))
+    if not _PLAIN_COPY[kind] or not changes.keys() <= obj.__dict__.keys():
+        return replace(obj, **changes)  # type: ignore[type-var]
+    new = object.__new__(kind)
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+_PLAIN_COPY: dict[type, bool] = {}
 
 HOST_MARK: Final = "{vncaudit:host}"
 DESKTOP_MARK: Final = "{vncaudit:desktop}"
@@ -70,6 +95,8 @@ _DESKTOP_FORMS: Final = (display.quoted(DESKTOP_MARK), repr(DESKTOP_MARK))
 MEMO_SIZE: Final = 4096
 
 MemoKey = tuple[Any, ...]
+Plan = tuple[tuple[Finding, bool, bool], ...]
+"""A memo entry: each finding with whether it names the address, and the desktop name."""
 
 
 class Memo:
@@ -77,11 +104,11 @@ class Memo:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data: dict[MemoKey, tuple[Finding, ...]] = {}
+        self.data: dict[MemoKey, Plan] = {}
         self.lock = threading.Lock()  # the web UI grades from worker threads
         self.made_by: tuple[object, object] | None = None
 
-    def get(self, key: MemoKey, rules: object, kb: object) -> tuple[Finding, ...] | None:
+    def get(self, key: MemoKey, rules: object, kb: object) -> Plan | None:
         with self.lock:
             if self.made_by is None or self.made_by[0] is not rules or self.made_by[1] is not kb:
                 # Other rules or other knowledge (tests swap them): earlier answers are void.
@@ -92,7 +119,7 @@ class Memo:
                 self.data[key] = value
             return value
 
-    def put(self, key: MemoKey, value: tuple[Finding, ...]) -> None:
+    def put(self, key: MemoKey, value: Plan) -> None:
         with self.lock:
             self.data[key] = value
             if len(self.data) > self.size:
@@ -134,35 +161,41 @@ def _desktop_only_as_expected(findings: tuple[Finding, ...]) -> bool:
     return True
 
 
-def _filled(findings: tuple[Finding, ...], host: str, desktop: str | None) -> tuple[Finding, ...]:
+def _plan(findings: tuple[Finding, ...]) -> Plan:
+    """Each memoised finding with whether it names the address, and the desktop (the marks
+    never overlap, and an address holds no mark: filling one cannot add or remove the
+    other), worked out once per memo entry instead of once per service."""
+    def names(f: Finding, mark: str) -> bool:
+        return mark in f.title or mark in f.why or any(mark in e for e in f.evidence)
+
+    return tuple((f, names(f, HOST_MARK), names(f, DESKTOP_MARK)) for f in findings)
+
+
+def _filled(plan: Plan, host: str, desktop: str | None) -> tuple[Finding, ...]:
     """The memo's findings with the marks replaced: the address first, then the desktop name
-    (so a desktop name that looks like a mark is never replaced itself)."""
-    out = _with_host(findings, host)
-    if desktop is None:
-        return out
-    quoted, shown = display.quoted(desktop), repr(desktop)
+    (so a desktop name that looks like a mark is never replaced itself). A finding that names
+    neither is shared as it is (Finding is frozen)."""
+    forms: tuple[tuple[str, str], ...] = ()
+    if desktop is not None:
+        forms = ((_DESKTOP_FORMS[0], display.quoted(desktop)),
+                 (_DESKTOP_FORMS[1], repr(desktop)))
 
-    def fill(text: str) -> str:
-        if DESKTOP_MARK not in text:
-            return text
-        return text.replace(_DESKTOP_FORMS[0], quoted).replace(_DESKTOP_FORMS[1], shown)
+    def fill(text: str, with_host: bool, with_desktop: bool) -> str:
+        if with_host:
+            text = text.replace(HOST_MARK, host)
+        if with_desktop and DESKTOP_MARK in text:
+            for form, value in forms:
+                text = text.replace(form, value)
+        return text
 
-    return tuple(
-        f if not any(DESKTOP_MARK in t for t in (f.title, f.why, *f.evidence))
-        else replace(f, title=fill(f.title), why=fill(f.why),
-                     evidence=tuple(fill(e) for e in f.evidence))
-        for f in out
-    )
-
-
-def _with_host(findings: tuple[Finding, ...], host: str) -> tuple[Finding, ...]:
     out: list[Finding] = []
-    for f in findings:
-        if HOST_MARK in f.title or HOST_MARK in f.why or any(HOST_MARK in e for e in f.evidence):
+    for f, with_host, with_desktop in plan:
+        with_desktop = with_desktop and desktop is not None
+        if with_host or with_desktop:
             # Built directly: dataclasses.replace costs several times this, once per finding
             # of every service graded.
-            f = Finding(f.id, f.severity, f.title.replace(HOST_MARK, host),
-                        tuple(e.replace(HOST_MARK, host) for e in f.evidence),
-                        f.why.replace(HOST_MARK, host), f.remediation)
+            f = Finding(f.id, f.severity, fill(f.title, with_host, with_desktop),
+                        tuple(fill(e, with_host, with_desktop) for e in f.evidence),
+                        fill(f.why, with_host, with_desktop), f.remediation)
         out.append(f)
     return tuple(out)

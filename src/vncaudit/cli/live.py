@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vncaudit import report
+from vncaudit.basics import SILENT_STATES, Severity
 from vncaudit.engine import Progress
-from vncaudit.models import SILENT_STATES, ServiceResult, Severity
+
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
 
 if TYPE_CHECKING:
     from vncaudit.report.spool import JsonSpool, Tally
@@ -190,7 +193,7 @@ class LiveOutput:
                  spool: JsonSpool | None = None) -> None:
         self.include_all = include_all
         self.state = state
-        self.spool = spool  # -o json built as results come (the shown ones; not with --all)
+        self.spool = spool  # -o json built as results come (not with --all)
         self.lines = ResultLines(output_file, include_all) if output == "jsonl" else None
         self.status = (StatusLines(status_file, scan_id, state) if status_file is not None
                        else None)
@@ -199,13 +202,14 @@ class LiveOutput:
             self.status.start()
 
     def resumed(self, results: Iterable[ServiceResult]) -> None:
-        """What a resumed scan found before: streamed first, so the lines are the whole scan."""
+        """What a resumed scan found before: streamed (and spooled) first, so the lines and the
+        report are the whole scan. The run itself spools what it finds (`StoredScan.run`)."""
         for result in results:
+            if self.spool is not None and result.state not in SILENT_STATES:
+                self.spool.add(result)
             self.result(result)
 
     def result(self, result: ServiceResult) -> None:
-        if self.spool is not None and result.state not in SILENT_STATES:
-            self.spool.add(result)
         if self.lines is not None:
             self.lines.write(result)
             if self.include_all and result.state in SILENT_STATES:

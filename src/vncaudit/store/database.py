@@ -20,18 +20,22 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from vncaudit.diff import ScanDiff, diff_key, diff_scans, host_sort_key
+from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity, State
 from vncaudit.jsontext import dumps_compact
-from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.store.errors import StoreError, UnknownScanError
 from vncaudit.store.schema import SILENT_SQL, migrate
+
+if TYPE_CHECKING:
+    from vncaudit.diff import ScanDiff
+    from vncaudit.models import ServiceResult
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +131,25 @@ def _canonical_host(text: str) -> str:
 
 
 
+@cache
+def _diff_key() -> Callable[[ServiceResult], str]:
+    """`diff.diff_key`, imported with the first result stored: the diff and the result
+    types are not needed to open the store and start a scan."""
+    from vncaudit.diff import diff_key
+
+    return diff_key
+
+
 def _dumps(obj: Any) -> str:
     # ensure_ascii (as json writes it) keeps lone surrogates (surrogateescape'd server strings)
     # encodable as UTF-8; orjson writes the same text in a third of the time.
     return dumps_compact(obj)
+
+
+def _dumps_once(obj: Any) -> str:
+    """`_dumps`' text by the standard library's encoder, for a scan record's one-off values:
+    creating a scan does not wait for orjson's import (it comes with the first stored row)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 _INSERT_OR_IGNORE = (
@@ -409,8 +428,8 @@ class Store:
         seed, excludes, timeout, concurrency, …); it is returned verbatim by `get_scan`.
         """
         try:
-            options_json = _dumps(dict(options))
-            targets_json = _dumps([str(t) for t in targets])
+            options_json = _dumps_once(dict(options))
+            targets_json = _dumps_once([str(t) for t in targets])
         except (TypeError, ValueError) as exc:
             raise StoreError(f"scan options are not JSON-serialisable: {exc}") from exc
         now = _now()
@@ -582,7 +601,8 @@ class Store:
     # -- writes -------------------------------------------------------------------------------
 
     @staticmethod
-    def _result_row(scan_id: str, result: ServiceResult, now: str) -> tuple[Any, ...]:
+    def _result_row(scan_id: str, result: ServiceResult, now: str,
+                    text: str | None = None) -> tuple[Any, ...]:
         worst = result.worst_severity
         auth = result.rfb.auth_required if result.rfb is not None else None
         return (
@@ -594,9 +614,9 @@ class Store:
             result.product.name if result.product is not None else None,
             worst.value if worst is not None else None,
             worst.rank if worst is not None else None,
-            diff_key(result),
+            _diff_key()(result),
             now,
-            _dumps(result.to_dict()),
+            _dumps(result.to_dict()) if text is None else text,
         )
 
     def _insert_findings(self, scan_id: str, result: ServiceResult) -> None:
@@ -607,8 +627,10 @@ class Store:
                  for f in result.findings],
             )
 
-    def _add_one(self, scan_id: str, result: ServiceResult, now: str) -> bool:
-        cur = self._conn.execute(_INSERT_OR_IGNORE, self._result_row(scan_id, result, now))
+    def _add_one(self, scan_id: str, result: ServiceResult, now: str,
+                 text: str | None = None) -> bool:
+        cur = self._conn.execute(_INSERT_OR_IGNORE,
+                                 self._result_row(scan_id, result, now, text))
         if cur.rowcount != 1:
             return False  # first write wins (resume idempotency)
         self._insert_findings(scan_id, result)
@@ -617,13 +639,14 @@ class Store:
         self._conn.execute(_REPLACE_DONE, (scan_id, result.host, result.port, result.state.value))
         return True
 
-    def _add_each(self, scan_id: str, results: Sequence[ServiceResult], now: str) -> list[bool]:
+    def _add_each(self, scan_id: str, results: Sequence[ServiceResult], now: str,
+                  texts: Sequence[str | None]) -> list[bool]:
         """`_add_one` for each result (whether it was new), in three statements when none of
         them is stored yet (a fresh scan); one by one, in order, when some are (a resume, a
         repeat)."""
         if len(results) < 2:
-            return [self._add_one(scan_id, r, now) for r in results]
-        rows = [self._result_row(scan_id, r, now) for r in results]
+            return [self._add_one(scan_id, r, now, t) for r, t in zip(results, texts, strict=True)]
+        rows = [self._result_row(scan_id, r, now, t) for r, t in zip(results, texts, strict=True)]
         self._conn.execute("SAVEPOINT store_many")
         before = self._conn.total_changes
         self._conn.executemany(_INSERT_OR_IGNORE, rows)
@@ -632,7 +655,8 @@ class Store:
             # path decide which write is first, as `add_result` would.
             self._conn.execute("ROLLBACK TO store_many")
             self._conn.execute("RELEASE store_many")
-            return [self._add_one(scan_id, r, now) for r in results]
+            return [self._add_one(scan_id, r, now, row[-1]) for r, row in zip(results, rows,
+                                                                              strict=True)]
         self._conn.executemany(_INSERT_FINDING, [
             (scan_id, r.host, r.port, f.id, f.severity.value, f.title)
             for r in results for f in r.findings
@@ -651,15 +675,20 @@ class Store:
             self._pending += 1
         return added
 
-    def add_results(self, scan_id: str, results: Iterable[ServiceResult]) -> int:
-        """Store many results (same rule as `add_result`); returns how many were new."""
-        return sum(self.add_results_each(scan_id, results))
+    def add_results(self, scan_id: str, results: Iterable[ServiceResult],
+                    texts: Sequence[str | None] | None = None) -> int:
+        """Store many results (same rule as `add_result`); returns how many were new.
+        `texts`, when given, has each result's `to_dict()` as `jsontext.dumps_compact` writes
+        it (computed already by the caller), or None, in order."""
+        return sum(self.add_results_each(scan_id, results, texts))
 
-    def add_results_each(self, scan_id: str, results: Iterable[ServiceResult]) -> list[bool]:
+    def add_results_each(self, scan_id: str, results: Iterable[ServiceResult],
+                         texts: Sequence[str | None] | None = None) -> list[bool]:
         """`add_results`, telling for each result whether it was new (stored)."""
         batch = list(results)
         with self._write("cannot store results", scan_id):
-            added = self._add_each(scan_id, batch, _now())
+            added = self._add_each(scan_id, batch, _now(),
+                                   texts if texts is not None else [None] * len(batch))
             self._pending += len(batch)
         return added
 
@@ -789,6 +818,9 @@ class Store:
     def results(self, scan_id: str, include_closed: bool = False) -> list[ServiceResult]:
         """The scan's results sorted by address. By default only services (not closed or
         filtered); with `include_closed`, pairs only marked done come back as bare results."""
+        from vncaudit.diff import host_sort_key
+        from vncaudit.models import ServiceResult
+
         with self._lock, _mapped("cannot read results"):
             self._require_scan(scan_id)
             sql = "SELECT result FROM results WHERE scan_id = ?"
@@ -821,6 +853,8 @@ class Store:
         return {(str(h), int(p)): (str(k), int(i)) for h, p, k, i in rows}
 
     def _load(self, row_id: int) -> ServiceResult:
+        from vncaudit.models import ServiceResult
+
         with self._lock, _mapped("cannot read results"):
             (text,) = self._conn.execute(
                 "SELECT result FROM results WHERE id = ?", (row_id,)
@@ -841,6 +875,8 @@ class Store:
         Only services whose stored `diff_key` differs are decoded, so diffing two large,
         mostly equal scans costs little more than reading two columns.
         """
+        from vncaudit.diff import diff_scans
+
         before = self._service_keys(scan_a)
         after = self._service_keys(scan_b)
         done_a = self._done_states(scan_a)

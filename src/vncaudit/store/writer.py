@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
-from vncaudit.models import SILENT_STATES, ServiceResult, State
+from vncaudit.basics import SILENT_STATES, State
 from vncaudit.store.database import Store
 
 if TYPE_CHECKING:
     from vncaudit.discovery import Marks
+    from vncaudit.models import ServiceResult
 
 MAX_MARKS: Final = 1024  # silent pairs per write (three columns each: cheap)
 MAX_RESULTS: Final = 256  # full results per write (~3 KB of JSON each)
@@ -60,14 +61,18 @@ class ResultWriter:
         self._packed: list[Marks] = []
         self._packed_count = 0
         self._results: list[ServiceResult] = []
+        self._texts: list[str | None] = []  # each result's row JSON, when the caller had it
         self._since = time.monotonic()
 
-    def add(self, result: ServiceResult) -> None:
-        """Buffer one verdict; writes the batch when it is full or old."""
+    def add(self, result: ServiceResult, text: str | None = None) -> None:
+        """Buffer one verdict; writes the batch when it is full or old. `text`: the result's
+        `to_dict()` as `jsontext.dumps_compact` writes it, when the caller made it already
+        (`jsontext.dumps_both`, for the report as well)."""
         if result.state in SILENT_STATES:
             self._marks.append((result.host, result.port, result.state))
         else:
             self._results.append(result)
+            self._texts.append(text)
         if (len(self._marks) >= self.max_marks or len(self._results) >= self.max_results
                 or time.monotonic() - self._since >= self.max_age):
             self.flush()
@@ -93,6 +98,7 @@ class ResultWriter:
                 self._marks.append((result.host, result.port, result.state))
             else:
                 self._results.append(result)
+                self._texts.append(None)
         self.flush()
 
     @property
@@ -103,8 +109,8 @@ class ResultWriter:
     def flush(self, *, commit: bool = False) -> None:
         """Write what is buffered into the store's open batch (with `commit`, commit that
         batch too: for a pause in the results, so a reader sees them)."""
-        marks, results, packed = self._marks, self._results, self._packed
-        self._marks, self._results, self._packed = [], [], []
+        marks, results, packed, texts = self._marks, self._results, self._packed, self._texts
+        self._marks, self._results, self._packed, self._texts = [], [], [], []
         self._packed_count = 0
         self._since = time.monotonic()
         if self.on_stored is None:
@@ -112,19 +118,22 @@ class ResultWriter:
             for bulk in packed:  # never recorded before: the sweep skipped recorded pairs
                 self.stored += self.store.mark_done_packed(self.scan_id, bulk.state, bulk.keys)
             if results:
-                stored += self.store.add_results(self.scan_id, results)
+                stored += self.store.add_results(self.scan_id, results, texts)
             self.stored += stored
             self.repeated += len(marks) + len(results) - stored
         else:
-            self._flush_telling(marks, results)
+            self._flush_telling(marks, results, texts)
         if commit:
             self.store.flush()
 
     def _flush_telling(self, marks: list[tuple[str, int, State]],
-                       results: list[ServiceResult]) -> None:
+                       results: list[ServiceResult], texts: list[str | None]) -> None:
         assert self.on_stored is not None
+        from vncaudit.models import ServiceResult  # with the first batch, not at import
+
         new_marks = self.store.mark_done_each(self.scan_id, marks) if marks else []
-        new_results = self.store.add_results_each(self.scan_id, results) if results else []
+        new_results = (self.store.add_results_each(self.scan_id, results, texts) if results
+                       else [])
         for (host, port, state), new in zip(marks, new_marks, strict=True):
             self._count(ServiceResult(host, port, state), new)
         for result, new in zip(results, new_results, strict=True):
