@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import socket
@@ -34,13 +35,15 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, TcpProbe
+from vncaudit.probe_options import ProbeOptions
 
 if TYPE_CHECKING:
     from vncaudit.budget import Decision, Gate
+    from vncaudit.models import ServiceResult
+    from vncaudit.probe import TcpProbe
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -99,6 +102,15 @@ class Progress:
             self.vnc += 1
         if result.state not in SILENT_STATES:
             self.open += 1
+
+
+@functools.cache
+def tcp_probe() -> type[TcpProbe]:
+    """`probe.TcpProbe`, imported for the first pair that answers: the probe, the RFB parser
+    and the result types are not needed before the sweep's first packet."""
+    from vncaudit.probe import TcpProbe
+
+    return TcpProbe
 
 
 class _Pipeline:
@@ -204,7 +216,7 @@ class _Pipeline:
         while waiting and len(probing) < self.slots:
             target, sock = waiting.popleft()
             source = self.binds.pop((target.host, target.port), None) if self.binds else None
-            run = TcpProbe(target, options, self._probe_done)
+            run = tcp_probe()(target, options, self._probe_done)
             probing.add(run)
             run.start(sock, source)
 

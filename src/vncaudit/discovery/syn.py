@@ -47,6 +47,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from vncaudit.basics import State, Target
 from vncaudit.discovery import (
     NO_ANSWER,
     SYN_ERROR,
@@ -61,7 +62,6 @@ from vncaudit.discovery import (
 )
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
-from vncaudit.models import State, Target
 
 log = logging.getLogger(__name__)
 
