@@ -542,13 +542,12 @@ class TcpProbe(asyncio.Protocol):
         self._task = loop.create_task(self._connect(sock, source))
 
     def cancel(self) -> None:
-        """Stop at once: no result, no call; the connection is aborted."""
+        """Stop at once: no result, no call; the connection is closed."""
         if self._phase == _DONE:
             return
         self._phase = _DONE
         self._stop_timers()
-        if self._transport is not None:
-            self._transport.abort()
+        self._close()
 
     async def _connect(self, sock: socket.socket | None, source: str | None) -> None:
         session = self.session
@@ -745,20 +744,23 @@ class TcpProbe(asyncio.Protocol):
             self._task.cancel()
             self._task = None
 
-    def _finish(self) -> None:
-        """Close, build the result once, and hand it over."""
-        if self._phase == _DONE:
-            return
-        self._phase = _DONE
-        self._stop_timers()
-        loop = self._loop
+    def _close(self) -> None:
         transport = self._transport
         if transport is not None:
             transport.close()
             if self._tls or transport.get_write_buffer_size():
                 # A peer that does not read keeps our bytes (or TLS's close) queued: never
                 # wait more than 0.5 s for it.
-                loop.call_later(0.5, transport.abort)
+                self._loop.call_later(0.5, transport.abort)
+
+    def _finish(self) -> None:
+        """Close, build the result once, and hand it over."""
+        if self._phase == _DONE:
+            return
+        self._phase = _DONE
+        self._stop_timers()
+        self._close()
+        loop = self._loop
         if self.failure is None:
             try:
                 self.result = self.session.result(loop.time() - self._started)
