@@ -127,6 +127,7 @@ class _Pipeline:
         # syn mode: live pairs are admitted as they are found, a batch per turn of the loop.
         self.admit_found = False
         self.unadmitted: list[Target] = []
+        self.admit_scheduled = False
         # Denied pairs a half-open SYN still checks (connect mode with raw-socket rights): a
         # SYN-ACK is answered with the facts read last, not with a probe.
         self.denied: dict[tuple[str, int], Decision] = {}
@@ -144,6 +145,11 @@ class _Pipeline:
         self.failure: BaseException | None = None
         self.sweep: discovery.Sweep | None = None
         self.sweep_done = False  # the sweep (and the liveness check after it) has ended
+        # syn: probes of pairs found while the SYN sender still sends wait (see `_holding`).
+        self.hold_probes = False
+        self.hold_limit = options.discovery_options().timeout / 2
+        self.held_since: float | None = None  # loop time the waiting probes were first held
+        self.hold_timer: asyncio.TimerHandle | None = None
 
     # -- Sink --------------------------------------------------------------------------------
 
@@ -158,9 +164,10 @@ class _Pipeline:
                 self.finished(self.gate.answer(decision, "open"))
                 return
         if self.admit_found and sock is None and (target.host, target.port) not in self.binds:
-            if not self.unadmitted:
-                asyncio.get_running_loop().call_soon(self._admit_found)
             self.unadmitted.append(target)
+            if not self.admit_scheduled and not self._holding():
+                self.admit_scheduled = True
+                asyncio.get_running_loop().call_soon(self._admit_found)
             return
         if self.gate is not None:
             self.gate.started(target)
@@ -168,7 +175,9 @@ class _Pipeline:
         self._dispatch()
 
     def _admit_found(self) -> None:
-        """Ask the ledger about the pairs found live since the last turn of the loop, at once."""
+        """Ask the ledger about the pairs found live since the last turn of the loop (or held
+        while the SYNs went out), at once."""
+        self.admit_scheduled = False
         batch, self.unadmitted = self.unadmitted, []
         if not batch or self.gate is None:
             return
@@ -207,11 +216,53 @@ class _Pipeline:
     def room(self) -> int:
         if len(self.results) >= RESULT_BACKLOG or self.failure is not None:
             return 0
-        return self.budget - len(self.waiting) - len(self.probing)
+        return self.budget - len(self.waiting) - len(self.unadmitted) - len(self.probing)
 
     # -- probes ------------------------------------------------------------------------------
 
+    def sent_all(self) -> None:
+        """From the SYN sweep: every SYN is out; the probes held back may start."""
+        self.hold_probes = False
+        self._release()
+
+    def _holding(self) -> bool:
+        """Whether the live pairs found wait a little longer before they are admitted and
+        probed. While the SYN sender sends, the ledger's and the handshakes' CPU (on the event
+        loop's thread, holding the GIL) slows it down, and every pair still to be sent gets
+        its verdict one window after its SYN: a probe started after the last SYN still ends
+        within that window. So they wait until then, but never longer than half a window, and
+        never so many that the sender would run out of room (`room`)."""
+        sweep = self.sweep
+        if not self.hold_probes or sweep is None or not getattr(sweep, "sending", False):
+            return False
+        if len(self.waiting) + len(self.unadmitted) >= self.budget - self.budget // 8:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.held_since is None:
+            self.held_since = now
+        limit = self.held_since + self.hold_limit
+        if now >= limit:
+            return False
+        if self.hold_timer is None:
+            self.hold_timer = loop.call_at(limit, self._hold_over)
+        return True
+
+    def _hold_over(self) -> None:
+        self.hold_timer = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.unadmitted and not self.admit_scheduled:
+            self._admit_found()
+        else:
+            self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.waiting and self._holding():
+            return
+        if not self.unadmitted:
+            self.held_since = None  # nothing held now: the next pair found starts a new wait
         probing, waiting, options = self.probing, self.waiting, self.options.probe
         while waiting and len(probing) < self.slots:
             target, sock = waiting.popleft()
@@ -271,6 +322,8 @@ class _Pipeline:
         return not self.waiting and not self.probing and not self.unadmitted
 
     async def close(self) -> None:
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
         running = list(self.probing)
         for item in running:
             item.cancel()
@@ -382,6 +435,7 @@ def _make_sweep(targets: Iterable[Target], pipeline: _Pipeline,
             targets = _gated(targets, gate, pipeline)
     sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
+    pipeline.hold_probes = discovery_options.mode is Mode.SYN
     return sweep
 
 
