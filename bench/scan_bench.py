@@ -33,6 +33,7 @@ window for late replies needs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
@@ -73,6 +74,44 @@ def compiled_env() -> dict[str, str]:
 
 
 ENV: dict[str, str] = dict(os.environ)
+VENV_ROOT = Path(tempfile.gettempdir()) / "vncaudit-bench-venv"
+
+
+def installed_venv() -> Path:
+    """A virtual environment as the README installs vncaudit (pipx, or `python3 -m venv` and
+    `pip install .`): no system site-packages, so none of this interpreter's `.pth` files run
+    at start-up, only the venv's own; the dependencies at requirements.lock's versions; this
+    checkout installed into it (not editable), compiled by pip as any install is. Made once per
+    interpreter and lock (kept beside the compiled modules of `compiled_env`); the project
+    is installed again on every call, so the venv runs the code being measured."""
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    key = hashlib.sha256((sys.version + lock).encode()).hexdigest()[:12]
+    venv = Path(f"{VENV_ROOT}-{key}")
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        # The lock's versions as constraints (name==version; its hashes are for `make venv`).
+        pins = venv / "constraints.txt"
+        pins.write_text("".join(line.split(" ")[0] + "\n" for line in lock.splitlines()
+                                if "==" in line and not line.startswith((" ", "#"))))
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pins),
+                        "setuptools", "wheel"], env=env, check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pins),
+                        "--no-build-isolation", str(ROOT)], env=env, check=True)
+    else:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
+                        "--force-reinstall", "--no-build-isolation", str(ROOT)], env=env,
+                       check=True)
+    return venv
+
+
+def venv_env() -> dict[str, str]:
+    """The environment of the venv's rows: nothing pointing at this checkout or at a cache
+    of its own (the installed package and its compiled modules are the venv's)."""
+    return {k: v for k, v in ENV.items()
+            if k not in ("PYTHONPATH", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
 
 
 @dataclass
@@ -380,10 +419,14 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
     """Each tool aims at one silent address of its own; the target namespace's kernel stamps
     the first packet to it. Time = that stamp - the moment just before the tool is started
     (`ip netns exec` included, the same for every tool). vncaudit runs from compiled modules
-    (`compiled_env`), as an installed package does."""
+    (`compiled_env`), as an installed package does; the `venv …` rows run the console script
+    and the interpreter of `installed_venv()` (the README's install: no system
+    site-packages, so none of this interpreter's `.pth` files)."""
     tools = opts.tools.split(",") if opts.tools else [
         "python -S (one connect)", "python (one connect)", "vncaudit-connect", "vncaudit-syn",
+        "venv python (one connect)", "venv vncaudit-connect", "venv vncaudit-syn",
         "zmap", "nmap"]
+    venv = installed_venv() if any(t.startswith("venv ") for t in tools) else None
     runs: list[dict[str, Any]] = []
     with netns.netns_bed() as bed, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -398,6 +441,7 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
                     address += 1
                     target = f"198.18.{address // 250}.{address % 250 + 1}"
                     db = str(tmp / f"s{address}.db")
+                    installed = str(venv / "bin") if venv is not None else ""
                     cmd = {
                         "python -S (one connect)": [sys.executable, "-S", "-c", PY_ONE_SYN,
                                                     target],
@@ -407,6 +451,13 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         "vncaudit-syn": [sys.executable, "-m", "vncaudit", "scan", target,
                                          "-p", "5900", "--timeout", "0.3", "--retries", "0",
                                          "--discovery", "syn", "--db", db],
+                        "venv python (one connect)": [f"{installed}/python", "-c", PY_ONE_SYN,
+                                                      target],
+                        "venv vncaudit-connect": [f"{installed}/vncaudit", "scan", target, "-p",
+                                                  "5900", "--timeout", "0.3", "--db", db],
+                        "venv vncaudit-syn": [f"{installed}/vncaudit", "scan", target, "-p",
+                                              "5900", "--timeout", "0.3", "--retries", "0",
+                                              "--discovery", "syn", "--db", db],
                         "zmap": ["zmap", "-p", "5900", f"{target}/32", "-i", bed.veth_s, "-S",
                                  netns.SCN_ADDR, "-G", bed.gateway_mac(), "-c", "0", "-b",
                                  str(blocklist), "-q", "-o", "/dev/null"],
@@ -415,8 +466,9 @@ def startup_bench(opts: argparse.Namespace) -> dict[str, Any]:
                     }[tool]
                     load = loadavg()
                     started = time.time()
-                    subprocess.run(in_ns(bed, *cmd), env=env, capture_output=True,
-                                   timeout=120, check=False)
+                    subprocess.run(in_ns(bed, *cmd), capture_output=True, timeout=120,
+                                   env=venv_env() if tool.startswith("venv ") else env,
+                                   check=False)
                     runs.append({"tool": tool, "round": round_, "target": target,
                                  "started": started, "load": load})
         finally:

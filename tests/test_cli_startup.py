@@ -1,7 +1,9 @@
 """What `vncaudit scan` does before its first packet, kept short without changing anything a
-user sees: only the scan command's module is imported for a scan, the command table names
-every command, the help is the same however the app was loaded, and the plain option
-converters (vncaudit.cli.coercion) give typer's own values and error messages.
+user sees: only the scan command's module is imported for a scan, nothing that only an answer
+needs (the probe, the RFB parser, the result types, grading, the report) is imported before the
+first packet leaves, the command table names every command, the help is the same however the
+app was loaded, and the plain option converters (vncaudit.cli.coercion) give typer's own values
+and error messages.
 """
 
 from __future__ import annotations
@@ -53,6 +55,63 @@ def test_a_scan_imports_no_other_command_and_no_pydantic(tmp_path: Path) -> None
     for module in ("vncaudit.cli.local", "vncaudit.cli.serve", "vncaudit.cli.watch",
                    "vncaudit.cli.history", "vncaudit.harden", "vncaudit.web", "vncaudit.active",
                    "pydantic"):
+        assert module not in imported, module
+
+
+# What the first packet does not need: the probe and what it parses and builds (the RFB parser,
+# the result dataclasses and their payloads), grading, the diff, the report writers and rich.
+# They are imported while the sweep waits for answers.
+NOT_BEFORE_FIRST_PACKET = (
+    "vncaudit.models", "vncaudit.payloads", "vncaudit.rfb", "vncaudit.probe", "vncaudit.pump",
+    "vncaudit.assess", "vncaudit.fingerprint", "vncaudit.diff", "vncaudit.remedies",
+    "vncaudit.cli.output", "vncaudit.active", "vncaudit.websocket", "rich", "orjson",
+    "pydantic",
+)
+
+# Runs `vncaudit ARGS`; at the first TCP connect (connect discovery), or when the SYN sender
+# looks up sendmmsg (syn discovery: its first batch follows), writes the modules imported so far.
+_AT_FIRST_PACKET = """
+import contextlib, runpy, socket, sys
+seen = []
+def hook(event, args):
+    if seen or not (event == "ctypes.dlsym" or (event == "socket.connect"
+                                                and args[0].type == socket.SOCK_STREAM)):
+        return
+    seen.append(event)
+    sys.stderr.write("FIRST " + event + " MODULES " + " ".join(sorted(sys.modules)) + "\\n")
+sys.addaudithook(hook)
+sys.argv = ["vncaudit", *sys.argv[1:]]
+with contextlib.suppress(SystemExit):
+    runpy.run_module("vncaudit", run_name="__main__")
+"""
+
+
+def _modules_at_first_packet(tmp_path: Path, *options: str) -> set[str]:
+    out = _run("-c", _AT_FIRST_PACKET, "scan", "127.0.0.1", "-p", "1", "--timeout", "0.5",
+               "--db", str(tmp_path / "s.db"), *options)
+    assert "FIRST" in out.stderr, out.stderr
+    line = next(x for x in out.stderr.splitlines() if x.startswith("FIRST"))
+    return set(line.split(" MODULES ")[1].split())
+
+
+def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
+    """Connect discovery: the store, the connection ledger (it admits each pair before the
+    connect) and the sweep are there when the first connect leaves; nothing of the answer."""
+    imported = _modules_at_first_packet(tmp_path)
+    for needed in ("vncaudit.store", "vncaudit.budget", "vncaudit.discovery", "vncaudit.engine",
+                   "vncaudit.blacklists"):
+        assert needed in imported, needed
+    for module in (*NOT_BEFORE_FIRST_PACKET, "numpy"):
+        assert module not in imported, module
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SYN discovery needs raw sockets (root)")
+def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
+    """SYN discovery admits a pair in the ledger when it answers: its rules (the TOML) are not
+    read before the first SYN either."""
+    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0")
+    assert "vncaudit.discovery.syn" in imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib"):
         assert module not in imported, module
 
 

@@ -469,6 +469,39 @@ def test_netns_no_packet_to_anything_outside_the_targets(bed: tuple[Bed, list[st
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("timeout", [3.0, 0.6])
+def test_netns_syn_probes_wait_for_the_sender_at_most_half_a_window(
+        bed: tuple[Bed, list[str]], timeout: float, tmp_path: Path) -> None:
+    """The handshakes of pairs found while the SYNs still go out wait until the last SYN
+    (their CPU would slow the sender), but never longer than half a window after the pair
+    answered: seen at the target, each live pair's second SYN (the probe's connection) comes
+    after the sender's last SYN with a long window, within half a window with a short one."""
+    testbed, hosts = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    sniffer = Sniffer(testbed, tmp_path / "seen.json")
+    out = _cli(NET, "-p", "5900", "--timeout", str(timeout), "--retries", "0", "--discovery",
+               "syn", "--rate", "800", "-o", "json", "--db", str(tmp_path / "s.db"),
+               netns=testbed.scn)  # 1,024 SYNs: ~1.3 s of sending
+    seen = sniffer.stop()
+    assert out.returncode == 0, out.stderr
+    syns: dict[str, list[float]] = {}
+    for packet in seen:
+        if packet.flags == 0x02 and packet.dport == 5900:
+            syns.setdefault(packet.dst, []).append(packet.at)
+    last_sweep_syn = max(times[0] for times in syns.values())
+    live = {s["host"] for s in json.loads(out.stdout)["services"] if s["state"] == "vnc"}
+    assert live == {*hosts, FLAKY_HOST}
+    probes = {host: sorted(syns[host])[:2] for host in live}
+    assert all(len(times) == 2 for times in probes.values())
+    if timeout > 2:
+        assert all(probe >= last_sweep_syn for _, probe in probes.values())
+    else:
+        waits = [probe - found for found, probe in probes.values()]
+        assert max(waits) < timeout / 2 + 0.4, waits  # the loop's own latency on top
+        assert any(probe < last_sweep_syn for _, probe in probes.values())
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize("path", ["frames", "kernel"])
 def test_netns_syn_refused_packets_are_counted_and_sent_again(bed: tuple[Bed, list[str]],
                                                               path: str, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -124,3 +125,47 @@ def test_lean_gc_is_restored_nests_and_still_collects_cycles() -> None:
         assert ref() is None  # still collected
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_stopping_early_closes_the_probes_in_flight() -> None:
+    """A consumer that stops ends the scan: the handshakes still in flight are closed at once,
+    not left open until their deadlines."""
+
+    async def run() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        opened, closed = [0], [0]
+        all_closed = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            opened[0] += 1
+            writer.write(b"RFB 003.008\n")
+            try:
+                await reader.read()  # until the probe's side goes away
+            except ConnectionError:
+                pass
+            finally:
+                closed[0] += 1
+                if closed[0] == 3:
+                    all_closed.set()
+                writer.close()
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        targets = [Target("127.0.0.1", port) for _ in range(3)]
+        async with server:
+            results = iter_results(targets, ScanOptions(probe=ProbeOptions(timeout=10)))
+            waiting = asyncio.create_task(anext(results))
+            started = loop.time()
+            while opened[0] < 3 and loop.time() - started < 5:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # the probes have read the banner and answered it
+            stopped = loop.time()
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await asyncio.wait_for(all_closed.wait(), 5)
+            return opened[0], loop.time() - stopped
+
+    opened, seconds = asyncio.run(run())
+    assert opened == 3
+    assert seconds < 1.0

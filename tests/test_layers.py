@@ -23,12 +23,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vncaudit"
 
 # The data types every layer may use: results and their typed payloads, and the errors.
-DATA = ("models", "payloads", "exceptions")
+DATA = ("basics", "models", "payloads", "exceptions")
 
 # module (or package) -> what it may import of vncaudit besides its own package. The most
 # specific entry wins; a module without an entry falls under LIBRARY_DEFAULT.
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "models": ("payloads",),
+    "basics": (),
+    "models": ("basics", "payloads"),
     "payloads": (),
     "exceptions": (),
     "display": (),
@@ -48,14 +49,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "subdomains": ("exceptions",),
     "store": (*DATA, "diff", "jsontext"),
     "pump": (*DATA, "rfb"),
-    "probe": (*DATA, "rfb", "pump"),
+    "probe_options": ("pump", "rfb"),
+    "probe": (*DATA, "rfb", "pump", "probe_options"),
     "websocket": (*DATA, "rfb", "pump", "probe"),
     "blacklists": (*DATA, "fingerprint"),
     "budget": (*DATA, "fingerprint", "blacklists", "store"),
     "active": (*DATA, "rfb", "framebuffer", "vncauth", "pump", "desktop"),
     "active.transport": ("models", "pump"),
     "report": (*DATA, "desktop", "display", "remedies", "jsontext"),
-    "engine": (*DATA, "targets", "discovery", "probe", "budget", "assess"),
+    "engine": (*DATA, "targets", "discovery", "probe", "probe_options", "budget", "assess"),
     "spec": (*DATA, "targets", "discovery", "engine", "assess"),
     "cluster": (*DATA, "targets", "engine", "store", "budget", "assess"),
     "local": (*DATA, "rfb", "probe", "assess", "budget", "firewall"),
@@ -88,8 +90,9 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
 }
 
 # Modules that do no I/O: no sockets, TLS, event loop, processes, HTTP, mail or DNS.
-NO_IO = ("models", "exceptions", "rfb", "framebuffer", "fingerprint", "assess", "desktop",
-         "display", "tomlfile", "jsontext", "vncauth", "diff", "remedies", "report",
+NO_IO = ("basics", "models", "probe_options", "exceptions", "rfb", "framebuffer",
+         "fingerprint", "assess", "desktop", "display", "tomlfile", "jsontext", "vncauth",
+         "diff", "remedies", "report",
          "firewall._model", "firewall.iptables", "firewall.nft", "firewall.ufw", "web.policy",
          "targets.permutation")
 IO_MODULES = frozenset({"socket", "ssl", "asyncio", "select", "selectors", "subprocess", "http",

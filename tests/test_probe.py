@@ -425,3 +425,41 @@ def test_a_close_after_server_init_is_an_unanswered_update_with_a_note() -> None
     assert facts is not None and facts.update_answered is False
     assert any(n.startswith("connection closed after ServerInit") for n in facts.notes)
     assert run.seconds < 1.0  # the close ends the wait at once
+
+
+# -- cancelled ------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_probe_closes_its_connection_at_once() -> None:
+    """The engine cancels the probes in flight when its consumer stops: each connection must
+    close then, not linger until the probe's deadline."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        closed = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(banner(3, 8))
+            try:
+                await reader.read()  # until the probe's side goes away
+            except ConnectionError:
+                pass
+            finally:
+                closed.set()
+                writer.close()
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            task = asyncio.create_task(probe(Target("127.0.0.1", port),
+                                             ProbeOptions(timeout=10)))
+            await asyncio.sleep(0.3)
+            assert not task.done()
+            cancelled = loop.time()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(closed.wait(), 5)
+            return loop.time() - cancelled
+
+    assert asyncio.run(main()) < 1.0

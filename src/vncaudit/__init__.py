@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State, Target
-
 if TYPE_CHECKING:
     from vncaudit.engine import scan
+    from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State, Target
 
     __version__: str
 
@@ -27,13 +26,25 @@ __all__ = [
 ]
 
 
+_MODELS = frozenset({"Finding", "Product", "RfbFacts", "ServiceResult", "Severity", "State",
+                     "Target"})
+
+
 def __getattr__(name: str) -> Any:
-    # The engine (asyncio, the probe, discovery) is imported when `scan` is first used, not by
-    # every `import vncaudit`: the command line starts faster, and `local` never needs it.
+    # The engine (asyncio, the probe, discovery) is imported when `scan` is first used, and the
+    # result types when one is first named, not by every `import vncaudit`: every module of
+    # the package imports this one first, and a scan sends its first packet before it needs
+    # either (`vncaudit.basics`).
     if name == "scan":
         from vncaudit.engine import scan
 
         return scan
+    if name in _MODELS:
+        from vncaudit import models
+
+        value = getattr(models, name)
+        globals()[name] = value
+        return value
     if name == "__version__":
         # One source for the version: pyproject.toml, read back from the installed package's
         # metadata (`--version`, scan records, reports); looked up when first asked for.

@@ -12,14 +12,13 @@ product knowledge in code: every number and every source is in the data file.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from vncaudit.models import Product, ServiceResult
+if TYPE_CHECKING:
+    from vncaudit.models import Product, ServiceResult
 
 __all__ = ["COUNTS", "Rule", "RuleError", "Rules", "load", "rule_for", "shipped"]
 
@@ -168,6 +167,8 @@ def _rule(raw: Mapping[str, Any], index: int) -> Rule:
 
 def load(text: str) -> Rules:
     """Parse a blacklists file; `RuleError` names what is wrong."""
+    import tomllib  # with the first rules read, not with every import of the ledger
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -193,6 +194,8 @@ def load(text: str) -> Rules:
 @cache
 def shipped() -> Rules:
     """The rules of data/blacklists.toml, read once."""
+    from importlib import resources
+
     return load(resources.files("vncaudit").joinpath("data/blacklists.toml").read_text("utf-8"))
 
 

@@ -13,9 +13,10 @@ import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from vncaudit.models import ServiceResult
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
 
 __all__ = ["Change", "ScanDiff", "ServiceDiff", "address", "compare_results", "diff_key",
            "diff_scans", "host_sort_key", "summary"]

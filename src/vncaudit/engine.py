@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import socket
@@ -34,13 +35,15 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vncaudit import discovery
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import DiscoveryOptions, Marks, Mode, raise_fd_limit
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions, TcpProbe
+from vncaudit.probe_options import ProbeOptions
 
 if TYPE_CHECKING:
     from vncaudit.budget import Decision, Gate
+    from vncaudit.models import ServiceResult
+    from vncaudit.probe import TcpProbe
 
 __all__ = ["DEFAULT_CONCURRENCY", "Progress", "ScanOptions", "iter_results", "lean_gc",
            "raise_fd_limit", "run", "scan", "scan_async"]
@@ -101,6 +104,15 @@ class Progress:
             self.open += 1
 
 
+@functools.cache
+def tcp_probe() -> type[TcpProbe]:
+    """`probe.TcpProbe`, imported for the first pair that answers: the probe, the RFB parser
+    and the result types are not needed before the sweep's first packet."""
+    from vncaudit.probe import TcpProbe
+
+    return TcpProbe
+
+
 class _Pipeline:
     """The sink of a discovery sweep: starts a probe for each live pair (at most `slots` at
     once, the rest wait with their connection open and their deadline not yet started), and
@@ -115,6 +127,7 @@ class _Pipeline:
         # syn mode: live pairs are admitted as they are found, a batch per turn of the loop.
         self.admit_found = False
         self.unadmitted: list[Target] = []
+        self.admit_scheduled = False
         # Denied pairs a half-open SYN still checks (connect mode with raw-socket rights): a
         # SYN-ACK is answered with the facts read last, not with a probe.
         self.denied: dict[tuple[str, int], Decision] = {}
@@ -132,6 +145,11 @@ class _Pipeline:
         self.failure: BaseException | None = None
         self.sweep: discovery.Sweep | None = None
         self.sweep_done = False  # the sweep (and the liveness check after it) has ended
+        # syn: probes of pairs found while the SYN sender still sends wait (see `_holding`).
+        self.hold_probes = False
+        self.hold_limit = options.discovery_options().timeout / 2
+        self.held_since: float | None = None  # loop time the waiting probes were first held
+        self.hold_timer: asyncio.TimerHandle | None = None
 
     # -- Sink --------------------------------------------------------------------------------
 
@@ -146,9 +164,10 @@ class _Pipeline:
                 self.finished(self.gate.answer(decision, "open"))
                 return
         if self.admit_found and sock is None and (target.host, target.port) not in self.binds:
-            if not self.unadmitted:
-                asyncio.get_running_loop().call_soon(self._admit_found)
             self.unadmitted.append(target)
+            if not self.admit_scheduled and not self._holding():
+                self.admit_scheduled = True
+                asyncio.get_running_loop().call_soon(self._admit_found)
             return
         if self.gate is not None:
             self.gate.started(target)
@@ -156,7 +175,9 @@ class _Pipeline:
         self._dispatch()
 
     def _admit_found(self) -> None:
-        """Ask the ledger about the pairs found live since the last turn of the loop, at once."""
+        """Ask the ledger about the pairs found live since the last turn of the loop (or held
+        while the SYNs went out), at once."""
+        self.admit_scheduled = False
         batch, self.unadmitted = self.unadmitted, []
         if not batch or self.gate is None:
             return
@@ -195,16 +216,58 @@ class _Pipeline:
     def room(self) -> int:
         if len(self.results) >= RESULT_BACKLOG or self.failure is not None:
             return 0
-        return self.budget - len(self.waiting) - len(self.probing)
+        return self.budget - len(self.waiting) - len(self.unadmitted) - len(self.probing)
 
     # -- probes ------------------------------------------------------------------------------
 
+    def sent_all(self) -> None:
+        """From the SYN sweep: every SYN is out; the probes held back may start."""
+        self.hold_probes = False
+        self._release()
+
+    def _holding(self) -> bool:
+        """Whether the live pairs found wait a little longer before they are admitted and
+        probed. While the SYN sender sends, the ledger's and the handshakes' CPU (on the event
+        loop's thread, holding the GIL) slows it down, and every pair still to be sent gets
+        its verdict one window after its SYN: a probe started after the last SYN still ends
+        within that window. So they wait until then, but never longer than half a window, and
+        never so many that the sender would run out of room (`room`)."""
+        sweep = self.sweep
+        if not self.hold_probes or sweep is None or not getattr(sweep, "sending", False):
+            return False
+        if len(self.waiting) + len(self.unadmitted) >= self.budget - self.budget // 8:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.held_since is None:
+            self.held_since = now
+        limit = self.held_since + self.hold_limit
+        if now >= limit:
+            return False
+        if self.hold_timer is None:
+            self.hold_timer = loop.call_at(limit, self._hold_over)
+        return True
+
+    def _hold_over(self) -> None:
+        self.hold_timer = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.unadmitted and not self.admit_scheduled:
+            self._admit_found()
+        else:
+            self._dispatch()
+
     def _dispatch(self) -> None:
+        if self.waiting and self._holding():
+            return
+        if not self.unadmitted:
+            self.held_since = None  # nothing held now: the next pair found starts a new wait
         probing, waiting, options = self.probing, self.waiting, self.options.probe
         while waiting and len(probing) < self.slots:
             target, sock = waiting.popleft()
             source = self.binds.pop((target.host, target.port), None) if self.binds else None
-            run = TcpProbe(target, options, self._probe_done)
+            run = tcp_probe()(target, options, self._probe_done)
             probing.add(run)
             run.start(sock, source)
 
@@ -259,6 +322,8 @@ class _Pipeline:
         return not self.waiting and not self.probing and not self.unadmitted
 
     async def close(self) -> None:
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
         running = list(self.probing)
         for item in running:
             item.cancel()
@@ -370,6 +435,7 @@ def _make_sweep(targets: Iterable[Target], pipeline: _Pipeline,
             targets = _gated(targets, gate, pipeline)
     sweep = discovery.make_sweep(targets, pipeline, discovery_options)
     pipeline.sweep = sweep
+    pipeline.hold_probes = discovery_options.mode is Mode.SYN
     return sweep
 
 

@@ -2,71 +2,24 @@
 
 Owns: the frozen dataclasses and enums that flow through the pipeline, and their conversion to
 and from the result schema v1 (docs/design.md §7). The payloads of `ServiceResult.extra` are
-`payloads`'. Must not: do I/O, import anything of the package but `payloads`, or hold protocol
-logic (that is `rfb`) or grading knowledge (that is `assess`).
+`payloads`'; `Target`, `State`, `SILENT_STATES`, `Severity` and `SCHEMA_VERSION` are defined in
+`basics` (what a scan needs before its first packet) and re-exported here. Must not: do I/O,
+import anything of the package but `basics` and `payloads`, or hold protocol logic (that is
+`rfb`) or grading knowledge (that is `assess`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
+# The plain types the sweep needs are `basics`' (the same objects, re-exported here).
+from vncaudit.basics import SCHEMA_VERSION as SCHEMA_VERSION
+from vncaudit.basics import SILENT_STATES as SILENT_STATES
+from vncaudit.basics import Severity as Severity
+from vncaudit.basics import State as State
+from vncaudit.basics import Target as Target
 from vncaudit.payloads import Extras
-
-SCHEMA_VERSION = 1
-
-
-class State(StrEnum):
-    """What one (host, port) turned out to be. A closed set, like zgrab2's statuses."""
-
-    VNC = "vnc"
-    BLACKLISTED = "blacklisted"  # an RFB server that refused us with a lockout reason
-    OPEN_NOT_VNC = "open-not-vnc"  # connected, spoke first, but not RFB
-    TARPIT = "tarpit"  # connected, never sent a banner before the deadline
-    MALFORMED = "malformed"  # started like RFB, then broke the protocol
-    FILTERED = "filtered"  # no answer to the connection attempt
-    CLOSED = "closed"  # actively refused (RST)
-    # Not connected to: the connection ledger kept the connection that would make the server
-    # refuse our address, and nothing was read from it before (extra.budget says why, and
-    # whether a half-open SYN found the port open).
-    NOT_PROBED = "not-probed"
-
-
-SILENT_STATES: frozenset[State] = frozenset({State.CLOSED, State.FILTERED})
-"""Nothing answered but the TCP stack (refused, or no answer at all): no facts to grade, not
-a "service". Reports leave these out by default, and the store keeps only their verdict."""
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        """Larger is worse; used for --fail-on and sorting."""
-        return _SEVERITY_RANK[self]
-
-
-_SEVERITY_RANK = {
-    Severity.INFO: 0,
-    Severity.LOW: 1,
-    Severity.MEDIUM: 2,
-    Severity.HIGH: 3,
-    Severity.CRITICAL: 4,
-}
-
-
-@dataclass(frozen=True)
-class Target:
-    """One address and port to probe. `hostname` is kept when the user gave a name."""
-
-    host: str
-    port: int
-    hostname: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import re
 import socket
@@ -32,7 +31,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from vncaudit import rfb
@@ -48,30 +46,11 @@ from vncaudit.models import (
     VeNCryptInfo,
 )
 from vncaudit.payloads import Extras, SuspectedHoneypot, TlsSession
-from vncaudit.pump import ByteReader, ByteWriter, RfbPump, Selection, tls_session
+from vncaudit.probe_options import ProbeOptions as ProbeOptions
+from vncaudit.pump import ByteReader, ByteWriter, RfbPump, tls_session
 from vncaudit.pump import tls_context as tls_context
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How to probe. `timeout` is the one deadline for the whole probe, connect included."""
-
-    timeout: float = 5.0
-    limits: rfb.Limits = field(default_factory=rfb.Limits)
-    transcript_limit: int = 4096
-    read_server_init: bool = True  # select an offered no-auth type, read SecurityResult+ServerInit
-    # After a ServerInit with no SecurityResult "ok" before it, how long to wait for the answer
-    # to one FramebufferUpdateRequest (within `timeout`); 0: do not ask.
-    update_wait: float = 2.0
-    tls: bool = True  # do the TLS step of type 18 and VeNCrypt TLSNone/X509None
-    client_version: tuple[int, int] | None = None  # override the answer (tests, quirk checks)
-
-    @functools.cached_property
-    def selection(self) -> Selection:
-        """What the probe may select: offered no-auth paths only, never a password."""
-        return Selection(no_auth=self.read_server_init, tls=self.tls)
 
 
 # First bytes of protocols that speak first and are commonly found on VNC ports or scanned by
@@ -563,13 +542,12 @@ class TcpProbe(asyncio.Protocol):
         self._task = loop.create_task(self._connect(sock, source))
 
     def cancel(self) -> None:
-        """Stop at once: no result, no call; the connection is aborted."""
+        """Stop at once: no result, no call; the connection is closed."""
         if self._phase == _DONE:
             return
         self._phase = _DONE
         self._stop_timers()
-        if self._transport is not None:
-            self._transport.abort()
+        self._close()
 
     async def _connect(self, sock: socket.socket | None, source: str | None) -> None:
         session = self.session
@@ -766,20 +744,23 @@ class TcpProbe(asyncio.Protocol):
             self._task.cancel()
             self._task = None
 
-    def _finish(self) -> None:
-        """Close, build the result once, and hand it over."""
-        if self._phase == _DONE:
-            return
-        self._phase = _DONE
-        self._stop_timers()
-        loop = self._loop
+    def _close(self) -> None:
         transport = self._transport
         if transport is not None:
             transport.close()
             if self._tls or transport.get_write_buffer_size():
                 # A peer that does not read keeps our bytes (or TLS's close) queued: never
                 # wait more than 0.5 s for it.
-                loop.call_later(0.5, transport.abort)
+                self._loop.call_later(0.5, transport.abort)
+
+    def _finish(self) -> None:
+        """Close, build the result once, and hand it over."""
+        if self._phase == _DONE:
+            return
+        self._phase = _DONE
+        self._stop_timers()
+        self._close()
+        loop = self._loop
         if self.failure is None:
             try:
                 self.result = self.session.result(loop.time() - self._started)

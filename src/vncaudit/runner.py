@@ -20,13 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.discovery import Mode
 from vncaudit.engine import Progress, ScanOptions, iter_results
 from vncaudit.engine import run as run_loop
 from vncaudit.exceptions import UsageError
 from vncaudit.jsontext import dumps_both
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.probe import ProbeOptions
+from vncaudit.probe_options import ProbeOptions
 from vncaudit.spec import ScanSpec
 from vncaudit.store import ScanRecord, Store, StoreError
 from vncaudit.store.writer import MAX_AGE, ResultWriter
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from vncaudit.active import ActiveOptions
     from vncaudit.budget import Ledger
     from vncaudit.cluster import ClusterSpec, ShardedRun
+    from vncaudit.models import ServiceResult
     from vncaudit.report.spool import JsonSpool
     from vncaudit.targets import TargetSpace
 
@@ -42,9 +43,10 @@ __all__ = ["Grader", "OnResult", "PostProbe", "StoredScan", "read_wordlist"]
 
 log = logging.getLogger(__name__)
 
-PostProbe = Callable[[ServiceResult], Awaitable[ServiceResult]]
-Grader = Callable[[ServiceResult], ServiceResult]
-OnResult = Callable[[ServiceResult], None]
+# The result type by name: it is imported with the first result, not before the first packet.
+PostProbe = Callable[["ServiceResult"], Awaitable["ServiceResult"]]
+Grader = Callable[["ServiceResult"], "ServiceResult"]
+OnResult = Callable[["ServiceResult"], None]
 
 MAX_WORDLIST_LINE: Final = 4096  # a VNC password counts 8 bytes; a longer line is not one
 

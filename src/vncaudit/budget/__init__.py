@@ -16,6 +16,8 @@ Must not: open connections or speak RFB (the engine and the probe do, after aski
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed
 from vncaudit.budget.gate import (
     GATE_BATCH,
@@ -26,7 +28,6 @@ from vncaudit.budget.gate import (
     grant_note,
 )
 from vncaudit.budget.ledger import (
-    BudgetNote,
     Decision,
     LastRead,
     Ledger,
@@ -35,6 +36,9 @@ from vncaudit.budget.ledger import (
     table_note,
 )
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
+
+if TYPE_CHECKING:
+    from vncaudit.payloads import BudgetNote
 
 __all__ = [
     "ALTERNATE_LOOPBACK",
@@ -57,3 +61,14 @@ __all__ = [
     "summary_note",
     "table_note",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `BudgetNote` is `vncaudit.payloads`' (a result's payload), looked up when first named:
+    # the ledger admits a scan's targets before any result type is needed.
+    if name == "BudgetNote":
+        from vncaudit.payloads import BudgetNote
+
+        globals()[name] = BudgetNote
+        return BudgetNote
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,12 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.blacklists import shipped as shipped_rules
-from vncaudit.budget.ledger import Admission, BudgetNote, Decision, Key, Ledger
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.payloads import Extras
+from vncaudit.budget.ledger import Admission, Decision, Key, Ledger
+
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
+    from vncaudit.payloads import BudgetNote
 
 __all__ = ["GATE_BATCH", "PENDING", "RECORD_BATCH", "RECORD_INTERVAL", "Gate", "ScanGate",
            "ShippedDecisions", "ShippedGate", "grant_note"]
@@ -91,6 +94,9 @@ class ShippedGate:
         return result
 
     def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
+        from vncaudit.models import ServiceResult
+        from vncaudit.payloads import BudgetNote, Extras
+
         target = decision.target
         note = BudgetNote(False, PENDING, "", "", 0, 0, liveness=liveness)
         return ServiceResult(target.host, target.port, State.TARPIT, hostname=target.hostname,
@@ -231,6 +237,8 @@ def grant_note(decision: Decision) -> BudgetNote | None:
                f"before it starts refusing the address; later runs {later}")
     else:
         return None
+    from vncaudit.payloads import BudgetNote
+
     nxt = None
     if rule.limits_probes and spent >= rule.free:
         nxt = rule.block_after(spent - rule.free)

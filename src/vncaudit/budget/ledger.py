@@ -27,8 +27,9 @@ import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from vncaudit.basics import SILENT_STATES, State, Target
 from vncaudit.blacklists import Rule, Rules, candidates_of, handshake_key, rule_for, shipped
 from vncaudit.budget.clock import (
     Clock,
@@ -40,9 +41,11 @@ from vncaudit.budget.clock import (
 )
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 from vncaudit.exceptions import VncAuditError
-from vncaudit.models import SILENT_STATES, ServiceResult, State, Target
-from vncaudit.payloads import BudgetNote as BudgetNote
 from vncaudit.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
+    from vncaudit.payloads import BudgetNote
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +328,7 @@ class Ledger:
     ) -> None:
         self.store = store
         self.risk_lockout = risk_lockout
-        self.rules = rules or shipped()
+        self._rules = rules  # None: the shipped rules, read when first needed
         self.clock = clock or Clock()
         self.sources = sources or SourceResolver()
         self.alternates = tuple(alternates)
@@ -336,6 +339,15 @@ class Ledger:
         self._clock_checked = False
         self._rules_seen: dict[Any, tuple[Rule, str]] = {}
         self.closed = False
+
+    @property
+    def rules(self) -> Rules:
+        """The blacklist rules this ledger decides by (data/blacklists.toml unless given):
+        read with the first decision, so a SYN scan, which admits only the pairs that answer,
+        does not parse them before its first packet."""
+        if self._rules is None:
+            self._rules = shipped()
+        return self._rules
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -375,6 +387,8 @@ class Ledger:
             ).fetchone()
             text = found[0] if found else None
         if text is not None:
+            from vncaudit.models import ServiceResult
+
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 result = ServiceResult.from_dict(json.loads(text))
         # The boot clock of the read is the row's last one only when nothing came after it.
@@ -783,6 +797,9 @@ class Ledger:
     def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
         """What a pair that was not probed reports: the facts read last (with their age) or,
         without any, only what is known (`liveness`: "open" from a half-open SYN), and why."""
+        from vncaudit.models import ServiceResult
+        from vncaudit.payloads import BudgetNote
+
         target = decision.target
         last = decision.last
         now = self.clock.now()

@@ -159,6 +159,19 @@ class _Stderr:
 
 
 err: Console = cast("Console", _Stderr())
+
+
+def stderr_is_terminal() -> bool:
+    """`err.is_terminal`, without making the console (and importing rich, which a scan that
+    draws nothing never needs) when rich's answer is plainly no: stderr is not a terminal and
+    neither TTY_COMPATIBLE=1 nor FORCE_COLOR says to treat it as one (rich's own rules)."""
+    if os.environ.get("TTY_COMPATIBLE") != "1" and os.environ.get("FORCE_COLOR") is None:
+        try:
+            if not sys.stderr.isatty():
+                return False
+        except ValueError:  # closed
+            return False
+    return err.is_terminal
 log = logging.getLogger("vncaudit")
 
 

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vncaudit import report
+from vncaudit.basics import SILENT_STATES, Severity
 from vncaudit.engine import Progress
-from vncaudit.models import SILENT_STATES, ServiceResult, Severity
+
+if TYPE_CHECKING:
+    from vncaudit.models import ServiceResult
 
 if TYPE_CHECKING:
     from vncaudit.report.spool import JsonSpool, Tally

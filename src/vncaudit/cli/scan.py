@@ -17,6 +17,7 @@ import typer
 from typer._click.core import ParameterSource  # typer vendors click (0.29+)
 
 from vncaudit import __version__
+from vncaudit.basics import Severity
 from vncaudit.cli.common import (
     OUTPUTS,
     AllOpt,
@@ -38,6 +39,7 @@ from vncaudit.cli.common import (
     known_password,
     open_store,
     setup_logging,
+    stderr_is_terminal,
 )
 from vncaudit.cli.live import LiveOutput, StreamWriteError, check_status_file
 from vncaudit.cli.program import app
@@ -47,13 +49,13 @@ from vncaudit.discovery import Mode
 from vncaudit.engine import DEFAULT_CONCURRENCY
 from vncaudit.engine import Progress as EngineProgress
 from vncaudit.exceptions import NetworkError, UsageError, VncAuditError
-from vncaudit.models import ServiceResult, Severity
 from vncaudit.runner import StoredScan, read_wordlist
 from vncaudit.spec import DEFAULT_PORTS, ActiveSpec, ScanSpec
 from vncaudit.store import Store, StoreError, UnknownScanError
 
 if TYPE_CHECKING:  # importing the cluster module pulls in Dask
     from vncaudit.cluster import ClusterSpec
+    from vncaudit.models import ServiceResult
     from vncaudit.report.spool import JsonSpool
     from vncaudit.store import ScanRecord
 
@@ -513,7 +515,7 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
     a stream that cannot be written too (exit 3), any other failure is one line (exit 3)."""
     state = live.state
     terminated: list[int] = []
-    show = False if quiet or status_on_stderr else (lambda: err.is_terminal)
+    show = False if quiet or status_on_stderr else stderr_is_terminal
 
     def stored_results() -> list[ServiceResult]:
         return stored.store.results(stored.scan_id, include_closed=live.include_all)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from vncaudit.cli.common import err
 from vncaudit.discovery import SynCounters
 from vncaudit.engine import Progress as EngineProgress
-from vncaudit.models import ServiceResult
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+
+    from vncaudit.models import ServiceResult
 
 
 def progress_bar(console: Console) -> Progress:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import resource
@@ -42,8 +43,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, Union
 
+from vncaudit.basics import State, Target
 from vncaudit.exceptions import UsageError
-from vncaudit.models import ServiceResult, State, Target
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,15 @@ class Sink(Protocol):
         The SYN sweep's sender threads call this too: it must stay a cheap read of counters."""
 
 
+@functools.cache
+def result_type() -> type[ServiceResult]:
+    """`models.ServiceResult`, imported with the first verdict: the result types (and their
+    payloads) are not needed before the sweep's first packet."""
+    from vncaudit.models import ServiceResult
+
+    return ServiceResult
+
+
 @dataclass(frozen=True)
 class Marks:
     """Closed or filtered verdicts for many IPv4 pairs at once (what a SYN sweep gives up on in
@@ -118,8 +128,9 @@ class Marks:
         return out
 
     def results(self) -> Iterator[ServiceResult]:
+        result = result_type()
         for host, port in self.pairs:
-            yield ServiceResult(host, port, self.state, error=self.error)
+            yield result(host, port, self.state, error=self.error)
 
 
 @dataclass(frozen=True)
@@ -277,7 +288,7 @@ class BaseSweep:
             self.closed += 1
         else:
             self.filtered += 1
-        self.sink.finished(ServiceResult(target.host, target.port, state, error=error,
+        self.sink.finished(result_type()(target.host, target.port, state, error=error,
                                          hostname=target.hostname, elapsed=elapsed))
 
     async def pause(self, until: float | None) -> None:
@@ -446,6 +457,7 @@ class ConnectSweep(BaseSweep):
 if TYPE_CHECKING:
     from vncaudit.discovery.syn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
     from vncaudit.discovery.syn import SynSweep
+    from vncaudit.models import ServiceResult
 
 Sweep = Union[ConnectSweep, "SynSweep"]
 

@@ -47,6 +47,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from vncaudit.basics import State, Target
 from vncaudit.discovery import (
     NO_ANSWER,
     SYN_ERROR,
@@ -61,7 +62,6 @@ from vncaudit.discovery import (
 )
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
-from vncaudit.models import State, Target
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,13 @@ class SynSweep(BaseSweep):
 
     # -- the event loop's side -------------------------------------------------------------
 
+    @property
+    def sending(self) -> bool:
+        """Whether the sender threads still have SYNs to send (fresh ones, or a block of
+        retries in hand). The engine holds back the probes of pairs found meanwhile, so the
+        senders keep the cores (`_Pipeline.hold_probes`)."""
+        return not self.exhausted or self.busy > 0
+
     def cookie(self, address: bytes, port: int) -> int:
         """The sequence number of our SYN to (address, port)."""
         return self.cookies.cookie((int.from_bytes(address, "big") << 16) | port)
@@ -272,9 +279,13 @@ class SynSweep(BaseSweep):
                       dropped_before: int) -> None:
         """Hand on, expire and give verdicts until every target has its verdict."""
         next_count = time.monotonic() + 0.5
+        sent_all = getattr(self.sink, "sent_all", None)
         while True:
             if self.error is not None:
                 raise self.error
+            if sent_all is not None and not self.sending:
+                sent_all()
+                sent_all = None
             self._drain()
             now = time.monotonic()
             more = self._expire(now)
@@ -420,14 +431,17 @@ class SynSweep(BaseSweep):
         txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx] = {}
         bucket = self.bucket
         cpu = time.thread_time()
+        poked = False
         try:
             while not self.stopping.is_set():
                 work = self._take()
                 if work is None:
-                    if self.exhausted:
-                        self._poke()
+                    if self.exhausted and not poked:
+                        self._poke()  # the event loop may be waiting for the last block
+                        poked = True
                     self.stopping.wait(0.002)
                     continue
+                poked = False
                 pairs, made = work
                 try:
                     self._send_block(pairs, made, txs, bucket)

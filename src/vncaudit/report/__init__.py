@@ -20,9 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, Finding, ServiceResult, Severity
+from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity
 
 if TYPE_CHECKING:
+    from vncaudit.models import Finding, ServiceResult
     from vncaudit.remedies import Remedy
 
 log = logging.getLogger(__name__)

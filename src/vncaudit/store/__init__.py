@@ -7,13 +7,15 @@ schema, the write-once rule, batching, checkpoints, durability, concurrency) are
 docs/design.md, "The store: schema, writes, durability".
 
 Owns: `schema` (tables and `MIGRATIONS`), `database` (the `Store`: writes and queries),
-`errors`. The scan diff is `vncaudit.diff`; its types are re-exported here. Must not: probe,
-grade, render or print anything, or use anything but the standard library.
+`errors`. The scan diff is `vncaudit.diff`; its types are re-exported here (imported when
+first named). Must not: probe, grade, render or print anything, or use anything but the
+standard library.
 """
 
 from __future__ import annotations
 
-from vncaudit.diff import Change, ScanDiff, ServiceDiff, compare_results
+from typing import TYPE_CHECKING, Any
+
 from vncaudit.store.database import (
     BUSY_TIMEOUT,
     DB_ENV_VAR,
@@ -29,6 +31,9 @@ from vncaudit.store.database import (
 )
 from vncaudit.store.errors import StoreError, UnknownScanError
 from vncaudit.store.schema import DB_VERSION, MIGRATIONS, SILENT_SQL, Migration, migrate
+
+if TYPE_CHECKING:
+    from vncaudit.diff import Change, ScanDiff, ServiceDiff, compare_results
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -54,3 +59,18 @@ __all__ = [
     "default_db_path",
     "migrate",
 ]
+
+
+_DIFF_NAMES = frozenset({"Change", "ScanDiff", "ServiceDiff", "compare_results"})
+
+
+def __getattr__(name: str) -> Any:
+    # The diff's names are `vncaudit.diff`'s, looked up when first used: opening the store for
+    # a scan does not import the diff or the result types.
+    if name in _DIFF_NAMES:
+        from vncaudit import diff
+
+        value = getattr(diff, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,18 +20,22 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from vncaudit.diff import ScanDiff, diff_key, diff_scans, host_sort_key
+from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity, State
 from vncaudit.jsontext import dumps_compact
-from vncaudit.models import SCHEMA_VERSION, SILENT_STATES, ServiceResult, Severity, State
 from vncaudit.store.errors import StoreError, UnknownScanError
 from vncaudit.store.schema import SILENT_SQL, migrate
+
+if TYPE_CHECKING:
+    from vncaudit.diff import ScanDiff
+    from vncaudit.models import ServiceResult
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +131,25 @@ def _canonical_host(text: str) -> str:
 
 
 
+@cache
+def _diff_key() -> Callable[[ServiceResult], str]:
+    """`diff.diff_key`, imported with the first result stored: the diff and the result
+    types are not needed to open the store and start a scan."""
+    from vncaudit.diff import diff_key
+
+    return diff_key
+
+
 def _dumps(obj: Any) -> str:
     # ensure_ascii (as json writes it) keeps lone surrogates (surrogateescape'd server strings)
     # encodable as UTF-8; orjson writes the same text in a third of the time.
     return dumps_compact(obj)
+
+
+def _dumps_once(obj: Any) -> str:
+    """`_dumps`' text by the standard library's encoder, for a scan record's one-off values:
+    creating a scan does not wait for orjson's import (it comes with the first stored row)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 _INSERT_OR_IGNORE = (
@@ -409,8 +428,8 @@ class Store:
         seed, excludes, timeout, concurrency, …); it is returned verbatim by `get_scan`.
         """
         try:
-            options_json = _dumps(dict(options))
-            targets_json = _dumps([str(t) for t in targets])
+            options_json = _dumps_once(dict(options))
+            targets_json = _dumps_once([str(t) for t in targets])
         except (TypeError, ValueError) as exc:
             raise StoreError(f"scan options are not JSON-serialisable: {exc}") from exc
         now = _now()
@@ -595,7 +614,7 @@ class Store:
             result.product.name if result.product is not None else None,
             worst.value if worst is not None else None,
             worst.rank if worst is not None else None,
-            diff_key(result),
+            _diff_key()(result),
             now,
             _dumps(result.to_dict()) if text is None else text,
         )
@@ -799,6 +818,9 @@ class Store:
     def results(self, scan_id: str, include_closed: bool = False) -> list[ServiceResult]:
         """The scan's results sorted by address. By default only services (not closed or
         filtered); with `include_closed`, pairs only marked done come back as bare results."""
+        from vncaudit.diff import host_sort_key
+        from vncaudit.models import ServiceResult
+
         with self._lock, _mapped("cannot read results"):
             self._require_scan(scan_id)
             sql = "SELECT result FROM results WHERE scan_id = ?"
@@ -831,6 +853,8 @@ class Store:
         return {(str(h), int(p)): (str(k), int(i)) for h, p, k, i in rows}
 
     def _load(self, row_id: int) -> ServiceResult:
+        from vncaudit.models import ServiceResult
+
         with self._lock, _mapped("cannot read results"):
             (text,) = self._conn.execute(
                 "SELECT result FROM results WHERE id = ?", (row_id,)
@@ -851,6 +875,8 @@ class Store:
         Only services whose stored `diff_key` differs are decoded, so diffing two large,
         mostly equal scans costs little more than reading two columns.
         """
+        from vncaudit.diff import diff_scans
+
         before = self._service_keys(scan_a)
         after = self._service_keys(scan_b)
         done_a = self._done_states(scan_a)

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from vncaudit.models import SILENT_STATES
+from vncaudit.basics import SILENT_STATES
 from vncaudit.store.errors import StoreError
 
 log = logging.getLogger(__name__)

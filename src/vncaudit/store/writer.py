@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
-from vncaudit.models import SILENT_STATES, ServiceResult, State
+from vncaudit.basics import SILENT_STATES, State
 from vncaudit.store.database import Store
 
 if TYPE_CHECKING:
     from vncaudit.discovery import Marks
+    from vncaudit.models import ServiceResult
 
 MAX_MARKS: Final = 1024  # silent pairs per write (three columns each: cheap)
 MAX_RESULTS: Final = 256  # full results per write (~3 KB of JSON each)
@@ -128,6 +129,8 @@ class ResultWriter:
     def _flush_telling(self, marks: list[tuple[str, int, State]],
                        results: list[ServiceResult], texts: list[str | None]) -> None:
         assert self.on_stored is not None
+        from vncaudit.models import ServiceResult  # with the first batch, not at import
+
         new_marks = self.store.mark_done_each(self.scan_id, marks) if marks else []
         new_results = (self.store.add_results_each(self.scan_id, results, texts) if results
                        else [])

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vncaudit.models import Target
+from vncaudit.basics import Target
 from vncaudit.targets.addresses import (
     PORT_BITS,
     Intervals,
