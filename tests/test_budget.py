@@ -383,3 +383,21 @@ def socket_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
+
+
+def test_many_ports_of_many_hosts_in_one_batch_keep_their_own_tallies(store: Store) -> None:
+    targets = [Target(f"198.18.9.{h}", 5900 + p) for h in range(1, 40) for p in range(5)]
+    tiger = {t: p % 2 == 0 for p, t in enumerate(targets)}  # half TigerVNC: 4 free each
+    with Ledger(store) as ledger:
+        for round_ in range(6):
+            decisions = ledger.admit(targets)
+            granted = [(d, vnc_result(d.target, "TigerVNC" if tiger[d.target] else "x11vnc"))
+                       for d in decisions if d.allowed]
+            ledger.record(granted)
+            # TigerVNC lets four connections pass; x11vnc counts none: never limited.
+            assert {d.target for d in decisions if not d.allowed} == (
+                {t for t in targets if tiger[t]} if round_ >= 4 else set())
+    with store.reading("test") as conn:
+        totals = dict(((d, p), n) for d, p, n in conn.execute(
+            "SELECT dst, port, total FROM budget_ledger"))
+    assert totals == {(t.host, t.port): 4 if tiger[t] else 6 for t in targets}

@@ -469,9 +469,9 @@ def test_netns_no_packet_to_anything_outside_the_targets(bed: tuple[Bed, list[st
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("timeout", [3.0, 0.6])
+@pytest.mark.parametrize("timeout,rate", [(3.0, 800), (0.6, 400)])
 def test_netns_syn_probes_wait_for_the_sender_at_most_half_a_window(
-        bed: tuple[Bed, list[str]], timeout: float, tmp_path: Path) -> None:
+        bed: tuple[Bed, list[str]], timeout: float, rate: int, tmp_path: Path) -> None:
     """The handshakes of pairs found while the SYNs still go out wait until the last SYN
     (their CPU would slow the sender), but never longer than half a window after the pair
     answered: seen at the target, each live pair's second SYN (the probe's connection) comes
@@ -480,8 +480,8 @@ def test_netns_syn_probes_wait_for_the_sender_at_most_half_a_window(
     testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
     sniffer = Sniffer(testbed, tmp_path / "seen.json")
     out = _cli(NET, "-p", "5900", "--timeout", str(timeout), "--retries", "0", "--discovery",
-               "syn", "--rate", "800", "-o", "json", "--db", str(tmp_path / "s.db"),
-               netns=testbed.scn)  # 1,024 SYNs: ~1.3 s of sending
+               "syn", "--rate", str(rate), "-o", "json", "--db", str(tmp_path / "s.db"),
+               netns=testbed.scn)  # 1,024 SYNs: 1.3 s (longer than 0.5 x 3 s) or 2.6 s
     seen = sniffer.stop()
     assert out.returncode == 0, out.stderr
     syns: dict[str, list[float]] = {}
@@ -496,9 +496,11 @@ def test_netns_syn_probes_wait_for_the_sender_at_most_half_a_window(
     if timeout > 2:
         assert all(probe >= last_sweep_syn for _, probe in probes.values())
     else:
+        # Without the limit the first pairs found would wait ~2.6 s; the loop's own latency
+        # (the ledger's admission, a loaded machine) comes on top of the 0.3 s.
         waits = [probe - found for found, probe in probes.values()]
-        assert max(waits) < timeout / 2 + 0.4, waits  # the loop's own latency on top
-        assert any(probe < last_sweep_syn for _, probe in probes.values())
+        assert max(waits) < 1.3, waits
+        assert sum(probe < last_sweep_syn - 1 for _, probe in probes.values()) > len(live) / 4
 
 
 @pytest.mark.netns

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vncaudit.jsontext import dumps_both, dumps_compact, dumps_indented
+from vncaudit.jsontext import dumps_both, dumps_compact, dumps_indented, loads
 
 _SCALARS = (
     st.none() | st.booleans() | st.text() | st.integers(min_value=-(2**80), max_value=2**80)
@@ -52,3 +52,23 @@ def test_hostile_strings_and_edge_values() -> None:
             assert dumps_both(value) == (dumps_compact(value), dumps_indented(value))
         else:
             assert dumps_both(value) == (None, json.dumps(value, indent=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES)
+def test_loads_reads_what_json_loads_reads(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, indent=2), json.dumps(value,
+                                                                          ensure_ascii=False)):
+        expected = json.loads(text)
+        got = loads(text)
+        # NaN is not equal to itself: compare the texts they make again.
+        assert json.dumps(got) == json.dumps(expected)
+        assert type(got) is type(expected)
+
+
+def test_loads_fails_as_json_loads_fails() -> None:
+    for text in ('{"a": ', "[1,]", "", "nul"):
+        with pytest.raises(json.JSONDecodeError):
+            loads(text)
+    assert math.isnan(loads("[NaN]")[0]) and loads('"\\ud800"') == "\ud800"
+    assert loads(str(2**70)) == 2**70

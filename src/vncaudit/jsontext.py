@@ -11,8 +11,8 @@ null). A value holding such a float, or anything but dicts, lists, tuples, str, 
 None and float, is written by the standard library itself, as are those orjson refuses (lone
 surrogates, integers wider than 64 bits, keys that are not strings).
 
-Owns: `dumps_indented`, `dumps_compact`, `dumps_both`. Must not: know any schema (any
-JSON-compatible value).
+Owns: `dumps_indented`, `dumps_compact`, `dumps_both`, and `loads` (`json.loads`, the same
+value, read by orjson when it can). Must not: know any schema (any JSON-compatible value).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import re
 from functools import cache
 from typing import Any
 
-__all__ = ["dumps_both", "dumps_compact", "dumps_indented"]
+__all__ = ["dumps_both", "dumps_compact", "dumps_indented", "loads"]
 
 _NOT_ASCII = re.compile(r"[^\n -~]")
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def dumps_indented(obj: Any) -> str:
@@ -89,6 +90,21 @@ def dumps_both(obj: Any) -> tuple[str | None, str]:
         compact = _NOT_ASCII.sub(_escaped, compact)
         indented = _NOT_ASCII.sub(_escaped, indented)
     return compact, indented
+
+
+def loads(text: str) -> Any:
+    """`json.loads(text)`, the same value: orjson reads it unless it refuses (NaN and the
+    infinities, lone surrogates, anything not JSON), and then the standard library does, with
+    its own errors. A text with a run of 19 digits anywhere goes to the standard library
+    directly: orjson reads an integer outside 64 bits as a float."""
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
+    import orjson
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 @cache

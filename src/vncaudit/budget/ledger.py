@@ -354,16 +354,20 @@ class Ledger:
     def _rows(self, conn: Any, pairs: set[tuple[str, int]]) -> dict[Key, _Row]:
         """The ledger rows of these (server, port) pairs, for every source address."""
         out: dict[Key, _Row] = {}
-        hosts = sorted({host for host, _ in pairs})
-        for i in range(0, len(hosts), 500):
-            chunk = hosts[i:i + 500]
-            marks = ",".join("?" * len(chunk))
+        wanted = sorted(pairs)
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join(["(?, ?)"] * len(chunk))
+            # Each pair looked up by the primary key (the pairs first: CROSS JOIN keeps that
+            # order), so only the rows asked for are read: by address alone, a scan of many
+            # ports per host would read back every other port's row of each host again.
             for values in conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM budget_ledger WHERE dst IN ({marks})", chunk
+                f"WITH wanted (d, p) AS (VALUES {marks}) SELECT {_ROW_COLUMNS} FROM wanted "
+                "CROSS JOIN budget_ledger ON dst = d AND port = p",
+                [v for pair in chunk for v in pair],
             ):
-                if (values[1], values[2]) in pairs:
-                    row = _row(values)
-                    out[row.key] = row
+                row = _row(values)
+                out[row.key] = row
         return out
 
     def _rule(self, row: _Row | None) -> Rule:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import random
@@ -329,7 +328,7 @@ class SynSweep(BaseSweep):
         """Give up on the chunks past their deadline (at most EXPIRE_FLIGHTS); True when more
         are due."""
         window = self.window
-        given_up: list[set[int]] = []
+        given_up: list[U64] = []
         try:
             for _ in range(EXPIRE_FLIGHTS):
                 if not window or window[0].deadline > now:
@@ -338,34 +337,41 @@ class SynSweep(BaseSweep):
                 keys = flight.pairs.tolist()
                 final = flight.made >= self.options.attempts
                 with self.lock:
-                    silent = self.pending.intersection(keys)
-                    if not silent:
-                        continue
-                    if not final:
-                        self.retries.append((np.fromiter(silent, np.uint64, len(silent)),
-                                             flight.made))
-                        self.retried += len(silent)
-                        continue
-                    self.pending.difference_update(silent)
+                    pending = self.pending
+                    if final and not self.repeats and pending.issuperset(keys):
+                        # The common case, no pair of the chunk answered: no set is built.
+                        pending.difference_update(keys)
+                        if self.marks is not None:
+                            given_up.append(flight.pairs)
+                            continue
+                        silent = set(keys)
+                    else:
+                        silent = pending.intersection(keys)
+                        if not silent:
+                            continue
+                        if not final:
+                            self.retries.append((np.fromiter(silent, np.uint64, len(silent)),
+                                                 flight.made))
+                            self.retried += len(silent)
+                            continue
+                        pending.difference_update(silent)
                     copies = {k: self.repeats.pop(k) for k in silent if k in self.repeats} \
                         if self.repeats else {}
                 if copies or self.marks is None:
                     self._give_up_each(silent, copies)
                 else:
-                    given_up.append(silent)
+                    given_up.append(np.fromiter(silent, np.uint64, len(silent)))
             return bool(window) and window[0].deadline <= now
         finally:
             if given_up:
                 self._give_up(given_up)
 
-    def _give_up(self, silent: list[set[int]]) -> None:
+    def _give_up(self, silent: list[U64]) -> None:
         """Filtered verdicts for pairs that never answered, as one `Marks`: no object or
         string per target (most of a large sweep ends here)."""
         assert self.marks is not None
-        count = sum(map(len, silent))
-        keys = np.fromiter(itertools.chain.from_iterable(silent), np.uint64, count)
-        keys.sort()
-        self.filtered += count
+        keys = np.sort(np.concatenate(silent)) if len(silent) > 1 else np.sort(silent[0])
+        self.filtered += len(keys)
         self.marks(Marks(State.FILTERED, NO_ANSWER, keys.astype("<u8").tobytes()))
 
     def _give_up_each(self, silent: set[int], copies: dict[int, int]) -> None:

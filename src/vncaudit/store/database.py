@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity, State
-from vncaudit.jsontext import dumps_compact
+from vncaudit.jsontext import dumps_compact, loads
 from vncaudit.store.errors import StoreError, UnknownScanError
 from vncaudit.store.schema import SILENT_SQL, migrate
 
@@ -826,7 +826,7 @@ class Store:
             sql = "SELECT result FROM results WHERE scan_id = ?"
             if not include_closed:
                 sql += " AND state NOT IN " + SILENT_SQL
-            out = [ServiceResult.from_dict(json.loads(r)) for (r,) in
+            out = [ServiceResult.from_dict(loads(r)) for (r,) in
                    self._conn.execute(sql, (scan_id,))]
             if include_closed:
                 bare = self._conn.execute(
@@ -859,7 +859,7 @@ class Store:
             (text,) = self._conn.execute(
                 "SELECT result FROM results WHERE id = ?", (row_id,)
             ).fetchone()
-        return ServiceResult.from_dict(json.loads(text))
+        return ServiceResult.from_dict(loads(text))
 
     def _done_states(self, scan_id: str) -> dict[tuple[str, int], str]:
         with self._lock, _mapped("cannot read done targets"):

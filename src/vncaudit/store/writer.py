@@ -2,9 +2,9 @@
 
 Owns: buffering results as they arrive and writing them with one `executemany` per batch
 (silent pairs as ``done`` marks, a sweep's bulk `Marks` as packed rows, the rest as full
-results), the batch limits, and telling
-which verdicts were new (a rerun shard sends some again: the store keeps the first). Every
-writer of scan results (the runner, the web jobs, the cluster client) goes through it.
+results), the batch limits, and telling which verdicts were new (a rerun shard sends some
+again: the store keeps the first). Every writer of scan results (the runner, the web jobs,
+the cluster client) goes through it.
 Must not: grade, print, or decide when a scan ends.
 
 A verdict still in the buffer when the process is killed is simply probed again on resume:
