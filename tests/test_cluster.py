@@ -455,6 +455,26 @@ def test_cli_workers_equals_plain_scan(loopback_servers: tuple[int, list[str]],
     assert "shards" in sharded.stderr and "2 workers" in sharded.stderr
 
 
+def test_cli_workers_json_report_is_the_stored_one(loopback_servers: tuple[int, list[str]],
+                                                  tmp_path: Path) -> None:
+    # Without --all the scan's -o json is built from the results the shards bring back
+    # (report/spool.py); it is the report `vncaudit results` renders from the store.
+    port, _ = loopback_servers
+    db = tmp_path / "w.db"
+    cmd = [sys.executable, "-m", "vncaudit", "scan", LOOP_NET, "-p", str(port), "--timeout",
+           "1", "--db", str(db), "--workers", "2", "-o", "json"]
+    sharded = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert sharded.returncode == 0, sharded.stderr
+    doc = json.loads(sharded.stdout)
+    assert doc["services"] and all(s["state"] not in ("closed", "filtered")
+                                   for s in doc["services"])
+    again = subprocess.run([sys.executable, "-m", "vncaudit", "results", doc["scan"]["id"],
+                            "--db", str(db), "-o", "json"], capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert sharded.stdout == again.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["--workers", "2", "--cluster", "tcp://127.0.0.1:1"], "not both"),
