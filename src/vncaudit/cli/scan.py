@@ -295,6 +295,7 @@ def scan(
                 domains=tuple(domain or ()), resolver=resolver, timeout=timeout,
                 concurrency=concurrency, rate=rate, discovery=Mode(discovery_mode),
                 retries=retries, no_init=no_init, web=web, risk_lockout=risk_lockout,
+                seed=_early_seed(),
                 active=_active_spec(screenshot, password, check_passwords, wordlist,
                                     max_attempts, show_passwords, active_checks, output_file))
             words = read_wordlist(wordlist) if wordlist is not None else None
@@ -388,6 +389,15 @@ def _report(record: ScanRecord, results: list[ServiceResult] | JsonSpool,
              quiet=report.quiet, written=report.output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
+
+
+def _early_seed() -> int | None:
+    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs in, so
+    the scan is stored with it and its SYN sweep takes them over; None without one."""
+    from vncaudit import synstart
+
+    early = synstart.started()
+    return early.seed if early is not None else None
 
 
 def _names(paths: list[Path] | None) -> tuple[str, ...]:
