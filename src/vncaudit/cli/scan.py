@@ -290,12 +290,11 @@ def scan(
                 # `-p ""` is a mistake, not a request for the defaults.
                 ports=ports if ports is not None else DEFAULT_PORTS,
                 input_files=_names(input_list), nmap_xml=_names(nmap_xml),
-                masscan=_names(masscan), excludes=tuple(exclude or ()),
+                masscan=_names(masscan), excludes=tuple(exclude or ()), seed=_early_seed(),
                 exclude_files=_names(exclude_file), allow_special=allow_special,
                 domains=tuple(domain or ()), resolver=resolver, timeout=timeout,
                 concurrency=concurrency, rate=rate, discovery=Mode(discovery_mode),
                 retries=retries, no_init=no_init, web=web, risk_lockout=risk_lockout,
-                seed=_early_seed(),
                 active=_active_spec(screenshot, password, check_passwords, wordlist,
                                     max_attempts, show_passwords, active_checks, output_file))
             words = read_wordlist(wordlist) if wordlist is not None else None
