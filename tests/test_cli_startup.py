@@ -68,14 +68,16 @@ NOT_BEFORE_FIRST_PACKET = (
     "pydantic",
 )
 
-# Runs `vncaudit ARGS`; at the first TCP connect (connect discovery), or when the SYN sender
-# looks up sendmmsg (syn discovery: its first batch follows), writes the modules imported so far.
+# Runs `vncaudit ARGS`; at the first TCP connect (connect discovery), or at the first SYN (syn
+# discovery: the early start's first `sendto` on a raw socket, or the sweep's look-up of sendmmsg,
+# its first batch following), writes the modules imported so far.
 _AT_FIRST_PACKET = """
 import contextlib, runpy, socket, sys
 seen = []
 def hook(event, args):
     if seen or not (event == "ctypes.dlsym" or (event == "socket.connect"
-                                                and args[0].type == socket.SOCK_STREAM)):
+                                                and args[0].type == socket.SOCK_STREAM)
+                    or (event == "socket.sendto" and args[0].type == socket.SOCK_RAW)):
         return
     seen.append(event)
     sys.stderr.write("FIRST " + event + " MODULES " + " ".join(sorted(sys.modules)) + "\\n")
@@ -108,8 +110,16 @@ def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -
 @pytest.mark.skipif(os.geteuid() != 0, reason="SYN discovery needs raw sockets (root)")
 def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
     """SYN discovery admits a pair in the ledger when it answers: its rules (the TOML) are not
-    read before the first SYN either."""
+    read before the first SYN either; a command line the early start takes (cli.launch) sends
+    it before the command line is parsed by typer, the store opened or numpy imported."""
     imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0")
+    assert "vncaudit.synstart" in imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib", "typer", "asyncio", "numpy", "sqlite3",
+                   "vncaudit.cli.program", "vncaudit.discovery", "vncaudit.store"):
+        assert module not in imported, module
+    # Outside what the early start takes (--exclude): the sweep's first batch, as before.
+    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
+                                        "--exclude", "127.0.0.2")
     assert "vncaudit.discovery.syn" in imported
     for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib"):
         assert module not in imported, module
