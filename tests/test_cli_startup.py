@@ -106,12 +106,18 @@ def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SYN discovery needs raw sockets (root)")
-def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
-    """SYN discovery admits a pair in the ledger when it answers: its rules (the TOML) are not
-    read before the first SYN either."""
-    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0")
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path, output: str) -> None:
+    """SYN discovery admits a pair in the ledger when it answers, after the SYNs went out:
+    neither the ledger (`vncaudit.budget`) nor its rules (the TOML) are loaded before the
+    first SYN; nor, with -o json, the result types the report's spool holds."""
+    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
+                                        "-o", output, "--output-file",
+                                        str(tmp_path / f"report.{output}"))
     assert "vncaudit.discovery.syn" in imported
-    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib"):
+    if output == "json":
+        assert "vncaudit.report.spool" in imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib", "vncaudit.budget"):
         assert module not in imported, module
 
 
