@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import ipaddress
 import socket
@@ -47,6 +48,7 @@ import dns.zone
 SOA_LINE = "@ 300 SOA ns1 hostmaster 1 3600 600 86400 300"
 MAX_CHASE = 8
 AXFR_CHUNK = 20  # rrsets per message: every transfer of a test zone spans several messages
+SIOCGSTAMP = 0x8906  # linux/sockios.h: the kernel's receive time of a socket's last datagram
 
 
 def make_zone(origin: str, records: str, *, soa: str = SOA_LINE) -> dns.zone.Zone:
@@ -59,11 +61,14 @@ def make_zone(origin: str, records: str, *, soa: str = SOA_LINE) -> dns.zone.Zon
 class Query:
     """One query the server received."""
 
-    at: float  # time.monotonic()
+    at: float  # time.monotonic() when the server read it
     name: str  # without the final dot
     rdtype: str
     transport: str  # "udp" | "tcp"
     local: str  # the server address it came in on
+    # UDP: when the kernel received the datagram (time.time()'s clock), so a rate is measured
+    # from the wire, not from this thread's turns (a loaded machine reads a backlog at once).
+    arrived: float | None = None
 
 
 @dataclass
@@ -209,14 +214,15 @@ class DnsServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _enter(self, query: dns.message.Message, transport: str, local: str) -> None:
+    def _enter(self, query: dns.message.Message, transport: str, local: str,
+               arrived: float | None = None) -> None:
         question = query.question[0] if query.question else None
         with self._lock:
             self.stats.queries.append(Query(
                 time.monotonic(),
                 question.name.to_text(omit_final_dot=True).lower() if question is not None else "",
                 dns.rdatatype.to_text(question.rdtype) if question is not None else "",
-                transport, local))
+                transport, local, arrived))
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
 
@@ -225,12 +231,12 @@ class DnsServer:
             self.stats.in_flight -= 1
 
     async def _udp_answer(self, transport: asyncio.DatagramTransport, data: bytes,
-                          addr: Any, local: str) -> None:
+                          addr: Any, local: str, arrived: float | None) -> None:
         try:
             query = dns.message.from_wire(data)
         except Exception:  # noqa: BLE001 - garbage is dropped, as a server would
             return
-        self._enter(query, "udp", local)
+        self._enter(query, "udp", local, arrived)
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -414,8 +420,27 @@ class _Udp(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram endpoint
+        # The kernel stamps a socket's datagrams on arrival from its first SIOCGSTAMP on (that
+        # call has no datagram to stamp yet and fails); before it, only when they are read.
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(transport.get_extra_info("socket").fileno(), SIOCGSTAMP, bytes(16))
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
+        arrived = _kernel_stamp(self.transport)
         with contextlib.suppress(RuntimeError):
-            self.server._spawn(self.server._udp_answer(self.transport, data, addr, self.local))
+            self.server._spawn(self.server._udp_answer(self.transport, data, addr, self.local,
+                                                       arrived))
+
+
+def _kernel_stamp(transport: asyncio.DatagramTransport) -> float | None:
+    """When the kernel received the datagram just read from `transport`'s socket (the event
+    loop reads one datagram per call before `datagram_received`), or None if it can't say."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        seconds, micros = struct.unpack("@ll", fcntl.ioctl(sock.fileno(), SIOCGSTAMP, bytes(16)))
+    except OSError:
+        return None
+    return seconds + micros / 1e6

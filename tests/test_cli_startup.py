@@ -68,14 +68,16 @@ NOT_BEFORE_FIRST_PACKET = (
     "pydantic",
 )
 
-# Runs `vncaudit ARGS`; at the first TCP connect (connect discovery), or when the SYN sender
-# looks up sendmmsg (syn discovery: its first batch follows), writes the modules imported so far.
+# Runs `vncaudit ARGS`; at the first TCP connect (connect discovery), or at the first SYN (syn
+# discovery: the early start's first `sendto` on a raw socket, or the sweep's look-up of sendmmsg,
+# its first batch following), writes the modules imported so far.
 _AT_FIRST_PACKET = """
 import contextlib, runpy, socket, sys
 seen = []
 def hook(event, args):
     if seen or not (event == "ctypes.dlsym" or (event == "socket.connect"
-                                                and args[0].type == socket.SOCK_STREAM)):
+                                                and args[0].type == socket.SOCK_STREAM)
+                    or (event == "socket.sendto" and args[0].type == socket.SOCK_RAW)):
         return
     seen.append(event)
     sys.stderr.write("FIRST " + event + " MODULES " + " ".join(sorted(sys.modules)) + "\\n")
@@ -108,12 +110,21 @@ def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -
 @pytest.mark.skipif(os.geteuid() != 0, reason="SYN discovery needs raw sockets (root)")
 @pytest.mark.parametrize("output", ["table", "json"])
 def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path, output: str) -> None:
-    """SYN discovery admits a pair in the ledger when it answers, after the SYNs went out:
-    neither the ledger (`vncaudit.budget`) nor its rules (the TOML) are loaded before the
-    first SYN; nor, with -o json, the result types the report's spool holds."""
+    """SYN discovery admits a pair in the ledger when it answers: its rules (the TOML) are not
+    read before the first SYN either; a command line the early start takes (cli.launch) sends
+    it before the command line is parsed by typer, the store opened or numpy imported. Nor,
+    when the sweep sends the first batch itself, is the ledger (`vncaudit.budget`) loaded, or,
+    with -o json, the result types the report's spool holds: they come after the last SYN."""
     imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
-                                        "-o", output, "--output-file",
-                                        str(tmp_path / f"report.{output}"))
+                                        "-o", output)
+    assert "vncaudit.synstart" in imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib", "typer", "asyncio", "numpy", "sqlite3",
+                   "vncaudit.cli.program", "vncaudit.discovery", "vncaudit.store"):
+        assert module not in imported, module
+    # Outside what the early start takes (--exclude): the sweep's first batch, as before.
+    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
+                                        "--exclude", "127.0.0.2", "-o", output,
+                                        "--output-file", str(tmp_path / f"report.{output}"))
     assert "vncaudit.discovery.syn" in imported
     if output == "json":
         assert "vncaudit.report.spool" in imported

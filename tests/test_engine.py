@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 from vncaudit.engine import Progress, ScanOptions, iter_results, scan_async
-from vncaudit.models import State, Target
+from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions
 
 
@@ -169,3 +170,34 @@ def test_stopping_early_closes_the_probes_in_flight() -> None:
     opened, seconds = asyncio.run(run())
     assert opened == 3
     assert seconds < 1.0
+
+
+def test_post_probe_runs_only_for_the_results_it_wants() -> None:
+    """`post_probe_wanted` says which results the post-probe step has work for: the others
+    come out as the probe left them, the wanted ones as the step returns them."""
+    seen: list[tuple[str, int]] = []
+
+    async def post(result: ServiceResult) -> ServiceResult:
+        seen.append((result.host, result.port))
+        await asyncio.sleep(0)  # a step that waits, as a real one does
+        return replace(result, error="post-probed")
+
+    async def run() -> tuple[list[ServiceResult], int]:
+        active, peak = [0], [0]
+        one = await _rfb_server(b"\x01\x02", active, peak)
+        two = await _rfb_server(b"\x01\x02", active, peak)
+        port, wanted = (s.sockets[0].getsockname()[1] for s in (one, two))
+        targets = [Target("127.0.0.1", port) for _ in range(6)] + [Target("127.0.0.1", wanted)]
+        options = ScanOptions(concurrency=4, probe=ProbeOptions(timeout=3), post_probe=post,
+                              post_probe_wanted=lambda r: r.port == wanted)
+        async with one, two:
+            return [r async for r in iter_results(targets, options)
+                    if isinstance(r, ServiceResult)], wanted
+
+    results, wanted = asyncio.run(run())
+    assert len(results) == 7 and all(r.state is State.VNC for r in results)
+    plain = [r for r in results if r.port != wanted]
+    chosen = [r for r in results if r.port == wanted]
+    assert len(plain) == 6 and all(r.error is None for r in plain)
+    assert len(chosen) == 1 and chosen[0].error == "post-probed"
+    assert seen == [("127.0.0.1", wanted)]

@@ -251,3 +251,31 @@ def test_cli_resumes_a_scan_stored_in_the_unversioned_form(tmp_path: Path) -> No
         record = store.require_scan(scan_id)
         assert record.status == "finished" and record.counts["done"] == 16
         assert "spec_version" not in record.options  # the record is left as it was written
+
+
+def test_the_post_probe_step_is_skipped_only_where_it_has_nothing_to_do(tmp_path: Path) -> None:
+    """With web detection on (the default) a silent or non-RFB answer may be a web front end
+    and goes through the post-probe step; a VNC service of a scan without active checks does
+    not. With active checks, every VNC service does."""
+    vnc = ServiceResult("127.86.5.1", 5900, State.VNC)
+    tarpit = ServiceResult("127.86.5.1", 5901, State.TARPIT)
+    not_vnc = ServiceResult("127.86.5.1", 5902, State.OPEN_NOT_VNC)
+    with Store.open(tmp_path / "v.db") as store:
+        web = StoredScan.create(store, ScanSpec(expressions=("127.86.5.1",))).engine_options()
+        assert web.post_probe is not None and web.post_probe_wanted is not None
+        assert [web.post_probe_wanted(r) for r in (vnc, tarpit, not_vnc)] == [False, True, True]
+        active = StoredScan.create(store, ScanSpec(
+            expressions=("127.86.5.1",), web=False,
+            active=ActiveSpec(screenshot=True))).engine_options()
+        assert active.post_probe_wanted is not None
+        assert [active.post_probe_wanted(r) for r in (vnc, tarpit, not_vnc)] == [True, False,
+                                                                                False]
+        plain = StoredScan.create(store, ScanSpec(expressions=("127.86.5.1",), web=False))
+        assert plain.engine_options().post_probe_wanted is None
+
+        async def own(result: ServiceResult) -> ServiceResult:
+            return result
+
+        # A caller's own step sees every result: only the spec's own step is known here.
+        assert StoredScan.create(store, ScanSpec(expressions=("127.86.5.1",))).engine_options(
+            own).post_probe_wanted is None

@@ -1068,6 +1068,41 @@ def test_diff_key_agrees_with_compare_results() -> None:
             assert bool(compare_results(a, b)) == (diff_key(a) != diff_key(b)), (a, b)
 
 
+def test_diff_key_is_the_compact_json_of_the_compared_facts() -> None:
+    """Keys are compared across scans written by other versions: the text is exactly the
+    store's compact JSON of [state, type ids, VeNCrypt sub-type ids, auth_required, product,
+    "finding severity"], whatever the strings hold."""
+    from vncaudit.diff import product_text
+    from vncaudit.models import NamedType, Product, VeNCryptInfo
+
+    def expected(r: ServiceResult) -> str:
+        rfb = r.rfb
+        return json.dumps([
+            r.state.value,
+            sorted(t.id for t in rfb.security_types) if rfb else [],
+            sorted(t.id for t in rfb.vencrypt.subtypes) if rfb and rfb.vencrypt else [],
+            rfb.auth_required if rfb else None,
+            product_text(r),
+            sorted(f"{f.id} {f.severity.value}" for f in r.findings),
+        ], separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+    variants: list[ServiceResult] = []
+    for f in REALISTIC:
+        r = f("10.0.0.1", 5900)
+        variants += [r, replace(r, product=None), replace(r, state=State.TARPIT, rfb=None)]
+        variants.append(replace(r, product=Product('Ünïcode "VNC"\\ \u2603 \udcff', "1.0\n")))
+        if r.rfb is not None:
+            for auth in (True, False, None):
+                variants.append(replace(r, rfb=replace(
+                    r.rfb, auth_required=auth,
+                    security_types=(NamedType(19, "VeNCrypt"), NamedType(2, "VNC")),
+                    vencrypt=VeNCryptInfo("0.2", (NamedType(263, "X509Plain"),
+                                                  NamedType(1, "None"))))))
+    assert len({expected(r) for r in variants}) > 10
+    for r in variants:
+        assert diff_key(r) == expected(r), r
+
+
 def test_a_new_database_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     from vncaudit.store import PAGE_SIZE
 

@@ -5,9 +5,12 @@ The public API is what this module exports; everything else is internal.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+# Not `typing.TYPE_CHECKING`: `vncaudit scan --discovery syn` sends its first SYNs before
+# typing is imported (vncaudit.cli.launch).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from vncaudit.engine import scan
     from vncaudit.models import Finding, Product, RfbFacts, ServiceResult, Severity, State, Target
 

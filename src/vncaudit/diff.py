@@ -10,10 +10,10 @@ Must not: read or write the database (the store hands in what it read), probe, g
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from vncaudit.models import ServiceResult
@@ -189,22 +189,32 @@ def diff_scans(
 # ---------------------------------------------------------------------------------------------
 # Two results of the same (host, port)
 
-# Same settings as the store's encoder: the key is compared as a string, so it must be stable.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_LITERAL: Final = {True: "true", False: "false", None: "null"}
 
 
 def diff_key(r: ServiceResult) -> str:
     """The facts `compare_results` looks at, as one string stored with each result: equal keys
-    mean "no change", so a diff decodes only the services that differ."""
+    mean "no change", so a diff decodes only the services that differ.
+
+    The text is the compact JSON (separators "," and ":", ASCII only, as the store writes) of
+    [state, sorted security type ids, sorted VeNCrypt sub-type ids, auth_required, product
+    text, sorted "finding-id severity"]; keys are compared across scans, so it never changes.
+    Written piece by piece: a JSON encoder builds itself anew on each call, and every stored
+    result has a key."""
     rfb = r.rfb
-    return _ENCODER.encode([
-        r.state.value,
-        sorted(t.id for t in rfb.security_types) if rfb else [],
-        sorted(t.id for t in rfb.vencrypt.subtypes) if rfb and rfb.vencrypt else [],
-        rfb.auth_required if rfb else None,
-        product_text(r),
-        sorted(f"{f.id} {f.severity.value}" for f in r.findings),
-    ])
+    quoted = encode_basestring_ascii
+    number = int.__repr__  # as json writes an int
+    if rfb is not None:
+        types = ",".join(map(number, sorted(t.id for t in rfb.security_types)))
+        sub = ",".join(map(number, sorted(s.id for s in rfb.vencrypt.subtypes))) \
+            if rfb.vencrypt else ""
+        auth = rfb.auth_required
+    else:
+        types = sub = ""
+        auth = None
+    findings = ",".join(map(quoted, sorted(f"{f.id} {f.severity.value}" for f in r.findings)))
+    return (f"[{quoted(r.state.value)},[{types}],[{sub}],{_LITERAL[auth]},"
+            f"{quoted(product_text(r))},[{findings}]]")
 
 
 def _types_text(types: dict[int, str]) -> str:

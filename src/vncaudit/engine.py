@@ -65,6 +65,9 @@ class ScanOptions:
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     # Runs after each probe (opt-in active checks, VNC-over-web); must never raise.
     post_probe: Callable[[ServiceResult], Awaitable[ServiceResult]] | None = None
+    # The results `post_probe` has work for (None: every one); the others are final as the
+    # probe left them, without a task of their own.
+    post_probe_wanted: Callable[[ServiceResult], bool] | None = None
     discovery: Mode = Mode.CONNECT
     retries: int | None = None  # extra attempts for silent pairs; None: the mode's default
     discovery_timeout: float | None = None  # wait for an answer; None: probe.timeout
@@ -274,7 +277,9 @@ class _Pipeline:
             run.start(sock, source)
 
     def _probe_done(self, run: TcpProbe) -> None:
-        if run.failure is not None or self.options.post_probe is None:
+        wanted = self.options.post_probe_wanted
+        if (run.failure is not None or self.options.post_probe is None
+                or (wanted is not None and run.result is not None and not wanted(run.result))):
             self.probing.discard(run)
             if run.failure is not None:
                 self.failure = self.failure or run.failure

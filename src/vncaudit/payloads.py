@@ -38,14 +38,19 @@ class PayloadHolder:
 
     def to_dict(self) -> Json:
         out: Json = {}
-        for f in fields(cast(Any, self)):
-            value = getattr(self, f.name)
+        for name in _names(cast(type, type(self))):
+            value = getattr(self, name)
             if value is not None:
-                out[f.name] = value if isinstance(value, str) else value.to_dict()
+                out[name] = value if isinstance(value, str) else value.to_dict()
         return out
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(cast(Any, self)))
+        # Asked of every result's `extra` (most have nothing): the field names are the
+        # class's, worked out once, not by `fields()` (a new tuple on each call).
+        for name in _names(cast(type, type(self))):
+            if getattr(self, name) is not None:
+                return True
+        return False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
@@ -53,6 +58,11 @@ class PayloadHolder:
         loaders = _loaders(cast(type, cls))
         found = {name: load(d[name]) for name, load in loaders if d.get(name) is not None}
         return cast(Callable[..., Self], cls)(**found)
+
+
+@cache
+def _names(holder: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(holder))
 
 
 @cache

@@ -145,10 +145,12 @@ class StoredScan:
         whose connections are counted in the ledger `ledger` returns when one is given."""
         spec = self.spec
         probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init)
+        own = post_probe is None
         return ScanOptions(
             concurrency=spec.concurrency, rate=spec.rate, discovery=spec.discovery,
             retries=spec.retries, probe=probe,
-            post_probe=post_probe or post_probe_for(spec, self.active, probe, ledger))
+            post_probe=post_probe or post_probe_for(spec, self.active, probe, ledger),
+            post_probe_wanted=post_probe_wanted(spec, self.active) if own else None)
 
     def ledger(self) -> Ledger:
         """The store's connection ledger (`vncaudit.budget`) with the spec's --risk-lockout:
@@ -425,15 +427,14 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
         return None
 
     async def post(result: ServiceResult) -> ServiceResult:
-        # Imported with the first result, not before the first packet (start-up).
+        # Imported with the first result that needs them, not before the first packet.
         from vncaudit import active, websocket
         from vncaudit.budget.extra import checked
         from vncaudit.payloads import ActiveChecks
 
         ledger = ledger_of() if ledger_of is not None else None
         listed = result.port in websocket.WEB_PORTS
-        if web and (listed or _maybe_http(result)) and result.state in (State.TARPIT,
-                                                                         State.OPEN_NOT_VNC):
+        if web and (listed or _maybe_http(result)) and result.state in _WEB_STATES:
             # VNC is found on any port by its banner; a web front end on any port by one GET
             # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
@@ -477,6 +478,26 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
         return result
 
     return post
+
+
+_WEB_STATES: Final = (State.TARPIT, State.OPEN_NOT_VNC)  # what a web front end may look like
+
+
+def post_probe_wanted(spec: ScanSpec, active_options: ActiveOptions | None
+                      ) -> Callable[[ServiceResult], bool] | None:
+    """Which results `post_probe_for`'s step has work for: with web detection, those that may
+    be a web front end; with active checks, VNC services. A VNC service of a scan without
+    active checks (most results) needs nothing after its probe."""
+    web = spec.web
+    checks = active_options is not None and active_options.enabled
+    if not web and not checks:
+        return None
+
+    def wanted(result: ServiceResult) -> bool:
+        state = result.state
+        return (web and state in _WEB_STATES) or (checks and state is State.VNC)
+
+    return wanted
 
 
 def _maybe_http(result: ServiceResult) -> bool:

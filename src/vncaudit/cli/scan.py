@@ -291,7 +291,7 @@ def scan(
                 # `-p ""` is a mistake, not a request for the defaults.
                 ports=ports if ports is not None else DEFAULT_PORTS,
                 input_files=_names(input_list), nmap_xml=_names(nmap_xml),
-                masscan=_names(masscan), excludes=tuple(exclude or ()),
+                masscan=_names(masscan), excludes=tuple(exclude or ()), seed=_early_seed(),
                 exclude_files=_names(exclude_file), allow_special=allow_special,
                 domains=tuple(domain or ()), resolver=resolver, timeout=timeout,
                 concurrency=concurrency, rate=rate, discovery=Mode(discovery_mode),
@@ -389,6 +389,15 @@ def _report(record: ScanRecord, results: list[ServiceResult] | JsonSpool,
              quiet=report.quiet, written=report.output == "jsonl")
     if reason is not None:
         raise typer.Exit(1)
+
+
+def _early_seed() -> int | None:
+    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs in, so
+    the scan is stored with it and its SYN sweep takes them over; None without one."""
+    from vncaudit import synstart
+
+    early = synstart.started()
+    return early.seed if early is not None else None
 
 
 def _names(paths: list[Path] | None) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Protocol, Union
 
 from vncaudit.basics import State, Target
 from vncaudit.exceptions import UsageError
+from vncaudit.rawsyn import RATE_BURST_SECONDS as RATE_BURST_SECONDS
+from vncaudit.rawsyn import rate_burst as rate_burst
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +196,6 @@ def check_syn_allowed() -> None:
     except OSError as exc:
         raise UsageError(f"{SYN_ERROR} ({exc.strerror or exc})") from None
     probe.close()
-
-
-# --rate is a cap in any window, not just on average: a token bucket that holds this much of
-# the rate (at least one token), enough that a turn of the loop or a thread woken a few
-# milliseconds late keeps the average, too little for any network to see more than the cap.
-RATE_BURST_SECONDS = 0.02
-
-
-def rate_burst(rate: float) -> int:
-    """The most starts (connect) or SYNs a rate cap lets out at once."""
-    return max(1, int(rate * RATE_BURST_SECONDS))
 
 
 class Pacer:

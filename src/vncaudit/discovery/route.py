@@ -30,6 +30,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from vncaudit.rawsyn import kernel_source as kernel_source
+
 NETLINK_ROUTE: Final = 0
 RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE = 24, 26, 32, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -224,16 +226,6 @@ def _ethernet_address(ifindex: int) -> bytes | None:
         return None
     family = struct.unpack_from("=H", hw, 16)[0]
     return hw[18:24] if family == ARPHRD_ETHER else None
-
-
-def kernel_source(address: int) -> bytes:
-    """The source address the kernel picks for `address` (b"" when it has no route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        try:
-            udp.connect((socket.inet_ntoa(address.to_bytes(4, "big")), 9))
-        except OSError:
-            return b""
-        return socket.inet_aton(udp.getsockname()[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import contextlib
 import errno
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -61,12 +60,14 @@ from vncaudit.discovery import (
 )
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
+from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
+from vncaudit.rawsyn import replies_socket, source_port
+from vncaudit.synstart import EarlyStart, claim
 
 log = logging.getLogger(__name__)
 
 U64 = npt.NDArray[np.uint64]
 
-DEFAULT_SYN_RATE: Final = 50_000.0  # packets/s when --rate is not given (zmap: ~15,000)
 ONE_SENDER_RATE: Final = 100_000.0  # above this a second sender thread helps (measured here)
 EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
 NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
@@ -132,34 +133,6 @@ class TokenBucket:
             self.tokens -= seconds * self.rate
 
 
-def _bpf_replies_to(port: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF for a raw IPv4 TCP socket: keep SYN-ACK and RST-ACK segments to `port`."""
-    syn, rst, ack = wire.TCP_SYN, wire.TCP_RST, wire.TCP_ACK
-    return [
-        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf)   x = IP header length
-        (0x48, 0, 0, 2),  # ldh [x+2]          TCP destination port
-        (0x15, 0, 5, port),  # jeq #port, else drop
-        (0x50, 0, 0, 13),  # ldb [x+13]        TCP flags
-        (0x54, 0, 0, syn | rst | ack),
-        (0x15, 1, 0, syn | ack),  # SYN-ACK: keep
-        (0x15, 0, 1, rst | ack),  # RST-ACK: keep, else drop
-        (0x06, 0, 0, 0xFFFF),
-        (0x06, 0, 0, 0),
-    ]
-
-
-def _source_port() -> int:
-    """A random port outside the kernel's ephemeral range, so no local socket ever uses it."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            low, high = (int(x) for x in fh.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    if high < 65000:
-        return random.randint(high + 1, 65535)
-    return random.randint(1024, max(1025, low - 1))
-
-
 def _host(address: int) -> str:
     return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
 
@@ -197,7 +170,7 @@ class SynSweep(BaseSweep):
     def __init__(self, targets: Iterable[Target], sink: Sink, options: DiscoveryOptions,
                  senders: int | None = None) -> None:
         super().__init__(targets, sink, options)
-        self.port = _source_port()
+        self.port = source_port()
         self.secret = os.urandom(16)
         self.cookies = wire.Cookies(self.secret)
         self.rate = options.rate or DEFAULT_SYN_RATE
@@ -227,6 +200,55 @@ class SynSweep(BaseSweep):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.rx: socket.socket | None = None
         self.marks = getattr(sink, "finished_marks", None)
+        # The early start's (`vncaudit.synstart`), when this sweep took it over: the socket
+        # that has read the answers since its first SYN, the sending one until a sender takes
+        # it, and what is left of the walk's first block after its pairs.
+        self.early_rx: socket.socket | None = None
+        self.early_tx: socket.socket | None = None
+        self.rest: U64 | None = None
+        self.opened = False  # the sweep's own first chunk of fresh SYNs went out
+        early = claim()
+        if early is not None:
+            self._adopt(early)
+
+    def _adopt(self, early: EarlyStart) -> None:
+        """Take over the early start when it sent the first pairs of this very sweep: its
+        seed, cookie secret and source port are then this sweep's, its pairs are pending in
+        the window from the moment they went out (their verdicts are given as any other's),
+        and the walk goes on after them. Otherwise its sockets are closed and its answers
+        left unread; either way the rate cap counts its SYNs."""
+        sent = len(early.pairs)
+        with self.bucket.lock:  # what the bucket would hold had it let these out
+            self.bucket.tokens = float(self.bucket.burst - sent)
+            self.bucket.last = early.sent_at
+        walk = self.walk
+        plan = early.plan
+        first = None
+        if (walk is not None and getattr(walk, "seed", None) == early.seed
+                and getattr(walk, "shard", None) == (0, 1) and not getattr(walk, "skip", ())
+                and getattr(walk, "__len__", lambda: -1)() == plan.count
+                and self.rate == (plan.rate or DEFAULT_SYN_RATE)
+                and self.options.timeout == plan.timeout
+                and self.options.retries == plan.retries):
+            self.blocks = walk.blocks(wire.MAX_BATCH)
+            first = next(self.blocks, None)
+        if (first is None or first.others or len(first.pairs) < sent
+                or first.pairs[:sent].tolist() != early.pairs):
+            early.close()
+            self.blocks = None
+            return
+        self.port = early.port
+        self.secret = early.secret
+        self.cookies = wire.Cookies(early.secret)
+        self.early_rx, self.early_tx = early.rx, early.tx
+        self.rest = first.pairs[sent:]
+        pairs = first.pairs[:sent]
+        self.pending.update(early.pairs)
+        self.window.append(_Flight(early.sent_at + self.options.timeout, pairs, 1))
+        self.sent += sent
+        counters = self.counters
+        counters.sent = counters.fresh = counters.opening = sent
+        counters.started = counters.fresh_done = early.sent_at
 
     # -- the event loop's side -------------------------------------------------------------
 
@@ -244,21 +266,18 @@ class SynSweep(BaseSweep):
     async def run(self) -> SweepStats:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        try:
-            rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-        except PermissionError:
-            raise UsageError(SYN_ERROR) from None
+        rx = self.early_rx
+        if rx is None:
+            try:
+                rx = replies_socket(self.port)
+            except PermissionError:
+                raise UsageError(SYN_ERROR) from None
         self.rx = rx
         threads: list[threading.Thread] = []
         try:
-            rx.setblocking(False)
-            with contextlib.suppress(OSError):
-                rx.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 32 << 20)
-            wire.attach_filter(rx, _bpf_replies_to(self.port))
-            with contextlib.suppress(BlockingIOError):
-                while True:  # anything queued before the filter was attached
-                    rx.recv(65535)
             loop.add_reader(rx.fileno(), self._readable)
+            if self.early_rx is not None:
+                self._readable()  # the answers to the early SYNs, before any is given up
             self.plan = routes.plan()
             interfaces = self.plan.interfaces()
             dropped_before = _tx_dropped(interfaces)
@@ -279,6 +298,10 @@ class SynSweep(BaseSweep):
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(rx.fileno())
             rx.close()
+            with self.lock:
+                unused, self.early_tx = self.early_tx, None
+            if unused is not None:
+                unused.close()
 
     async def _settle(self, loop: asyncio.AbstractEventLoop, interfaces: set[int],
                       dropped_before: int) -> None:
@@ -500,6 +523,9 @@ class SynSweep(BaseSweep):
     def _next_block(self) -> tuple[U64, tuple[Target, ...]] | None:
         """Called under the lock."""
         if self.walk is not None:
+            if self.rest is not None:  # the first block, after the early start's pairs
+                rest, self.rest = self.rest, None
+                return rest, ()
             if self.blocks is None:
                 self.blocks = self.walk.blocks(wire.MAX_BATCH)
             block = next(self.blocks, None)
@@ -565,7 +591,9 @@ class SynSweep(BaseSweep):
     def _kernel_tx(self, txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]
                    ) -> wire.KernelTx | wire.LinkTx:
         if (-1, False) not in txs:
-            txs[(-1, False)] = wire.KernelTx(self.port, wire.raw_tcp_socket())
+            with self.lock:
+                sock, self.early_tx = self.early_tx, None
+            txs[(-1, False)] = wire.KernelTx(self.port, sock or wire.raw_tcp_socket())
         return txs[(-1, False)]
 
     def _prime(self, path: routes.Path, pairs: U64, seqs: U64, made: int,
@@ -656,9 +684,12 @@ class SynSweep(BaseSweep):
                 counters.sent += ok
                 counters.refused += refused
                 counters.failed += len(failed)
-                if not counters.started and made == 0:
+                if not self.opened and made == 0:
+                    # The rate is the sweep's own: counted from its first chunk, which the
+                    # cap lets out at once, as are the early start's SYNs before it.
+                    self.opened = True
                     counters.started = now
-                    counters.opening = ok
+                    counters.opening = counters.fresh + ok
                 if made == 0:
                     counters.fresh += ok
                     counters.fresh_done = now

@@ -1,12 +1,13 @@
 """The bytes of SYN discovery, made and read a batch at a time (numpy), sent with sendmmsg(2).
 
-Owns: the keyed cookie that is each SYN's sequence number (SipHash-2-4 of the destination
-`(address << 16) | port` under a key drawn for the sweep, low 32 bits; an answer acknowledges
-cookie + 1, so it is checked by recomputing, with no table), the SYN itself (24-byte TCP header
-with an MSS option, as the kernel's own SYNs carry one), built for a whole batch from one template
-with the checksums summed as vectors (RFC 1071: a one's-complement sum of 16-bit words, so the
-constant words are summed once), and handing a batch to the kernel with one sendmmsg(2) through
-ctypes (the GIL is released for the call):
+Owns: the keyed cookie of `vncaudit.rawsyn` (SipHash-2-4 of the pair, the SYN's sequence
+number) computed for a whole batch as vector operations, the SYN of `rawsyn` (24-byte TCP header
+with an MSS option, as the kernel's own SYNs carry one) built for a whole batch from its
+template with the checksums summed as vectors (RFC 1071: the constant words summed once), and
+handing a batch to the kernel with one sendmmsg(2) through ctypes (the GIL is released for the
+call). The scalar pieces (the cookie, the template, the word sums, the raw sockets) are
+`rawsyn`'s, re-exported here; a batch is byte for byte what `rawsyn.syn_segment` makes of each
+of its pairs:
 
 * `KernelTx`: a raw IPPROTO_TCP socket; the kernel routes each segment, adds the IP header and
   resolves the next hop (any route, any interface, policy routing, IPsec);
@@ -24,7 +25,6 @@ touch asyncio, or send to any destination but those it is handed.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import socket
@@ -35,75 +35,56 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from vncaudit.rawsyn import (
+    IV,
+    LAST_BLOCK,
+    MSS_OPTION,
+    SYN_LEN,
+    TCP_ACK,
+    TCP_RST,
+    TCP_SYN,
+    attach_filter,
+    cookie,
+    cookie_key,
+    raw_tcp_socket,
+    siphash,
+    tcp_template,
+    template_sum,
+    word_sum,
+)
+
+__all__ = ["MAX_BATCH", "MAX_CALL", "MSS_OPTION", "SYN_LEN", "TCP_ACK", "TCP_RST", "TCP_SYN",
+           "Cookies", "KernelTx", "LinkTx", "attach_filter", "packet_socket", "parse_replies",
+           "raw_tcp_socket", "siphash", "word_sum"]
+
 U64 = npt.NDArray[np.uint64]
 
 MAX_BATCH: Final = 4096  # packets built at once (one template pass)
 MAX_CALL: Final = 1024  # messages per sendmmsg: the kernel's UIO_MAXIOV limit
-SYN_LEN: Final = 24  # TCP header with the MSS option
 TTL: Final = 64
-WINDOW: Final = 65535
-MSS_OPTION: Final = struct.pack("!BBH", 2, 4, 1460)
-TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 ETH_P_IP: Final = 0x0800
 SOL_PACKET: Final = 263
 
 # ---------------------------------------------------------------------------------------------
-# The cookie: SipHash-2-4 (Aumasson and Bernstein, 2012) of one 64-bit word, the pair.
-
-_M64: Final = (1 << 64) - 1
-_IV: Final = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573)
-_LAST_BLOCK: Final = 8 << 56  # the length byte of an 8-byte message, nothing else left
-
-
-def _rotl(x: int, b: int) -> int:
-    return ((x << b) | (x >> (64 - b))) & _M64
-
-
-def siphash(k0: int, k1: int, message: int) -> int:
-    """SipHash-2-4 of one little-endian 64-bit word (scalar; the reference for `Cookies`)."""
-    v0, v1, v2, v3 = k0 ^ _IV[0], k1 ^ _IV[1], k0 ^ _IV[2], k1 ^ _IV[3]
-
-    def rounds(n: int) -> None:
-        nonlocal v0, v1, v2, v3
-        for _ in range(n):
-            v0 = (v0 + v1) & _M64
-            v1 = _rotl(v1, 13) ^ v0
-            v0 = _rotl(v0, 32)
-            v2 = (v2 + v3) & _M64
-            v3 = _rotl(v3, 16) ^ v2
-            v0 = (v0 + v3) & _M64
-            v3 = _rotl(v3, 21) ^ v0
-            v2 = (v2 + v1) & _M64
-            v1 = _rotl(v1, 17) ^ v2
-            v2 = _rotl(v2, 32)
-
-    for block in (message, _LAST_BLOCK):
-        v3 ^= block
-        rounds(2)
-        v0 ^= block
-    v2 ^= 0xFF
-    rounds(4)
-    return v0 ^ v1 ^ v2 ^ v3
-
+# The cookie (`rawsyn.siphash`), a batch at a time
 
 class Cookies:
     """The sweep's cookie function: `cookie(pair)` = low 32 bits of SipHash-2-4 of the pair."""
 
     def __init__(self, secret: bytes) -> None:
-        if len(secret) != 16:
-            raise ValueError("the cookie key is 16 bytes")
-        self.k0, self.k1 = struct.unpack("<QQ", secret)
+        self.key = cookie_key(secret)
+        self.k0, self.k1 = self.key
 
     def cookie(self, pair: int) -> int:
-        return siphash(self.k0, self.k1, pair) & 0xFFFFFFFF
+        return cookie(self.key, pair)
 
     def cookies(self, pairs: U64) -> U64:
         """`cookie` of every element, as vector operations (a few hundred for any length)."""
         n = len(pairs)
-        v0 = np.full(n, self.k0 ^ _IV[0], np.uint64)
-        v1 = np.full(n, self.k1 ^ _IV[1], np.uint64)
-        v2 = np.full(n, self.k0 ^ _IV[2], np.uint64)
-        v3 = np.full(n, self.k1 ^ _IV[3], np.uint64)
+        v0 = np.full(n, self.k0 ^ IV[0], np.uint64)
+        v1 = np.full(n, self.k1 ^ IV[1], np.uint64)
+        v2 = np.full(n, self.k0 ^ IV[2], np.uint64)
+        v3 = np.full(n, self.k1 ^ IV[3], np.uint64)
         t = np.empty(n, np.uint64)
 
         def rotl(x: U64, b: int) -> None:
@@ -132,7 +113,7 @@ class Cookies:
         np.bitwise_xor(v3, message, out=v3)
         rounds(2)
         np.bitwise_xor(v0, message, out=v0)
-        last = np.uint64(_LAST_BLOCK)
+        last = np.uint64(LAST_BLOCK)
         np.bitwise_xor(v3, last, out=v3)
         rounds(2)
         np.bitwise_xor(v0, last, out=v0)
@@ -144,11 +125,6 @@ class Cookies:
 
 # ---------------------------------------------------------------------------------------------
 # Checksums
-
-
-def word_sum(data: bytes) -> int:
-    """Sum of the big-endian 16-bit words of `data` (even length), not folded."""
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
 
 
 def _folded_complement(total: U64) -> U64:
@@ -231,29 +207,6 @@ class _Tx:
         self.sock.close()
 
 
-def _tcp_template(sport: int) -> bytes:
-    return struct.pack("!HHIIHHHH", sport, 0, 0, 0, (6 << 12) | TCP_SYN, WINDOW, 0, 0) + \
-        MSS_OPTION
-
-
-def raw_tcp_socket() -> socket.socket:
-    """A raw IPPROTO_TCP socket for sending only: it would get a copy of every TCP segment the
-    host receives, so a filter drops them all in the kernel. IP_RECVERR, or a packet the
-    device queue drops would be reported as sent (the sweep counts and resends those)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-    try:
-        attach_filter(sock, [(0x06, 0, 0, 0)])  # ret #0: keep nothing
-        sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11), 1)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 4 << 20)
-        # Blocking sends, bounded: a full queue waits for the device, never forever.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 100_000))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def packet_socket(ifindex: int) -> socket.socket:
     """An AF_PACKET socket that sends whole frames on one interface and receives nothing."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receive nothing
@@ -264,17 +217,6 @@ def packet_socket(ifindex: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-SO_ATTACH_FILTER: Final = 26
-
-
-def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
-    """Attach a classic BPF program (code, jt, jf, k per instruction) to `sock`."""
-    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class KernelTx(_Tx):
@@ -288,10 +230,10 @@ class KernelTx(_Tx):
                         "offsets": [2, 4, 16], "itemsize": 32})
 
     def __init__(self, sport: int, sock: socket.socket) -> None:
-        template = _tcp_template(sport)
+        template = tcp_template(sport)
         super().__init__(sock, template, 0, named=True)
         self.fields = self.raw.view(self._fields)
-        self.base = word_sum(template) + socket.IPPROTO_TCP + SYN_LEN
+        self.base = template_sum(sport)
         self.dest = self.names[:, 4:8]
 
     def load(self, pairs: U64, seqs: U64, source_sums: U64 | int) -> None:
@@ -320,7 +262,7 @@ class LinkTx(_Tx):
                  sock: socket.socket) -> None:
         ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + SYN_LEN, 0, 0, TTL,
                                 socket.IPPROTO_TCP, 0, source, b"\0\0\0\0")
-        tcp = _tcp_template(sport)
+        tcp = tcp_template(sport)
         frame = next_hop_mac + our_mac + struct.pack("!H", ETH_P_IP) + ip_header + tcp
         super().__init__(sock, frame, 0, named=False)
         self.fields = self.raw.view(self._fields)

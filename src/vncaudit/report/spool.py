@@ -36,6 +36,7 @@ __all__ = ["JsonSpool", "Tally"]
 
 _SERVICES_TAIL = '"services": []\n}'  # how the document ends with no service
 _ITEM = "\n    "  # a service's lines inside the document's "services" list
+_BUFFER = 1 << 20  # bytes of spooled text held before they go to the file
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _address_key(host: str) -> tuple[int, bytes]:
     parts = host.split(".")
     if len(parts) == 4:
         try:
-            octets = bytes(int(p) for p in parts)
+            octets = bytes(map(int, parts))
         except ValueError:
             pass
         else:
@@ -90,7 +91,9 @@ class JsonSpool:
     Use as a context manager (or `close`): the file is removed on close."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        # Written in large pieces: a service's text is ~3-4 KB, and the default buffer
+        # would make a system call of every second one.
+        self._file = tempfile.TemporaryFile(buffering=_BUFFER)  # noqa: SIM115 (closed by close())
         self._end = 0
         self._index: list[_Entry] = []  # sorted once, at the end
         self._kept: list[_Entry] | None = None

@@ -21,13 +21,30 @@ The package re-exports its public names; the parts live in:
   * `errors`       — the one-line `UsageError` helpers they share.
 Each part imports only parts listed before it in this order: errors, ports, addresses,
 expressions, inputs, permutation, space (`permutation` imports none of them).
+Importing one part does not import the others: the package's names are looked up in their
+parts when first used (the early start of a SYN scan imports `permutation` alone).
 """
 
-from vncaudit.targets.addresses import SPECIAL_NETWORKS, IPAddress
-from vncaudit.targets.expressions import MAX_IPV6_EXPRESSION, Resolver, default_resolver
-from vncaudit.targets.inputs import PathLike
-from vncaudit.targets.ports import DEFAULT_PORTS, VNC_DISPLAY_BASE, format_ports, parse_ports
-from vncaudit.targets.space import TargetSpace, build_target_space
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vncaudit.targets.addresses import SPECIAL_NETWORKS, IPAddress
+    from vncaudit.targets.expressions import MAX_IPV6_EXPRESSION, Resolver, default_resolver
+    from vncaudit.targets.inputs import PathLike
+    from vncaudit.targets.ports import DEFAULT_PORTS, VNC_DISPLAY_BASE, format_ports, parse_ports
+    from vncaudit.targets.space import TargetSpace, build_target_space
+
+# name -> the part that defines it
+_PARTS = {
+    "SPECIAL_NETWORKS": "addresses", "IPAddress": "addresses",
+    "MAX_IPV6_EXPRESSION": "expressions", "Resolver": "expressions",
+    "default_resolver": "expressions", "PathLike": "inputs", "DEFAULT_PORTS": "ports",
+    "VNC_DISPLAY_BASE": "ports", "format_ports": "ports", "parse_ports": "ports",
+    "TargetSpace": "space", "build_target_space": "space",
+}
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -43,3 +60,12 @@ __all__ = [
     "format_ports",
     "parse_ports",
 ]
+
+
+def __getattr__(name: str) -> object:
+    part = _PARTS.get(name)
+    if part is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{part}"), name)
+    globals()[name] = value
+    return value

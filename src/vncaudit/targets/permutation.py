@@ -10,19 +10,37 @@ stable across processes), do I/O, or import anything of the package.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterator
 from itertools import count as _counter
-from typing import TYPE_CHECKING, Final
 
+# Not `typing.TYPE_CHECKING`: the early start of a SYN scan imports this module before typing
+# (vncaudit.synstart).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Final
+
     import numpy as np
     import numpy.typing as npt
 
-_SMALL_PRIMES: Final = tuple(
-    n for n in range(2, 1000) if all(n % d for d in range(2, math.isqrt(n) + 1))
-)
+try:  # hashlib's own blake2b, without the OpenSSL bindings hashlib loads first (~4 ms)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter without the module
+    from hashlib import blake2b
+
+
+def _primes_below(n: int) -> tuple[int, ...]:
+    """The primes below `n` (a sieve: this module is imported before a SYN scan's first
+    packet)."""
+    sieve = bytearray([1]) * n
+    sieve[:2] = b"\0\0"
+    for i in range(2, math.isqrt(n - 1) + 1):
+        if sieve[i]:
+            sieve[i * i::i] = bytes(len(range(i * i, n, i)))
+    return tuple(i for i, prime in enumerate(sieve) if prime)
+
+
+_SMALL_PRIMES: Final = _primes_below(1000)
 _MR_BASES: Final = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)  # exact below 3.3e24
 
 
@@ -83,7 +101,7 @@ def _prime_factors(n: int) -> set[int]:
 
 def _derive(seed: int, label: str, n: int = 0) -> int:
     """A 128-bit number from (seed, label, n): stable across processes and Python versions."""
-    digest = hashlib.blake2b(f"{seed}:{label}:{n}".encode(), digest_size=16).digest()
+    digest = blake2b(f"{seed}:{label}:{n}".encode(), digest_size=16).digest()
     return int.from_bytes(digest, "big")
 
 

@@ -1,0 +1,183 @@
+"""The early start of a SYN scan: its first SYNs, sent before the rest of the program loads.
+
+Owns: `start` (for a plan the launcher read from the command line, `EarlyPlan`: draw the walk's
+seed, the cookie secret and the source port as the sweep would, open the socket that reads the
+answers, then send the first pairs of the scan's real walk order, at most `EARLY_MAX` and no
+more than the rate cap's burst, one SYN each on a raw IPPROTO_TCP socket: the kernel routes
+them and adds the IP header), and the hand-off: `started` (the seed the scan record must use)
+and `claim` (the SYN sweep takes the sockets and the pairs in flight, once). What it sends is
+exactly what the sweep would send first: the same permutation (`targets.permutation`), the same
+cookie and bytes (`rawsyn`).
+
+Imports the standard library's `os`, `socket`, `struct`, `time`, `bisect` and the package's
+`rawsyn` and `targets.permutation` only (checked by tests/test_synstart.py): it runs before
+typer, asyncio, numpy and the store are imported. Must not: send to anything but the pairs the
+plan's own walk gives, send more than the burst, import numpy, or decide whether a command line
+may start early (the launcher, `cli.launch`, does).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from bisect import bisect_right
+
+from vncaudit import rawsyn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+EARLY_MAX: Final = 64  # SYNs built one by one in Python before the sweep's batches take over
+MAX_COUNT: Final = 1 << 40  # a larger space is left to the sweep (its permutation costs more)
+
+
+class EarlyPlan:
+    """What the launcher read from a `vncaudit scan` command line: IPv4 intervals (merged,
+    sorted, each (first, last) address), the ports (sorted, unique) and the pace. A plain
+    class: `dataclasses` costs more to import than the whole early start."""
+
+    __slots__ = ("blocks", "ports", "rate", "retries", "timeout")
+
+    def __init__(self, blocks: tuple[tuple[int, int], ...], ports: tuple[int, ...],
+                 rate: float | None, retries: int | None, timeout: float) -> None:
+        self.blocks = blocks
+        self.ports = ports
+        self.rate = rate  # None: the sweep's default
+        self.retries = retries  # None: the mode's default
+        self.timeout = timeout
+
+    @property
+    def count(self) -> int:
+        """(address, port) pairs of the plan."""
+        return sum(last - first + 1 for first, last in self.blocks) * len(self.ports)
+
+
+class EarlyStart:
+    """What `start` did: the walk's seed, the cookie secret, the source port, the sockets
+    (answers, and sending) and the pairs sent (`(address << 16) | port`, in walk order), with
+    the moment the last of them went out (`time.monotonic()`)."""
+
+    __slots__ = ("plan", "seed", "secret", "port", "rx", "tx", "pairs", "sent_at")
+
+    def __init__(self, plan: EarlyPlan, seed: int, secret: bytes, port: int,
+                 rx: socket.socket, tx: socket.socket, pairs: list[int],
+                 sent_at: float) -> None:
+        self.plan = plan
+        self.seed = seed
+        self.secret = secret
+        self.port = port
+        self.rx = rx
+        self.tx = tx
+        self.pairs = pairs
+        self.sent_at = sent_at
+
+    def close(self) -> None:
+        self.rx.close()
+        self.tx.close()
+
+
+_started: EarlyStart | None = None
+
+
+def started() -> EarlyStart | None:
+    """The early start of this process, if one was made and not claimed yet."""
+    return _started
+
+
+def claim() -> EarlyStart | None:
+    """The early start, for the one sweep that takes it over (its sockets are then the
+    sweep's to close); None when there is none or it was claimed."""
+    global _started
+    early, _started = _started, None
+    return early
+
+
+def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
+    """The first `n` pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes
+    with `seed` (`TargetSpace.iter_targets`: the same permutation, the same index to pair)."""
+    from vncaudit.targets.permutation import CyclicPermutation
+
+    ports = plan.ports
+    firsts = [first for first, _ in plan.blocks]
+    offsets = [0]
+    for first, last in plan.blocks:
+        offsets.append(offsets[-1] + last - first + 1)
+    out: list[int] = []
+    if n <= 0:
+        return out
+    for i in CyclicPermutation(offsets[-1] * len(ports), seed).indices():
+        a, port_index = divmod(i, len(ports))
+        k = bisect_right(offsets, a) - 1
+        out.append(((firsts[k] + a - offsets[k]) << 16) | ports[port_index])
+        if len(out) == n:
+            break
+    return out
+
+
+def start(plan: EarlyPlan) -> EarlyStart | None:
+    """Send the plan's first SYNs now; None (nothing sent, nothing left open) when this
+    process has no raw-socket rights, the plan is empty or too large, or the kernel has no
+    route to one of the first pairs (the sweep then meets the same and says so)."""
+    global _started
+    count = plan.count
+    if count == 0 or count > MAX_COUNT or _started is not None:
+        return None
+    rate = plan.rate or rawsyn.DEFAULT_SYN_RATE
+    n = min(EARLY_MAX, rawsyn.rate_burst(rate), count)
+    port = rawsyn.source_port()
+    try:
+        rx = rawsyn.replies_socket(port)  # before the first SYN: no answer is lost
+    except OSError:
+        return None
+    try:
+        tx = rawsyn.raw_tcp_socket()
+    except OSError:
+        rx.close()
+        return None
+    # 64 bits from os.urandom, as the target space draws its seed.
+    seed = int.from_bytes(os.urandom(8), "big")
+    secret = os.urandom(16)
+    try:
+        pairs = _send(tx, port, secret, first_pairs(plan, seed, n))
+    except OSError:
+        pairs = []
+    if not pairs:
+        rx.close()
+        tx.close()
+        return None
+    _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
+    return _started
+
+
+def _send(tx: socket.socket, port: int, secret: bytes, pairs: list[int]) -> list[int]:
+    """Send a SYN to each pair in order; the pairs sent, up to the first one the kernel
+    refused (no buffer space, no route: the sweep sends that one and the rest, and counts
+    what it refuses). Nothing is sent unless the kernel has a source address for every pair."""
+    sources: dict[int, int] = {}
+    for pair in pairs:
+        address = pair >> 16
+        if address not in sources:
+            source = rawsyn.kernel_source(address)
+            if not source:
+                return []
+            sources[address] = rawsyn.word_sum(source)
+    key = rawsyn.cookie_key(secret)
+    sent: list[int] = []
+    for pair in pairs:
+        segment = rawsyn.syn_segment(port, pair, rawsyn.cookie(key, pair), sources[pair >> 16])
+        destination = (socket.inet_ntoa((pair >> 16).to_bytes(4, "big")), 0)
+        for attempt in (1, 2):
+            try:
+                tx.sendto(segment, destination)
+                break
+            except (BlockingIOError, InterruptedError):
+                return sent
+            except OSError:
+                # A raw IP socket also reports, once, an ICMP error that came for an earlier
+                # segment: the same packet again tells that from its own failure.
+                if attempt == 2:
+                    return sent
+        sent.append(pair)
+    return sent
