@@ -108,20 +108,27 @@ def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SYN discovery needs raw sockets (root)")
-def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_syn_scan_imports_only_what_its_first_packet_needs(tmp_path: Path, output: str) -> None:
     """SYN discovery admits a pair in the ledger when it answers: its rules (the TOML) are not
     read before the first SYN either; a command line the early start takes (cli.launch) sends
-    it before the command line is parsed by typer, the store opened or numpy imported."""
-    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0")
+    it before the command line is parsed by typer, the store opened or numpy imported. Nor,
+    when the sweep sends the first batch itself, is the ledger (`vncaudit.budget`) loaded, or,
+    with -o json, the result types the report's spool holds: they come after the last SYN."""
+    imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
+                                        "-o", output)
     assert "vncaudit.synstart" in imported
     for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib", "typer", "asyncio", "numpy", "sqlite3",
                    "vncaudit.cli.program", "vncaudit.discovery", "vncaudit.store"):
         assert module not in imported, module
     # Outside what the early start takes (--exclude): the sweep's first batch, as before.
     imported = _modules_at_first_packet(tmp_path, "--discovery", "syn", "--retries", "0",
-                                        "--exclude", "127.0.0.2")
+                                        "--exclude", "127.0.0.2", "-o", output,
+                                        "--output-file", str(tmp_path / f"report.{output}"))
     assert "vncaudit.discovery.syn" in imported
-    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib"):
+    if output == "json":
+        assert "vncaudit.report.spool" in imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "tomllib", "vncaudit.budget"):
         assert module not in imported, module
 
 

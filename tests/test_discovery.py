@@ -372,6 +372,92 @@ def test_netns_syn_resume_keeps_one_row_per_pair(bed: tuple[Bed, list[str]],
     assert {h for (h, _), s in services.items() if s["state"] == "vnc"} == {*hosts, FLAKY_HOST}
 
 
+# Runs a SYN scan of NET through `StoredScan.run_async` with an `on_idle` of its own, in the
+# scanning namespace; prints when each thing happened (time.monotonic) and what a copy of the
+# database file alone (no -wal) held when `on_idle` ran.
+_IDLE_RUN = """
+import asyncio, json, shutil, sqlite3, sys, time
+from pathlib import Path
+from vncaudit.discovery import Mode
+from vncaudit.engine import Progress, run
+from vncaudit.runner import StoredScan
+from vncaudit.spec import ScanSpec
+from vncaudit.store import Store
+db, net = Path(sys.argv[1]), sys.argv[2]
+seen = {"idle": [], "results": [], "copy": None}
+def on_idle():
+    seen["idle"].append(time.monotonic())
+    shutil.copyfile(db, db.with_suffix(".copy"))
+    with sqlite3.connect(db.with_suffix(".copy")) as conn:
+        seen["copy"] = conn.execute("SELECT count(*) FROM results WHERE state = 'vnc'"
+                                    ).fetchone()[0]
+def on_result(result):
+    seen["results"].append((time.monotonic(), result.state.value))
+with Store.open(db) as store:
+    spec = ScanSpec(expressions=(net,), ports="5900", timeout=1.0, rate=4000.0,
+                    discovery=Mode.SYN, retries=0)
+    stored = StoredScan.create(store, spec)
+    progress = Progress()
+    record = run(stored.run_async(on_result=on_result, progress=progress, on_idle=on_idle))
+    seen["fresh_done"] = progress.syn.fresh_done
+    seen["ended"] = time.monotonic()
+    seen["done"] = record.counts["done"]
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.netns
+def test_netns_syn_window_idle_time_checkpoints_the_store(bed: tuple[Bed, list[str]],
+                                                          tmp_path: Path) -> None:
+    """Once the last SYN is out and every probe has ended, only the window of late answers is
+    left: `on_idle` runs then, once, before the silent pairs' verdicts, and by then every
+    fingerprint found is in the database file itself (a copy of the .db alone has them), so
+    that closing the store after the window has little left to write."""
+    testbed, hosts = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    out = subprocess.run(["ip", "netns", "exec", testbed.scn, sys.executable, "-c",
+                          _IDLE_RUN, str(tmp_path / "s.db"), NET], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    [idle] = seen["idle"]
+    vnc = [at for at, state in seen["results"] if state == "vnc"]
+    assert len(vnc) == len(hosts) + 1  # and FLAKY_HOST
+    assert seen["fresh_done"] <= idle and max(vnc) <= idle
+    assert idle < seen["fresh_done"] + 1.0 < seen["ended"]  # inside the last window
+    assert seen["copy"] == len(vnc)
+    assert seen["done"] == 1024
+
+
+@pytest.mark.netns
+def test_netns_syn_scan_leaves_a_whole_database_file(bed: tuple[Bed, list[str]],
+                                                     tmp_path: Path) -> None:
+    """After `vncaudit scan --discovery syn` exits, the .db alone (copied without its -wal,
+    as users copy it) holds the finished scan: every pair's verdict, every fingerprint, and
+    the connection ledger's record of each probed pair (admitted after the SYNs went out)."""
+    import sqlite3
+
+    testbed, hosts = bed
+    testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
+    db = tmp_path / "s.db"
+    out = _cli(NET, "-p", "5900", "--timeout", "1", "--retries", "0", "--discovery", "syn",
+               "--rate", "4000", "-o", "json", "--output-file", str(tmp_path / "r.json"),
+               "--db", str(db), netns=testbed.scn)
+    assert out.returncode == 0, out.stderr
+    wal = Path(f"{db}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "alone.db"
+    alone.write_bytes(db.read_bytes())
+    with sqlite3.connect(alone) as conn:
+        [(scan_id, status)] = conn.execute("SELECT id, status FROM scans").fetchall()
+        assert status == "finished"
+        assert _recorded(conn, scan_id) == 1024
+        vnc = {h for (h,) in conn.execute("SELECT host FROM results WHERE state = 'vnc'")}
+        ledger = {h for (h,) in conn.execute("SELECT dst FROM budget_ledger WHERE port = 5900")}
+    assert vnc == {*hosts, FLAKY_HOST}
+    assert ledger == vnc
+
+
 def _recorded(conn: Any, scan_id: str | None = None) -> int:
     """Pairs recorded in the store: a row each in `done`, in bulk in `done_packed`."""
     where, args = ("WHERE scan_id = ?", (scan_id,)) if scan_id else ("", ())

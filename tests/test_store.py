@@ -282,6 +282,47 @@ def test_open_default_path_creates_dirs_and_uses_wal(
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def _copied_alone(db: Path, where: Path) -> sqlite3.Connection:
+    """The database file copied without its -wal and -shm, as a user copies a .db."""
+    where.write_bytes(db.read_bytes())
+    return raw(where)
+
+
+def test_checkpoint_makes_the_file_whole_while_the_store_stays_open(db: Path,
+                                                                    tmp_path: Path) -> None:
+    """What a scan wrote before `checkpoint` is in the database file itself (a copy of the
+    .db alone reads it), while the store is still open and writing; `close` does the rest."""
+    with Store.open(db) as s:
+        scan_id = new_scan(s)
+        s.add_results(scan_id, [make_result(i) for i in range(40)])
+        s.flush()
+        before = _copied_alone(db, tmp_path / "before.db")
+        # The control: committed, but only in the write-ahead log so far.
+        assert before.execute("SELECT count(*) FROM sqlite_master WHERE name = 'results'"
+                              ).fetchone()[0] == 0
+        before.close()
+        s.add_results(scan_id, [make_result(i) for i in range(40, 50)])  # left in the batch
+        s.checkpoint()
+        during = _copied_alone(db, tmp_path / "during.db")
+        assert during.execute("SELECT count(*) FROM results WHERE scan_id = ?",
+                              (scan_id,)).fetchone()[0] == 50
+        assert during.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        during.close()
+        s.add_results(scan_id, [make_result(i) for i in range(50, 60)])
+        s.finish_scan(scan_id)
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    after = _copied_alone(db, tmp_path / "after.db")
+    assert after.execute("SELECT count(*), max(status) FROM results JOIN scans "
+                         "ON scans.id = results.scan_id").fetchone() == (60, "finished")
+
+
+def test_checkpoint_of_a_closed_store_is_a_store_error(db: Path) -> None:
+    s = Store.open(db)
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.checkpoint()
+
+
 def test_open_env_var_and_nested_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "a" / "b" / "c.db"
     monkeypatch.setenv("VNCAUDIT_DB", str(path))

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vncaudit import rawsyn
 from vncaudit.discovery import rate_burst, route, wire
 from vncaudit.discovery.syn import TokenBucket
 
@@ -74,6 +75,25 @@ def test_kernel_segments_are_valid_syns_with_their_cookies() -> None:
             assert _ones_complement_sum(pseudo + segment) == 0xFFFF
             name = tx.names[i].tobytes()
             assert name[:2] == struct.pack("=H", socket.AF_INET) and name[4:8] == address
+
+
+@settings(max_examples=30, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=16), seed=st.integers(0, 1 << 30),
+       sport=st.integers(1, 65535), source=st.binary(min_size=4, max_size=4))
+def test_scalar_syns_are_the_batch_syns_byte_for_byte(secret: bytes, seed: int, sport: int,
+                                                      source: bytes) -> None:
+    """What the early start sends one at a time without numpy (`rawsyn.syn_segment` with
+    `rawsyn.cookie`) is exactly what the sweep's numpy batch makes of the same pairs."""
+    cookies = wire.Cookies(secret)
+    key = rawsyn.cookie_key(secret)
+    pairs = _pairs(60, seed)
+    with socket.socket() as placeholder:  # never sent on
+        tx = wire.KernelTx(sport, placeholder)
+        tx.load(pairs, cookies.cookies(pairs), wire.word_sum(source))
+        for i, pair in enumerate(pairs.tolist()):
+            scalar = rawsyn.syn_segment(sport, pair, rawsyn.cookie(key, pair),
+                                        rawsyn.word_sum(source))
+            assert scalar == tx.packet(i), pair
 
 
 def test_link_frames_are_valid_ethernet_ipv4_syns() -> None:

@@ -33,7 +33,7 @@ from vncaudit.store.writer import MAX_AGE, ResultWriter
 
 if TYPE_CHECKING:
     from vncaudit.active import ActiveOptions
-    from vncaudit.budget import Ledger
+    from vncaudit.budget import Decision, Gate, Ledger
     from vncaudit.cluster import ClusterSpec, ShardedRun
     from vncaudit.models import ServiceResult
     from vncaudit.report.spool import JsonSpool
@@ -140,9 +140,9 @@ class StoredScan:
         return self.space.walk(skip=self.done)
 
     def engine_options(self, post_probe: PostProbe | None = None,
-                       ledger: Ledger | None = None) -> ScanOptions:
+                       ledger: Callable[[], Ledger] | None = None) -> ScanOptions:
         """The engine's options for this spec; `post_probe` replaces the spec's own step,
-        whose connections are counted in `ledger` when one is given."""
+        whose connections are counted in the ledger `ledger` returns when one is given."""
         spec = self.spec
         probe = ProbeOptions(timeout=spec.timeout, read_server_init=not spec.no_init)
         own = post_probe is None
@@ -180,6 +180,7 @@ class StoredScan:
         progress: Progress | None = None,
         max_age: float = MAX_AGE,
         spool: JsonSpool | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> ScanRecord:
         """Probe `targets` (default: `pending()`), grade each answer (`grade`, default
         `grader()`), hand it to `on_result`, write it; then mark the scan finished and return
@@ -193,14 +194,28 @@ class StoredScan:
         goes through the connection ledger (`ledger()`), a denied pair's result being the
         ledger's answer. With `spool` (the -o json report built as the scan runs) every
         result that is not closed or filtered goes there too, its JSON made once for the
-        report and the stored row."""
-        from vncaudit.budget import ScanGate
+        report and the stored row.
 
-        ledger = self.ledger()
+        While a SYN sweep's last window waits for late answers (`engine.iter_results`'s
+        `on_idle`), what is written so far is committed and checkpointed into the database
+        file, so that closing the store after the window has little left to copy; then
+        `on_idle` runs, the caller's own work for that moment."""
+        opened: list[Ledger] = []
+
+        def ledger() -> Ledger:
+            if not opened:
+                opened.append(self.ledger())
+            return opened[0]
+
+        def scan_gate() -> Gate:
+            from vncaudit.budget import ScanGate
+
+            return ScanGate(ledger(), self.scan_id)
+
         options = self.engine_options(post_probe, ledger)
         # The connections after the probe (the active checks, the honeypot checks among them)
         # are granted by `post_probe_for`'s own admission, from one source address.
-        gate = ScanGate(ledger, self.scan_id)
+        gate = _GateOnDemand(scan_gate) if self.spec.discovery is Mode.SYN else scan_gate()
         loop = asyncio.get_running_loop()
         writer = ResultWriter(self.store, self.scan_id, max_age=max_age)
         timer: list[asyncio.TimerHandle | None] = [None]
@@ -210,9 +225,16 @@ class StoredScan:
             if writer.pending:
                 writer.flush(commit=True)
 
+        def idle() -> None:
+            writer.flush()
+            self.store.checkpoint()
+            if on_idle is not None:
+                on_idle()
+
         try:
             async for result in iter_results(self.pending() if targets is None else targets,
-                                             options, progress, writer.add_marks, gate=gate):
+                                             options, progress, writer.add_marks, gate=gate,
+                                             on_idle=idle):
                 if result.state not in SILENT_STATES:
                     # Imported with the first result to grade, not before the first packet.
                     grade = grade or self.grader()
@@ -234,7 +256,8 @@ class StoredScan:
         finally:
             if timer[0] is not None:
                 timer[0].cancel()
-            ledger.close()
+            if opened:
+                opened[0].close()
         return self.store.finish_scan(self.scan_id)
 
     def run(
@@ -244,14 +267,16 @@ class StoredScan:
         progress: Progress | None = None,
         cluster: ClusterSpec | None = None,
         spool: JsonSpool | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> ScanRecord:
         """`run_async` in an event loop of its own (`engine.run`: uvloop, lean GC), or, with
         `cluster`, sharded over Dask (`vncaudit.cluster`; `sharded` says what it did). Raises
         `ClusterError` when shards are left unfinished (the scan is then interrupted).
-        `spool`: see `run_async` (on a cluster, it gets each newly stored result)."""
+        `spool`, `on_idle`: see `run_async` (on a cluster, `spool` gets each newly stored
+        result; `on_idle` is not called)."""
         if cluster is None:
             return run_loop(self.run_async(on_result=on_result, progress=progress,
-                                           spool=spool))
+                                           spool=spool, on_idle=on_idle))
         if spool is not None:
             on_result = _spooling(spool, on_result)
         from vncaudit import cluster as cluster_mod
@@ -286,6 +311,39 @@ class StoredScan:
                 writer.flush()
         with contextlib.suppress(StoreError):
             self.store.finish_scan(self.scan_id, "interrupted")
+
+
+class _GateOnDemand:
+    """SYN discovery's connection gate: the ledger (`vncaudit.budget`, ~40 ms of imports and
+    set-up) is opened for the first pair that answered, which the engine admits after the
+    SYNs went out, instead of before the first SYN. Until a pair is admitted there is nothing
+    to settle: a closed verdict passes as it is, as `ScanGate.settle` passes a pair it never
+    granted. Every admission still comes before its connection."""
+
+    def __init__(self, make: Callable[[], Gate]) -> None:
+        self._make = make
+        self._gate: Gate | None = None
+
+    def _opened(self) -> Gate:
+        if self._gate is None:
+            self._gate = self._make()
+        return self._gate
+
+    def admit(self, targets: Sequence[Target]) -> list[Decision | None]:
+        return self._opened().admit(targets)
+
+    def started(self, target: Target) -> None:
+        self._opened().started(target)
+
+    def settle(self, result: ServiceResult) -> ServiceResult:
+        return result if self._gate is None else self._gate.settle(result)
+
+    def answer(self, decision: Decision, liveness: str | None = None) -> ServiceResult:
+        return self._opened().answer(decision, liveness)
+
+    def close(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
 
 
 def _spooling(spool: JsonSpool, then: OnResult | None) -> OnResult:
@@ -357,11 +415,12 @@ def read_wordlist(path: Path) -> list[str]:
 
 
 def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
-                   probe_options: ProbeOptions, ledger: Ledger | None = None
+                   probe_options: ProbeOptions, ledger_of: Callable[[], Ledger] | None = None
                    ) -> PostProbe | None:
     """What runs after each probe: web front-end detection (`spec.web`), then the active
-    checks the spec asks for; None when neither is wanted. With a `ledger`, every connection
-    they make is granted and counted there first."""
+    checks the spec asks for; None when neither is wanted. With `ledger_of` (the scan's
+    ledger, opened when first asked for), every connection they make is granted and counted
+    there first."""
     web = spec.web
     checks = active_options if active_options is not None and active_options.enabled else None
     if not web and checks is None:
@@ -373,6 +432,7 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
         from vncaudit.budget.extra import checked
         from vncaudit.payloads import ActiveChecks
 
+        ledger = ledger_of() if ledger_of is not None else None
         listed = result.port in websocket.WEB_PORTS
         if web and (listed or _maybe_http(result)) and result.state in _WEB_STATES:
             # VNC is found on any port by its banner; a web front end on any port by one GET

@@ -158,7 +158,13 @@ class _Stderr:
         self._made().__exit__(*exc)
 
 
-err: Console = cast("Console", _Stderr())
+_STDERR = _Stderr()
+err: Console = cast("Console", _STDERR)
+
+
+def make_console() -> None:
+    """Make the stderr console now (rich imported), if it is not made yet."""
+    _STDERR._made()
 
 
 def stderr_is_terminal() -> bool:

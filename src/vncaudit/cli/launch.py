@@ -112,7 +112,7 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
         return None
     if "output" in given and given["output"] not in OUTPUTS:
         return None
-    ports = _ports(given["ports"]) if "ports" in given else _expand(DEFAULT_PORTS)
+    ports = _ports(given["ports"]) if "ports" in given else expand_ports(DEFAULT_PORTS)
     rate = _decimal(given["rate"]) if "rate" in given else None
     timeout = _decimal(given["timeout"]) if "timeout" in given else 5.0
     retries = _whole(given["retries"]) if "retries" in given else None
@@ -123,7 +123,7 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
         return None
     if "db" in given and not _usable_db(given["db"]):
         return None
-    blocks = _merged(targets)
+    blocks = merged(targets)
     for first, last in blocks:
         for s_first, s_last in SPECIAL_V4:
             if first <= s_last and s_first <= last:
@@ -192,17 +192,18 @@ def _ports(text: str) -> tuple[int, ...] | None:
         if first is None or last is None or not 1 <= first <= last <= 65535:
             return None
         ranges.append((first, last))
-    return _expand(tuple(ranges))
+    return expand_ports(tuple(ranges))
 
 
-def _expand(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+def expand_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """The ports of (first, last) ranges, sorted and unique."""
     ports: set[int] = set()
     for first, last in ranges:
         ports.update(range(first, last + 1))
     return tuple(sorted(ports))
 
 
-def _merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sorted, disjoint, non-adjacent intervals covering the same addresses (as the target
     space merges them)."""
     out: list[tuple[int, int]] = []

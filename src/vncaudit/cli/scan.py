@@ -37,6 +37,7 @@ from vncaudit.cli.common import (
     fail,
     finite,
     known_password,
+    make_console,
     open_store,
     setup_logging,
     stderr_is_terminal,
@@ -532,7 +533,8 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
     try:
         with sigterm_as_interrupt(terminated), scan_progress(state, show) as update:
             record = stored.run(on_result=live.chain(update), progress=state,
-                                cluster=cluster_spec, spool=live.spool)
+                                cluster=cluster_spec, spool=live.spool,
+                                on_idle=_ready_for_the_report)
     except KeyboardInterrupt:
         live.end("interrupted", stored_results())
         how, code = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
@@ -548,6 +550,15 @@ def _run(stored: StoredScan, cluster_spec: ClusterSpec | None, live: LiveOutput,
         raise fail(str(exc), 3) from None
     _shards_line(stored, quiet)
     return record
+
+
+def _ready_for_the_report() -> None:
+    """While a SYN sweep's last window waits for late answers: load what the report and the
+    summary lines need (rich, the report code) then, so that after the window only the
+    report itself is left."""
+    import vncaudit.cli.output  # noqa: F401  (imported for what it loads)
+
+    make_console()
 
 
 def _shards_line(stored: StoredScan, quiet: bool = False) -> None:

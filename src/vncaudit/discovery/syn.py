@@ -153,6 +153,12 @@ def _tx_dropped(ifindexes: set[int]) -> int:
     return total
 
 
+def _close_all(txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]) -> None:
+    for tx in txs.values():
+        tx.close()
+    txs.clear()
+
+
 def default_senders(rate: float) -> int:
     return 2 if rate > ONE_SENDER_RATE and (os.cpu_count() or 1) >= 2 else 1
 
@@ -468,6 +474,11 @@ class SynSweep(BaseSweep):
                     if self.exhausted and not poked:
                         self._poke()  # the event loop may be waiting for the last block
                         poked = True
+                    if self.exhausted and txs:
+                        # Nothing to send until a retry (the tx is made again for it): the
+                        # sockets close now, not after the window. Closing a packet socket
+                        # waits for the kernel's RCU grace period: 7-8 ms each, measured.
+                        _close_all(txs)
                     self.stopping.wait(0.002)
                     continue
                 poked = False
@@ -481,8 +492,7 @@ class SynSweep(BaseSweep):
             self.error = exc
             self._poke()
         finally:
-            for tx in txs.values():
-                tx.close()
+            _close_all(txs)
             with self.lock:
                 self.counters.cpu += time.thread_time() - cpu
 

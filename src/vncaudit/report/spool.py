@@ -24,11 +24,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, NamedTuple
 
+from vncaudit.basics import SCHEMA_VERSION, Severity
 from vncaudit.jsontext import dumps_indented
-from vncaudit.models import SCHEMA_VERSION, ServiceResult, Severity
-from vncaudit.payloads import BudgetNote
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the result types come with the first result, not before the first packet
+    from vncaudit.models import ServiceResult
+    from vncaudit.payloads import BudgetNote
     from vncaudit.report import ScanMeta
 
 __all__ = ["JsonSpool", "Tally"]

@@ -357,6 +357,17 @@ class Store:
         with self._lock, _mapped("cannot commit"):
             self._commit()
 
+    def checkpoint(self) -> None:
+        """Commit the open batch and copy what the write-ahead log holds into the database
+        file now, without waiting for any reader (a passive checkpoint). `close` copies the
+        rest, so the file is whole on its own after it; done while a scan waits (a SYN
+        sweep's last window), it leaves `close` less to copy and sync."""
+        with self._lock, _mapped("cannot checkpoint"):
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._commit()
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     @contextlib.contextmanager
     def writing(self, what: str, scan_id: str | None = None) -> Iterator[sqlite3.Connection]:
         """One write of a table of the caller's own (added by a migration), inside the open

@@ -1,0 +1,163 @@
+"""The early start of a SYN scan (vncaudit.cli.launch, vncaudit.synstart) on the namespace bed
+(tests/netns.py, 198.18.0.0/16 in a target namespace the test creates): the first SYN leaves
+before typer, asyncio, numpy and sqlite3 are imported (an audit hook on `socket.sendto` in
+the scanning process), and a scan that starts early finds exactly the live set, the early pairs
+with their verdicts, each SYN of the sweep sent once (none of the early pairs twice), the first
+SYNs at the target being the first pairs of the stored seed's walk, under the rate cap.
+Needs root: skipped without it, failed under CI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vncaudit import rawsyn, synstart
+from vncaudit.cli import launch
+
+from netns import Bed, Sniffer, fake_servers, live_hosts, netns_bed, require_netns
+
+NET = "198.18.40.0/22"
+PORTS = (5900, 5901)
+LIVE = 20
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[tuple[Bed, list[str]]]:
+    require_netns()
+    hosts = live_hosts(NET, LIVE, seed=40)
+    with netns_bed() as testbed, fake_servers(list(PORTS), hosts, netns=testbed.tgt):
+        yield testbed, hosts
+
+
+_AT_FIRST_SYN = """
+import contextlib, runpy, socket, sys
+seen = []
+def hook(event, args):
+    # The early start's sendto on a raw socket; the sweep's look-up of sendmmsg (its first
+    # batch follows).
+    if seen or event not in ("socket.sendto", "socket.sendmsg", "ctypes.dlsym"):
+        return
+    if event != "ctypes.dlsym" and args[0].type != socket.SOCK_RAW:
+        return
+    seen.append(event)
+    sys.stderr.write("FIRST " + event + " " + repr(args[1]) + " MODULES "
+                     + " ".join(sorted(sys.modules)) + "\\n")
+sys.addaudithook(hook)
+sys.argv = ["vncaudit", *sys.argv[1:]]
+with contextlib.suppress(SystemExit):
+    runpy.run_module("vncaudit", run_name="__main__")
+"""
+
+
+def _scan(testbed: Bed, *args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    run = ["-c", code] if code is not None else ["-m", "vncaudit"]
+    return subprocess.run(["ip", "netns", "exec", testbed.scn, sys.executable, *run, "scan",
+                           *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.netns
+def test_the_first_syn_leaves_before_typer_asyncio_numpy_and_sqlite(
+        bed: tuple[Bed, list[str]], tmp_path: Path) -> None:
+    testbed, hosts = bed
+    out = _scan(testbed, hosts[0], "-p", "5900", "--timeout", "0.5", "--retries", "0",
+                "--discovery", "syn", "--db", str(tmp_path / "s.db"), "-o", "json",
+                code=_AT_FIRST_SYN)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stderr.splitlines() if x.startswith("FIRST"))
+    event, rest = line.split(" ", 2)[1:]
+    assert event == "socket.sendto"
+    assert rest.startswith(repr((hosts[0], 0))), line  # the target, on the raw socket
+    imported = set(rest.split(" MODULES ")[1].split())
+    assert "vncaudit.synstart" in imported
+    for module in ("typer", "click", "asyncio", "numpy", "sqlite3", "ctypes", "dataclasses",
+                   "vncaudit.cli.program", "vncaudit.discovery", "vncaudit.store",
+                   "vncaudit.engine", "vncaudit.models"):
+        assert module not in imported, module
+    [service] = json.loads(out.stdout)["services"]
+    assert (service["host"], service["state"]) == (hosts[0], "vnc")  # the early pair's probe
+
+
+def _early_pairs(db: Path, count: int) -> list[tuple[str, int]]:
+    """The pairs the early start sent for the stored scan: the first of its seed's walk."""
+    with sqlite3.connect(db) as conn:
+        (options,) = conn.execute("SELECT options FROM scans").fetchone()
+    stored = json.loads(options)
+    net = ipaddress.ip_network(NET)
+    plan = synstart.EarlyPlan(((int(net.network_address), int(net.broadcast_address)),),
+                              PORTS, stored["rate"], stored["retries"], stored["timeout"])
+    return [(str(ipaddress.IPv4Address(p >> 16)), p & 0xFFFF)
+            for p in synstart.first_pairs(plan, stored["seed"], count)]
+
+
+def _most_in_window(times: list[float], width: float) -> int:
+    most = j = 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] < start + width:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+@pytest.mark.netns
+def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
+        bed: tuple[Bed, list[str]], tmp_path: Path) -> None:
+    testbed, hosts = bed
+    rate = 2000
+    args = [NET, "-p", ",".join(map(str, PORTS)), "--timeout", "0.5", "--retries", "0",
+            "--discovery", "syn", "--rate", str(rate), "-o", "json", "--all"]
+    db = tmp_path / "s.db"
+    assert launch.preparse(["scan", *args, "--db", str(db)], {}) is not None
+    sniffer = Sniffer(testbed, tmp_path / "seen.json")
+    out = _scan(testbed, *args, "--db", str(db))
+    seen = sniffer.stop()
+    assert out.returncode == 0, out.stderr
+    services = {(s["host"], s["port"]): s["state"] for s in json.loads(out.stdout)["services"]}
+    total = 1024 * len(PORTS)
+    assert len(services) == total
+    live = {(h, p) for h in hosts for p in PORTS}
+    assert {k for k, state in services.items() if state == "vnc"} == live
+    assert set(services.values()) == {"vnc", "filtered"}
+    syns = sorted((p.at, p.dst, p.dport) for p in seen if p.proto == 6 and p.flags == 0x02)
+    per_pair = Counter((dst, dport) for _, dst, dport in syns)
+    # One SYN of the sweep to every pair (early ones included, none twice), and the probe's
+    # own connection to each live one.
+    assert per_pair == Counter({k: 1 + (k in live) for k in services})
+    early = min(synstart.EARLY_MAX, rawsyn.rate_burst(rate))
+    first = _early_pairs(db, early)
+    assert [(dst, dport) for _, dst, dport in syns[:early]] == first
+    assert all(k in services for k in first)
+    firsts: dict[tuple[str, int], float] = {}
+    for at, dst, dport in syns:  # the sweep's SYN to a pair comes before the probe's
+        firsts.setdefault((dst, dport), at)
+    sweep = sorted(firsts.values())
+    for width in (0.05, 0.25, 1.0):
+        assert _most_in_window(sweep, width) <= rate * (width + 0.005) + rawsyn.rate_burst(rate)
+    summary = next(x for x in out.stderr.splitlines() if x.startswith("syn: "))
+    assert summary.startswith(f"syn: {total:,} SYNs sent"), summary
+    achieved = float(summary.split(" at ")[1].split("/s")[0].replace(",", ""))
+    assert achieved <= rate * 1.05, summary
+
+
+@pytest.mark.netns
+def test_a_line_outside_the_subset_starts_as_before(bed: tuple[Bed, list[str]],
+                                                    tmp_path: Path) -> None:
+    """--exclude is not in the early start's subset: the sweep sends every SYN itself, and the
+    excluded pair hears nothing."""
+    testbed, hosts = bed
+    out = _scan(testbed, hosts[0], hosts[1], "-p", "5900", "--timeout", "0.5", "--retries",
+                "0", "--discovery", "syn", "--exclude", hosts[1], "--db",
+                str(tmp_path / "s.db"), "-o", "json", code=_AT_FIRST_SYN)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stderr.splitlines() if x.startswith("FIRST"))
+    assert line.split()[1] == "ctypes.dlsym"  # the sweep's sendmmsg, nothing before it
+    assert "numpy" in line.split(" MODULES ")[1].split()
+    assert [s["host"] for s in json.loads(out.stdout)["services"]] == [hosts[0]]
