@@ -22,6 +22,11 @@ verdict with the reason; what the outgoing interfaces drop is read from their co
 rate achieved is measured (`SynCounters`). IPv6 and unresolved names go to the probe as they
 are (it connects itself).
 
+The early start (`vncaudit.synstart`, before the program loaded) may have sent the first pairs
+of this very walk: the sweep then takes over its seed's pairs (pending, in the window from the
+moment they went out), its cookie secret, source port and sockets, and walks on after them;
+any other sweep only counts its SYNs in the bucket (`_adopt`).
+
 Must not: speak RFB, block the event loop (sending happens in the threads), send before the
 cap allows, or send to anything but the targets it is given.
 """
