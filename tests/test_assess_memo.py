@@ -91,6 +91,7 @@ def results(draw: st.DrawFn) -> ServiceResult:
 
 def _clear() -> None:
     M.MEMO.data.clear()
+    M.GRADED.data.clear()
     F.shipped().memo.data.clear()
 
 
@@ -223,3 +224,35 @@ def test_copied_is_dataclasses_replace() -> None:
             != M.DESKTOP_MARK
     with pytest.raises(TypeError):  # a field the type does not have: replace's own error
         M.copied(RECORDED[0], nonsense=1)
+
+
+def test_a_service_graded_like_one_before_is_not_identified_again(monkeypatch: Any) -> None:
+    """`GRADED` keeps the product with the findings: the second service with the same facts
+    (another address, another desktop name matching the same patterns) skips the product
+    look-up, and still comes out as the plain computation, with its own address and name."""
+    base = next(r for r in RECORDED if r.rfb is not None and r.rfb.desktop_name is not None)
+    assert base.rfb is not None
+    one = replace(base, host="8.8.8.8", rfb=replace(base.rfb, desktop_name="fake 198.18.0.1"))
+    two = replace(base, host="1.1.1.1", rfb=replace(base.rfb, desktop_name="fake 198.18.7.9"))
+    assert F.desktop_slot("fake 198.18.0.1") == F.desktop_slot("fake 198.18.7.9")
+    _clear()
+    calls: list[str] = []
+    identify = A.identify_product
+
+    def counted(result: ServiceResult) -> Any:
+        calls.append(result.host)
+        return identify(result)
+
+    monkeypatch.setattr(A, "identify_product", counted)
+    first, second = A.assess(one), A.assess(two)
+    assert calls == ["8.8.8.8"] and len(M.GRADED.data) == 1
+    for got, result in ((first, one), (second, two)):
+        want = _reference(result, None)
+        assert (got.product, got.findings) == (want.product, want.findings)
+    assert second.product is not None
+    shown = " ".join(second.product.evidence) + " ".join(
+        e for f in second.findings for e in (f.title, f.why, *f.evidence))
+    assert "198.18.0.1" not in shown and "8.8.8.8" not in shown and M.DESKTOP_MARK not in shown
+    # Another exposure is another entry: the product look-up runs again.
+    A.assess(two, A.Exposure.PRIVATE)
+    assert calls == ["8.8.8.8", "1.1.1.1"]

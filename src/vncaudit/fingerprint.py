@@ -20,7 +20,7 @@ import math
 import re
 import threading
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -603,15 +603,7 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     data = data or shipped()
     facts = facts_of(result)
     desktop = facts.desktop
-    patterns = data.desktop_patterns() if desktop is not None else None
-    if desktop is not None and patterns is not None:
-        # A desktop name counts only through which patterns it matches, and shows only in
-        # "desktop name '...'" lines: facts differing in nothing else share one entry.
-        slot: Any = ("matches", tuple(_compiled(p).search(desktop) is not None
-                                      for p in patterns))
-    else:
-        slot = ("name", desktop)
-    key = (_facts_key(facts, slot), result.rfb is None)
+    key = (_facts_key(facts, desktop_slot(desktop, data)), result.rfb is None)
     hit = data.memo.get(key)
     if hit is not None:
         product, seen = hit
@@ -619,6 +611,18 @@ def identify(result: ServiceResult, data: Signatures | None = None) -> Product:
     product = identify_unmemoised(facts, result.rfb is None, data)
     data.memo.put(key, (product, desktop))
     return product
+
+
+def desktop_slot(desktop: str | None, data: Signatures | None = None) -> Hashable:
+    """What a desktop name counts for in `identify` (under `data`, default the shipped
+    signatures): which desktop patterns it matches. It shows only in "desktop name '...'"
+    lines of the product's evidence, so facts differing in nothing else share one product.
+    The name itself when a signature's note could be taken for such a line."""
+    data = data or shipped()
+    patterns = data.desktop_patterns() if desktop is not None else None
+    if desktop is not None and patterns is not None:
+        return ("matches", tuple(_compiled(p).search(desktop) is not None for p in patterns))
+    return ("name", desktop)
 
 
 def _with_desktop(product: Product, seen: str | None, desktop: str | None) -> Product:

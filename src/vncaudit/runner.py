@@ -199,7 +199,11 @@ class StoredScan:
         While a SYN sweep's last window waits for late answers (`engine.iter_results`'s
         `on_idle`), what is written so far is committed and checkpointed into the database
         file, so that closing the store after the window has little left to copy; then
-        `on_idle` runs, the caller's own work for that moment."""
+        `on_idle` runs, the caller's own work for that moment.
+
+        Length: the ledger opened on demand, the commit timer and the idle step are small
+        closures over this run's one writer and ledger, which the loop and the clean-up
+        share; apart, each would take all of them as arguments."""
         opened: list[Ledger] = []
 
         def ledger() -> Ledger:

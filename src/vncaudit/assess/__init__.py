@@ -6,13 +6,13 @@ Owns: `assess()` (called by the engine for every result) and `evaluate()`. The p
   * `knowledge` — `data/findings.toml` (what findings say, how security types are classified)
                   and `data/cves.toml` (the CVE knowledge base), read once and validated;
   * `rules`     — the table of rules (`RULES`, one small function per finding family);
-  * `memo`      — the findings of a set of facts, computed once for every address and
-                  desktop name that shares them.
+  * `memo`      — the product and findings of a set of facts, worked out once for every
+                  address and desktop name that shares them.
 
 Must not: do I/O (the two data files are read once), probe or contact anything, render text
 for a terminal, or import package modules other than data types (`models`, `rfb` constants)
-and `fingerprint.identify`. Remediation is referenced by id only; the fix guide
-(`vncaudit.remedies`) turns ids into commands.
+and `fingerprint` (`identify`, and for the memo `desktop_slot` and `shipped`). Remediation is
+referenced by id only; the fix guide (`vncaudit.remedies`) turns ids into commands.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import logging
 
 from vncaudit.assess.exposure import Exposure, exposure_of, shift
 from vncaudit.assess.knowledge import Cve, FindingSpec, Knowledge, cves, knowledge, parse_cves
-from vncaudit.assess.memo import copied, memoised
+from vncaudit.assess.memo import copied, graded, memoised
 from vncaudit.assess.rules import RULES, Context, Offer, Rule, offers
 from vncaudit.assess.versions import VersionRange, match_versions, parse_range, parse_version
-from vncaudit.fingerprint import identify
+from vncaudit.fingerprint import desktop_slot, identify, shipped
 from vncaudit.models import Finding, Product, ServiceResult
 from vncaudit.payloads import ActiveChecks
 
@@ -111,5 +111,8 @@ def assess(result: ServiceResult, exposure: Exposure | None = None) -> ServiceRe
     `exposure` says where the service can be reached from; by default it follows from the
     address (`exposure_of(result.host)`). Pure: no I/O beyond reading the data files once.
     """
-    product = identify_product(result)
-    return copied(result, product=product, findings=evaluate(result, product, exposure))
+    derived = exposure_of(result.host)
+    chosen = Exposure(exposure) if exposure is not None else derived
+    product, findings = graded(result, chosen, chosen is not derived, identify_product,
+                               desktop_slot, evaluate_unmemoised, RULES, shipped())
+    return copied(result, product=product, findings=findings)

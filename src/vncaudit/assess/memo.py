@@ -8,28 +8,31 @@ the marks are replaced by each service's own when it is graded. The key is every
 rules read (`extra` included: its payloads are frozen and hashable). Never memoised: facts
 whose own strings contain a mark (so a replacement only ever hits a stand-in), and findings
 that show the desktop mark in any other form than the two known ones (a rule changed: they are
-computed directly instead).
+computed directly instead). In front of it, `graded` keeps the product with the findings
+under the same facts (the desktop name counted as the product memo counts it), so a service
+graded like one before is not identified again.
 
-Owns: `memoised`, `MEMO` and the marks, and `copied` (the copies grading makes of every
-service). Must not: hold rules or grading knowledge (the caller
-passes the computation), or change what a finding says: a memoised answer is the computed one.
+Owns: `memoised`, `graded`, `MEMO`, `GRADED` and the marks, and `copied` (the copies grading
+makes of every service). Must not: hold rules, grading or product knowledge (the caller
+passes the computations), or change what a finding or a product says: a memoised answer is
+the computed one.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import is_dataclass, replace
 from functools import cache
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from vncaudit import display
 from vncaudit.assess.exposure import Exposure
 from vncaudit.assess.knowledge import knowledge
 from vncaudit.models import Finding, Product, ServiceResult
 
-__all__ = ["DESKTOP_MARK", "HOST_MARK", "MEMO", "MEMO_SIZE", "Compute", "Memo", "Plan",
-           "copied", "memoised"]
+__all__ = ["DESKTOP_MARK", "GRADED", "HOST_MARK", "MEMO", "MEMO_SIZE", "Compute", "DesktopSlot",
+           "Identify", "Memo", "Plan", "copied", "graded", "memoised"]
 
 Compute = Callable[[ServiceResult, Product, Exposure, bool, str], tuple[Finding, ...]]
 """The plain computation: (result, product, exposure, exposure given, address for logs)."""
@@ -40,13 +43,19 @@ def memoised(result: ServiceResult, product: Product, chosen: Exposure, given: b
     """`compute(result, product, chosen, given, host)`, from the memo when a service with the
     same facts was graded before (under the same `rules` and knowledge), its address and
     desktop name filled in."""
+    return _memoised(result, product, chosen, given, compute, rules)[0]
+
+
+def _memoised(result: ServiceResult, product: Product, chosen: Exposure, given: bool,
+              compute: Compute, rules: object) -> tuple[tuple[Finding, ...], Plan | None]:
+    """`memoised`, and the memo's plan it filled in (None: computed directly, not memoised)."""
     if _MARK_HEAD in result.host:
-        return compute(result, product, chosen, given, result.host)
+        return compute(result, product, chosen, given, result.host), None
     rfb, desktop, graded = result.rfb, None, product
     if rfb is not None and rfb.desktop_name is not None:
         desktop = rfb.desktop_name
         if _MARK_HEAD in desktop:
-            return compute(result, product, chosen, given, result.host)
+            return compute(result, product, chosen, given, result.host), None
         rfb = copied(rfb, desktop_name=DESKTOP_MARK)
         product = _product_with_desktop(product, desktop, DESKTOP_MARK)
     extra = result.extra
@@ -54,14 +63,60 @@ def memoised(result: ServiceResult, product: Product, chosen: Exposure, given: b
     plan = MEMO.get(key, rules, knowledge())
     if plan is None:
         if _memo_unsafe((result.rfb, result.state, result.port, result.error, graded, extra)):
-            return compute(result, graded, chosen, given, result.host)
+            return compute(result, graded, chosen, given, result.host), None
         template = replace(result, host=HOST_MARK, rfb=rfb)
         found = compute(template, product, chosen, given, result.host)
         if desktop is not None and not _desktop_only_as_expected(found):
-            return compute(result, graded, chosen, given, result.host)
+            return compute(result, graded, chosen, given, result.host), None
         plan = _plan(found)
         MEMO.put(key, plan)
-    return _filled(plan, result.host, desktop)
+    return _filled(plan, result.host, desktop), plan
+
+
+Identify = Callable[[ServiceResult], Product]
+DesktopSlot = Callable[[str], Hashable]
+
+
+def graded(result: ServiceResult, chosen: Exposure, given: bool, identify: Identify,
+           desktop_slot: DesktopSlot, compute: Compute, rules: object, signatures: object
+           ) -> tuple[Product, tuple[Finding, ...]]:
+    """(`identify(result)`, `memoised(...)` of that product): from `GRADED` when a service
+    with the same facts was graded before (the same `rules`, knowledge and product
+    `signatures`), without identifying the product again; its address and desktop name
+    filled in. The desktop name counts for the product only through `desktop_slot` (the
+    product memo's own rule) and shows in it only as `fingerprint`'s "desktop name '...'"
+    line, replaced like the findings' stand-in."""
+    rfb, desktop, slot = result.rfb, None, None
+    if rfb is not None and rfb.desktop_name is not None:
+        desktop = rfb.desktop_name
+        if _MARK_HEAD in desktop:
+            product = identify(result)  # never memoised (see the module docstring)
+            return product, memoised(result, product, chosen, given, compute, rules)
+        rfb = copied(rfb, desktop_name=DESKTOP_MARK)
+        slot = desktop_slot(desktop)
+    if _MARK_HEAD in result.host:
+        product = identify(result)
+        return product, memoised(result, product, chosen, given, compute, rules)
+    key = (rfb, result.state, result.port, result.error, chosen, given, result.extra, slot)
+    hit = GRADED.get(key, rules, knowledge(), signatures)
+    if hit is not None:
+        shown, kept = hit
+        product = shown if desktop is None else \
+            _product_with_desktop(shown, DESKTOP_MARK, desktop)
+        return product, _filled(kept, result.host, desktop)
+    product = identify(result)
+    findings, plan = _memoised(result, product, chosen, given, compute, rules)
+    if plan is not None:
+        marked = product if desktop is None else \
+            _product_with_desktop(product, desktop, DESKTOP_MARK)
+        # Only a product that shows the desktop name nowhere but in the stand-in's line: it is
+        # then the same for every name of this slot.
+        if desktop is None or (
+                not any(desktop in text for text in (marked.name, marked.version or "",
+                                                     *marked.evidence))
+                and _product_with_desktop(marked, DESKTOP_MARK, desktop) == product):
+            GRADED.put(key, (marked, plan))
+    return product, findings
 
 
 T = TypeVar("T")
@@ -94,40 +149,49 @@ _MARK_HEAD: Final = "{vncaudit:"
 _DESKTOP_FORMS: Final = (display.quoted(DESKTOP_MARK), repr(DESKTOP_MARK))
 MEMO_SIZE: Final = 4096
 
+V = TypeVar("V")
 MemoKey = tuple[Any, ...]
 Plan = tuple[tuple[Finding, bool, bool], ...]
 """A memo entry: each finding with whether it names the address, and the desktop name."""
 
 
-class Memo:
-    """Bounded least-recently-used findings by key (Finding is frozen: safe to share)."""
+class Memo(Generic[V]):
+    """Bounded least-recently-used values by key (frozen values: safe to share)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data: dict[MemoKey, Plan] = {}
+        self.data: dict[MemoKey, V] = {}
         self.lock = threading.Lock()  # the web UI grades from worker threads
-        self.made_by: tuple[object, object] | None = None
+        self.made_by: tuple[object, ...] | None = None
 
-    def get(self, key: MemoKey, rules: object, kb: object) -> Plan | None:
+    def get(self, key: MemoKey, *made_by: object) -> V | None:
+        """The value of `key`, if it was put under the same `made_by` objects (the rules, the
+        knowledge, ...: compared by identity)."""
         with self.lock:
-            if self.made_by is None or self.made_by[0] is not rules or self.made_by[1] is not kb:
+            seen = self.made_by
+            if seen is None or len(seen) != len(made_by) or any(
+                    a is not b for a, b in zip(seen, made_by, strict=True)):
                 # Other rules or other knowledge (tests swap them): earlier answers are void.
                 self.data.clear()
-                self.made_by = (rules, kb)
+                self.made_by = made_by
             value = self.data.pop(key, None)
             if value is not None:
                 self.data[key] = value
             return value
 
-    def put(self, key: MemoKey, value: Plan) -> None:
+    def put(self, key: MemoKey, value: V) -> None:
         with self.lock:
             self.data[key] = value
             if len(self.data) > self.size:
                 del self.data[next(iter(self.data))]
 
 
-MEMO: Final = Memo(MEMO_SIZE)
-"""The one memo of this process (the web service grades from several threads: it locks)."""
+MEMO: Final = Memo[Plan](MEMO_SIZE)
+"""The findings memo of this process (the web service grades from several threads: it locks)."""
+
+GRADED: Final = Memo[tuple[Product, Plan]](MEMO_SIZE)
+"""Product and findings by the facts of a service, the product's desktop line a stand-in:
+a service graded like one before skips the product memo's look-up (`graded`)."""
 
 
 @cache
