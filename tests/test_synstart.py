@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -161,3 +162,57 @@ def test_a_line_outside_the_subset_starts_as_before(bed: tuple[Bed, list[str]],
     assert line.split()[1] == "ctypes.dlsym"  # the sweep's sendmmsg, nothing before it
     assert "numpy" in line.split(" MODULES ")[1].split()
     assert [s["host"] for s in json.loads(out.stdout)["services"]] == [hosts[0]]
+
+
+class _Sink:
+    """Where a sweep would deliver verdicts: none are given here (the sweep is not run)."""
+
+    def found(self, target: object, sock: object) -> None:
+        raise AssertionError("no verdict expected")
+
+    def finished(self, result: object) -> None:
+        raise AssertionError("no verdict expected")
+
+    def room(self) -> int:
+        return 1 << 20
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the early start needs raw sockets (root)")
+@pytest.mark.parametrize("same", [True, False])
+def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
+    """On loopback (127.0.0.0/8): a sweep over the very walk the early start began takes its
+    seed's pairs as pending in its window, its secret, port and sockets, and goes on after
+    them; a sweep over another walk (another seed) closes the early sockets and leaves its
+    pairs alone. Both count the early SYNs in the rate cap's bucket."""
+    from vncaudit.discovery import DiscoveryOptions, Mode
+    from vncaudit.discovery.syn import SynSweep
+    from vncaudit.targets import build_target_space
+
+    args = ["scan", "127.77.0.0/24", "-p", "9,10", "--discovery", "syn", "--rate", "1000",
+            "--timeout", "0.5"]
+    plan = launch.preparse(args, {})
+    assert plan is not None
+    early = synstart.start(plan)
+    assert early is not None and synstart.started() is early
+    sent = len(early.pairs)
+    assert sent == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    space = build_target_space(["127.77.0.0/24"], [9, 10])
+    walk = space.walk(seed=early.seed if same else early.seed + 1)
+    options = DiscoveryOptions(Mode.SYN, 0.5, None, 1000.0)
+    sweep = SynSweep(walk, _Sink(), options)
+    assert synstart.started() is None  # claimed, once
+    assert sweep.bucket.tokens == sweep.bucket.burst - sent
+    if same:
+        assert (sweep.port, sweep.secret) == (early.port, early.secret)
+        assert sweep.pending == set(early.pairs) and sweep.sent == sent
+        [flight] = sweep.window
+        assert flight.pairs.tolist() == early.pairs and flight.made == 1
+        assert sweep.early_rx is early.rx and early.rx.fileno() >= 0
+        rest = sweep.rest
+        assert rest is not None and not set(rest.tolist()) & set(early.pairs)
+        assert len(rest) + sent == space.count  # the whole first block: 512 pairs
+        early.close()
+    else:
+        assert early.rx.fileno() == -1 and early.tx.fileno() == -1
+        assert sweep.port != early.port or sweep.secret != early.secret
+        assert not sweep.pending and not sweep.window and sweep.rest is None
