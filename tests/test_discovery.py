@@ -383,10 +383,11 @@ from vncaudit.engine import Progress, run
 from vncaudit.runner import StoredScan
 from vncaudit.spec import ScanSpec
 from vncaudit.store import Store
-db, net = Path(sys.argv[1]), sys.argv[2]
+db, net, retries = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 seen = {"idle": [], "results": [], "copy": None}
 def on_idle():
     seen["idle"].append(time.monotonic())
+    seen["sent_then"] = progress.syn.sent
     shutil.copyfile(db, db.with_suffix(".copy"))
     with sqlite3.connect(db.with_suffix(".copy")) as conn:
         seen["copy"] = conn.execute("SELECT count(*) FROM results WHERE state = 'vnc'"
@@ -395,11 +396,12 @@ def on_result(result):
     seen["results"].append((time.monotonic(), result.state.value))
 with Store.open(db) as store:
     spec = ScanSpec(expressions=(net,), ports="5900", timeout=1.0, rate=4000.0,
-                    discovery=Mode.SYN, retries=0)
+                    discovery=Mode.SYN, retries=retries)
     stored = StoredScan.create(store, spec)
     progress = Progress()
     record = run(stored.run_async(on_result=on_result, progress=progress, on_idle=on_idle))
     seen["fresh_done"] = progress.syn.fresh_done
+    seen["sent"] = progress.syn.sent
     seen["ended"] = time.monotonic()
     seen["done"] = record.counts["done"]
 print(json.dumps(seen))
@@ -407,24 +409,29 @@ print(json.dumps(seen))
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("retries", [0, 1])
 def test_netns_syn_window_idle_time_checkpoints_the_store(bed: tuple[Bed, list[str]],
-                                                          tmp_path: Path) -> None:
-    """Once the last SYN is out and every probe has ended, only the window of late answers is
-    left: `on_idle` runs then, once, before the silent pairs' verdicts, and by then every
-    fingerprint found is in the database file itself (a copy of the .db alone has them), so
-    that closing the store after the window has little left to write."""
+                                                          retries: int, tmp_path: Path) -> None:
+    """Once the last SYN is out (the retries too) and every probe has ended, only the window
+    of late answers is left: `on_idle` runs then, once, before the silent pairs' last
+    verdicts, and by then every fingerprint found is in the database file itself (a copy of
+    the .db alone has them), so that closing the store after the window has little left."""
     testbed, hosts = bed
     testbed.run(testbed.tgt, "iptables", "-F", "INPUT")
     out = subprocess.run(["ip", "netns", "exec", testbed.scn, sys.executable, "-c",
-                          _IDLE_RUN, str(tmp_path / "s.db"), NET], capture_output=True,
-                         text=True, timeout=120, check=False)
+                          _IDLE_RUN, str(tmp_path / "s.db"), NET, str(retries)],
+                         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     [idle] = seen["idle"]
     vnc = [at for at, state in seen["results"] if state == "vnc"]
     assert len(vnc) == len(hosts) + 1  # and FLAKY_HOST
-    assert seen["fresh_done"] <= idle and max(vnc) <= idle
-    assert idle < seen["fresh_done"] + 1.0 < seen["ended"]  # inside the last window
+    # No SYN after it: with a retry, each silent pair's second one (CLOSED_HOST's RST and
+    # the live pairs need none) went out before.
+    assert seen["sent_then"] == seen["sent"] == 1024 + retries * (1024 - len(vnc) - 1)
+    assert max(vnc) <= idle < seen["ended"] - 0.5  # inside the last window (1 s)
+    if not retries:
+        assert seen["fresh_done"] <= idle < seen["fresh_done"] + 1.0
     assert seen["copy"] == len(vnc)
     assert seen["done"] == 1024
 

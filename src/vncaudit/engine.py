@@ -224,10 +224,13 @@ class _Pipeline:
     # -- probes ------------------------------------------------------------------------------
 
     def sent_all(self) -> None:
-        """From the SYN sweep: every SYN is out; the probes held back may start (and the
-        consumer looks again: only the window may be left)."""
+        """From the SYN sweep: every SYN is out; the probes held back may start."""
         self.hold_probes = False
         self._release()
+
+    def last_window(self) -> None:
+        """From the SYN sweep: no SYN is left to send, retries included; the consumer looks
+        whether only the window of late answers is left (`iter_results`' `on_idle`)."""
         self.ready.set()
 
     def _holding(self) -> bool:
@@ -405,10 +408,10 @@ async def iter_results(
     syn: the SYN counts for no server, so live pairs are admitted as they are found. Without
     a gate nothing is counted.
 
-    `on_idle`: called once, on the loop, when a SYN sweep has sent every SYN and no probe is
-    running or waiting, so that only its last window of late answers is left (seconds with
-    nothing to do): the caller's moment for work its end would otherwise wait for. Then, under
-    `lean_gc`, what exists is frozen too (`settle_gc`)."""
+    `on_idle`: called once, on the loop, when a SYN sweep has sent every SYN (retries too)
+    and no probe is running or waiting, so that only its last window of late answers is left
+    (seconds with nothing to do): the caller's moment for work its end would otherwise wait
+    for. Then, under `lean_gc`, what exists is frozen too (`settle_gc`)."""
     options = options or ScanOptions()
     limit = raise_fd_limit()
     budget = max(1, min(options.concurrency, max(1, limit - FD_RESERVE)))
@@ -503,10 +506,10 @@ class _Delivery:
 
 
 def _waits_for_answers_only(pipeline: _Pipeline, sweep: discovery.Sweep) -> bool:
-    """A SYN sweep has nothing left to send and no probe runs or waits: what remains is its
-    window of late answers."""
-    return (getattr(sweep, "sending", True) is False and not pipeline.sweep_done
-            and pipeline.idle() and not pipeline.results)
+    """A SYN sweep has nothing left to send, not even a retry, and no probe runs or waits:
+    what remains is its window of late answers."""
+    return (not pipeline.sweep_done and pipeline.idle() and not pipeline.results
+            and getattr(sweep, "answers_only", False))
 
 
 async def _wait_for_more(pipeline: _Pipeline, runner: asyncio.Task[None]) -> bool:

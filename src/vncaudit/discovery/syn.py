@@ -264,6 +264,16 @@ class SynSweep(BaseSweep):
         senders keep the cores (`_Pipeline.hold_probes`)."""
         return not self.exhausted or self.busy > 0
 
+    @property
+    def answers_only(self) -> bool:
+        """Whether every SYN this sweep will send is out, retries included: what is left is
+        the window of late answers (the engine's idle time, `iter_results`' `on_idle`)."""
+        with self.lock:
+            if not self.exhausted or self.busy or self.retries:
+                return False
+        attempts = self.options.attempts
+        return all(flight.made >= attempts for flight in self.window)
+
     def cookie(self, address: bytes, port: int) -> int:
         """The sequence number of our SYN to (address, port)."""
         return self.cookies.cookie((int.from_bytes(address, "big") << 16) | port)
@@ -313,12 +323,16 @@ class SynSweep(BaseSweep):
         """Hand on, expire and give verdicts until every target has its verdict."""
         next_count = time.monotonic() + 0.5
         sent_all = getattr(self.sink, "sent_all", None)
+        last_window = getattr(self.sink, "last_window", None)
         while True:
             if self.error is not None:
                 raise self.error
             if sent_all is not None and not self.sending:
                 sent_all()
                 sent_all = None
+            if last_window is not None and sent_all is None and self.answers_only:
+                last_window()
+                last_window = None
             self._drain()
             now = time.monotonic()
             more = self._expire(now)
