@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import site
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def bed() -> Iterator[tuple[Bed, list[str]]]:
 
 _AT_FIRST_SYN = """
 import contextlib, runpy, socket, sys
+before = set(sys.modules)
 seen = []
 def hook(event, args):
     # The early start's sendto on a raw socket; the sweep's look-up of sendmmsg (its first
@@ -50,7 +52,8 @@ def hook(event, args):
     if event != "ctypes.dlsym" and args[0].type != socket.SOCK_RAW:
         return
     seen.append(event)
-    sys.stderr.write("FIRST " + event + " " + repr(args[1]) + " MODULES "
+    sys.stderr.write("FIRST " + event + " " + repr(args[1]) + " NEW "
+                     + " ".join(sorted(set(sys.modules) - before)) + " MODULES "
                      + " ".join(sorted(sys.modules)) + "\\n")
 sys.addaudithook(hook)
 sys.argv = ["vncaudit", *sys.argv[1:]]
@@ -60,9 +63,18 @@ with contextlib.suppress(SystemExit):
 
 
 def _scan(testbed: Bed, *args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
-    run = ["-c", code] if code is not None else ["-m", "vncaudit"]
+    """`vncaudit scan ARGS` in the scanning namespace; with `code`, that script runs it in an
+    interpreter without `site` (as a virtual environment's starts: no `.pth` file of this
+    machine's site-packages imports anything first), the site-packages on the path."""
+    if code is None:
+        run, env = ["-m", "vncaudit"], None
+    else:
+        src = str(Path(synstart.__file__).parents[1])
+        run = ["-S", "-c", code]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *site.getsitepackages()])}
     return subprocess.run(["ip", "netns", "exec", testbed.scn, sys.executable, *run, "scan",
-                           *args], capture_output=True, text=True, timeout=120, check=False)
+                           *args], capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
 
 
 @pytest.mark.netns
@@ -79,6 +91,15 @@ def test_the_first_syn_leaves_before_typer_asyncio_numpy_and_sqlite(
     assert rest.startswith(repr((hosts[0], 0))), line  # the target, on the raw socket
     imported = set(rest.split(" MODULES ")[1].split())
     assert "vncaudit.synstart" in imported
+    # What the early start itself imports (runpy and socket were there before): three modules
+    # of the package besides the entry, and small parts of the standard library.
+    new = set(rest.split(" NEW ")[1].split(" MODULES ")[0].split())
+    assert {m for m in new if m.startswith("vncaudit")} == {
+        "vncaudit", "vncaudit.cli", "vncaudit.cli.launch", "vncaudit.synstart",
+        "vncaudit.rawsyn", "vncaudit.targets", "vncaudit.targets.permutation"}
+    assert {m for m in new if not m.startswith("vncaudit")} <= {
+        "__future__", "_blake2", "_bisect", "bisect", "_struct", "struct", "array", "math",
+        "itertools"}, new
     for module in ("typer", "click", "asyncio", "numpy", "sqlite3", "ctypes", "dataclasses",
                    "vncaudit.cli.program", "vncaudit.discovery", "vncaudit.store",
                    "vncaudit.engine", "vncaudit.models"):
