@@ -282,6 +282,39 @@ def test_open_default_path_creates_dirs_and_uses_wal(
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_a_stored_result_writes_only_the_indexes_its_readers_use(tmp_path: Path) -> None:
+    """results_host and findings_id are gone (also from a database made before them), and
+    every look-up of a result, its findings and its count still goes through an index."""
+    from vncaudit.store.schema import _SCHEMA_V1, MIGRATIONS
+
+    old = tmp_path / "old.db"
+    conn = raw(old)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    assert len(MIGRATIONS) == DB_VERSION
+    for db in (old, tmp_path / "new.db"):
+        with Store.open(db) as s:
+            sid = new_scan(s)
+            s.add_results(sid, [x11vnc_none(f"10.0.0.{i}", 5900) for i in range(1, 4)])
+            assert s.get_scan(sid) is not None and s.get_scan(sid).counts["findings"] > 0
+        conn = raw(db)
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "results_host" not in names and "findings_id" not in names
+        assert "findings_result" in names
+        for sql, args in (
+                ("SELECT result FROM results WHERE scan_id = ? AND host = ? AND port = ?",
+                 (sid, "10.0.0.1", 5900)),
+                ("SELECT count(*) FROM findings WHERE scan_id = ?", (sid,)),
+                ("DELETE FROM findings WHERE scan_id = ? AND host = ? AND port = ?",
+                 (sid, "10.0.0.1", 5900))):
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}",
+                                                                 args))
+            assert "USING" in plan and "INDEX" in plan, (sql, plan)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 def _copied_alone(db: Path, where: Path) -> sqlite3.Connection:
     """The database file copied without its -wal and -shm, as a user copies a .db."""
     where.write_bytes(db.read_bytes())
