@@ -231,6 +231,47 @@ def test_syn_sweep_cookie_is_keyed_per_sweep() -> None:
     assert other.cookie(dst, 5900) != sweep.cookie(dst, 5900)  # a fresh secret per sweep
 
 
+def test_connect_finished_while_the_loop_was_late_is_a_connection() -> None:
+    """A connect whose handshake the kernel completed while the event loop was busy past the
+    deadline (its writable callback not run yet) is a connection the server accepted and
+    counts: the sweep hands it to the probe, never calls it silent and never tries again (a
+    second connection to a server that blacklists after a few)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    found: list[tuple[Target, socket.socket | None]] = []
+    finished: list[ServiceResult] = []
+
+    class Sink:
+        def found(self, target: Target, sock: socket.socket | None) -> None:
+            found.append((target, sock))
+
+        def finished(self, result: ServiceResult) -> None:
+            finished.append(result)
+
+        def room(self) -> int:
+            return 16
+
+    async def main() -> discovery.ConnectSweep:
+        loop = asyncio.get_running_loop()
+        options = discovery.DiscoveryOptions(discovery.Mode.CONNECT, timeout=0.5, retries=2)
+        sweep = discovery.ConnectSweep([Target("127.0.0.1", port)], Sink(), options)
+        item = sweep.next_target()
+        assert item is not None
+        assert sweep._start(loop, *item) == 1  # in progress; its writable callback is queued
+        accepted, _ = listener.accept()  # the kernel finished the handshake: the server has it
+        accepted.close()
+        assert sweep._expire(loop.time() + 10)  # the loop comes back after the deadline
+        return sweep
+
+    sweep = asyncio.run(main())
+    listener.close()
+    assert [t.port for t, _ in found] == [port] and found[0][1] is not None, finished
+    found[0][1].close()
+    assert not finished and not sweep.retry and sweep.stats.retried == 0
+
+
 def test_syn_without_raw_socket_rights_is_one_line(tmp_path: Path) -> None:
     """Run as root minus CAP_NET_RAW (setpriv): exit 2, the one line, nothing scanned."""
     if os.geteuid() != 0:

@@ -305,6 +305,23 @@ class _Attempt:
     done: bool = False
 
 
+def _late_outcome(sock: socket.socket) -> int | None:
+    """What a non-blocking connect came to by now: 0 connected, an errno refused or failed,
+    None still in progress (SO_ERROR is 0 both while connecting and once connected; only a
+    connected socket has a peer)."""
+    try:
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    if code:
+        return code
+    try:
+        sock.getpeername()
+    except OSError:
+        return None
+    return 0
+
+
 def _literal_family(host: str) -> socket.AddressFamily | None:
     """AF_INET / AF_INET6 for an address literal, None for a name (inet_pton: C speed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -432,6 +449,14 @@ class ConnectSweep(BaseSweep):
             if attempt.done:
                 continue
             budget -= 1
+            code = _late_outcome(attempt.sock)
+            if code is not None:
+                # The kernel finished the handshake (or heard a refusal) while the loop was
+                # late: a connection the server accepted, and counts, is one, however late.
+                if self.inflight.pop(fd, None) is attempt:
+                    loop.remove_writer(fd)
+                self._settle(loop, attempt, code)
+                continue
             self._drop(loop, attempt)
             self.silent(attempt.target, attempt.made)
         return True
