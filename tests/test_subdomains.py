@@ -328,6 +328,30 @@ def test_rate_is_respected_server_side(servers: list[DnsServer]) -> None:
     assert min(b - a for a, b in zip(times, times[window:], strict=False)) >= window / rate * 0.8
 
 
+def test_rate_holds_after_the_event_loop_was_late() -> None:
+    """The event loop blocked for 0.2 s (a loaded machine) while callers wait for their slots:
+    when it comes back, the messages still leave one interval apart, not all those whose slot
+    passed meanwhile at once."""
+    from vncaudit.subdomains.query import DnsSender
+
+    rate = 100.0
+    sender = DnsSender([("127.0.0.1", 53)], 8, rate, 1.0, 0)
+    out: list[float] = []
+
+    async def one() -> None:
+        async with sender.slot():
+            out.append(asyncio.get_running_loop().time())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.03, time.sleep, 0.2)  # the loop stalls with slots due meanwhile
+        await asyncio.gather(*(one() for _ in range(30)))
+
+    asyncio.run(main())
+    gaps = [b - a for a, b in zip(out, out[1:], strict=False)]
+    assert len(out) == 30 and min(gaps) >= 0.9 / rate, [round(g, 4) for g in gaps]
+
+
 def test_progress_is_reported(servers: list[DnsServer]) -> None:
     server = _start(servers, ("open.test", OPEN))
     seen: list[tuple[int, int]] = []

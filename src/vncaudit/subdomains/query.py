@@ -73,6 +73,7 @@ class DnsSender:
         self._sem = asyncio.Semaphore(concurrency)
         self._interval = 1.0 / rate if rate else 0.0
         self._next_slot = 0.0
+        self._last_out = float("-inf")  # when the last message left its slot
         self.timeout = timeout
         self._retries = retries
         self.queries = 0
@@ -85,11 +86,17 @@ class DnsSender:
             # concurrent callers get distinct, evenly spaced slots. Taking the semaphore first
             # means a freed place cannot release a burst of messages whose slots have passed.
             if self._interval:
-                now = asyncio.get_running_loop().time()
+                loop = asyncio.get_running_loop()
+                now = loop.time()
                 at = max(now, self._next_slot)
                 self._next_slot = at + self._interval
-                if at > now:
-                    await asyncio.sleep(at - now)
+                # Then one interval after the last message that actually left: a loop woken
+                # late (a loaded machine) wakes every caller whose slot has passed at once,
+                # and a rate limit must not turn that into a burst.
+                while (now := loop.time()) < max(at, self._last_out + self._interval):
+                    await asyncio.sleep(max(at, self._last_out + self._interval) - now)
+                self._last_out = now
+                self._next_slot = max(self._next_slot, now + self._interval)
             self.queries += 1
             yield
 
