@@ -313,3 +313,14 @@ elif __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
     port_arg = json.loads(sys.argv[2])
     asyncio.run(_serve(port_arg if isinstance(port_arg, list) else [port_arg],
                        json.loads(sys.argv[3])))
+
+
+def most_in_window(times: list[float], width: float) -> int:
+    """The largest number of `times` (sorted) inside any window [t, t + width): what a rate
+    cap bounds."""
+    most = j = 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] < start + width:
+            j += 1
+        most = max(most, j - i)
+    return most

@@ -28,7 +28,16 @@ from vncaudit.engine import Progress, ScanOptions, scan_async
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions
 
-from netns import Bed, Sniffer, fake_servers, live_hosts, netns_bed, require_netns, types_for
+from netns import (
+    Bed,
+    Sniffer,
+    fake_servers,
+    live_hosts,
+    most_in_window,
+    netns_bed,
+    require_netns,
+    types_for,
+)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -176,7 +185,7 @@ def test_connect_rate_cap_holds_when_the_target_source_stalls() -> None:
     assert len(results) == 600 and all(r.state is State.CLOSED for r in results)
     burst = discovery.rate_burst(rate)
     for width in (0.005, 0.02, 0.1):
-        assert _most_in_window(left, width) <= rate * width + burst + 1, width
+        assert most_in_window(left, width) <= rate * width + burst + 1, width
     assert left[-1] - left[0] >= (600 - burst) / rate * 0.95
 
 
@@ -528,16 +537,6 @@ def _syn_summary(stderr: str) -> str:
     return lines[0]
 
 
-def _most_in_window(times: list[float], width: float) -> int:
-    """The largest number of `times` (sorted) inside any window [t, t + width)."""
-    most = j = 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] < start + width:
-            j += 1
-        most = max(most, j - i)
-    return most
-
-
 @pytest.mark.netns
 @pytest.mark.parametrize("mode,rate", [("syn", 2000), ("connect", 500)])
 def test_netns_rate_cap_holds_at_the_target(bed: tuple[Bed, list[str]], mode: str, rate: int,
@@ -561,7 +560,7 @@ def test_netns_rate_cap_holds_at_the_target(bed: tuple[Bed, list[str]], mode: st
     assert len(syns) == count  # one SYN each (no retries), none lost
     burst = discovery.rate_burst(rate)
     for width in (0.05, 0.25, 1.0):
-        assert _most_in_window(syns, width) <= rate * (width + 0.005) + burst, width
+        assert most_in_window(syns, width) <= rate * (width + 0.005) + burst, width
     assert (syns[-1] - syns[0]) >= (count - burst) / rate * 0.95  # not sent all at once
     if mode == "syn":
         summary = _syn_summary(out.stderr)

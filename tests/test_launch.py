@@ -26,6 +26,7 @@ from vncaudit import rawsyn, spec, synstart
 from vncaudit.cli import common, launch, program
 from vncaudit.discovery import Mode
 from vncaudit.targets import SPECIAL_NETWORKS, build_target_space, parse_ports
+from vncaudit.targets.blocks import merge_blocks
 
 # -- the tables the launcher copies ------------------------------------------------------------
 
@@ -57,7 +58,7 @@ def test_first_pairs_are_the_target_spaces_walk(blocks: list[tuple[int, int]],
     ranges = [(a, min(a + n, (1 << 32) - 1)) for a, n in blocks]
     expressions = [f"{ipaddress.IPv4Address(a)}-{ipaddress.IPv4Address(b)}" for a, b in ranges]
     space = build_target_space(expressions, ports, allow_special=True)
-    plan = synstart.EarlyPlan(tuple(launch.merged(ranges)), tuple(sorted(set(ports))), None,
+    plan = synstart.EarlyPlan(tuple(merge_blocks(ranges)), tuple(sorted(set(ports))), None,
                               None, 5.0)
     assert plan.count == space.count
     n = min(space.count, 100)

@@ -25,7 +25,15 @@ import pytest
 from vncaudit import rawsyn, synstart
 from vncaudit.cli import launch
 
-from netns import Bed, Sniffer, fake_servers, live_hosts, netns_bed, require_netns
+from netns import (
+    Bed,
+    Sniffer,
+    fake_servers,
+    live_hosts,
+    most_in_window,
+    netns_bed,
+    require_netns,
+)
 
 NET = "198.18.40.0/22"
 PORTS = (5900, 5901)
@@ -91,12 +99,13 @@ def test_the_first_syn_leaves_before_typer_asyncio_numpy_and_sqlite(
     assert rest.startswith(repr((hosts[0], 0))), line  # the target, on the raw socket
     imported = set(rest.split(" MODULES ")[1].split())
     assert "vncaudit.synstart" in imported
-    # What the early start itself imports (runpy and socket were there before): three modules
+    # What the early start itself imports (runpy and socket were there before): four modules
     # of the package besides the entry, and small parts of the standard library.
     new = set(rest.split(" NEW ")[1].split(" MODULES ")[0].split())
     assert {m for m in new if m.startswith("vncaudit")} == {
         "vncaudit", "vncaudit.cli", "vncaudit.cli.launch", "vncaudit.synstart",
-        "vncaudit.rawsyn", "vncaudit.targets", "vncaudit.targets.permutation"}
+        "vncaudit.rawsyn", "vncaudit.targets", "vncaudit.targets.permutation",
+        "vncaudit.targets.blocks"}
     assert {m for m in new if not m.startswith("vncaudit")} <= {
         "__future__", "_blake2", "_bisect", "bisect", "_struct", "struct", "array", "math",
         "itertools"}, new
@@ -118,15 +127,6 @@ def _early_pairs(db: Path, count: int) -> list[tuple[str, int]]:
                               PORTS, stored["rate"], stored["retries"], stored["timeout"])
     return [(str(ipaddress.IPv4Address(p >> 16)), p & 0xFFFF)
             for p in synstart.first_pairs(plan, stored["seed"], count)]
-
-
-def _most_in_window(times: list[float], width: float) -> int:
-    most = j = 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] < start + width:
-            j += 1
-        most = max(most, j - i)
-    return most
 
 
 @pytest.mark.netns
@@ -162,7 +162,7 @@ def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
         firsts.setdefault((dst, dport), at)
     sweep = sorted(firsts.values())
     for width in (0.05, 0.25, 1.0):
-        assert _most_in_window(sweep, width) <= rate * (width + 0.005) + rawsyn.rate_burst(rate)
+        assert most_in_window(sweep, width) <= rate * (width + 0.005) + rawsyn.rate_burst(rate)
     summary = next(x for x in out.stderr.splitlines() if x.startswith("syn: "))
     assert summary.startswith(f"syn: {total:,} SYNs sent"), summary
     achieved = float(summary.split(" at ")[1].split("/s")[0].replace(",", ""))

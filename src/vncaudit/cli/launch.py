@@ -123,7 +123,9 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
         return None
     if "db" in given and not _usable_db(given["db"]):
         return None
-    blocks = merged(targets)
+    from vncaudit.targets.blocks import merge_blocks
+
+    blocks = merge_blocks(targets)
     for first, last in blocks:
         for s_first, s_last in SPECIAL_V4:
             if first <= s_last and s_first <= last:
@@ -201,19 +203,6 @@ def expand_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     for first, last in ranges:
         ports.update(range(first, last + 1))
     return tuple(sorted(ports))
-
-
-def merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, disjoint, non-adjacent intervals covering the same addresses (as the target
-    space merges them)."""
-    out: list[tuple[int, int]] = []
-    for first, last in sorted(blocks):
-        if out and first <= out[-1][1] + 1:
-            if last > out[-1][1]:
-                out[-1] = (out[-1][0], last)
-        else:
-            out.append((first, last))
-    return out
 
 
 def _usable_db(text: str) -> bool:

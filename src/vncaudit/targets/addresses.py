@@ -1,22 +1,23 @@
 """Address keys, merged key intervals, and the special networks a scan refuses by default.
 
 Owns: the single integer key space of IPv4 and IPv6 addresses (`address_key`, `host_string`),
-merging and subtracting key intervals (`merge_blocks`, `subtract_blocks`, `Intervals`),
+subtracting key intervals (`subtract_blocks`, `Intervals`; merging is `targets.blocks`'),
 `SPECIAL_NETWORKS` and the check that refuses them (`check_special`) unless an exclusion covers
 the overlap.
 
 Must not: do any I/O, or hold one entry per address (intervals only: memory stays flat in the
-size of a range); import anything of the package but `exceptions` (through `targets.errors`).
+size of a range); import anything of the package but `exceptions` (through `targets.errors`)
+and `targets.blocks`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from bisect import bisect_right
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from vncaudit.targets.blocks import merge_blocks as merge_blocks
 from vncaudit.targets.errors import fail
 
 # Networks refused unless allow_special=True: (network, why). Checked in this order; the first
@@ -53,18 +54,6 @@ def host_string(key: int) -> str:
     if key < V6_BIT:
         return f"{key >> 24}.{(key >> 16) & 255}.{(key >> 8) & 255}.{key & 255}"
     return str(ipaddress.IPv6Address(key & _MASK128))
-
-
-def merge_blocks(blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, disjoint, non-adjacent intervals covering the same keys."""
-    out: list[tuple[int, int]] = []
-    for first, last in sorted(blocks):
-        if out and first <= out[-1][1] + 1:
-            if last > out[-1][1]:
-                out[-1] = (out[-1][0], last)
-        else:
-            out.append((first, last))
-    return out
 
 
 def subtract_blocks(blocks: list[tuple[int, int]],
