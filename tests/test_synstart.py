@@ -16,6 +16,7 @@ import site
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,8 +204,9 @@ class _Sink:
 def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     """On loopback (127.0.0.0/8): a sweep over the very walk the early start began takes its
     seed's pairs as pending in its window, its secret, port and sockets, and goes on after
-    them; a sweep over another walk (another seed) closes the early sockets and leaves its
-    pairs alone. Both count the early SYNs in the rate cap's bucket."""
+    them, with every pair its batch sender sent after the first ones until the sweep stopped
+    it; a sweep over another walk (another seed) closes the early sockets and leaves its
+    pairs alone. Both take the batch sender's token bucket: one rate cap for the scan."""
     from vncaudit.discovery import DiscoveryOptions, Mode
     from vncaudit.discovery.syn import SynSweep
     from vncaudit.targets import build_target_space
@@ -215,22 +217,31 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     assert plan is not None
     early = synstart.start(plan)
     assert early is not None and synstart.started() is early
-    sent = len(early.pairs)
-    assert sent == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    assert len(early.pairs) == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    assert early.bulk is not None  # 1,000/s: the batch sender walks on after them
+    time.sleep(0.15)  # the program loading, while the batches go out under the cap
     space = build_target_space(["127.77.0.0/24"], [9, 10])
     walk = space.walk(seed=early.seed if same else early.seed + 1)
     options = DiscoveryOptions(Mode.SYN, 0.5, None, 1000.0)
     sweep = SynSweep(walk, _Sink(), options)
     assert synstart.started() is None  # claimed, once
-    assert sweep.bucket.tokens == sweep.bucket.burst - sent
+    assert not early.bulk.thread.is_alive()  # stopped by the sweep
+    flights = early.flights()
+    sent = sum(len(pairs) for _, pairs in flights)
+    sent_pairs = [p for _, pairs in flights for p in pairs]
+    # The batches went on after the first 20 (the walk's next pairs, in order), no faster
+    # than the cap: 1,000/s after the bucket's burst.
+    assert 20 < sent <= 20 + 20 + 1000 * (flights[-1][0] - early.sent_at) + 1
+    assert sent_pairs == synstart.first_pairs(early.plan, early.seed, sent)
+    assert sweep.bucket is early.bulk.bucket  # one cap for the whole scan, taken over or not
     if same:
         assert (sweep.port, sweep.secret) == (early.port, early.secret)
-        assert sweep.pending == set(early.pairs) and sweep.sent == sent
-        [flight] = sweep.window
-        assert flight.pairs.tolist() == early.pairs and flight.made == 1
+        assert sweep.pending == set(sent_pairs) and sweep.sent == sent
+        assert [(f.deadline - 0.5, f.pairs.tolist(), f.made) for f in sweep.window] == [
+            (at, pairs, 1) for at, pairs in flights]
         assert sweep.early_rx is early.rx and early.rx.fileno() >= 0
         rest = sweep.rest
-        assert rest is not None and not set(rest.tolist()) & set(early.pairs)
+        assert rest is not None and not set(rest.tolist()) & set(sent_pairs)
         assert len(rest) + sent == space.count  # the whole first block: 512 pairs
         early.close()
     else:

@@ -4,16 +4,19 @@ Owns: `start` (for a plan the launcher read from the command line, `EarlyPlan`: 
 seed, the cookie secret and the source port as the sweep would, open the socket that reads the
 answers, then send the first pairs of the scan's real walk order, at most `EARLY_MAX` and no
 more than the rate cap's burst, one SYN each on a raw IPPROTO_TCP socket: the kernel routes
-them and adds the IP header), and the hand-off: `started` (the seed the scan record must use)
-and `claim` (the SYN sweep takes the sockets and the pairs in flight, once). What it sends is
+them and adds the IP header; then, when one thread holds the plan's rate, `EARLY_BULK_RATE`,
+the batch sender of `vncaudit.synbulk` walks on after them under the rate cap while the program
+loads), and the hand-off: `started` (the seed the scan record must use) and `claim` (the SYN
+sweep takes the sockets, the batch sender and the pairs in flight, once). What it sends is
 exactly what the sweep would send first: the same permutation (`targets.permutation`), the same
-cookie and bytes (`rawsyn`).
+cookie and bytes (`rawsyn`; `rawbatch` for the batches).
 
 Imports the standard library's `os`, `socket`, `struct`, `time`, `bisect` and the package's
-`rawsyn` and `targets.permutation` only (checked by tests/test_synstart.py): it runs before
-typer, asyncio, numpy and the store are imported. Must not: send to anything but the pairs the
-plan's own walk gives, send more than the burst, import numpy, or decide whether a command line
-may start early (the launcher, `cli.launch`, does).
+`rawsyn` and `targets.permutation` only before its first SYN (checked by
+tests/test_synstart.py), `synbulk` after it: it runs before typer, asyncio, numpy and the
+store are imported. Must not: send to anything but the pairs the plan's own walk gives, send
+more than the burst one by one (the batches are the token bucket's), import numpy, or decide
+whether a command line may start early (the launcher, `cli.launch`, does).
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ import os
 import socket
 import time
 from bisect import bisect_right
+from itertools import islice
 
 from vncaudit import rawsyn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Final
+
+    from vncaudit.synbulk import BulkSender
 
 EARLY_MAX: Final = 64  # SYNs built one by one in Python before the sweep's batches take over
 MAX_COUNT: Final = 1 << 40  # a larger space is left to the sweep (its permutation costs more)
+# The most packets/s the early batch sender (`vncaudit.synbulk`) is asked to hold: one thread
+# sharing the GIL with the program's imports. Above it the sweep's threads send after the
+# first SYNs, as fast as they can, and no slower early sender sets the pace before them.
+EARLY_BULK_RATE: Final = 250_000.0
 
 
 class EarlyPlan:
@@ -56,10 +67,11 @@ class EarlyPlan:
 
 class EarlyStart:
     """What `start` did: the walk's seed, the cookie secret, the source port, the sockets
-    (answers, and sending) and the pairs sent (`(address << 16) | port`, in walk order), with
-    the moment the last of them went out (`time.monotonic()`)."""
+    (answers, and sending) and the pairs sent one by one (`(address << 16) | port`, in walk
+    order), with the moment the last of them went out (`time.monotonic()`), and the batch
+    sender that walks on after them (`bulk`, when the plan's rate allows one)."""
 
-    __slots__ = ("plan", "seed", "secret", "port", "rx", "tx", "pairs", "sent_at")
+    __slots__ = ("plan", "seed", "secret", "port", "rx", "tx", "pairs", "sent_at", "bulk")
 
     def __init__(self, plan: EarlyPlan, seed: int, secret: bytes, port: int,
                  rx: socket.socket, tx: socket.socket, pairs: list[int],
@@ -72,8 +84,22 @@ class EarlyStart:
         self.tx = tx
         self.pairs = pairs
         self.sent_at = sent_at
+        self.bulk: BulkSender | None = None
+
+    def finish(self) -> None:
+        """Stop the batch sender, if any: what `flights` says is final after this."""
+        if self.bulk is not None:
+            self.bulk.finish()
+
+    def flights(self) -> list[tuple[float, list[int]]]:
+        """Every pair sent so far, in walk order, in chunks with the moment each went out."""
+        out = [(self.sent_at, self.pairs)]
+        if self.bulk is not None:
+            out += self.bulk.flights
+        return out
 
     def close(self) -> None:
+        self.finish()
         self.rx.close()
         self.tx.close()
 
@@ -94,26 +120,32 @@ def claim() -> EarlyStart | None:
     return early
 
 
-def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
-    """The first `n` pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes
-    with `seed` (`TargetSpace.iter_targets`: the same permutation, the same index to pair)."""
+def walk_pairs(plan: EarlyPlan, seed: int) -> Iterator[int]:
+    """The pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes with `seed`
+    (`TargetSpace.iter_targets`: the same permutation, the same index to pair), in order."""
     from vncaudit.targets.permutation import CyclicPermutation
 
     ports = plan.ports
+    width = len(ports)
     firsts = [first for first, _ in plan.blocks]
     offsets = [0]
     for first, last in plan.blocks:
         offsets.append(offsets[-1] + last - first + 1)
-    out: list[int] = []
-    if n <= 0:
-        return out
-    for i in CyclicPermutation(offsets[-1] * len(ports), seed).indices():
-        a, port_index = divmod(i, len(ports))
+    if len(firsts) == 1:
+        base = firsts[0]
+        for i in CyclicPermutation(offsets[-1] * width, seed).indices():
+            a, port_index = divmod(i, width)
+            yield ((base + a) << 16) | ports[port_index]
+        return
+    for i in CyclicPermutation(offsets[-1] * width, seed).indices():
+        a, port_index = divmod(i, width)
         k = bisect_right(offsets, a) - 1
-        out.append(((firsts[k] + a - offsets[k]) << 16) | ports[port_index])
-        if len(out) == n:
-            break
-    return out
+        yield ((firsts[k] + a - offsets[k]) << 16) | ports[port_index]
+
+
+def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
+    """The first `n` pairs of `walk_pairs(plan, seed)`."""
+    return list(islice(walk_pairs(plan, seed), max(0, n)))
 
 
 def start(plan: EarlyPlan) -> EarlyStart | None:
@@ -139,16 +171,23 @@ def start(plan: EarlyPlan) -> EarlyStart | None:
     # 64 bits from os.urandom, as the target space draws its seed.
     seed = int.from_bytes(os.urandom(8), "big")
     secret = os.urandom(16)
+    walk = walk_pairs(plan, seed)
     try:
-        pairs = _send(tx, port, secret, first_pairs(plan, seed, n))
+        pairs = _send(tx, port, secret, list(islice(walk, n)))
     except OSError:
         pairs = []
     if not pairs:
         rx.close()
         tx.close()
         return None
-    _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
-    return _started
+    early = _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
+    if len(pairs) == n < count and rate <= EARLY_BULK_RATE:
+        from vncaudit.synbulk import BulkSender
+
+        early.bulk = BulkSender(plan.blocks, port, secret, tx, rx, walk, rate, n,
+                                early.sent_at)
+        early.bulk.start()
+    return early
 
 
 def _send(tx: socket.socket, port: int, secret: bytes, pairs: list[int]) -> list[int]:

@@ -6,8 +6,8 @@ parses it for real and runs it), and `preparse`, a strict reading of `vncaudit s
 lines that recognises a small, safe subset only: literal IPv4 addresses and CIDRs as targets
 (none in a special network: `SPECIAL_V4`), `-p/--ports` as numbers and ranges, `--discovery
 syn` (required), `--rate`, `--retries`, `--timeout`, `--concurrency`, `--db`, and the output
-options that change nothing before the first packet (`-o table|json|jsonl`, `--all`,
-`-q/--quiet`, `-v/--verbose`). Anything else (another token, form or option, an option given
+options that change nothing before the first packet (`-o table|json|jsonl`, `--output-file`
+naming a new file, `--all`, `-q/--quiet`, `-v/--verbose`). Anything else (another token, form or option, an option given
 twice, a value typer would read differently or refuse, a special network, a completion
 request) and there is no early start: the program runs exactly as it would without this
 module. The early start itself (`vncaudit.synstart`) also needs raw-socket rights.
@@ -51,7 +51,8 @@ SPECIAL_V4: Final = (
 # option -> its name in the plan; those that take a value, and the flags
 _VALUES: Final = {"-p": "ports", "--ports": "ports", "--rate": "rate", "--retries": "retries",
                   "--timeout": "timeout", "--discovery": "discovery", "--db": "db",
-                  "--concurrency": "concurrency", "-o": "output", "--output": "output"}
+                  "--concurrency": "concurrency", "-o": "output", "--output": "output",
+                  "--output-file": "output_file"}
 _FLAGS: Final = {"--all": "all", "-q": "quiet", "--quiet": "quiet"}
 _COUNTED: Final = ("-v", "--verbose")
 
@@ -122,6 +123,8 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
     if "concurrency" in given and not _whole(given["concurrency"]):
         return None
     if "db" in given and not _usable_db(given["db"]):
+        return None
+    if "output_file" in given and not _new_output_file(given["output_file"]):
         return None
     from vncaudit.targets.blocks import merge_blocks
 
@@ -203,6 +206,20 @@ def expand_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     for first, last in ranges:
         ports.update(range(first, last + 1))
     return tuple(sorted(ports))
+
+
+def _new_output_file(text: str) -> bool:
+    """--output-file names a file that does not exist yet, in a directory that exists and
+    that this process may write to: what the full command accepts (`check_output_file`)
+    without asking which store or input it must not overwrite (a file that does not exist
+    is none of them). Any other path (an existing file, `~`, a trailing slash, spaces around
+    it) is left to it."""
+    if text != text.strip() or text.startswith("~") or text.endswith("/"):
+        return False
+    if os.path.lexists(text):
+        return False
+    parent = os.path.dirname(text) or "."
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _usable_db(text: str) -> bool:
