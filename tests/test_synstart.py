@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import site
 import sqlite3
 import subprocess
@@ -131,20 +132,35 @@ def _early_pairs(db: Path, count: int) -> list[tuple[str, int]]:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("rate", [2000, 40000])
 def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
-        bed: tuple[Bed, list[str]], tmp_path: Path) -> None:
+        bed: tuple[Bed, list[str]], tmp_path: Path, rate: int) -> None:
+    """At 2,000/s the early batches go on while the program loads and the sweep takes over
+    in the middle of the walk; at 40,000/s they send the whole walk before it loads (the
+    sweep then only gives the verdicts). Either way: each pair one SYN, under the cap at the
+    target, the live set exactly, the report in a new --output-file."""
     testbed, hosts = bed
-    rate = 2000
+    out_file = tmp_path / "report.json"
     args = [NET, "-p", ",".join(map(str, PORTS)), "--timeout", "0.5", "--retries", "0",
-            "--discovery", "syn", "--rate", str(rate), "-o", "json", "--all"]
+            "--discovery", "syn", "--rate", str(rate), "-o", "json", "--all", "-v",
+            "--output-file", str(out_file)]
     db = tmp_path / "s.db"
     assert launch.preparse(["scan", *args, "--db", str(db)], {}) is not None
     sniffer = Sniffer(testbed, tmp_path / "seen.json")
     out = _scan(testbed, *args, "--db", str(db))
     seen = sniffer.stop()
     assert out.returncode == 0, out.stderr
-    services = {(s["host"], s["port"]): s["state"] for s in json.loads(out.stdout)["services"]}
+    report = json.loads(out_file.read_text())
+    services = {(s["host"], s["port"]): s["state"] for s in report["services"]}
     total = 1024 * len(PORTS)
+    early_line = next(x for x in out.stderr.splitlines() if "early start: " in x)
+    before, batched = (int(x) for x in re.findall(r"(\d+) (?:SYNs sent|of them)",
+                                                     early_line))
+    assert batched > 0, early_line  # the batches went on after the first SYNs
+    if rate == 2000:
+        assert before < total, early_line  # the sweep took over in the middle of the walk
+    else:
+        assert before == total, early_line  # the whole walk before the program loaded
     assert len(services) == total
     live = {(h, p) for h in hosts for p in PORTS}
     assert {k for k, state in services.items() if state == "vnc"} == live
@@ -225,7 +241,7 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     options = DiscoveryOptions(Mode.SYN, 0.5, None, 1000.0)
     sweep = SynSweep(walk, _Sink(), options)
     assert synstart.started() is None  # claimed, once
-    assert not early.bulk.thread.is_alive()  # stopped by the sweep
+    assert not any(t.is_alive() for t in early.bulk.threads)  # stopped by the sweep
     flights = early.flights()
     sent = sum(len(pairs) for _, pairs in flights)
     sent_pairs = [p for _, pairs in flights for p in pairs]
@@ -237,8 +253,8 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     if same:
         assert (sweep.port, sweep.secret) == (early.port, early.secret)
         assert sweep.pending == set(sent_pairs) and sweep.sent == sent
-        assert [(f.deadline - 0.5, f.pairs.tolist(), f.made) for f in sweep.window] == [
-            (at, pairs, 1) for at, pairs in flights]
+        assert [(f.deadline, f.pairs.tolist(), f.made) for f in sweep.window] == [
+            (at + 0.5, pairs, 1) for at, pairs in flights]
         assert sweep.early_rx is early.rx and early.rx.fileno() >= 0
         rest = sweep.rest
         assert rest is not None and not set(rest.tolist()) & set(sent_pairs)

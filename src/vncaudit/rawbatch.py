@@ -102,6 +102,16 @@ class _Masks:
         self.ff = _lanes(n, 0xFF)
 
 
+_shared: list[_Masks] = []
+
+
+def _masks() -> _Masks:
+    """The masks of a MAX_BATCH batch, made once (every sender thread reads them)."""
+    if not _shared:
+        _shared.append(_Masks(MAX_BATCH))
+    return _shared[0]
+
+
 def siphash_lanes(masks: _Masks, k0: int, k1: int, message: int) -> int:
     """SipHash-2-4 (key k0, k1) of each 64-bit lane of `message`, in the same lanes."""
     top, low = masks.top, masks.low
@@ -171,20 +181,26 @@ class SynBatch:
         self.sock = sock
         self.k0, self.k1 = secret_key
         n = MAX_BATCH
-        self.masks = _Masks(n)
+        self.masks = _masks()
         self.base = template_sum(sport)
         self.packets = bytearray(tcp_template(sport).ljust(STRIDE, b"\0") * n)
         self.names = bytearray(struct.pack("=H14x", socket.AF_INET) * n)
         packets = ctypes.addressof((ctypes.c_char * len(self.packets)).from_buffer(self.packets))
         names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
-        self.iov = bytearray(b"".join(struct.pack("=QQ", packets + i * STRIDE, SYN_LEN)
-                                      for i in range(n)))
+        # struct iovec (base, len) per segment; struct mmsghdr on 64-bit Linux: msghdr
+        # (name, namelen, iov, iovlen, control, controllen, flags: 56 bytes) + msg_len,
+        # padded to 64: words of 8 bytes, each column filled at once
+        iov_words = array.array("Q", bytes(16 * n))
+        iov_words[0::2] = array.array("Q", range(packets, packets + n * STRIDE, STRIDE))
+        iov_words[1::2] = array.array("Q", [SYN_LEN]) * n
+        self.iov = bytearray(iov_words.tobytes())
         iov = ctypes.addressof((ctypes.c_char * len(self.iov)).from_buffer(self.iov))
-        # struct mmsghdr on 64-bit Linux: msghdr (name, namelen, iov, iovlen, control,
-        # controllen, flags: 56 bytes) + msg_len, padded to 64
-        self.mmsg = bytearray(b"".join(struct.pack("=QQQQQQQQ", names + i * 16, 16,
-                                                   iov + i * 16, 1, 0, 0, 0, 0)
-                                       for i in range(n)))
+        words = array.array("Q", bytes(64 * n))
+        words[0::8] = array.array("Q", range(names, names + n * 16, 16))
+        words[1::8] = array.array("Q", [16]) * n
+        words[2::8] = array.array("Q", range(iov, iov + n * 16, 16))
+        words[3::8] = array.array("Q", [1]) * n
+        self.mmsg = bytearray(words.tobytes())
         self.mmsg_at = ctypes.addressof((ctypes.c_char * len(self.mmsg)).from_buffer(self.mmsg))
         self.call = sendmmsg()
 

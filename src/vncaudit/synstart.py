@@ -25,13 +25,11 @@ import os
 import socket
 import time
 from bisect import bisect_right
-from itertools import islice
 
 from vncaudit import rawsyn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from typing import Final
 
     from vncaudit.synbulk import BulkSender
@@ -42,6 +40,10 @@ MAX_COUNT: Final = 1 << 40  # a larger space is left to the sweep (its permutati
 # sharing the GIL with the program's imports. Above it the sweep's threads send after the
 # first SYNs, as fast as they can, and no slower early sender sets the pace before them.
 EARLY_BULK_RATE: Final = 250_000.0
+ONE_THREAD_RATE: Final = 100_000.0  # above this two early threads send (discovery.syn's)
+# A walk that the cap lets out in at most this long is sent before the program loads (it
+# then loads during the first window); a longer one while it loads.
+EARLY_WAIT_SECONDS: Final = 0.5
 
 
 class EarlyPlan:
@@ -87,16 +89,24 @@ class EarlyStart:
         self.bulk: BulkSender | None = None
 
     def finish(self) -> None:
-        """Stop the batch sender, if any: what `flights` says is final after this."""
+        """Stop the batch senders, if any: what `flights` and `taken` say is final after
+        this."""
         if self.bulk is not None:
             self.bulk.finish()
 
     def flights(self) -> list[tuple[float, list[int]]]:
-        """Every pair sent so far, in walk order, in chunks with the moment each went out."""
+        """Every pair sent so far, in chunks with the moment each went out, in that order."""
         out = [(self.sent_at, self.pairs)]
         if self.bulk is not None:
-            out += self.bulk.flights
+            out += sorted(self.bulk.flights, key=lambda flight: flight[0])
         return out
+
+    def taken(self) -> tuple[list[int], list[int]]:
+        """(every pair taken from the walk, in walk order; those of them not sent, in walk
+        order): the sweep's walk must begin with the first, and sends the second first."""
+        if self.bulk is None:
+            return self.pairs, []
+        return self.pairs + self.bulk.taken_pairs(), self.bulk.unsent()
 
     def close(self) -> None:
         self.finish()
@@ -120,32 +130,63 @@ def claim() -> EarlyStart | None:
     return early
 
 
-def walk_pairs(plan: EarlyPlan, seed: int) -> Iterator[int]:
+class EarlyWalk:
     """The pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes with `seed`
-    (`TargetSpace.iter_targets`: the same permutation, the same index to pair), in order."""
-    from vncaudit.targets.permutation import CyclicPermutation
+    (`TargetSpace.iter_targets`: the same permutation, the same index to pair), taken in
+    order a few at a time (`take`). A batch of cycle positions is x * g**j mod p for j below
+    its size, from powers computed once, as `CyclicPermutation.index_blocks` makes them."""
 
-    ports = plan.ports
-    width = len(ports)
-    firsts = [first for first, _ in plan.blocks]
-    offsets = [0]
-    for first, last in plan.blocks:
-        offsets.append(offsets[-1] + last - first + 1)
-    if len(firsts) == 1:
-        base = firsts[0]
-        for i in CyclicPermutation(offsets[-1] * width, seed).indices():
-            a, port_index = divmod(i, width)
-            yield ((base + a) << 16) | ports[port_index]
-        return
-    for i in CyclicPermutation(offsets[-1] * width, seed).indices():
-        a, port_index = divmod(i, width)
-        k = bisect_right(offsets, a) - 1
-        yield ((firsts[k] + a - offsets[k]) << 16) | ports[port_index]
+    def __init__(self, plan: EarlyPlan, seed: int) -> None:
+        from vncaudit.targets.permutation import CyclicPermutation
+
+        self.ports = plan.ports
+        self.firsts = [first for first, _ in plan.blocks]
+        self.offsets = [0]
+        for first, last in plan.blocks:
+            self.offsets.append(self.offsets[-1] + last - first + 1)
+        perm = CyclicPermutation(self.offsets[-1] * len(self.ports), seed)
+        self.p, self.n, self.g = perm.p, perm.n, perm.g
+        self.x = perm.start  # the next cycle position's value
+        self.left = perm.p - 1  # cycle positions not taken yet
+        self.powers: list[int] = [1]
+
+    def take(self, k: int) -> list[int]:
+        """The walk's next (at most) `k` pairs; fewer only at its end."""
+        out: list[int] = []
+        while len(out) < k and self.left:
+            values = self._positions(min(k - len(out), self.left))
+            out += self._pairs([v for v in values if v <= self.n])
+        return out
+
+    def _positions(self, m: int) -> list[int]:
+        p, g = self.p, self.g
+        powers = self.powers
+        if len(powers) < m:
+            for _ in range(m - len(powers)):
+                powers.append(powers[-1] * g % p)
+        x = self.x
+        values = [x * q % p for q in (powers if m == len(powers) else powers[:m])]
+        self.x = values[-1] * g % p
+        self.left -= m
+        return values
+
+    def _pairs(self, values: list[int]) -> list[int]:
+        ports = self.ports
+        if len(self.firsts) == 1 and len(ports) == 1:
+            base, port = self.firsts[0] - 1, ports[0]
+            return [((base + v) << 16) | port for v in values]
+        width, firsts, offsets = len(ports), self.firsts, self.offsets
+        out = []
+        for v in values:
+            a, port_index = divmod(v - 1, width)
+            k = bisect_right(offsets, a) - 1
+            out.append(((firsts[k] + a - offsets[k]) << 16) | ports[port_index])
+        return out
 
 
 def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
-    """The first `n` pairs of `walk_pairs(plan, seed)`."""
-    return list(islice(walk_pairs(plan, seed), max(0, n)))
+    """The first `n` pairs of the walk of `plan` with `seed` (`EarlyWalk`)."""
+    return EarlyWalk(plan, seed).take(max(0, n))
 
 
 def start(plan: EarlyPlan) -> EarlyStart | None:
@@ -171,9 +212,9 @@ def start(plan: EarlyPlan) -> EarlyStart | None:
     # 64 bits from os.urandom, as the target space draws its seed.
     seed = int.from_bytes(os.urandom(8), "big")
     secret = os.urandom(16)
-    walk = walk_pairs(plan, seed)
+    walk = EarlyWalk(plan, seed)
     try:
-        pairs = _send(tx, port, secret, list(islice(walk, n)))
+        pairs = _send(tx, port, secret, walk.take(n))
     except OSError:
         pairs = []
     if not pairs:
@@ -182,11 +223,16 @@ def start(plan: EarlyPlan) -> EarlyStart | None:
         return None
     early = _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
     if len(pairs) == n < count and rate <= EARLY_BULK_RATE:
-        from vncaudit.synbulk import BulkSender
+        from vncaudit.synbulk import EARLY_BULK_SECONDS, BulkSender
 
+        threads = 2 if rate > ONE_THREAD_RATE and (os.cpu_count() or 1) >= 2 else 1
         early.bulk = BulkSender(plan.blocks, port, secret, tx, rx, walk, rate, n,
-                                early.sent_at)
+                                early.sent_at, threads)
         early.bulk.start()
+        if (count - n) / rate <= EARLY_WAIT_SECONDS:
+            # The whole walk goes out within the time the program needs to load, its
+            # answers wait in the socket: the cores are the senders' until then.
+            early.bulk.wait(EARLY_BULK_SECONDS)
     return early
 
 

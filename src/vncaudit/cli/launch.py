@@ -7,17 +7,19 @@ lines that recognises a small, safe subset only: literal IPv4 addresses and CIDR
 (none in a special network: `SPECIAL_V4`), `-p/--ports` as numbers and ranges, `--discovery
 syn` (required), `--rate`, `--retries`, `--timeout`, `--concurrency`, `--db`, and the output
 options that change nothing before the first packet (`-o table|json|jsonl`, `--output-file`
-naming a new file, `--all`, `-q/--quiet`, `-v/--verbose`). Anything else (another token, form or option, an option given
-twice, a value typer would read differently or refuse, a special network, a completion
-request) and there is no early start: the program runs exactly as it would without this
-module. The early start itself (`vncaudit.synstart`) also needs raw-socket rights.
+naming a new file, `--all`, `-q/--quiet`, `-v/--verbose`). Anything else (another token, form
+or option, an option given twice, a value typer would read differently or refuse, a special
+network, a completion request) and there is no early start: the program runs exactly as it
+would without this module. The early start itself (`vncaudit.synstart`) also needs raw-socket
+rights.
 
 Imports `os` and `sys` only until it has decided (and `vncaudit.synstart` when it starts
 early): it runs before typer, asyncio, numpy and the store. Must not: accept a command line
 that the full parse would refuse or read differently (tests/test_launch.py checks it against
 typer's over generated command lines), start anything in connect mode (its first connection
-waits for the connection ledger's admission, which needs the store), print, or fail: any
-error in the early start means no early start.
+waits for the connection ledger's admission, which needs the store), print (but the one line
+of a Ctrl-C while the early start's batches go out), or fail: any error in the early start
+means no early start.
 """
 
 from __future__ import annotations
@@ -64,7 +66,14 @@ def run() -> None:
         if plan is not None:
             from vncaudit import synstart
 
-            synstart.start(plan)
+            try:
+                synstart.start(plan)
+            except KeyboardInterrupt:  # while its batches went out: they stop, nothing else ran
+                early = synstart.claim()
+                if early is not None:
+                    early.close()
+                sys.stderr.write("vncaudit: error: interrupted; nothing recorded\n")
+                raise SystemExit(130) from None
     except Exception:  # the program runs, and reports, as it would without an early start
         pass
     from vncaudit.cli.program import run as run_program

@@ -67,13 +67,13 @@ from vncaudit.exceptions import UsageError
 from vncaudit.rawbatch import TokenBucket as TokenBucket
 from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
 from vncaudit.rawsyn import replies_socket, source_port
+from vncaudit.synstart import ONE_THREAD_RATE as ONE_SENDER_RATE
 from vncaudit.synstart import EarlyStart, claim
 
 log = logging.getLogger(__name__)
 
 U64 = npt.NDArray[np.uint64]
 
-ONE_SENDER_RATE: Final = 100_000.0  # above this a second sender thread helps (measured here)
 EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
 NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
 REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
@@ -201,19 +201,21 @@ class SynSweep(BaseSweep):
                 self.bucket.tokens = float(self.bucket.burst - sent)
                 self.bucket.last = flights[-1][0]
         if bulk is not None:
-            log.debug("early batches: %d SYNs sent, %d refused; stopped: %s", bulk.sent,
-                      bulk.refused, bulk.why or "the walk's end or the sweep")
+            log.info("early start: %d SYNs sent before the sweep, %d of them in batches "
+                     "(%d refused and sent again); the batches stopped at %s", sent, bulk.sent,
+                     bulk.refused, bulk.why or "the walk's end or the sweep")
         walk = self.walk
         plan = early.plan
-        taken = self._walk_start(sent) if (
+        taken, unsent = early.taken()
+        mine = self._walk_start(len(taken)) if (
             walk is not None and getattr(walk, "seed", None) == early.seed
             and getattr(walk, "shard", None) == (0, 1) and not getattr(walk, "skip", ())
             and getattr(walk, "__len__", lambda: -1)() == plan.count
             and self.rate == (plan.rate or DEFAULT_SYN_RATE)
             and self.options.timeout == plan.timeout
             and self.options.retries == plan.retries) else None
-        early_pairs = np.fromiter((p for _, pairs in flights for p in pairs), np.uint64, sent)
-        if taken is None or not np.array_equal(taken[:sent], early_pairs):
+        if mine is None or not np.array_equal(mine[:len(taken)],
+                                              np.array(taken, dtype=np.uint64)):
             early.close()
             self.blocks = None
             return
@@ -222,13 +224,14 @@ class SynSweep(BaseSweep):
         self.cookies = wire.Cookies(early.secret)
         self.early_rx, self.early_tx = early.rx, early.tx
         self.early_replies = bulk.replies if bulk is not None else []
-        self.rest = taken[sent:]
-        self.pending.update(early_pairs.tolist())
-        at = 0
+        # What was taken and not sent goes first, in walk order, then the walk after it.
+        rest = mine[len(taken):]
+        self.rest = np.concatenate([np.array(unsent, dtype=np.uint64), rest]) if unsent \
+            else rest
         for sent_at, pairs in flights:
-            self.window.append(_Flight(sent_at + self.options.timeout,
-                                       early_pairs[at:at + len(pairs)], 1))
-            at += len(pairs)
+            chunk = np.array(pairs, dtype=np.uint64)
+            self.pending.update(pairs)
+            self.window.append(_Flight(sent_at + self.options.timeout, chunk, 1))
         self.sent += sent
         counters = self.counters
         counters.sent = counters.fresh = sent
