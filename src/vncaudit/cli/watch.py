@@ -35,10 +35,12 @@ _WATCH_EXAMPLES = """Examples:
 Alert rules (--alerts): reachable (VNC newly reachable), no-auth (authentication newly not
 required), severity (worst severity raised), cve (a version with a known CVE appeared), gone
 (a service gone; off by default); --remind-every 7d adds a reminder while a service stays open.
-One alert per change: a cycle that finds what the previous one found sends nothing. A cycle
-with more alerts than --digest-threshold (default 20) sends each webhook and e-mail one
-digest instead: counts by rule and severity, the worst ten, and the command that lists all
-(vncaudit alerts --scan SCAN_ID); every alert stays in the store. Stdout gets every alert.
+One alert per change: a cycle that finds what the previous one found sends nothing.
+
+Digests: a cycle with more alerts than --digest-threshold (default 20) sends each webhook and
+e-mail ONE digest instead: counts by rule and severity, the ten worst, and the command that
+lists them all (vncaudit alerts --scan SCAN_ID). Every alert stays in the store; stdout
+still gets each one.
 
 Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
 password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.
