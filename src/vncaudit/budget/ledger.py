@@ -9,8 +9,9 @@ when the product was not identified and the rule is assumed). `Ledger.admit` gra
 of connections in one write transaction, so concurrent scans sharing a store never both spend
 a server's last free connection: a grant is an *intent* row that every process counts until
 `Ledger.record` settles it; the intents of a process that died are charged as connections (it
-may have made them). `Ledger.answer` is what a pair that was not probed reports instead: the
-facts read last with their age, or what a half-open SYN showed, and why.
+may have made them), and so is a connect the probe's deadline ended (`basics.connect_cut`).
+`Ledger.answer` is what a pair that was not probed reports instead: the facts read last with
+their age, or what a half-open SYN showed, and why.
 
 Must not: open connections, speak RFB, open the store (callers pass it), or keep product
 knowledge in code (that is `vncaudit.blacklists`). Nothing here depends on elapsed time
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from vncaudit import admission
-from vncaudit.basics import SILENT_STATES, State, Target
+from vncaudit.basics import SILENT_STATES, State, Target, connect_cut
 from vncaudit.blacklists import Rule, Rules, candidates_of, handshake_key, rule_for, shipped
 from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed, started_after
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 HISTORY_KEPT: Final = 20  # connections remembered per key (the tally itself is exact)
 UNWRITABLE: Final = "connection ledger cannot be written"  # in the reason of such a denial
+# Why a connection of unknown use was charged (its history entry).
+ABRUPT_REASON: Final = "granted to a run that stopped abruptly"
+CUT_REASON: Final = "a connect the deadline ended, which the server may have accepted"
 
 
 class LedgerError(VncAuditError):
@@ -374,15 +378,16 @@ class Ledger:
                         "connection(s); they are counted as made", intent.owner.split("|")[2],
                         sum(intent.keys.values()))
 
-    def _charge(self, conn: Any, intent: _Intent, now: Instant) -> None:
+    def _charge(self, conn: Any, intent: _Intent, now: Instant,
+                reason: str = ABRUPT_REASON) -> None:
         """Count the connections an intent granted, except where a record after its creation
-        shows it was settled."""
+        shows it was settled; `reason` goes into each row's history."""
         rows = self._rows(conn, {(d, p) for _, d, p in intent.keys})
         for key, n in intent.keys.items():
             row = rows.get(key)
             if row is not None and row.last.wall >= intent.created:
                 continue
-            entry = [now.iso(), "uncertain", "granted to a run that stopped abruptly"]
+            entry = [now.iso(), "uncertain", reason]
             if row is None:
                 conn.execute(
                     "INSERT INTO budget_ledger (src, dst, port, rule, spent, total, first_at, "
@@ -575,6 +580,7 @@ class Ledger:
         is logged (one line): the grants stay, counted as connections, the safe side."""
         settle = list(settled)
         connected: list[tuple[Decision, ServiceResult]] = []
+        cut: Counter[Key] = Counter()
         for decision, result in outcomes:
             if not decision.allowed:
                 continue
@@ -582,13 +588,18 @@ class Ledger:
                 settle.append((decision.intent, decision.key))
             if result.state not in SILENT_STATES:
                 connected.append((decision, result))
-        if not settle and not connected:
+            elif connect_cut(result.state, result.error):
+                cut[decision.key] += 1
+        if not settle and not connected and not cut:
             return
         now = self.clock.now()
         try:
             with self.store.writing("cannot record connections in the ledger") as conn:
                 if connected:
                     self._write(conn, connected, scan_id, now)
+                if cut:
+                    self._charge(conn, _Intent(self.owner, float("inf"), dict(cut)), now,
+                                 CUT_REASON)
                 self._settle(conn, settle)
         except StoreError as exc:
             log.warning("budget: %s; %d connection(s) stay counted as granted", exc,
