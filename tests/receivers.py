@@ -3,8 +3,9 @@
 Owns: an HTTP(S) webhook receiver and an SMTP server (aiosmtpd, STARTTLS required, AUTH LOGIN /
 only LOGIN offered), both honouring the alert's idempotency key (the HTTP ``Idempotency-Key``
 header, the mail's ``Message-ID``): a repeat is answered like the first but not processed
-again. Each logs what it saw as JSON lines to a file the test reads: ``arrived`` (the request
-came in), then ``accepted`` (first time for that key) or ``duplicate``.
+again. Each logs what it saw as JSON lines to a file the test reads (a webhook's ``type``,
+``text``, ``alert`` and ``digest``): ``arrived`` (the request came in), then ``accepted``
+(first time for that key) or ``duplicate``.
 
 HTTP paths: ``/hook`` answers 200; ``/slow/N`` logs the arrival, waits N seconds, then
 processes and answers 200; ``/status/NNN`` answers NNN (a 3xx with a Location). Helpers to
@@ -103,7 +104,8 @@ def _http_handler(log: _Log, secret: bytes | None) -> type[BaseHTTPRequestHandle
                 doc = {}
             entry = {"key": key, "path": self.path, "signature_ok": signed,
                      "has_signature": signature is not None, "text": doc.get("text"),
-                     "alert": doc.get("alert")}
+                     "type": doc.get("type"), "alert": doc.get("alert"),
+                     "digest": doc.get("digest")}
             log.write(event="arrived", **entry)
             parts = self.path.strip("/").split("/")
             if parts[0] == "status" and len(parts) > 1:

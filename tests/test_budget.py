@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from vncaudit import budget
+from vncaudit.basics import CONNECT_CUT
 from vncaudit.budget import Ledger, ScanGate
 from vncaudit.budget.clock import Instant, clock_jump, elapsed, started_after
 from vncaudit.models import NamedType, Product, RfbFacts, ServiceResult, State, Target
@@ -139,6 +140,31 @@ def test_a_run_cut_short_charges_what_it_started_and_returns_the_rest(store: Sto
             rows = dict(conn.execute("SELECT dst, spent FROM budget_ledger").fetchall())
             intents = conn.execute("SELECT count(*) FROM budget_intents").fetchone()[0]
     assert rows == {SERVER.host: 1} and intents == 0
+
+
+def test_a_connect_the_deadline_cut_is_charged_and_a_silent_pair_is_not(store: Store) -> None:
+    """A probe whose own connect was still in progress at its deadline may have been
+    accepted by the server (the kernel completes the handshake whether or not the loop sees
+    it): charged as a connection of unknown use. Discovery's "no answer" and a refusal are
+    certain: nothing charged. Every grant is settled either way."""
+    cut, silent, refused = SERVER, Target("198.18.7.8", 5901), Target("198.18.7.9", 5901)
+    with Ledger(store) as ledger:
+        gate = ScanGate(ledger)
+        assert gate.admit([cut, silent, refused]) == [None, None, None]
+        gate.settle(ServiceResult(cut.host, cut.port, State.FILTERED, error=CONNECT_CUT))
+        gate.settle(ServiceResult(silent.host, silent.port, State.FILTERED,
+                                  error="no answer to the connection attempt"))
+        gate.settle(ServiceResult(refused.host, refused.port, State.CLOSED))
+        gate.close()
+        with store.reading("test") as conn:
+            rows = {dst: (spent, json.loads(history)) for dst, spent, history in conn.execute(
+                "SELECT dst, spent, history FROM budget_ledger")}
+            intents = conn.execute("SELECT count(*) FROM budget_intents").fetchone()[0]
+        assert set(rows) == {cut.host} and intents == 0
+        spent, history = rows[cut.host]
+        assert spent == 1 and history[-1][1:] == ["uncertain", budget.ledger.CUT_REASON]
+        # It counts against the server's free connections like any other.
+        assert spend(ledger, 4) == [True] * 3 + [False]
 
 
 def test_concurrent_processes_never_both_spend_the_last_connection(tmp_path: Path) -> None:

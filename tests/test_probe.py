@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from vncaudit.basics import CONNECT_CUT, connect_cut
 from vncaudit.models import ServiceResult, State, Target
 from vncaudit.probe import ProbeOptions, probe
 
@@ -381,6 +382,35 @@ def test_a_refused_port_is_closed() -> None:
     result = asyncio.run(probe(Target("127.0.0.1", port), ProbeOptions(timeout=2.0)))
     assert result.state is State.CLOSED
     assert result.rfb is None and result.transcript_hex == ""
+
+
+def test_a_deadline_during_the_connect_itself_is_a_cut_connect() -> None:
+    """A listener whose accept queue is full drops each SYN (Linux counts ListenOverflows):
+    the probe's own connect is still in progress at its deadline. That verdict is not the
+    plain "no answer" of discovery: the handshake may have completed unseen, so the ledger
+    charges it (vncaudit.basics.connect_cut)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    try:
+        for _ in range(3):  # fill the queue: never accepted
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            queued.append(client)
+        time.sleep(0.1)
+        started = time.monotonic()
+        result = asyncio.run(probe(Target("127.0.0.1", port), ProbeOptions(timeout=0.4)))
+        seconds = time.monotonic() - started
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
+    assert result.state is State.FILTERED
+    assert result.error == CONNECT_CUT and connect_cut(result.state, result.error)
+    assert 0.35 <= seconds < 0.4 + SLACK
 
 
 def test_a_handed_over_connection_gets_its_whole_deadline_from_now() -> None:

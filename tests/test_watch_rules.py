@@ -100,6 +100,7 @@ alerts = ["reachable", "gone"]
 remind_every = "7d"
 webhook = ["ops", "https://other.example.org/x"]
 email = ["a@example.org", "b@example.org"]
+digest_threshold = 0
 [monitor.lab]
 targets = "192.0.2.1"
 cron = "0 2 * * *"
@@ -122,6 +123,8 @@ cron = "0 2 * * *"
     assert lab.targets == ("192.0.2.1",) and lab.schedule.cron == "0 2 * * *"
     assert [c.name for c in lab.channels] == ["stdout"]  # no channel: JSON lines
     assert lab.rules.names() == cfg.DEFAULT_RULES
+    assert (office.digest_threshold, lab.digest_threshold) == (0, 20)
+    assert [cfg.digests(c) for c in (hook, mail, *lab.channels)] == [True, True, False]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def test_evaluating_a_cycle_twice_queues_nothing_twice(tmp_path: Path) -> None:
         first = stored_cycle(store, db, [vnc(auth=True)])
         assert len(evaluate_cycle(store, db, monitor(), first)[1]) == 1
         second = stored_cycle(store, db, [vnc(auth=False)])
-        _, alerts = evaluate_cycle(store, db, monitor(), second)
+        _, alerts, _ = evaluate_cycle(store, db, monitor(), second)
         assert [a.rules for a in alerts] == [("no-auth",)]
         assert db.baseline("lab") == second
         # A crash before the cycle was marked evaluated: done again, same keys, no duplicate.

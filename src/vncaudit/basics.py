@@ -1,7 +1,7 @@
 """The plain types a scan needs before its first packet: `Target`, `State` with
-`SILENT_STATES`, `Severity`, and `SCHEMA_VERSION`.
+`SILENT_STATES`, `Severity`, `SCHEMA_VERSION`, and `CONNECT_CUT` with `connect_cut`.
 
-Owns: these five names; `vncaudit.models` re-exports each (the same objects), so either import
+Owns: these names; `vncaudit.models` re-exports each (the same objects), so either import
 gives the same class. They live apart from the result types so that the sweep, the store and
 the connection ledger can be imported, and the first packet sent, without building the result
 dataclasses (`models`' and `payloads`' ~30 frozen dataclasses, each compiled at import): those
@@ -36,6 +36,18 @@ class State(StrEnum):
 SILENT_STATES: frozenset[State] = frozenset({State.CLOSED, State.FILTERED})
 """Nothing answered but the TCP stack (refused, or no answer at all): no facts to grade, not
 a "service". Reports leave these out by default, and the store keeps only their verdict."""
+
+
+CONNECT_CUT = "the connection attempt had not finished at the deadline"
+"""The error of a `FILTERED` result whose own connect the deadline ended. The kernel may have
+completed that handshake while the event loop was busy, and a server counts an accepted
+connection whether or not we saw it: the connection ledger charges such a result as a
+connection, the safe side."""
+
+
+def connect_cut(state: State, error: str | None) -> bool:
+    """The deadline ended the connection attempt itself: it may have reached the server."""
+    return state is State.FILTERED and error == CONNECT_CUT
 
 
 class Severity(StrEnum):

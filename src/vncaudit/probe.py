@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vncaudit import rfb
+from vncaudit.basics import CONNECT_CUT
 from vncaudit.exceptions import NotRfbError, RemoteProtocolError
 from vncaudit.models import (
     Framebuffer,
@@ -726,7 +727,7 @@ class TcpProbe(asyncio.Protocol):
         session = self.session
         if self._transport is None:
             session.state = State.FILTERED
-            session.error = "no answer to the connection attempt"
+            session.error = CONNECT_CUT
         else:
             session.deadline_reached()
         self._finish()

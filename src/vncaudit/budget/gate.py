@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from vncaudit.basics import SILENT_STATES, State, Target
+from vncaudit.basics import SILENT_STATES, State, Target, connect_cut
 from vncaudit.blacklists import shipped as shipped_rules
 from vncaudit.budget.ledger import Admission, Decision, Key, Ledger
 
@@ -167,7 +167,11 @@ class ScanGate:
             self._started.discard(key)
         special = admission.special.get(i)
         need = admission.need
-        made = 0 if result.state in SILENT_STATES else 1 + min(need - 1, _extra_made(result))
+        if result.state in SILENT_STATES:
+            # A connect the deadline ended may have reached the server: the ledger charges it.
+            made = 1 if connect_cut(result.state, result.error) else 0
+        else:
+            made = 1 + min(need - 1, _extra_made(result))
         if special is None and made == 0:
             if admission.intent is not None:
                 self._settled.extend([(admission.intent, (admission.srcs[i], result.host,

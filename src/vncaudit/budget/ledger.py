@@ -9,8 +9,9 @@ when the product was not identified and the rule is assumed). `Ledger.admit` gra
 of connections in one write transaction, so concurrent scans sharing a store never both spend
 a server's last free connection: a grant is an *intent* row that every process counts until
 `Ledger.record` settles it; the intents of a process that died are charged as connections (it
-may have made them). `Ledger.answer` is what a pair that was not probed reports instead: the
-facts read last with their age, or what a half-open SYN showed, and why.
+may have made them), and so is a connect the probe's deadline ended (`basics.connect_cut`).
+`Ledger.answer` is what a pair that was not probed reports instead: the facts read last with
+their age, or what a half-open SYN showed, and why.
 
 Must not: open connections, speak RFB, open the store (callers pass it), or keep product
 knowledge in code (that is `vncaudit.blacklists`). Nothing here depends on elapsed time
@@ -22,23 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from vncaudit.basics import SILENT_STATES, State, Target
+from vncaudit import admission
+from vncaudit.basics import SILENT_STATES, State, Target, connect_cut
 from vncaudit.blacklists import Rule, Rules, candidates_of, handshake_key, rule_for, shipped
-from vncaudit.budget.clock import (
-    Clock,
-    Instant,
-    boot_id,
-    clock_jump,
-    elapsed,
-    started_after,
-)
+from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed, started_after
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 from vncaudit.exceptions import VncAuditError
 from vncaudit.store import Store, StoreError
@@ -51,6 +44,9 @@ log = logging.getLogger(__name__)
 
 HISTORY_KEPT: Final = 20  # connections remembered per key (the tally itself is exact)
 UNWRITABLE: Final = "connection ledger cannot be written"  # in the reason of such a denial
+# Why a connection of unknown use was charged (its history entry).
+ABRUPT_REASON: Final = "granted to a run that stopped abruptly"
+CUT_REASON: Final = "a connect the deadline ended, which the server may have accepted"
 
 
 class LedgerError(VncAuditError):
@@ -216,59 +212,6 @@ def _age_text(seconds: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Intents: grants not yet recorded, visible to every process sharing the store
-
-
-def _owner() -> str:
-    """host|boot|pid|start|token: enough to tell, on this host, whether the process still
-    runs; the token tells two ledgers of one process (web jobs) apart."""
-    return "|".join((socket.gethostname(), boot_id(), str(os.getpid()),
-                     _start_ticks(os.getpid()), os.urandom(4).hex()))
-
-
-def _start_ticks(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _owner_alive(owner: str) -> bool:
-    """Whether the process that wrote an intent still runs. An owner on another host, or one
-    this host cannot check, counts as alive (its intents keep counting: the safe side)."""
-    try:
-        host, boot, pid_text, start, _token = owner.split("|")
-        pid = int(pid_text)
-    except ValueError:
-        return True
-    if host != socket.gethostname() or not boot:
-        return True
-    if boot != boot_id():
-        return False  # this host rebooted since: that process is gone
-    if not os.path.exists(f"/proc/{pid}"):
-        return not os.path.isdir("/proc/self")  # no procfs: cannot tell
-    return not start or _start_ticks(pid) == start
-
-
-def _pairs_text(counts: Mapping[Key, int]) -> str:
-    """An intent's grants as text: "src dst port n" per line (addresses hold no spaces)."""
-    return "\n".join(f"{s} {d} {p} {n}" for (s, d, p), n in counts.items())
-
-
-def _pairs(text: str) -> dict[Key, int]:
-    out: dict[Key, int] = {}
-    for line in text.splitlines():
-        try:
-            src, dst, port, n = line.split(" ")
-            out[(src, dst, int(port))] = out.get((src, dst, int(port)), 0) + int(n)
-        except ValueError:
-            continue  # a line this version cannot read: the safe side is to skip it
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The ledger
 
 
@@ -332,7 +275,7 @@ class Ledger:
         self.clock = clock or Clock()
         self.sources = sources or SourceResolver()
         self.alternates = tuple(alternates)
-        self.owner = _owner()
+        self.owner = admission.owner()
         self._mine: dict[int, _Intent] = {}  # my intents: their unsettled keys
         self._others: dict[int, _Intent] = {}  # other processes' intents (all their keys)
         self._in_flight: dict[Key, int] = {}  # grants over both, per key
@@ -421,8 +364,8 @@ class Ledger:
             owner, created = live[i]
             (text,) = conn.execute("SELECT pairs FROM budget_intents WHERE id = ?",
                                    (i,)).fetchone()
-            intent = _Intent(owner, created, _pairs(text))
-            if not _owner_alive(owner):
+            intent = _Intent(owner, created, admission.parse_pairs(text))
+            if not admission.owner_alive(owner):
                 dead.append((i, intent))
                 continue
             self._others[i] = intent
@@ -435,15 +378,16 @@ class Ledger:
                         "connection(s); they are counted as made", intent.owner.split("|")[2],
                         sum(intent.keys.values()))
 
-    def _charge(self, conn: Any, intent: _Intent, now: Instant) -> None:
+    def _charge(self, conn: Any, intent: _Intent, now: Instant,
+                reason: str = ABRUPT_REASON) -> None:
         """Count the connections an intent granted, except where a record after its creation
-        shows it was settled."""
+        shows it was settled; `reason` goes into each row's history."""
         rows = self._rows(conn, {(d, p) for _, d, p in intent.keys})
         for key, n in intent.keys.items():
             row = rows.get(key)
             if row is not None and row.last.wall >= intent.created:
                 continue
-            entry = [now.iso(), "uncertain", "granted to a run that stopped abruptly"]
+            entry = [now.iso(), "uncertain", reason]
             if row is None:
                 conn.execute(
                     "INSERT INTO budget_ledger (src, dst, port, rule, spent, total, first_at, "
@@ -528,8 +472,8 @@ class Ledger:
         check", ...). `restarted`: when the server process behind (host, port) started, where
         it is known (`local`): a tally from before that start was reset by the restart. `need`:
         connections per target granted together or not at all (a probe and its checks)."""
-        admission = self.admit_batch(targets, kind=kind, restarted=restarted, need=need)
-        return [admission.decision(i) for i in range(len(targets))]
+        admitted = self.admit_batch(targets, kind=kind, restarted=restarted, need=need)
+        return [admitted.decision(i) for i in range(len(targets))]
 
     def admit_batch(self, targets: Sequence[Target], *, kind: str = "probe",
                     restarted: Mapping[tuple[str, int], Instant] | None = None,
@@ -553,8 +497,7 @@ class Ledger:
                 if restarted:
                     self._forget_before_restart(conn, rows, restarted, now)
                 # The write lock is held: the next id is ours, and the grants can carry it.
-                intent_id = int(conn.execute(
-                    "SELECT coalesce(max(id), 0) + 1 FROM budget_intents").fetchone()[0])
+                intent_id = admission.next_intent_id(conn)
                 for i, target in enumerate(targets):
                     key = (srcs[i], target.host, target.port)
                     if key not in rows:
@@ -568,11 +511,7 @@ class Ledger:
                         granted[decision.key] = granted.get(decision.key, 0) + need
                     special[i] = decision
                 if granted:
-                    conn.execute(
-                        "INSERT INTO budget_intents (id, owner, created, pairs) "
-                        "VALUES (?, ?, ?, ?)",
-                        (intent_id, self.owner, now.wall, _pairs_text(granted)),
-                    )
+                    admission.insert_intent(conn, intent_id, self.owner, now.wall, granted)
             self.store.flush()  # other processes must see the intent before we connect
         except StoreError as exc:
             denied = {i: self._unwritable(t, srcs[i], str(exc)) for i, t in enumerate(targets)}
@@ -641,6 +580,7 @@ class Ledger:
         is logged (one line): the grants stay, counted as connections, the safe side."""
         settle = list(settled)
         connected: list[tuple[Decision, ServiceResult]] = []
+        cut: Counter[Key] = Counter()
         for decision, result in outcomes:
             if not decision.allowed:
                 continue
@@ -648,13 +588,18 @@ class Ledger:
                 settle.append((decision.intent, decision.key))
             if result.state not in SILENT_STATES:
                 connected.append((decision, result))
-        if not settle and not connected:
+            elif connect_cut(result.state, result.error):
+                cut[decision.key] += 1
+        if not settle and not connected and not cut:
             return
         now = self.clock.now()
         try:
             with self.store.writing("cannot record connections in the ledger") as conn:
                 if connected:
                     self._write(conn, connected, scan_id, now)
+                if cut:
+                    self._charge(conn, _Intent(self.owner, float("inf"), dict(cut)), now,
+                                 CUT_REASON)
                 self._settle(conn, settle)
         except StoreError as exc:
             log.warning("budget: %s; %d connection(s) stay counted as granted", exc,

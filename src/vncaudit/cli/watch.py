@@ -37,6 +37,11 @@ required), severity (worst severity raised), cve (a version with a known CVE app
 (a service gone; off by default); --remind-every 7d adds a reminder while a service stays open.
 One alert per change: a cycle that finds what the previous one found sends nothing.
 
+Digests: a cycle with more alerts than --digest-threshold (default 20) sends each webhook and
+e-mail ONE digest instead: counts by rule and severity, the ten worst, and the command that
+lists them all (vncaudit alerts --scan SCAN_ID). Every alert stays in the store; stdout
+still gets each one.
+
 Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
 password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.
 
@@ -71,6 +76,7 @@ class _MonitorOptions:
     exclude: tuple[str, ...]
     alerts: str
     remind_every: str | None
+    digest_threshold: int | None
     webhooks: tuple[str, ...]
     webhook_secret_file: Path | None
     emails: tuple[str, ...]
@@ -89,7 +95,8 @@ class _MonitorOptions:
     def define_a_monitor(self) -> bool:
         """Whether any option that only a command-line monitor takes was given."""
         return any((self.targets, self.exclude, self.webhooks, self.emails, self.smtp,
-                    self.every, self.cron, self.name, self.remind_every))
+                    self.every, self.cron, self.name, self.remind_every,
+                    self.digest_threshold is not None))
 
 
 def _watch_config(config: Path | None, options: _MonitorOptions) -> Any:
@@ -101,8 +108,8 @@ def _watch_config(config: Path | None, options: _MonitorOptions) -> Any:
     try:
         if config is not None:
             if options.define_a_monitor():
-                raise fail("--config holds the monitors: give targets, schedule and "
-                           "channels there, not on the command line")
+                raise fail("--config holds the monitors: give targets, schedule, channels "
+                           "and digest_threshold there, not on the command line")
             watch_config = cfg.load(config)
         elif not options.targets:
             raise fail("nothing to watch: give targets (vncaudit watch 10.0.0.0/24 --every "
@@ -134,6 +141,9 @@ def _config_from_options(options: _MonitorOptions) -> Any:
     schedule = Schedule.parse(every=every, cron=options.cron)
     rules = cfg.AlertRules.from_names(options.alerts.split(","),
                                       _duration(options.remind_every, "--remind-every"))
+    threshold = (cfg.DEFAULT_DIGEST_THRESHOLD if options.digest_threshold is None
+                 else cfg.check_digest_threshold(options.digest_threshold,
+                                                 "--digest-threshold"))
     channels = [*_webhook_channels(options), *_email_channels(options)]
     if options.stdout or (options.stdout is None and not channels):
         channels.append(cfg.StdoutChannel())
@@ -143,7 +153,7 @@ def _config_from_options(options: _MonitorOptions) -> Any:
         channels=tuple(channels),
         scan=cfg.ScanSettings(timeout=options.timeout, concurrency=options.concurrency,
                               rate=options.rate, discovery=options.discovery),
-        excludes=options.exclude)
+        excludes=options.exclude, digest_threshold=threshold)
     return cfg.WatchConfig((monitor,), retention=_duration(options.retention, "--retention"))
 
 
@@ -245,6 +255,12 @@ def watch(
         str | None, typer.Option("--remind-every", metavar="DURATION", rich_help_panel=_ALERT,
                                  help="Remind while a service stays reachable, e.g. 7d.")
     ] = None,
+    digest_threshold: Annotated[
+        int | None, typer.Option("--digest-threshold", metavar="N", rich_help_panel=_ALERT,
+                                 help="A cycle with more than N alerts sends each webhook "
+                                 "and e-mail one digest instead (default 20; 0: never).",
+                                 show_default=False)
+    ] = None,
     webhook: Annotated[
         list[str] | None, typer.Option("--webhook", metavar="URL", rich_help_panel=_ALERT,
                                        help="POST alerts here as JSON (Slack, Mattermost, "
@@ -327,9 +343,9 @@ def watch(
     setup_logging(verbose)
     watch_config = _watch_config(config, _MonitorOptions(
         tuple(targets or ()), ports, every, cron, once, name, tuple(exclude or ()), alerts,
-        remind_every, tuple(webhook or ()), webhook_secret_file, tuple(email or ()), smtp,
-        smtp_security, smtp_user, smtp_password_file, smtp_from, stdout, timeout, concurrency,
-        rate, discovery, retention))
+        remind_every, digest_threshold, tuple(webhook or ()), webhook_secret_file,
+        tuple(email or ()), smtp, smtp_security, smtp_user, smtp_password_file, smtp_from,
+        stdout, timeout, concurrency, rate, discovery, retention))
     _note_unsigned(watch_config)
     if watch_config.db is not None and db is None:
         db = Path(watch_config.db)
@@ -408,13 +424,20 @@ def _event(text: str) -> Any:
 
   vncaudit alerts                             the latest alerts of every monitor
   vncaudit alerts --monitor office -o json
+  vncaudit alerts --scan SCAN_ID              every alert of one cycle (a digest's rest)
   vncaudit alerts --retry-failed              queue deliveries that gave up again""")
 def alerts(
     monitor: Annotated[
         str | None, typer.Option("--monitor", metavar="NAME", help="Only this monitor.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
-                                       help="How many alerts.")] = 50,
+    scan: Annotated[
+        str | None, typer.Option("--scan", metavar="SCAN_ID",
+                                 help="Only the alerts of this cycle (all of them unless "
+                                 "--limit is given).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N",
+                                              help="How many alerts (default 50).",
+                                              show_default=False)] = None,
     output: Annotated[
         str, typer.Option("-o", "--output", metavar="FORMAT", help="table or json.")
     ] = "table",
@@ -436,7 +459,8 @@ def alerts(
                 count = records.retry_failed(monitor)
                 err.print(f"{count} failed deliveries queued again", markup=False)
                 return
-            found = records.alerts(monitor, limit)
+            found = records.alerts(monitor, limit if limit is not None or scan is not None
+                                   else 50, scan)
     except StoreError as exc:
         raise fail(str(exc), 3) from None
     if output == "json":
@@ -455,7 +479,8 @@ def alerts(
     for column in ("when", "monitor", "service", "alert", "severity", "deliveries"):
         table.add_column(column, overflow="fold")
     for r in found:
-        states = ", ".join(f"{d.channel}: {d.state}" + (f" ({d.last_error})"
+        states = ", ".join(f"{d.channel}: {d.state}" + (" in digest" if d.digest else "")
+                           + (f" ({d.last_error})"
                                                          if d.state != "delivered"
                                                          and d.last_error else "")
                            for d in r.deliveries)

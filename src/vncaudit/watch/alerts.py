@@ -74,6 +74,10 @@ class Alert:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
+    def label(self) -> str:
+        return f"alert for {self.address}"
+
+    @property
     def text(self) -> str:
         """One line that chat webhooks (Slack, Mattermost, Teams) display as the message."""
         sev = f" [{self.severity}]" if self.severity else ""

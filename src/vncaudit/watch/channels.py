@@ -1,12 +1,15 @@
-"""Sending one alert to one channel: a webhook, an e-mail recipient, or standard output.
+"""Sending one alert (or one digest of a cycle's alerts) to one channel: a webhook, an e-mail
+recipient, or standard output.
 
 Owns: the wire formats and `deliver`, which always returns a `Outcome` (delivered, or the
 failure as one line) and never raises for anything the receiver or the network does.
 
-- Webhook: ``POST`` of a JSON object whose ``text`` is the one-line message Slack, Mattermost
-  and Teams incoming webhooks display, with the whole alert under ``alert``. Headers:
-  ``Idempotency-Key`` (the alert's key, the same on every retry), ``X-Vncaudit-Timestamp``
-  (Unix seconds) and, when the channel has a secret, ``X-Vncaudit-Signature:
+- Webhook: ``POST`` of a JSON object whose ``type`` is ``alert`` or ``digest`` and whose
+  ``text`` is the message Slack, Mattermost and Teams incoming webhooks display (one line for
+  an alert; for a digest its headline, the top items and the command listing all), with the
+  whole alert under ``alert`` or the digest under ``digest``. Headers: ``Idempotency-Key``
+  (the alert's or digest's key, the same on every retry), ``X-Vncaudit-Timestamp`` (Unix
+  seconds) and, when the channel has a secret, ``X-Vncaudit-Signature:
   sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>``. Only 2xx is delivered;
   redirects are not followed (a 3xx is a failure naming where it points, as a signed POST must
   not be re-sent elsewhere); the response body is never read. One deadline covers the whole
@@ -41,6 +44,9 @@ from urllib.parse import urlsplit
 from vncaudit import __version__
 from vncaudit.watch.alerts import Alert
 from vncaudit.watch.config import Channel, EmailChannel, SmtpSettings, WebhookChannel
+from vncaudit.watch.digest import RULE_WORDS, Digest
+
+Message = Alert | Digest
 
 SIGNATURE_HEADER = "X-Vncaudit-Signature"
 TIMESTAMP_HEADER = "X-Vncaudit-Timestamp"
@@ -55,9 +61,10 @@ class Outcome:
     retry_after: float | None = None  # seconds the receiver asked us to wait (429, 503)
 
 
-def webhook_body(alert: Alert) -> bytes:
-    doc = {"text": alert.text, "source": "vncaudit", "version": __version__,
-           "idempotency_key": alert.key, "alert": alert.to_dict()}
+def webhook_body(message: Message) -> bytes:
+    kind = "digest" if isinstance(message, Digest) else "alert"
+    doc = {"type": kind, "text": message.text, "source": "vncaudit", "version": __version__,
+           "idempotency_key": message.key, kind: message.to_dict()}
     return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode()
 
 
@@ -124,7 +131,7 @@ def webhook_client(channel: WebhookChannel) -> Any:
                              follow_redirects=False, trust_env=False)
 
 
-async def post_webhook(channel: WebhookChannel, alert: Alert, client: Any = None) -> Outcome:
+async def post_webhook(channel: WebhookChannel, alert: Message, client: Any = None) -> Outcome:
     import httpx
 
     body = webhook_body(alert)
@@ -176,7 +183,9 @@ async def post_webhook(channel: WebhookChannel, alert: Alert, client: Any = None
                    wait if status in (429, 503) else None)
 
 
-def mail_message(alert: Alert, to: str, sender: str) -> EmailMessage:
+def mail_message(alert: Message, to: str, sender: str) -> EmailMessage:
+    if isinstance(alert, Digest):
+        return digest_mail(alert, to, sender)
     msg = EmailMessage()
     sev = f" [{alert.severity}]" if alert.severity else ""
     msg["Subject"] = _one_line(f"vncaudit {alert.monitor}: {alert.address} {alert.title}{sev}",
@@ -196,6 +205,35 @@ def mail_message(alert: Alert, to: str, sender: str) -> EmailMessage:
     if alert.findings:
         lines += ["", "Findings now: " + ", ".join(alert.findings)]
     lines += ["", f"See: vncaudit results {alert.scan_id}"]
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
+def digest_mail(digest: Digest, to: str, sender: str) -> EmailMessage:
+    """A cycle's digest as one mail: the counts, the top items, and the commands that list
+    every alert it stands for."""
+    msg = EmailMessage()
+    msg["Subject"] = _one_line(f"vncaudit {digest.monitor}: {digest.title} (digest)", 200)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = f"<{digest.key}@vncaudit.invalid>"
+    msg[MAIL_KEY_HEADER] = digest.key
+    width = max((len(RULE_WORDS.get(r, r)) for r, _ in digest.by_rule), default=0)
+    lines = [f"{digest.count} alerts in one cycle of monitor {digest.monitor}: more than its "
+             f"digest threshold ({digest.threshold}), so they come as this one message. "
+             "Every alert is kept in the store.", "",
+             f"scan:     {digest.scan_id} (previous: {digest.previous_scan_id or 'none'})", "",
+             "By kind (each alert under its main rule):",
+             *(f"  {RULE_WORDS.get(r, r):<{width}}  {n:>7}" for r, n in digest.by_rule),
+             "", "By severity:", *(f"  {s:<8}  {n:>7}" for s, n in digest.by_severity)]
+    if digest.no_auth:
+        lines += ["", f"Services that need no password: {digest.no_auth}"]
+    lines += ["", f"Top {len(digest.top)}:"]
+    for a in digest.top:
+        sev = f" [{a.severity}]" if a.severity else ""
+        lines.append(f"  {a.address} {a.title}{sev}")
+    lines += ["", "All of them:", *(f"  {c}" for c in digest.commands)]
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
@@ -244,7 +282,7 @@ def _smtp_text(value: bytes | str) -> str:
     return _one_line(text, 200)
 
 
-async def send_mail(channel: EmailChannel, alert: Alert) -> Outcome:
+async def send_mail(channel: EmailChannel, alert: Message) -> Outcome:
     msg = mail_message(alert, channel.to, channel.smtp.sender)
     try:
         # The thread ends by itself on the socket timeout; this bounds the wait for it.
@@ -258,12 +296,13 @@ async def send_mail(channel: EmailChannel, alert: Alert) -> Outcome:
     return Outcome(True)
 
 
-def stdout_line(alert: Alert) -> str:
-    doc: dict[str, Any] = {"type": "alert", "text": alert.text, **alert.to_dict()}
+def stdout_line(alert: Message) -> str:
+    kind = "digest" if isinstance(alert, Digest) else "alert"
+    doc: dict[str, Any] = {"type": kind, "text": alert.text, **alert.to_dict()}
     return json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n"
 
 
-async def write_stdout(alert: Alert, stream: TextIO | None = None) -> Outcome:
+async def write_stdout(alert: Message, stream: TextIO | None = None) -> Outcome:
     out = stream or sys.stdout
     line = stdout_line(alert)
 
@@ -282,10 +321,10 @@ async def write_stdout(alert: Alert, stream: TextIO | None = None) -> Outcome:
     return Outcome(True)
 
 
-async def deliver(channel: Channel, alert: Alert, stdout: TextIO | None = None,
+async def deliver(channel: Channel, alert: Message, stdout: TextIO | None = None,
                   client: Any = None) -> Outcome:
-    """Send `alert` through `channel` (a webhook through `client` when given); never raises
-    for the receiver's faults."""
+    """Send `alert` (or a digest) through `channel` (a webhook through `client` when given);
+    never raises for the receiver's faults."""
     if isinstance(channel, WebhookChannel):
         return await post_webhook(channel, alert, client)
     if isinstance(channel, EmailChannel):

@@ -26,6 +26,7 @@ The file (every table but ``[monitor.NAME]`` is optional)::
     every = "6h"                               # or cron = "0 */6 * * *"
     alerts = ["reachable", "no-auth", "severity", "cve", "gone"]
     remind_every = "7d"                        # opt-in reminder while still open
+    digest_threshold = 20                      # more alerts in a cycle: one digest (0: never)
     webhook = ["ops"]                          # names above, or URLs
     email = ["ops@example.org"]
 """
@@ -52,6 +53,9 @@ SMTP_PASSWORD_ENV = "VNCAUDIT_SMTP_PASSWORD"
 RULES = ("reachable", "no-auth", "severity", "cve", "gone")
 """Alert rules by name. `reminder` is switched on by a reminder period (`remind_every`)."""
 DEFAULT_RULES = ("reachable", "no-auth", "severity", "cve")
+DEFAULT_DIGEST_THRESHOLD = 20
+"""A cycle with more alerts than this sends each webhook and e-mail channel one digest."""
+MAX_DIGEST_THRESHOLD = 1_000_000
 SMTP_SECURITY = ("starttls", "tls", "none")
 DISCOVERY_MODES = ("connect", "syn")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:/ -]{0,199}")
@@ -160,6 +164,7 @@ class Monitor:
     channels: tuple[Channel, ...] = ()
     scan: ScanSettings = ScanSettings()
     excludes: tuple[str, ...] = ()
+    digest_threshold: int = DEFAULT_DIGEST_THRESHOLD  # 0: never a digest
 
     def describe(self) -> str:
         return f"{' '.join(self.targets)} -p {self.ports}, {self.schedule.describe()}"
@@ -192,6 +197,21 @@ def check_url(url: str, where: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: {url!r} is not an http(s) URL")
     return url.strip()
+
+
+def check_digest_threshold(value: object, where: str) -> int:
+    """A digest threshold: a whole number of alerts, 0 (never digest) or more."""
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= MAX_DIGEST_THRESHOLD:
+        raise ConfigError(f"{where} must be a whole number of alerts from 0 (never digest) "
+                          f"to {MAX_DIGEST_THRESHOLD}, not {value!r}")
+    return value
+
+
+def digests(channel: Channel) -> bool:
+    """Whether a channel takes a digest in place of a burst (a person reads it); standard
+    output feeds programs and always gets every alert."""
+    return isinstance(channel, WebhookChannel | EmailChannel)
 
 
 def check_email(address: str, where: str) -> str:
@@ -380,8 +400,8 @@ class _Reader:
                             "(at most 200)")
         self.keys(where, table, (
             "targets", "ports", "every", "cron", "exclude", "alerts", "remind_every",
-            "webhook", "email", "stdout", "timeout", "concurrency", "rate", "discovery",
-            "retries"))
+            "webhook", "email", "stdout", "digest_threshold", "timeout", "concurrency", "rate",
+            "discovery", "retries"))
         targets = tuple(self.get(where, table, "targets", "strings", []))
         if not targets:
             raise self.fail(where, "targets is required (a list of addresses, networks, "
@@ -427,6 +447,11 @@ class _Reader:
         stdout = self.get(where, table, "stdout", "bool", not channels)
         if stdout:
             channels.append(StdoutChannel())
+        try:
+            threshold = check_digest_threshold(
+                table.get("digest_threshold", DEFAULT_DIGEST_THRESHOLD), "digest_threshold")
+        except ConfigError as exc:
+            raise self.fail(where, str(exc)) from None
         discovery = self.get(where, table, "discovery", "str", "connect")
         if discovery not in DISCOVERY_MODES:
             raise self.fail(where, f"discovery must be connect or syn, not {discovery!r}")
@@ -444,7 +469,8 @@ class _Reader:
             scan=ScanSettings(timeout=timeout, concurrency=concurrency,
                               rate=float(rate) if rate is not None else None,
                               discovery=discovery, retries=retries),
-            excludes=tuple(self.get(where, table, "exclude", "strings", [])))
+            excludes=tuple(self.get(where, table, "exclude", "strings", [])),
+            digest_threshold=threshold)
 
 
 def _suggest(word: str, known: Sequence[str]) -> str:

@@ -26,9 +26,11 @@ from vncaudit.discovery import Mode
 from vncaudit.exceptions import VncAuditError
 from vncaudit.models import ServiceResult, State
 from vncaudit.spec import ScanSpec
-from vncaudit.store import ScanRecord, Store
+from vncaudit.store import ScanRecord, Store, default_db_path
+from vncaudit.watch import digest as digesting
 from vncaudit.watch.alerts import REACHABLE, Alert, Change, evaluate
-from vncaudit.watch.config import Monitor
+from vncaudit.watch.config import Monitor, digests
+from vncaudit.watch.digest import Digest
 from vncaudit.watch.records import MonitorDb
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class CycleOutcome:
     error: str | None = None
     finished_at: float = 0.0  # time.time() when the cycle's alerts were queued
     scan_finished_at: float = 0.0  # time.time() when its scan ended (before evaluation)
+    digest: Digest | None = None  # queued in place of the alerts for webhook/e-mail channels
 
 
 def scan_spec(monitor: Monitor) -> ScanSpec:
@@ -110,11 +113,11 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
     scan_end = time.time()
     scan_id = record.id
     db.finish_cycle(scan_id, "finished")
-    previous, alerts = evaluate_cycle(store, db, monitor, scan_id)
+    previous, alerts, digest = evaluate_cycle(store, db, monitor, scan_id)
     return CycleOutcome(monitor.name, scan_id, "finished", previous, alerts,
                         int(record.counts.get("vnc", 0)), int(record.counts.get("done", 0)),
                         time.monotonic() - started, finished_at=time.time(),
-                        scan_finished_at=scan_end)
+                        scan_finished_at=scan_end, digest=digest)
 
 
 def changes_between(store: Store, previous: str | None,
@@ -169,16 +172,38 @@ def _address(host: str, port: int) -> str:
 
 
 def evaluate_cycle(store: Store, db: MonitorDb, monitor: Monitor,
-                   scan_id: str) -> tuple[str | None, tuple[Alert, ...]]:
+                   scan_id: str) -> tuple[str | None, tuple[Alert, ...], Digest | None]:
     """Compare a finished cycle with the monitor's baseline and queue its alerts (all in one
-    transaction). Running it again for the same cycle queues nothing twice."""
+    transaction): to each channel one by one, or, when they are more than the monitor's
+    digest threshold, as one digest to each webhook and e-mail channel. Running it again for
+    the same cycle queues nothing twice."""
     previous = db.baseline(monitor.name)
     if previous == scan_id:
-        return previous, ()
+        return previous, (), None
     changes, not_probed = changes_between(store, previous, scan_id)
     open_now = _OpenServices(store, scan_id)
+    now = datetime.now(UTC)
     evaluation = evaluate(monitor.name, monitor.rules, scan_id, previous, changes, open_now,
-                          not_probed, db.tracked(monitor.name), datetime.now(UTC))
-    db.commit_evaluation(monitor.name, scan_id, previous, evaluation,
-                         [c.name for c in monitor.channels])
-    return previous, evaluation.alerts
+                          not_probed, db.tracked(monitor.name), now)
+    batched = [c.name for c in monitor.channels if digests(c)]
+    digest: Digest | None = None
+    if batched and digesting.wants_digest(len(evaluation.alerts), monitor.digest_threshold):
+        digest = digesting.build(evaluation.alerts, monitor.name, scan_id, previous,
+                                 now.isoformat(timespec="seconds"), monitor.digest_threshold,
+                                 db=_named_db(store))
+    one_by_one = [c.name for c in monitor.channels if digest is None or not digests(c)]
+    db.commit_evaluation(monitor.name, scan_id, previous, evaluation, one_by_one, digest,
+                         batched if digest is not None else ())
+    return previous, evaluation.alerts, digest
+
+
+def _named_db(store: Store) -> str | None:
+    """The store's path as a digest's commands must give it (None: the default store)."""
+    if store.path is None:
+        return None
+    try:
+        if store.path.resolve() == default_db_path().expanduser().resolve():
+            return None
+    except OSError:
+        pass
+    return str(store.path)

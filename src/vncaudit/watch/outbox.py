@@ -10,6 +10,7 @@ fault (an exception, a hang) reach the watcher: a scan never waits for a deliver
 
 At least once, never lost: a row leaves `pending` only after its outcome is committed, so a
 process killed during a delivery sends it again on restart, with the same idempotency key.
+A cycle's digest is one row like an alert's: retried, recorded and given up on as one.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from vncaudit.exceptions import VncAuditError
-from vncaudit.watch.alerts import Alert
 from vncaudit.watch.channels import Outcome, deliver, webhook_client
 from vncaudit.watch.config import Channel, WebhookChannel
-from vncaudit.watch.records import Delivery, MonitorDb
+from vncaudit.watch.records import Delivery, Message, MonitorDb
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Deliverer:
 
     def __init__(self, db: MonitorDb, channels: Mapping[str, Channel],
                  stdout: TextIO | None = None,
-                 on_outcome: Callable[[Delivery, Alert, Outcome], None] | None = None) -> None:
+                 on_outcome: Callable[[Delivery, Message, Outcome], None] | None = None) -> None:
         self.db = db
         self.channels = dict(channels)
         self.stdout = stdout
@@ -108,7 +108,7 @@ class Deliverer:
     def start_due(self) -> None:
         """Start a task for each channel with due rows that has none running."""
         rows = self.db.due(time.time(), exclude=tuple(self._busy))
-        by_channel: dict[str, list[tuple[Delivery, Alert]]] = {}
+        by_channel: dict[str, list[tuple[Delivery, Message]]] = {}
         for delivery, alert in rows:
             by_channel.setdefault(delivery.channel, []).append((delivery, alert))
         for name, items in by_channel.items():
@@ -122,7 +122,7 @@ class Deliverer:
                 del self._busy[name]
         self._wake.set()
 
-    async def _channel(self, name: str, items: list[tuple[Delivery, Alert]]) -> int:
+    async def _channel(self, name: str, items: list[tuple[Delivery, Message]]) -> int:
         channel = self.channels.get(name)
         delivered = 0
         for index, (delivery, alert) in enumerate(items):
@@ -168,12 +168,13 @@ class Deliverer:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
-    def _report(self, delivery: Delivery, alert: Alert, outcome: Outcome) -> None:
+    def _report(self, delivery: Delivery, alert: Message, outcome: Outcome) -> None:
         # INFO: the watcher turns failures into its own status lines (`on_outcome`).
         if outcome.delivered:
-            log.info("outbox: alert %s delivered to %s", alert.key, delivery.channel)
+            log.info("outbox: %s %s delivered to %s", alert.label, alert.key,
+                     delivery.channel)
         else:
-            log.info("outbox: alert %s to %s not delivered (%s): %s", alert.key,
+            log.info("outbox: %s %s to %s not delivered (%s): %s", alert.label, alert.key,
                      delivery.channel, delivery.state, outcome.error)
         if self.on_outcome is not None:
             self.on_outcome(delivery, alert, outcome)

@@ -7,15 +7,22 @@ what it records (a cycle's alerts queued, a delivery done) must survive a ``kill
 follows. Must not: scan, send, decide which alerts to raise, or touch the scan tables beyond
 reading a cycle's results.
 
-Crash rules: a cycle's alerts, their outbox rows, the tracked services and the cycle's
-"evaluated" mark are written in ONE transaction (`commit_evaluation`), so an evaluation is
-either wholly recorded or redone from scratch (same alert keys: `INSERT OR IGNORE`). An
+A digest is kept as a row of the alerts table whose rule is ``digest`` (host empty, port 0,
+the `Digest` as its JSON), so the outbox, its foreign key, retries and retention treat it as
+one alert; the alert history leaves it out and shows, for each alert it stands for, the
+digest's delivery to the channels the alert itself was not queued for.
+
+Crash rules: a cycle's alerts, their outbox rows (or its digest's), the tracked services and
+the cycle's "evaluated" mark are written in ONE transaction (`commit_evaluation`), so an
+evaluation is either wholly recorded or redone from scratch (same alert keys: `INSERT OR
+IGNORE`). An
 outbox row is `pending` until a delivery succeeded and that was committed; a process killed
 between the two sends it again with the same idempotency key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -27,6 +34,10 @@ from typing import Any
 from vncaudit.store import Store
 from vncaudit.watch.alerts import Alert, Evaluation, Tracked
 from vncaudit.watch.config import Monitor
+from vncaudit.watch.digest import DIGEST_RULE, Digest
+
+Message = Alert | Digest
+"""What one outbox row delivers: an alert, or a cycle's digest in place of its alerts."""
 
 BACKOFF_FIRST = 10.0  # seconds before the first retry
 BACKOFF_CAP = 3600.0  # retries at least once an hour
@@ -67,7 +78,7 @@ class CycleRecord:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One outbox row: an alert for one channel."""
+    """One outbox row: an alert (or a digest) for one channel."""
 
     id: int
     alert_key: str
@@ -79,6 +90,7 @@ class Delivery:
     last_attempt: str | None
     created: str
     delivered: str | None
+    digest: str | None = None  # in an alert's history: the key of the digest that carried it
 
     def to_dict(self) -> dict[str, Any]:
         return {"channel": self.channel, "state": self.state, "attempts": self.attempts,
@@ -86,7 +98,7 @@ class Delivery:
                                  .isoformat(timespec="seconds")
                                  if self.state == "pending" else None),
                 "last_error": self.last_error, "last_attempt": self.last_attempt,
-                "delivered": self.delivered}
+                "delivered": self.delivered, "digest": self.digest}
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,8 @@ def monitor_spec(monitor: Monitor) -> dict[str, Any]:
             "rules": list(monitor.rules.names()),
             "remind_every": monitor.rules.remind_every,
             "channels": [c.name for c in monitor.channels],
-            "discovery": monitor.scan.discovery}
+            "discovery": monitor.scan.discovery,
+            "digest_threshold": monitor.digest_threshold}
 
 
 class MonitorDb:
@@ -234,8 +247,11 @@ class MonitorDb:
         return {(str(h), int(p)): Tracked(str(s), a) for h, p, s, a in rows}
 
     def commit_evaluation(self, monitor: str, scan_id: str, previous: str | None,
-                          evaluation: Evaluation, channels: Iterable[str]) -> int:
-        """Queue the cycle's alerts for every channel and mark the cycle evaluated, in one
+                          evaluation: Evaluation, channels: Iterable[str],
+                          digest: Digest | None = None,
+                          digest_channels: Iterable[str] = ()) -> int:
+        """Queue the cycle's alerts for every channel of `channels` (and `digest`, when
+        given, for each of `digest_channels` instead) and mark the cycle evaluated, in one
         transaction; returns how many alerts were new (0 when this ran before)."""
         names = list(channels)
         now = now_iso()
@@ -254,6 +270,19 @@ class MonitorDb:
                     "INSERT OR IGNORE INTO outbox (alert_key, channel, state, next_attempt, "
                     "created) VALUES (?, ?, 'pending', ?, ?)",
                     [(alert.key, name, due, now) for name in names])
+            if digest is not None:
+                worst = digest.by_severity[0][0] if digest.by_severity else None
+                db.execute(
+                    "INSERT OR IGNORE INTO alerts (key, monitor, scan_id, host, port, rule, "
+                    "severity, created, alert) VALUES (?, ?, ?, '', 0, ?, ?, ?, ?)",
+                    (digest.key, digest.monitor, digest.scan_id, DIGEST_RULE,
+                     None if worst == "none" else worst, digest.created,
+                     json.dumps({"type": DIGEST_RULE, **digest.to_dict()},
+                                ensure_ascii=True)))
+                db.executemany(
+                    "INSERT OR IGNORE INTO outbox (alert_key, channel, state, next_attempt, "
+                    "created) VALUES (?, ?, 'pending', ?, ?)",
+                    [(digest.key, name, due, now) for name in digest_channels])
             db.execute("DELETE FROM monitor_services WHERE monitor = ?", (monitor,))
             db.executemany(
                 "INSERT INTO monitor_services (monitor, host, port, open_since, last_alert) "
@@ -269,9 +298,9 @@ class MonitorDb:
     # -- the outbox ----------------------------------------------------------------------------
 
     def due(self, now: float, limit: int = 500,
-            exclude: Sequence[str] = ()) -> list[tuple[Delivery, Alert]]:
-        """Pending deliveries whose time has come, oldest first, with their alerts; none of
-        the channels in `exclude`."""
+            exclude: Sequence[str] = ()) -> list[tuple[Delivery, Message]]:
+        """Pending deliveries whose time has come, oldest first, with their alerts (or
+        digests); none of the channels in `exclude`."""
         columns = ", ".join("o." + c.strip() for c in _DELIVERY_COLUMNS.split(","))
         skip = f" AND o.channel NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         with self.store.reading("cannot read the outbox") as db:
@@ -279,7 +308,7 @@ class MonitorDb:
                 f"SELECT {columns}, a.alert FROM outbox o JOIN alerts a ON a.key = o.alert_key "
                 f"WHERE o.state = 'pending' AND o.next_attempt <= ?{skip} ORDER BY o.id LIMIT ?",
                 (now, *exclude, limit)).fetchall()
-        return [(_delivery(r[:-1]), Alert.from_dict(json.loads(r[-1]))) for r in rows]
+        return [(_delivery(r[:-1]), message(json.loads(r[-1]))) for r in rows]
 
     def next_due(self, exclude: Sequence[str] = ()) -> float | None:
         """When the earliest pending delivery (of a channel not in `exclude`) may be tried."""
@@ -352,29 +381,64 @@ class MonitorDb:
 
     # -- history -------------------------------------------------------------------------------
 
-    def alerts(self, monitor: str | None = None, limit: int = 50) -> list[AlertRecord]:
-        """The most recent alerts (of one monitor), newest first, with their deliveries."""
-        sql = "SELECT key, alert FROM alerts"
-        params: list[Any] = []
+    def alerts(self, monitor: str | None = None, limit: int | None = 50,
+               scan_id: str | None = None) -> list[AlertRecord]:
+        """The most recent alerts (of one monitor, of one cycle), newest first, with their
+        deliveries: their own, and their cycle's digest's for the channels it went to."""
+        sql = "SELECT key, scan_id, alert FROM alerts WHERE rule != ?"
+        params: list[Any] = [DIGEST_RULE]
         if monitor is not None:
-            sql += " WHERE monitor = ?"
+            sql += " AND monitor = ?"
             params.append(monitor)
-        sql += " ORDER BY created DESC, rowid DESC LIMIT ?"
-        params.append(limit)
+        if scan_id is not None:
+            sql += " AND scan_id = ?"
+            params.append(scan_id)
+        sql += " ORDER BY created DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         with self.store.reading("cannot read alerts") as db:
             rows = db.execute(sql, params).fetchall()
-            keys = [str(k) for k, _ in rows]
+            keys = [str(k) for k, _, _ in rows]
             deliveries: dict[str, list[Delivery]] = {k: [] for k in keys}
-            if keys:
-                marks = ",".join("?" * len(keys))
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
                 for r in db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM outbox WHERE alert_key "
-                                    f"IN ({marks}) ORDER BY channel", keys).fetchall():
+                                    f"IN ({marks}) ORDER BY channel", chunk).fetchall():
                     deliveries[str(r[1])].append(_delivery(r))
-        return [AlertRecord(Alert.from_dict(json.loads(text)), tuple(deliveries[str(k)]))
-                for k, text in rows]
+            by_cycle: dict[str, list[Delivery]] = {}
+            columns = ", ".join("o." + c.strip() for c in _DELIVERY_COLUMNS.split(","))
+            for chunk in _chunks(sorted({str(c) for _, c, _ in rows})):
+                marks = ",".join("?" * len(chunk))
+                for r in db.execute(f"SELECT a.scan_id, {columns} FROM alerts a JOIN outbox o "
+                                    f"ON o.alert_key = a.key WHERE a.rule = ? AND a.scan_id "
+                                    f"IN ({marks})", (DIGEST_RULE, *chunk)).fetchall():
+                    row = _delivery(r[1:])
+                    by_cycle.setdefault(str(r[0]), []).append(
+                        dataclasses.replace(row, digest=row.alert_key))
+        out: list[AlertRecord] = []
+        for key, cycle, text in rows:
+            own = deliveries[str(key)]
+            mine = {d.channel for d in own}
+            carried = [d for d in by_cycle.get(str(cycle), []) if d.channel not in mine]
+            out.append(AlertRecord(Alert.from_dict(json.loads(text)),
+                                   tuple(sorted([*own, *carried], key=lambda d: d.channel))))
+        return out
 
     def alert_count(self, monitor: str) -> int:
         with self.store.reading("cannot read alerts") as db:
-            (n,) = db.execute("SELECT count(*) FROM alerts WHERE monitor = ?",
-                              (monitor,)).fetchone()
+            (n,) = db.execute("SELECT count(*) FROM alerts WHERE monitor = ? AND rule != ?",
+                              (monitor, DIGEST_RULE)).fetchone()
         return int(n)
+
+
+def message(doc: dict[str, Any]) -> Message:
+    """An alerts-table row's JSON: a digest (``"type": "digest"``) or an alert."""
+    if doc.get("type") == DIGEST_RULE:
+        return Digest.from_dict(doc)
+    return Alert.from_dict(doc)
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

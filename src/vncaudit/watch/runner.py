@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from vncaudit.store import Store, StoreError
-from vncaudit.watch.alerts import Alert
 from vncaudit.watch.channels import Outcome
-from vncaudit.watch.config import Monitor, WatchConfig
+from vncaudit.watch.config import Monitor, WatchConfig, digests
 from vncaudit.watch.cycle import CycleOutcome, evaluate_cycle, run_cycle
+from vncaudit.watch.digest import Digest
 from vncaudit.watch.outbox import Deliverer
-from vncaudit.watch.records import Delivery, MonitorDb
+from vncaudit.watch.records import Delivery, Message, MonitorDb
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ class Event:
     level: int = logging.INFO
 
 
+def _digested(monitor: Monitor, digest: Digest | None) -> str:
+    if digest is None:
+        return ""
+    names = ", ".join(c.name for c in monitor.channels if digests(c))
+    return f"; more than {monitor.digest_threshold}: one digest to {names}"
+
+
 class Watcher:
     """Runs the monitors of `config` against one open `Store`."""
 
@@ -114,15 +121,15 @@ class Watcher:
         if self.on_event is not None:
             self.on_event(Event(text, monitor, level))
 
-    def _delivery(self, delivery: Delivery, alert: Alert, outcome: Outcome) -> None:
+    def _delivery(self, delivery: Delivery, alert: Message, outcome: Outcome) -> None:
         if outcome.delivered:
             return
         if delivery.state == "failed":
-            self._say(f"{alert.monitor}: alert for {alert.address} to {delivery.channel} "
+            self._say(f"{alert.monitor}: {alert.label} to {delivery.channel} "
                       f"failed for good: {outcome.error}", alert.monitor, logging.ERROR)
             return
         wait = max(delivery.next_attempt - time.time(), 0)
-        self._say(f"{alert.monitor}: alert for {alert.address} to {delivery.channel} not "
+        self._say(f"{alert.monitor}: {alert.label} to {delivery.channel} not "
                   f"delivered (try {delivery.attempts}, next in {wait:.0f} s): "
                   f"{outcome.error}", alert.monitor, logging.WARNING)
 
@@ -138,9 +145,11 @@ class Watcher:
                     self._say(f"{monitor.name}: cycle {scan_id} was cut short by a stop; "
                               "marked interrupted", monitor.name, logging.WARNING)
                 for cycle in self.db.unevaluated(monitor.name):
-                    _, alerts = evaluate_cycle(self.store, self.db, monitor, cycle.scan_id)
+                    _, alerts, digest = evaluate_cycle(self.store, self.db, monitor,
+                                                       cycle.scan_id)
                     self._say(f"{monitor.name}: cycle {cycle.scan_id} evaluated after a "
-                              f"restart: {len(alerts)} alert(s) queued", monitor.name)
+                              f"restart: {len(alerts)} alert(s) queued"
+                              f"{_digested(monitor, digest)}", monitor.name)
         except BaseException:
             self.lock.release()
             raise
@@ -164,7 +173,8 @@ class Watcher:
                     else "first cycle")
             self._say(f"{monitor.name}: cycle {outcome.scan_id} finished in "
                       f"{outcome.elapsed:.1f} s, {outcome.probed} ports, {outcome.services} "
-                      f"VNC service(s), {len(outcome.alerts)} alert(s) ({base})", monitor.name)
+                      f"VNC service(s), {len(outcome.alerts)} alert(s) ({base})"
+                      f"{_digested(monitor, outcome.digest)}", monitor.name)
         else:
             self._say(f"{monitor.name}: cycle {outcome.scan_id or '(not started)'} "
                       f"{outcome.status}: {outcome.error}", monitor.name, logging.ERROR)

@@ -39,6 +39,9 @@ class DeliveryPublic(BaseModel):
     last_error: str | None
     last_attempt: str | None
     delivered: str | None
+    digest: str | None = Field(None, description="The key of the cycle's digest that carried "
+                               "this alert to the channel (a cycle with more alerts than the "
+                               "monitor's digest_threshold); null: sent on its own")
 
 
 class AlertPublic(BaseModel):
