@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH: Final = 4096  # packets built at once (one pass over the lanes)
 MAX_CALL: Final = 1024  # messages per sendmmsg: the kernel's UIO_MAXIOV limit
+SMALL_BATCH: Final = 1024  # a batch this short is made in this many lanes, not MAX_BATCH
 STRIDE: Final = 32  # bytes between the segments in the packet buffer
 M64: Final = (1 << 64) - 1
 
@@ -102,14 +103,17 @@ class _Masks:
         self.ff = _lanes(n, 0xFF)
 
 
-_shared: list[_Masks] = []
+_shared: dict[int, _Masks] = {}
 
 
-def _masks() -> _Masks:
-    """The masks of a MAX_BATCH batch, made once (every sender thread reads them)."""
-    if not _shared:
-        _shared.append(_Masks(MAX_BATCH))
-    return _shared[0]
+def _masks(n: int) -> _Masks:
+    """The masks of `n` lanes (SMALL_BATCH or MAX_BATCH), made once: every sender thread
+    reads them."""
+    lanes = SMALL_BATCH if n <= SMALL_BATCH else MAX_BATCH
+    masks = _shared.get(lanes)
+    if masks is None:
+        masks = _shared[lanes] = _Masks(lanes)
+    return masks
 
 
 def siphash_lanes(masks: _Masks, k0: int, k1: int, message: int) -> int:
@@ -181,7 +185,6 @@ class SynBatch:
         self.sock = sock
         self.k0, self.k1 = secret_key
         n = MAX_BATCH
-        self.masks = _masks()
         self.base = template_sum(sport)
         self.packets = bytearray(tcp_template(sport).ljust(STRIDE, b"\0") * n)
         self.names = bytearray(struct.pack("=H14x", socket.AF_INET) * n)
@@ -204,19 +207,13 @@ class SynBatch:
         self.mmsg_at = ctypes.addressof((ctypes.c_char * len(self.mmsg)).from_buffer(self.mmsg))
         self.call = sendmmsg()
 
-    def cookies(self, pairs: Sequence[int]) -> bytes:
-        """The cookies of `pairs` as little-endian 64-bit lanes (each below 2**32)."""
-        message = int.from_bytes(_lane_bytes(pairs), "little")
-        hashed = siphash_lanes(self.masks, self.k0, self.k1, message) & self.masks.m32
-        return hashed.to_bytes(8 * MAX_BATCH, "little")[:8 * len(pairs)]
-
     def load(self, pairs: Sequence[int], source_sums: Sequence[int]) -> None:
         """Fill segments 0..len(pairs)-1: destination, cookie and checksum (over the
         pseudo-header whose source address words sum to `source_sums[i]` for pair i)."""
         n = len(pairs)
         if not 0 < n <= MAX_BATCH or len(source_sums) != n:
             raise ValueError("a batch is 1 to MAX_BATCH pairs with a source sum each")
-        masks = self.masks
+        masks = _masks(n)
         m16 = masks.m16
         raw = _lane_bytes(pairs)
         p = int.from_bytes(raw, "little")
@@ -226,8 +223,8 @@ class SynBatch:
                  + ((seqs >> 16) & m16) + (seqs & m16))
         total = (total & m16) + ((total >> 16) & m16)
         total = (total & m16) + ((total >> 16) & m16)
-        sums = (total ^ m16).to_bytes(8 * MAX_BATCH, "little")
-        seq = seqs.to_bytes(8 * MAX_BATCH, "little")
+        sums = (total ^ m16).to_bytes(8 * masks.n, "little")
+        seq = seqs.to_bytes(8 * masks.n, "little")
         end, lanes, names = n * STRIDE, 8 * n, 16 * n
         out = self.packets
         out[2:end:STRIDE] = raw[1:lanes:8]  # destination port, big-endian

@@ -176,12 +176,14 @@ class BulkSender:
         starts, sums = self.sources
         single = sums[0] if len(sums) == 1 else None
         batch = rawbatch.SynBatch(self.port, self.tx, cookie_key(self.secret))
+        size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
         while not self.stopping.is_set():
             if time.monotonic() >= self.deadline:
                 self.why = "its time"
                 return
             with self.lock:
-                pairs = self.walk.take(rawbatch.MAX_BATCH)
+                pairs = self.walk.take(size)
+                size = rawbatch.MAX_BATCH
                 if not pairs:
                     return
                 taken = _Taken(pairs)
