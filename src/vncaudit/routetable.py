@@ -9,7 +9,7 @@ address: the route's preferred source, else the kernel's answer for a sample add
 `discovery.route` plans the sweep's paths with these; the early start (`vncaudit.synstart`)
 its sources.
 
-Imports the standard library's `os`, `socket`, `struct` and `typing` and `rawsyn` only: the
+Imports the standard library's `os`, `socket` and `struct` and `rawsyn` only: the
 early start reads it before numpy and the rest of the program are imported. Must not: send
 anything, or guess a route the kernel would not take.
 """
@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Final, NamedTuple
 
 from vncaudit.rawsyn import kernel_source
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 NETLINK_ROUTE: Final = 0
 RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE = 24, 26, 32, 34
@@ -41,21 +44,41 @@ MAX_ROUTES: Final = 4096  # beyond this (a full BGP table) every packet is left 
 ADDRESS_END: Final = 1 << 32
 
 
-class Route(NamedTuple):
+class Route:
     """One IPv4 route of the kernel's table: the addresses `first`-`last` it covers and what
-    `best_route` and the path planning read of it."""
+    `best_route` and the path planning read of it. A plain class, compared and hashed by its
+    fields: `typing` and `dataclasses` cost more to import than the early start's batches
+    wait for their sources (~20 ms in a virtual environment)."""
 
-    first: int
-    last: int
-    prefix: int
-    metric: int
-    table: int
-    kind: int
-    ifindex: int | None
-    gateway: bytes
-    source: bytes
-    flags: int
-    multipath: bool
+    __slots__ = ("first", "last", "prefix", "metric", "table", "kind", "ifindex", "gateway",
+                 "source", "flags", "multipath")
+
+    def __init__(self, first: int, last: int, prefix: int, metric: int, table: int,
+                 kind: int, ifindex: int | None, gateway: bytes, source: bytes, flags: int,
+                 multipath: bool) -> None:
+        self.first = first
+        self.last = last
+        self.prefix = prefix
+        self.metric = metric
+        self.table = table
+        self.kind = kind
+        self.ifindex = ifindex
+        self.gateway = gateway
+        self.source = source
+        self.flags = flags
+        self.multipath = multipath
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Route) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Route(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 # ---------------------------------------------------------------------------------------------
