@@ -7,16 +7,18 @@ lines that recognises a small, safe subset only: literal IPv4 addresses and CIDR
 (none in a special network: `SPECIAL_V4`), `-p/--ports` as numbers and ranges, `--discovery
 syn` or `connect` (the default), `--rate`, `--retries`, `--timeout`, `--concurrency`, `--db`,
 and the output options that change nothing before the first packet (`-o table|json|jsonl`,
-`--all`, `-q/--quiet`, `-v/--verbose`). Anything else (another token, form or option, an
-option given twice, a value typer would read differently or refuse, a special network, a
-completion request) and there is no early start: the program runs exactly as it would without this
-module. The early start itself is `vncaudit.synstart` (which needs raw-socket rights) or
-`vncaudit.connstart` (whose one connection is admitted by the connection ledger's rule first).
+`--output-file` naming a new file, `--all`, `-q/--quiet`, `-v/--verbose`). Anything else
+(another token, form or option, an option given twice, a value typer would read differently or
+refuse, a special network, a completion request) and there is no early start: the program runs
+exactly as it would without this module. The early start itself is `vncaudit.synstart` (which
+needs raw-socket rights) or `vncaudit.connstart` (whose one connection is admitted by the
+connection ledger's rule first).
 
 Imports `os` and `sys` only until it has decided (and `vncaudit.synstart` or `connstart` when
 it starts early): it runs before typer, asyncio, numpy and the store. Must not: accept a
 command line that the full parse would refuse or read differently (tests/test_launch.py checks
-it against typer's over generated command lines), print, or fail: any error in the early start
+it against typer's over generated command lines), print (but the one line of a Ctrl-C while
+the early start's batches go out), or fail: any error in the early start
 means no early start.
 """
 
@@ -51,7 +53,8 @@ SPECIAL_V4: Final = (
 # option -> its name in the plan; those that take a value, and the flags
 _VALUES: Final = {"-p": "ports", "--ports": "ports", "--rate": "rate", "--retries": "retries",
                   "--timeout": "timeout", "--discovery": "discovery", "--db": "db",
-                  "--concurrency": "concurrency", "-o": "output", "--output": "output"}
+                  "--concurrency": "concurrency", "-o": "output", "--output": "output",
+                  "--output-file": "output_file"}
 _FLAGS: Final = {"--all": "all", "-q": "quiet", "--quiet": "quiet"}
 _COUNTED: Final = ("-v", "--verbose")
 
@@ -63,7 +66,14 @@ def run() -> None:
         if plan is not None and plan.mode == "syn":
             from vncaudit import synstart
 
-            synstart.start(plan)
+            try:
+                synstart.start(plan)
+            except KeyboardInterrupt:  # while its batches went out: they stop, nothing else ran
+                early = synstart.claim()
+                if early is not None:
+                    early.close()
+                sys.stderr.write("vncaudit: error: interrupted; nothing recorded\n")
+                raise SystemExit(130) from None
         elif plan is not None:
             from vncaudit import connstart
 
@@ -129,6 +139,8 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
     if "concurrency" in given and not _whole(given["concurrency"]):
         return None
     if "db" in given and not _usable_db(given["db"]):
+        return None
+    if "output_file" in given and not _new_output_file(given["output_file"]):
         return None
     from vncaudit.targets.blocks import merge_blocks
 
@@ -210,6 +222,20 @@ def expand_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     for first, last in ranges:
         ports.update(range(first, last + 1))
     return tuple(sorted(ports))
+
+
+def _new_output_file(text: str) -> bool:
+    """--output-file names a file that does not exist yet, in a directory that exists and
+    that this process may write to: what the full command accepts (`check_output_file`)
+    without asking which store or input it must not overwrite (a file that does not exist
+    is none of them). Any other path (an existing file, `~`, a trailing slash, spaces around
+    it) is left to it."""
+    if text != text.strip() or text.startswith("~") or text.endswith("/"):
+        return False
+    if os.path.lexists(text):
+        return False
+    parent = os.path.dirname(text) or "."
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _usable_db(text: str) -> bool:

@@ -560,6 +560,9 @@ def _ready_for_the_report() -> None:
     import vncaudit.cli.output  # noqa: F401  (imported for what it loads)
 
     make_console()
+    # The summary lines' print replaces emoji codes: rich loads its table of them (~15 ms)
+    # the first time it looks, which is then now.
+    err.render_str("", markup=False)
 
 
 def _shards_line(stored: StoredScan, quiet: bool = False) -> None:
