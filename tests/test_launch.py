@@ -1,7 +1,7 @@
 """The launcher's strict pre-parse (vncaudit.cli.launch.preparse) and the early start's walk
 (vncaudit.synstart.first_pairs), without sending anything: over generated `vncaudit scan`
 command lines the pre-parse either declines or reads exactly what typer's parse and the scan
-command build from them (targets in the walk's order, ports, rate, retries, timeout, SYN mode),
+command build from them (targets in the walk's order, ports, rate, retries, timeout, mode),
 and never takes a line that the full parse refuses. The tables the launcher keeps of its own
 (special networks, output formats, default ports) agree with the ones they copy.
 """
@@ -213,7 +213,7 @@ def check_agrees(args: list[str]) -> bool:
     except (typer.Exit, Exception) as exc:  # a refusal of the full parse
         raise AssertionError(f"the pre-parse took {args}, the full parse refused it: "
                              f"{type(exc).__name__}: {exc}") from None
-    assert full.discovery is Mode.SYN
+    assert full.discovery is Mode(plan.mode)
     assert (full.rate, full.retries, full.timeout) == (plan.rate, plan.retries, plan.timeout)
     assert space.ports == plan.ports
     assert space.count == plan.count
@@ -259,7 +259,14 @@ def test_the_preparse_takes_the_usual_syn_scans(files: Path) -> None:
                   ["--output-file", str(files / "old.db")], ["--output-file", str(files)],
                   ["--output-file", str(files / "nowhere" / "x.json")]):
         assert launch.preparse(base + extra, {}) is None, extra
-    assert launch.preparse([a if a != "syn" else "connect" for a in base], {}) is None
+    connect = launch.preparse([a if a != "syn" else "connect" for a in base], {})
+    assert connect is not None and connect.mode == "connect"
+    for args in (["scan", "198.18.0.7", "-p", "5900", "--timeout", "0.3", "--db", db],
+                 ["scan", "127.0.0.1", "--discovery", "connect", "-o", "json", "--all"]):
+        assert check_agrees(args), args
+        plan = launch.preparse(args, {})
+        assert plan is not None and plan.mode == "connect"
+    assert launch.preparse([*base[:-4], "--discovery", "SYN"], {}) is None
     assert launch.preparse(base, {"_VNCAUDIT_COMPLETE": "bash_source"}) is None
     assert launch.preparse(["--version", *base], {}) is None
     assert launch.preparse([*base[:1], "198.51.100.7", *base[2:]], {}) is None

@@ -241,3 +241,13 @@ def admit_first(conn: sqlite3.Connection, key: Key, version: int) -> FirstGrant 
             conn.execute("ROLLBACK")
         raise
     return FirstGrant(key, intent_id, by, created, conn)
+
+
+def withdraw(grant: FirstGrant) -> None:
+    """Remove a grant whose connection was certainly never tried (its intent deleted, as the
+    ledger's `release` settles one), and close its store connection."""
+    try:
+        grant.conn.execute("DELETE FROM budget_intents WHERE id = ? AND owner = ?",
+                           (grant.intent, grant.owner))
+    finally:
+        grant.close()

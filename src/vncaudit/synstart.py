@@ -48,18 +48,22 @@ EARLY_WAIT_SECONDS: Final = 0.5
 
 class EarlyPlan:
     """What the launcher read from a `vncaudit scan` command line: IPv4 intervals (merged,
-    sorted, each (first, last) address), the ports (sorted, unique) and the pace. A plain
-    class: `dataclasses` costs more to import than the whole early start."""
+    sorted, each (first, last) address), the ports (sorted, unique), the pace, the discovery
+    mode ("syn", or "connect": `vncaudit.connstart`) and the --db given (None: the default
+    file). A plain class: `dataclasses` costs more to import than the whole early start."""
 
-    __slots__ = ("blocks", "ports", "rate", "retries", "timeout")
+    __slots__ = ("blocks", "ports", "rate", "retries", "timeout", "mode", "db")
 
     def __init__(self, blocks: tuple[tuple[int, int], ...], ports: tuple[int, ...],
-                 rate: float | None, retries: int | None, timeout: float) -> None:
+                 rate: float | None, retries: int | None, timeout: float,
+                 mode: str = "syn", db: str | None = None) -> None:
         self.blocks = blocks
         self.ports = ports
         self.rate = rate  # None: the sweep's default
         self.retries = retries  # None: the mode's default
         self.timeout = timeout
+        self.mode = mode
+        self.db = db
 
     @property
     def count(self) -> int:

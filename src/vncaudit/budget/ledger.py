@@ -281,6 +281,9 @@ class Ledger:
         self._in_flight: dict[Key, int] = {}  # grants over both, per key
         self._clock_checked = False
         self._rules_seen: dict[Any, tuple[Rule, str]] = {}
+        # Grants the early start of a connect scan made before this ledger existed
+        # (`adopt`): (server, port) -> (our address, intent), each used by one admission.
+        self._adopted: dict[tuple[str, int], tuple[str, int]] = {}
         self.closed = False
 
     @property
@@ -291,6 +294,17 @@ class Ledger:
         if self._rules is None:
             self._rules = shipped()
         return self._rules
+
+    def adopt(self, grant: admission.FirstGrant) -> None:
+        """Take over a grant of this store that `admission.admit_first` made in this process
+        (the early start of a connect scan, `vncaudit.connstart`), whose connection may have
+        been made: its intent is this ledger's to settle when the pair's result is recorded,
+        or to charge at `close` as any of its own, and the pair's next admission is that grant
+        instead of a new one."""
+        src, dst, port = grant.key
+        self._mine[grant.intent] = _Intent(grant.owner, grant.created, {grant.key: 1})
+        _add(self._in_flight, grant.key, 1)
+        self._adopted[(dst, port)] = (src, grant.intent)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -499,6 +513,13 @@ class Ledger:
                 # The write lock is held: the next id is ours, and the grants can carry it.
                 intent_id = admission.next_intent_id(conn)
                 for i, target in enumerate(targets):
+                    if self._adopted and need == 1:
+                        early = self._adopted.pop((target.host, target.port), None)
+                        if early is not None:  # granted before this ledger existed
+                            srcs[i] = early[0]
+                            special[i] = Decision(target, True, early[0], self.rules.unknown,
+                                                  0, intent=early[1])
+                            continue
                     key = (srcs[i], target.host, target.port)
                     if key not in rows:
                         seen = in_flight.get(key, 0) + granted.get(key, 0)

@@ -392,11 +392,12 @@ def _report(record: ScanRecord, results: list[ServiceResult] | JsonSpool,
 
 
 def _early_seed() -> int | None:
-    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs in, so
-    the scan is stored with it and its SYN sweep takes them over; None without one."""
-    from vncaudit import synstart
+    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs or made
+    its first connect in, so the scan is stored with it and its sweep takes them over; None
+    without one."""
+    from vncaudit import connstart, synstart
 
-    early = synstart.started()
+    early = synstart.started() or connstart.started()
     return early.seed if early is not None else None
 
 

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from vncaudit.diff import Change, ScanDiff, ServiceDiff, compare_results
     from vncaudit.store.database import (
         BUSY_TIMEOUT,
-        DB_ENV_VAR,
-        DB_FILENAME,
         DEFAULT_BATCH_INTERVAL,
         DEFAULT_BATCH_SIZE,
         PAGE_SIZE,
@@ -34,7 +32,7 @@ if TYPE_CHECKING:
         default_db_path,
     )
     from vncaudit.store.errors import StoreError, UnknownScanError
-    from vncaudit.store.schema import DB_VERSION, MIGRATIONS, migrate
+    from vncaudit.store.schema import DB_ENV_VAR, DB_FILENAME, DB_VERSION, MIGRATIONS, migrate
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -64,12 +62,12 @@ __all__ = [
 # scan opens the database through `schema` alone (`vncaudit.admission`), before the `Store`,
 # dataclasses and the result types are imported; the diff's names come with the first diff.
 _PARTS = {
-    **dict.fromkeys(("BUSY_TIMEOUT", "DB_ENV_VAR", "DB_FILENAME", "DEFAULT_BATCH_INTERVAL",
+    **dict.fromkeys(("BUSY_TIMEOUT", "DEFAULT_BATCH_INTERVAL",
                      "DEFAULT_BATCH_SIZE", "PAGE_SIZE", "SCAN_STATUSES", "SILENT_SQL",
                      "ScanRecord", "ScanStatus", "Store", "default_db_path"),
                     "vncaudit.store.database"),
     **dict.fromkeys(("StoreError", "UnknownScanError"), "vncaudit.store.errors"),
-    **dict.fromkeys(("DB_VERSION", "MIGRATIONS", "migrate"),
+    **dict.fromkeys(("DB_VERSION", "DB_ENV_VAR", "DB_FILENAME", "MIGRATIONS", "migrate"),
                     "vncaudit.store.schema"),
     **dict.fromkeys(("Change", "ScanDiff", "ServiceDiff", "compare_results"), "vncaudit.diff"),
 }

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity, State
 from vncaudit.jsontext import dumps_compact, loads
 from vncaudit.store.errors import StoreError, UnknownScanError
+from vncaudit.store.schema import DB_ENV_VAR as DB_ENV_VAR
+from vncaudit.store.schema import DB_FILENAME as DB_FILENAME
 from vncaudit.store.schema import PAGE_SIZE as PAGE_SIZE
-from vncaudit.store.schema import connect
+from vncaudit.store.schema import connect, default_db_file
 
 if TYPE_CHECKING:
     from vncaudit.diff import ScanDiff
@@ -40,10 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DB_ENV_VAR = "VNCAUDIT_DB"
-"""Environment variable naming the database file; wins over the XDG default."""
-
-DB_FILENAME = "vncaudit.db"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's batch
 DEFAULT_BATCH_SIZE = 500  # writes per commit
 DEFAULT_BATCH_INTERVAL = 0.5  # seconds; a batch older than this is committed on the next write
@@ -59,14 +57,7 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """Where the database lives when no path is given: ``$VNCAUDIT_DB`` if set, else
     ``$XDG_DATA_HOME/vncaudit/vncaudit.db`` (``~/.local/share/vncaudit/vncaudit.db`` when
     ``XDG_DATA_HOME`` is unset or relative). `Store.open` creates the parent directories."""
-    env = os.environ if environ is None else environ
-    explicit = env.get(DB_ENV_VAR, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = env.get("XDG_DATA_HOME", "").strip()
-    # The XDG spec says relative values are invalid and must be ignored.
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
-    return base / "vncaudit" / DB_FILENAME
+    return Path(default_db_file(os.environ if environ is None else environ))
 
 
 # ---------------------------------------------------------------------------------------------

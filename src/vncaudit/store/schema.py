@@ -1,7 +1,8 @@
 """The database schema, its migrations, and opening a connection to it (docs/design.md, "The
 store: schema, writes, durability").
 
-Owns: the tables, `MIGRATIONS` (``PRAGMA user_version`` n → n + 1), `migrate`, and `connect`:
+Owns: the tables, `MIGRATIONS` (``PRAGMA user_version`` n → n + 1), `migrate`, the default
+file (`default_db_file`), and `connect`:
 a connection with the store's pragmas (16 KiB pages for a new file, WAL, synchronous NORMAL,
 foreign keys) and the schema brought to `DB_VERSION`, which `Store.open` and the early start
 of a connect scan (`vncaudit.admission`) both open the database with. A new table (a ledger,
@@ -12,17 +13,21 @@ early start imports it before the rest of the program).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from vncaudit.store.errors import StoreError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
 
 PAGE_SIZE = 16384  # bytes, for new database files
+DB_ENV_VAR = "VNCAUDIT_DB"
+"""Environment variable naming the database file; wins over the XDG default."""
+DB_FILENAME = "vncaudit.db"
 
 _SCHEMA_V1: tuple[str, ...] = (
     """CREATE TABLE meta (
@@ -269,3 +274,17 @@ def connect(target: str, *, timeout: float) -> tuple[sqlite3.Connection, str]:
         conn.close()
         raise
     return conn, mode
+
+
+def default_db_file(environ: Mapping[str, str]) -> str:
+    """`Store.open`'s file when no path is given (`database.default_db_path`, as text):
+    ``$VNCAUDIT_DB`` if set, else ``$XDG_DATA_HOME/vncaudit/vncaudit.db``
+    (``~/.local/share/vncaudit/vncaudit.db`` when ``XDG_DATA_HOME`` is unset or relative)."""
+    explicit = environ.get(DB_ENV_VAR, "").strip()
+    if explicit:
+        return os.path.expanduser(explicit)
+    xdg = environ.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says relative values are invalid and must be ignored.
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(
+        os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "vncaudit", DB_FILENAME)
