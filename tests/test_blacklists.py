@@ -89,6 +89,10 @@ def test_rule_for_result_uses_the_fingerprint_candidates() -> None:
      "[unknown]\nrule='a'\nwhy='w'\n", "must name a product that counts"),
     ("[[product]]\nid='a'\nname='A'\ncounts='none'\nscope='none'\nblock=-1\n"
      "[unknown]\nrule='a'\nwhy='w'\n", "'block' must be a number >= 0"),
+    # The early start of a connect scan grants a pair without history one connection before
+    # the file is read (vncaudit.admission): the [unknown] rule must let one pass.
+    ("[[product]]\nid='a'\nname='A'\ncounts='connections'\nscope='address'\nthreshold=1\n"
+     "free=0\n[unknown]\nrule='a'\nwhy='w'\n", "must let at least 1 connection pass"),
 ])
 def test_a_malformed_file_is_one_clear_error(text: str, message: str) -> None:
     with pytest.raises(blacklists.RuleError, match=message.replace("(", r"\(").replace(

@@ -98,12 +98,20 @@ def _modules_at_first_packet(tmp_path: Path, *options: str) -> set[str]:
 
 def test_connect_scan_imports_only_what_its_first_packet_needs(tmp_path: Path) -> None:
     """Connect discovery: the store, the connection ledger (it admits each pair before the
-    connect) and the sweep are there when the first connect leaves; nothing of the answer."""
-    imported = _modules_at_first_packet(tmp_path)
+    connect) and the sweep are there when the first connect leaves; nothing of the answer.
+    A command line the early start takes (cli.launch) connects before the command line is
+    parsed by typer, the Store or the ledger loaded, after the ledger's first-grant rule
+    (`vncaudit.admission`) admitted the pair in the store (tests/test_connstart.py)."""
+    imported = _modules_at_first_packet(tmp_path, "--exclude", "127.0.0.2")
     for needed in ("vncaudit.store", "vncaudit.budget", "vncaudit.discovery", "vncaudit.engine",
                    "vncaudit.blacklists"):
         assert needed in imported, needed
     for module in (*NOT_BEFORE_FIRST_PACKET, "numpy"):
+        assert module not in imported, module
+    imported = _modules_at_first_packet(tmp_path)
+    assert {"vncaudit.connstart", "vncaudit.admission", "vncaudit.store.schema"} <= imported
+    for module in (*NOT_BEFORE_FIRST_PACKET, "numpy", "typer", "asyncio",
+                   "vncaudit.store.database", "vncaudit.budget", "vncaudit.discovery"):
         assert module not in imported, module
 
 

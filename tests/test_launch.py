@@ -1,7 +1,7 @@
 """The launcher's strict pre-parse (vncaudit.cli.launch.preparse) and the early start's walk
 (vncaudit.synstart.first_pairs), without sending anything: over generated `vncaudit scan`
 command lines the pre-parse either declines or reads exactly what typer's parse and the scan
-command build from them (targets in the walk's order, ports, rate, retries, timeout, SYN mode),
+command build from them (targets in the walk's order, ports, rate, retries, timeout, mode),
 and never takes a line that the full parse refuses. The tables the launcher keeps of its own
 (special networks, output formats, default ports) agree with the ones they copy.
 """
@@ -78,6 +78,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (where / "dir").mkdir()
     (where / "old.db").write_bytes(b"")
     (where / "hosts.txt").write_text("10.0.0.1\n")
+    (where / "ro").mkdir(mode=0o555)
     return where
 
 
@@ -112,6 +113,9 @@ def _option(files: Path) -> st.SearchStrategy[list[str]]:
     dbs = st.sampled_from([str(files / "new.db"), str(files / "old.db"), str(files / "dir"),
                            str(files / "nowhere" / "x.db"), ":memory:", "~/x.db", "",
                            str(files / "dir") + "/", "-x", "rel.db"])
+    outs = st.sampled_from([str(files / "new.json"), str(files / "old.db"), str(files / "dir"),
+                            str(files / "nowhere" / "x.json"), "~/x.json", "", " x.json",
+                            str(files / "dir") + "/", "-x", "rel.json", str(files / "ro" / "x")])
     valued = st.one_of(
         st.tuples(st.sampled_from(["-p", "--ports"]), PORTS),
         st.tuples(st.sampled_from(["--rate", "--timeout", "--retries", "--concurrency"]),
@@ -120,6 +124,7 @@ def _option(files: Path) -> st.SearchStrategy[list[str]]:
         st.tuples(st.just("--db"), dbs),
         st.tuples(st.sampled_from(["-o", "--output"]),
                   st.sampled_from(["table", "json", "jsonl", "csv", "xml", "JSON"])),
+        st.tuples(st.just("--output-file"), outs),
         st.tuples(st.sampled_from(["--exclude", "-iL", "--resume", "--workers", "--trusted"]),
                   st.sampled_from(["10.0.0.1", str(files / "hosts.txt"), "2"])),
     )
@@ -151,6 +156,8 @@ def _plain_option(files: Path) -> st.SearchStrategy[list[str]]:
         st.tuples(st.just("--db"), st.sampled_from([str(files / "new.db"),
                                                     str(files / "old.db"), ":memory:"])),
         st.tuples(st.sampled_from(["-o", "--output"]), st.sampled_from(launch.OUTPUTS)),
+        st.tuples(st.just("--output-file"), st.sampled_from([str(files / "new.json"),
+                                                             str(files / "r.jsonl")])),
     )
     return st.one_of(pair.map(list), pair.map(lambda t: [f"{t[0]}={t[1]}"] if
                                              t[0].startswith("--") else list(t)),
@@ -178,6 +185,7 @@ def _full_parse(args: list[str]) -> spec.ScanSpec:
     params = ctx.params
     assert params["output"] in common.OUTPUTS and params["trusted"] is None
     assert params["fail_on"] is None
+    common.check_output_file(params["output_file"], [params["db"]])
     with common.open_store(params["db"]):
         pass
     return spec.ScanSpec(
@@ -205,7 +213,7 @@ def check_agrees(args: list[str]) -> bool:
     except (typer.Exit, Exception) as exc:  # a refusal of the full parse
         raise AssertionError(f"the pre-parse took {args}, the full parse refused it: "
                              f"{type(exc).__name__}: {exc}") from None
-    assert full.discovery is Mode.SYN
+    assert full.discovery is Mode(plan.mode)
     assert (full.rate, full.retries, full.timeout) == (plan.rate, plan.retries, plan.timeout)
     assert space.ports == plan.ports
     assert space.count == plan.count
@@ -237,15 +245,28 @@ def test_the_preparse_takes_the_usual_syn_scans(files: Path) -> None:
          "--discovery", "syn", "--concurrency", "8192", "-o", "json", "--all", "--db", db],
         ["scan", "--discovery=syn", "10.0.0.0/24", "10.0.1.0/24", "--ports=5900-5902", "-q",
          "-v"],
+        # the /16 with zmap's settings, as bench/scan_bench.py runs it
+        ["scan", "198.18.0.0/16", "-p", "5900", "--timeout", "2", "--discovery", "syn",
+         "--rate", "200000", "--retries", "0", "--concurrency", "8192", "--db", db, "-o",
+         "json", "--output-file", str(files / "new.json")],
     ]
     for args in taken:
         assert check_agrees(args), args
     base = taken[0]
     for extra in (["--exclude", "198.18.0.8"], ["--allow-special"], ["-iL", "x"], ["--"],
                   ["-vv"], ["--no-web"], ["--rate", "1e5"], ["--timeout", "0.3"],
-                  ["-o", "csv"], ["--web"], ["--resume", "s-1"], ["-h"]):
+                  ["-o", "csv"], ["--web"], ["--resume", "s-1"], ["-h"],
+                  ["--output-file", str(files / "old.db")], ["--output-file", str(files)],
+                  ["--output-file", str(files / "nowhere" / "x.json")]):
         assert launch.preparse(base + extra, {}) is None, extra
-    assert launch.preparse([a if a != "syn" else "connect" for a in base], {}) is None
+    connect = launch.preparse([a if a != "syn" else "connect" for a in base], {})
+    assert connect is not None and connect.mode == "connect"
+    for args in (["scan", "198.18.0.7", "-p", "5900", "--timeout", "0.3", "--db", db],
+                 ["scan", "127.0.0.1", "--discovery", "connect", "-o", "json", "--all"]):
+        assert check_agrees(args), args
+        plan = launch.preparse(args, {})
+        assert plan is not None and plan.mode == "connect"
+    assert launch.preparse([*base[:-4], "--discovery", "SYN"], {}) is None
     assert launch.preparse(base, {"_VNCAUDIT_COMPLETE": "bash_source"}) is None
     assert launch.preparse(["--version", *base], {}) is None
     assert launch.preparse([*base[:1], "198.51.100.7", *base[2:]], {}) is None

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vncaudit import rawsyn
+from vncaudit import rawbatch, rawsyn, routetable
 from vncaudit.discovery import rate_burst, route, wire
 from vncaudit.discovery.syn import TokenBucket
 
@@ -96,6 +96,29 @@ def test_scalar_syns_are_the_batch_syns_byte_for_byte(secret: bytes, seed: int, 
             assert scalar == tx.packet(i), pair
 
 
+@settings(max_examples=25, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=16), seed=st.integers(0, 1 << 30),
+       sport=st.integers(1, 65535), n=st.sampled_from([1, 2, 63, 1000, rawbatch.MAX_BATCH]),
+       sources=st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=3))
+def test_stdlib_batches_are_the_numpy_batches_byte_for_byte(secret: bytes, seed: int,
+                                                            sport: int, n: int,
+                                                            sources: list[bytes]) -> None:
+    """What the early start's batches make without numpy (`rawbatch.SynBatch`: the cookies of
+    a batch in the lanes of one integer) is exactly what the sweep's numpy batch makes of the
+    same pairs: segment, destination, cookie; each pair with its own source address."""
+    pairs = _pairs(n, seed)[-n:]  # with the two extremes
+    sums = [rawsyn.word_sum(sources[i % len(sources)]) for i in range(n)]
+    with socket.socket() as placeholder:  # never sent on
+        tx = wire.KernelTx(sport, placeholder)
+        tx.load(pairs, wire.Cookies(secret).cookies(pairs), np.array(sums, dtype=np.uint64))
+        batch = rawbatch.SynBatch(sport, placeholder, rawsyn.cookie_key(secret))
+        batch.load(pairs.tolist(), sums)
+        for i, pair in enumerate(pairs.tolist()):
+            assert batch.packet(i) == tx.packet(i), pair
+            assert batch.destination(i) == pair >> 16
+            assert batch.names[i * 16:i * 16 + 8] == tx.names[i].tobytes()[:8]
+
+
 def test_link_frames_are_valid_ethernet_ipv4_syns() -> None:
     """A frame batch: to the gateway's link-layer address from ours, an IPv4 header whose
     checksum verifies (TTL 64, protocol TCP, 44 bytes, our source, the target), and the same
@@ -136,10 +159,10 @@ def test_replies_are_parsed_and_junk_left_out() -> None:
     assert acks == [1234, 5] and flags == [0x12, 0x14]
 
 
-def _route(first: str, prefix: int, table: int = route.TABLE_MAIN, metric: int = 0,
-           gateway: str = "", kind: int = route.RTN_UNICAST) -> route.Route:
+def _route(first: str, prefix: int, table: int = routetable.TABLE_MAIN, metric: int = 0,
+           gateway: str = "", kind: int = routetable.RTN_UNICAST) -> routetable.Route:
     start = int.from_bytes(socket.inet_aton(first), "big")
-    return route.Route(start, start + (1 << (32 - prefix)) - 1, prefix, metric, table, kind, 2,
+    return routetable.Route(start, start + (1 << (32 - prefix)) - 1, prefix, metric, table, kind, 2,
                         socket.inet_aton(gateway) if gateway else b"", b"", 0, False)
 
 
@@ -149,15 +172,15 @@ def test_route_choice_is_the_kernels() -> None:
     default = _route("0.0.0.0", 0, gateway="192.0.2.1")
     lan = _route("10.1.0.0", 16)
     host = _route("10.1.2.3", 32, gateway="10.1.0.1")
-    local = _route("10.1.0.5", 32, table=route.TABLE_LOCAL, kind=2)
+    local = _route("10.1.0.5", 32, table=routetable.TABLE_LOCAL, kind=2)
     worse = _route("172.16.0.0", 12, metric=100, gateway="192.0.2.9")
     better = _route("172.16.0.0", 12, metric=10, gateway="192.0.2.8")
     twin_a = _route("192.168.0.0", 16, gateway="192.0.2.5")
     twin_b = _route("192.168.0.0", 16, gateway="192.0.2.6")
     routes = [default, lan, host, local, worse, better, twin_a, twin_b]
 
-    def best(address: str) -> route.Route | None | bool:
-        return route.best_route(routes, int.from_bytes(socket.inet_aton(address), "big"))
+    def best(address: str) -> routetable.Route | None | bool:
+        return routetable.best_route(routes, int.from_bytes(socket.inet_aton(address), "big"))
 
     assert best("8.8.8.8") is default
     assert best("10.1.9.9") is lan
@@ -165,7 +188,7 @@ def test_route_choice_is_the_kernels() -> None:
     assert best("10.1.0.5") is local
     assert best("172.20.0.1") is better
     assert best("192.168.3.3") is False
-    assert route.best_route([lan], int.from_bytes(socket.inet_aton("8.8.8.8"), "big")) is None
+    assert routetable.best_route([lan], int.from_bytes(socket.inet_aton("8.8.8.8"), "big")) is None
 
 
 def test_plan_for_loopback_leaves_it_to_the_kernel() -> None:

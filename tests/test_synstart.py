@@ -12,10 +12,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import site
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,20 +132,35 @@ def _early_pairs(db: Path, count: int) -> list[tuple[str, int]]:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("rate", [2000, 40000])
 def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
-        bed: tuple[Bed, list[str]], tmp_path: Path) -> None:
+        bed: tuple[Bed, list[str]], tmp_path: Path, rate: int) -> None:
+    """At 2,000/s the early batches go on while the program loads and the sweep takes over
+    in the middle of the walk; at 40,000/s they send the whole walk before it loads (the
+    sweep then only gives the verdicts). Either way: each pair one SYN, under the cap at the
+    target, the live set exactly, the report in a new --output-file."""
     testbed, hosts = bed
-    rate = 2000
+    out_file = tmp_path / "report.json"
     args = [NET, "-p", ",".join(map(str, PORTS)), "--timeout", "0.5", "--retries", "0",
-            "--discovery", "syn", "--rate", str(rate), "-o", "json", "--all"]
+            "--discovery", "syn", "--rate", str(rate), "-o", "json", "--all", "-v",
+            "--output-file", str(out_file)]
     db = tmp_path / "s.db"
     assert launch.preparse(["scan", *args, "--db", str(db)], {}) is not None
     sniffer = Sniffer(testbed, tmp_path / "seen.json")
     out = _scan(testbed, *args, "--db", str(db))
     seen = sniffer.stop()
     assert out.returncode == 0, out.stderr
-    services = {(s["host"], s["port"]): s["state"] for s in json.loads(out.stdout)["services"]}
+    report = json.loads(out_file.read_text())
+    services = {(s["host"], s["port"]): s["state"] for s in report["services"]}
     total = 1024 * len(PORTS)
+    early_line = next(x for x in out.stderr.splitlines() if "early start: " in x)
+    before, batched = (int(x) for x in re.findall(r"(\d+) (?:SYNs sent|of them)",
+                                                     early_line))
+    assert batched > 0, early_line  # the batches went on after the first SYNs
+    if rate == 2000:
+        assert before < total, early_line  # the sweep took over in the middle of the walk
+    else:
+        assert before == total, early_line  # the whole walk before the program loaded
     assert len(services) == total
     live = {(h, p) for h in hosts for p in PORTS}
     assert {k for k, state in services.items() if state == "vnc"} == live
@@ -203,8 +220,9 @@ class _Sink:
 def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     """On loopback (127.0.0.0/8): a sweep over the very walk the early start began takes its
     seed's pairs as pending in its window, its secret, port and sockets, and goes on after
-    them; a sweep over another walk (another seed) closes the early sockets and leaves its
-    pairs alone. Both count the early SYNs in the rate cap's bucket."""
+    them, with every pair its batch sender sent after the first ones until the sweep stopped
+    it; a sweep over another walk (another seed) closes the early sockets and leaves its
+    pairs alone. Both take the batch sender's token bucket: one rate cap for the scan."""
     from vncaudit.discovery import DiscoveryOptions, Mode
     from vncaudit.discovery.syn import SynSweep
     from vncaudit.targets import build_target_space
@@ -215,22 +233,31 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     assert plan is not None
     early = synstart.start(plan)
     assert early is not None and synstart.started() is early
-    sent = len(early.pairs)
-    assert sent == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    assert len(early.pairs) == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    assert early.bulk is not None  # 1,000/s: the batch sender walks on after them
+    time.sleep(0.15)  # the program loading, while the batches go out under the cap
     space = build_target_space(["127.77.0.0/24"], [9, 10])
     walk = space.walk(seed=early.seed if same else early.seed + 1)
     options = DiscoveryOptions(Mode.SYN, 0.5, None, 1000.0)
     sweep = SynSweep(walk, _Sink(), options)
     assert synstart.started() is None  # claimed, once
-    assert sweep.bucket.tokens == sweep.bucket.burst - sent
+    assert not any(t.is_alive() for t in early.bulk.threads)  # stopped by the sweep
+    flights = early.flights()
+    sent = sum(len(pairs) for _, pairs in flights)
+    sent_pairs = [p for _, pairs in flights for p in pairs]
+    # The batches went on after the first 20 (the walk's next pairs, in order), no faster
+    # than the cap: 1,000/s after the bucket's burst.
+    assert 20 < sent <= 20 + 20 + 1000 * (flights[-1][0] - early.sent_at) + 1
+    assert sent_pairs == synstart.first_pairs(early.plan, early.seed, sent)
+    assert sweep.bucket is early.bulk.bucket  # one cap for the whole scan, taken over or not
     if same:
         assert (sweep.port, sweep.secret) == (early.port, early.secret)
-        assert sweep.pending == set(early.pairs) and sweep.sent == sent
-        [flight] = sweep.window
-        assert flight.pairs.tolist() == early.pairs and flight.made == 1
+        assert sweep.pending == set(sent_pairs) and sweep.sent == sent
+        assert [(f.deadline, f.pairs.tolist(), f.made) for f in sweep.window] == [
+            (at + 0.5, pairs, 1) for at, pairs in flights]
         assert sweep.early_rx is early.rx and early.rx.fileno() >= 0
         rest = sweep.rest
-        assert rest is not None and not set(rest.tolist()) & set(early.pairs)
+        assert rest is not None and not set(rest.tolist()) & set(sent_pairs)
         assert len(rest) + sent == space.count  # the whole first block: 512 pairs
         early.close()
     else:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from vncaudit.admission import FIRST_FREE
+
 if TYPE_CHECKING:
     from vncaudit.models import Product, ServiceResult
 
@@ -188,6 +190,11 @@ def load(text: str) -> Rules:
     if unknown is None or not unknown.limits_probes:
         raise RuleError(f"[unknown]: rule {unknown_id!r} must name a product that counts "
                         "connections")
+    if unknown.free < FIRST_FREE:
+        # The early start of a connect scan grants a pair without history its first
+        # connection before this file is read (`vncaudit.admission`).
+        raise RuleError(f"[unknown]: rule {unknown_id!r} must let at least {FIRST_FREE} "
+                        "connection pass (free)")
     return Rules(rules, unknown, _text(unknown_raw, "why", "[unknown]"))
 
 

@@ -159,6 +159,20 @@ class StoredScan:
 
         return Ledger(self.store, risk_lockout=self.spec.risk_lockout)
 
+    def _adopt_early(self, ledger: Ledger) -> None:
+        """The grant of this process's early connect (`vncaudit.connstart`), when it was made
+        in this scan's store, becomes `ledger`'s: the connect sweep takes its connection over
+        when it meets the pair, and the ledger settles, or charges, its intent."""
+        if self.spec.discovery is not Mode.CONNECT:
+            return
+        from vncaudit import connstart
+
+        path = self.store.path
+        grant = connstart.claim_grant(str(path) if path is not None else None)
+        if grant is not None:
+            ledger.adopt(grant)
+            grant.close()  # the store's own connection stays open: no checkpoint here
+
     def grader(self) -> Grader:
         """`vncaudit.assess.assess` with the spec's exposure (by address when it has none)."""
         from vncaudit.assess import Exposure, assess
@@ -209,6 +223,7 @@ class StoredScan:
         def ledger() -> Ledger:
             if not opened:
                 opened.append(self.ledger())
+                self._adopt_early(opened[0])
             return opened[0]
 
         def scan_gate() -> Gate:
@@ -445,7 +460,12 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
             # Through websockify, a WebSocket session is a connection to the VNC server
             # behind it, from the proxy's address that every user of the front end shares.
             (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
-            if grant is None or grant.allowed:
+            if ledger is not None and grant is not None and grant.allowed \
+                    and grant.bind is not None:
+                # Granted only from another loopback address, and the web check's
+                # connections cannot be bound to one: no check, the grant goes back.
+                ledger.release([grant])
+            if grant is None or (grant.allowed and grant.bind is None):
                 found = await websocket.probe_web(target, probe_options,
                                                   require_http=not listed)
                 if ledger is not None and grant is not None:

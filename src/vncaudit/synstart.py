@@ -4,16 +4,19 @@ Owns: `start` (for a plan the launcher read from the command line, `EarlyPlan`: 
 seed, the cookie secret and the source port as the sweep would, open the socket that reads the
 answers, then send the first pairs of the scan's real walk order, at most `EARLY_MAX` and no
 more than the rate cap's burst, one SYN each on a raw IPPROTO_TCP socket: the kernel routes
-them and adds the IP header), and the hand-off: `started` (the seed the scan record must use)
-and `claim` (the SYN sweep takes the sockets and the pairs in flight, once). What it sends is
+them and adds the IP header; then, when one thread holds the plan's rate, `EARLY_BULK_RATE`,
+the batch sender of `vncaudit.synbulk` walks on after them under the rate cap while the program
+loads), and the hand-off: `started` (the seed the scan record must use) and `claim` (the SYN
+sweep takes the sockets, the batch sender and the pairs in flight, once). What it sends is
 exactly what the sweep would send first: the same permutation (`targets.permutation`), the same
-cookie and bytes (`rawsyn`).
+cookie and bytes (`rawsyn`; `rawbatch` for the batches).
 
 Imports the standard library's `os`, `socket`, `struct`, `time`, `bisect` and the package's
-`rawsyn` and `targets.permutation` only (checked by tests/test_synstart.py): it runs before
-typer, asyncio, numpy and the store are imported. Must not: send to anything but the pairs the
-plan's own walk gives, send more than the burst, import numpy, or decide whether a command line
-may start early (the launcher, `cli.launch`, does).
+`rawsyn` and `targets.permutation` only before its first SYN (checked by
+tests/test_synstart.py), `synbulk` after it: it runs before typer, asyncio, numpy and the
+store are imported. Must not: send to anything but the pairs the plan's own walk gives, send
+more than the burst one by one (the batches are the token bucket's), import numpy, or decide
+whether a command line may start early (the launcher, `cli.launch`, does).
 """
 
 from __future__ import annotations
@@ -29,24 +32,38 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
+    from vncaudit.synbulk import BulkSender
+
 EARLY_MAX: Final = 64  # SYNs built one by one in Python before the sweep's batches take over
 MAX_COUNT: Final = 1 << 40  # a larger space is left to the sweep (its permutation costs more)
+# The most packets/s the early batch sender (`vncaudit.synbulk`) is asked to hold: one thread
+# sharing the GIL with the program's imports. Above it the sweep's threads send after the
+# first SYNs, as fast as they can, and no slower early sender sets the pace before them.
+EARLY_BULK_RATE: Final = 250_000.0
+ONE_THREAD_RATE: Final = 100_000.0  # above this two early threads send (discovery.syn's)
+# A walk that the cap lets out in at most this long is sent before the program loads (it
+# then loads during the first window); a longer one while it loads.
+EARLY_WAIT_SECONDS: Final = 0.5
 
 
 class EarlyPlan:
     """What the launcher read from a `vncaudit scan` command line: IPv4 intervals (merged,
-    sorted, each (first, last) address), the ports (sorted, unique) and the pace. A plain
-    class: `dataclasses` costs more to import than the whole early start."""
+    sorted, each (first, last) address), the ports (sorted, unique), the pace, the discovery
+    mode ("syn", or "connect": `vncaudit.connstart`) and the --db given (None: the default
+    file). A plain class: `dataclasses` costs more to import than the whole early start."""
 
-    __slots__ = ("blocks", "ports", "rate", "retries", "timeout")
+    __slots__ = ("blocks", "ports", "rate", "retries", "timeout", "mode", "db")
 
     def __init__(self, blocks: tuple[tuple[int, int], ...], ports: tuple[int, ...],
-                 rate: float | None, retries: int | None, timeout: float) -> None:
+                 rate: float | None, retries: int | None, timeout: float,
+                 mode: str = "syn", db: str | None = None) -> None:
         self.blocks = blocks
         self.ports = ports
         self.rate = rate  # None: the sweep's default
         self.retries = retries  # None: the mode's default
         self.timeout = timeout
+        self.mode = mode
+        self.db = db
 
     @property
     def count(self) -> int:
@@ -56,10 +73,11 @@ class EarlyPlan:
 
 class EarlyStart:
     """What `start` did: the walk's seed, the cookie secret, the source port, the sockets
-    (answers, and sending) and the pairs sent (`(address << 16) | port`, in walk order), with
-    the moment the last of them went out (`time.monotonic()`)."""
+    (answers, and sending) and the pairs sent one by one (`(address << 16) | port`, in walk
+    order), with the moment the last of them went out (`time.monotonic()`), and the batch
+    sender that walks on after them (`bulk`, when the plan's rate allows one)."""
 
-    __slots__ = ("plan", "seed", "secret", "port", "rx", "tx", "pairs", "sent_at")
+    __slots__ = ("plan", "seed", "secret", "port", "rx", "tx", "pairs", "sent_at", "bulk")
 
     def __init__(self, plan: EarlyPlan, seed: int, secret: bytes, port: int,
                  rx: socket.socket, tx: socket.socket, pairs: list[int],
@@ -72,8 +90,30 @@ class EarlyStart:
         self.tx = tx
         self.pairs = pairs
         self.sent_at = sent_at
+        self.bulk: BulkSender | None = None
+
+    def finish(self) -> None:
+        """Stop the batch senders, if any: what `flights` and `taken` say is final after
+        this."""
+        if self.bulk is not None:
+            self.bulk.finish()
+
+    def flights(self) -> list[tuple[float, list[int]]]:
+        """Every pair sent so far, in chunks with the moment each went out, in that order."""
+        out = [(self.sent_at, self.pairs)]
+        if self.bulk is not None:
+            out += sorted(self.bulk.flights, key=lambda flight: flight[0])
+        return out
+
+    def taken(self) -> tuple[list[int], list[int]]:
+        """(every pair taken from the walk, in walk order; those of them not sent, in walk
+        order): the sweep's walk must begin with the first, and sends the second first."""
+        if self.bulk is None:
+            return self.pairs, []
+        return self.pairs + self.bulk.taken_pairs(), self.bulk.unsent()
 
     def close(self) -> None:
+        self.finish()
         self.rx.close()
         self.tx.close()
 
@@ -94,26 +134,63 @@ def claim() -> EarlyStart | None:
     return early
 
 
-def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
-    """The first `n` pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes
-    with `seed` (`TargetSpace.iter_targets`: the same permutation, the same index to pair)."""
-    from vncaudit.targets.permutation import CyclicPermutation
+class EarlyWalk:
+    """The pairs of the walk a `TargetSpace` of `plan`'s intervals and ports makes with `seed`
+    (`TargetSpace.iter_targets`: the same permutation, the same index to pair), taken in
+    order a few at a time (`take`). A batch of cycle positions is x * g**j mod p for j below
+    its size, from powers computed once, as `CyclicPermutation.index_blocks` makes them."""
 
-    ports = plan.ports
-    firsts = [first for first, _ in plan.blocks]
-    offsets = [0]
-    for first, last in plan.blocks:
-        offsets.append(offsets[-1] + last - first + 1)
-    out: list[int] = []
-    if n <= 0:
+    def __init__(self, plan: EarlyPlan, seed: int) -> None:
+        from vncaudit.targets.permutation import CyclicPermutation
+
+        self.ports = plan.ports
+        self.firsts = [first for first, _ in plan.blocks]
+        self.offsets = [0]
+        for first, last in plan.blocks:
+            self.offsets.append(self.offsets[-1] + last - first + 1)
+        perm = CyclicPermutation(self.offsets[-1] * len(self.ports), seed)
+        self.p, self.n, self.g = perm.p, perm.n, perm.g
+        self.x = perm.start  # the next cycle position's value
+        self.left = perm.p - 1  # cycle positions not taken yet
+        self.powers: list[int] = [1]
+
+    def take(self, k: int) -> list[int]:
+        """The walk's next (at most) `k` pairs; fewer only at its end."""
+        out: list[int] = []
+        while len(out) < k and self.left:
+            values = self._positions(min(k - len(out), self.left))
+            out += self._pairs([v for v in values if v <= self.n])
         return out
-    for i in CyclicPermutation(offsets[-1] * len(ports), seed).indices():
-        a, port_index = divmod(i, len(ports))
-        k = bisect_right(offsets, a) - 1
-        out.append(((firsts[k] + a - offsets[k]) << 16) | ports[port_index])
-        if len(out) == n:
-            break
-    return out
+
+    def _positions(self, m: int) -> list[int]:
+        p, g = self.p, self.g
+        powers = self.powers
+        if len(powers) < m:
+            for _ in range(m - len(powers)):
+                powers.append(powers[-1] * g % p)
+        x = self.x
+        values = [x * q % p for q in (powers if m == len(powers) else powers[:m])]
+        self.x = values[-1] * g % p
+        self.left -= m
+        return values
+
+    def _pairs(self, values: list[int]) -> list[int]:
+        ports = self.ports
+        if len(self.firsts) == 1 and len(ports) == 1:
+            base, port = self.firsts[0] - 1, ports[0]
+            return [((base + v) << 16) | port for v in values]
+        width, firsts, offsets = len(ports), self.firsts, self.offsets
+        out = []
+        for v in values:
+            a, port_index = divmod(v - 1, width)
+            k = bisect_right(offsets, a) - 1
+            out.append(((firsts[k] + a - offsets[k]) << 16) | ports[port_index])
+        return out
+
+
+def first_pairs(plan: EarlyPlan, seed: int, n: int) -> list[int]:
+    """The first `n` pairs of the walk of `plan` with `seed` (`EarlyWalk`)."""
+    return EarlyWalk(plan, seed).take(max(0, n))
 
 
 def start(plan: EarlyPlan) -> EarlyStart | None:
@@ -139,16 +216,28 @@ def start(plan: EarlyPlan) -> EarlyStart | None:
     # 64 bits from os.urandom, as the target space draws its seed.
     seed = int.from_bytes(os.urandom(8), "big")
     secret = os.urandom(16)
+    walk = EarlyWalk(plan, seed)
     try:
-        pairs = _send(tx, port, secret, first_pairs(plan, seed, n))
+        pairs = _send(tx, port, secret, walk.take(n))
     except OSError:
         pairs = []
     if not pairs:
         rx.close()
         tx.close()
         return None
-    _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
-    return _started
+    early = _started = EarlyStart(plan, seed, secret, port, rx, tx, pairs, time.monotonic())
+    if len(pairs) == n < count and rate <= EARLY_BULK_RATE:
+        from vncaudit.synbulk import EARLY_BULK_SECONDS, BulkSender
+
+        threads = 2 if rate > ONE_THREAD_RATE and (os.cpu_count() or 1) >= 2 else 1
+        early.bulk = BulkSender(plan.blocks, port, secret, tx, rx, walk, rate, n,
+                                early.sent_at, threads)
+        early.bulk.start()
+        if (count - n) / rate <= EARLY_WAIT_SECONDS:
+            # The whole walk goes out within the time the program needs to load, its
+            # answers wait in the socket: the cores are the senders' until then.
+            early.bulk.wait(EARLY_BULK_SECONDS)
+    return early
 
 
 def _send(tx: socket.socket, port: int, secret: bytes, pairs: list[int]) -> list[int]:

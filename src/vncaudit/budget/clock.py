@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from vncaudit.admission import boot_id
+
 CLOCK_SLACK: Final = 2.0  # seconds the wall and boot clocks may drift apart before it is a jump
 
 @dataclass(frozen=True)
@@ -24,14 +26,6 @@ class Instant:
 
     def iso(self) -> str:
         return datetime.fromtimestamp(self.wall, UTC).isoformat(timespec="seconds")
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
 
 
 class Clock:

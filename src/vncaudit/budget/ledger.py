@@ -23,23 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from vncaudit import admission
 from vncaudit.basics import SILENT_STATES, State, Target, connect_cut
 from vncaudit.blacklists import Rule, Rules, candidates_of, handshake_key, rule_for, shipped
-from vncaudit.budget.clock import (
-    Clock,
-    Instant,
-    boot_id,
-    clock_jump,
-    elapsed,
-    started_after,
-)
+from vncaudit.budget.clock import Clock, Instant, clock_jump, elapsed, started_after
 from vncaudit.budget.sources import ALTERNATE_LOOPBACK, SourceResolver
 from vncaudit.exceptions import VncAuditError
 from vncaudit.store import Store, StoreError
@@ -220,59 +212,6 @@ def _age_text(seconds: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Intents: grants not yet recorded, visible to every process sharing the store
-
-
-def _owner() -> str:
-    """host|boot|pid|start|token: enough to tell, on this host, whether the process still
-    runs; the token tells two ledgers of one process (web jobs) apart."""
-    return "|".join((socket.gethostname(), boot_id(), str(os.getpid()),
-                     _start_ticks(os.getpid()), os.urandom(4).hex()))
-
-
-def _start_ticks(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _owner_alive(owner: str) -> bool:
-    """Whether the process that wrote an intent still runs. An owner on another host, or one
-    this host cannot check, counts as alive (its intents keep counting: the safe side)."""
-    try:
-        host, boot, pid_text, start, _token = owner.split("|")
-        pid = int(pid_text)
-    except ValueError:
-        return True
-    if host != socket.gethostname() or not boot:
-        return True
-    if boot != boot_id():
-        return False  # this host rebooted since: that process is gone
-    if not os.path.exists(f"/proc/{pid}"):
-        return not os.path.isdir("/proc/self")  # no procfs: cannot tell
-    return not start or _start_ticks(pid) == start
-
-
-def _pairs_text(counts: Mapping[Key, int]) -> str:
-    """An intent's grants as text: "src dst port n" per line (addresses hold no spaces)."""
-    return "\n".join(f"{s} {d} {p} {n}" for (s, d, p), n in counts.items())
-
-
-def _pairs(text: str) -> dict[Key, int]:
-    out: dict[Key, int] = {}
-    for line in text.splitlines():
-        try:
-            src, dst, port, n = line.split(" ")
-            out[(src, dst, int(port))] = out.get((src, dst, int(port)), 0) + int(n)
-        except ValueError:
-            continue  # a line this version cannot read: the safe side is to skip it
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The ledger
 
 
@@ -336,12 +275,15 @@ class Ledger:
         self.clock = clock or Clock()
         self.sources = sources or SourceResolver()
         self.alternates = tuple(alternates)
-        self.owner = _owner()
+        self.owner = admission.owner()
         self._mine: dict[int, _Intent] = {}  # my intents: their unsettled keys
         self._others: dict[int, _Intent] = {}  # other processes' intents (all their keys)
         self._in_flight: dict[Key, int] = {}  # grants over both, per key
         self._clock_checked = False
         self._rules_seen: dict[Any, tuple[Rule, str]] = {}
+        # Grants the early start of a connect scan made before this ledger existed
+        # (`adopt`): (server, port) -> (our address, intent), each used by one admission.
+        self._adopted: dict[tuple[str, int], tuple[str, int]] = {}
         self.closed = False
 
     @property
@@ -352,6 +294,17 @@ class Ledger:
         if self._rules is None:
             self._rules = shipped()
         return self._rules
+
+    def adopt(self, grant: admission.FirstGrant) -> None:
+        """Take over a grant of this store that `admission.admit_first` made in this process
+        (the early start of a connect scan, `vncaudit.connstart`), whose connection may have
+        been made: its intent is this ledger's to settle when the pair's result is recorded,
+        or to charge at `close` as any of its own, and the pair's next admission is that grant
+        instead of a new one."""
+        src, dst, port = grant.key
+        self._mine[grant.intent] = _Intent(grant.owner, grant.created, {grant.key: 1})
+        _add(self._in_flight, grant.key, 1)
+        self._adopted[(dst, port)] = (src, grant.intent)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -425,8 +378,8 @@ class Ledger:
             owner, created = live[i]
             (text,) = conn.execute("SELECT pairs FROM budget_intents WHERE id = ?",
                                    (i,)).fetchone()
-            intent = _Intent(owner, created, _pairs(text))
-            if not _owner_alive(owner):
+            intent = _Intent(owner, created, admission.parse_pairs(text))
+            if not admission.owner_alive(owner):
                 dead.append((i, intent))
                 continue
             self._others[i] = intent
@@ -533,8 +486,8 @@ class Ledger:
         check", ...). `restarted`: when the server process behind (host, port) started, where
         it is known (`local`): a tally from before that start was reset by the restart. `need`:
         connections per target granted together or not at all (a probe and its checks)."""
-        admission = self.admit_batch(targets, kind=kind, restarted=restarted, need=need)
-        return [admission.decision(i) for i in range(len(targets))]
+        admitted = self.admit_batch(targets, kind=kind, restarted=restarted, need=need)
+        return [admitted.decision(i) for i in range(len(targets))]
 
     def admit_batch(self, targets: Sequence[Target], *, kind: str = "probe",
                     restarted: Mapping[tuple[str, int], Instant] | None = None,
@@ -558,9 +511,15 @@ class Ledger:
                 if restarted:
                     self._forget_before_restart(conn, rows, restarted, now)
                 # The write lock is held: the next id is ours, and the grants can carry it.
-                intent_id = int(conn.execute(
-                    "SELECT coalesce(max(id), 0) + 1 FROM budget_intents").fetchone()[0])
+                intent_id = admission.next_intent_id(conn)
                 for i, target in enumerate(targets):
+                    if self._adopted and need == 1:
+                        early = self._adopted.pop((target.host, target.port), None)
+                        if early is not None:  # granted before this ledger existed
+                            srcs[i] = early[0]
+                            special[i] = Decision(target, True, early[0], self.rules.unknown,
+                                                  0, intent=early[1])
+                            continue
                     key = (srcs[i], target.host, target.port)
                     if key not in rows:
                         seen = in_flight.get(key, 0) + granted.get(key, 0)
@@ -573,11 +532,7 @@ class Ledger:
                         granted[decision.key] = granted.get(decision.key, 0) + need
                     special[i] = decision
                 if granted:
-                    conn.execute(
-                        "INSERT INTO budget_intents (id, owner, created, pairs) "
-                        "VALUES (?, ?, ?, ?)",
-                        (intent_id, self.owner, now.wall, _pairs_text(granted)),
-                    )
+                    admission.insert_intent(conn, intent_id, self.owner, now.wall, granted)
             self.store.flush()  # other processes must see the intent before we connect
         except StoreError as exc:
             denied = {i: self._unwritable(t, srcs[i], str(exc)) for i, t in enumerate(targets)}

@@ -1,16 +1,19 @@
 """Which of our addresses a connection leaves from, known before anything is sent.
 
 Owns: `SourceResolver` (the kernel's route choice, asked with a UDP socket's connect, which
-sends nothing) and the alternative loopback addresses a local listener can be reached from.
+sends nothing, and this host's addresses: both read by `vncaudit.admission`, with which the
+early start of a connect scan keys its first grant) and the alternative loopback addresses a
+local listener can be reached from.
 Must not: open a TCP connection or send a packet.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 from typing import Final
+
+from vncaudit import admission
 
 # Other loopback addresses a local listener can be reached from when 127.0.0.1's budget is
 # spent: each is its own tally on the server, and no user of the listener comes from them.
@@ -30,15 +33,7 @@ class SourceResolver:
 
     def local_addresses(self) -> frozenset[str]:
         if self._local is None:
-            found: set[str] = set()
-            with contextlib.suppress(Exception):
-                import psutil  # type: ignore[import-untyped]  # no stubs pinned
-
-                for addrs in psutil.net_if_addrs().values():
-                    for a in addrs:
-                        if a.family in (socket.AF_INET, socket.AF_INET6):
-                            found.add(_canonical(a.address.split("%")[0]))
-            self._local = frozenset(found)
+            self._local = frozenset(_canonical(a) for a in admission.interface_addresses())
         return self._local
 
     def is_this_host(self, host: str) -> bool:
@@ -71,7 +66,7 @@ class SourceResolver:
             packed = None
         if packed is not None and socket.inet_ntoa(packed) == host:
             if packed[0] == 127:
-                return "127.0.0.1"
+                return admission.LOOPBACK_SOURCE
             family, prefix = socket.AF_INET, packed[:3]
         else:
             packed = None
@@ -88,11 +83,8 @@ class SourceResolver:
             return canonical  # the kernel answers a local address from that address
         cached = self._routes.get(prefix)
         if cached is None:
-            try:
-                with socket.socket(family, socket.SOCK_DGRAM) as udp:
-                    udp.connect((host, 9))
-                    cached = _canonical(udp.getsockname()[0])
-            except OSError:
+            cached = _canonical(admission.route_source(host, family))
+            if not cached:
                 return ""  # no route: no connection will be made from anywhere
             self._routes[prefix] = cached
             if family == socket.AF_INET:

@@ -1,23 +1,25 @@
-"""The process's entry (the console script `vncaudit.cli:run`, `python -m vncaudit`): a SYN
-scan's first packets first, then the program.
+"""The process's entry (the console script `vncaudit.cli:run`, `python -m vncaudit`): a scan's
+first packets first, then the program.
 
 Owns: `run` (an early start when the command line allows it, then `cli.program.run`, which
 parses it for real and runs it), and `preparse`, a strict reading of `vncaudit scan` command
 lines that recognises a small, safe subset only: literal IPv4 addresses and CIDRs as targets
 (none in a special network: `SPECIAL_V4`), `-p/--ports` as numbers and ranges, `--discovery
-syn` (required), `--rate`, `--retries`, `--timeout`, `--concurrency`, `--db`, and the output
-options that change nothing before the first packet (`-o table|json|jsonl`, `--all`,
-`-q/--quiet`, `-v/--verbose`). Anything else (another token, form or option, an option given
-twice, a value typer would read differently or refuse, a special network, a completion
-request) and there is no early start: the program runs exactly as it would without this
-module. The early start itself (`vncaudit.synstart`) also needs raw-socket rights.
+syn` or `connect` (the default), `--rate`, `--retries`, `--timeout`, `--concurrency`, `--db`,
+and the output options that change nothing before the first packet (`-o table|json|jsonl`,
+`--output-file` naming a new file, `--all`, `-q/--quiet`, `-v/--verbose`). Anything else
+(another token, form or option, an option given twice, a value typer would read differently or
+refuse, a special network, a completion request) and there is no early start: the program runs
+exactly as it would without this module. The early start itself is `vncaudit.synstart` (which
+needs raw-socket rights) or `vncaudit.connstart` (whose one connection is admitted by the
+connection ledger's rule first).
 
-Imports `os` and `sys` only until it has decided (and `vncaudit.synstart` when it starts
-early): it runs before typer, asyncio, numpy and the store. Must not: accept a command line
-that the full parse would refuse or read differently (tests/test_launch.py checks it against
-typer's over generated command lines), start anything in connect mode (its first connection
-waits for the connection ledger's admission, which needs the store), print, or fail: any
-error in the early start means no early start.
+Imports `os` and `sys` only until it has decided (and `vncaudit.synstart` or `connstart` when
+it starts early): it runs before typer, asyncio, numpy and the store. Must not: accept a
+command line that the full parse would refuse or read differently (tests/test_launch.py checks
+it against typer's over generated command lines), print (but the one line of a Ctrl-C while
+the early start's batches go out), or fail: any error in the early start
+means no early start.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ SPECIAL_V4: Final = (
 # option -> its name in the plan; those that take a value, and the flags
 _VALUES: Final = {"-p": "ports", "--ports": "ports", "--rate": "rate", "--retries": "retries",
                   "--timeout": "timeout", "--discovery": "discovery", "--db": "db",
-                  "--concurrency": "concurrency", "-o": "output", "--output": "output"}
+                  "--concurrency": "concurrency", "-o": "output", "--output": "output",
+                  "--output-file": "output_file"}
 _FLAGS: Final = {"--all": "all", "-q": "quiet", "--quiet": "quiet"}
 _COUNTED: Final = ("-v", "--verbose")
 
@@ -60,12 +63,25 @@ def run() -> None:
     """The process's entry: the early start when `preparse` allows one, then the program."""
     try:
         plan = preparse(sys.argv[1:], os.environ)
-        if plan is not None:
+        if plan is not None and plan.mode == "syn":
             from vncaudit import synstart
 
-            synstart.start(plan)
+            try:
+                synstart.start(plan)
+            except KeyboardInterrupt:  # while its batches went out: they stop, nothing else ran
+                early = synstart.claim()
+                if early is not None:
+                    early.close()
+                sys.stderr.write("vncaudit: error: interrupted; nothing recorded\n")
+                raise SystemExit(130) from None
+        elif plan is not None:
+            from vncaudit import connstart
+
+            connstart.start(plan)
     except Exception:  # the program runs, and reports, as it would without an early start
         pass
+    except KeyboardInterrupt:  # Ctrl-C before the program loaded: nothing to report yet
+        raise SystemExit(130) from None
     from vncaudit.cli.program import run as run_program
 
     run_program()
@@ -108,7 +124,8 @@ def preparse(args: Sequence[str], environ: Mapping[str, str]) -> EarlyPlan | Non
 
 
 def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | None:
-    if not targets or given.get("discovery") != "syn":
+    mode = given.get("discovery", "connect")
+    if not targets or mode not in ("syn", "connect"):
         return None
     if "output" in given and given["output"] not in OUTPUTS:
         return None
@@ -123,6 +140,8 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
         return None
     if "db" in given and not _usable_db(given["db"]):
         return None
+    if "output_file" in given and not _new_output_file(given["output_file"]):
+        return None
     from vncaudit.targets.blocks import merge_blocks
 
     blocks = merge_blocks(targets)
@@ -132,7 +151,7 @@ def _plan(targets: list[tuple[int, int]], given: dict[str, str]) -> EarlyPlan | 
                 return None
     from vncaudit.synstart import EarlyPlan
 
-    return EarlyPlan(tuple(blocks), ports, rate, retries, timeout)
+    return EarlyPlan(tuple(blocks), ports, rate, retries, timeout, mode, given.get("db"))
 
 
 def _octets(text: str) -> int | None:
@@ -203,6 +222,20 @@ def expand_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     for first, last in ranges:
         ports.update(range(first, last + 1))
     return tuple(sorted(ports))
+
+
+def _new_output_file(text: str) -> bool:
+    """--output-file names a file that does not exist yet, in a directory that exists and
+    that this process may write to: what the full command accepts (`check_output_file`)
+    without asking which store or input it must not overwrite (a file that does not exist
+    is none of them). Any other path (an existing file, `~`, a trailing slash, spaces around
+    it) is left to it."""
+    if text != text.strip() or text.startswith("~") or text.endswith("/"):
+        return False
+    if os.path.lexists(text):
+        return False
+    parent = os.path.dirname(text) or "."
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _usable_db(text: str) -> bool:

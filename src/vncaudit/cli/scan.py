@@ -392,11 +392,12 @@ def _report(record: ScanRecord, results: list[ServiceResult] | JsonSpool,
 
 
 def _early_seed() -> int | None:
-    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs in, so
-    the scan is stored with it and its SYN sweep takes them over; None without one."""
-    from vncaudit import synstart
+    """The walk's seed the early start (`cli.launch`) drew and sent its first SYNs or made
+    its first connect in, so the scan is stored with it and its sweep takes them over; None
+    without one."""
+    from vncaudit import connstart, synstart
 
-    early = synstart.started()
+    early = synstart.started() or connstart.started()
     return early.seed if early is not None else None
 
 
@@ -559,6 +560,9 @@ def _ready_for_the_report() -> None:
     import vncaudit.cli.output  # noqa: F401  (imported for what it loads)
 
     make_console()
+    # The summary lines' print replaces emoji codes: rich loads its table of them (~15 ms)
+    # the first time it looks, which is then now.
+    err.render_str("", markup=False)
 
 
 def _shards_line(stored: StoredScan, quiet: bool = False) -> None:

@@ -5,7 +5,8 @@ what they share (options, the verdict plumbing, the counters):
 
 * `connect` (default, no root; `ConnectSweep`, here): non-blocking `connect()` on plain sockets
   watched by the event loop's writer callbacks, many in flight, no task or stream per attempt,
-  so thousands of silent addresses cost a file descriptor and a deque entry each. A connection
+  so thousands of silent addresses cost a file descriptor and a deque entry each; the first
+  may be the early start's (`vncaudit.connstart`), taken over with its start time. A connection
   that succeeds is handed, still open, to the sink: the probe then runs on *that* connection
   (one connection per port, docs/design.md "Probing etiquette"), with a deadline that starts
   when the connection exists.
@@ -44,6 +45,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, Union
 
 from vncaudit.basics import State, Target
+from vncaudit.connstart import claim_socket
+from vncaudit.connstart import started as started_early
 from vncaudit.exceptions import UsageError
 from vncaudit.rawsyn import RATE_BURST_SECONDS as RATE_BURST_SECONDS
 from vncaudit.rawsyn import rate_burst as rate_burst
@@ -340,6 +343,7 @@ class ConnectSweep(BaseSweep):
         self.inflight: dict[int, _Attempt] = {}
         self.stalled_until = 0.0  # after a failed socket(): no new attempts before this
         self.window: deque[tuple[float, int, _Attempt]] = deque()  # (deadline, fd, attempt)
+        self.early = started_early() is not None  # an early connect may be this sweep's
 
     async def run(self) -> SweepStats:
         loop = asyncio.get_running_loop()
@@ -385,18 +389,27 @@ class ConnectSweep(BaseSweep):
             self.live += 1
             self.sink.found(target, None)
             return 0
-        started = loop.time()
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            # Out of descriptors or buffers: not the target's fault; try again a little later.
-            log.warning("cannot open a socket for %s:%s: %s", target.host, target.port, exc)
-            self.sent -= 1
-            self.retry.appendleft((target, made))
-            self.stalled_until = started + 0.05
-            return 1 << 30  # stop starting more this turn
-        sock.setblocking(False)
-        code = sock.connect_ex((target.host, target.port))
+        early = claim_socket(target.host, target.port) if made == 0 and self.early else None
+        if early is not None:
+            # The early start's connect to this pair (`vncaudit.connstart`), begun before the
+            # event loop existed: its attempt, with its own start, is this one.
+            self.early = False
+            sock, code = early.sock, early.code
+            started = loop.time() - max(0.0, time.monotonic() - early.started)
+        else:
+            started = loop.time()
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                # Out of descriptors or buffers: not the target's fault; try again later.
+                log.warning("cannot open a socket for %s:%s: %s", target.host, target.port,
+                            exc)
+                self.sent -= 1
+                self.retry.appendleft((target, made))
+                self.stalled_until = started + 0.05
+                return 1 << 30  # stop starting more this turn
+            sock.setblocking(False)
+            code = sock.connect_ex((target.host, target.port))
         attempt = _Attempt(target, sock, made + 1, started)
         if code in (errno.EINPROGRESS, errno.EAGAIN):
             fd = sock.fileno()

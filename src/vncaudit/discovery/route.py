@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -31,25 +30,25 @@ import numpy as np
 import numpy.typing as npt
 
 from vncaudit.rawsyn import kernel_source as kernel_source
+from vncaudit.routetable import (
+    ADDRESS_END,
+    MAX_ROUTES,
+    RTN_UNICAST,
+    RTNH_F_DEAD,
+    RTNH_F_LINKDOWN,
+    Route,
+    best_route,
+    cuts,
+    only_default_rules,
+    routes,
+    source_of,
+)
 
-NETLINK_ROUTE: Final = 0
-RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWRULE, RTM_GETRULE = 24, 26, 32, 34
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = \
-    1, 4, 5, 6, 7, 9, 15
-RTN_UNICAST = 1
-RTNH_F_DEAD, RTNH_F_LINKDOWN = 0x1, 0x10
-FRA_PRIORITY, FRA_TABLE, FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN, FRA_PROTOCOL = \
-    6, 15, 13, 14, 21
-FR_ACT_TO_TBL = 1
-TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT = 255, 254, 253
-DEFAULT_RULES: Final = frozenset({(0, TABLE_LOCAL), (32766, TABLE_MAIN), (32767, TABLE_DEFAULT)})
+__all__ = ["ADDRESS_END", "RTN_UNICAST", "Path", "Route", "RoutePlan", "best_route",
+           "kernel_source", "neighbours", "plan"]
+
 ARPHRD_ETHER: Final = 1
 SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
-MAX_ROUTES: Final = 4096  # beyond this (a full BGP table) every packet is left to the kernel
-ADDRESS_END: Final = 1 << 32
-
 
 @dataclass(frozen=True)
 class Path:
@@ -60,24 +59,6 @@ class Path:
     source: bytes  # 4 bytes; b"" when the kernel has no route (sending then fails, as it should)
     link: tuple[bytes, bytes] | None = None
     gateway: bytes = b""  # for a path that could go straight out once this neighbour resolves
-
-
-@dataclass(frozen=True)
-class Route:
-    """One IPv4 route of the kernel's table: the addresses `first`-`last` it covers and what
-    `best_route` and the path planning read of it."""
-
-    first: int
-    last: int
-    prefix: int
-    metric: int
-    table: int
-    kind: int
-    ifindex: int | None
-    gateway: bytes
-    source: bytes
-    flags: int
-    multipath: bool
 
 
 class RoutePlan:
@@ -100,98 +81,6 @@ class RoutePlan:
 
     def interfaces(self) -> set[int]:
         return {p.ifindex for p in self.paths if p.ifindex is not None}
-
-
-# ---------------------------------------------------------------------------------------------
-# rtnetlink
-
-
-def _dump(kind: int, header: bytes) -> list[tuple[int, bytes]]:
-    """(message type, payload) of every answer to one dump request."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.settimeout(2.0)
-        message = struct.pack("=LHHLL", 16 + len(header), kind, NLM_F_REQUEST | NLM_F_DUMP, 1,
-                              0) + header
-        sock.send(message)
-        out: list[tuple[int, bytes]] = []
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, mtype, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, offset)
-                if length < 16:
-                    return out
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
-                    raise OSError(-code, os.strerror(-code))
-                out.append((mtype, data[offset + 16:offset + length]))
-                offset += (length + 3) & ~3
-
-
-def _attributes(payload: bytes, offset: int) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    while offset + 4 <= len(payload):
-        length, kind = struct.unpack_from("=HH", payload, offset)
-        if length < 4:
-            break
-        attrs[kind & 0x3FFF] = payload[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return attrs
-
-
-def _routes() -> list[Route]:
-    out: list[Route] = []
-    for mtype, payload in _dump(RTM_GETROUTE, struct.pack("=BBBBBBBBL", socket.AF_INET,
-                                                          0, 0, 0, 0, 0, 0, 0, 0)):
-        if mtype != RTM_NEWROUTE or len(payload) < 12:
-            continue
-        family, dst_len, _src_len, tos, table, _proto, _scope, kind, flags = struct.unpack_from(
-            "=BBBBBBBBL", payload)
-        if family != socket.AF_INET or tos:
-            continue
-        attrs = _attributes(payload, 12)
-        if RTA_TABLE in attrs:
-            (table,) = struct.unpack("=L", attrs[RTA_TABLE][:4])
-        dst = int.from_bytes(attrs.get(RTA_DST, b"\0\0\0\0")[:4], "big") if dst_len else 0
-        size = 1 << (32 - dst_len)
-        first = dst & ~(size - 1) & 0xFFFFFFFF
-        oif = attrs.get(RTA_OIF)
-        metric = attrs.get(RTA_PRIORITY)
-        out.append(Route(
-            first=first, last=first + size - 1, prefix=dst_len,
-            metric=struct.unpack("=L", metric[:4])[0] if metric else 0, table=table, kind=kind,
-            ifindex=struct.unpack("=i", oif[:4])[0] if oif else None,
-            gateway=attrs.get(RTA_GATEWAY, b"")[:4], source=attrs.get(RTA_PREFSRC, b"")[:4],
-            flags=flags, multipath=RTA_MULTIPATH in attrs))
-    return out
-
-
-def _only_default_rules() -> bool:
-    """True when the IPv4 policy rules are the kernel's three defaults and nothing else."""
-    seen: set[tuple[int, int]] = set()
-    known = {FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL, FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN}
-    for mtype, payload in _dump(RTM_GETRULE, struct.pack("=BBBBBBBBL", socket.AF_INET,
-                                                         0, 0, 0, 0, 0, 0, 0, 0)):
-        if mtype != RTM_NEWRULE or len(payload) < 12:
-            continue
-        family, dst_len, src_len, tos, table, _r1, _r2, action, _flags = struct.unpack_from(
-            "=BBBBBBBBL", payload)
-        if family != socket.AF_INET:
-            continue
-        attrs = _attributes(payload, 12)
-        if dst_len or src_len or tos or action != FR_ACT_TO_TBL or set(attrs) - known:
-            return False
-        for kind in (FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN):
-            if kind in attrs and struct.unpack("=i", attrs[kind][:4])[0] != -1:
-                return False
-        if FRA_TABLE in attrs:
-            (table,) = struct.unpack("=L", attrs[FRA_TABLE][:4])
-        priority = struct.unpack("=L", attrs[FRA_PRIORITY][:4])[0] if FRA_PRIORITY in attrs else 0
-        seen.add((priority, table))
-    return seen == DEFAULT_RULES
 
 
 def neighbours() -> dict[tuple[bytes, int], bytes]:
@@ -232,38 +121,22 @@ def _ethernet_address(ifindex: int) -> bytes | None:
 # The plan
 
 
-def best_route(routes: list[Route], address: int) -> Route | None | bool:
-    """The route the kernel takes to `address` from `routes` (tables local, main, default);
-    None when none matches, False when it cannot be told exactly."""
-    for table in (TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT):
-        matching = [r for r in routes if r.table == table and r.first <= address <= r.last]
-        if not matching:
-            continue
-        longest = max(r.prefix for r in matching)
-        candidates = [r for r in matching if r.prefix == longest]
-        lowest = min(r.metric for r in candidates)
-        chosen = [r for r in candidates if r.metric == lowest]
-        if len(chosen) != 1:
-            return False
-        return chosen[0]
-    return None
-
-
 def plan(for_addresses: tuple[int, int] = (0, ADDRESS_END - 1)) -> RoutePlan:
     """The plan for the IPv4 space (only the segments meeting `for_addresses`, an inclusive
     range, get a real path; the rest is the kernel's), with fresh neighbour entries."""
     low, high = for_addresses
     try:
-        routes = _routes()
-        exact = _only_default_rules() and len(routes) <= MAX_ROUTES
+        table = routes()
+        exact = only_default_rules() and len(table) <= MAX_ROUTES
     except OSError:
-        routes, exact = [], False
+        table, exact = [], False
     if not exact:
         return RoutePlan([0], [0], [Path(None, b"")])  # the kernel's, source asked per net
-    cuts = {0, low, high + 1}
-    for r in routes:
-        cuts.update((r.first, r.last + 1))
-    starts = sorted(c for c in cuts if c < ADDRESS_END)
+    starts = cuts(table, 0, ADDRESS_END - 1)
+    if high + 1 < ADDRESS_END and high + 1 not in starts:
+        starts = sorted({*starts, high + 1})
+    if low not in starts:
+        starts = sorted({*starts, low})
     known = neighbours()
     paths = [Path(None, b"")]  # 0: outside the scan (never used), or the kernel's to decide
     by_route: dict[Route, int] = {}
@@ -273,20 +146,19 @@ def plan(for_addresses: tuple[int, int] = (0, ADDRESS_END - 1)) -> RoutePlan:
         if end < low or start > high:
             segment_paths.append(0)
             continue
-        best = best_route(routes, start)
+        best = best_route(table, start)
         if isinstance(best, Route):
             if best not in by_route:
                 by_route[best] = len(paths)
-                paths.append(_path(best, start + (end - start) // 2, known))
+                paths.append(_path(best, source_of(best, start, end), known))
             segment_paths.append(by_route[best])
         else:
             segment_paths.append(len(paths))
-            paths.append(Path(None, kernel_source(start + (end - start) // 2)))
+            paths.append(Path(None, source_of(best, start, end)))
     return RoutePlan(starts, segment_paths, paths)
 
 
-def _path(route: Route, sample: int, known: dict[tuple[bytes, int], bytes]) -> Path:
-    source = route.source or kernel_source(sample)
+def _path(route: Route, source: bytes, known: dict[tuple[bytes, int], bytes]) -> Path:
     if (route.kind != RTN_UNICAST or route.multipath or not route.gateway
             or route.ifindex is None or route.flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)
             or not source):

@@ -60,20 +60,20 @@ from vncaudit.discovery import (
     Sink,
     SweepStats,
     SynCounters,
-    rate_burst,
     wire,
 )
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
+from vncaudit.rawbatch import TokenBucket as TokenBucket
 from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
 from vncaudit.rawsyn import replies_socket, source_port
+from vncaudit.synstart import ONE_THREAD_RATE as ONE_SENDER_RATE
 from vncaudit.synstart import EarlyStart, claim
 
 log = logging.getLogger(__name__)
 
 U64 = npt.NDArray[np.uint64]
 
-ONE_SENDER_RATE: Final = 100_000.0  # above this a second sender thread helps (measured here)
 EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
 NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
 REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
@@ -101,41 +101,6 @@ class _Flight:
     deadline: float  # time.monotonic()
     pairs: U64
     made: int  # attempts made for these pairs, this one included
-
-
-class TokenBucket:
-    """The rate cap, shared by the sender threads: at most `burst` + rate × t packets in any t
-    seconds. `take(n)` waits until min(n, burst / 4) tokens are there and takes up to n: a
-    thread woken late finds the difference still in the bucket, up to `burst`."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.burst = min(wire.MAX_BATCH, rate_burst(rate))
-        self.tokens = float(self.burst)
-        self.last = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self, want: int, stopping: threading.Event) -> int:
-        while not stopping.is_set():
-            with self.lock:
-                now = time.monotonic()
-                self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
-                self.last = now
-                need = min(want, max(1, self.burst // 4))
-                if self.tokens >= need:
-                    granted = min(want, int(self.tokens))
-                    self.tokens -= granted
-                    return granted
-                wait = (need - self.tokens) / self.rate
-            stopping.wait(wait)
-        return 0
-
-    def late(self, seconds: float) -> None:
-        """The packets of a grant went out `seconds` after it (the thread was preempted): what
-        the bucket gained meanwhile is void, or the next grant would follow them at once and
-        the two together exceed the cap at the wire."""
-        with self.lock:
-            self.tokens -= seconds * self.rate
 
 
 def _host(address: int) -> str:
@@ -211,6 +176,7 @@ class SynSweep(BaseSweep):
         self.early_rx: socket.socket | None = None
         self.early_tx: socket.socket | None = None
         self.rest: U64 | None = None
+        self.early_replies: list[bytes] = []  # what the early batch sender read meanwhile
         self.opened = False  # the sweep's own first chunk of fresh SYNs went out
         early = claim()
         if early is not None:
@@ -218,27 +184,38 @@ class SynSweep(BaseSweep):
 
     def _adopt(self, early: EarlyStart) -> None:
         """Take over the early start when it sent the first pairs of this very sweep: its
-        seed, cookie secret and source port are then this sweep's, its pairs are pending in
-        the window from the moment they went out (their verdicts are given as any other's),
-        and the walk goes on after them. Otherwise its sockets are closed and its answers
-        left unread; either way the rate cap counts its SYNs."""
-        sent = len(early.pairs)
-        with self.bucket.lock:  # what the bucket would hold had it let these out
-            self.bucket.tokens = float(self.bucket.burst - sent)
-            self.bucket.last = early.sent_at
+        batch sender stops here; its seed, cookie secret and source port are then this
+        sweep's, every pair it sent is pending in the window from the moment it went out
+        (their verdicts are given as any other's, from the answers it kept and those that
+        come), and the walk goes on after them. Otherwise its sockets are closed and its
+        answers left unread; either way the rate cap counts its SYNs (the bucket the batch
+        sender used is this sweep's when the rate is the same)."""
+        early.finish()
+        flights = early.flights()
+        sent = sum(len(pairs) for _, pairs in flights)
+        bulk = early.bulk
+        if bulk is not None and bulk.bucket is not None and bulk.bucket.rate == self.rate:
+            self.bucket = bulk.bucket
+        else:
+            with self.bucket.lock:  # what the bucket would hold had it let these out
+                self.bucket.tokens = float(self.bucket.burst - sent)
+                self.bucket.last = flights[-1][0]
+        if bulk is not None:
+            log.info("early start: %d SYNs sent before the sweep, %d of them in batches "
+                     "(%d refused and sent again); the batches stopped at %s", sent, bulk.sent,
+                     bulk.refused, bulk.why or "the walk's end or the sweep")
         walk = self.walk
         plan = early.plan
-        first = None
-        if (walk is not None and getattr(walk, "seed", None) == early.seed
-                and getattr(walk, "shard", None) == (0, 1) and not getattr(walk, "skip", ())
-                and getattr(walk, "__len__", lambda: -1)() == plan.count
-                and self.rate == (plan.rate or DEFAULT_SYN_RATE)
-                and self.options.timeout == plan.timeout
-                and self.options.retries == plan.retries):
-            self.blocks = walk.blocks(wire.MAX_BATCH)
-            first = next(self.blocks, None)
-        if (first is None or first.others or len(first.pairs) < sent
-                or first.pairs[:sent].tolist() != early.pairs):
+        taken, unsent = early.taken()
+        mine = self._walk_start(len(taken)) if (
+            walk is not None and getattr(walk, "seed", None) == early.seed
+            and getattr(walk, "shard", None) == (0, 1) and not getattr(walk, "skip", ())
+            and getattr(walk, "__len__", lambda: -1)() == plan.count
+            and self.rate == (plan.rate or DEFAULT_SYN_RATE)
+            and self.options.timeout == plan.timeout
+            and self.options.retries == plan.retries) else None
+        if mine is None or not np.array_equal(mine[:len(taken)],
+                                              np.array(taken, dtype=np.uint64)):
             early.close()
             self.blocks = None
             return
@@ -246,14 +223,44 @@ class SynSweep(BaseSweep):
         self.secret = early.secret
         self.cookies = wire.Cookies(early.secret)
         self.early_rx, self.early_tx = early.rx, early.tx
-        self.rest = first.pairs[sent:]
-        pairs = first.pairs[:sent]
-        self.pending.update(early.pairs)
-        self.window.append(_Flight(early.sent_at + self.options.timeout, pairs, 1))
+        self.early_replies = bulk.replies if bulk is not None else []
+        # What was taken and not sent goes first, in walk order, then the walk after it.
+        rest = mine[len(taken):]
+        self.rest = np.concatenate([np.array(unsent, dtype=np.uint64), rest]) if unsent \
+            else rest
+        for sent_at, pairs in flights:
+            chunk = np.array(pairs, dtype=np.uint64)
+            self.pending.update(pairs)
+            self.window.append(_Flight(sent_at + self.options.timeout, chunk, 1))
         self.sent += sent
         counters = self.counters
-        counters.sent = counters.fresh = counters.opening = sent
-        counters.started = counters.fresh_done = early.sent_at
+        counters.sent = counters.fresh = sent
+        counters.opening = len(early.pairs)
+        counters.started = early.sent_at
+        counters.fresh_done = flights[-1][0]
+        if bulk is not None:
+            counters.refused += bulk.refused
+            counters.cpu += bulk.cpu
+            # The rate is counted from the early start's first SYNs when its batches went on
+            # after them; otherwise from the sweep's own first chunk.
+            self.opened = len(flights) > 1
+
+    def _walk_start(self, count: int) -> U64 | None:
+        """The walk's first blocks, at least `count` pairs (all of them IPv4 pairs), with
+        `self.blocks` left after them; None when the walk holds less or anything else."""
+        assert self.walk is not None
+        self.blocks = self.walk.blocks(wire.MAX_BATCH)
+        parts: list[U64] = []
+        total = 0
+        while total < count:
+            block = next(self.blocks, None)
+            if block is None or block.others:
+                return None
+            parts.append(block.pairs)
+            total += len(block.pairs)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # -- the event loop's side -------------------------------------------------------------
 
@@ -292,7 +299,11 @@ class SynSweep(BaseSweep):
         try:
             loop.add_reader(rx.fileno(), self._readable)
             if self.early_rx is not None:
-                self._readable()  # the answers to the early SYNs, before any is given up
+                # the answers to the early SYNs, before any is given up
+                replies, self.early_replies = self.early_replies, []
+                if replies:
+                    self._replies(replies)
+                self._readable()
             self.plan = routes.plan()
             interfaces = self.plan.interfaces()
             dropped_before = _tx_dropped(interfaces)

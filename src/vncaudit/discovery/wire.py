@@ -29,12 +29,12 @@ import ctypes
 import errno
 import socket
 import struct
-from collections.abc import Callable
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from vncaudit.rawbatch import MAX_BATCH, MAX_CALL, sendmmsg
 from vncaudit.rawsyn import (
     IV,
     LAST_BLOCK,
@@ -59,8 +59,6 @@ __all__ = ["MAX_BATCH", "MAX_CALL", "MSS_OPTION", "SYN_LEN", "TCP_ACK", "TCP_RST
 
 U64 = npt.NDArray[np.uint64]
 
-MAX_BATCH: Final = 4096  # packets built at once (one template pass)
-MAX_CALL: Final = 1024  # messages per sendmmsg: the kernel's UIO_MAXIOV limit
 TTL: Final = 64
 ETH_P_IP: Final = 0x0800
 SOL_PACKET: Final = 263
@@ -143,19 +141,6 @@ def _words(value: U64) -> U64:
 # ---------------------------------------------------------------------------------------------
 # sendmmsg through ctypes
 
-_libc: ctypes.CDLL | None = None
-
-
-def _sendmmsg() -> Callable[[int, int, int, int], int]:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-        _libc.sendmmsg.restype = ctypes.c_int
-    call: Callable[[int, int, int, int], int] = _libc.sendmmsg
-    return call
-
-
 # struct mmsghdr on 64-bit Linux: msghdr (name, namelen, iov, iovlen, control, controllen,
 # flags: 56 bytes) + msg_len, padded to 64; struct iovec: base, len (16 bytes).
 _MMSG_WORDS = 8
@@ -186,7 +171,7 @@ class _Tx:
             self.names[:, 0] = socket.AF_INET
             self.mmsg[:, 0] = np.uint64(self.names.ctypes.data) + index * np.uint64(16)
             self.mmsg[:, 1] = 16
-        self.call = _sendmmsg()
+        self.call = sendmmsg()
 
     def packet(self, index: int) -> bytes:
         """The bytes of packet `index` as loaded (what `send` hands over)."""

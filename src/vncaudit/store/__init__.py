@@ -7,33 +7,32 @@ schema, the write-once rule, batching, checkpoints, durability, concurrency) are
 docs/design.md, "The store: schema, writes, durability".
 
 Owns: `schema` (tables and `MIGRATIONS`), `database` (the `Store`: writes and queries),
-`errors`. The scan diff is `vncaudit.diff`; its types are re-exported here (imported when
-first named). Must not: probe, grade, render or print anything, or use anything but the
-standard library.
+`errors`. The scan diff is `vncaudit.diff`; its types are re-exported here. Every name is
+imported from its part when first named. Must not: probe, grade, render or print anything, or
+use anything but the standard library.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
 
-from vncaudit.store.database import (
-    BUSY_TIMEOUT,
-    DB_ENV_VAR,
-    DB_FILENAME,
-    DEFAULT_BATCH_INTERVAL,
-    DEFAULT_BATCH_SIZE,
-    PAGE_SIZE,
-    SCAN_STATUSES,
-    ScanRecord,
-    ScanStatus,
-    Store,
-    default_db_path,
-)
-from vncaudit.store.errors import StoreError, UnknownScanError
-from vncaudit.store.schema import DB_VERSION, MIGRATIONS, SILENT_SQL, Migration, migrate
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from vncaudit.diff import Change, ScanDiff, ServiceDiff, compare_results
+    from vncaudit.store.database import (
+        BUSY_TIMEOUT,
+        DEFAULT_BATCH_INTERVAL,
+        DEFAULT_BATCH_SIZE,
+        PAGE_SIZE,
+        SCAN_STATUSES,
+        SILENT_SQL,
+        ScanRecord,
+        ScanStatus,
+        Store,
+        default_db_path,
+    )
+    from vncaudit.store.errors import StoreError, UnknownScanError
+    from vncaudit.store.schema import DB_ENV_VAR, DB_FILENAME, DB_VERSION, MIGRATIONS, migrate
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -47,7 +46,6 @@ __all__ = [
     "SCAN_STATUSES",
     "SILENT_SQL",
     "Change",
-    "Migration",
     "ScanDiff",
     "ScanRecord",
     "ScanStatus",
@@ -60,17 +58,25 @@ __all__ = [
     "migrate",
 ]
 
+# name -> the module that defines it. Looked up when first named: the early start of a connect
+# scan opens the database through `schema` alone (`vncaudit.admission`), before the `Store`,
+# dataclasses and the result types are imported; the diff's names come with the first diff.
+_PARTS = {
+    **dict.fromkeys(("BUSY_TIMEOUT", "DEFAULT_BATCH_INTERVAL",
+                     "DEFAULT_BATCH_SIZE", "PAGE_SIZE", "SCAN_STATUSES", "SILENT_SQL",
+                     "ScanRecord", "ScanStatus", "Store", "default_db_path"),
+                    "vncaudit.store.database"),
+    **dict.fromkeys(("StoreError", "UnknownScanError"), "vncaudit.store.errors"),
+    **dict.fromkeys(("DB_VERSION", "DB_ENV_VAR", "DB_FILENAME", "MIGRATIONS", "migrate"),
+                    "vncaudit.store.schema"),
+    **dict.fromkeys(("Change", "ScanDiff", "ServiceDiff", "compare_results"), "vncaudit.diff"),
+}
 
-_DIFF_NAMES = frozenset({"Change", "ScanDiff", "ServiceDiff", "compare_results"})
 
-
-def __getattr__(name: str) -> Any:
-    # The diff's names are `vncaudit.diff`'s, looked up when first used: opening the store for
-    # a scan does not import the diff or the result types.
-    if name in _DIFF_NAMES:
-        from vncaudit import diff
-
-        value = getattr(diff, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def __getattr__(name: str) -> object:
+    module = _PARTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from vncaudit.basics import SCHEMA_VERSION, SILENT_STATES, Severity, State
 from vncaudit.jsontext import dumps_compact, loads
 from vncaudit.store.errors import StoreError, UnknownScanError
-from vncaudit.store.schema import SILENT_SQL, migrate
+from vncaudit.store.schema import DB_ENV_VAR as DB_ENV_VAR
+from vncaudit.store.schema import DB_FILENAME as DB_FILENAME
+from vncaudit.store.schema import PAGE_SIZE as PAGE_SIZE
+from vncaudit.store.schema import connect, default_db_file
 
 if TYPE_CHECKING:
     from vncaudit.diff import ScanDiff
@@ -39,14 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DB_ENV_VAR = "VNCAUDIT_DB"
-"""Environment variable naming the database file; wins over the XDG default."""
-
-DB_FILENAME = "vncaudit.db"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's batch
 DEFAULT_BATCH_SIZE = 500  # writes per commit
 DEFAULT_BATCH_INTERVAL = 0.5  # seconds; a batch older than this is committed on the next write
-PAGE_SIZE = 16384  # bytes, for new database files
+
+SILENT_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(SILENT_STATES)) + ")"
+"""`SILENT_STATES` as an SQL list, for ``state IN``/``NOT IN``: ``('closed', 'filtered')``."""
 
 ScanStatus = Literal["running", "finished", "interrupted"]
 SCAN_STATUSES: tuple[str, ...] = ("running", "finished", "interrupted")
@@ -56,14 +57,7 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """Where the database lives when no path is given: ``$VNCAUDIT_DB`` if set, else
     ``$XDG_DATA_HOME/vncaudit/vncaudit.db`` (``~/.local/share/vncaudit/vncaudit.db`` when
     ``XDG_DATA_HOME`` is unset or relative). `Store.open` creates the parent directories."""
-    env = os.environ if environ is None else environ
-    explicit = env.get(DB_ENV_VAR, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = env.get("XDG_DATA_HOME", "").strip()
-    # The XDG spec says relative values are invalid and must be ignored.
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
-    return base / "vncaudit" / DB_FILENAME
+    return Path(default_db_file(os.environ if environ is None else environ))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,28 +251,10 @@ class Store:
                 raise StoreError(f"cannot create {where.parent}: {exc.strerror or exc}") from exc
         target = ":memory:" if memory else str(where)
         with _mapped(f"cannot open database {target}"):
-            conn = sqlite3.connect(
-                target,
-                timeout=BUSY_TIMEOUT,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # guarded by Store._lock
-            )
-            try:
-                # Only a new file takes it (before WAL is on): a stored result is ~3 KB of
-                # JSON, and 16 KiB pages hold several, so a batch dirties fewer pages (measured:
-                # ~20% less SQLite time per result than 4 KiB). An existing file keeps its own.
-                conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
-                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
-                if mode != "wal" and not memory:
-                    log.warning("store: %s is in journal mode %r, not WAL", target, mode)
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.create_function("packed_has_host", 2, _packed_has_host,
-                                     deterministic=True)
-                migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
+            conn, mode = connect(target, timeout=BUSY_TIMEOUT)
+            if mode != "wal" and not memory:
+                log.warning("store: %s is in journal mode %r, not WAL", target, mode)
+            conn.create_function("packed_has_host", 2, _packed_has_host, deterministic=True)
         log.debug("store: opened %s", target)
         return cls(conn, where, batch_size=batch_size, batch_interval=batch_interval)
 

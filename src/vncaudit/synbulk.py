@@ -1,0 +1,281 @@
+"""The early start's batch senders: threads that walk on at the rate cap after the early
+start's first SYNs, before the program has loaded, until the walk ends or the SYN sweep takes
+over.
+
+Owns: `BulkSender` (started by `vncaudit.synstart` for a plan whose rate the early threads are
+asked to hold, `synstart.EARLY_BULK_RATE`; stopped and read by the sweep,
+`discovery.syn.SynSweep._adopt`). Its threads take the walk's next pairs in order, a batch at
+a time, send each batch (`rawbatch.SynBatch`, on the early start's raw socket) in the chunks
+the scan's token bucket grants (`rawbatch.TokenBucket`, the one the sweep then uses), and
+record each chunk with the moment it went out and the part of each batch not sent (told to
+stop, or a SYN the kernel refused for good: the sweep sends those first, and meets the same
+refusal). They read the answers that arrive meanwhile (kept as they came, for the sweep to
+judge), so none is lost to a full socket buffer. They stop when told, at the walk's end, or
+`EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
+scanning).
+
+Imports the standard library's `errno`, `sys`, `threading` and `time` (and in its threads
+`rawbatch`, `routetable`, `rawsyn`): it runs before numpy, asyncio and the store are
+imported. Must not: send a pair twice or one outside the walk, send faster than the bucket
+grants, import numpy, or send where the kernel's source address for a pair is not known as
+exactly as the sweep's route plan knows it (no batch then: the sweep sends as it would have).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+import time
+from bisect import bisect_right
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from socket import socket
+    from typing import Final
+
+    from vncaudit.rawbatch import SynBatch, TokenBucket
+    from vncaudit.synstart import EarlyWalk
+
+EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
+LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late (syn.py)
+REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
+# The program's imports hold the GIL but for a switch every interval (5 ms by default): a
+# sender thread would wait that long after each sendmmsg while they run.
+SWITCH_INTERVAL: Final = 0.0005
+
+
+class _Taken:
+    """A batch a thread took from the walk: its pairs and how many of them went out."""
+
+    __slots__ = ("pairs", "sent")
+
+    def __init__(self, pairs: list[int]) -> None:
+        self.pairs = pairs
+        self.sent = 0
+
+
+class BulkSender:
+    """`threads` threads that send `walk` from `port` with `secret`'s cookies on `tx`, under a
+    token bucket of `rate` that already counts `spent` SYNs sent at `at`; `rx` is the socket
+    the answers arrive on. `blocks` ((first, last) addresses) are the scan's: their sources
+    are read from the routing table before the first batch."""
+
+    def __init__(self, blocks: tuple[tuple[int, int], ...], port: int, secret: bytes,
+                 tx: socket, rx: socket, walk: EarlyWalk, rate: float, spent: int,
+                 at: float, threads: int) -> None:
+        self.blocks = blocks
+        self.port = port
+        self.secret = secret
+        self.tx = tx
+        self.rx = rx
+        self.walk = walk
+        self.rate = rate
+        self.spent = (spent, at)
+        self.count = max(1, threads)
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.taken: list[_Taken] = []  # in walk order
+        self.flights: list[tuple[float, list[int]]] = []  # (sent at, the pairs)
+        self.replies: list[bytes] = []
+        self.refused = 0
+        self.cpu = 0.0
+        self.bucket: TokenBucket | None = None
+        self.sources: tuple[list[int], list[int]] | None = None
+        self.deadline = 0.0
+        self.why = ""  # why the batches stopped before the walk's end, for the log
+        self.interval = sys.getswitchinterval()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        sys.setswitchinterval(min(self.interval, SWITCH_INTERVAL))
+        first = threading.Thread(target=self._first, name="vncaudit-syn-early-0", daemon=True)
+        self.threads.append(first)
+        first.start()
+
+    def wait(self, seconds: float) -> None:
+        """Wait for the threads to end by themselves (the walk's end, or their time), at
+        most `seconds`."""
+        until = time.monotonic() + seconds
+        while True:
+            with self.lock:
+                threads = list(self.threads)
+            alive = [t for t in threads if t.is_alive()]
+            left = until - time.monotonic()
+            if not alive or left <= 0:
+                return
+            alive[0].join(left)
+
+    def finish(self) -> None:
+        """Stop sending (after the chunk in hand) and wait for the threads: what they
+        recorded is final after this."""
+        self.stopping.set()
+        while True:
+            with self.lock:
+                alive = [t for t in self.threads if t.is_alive()]
+            if not alive:
+                break
+            for thread in alive:
+                thread.join()
+        sys.setswitchinterval(self.interval)
+
+    @property
+    def sent(self) -> int:
+        return sum(len(pairs) for _, pairs in self.flights)
+
+    def taken_pairs(self) -> list[int]:
+        """Every pair the threads took from the walk, in walk order (after `finish`)."""
+        return [p for batch in self.taken for p in batch.pairs]
+
+    def unsent(self) -> list[int]:
+        """The pairs taken and not sent, in walk order (after `finish`)."""
+        return [p for batch in self.taken for p in batch.pairs[batch.sent:]]
+
+    def _first(self) -> None:
+        """The first thread: the bucket and the sources, then the others, then its batches."""
+        cpu = time.thread_time()
+        try:
+            from vncaudit import rawbatch
+
+            bucket = rawbatch.TokenBucket(self.rate)
+            bucket.spend(*self.spent)
+            self.bucket = bucket
+            self.sources = _sources(self.blocks)
+            if self.sources is None:
+                self.why = "the sources are not known exactly (policy routing or no route)"
+                return
+            self.deadline = time.monotonic() + EARLY_BULK_SECONDS
+            with self.lock:
+                for i in range(1, self.count):
+                    thread = threading.Thread(target=self._run, name=f"vncaudit-syn-early-{i}",
+                                              daemon=True)
+                    self.threads.append(thread)
+                    thread.start()
+            self._send_walk()
+        except Exception as exc:  # the sweep sends what this did not
+            self.why = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self.lock:
+                self.cpu += time.thread_time() - cpu
+
+    def _run(self) -> None:
+        cpu = time.thread_time()
+        try:
+            self._send_walk()
+        except Exception as exc:  # the sweep sends what this did not
+            self.why = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self.lock:
+                self.cpu += time.thread_time() - cpu
+
+    def _send_walk(self) -> None:
+        from vncaudit import rawbatch
+        from vncaudit.rawsyn import cookie_key
+
+        assert self.sources is not None and self.bucket is not None
+        starts, sums = self.sources
+        single = sums[0] if len(sums) == 1 else None
+        batch = rawbatch.SynBatch(self.port, self.tx, cookie_key(self.secret))
+        size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
+        while not self.stopping.is_set():
+            if time.monotonic() >= self.deadline:
+                self.why = "its time"
+                return
+            with self.lock:
+                pairs = self.walk.take(size)
+                size = rawbatch.MAX_BATCH
+                if not pairs:
+                    return
+                taken = _Taken(pairs)
+                self.taken.append(taken)
+            if single is not None:
+                batch.load(pairs, [single] * len(pairs))
+            else:
+                batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
+            if not self._send_loaded(batch, taken, self.bucket):
+                return
+
+    def _send_loaded(self, batch: SynBatch, taken: _Taken, bucket: TokenBucket) -> bool:
+        """Send the loaded batch in the chunks the bucket grants; False when it stopped
+        before the end (told to, or a SYN the kernel refused for good)."""
+        from vncaudit.rawbatch import MAX_CALL
+
+        pairs = taken.pairs
+        n = len(pairs)
+        i = 0
+        while i < n:
+            granted = bucket.take(min(n - i, MAX_CALL), self.stopping)
+            granted_at = time.monotonic()
+            if not granted:
+                return False
+            late = time.monotonic() - granted_at
+            if late > LATE:
+                bucket.late(late)
+            done = 0
+            again = False
+            failed = False
+            while done < granted and not self.stopping.is_set():
+                sent, code = batch.send(i + done, granted - done)
+                if sent:
+                    done += sent
+                    again = False
+                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
+                    with self.lock:
+                        self.refused += 1
+                    self.stopping.wait(REFUSED_PAUSE)
+                elif not again:
+                    # A raw IP socket also reports, once, an ICMP error that arrived for any
+                    # earlier segment: the same packet again tells that from its own failure.
+                    again = True
+                else:
+                    failed = True
+                    break
+            now = time.monotonic()
+            with self.lock:
+                if done:
+                    taken.sent += done
+                    self.flights.append((now, pairs[i:i + done]))
+                self._read()
+            if failed or done < granted:
+                if failed:
+                    self.why = "a SYN the kernel refused"
+                return False
+            i += done
+        return True
+
+    def _read(self) -> None:
+        """The answers so far (the socket is non-blocking), kept for the sweep."""
+        recv = self.rx.recv
+        replies = self.replies
+        for _ in range(65536):
+            try:
+                replies.append(recv(128))
+            except OSError:  # BlockingIOError: nothing more for now
+                return
+
+
+def _sources(blocks: tuple[tuple[int, int], ...]) -> tuple[list[int], list[int]] | None:
+    """(segment starts, source word sums) for the addresses of `blocks`, a segment for each
+    route inside them as the sweep's route plan cuts them (`discovery.route.plan`), or None
+    where that plan would not be exact (policy rules, a table too large, no route)."""
+    from vncaudit import routetable
+    from vncaudit.rawsyn import word_sum
+
+    try:
+        table = routetable.routes()
+        if not routetable.only_default_rules() or len(table) > routetable.MAX_ROUTES:
+            return None
+    except OSError:
+        return None
+    starts: list[int] = []
+    sums: list[int] = []
+    for first, last in blocks:
+        edges = routetable.cuts(table, first, last)
+        for k, start in enumerate(edges):
+            end = edges[k + 1] - 1 if k + 1 < len(edges) else last
+            source = routetable.source_of(routetable.best_route(table, start), start, end)
+            if not source:
+                return None
+            starts.append(start)
+            sums.append(word_sum(source))
+    return starts, sums
