@@ -167,3 +167,81 @@ def test_a_spent_address_is_never_connected(tmp_path: Path) -> None:
         assert "127.0.0.1" not in _peers(listener), service
     assert [r[:5] for r in _ledger_rows(db) if r[0] == "127.0.0.1"] == [
         ("127.0.0.1", "127.0.0.1", port, "?tigervnc", free)]
+
+
+def _schema(path: Path) -> tuple[Any, ...]:
+    with sqlite3.connect(path) as conn:
+        return (conn.execute("PRAGMA user_version").fetchone(),
+                conn.execute("PRAGMA page_size").fetchone(),
+                conn.execute("PRAGMA journal_mode").fetchone(),
+                sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+                conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _early(db: Path, port: int) -> str:
+    """Run the early start alone in a process that then dies without a word (as one killed
+    between the admission and the hand-off would): what it started, as text."""
+    code = ("import os, sys; from vncaudit import connstart; from vncaudit.cli import launch; "
+            f"plan = launch.preparse(['scan', '127.0.0.1', '-p', '{port}', '--db', "
+            f"{str(db)!r}], {{}}); early = connstart.start(plan); "
+            "print(early and (early.host, early.port, early.grant.key)); sys.stdout.flush(); "
+            "os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, env={**os.environ, "PYTHONPATH": SRC})
+    return out.stdout.strip()
+
+
+def test_a_store_the_early_start_creates_is_the_stores(tmp_path: Path) -> None:
+    port = _closed_port()
+    assert _early(tmp_path / "early.db", port) == repr(
+        ("127.0.0.1", port, ("127.0.0.1", "127.0.0.1", port)))
+    Store.open(tmp_path / "store.db").close()
+    assert _schema(tmp_path / "early.db") == _schema(tmp_path / "store.db")
+
+
+def test_a_process_that_dies_after_the_admission_is_charged(tmp_path: Path) -> None:
+    """The early start's intent outlives a process killed before the hand-off: the next
+    ledger counts that connection as made (it may have been)."""
+    port = _closed_port()
+    db = tmp_path / "s.db"
+    assert _early(db, port) != "None"
+    with Store.open(db) as store, Ledger(store) as ledger:
+        ledger.release(ledger.admit([Target("127.0.0.9", 5900)]))  # charges the dead intent
+    rows = _ledger_rows(db)
+    assert [r[:7] for r in rows] == [("127.0.0.1", "127.0.0.1", port, "?tigervnc", 1, 0, 1)]
+    assert rows[0][-1] == [["uncertain", "granted to a run that stopped abruptly"]]
+
+
+def test_a_busy_store_or_another_scans_intent_means_no_early_start(tmp_path: Path) -> None:
+    port = _closed_port()
+    db = tmp_path / "s.db"
+    Store.open(db).close()
+    plan = launch.preparse(["scan", "127.0.0.1", "-p", str(port), "--db", str(db)], {})
+    assert plan is not None
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's batch holds the write lock
+    assert connstart.start(plan) is None
+    writer.execute("ROLLBACK")
+    writer.close()
+    with Store.open(db) as store, Ledger(store) as ledger:
+        ledger.admit([Target("127.0.0.9", 5900)])  # a running scan's grant
+        assert connstart.start(plan) is None
+    assert connstart.started() is None
+
+
+def test_the_default_store_is_the_early_starts_too(tmp_path: Path) -> None:
+    """No --db: the early start opens the file `Store.open` opens by default."""
+    (tmp_path / "vncaudit").mkdir()
+    port = _closed_port()
+    env = {**os.environ, "PYTHONPATH": SRC, "XDG_DATA_HOME": str(tmp_path)}
+    env.pop("VNCAUDIT_DB", None)
+    code = _AT_FIRST_CONNECT.replace('sys.argv[sys.argv.index("--db") + 1]',
+                                     f'{str(tmp_path / "vncaudit" / "vncaudit.db")!r}')
+    out = subprocess.run([sys.executable, "-c", code, "scan", "127.0.0.1", "-p", str(port),
+                          "--timeout", "0.5", "-o", "json"], capture_output=True, text=True,
+                         timeout=120, check=False, env=env)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stderr.splitlines() if x.startswith("FIRST"))
+    assert f"'127.0.0.1 127.0.0.1 {port} 1'" in line and "vncaudit.connstart" in line, line
+    assert "typer" not in line.split(" NEW ")[1].split()
+    assert json.loads(out.stdout)["services"] == []  # closed, not listed without --all

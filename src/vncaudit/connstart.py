@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 
 from vncaudit import admission
@@ -120,6 +121,9 @@ def start(plan: EarlyPlan) -> EarlyConnect | None:
         return None
     try:
         grant = admission.admit_first(conn, (src, host, port), schema.DB_VERSION)
+    except sqlite3.Error:  # another writer holds the lock: nothing was written
+        conn.close()
+        return None
     except BaseException:
         conn.close()
         raise
