@@ -179,7 +179,8 @@ class BulkSender:
         size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
         while not self.stopping.is_set():
             if time.monotonic() >= self.deadline:
-                self.why = "its time"
+                if self.walk.left:
+                    self.why = "its time"
                 return
             with self.lock:
                 pairs = self.walk.take(size)
