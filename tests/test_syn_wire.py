@@ -232,6 +232,26 @@ def test_token_bucket_never_grants_more_than_the_cap() -> None:
         assert inside <= rate * 0.05 + bucket.burst + 1
 
 
+def test_token_bucket_counts_packets_sent_before_it() -> None:
+    """`spend`: packets the early start sent before the bucket existed take what they would
+    have taken from it, less what it would have earned back since; none after a long time,
+    all of them just now; later ones as a grant would."""
+    bucket = TokenBucket(1000.0)  # burst 20
+    made = bucket.last
+    bucket.spend(20, made - 0.005)  # 5 ms ago: 5 tokens earned back since
+    assert bucket.tokens == pytest.approx(5.0)
+    bucket = TokenBucket(1000.0)
+    bucket.spend(20, bucket.last - 1.0)  # long ago: nothing left to count
+    assert bucket.tokens == 20.0
+    bucket = TokenBucket(1000.0)
+    bucket.spend(30, bucket.last)  # more than the burst, just now: the bucket owes 10
+    assert bucket.tokens == -10.0
+    stop = threading.Event()
+    started = time.monotonic()
+    assert bucket.take(5, stop) == 5  # after the debt is paid back at the rate (15 ms)
+    assert time.monotonic() - started >= 0.014
+
+
 @pytest.mark.parametrize("rate", [0.5, 100.0, 2000.0, 1e9])
 def test_rate_burst_is_twenty_milliseconds_of_the_rate(rate: float) -> None:
     assert rate_burst(rate) == max(1, int(rate * 0.02))

@@ -68,11 +68,17 @@ class TokenBucket:
         return 0
 
     def spend(self, count: int, at: float) -> None:
-        """`count` packets went out at `at` without a grant (before the bucket existed)."""
+        """`count` packets went out at `at` without a grant (the early start's, sent before
+        this bucket was made, when it would have been full): what it holds is then at most
+        what it would hold had it let them out."""
         with self.lock:
-            self.tokens = min(float(self.burst), self.tokens + (at - self.last) * self.rate)
-            self.tokens -= count
-            self.last = max(self.last, at)
+            if at >= self.last:
+                self.tokens = min(float(self.burst), self.tokens + (at - self.last) * self.rate)
+                self.tokens -= count
+                self.last = at
+            else:
+                self.tokens = min(self.tokens,
+                                  self.burst - count + (self.last - at) * self.rate)
 
     def late(self, seconds: float) -> None:
         """The packets of a grant went out `seconds` after it (the thread was preempted): what

@@ -469,7 +469,8 @@ def alerts(
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     if not found:
-        err.print("no alerts yet", markup=False)
+        err.print(f"no alerts of cycle {scan}" if scan is not None else "no alerts yet",
+                  markup=False)
         return
     from rich.console import Console
     from rich.table import Table

@@ -423,6 +423,36 @@ class _Reader:
                                           self.duration(where, table, "remind_every"))
         except ConfigError as exc:
             raise self.fail(where, str(exc)) from None
+        channels = self.channels(where, table, hooks, smtp)
+        try:
+            threshold = check_digest_threshold(
+                table.get("digest_threshold", DEFAULT_DIGEST_THRESHOLD), "digest_threshold")
+        except ConfigError as exc:
+            raise self.fail(where, str(exc)) from None
+        discovery = self.get(where, table, "discovery", "str", "connect")
+        if discovery not in DISCOVERY_MODES:
+            raise self.fail(where, f"discovery must be connect or syn, not {discovery!r}")
+        timeout = float(self.get(where, table, "timeout", "number", 5.0))
+        concurrency = self.get(where, table, "concurrency", "int", 512)
+        rate = self.get(where, table, "rate", "number")
+        retries = self.get(where, table, "retries", "int")
+        if not 0.1 <= timeout <= 300 or concurrency < 1 or (rate is not None and rate <= 0) \
+                or (retries is not None and retries < 0):
+            raise self.fail(where, "timeout must be 0.1-300 s, concurrency >= 1, rate > 0, "
+                            "retries >= 0")
+        return Monitor(
+            name=name, targets=targets, ports=ports, schedule=schedule, rules=rules,
+            channels=channels,
+            scan=ScanSettings(timeout=timeout, concurrency=concurrency,
+                              rate=float(rate) if rate is not None else None,
+                              discovery=discovery, retries=retries),
+            excludes=tuple(self.get(where, table, "exclude", "strings", [])),
+            digest_threshold=threshold)
+
+    def channels(self, where: str, table: Mapping[str, Any],
+                 hooks: Mapping[str, WebhookChannel],
+                 smtp: SmtpSettings | None) -> tuple[Channel, ...]:
+        """A monitor's webhook, e-mail and stdout channels (stdout alone when none is given)."""
         channels: list[Channel] = []
         for hook in self.get(where, table, "webhook", "strings", []):
             if "://" in hook:
@@ -447,30 +477,7 @@ class _Reader:
         stdout = self.get(where, table, "stdout", "bool", not channels)
         if stdout:
             channels.append(StdoutChannel())
-        try:
-            threshold = check_digest_threshold(
-                table.get("digest_threshold", DEFAULT_DIGEST_THRESHOLD), "digest_threshold")
-        except ConfigError as exc:
-            raise self.fail(where, str(exc)) from None
-        discovery = self.get(where, table, "discovery", "str", "connect")
-        if discovery not in DISCOVERY_MODES:
-            raise self.fail(where, f"discovery must be connect or syn, not {discovery!r}")
-        timeout = float(self.get(where, table, "timeout", "number", 5.0))
-        concurrency = self.get(where, table, "concurrency", "int", 512)
-        rate = self.get(where, table, "rate", "number")
-        retries = self.get(where, table, "retries", "int")
-        if not 0.1 <= timeout <= 300 or concurrency < 1 or (rate is not None and rate <= 0) \
-                or (retries is not None and retries < 0):
-            raise self.fail(where, "timeout must be 0.1-300 s, concurrency >= 1, rate > 0, "
-                            "retries >= 0")
-        return Monitor(
-            name=name, targets=targets, ports=ports, schedule=schedule, rules=rules,
-            channels=tuple(channels),
-            scan=ScanSettings(timeout=timeout, concurrency=concurrency,
-                              rate=float(rate) if rate is not None else None,
-                              discovery=discovery, retries=retries),
-            excludes=tuple(self.get(where, table, "exclude", "strings", [])),
-            digest_threshold=threshold)
+        return tuple(channels)
 
 
 def _suggest(word: str, known: Sequence[str]) -> str:
