@@ -99,8 +99,11 @@ def test_kill_9_then_resume_equals_uninterrupted(fake_servers: int, tmp_path: Pa
     while time.monotonic() < deadline:  # kill once part of the scan is committed
         time.sleep(0.3)
         if db.exists():
-            with sqlite3.connect(db) as conn:
-                done = conn.execute("SELECT count(*) FROM done").fetchone()[0]
+            try:
+                with sqlite3.connect(db) as conn:
+                    done = conn.execute("SELECT count(*) FROM done").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue  # the file is there, its tables not yet: the store is being made
             if done >= 200:
                 break
     os.kill(proc.pid, signal.SIGKILL)
