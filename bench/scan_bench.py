@@ -126,12 +126,15 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def measured(cmd: list[str], timeout: float) -> tuple[float, float, float, int, str]:
-    """Run `cmd`; wall s, CPU s (user+sys, children included), peak RSS MB, exit code, stderr.
-    `ip netns exec` execs the command in place, so the rusage is the tool's own."""
+def measured(cmd: list[str], timeout: float,
+             env: dict[str, str] | None = None) -> tuple[float, float, float, int, str]:
+    """Run `cmd` (in `env`, default ENV); wall s, CPU s (user+sys, children included), peak
+    RSS MB, exit code, stderr. `ip netns exec` execs the command in place, so the rusage is
+    the tool's own."""
     with tempfile.TemporaryFile("w+") as errfile:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile,
+                                env=ENV if env is None else env)
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -177,12 +180,16 @@ def stored_fingerprints(db: Path, hosts: set[str]) -> tuple[int, int]:
 
 
 def run_vncaudit(bed: netns.Bed, name: str, args: list[str], hosts: list[str], expected: int,
-                 tmp: Path, timeout: float) -> Row:
+                 tmp: Path, timeout: float, venv: Path | None = None) -> Row:
+    """One `vncaudit scan` run: this checkout's, or with `venv` that venv's console script
+    (`installed_venv`, the README's install)."""
     run = len(list(tmp.glob("*.db")))  # a fresh store per run: nothing to resume or skip
-    db = tmp / f"{name}-{run}.db"
-    cmd = in_ns(bed, sys.executable, "-m", "vncaudit", "scan", *args, "--db", str(db),
-                "-o", "json", "--output-file", str(tmp / f"{name}-{run}.json"))
-    wall, cpu, rss, code, err = measured(cmd, timeout)
+    db = tmp / f"{name.replace(' ', '-')}-{run}.db"
+    program = ([str(venv / "bin" / "vncaudit")] if venv is not None
+               else [sys.executable, "-m", "vncaudit"])
+    cmd = in_ns(bed, *program, "scan", *args, "--db", str(db),
+                "-o", "json", "--output-file", str(db.with_suffix(".json")))
+    wall, cpu, rss, code, err = measured(cmd, timeout, venv_env() if venv is not None else None)
     if code != 0:
         raise RuntimeError(f"{name} failed ({code}): {err[-2000:]}")
     good, done = stored_fingerprints(db, set(hosts))
@@ -234,6 +241,7 @@ def range_bench(opts: argparse.Namespace) -> dict[str, Any]:
         else ["vncaudit-connect", "vncaudit-syn", "nmap"])
     common = [cidr, "-p", str(PORT), "--timeout", str(opts.timeout)]
     rows: list[Row] = []
+    venv = installed_venv() if any(t.startswith("venv ") for t in tools) else None
     load_before = loadavg()
     with netns.netns_bed() as bed, netns.fake_servers(PORT, hosts, netns=bed.tgt), \
             tempfile.TemporaryDirectory() as tmpdir:
@@ -244,11 +252,12 @@ def range_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 rows.append(run_vncaudit(
                     bed, tool, [*common, "--discovery", "connect", "--concurrency",
                                 str(opts.concurrency)], hosts, len(hosts), tmp, 600))
-            elif tool == "vncaudit-syn":
+            elif tool in ("vncaudit-syn", "venv vncaudit-syn"):
                 rows.append(run_vncaudit(
                     bed, tool, [*common, "--discovery", "syn", "--rate", str(opts.rate),
                                 "--retries", str(opts.retries), "--concurrency",
-                                str(opts.concurrency)], hosts, len(hosts), tmp, 600))
+                                str(opts.concurrency)], hosts, len(hosts), tmp, 600,
+                    venv if tool.startswith("venv ") else None))
             elif tool == "zmap":
                 rows.append(run_zmap(bed, cidr, hosts, tmp, opts.zmap_rate, opts.zmap_cooldown))
             elif tool == "nmap":
@@ -639,7 +648,7 @@ def all_bench(opts: argparse.Namespace) -> dict[str, Any]:
         ("send_rate", lambda: rate_bench(with_(tools="zmap,vncaudit-syn"))),
         ("startup", lambda: startup_bench(with_(tools=None))),
         ("range16", lambda: range_bench(with_(size=16, live=300, timeout=2.0,
-                                              tools="vncaudit-syn,zmap"))),
+                                              tools="vncaudit-syn,venv vncaudit-syn,zmap"))),
         ("range18", lambda: range_bench(with_(size=18, live=157, timeout=1.25,
                                               tools="vncaudit-syn,nmap"))),
         # The CLI's default deadline (5 s): on a loaded machine the fake servers answer 10,000
@@ -701,6 +710,15 @@ def print_all_table(result: dict[str, Any]) -> None:
               f"CPU {cpu:.2f} s | {peer} {_runs(theirs, '.2f')}, {found_peer}, CPU "
               f"{cpu_peer:.2f} s | {verdict} | "
               f"{part['load_before'].split()[0]}-{part['load_after'].split()[0]} |")
+        venv_rows = [r for r in rows if r["tool"] == "venv vncaudit-syn"]
+        if venv_rows:
+            walls = [r["wall_s"] for r in venv_rows]
+            print(f"| {'2' if key == 'range16' else '3'}. the same, from a venv install "
+                  f"(`installed_venv`) | {_runs(walls, '.2f')}, "
+                  f"{min(r['found'] for r in venv_rows)}/{part['live']} stored, CPU "
+                  f"{statistics.median(r['cpu_s'] for r in venv_rows):.2f} s | {peer} "
+                  f"{_runs(theirs, '.2f')} | vncaudit/zmap = "
+                  f"{statistics.median(walls) / statistics.median(theirs):.2f} ({goal}) | - |")
     start = result.get("startup")
     if start:
         runs = start["runs"]
@@ -750,7 +768,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="prefix length of 198.18.0.0/N")
     parser.add_argument("--live", type=int, default=300)
-    parser.add_argument("--tools", help="comma list: vncaudit-connect,vncaudit-syn,zmap,nmap")
+    parser.add_argument("--tools", help="comma list: vncaudit-connect,vncaudit-syn,"
+                        "'venv vncaudit-syn' (the README's install),zmap,nmap")
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--rate", type=int, default=200_000, help="vncaudit syn packets/s")
     parser.add_argument("--retries", type=int, default=0,
