@@ -31,6 +31,7 @@ from bisect import bisect_right
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from socket import socket
     from typing import Final
 
@@ -133,36 +134,37 @@ class BulkSender:
 
     def _first(self) -> None:
         """The first thread: the bucket and the sources, then the others, then its batches."""
-        cpu = time.thread_time()
-        try:
-            from vncaudit import rawbatch
+        self._counted(self._start_all)
 
-            bucket = rawbatch.TokenBucket(self.rate)
-            bucket.spend(*self.spent)
-            self.bucket = bucket
-            self.sources = _sources(self.blocks)
-            if self.sources is None:
-                self.why = "the sources are not known exactly (policy routing or no route)"
-                return
-            self.deadline = time.monotonic() + EARLY_BULK_SECONDS
-            with self.lock:
-                for i in range(1, self.count):
-                    thread = threading.Thread(target=self._run, name=f"vncaudit-syn-early-{i}",
-                                              daemon=True)
-                    self.threads.append(thread)
-                    thread.start()
-            self._send_walk()
-        except Exception as exc:  # the sweep sends what this did not
-            self.why = f"{type(exc).__name__}: {exc}"
-        finally:
-            with self.lock:
-                self.cpu += time.thread_time() - cpu
+    def _start_all(self) -> None:
+        from vncaudit import rawbatch
+
+        bucket = rawbatch.TokenBucket(self.rate)
+        bucket.spend(*self.spent)
+        self.bucket = bucket
+        self.sources = _sources(self.blocks)
+        if self.sources is None:
+            self.why = "the sources are not known exactly (policy routing or no route)"
+            return
+        self.deadline = time.monotonic() + EARLY_BULK_SECONDS
+        with self.lock:
+            for i in range(1, self.count):
+                thread = threading.Thread(target=self._run, name=f"vncaudit-syn-early-{i}",
+                                          daemon=True)
+                self.threads.append(thread)
+                thread.start()
+        self._send_walk()
 
     def _run(self) -> None:
+        self._counted(self._send_walk)
+
+    def _counted(self, work: Callable[[], None]) -> None:
+        """Run one thread's `work`, its CPU time added to the sender's; an error ends it (the
+        sweep sends what it did not)."""
         cpu = time.thread_time()
         try:
-            self._send_walk()
-        except Exception as exc:  # the sweep sends what this did not
+            work()
+        except Exception as exc:
             self.why = f"{type(exc).__name__}: {exc}"
         finally:
             with self.lock:
