@@ -299,8 +299,17 @@ CASES = [
     Case("tightvnc-1.3-rfb37", lambda: tight((16,), [VNCAUTH], (3, 7)), "TightVNC", "1.3",
          ("tightvnc-1.3-rfb37",)),
     # docs/rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
-    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259)), "TurboVNC", None,
-         ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259, 261, 262, 2, 256)),
+         "TurboVNC", None, ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    # ---- source-derived transcripts (tests/derive_transcripts.py; TurboVNC auth.c, vncserver.in)
+    Case("turbovnc-default-38", lambda: replay("turbovnc-default-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes"),
+         ("VeNCrypt sub-types include [2, 256]",)),
+    Case("turbovnc-nopam-38", lambda: replay("turbovnc-nopam-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes")),
+    Case("turbovnc-none-38", lambda: replay("turbovnc-none-38"), "TurboVNC", None,
+         ("turbovnc-desktop", "tightvnc-2-none"),
+         ("desktop name 'TurboVNC: vm:1 (root)'", "next candidate: TightVNC")),
     # docs/rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
     Case("turbovnc-tight", lambda: tight((2, 16), [VNCAUTH, cap(129, b"TGHT", b"ULGNAUTH")]),
          "TurboVNC", None, ("turbovnc-tight-caps", "turbovnc-vnc-only"),
