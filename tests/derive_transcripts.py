@@ -65,7 +65,15 @@ def turbovnc_vencrypt(subtypes: tuple[int, ...]) -> list[tuple[str, bytes]]:
     ]
 
 
+ULTRA_13 = ("ultravnc/UltraVNC @ 582688a2^ (2021-11-14, before 'dev 1.3.5.2'): "
+            "winvnc/winvnc/vncclient.cpp vncClientThread::InitVersion, AuthenticateClient")
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
+    "ultravnc-1.3-password-38": lambda: _doc(
+        "ultravnc-1.3-password", ULTRA_13,
+        "UltraVNC 1.0.9 to 1.3.5.1 with a VNC password: InitVersion sends RFB 003.008; "
+        "AuthenticateClient lists rfbUltraVNC (17) on the first round, then rfbVncAuth (2).",
+        [("s2c", V38), ("c2s", V38), ("s2c", bytes([2, 17, 2]))]),
     "turbovnc-default-38": lambda: _doc(
         "turbovnc-default", TURBO,
         "TurboVNC built with TLS and PAM (its release builds), default security types: "

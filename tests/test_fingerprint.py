@@ -358,6 +358,15 @@ CASES = [
     # docs/rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
     Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
          ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),
+    # UltraVNC 1.0.9 to 1.3.5.1: 17 alone before the auth type (tests/derive_transcripts.py)
+    Case("ultravnc-1.3-password-38", lambda: replay("ultravnc-1.3-password-38"), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only",), ("security types start with [17]",)),
+    Case("ultravnc-1.3-mslogon", lambda: stream(banner() + type_list(17, 113)), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only", "ultravnc-mslogon")),
+    # docs/rfb.md §6.2 UltraVNC, legacy 3.3-style client and no usable auth method
+    Case("ultravnc-legacy-no-method", lambda: failure(
+        b"unable to determine legacy authentication method", (3, 3)), "UltraVNC", None,
+        ("ultravnc-failure",)),
     Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
          "< 1.4.0.1", ("ultravnc-old",)),
     Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),
