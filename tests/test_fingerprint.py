@@ -166,6 +166,18 @@ QEMU_72 = bytes.fromhex(
     "552028766e6361756469742d71656d7529"
 )
 
+# x11vnc 0.9.16 (Debian 12) `-ssl TMP` measured here: `-rfbauth F`, then `-nopw`, one probe each.
+X11VNC_SSL = bytes.fromhex("524642203030332e3030380a021312000200020000010200000105")
+X11VNC_SSL_NOPW = bytes.fromhex("524642203030332e3030380a02131200020002000001010000010401")
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A VeNCrypt handshake as the server sent it, one turn per chunk: banner, list, version,
+    ack with the sub-types (and the sub-type ack after them, when there is one)."""
+    n = 1 + data[12]
+    cut = [12, 12 + n, 14 + n, 16 + n + 4 * data[15 + n]]
+    return [data[a:b] for a, b in zip([0, *cut], [*cut, len(data)], strict=True) if a < b]
+
 
 # -- the fixture table ------------------------------------------------------------------------
 
@@ -245,6 +257,17 @@ CASES = [
     # ---- measured here / fuzz corpus
     Case("qemu-7.2-none", lambda: stream(QEMU_72), "QEMU", None, ("qemu-desktop", "qemu-none"),
          ("desktop name 'QEMU (vncaudit-qemu)'",)),
+    # x11vnc 0.9.16 -ssl TMP (Debian 12) measured here, one probe: with -rfbauth [19, 18] and
+    # VeNCrypt [258, 261]; with -nopw [19, 18] and [257, 260] (its anonymous TLS then failed)
+    Case("x11vnc-ssl", lambda: stream(*_chunks(X11VNC_SSL)), "x11vnc", None,
+         ("x11vnc-ssl", "x11vnc-anontls-38"), ("security types [19, 18] in this order",)),
+    Case("x11vnc-ssl-nopw", lambda: stream(*_chunks(X11VNC_SSL_NOPW)[:4],
+                                           options=ProbeOptions(tls=False)), "x11vnc", None,
+         ("x11vnc-ssl", "x11vnc-anontls-38")),
+    # x11vnc -ssl TMP -anontls sole (src/sslhelper.c: ANONTLS_SOLE sends [18] alone)
+    Case("x11vnc-anontls-only", lambda: stream(banner() + type_list(18),
+                                               options=ProbeOptions(tls=False)), "x11vnc", None,
+         ("x11vnc-anontls-38",)),
     Case("tigervnc-xvnc-default-name", lambda: none_server(b"root@vm"), "TigerVNC", None,
          ("tigervnc-xvnc-desktop", "tigervnc-none"), ("desktop name 'root@vm'",)),
     Case("macos-corpus", lambda: corpus("apple"), "macOS Screen Sharing", None,
@@ -299,8 +322,17 @@ CASES = [
     Case("tightvnc-1.3-rfb37", lambda: tight((16,), [VNCAUTH], (3, 7)), "TightVNC", "1.3",
          ("tightvnc-1.3-rfb37",)),
     # docs/rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
-    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259)), "TurboVNC", None,
-         ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259, 261, 262, 2, 256)),
+         "TurboVNC", None, ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    # ---- source-derived transcripts (tests/derive_transcripts.py; TurboVNC auth.c, vncserver.in)
+    Case("turbovnc-default-38", lambda: replay("turbovnc-default-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes"),
+         ("VeNCrypt sub-types include [2, 256]",)),
+    Case("turbovnc-nopam-38", lambda: replay("turbovnc-nopam-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes")),
+    Case("turbovnc-none-38", lambda: replay("turbovnc-none-38"), "TurboVNC", None,
+         ("turbovnc-desktop", "tightvnc-2-none"),
+         ("desktop name 'TurboVNC: vm:1 (root)'", "next candidate: TightVNC")),
     # docs/rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
     Case("turbovnc-tight", lambda: tight((2, 16), [VNCAUTH, cap(129, b"TGHT", b"ULGNAUTH")]),
          "TurboVNC", None, ("turbovnc-tight-caps", "turbovnc-vnc-only"),

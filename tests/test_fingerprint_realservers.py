@@ -86,6 +86,20 @@ def test_x11vnc_password_is_not_guessed(
     assert_unknown_among(identify(probe_once(x11vnc_password)), "LibVNCServer", "TigerVNC")
 
 
+@pytest.mark.parametrize("kind", ["x11vnc-password", "x11vnc-none"])
+def test_x11vnc_ssl(vnc_server_factory: Any, kind: str) -> None:
+    """x11vnc -ssl waits 1.4 s for a TLS ClientHello, then speaks RFB 3.8 itself and offers
+    VeNCrypt and anonymous TLS (18); docs/rfb.md §6.2 LibVNCServer/x11vnc."""
+    if not servers.have("openssl"):
+        pytest.skip("x11vnc -ssl TMP makes its certificate with openssl")
+    server = vnc_server_factory(kind, extra_args=["-ssl", "TMP"])
+    result = asyncio.run(probe(Target(server.host, server.port), ProbeOptions(timeout=8.0)))
+    assert result.rfb is not None and [t.id for t in result.rfb.security_types] == [19, 18]
+    product = identify(result)
+    assert product.name == "x11vnc" and product.confidence >= 0.8, product
+    assert "security types [19, 18] in this order" in product.evidence
+
+
 def test_xtightvnc_password(xtightvnc: servers.VncServer, probe_once: Any) -> None:
     product = identify(probe_once(xtightvnc))
     assert (product.name, product.version) == ("TightVNC", None), product
