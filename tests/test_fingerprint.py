@@ -352,6 +352,9 @@ CASES = [
     # docs/rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
     Case("qemu-sasl", lambda: stream(banner() + type_list(20)), "QEMU", None, ("qemu-sasl",)),
     Case("qemu-plain-name", lambda: none_server(b"QEMU"), "QEMU", None, ("qemu-desktop",)),
+    # QEMU 7.2 measured here: -object tls-creds-anon,... -vnc ...,tls-creds=tls0,sasl=on
+    Case("qemu-tls-sasl", lambda: vencrypt((19,), (264,)), "QEMU", None,
+         ("qemu-vencrypt-sasl", "qemu-vencrypt-single"), ("VeNCrypt sub-types include [264]",)),
     # docs/rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
     Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
          ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),

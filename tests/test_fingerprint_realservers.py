@@ -125,6 +125,26 @@ def test_qemu_password_is_not_guessed(vnc_server_factory: Any) -> None:
     assert_unknown_among(identify(result), "QEMU", "TigerVNC", "LibVNCServer")
 
 
+@pytest.mark.parametrize(("options", "subtype", "name"), [
+    (("tls-creds=tls0",), 257, "QEMU"),  # TLSNone: anonymous TLS, then ServerInit "QEMU (...)"
+    (("tls-creds=tls0", "sasl=on"), 264, "QEMU"),  # SASL inside TLS: QEMU's alone
+    (("tls-creds=tls0", "password=on"), 258, "unknown"),  # TigerVNC -SecurityTypes TLSVnc too
+])
+def test_qemu_vencrypt(vnc_server_factory: Any, options: tuple[str, ...], subtype: int,
+                       name: str) -> None:
+    """QEMU with TLS credentials offers VeNCrypt alone with ONE sub-type (docs/rfb.md §6.2)."""
+    server = vnc_server_factory("qemu", vnc_options=options, extra_args=[
+        "-object", "tls-creds-anon,id=tls0,endpoint=server"])
+    result = probe_fresh(server)
+    assert result.rfb is not None and [t.id for t in result.rfb.security_types] == [19]
+    assert result.rfb.vencrypt is not None
+    assert [s.id for s in result.rfb.vencrypt.subtypes] == [subtype]
+    product = identify(result)
+    assert product.name == name, product
+    if name == "unknown":
+        assert_unknown_among(product, "QEMU", "TigerVNC")
+
+
 def test_novnc_in_front_of_tigervnc(vnc_server_factory: Any, tmp_path: Path) -> None:
     from test_websocket import NOVNC, websockify
 
