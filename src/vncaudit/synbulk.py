@@ -5,20 +5,25 @@ over.
 Owns: `BulkSender` (started by `vncaudit.synstart` for a plan whose rate the early threads are
 asked to hold, `synstart.EARLY_BULK_RATE`; stopped and read by the sweep,
 `discovery.syn.SynSweep._adopt`). Its threads take the walk's next pairs in order, a batch at
-a time, send each batch (`rawbatch.SynBatch`, on the early start's raw socket) in the chunks
-the scan's token bucket grants (`rawbatch.TokenBucket`, the one the sweep then uses), and
-record each chunk with the moment it went out and the part of each batch not sent (told to
-stop, or a SYN the kernel refused for good: the sweep sends those first, and meets the same
-refusal). They read the answers that arrive meanwhile (kept as they came, for the sweep to
-judge), so none is lost to a full socket buffer. They stop when told, at the walk's end, or
+a time, send each batch in the chunks the scan's token bucket grants (`rawbatch.TokenBucket`,
+the one the sweep then uses), and record each chunk with the moment it went out and the part
+of each batch not sent (told to stop, or a SYN the kernel refused for good: the sweep sends
+those first, and meets the same refusal). A batch goes out as whole Ethernet frames to the
+gateway on an AF_PACKET socket (`rawbatch.FrameBatch`, as the sweep's `LinkTx`) when the
+whole walk has one route whose link is exact (`routetable.link_of`: the gateway's link-layer
+address known, which the early start's first SYNs make the kernel resolve); otherwise as
+segments on the early start's raw IP socket (`rawbatch.SynBatch`: the kernel routes each).
+They read the answers that arrive meanwhile (kept as they came, for the sweep to judge), so
+none is lost to a full socket buffer. They stop when told, at the walk's end, or
 `EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
 scanning).
 
 Imports the standard library's `errno`, `sys`, `threading` and `time` (and in its threads
 `rawbatch`, `routetable`, `rawsyn`): it runs before numpy, asyncio and the store are
 imported. Must not: send a pair twice or one outside the walk, send faster than the bucket
-grants, import numpy, or send where the kernel's source address for a pair is not known as
-exactly as the sweep's route plan knows it (no batch then: the sweep sends as it would have).
+grants, import numpy, or send where the kernel's source address for a pair (and for a frame,
+its route and next hop) is not known as exactly as the sweep's route plan knows it (no batch
+then: the sweep sends as it would have).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ if TYPE_CHECKING:
     from socket import socket
     from typing import Final
 
-    from vncaudit.rawbatch import SynBatch, TokenBucket
+    from vncaudit.rawbatch import FrameBatch, SynBatch, TokenBucket
+    from vncaudit.routetable import Route
     from vncaudit.synstart import EarlyWalk
 
 EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
@@ -44,6 +50,7 @@ REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
 # The program's imports hold the GIL but for a switch every interval (5 ms by default): a
 # sender thread would wait that long after each sendmmsg while they run.
 SWITCH_INTERVAL: Final = 0.0005
+NEIGHBOUR_LOOK: Final = 0.002  # seconds between looks for the gateway's link-layer address
 
 
 class _Taken:
@@ -82,7 +89,18 @@ class BulkSender:
         self.refused = 0
         self.cpu = 0.0
         self.bucket: TokenBucket | None = None
-        self.sources: tuple[list[int], list[int]] | None = None
+        self.sources: tuple[list[int], list[int], list[bytes]] | None = None
+        # Frames straight to the gateway when the whole walk has one exact route
+        # (`routetable.link_of`): the route, its source, our interface's link-layer address,
+        # and once the gateway's is known, (source, ours, theirs) and the packet socket
+        # (`link_socket`, (ifindex, socket): the sweep's to use and close after these).
+        self.route: Route | None = None
+        self.route_source = b""
+        self.ours: bytes | None = None
+        self.link: tuple[bytes, bytes, bytes] | None = None
+        self.link_socket: tuple[int, socket] | None = None
+        self.looked = 0.0  # when the neighbour table was last read for the gateway
+        self.framed = 0  # SYNs sent as frames
         self.deadline = 0.0
         self.why = ""  # why the batches stopped before the walk's end, for the log
         self.interval = sys.getswitchinterval()
@@ -142,10 +160,21 @@ class BulkSender:
         bucket = rawbatch.TokenBucket(self.rate)
         bucket.spend(*self.spent)
         self.bucket = bucket
-        self.sources = _sources(self.blocks)
-        if self.sources is None:
+        planned = _sources(self.blocks)
+        if planned is None:
             self.why = "the sources are not known exactly (policy routing or no route)"
             return
+        self.sources, route = planned
+        if route is not None:
+            from vncaudit import routetable
+
+            source = self.sources[2][0]
+            if routetable.frames_possible(route, source):
+                assert route.ifindex is not None
+                self.ours = routetable.ethernet_address(route.ifindex)
+                if self.ours is not None:
+                    self.route, self.route_source = route, source
+                    self._look_for_gateway()
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
         with self.lock:
             for i in range(1, self.count):
@@ -175,15 +204,20 @@ class BulkSender:
         from vncaudit.rawsyn import cookie_key
 
         assert self.sources is not None and self.bucket is not None
-        starts, sums = self.sources
+        starts, sums, _ = self.sources
         single = sums[0] if len(sums) == 1 else None
-        batch = rawbatch.SynBatch(self.port, self.tx, cookie_key(self.secret))
+        key = cookie_key(self.secret)
+        batch: SynBatch | FrameBatch | None = None
+        frames: FrameBatch | None = None
         size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
         while not self.stopping.is_set():
-            if time.monotonic() >= self.deadline:
+            now = time.monotonic()
+            if now >= self.deadline:
                 if self.walk.left:
                     self.why = "its time"
                 return
+            if frames is None and self.route is not None:
+                frames = self._frames(key, now)
             with self.lock:
                 pairs = self.walk.take(size)
                 size = rawbatch.MAX_BATCH
@@ -191,17 +225,53 @@ class BulkSender:
                     return
                 taken = _Taken(pairs)
                 self.taken.append(taken)
-            if single is not None:
-                batch.load(pairs, [single] * len(pairs))
+            if frames is not None:
+                batch = frames
+                frames.load(pairs)
             else:
-                batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
+                if not isinstance(batch, rawbatch.SynBatch):
+                    batch = rawbatch.SynBatch(self.port, self.tx, key)
+                if single is not None:
+                    batch.load(pairs, [single] * len(pairs))
+                else:
+                    batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
             if not self._send_loaded(batch, taken, self.bucket):
                 return
 
-    def _send_loaded(self, batch: SynBatch, taken: _Taken, bucket: TokenBucket) -> bool:
+    def _frames(self, key: tuple[int, int], now: float) -> FrameBatch | None:
+        """A frame batch of this thread's, once the gateway's link-layer address is known
+        (the packet socket opened by the first thread that finds it)."""
+        from vncaudit import rawbatch
+
+        with self.lock:
+            if self.link is None and now - self.looked >= NEIGHBOUR_LOOK:
+                self._look_for_gateway()
+            if self.link is None:
+                return None
+            if self.link_socket is None:
+                assert self.route is not None and self.route.ifindex is not None
+                self.link_socket = (self.route.ifindex,
+                                    rawbatch.packet_socket(self.route.ifindex))
+            sock = self.link_socket[1]
+        return rawbatch.FrameBatch(self.port, *self.link, sock, key)
+
+    def _look_for_gateway(self) -> None:
+        """Read the neighbour table for the route's gateway: `link` once it is known (the
+        early start's first SYNs, which the kernel routed, made it resolve it)."""
+        from vncaudit import routetable
+
+        assert self.route is not None
+        self.looked = time.monotonic()
+        link = routetable.link_of(self.route, self.route_source, routetable.neighbours(),
+                                  self.ours)
+        if link is not None:
+            self.link = (self.route_source, *link)
+
+    def _send_loaded(self, batch: SynBatch | FrameBatch, taken: _Taken,
+                     bucket: TokenBucket) -> bool:
         """Send the loaded batch in the chunks the bucket grants; False when it stopped
         before the end (told to, or a SYN the kernel refused for good)."""
-        from vncaudit.rawbatch import MAX_CALL
+        from vncaudit.rawbatch import MAX_CALL, FrameBatch
 
         pairs = taken.pairs
         n = len(pairs)
@@ -239,6 +309,8 @@ class BulkSender:
                     taken.sent += done
                     self.flights.append((now, pairs[i:i + done]))
                 self._read()
+            if isinstance(batch, FrameBatch):
+                self.framed += done
             if failed or done < granted:
                 if failed:
                     self.why = "a SYN the kernel refused"
@@ -257,10 +329,12 @@ class BulkSender:
                 return
 
 
-def _sources(blocks: tuple[tuple[int, int], ...]) -> tuple[list[int], list[int]] | None:
-    """(segment starts, source word sums) for the addresses of `blocks`, a segment for each
-    route inside them as the sweep's route plan cuts them (`discovery.route.plan`), or None
-    where that plan would not be exact (policy rules, a table too large, no route)."""
+def _sources(blocks: tuple[tuple[int, int], ...]
+             ) -> tuple[tuple[list[int], list[int], list[bytes]], Route | None] | None:
+    """((segment starts, source word sums, source addresses), the one route of them all or
+    None) for the addresses of `blocks`, a segment for each route inside them as the sweep's
+    route plan cuts them (`discovery.route.plan`), or None where that plan would not be exact
+    (policy rules, a table too large, no route)."""
     from vncaudit import routetable
     from vncaudit.rawsyn import word_sum
 
@@ -272,13 +346,19 @@ def _sources(blocks: tuple[tuple[int, int], ...]) -> tuple[list[int], list[int]]
         return None
     starts: list[int] = []
     sums: list[int] = []
+    sources: list[bytes] = []
+    chosen: set[Route | None | bool] = set()
     for first, last in blocks:
         edges = routetable.cuts(table, first, last)
         for k, start in enumerate(edges):
             end = edges[k + 1] - 1 if k + 1 < len(edges) else last
-            source = routetable.source_of(routetable.best_route(table, start), start, end)
+            best = routetable.best_route(table, start)
+            source = routetable.source_of(best, start, end)
             if not source:
                 return None
+            chosen.add(best)
             starts.append(start)
             sums.append(word_sum(source))
-    return starts, sums
+            sources.append(source)
+    one = next(iter(chosen)) if len(chosen) == 1 and len(set(sources)) == 1 else None
+    return (starts, sums, sources), one if isinstance(one, routetable.Route) else None
