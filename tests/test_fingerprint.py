@@ -315,6 +315,17 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
+    # TightVNC 1.3.9+ for Windows: RFB 3.8 and its no-password refusal (one space), which
+    # UltraVNC words with none or two (tests/derive_transcripts.py)
+    Case("tightvnc-1.3-windows-nopassword", lambda: replay("tightvnc-1.3-windows-nopassword-38"),
+         "TightVNC", "1.3", ("tightvnc-1.3-no-password",)),
+    Case("ultravnc-1.3-no-password", lambda: failure(
+        b"This server does not have a valid password enabled.  Until a password is set, "
+        b"incoming connections cannot be accepted."), "UltraVNC", None, ("ultravnc-failure",)),
+    # the refusals both inherited from WinVNC: the bytes cannot tell them apart
+    Case("winvnc-loopback", lambda: failure(b"Local loop-back connections are disabled."),
+         "unknown", None, ("ultravnc-winvnc-rejected", "tightvnc-1.3-winvnc-rejected"),
+         ("UltraVNC", "TightVNC")),
     # docs/rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
     Case("tightvnc-2-loopback", lambda: failure(b"Sorry, loopback connections are not enabled"),
          "TightVNC", "2", ("tightvnc-2-rejected",)),
@@ -363,10 +374,6 @@ CASES = [
          "< 1.3.5.2", ("ultravnc-17-only",), ("security types start with [17]",)),
     Case("ultravnc-1.3-mslogon", lambda: stream(banner() + type_list(17, 113)), "UltraVNC",
          "< 1.3.5.2", ("ultravnc-17-only", "ultravnc-mslogon")),
-    # docs/rfb.md §6.2 UltraVNC, legacy 3.3-style client and no usable auth method
-    Case("ultravnc-legacy-no-method", lambda: failure(
-        b"unable to determine legacy authentication method", (3, 3)), "UltraVNC", None,
-        ("ultravnc-failure",)),
     Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
          "< 1.4.0.1", ("ultravnc-old",)),
     Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),
