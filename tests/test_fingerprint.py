@@ -251,9 +251,13 @@ CASES = [
          ">= 0.9", ("neatvnc-rsa-aes-apple-dh",)),
     Case("neatvnc-name", lambda: none_server(b"Neat VNC"), "neatvnc", None,
          ("neatvnc-desktop",)),
-    # RSA-AES without Apple DH (neatvnc's require-encryption) is what TigerVNC can offer too
-    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "TigerVNC",
-         None, ("tigervnc-ra2",)),
+    # RSA-AES without Apple DH (neatvnc's require-encryption, wayvnc's default with
+    # enable_auth) is what TigerVNC offers with -SecurityTypes RA2_256,RA2: the bytes name neither
+    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "unknown",
+         None, ("tigervnc-ra2", "neatvnc-rsa-aes-required"), ("TigerVNC", "neatvnc")),
+    # ... and with TLS credentials VeNCrypt [262] comes first: neatvnc's alone
+    Case("neatvnc-0.9-tls-encrypted", lambda: vencrypt((19, 129, 5), (262,)), "neatvnc",
+         ">= 0.9", ("neatvnc-vencrypt-rsa-aes",), ("VeNCrypt sub-types [262] in this order",)),
     # ---- measured here / fuzz corpus
     Case("qemu-7.2-none", lambda: stream(QEMU_72), "QEMU", None, ("qemu-desktop", "qemu-none"),
          ("desktop name 'QEMU (vncaudit-qemu)'",)),
