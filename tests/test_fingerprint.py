@@ -308,6 +308,12 @@ CASES = [
     Case("realvnc-licence", lambda: failure(
         b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid "
         b"license key is applied.", (3, 3)), "RealVNC", None, ("realvnc-licence",)),
+    # the same refusal after an RFB 3.8 banner, still in the 3.3 form (nmap-service-probes:
+    # '^RFB 003\.00(\d)\n\0\0\0\0\0\0\0jServer license key is missing, ...')
+    Case("realvnc-licence-38", lambda: stream(banner() + u32(0) + reason(
+        b"Server license key is missing, invalid or has expired.\nVisit http://www.realvnc.com "
+        b"to purchase a licence.")), "RealVNC", None, ("realvnc-licence",),
+        ("failure text 'Server license key is missing",)),
     # docs/rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
     Case("realvnc-http", lambda: with_web(
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
