@@ -419,6 +419,9 @@ CASES = [
         "noVNC/websockify", None, ("websockify-kind", "websockify-server"),
         ("backend not identified",)),
     # ---- negative: nothing or nothing decisive
+    # x11vnc -allow refusing the address (measured): the banner, then the close
+    Case("refused-after-banner", lambda: stream(banner()), "unknown", None,
+         ("libvncserver-refused-after-banner",), ("weak evidence", "LibVNCServer")),
     Case("xvp-only", lambda: stream(banner() + type_list(22)), "unknown", None, (),
          ("no signature matched",)),
     Case("closed", lambda: ServiceResult("127.0.0.1", 5900, State.CLOSED), "unknown"),
