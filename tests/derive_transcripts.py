@@ -65,7 +65,27 @@ def turbovnc_vencrypt(subtypes: tuple[int, ...]) -> list[tuple[str, bytes]]:
     ]
 
 
+ULTRA_13 = ("ultravnc/UltraVNC @ 582688a2^ (2021-11-14, before 'dev 1.3.5.2'): "
+            "winvnc/winvnc/vncclient.cpp vncClientThread::InitVersion, AuthenticateClient")
+
+TIGHT13 = ("TurboVNC/tightvnc @ a235bae (TightVNC 1.3.10): vnc_winsrc/winvnc/vncClient.cpp "
+           "vncClientThread::InitVersion, GetAuthenticationType, SendConnFailedMessage")
+NO_PASSWORD_13 = (b"This server does not have a valid password enabled. Until a password is set, "
+                  b"incoming connections cannot be accepted.")
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tightvnc-1.3-windows-nopassword-38": lambda: _doc(
+        "tightvnc-1.3-windows-nopassword", TIGHT13,
+        "TightVNC 1.3.9/1.3.10 for Windows without a password: InitVersion sends "
+        "RFB 003.008; GetAuthenticationType refuses with a 0-count list (3.7+), U32 length "
+        "and the text, then the connection ends.",
+        [("s2c", V38), ("c2s", V38), ("s2c", b"\x00" + _u32(len(NO_PASSWORD_13)) + NO_PASSWORD_13)],
+        server_closed=True),
+    "ultravnc-1.3-password-38": lambda: _doc(
+        "ultravnc-1.3-password", ULTRA_13,
+        "UltraVNC 1.0.9 to 1.3.5.1 with a VNC password: InitVersion sends RFB 003.008; "
+        "AuthenticateClient lists rfbUltraVNC (17) on the first round, then rfbVncAuth (2).",
+        [("s2c", V38), ("c2s", V38), ("s2c", bytes([2, 17, 2]))]),
     "turbovnc-default-38": lambda: _doc(
         "turbovnc-default", TURBO,
         "TurboVNC built with TLS and PAM (its release builds), default security types: "

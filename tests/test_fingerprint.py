@@ -251,9 +251,13 @@ CASES = [
          ">= 0.9", ("neatvnc-rsa-aes-apple-dh",)),
     Case("neatvnc-name", lambda: none_server(b"Neat VNC"), "neatvnc", None,
          ("neatvnc-desktop",)),
-    # RSA-AES without Apple DH (neatvnc's require-encryption) is what TigerVNC can offer too
-    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "TigerVNC",
-         None, ("tigervnc-ra2",)),
+    # RSA-AES without Apple DH (neatvnc's require-encryption, wayvnc's default with
+    # enable_auth) is what TigerVNC offers with -SecurityTypes RA2_256,RA2: the bytes name neither
+    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "unknown",
+         None, ("tigervnc-ra2", "neatvnc-rsa-aes-required"), ("TigerVNC", "neatvnc")),
+    # ... and with TLS credentials VeNCrypt [262] comes first: neatvnc's alone
+    Case("neatvnc-0.9-tls-encrypted", lambda: vencrypt((19, 129, 5), (262,)), "neatvnc",
+         ">= 0.9", ("neatvnc-vencrypt-rsa-aes",), ("VeNCrypt sub-types [262] in this order",)),
     # ---- measured here / fuzz corpus
     Case("qemu-7.2-none", lambda: stream(QEMU_72), "QEMU", None, ("qemu-desktop", "qemu-none"),
          ("desktop name 'QEMU (vncaudit-qemu)'",)),
@@ -304,6 +308,12 @@ CASES = [
     Case("realvnc-licence", lambda: failure(
         b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid "
         b"license key is applied.", (3, 3)), "RealVNC", None, ("realvnc-licence",)),
+    # the same refusal after an RFB 3.8 banner, still in the 3.3 form (nmap-service-probes:
+    # '^RFB 003\.00(\d)\n\0\0\0\0\0\0\0jServer license key is missing, ...')
+    Case("realvnc-licence-38", lambda: stream(banner() + u32(0) + reason(
+        b"Server license key is missing, invalid or has expired.\nVisit http://www.realvnc.com "
+        b"to purchase a licence.")), "RealVNC", None, ("realvnc-licence",),
+        ("failure text 'Server license key is missing",)),
     # docs/rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
     Case("realvnc-http", lambda: with_web(
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
@@ -315,6 +325,17 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
+    # TightVNC 1.3.9+ for Windows: RFB 3.8 and its no-password refusal (one space), which
+    # UltraVNC words with none or two (tests/derive_transcripts.py)
+    Case("tightvnc-1.3-windows-nopassword", lambda: replay("tightvnc-1.3-windows-nopassword-38"),
+         "TightVNC", "1.3", ("tightvnc-1.3-no-password",)),
+    Case("ultravnc-1.3-no-password", lambda: failure(
+        b"This server does not have a valid password enabled.  Until a password is set, "
+        b"incoming connections cannot be accepted."), "UltraVNC", None, ("ultravnc-failure",)),
+    # the refusals both inherited from WinVNC: the bytes cannot tell them apart
+    Case("winvnc-loopback", lambda: failure(b"Local loop-back connections are disabled."),
+         "unknown", None, ("ultravnc-winvnc-rejected", "tightvnc-1.3-winvnc-rejected"),
+         ("UltraVNC", "TightVNC")),
     # docs/rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
     Case("tightvnc-2-loopback", lambda: failure(b"Sorry, loopback connections are not enabled"),
          "TightVNC", "2", ("tightvnc-2-rejected",)),
@@ -358,6 +379,11 @@ CASES = [
     # docs/rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
     Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
          ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),
+    # UltraVNC 1.0.9 to 1.3.5.1: 17 alone before the auth type (tests/derive_transcripts.py)
+    Case("ultravnc-1.3-password-38", lambda: replay("ultravnc-1.3-password-38"), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only",), ("security types start with [17]",)),
+    Case("ultravnc-1.3-mslogon", lambda: stream(banner() + type_list(17, 113)), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only", "ultravnc-mslogon")),
     Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
          "< 1.4.0.1", ("ultravnc-old",)),
     Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),

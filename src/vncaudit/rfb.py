@@ -563,6 +563,14 @@ class RfbClient:
             return NEED_DATA
         count = self._buf[0]
         if count == 0:
+            if not inner and self._need(5) and self._u32_at(1) == 0:
+                # An empty 3.7+ reason, or the RFB 3.3 form (U32 0, U32 length, text) that
+                # servers send unasked whatever version their banner gave (RealVNC's licence
+                # refusals, docs/rfb.md §1.2): bytes after the empty reason decide.
+                if self._need(8):
+                    return self._reason_at(4, "security")
+                if not self._eof:
+                    return NEED_DATA
             return self._reason_at(1, "security")
         if not self._need(1 + count):
             return NEED_DATA
