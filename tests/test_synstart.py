@@ -268,17 +268,31 @@ def test_the_early_frames_are_the_sweeps_frames(bed: tuple[Bed, list[str]],
         {(h, p) for h in hosts for p in PORTS}
 
 
+def _answer_arp(testbed: Bed, delay: float, stop: threading.Event) -> None:
+    """Once the scanning namespace has asked for the gateway's link-layer address (its entry
+    is INCOMPLETE), wait `delay` s and let the gateway answer ARP."""
+    while not stop.is_set():
+        shown = subprocess.run(["ip", "-n", testbed.scn, "neigh", "show", "dev",
+                                testbed.veth_s], capture_output=True, text=True, check=False)
+        if "INCOMPLETE" in shown.stdout:
+            break
+        stop.wait(0.002)
+    stop.wait(delay)
+    subprocess.run(["ip", "-n", testbed.tgt, "link", "set", "dev", testbed.veth_t, "arp", "on"],
+                   check=False)
+
+
 @pytest.mark.netns
-@pytest.mark.parametrize("resolved_after", [0.1, 0.6])
+@pytest.mark.parametrize("resolved_after", [0.05, 0.6])
 def test_the_early_batches_wait_for_the_gateway_or_leave_the_walk_to_the_sweep(
         bed: tuple[Bed, list[str]], tmp_path: Path, resolved_after: float) -> None:
     """The gateway's link-layer address unknown when the scan starts (the gateway answers
-    ARP only after `resolved_after` s): the first SYNs wait in the kernel's queue for it, the
-    batches wait too (nothing more piles up behind them), then send frames once it is known
-    (0.1 s), or, when it is not known within `synbulk.NEIGHBOUR_WAIT` (0.2 s), send nothing
-    and the sweep sends the walk as it would have (0.6 s: the sweep asks again and waits).
-    Either way each pair gets one SYN, under the cap at the target, and the live set is found
-    exactly."""
+    ARP `resolved_after` s after the scanner first asks): the first SYNs wait in the kernel's
+    queue for it, the batches wait too (nothing more piles up behind them), then send frames
+    once it is known (0.05 s), or, when it is not known within `synbulk.NEIGHBOUR_WAIT`
+    (0.2 s), send nothing and the sweep sends the walk as it would have (0.6 s: the sweep
+    asks again and waits). Either way each pair gets one SYN, under the cap at the target,
+    and the live set is found exactly."""
     from vncaudit import synbulk
 
     testbed, hosts = bed
@@ -291,8 +305,8 @@ def test_the_early_batches_wait_for_the_gateway_or_leave_the_walk_to_the_sweep(
                 f"{neigh}.mcast_solicit=500", f"{neigh}.ucast_solicit=500")
     testbed.run(testbed.tgt, "ip", "link", "set", "dev", testbed.veth_t, "arp", "off")
     testbed.run(testbed.scn, "ip", "neigh", "flush", "dev", dev)
-    answer = threading.Timer(resolved_after, lambda: testbed.run(
-        testbed.tgt, "ip", "link", "set", "dev", testbed.veth_t, "arp", "on"))
+    stop = threading.Event()
+    answer = threading.Thread(target=_answer_arp, args=(testbed, resolved_after, stop))
     try:
         sniffer = Sniffer(testbed, tmp_path / "seen.json")
         answer.start()
@@ -303,7 +317,8 @@ def test_the_early_batches_wait_for_the_gateway_or_leave_the_walk_to_the_sweep(
         answer.join()
         seen = sniffer.stop()
     finally:
-        answer.cancel()
+        stop.set()
+        answer.join()
         testbed.run(testbed.tgt, "ip", "link", "set", "dev", testbed.veth_t, "arp", "on")
         testbed.run(testbed.scn, "sysctl", "-qw", f"{neigh}.retrans_time_ms=1000",
                     f"{neigh}.mcast_solicit=3", f"{neigh}.ucast_solicit=3")
