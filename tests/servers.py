@@ -844,11 +844,15 @@ def start_qemu(
     password: bool = False,
     name: str | None = "vncaudit-qemu",
     extra_args: Sequence[str] = (),
+    vnc_options: Sequence[str] = (),
     workdir: Path | None = None,
     timeout: float = START_TIMEOUT,
     kind: str | None = None,
 ) -> VncServer:
     """``qemu-system-x86_64 -nodefaults -display none -vnc 127.0.0.1:N -S`` on loopback.
+
+    *vnc_options* are appended to the ``-vnc`` value (``tls-creds=ID``, ``sasl=on``), the
+    objects they name go into *extra_args* (``-object tls-creds-anon,id=ID,endpoint=server``).
 
     No guest runs (``-S``: the CPU never starts, TCG so no KVM is needed). QEMU takes a
     display number, so the port is 5900 + N with N from a free port. ``password=on`` without
@@ -865,6 +869,7 @@ def start_qemu(
             port = free_port()
         display = port - QEMU_BASE_PORT
         vnc = f"{HOST}:{display}" + (",password=on" if password else "")
+        vnc += "".join(f",{option}" for option in vnc_options)
         cmd = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-vnc", vnc, "-S",
                "-machine", "accel=tcg", "-m", "16", "-monitor", "none", "-serial", "none"]
         if name is not None:

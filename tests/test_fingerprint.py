@@ -166,6 +166,18 @@ QEMU_72 = bytes.fromhex(
     "552028766e6361756469742d71656d7529"
 )
 
+# x11vnc 0.9.16 (Debian 12) `-ssl TMP` measured here: `-rfbauth F`, then `-nopw`, one probe each.
+X11VNC_SSL = bytes.fromhex("524642203030332e3030380a021312000200020000010200000105")
+X11VNC_SSL_NOPW = bytes.fromhex("524642203030332e3030380a02131200020002000001010000010401")
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A VeNCrypt handshake as the server sent it, one turn per chunk: banner, list, version,
+    ack with the sub-types (and the sub-type ack after them, when there is one)."""
+    n = 1 + data[12]
+    cut = [12, 12 + n, 14 + n, 16 + n + 4 * data[15 + n]]
+    return [data[a:b] for a, b in zip([0, *cut], [*cut, len(data)], strict=True) if a < b]
+
 
 # -- the fixture table ------------------------------------------------------------------------
 
@@ -239,12 +251,27 @@ CASES = [
          ">= 0.9", ("neatvnc-rsa-aes-apple-dh",)),
     Case("neatvnc-name", lambda: none_server(b"Neat VNC"), "neatvnc", None,
          ("neatvnc-desktop",)),
-    # RSA-AES without Apple DH (neatvnc's require-encryption) is what TigerVNC can offer too
-    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "TigerVNC",
-         None, ("tigervnc-ra2",)),
+    # RSA-AES without Apple DH (neatvnc's require-encryption, wayvnc's default with
+    # enable_auth) is what TigerVNC offers with -SecurityTypes RA2_256,RA2: the bytes name neither
+    Case("neatvnc-0.9-encrypted-only", lambda: stream(banner() + type_list(129, 5)), "unknown",
+         None, ("tigervnc-ra2", "neatvnc-rsa-aes-required"), ("TigerVNC", "neatvnc")),
+    # ... and with TLS credentials VeNCrypt [262] comes first: neatvnc's alone
+    Case("neatvnc-0.9-tls-encrypted", lambda: vencrypt((19, 129, 5), (262,)), "neatvnc",
+         ">= 0.9", ("neatvnc-vencrypt-rsa-aes",), ("VeNCrypt sub-types [262] in this order",)),
     # ---- measured here / fuzz corpus
     Case("qemu-7.2-none", lambda: stream(QEMU_72), "QEMU", None, ("qemu-desktop", "qemu-none"),
          ("desktop name 'QEMU (vncaudit-qemu)'",)),
+    # x11vnc 0.9.16 -ssl TMP (Debian 12) measured here, one probe: with -rfbauth [19, 18] and
+    # VeNCrypt [258, 261]; with -nopw [19, 18] and [257, 260] (its anonymous TLS then failed)
+    Case("x11vnc-ssl", lambda: stream(*_chunks(X11VNC_SSL)), "x11vnc", None,
+         ("x11vnc-ssl", "x11vnc-anontls-38"), ("security types [19, 18] in this order",)),
+    Case("x11vnc-ssl-nopw", lambda: stream(*_chunks(X11VNC_SSL_NOPW)[:4],
+                                           options=ProbeOptions(tls=False)), "x11vnc", None,
+         ("x11vnc-ssl", "x11vnc-anontls-38")),
+    # x11vnc -ssl TMP -anontls sole (src/sslhelper.c: ANONTLS_SOLE sends [18] alone)
+    Case("x11vnc-anontls-only", lambda: stream(banner() + type_list(18),
+                                               options=ProbeOptions(tls=False)), "x11vnc", None,
+         ("x11vnc-anontls-38",)),
     Case("tigervnc-xvnc-default-name", lambda: none_server(b"root@vm"), "TigerVNC", None,
          ("tigervnc-xvnc-desktop", "tigervnc-none"), ("desktop name 'root@vm'",)),
     Case("macos-corpus", lambda: corpus("apple"), "macOS Screen Sharing", None,
@@ -281,6 +308,12 @@ CASES = [
     Case("realvnc-licence", lambda: failure(
         b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid "
         b"license key is applied.", (3, 3)), "RealVNC", None, ("realvnc-licence",)),
+    # the same refusal after an RFB 3.8 banner, still in the 3.3 form (nmap-service-probes:
+    # '^RFB 003\.00(\d)\n\0\0\0\0\0\0\0jServer license key is missing, ...')
+    Case("realvnc-licence-38", lambda: stream(banner() + u32(0) + reason(
+        b"Server license key is missing, invalid or has expired.\nVisit http://www.realvnc.com "
+        b"to purchase a licence.")), "RealVNC", None, ("realvnc-licence",),
+        ("failure text 'Server license key is missing",)),
     # docs/rfb.md §6.2/§8.1: Java viewer page with "Server: RealVNC/4.1.3" (nmap vnc-http)
     Case("realvnc-http", lambda: with_web(
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
@@ -292,6 +325,17 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
+    # TightVNC 1.3.9+ for Windows: RFB 3.8 and its no-password refusal (one space), which
+    # UltraVNC words with none or two (tests/derive_transcripts.py)
+    Case("tightvnc-1.3-windows-nopassword", lambda: replay("tightvnc-1.3-windows-nopassword-38"),
+         "TightVNC", "1.3", ("tightvnc-1.3-no-password",)),
+    Case("ultravnc-1.3-no-password", lambda: failure(
+        b"This server does not have a valid password enabled.  Until a password is set, "
+        b"incoming connections cannot be accepted."), "UltraVNC", None, ("ultravnc-failure",)),
+    # the refusals both inherited from WinVNC: the bytes cannot tell them apart
+    Case("winvnc-loopback", lambda: failure(b"Local loop-back connections are disabled."),
+         "unknown", None, ("ultravnc-winvnc-rejected", "tightvnc-1.3-winvnc-rejected"),
+         ("UltraVNC", "TightVNC")),
     # docs/rfb.md §6.2 TightVNC 2.x reject reason (sent as a 0-count list)
     Case("tightvnc-2-loopback", lambda: failure(b"Sorry, loopback connections are not enabled"),
          "TightVNC", "2", ("tightvnc-2-rejected",)),
@@ -299,8 +343,17 @@ CASES = [
     Case("tightvnc-1.3-rfb37", lambda: tight((16,), [VNCAUTH], (3, 7)), "TightVNC", "1.3",
          ("tightvnc-1.3-rfb37",)),
     # docs/rfb.md §6.2 TurboVNC default [19, 2, 16]; VeNCrypt sub-types from its secTypes table
-    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259)), "TurboVNC", None,
-         ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    Case("turbovnc-default", lambda: vencrypt((19, 2, 16), (258, 259, 261, 262, 2, 256)),
+         "TurboVNC", None, ("turbovnc-default",), ("security types [19, 2, 16] in this order",)),
+    # ---- source-derived transcripts (tests/derive_transcripts.py; TurboVNC auth.c, vncserver.in)
+    Case("turbovnc-default-38", lambda: replay("turbovnc-default-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes"),
+         ("VeNCrypt sub-types include [2, 256]",)),
+    Case("turbovnc-nopam-38", lambda: replay("turbovnc-nopam-38"), "TurboVNC", None,
+         ("turbovnc-default", "turbovnc-vencrypt-subtypes")),
+    Case("turbovnc-none-38", lambda: replay("turbovnc-none-38"), "TurboVNC", None,
+         ("turbovnc-desktop", "tightvnc-2-none"),
+         ("desktop name 'TurboVNC: vm:1 (root)'", "next candidate: TightVNC")),
     # docs/rfb.md §4.3 TurboVNC Tight caps (VNCAUTH_ plus Unix login)
     Case("turbovnc-tight", lambda: tight((2, 16), [VNCAUTH, cap(129, b"TGHT", b"ULGNAUTH")]),
          "TurboVNC", None, ("turbovnc-tight-caps", "turbovnc-vnc-only"),
@@ -320,9 +373,17 @@ CASES = [
     # docs/rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
     Case("qemu-sasl", lambda: stream(banner() + type_list(20)), "QEMU", None, ("qemu-sasl",)),
     Case("qemu-plain-name", lambda: none_server(b"QEMU"), "QEMU", None, ("qemu-desktop",)),
+    # QEMU 7.2 measured here: -object tls-creds-anon,... -vnc ...,tls-creds=tls0,sasl=on
+    Case("qemu-tls-sasl", lambda: vencrypt((19,), (264,)), "QEMU", None,
+         ("qemu-vencrypt-sasl", "qemu-vencrypt-single"), ("VeNCrypt sub-types include [264]",)),
     # docs/rfb.md §6.2 UltraVNC AuthenticateClient lists; rfbproto PR #75
     Case("ultravnc-password", lambda: stream(banner() + type_list(17, 117, 2)), "UltraVNC",
          ">= 1.4.0.1", ("ultravnc-current",), ("security types start with [17, 117]",)),
+    # UltraVNC 1.0.9 to 1.3.5.1: 17 alone before the auth type (tests/derive_transcripts.py)
+    Case("ultravnc-1.3-password-38", lambda: replay("ultravnc-1.3-password-38"), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only",), ("security types start with [17]",)),
+    Case("ultravnc-1.3-mslogon", lambda: stream(banner() + type_list(17, 113)), "UltraVNC",
+         "< 1.3.5.2", ("ultravnc-17-only", "ultravnc-mslogon")),
     Case("ultravnc-old", lambda: stream(banner() + type_list(17, 116, 2)), "UltraVNC",
          "< 1.4.0.1", ("ultravnc-old",)),
     Case("ultravnc-mslogon3", lambda: stream(banner() + type_list(17, 117, 118, 113)),

@@ -86,6 +86,20 @@ def test_x11vnc_password_is_not_guessed(
     assert_unknown_among(identify(probe_once(x11vnc_password)), "LibVNCServer", "TigerVNC")
 
 
+@pytest.mark.parametrize("kind", ["x11vnc-password", "x11vnc-none"])
+def test_x11vnc_ssl(vnc_server_factory: Any, kind: str) -> None:
+    """x11vnc -ssl waits 1.4 s for a TLS ClientHello, then speaks RFB 3.8 itself and offers
+    VeNCrypt and anonymous TLS (18); docs/rfb.md §6.2 LibVNCServer/x11vnc."""
+    if not servers.have("openssl"):
+        pytest.skip("x11vnc -ssl TMP makes its certificate with openssl")
+    server = vnc_server_factory(kind, extra_args=["-ssl", "TMP"])
+    result = asyncio.run(probe(Target(server.host, server.port), ProbeOptions(timeout=8.0)))
+    assert result.rfb is not None and [t.id for t in result.rfb.security_types] == [19, 18]
+    product = identify(result)
+    assert product.name == "x11vnc" and product.confidence >= 0.8, product
+    assert "security types [19, 18] in this order" in product.evidence
+
+
 def test_xtightvnc_password(xtightvnc: servers.VncServer, probe_once: Any) -> None:
     product = identify(probe_once(xtightvnc))
     assert (product.name, product.version) == ("TightVNC", None), product
@@ -109,6 +123,26 @@ def test_qemu_password_is_not_guessed(vnc_server_factory: Any) -> None:
     result = probe_fresh(vnc_server_factory("qemu-password"))
     assert [t.id for t in result.rfb.security_types] == [2]
     assert_unknown_among(identify(result), "QEMU", "TigerVNC", "LibVNCServer")
+
+
+@pytest.mark.parametrize(("options", "subtype", "name"), [
+    (("tls-creds=tls0",), 257, "QEMU"),  # TLSNone: anonymous TLS, then ServerInit "QEMU (...)"
+    (("tls-creds=tls0", "sasl=on"), 264, "QEMU"),  # SASL inside TLS: QEMU's alone
+    (("tls-creds=tls0", "password=on"), 258, "unknown"),  # TigerVNC -SecurityTypes TLSVnc too
+])
+def test_qemu_vencrypt(vnc_server_factory: Any, options: tuple[str, ...], subtype: int,
+                       name: str) -> None:
+    """QEMU with TLS credentials offers VeNCrypt alone with ONE sub-type (docs/rfb.md §6.2)."""
+    server = vnc_server_factory("qemu", vnc_options=options, extra_args=[
+        "-object", "tls-creds-anon,id=tls0,endpoint=server"])
+    result = probe_fresh(server)
+    assert result.rfb is not None and [t.id for t in result.rfb.security_types] == [19]
+    assert result.rfb.vencrypt is not None
+    assert [s.id for s in result.rfb.vencrypt.subtypes] == [subtype]
+    product = identify(result)
+    assert product.name == name, product
+    if name == "unknown":
+        assert_unknown_among(product, "QEMU", "TigerVNC")
 
 
 def test_novnc_in_front_of_tigervnc(vnc_server_factory: Any, tmp_path: Path) -> None:

@@ -161,6 +161,24 @@ def test_failure_that_is_not_blacklist() -> None:
     assert isinstance(evs[1], rfb.Failure) and not evs[1].blacklisted
 
 
+def test_a_33_form_refusal_after_a_38_banner_is_read_whole() -> None:
+    # RealVNC refuses unlicensed connections unasked in the RFB 3.3 form (U32 0, U32 length,
+    # text) after whatever banner it sent (nmap-service-probes' NULL-probe matches).
+    text = b"VNC Server is not licensed correctly.\n\nConnections will be prohibited until a valid"
+    client = rfb.RfbClient()
+    evs = events_of(client, banner() + u32(0) + reason(text))
+    assert evs[1] == rfb.Failure(text.decode(), "security", text)
+    assert client.buffered == 0
+
+
+def test_an_empty_38_reason_is_read_at_the_close() -> None:
+    client = rfb.RfbClient()
+    assert [type(e) for e in events_of(client, banner() + b"\x00" + u32(0))] == [
+        rfb.ServerVersion]
+    client.receive_data(b"")
+    assert client.next_event() == rfb.Failure("", "security", b"")
+
+
 def test_qemu_nul_terminated_reason_is_trimmed_but_kept_raw() -> None:
     evs = events_of(rfb.RfbClient(), banner() + b"\x00" + reason(b"Authentication failed\0"))
     assert evs[1].reason == "Authentication failed"  # type: ignore[attr-defined]

@@ -119,6 +119,36 @@ def test_stdlib_batches_are_the_numpy_batches_byte_for_byte(secret: bytes, seed:
             assert batch.names[i * 16:i * 16 + 8] == tx.names[i].tobytes()[:8]
 
 
+@settings(max_examples=25, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=16), seed=st.integers(0, 1 << 30),
+       sport=st.integers(1, 65535), n=st.sampled_from([1, 2, 63, 1000, rawbatch.MAX_BATCH]),
+       source=st.binary(min_size=4, max_size=4), ours=st.binary(min_size=6, max_size=6),
+       theirs=st.binary(min_size=6, max_size=6))
+def test_stdlib_frames_are_the_numpy_frames_byte_for_byte(secret: bytes, seed: int, sport: int,
+                                                          n: int, source: bytes, ours: bytes,
+                                                          theirs: bytes) -> None:
+    """What the early start's frame batches make without numpy (`rawbatch.FrameBatch`: the
+    cookies and both checksums of a batch in the lanes of one integer) is exactly what the
+    sweep's `LinkTx` makes of the same pairs: every byte of every frame, and no more."""
+    pairs = _pairs(n, seed)[-n:]  # with the two extremes
+    with socket.socket() as placeholder:  # never sent on
+        tx = wire.LinkTx(sport, source, ours, theirs, sock=placeholder)
+        tx.load(pairs, wire.Cookies(secret).cookies(pairs), 0)
+        batch = rawbatch.FrameBatch(sport, source, ours, theirs, placeholder,
+                                    rawsyn.cookie_key(secret))
+        batch.load(pairs.tolist())
+        for i, pair in enumerate(pairs.tolist()):
+            assert batch.packet(i) == tx.packet(i), pair
+            assert batch.destination(i) == pair >> 16
+        # the message array points at each frame with its length, and names no address
+        words = memoryview(batch.mmsg).cast("Q")
+        iov = memoryview(batch.iov).cast("Q")
+        assert len(batch.packet(0)) == 58
+        for i in (0, n - 1):
+            assert words[8 * i] == 0 and words[8 * i + 3] == 1
+            assert iov[2 * i + 1] == 58
+
+
 def test_link_frames_are_valid_ethernet_ipv4_syns() -> None:
     """A frame batch: to the gateway's link-layer address from ours, an IPv4 header whose
     checksum verifies (TTL 64, protocol TCP, 44 bytes, our source, the target), and the same

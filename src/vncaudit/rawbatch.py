@@ -3,11 +3,14 @@ in Python integers, handed to the kernel with sendmmsg(2), and the rate cap's to
 
 Owns: `SynBatch` (the keyed cookies of a batch, its segments, and one sendmmsg per chunk on a
 raw IPPROTO_TCP socket: byte for byte what `rawsyn.syn_segment` and `discovery.wire.KernelTx`
-make of each pair) and `TokenBucket` (the `--rate` cap shared by every sender of a scan: the
-early start's and the sweep's threads take from the same one). The cookie is SipHash-2-4
-(`rawsyn.siphash`) of every pair at once: the pairs are the 64-bit lanes of one integer,
-additions are made without carries between lanes and rotations with masks, so a batch costs
-a few hundred integer operations (~0.6 us a pair here) where the scalar form costs ~30 us.
+make of each pair), `FrameBatch` (the same SYNs as whole Ethernet frames to a route's gateway
+on an AF_PACKET socket, `packet_socket`: byte for byte `discovery.wire.LinkTx`'s, whose
+template, `frame_template`, is this module's) and `TokenBucket` (the `--rate` cap shared by
+every sender of a scan: the early start's and the sweep's threads take from the same one).
+The cookie is SipHash-2-4 (`rawsyn.siphash`) of every pair at once: the pairs are the 64-bit
+lanes of one integer, additions are made without carries between lanes and rotations with
+masks, so a batch costs a few hundred integer operations (~0.6 us a pair here) where the
+scalar form costs ~30 us; the checksums are summed in the same lanes.
 
 Imports the standard library only (`array`, `ctypes`, `socket`, `struct`, `sys`,
 `threading`, `time`) and `rawsyn`: the early start sends its batches with it while numpy and
@@ -26,7 +29,15 @@ import sys
 import threading
 import time
 
-from vncaudit.rawsyn import IV, LAST_BLOCK, SYN_LEN, rate_burst, tcp_template, template_sum
+from vncaudit.rawsyn import (
+    IV,
+    LAST_BLOCK,
+    SYN_LEN,
+    rate_burst,
+    tcp_template,
+    template_sum,
+    word_sum,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,6 +48,9 @@ MAX_BATCH: Final = 4096  # packets built at once (one pass over the lanes)
 MAX_CALL: Final = 1024  # messages per sendmmsg: the kernel's UIO_MAXIOV limit
 SMALL_BATCH: Final = 1024  # a batch this short is made in this many lanes, not MAX_BATCH
 STRIDE: Final = 32  # bytes between the segments in the packet buffer
+FRAME_STRIDE: Final = 64  # bytes between the frames in the frame buffer
+TTL: Final = 64
+ETH_P_IP: Final = 0x0800
 M64: Final = (1 << 64) - 1
 
 
@@ -182,54 +196,93 @@ def sendmmsg() -> Callable[[int, int, int, int], int]:
     return call
 
 
-class SynBatch:
-    """SYN segments from `sport` for up to MAX_BATCH pairs on a raw IPPROTO_TCP socket (the
-    kernel routes each and adds the IP header), with the mmsghdr, iovec and sockaddr_in arrays
-    that point at them (built once: a batch rewrites only the fields that vary)."""
+class _Batch:
+    """Packets from a template at a fixed stride for up to MAX_BATCH pairs, with the mmsghdr
+    and iovec arrays that point at them, and a sockaddr_in per message when `named` (built
+    once: a batch rewrites only the fields that vary), handed to the kernel with sendmmsg."""
 
-    def __init__(self, sport: int, sock: socket.socket, secret_key: tuple[int, int]) -> None:
+    stride = STRIDE
+
+    def __init__(self, sock: socket.socket, template: bytes, secret_key: tuple[int, int],
+                 named: bool) -> None:
         self.sock = sock
         self.k0, self.k1 = secret_key
-        n = MAX_BATCH
-        self.base = template_sum(sport)
-        self.packets = bytearray(tcp_template(sport).ljust(STRIDE, b"\0") * n)
-        self.names = bytearray(struct.pack("=H14x", socket.AF_INET) * n)
+        self.length = len(template)
+        n, stride = MAX_BATCH, self.stride
+        self.packets = bytearray(template.ljust(stride, b"\0") * n)
+        self.names = bytearray(struct.pack("=H14x", socket.AF_INET) * n if named else b"")
         packets = ctypes.addressof((ctypes.c_char * len(self.packets)).from_buffer(self.packets))
-        names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
-        # struct iovec (base, len) per segment; struct mmsghdr on 64-bit Linux: msghdr
+        # struct iovec (base, len) per packet; struct mmsghdr on 64-bit Linux: msghdr
         # (name, namelen, iov, iovlen, control, controllen, flags: 56 bytes) + msg_len,
         # padded to 64: words of 8 bytes, each column filled at once
         iov_words = array.array("Q", bytes(16 * n))
-        iov_words[0::2] = array.array("Q", range(packets, packets + n * STRIDE, STRIDE))
-        iov_words[1::2] = array.array("Q", [SYN_LEN]) * n
+        iov_words[0::2] = array.array("Q", range(packets, packets + n * stride, stride))
+        iov_words[1::2] = array.array("Q", [self.length]) * n
         self.iov = bytearray(iov_words.tobytes())
         iov = ctypes.addressof((ctypes.c_char * len(self.iov)).from_buffer(self.iov))
         words = array.array("Q", bytes(64 * n))
-        words[0::8] = array.array("Q", range(names, names + n * 16, 16))
-        words[1::8] = array.array("Q", [16]) * n
+        if named:
+            names = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
+            words[0::8] = array.array("Q", range(names, names + n * 16, 16))
+            words[1::8] = array.array("Q", [16]) * n
         words[2::8] = array.array("Q", range(iov, iov + n * 16, 16))
         words[3::8] = array.array("Q", [1]) * n
         self.mmsg = bytearray(words.tobytes())
         self.mmsg_at = ctypes.addressof((ctypes.c_char * len(self.mmsg)).from_buffer(self.mmsg))
         self.call = sendmmsg()
 
+    def _cookies(self, pairs: Sequence[int]) -> tuple[_Masks, bytes, int, int]:
+        """(the masks, the pairs as lanes: bytes and integer, their cookies in the same
+        lanes) of a batch."""
+        n = len(pairs)
+        if not 0 < n <= MAX_BATCH:
+            raise ValueError("a batch is 1 to MAX_BATCH pairs")
+        masks = _masks(n)
+        raw = _lane_bytes(pairs)
+        p = int.from_bytes(raw, "little")
+        return masks, raw, p, siphash_lanes(masks, self.k0, self.k1, p) & masks.m32
+
+    def packet(self, index: int) -> bytes:
+        """The packet `index` as loaded (what `send` hands over)."""
+        start = index * self.stride
+        return bytes(self.packets[start:start + self.length])
+
+    def send(self, start: int, count: int) -> tuple[int, int]:
+        """Hand packets start..start+count-1 to the kernel: (how many it took, errno of the
+        first one it refused, 0 when it took all)."""
+        count = min(count, MAX_CALL)
+        sent = self.call(self.sock.fileno(), self.mmsg_at + start * 64, count, 0)
+        if sent < 0:
+            return 0, ctypes.get_errno() or errno.EIO
+        return sent, 0
+
+
+def _fold(total: int, m16: int) -> int:
+    """The checksums of the word sums in each lane: folded to 16 bits, complemented."""
+    total = (total & m16) + ((total >> 16) & m16)
+    total = (total & m16) + ((total >> 16) & m16)
+    return total ^ m16
+
+
+class SynBatch(_Batch):
+    """SYN segments from `sport` for up to MAX_BATCH pairs on a raw IPPROTO_TCP socket (the
+    kernel routes each and adds the IP header): byte for byte `discovery.wire.KernelTx`'s."""
+
+    def __init__(self, sport: int, sock: socket.socket, secret_key: tuple[int, int]) -> None:
+        super().__init__(sock, tcp_template(sport), secret_key, named=True)
+        self.base = template_sum(sport)
+
     def load(self, pairs: Sequence[int], source_sums: Sequence[int]) -> None:
         """Fill segments 0..len(pairs)-1: destination, cookie and checksum (over the
         pseudo-header whose source address words sum to `source_sums[i]` for pair i)."""
         n = len(pairs)
-        if not 0 < n <= MAX_BATCH or len(source_sums) != n:
+        if len(source_sums) != n:
             raise ValueError("a batch is 1 to MAX_BATCH pairs with a source sum each")
-        masks = _masks(n)
+        masks, raw, p, seqs = self._cookies(pairs)
         m16 = masks.m16
-        raw = _lane_bytes(pairs)
-        p = int.from_bytes(raw, "little")
-        seqs = siphash_lanes(masks, self.k0, self.k1, p) & masks.m32
-        total = (int.from_bytes(_lane_bytes([self.base + s for s in source_sums]), "little")
-                 + ((p >> 32) & m16) + ((p >> 16) & m16) + (p & m16)
-                 + ((seqs >> 16) & m16) + (seqs & m16))
-        total = (total & m16) + ((total >> 16) & m16)
-        total = (total & m16) + ((total >> 16) & m16)
-        sums = (total ^ m16).to_bytes(8 * masks.n, "little")
+        sums = _fold(int.from_bytes(_lane_bytes([self.base + s for s in source_sums]), "little")
+                     + ((p >> 32) & m16) + ((p >> 16) & m16) + (p & m16)
+                     + ((seqs >> 16) & m16) + (seqs & m16), m16).to_bytes(8 * masks.n, "little")
         seq = seqs.to_bytes(8 * masks.n, "little")
         end, lanes, names = n * STRIDE, 8 * n, 16 * n
         out = self.packets
@@ -243,20 +296,80 @@ class SynBatch:
         for k in range(4):  # sin_addr, network order: the pair's bits 47..16
             dest[4 + k:names:16] = raw[5 - k:lanes:8]
 
-    def packet(self, index: int) -> bytes:
-        """The segment `index` as loaded (what `send` hands over)."""
-        start = index * STRIDE
-        return bytes(self.packets[start:start + SYN_LEN])
-
     def destination(self, index: int) -> int:
         """The address segment `index` goes to, as loaded."""
         return int.from_bytes(self.names[index * 16 + 4:index * 16 + 8], "big")
 
-    def send(self, start: int, count: int) -> tuple[int, int]:
-        """Hand segments start..start+count-1 to the kernel: (how many it took, errno of the
-        first one it refused, 0 when it took all)."""
-        count = min(count, MAX_CALL)
-        sent = self.call(self.sock.fileno(), self.mmsg_at + start * 64, count, 0)
-        if sent < 0:
-            return 0, ctypes.get_errno() or errno.EIO
-        return sent, 0
+
+def frame_template(sport: int, source: bytes, ours: bytes, theirs: bytes) -> bytes:
+    """Our SYN from `source`:`sport` as a whole Ethernet frame from `ours` to `theirs` (the
+    next hop's link-layer address), with the destination, the sequence number and both
+    checksums zero: an IPv4 header of 20 bytes, TTL 64, no options, identification 0."""
+    ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + SYN_LEN, 0, 0, TTL,
+                            socket.IPPROTO_TCP, 0, source, b"\0\0\0\0")
+    return theirs + ours + struct.pack("!H", ETH_P_IP) + ip_header + tcp_template(sport)
+
+
+class FrameBatch(_Batch):
+    """SYNs from `source`:`sport` for up to MAX_BATCH pairs as whole Ethernet frames from
+    `ours` to `theirs` (the route's gateway) on an AF_PACKET socket bound to the interface:
+    byte for byte `discovery.wire.LinkTx`'s. The IPv4 header's checksum is made in the same
+    lanes as the segment's."""
+
+    stride = FRAME_STRIDE
+
+    def __init__(self, sport: int, source: bytes, ours: bytes, theirs: bytes,
+                 sock: socket.socket, secret_key: tuple[int, int]) -> None:
+        template = frame_template(sport, source, ours, theirs)
+        super().__init__(sock, template, secret_key, named=False)
+        self.ip_base = word_sum(template[14:34])
+        self.tcp_base = template_sum(sport) + word_sum(source)
+        self.bases: dict[int, tuple[int, int]] = {}  # lanes → (ip_base, tcp_base) in each
+
+    def load(self, pairs: Sequence[int]) -> None:
+        """Fill frames 0..len(pairs)-1: destination address and port, cookie, and the two
+        checksums."""
+        n = len(pairs)
+        masks, raw, p, seqs = self._cookies(pairs)
+        bases = self.bases.get(masks.n)
+        if bases is None:
+            bases = self.bases[masks.n] = (_lanes(masks.n, self.ip_base),
+                                           _lanes(masks.n, self.tcp_base))
+        m16 = masks.m16
+        address = ((p >> 32) & m16) + ((p >> 16) & m16)
+        width = 8 * masks.n
+        ip_sums = _fold(bases[0] + address, m16).to_bytes(width, "little")
+        sums = _fold(bases[1] + address + (p & m16) + ((seqs >> 16) & m16) + (seqs & m16),
+                     m16).to_bytes(width, "little")
+        seq = seqs.to_bytes(width, "little")
+        stride = FRAME_STRIDE
+        end, lanes = n * stride, 8 * n
+        out = self.packets
+        out[24:end:stride] = ip_sums[1:lanes:8]  # the IPv4 header's checksum, big-endian
+        out[25:end:stride] = ip_sums[0:lanes:8]
+        for k in range(4):  # destination address, big-endian: the pair's bits 47..16
+            out[30 + k:end:stride] = raw[5 - k:lanes:8]
+        out[36:end:stride] = raw[1:lanes:8]  # destination port, big-endian
+        out[37:end:stride] = raw[0:lanes:8]
+        for k in range(4):  # sequence number, big-endian
+            out[38 + k:end:stride] = seq[3 - k:lanes:8]
+        out[50:end:stride] = sums[1:lanes:8]  # the segment's checksum, big-endian
+        out[51:end:stride] = sums[0:lanes:8]
+
+    def destination(self, index: int) -> int:
+        """The address frame `index` goes to, as loaded."""
+        start = index * FRAME_STRIDE + 30
+        return int.from_bytes(self.packets[start:start + 4], "big")
+
+
+def packet_socket(ifindex: int) -> socket.socket:
+    """An AF_PACKET socket that sends whole frames on one interface and receives nothing
+    (protocol 0); blocking sends, bounded, as the raw IP socket's."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((socket.if_indextoname(ifindex), 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 100_000))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -76,7 +76,8 @@ SECURITY_TYPE_NAMES: Final[dict[int, str]] = {
     0xFFFFFFFA: "UltraVNC MS-Logon (legacy)",
 }
 
-# 263/264 are swapped between rfbproto (used here) and QEMU/LibVNCServer/nmap; see docs/rfb.md §3.2.
+# 263/264 are swapped between rfbproto and QEMU/LibVNCServer/nmap (docs/rfb.md §3.2). QEMU is
+# the one server that sends them, and it sends 264 over anonymous TLS: its numbering is used.
 VENCRYPT_SUBTYPE_NAMES: Final[dict[int, str]] = {
     256: "Plain",
     257: "TLSNone",
@@ -85,8 +86,8 @@ VENCRYPT_SUBTYPE_NAMES: Final[dict[int, str]] = {
     260: "X509None",
     261: "X509Vnc",
     262: "X509Plain",
-    263: "TLSSASL",
-    264: "X509SASL",
+    263: "X509SASL",
+    264: "TLSSASL",
     265: "Ident",
     266: "TLSIdent",
     267: "X509Ident",
@@ -562,6 +563,14 @@ class RfbClient:
             return NEED_DATA
         count = self._buf[0]
         if count == 0:
+            if not inner and self._need(5) and self._u32_at(1) == 0:
+                # An empty 3.7+ reason, or the RFB 3.3 form (U32 0, U32 length, text) that
+                # servers send unasked whatever version their banner gave (RealVNC's licence
+                # refusals, docs/rfb.md §1.2): bytes after the empty reason decide.
+                if self._need(8):
+                    return self._reason_at(4, "security")
+                if not self._eof:
+                    return NEED_DATA
             return self._reason_at(1, "security")
         if not self._need(1 + count):
             return NEED_DATA
@@ -623,7 +632,7 @@ class RfbClient:
             return Unsupported(f"server refused VeNCrypt sub-type {self._vencrypt_subtype}")
         self.state = State.TLS_START
         self._tls_announced = True
-        return StartTls(anonymous=self._vencrypt_subtype in (257, 258, 259, 263, 266))
+        return StartTls(anonymous=self._vencrypt_subtype in (257, 258, 259, 264, 266))
 
     def _announce_tls(self) -> Event | NeedData:
         # Type 18 switches to TLS right after the selection, with nothing read in between.

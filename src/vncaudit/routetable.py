@@ -1,21 +1,26 @@
-"""The kernel's IPv4 routing table, read over rtnetlink, and the source address it gives each
-part of the address space: what both SYN senders need to checksum a segment the kernel then
-routes (the pseudo-header holds the source address the kernel will put in).
+"""The kernel's IPv4 routing table, read over rtnetlink, the source address it gives each part
+of the address space, and the link-layer addresses of a route's two ends: what both SYN
+senders need to checksum a segment the kernel then routes (the pseudo-header holds the source
+address the kernel will put in), or to send whole Ethernet frames to the gateway.
 
 Owns: `routes` (every IPv4 route, all tables), `only_default_rules` (no policy routing),
 `best_route` (the route the kernel takes to an address when only the default rules exist),
-`cuts` (where the route changes inside a range) and `source_of` (one segment's source
-address: the route's preferred source, else the kernel's answer for a sample address).
-`discovery.route` plans the sweep's paths with these; the early start (`vncaudit.synstart`)
-its sources.
+`cuts` (where the route changes inside a range), `source_of` (one segment's source
+address: the route's preferred source, else the kernel's answer for a sample address),
+`neighbours` (the resolved entries of the neighbour table), `ethernet_address` (an interface's
+own, when it is Ethernet and up) and `link_of` (the (ours, the gateway's) link-layer
+addresses of a route frames may go out on, when that is exact). `discovery.route` plans the
+sweep's paths with these; the early start (`vncaudit.synstart`, `vncaudit.synbulk`) its
+sources and its frames.
 
-Imports the standard library's `os`, `socket` and `struct` and `rawsyn` only: the
+Imports the standard library's `fcntl`, `os`, `socket` and `struct` and `rawsyn` only: the
 early start reads it before numpy and the rest of the program are imported. Must not: send
 anything, or guess a route the kernel would not take.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
@@ -39,6 +44,10 @@ FRA_PRIORITY, FRA_TABLE, FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN, FRA_PROTO
 FR_ACT_TO_TBL = 1
 TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT = 255, 254, 253
 DEFAULT_RULES: Final = frozenset({(0, TABLE_LOCAL), (32766, TABLE_MAIN), (32767, TABLE_DEFAULT)})
+
+ARPHRD_ETHER: Final = 1
+SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
+ATF_COM: Final = 0x2  # a neighbour entry with its link-layer address resolved
 
 MAX_ROUTES: Final = 4096  # beyond this (a full BGP table) every packet is left to the kernel
 ADDRESS_END: Final = 1 << 32
@@ -208,3 +217,73 @@ def source_of(best: Route | None | bool, start: int, end: int) -> bytes:
     if isinstance(best, Route) and best.source:
         return best.source
     return kernel_source(start + (end - start) // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Link-layer addresses: where frames may go straight out
+
+
+def neighbours() -> dict[tuple[bytes, int], bytes]:
+    """(IPv4 address, ifindex) → link-layer address, for the resolved entries of the ARP
+    table (flag ATF_COM; /proc/net/arp is this network namespace's)."""
+    out: dict[tuple[bytes, int], bytes] = {}
+    try:
+        with open("/proc/net/arp", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()[1:]
+    except OSError:
+        return out
+    indexes: dict[str, int] = {}
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) < 6 or not int(fields[2], 16) & ATF_COM:
+                continue
+            name = fields[5]
+            if name not in indexes:
+                indexes[name] = socket.if_nametoindex(name)
+            out[(socket.inet_aton(fields[0]), indexes[name])] = \
+                bytes.fromhex(fields[3].replace(":", ""))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def ethernet_address(ifindex: int) -> bytes | None:
+    """The interface's own link-layer address if it is an Ethernet interface that is up (asked
+    with ioctls, which see this network namespace whatever /sys shows)."""
+    try:
+        name = socket.if_indextoname(ifindex).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            flags = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16s24x", name))
+            if not struct.unpack_from("=H", flags, 16)[0] & IFF_UP:
+                return None
+            hw = fcntl.ioctl(sock, SIOCGIFHWADDR, struct.pack("16s24x", name))
+    except OSError:
+        return None
+    family = struct.unpack_from("=H", hw, 16)[0]
+    return hw[18:24] if family == ARPHRD_ETHER else None
+
+
+def frames_possible(route: Route, source: bytes) -> bool:
+    """Whether frames could go straight out on `route` (one unicast gateway on a live
+    interface, a known source) once the gateway's link-layer address is known."""
+    return not (route.kind != RTN_UNICAST or route.multipath or not route.gateway
+                or route.ifindex is None or route.flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)
+                or not source)
+
+
+def link_of(route: Route, source: bytes, known: dict[tuple[bytes, int], bytes],
+            ours: bytes | None = None) -> tuple[bytes, bytes] | None:
+    """(our link-layer address, the gateway's) for frames to the destinations of `route`
+    from `source`, when that is exact (`frames_possible`, an Ethernet interface that is up,
+    the gateway in `known`, a `neighbours` table); None otherwise (the kernel sends). `ours`:
+    the interface's address when the caller has asked already."""
+    if not frames_possible(route, source):
+        return None
+    assert route.ifindex is not None
+    theirs = known.get((route.gateway, route.ifindex))
+    if theirs is None:
+        return None
+    if ours is None:
+        ours = ethernet_address(route.ifindex)
+    return None if ours is None else (ours, theirs)

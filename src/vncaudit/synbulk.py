@@ -5,20 +5,26 @@ over.
 Owns: `BulkSender` (started by `vncaudit.synstart` for a plan whose rate the early threads are
 asked to hold, `synstart.EARLY_BULK_RATE`; stopped and read by the sweep,
 `discovery.syn.SynSweep._adopt`). Its threads take the walk's next pairs in order, a batch at
-a time, send each batch (`rawbatch.SynBatch`, on the early start's raw socket) in the chunks
-the scan's token bucket grants (`rawbatch.TokenBucket`, the one the sweep then uses), and
-record each chunk with the moment it went out and the part of each batch not sent (told to
-stop, or a SYN the kernel refused for good: the sweep sends those first, and meets the same
-refusal). They read the answers that arrive meanwhile (kept as they came, for the sweep to
-judge), so none is lost to a full socket buffer. They stop when told, at the walk's end, or
+a time, send each batch in the chunks the scan's token bucket grants (`rawbatch.TokenBucket`,
+the one the sweep then uses), and record each chunk with the moment it went out and the part
+of each batch not sent (told to stop, or a SYN the kernel refused for good: the sweep sends
+those first, and meets the same refusal). A batch goes out as whole Ethernet frames to the
+gateway on an AF_PACKET socket (`rawbatch.FrameBatch`, as the sweep's `LinkTx`) when the
+whole walk has one route whose link is exact (`routetable.link_of`: the gateway's link-layer
+address known, which the early start's first SYNs make the kernel resolve; waited for up to
+`NEIGHBOUR_WAIT`, else no batch is sent); otherwise as segments on the early start's raw IP
+socket (`rawbatch.SynBatch`: the kernel routes each).
+They read the answers that arrive meanwhile (kept as they came, for the sweep to judge), so
+none is lost to a full socket buffer. They stop when told, at the walk's end, or
 `EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
 scanning).
 
 Imports the standard library's `errno`, `sys`, `threading` and `time` (and in its threads
 `rawbatch`, `routetable`, `rawsyn`): it runs before numpy, asyncio and the store are
 imported. Must not: send a pair twice or one outside the walk, send faster than the bucket
-grants, import numpy, or send where the kernel's source address for a pair is not known as
-exactly as the sweep's route plan knows it (no batch then: the sweep sends as it would have).
+grants, import numpy, or send where the kernel's source address for a pair (and for a frame,
+its route and next hop) is not known as exactly as the sweep's route plan knows it (no batch
+then: the sweep sends as it would have).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ if TYPE_CHECKING:
     from socket import socket
     from typing import Final
 
-    from vncaudit.rawbatch import SynBatch, TokenBucket
+    from vncaudit import routetable
+    from vncaudit.rawbatch import FrameBatch, SynBatch, TokenBucket
     from vncaudit.synstart import EarlyWalk
 
 EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
@@ -44,6 +51,10 @@ REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
 # The program's imports hold the GIL but for a switch every interval (5 ms by default): a
 # sender thread would wait that long after each sendmmsg while they run.
 SWITCH_INTERVAL: Final = 0.0005
+NEIGHBOUR_LOOK: Final = 0.002  # seconds between looks for the gateway's link-layer address
+# The longest the batches wait for it: a gateway on a link answers ARP in well under this; a
+# slower one is left to the sweep, which asks again once the program has loaded.
+NEIGHBOUR_WAIT: Final = 0.2
 
 
 class _Taken:
@@ -82,7 +93,13 @@ class BulkSender:
         self.refused = 0
         self.cpu = 0.0
         self.bucket: TokenBucket | None = None
-        self.sources: tuple[list[int], list[int]] | None = None
+        self.sources: tuple[list[int], list[int], list[bytes]] | None = None
+        # Frames straight to the gateway when the whole walk has one exact route
+        # (`routetable.link_of`): (source, our link-layer address, the gateway's) and the
+        # packet socket (`link_socket`, (ifindex, socket): the sweep's to use and close).
+        self.link: tuple[bytes, bytes, bytes] | None = None
+        self.link_socket: tuple[int, socket] | None = None
+        self.framed = 0  # SYNs sent as frames
         self.deadline = 0.0
         self.why = ""  # why the batches stopped before the walk's end, for the log
         self.interval = sys.getswitchinterval()
@@ -142,9 +159,13 @@ class BulkSender:
         bucket = rawbatch.TokenBucket(self.rate)
         bucket.spend(*self.spent)
         self.bucket = bucket
-        self.sources = _sources(self.blocks)
-        if self.sources is None:
+        planned = _sources(self.blocks)
+        if planned is None:
             self.why = "the sources are not known exactly (policy routing or no route)"
+            return
+        self.sources, route = planned
+        if route is not None and not self._find_link(route, self.sources[2][0]):
+            self.why = "the gateway's link-layer address is not known"
             return
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
         with self.lock:
@@ -175,9 +196,13 @@ class BulkSender:
         from vncaudit.rawsyn import cookie_key
 
         assert self.sources is not None and self.bucket is not None
-        starts, sums = self.sources
+        starts, sums, _ = self.sources
         single = sums[0] if len(sums) == 1 else None
-        batch = rawbatch.SynBatch(self.port, self.tx, cookie_key(self.secret))
+        key = cookie_key(self.secret)
+        frames: FrameBatch | None = None
+        if self.link_socket is not None and self.link is not None:
+            frames = rawbatch.FrameBatch(self.port, *self.link, self.link_socket[1], key)
+        segments: SynBatch | None = None
         size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
         while not self.stopping.is_set():
             if time.monotonic() >= self.deadline:
@@ -191,17 +216,57 @@ class BulkSender:
                     return
                 taken = _Taken(pairs)
                 self.taken.append(taken)
-            if single is not None:
-                batch.load(pairs, [single] * len(pairs))
+            batch: SynBatch | FrameBatch
+            if frames is not None:
+                batch = frames
+                frames.load(pairs)
             else:
-                batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
+                if segments is None:
+                    segments = rawbatch.SynBatch(self.port, self.tx, key)
+                batch = segments
+                if single is not None:
+                    batch.load(pairs, [single] * len(pairs))
+                else:
+                    batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
             if not self._send_loaded(batch, taken, self.bucket):
                 return
 
-    def _send_loaded(self, batch: SynBatch, taken: _Taken, bucket: TokenBucket) -> bool:
+    def _find_link(self, route: routetable.Route, source: bytes) -> bool:
+        """Frames when `route` (the whole walk's) allows them: its gateway's link-layer address
+        read from the neighbour table, waited for up to `NEIGHBOUR_WAIT` (the early start's
+        first SYNs, which the kernel routed, made it ask; more sent meanwhile would only queue
+        behind them), and the packet socket opened. False when it is still not known then:
+        the sweep sends, as it would have."""
+        from vncaudit import rawbatch, routetable
+
+        if not routetable.frames_possible(route, source):
+            return True
+        assert route.ifindex is not None
+        ours = routetable.ethernet_address(route.ifindex)
+        if ours is None:
+            return True  # not Ethernet, or down: the kernel's raw IP path
+        until = time.monotonic() + NEIGHBOUR_WAIT
+        waited = False
+        while True:
+            link = routetable.link_of(route, source, routetable.neighbours(), ours)
+            if link is not None:
+                break
+            if time.monotonic() >= until or self.stopping.wait(NEIGHBOUR_LOOK):
+                return False
+            waited = True
+        if waited and self.bucket is not None:
+            # The first SYNs waited in the kernel's queue for this address and left with it:
+            # the cap counts them from now.
+            self.bucket.spend(self.spent[0], time.monotonic())
+        self.link_socket = (route.ifindex, rawbatch.packet_socket(route.ifindex))
+        self.link = (source, *link)
+        return True
+
+    def _send_loaded(self, batch: SynBatch | FrameBatch, taken: _Taken,
+                     bucket: TokenBucket) -> bool:
         """Send the loaded batch in the chunks the bucket grants; False when it stopped
         before the end (told to, or a SYN the kernel refused for good)."""
-        from vncaudit.rawbatch import MAX_CALL
+        from vncaudit.rawbatch import MAX_CALL, FrameBatch
 
         pairs = taken.pairs
         n = len(pairs)
@@ -239,6 +304,8 @@ class BulkSender:
                     taken.sent += done
                     self.flights.append((now, pairs[i:i + done]))
                 self._read()
+            if isinstance(batch, FrameBatch):
+                self.framed += done
             if failed or done < granted:
                 if failed:
                     self.why = "a SYN the kernel refused"
@@ -257,10 +324,12 @@ class BulkSender:
                 return
 
 
-def _sources(blocks: tuple[tuple[int, int], ...]) -> tuple[list[int], list[int]] | None:
-    """(segment starts, source word sums) for the addresses of `blocks`, a segment for each
-    route inside them as the sweep's route plan cuts them (`discovery.route.plan`), or None
-    where that plan would not be exact (policy rules, a table too large, no route)."""
+def _sources(blocks: tuple[tuple[int, int], ...]
+             ) -> tuple[tuple[list[int], list[int], list[bytes]], routetable.Route | None] | None:
+    """((segment starts, source word sums, source addresses), the one route of them all or
+    None) for the addresses of `blocks`, a segment for each route inside them as the sweep's
+    route plan cuts them (`discovery.route.plan`), or None where that plan would not be exact
+    (policy rules, a table too large, no route)."""
     from vncaudit import routetable
     from vncaudit.rawsyn import word_sum
 
@@ -272,13 +341,19 @@ def _sources(blocks: tuple[tuple[int, int], ...]) -> tuple[list[int], list[int]]
         return None
     starts: list[int] = []
     sums: list[int] = []
+    sources: list[bytes] = []
+    chosen: set[routetable.Route | None | bool] = set()
     for first, last in blocks:
         edges = routetable.cuts(table, first, last)
         for k, start in enumerate(edges):
             end = edges[k + 1] - 1 if k + 1 < len(edges) else last
-            source = routetable.source_of(routetable.best_route(table, start), start, end)
+            best = routetable.best_route(table, start)
+            source = routetable.source_of(best, start, end)
             if not source:
                 return None
+            chosen.add(best)
             starts.append(start)
             sums.append(word_sum(source))
-    return starts, sums
+            sources.append(source)
+    one = next(iter(chosen)) if len(chosen) == 1 and len(set(sources)) == 1 else None
+    return (starts, sums, sources), one if isinstance(one, routetable.Route) else None

@@ -112,10 +112,18 @@ class EarlyStart:
             return self.pairs, []
         return self.pairs + self.bulk.taken_pairs(), self.bulk.unsent()
 
+    def link_socket(self) -> tuple[int, socket.socket] | None:
+        """The batch sender's packet socket ((ifindex, socket)) when it sent frames: whoever
+        takes the early start over closes it."""
+        return self.bulk.link_socket if self.bulk is not None else None
+
     def close(self) -> None:
         self.finish()
         self.rx.close()
         self.tx.close()
+        link = self.link_socket()
+        if link is not None:
+            link[1].close()
 
 
 _started: EarlyStart | None = None

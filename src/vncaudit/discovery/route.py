@@ -5,7 +5,9 @@ Owns: dumping the IPv4 routes and policy rules over rtnetlink, cutting the addre
 segments that each have one route (the longest prefix, lowest metric, tables local, main and
 default in that order, as the kernel looks them up when no other rule exists), the source
 address of each route (the kernel's own choice, asked with a connected UDP socket, which sends
-nothing), and the gateway's link-layer address from the neighbour table (/proc/net/arp).
+nothing), and the gateway's link-layer address from the neighbour table: the pieces are
+`vncaudit.routetable`'s (the early start reads the same ones without numpy), the vector
+look-up is this module's.
 
 A segment gets a `Path` with `link` set (Ethernet frames straight to the gateway) only when all
 of that is exact: no policy rules, one unicast route with one gateway on an Ethernet interface
@@ -18,13 +20,7 @@ Must not: send anything, or guess a route the kernel would not take.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import socket
-import struct
 from dataclasses import dataclass
-from pathlib import Path as FsPath
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +30,12 @@ from vncaudit.routetable import (
     ADDRESS_END,
     MAX_ROUTES,
     RTN_UNICAST,
-    RTNH_F_DEAD,
-    RTNH_F_LINKDOWN,
     Route,
     best_route,
     cuts,
+    ethernet_address,
+    frames_possible,
+    neighbours,
     only_default_rules,
     routes,
     source_of,
@@ -47,8 +44,6 @@ from vncaudit.routetable import (
 __all__ = ["ADDRESS_END", "RTN_UNICAST", "Path", "Route", "RoutePlan", "best_route",
            "kernel_source", "neighbours", "plan"]
 
-ARPHRD_ETHER: Final = 1
-SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 
 @dataclass(frozen=True)
 class Path:
@@ -81,40 +76,6 @@ class RoutePlan:
 
     def interfaces(self) -> set[int]:
         return {p.ifindex for p in self.paths if p.ifindex is not None}
-
-
-def neighbours() -> dict[tuple[bytes, int], bytes]:
-    """(IPv4 address, ifindex) → link-layer address, for the resolved entries of the ARP
-    table (flag ATF_COM)."""
-    out: dict[tuple[bytes, int], bytes] = {}
-    try:
-        lines = FsPath("/proc/net/arp").read_text().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or not int(fields[2], 16) & 0x2:
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            out[(socket.inet_aton(fields[0]), socket.if_nametoindex(fields[5]))] = \
-                bytes.fromhex(fields[3].replace(":", ""))
-    return out
-
-
-def _ethernet_address(ifindex: int) -> bytes | None:
-    """The interface's own link-layer address if it is an Ethernet interface that is up (asked
-    with ioctls, which see this network namespace whatever /sys shows)."""
-    try:
-        name = socket.if_indextoname(ifindex).encode()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            flags = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16s24x", name))
-            if not struct.unpack_from("=H", flags, 16)[0] & IFF_UP:
-                return None
-            hw = fcntl.ioctl(sock, SIOCGIFHWADDR, struct.pack("16s24x", name))
-    except OSError:
-        return None
-    family = struct.unpack_from("=H", hw, 16)[0]
-    return hw[18:24] if family == ARPHRD_ETHER else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,11 +120,9 @@ def plan(for_addresses: tuple[int, int] = (0, ADDRESS_END - 1)) -> RoutePlan:
 
 
 def _path(route: Route, source: bytes, known: dict[tuple[bytes, int], bytes]) -> Path:
-    if (route.kind != RTN_UNICAST or route.multipath or not route.gateway
-            or route.ifindex is None or route.flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)
-            or not source):
+    if not frames_possible(route, source) or route.ifindex is None:
         return Path(route.ifindex, source)
-    ours = _ethernet_address(route.ifindex)
+    ours = ethernet_address(route.ifindex)
     if ours is None:
         return Path(route.ifindex, source)
     theirs = known.get((route.gateway, route.ifindex))

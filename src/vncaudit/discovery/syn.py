@@ -175,6 +175,7 @@ class SynSweep(BaseSweep):
         # it, and what is left of the walk's first block after its pairs.
         self.early_rx: socket.socket | None = None
         self.early_tx: socket.socket | None = None
+        self.early_link: tuple[int, socket.socket] | None = None  # its frames' packet socket
         self.rest: U64 | None = None
         self.early_replies: list[bytes] = []  # what the early batch sender read meanwhile
         self.opened = False  # the sweep's own first chunk of fresh SYNs went out
@@ -201,9 +202,10 @@ class SynSweep(BaseSweep):
                 self.bucket.tokens = float(self.bucket.burst - sent)
                 self.bucket.last = flights[-1][0]
         if bulk is not None:
-            log.info("early start: %d SYNs sent before the sweep, %d of them in batches "
-                     "(%d refused and sent again); the batches stopped at %s", sent, bulk.sent,
-                     bulk.refused, bulk.why or "the walk's end or the sweep")
+            log.info("early start: %d SYNs sent before the sweep, %d of them in batches, %d "
+                     "as frames (%d refused and sent again); the batches stopped at %s", sent,
+                     bulk.sent, bulk.framed, bulk.refused,
+                     bulk.why or "the walk's end or the sweep")
         walk = self.walk
         plan = early.plan
         taken, unsent = early.taken()
@@ -223,6 +225,7 @@ class SynSweep(BaseSweep):
         self.secret = early.secret
         self.cookies = wire.Cookies(early.secret)
         self.early_rx, self.early_tx = early.rx, early.tx
+        self.early_link = early.link_socket()
         self.early_replies = bulk.replies if bulk is not None else []
         # What was taken and not sent goes first, in walk order, then the walk after it.
         rest = mine[len(taken):]
@@ -328,6 +331,7 @@ class SynSweep(BaseSweep):
                 unused, self.early_tx = self.early_tx, None
             if unused is not None:
                 unused.close()
+            self._close_early_link()
 
     async def _settle(self, loop: asyncio.AbstractEventLoop, interfaces: set[int],
                       dropped_before: int) -> None:
@@ -504,11 +508,12 @@ class SynSweep(BaseSweep):
                     if self.exhausted and not poked:
                         self._poke()  # the event loop may be waiting for the last block
                         poked = True
-                    if self.exhausted and txs:
+                    if self.exhausted and (txs or self.early_link is not None):
                         # Nothing to send until a retry (the tx is made again for it): the
                         # sockets close now, not after the window. Closing a packet socket
                         # waits for the kernel's RCU grace period: 7-8 ms each, measured.
                         _close_all(txs)
+                        self._close_early_link()
                     self.stopping.wait(0.002)
                     continue
                 poked = False
@@ -610,13 +615,29 @@ class SynSweep(BaseSweep):
                 if key not in txs:
                     assert path.ifindex is not None
                     txs[key] = wire.LinkTx(self.port, path.source, *path.link,
-                                           sock=wire.packet_socket(path.ifindex))
+                                           sock=self._packet_socket(path.ifindex))
                 tx = txs[key]
                 tx.load(sel, sel_seqs, 0)
             else:
                 tx = self._kernel_tx(txs)
                 tx.load(sel, sel_seqs, self._source_sums(path, sel))
             self._send_loaded(tx, sel, made, bucket)
+
+    def _packet_socket(self, ifindex: int) -> socket.socket:
+        """A packet socket on `ifindex`: the early start's, when it sent frames there and no
+        other sender took it yet."""
+        with self.lock:
+            link = self.early_link
+            if link is not None and link[0] == ifindex:
+                self.early_link = None
+                return link[1]
+        return wire.packet_socket(ifindex)
+
+    def _close_early_link(self) -> None:
+        with self.lock:
+            link, self.early_link = self.early_link, None
+        if link is not None:
+            link[1].close()
 
     def _kernel_tx(self, txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]
                    ) -> wire.KernelTx | wire.LinkTx:

@@ -29,12 +29,19 @@ import ctypes
 import errno
 import socket
 import struct
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from vncaudit.rawbatch import MAX_BATCH, MAX_CALL, sendmmsg
+from vncaudit.rawbatch import (
+    ETH_P_IP,
+    MAX_BATCH,
+    MAX_CALL,
+    TTL,
+    frame_template,
+    packet_socket,
+    sendmmsg,
+)
 from vncaudit.rawsyn import (
     IV,
     LAST_BLOCK,
@@ -53,15 +60,12 @@ from vncaudit.rawsyn import (
     word_sum,
 )
 
-__all__ = ["MAX_BATCH", "MAX_CALL", "MSS_OPTION", "SYN_LEN", "TCP_ACK", "TCP_RST", "TCP_SYN",
-           "Cookies", "KernelTx", "LinkTx", "attach_filter", "packet_socket", "parse_replies",
-           "raw_tcp_socket", "siphash", "word_sum"]
+__all__ = ["ETH_P_IP", "MAX_BATCH", "MAX_CALL", "MSS_OPTION", "SYN_LEN", "TCP_ACK", "TCP_RST",
+           "TCP_SYN", "TTL", "Cookies", "KernelTx", "LinkTx", "attach_filter", "packet_socket",
+           "parse_replies", "raw_tcp_socket", "siphash", "word_sum"]
 
 U64 = npt.NDArray[np.uint64]
 
-TTL: Final = 64
-ETH_P_IP: Final = 0x0800
-SOL_PACKET: Final = 263
 
 # ---------------------------------------------------------------------------------------------
 # The cookie (`rawsyn.siphash`), a batch at a time
@@ -192,18 +196,6 @@ class _Tx:
         self.sock.close()
 
 
-def packet_socket(ifindex: int) -> socket.socket:
-    """An AF_PACKET socket that sends whole frames on one interface and receives nothing."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receive nothing
-    try:
-        sock.bind((socket.if_indextoname(ifindex), 0))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 100_000))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class KernelTx(_Tx):
     """SYN segments on a raw IPPROTO_TCP socket: the kernel routes them and adds the IP header.
 
@@ -245,14 +237,11 @@ class LinkTx(_Tx):
 
     def __init__(self, sport: int, source: bytes, our_mac: bytes, next_hop_mac: bytes,
                  sock: socket.socket) -> None:
-        ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + SYN_LEN, 0, 0, TTL,
-                                socket.IPPROTO_TCP, 0, source, b"\0\0\0\0")
-        tcp = tcp_template(sport)
-        frame = next_hop_mac + our_mac + struct.pack("!H", ETH_P_IP) + ip_header + tcp
+        frame = frame_template(sport, source, our_mac, next_hop_mac)
         super().__init__(sock, frame, 0, named=False)
         self.fields = self.raw.view(self._fields)
-        self.ip_base = word_sum(ip_header)
-        self.tcp_base = word_sum(source) + socket.IPPROTO_TCP + SYN_LEN + word_sum(tcp)
+        self.ip_base = word_sum(frame[14:34])
+        self.tcp_base = word_sum(source) + socket.IPPROTO_TCP + SYN_LEN + word_sum(frame[34:])
 
     def load(self, pairs: U64, seqs: U64, source_sums: U64 | int = 0) -> None:
         n = len(pairs)
