@@ -81,7 +81,7 @@ def driver(opts: argparse.Namespace) -> None:
     print(json.dumps({"states": states, "started": started, "scan_end": outcome.scan_finished_at,
                       "queued": outcome.finished_at, "elapsed": outcome.elapsed,
                       "alerts": len(outcome.alerts), "services": outcome.services,
-                      "digest": outcome.digest.count if outcome.digest else None,
+                      "digest": outcome.digests[0].count if outcome.digests else None,
                       "probed": outcome.probed, "status": outcome.status,
                       "rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
                       "done": time.time()}))

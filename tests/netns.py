@@ -222,18 +222,22 @@ class Seen:
     dst: str
     dport: int  # 0 unless TCP or UDP
     flags: int  # TCP flags, 0 otherwise
+    df: bool = False  # the IPv4 header's don't-fragment bit
+    frame: bytes = b""  # the whole frame, when the sniffer was asked to keep them
 
 
 class Sniffer:
     """Every IPv4 packet arriving on `bed.veth_t` (an AF_PACKET socket in the target namespace,
     kernel timestamps), in a subprocess; `stop()` returns them. Raises if the socket itself
-    dropped any (a capture that lost packets proves nothing)."""
+    dropped any (a capture that lost packets proves nothing). `frames`: keep each packet's
+    whole frame too."""
 
-    def __init__(self, bed: Bed, out: Path) -> None:
+    def __init__(self, bed: Bed, out: Path, frames: bool = False) -> None:
         self.out = out
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", bed.tgt, sys.executable, str(HERE), "sniff", bed.veth_t,
-             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             str(out), *(["frames"] if frames else [])], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             self.proc.kill()
@@ -245,10 +249,11 @@ class Sniffer:
         doc = json.loads(self.out.read_text())
         if doc["dropped"]:
             raise RuntimeError(f"the sniffer's socket dropped {doc['dropped']} packets {err}")
-        return [Seen(*row) for row in doc["packets"]]
+        return [Seen(*row[:6], bytes.fromhex(row[6]) if len(row) > 6 else b"")
+                for row in doc["packets"]]
 
 
-def _sniff(ifname: str, out: str) -> None:
+def _sniff(ifname: str, out: str, frames: bool = False) -> None:
     import signal
     import socket
     import struct
@@ -286,7 +291,11 @@ def _sniff(ifname: str, out: str) -> None:
             dport = int.from_bytes(ip[ihl + 2:ihl + 4], "big")
         if proto == 6 and len(ip) >= ihl + 14:
             flags = ip[ihl + 13]
-        rows.append([at, proto, socket.inet_ntoa(ip[16:20]), dport, flags])
+        row: list[object] = [at, proto, socket.inet_ntoa(ip[16:20]), dport, flags,
+                             bool(ip[6] & 0x40)]
+        if frames:
+            row.append(data.hex())
+        rows.append(row)
     stats = sock.getsockopt(263, 6, 8)  # SOL_PACKET, PACKET_STATISTICS: packets, drops
     _, drops = struct.unpack("II", stats)
     Path(out).write_text(json.dumps({"packets": rows, "dropped": drops}))
@@ -301,8 +310,8 @@ def live_hosts(network: str, n: int, seed: int) -> list[str]:
                   key=lambda h: ipaddress.ip_address(h))
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "sniff":
-    _sniff(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) in (4, 5) and sys.argv[1] == "sniff":
+    _sniff(sys.argv[2], sys.argv[3], sys.argv[4:] == ["frames"])
 elif __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
     try:
         import uvloop

@@ -17,6 +17,7 @@ import site
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -154,14 +155,15 @@ def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
     report = json.loads(out_file.read_text())
     services = {(s["host"], s["port"]): s["state"] for s in report["services"]}
     total = 1024 * len(PORTS)
-    early_line = next(x for x in out.stderr.splitlines() if "early start: " in x)
-    before, batched = (int(x) for x in re.findall(r"(\d+) (?:SYNs sent|of them)",
-                                                     early_line))
-    assert batched > 0, early_line  # the batches went on after the first SYNs
+    before, batched, framed = _early_counts(out.stderr)
+    assert batched > 0, out.stderr  # the batches went on after the first SYNs
+    # The bed's range has one route, via a gateway on an Ethernet interface (a veth), whose
+    # link-layer address the first SYNs made the kernel resolve: every batch went out as frames.
+    assert framed == batched, out.stderr
     if rate == 1000:
-        assert before < total, early_line  # the sweep took over in the middle of the walk
+        assert before < total, out.stderr  # the sweep took over in the middle of the walk
     else:
-        assert before == total, early_line  # the whole walk before the program loaded
+        assert before == total, out.stderr  # the whole walk before the program loaded
     assert len(services) == total
     live = {(h, p) for h in hosts for p in PORTS}
     assert {k for k, state in services.items() if state == "vnc"} == live
@@ -189,6 +191,159 @@ def test_an_early_started_scan_finds_exactly_the_live_set_once_under_the_cap(
         assert achieved <= rate * 1.05, summary
     else:  # a walk too short (under 50 ms after its opening burst) to give a rate: its time
         assert float(took.group(1)) + 0.005 >= (total - rawsyn.rate_burst(rate)) / rate, summary
+
+
+def _early_counts(stderr: str) -> tuple[int, int, int]:
+    """(SYNs sent before the sweep, of them in batches, of them as frames) from the sweep's
+    log line about the early start (-v)."""
+    line = next(x for x in stderr.splitlines() if "early start: " in x)
+    found = re.search(r"(\d+) SYNs sent before the sweep, (\d+) of them in batches, (\d+) as "
+                      r"frames", line)
+    assert found is not None, line
+    before, batched, framed = (int(x) for x in found.groups())
+    return before, batched, framed
+
+
+def _ones_complement_sum(data: bytes) -> int:
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _template(frame: bytes) -> bytes:
+    """A SYN frame with what varies per pair (the IPv4 checksum and destination, the port,
+    the sequence number, the TCP checksum) zeroed: the same for every frame of one sender."""
+    out = bytearray(frame)
+    for start, end in ((24, 26), (30, 34), (36, 42), (50, 52)):
+        out[start:end] = bytes(end - start)
+    return bytes(out)
+
+
+@pytest.mark.netns
+def test_the_early_frames_are_the_sweeps_frames(bed: tuple[Bed, list[str]],
+                                                tmp_path: Path) -> None:
+    """At 1,000/s the early batches send frames for at most a second, then the sweep sends
+    the rest of the walk with its own `LinkTx`: at the target, every SYN after the first
+    one-by-one ones (which the kernel made: don't-fragment set) is a 58-byte frame from our
+    interface to the gateway, both checksums right, and byte for byte the sweep's frame but
+    for the pair's own fields; as many as the log says went out as frames, then the sweep's."""
+    testbed, hosts = bed
+    rate = 1000
+    args = [NET, "-p", ",".join(map(str, PORTS)), "--timeout", "0.5", "--retries", "0",
+            "--discovery", "syn", "--rate", str(rate), "-o", "json", "-v", "--output-file",
+            str(tmp_path / "report.json"), "--db", str(tmp_path / "s.db")]
+    sniffer = Sniffer(testbed, tmp_path / "seen.json", frames=True)
+    out = _scan(testbed, *args)
+    seen = sniffer.stop()
+    assert out.returncode == 0, out.stderr
+    before, batched, framed = _early_counts(out.stderr)
+    first = min(synstart.EARLY_MAX, rawsyn.rate_burst(rate))
+    assert framed == batched == before - first > 0, out.stderr
+    total = 1024 * len(PORTS)
+    assert before < total, out.stderr  # the sweep sent the rest
+    ours = testbed.run(testbed.scn, "cat", f"/sys/class/net/{testbed.veth_s}/address")
+    mac = bytes.fromhex(ours.stdout.strip().replace(":", ""))
+    gateway = bytes.fromhex(testbed.gateway_mac().replace(":", ""))
+    scan = sorted((p for p in seen if p.proto == 6 and p.flags == 0x02 and len(p.frame) == 58),
+                  key=lambda p: p.at)
+    sport = int.from_bytes(scan[0].frame[34:36], "big")
+    scan = [p for p in scan if int.from_bytes(p.frame[34:36], "big") == sport]
+    assert len(scan) == total  # one SYN a pair (the probes' SYNs carry more options)
+    assert [p.df for p in scan[:first]] == [True] * first  # the kernel's, one by one
+    frames = scan[first:]
+    assert not any(p.df for p in frames)
+    templates = {_template(p.frame) for p in frames}
+    assert len(templates) == 1, templates  # the early batches' frames and the sweep's alike
+    for p in frames:
+        frame = p.frame
+        assert frame[:6] == gateway and frame[6:12] == mac
+        ip, segment = frame[14:34], frame[34:58]
+        assert _ones_complement_sum(ip) == 0xFFFF
+        pseudo = ip[12:20] + bytes([0, 6, 0, len(segment)])
+        assert _ones_complement_sum(pseudo + segment) == 0xFFFF
+        assert (ip[8], ip[4:8]) == (64, bytes(4))  # TTL 64, identification 0, no flags
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {(s["host"], s["port"]) for s in report["services"] if s["state"] == "vnc"} == \
+        {(h, p) for h in hosts for p in PORTS}
+
+
+def _answer_arp(testbed: Bed, delay: float, stop: threading.Event) -> None:
+    """Once the scanning namespace has asked for the gateway's link-layer address (its entry
+    is INCOMPLETE), wait `delay` s and let the gateway answer ARP."""
+    while not stop.is_set():
+        shown = subprocess.run(["ip", "-n", testbed.scn, "neigh", "show", "dev",
+                                testbed.veth_s], capture_output=True, text=True, check=False)
+        if "INCOMPLETE" in shown.stdout:
+            break
+        stop.wait(0.002)
+    stop.wait(delay)
+    subprocess.run(["ip", "-n", testbed.tgt, "link", "set", "dev", testbed.veth_t, "arp", "on"],
+                   check=False)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("resolved_after", [0.05, 0.6])
+def test_the_early_batches_wait_for_the_gateway_or_leave_the_walk_to_the_sweep(
+        bed: tuple[Bed, list[str]], tmp_path: Path, resolved_after: float) -> None:
+    """The gateway's link-layer address unknown when the scan starts (the gateway answers
+    ARP `resolved_after` s after the scanner first asks): the first SYNs wait in the kernel's
+    queue for it, the batches wait too (nothing more piles up behind them), then send frames
+    once it is known (0.05 s), or, when it is not known within `synbulk.NEIGHBOUR_WAIT`
+    (0.2 s), send nothing and the sweep sends the walk as it would have (0.6 s: the sweep
+    asks again and waits). Either way each pair gets one SYN, under the cap at the target,
+    and the live set is found exactly."""
+    from vncaudit import synbulk
+
+    testbed, hosts = bed
+    rate = 4000
+    dev = testbed.veth_s
+    neigh = f"net.ipv4.neigh.{dev}"
+    # ARP asked again every 10 ms (and never given up on), so it resolves as soon as the
+    # gateway answers
+    testbed.run(testbed.scn, "sysctl", "-qw", f"{neigh}.retrans_time_ms=10",
+                f"{neigh}.mcast_solicit=500", f"{neigh}.ucast_solicit=500")
+    testbed.run(testbed.tgt, "ip", "link", "set", "dev", testbed.veth_t, "arp", "off")
+    testbed.run(testbed.scn, "ip", "neigh", "flush", "dev", dev)
+    stop = threading.Event()
+    answer = threading.Thread(target=_answer_arp, args=(testbed, resolved_after, stop))
+    try:
+        sniffer = Sniffer(testbed, tmp_path / "seen.json")
+        answer.start()
+        out = _scan(testbed, NET, "-p", ",".join(map(str, PORTS)), "--timeout", "2",
+                    "--retries", "0", "--discovery", "syn", "--rate", str(rate), "-o", "json",
+                    "-v", "--output-file", str(tmp_path / "report.json"), "--db",
+                    str(tmp_path / "s.db"))
+        answer.join()
+        seen = sniffer.stop()
+    finally:
+        stop.set()
+        answer.join()
+        testbed.run(testbed.tgt, "ip", "link", "set", "dev", testbed.veth_t, "arp", "on")
+        testbed.run(testbed.scn, "sysctl", "-qw", f"{neigh}.retrans_time_ms=1000",
+                    f"{neigh}.mcast_solicit=3", f"{neigh}.ucast_solicit=3")
+    assert out.returncode == 0, out.stderr
+    before, batched, framed = _early_counts(out.stderr)
+    first = min(synstart.EARLY_MAX, rawsyn.rate_burst(rate))
+    if resolved_after < synbulk.NEIGHBOUR_WAIT:
+        assert framed == batched == before - first > 0, out.stderr
+    else:
+        assert (before, batched, framed) == (first, 0, 0), out.stderr
+        assert "the gateway's link-layer address is not known" in out.stderr
+    services = {(s["host"], s["port"]): s["state"]
+                for s in json.loads((tmp_path / "report.json").read_text())["services"]}
+    live = {(h, p) for h in hosts for p in PORTS}
+    assert {k for k, state in services.items() if state == "vnc"} == live
+    syns = sorted((p.at, p.dst, p.dport) for p in seen if p.proto == 6 and p.flags == 0x02)
+    firsts: dict[tuple[str, int], float] = {}
+    for at, dst, dport in syns:
+        firsts.setdefault((dst, dport), at)
+    assert Counter((dst, dport) for _, dst, dport in syns) == Counter(
+        {k: 1 + (k in live) for k in firsts})
+    assert len(firsts) == 1024 * len(PORTS)
+    sweep = sorted(firsts.values())
+    for width in (0.05, 0.25):
+        assert most_in_window(sweep, width) <= rate * (width + 0.005) + rawsyn.rate_burst(rate)
 
 
 @pytest.mark.netns

@@ -10,6 +10,7 @@ real HTTP receiver and a real SMTP server (STARTTLS, AUTH LOGIN; tests/receivers
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sqlite3
 import subprocess
@@ -130,7 +131,8 @@ timeout = 3
         assert digest["by_severity"] == dict(severities)
         assert digest["no_auth"] == no_auth
         assert [t["key"] for t in digest["top"]] == [a["key"] for a in sorted(
-            alerts, key=lambda a: (-RANKS[a["severity"]], a["host"], a["port"]))][:10]
+            alerts, key=lambda a: (-RANKS[a["severity"]], ipaddress.ip_address(a["host"]),
+                                   a["port"]))][:10]
         assert digest["commands"] == [f"vncaudit alerts --monitor lab --scan {scan_id} "
                                       f"--db {db}", f"vncaudit results {scan_id} --db {db}"]
         assert posted["text"].startswith(f"vncaudit monitor lab: {SERVICES} alerts: "
@@ -257,7 +259,7 @@ def test_a_failed_digest_is_recorded_retried_and_given_up_like_an_alert(
         assert "lab: digest of 25 alerts to webhook:ops failed for good" in run.stderr
         assert [r[2] for r in outbox(db)] == ["failed"]
         run = vncaudit("alerts", "--db", str(db), "--retry-failed", "--monitor", "lab")
-        assert run.returncode == 0 and "1 failed deliveries queued again" in run.stderr
+        assert run.returncode == 0 and "1 failed delivery queued again" in run.stderr
         assert [r[2] for r in outbox(db)] == ["pending"]
     assert len(hook.entries("accepted")) == 1
 

@@ -195,10 +195,13 @@ def require_websockify() -> None:
 
 
 @contextlib.contextmanager
-def websockify(backend: servers.VncServer, web: str | None, log: Path) -> Iterator[Target]:
+def websockify(backend: servers.VncServer, web: str | None, log: Path,
+               verbose: bool = False) -> Iterator[Target]:
+    """websockify on 127.0.0.1 in front of `backend`; `verbose`: its log names the peer of
+    every connection it accepts ("127.0.0.2: new handler Process")."""
     require_websockify()
     port = servers.free_port()
-    cmd = ["websockify"]
+    cmd = ["websockify", "-v"] if verbose else ["websockify"]
     if web:
         cmd += ["--web", web]
     cmd += [f"127.0.0.1:{port}", f"{backend.host}:{backend.port}"]

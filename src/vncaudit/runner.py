@@ -457,21 +457,15 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
             # VNC is found on any port by its banner; a web front end on any port by one GET
             # (an HTTP server waits silently for it); on the usual web ports, always.
             target = Target(result.host, result.port, result.hostname)
-            # Through websockify, a WebSocket session is a connection to the VNC server
-            # behind it, from the proxy's address that every user of the front end shares.
-            (grant,) = ledger.admit([target], kind="web check") if ledger else (None,)
-            if ledger is not None and grant is not None and grant.allowed \
-                    and grant.bind is not None:
-                # Granted only from another loopback address, and the web check's
-                # connections cannot be bound to one: no check, the grant goes back.
-                ledger.release([grant])
-            if grant is None or (grant.allowed and grant.bind is None):
+            found: ServiceResult | None
+            if ledger is None:
                 found = await websocket.probe_web(target, probe_options,
                                                   require_http=not listed)
-                if ledger is not None and grant is not None:
-                    ledger.record([(grant, found)])
-                if found.state is State.VNC or (found.extra.web and found.extra.web.transport):
-                    result = found
+            else:
+                found = await _web_checked(ledger, target, probe_options, listed)
+            if found is not None and (found.state is State.VNC
+                                      or (found.extra.web and found.extra.web.transport)):
+                result = found
         if checks is not None and result.state is State.VNC:
             connector = None
             ws = result.extra.web.websocket if result.extra.web else None
@@ -505,6 +499,72 @@ def post_probe_for(spec: ScanSpec, active_options: ActiveOptions | None,
 
 
 _WEB_STATES: Final = (State.TARPIT, State.OPEN_NOT_VNC)  # what a web front end may look like
+
+
+def _web_plans(listed: bool) -> Iterator[tuple[bool, tuple[str, ...]]]:
+    """The web checks to ask the ledger for, fullest first, as (GET / first, upgrade paths):
+    fewer connections when the server's budget has fewer left. Off the usual web ports GET /
+    comes first always (nothing more is tried without an HTTP answer)."""
+    from vncaudit.websocket import WEBSOCKET_PATHS
+
+    for n in range(len(WEBSOCKET_PATHS), 0, -1):
+        yield True, WEBSOCKET_PATHS[:n]
+    if listed:
+        yield False, WEBSOCKET_PATHS[:1]
+
+
+async def _web_checked(ledger: Ledger, target: Target, probe_options: ProbeOptions,
+                       listed: bool) -> ServiceResult | None:
+    """The web check of `target` through the ledger: every TCP connection it may make is
+    granted first, all from one source address (another loopback address when 127.0.0.1's
+    budget at a local server is spent: the check connects from it), and each one made is
+    recorded from there; the unused ones go back. None when the budget cannot take even the
+    smallest check, or the grant is from another address but the front end was read before as
+    a gateway to a VNC server elsewhere (that server counts the gateway's address, not ours)."""
+    from vncaudit import websocket
+    from vncaudit.models import ServiceResult
+
+    for fetch_page, paths in _web_plans(listed):
+        need = websocket.connections_at_most(paths, fetch_page)
+        (grant,) = ledger.admit([target], kind="web check", need=need)
+        if grant.allowed:
+            break
+    else:
+        return None
+    if grant.bind is not None and _read_as_gateway(grant):
+        ledger.release([grant])
+        return None
+    try:
+        checked = await websocket.check_web(
+            target, probe_options, paths=paths, fetch_page=fetch_page, require_http=not listed,
+            source=grant.bind, through_gateway=grant.bind is None)
+    except BaseException:
+        ledger.close_grants([grant])
+        raise
+    found, made = checked.result, min(checked.connections, need)
+    # Each connection is one row of the ledger's count; what was read goes last, so it is the
+    # key's last read (the others are the front page and refused upgrades).
+    plain = ServiceResult(target.host, target.port, State.OPEN_NOT_VNC,
+                          error="a connection of the web check", hostname=target.hostname)
+    last = found if found.state not in SILENT_STATES else plain
+    outcomes = [(grant, plain)] * (made - 1) + [(grant, last)] if made else []
+    ledger.record(outcomes)
+    if made < need:
+        ledger.release([grant], count=need - made)
+    return found
+
+
+def _read_as_gateway(grant: Decision) -> bool:
+    """Did the facts read last through this front end show a gateway to a VNC server (RFB
+    through its WebSocket, or a gateway's front page)?"""
+    from vncaudit.websocket import GATEWAY_KINDS
+
+    read = grant.last.result if grant.last is not None else None
+    web = read.extra.web if read is not None else None
+    if web is None:
+        return False
+    return web.websocket is not None or (web.http is not None
+                                         and web.http.kind in GATEWAY_KINDS)
 
 
 def post_probe_wanted(spec: ScanSpec, active_options: ActiveOptions | None

@@ -11,8 +11,9 @@ of each batch not sent (told to stop, or a SYN the kernel refused for good: the 
 those first, and meets the same refusal). A batch goes out as whole Ethernet frames to the
 gateway on an AF_PACKET socket (`rawbatch.FrameBatch`, as the sweep's `LinkTx`) when the
 whole walk has one route whose link is exact (`routetable.link_of`: the gateway's link-layer
-address known, which the early start's first SYNs make the kernel resolve); otherwise as
-segments on the early start's raw IP socket (`rawbatch.SynBatch`: the kernel routes each).
+address known, which the early start's first SYNs make the kernel resolve; waited for up to
+`NEIGHBOUR_WAIT`, else no batch is sent); otherwise as segments on the early start's raw IP
+socket (`rawbatch.SynBatch`: the kernel routes each).
 They read the answers that arrive meanwhile (kept as they came, for the sweep to judge), so
 none is lost to a full socket buffer. They stop when told, at the walk's end, or
 `EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from socket import socket
     from typing import Final
 
+    from vncaudit import routetable
     from vncaudit.rawbatch import FrameBatch, SynBatch, TokenBucket
-    from vncaudit.routetable import Route
     from vncaudit.synstart import EarlyWalk
 
 EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
@@ -51,6 +52,9 @@ REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
 # sender thread would wait that long after each sendmmsg while they run.
 SWITCH_INTERVAL: Final = 0.0005
 NEIGHBOUR_LOOK: Final = 0.002  # seconds between looks for the gateway's link-layer address
+# The longest the batches wait for it: a gateway on a link answers ARP in well under this; a
+# slower one is left to the sweep, which asks again once the program has loaded.
+NEIGHBOUR_WAIT: Final = 0.2
 
 
 class _Taken:
@@ -91,15 +95,10 @@ class BulkSender:
         self.bucket: TokenBucket | None = None
         self.sources: tuple[list[int], list[int], list[bytes]] | None = None
         # Frames straight to the gateway when the whole walk has one exact route
-        # (`routetable.link_of`): the route, its source, our interface's link-layer address,
-        # and once the gateway's is known, (source, ours, theirs) and the packet socket
-        # (`link_socket`, (ifindex, socket): the sweep's to use and close after these).
-        self.route: Route | None = None
-        self.route_source = b""
-        self.ours: bytes | None = None
+        # (`routetable.link_of`): (source, our link-layer address, the gateway's) and the
+        # packet socket (`link_socket`, (ifindex, socket): the sweep's to use and close).
         self.link: tuple[bytes, bytes, bytes] | None = None
         self.link_socket: tuple[int, socket] | None = None
-        self.looked = 0.0  # when the neighbour table was last read for the gateway
         self.framed = 0  # SYNs sent as frames
         self.deadline = 0.0
         self.why = ""  # why the batches stopped before the walk's end, for the log
@@ -165,16 +164,9 @@ class BulkSender:
             self.why = "the sources are not known exactly (policy routing or no route)"
             return
         self.sources, route = planned
-        if route is not None:
-            from vncaudit import routetable
-
-            source = self.sources[2][0]
-            if routetable.frames_possible(route, source):
-                assert route.ifindex is not None
-                self.ours = routetable.ethernet_address(route.ifindex)
-                if self.ours is not None:
-                    self.route, self.route_source = route, source
-                    self._look_for_gateway()
+        if route is not None and not self._find_link(route, self.sources[2][0]):
+            self.why = "the gateway's link-layer address is not known"
+            return
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
         with self.lock:
             for i in range(1, self.count):
@@ -207,17 +199,16 @@ class BulkSender:
         starts, sums, _ = self.sources
         single = sums[0] if len(sums) == 1 else None
         key = cookie_key(self.secret)
-        batch: SynBatch | FrameBatch | None = None
         frames: FrameBatch | None = None
+        if self.link_socket is not None and self.link is not None:
+            frames = rawbatch.FrameBatch(self.port, *self.link, self.link_socket[1], key)
+        segments: SynBatch | None = None
         size = rawbatch.SMALL_BATCH  # the first out sooner, the rest in fewer passes
         while not self.stopping.is_set():
-            now = time.monotonic()
-            if now >= self.deadline:
+            if time.monotonic() >= self.deadline:
                 if self.walk.left:
                     self.why = "its time"
                 return
-            if frames is None and self.route is not None:
-                frames = self._frames(key, now)
             with self.lock:
                 pairs = self.walk.take(size)
                 size = rawbatch.MAX_BATCH
@@ -225,12 +216,14 @@ class BulkSender:
                     return
                 taken = _Taken(pairs)
                 self.taken.append(taken)
+            batch: SynBatch | FrameBatch
             if frames is not None:
                 batch = frames
                 frames.load(pairs)
             else:
-                if not isinstance(batch, rawbatch.SynBatch):
-                    batch = rawbatch.SynBatch(self.port, self.tx, key)
+                if segments is None:
+                    segments = rawbatch.SynBatch(self.port, self.tx, key)
+                batch = segments
                 if single is not None:
                     batch.load(pairs, [single] * len(pairs))
                 else:
@@ -238,34 +231,36 @@ class BulkSender:
             if not self._send_loaded(batch, taken, self.bucket):
                 return
 
-    def _frames(self, key: tuple[int, int], now: float) -> FrameBatch | None:
-        """A frame batch of this thread's, once the gateway's link-layer address is known
-        (the packet socket opened by the first thread that finds it)."""
-        from vncaudit import rawbatch
+    def _find_link(self, route: routetable.Route, source: bytes) -> bool:
+        """Frames when `route` (the whole walk's) allows them: its gateway's link-layer address
+        read from the neighbour table, waited for up to `NEIGHBOUR_WAIT` (the early start's
+        first SYNs, which the kernel routed, made it ask; more sent meanwhile would only queue
+        behind them), and the packet socket opened. False when it is still not known then:
+        the sweep sends, as it would have."""
+        from vncaudit import rawbatch, routetable
 
-        with self.lock:
-            if self.link is None and now - self.looked >= NEIGHBOUR_LOOK:
-                self._look_for_gateway()
-            if self.link is None:
-                return None
-            if self.link_socket is None:
-                assert self.route is not None and self.route.ifindex is not None
-                self.link_socket = (self.route.ifindex,
-                                    rawbatch.packet_socket(self.route.ifindex))
-            sock = self.link_socket[1]
-        return rawbatch.FrameBatch(self.port, *self.link, sock, key)
-
-    def _look_for_gateway(self) -> None:
-        """Read the neighbour table for the route's gateway: `link` once it is known (the
-        early start's first SYNs, which the kernel routed, made it resolve it)."""
-        from vncaudit import routetable
-
-        assert self.route is not None
-        self.looked = time.monotonic()
-        link = routetable.link_of(self.route, self.route_source, routetable.neighbours(),
-                                  self.ours)
-        if link is not None:
-            self.link = (self.route_source, *link)
+        if not routetable.frames_possible(route, source):
+            return True
+        assert route.ifindex is not None
+        ours = routetable.ethernet_address(route.ifindex)
+        if ours is None:
+            return True  # not Ethernet, or down: the kernel's raw IP path
+        until = time.monotonic() + NEIGHBOUR_WAIT
+        waited = False
+        while True:
+            link = routetable.link_of(route, source, routetable.neighbours(), ours)
+            if link is not None:
+                break
+            if time.monotonic() >= until or self.stopping.wait(NEIGHBOUR_LOOK):
+                return False
+            waited = True
+        if waited and self.bucket is not None:
+            # The first SYNs waited in the kernel's queue for this address and left with it:
+            # the cap counts them from now.
+            self.bucket.spend(self.spent[0], time.monotonic())
+        self.link_socket = (route.ifindex, rawbatch.packet_socket(route.ifindex))
+        self.link = (source, *link)
+        return True
 
     def _send_loaded(self, batch: SynBatch | FrameBatch, taken: _Taken,
                      bucket: TokenBucket) -> bool:
@@ -330,7 +325,7 @@ class BulkSender:
 
 
 def _sources(blocks: tuple[tuple[int, int], ...]
-             ) -> tuple[tuple[list[int], list[int], list[bytes]], Route | None] | None:
+             ) -> tuple[tuple[list[int], list[int], list[bytes]], routetable.Route | None] | None:
     """((segment starts, source word sums, source addresses), the one route of them all or
     None) for the addresses of `blocks`, a segment for each route inside them as the sweep's
     route plan cuts them (`discovery.route.plan`), or None where that plan would not be exact
@@ -347,7 +342,7 @@ def _sources(blocks: tuple[tuple[int, int], ...]
     starts: list[int] = []
     sums: list[int] = []
     sources: list[bytes] = []
-    chosen: set[Route | None | bool] = set()
+    chosen: set[routetable.Route | None | bool] = set()
     for first, last in blocks:
         edges = routetable.cuts(table, first, last)
         for k, start in enumerate(edges):

@@ -8,7 +8,9 @@ frames not; ping answered, close ends the stream); `WebSocketStream`, a byte-str
 shaped like asyncio's StreamReader/StreamWriter, so the SAME `rfb` client and probe logic runs
 through it (docs/rfb.md §8.4: RFB messages may be split across or merged within frames), including
 RFB's own TLS (types 18/19) layered inside the WebSocket on memory BIOs; and
-`probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra.web`.
+`probe_web()`, which turns a web endpoint into a `ServiceResult` with `extra.web`, and
+`check_web()`, the same with the count of TCP connections it made (the connection ledger
+records each), from a given local address when asked (another loopback address).
 
 Must not: parse RFB itself (that is `rfb`, driven by `probe`), send anything but GET and the
 upgrade, or open more connections than needed. Each WebSocket that is accepted makes the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import html
 import logging
@@ -47,6 +50,13 @@ WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_PATHS: Final = ("/websockify", "/")
 # Ports where web front ends for VNC are commonly found (docs/rfb.md §8.1).
 WEB_PORTS: Final = (6080, 6901, 5800, 5801, 5802, 5803, 80, 443, 8080, 8443)
+
+# What GET / identifies as a gateway to a VNC server elsewhere: the server behind it sees the
+# gateway's address, whichever of our addresses the check comes from.
+GATEWAY_KINDS: Final = frozenset({"websockify", "novnc", "proxmox"})
+# Connect errors raised before any packet reached the server: no connection was made.
+_NOT_SENT: Final = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                              errno.EADDRNOTAVAIL, errno.EADDRINUSE})
 
 MAX_HEADER_BYTES: Final = 16384
 MAX_BODY_BYTES: Final = 65536
@@ -135,27 +145,52 @@ def _host_header(target: Target) -> str:
     return f"{host}:{target.port}"
 
 
-async def _open(target: Target, tls: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class _Tally:
+    """The TCP connections one web check made (a refused connect is none; one that a deadline
+    or an error ended after it was sent may have been accepted, so it counts)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+
+async def _open(target: Target, tls: bool, source: str | None = None,
+                tally: _Tally | None = None
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     ctx: ssl.SSLContext | None = None
     if tls:
         # Facts, not trust: the certificate is not verified (self-signed gateways are common).
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    return await asyncio.open_connection(
-        target.host,
-        target.port,
-        ssl=ctx,
-        server_hostname=(target.hostname or None) if tls else None,
-    )
+    try:
+        opened = await asyncio.open_connection(
+            target.host,
+            target.port,
+            ssl=ctx,
+            server_hostname=(target.hostname or None) if tls else None,
+            local_addr=(source, 0) if source is not None else None,
+        )
+    except OSError as exc:
+        if tally is not None and exc.errno not in _NOT_SENT:
+            tally.made += 1
+        raise
+    except BaseException:
+        if tally is not None:
+            tally.made += 1
+        raise
+    if tally is not None:
+        tally.made += 1
+    return opened
 
 
 async def http_get(
-    target: Target, path: str = "/", *, timeout: float = 5.0, tls: bool = False
+    target: Target, path: str = "/", *, timeout: float = 5.0, tls: bool = False,
+    source: str | None = None, tally: _Tally | None = None,
 ) -> HttpResponse:
-    """GET `path` with `Connection: close`; the body is capped at MAX_BODY_BYTES."""
+    """GET `path` with `Connection: close`, from the local address `source` when given; the
+    body is capped at MAX_BODY_BYTES."""
     async with asyncio.timeout(timeout):
-        reader, writer = await _open(target, tls)
+        reader, writer = await _open(target, tls, source, tally)
         try:
             writer.write(
                 (
@@ -476,13 +511,16 @@ async def open_websocket(
     tls: bool = False,
     subprotocols: Sequence[str] = ("binary",),
     origin: bool = True,
+    source: str | None = None,
+    tally: _Tally | None = None,
 ) -> WebSocketStream:
-    """Open a WebSocket to `path` and check the server's answer (RFC 6455 §4.1-§4.2).
+    """Open a WebSocket to `path` (from the local address `source` when given) and check the
+    server's answer (RFC 6455 §4.1-§4.2).
 
     No deadline of its own: call it inside the caller's `asyncio.timeout`. Raises
     `UpgradeRefused` (with the HTTP response) when the server answers anything but 101.
     """
-    reader, writer = await _open(target, tls)
+    reader, writer = await _open(target, tls, source, tally)
     try:
         key = base64.b64encode(os.urandom(16)).decode("ascii")
         host = _host_header(target)
@@ -594,6 +632,20 @@ async def _close_stream(stream: WebSocketStream) -> None:
             stream.transport.abort()
 
 
+@dataclass(frozen=True)
+class WebCheck:
+    """What `check_web` read, and how many TCP connections it made to the target to read it
+    (each one reached the server, or may have: a connect a deadline ended counts)."""
+
+    result: ServiceResult
+    connections: int
+
+
+def connections_at_most(paths: Sequence[str] = WEBSOCKET_PATHS, fetch_page: bool = True) -> int:
+    """The most TCP connections `check_web` makes: GET / and one upgrade per path."""
+    return int(fetch_page) + len(paths)
+
+
 async def probe_web(
     target: Target,
     options: Any = None,
@@ -610,39 +662,81 @@ async def probe_web(
     (`payloads.WebFrontEnd`). With `require_http` (a port not known for web front ends)
     nothing more is tried when GET / gets no HTTP answer: one request, no more. Never raises.
     """
+    checked = await check_web(target, options, paths=paths, tls=tls, fetch_page=fetch_page,
+                              require_http=require_http)
+    return checked.result
+
+
+async def check_web(
+    target: Target,
+    options: Any = None,
+    *,
+    paths: Sequence[str] = WEBSOCKET_PATHS,
+    tls: bool = False,
+    fetch_page: bool = True,
+    require_http: bool = False,
+    source: str | None = None,
+    through_gateway: bool = True,
+) -> WebCheck:
+    """`probe_web`, with every connection made from the local address `source` when given,
+    and the count of connections made (at most `connections_at_most(paths, fetch_page)`).
+
+    Without `through_gateway`, a front page that identifies a gateway to a VNC server
+    elsewhere (`GATEWAY_KINDS`) ends the check before any upgrade: that server would count
+    the gateway's address, which `source` does not change."""
     from vncaudit.probe import ProbeOptions
 
     options = options or ProbeOptions()
+    tally = _Tally()
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + options.timeout
     http: WebFacts | None = None
     if fetch_page:
         try:
-            http = await _front_page(target, options.timeout, deadline, tls)
+            http = await _front_page(target, options.timeout, deadline, tls, source, tally)
         except ConnectionRefusedError:
-            return ServiceResult(target.host, target.port, State.CLOSED, hostname=target.hostname)
+            closed = ServiceResult(target.host, target.port, State.CLOSED,
+                                   hostname=target.hostname)
+            return WebCheck(closed, tally.made)
     early = _no_websocket_to_try(target, http, require_http, loop.time() - started)
+    if early is None and not through_gateway and http is not None \
+            and http.kind in GATEWAY_KINDS:
+        early = _gateway_not_opened(target, http, source, loop.time() - started)
     if early is not None:
-        return early
-    upgrades = await _open_first_websocket(target, paths, tls, deadline)
+        return WebCheck(early, tally.made)
+    upgrades = await _open_first_websocket(target, paths, tls, deadline, source, tally)
     if upgrades.accepted is None:
-        return _no_websocket_accepted(target, paths, http, upgrades.attempts,
-                                      loop.time() - started)
+        return WebCheck(_no_websocket_accepted(target, paths, http, upgrades.attempts,
+                                               loop.time() - started), tally.made)
     stream = upgrades.accepted.stream
     result = await _rfb_through(target, stream, options, deadline)
     endpoint = WebSocketEndpoint(stream.url, upgrades.accepted.path, stream.subprotocol,
                                  stream.response.header("server"), stream.frames_received)
     web = WebFrontEnd("websocket", http, endpoint, upgrades.attempts)
-    return replace(result.with_extra(web=web), elapsed=loop.time() - started)
+    return WebCheck(replace(result.with_extra(web=web), elapsed=loop.time() - started),
+                    tally.made)
 
 
-async def _front_page(target: Target, timeout: float, deadline: float, tls: bool) -> WebFacts:
+def _gateway_not_opened(target: Target, http: WebFacts, source: str | None,
+                        elapsed: float) -> ServiceResult:
+    ours = f"our address {source}" if source else "our address"
+    return ServiceResult(
+        target.host, target.port, State.OPEN_NOT_VNC,
+        error=f"a VNC web gateway ({http.kind}); no WebSocket opened from {ours}: the VNC "
+              "server behind it counts the gateway's address, which is not ours to spend",
+        hostname=target.hostname, elapsed=elapsed,
+        extra=Extras(web=WebFrontEnd(None, http)))
+
+
+async def _front_page(target: Target, timeout: float, deadline: float, tls: bool,
+                      source: str | None = None, tally: _Tally | None = None) -> WebFacts:
     """GET / and what the page identifies; a failure is a `WebFacts` with its error, except
     a refused connection, which propagates (the port is closed: nothing more to try)."""
     try:
         async with asyncio.timeout_at(deadline):
-            page = await http_get(target, "/", timeout=timeout, tls=tls)
+            page = await http_get(target, "/", timeout=timeout, tls=tls, source=source,
+                                  tally=tally)
         return identify_http(page)
     except TimeoutError:
         return WebFacts("none", error="no HTTP answer before the deadline")
@@ -692,13 +786,15 @@ class _Upgrades:
 
 
 async def _open_first_websocket(target: Target, paths: Sequence[str], tls: bool,
-                                deadline: float) -> _Upgrades:
+                                deadline: float, source: str | None = None,
+                                tally: _Tally | None = None) -> _Upgrades:
     """Try the upgrade on each path in turn until one is accepted or the deadline passes."""
     attempts: list[UpgradeAttempt] = []
     for path in paths:
         try:
             async with asyncio.timeout_at(deadline):
-                stream = await open_websocket(target, path, tls=tls)
+                stream = await open_websocket(target, path, tls=tls, source=source,
+                                              tally=tally)
         except UpgradeRefused as exc:
             status = exc.response.status
             # 401/403: token or ticket gateways (docs/rfb.md §8.4 step 5)

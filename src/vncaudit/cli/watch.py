@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +42,9 @@ One alert per change: a cycle that finds what the previous one found sends nothi
 Digests: a cycle with more alerts than --digest-threshold (default 20) sends each webhook and
 e-mail ONE digest instead: counts by rule and severity, the ten worst, and the command that
 lists them all (vncaudit alerts --scan SCAN_ID). Every alert stays in the store; stdout
-still gets each one.
+still gets each one. --digest-threshold-for gives one channel its own threshold:
+  vncaudit watch 10.0.0.0/24 --every 6h --webhook https://chat.example.org/hooks/x \
+      --email ops@example.org --smtp smtp.example.org --digest-threshold-for ops@example.org=5
 
 Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
 password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.
@@ -77,6 +81,7 @@ class _MonitorOptions:
     alerts: str
     remind_every: str | None
     digest_threshold: int | None
+    channel_thresholds: tuple[str, ...]
     webhooks: tuple[str, ...]
     webhook_secret_file: Path | None
     emails: tuple[str, ...]
@@ -96,7 +101,7 @@ class _MonitorOptions:
         """Whether any option that only a command-line monitor takes was given."""
         return any((self.targets, self.exclude, self.webhooks, self.emails, self.smtp,
                     self.every, self.cron, self.name, self.remind_every,
-                    self.digest_threshold is not None))
+                    self.digest_threshold is not None, self.channel_thresholds))
 
 
 def _watch_config(config: Path | None, options: _MonitorOptions) -> Any:
@@ -145,6 +150,8 @@ def _config_from_options(options: _MonitorOptions) -> Any:
                  else cfg.check_digest_threshold(options.digest_threshold,
                                                  "--digest-threshold"))
     channels = [*_webhook_channels(options), *_email_channels(options)]
+    own = cfg.channel_thresholds(_channel_thresholds(options), channels,
+                                 _channel_entries(options), "--digest-threshold-for")
     if options.stdout or (options.stdout is None and not channels):
         channels.append(cfg.StdoutChannel())
     monitor = cfg.Monitor(
@@ -153,8 +160,31 @@ def _config_from_options(options: _MonitorOptions) -> Any:
         channels=tuple(channels),
         scan=cfg.ScanSettings(timeout=options.timeout, concurrency=options.concurrency,
                               rate=options.rate, discovery=options.discovery),
-        excludes=options.exclude, digest_threshold=threshold)
+        excludes=options.exclude, digest_threshold=threshold, channel_thresholds=own)
     return cfg.WatchConfig((monitor,), retention=_duration(options.retention, "--retention"))
+
+
+def _channel_thresholds(options: _MonitorOptions) -> dict[str, object]:
+    """--digest-threshold-for CHANNEL=N, as channel (a --webhook URL or an --email address)
+    and N, its own threshold (checked with the channel)."""
+    given: dict[str, object] = {}
+    for text in options.channel_thresholds:
+        channel, sep, number = text.rpartition("=")
+        if not sep or not channel.strip():
+            raise fail(f"--digest-threshold-for {text!r}: give CHANNEL=N, a --webhook URL or "
+                       "an --email address and its threshold")
+        given[channel.strip()] = int(number) if re.fullmatch(r"\s*-?\d+\s*", number) \
+            else number
+    return given
+
+
+def _channel_entries(options: _MonitorOptions) -> dict[str, str]:
+    """Each --webhook URL and --email address as given, and its channel's name."""
+    from vncaudit.watch import config as cfg
+
+    entries = {url.strip(): cfg.webhook_name(url.strip()) for url in options.webhooks}
+    entries.update({a.strip(): f"email:{a.strip()}" for a in options.emails})
+    return entries
 
 
 def _webhook_channels(options: _MonitorOptions) -> list[Any]:
@@ -261,6 +291,12 @@ def watch(
                                  "and e-mail one digest instead (default 20; 0: never).",
                                  show_default=False)
     ] = None,
+    digest_threshold_for: Annotated[
+        list[str] | None, typer.Option("--digest-threshold-for", metavar="CHANNEL=N",
+                                       rich_help_panel=_ALERT,
+                                       help="This --webhook URL's or --email address's own "
+                                       "digest threshold; repeatable.")
+    ] = None,
     webhook: Annotated[
         list[str] | None, typer.Option("--webhook", metavar="URL", rich_help_panel=_ALERT,
                                        help="POST alerts here as JSON (Slack, Mattermost, "
@@ -343,7 +379,8 @@ def watch(
     setup_logging(verbose)
     watch_config = _watch_config(config, _MonitorOptions(
         tuple(targets or ()), ports, every, cron, once, name, tuple(exclude or ()), alerts,
-        remind_every, digest_threshold, tuple(webhook or ()), webhook_secret_file,
+        remind_every, digest_threshold, tuple(digest_threshold_for or ()),
+        tuple(webhook or ()), webhook_secret_file,
         tuple(email or ()), smtp, smtp_security, smtp_user, smtp_password_file, smtp_from,
         stdout, timeout, concurrency, rate, discovery, retention))
     _note_unsigned(watch_config)
@@ -363,17 +400,29 @@ def _note_unsigned(watch_config: Any) -> None:
     unsigned = sorted({c.name for m in watch_config.monitors for c in m.channels
                        if isinstance(c, cfg.WebhookChannel) and c.secret is None})
     if unsigned:
-        err.print(f"note: {', '.join(unsigned)} not signed (no secret_file, "
-                  f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", style="dim",
-                  markup=False, soft_wrap=True)
+        err.print(_folded(f"note: {', '.join(unsigned)} not signed (no secret_file, "
+                          f"--webhook-secret-file or ${cfg.WEBHOOK_SECRET_ENV})", 6),
+                  style="dim", markup=False, soft_wrap=True)
 
 
 def _status(event: Any) -> None:
     stamp = datetime.now().strftime("%H:%M:%S")
     style = "red" if event.level >= logging.ERROR else \
         "yellow" if event.level >= logging.WARNING else None
-    err.print(f"{stamp} {event.text}", style=style, markup=False, soft_wrap=True,
-              highlight=False)
+    err.print(_folded(f"{stamp} {event.text}", len(stamp) + 1), style=style, markup=False,
+              soft_wrap=True, highlight=False)
+
+
+def _folded(line: str, indent: int) -> str:
+    """A status line as a person reads it on a terminal: broken between words at its width,
+    the rest indented under the text; elsewhere (a log file, a pipe) one line each, as
+    programs read it."""
+    if not err.is_terminal:
+        return line
+    import textwrap
+
+    return textwrap.fill(line, width=max(40, err.width), subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def _run(store: Any, watch_config: Any, once: bool, deliver_for: float) -> None:
@@ -397,8 +446,9 @@ def _run(store: Any, watch_config: Any, once: bool, deliver_for: float) -> None:
                 await watcher.run_once(deliver_for)
             else:
                 names = ", ".join(m.name for m in watch_config.monitors)
-                _status(_event(f"watching {len(watch_config.monitors)} monitor(s): {names} "
-                               "(SIGTERM or Ctrl-C stops)"))
+                count = len(watch_config.monitors)
+                _status(_event(f"watching {count} monitor{'' if count == 1 else 's'}: "
+                               f"{names} (SIGTERM or Ctrl-C stops)"))
                 await watcher.run_forever()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -457,7 +507,8 @@ def alerts(
             records = MonitorDb(store)
             if retry_failed:
                 count = records.retry_failed(monitor)
-                err.print(f"{count} failed deliveries queued again", markup=False)
+                err.print(f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again",
+                          markup=False)
                 return
             found = records.alerts(monitor, limit if limit is not None or scan is not None
                                    else 50, scan)
@@ -472,24 +523,49 @@ def alerts(
         err.print(f"no alerts of cycle {scan}" if scan is not None else "no alerts yet",
                   markup=False)
         return
+    _alerts_table(found, shown_when=scan is None, shown_monitor=monitor is None and scan is None)
+
+
+def _alerts_table(found: Sequence[Any], *, shown_when: bool, shown_monitor: bool) -> None:
+    """The alerts as a table for a person at 80 columns: the time and the monitor only when
+    they differ from row to row (not for one cycle, or one monitor), addresses never broken,
+    the severity with the title (which names it most often), the deliveries counted."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     table = Table(show_lines=False)
-    for column in ("when", "monitor", "service", "alert", "severity", "deliveries"):
-        table.add_column(column, overflow="fold")
+    columns = [*(["when"] if shown_when else []), *(["monitor"] if shown_monitor else []),
+               "service", "alert", "deliveries"]
+    for column in columns:
+        table.add_column(column, overflow="fold",
+                         no_wrap=column in ("when", "service"),
+                         ratio={"alert": 3, "deliveries": 2}.get(column))
     for r in found:
-        states = ", ".join(f"{d.channel}: {d.state}" + (" in digest" if d.digest else "")
-                           + (f" ({d.last_error})"
-                                                         if d.state != "delivered"
-                                                         and d.last_error else "")
-                           for d in r.deliveries)
-        cells = (r.alert.created.replace("T", " ")[:19], r.alert.monitor, r.alert.address,
-                 r.alert.title, r.alert.severity or "-", states or "-")
+        cells = [*([r.alert.created.replace("T", " ")[5:16]] if shown_when else []),
+                 *([r.alert.monitor] if shown_monitor else []), r.alert.address,
+                 r.alert.tagged, _deliveries(r.deliveries) or "-"]
         # Text, not markup: "webhook:pager:" must not become an emoji, nor "[x]" a style.
         table.add_row(*(Text(c) for c in cells))
     Console(highlight=False, emoji=False).print(table)
+
+
+def _deliveries(deliveries: Sequence[Any]) -> str:
+    """How many channels got the alert ("4 delivered (2 in a digest)"), then each channel
+    it has not reached yet, by state, with its last error: what a person acts on (-o json
+    names every channel)."""
+    done = [d for d in deliveries if d.state == "delivered"]
+    lines = []
+    if done:
+        carried = sum(1 for d in done if d.digest)
+        lines.append(f"{len(done)} delivered" + (f" ({carried} in a digest)" if carried
+                                                 else ""))
+    for d in deliveries:
+        if d.state != "delivered":
+            how = " in a digest" if d.digest else ""
+            error = f" ({d.last_error})" if d.last_error else ""
+            lines.append(f"{d.state}{how}: {d.channel}{error}")
+    return "\n".join(lines)
 
 
 @app.command(epilog="""Examples:

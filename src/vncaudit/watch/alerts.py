@@ -25,6 +25,7 @@ service it finds is "newly reachable".
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -78,10 +79,17 @@ class Alert:
         return f"alert for {self.address}"
 
     @property
+    def tagged(self) -> str:
+        """The title with the severity in brackets, unless the title ends by naming it."""
+        sev = self.severity
+        if not sev or self.title.endswith(f"severity {sev}"):
+            return self.title
+        return f"{self.title} [{sev}]"
+
+    @property
     def text(self) -> str:
         """One line that chat webhooks (Slack, Mattermost, Teams) display as the message."""
-        sev = f" [{self.severity}]" if self.severity else ""
-        return f"vncaudit monitor {self.monitor}: {self.address} {self.title}{sev} " \
+        return f"vncaudit monitor {self.monitor}: {self.address} {self.tagged} " \
                f"(scan {self.scan_id})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,8 +263,17 @@ def evaluate(
                                     stamp))
             last = stamp
         new_tracked[key] = Tracked(since, last)
-    alerts.sort(key=lambda x: (-_sev_rank(x.severity), x.host, x.port))
+    alerts.sort(key=lambda x: (-_sev_rank(x.severity), _host_order(x.host), x.port))
     return Evaluation(tuple(alerts), new_tracked)
+
+
+def _host_order(host: str) -> tuple[int, int, str]:
+    """Addresses in numeric order (127.0.0.2 before 127.0.0.10), IPv4 first, then names."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return (2, 0, host)
+    return (address.version // 6, int(address), "")
 
 
 def _due(since: str, last: str | None, every: float, now: datetime) -> bool:

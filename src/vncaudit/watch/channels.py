@@ -187,26 +187,39 @@ def mail_message(alert: Message, to: str, sender: str) -> EmailMessage:
     if isinstance(alert, Digest):
         return digest_mail(alert, to, sender)
     msg = EmailMessage()
-    sev = f" [{alert.severity}]" if alert.severity else ""
-    msg["Subject"] = _one_line(f"vncaudit {alert.monitor}: {alert.address} {alert.title}{sev}",
-                               200)
+    msg["Subject"] = _one_line(f"vncaudit {alert.monitor}: {alert.address} {alert.tagged}", 200)
     msg["From"] = sender
     msg["To"] = to
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = f"<{alert.key}@vncaudit.invalid>"
     msg[MAIL_KEY_HEADER] = alert.key
-    lines = [alert.text, "", f"monitor:  {alert.monitor}", f"service:  {alert.address}",
+    lines = [*_paragraph(alert.text), "", f"monitor:  {alert.monitor}",
+             f"service:  {alert.address}",
              f"rules:    {', '.join(alert.rules)}", f"severity: {alert.severity or 'none'}"]
     if alert.product:
         lines.append(f"product:  {alert.product}")
     lines.append(f"scan:     {alert.scan_id} (previous: {alert.previous_scan_id or 'none'})")
     if alert.details:
-        lines += ["", "What changed:", *(f"  {d}" for d in alert.details)]
+        lines += ["", "What changed:"]
+        for detail in alert.details:
+            lines += _paragraph(detail, "  ", "    ")
     if alert.findings:
-        lines += ["", "Findings now: " + ", ".join(alert.findings)]
+        lines += ["", *_paragraph("Findings now: " + ", ".join(alert.findings), "", "  ")]
     lines += ["", f"See: vncaudit results {alert.scan_id}"]
     msg.set_content("\n".join(lines) + "\n")
     return msg
+
+
+MAIL_WIDTH = 78  # a plain-text mail's lines (RFC 5322 2.1.1), read in 80 columns
+
+
+def _paragraph(text: str, first: str = "", rest: str = "") -> list[str]:
+    """`text` as lines of a mail body, broken between words (a command or a URL is never
+    broken: a line holding one may be longer)."""
+    import textwrap
+
+    return textwrap.wrap(text, MAIL_WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False) or [first]
 
 
 def digest_mail(digest: Digest, to: str, sender: str) -> EmailMessage:
@@ -220,9 +233,9 @@ def digest_mail(digest: Digest, to: str, sender: str) -> EmailMessage:
     msg["Message-ID"] = f"<{digest.key}@vncaudit.invalid>"
     msg[MAIL_KEY_HEADER] = digest.key
     width = max((len(RULE_WORDS.get(r, r)) for r, _ in digest.by_rule), default=0)
-    lines = [f"{digest.count} alerts in one cycle of monitor {digest.monitor}: more than its "
-             f"digest threshold ({digest.threshold}), so they come as this one message. "
-             "Every alert is kept in the store.", "",
+    lines = [*_paragraph(f"{digest.count} alerts in one cycle of monitor {digest.monitor}: "
+                         f"more than the digest threshold ({digest.threshold}), so they come "
+                         "as this one message. Every alert is kept in the store."), "",
              f"scan:     {digest.scan_id} (previous: {digest.previous_scan_id or 'none'})", "",
              "By kind (each alert under its main rule):",
              *(f"  {RULE_WORDS.get(r, r):<{width}}  {n:>7}" for r, n in digest.by_rule),
@@ -231,8 +244,7 @@ def digest_mail(digest: Digest, to: str, sender: str) -> EmailMessage:
         lines += ["", f"Services that need no password: {digest.no_auth}"]
     lines += ["", f"Top {len(digest.top)}:"]
     for a in digest.top:
-        sev = f" [{a.severity}]" if a.severity else ""
-        lines.append(f"  {a.address} {a.title}{sev}")
+        lines += _paragraph(f"{a.address} {a.tagged}", "  ", "      ")
     lines += ["", "All of them:", *(f"  {c}" for c in digest.commands)]
     msg.set_content("\n".join(lines) + "\n")
     return msg

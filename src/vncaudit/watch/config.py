@@ -29,6 +29,7 @@ The file (every table but ``[monitor.NAME]`` is optional)::
     digest_threshold = 20                      # more alerts in a cycle: one digest (0: never)
     webhook = ["ops"]                          # names above, or URLs
     email = ["ops@example.org"]
+    digest_thresholds = { "ops@example.org" = 5 }  # per channel, as named in webhook/email
 """
 
 from __future__ import annotations
@@ -165,9 +166,16 @@ class Monitor:
     scan: ScanSettings = ScanSettings()
     excludes: tuple[str, ...] = ()
     digest_threshold: int = DEFAULT_DIGEST_THRESHOLD  # 0: never a digest
+    # (channel name, threshold) of the webhook and e-mail channels that set their own
+    channel_thresholds: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         return f"{' '.join(self.targets)} -p {self.ports}, {self.schedule.describe()}"
+
+    def threshold_for(self, channel: Channel) -> int:
+        """The digest threshold of one of this monitor's channels: its own, else the
+        monitor's."""
+        return dict(self.channel_thresholds).get(channel.name, self.digest_threshold)
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,26 @@ def check_digest_threshold(value: object, where: str) -> int:
         raise ConfigError(f"{where} must be a whole number of alerts from 0 (never digest) "
                           f"to {MAX_DIGEST_THRESHOLD}, not {value!r}")
     return value
+
+
+def channel_thresholds(given: Mapping[str, object], channels: Sequence[Channel],
+                       entries: Mapping[str, str], where: str) -> tuple[tuple[str, int], ...]:
+    """Per-channel digest thresholds: `given` maps a channel as the user named it (a webhook
+    URL or name, an e-mail address) to its threshold; `entries` maps each such name of the
+    monitor's webhook and e-mail channels to the channel's own name. `ConfigError` for a
+    name that is not one of them, or a bad threshold."""
+    own = {c.name for c in channels if digests(c)}
+    out: dict[str, int] = {}
+    for named, value in given.items():
+        channel = entries.get(named.strip())
+        if channel is None or channel not in own:
+            known = sorted(entries)
+            listed = f"; its channels: {', '.join(known)}" if known else \
+                "; it has no webhook or e-mail channel"
+            raise ConfigError(f"{where}: {named!r} is not a webhook or e-mail channel of this "
+                              f"monitor{_suggest(named, known)}{listed}")
+        out[channel] = check_digest_threshold(value, f"{where} {named}")
+    return tuple(sorted(out.items()))
 
 
 def digests(channel: Channel) -> bool:
@@ -400,8 +428,8 @@ class _Reader:
                             "(at most 200)")
         self.keys(where, table, (
             "targets", "ports", "every", "cron", "exclude", "alerts", "remind_every",
-            "webhook", "email", "stdout", "digest_threshold", "timeout", "concurrency", "rate",
-            "discovery", "retries"))
+            "webhook", "email", "stdout", "digest_threshold", "digest_thresholds", "timeout",
+            "concurrency", "rate", "discovery", "retries"))
         targets = tuple(self.get(where, table, "targets", "strings", []))
         if not targets:
             raise self.fail(where, "targets is required (a list of addresses, networks, "
@@ -427,6 +455,9 @@ class _Reader:
         try:
             threshold = check_digest_threshold(
                 table.get("digest_threshold", DEFAULT_DIGEST_THRESHOLD), "digest_threshold")
+            own = channel_thresholds(
+                self.get(where, table, "digest_thresholds", "table", {}), channels,
+                self.channel_entries(where, table, hooks), "digest_thresholds")
         except ConfigError as exc:
             raise self.fail(where, str(exc)) from None
         discovery = self.get(where, table, "discovery", "str", "connect")
@@ -447,7 +478,18 @@ class _Reader:
                               rate=float(rate) if rate is not None else None,
                               discovery=discovery, retries=retries),
             excludes=tuple(self.get(where, table, "exclude", "strings", [])),
-            digest_threshold=threshold)
+            digest_threshold=threshold, channel_thresholds=own)
+
+    def channel_entries(self, where: str, table: Mapping[str, Any],
+                        hooks: Mapping[str, WebhookChannel]) -> dict[str, str]:
+        """Each webhook and e-mail entry of a monitor, as written, and its channel's name."""
+        entries: dict[str, str] = {}
+        for hook in self.get(where, table, "webhook", "strings", []):
+            entries[hook.strip()] = webhook_name(hook.strip()) if "://" in hook \
+                else hooks[hook].name
+        for address in self.get(where, table, "email", "strings", []):
+            entries[address.strip()] = f"email:{address.strip()}"
+        return entries
 
     def channels(self, where: str, table: Mapping[str, Any],
                  hooks: Mapping[str, WebhookChannel],

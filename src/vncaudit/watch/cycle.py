@@ -48,7 +48,8 @@ class CycleOutcome:
     error: str | None = None
     finished_at: float = 0.0  # time.time() when the cycle's alerts were queued
     scan_finished_at: float = 0.0  # time.time() when its scan ended (before evaluation)
-    digest: Digest | None = None  # queued in place of the alerts for webhook/e-mail channels
+    # queued in place of the alerts for webhook/e-mail channels: one per threshold reached
+    digests: tuple[Digest, ...] = ()
 
 
 def scan_spec(monitor: Monitor) -> ScanSpec:
@@ -113,11 +114,11 @@ async def run_cycle(store: Store, db: MonitorDb, monitor: Monitor) -> CycleOutco
     scan_end = time.time()
     scan_id = record.id
     db.finish_cycle(scan_id, "finished")
-    previous, alerts, digest = evaluate_cycle(store, db, monitor, scan_id)
+    previous, alerts, digests_queued = evaluate_cycle(store, db, monitor, scan_id)
     return CycleOutcome(monitor.name, scan_id, "finished", previous, alerts,
                         int(record.counts.get("vnc", 0)), int(record.counts.get("done", 0)),
                         time.monotonic() - started, finished_at=time.time(),
-                        scan_finished_at=scan_end, digest=digest)
+                        scan_finished_at=scan_end, digests=digests_queued)
 
 
 def changes_between(store: Store, previous: str | None,
@@ -172,29 +173,34 @@ def _address(host: str, port: int) -> str:
 
 
 def evaluate_cycle(store: Store, db: MonitorDb, monitor: Monitor,
-                   scan_id: str) -> tuple[str | None, tuple[Alert, ...], Digest | None]:
+                   scan_id: str) -> tuple[str | None, tuple[Alert, ...], tuple[Digest, ...]]:
     """Compare a finished cycle with the monitor's baseline and queue its alerts (all in one
-    transaction): to each channel one by one, or, when they are more than the monitor's
-    digest threshold, as one digest to each webhook and e-mail channel. Running it again for
-    the same cycle queues nothing twice."""
+    transaction): to each channel one by one, or, to each webhook and e-mail channel whose
+    digest threshold (its own, else the monitor's) they are more than, as one digest (one
+    per such threshold). Running it again for the same cycle queues nothing twice."""
     previous = db.baseline(monitor.name)
     if previous == scan_id:
-        return previous, (), None
+        return previous, (), ()
     changes, not_probed = changes_between(store, previous, scan_id)
     open_now = _OpenServices(store, scan_id)
     now = datetime.now(UTC)
     evaluation = evaluate(monitor.name, monitor.rules, scan_id, previous, changes, open_now,
                           not_probed, db.tracked(monitor.name), now)
-    batched = [c.name for c in monitor.channels if digests(c)]
-    digest: Digest | None = None
-    if batched and digesting.wants_digest(len(evaluation.alerts), monitor.digest_threshold):
-        digest = digesting.build(evaluation.alerts, monitor.name, scan_id, previous,
-                                 now.isoformat(timespec="seconds"), monitor.digest_threshold,
-                                 db=_named_db(store))
-    one_by_one = [c.name for c in monitor.channels if digest is None or not digests(c)]
-    db.commit_evaluation(monitor.name, scan_id, previous, evaluation, one_by_one, digest,
-                         batched if digest is not None else ())
-    return previous, evaluation.alerts, digest
+    count = len(evaluation.alerts)
+    by_threshold: dict[int, list[str]] = {}
+    for channel in monitor.channels:
+        threshold = monitor.threshold_for(channel)
+        if digests(channel) and digesting.wants_digest(count, threshold):
+            by_threshold.setdefault(threshold, []).append(channel.name)
+    queued = tuple(
+        (digesting.build(evaluation.alerts, monitor.name, scan_id, previous,
+                         now.isoformat(timespec="seconds"), threshold, db=_named_db(store),
+                         own_threshold=threshold != monitor.digest_threshold), tuple(names))
+        for threshold, names in sorted(by_threshold.items(), reverse=True))
+    digested = {name for _, names in queued for name in names}
+    one_by_one = [c.name for c in monitor.channels if c.name not in digested]
+    db.commit_evaluation(monitor.name, scan_id, previous, evaluation, one_by_one, queued)
+    return previous, evaluation.alerts, tuple(d for d, _ in queued)
 
 
 def _named_db(store: Store) -> str | None:

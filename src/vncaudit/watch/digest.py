@@ -7,8 +7,9 @@ the rest, from a cycle's alerts) and `wants_digest` (the threshold rule). Pure: 
 clock. Must not: read or write the store, send anything, or decide which alerts a cycle raises
 (`alerts` does); the alerts a digest stands for stay in the store, one by one.
 
-The rule: a cycle whose alerts number MORE than the monitor's `digest_threshold` sends each
-webhook and e-mail channel one digest instead of them; 0 never digests. Standard output is a
+The rule: a cycle whose alerts number MORE than a channel's digest threshold (its own, else
+the monitor's `digest_threshold`) sends that webhook or e-mail channel one digest instead of
+them; 0 never digests. Channels with the same threshold share one digest. Standard output is a
 pipe for programs, not a person's inbox: it always gets every alert.
 """
 
@@ -33,11 +34,15 @@ RULE_WORDS = {"reachable": "newly reachable", "no-auth": "authentication newly n
               "gone": "gone", "reminder": "reminder (still reachable)"}
 
 
-def digest_key(monitor: str, scan_id: str) -> str:
+def digest_key(monitor: str, scan_id: str, threshold: int | None = None) -> str:
     """The idempotency key of a cycle's digest: the same whenever the cycle is evaluated again
-    and on every retry; never the key of an alert (those hash four fields, this three)."""
-    digest = hashlib.sha256(f"{monitor}\n{scan_id}\n{DIGEST_RULE}".encode()).hexdigest()
-    return KEY_PREFIX + digest[:32]
+    and on every retry; never the key of an alert (those hash four fields, this three).
+    `threshold`: a channel's own threshold, when it is not the monitor's (its digest says so,
+    so it is another message with a key of its own)."""
+    text = f"{monitor}\n{scan_id}\n{DIGEST_RULE}"
+    if threshold is not None:
+        text += f"\nthreshold {threshold}"
+    return KEY_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def wants_digest(alert_count: int, threshold: int) -> bool:
@@ -125,8 +130,7 @@ class Digest:
 
 
 def _item(alert: Alert) -> str:
-    sev = f" [{alert.severity}]" if alert.severity else ""
-    return f"{alert.address} {alert.title}{sev}"
+    return f"{alert.address} {alert.tagged}"
 
 
 def commands(monitor: str, scan_id: str, previous: str | None, db: str | None) -> tuple[str, ...]:
@@ -141,13 +145,15 @@ def commands(monitor: str, scan_id: str, previous: str | None, db: str | None) -
 
 def build(alerts: Sequence[Alert], monitor: str, scan_id: str, previous: str | None,
           created: str, threshold: int, db: str | None = None,
-          top: int = TOP_ITEMS) -> Digest:
+          top: int = TOP_ITEMS, own_threshold: bool = False) -> Digest:
     """The digest of a cycle's `alerts` (sorted most severe first, as `alerts.evaluate` sorts
-    them). `db`: the store's path when commands must name it (not the default one)."""
+    them). `db`: the store's path when commands must name it (not the default one).
+    `own_threshold`: `threshold` is some channels' own, not the monitor's."""
     rules = Counter(a.rule for a in alerts)
     severities = Counter(a.severity or "none" for a in alerts)
     return Digest(
-        key=digest_key(monitor, scan_id), monitor=monitor, scan_id=scan_id,
+        key=digest_key(monitor, scan_id, threshold if own_threshold else None),
+        monitor=monitor, scan_id=scan_id,
         previous_scan_id=previous, count=len(alerts),
         by_rule=tuple(sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))),
         by_severity=tuple((s, severities[s]) for s in SEVERITIES if severities[s]),

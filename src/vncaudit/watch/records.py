@@ -140,7 +140,8 @@ def monitor_spec(monitor: Monitor) -> dict[str, Any]:
             "remind_every": monitor.rules.remind_every,
             "channels": [c.name for c in monitor.channels],
             "discovery": monitor.scan.discovery,
-            "digest_threshold": monitor.digest_threshold}
+            "digest_threshold": monitor.digest_threshold,
+            "channel_digest_thresholds": dict(monitor.channel_thresholds)}
 
 
 class MonitorDb:
@@ -248,11 +249,10 @@ class MonitorDb:
 
     def commit_evaluation(self, monitor: str, scan_id: str, previous: str | None,
                           evaluation: Evaluation, channels: Iterable[str],
-                          digest: Digest | None = None,
-                          digest_channels: Iterable[str] = ()) -> int:
-        """Queue the cycle's alerts for every channel of `channels` (and `digest`, when
-        given, for each of `digest_channels` instead) and mark the cycle evaluated, in one
-        transaction; returns how many alerts were new (0 when this ran before)."""
+                          digests: Sequence[tuple[Digest, Sequence[str]]] = ()) -> int:
+        """Queue the cycle's alerts for every channel of `channels` (and each digest of
+        `digests` for its channels instead) and mark the cycle evaluated, in one transaction;
+        returns how many alerts were new (0 when this ran before)."""
         names = list(channels)
         now = now_iso()
         due = time.time()
@@ -270,7 +270,7 @@ class MonitorDb:
                     "INSERT OR IGNORE INTO outbox (alert_key, channel, state, next_attempt, "
                     "created) VALUES (?, ?, 'pending', ?, ?)",
                     [(alert.key, name, due, now) for name in names])
-            if digest is not None:
+            for digest, digest_channels in digests:
                 worst = digest.by_severity[0][0] if digest.by_severity else None
                 db.execute(
                     "INSERT OR IGNORE INTO alerts (key, monitor, scan_id, host, port, rule, "
@@ -393,7 +393,9 @@ class MonitorDb:
         if scan_id is not None:
             sql += " AND scan_id = ?"
             params.append(scan_id)
-        sql += " ORDER BY created DESC, rowid DESC"
+        # Newest cycle first; within one, as the cycle queued them (most severe first, as its
+        # digest lists them).
+        sql += " ORDER BY created DESC, rowid ASC"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)

@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,11 +88,18 @@ class Event:
     level: int = logging.INFO
 
 
-def _digested(monitor: Monitor, digest: Digest | None) -> str:
-    if digest is None:
-        return ""
-    names = ", ".join(c.name for c in monitor.channels if digests(c))
-    return f"; more than {monitor.digest_threshold}: one digest to {names}"
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _digested(monitor: Monitor, queued: Sequence[Digest]) -> str:
+    """"; more than 20: one digest to webhook:ops, email:a@b" (one part per threshold)."""
+    parts = []
+    for digest in queued:
+        names = ", ".join(c.name for c in monitor.channels if digests(c)
+                          and monitor.threshold_for(c) == digest.threshold)
+        parts.append(f"; more than {digest.threshold}: one digest to {names}")
+    return "".join(parts)
 
 
 class Watcher:
@@ -145,11 +152,11 @@ class Watcher:
                     self._say(f"{monitor.name}: cycle {scan_id} was cut short by a stop; "
                               "marked interrupted", monitor.name, logging.WARNING)
                 for cycle in self.db.unevaluated(monitor.name):
-                    _, alerts, digest = evaluate_cycle(self.store, self.db, monitor,
+                    _, alerts, queued = evaluate_cycle(self.store, self.db, monitor,
                                                        cycle.scan_id)
                     self._say(f"{monitor.name}: cycle {cycle.scan_id} evaluated after a "
-                              f"restart: {len(alerts)} alert(s) queued"
-                              f"{_digested(monitor, digest)}", monitor.name)
+                              f"restart: {_count(len(alerts), 'alert')} queued"
+                              f"{_digested(monitor, queued)}", monitor.name)
         except BaseException:
             self.lock.release()
             raise
@@ -172,9 +179,10 @@ class Watcher:
             base = (f"compared with {outcome.previous_scan_id}" if outcome.previous_scan_id
                     else "first cycle")
             self._say(f"{monitor.name}: cycle {outcome.scan_id} finished in "
-                      f"{outcome.elapsed:.1f} s, {outcome.probed} ports, {outcome.services} "
-                      f"VNC service(s), {len(outcome.alerts)} alert(s) ({base})"
-                      f"{_digested(monitor, outcome.digest)}", monitor.name)
+                      f"{outcome.elapsed:.1f} s, {_count(outcome.probed, 'port')}, "
+                      f"{_count(outcome.services, 'VNC service')}, "
+                      f"{_count(len(outcome.alerts), 'alert')} ({base})"
+                      f"{_digested(monitor, outcome.digests)}", monitor.name)
         else:
             self._say(f"{monitor.name}: cycle {outcome.scan_id or '(not started)'} "
                       f"{outcome.status}: {outcome.error}", monitor.name, logging.ERROR)
