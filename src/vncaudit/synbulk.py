@@ -100,6 +100,9 @@ class BulkSender:
         self.link: tuple[bytes, bytes, bytes] | None = None
         self.link_socket: tuple[int, socket] | None = None
         self.framed = 0  # SYNs sent as frames
+        # (ifindex, what it had dropped on the way out before the first frame): the sweep
+        # counts the rest in its summary
+        self.dropped_from: tuple[int, int] | None = None
         self.deadline = 0.0
         self.why = ""  # why the batches stopped before the walk's end, for the log
         self.interval = sys.getswitchinterval()
@@ -258,6 +261,7 @@ class BulkSender:
             # The first SYNs waited in the kernel's queue for this address and left with it:
             # the cap counts them from now.
             self.bucket.spend(self.spent[0], time.monotonic())
+        self.dropped_from = (route.ifindex, routetable.tx_dropped({route.ifindex}))
         self.link_socket = (route.ifindex, rawbatch.packet_socket(route.ifindex))
         self.link = (source, *link)
         return True

@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Protocol
 
 import numpy as np
@@ -67,6 +66,7 @@ from vncaudit.exceptions import UsageError
 from vncaudit.rawbatch import TokenBucket as TokenBucket
 from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
 from vncaudit.rawsyn import replies_socket, source_port
+from vncaudit.routetable import tx_dropped
 from vncaudit.synstart import ONE_THREAD_RATE as ONE_SENDER_RATE
 from vncaudit.synstart import EarlyStart, claim
 
@@ -105,22 +105,6 @@ class _Flight:
 
 def _host(address: int) -> str:
     return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
-
-
-def _tx_dropped(ifindexes: set[int]) -> int:
-    """Packets the interfaces dropped on the way out, so far (/proc/net/dev: the namespace's
-    own view)."""
-    names = set()
-    for ifindex in ifindexes:
-        with contextlib.suppress(OSError):
-            names.add(socket.if_indextoname(ifindex))
-    total = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
-            name, _, numbers = line.partition(":")
-            if name.strip() in names:
-                total += int(numbers.split()[11])
-    return total
 
 
 def _close_all(txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]) -> None:
@@ -176,6 +160,7 @@ class SynSweep(BaseSweep):
         self.early_rx: socket.socket | None = None
         self.early_tx: socket.socket | None = None
         self.early_link: tuple[int, socket.socket] | None = None  # its frames' packet socket
+        self.early_dropped = 0  # what the interface dropped of the early frames
         self.rest: U64 | None = None
         self.early_replies: list[bytes] = []  # what the early batch sender read meanwhile
         self.opened = False  # the sweep's own first chunk of fresh SYNs went out
@@ -226,6 +211,9 @@ class SynSweep(BaseSweep):
         self.cookies = wire.Cookies(early.secret)
         self.early_rx, self.early_tx = early.rx, early.tx
         self.early_link = early.link_socket()
+        if bulk is not None and bulk.dropped_from is not None:
+            ifindex, before = bulk.dropped_from
+            self.early_dropped = max(0, tx_dropped({ifindex}) - before)
         self.early_replies = bulk.replies if bulk is not None else []
         # What was taken and not sent goes first, in walk order, then the walk after it.
         rest = mine[len(taken):]
@@ -309,7 +297,7 @@ class SynSweep(BaseSweep):
                 self._readable()
             self.plan = routes.plan()
             interfaces = self.plan.interfaces()
-            dropped_before = _tx_dropped(interfaces)
+            dropped_before = tx_dropped(interfaces)
             for i in range(self.senders):
                 thread = threading.Thread(target=self._sender, name=f"vncaudit-syn-{i}",
                                           daemon=True)
@@ -318,7 +306,8 @@ class SynSweep(BaseSweep):
             try:
                 await self._settle(loop, interfaces, dropped_before)
             finally:
-                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+                self.counters.dropped = max(0, tx_dropped(interfaces) - dropped_before) \
+                    + self.early_dropped
             return self.stats
         finally:
             self.stopping.set()
@@ -352,7 +341,8 @@ class SynSweep(BaseSweep):
             now = time.monotonic()
             more = self._expire(now)
             if now >= next_count:
-                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+                self.counters.dropped = max(0, tx_dropped(interfaces) - dropped_before) \
+                    + self.early_dropped
                 next_count = now + 0.5
             if self._finished():
                 return
