@@ -19,7 +19,7 @@ none is lost to a full socket buffer. They stop when told, at the walk's end, or
 `EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
 scanning).
 
-Imports the standard library's `errno`, `sys`, `threading` and `time` (and in its threads
+Imports the standard library's `sys`, `threading` and `time` (and in its threads
 `rawbatch`, `routetable`, `rawsyn`): it runs before numpy, asyncio and the store are
 imported. Must not: send a pair twice or one outside the walk, send faster than the bucket
 grants, import numpy, or send where the kernel's source address for a pair (and for a frame,
@@ -29,7 +29,6 @@ then: the sweep sends as it would have).
 
 from __future__ import annotations
 
-import errno
 import sys
 import threading
 import time
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
     from vncaudit.synstart import EarlyWalk
 
 EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
-LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late (syn.py)
-REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
 # The program's imports hold the GIL but for a switch every interval (5 ms by default): a
 # sender thread would wait that long after each sendmmsg while they run.
 SWITCH_INTERVAL: Final = 0.0005
@@ -270,40 +267,19 @@ class BulkSender:
                      bucket: TokenBucket) -> bool:
         """Send the loaded batch in the chunks the bucket grants; False when it stopped
         before the end (told to, or a SYN the kernel refused for good)."""
-        from vncaudit.rawbatch import MAX_CALL, FrameBatch
+        from vncaudit.rawbatch import MAX_CALL, FrameBatch, send_granted
 
         pairs = taken.pairs
         n = len(pairs)
         i = 0
         while i < n:
-            granted = bucket.take(min(n - i, MAX_CALL), self.stopping)
-            granted_at = time.monotonic()
+            granted = bucket.grant(min(n - i, MAX_CALL), self.stopping)
             if not granted:
                 return False
-            late = time.monotonic() - granted_at
-            if late > LATE:
-                bucket.late(late)
-            done = 0
-            again = False
-            failed = False
-            while done < granted and not self.stopping.is_set():
-                sent, code = batch.send(i + done, granted - done)
-                if sent:
-                    done += sent
-                    again = False
-                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
-                    with self.lock:
-                        self.refused += 1
-                    self.stopping.wait(REFUSED_PAUSE)
-                elif not again:
-                    # A raw IP socket also reports, once, an ICMP error that arrived for any
-                    # earlier segment: the same packet again tells that from its own failure.
-                    again = True
-                else:
-                    failed = True
-                    break
+            done, refused, failed = send_granted(batch, i, granted, self.stopping)
             now = time.monotonic()
             with self.lock:
+                self.refused += refused
                 if done:
                     taken.sent += done
                     self.flights.append((now, pairs[i:i + done]))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -64,6 +63,7 @@ from vncaudit.discovery import (
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
 from vncaudit.rawbatch import TokenBucket as TokenBucket
+from vncaudit.rawbatch import send_granted
 from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
 from vncaudit.rawsyn import replies_socket, source_port
 from vncaudit.routetable import tx_dropped
@@ -76,8 +76,6 @@ U64 = npt.NDArray[np.uint64]
 
 EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
 NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
-REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
-LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late
 
 
 class TargetBlocks(Protocol):
@@ -691,32 +689,18 @@ class SynSweep(BaseSweep):
         while i < n:
             while self.sink.room() <= 0 and not self.stopping.is_set():
                 self.stopping.wait(0.001)  # the probes or the consumer are behind
-            granted = bucket.take(min(n - i, wire.MAX_CALL), self.stopping)
-            granted_at = time.monotonic()
+            granted = bucket.grant(min(n - i, wire.MAX_CALL), self.stopping)
             if not granted:
                 return
             done = refused = 0
             failed: list[tuple[int, str]] = []
-            again = False
-            late = time.monotonic() - granted_at
-            if late > LATE:
-                bucket.late(late)
             while done < granted and not self.stopping.is_set():
-                sent, code = tx.send(i + done, granted - done)
-                if sent:
-                    done += sent
-                    again = False
-                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
-                    refused += 1
-                    self.stopping.wait(REFUSED_PAUSE)
-                elif not again:
-                    # A raw IP socket also reports, once, an ICMP error that arrived for any
-                    # earlier segment: the same packet again tells that from its own failure.
-                    again = True
-                else:
+                sent, waits, code = send_granted(tx, i + done, granted - done, self.stopping)
+                done += sent
+                refused += waits
+                if code:
                     failed.append((int(pairs[i + done]), os.strerror(code)))
                     done += 1
-                    again = False
             now = time.monotonic()
             self.window.append(_Flight(now + self.options.timeout, pairs[i:i + done], made + 1))
             with self.lock:
