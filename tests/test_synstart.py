@@ -405,7 +405,9 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     assert plan is not None
     early = synstart.start(plan)
     assert early is not None and synstart.started() is early
-    assert len(early.pairs) == min(synstart.EARLY_MAX, rawsyn.rate_burst(1000)) == 20
+    first = len(early.pairs)
+    burst = rawsyn.rate_burst(1000)
+    assert first == min(synstart.EARLY_MAX, burst) > 0
     assert early.bulk is not None  # 1,000/s: the batch sender walks on after them
     time.sleep(0.15)  # the program loading, while the batches go out under the cap
     space = build_target_space(["127.77.0.0/24"], [9, 10])
@@ -417,9 +419,9 @@ def test_the_sweep_takes_over_only_its_own_early_start(same: bool) -> None:
     flights = early.flights()
     sent = sum(len(pairs) for _, pairs in flights)
     sent_pairs = [p for _, pairs in flights for p in pairs]
-    # The batches went on after the first 20 (the walk's next pairs, in order), no faster
-    # than the cap: 1,000/s after the bucket's burst.
-    assert 20 < sent <= 20 + 20 + 1000 * (flights[-1][0] - early.sent_at) + 1
+    # The batches went on after the first ones (the walk's next pairs, in order), no faster
+    # than the cap: 1,000/s after the bucket's burst, which the first ones began.
+    assert first < sent <= burst + 1000 * (flights[-1][0] - early.sent_at) + 1
     assert sent_pairs == synstart.first_pairs(early.plan, early.seed, sent)
     assert sweep.bucket is early.bulk.bucket  # one cap for the whole scan, taken over or not
     if same:

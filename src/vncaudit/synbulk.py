@@ -150,7 +150,8 @@ class BulkSender:
         return [p for batch in self.taken for p in batch.pairs[batch.sent:]]
 
     def _first(self) -> None:
-        """The first thread: the bucket and the sources, then the others, then its batches."""
+        """The first thread: the bucket, the sources and the link, then its batches (and the
+        other threads once its first is loaded)."""
         self._counted(self._start_all)
 
     def _start_all(self) -> None:
@@ -168,13 +169,17 @@ class BulkSender:
             self.why = "the gateway's link-layer address is not known"
             return
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
+        self._send_walk(first=True)
+
+    def _start_others(self) -> None:
+        """The other threads: started once the first thread's first batch is loaded, so
+        their set-up runs while it sends (the GIL is free then), not before its first SYN."""
         with self.lock:
             for i in range(1, self.count):
                 thread = threading.Thread(target=self._run, name=f"vncaudit-syn-early-{i}",
                                           daemon=True)
                 self.threads.append(thread)
                 thread.start()
-        self._send_walk()
 
     def _run(self) -> None:
         self._counted(self._send_walk)
@@ -191,7 +196,7 @@ class BulkSender:
             with self.lock:
                 self.cpu += time.thread_time() - cpu
 
-    def _send_walk(self) -> None:
+    def _send_walk(self, first: bool = False) -> None:
         from vncaudit import rawbatch
         from vncaudit.rawsyn import cookie_key
 
@@ -228,6 +233,9 @@ class BulkSender:
                     batch.load(pairs, [single] * len(pairs))
                 else:
                     batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
+            if first:
+                first = False
+                self._start_others()
             if not self._send_loaded(batch, taken, self.bucket):
                 return
 
