@@ -166,7 +166,8 @@ class BulkSender:
             return
         self.sources, route = planned
         if route is not None and not self._find_link(route, self.sources[2][0]):
-            self.why = "the gateway's link-layer address is not known"
+            if not self.stopping.is_set():
+                self.why = "the gateway's link-layer address is not known"
             return
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
         self._send_walk(first=True)
