@@ -347,6 +347,12 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
+    # docs/rfb.md §6.2 KasmVNC: its web server's constant header names it, not its release
+    Case("kasmvnc-http", lambda: with_web(
+        ServiceResult("127.0.0.1", 8444, State.OPEN_NOT_VNC), status=200,
+        headers={"Server": "KasmVNC/4.0"},
+        body=b"<html><head><title>KasmVNC</title></head></html>"), "KasmVNC", None,
+        ("kasmvnc-http",), ("HTTP Server header 'KasmVNC/4.0'",)),
     # TightVNC 1.3.9+ for Windows: RFB 3.8 and its no-password refusal (one space), which
     # UltraVNC words with none or two (tests/derive_transcripts.py)
     Case("tightvnc-1.3-windows-nopassword", lambda: replay("tightvnc-1.3-windows-nopassword-38"),
