@@ -42,9 +42,8 @@ One alert per change: a cycle that finds what the previous one found sends nothi
 Digests: a cycle with more alerts than --digest-threshold (default 20) sends each webhook and
 e-mail ONE digest instead: counts by rule and severity, the ten worst, and the command that
 lists them all (vncaudit alerts --scan SCAN_ID). Every alert stays in the store; stdout
-still gets each one. --digest-threshold-for gives one channel its own threshold:
-  vncaudit watch 10.0.0.0/24 --every 6h --webhook https://chat.example.org/hooks/x \
-      --email ops@example.org --smtp smtp.example.org --digest-threshold-for ops@example.org=5
+still gets each one. --digest-threshold-for gives one channel (a --webhook URL or an --email
+address) its own threshold, e.g. --digest-threshold-for ops@example.org=5.
 
 Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
 password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.
