@@ -204,6 +204,16 @@ CASES = [
     Case("tigervnc-blacklisted", lambda: replay("tigervnc-blacklisted"), "unknown", None,
          ("tigervnc-blacklisted", "realvnc-4-blacklisted"),
          ("failure text 'Too many security failures'", "TigerVNC", "RealVNC")),
+    # QueryConnect refusals after None was selected: their texts are TigerVNC's own
+    Case("tigervnc-queryconnect-38", lambda: replay("tigervnc-queryconnect-38"), "TigerVNC",
+         None, ("tigervnc-query-refused", "tigervnc-none"),
+         ("failure text 'The attempt to prompt the user to accept the connection failed'",)),
+    Case("tigervnc-queryconnect-novncconfig-38",
+         lambda: replay("tigervnc-queryconnect-novncconfig-38"), "TigerVNC", None,
+         ("tigervnc-query-refused",)),
+    Case("x0vncserver-queryconnect-38", lambda: replay("x0vncserver-queryconnect-38"),
+         "TigerVNC", None, ("tigervnc-query-refused",),
+         ("failure text 'Connection rejected by local user'",)),
     Case("tigervnc-none-38", lambda: replay("tigervnc-none-38"), "unknown", None,
          ("tigervnc-none", "libvncserver-none", "qemu-none"), ("candidates",)),
     Case("tigervnc-vncauth-38", lambda: replay("tigervnc-vncauth-38"), "unknown", None,
@@ -418,7 +428,15 @@ CASES = [
         replay("x11vnc-password-38"), status=405, headers={"Server": "WebSockify Python/3.11.2"}),
         "noVNC/websockify", None, ("websockify-kind", "websockify-server"),
         ("backend not identified",)),
+    # docs/rfb.md §6.1 banners nmap names (nmap-service-probes), whatever follows them
+    Case("aten-kvm", lambda: stream(banner(9, 123)), "ATEN KVM-over-IP", None,
+         ("aten-kvm-banner",), ("banner RFB 009.123",)),
+    Case("ms-virtual-server", lambda: stream(banner(103, 6) + type_list(2)),
+         "Microsoft Virtual Server", None, ("ms-virtual-server-banner",)),
     # ---- negative: nothing or nothing decisive
+    # x11vnc -allow refusing the address (measured): the banner, then the close
+    Case("refused-after-banner", lambda: stream(banner()), "unknown", None,
+         ("libvncserver-refused-after-banner",), ("weak evidence", "LibVNCServer")),
     Case("xvp-only", lambda: stream(banner() + type_list(22)), "unknown", None, (),
          ("no signature matched",)),
     Case("closed", lambda: ServiceResult("127.0.0.1", 5900, State.CLOSED), "unknown"),

@@ -100,6 +100,18 @@ def test_x11vnc_ssl(vnc_server_factory: Any, kind: str) -> None:
     assert "security types [19, 18] in this order" in product.evidence
 
 
+def test_x11vnc_refusing_the_address(vnc_server_factory: Any) -> None:
+    """x11vnc -allow (an address that is not ours) refuses through LibVNCServer's
+    newClientHook, after the banner went out: a refusal, not a malformed server."""
+    from vncaudit.probe import CLOSED_AFTER_VERSION
+
+    server = vnc_server_factory("x11vnc-none", extra_args=["-allow", "192.0.2.1"])
+    result = probe_fresh(server)
+    assert result.rfb is not None and result.rfb.banner == "RFB 003.008\n"
+    assert result.rfb.notes == (CLOSED_AFTER_VERSION,) and result.rfb.auth_required is None
+    assert_unknown_among(identify(result), "LibVNCServer")
+
+
 def test_xtightvnc_password(xtightvnc: servers.VncServer, probe_once: Any) -> None:
     product = identify(probe_once(xtightvnc))
     assert (product.name, product.version) == ("TightVNC", None), product

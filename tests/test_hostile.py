@@ -48,7 +48,8 @@ EXPECTED: dict[str, tuple[State, str | None, bool]] = {
     "tight-huge": (State.MALFORMED, "Tight tunnel count 2147483647 exceeds cap", QUICK),
     "name-4g": (State.MALFORMED, "desktop name length 4294967295 exceeds cap", QUICK),
     "flood": (State.MALFORMED, "out of turn", QUICK),
-    "half-close": (State.MALFORMED, "connection closed while awaiting security types", QUICK),
+    # banner then FIN: how LibVNCServer refuses (docs/rfb.md §1.2), recorded as a refusal
+    "half-close": (State.VNC, None, QUICK),
     "never-read": (State.VNC, "deadline of 2 s reached while awaiting SecurityResult", SLOW),
     "honeypot-any": (State.VNC, None, QUICK),
     "honeypot-every-type": (State.VNC, None, QUICK),

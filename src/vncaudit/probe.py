@@ -184,6 +184,11 @@ def _suspected(types: tuple[int, ...],
     return suspected
 
 
+# A server that answers the version exchange by closing (docs/rfb.md §1.2): refused, no reason.
+CLOSED_AFTER_VERSION = ("server closed the connection after the version exchange, before "
+                        "offering any security type (a refusal without a reason)")
+
+
 class Step(enum.Enum):
     """What the connection does after `Session.advance`."""
 
@@ -304,6 +309,8 @@ class Session:
         if not self.banner_done:
             self.state = State.OPEN_NOT_VNC
             self.error = "connection closed before any banner"
+        elif "security_types" not in self.facts:
+            self.notes.append(CLOSED_AFTER_VERSION)
         return False
 
     def _choose_type(self, event: rfb.SecurityTypes) -> bool:

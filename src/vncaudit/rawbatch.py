@@ -5,8 +5,9 @@ Owns: `SynBatch` (the keyed cookies of a batch, its segments, and one sendmmsg p
 raw IPPROTO_TCP socket: byte for byte what `rawsyn.syn_segment` and `discovery.wire.KernelTx`
 make of each pair), `FrameBatch` (the same SYNs as whole Ethernet frames to a route's gateway
 on an AF_PACKET socket, `packet_socket`: byte for byte `discovery.wire.LinkTx`'s, whose
-template, `frame_template`, is this module's) and `TokenBucket` (the `--rate` cap shared by
-every sender of a scan: the early start's and the sweep's threads take from the same one).
+template, `frame_template`, is this module's), `TokenBucket` (the `--rate` cap shared by
+every sender of a scan: the early start's and the sweep's threads take from the same one) and
+`send_granted` (one grant of the bucket handed to the kernel, for every sender thread).
 The cookie is SipHash-2-4 (`rawsyn.siphash`) of every pair at once: the pairs are the 64-bit
 lanes of one integer, additions are made without carries between lanes and rotations with
 masks, so a batch costs a few hundred integer operations (~0.6 us a pair here) where the
@@ -42,7 +43,12 @@ from vncaudit.rawsyn import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Final
+    from typing import Final, Protocol
+
+    class Sends(Protocol):
+        """A batch of loaded packets (`SynBatch`, `FrameBatch`, `discovery.wire`'s)."""
+
+        def send(self, start: int, count: int) -> tuple[int, int]: ...
 
 MAX_BATCH: Final = 4096  # packets built at once (one pass over the lanes)
 MAX_CALL: Final = 1024  # messages per sendmmsg: the kernel's UIO_MAXIOV limit
@@ -52,6 +58,9 @@ FRAME_STRIDE: Final = 64  # bytes between the frames in the frame buffer
 TTL: Final = 64
 ETH_P_IP: Final = 0x0800
 M64: Final = (1 << 64) - 1
+LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late
+REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
+RETRY_LATER: Final = frozenset({errno.ENOBUFS, errno.EAGAIN, errno.EINTR})
 
 
 class TokenBucket:
@@ -81,6 +90,17 @@ class TokenBucket:
             stopping.wait(wait)
         return 0
 
+    def grant(self, want: int, stopping: threading.Event) -> int:
+        """`take`: the packets the caller may send now (0: told to stop); a grant the thread
+        was kept from using at once counts as `late`."""
+        granted = self.take(want, stopping)
+        granted_at = time.monotonic()
+        if granted:
+            late = time.monotonic() - granted_at
+            if late > LATE:
+                self.late(late)
+        return granted
+
     def spend(self, count: int, at: float) -> None:
         """`count` packets went out at `at` without a grant (the early start's, sent before
         this bucket was made, when it would have been full): what it holds is then at most
@@ -100,6 +120,31 @@ class TokenBucket:
         the two together exceed the cap at the wire."""
         with self.lock:
             self.tokens -= seconds * self.rate
+
+
+def send_granted(tx: Sends, start: int, count: int,
+                 stopping: threading.Event) -> tuple[int, int, int]:
+    """Hand `tx`'s packets start..start+count-1 to the kernel, waiting and trying again while
+    it has no room: (how many it took, how many times it had no room, the errno of the packet
+    start + taken that it rejected for good, 0 when it took them all or `stopping` was set).
+    The sender threads of the early start and of the sweep send every grant with this."""
+    done = refused = 0
+    again = False
+    while done < count and not stopping.is_set():
+        sent, code = tx.send(start + done, count - done)
+        if sent:
+            done += sent
+            again = False
+        elif code in RETRY_LATER:
+            refused += 1
+            stopping.wait(REFUSED_PAUSE)
+        elif not again:
+            # A raw IP socket also reports, once, an ICMP error that arrived for any earlier
+            # segment: the same packet again tells that from its own failure.
+            again = True
+        else:
+            return done, refused, code
+    return done, refused, 0
 
 
 def _lanes(n: int, value: int) -> int:

@@ -470,7 +470,13 @@ class RfbClient:
         if not self._buf:
             prior = self.state
             self.state = State.CLOSED
-            if prior in SERVER_TURN and prior is not State.VERSION:
+            # Closing before the banner, or right after the version exchange instead of the
+            # security types (LibVNCServer's refusal: its banner goes out before the
+            # application's newClientHook can refuse, docs/rfb.md §1.2), is a refusal, not
+            # broken RFB; the caller tells the two apart by what it has seen.
+            refused = prior is State.VERSION or (
+                prior is State.SECURITY and not self._tls_pending_list)
+            if prior in SERVER_TURN and not refused:
                 # The server hung up where the protocol says it must speak.
                 exc = RemoteProtocolError(f"connection closed while {prior.value}")
                 self._error = exc

@@ -8,8 +8,9 @@ Owns: `routes` (every IPv4 route, all tables), `only_default_rules` (no policy r
 `cuts` (where the route changes inside a range), `source_of` (one segment's source
 address: the route's preferred source, else the kernel's answer for a sample address),
 `neighbours` (the resolved entries of the neighbour table), `ethernet_address` (an interface's
-own, when it is Ethernet and up) and `link_of` (the (ours, the gateway's) link-layer
-addresses of a route frames may go out on, when that is exact). `discovery.route` plans the
+own, when it is Ethernet and up), `link_of` (the (ours, the gateway's) link-layer
+addresses of a route frames may go out on, when that is exact) and `tx_dropped` (what the
+interfaces of the routes dropped on the way out). `discovery.route` plans the
 sweep's paths with these; the early start (`vncaudit.synstart`, `vncaudit.synbulk`) its
 sources and its frames.
 
@@ -287,3 +288,25 @@ def link_of(route: Route, source: bytes, known: dict[tuple[bytes, int], bytes],
     if ours is None:
         ours = ethernet_address(route.ifindex)
     return None if ours is None else (ours, theirs)
+
+
+def tx_dropped(ifindexes: set[int]) -> int:
+    """Packets the interfaces dropped on the way out, so far (/proc/net/dev: this network
+    namespace's own view)."""
+    names = set()
+    for ifindex in ifindexes:
+        try:
+            names.add(socket.if_indextoname(ifindex))
+        except OSError:
+            continue
+    total = 0
+    try:
+        with open("/proc/net/dev", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()[2:]
+        for line in lines:
+            name, _, numbers = line.partition(":")
+            if name.strip() in names:
+                total += int(numbers.split()[11])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total

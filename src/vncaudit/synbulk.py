@@ -19,7 +19,7 @@ none is lost to a full socket buffer. They stop when told, at the walk's end, or
 `EARLY_BULK_SECONDS` after they began (a program that never reaches the sweep does not go on
 scanning).
 
-Imports the standard library's `errno`, `sys`, `threading` and `time` (and in its threads
+Imports the standard library's `sys`, `threading` and `time` (and in its threads
 `rawbatch`, `routetable`, `rawsyn`): it runs before numpy, asyncio and the store are
 imported. Must not: send a pair twice or one outside the walk, send faster than the bucket
 grants, import numpy, or send where the kernel's source address for a pair (and for a frame,
@@ -29,7 +29,6 @@ then: the sweep sends as it would have).
 
 from __future__ import annotations
 
-import errno
 import sys
 import threading
 import time
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
     from vncaudit.synstart import EarlyWalk
 
 EARLY_BULK_SECONDS: Final = 1.0  # the longest the batches go on without the sweep
-LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late (syn.py)
-REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
 # The program's imports hold the GIL but for a switch every interval (5 ms by default): a
 # sender thread would wait that long after each sendmmsg while they run.
 SWITCH_INTERVAL: Final = 0.0005
@@ -100,6 +97,9 @@ class BulkSender:
         self.link: tuple[bytes, bytes, bytes] | None = None
         self.link_socket: tuple[int, socket] | None = None
         self.framed = 0  # SYNs sent as frames
+        # (ifindex, what it had dropped on the way out before the first frame): the sweep
+        # counts the rest in its summary
+        self.dropped_from: tuple[int, int] | None = None
         self.deadline = 0.0
         self.why = ""  # why the batches stopped before the walk's end, for the log
         self.interval = sys.getswitchinterval()
@@ -150,7 +150,8 @@ class BulkSender:
         return [p for batch in self.taken for p in batch.pairs[batch.sent:]]
 
     def _first(self) -> None:
-        """The first thread: the bucket and the sources, then the others, then its batches."""
+        """The first thread: the bucket, the sources and the link, then its batches (and the
+        other threads once its first is loaded)."""
         self._counted(self._start_all)
 
     def _start_all(self) -> None:
@@ -165,16 +166,21 @@ class BulkSender:
             return
         self.sources, route = planned
         if route is not None and not self._find_link(route, self.sources[2][0]):
-            self.why = "the gateway's link-layer address is not known"
+            if not self.stopping.is_set():
+                self.why = "the gateway's link-layer address is not known"
             return
         self.deadline = time.monotonic() + EARLY_BULK_SECONDS
+        self._send_walk(first=True)
+
+    def _start_others(self) -> None:
+        """The other threads: started once the first thread's first batch is loaded, so
+        their set-up runs while it sends (the GIL is free then), not before its first SYN."""
         with self.lock:
             for i in range(1, self.count):
                 thread = threading.Thread(target=self._run, name=f"vncaudit-syn-early-{i}",
                                           daemon=True)
                 self.threads.append(thread)
                 thread.start()
-        self._send_walk()
 
     def _run(self) -> None:
         self._counted(self._send_walk)
@@ -191,7 +197,7 @@ class BulkSender:
             with self.lock:
                 self.cpu += time.thread_time() - cpu
 
-    def _send_walk(self) -> None:
+    def _send_walk(self, first: bool = False) -> None:
         from vncaudit import rawbatch
         from vncaudit.rawsyn import cookie_key
 
@@ -228,6 +234,9 @@ class BulkSender:
                     batch.load(pairs, [single] * len(pairs))
                 else:
                     batch.load(pairs, [sums[bisect_right(starts, p >> 16) - 1] for p in pairs])
+            if first:
+                first = False
+                self._start_others()
             if not self._send_loaded(batch, taken, self.bucket):
                 return
 
@@ -258,6 +267,7 @@ class BulkSender:
             # The first SYNs waited in the kernel's queue for this address and left with it:
             # the cap counts them from now.
             self.bucket.spend(self.spent[0], time.monotonic())
+        self.dropped_from = (route.ifindex, routetable.tx_dropped({route.ifindex}))
         self.link_socket = (route.ifindex, rawbatch.packet_socket(route.ifindex))
         self.link = (source, *link)
         return True
@@ -266,40 +276,19 @@ class BulkSender:
                      bucket: TokenBucket) -> bool:
         """Send the loaded batch in the chunks the bucket grants; False when it stopped
         before the end (told to, or a SYN the kernel refused for good)."""
-        from vncaudit.rawbatch import MAX_CALL, FrameBatch
+        from vncaudit.rawbatch import MAX_CALL, FrameBatch, send_granted
 
         pairs = taken.pairs
         n = len(pairs)
         i = 0
         while i < n:
-            granted = bucket.take(min(n - i, MAX_CALL), self.stopping)
-            granted_at = time.monotonic()
+            granted = bucket.grant(min(n - i, MAX_CALL), self.stopping)
             if not granted:
                 return False
-            late = time.monotonic() - granted_at
-            if late > LATE:
-                bucket.late(late)
-            done = 0
-            again = False
-            failed = False
-            while done < granted and not self.stopping.is_set():
-                sent, code = batch.send(i + done, granted - done)
-                if sent:
-                    done += sent
-                    again = False
-                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
-                    with self.lock:
-                        self.refused += 1
-                    self.stopping.wait(REFUSED_PAUSE)
-                elif not again:
-                    # A raw IP socket also reports, once, an ICMP error that arrived for any
-                    # earlier segment: the same packet again tells that from its own failure.
-                    again = True
-                else:
-                    failed = True
-                    break
+            done, refused, failed = send_granted(batch, i, granted, self.stopping)
             now = time.monotonic()
             with self.lock:
+                self.refused += refused
                 if done:
                     taken.sent += done
                     self.flights.append((now, pairs[i:i + done]))

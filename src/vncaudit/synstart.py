@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
     from vncaudit.synbulk import BulkSender
 
-EARLY_MAX: Final = 64  # SYNs built one by one in Python before the sweep's batches take over
+# SYNs built one by one in Python before the batches take over: the first packet leaves at
+# once; the batches' set-up (~10 ms) waits after these, so they are few.
+EARLY_MAX: Final = 16
 MAX_COUNT: Final = 1 << 40  # a larger space is left to the sweep (its permutation costs more)
 # The most packets/s the early batch sender (`vncaudit.synbulk`) is asked to hold: one thread
 # sharing the GIL with the program's imports. Above it the sweep's threads send after the

@@ -39,11 +39,12 @@ required), severity (worst severity raised), cve (a version with a known CVE app
 (a service gone; off by default); --remind-every 7d adds a reminder while a service stays open.
 One alert per change: a cycle that finds what the previous one found sends nothing.
 
-Digests: a cycle with more alerts than --digest-threshold (default 20) sends each webhook and
-e-mail ONE digest instead: counts by rule and severity, the ten worst, and the command that
-lists them all (vncaudit alerts --scan SCAN_ID). Every alert stays in the store; stdout
-still gets each one. --digest-threshold-for gives one channel (a --webhook URL or an --email
-address) its own threshold, e.g. --digest-threshold-for ops@example.org=5.
+Digests: a cycle with more alerts than --digest-threshold (default 20) sends each
+webhook and e-mail ONE digest instead: counts by rule and severity, the ten worst,
+and the command that lists them all (alerts --scan SCAN_ID). Every alert stays in
+the store, and stdout still gets each one. Give one channel (a --webhook URL or
+an --email address) a threshold of its own with --digest-threshold-for, as in
+--digest-threshold-for ops@example.org=5.
 
 Secrets: the webhook HMAC key from --webhook-secret-file or $VNCAUDIT_WEBHOOK_SECRET, the SMTP
 password from --smtp-password-file or $VNCAUDIT_SMTP_PASSWORD.

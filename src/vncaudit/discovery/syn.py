@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -44,7 +43,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Protocol
 
 import numpy as np
@@ -65,8 +63,10 @@ from vncaudit.discovery import (
 from vncaudit.discovery import route as routes
 from vncaudit.exceptions import UsageError
 from vncaudit.rawbatch import TokenBucket as TokenBucket
+from vncaudit.rawbatch import send_granted
 from vncaudit.rawsyn import DEFAULT_SYN_RATE as DEFAULT_SYN_RATE
 from vncaudit.rawsyn import replies_socket, source_port
+from vncaudit.routetable import tx_dropped
 from vncaudit.synstart import ONE_THREAD_RATE as ONE_SENDER_RATE
 from vncaudit.synstart import EarlyStart, claim
 
@@ -76,8 +76,6 @@ U64 = npt.NDArray[np.uint64]
 
 EXPIRE_FLIGHTS: Final = 16  # chunks given up per turn of the event loop, so probes keep theirs
 NEIGHBOUR_WAIT: Final = 0.5  # seconds to let the kernel resolve a gateway before frames go out
-REFUSED_PAUSE: Final = 0.0005  # seconds to let a full device queue drain
-LATE: Final = 0.0005  # a grant sent later than this after it was taken counts as late
 
 
 class TargetBlocks(Protocol):
@@ -105,22 +103,6 @@ class _Flight:
 
 def _host(address: int) -> str:
     return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
-
-
-def _tx_dropped(ifindexes: set[int]) -> int:
-    """Packets the interfaces dropped on the way out, so far (/proc/net/dev: the namespace's
-    own view)."""
-    names = set()
-    for ifindex in ifindexes:
-        with contextlib.suppress(OSError):
-            names.add(socket.if_indextoname(ifindex))
-    total = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
-            name, _, numbers = line.partition(":")
-            if name.strip() in names:
-                total += int(numbers.split()[11])
-    return total
 
 
 def _close_all(txs: dict[tuple[int, bool], wire.KernelTx | wire.LinkTx]) -> None:
@@ -176,6 +158,7 @@ class SynSweep(BaseSweep):
         self.early_rx: socket.socket | None = None
         self.early_tx: socket.socket | None = None
         self.early_link: tuple[int, socket.socket] | None = None  # its frames' packet socket
+        self.early_dropped = 0  # what the interface dropped of the early frames
         self.rest: U64 | None = None
         self.early_replies: list[bytes] = []  # what the early batch sender read meanwhile
         self.opened = False  # the sweep's own first chunk of fresh SYNs went out
@@ -226,6 +209,9 @@ class SynSweep(BaseSweep):
         self.cookies = wire.Cookies(early.secret)
         self.early_rx, self.early_tx = early.rx, early.tx
         self.early_link = early.link_socket()
+        if bulk is not None and bulk.dropped_from is not None:
+            ifindex, before = bulk.dropped_from
+            self.early_dropped = max(0, tx_dropped({ifindex}) - before)
         self.early_replies = bulk.replies if bulk is not None else []
         # What was taken and not sent goes first, in walk order, then the walk after it.
         rest = mine[len(taken):]
@@ -309,7 +295,7 @@ class SynSweep(BaseSweep):
                 self._readable()
             self.plan = routes.plan()
             interfaces = self.plan.interfaces()
-            dropped_before = _tx_dropped(interfaces)
+            dropped_before = tx_dropped(interfaces)
             for i in range(self.senders):
                 thread = threading.Thread(target=self._sender, name=f"vncaudit-syn-{i}",
                                           daemon=True)
@@ -318,7 +304,8 @@ class SynSweep(BaseSweep):
             try:
                 await self._settle(loop, interfaces, dropped_before)
             finally:
-                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+                self.counters.dropped = max(0, tx_dropped(interfaces) - dropped_before) \
+                    + self.early_dropped
             return self.stats
         finally:
             self.stopping.set()
@@ -352,7 +339,8 @@ class SynSweep(BaseSweep):
             now = time.monotonic()
             more = self._expire(now)
             if now >= next_count:
-                self.counters.dropped = max(0, _tx_dropped(interfaces) - dropped_before)
+                self.counters.dropped = max(0, tx_dropped(interfaces) - dropped_before) \
+                    + self.early_dropped
                 next_count = now + 0.5
             if self._finished():
                 return
@@ -701,32 +689,18 @@ class SynSweep(BaseSweep):
         while i < n:
             while self.sink.room() <= 0 and not self.stopping.is_set():
                 self.stopping.wait(0.001)  # the probes or the consumer are behind
-            granted = bucket.take(min(n - i, wire.MAX_CALL), self.stopping)
-            granted_at = time.monotonic()
+            granted = bucket.grant(min(n - i, wire.MAX_CALL), self.stopping)
             if not granted:
                 return
             done = refused = 0
             failed: list[tuple[int, str]] = []
-            again = False
-            late = time.monotonic() - granted_at
-            if late > LATE:
-                bucket.late(late)
             while done < granted and not self.stopping.is_set():
-                sent, code = tx.send(i + done, granted - done)
-                if sent:
-                    done += sent
-                    again = False
-                elif code in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
-                    refused += 1
-                    self.stopping.wait(REFUSED_PAUSE)
-                elif not again:
-                    # A raw IP socket also reports, once, an ICMP error that arrived for any
-                    # earlier segment: the same packet again tells that from its own failure.
-                    again = True
-                else:
+                sent, waits, code = send_granted(tx, i + done, granted - done, self.stopping)
+                done += sent
+                refused += waits
+                if code:
                     failed.append((int(pairs[i + done]), os.strerror(code)))
                     done += 1
-                    again = False
             now = time.monotonic()
             self.window.append(_Flight(now + self.options.timeout, pairs[i:i + done], made + 1))
             with self.lock:
