@@ -119,6 +119,18 @@ def stream(*chunks: bytes, options: ProbeOptions | None = None) -> ServiceResult
     return session.result(0.0)
 
 
+def held(*chunks: bytes) -> ServiceResult:
+    """What the probe records when a server sends *chunks*, then nothing until the deadline."""
+    session = new_session()
+    client = session.client
+    for chunk in chunks:
+        client.receive_data(chunk)
+        while (event := client.next_event()) is not rfb.NEED_DATA:
+            assert session.on_event(event)  # type: ignore[arg-type]
+    session.deadline_reached()
+    return session.result(0.0)
+
+
 def corpus(name: str) -> ServiceResult:
     # fuzz/harness.py format: a flags byte, a fragmentation-seed byte, then the server stream.
     return stream((CORPUS / name).read_bytes()[2:])
@@ -437,6 +449,10 @@ CASES = [
     # x11vnc -allow refusing the address (measured): the banner, then the close
     Case("refused-after-banner", lambda: stream(banner()), "unknown", None,
          ("libvncserver-refused-after-banner",), ("weak evidence", "LibVNCServer")),
+    # gnome-remote-desktop's 'prompt' access, x11vnc -accept: the banner, then nothing
+    # (measured on x11vnc in tests/test_fingerprint_realservers.py)
+    Case("held-after-banner", lambda: held(banner()), "unknown", None,
+         ("libvncserver-held-after-banner",), ("weak evidence", "LibVNCServer")),
     Case("xvp-only", lambda: stream(banner() + type_list(22)), "unknown", None, (),
          ("no signature matched",)),
     Case("closed", lambda: ServiceResult("127.0.0.1", 5900, State.CLOSED), "unknown"),

@@ -112,6 +112,23 @@ def test_x11vnc_refusing_the_address(vnc_server_factory: Any) -> None:
     assert_unknown_among(identify(result), "LibVNCServer")
 
 
+def test_x11vnc_asking_before_the_security_list(vnc_server_factory: Any) -> None:
+    """x11vnc -accept runs its command inside LibVNCServer's newClientHook, after the banner
+    went out and before any security type: the probe's deadline finds the server holding the
+    client (as gnome-remote-desktop's 'prompt' does), which it says, instead of a bare
+    timeout."""
+    from vncaudit.probe import HELD_AFTER_VERSION
+
+    server = vnc_server_factory("x11vnc-none", extra_args=["-accept", "sleep 30"])
+    result = asyncio.run(probe(Target(server.host, server.port), ProbeOptions(timeout=1.5)))
+    assert result.state is State.VNC, result.error
+    assert result.rfb is not None and result.rfb.banner == "RFB 003.008\n"
+    assert result.rfb.security_types == () and result.rfb.auth_required is None
+    assert result.rfb.notes == (HELD_AFTER_VERSION,)
+    assert result.error == "deadline of 1.5 s reached while awaiting security types"
+    assert_unknown_among(identify(result), "LibVNCServer")
+
+
 def test_xtightvnc_password(xtightvnc: servers.VncServer, probe_once: Any) -> None:
     product = identify(probe_once(xtightvnc))
     assert (product.name, product.version) == ("TightVNC", None), product

@@ -19,7 +19,7 @@ import pytest
 
 from vncaudit.basics import CONNECT_CUT, connect_cut
 from vncaudit.models import ServiceResult, State, Target
-from vncaudit.probe import CLOSED_AFTER_VERSION, ProbeOptions, probe
+from vncaudit.probe import CLOSED_AFTER_VERSION, HELD_AFTER_VERSION, ProbeOptions, probe
 
 from rfb_helpers import banner, reason, server_init, type_list, u32
 
@@ -364,6 +364,21 @@ def test_a_banner_without_its_newline_is_malformed_at_the_deadline() -> None:
     run = run_script([b"RFB 003.008", HOLD], timeout=0.5)
     assert run.result.state is State.MALFORMED
     assert "not terminated by a newline within 0.5 s" in (run.result.error or "")
+
+
+def test_a_server_silent_after_its_banner_is_held_not_a_tarpit() -> None:
+    # gnome-remote-desktop's 'prompt': the banner, then nothing read or sent until its user
+    # answers (docs/rfb.md §1.2, §6.2).
+    run = run_script([banner(3, 8), HOLD], timeout=0.5)
+    assert run.result.state is State.VNC
+    assert run.result.error == "deadline of 0.5 s reached while awaiting security types"
+    facts = run.result.rfb
+    assert facts is not None and facts.notes == (HELD_AFTER_VERSION,)
+    assert facts.auth_required is None and facts.security_types == ()
+    # Stalled inside a list is broken, not held: no such note.
+    cut = run_script([banner(3, 8), 12, bytes([3, 2]), HOLD], timeout=0.5)
+    assert cut.result.state is State.MALFORMED and cut.result.rfb is not None
+    assert HELD_AFTER_VERSION not in cut.result.rfb.notes
 
 
 def test_a_server_that_stops_after_the_selection_keeps_its_facts() -> None:

@@ -188,6 +188,12 @@ def _suspected(types: tuple[int, ...],
 CLOSED_AFTER_VERSION = ("server closed the connection after the version exchange, before "
                         "offering any security type (a refusal without a reason)")
 
+# A server that sends its banner, then nothing up to the deadline (docs/rfb.md §1.2): a
+# LibVNCServer application deciding after its banner whether to take the client.
+HELD_AFTER_VERSION = ("server sent its banner, then nothing until the deadline: held before "
+                      "offering any security type, as gnome-remote-desktop's 'prompt' access "
+                      "and x11vnc -accept do while they ask their user")
+
 
 class Step(enum.Enum):
     """What the connection does after `Session.advance`."""
@@ -449,6 +455,8 @@ class Session:
                           f"{client.buffered} bytes while {client.state.value}")
         else:
             self.error = f"deadline of {timeout:g} s reached while {client.state.value}"
+            if client.state is rfb.State.SECURITY:
+                self.notes.append(HELD_AFTER_VERSION)
 
     def broken(self, exc: RemoteProtocolError | OSError) -> None:
         """The state and error when the server broke RFB or the connection."""
