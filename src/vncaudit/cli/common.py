@@ -410,7 +410,11 @@ def open_store(db: Path | None) -> Store:
     that exists (only the default location is created), so a typo is an error, not a new
     empty database somewhere."""
     if db is not None and str(db) != ":memory:":
-        where = db.expanduser()
+        try:
+            where = db.expanduser()
+        except RuntimeError:  # ~name of no user: pathlib cannot tell whose home it is
+            raise fail(f"--db {db}: no user named {str(db).split('/')[0][1:]!r} "
+                       "(whose home ~ would name)") from None
         if where.is_dir():
             raise fail(f"--db {db}: is a directory; give the database file's path")
         if not where.parent.is_dir():

@@ -18,8 +18,8 @@ Imports `os` and `sys` only until it has decided (and `vncaudit.synstart` or `co
 it starts early): it runs before typer, asyncio, numpy and the store. Must not: accept a
 command line that the full parse would refuse or read differently (tests/test_launch.py checks
 it against typer's over generated command lines), print (but the one line of a Ctrl-C while
-the early start's batches go out), or fail: any error in the early start
-means no early start.
+the early start's batches go out, or while the program loads), or fail: any error in the
+early start means no early start.
 """
 
 from __future__ import annotations
@@ -82,9 +82,20 @@ def run() -> None:
         pass
     except KeyboardInterrupt:  # Ctrl-C before the program loaded: nothing to report yet
         raise SystemExit(130) from None
-    from vncaudit.cli.program import run as run_program
+    try:
+        from vncaudit.cli.program import run as run_program
 
-    run_program()
+        run_program()
+    except KeyboardInterrupt:
+        # Ctrl-C while the program loaded, before a command ran (a command's own Ctrl-C is
+        # its one line and exit 130): an early start not taken over yet stops, unrecorded.
+        loaded = sys.modules.get("vncaudit.synstart")
+        early = loaded.claim() if loaded is not None else None
+        if early is not None:
+            early.close()
+        sys.stderr.write("vncaudit: error: interrupted"
+                         + ("; nothing recorded\n" if early is not None else "\n"))
+        raise SystemExit(130) from None
 
 
 def preparse(args: Sequence[str], environ: Mapping[str, str]) -> EarlyPlan | None:

@@ -199,6 +199,10 @@ def _mapped(what: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "database is locked":
+            raise StoreError(f"{what}: another process kept the store locked for "
+                             f"{BUSY_TIMEOUT:g} s (database is locked); try again when it "
+                             "is done") from exc
         raise StoreError(f"{what}: {exc}") from exc
 
 

@@ -350,7 +350,11 @@ class _Reader:
             raise self.fail(table, str(exc)) from None
 
     def file(self, value: str) -> Path:
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # ~name of no user: pathlib cannot tell whose home it is
+            raise self.fail("", f"{value}: no user named {value.split('/')[0][1:]!r} "
+                            "(whose home ~ would name)") from None
         return path if path.is_absolute() else self.base / path
 
     def read(self, doc: dict[str, Any]) -> WatchConfig:
