@@ -449,6 +449,10 @@ CASES = [
     # docs/rfb.md §6.1 banners nmap names (nmap-service-probes), whatever follows them
     Case("aten-kvm", lambda: stream(banner(9, 123)), "ATEN KVM-over-IP", None,
          ("aten-kvm-banner",), ("banner RFB 009.123",)),
+    # docs/rfb.md §4.3 ATEN iKVM: 24 bytes of its own after the Tight selection
+    Case("aten-kvm-tight", lambda: stream(
+        banner() + type_list(16), bytes.fromhex("ffff0000") + bytes(range(1, 21))),
+        "ATEN KVM-over-IP", None, ("aten-kvm-tight",), ("ATEN iKVM's variant",)),
     Case("ms-virtual-server", lambda: stream(banner(103, 6) + type_list(2)),
          "Microsoft Virtual Server", None, ("ms-virtual-server-banner",)),
     # ---- negative: nothing or nothing decisive
