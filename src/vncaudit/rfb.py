@@ -681,11 +681,13 @@ class RfbClient:
 
     def _parse_tight_tunnels(self) -> Event | NeedData:
         if self._need(4) and self._u32_at(0) > ATEN_TUNNEL_COUNT:
-            # No Tight server lists that many tunnels: ATEN's 24 bytes (docs/rfb.md §4.3).
+            # No Tight server lists that many tunnels: ATEN's 24 bytes, and nothing after them
+            # until the client logs in (docs/rfb.md §4.3); more is a broken count, refused below.
             if not self._need(ATEN_BLOB):
                 return NEED_DATA
-            self.state = State.ATEN_CREDENTIALS
-            return AtenTight(self._take(ATEN_BLOB))
+            if len(self._buf) == ATEN_BLOB:
+                self.state = State.ATEN_CREDENTIALS
+                return AtenTight(self._take(ATEN_BLOB))
         got = self._capabilities_at(0, "tunnel")
         if got is None:
             return NEED_DATA
