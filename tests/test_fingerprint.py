@@ -432,6 +432,9 @@ CASES = [
     # docs/rfb.md §6.2 Apple: [30, 33, 36] (vm0-ai #35867) and [30, 35] (nmap vnc-info example)
     Case("macos-26", lambda: stream(banner(3, 889) + type_list(30, 33, 36)),
          "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
+    # docs/rfb.md §6.2 Apple with the VNC password on: 2 among Apple's types (Termix PR #1313)
+    Case("macos-vnc-password", lambda: stream(banner(3, 889) + type_list(30, 33, 36, 2, 35)),
+         "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
     Case("macos-old", lambda: stream(banner(3, 889) + type_list(30, 35)),
          "macOS Screen Sharing", None, ("macos-ard-types",)),
     # docs/rfb.md §8.2/§8.4: noVNC page served by websockify --web, TigerVNC behind it
