@@ -398,6 +398,9 @@ CASES = [
     # docs/rfb.md §6.2 VirtualBox VNC extension pack (VBoxVNC.cpp)
     Case("virtualbox", lambda: none_server(b"VBoxVNC"), "VirtualBox", None,
          ("virtualbox-desktop",), ("desktop name 'VBoxVNC'",)),
+    # docs/rfb.md §6.2 krfb: its desktop name once its user accepted (KDE/krfb)
+    Case("krfb", lambda: none_server(b"alice@office (shared desktop)"), "krfb", None,
+         ("krfb-desktop",), ("desktop name 'alice@office (shared desktop)'",)),
     # docs/rfb.md §6.2/§6.3 QEMU sasl=on: the single type 20
     Case("qemu-sasl", lambda: stream(banner() + type_list(20)), "QEMU", None, ("qemu-sasl",)),
     Case("qemu-plain-name", lambda: none_server(b"QEMU"), "QEMU", None, ("qemu-desktop",)),
