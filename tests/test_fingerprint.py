@@ -347,6 +347,12 @@ CASES = [
         ServiceResult("127.0.0.1", 5800, State.OPEN_NOT_VNC), status=200,
         headers={"Server": "TigerVNC/1.12.0"}, websocket=False), "TigerVNC", "1.12.0",
         ("tigervnc-http",)),
+    # docs/rfb.md §6.2 KasmVNC: its web server's constant header names it, not its release
+    Case("kasmvnc-http", lambda: with_web(
+        ServiceResult("127.0.0.1", 8444, State.OPEN_NOT_VNC), status=200,
+        headers={"Server": "KasmVNC/4.0"},
+        body=b"<html><head><title>KasmVNC</title></head></html>"), "KasmVNC", None,
+        ("kasmvnc-http",), ("HTTP Server header 'KasmVNC/4.0'",)),
     # TightVNC 1.3.9+ for Windows: RFB 3.8 and its no-password refusal (one space), which
     # UltraVNC words with none or two (tests/derive_transcripts.py)
     Case("tightvnc-1.3-windows-nopassword", lambda: replay("tightvnc-1.3-windows-nopassword-38"),
@@ -426,6 +432,9 @@ CASES = [
     # docs/rfb.md §6.2 Apple: [30, 33, 36] (vm0-ai #35867) and [30, 35] (nmap vnc-info example)
     Case("macos-26", lambda: stream(banner(3, 889) + type_list(30, 33, 36)),
          "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
+    # docs/rfb.md §6.2 Apple with the VNC password on: 2 among Apple's types (Termix PR #1313)
+    Case("macos-vnc-password", lambda: stream(banner(3, 889) + type_list(30, 33, 36, 2, 35)),
+         "macOS Screen Sharing", None, ("macos-banner", "macos-ard-types")),
     Case("macos-old", lambda: stream(banner(3, 889) + type_list(30, 35)),
          "macOS Screen Sharing", None, ("macos-ard-types",)),
     # docs/rfb.md §8.2/§8.4: noVNC page served by websockify --web, TigerVNC behind it
@@ -443,6 +452,10 @@ CASES = [
     # docs/rfb.md §6.1 banners nmap names (nmap-service-probes), whatever follows them
     Case("aten-kvm", lambda: stream(banner(9, 123)), "ATEN KVM-over-IP", None,
          ("aten-kvm-banner",), ("banner RFB 009.123",)),
+    # docs/rfb.md §4.3 ATEN iKVM: 24 bytes of its own after the Tight selection
+    Case("aten-kvm-tight", lambda: stream(
+        banner() + type_list(16), bytes.fromhex("ffff0000") + bytes(range(1, 21))),
+        "ATEN KVM-over-IP", None, ("aten-kvm-tight",), ("ATEN iKVM's variant",)),
     Case("ms-virtual-server", lambda: stream(banner(103, 6) + type_list(2)),
          "Microsoft Virtual Server", None, ("ms-virtual-server-banner",)),
     # ---- negative: nothing or nothing decisive

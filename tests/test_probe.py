@@ -19,7 +19,13 @@ import pytest
 
 from vncaudit.basics import CONNECT_CUT, connect_cut
 from vncaudit.models import ServiceResult, State, Target
-from vncaudit.probe import CLOSED_AFTER_VERSION, HELD_AFTER_VERSION, ProbeOptions, probe
+from vncaudit.probe import (
+    ATEN_TIGHT,
+    CLOSED_AFTER_VERSION,
+    HELD_AFTER_VERSION,
+    ProbeOptions,
+    probe,
+)
 
 from rfb_helpers import banner, reason, server_init, type_list, u32
 
@@ -379,6 +385,19 @@ def test_a_server_silent_after_its_banner_is_held_not_a_tarpit() -> None:
     cut = run_script([banner(3, 8), 12, bytes([3, 2]), HOLD], timeout=0.5)
     assert cut.result.state is State.MALFORMED and cut.result.rfb is not None
     assert HELD_AFTER_VERSION not in cut.result.rfb.notes
+
+
+def test_aten_ikvm_answers_the_tight_selection_with_its_24_bytes() -> None:
+    # docs/rfb.md §4.3: 24 bytes after the selection of 16 (their first word far above any
+    # tunnel count), then the server waits for a user name and a password, never sent.
+    blob = bytes.fromhex("ffff0000") + bytes(range(1, 21))
+    run = run_script([banner(3, 8), 12, type_list(16), 1, blob, HOLD], timeout=2.0)
+    assert run.read == banner(3, 8) + b"\x10"  # nothing after the selection
+    assert run.result.state is State.VNC and run.result.error is None
+    facts = run.result.rfb
+    assert facts is not None and facts.notes == (f"{ATEN_TIGHT}: {blob.hex()}",)
+    assert facts.auth_required is True and facts.tight is None
+    assert run.seconds < 1.5  # it stops at once: no deadline
 
 
 def test_a_server_that_stops_after_the_selection_keeps_its_facts() -> None:

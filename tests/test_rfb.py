@@ -342,7 +342,25 @@ def test_tight_capability_count_cap() -> None:
     events_of(client, banner() + type_list(16))
     client.select_security_type(16)
     with pytest.raises(LimitExceededError, match="Tight tunnel count"):
-        events_of(client, u32(0x7FFFFFFF))
+        events_of(client, u32(0x10000))
+
+
+def test_aten_ikvm_tight_variant_is_its_24_bytes_not_a_tunnel_list() -> None:
+    # docs/rfb.md §4.3: a first word above 0x10000 is ATEN's, read whole even when split.
+    client = rfb.RfbClient()
+    events_of(client, banner() + type_list(16))
+    client.select_security_type(16)
+    blob = u32(0x7FFFFFFF) + bytes(range(20))
+    assert events_of(client, blob[:10]) == []
+    assert events_of(client, blob[10:]) == [rfb.AtenTight(blob)]
+    assert client.state is rfb.State.ATEN_CREDENTIALS and not client.their_turn
+    assert client.data_to_send() == b"RFB 003.008\n\x10"  # no tunnel choice, no credentials
+    # More than the 24 bytes before the client spoke: not ATEN, a count over the cap.
+    other = rfb.RfbClient()
+    events_of(other, banner() + type_list(16))
+    other.select_security_type(16)
+    with pytest.raises(LimitExceededError, match="Tight tunnel count"):
+        events_of(other, blob + bytes(8))
 
 
 # -- TLS type 18 -------------------------------------------------------------------------------

@@ -195,6 +195,11 @@ HELD_AFTER_VERSION = ("server sent its banner, then nothing until the deadline: 
                       "and x11vnc -accept do while they ask their user")
 
 
+# ATEN iKVM's Tight variant (docs/rfb.md §4.3): its 24 bytes, then it waits for credentials.
+ATEN_TIGHT = ("Tight selected: 24 bytes with no tunnel list, ATEN iKVM's variant, which then "
+              "waits for a user name and password")
+
+
 class Step(enum.Enum):
     """What the connection does after `Session.advance`."""
 
@@ -282,6 +287,10 @@ class Session:
         self.client.select_tight_auth(code)
         self._client_init_if_due()
         return True
+
+    def _on_aten(self, event: rfb.AtenTight) -> bool:
+        self.notes.append(f"{ATEN_TIGHT}: {event.blob.hex()}")
+        return False  # what follows is a user name and a password: never sent
 
     def _on_result(self, event: rfb.SecurityResult) -> bool:
         self.facts["security_result"] = "ok" if event.ok else "failed"
@@ -426,7 +435,8 @@ class Session:
             return False
         if inner is not None and any(t.id == 1 for t in inner):
             return False
-        unread = (19 in types and ven is None) or (16 in types and tight is None) or (
+        aten = any(n.startswith(ATEN_TIGHT) for n in self.notes)  # credentials, always
+        unread = (19 in types and ven is None) or (16 in types and tight is None and not aten) or (
             18 in types and inner is None
         )
         if unread:
@@ -507,6 +517,7 @@ _ON_EVENT: dict[type, Callable[[Session, Any], bool]] = {
     rfb.SecurityTypes: Session._on_types,
     rfb.VeNCryptSubtypes: Session._on_vencrypt,
     rfb.TightCapabilities: Session._on_tight,
+    rfb.AtenTight: Session._on_aten,
     rfb.SecurityResult: Session._on_result,
     rfb.ServerInit: Session._on_server_init,
     rfb.Failure: Session._on_failure,

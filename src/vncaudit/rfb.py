@@ -210,6 +210,15 @@ class TightCapabilities:
 
 
 @dataclass(frozen=True)
+class AtenTight:
+    """ATEN iKVM's variant of the Tight type (docs/rfb.md §4.3): after the selection of 16 it
+    sends 24 bytes of its own, no tunnel list, then waits for a 24-byte user name and a 24-byte
+    password. The client stops here: it never sends credentials."""
+
+    blob: bytes
+
+
+@dataclass(frozen=True)
 class StartTls:
     """Wrap the transport in TLS now, then call `tls_established()` and keep feeding."""
 
@@ -277,6 +286,7 @@ Event = (
     | VncAuthChallenge
     | VeNCryptSubtypes
     | TightCapabilities
+    | AtenTight
     | StartTls
     | SecurityResult
     | ServerInit
@@ -302,6 +312,7 @@ class State(enum.Enum):
     TIGHT_TUNNELS = "awaiting Tight tunnel capabilities"
     TIGHT_AUTH = "awaiting Tight auth capabilities"
     TIGHT_CHOOSE = "client must select a Tight auth capability"
+    ATEN_CREDENTIALS = "client must send ATEN iKVM credentials"
     TLS_START = "client must start TLS"
     SECURITY_RESULT = "awaiting SecurityResult"
     CLIENT_INIT = "client must send ClientInit"
@@ -309,6 +320,12 @@ class State(enum.Enum):
     DONE = "handshake complete"
     CLOSED = "closed"
     ERROR = "error"
+
+
+# ATEN iKVM answers the Tight selection with 24 bytes whose first word, read as a Tight tunnel
+# count, is above 0x10000 (nmap's vnc.lua; docs/rfb.md §4.3).
+ATEN_TUNNEL_COUNT: Final = 0x10000
+ATEN_BLOB: Final = 24
 
 
 # States in which the server is expected to speak; in the others it is our turn.
@@ -335,6 +352,7 @@ CLIENT_TURN: Final = frozenset(
         State.VNCAUTH_RESPONSE,
         State.VENCRYPT_CHOOSE,
         State.TIGHT_CHOOSE,
+        State.ATEN_CREDENTIALS,
         State.TLS_START,
         State.CLIENT_INIT,
     }
@@ -662,6 +680,14 @@ class RfbClient:
         return count, total
 
     def _parse_tight_tunnels(self) -> Event | NeedData:
+        if self._need(4) and self._u32_at(0) > ATEN_TUNNEL_COUNT:
+            # No Tight server lists that many tunnels: ATEN's 24 bytes, and nothing after them
+            # until the client logs in (docs/rfb.md §4.3); more is a broken count, refused below.
+            if not self._need(ATEN_BLOB):
+                return NEED_DATA
+            if len(self._buf) == ATEN_BLOB:
+                self.state = State.ATEN_CREDENTIALS
+                return AtenTight(self._take(ATEN_BLOB))
         got = self._capabilities_at(0, "tunnel")
         if got is None:
             return NEED_DATA
