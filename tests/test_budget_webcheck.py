@@ -73,7 +73,7 @@ def web_page() -> Iterator[_Logged]:
 def _scan(db: Path, port: int) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "vncaudit", "scan", "127.0.0.1", "-p", str(port),
-         "--timeout", "0.5", "-o", "json"],
+         "--timeout", "2", "-o", "json"],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "VNCAUDIT_DB": str(db)})
     assert proc.returncode == 0, proc.stderr
@@ -90,18 +90,22 @@ def _ledger(db: Path, port: int) -> dict[str, int]:
 
 def test_web_check_connects_from_the_granted_loopback_address(
         web_page: _Logged, tmp_path: Path) -> None:
-    """A scan's probe and web check of a silent web server spend 127.0.0.1's four: the next
-    scan's probe and web check come from 127.0.0.2, the one after from 127.0.0.3. The server
-    saw exactly the ledger's connections per address, none beyond four from any."""
+    """A scan's probe and web check of a silent web server (GET /, two upgrades) spend
+    127.0.0.1's four; the rest come from 127.0.0.2, then 127.0.0.3, each check from one
+    address. The server saw exactly the ledger's connections per address, none beyond four
+    from any, none from an address the ledger had moved on from."""
     db, port = tmp_path / "scan.db", web_page.server_address[1]
     for n in range(3):
         service = _scan(db, port)
         assert service["state"] == "tarpit", service  # a web page, no WebSocket behind it
         seen = Counter(web_page.peers)
         assert _ledger(db, port) == dict(seen), (n, seen)
-        assert seen == {f"127.0.0.{i + 1}": 4 for i in range(n + 1)}, (n, seen)
-    history = [p for p in web_page.peers]
-    # Each address's connections came together, one scan's, and never again once spent.
+        assert max(seen.values()) <= 4, seen
+    # GET / and two upgrades after the probe: each scan's five connections spend 127.0.0.1's
+    # four; the rest came from 127.0.0.2, then 127.0.0.3 (fewer only if a deadline cut a
+    # check short), and never from an address again once it had moved on.
+    assert len(seen) >= 3 and seen["127.0.0.1"] == 4, seen
+    history = list(web_page.peers)
     assert history == sorted(history), history
 
 
