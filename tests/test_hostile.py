@@ -38,7 +38,8 @@ EXPECTED: dict[str, tuple[State, str | None, bool]] = {
     "ssh": (State.OPEN_NOT_VNC, "looks like ssh", QUICK),
     "smtp": (State.OPEN_NOT_VNC, "looks like smtp", QUICK),
     "tls-server-hello": (State.OPEN_NOT_VNC, "looks like tls", QUICK),
-    "banner-then-rst": (State.MALFORMED, "while awaiting security types", QUICK),
+    # the same refusal reset instead of closed (the version reply left unread)
+    "banner-then-rst": (State.VNC, None, QUICK),
     "count255-garbage": (State.MALFORMED, "security type 0 (Invalid) in a list of 255", QUICK),
     "reason-huge": (State.MALFORMED, "failure reason length 4294967295 exceeds cap", QUICK),
     "reason-never": (State.MALFORMED, "incomplete message at the deadline", SLOW),

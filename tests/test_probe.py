@@ -528,3 +528,35 @@ def test_a_cancelled_probe_closes_its_connection_at_once() -> None:
             return loop.time() - cancelled
 
     assert asyncio.run(main()) < 1.0
+
+
+def test_a_reset_after_the_version_exchange_is_the_same_refusal_as_a_close() -> None:
+    """A server that closes with the client's version reply still unread makes its kernel
+    reset the connection instead of closing it: after the version exchange that is the same
+    refusal without a reason as a close (LibVNCServer's, whichever the timing gave)."""
+    import select
+    import struct
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(banner(3, 8))
+        select.select([conn], [], [], 5)  # the version reply is here, and left unread
+        got.append(conn.recv(12, socket.MSG_PEEK))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # unread data: the kernel sends RST, never FIN
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = asyncio.run(probe(Target("127.0.0.1", port), ProbeOptions(timeout=3.0)))
+    finally:
+        thread.join(5)
+        listener.close()
+    assert got == [b"RFB 003.008\n"]
+    assert result.state is State.VNC and result.error is None, result.error
+    assert result.rfb is not None and result.rfb.notes == (CLOSED_AFTER_VERSION,)

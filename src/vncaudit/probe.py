@@ -645,7 +645,11 @@ class TcpProbe(asyncio.Protocol):
         """The server closed (exc None) or the connection broke."""
         phase = self._phase
         if phase == _TALKING:
-            if exc is None:
+            if exc is None or (isinstance(exc, ConnectionResetError)
+                               and self.session.client.state is rfb.State.SECURITY):
+                # A server that closes with our version reply unread resets instead of
+                # closing (its kernel's RST): after the version exchange the two are the same
+                # refusal (LibVNCServer's, docs/rfb.md §1.2), whichever the timing gave.
                 self.session.client.receive_data(b"")
                 self._drive()
             else:
