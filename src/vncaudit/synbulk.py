@@ -106,6 +106,11 @@ class BulkSender:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        # What the threads import is imported here first: a thread importing a module while
+        # the main thread imports it too (the program loading) shares CPython's module lock,
+        # and a Ctrl-C landing in the main thread's wait for it can leave the lock held.
+        from vncaudit import rawbatch, rawsyn, routetable  # noqa: F401
+
         sys.setswitchinterval(min(self.interval, SWITCH_INTERVAL))
         first = threading.Thread(target=self._first, name="vncaudit-syn-early-0", daemon=True)
         self.threads.append(first)
