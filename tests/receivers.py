@@ -70,6 +70,26 @@ class _Log:
         self.write(event="accepted" if first else "duplicate", key=key, **entry)
 
 
+def monitors_toml(db: Path, smtp_port: int, hook_port: int, cert: Path, monitor: str) -> str:
+    """A monitors.toml whose store is `db`, with the SMTP receiver on `smtp_port` (its test
+    login, the password in a file `pw` next to the config, `cert` as its CA), the HTTP receiver
+    on `hook_port` as webhook `ops`, and `monitor` as the body of `[monitor.lab]`."""
+    return f"""
+db = "{db}"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+username = "{SMTP_USER}"
+password_file = "pw"
+from = "vncaudit@example.org"
+ca_file = "{cert}"
+[webhook.ops]
+url = "http://127.0.0.1:{hook_port}/hook"
+[monitor.lab]
+{monitor.strip()}
+"""
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

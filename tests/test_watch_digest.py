@@ -75,18 +75,7 @@ def test_a_burst_is_one_digest_per_channel_and_a_small_cycle_is_alerts(tmp_path:
     port = servers.free_port()
     with receivers.http_receiver(tmp_path / "hook.jsonl") as hook, \
             receivers.smtp_receiver(tmp_path / "mail.jsonl", cert, key) as mail:
-        config.write_text(f"""
-db = "{db}"
-[smtp]
-host = "127.0.0.1"
-port = {mail.port}
-username = "{receivers.SMTP_USER}"
-password_file = "pw"
-from = "vncaudit@example.org"
-ca_file = "{cert}"
-[webhook.ops]
-url = "http://127.0.0.1:{hook.port}/hook"
-[monitor.lab]
+        config.write_text(receivers.monitors_toml(db, mail.port, hook.port, cert, f"""
 targets = {json.dumps(HOSTS)}
 ports = "{port}"
 every = "1h"
@@ -95,7 +84,7 @@ webhook = ["ops"]
 email = ["ops@example.org"]
 stdout = true
 timeout = 3
-""")
+"""))
         with netns.fake_servers(port, HOSTS):
             run = vncaudit("watch", "--config", str(config), "--once", "--deliver-for", "20")
         assert run.returncode == 0, run.stderr

@@ -30,18 +30,7 @@ def test_each_channel_digests_at_its_own_threshold(tmp_path: Path, farm: int) ->
     with receivers.http_receiver(tmp_path / "hook.jsonl") as hook, \
             receivers.smtp_receiver(tmp_path / "mail.jsonl", cert, key) as mail:
         quiet = f"http://127.0.0.1:{hook.port}/quiet"
-        config.write_text(f"""
-db = "{db}"
-[smtp]
-host = "127.0.0.1"
-port = {mail.port}
-username = "{receivers.SMTP_USER}"
-password_file = "pw"
-from = "vncaudit@example.org"
-ca_file = "{cert}"
-[webhook.ops]
-url = "http://127.0.0.1:{hook.port}/hook"
-[monitor.lab]
+        config.write_text(receivers.monitors_toml(db, mail.port, hook.port, cert, f"""
 targets = {json.dumps(HOSTS)}
 ports = "{farm}"
 every = "1h"
@@ -49,7 +38,7 @@ webhook = ["ops", "{quiet}"]
 email = ["ops@example.org", "boss@example.org"]
 digest_thresholds = {{ "ops@example.org" = 0, "boss@example.org" = 24, "{quiet}" = 30 }}
 timeout = 3
-""")
+"""))
         run = vncaudit("watch", "--config", str(config), "--once", "--deliver-for", "30")
         assert run.returncode == 0, run.stderr
         # webhook:ops (the monitor's 20): a digest; /quiet (30): every alert; ops@ (0): every

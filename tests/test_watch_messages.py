@@ -49,25 +49,14 @@ def cycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with receivers.http_receiver(tmp / "hook.jsonl") as hook, \
             receivers.smtp_receiver(tmp / "mail.jsonl", cert, key) as mail, \
             netns.fake_servers(port, HOSTS):
-        config.write_text(f"""
-db = "{db}"
-[smtp]
-host = "127.0.0.1"
-port = {mail.port}
-username = "{receivers.SMTP_USER}"
-password_file = "pw"
-from = "vncaudit@example.org"
-ca_file = "{cert}"
-[webhook.ops]
-url = "http://127.0.0.1:{hook.port}/hook"
-[monitor.lab]
+        config.write_text(receivers.monitors_toml(db, mail.port, hook.port, cert, f"""
 targets = {json.dumps(HOSTS)}
 ports = "{port}"
 every = "1h"
 webhook = ["ops"]
 email = ["ops@example.org"]
 timeout = 3
-""")
+"""))
         run = _run("watch", "--config", str(config), "--once", "--deliver-for", "20",
                    terminal=True)
         assert run.returncode == 0, run.stderr
