@@ -351,3 +351,20 @@ def test_a_cycle_the_ledger_kept_from_probing_raises_no_alert(tmp_path: Path) ->
         assert not evaluate_cycle(store, db, lab, again)[1]
         closed = stored_cycle(store, db, [vnc(state=State.CLOSED)])
         assert [a.rules for a in evaluate_cycle(store, db, lab, closed)[1]] == [("gone",)]
+
+
+def test_alerts_list_the_newest_cycle_first_when_cycles_share_a_second(tmp_path: Path) -> None:
+    """`created` has whole seconds: two cycles in one second are still listed newest first,
+    each in the order it was queued."""
+    with Store.open(tmp_path / "s.db") as store:
+        db = MonitorDb(store)
+        db.register(monitor())
+        first = stored_cycle(store, db, [vnc(auth=True)])
+        evaluate_cycle(store, db, monitor(), first)
+        second = stored_cycle(store, db, [vnc(auth=False)])
+        evaluate_cycle(store, db, monitor(), second)
+        with store.writing("test") as conn:  # both in one second, as fast cycles are
+            conn.execute("UPDATE alerts SET created = '2026-01-01T00:00:00+00:00'")
+        store.flush()
+        assert [(r.alert.scan_id, r.alert.rules) for r in db.alerts("lab")] == [
+            (second, ("no-auth",)), (first, ("reachable",))]

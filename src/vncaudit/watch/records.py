@@ -385,17 +385,21 @@ class MonitorDb:
                scan_id: str | None = None) -> list[AlertRecord]:
         """The most recent alerts (of one monitor, of one cycle), newest first, with their
         deliveries: their own, and their cycle's digest's for the channels it went to."""
-        sql = "SELECT key, scan_id, alert FROM alerts WHERE rule != ?"
+        where = "rule != ?"
         params: list[Any] = [DIGEST_RULE]
         if monitor is not None:
-            sql += " AND monitor = ?"
+            where += " AND monitor = ?"
             params.append(monitor)
         if scan_id is not None:
-            sql += " AND scan_id = ?"
+            where += " AND scan_id = ?"
             params.append(scan_id)
         # Newest cycle first; within one, as the cycle queued them (most severe first, as its
-        # digest lists them).
-        sql += " ORDER BY created DESC, rowid ASC"
+        # digest lists them). `created` has whole seconds, and two cycles can share one: a
+        # cycle's alerts are queued in one transaction, so its first rowid orders the cycles.
+        sql = (f"WITH picked AS (SELECT rowid AS id, key, scan_id, alert, created FROM alerts "
+               f"WHERE {where}) SELECT key, scan_id, alert FROM picked JOIN (SELECT scan_id, "
+               f"min(id) AS first FROM picked GROUP BY scan_id) USING (scan_id) "
+               f"ORDER BY created DESC, first DESC, id ASC")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
